@@ -1,0 +1,382 @@
+"""Events over RabbitMQ: transactional outbox, relay with publisher confirms, consumer with inbox.
+
+- One durable topic exchange; the routing key is the event type declared in the contract
+  (`option (billing.events.v1.event_type) = "payment.succeeded"`); payloads are protobuf.
+- Producers call `Outbox.add(conn, event)` inside the transaction of their state change;
+  `OutboxRelay` publishes committed rows and marks them, so an event is never lost when the
+  broker is down at commit time (at-least-once).
+- `EventConsumer` records each handled event id in the inbox in the handler's own transaction,
+  so a redelivery has no second effect; a failing message is retried a bounded number of times
+  through a delay queue and then parked in `<queue>.dlq`.
+- Trace context and the correlation id travel in message headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import pkgutil
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import cache
+from typing import Any
+
+import aio_pika
+import asyncpg
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
+from google.protobuf.message import DecodeError, Message
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind
+from prometheus_client import Counter, Gauge
+
+from billing_common import context
+from billing_common.clock import Clock
+
+log = logging.getLogger(__name__)
+_tracer = trace.get_tracer(__name__)
+
+EVENTS_PUBLISHED = Counter(
+    "billing_events_published_total", "Events relayed from the outbox", ["producer", "event_type"]
+)
+EVENTS_HANDLED = Counter(
+    "billing_events_handled_total", "Events consumed, by outcome", ["queue", "event_type", "outcome"]
+)
+OUTBOX_LAG = Gauge("billing_outbox_lag_seconds", "Age of the oldest unpublished outbox row", ["producer"])
+
+_BROKER_ERRORS = (aio_pika.exceptions.AMQPError, ConnectionError, OSError, asyncio.TimeoutError)
+CONTENT_TYPE = "application/x-protobuf"
+RETRY_HEADER = "x-retry-count"
+
+
+# ---------------------------------------------------------------- the registry of event types
+
+
+@cache
+def _registry() -> dict[str, type[Message]]:
+    from billing.events import v1 as events_pkg
+    from billing.events.v1 import envelope_pb2
+
+    option = envelope_pb2.event_type
+    found: dict[str, type[Message]] = {}
+    for module_info in pkgutil.iter_modules(events_pkg.__path__):
+        if not module_info.name.endswith("_pb2"):
+            continue
+        module = importlib.import_module(f"{events_pkg.__name__}.{module_info.name}")
+        for name in module.DESCRIPTOR.message_types_by_name:
+            cls = getattr(module, name)
+            event_type = cls.DESCRIPTOR.GetOptions().Extensions[option]
+            if event_type:
+                found[event_type] = cls
+    return found
+
+
+def event_type_of(event: Message | type[Message]) -> str:
+    descriptor = event.DESCRIPTOR
+    for event_type, cls in _registry().items():
+        if cls.DESCRIPTOR is descriptor:
+            return event_type
+    raise ValueError(f"{descriptor.full_name} declares no event_type option")
+
+
+def event_class(event_type: str) -> type[Message]:
+    try:
+        return _registry()[event_type]
+    except KeyError:
+        raise ValueError(f"unknown event type {event_type!r}") from None
+
+
+def all_event_types() -> list[str]:
+    return sorted(_registry())
+
+
+# ---------------------------------------------------------------- producing
+
+
+class Outbox:
+    """Writes events into the producer's outbox table, in the caller's transaction."""
+
+    def __init__(self, producer: str, clock: Clock) -> None:
+        self._producer = producer
+        self._clock = clock
+        self.written = asyncio.Event()
+
+    async def add(self, conn: asyncpg.Connection, event: Message) -> str:
+        """Stamp the header (id, time, producer, correlation id) and store the event."""
+        event_type = event_type_of(event)
+        header = event.header  # type: ignore[attr-defined]
+        header.event_id = str(uuid.uuid4())
+        header.occurred_at.FromDatetime(self._clock.now())
+        header.producer = self._producer
+        header.correlation_id = context.current_correlation_id()
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        await conn.execute(
+            "INSERT INTO outbox (event_id, event_type, payload, headers) VALUES ($1, $2, $3, $4)",
+            uuid.UUID(header.event_id),
+            event_type,
+            event.SerializeToString(),
+            carrier,
+        )
+        self.written.set()
+        return str(header.event_id)
+
+
+async def declare_exchange(channel: AbstractChannel, name: str) -> AbstractExchange:
+    return await channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC, durable=True)
+
+
+class OutboxRelay:
+    """Publishes committed outbox rows with publisher confirms, then marks them published."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        amqp_url: str,
+        exchange: str,
+        producer: str,
+        *,
+        wake: asyncio.Event | None = None,
+        poll_interval: timedelta = timedelta(milliseconds=200),
+        batch_size: int = 200,
+        retention: timedelta = timedelta(days=7),
+    ) -> None:
+        self._pool = pool
+        self._amqp_url = amqp_url
+        self._exchange_name = exchange
+        self._producer = producer
+        self._wake = wake or asyncio.Event()
+        self._poll = poll_interval.total_seconds()
+        self._batch = batch_size
+        self._retention = retention
+
+    async def run(self) -> None:
+        backoff = 0.2
+        while True:
+            try:
+                connection = await aio_pika.connect(self._amqp_url, timeout=5)
+                async with connection:
+                    channel = await connection.channel(publisher_confirms=True)
+                    exchange = await declare_exchange(channel, self._exchange_name)
+                    backoff = 0.2
+                    await self._relay_forever(exchange)
+            except _BROKER_ERRORS as exc:
+                log.warning("event relay cannot reach the broker; will retry", extra={"error": str(exc)})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _relay_forever(self, exchange: AbstractExchange) -> None:
+        cycles = 0
+        while True:
+            sent = await self.relay_once(exchange)
+            cycles += 1
+            if cycles % 3000 == 0:
+                await self._prune()
+            if sent < self._batch:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._poll)
+
+    async def relay_once(self, exchange: AbstractExchange) -> int:
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                """SELECT id, event_id, event_type, payload, headers, created_at FROM outbox
+                   WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED""",
+                self._batch,
+            )
+            if not rows:
+                OUTBOX_LAG.labels(self._producer).set(0)
+                return 0
+            lag = await conn.fetchval(
+                "SELECT extract(epoch FROM now() - $1::timestamptz)", rows[0]["created_at"]
+            )
+            OUTBOX_LAG.labels(self._producer).set(float(lag))
+            await asyncio.gather(*(self._publish(exchange, row) for row in rows))
+            await conn.execute(
+                "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])", [r["id"] for r in rows]
+            )
+        for row in rows:
+            EVENTS_PUBLISHED.labels(self._producer, row["event_type"]).inc()
+        return len(rows)
+
+    async def _publish(self, exchange: AbstractExchange, row: asyncpg.Record) -> None:
+        message = aio_pika.Message(
+            body=bytes(row["payload"]),
+            content_type=CONTENT_TYPE,
+            type=row["event_type"],
+            message_id=str(row["event_id"]),
+            app_id=self._producer,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            headers=dict(row["headers"] or {}),
+        )
+        await exchange.publish(message, routing_key=row["event_type"], timeout=10)
+
+    async def _prune(self) -> None:
+        async with self._pool.acquire() as conn:
+            await conn.execute(
+                "DELETE FROM outbox WHERE published_at < now() - $1::interval", self._retention
+            )
+
+
+# ---------------------------------------------------------------- consuming
+
+Handler = Callable[[asyncpg.Connection, Any], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class QueueNames:
+    main: str
+
+    @property
+    def retry(self) -> str:
+        return f"{self.main}.retry"
+
+    @property
+    def dead_letter(self) -> str:
+        return f"{self.main}.dlq"
+
+
+class EventConsumer:
+    """Consumes the event types in `handlers` from one durable queue with exactly-once effect."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        amqp_url: str,
+        exchange: str,
+        queue: str,
+        handlers: Mapping[str, Handler],
+        *,
+        max_retries: int = 5,
+        retry_delay: timedelta = timedelta(seconds=2),
+        prefetch: int = 32,
+    ) -> None:
+        for event_type in handlers:
+            event_class(event_type)  # fail at start on a typo, not at the first message
+        self._pool = pool
+        self._amqp_url = amqp_url
+        self._exchange_name = exchange
+        self.queues = QueueNames(queue)
+        self._handlers = dict(handlers)
+        self._max_retries = max_retries
+        self._retry_delay_ms = int(retry_delay.total_seconds() * 1000)
+        self._prefetch = prefetch
+        self.ready = asyncio.Event()
+
+    async def declare(self, channel: AbstractChannel) -> aio_pika.abc.AbstractQueue:
+        exchange = await declare_exchange(channel, self._exchange_name)
+        queue = await channel.declare_queue(self.queues.main, durable=True)
+        await channel.declare_queue(self.queues.dead_letter, durable=True)
+        await channel.declare_queue(
+            self.queues.retry,
+            durable=True,
+            arguments={
+                "x-message-ttl": self._retry_delay_ms,
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": self.queues.main,
+            },
+        )
+        for event_type in self._handlers:
+            await queue.bind(exchange, routing_key=event_type)
+        return queue
+
+    async def run(self) -> None:
+        backoff = 0.2
+        while True:
+            try:
+                connection = await aio_pika.connect(self._amqp_url, timeout=5)
+                async with connection:
+                    channel = await connection.channel()
+                    await channel.set_qos(prefetch_count=self._prefetch)
+                    queue = await self.declare(channel)
+                    self.ready.set()
+                    backoff = 0.2
+                    async with queue.iterator() as messages:
+                        async for message in messages:
+                            await self._handle(channel, message)
+            except _BROKER_ERRORS as exc:
+                self.ready.clear()
+                log.warning(
+                    "event consumer lost the broker; will retry",
+                    extra={"queue": self.queues.main, "error": str(exc)},
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _handle(self, channel: AbstractChannel, message: AbstractIncomingMessage) -> None:
+        event_type = message.type or message.routing_key or ""
+        headers = dict(message.headers or {})
+        parent = propagate.extract({k: str(v) for k, v in headers.items()})
+        with _tracer.start_as_current_span(f"consume {event_type}", context=parent, kind=SpanKind.CONSUMER):
+            try:
+                event = event_class(event_type).FromString(message.body)
+            except (ValueError, DecodeError) as exc:
+                await self._park(channel, message, f"undecodable: {exc}")
+                return
+            token = context.correlation_id.set(event.header.correlation_id or context.new_correlation_id())
+            try:
+                outcome = await self._apply(event_type, event)
+                EVENTS_HANDLED.labels(self.queues.main, event_type, outcome).inc()
+                await message.ack()
+            except _BROKER_ERRORS:
+                raise
+            except Exception as exc:
+                log.exception(
+                    "event handler failed", extra={"event_type": event_type, "queue": self.queues.main}
+                )
+                await self._retry_or_park(channel, message, exc)
+            finally:
+                context.correlation_id.reset(token)
+
+    async def _apply(self, event_type: str, event: Any) -> str:
+        async with self._pool.acquire() as conn, conn.transaction():
+            first_time = await conn.fetchval(
+                """INSERT INTO inbox (event_id, event_type) VALUES ($1, $2)
+                   ON CONFLICT DO NOTHING RETURNING true""",
+                uuid.UUID(event.header.event_id),
+                event_type,
+            )
+            if not first_time:
+                return "duplicate"
+            await self._handlers[event_type](conn, event)
+        return "handled"
+
+    async def _retry_or_park(
+        self, channel: AbstractChannel, message: AbstractIncomingMessage, exc: Exception
+    ) -> None:
+        retries = int((message.headers or {}).get(RETRY_HEADER, 0) or 0)
+        if retries >= self._max_retries:
+            await self._park(channel, message, f"{type(exc).__name__}: {exc}")
+            return
+        await channel.default_exchange.publish(
+            _copy(message, {RETRY_HEADER: retries + 1, "x-last-error": str(exc)[:500]}),
+            routing_key=self.queues.retry,
+        )
+        EVENTS_HANDLED.labels(self.queues.main, message.type or "", "retried").inc()
+        await message.ack()
+
+    async def _park(self, channel: AbstractChannel, message: AbstractIncomingMessage, reason: str) -> None:
+        log.error(
+            "event parked in the dead-letter queue",
+            extra={"queue": self.queues.dead_letter, "reason": reason},
+        )
+        await channel.default_exchange.publish(
+            _copy(message, {"x-dead-reason": reason[:500]}), routing_key=self.queues.dead_letter
+        )
+        EVENTS_HANDLED.labels(self.queues.main, message.type or "", "dead_lettered").inc()
+        await message.ack()
+
+
+def _copy(message: AbstractIncomingMessage, extra_headers: Mapping[str, Any]) -> aio_pika.Message:
+    return aio_pika.Message(
+        body=message.body,
+        content_type=message.content_type,
+        type=message.type,
+        message_id=message.message_id,
+        app_id=message.app_id,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        headers={**(message.headers or {}), **extra_headers},
+    )

@@ -1,0 +1,127 @@
+"""Per-service Redis locks: namespaced keys, TTL, extension while held, fencing tokens.
+
+A lock only says who should work; correctness comes from the fencing token. Every holder gets
+a number that only grows (`INCR` on a per-lock counter); the protected write passes it to
+`billing_common.db.check_fence`, which refuses a holder older than one that already wrote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from redis.asyncio import Redis
+
+log = logging.getLogger(__name__)
+
+# Set the owner and its TTL only when free; on success also hand out the next fencing token.
+_ACQUIRE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return redis.call('INCR', KEYS[2])
+end
+return 0
+"""
+_EXTEND = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+class LockNotAcquired(RuntimeError):
+    pass
+
+
+@dataclass
+class Lease:
+    """Proof of holding a lock; `lost` is set when an extension failed."""
+
+    key: str
+    owner: str
+    fencing_token: int
+    lost: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class RedisLocks:
+    """Factory of locks under one service's namespace: keys look like `<namespace>:<name>`."""
+
+    def __init__(self, redis: Redis, namespace: str) -> None:
+        self._redis = redis
+        self._namespace = namespace
+        self._acquire = redis.register_script(_ACQUIRE)
+        self._extend = redis.register_script(_EXTEND)
+        self._release = redis.register_script(_RELEASE)
+
+    def key(self, name: str) -> str:
+        return f"{self._namespace}:{name}"
+
+    async def try_acquire(self, name: str, ttl: timedelta) -> Lease | None:
+        key = self.key(name)
+        owner = secrets.token_hex(16)
+        token = int(await self._acquire(keys=[key, f"{key}:fence"], args=[owner, _ms(ttl)]))
+        return Lease(key, owner, token) if token else None
+
+    async def extend(self, lease: Lease, ttl: timedelta) -> bool:
+        return bool(await self._extend(keys=[lease.key], args=[lease.owner, _ms(ttl)]))
+
+    async def release(self, lease: Lease) -> bool:
+        return bool(await self._release(keys=[lease.key], args=[lease.owner]))
+
+    @contextlib.asynccontextmanager
+    async def hold(
+        self,
+        name: str,
+        ttl: timedelta,
+        *,
+        wait: timedelta = timedelta(0),
+        retry_every: timedelta = timedelta(milliseconds=100),
+    ) -> AsyncIterator[Lease]:
+        """Hold `name` for the duration of the block, extending it every third of its TTL.
+
+        Raises LockNotAcquired if it stays taken for longer than `wait`.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait.total_seconds()
+        while (lease := await self.try_acquire(name, ttl)) is None:
+            if loop.time() >= deadline:
+                raise LockNotAcquired(self.key(name))
+            await asyncio.sleep(retry_every.total_seconds())
+        keeper = asyncio.create_task(self._keep(lease, ttl))
+        try:
+            yield lease
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+            with contextlib.suppress(Exception):
+                await self.release(lease)
+
+    async def _keep(self, lease: Lease, ttl: timedelta) -> None:
+        interval = ttl.total_seconds() / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                still_ours = await self.extend(lease, ttl)
+            except Exception:
+                log.warning("lock extension failed", extra={"lock": lease.key}, exc_info=True)
+                still_ours = False
+            if not still_ours:
+                log.warning("lock lost", extra={"lock": lease.key, "fencing_token": lease.fencing_token})
+                lease.lost.set()
+                return
+
+
+def _ms(ttl: timedelta) -> int:
+    return max(1, int(ttl.total_seconds() * 1000))

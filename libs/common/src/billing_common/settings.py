@@ -1,0 +1,133 @@
+"""Typed settings read from environment variables with a per-service prefix.
+
+A service declares a frozen dataclass (usually extending `CommonSettings`) and calls
+`load_settings(MySettings, "QUOTA")`. Every field `foo_bar` is read from `QUOTA_FOO_BAR`.
+A bad or missing value stops the service at start with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
+
+T = TypeVar("T")
+
+
+class SettingsError(ValueError):
+    """Raised when an environment variable cannot be turned into its setting."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CommonSettings:
+    """What every service needs; services extend it with their own fields."""
+
+    service_name: str = ""
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/billing"
+    # Superuser DSN used only to provision the service's schema and login role at start.
+    db_admin_url: str = ""
+    db_schema: str = ""
+    db_pool_min: int = 1
+    db_pool_max: int = 10
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_namespace: str = ""
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    amqp_exchange: str = "billing.events"
+    amqp_queue_prefix: str = ""
+    event_max_retries: int = 5
+    event_retry_delay: timedelta = timedelta(seconds=2)
+    outbox_poll_interval: timedelta = timedelta(milliseconds=200)
+    grpc_host: str = "0.0.0.0"
+    grpc_port: int = 50051
+    grpc_tls_cert: str = ""
+    grpc_tls_key: str = ""
+    grpc_shutdown_grace: timedelta = timedelta(seconds=20)
+    metrics_port: int = 9464
+    auth_jwt_secret: str = ""
+    # Explicit development switch: accept calls without a verified token (logged loudly).
+    auth_insecure: bool = False
+    # Token this service presents when it calls another service.
+    auth_token: str = ""
+    log_level: str = "INFO"
+
+    @property
+    def schema(self) -> str:
+        return self.db_schema or self.service_name.replace("-", "_")
+
+    @property
+    def namespace(self) -> str:
+        """Prefix of this service's Redis keys (`recurring:daily:lock:...`)."""
+        return self.redis_namespace or self.service_name
+
+    @property
+    def queue_prefix(self) -> str:
+        return self.amqp_queue_prefix or self.service_name
+
+
+def load_settings(cls: type[T], prefix: str, environ: Mapping[str, str] | None = None, **overrides: Any) -> T:
+    """Build `cls` from `<PREFIX>_<FIELD>` variables; keyword overrides win over the environment."""
+    env = os.environ if environ is None else environ
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls!r} is not a settings dataclass")
+    hints = get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):
+        if field.name in overrides:
+            values[field.name] = overrides[field.name]
+            continue
+        var = f"{prefix}_{field.name.upper()}"
+        raw = env.get(var)
+        if raw is None:
+            if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+                raise SettingsError(f"{var} is required but not set")
+            continue
+        values[field.name] = _parse(var, raw, hints[field.name])
+    if "service_name" in {f.name for f in dataclasses.fields(cls)} and not values.get("service_name"):
+        values["service_name"] = prefix.lower()
+    return cls(**values)
+
+
+def _parse(var: str, raw: str, hint: Any) -> Any:
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        inner = [a for a in get_args(hint) if a is not type(None)]
+        if raw == "":
+            return None
+        return _parse(var, raw, inner[0])
+    if origin in (list, tuple):
+        (item,) = get_args(hint)[:1]
+        items = [_parse(var, part.strip(), item) for part in raw.split(",") if part.strip()]
+        return items if origin is list else tuple(items)
+    try:
+        if hint is bool:
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError("expected true/false")
+        if hint is int:
+            return int(raw)
+        if hint is timedelta:
+            return _parse_duration(raw)
+        if hint is str:
+            return raw
+    except ValueError as exc:
+        raise SettingsError(f"{var}={raw!r} is invalid: {exc}") from None
+    raise SettingsError(f"{var}: unsupported setting type {hint!r}")
+
+
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _parse_duration(raw: str) -> timedelta:
+    """Accept `250ms`, `30s`, `5m`, `2h`, `30d`, or plain seconds."""
+    text = raw.strip()
+    for unit in sorted(_UNITS, key=len, reverse=True):
+        if text.endswith(unit):
+            number = text[: -len(unit)]
+            return timedelta(seconds=float(number) * _UNITS[unit])
+    return timedelta(seconds=float(text))

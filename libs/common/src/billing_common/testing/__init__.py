@@ -1,0 +1,1 @@
+"""Test fixtures over real PostgreSQL, Redis and RabbitMQ (local servers, or testcontainers)."""

@@ -1,0 +1,45 @@
+"""A trivial unary service served by the real host: the baseline for benchmarks and host tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from billing_common.errors import InvalidArgument
+from billing_common.service import Registration, Resources, ServiceParts
+
+SERVICE = "billing.testing.Echo"
+METHOD = f"/{SERVICE}/Echo"
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+async def _echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    if request == b"invalid":
+        raise InvalidArgument.of("payload", "must not be the word 'invalid'")
+    return request
+
+
+def _add(_servicer: Any, server: grpc.aio.Server) -> None:
+    handler = grpc.unary_unary_rpc_method_handler(
+        _echo, request_deserializer=_identity, response_serializer=_identity
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Echo": handler}),))
+
+
+def echo_registration(callers: set[str]) -> Registration:
+    return Registration(_add, None, SERVICE, {"Echo": callers})
+
+
+def echo_setup(callers: set[str]) -> Any:
+    async def setup(_resources: Resources) -> ServiceParts:
+        return ServiceParts([echo_registration(callers)])
+
+    return setup
+
+
+def echo_stub(channel: grpc.aio.Channel) -> Any:
+    return channel.unary_unary(METHOD, request_serializer=_identity, response_deserializer=_identity)

@@ -1,0 +1,71 @@
+import asyncio
+from datetime import timedelta
+
+import asyncpg
+import pytest
+from redis.asyncio import Redis
+
+from billing_common import db
+from billing_common.locks import LockNotAcquired, RedisLocks
+from billing_common.testing.plugin import InfraEnv
+
+
+@pytest.fixture
+async def locks(env: InfraEnv):
+    redis = Redis.from_url(env.infra.redis_url)
+    yield RedisLocks(redis, f"{env.run_id}:recurring")
+    await redis.aclose()
+
+
+async def test_only_one_holder_at_a_time_and_tokens_only_grow(locks: RedisLocks) -> None:
+    first = await locks.try_acquire("daily:lock:2026-11-21", timedelta(seconds=5))
+    assert first is not None
+    assert await locks.try_acquire("daily:lock:2026-11-21", timedelta(seconds=5)) is None
+    assert await locks.release(first)
+    second = await locks.try_acquire("daily:lock:2026-11-21", timedelta(seconds=5))
+    assert second is not None and second.fencing_token > first.fencing_token
+    assert first.key.endswith(":recurring:daily:lock:2026-11-21")
+
+
+async def test_hold_extends_the_lock_beyond_its_ttl(locks: RedisLocks) -> None:
+    async with locks.hold("monthly:lock:2026-11-30", timedelta(milliseconds=300)) as lease:
+        await asyncio.sleep(0.8)
+        assert not lease.lost.is_set()
+        with pytest.raises(LockNotAcquired):
+            async with locks.hold("monthly:lock:2026-11-30", timedelta(seconds=1)):
+                pass
+    assert await locks.try_acquire("monthly:lock:2026-11-30", timedelta(seconds=1)) is not None
+
+
+async def test_fencing_token_refuses_a_stale_holders_write(env: InfraEnv, locks: RedisLocks) -> None:
+    schema = f"recurring_{env.run_id}"
+    env.schemas.append(schema)
+    await db.provision(env.infra.postgres_admin_url, schema, schema)
+    conn = await asyncpg.connect(db.dsn_with_user(env.infra.postgres_admin_url, schema))
+    try:
+        await db.migrate(
+            conn,
+            schema,
+            [
+                *db.common_migrations(),
+                db.Migration("0001.sql", "CREATE TABLE runs (day TEXT PRIMARY KEY, owner TEXT);"),
+            ],
+        )
+        # A pauses long enough for its lock to expire; B takes over and writes.
+        stale = await locks.try_acquire("daily:lock:2026-11-21", timedelta(milliseconds=100))
+        assert stale is not None
+        await asyncio.sleep(0.2)
+        fresh = await locks.try_acquire("daily:lock:2026-11-21", timedelta(seconds=5))
+        assert fresh is not None
+        async with conn.transaction():
+            await db.check_fence(conn, "daily:2026-11-21", fresh.fencing_token)
+            await conn.execute("INSERT INTO runs VALUES ('2026-11-21', 'B')")
+        # A wakes up and tries to write: refused, and its whole transaction rolls back.
+        with pytest.raises(db.StaleFencingToken):
+            async with conn.transaction():
+                await conn.execute("UPDATE runs SET owner = 'A' WHERE day = '2026-11-21'")
+                await db.check_fence(conn, "daily:2026-11-21", stale.fencing_token)
+        assert await conn.fetchval("SELECT owner FROM runs") == "B"
+        assert not await locks.extend(stale, timedelta(seconds=5))
+    finally:
+        await conn.close()

@@ -1,0 +1,71 @@
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_status import rpc_status
+
+from billing_common.grpc_client import open_channel
+from billing_common.settings import CommonSettings
+from billing_common.testing.echo import SERVICE, echo_setup, echo_stub
+from billing_common.testing.plugin import InfraEnv, eventually, running_service
+
+NO_MIGRATIONS = __import__("pathlib").Path(__file__).parent / "no-migrations"
+
+
+@pytest.fixture
+async def echo(env: InfraEnv):
+    settings = env.settings(CommonSettings, "echo")
+    async with running_service(settings, echo_setup({"recurring"}), NO_MIGRATIONS) as host:
+        yield host
+
+
+async def test_health_turns_serving_once_dependencies_answer(echo, env: InfraEnv) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{echo.port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+
+        async def serving() -> bool:
+            overall = await stub.Check(health_pb2.HealthCheckRequest(service=""))
+            named = await stub.Check(health_pb2.HealthCheckRequest(service=SERVICE))
+            return overall.status == named.status == health_pb2.HealthCheckResponse.SERVING
+
+        await eventually(serving, timeout=10)
+
+
+async def test_reflection_lists_the_service(echo) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{echo.port}") as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        responses = stub.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        )
+        names = [s.name async for r in responses for s in r.list_services_response.service]
+    assert SERVICE in names
+    assert "grpc.health.v1.Health" in names
+
+
+async def test_calls_need_a_token_from_an_allowed_caller(echo, env: InfraEnv) -> None:
+    target = f"127.0.0.1:{echo.port}"
+    async with open_channel(target) as anonymous:
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await echo_stub(anonymous)(b"hi")
+    assert missing.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    async with open_channel(target, env.token("dunning")) as stranger:
+        with pytest.raises(grpc.aio.AioRpcError) as denied:
+            await echo_stub(stranger)(b"hi")
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    async with open_channel(target, env.token("recurring")) as allowed:
+        assert await echo_stub(allowed)(b"hi") == b"hi"
+
+
+async def test_bad_input_is_invalid_argument_with_field_violations(echo, env: InfraEnv) -> None:
+    async with open_channel(f"127.0.0.1:{echo.port}", env.token("recurring")) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await echo_stub(channel)(b"invalid")
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    status = rpc_status.from_call(error.value)
+    assert status is not None
+    bad_request = error_details_pb2.BadRequest()
+    assert status.details[0].Unpack(bad_request)
+    assert [(v.field, v.description) for v in bad_request.field_violations] == [
+        ("payload", "must not be the word 'invalid'")
+    ]
