@@ -107,7 +107,8 @@ class Outbox:
     async def add(self, conn: asyncpg.Connection, event: Message) -> str:
         """Stamp the header (id, time, producer, correlation id) and store the event."""
         event_type = event_type_of(event)
-        header = event.header  # type: ignore[attr-defined]
+        stamped: Any = event  # every event message has a `header` (a contract rule)
+        header = stamped.header
         header.event_id = str(uuid.uuid4())
         header.occurred_at.FromDatetime(self._clock.now())
         header.producer = self._producer
@@ -223,7 +224,8 @@ class OutboxRelay:
 
 # ---------------------------------------------------------------- consuming
 
-Handler = Callable[[asyncpg.Connection, Any], Awaitable[None]]
+Handler = Callable[[Any, Any], Awaitable[None]]
+"""An event handler: (connection inside the inbox transaction, decoded event message)."""
 
 
 @dataclass(frozen=True)
@@ -312,7 +314,7 @@ class EventConsumer:
         parent = propagate.extract({k: str(v) for k, v in headers.items()})
         with _tracer.start_as_current_span(f"consume {event_type}", context=parent, kind=SpanKind.CONSUMER):
             try:
-                event = event_class(event_type).FromString(message.body)
+                event: Any = event_class(event_type).FromString(message.body)
             except (ValueError, DecodeError) as exc:
                 await self._park(channel, message, f"undecodable: {exc}")
                 return
@@ -347,7 +349,7 @@ class EventConsumer:
     async def _retry_or_park(
         self, channel: AbstractChannel, message: AbstractIncomingMessage, exc: Exception
     ) -> None:
-        retries = int((message.headers or {}).get(RETRY_HEADER, 0) or 0)
+        retries = int(str((message.headers or {}).get(RETRY_HEADER) or 0))
         if retries >= self._max_retries:
             await self._park(channel, message, f"{type(exc).__name__}: {exc}")
             return

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 from google.protobuf import any_pb2
@@ -61,6 +61,8 @@ _CODES: list[tuple[type[BillingError], grpc.StatusCode]] = [
 ]
 
 CORRELATION_HEADER = "x-correlation-id"
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 
 
 def status_code_for(error: BillingError) -> grpc.StatusCode:
@@ -89,7 +91,8 @@ def rich_status(error: BillingError) -> grpc.Status:
     for attachment in getattr(error, "attachments", ()):
         if isinstance(attachment, Message):
             status.details.append(_pack(attachment))
-    return rpc_status.to_status(status)
+    converted: grpc.Status = rpc_status.to_status(status)
+    return converted
 
 
 def _pack(message: Message) -> any_pb2.Any:
@@ -98,34 +101,43 @@ def _pack(message: Message) -> any_pb2.Any:
     return packed
 
 
-class BillingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class BillingInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, service: str, authenticator: Authenticator, *, log_requests: bool = True) -> None:
         self._service = service
         self._auth = authenticator
         self._log_requests = log_requests
+        # Handlers are static per method, so each is wrapped once, not on every call.
+        self._wrapped: dict[str, Handler | None] = {}
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None:
-            return None
+    ) -> Handler | None:
         method: str = details.method
-        metadata = dict(details.invocation_metadata or ())
-        if self._auth.is_open(method):
-            return handler
-        return _wrap(handler, _Guard(self, method, metadata))
+        if method in self._wrapped:
+            return self._wrapped[method]
+        handler = await continuation(details)
+        if handler is not None and not self._auth.is_open(method):
+            handler = _wrap(handler, _Guard(self, method))
+        self._wrapped[method] = handler
+        return handler
 
-    def finish(
-        self, method: str, caller: str, started: float, code: grpc.StatusCode, error: str = ""
-    ) -> None:
+    def authorize(self, method: str, grpc_context: Context) -> None:
+        authorization = None
+        for key, value in grpc_context.invocation_metadata() or ():
+            if key == "authorization":
+                authorization = value
+            elif key == CORRELATION_HEADER and value:
+                context.correlation_id.set(str(value))
+        context.caller.set(self._auth.authorize(method, authorization))
+
+    def finish(self, method: str, started: float, code: grpc.StatusCode, error: str = "") -> None:
         elapsed = time.perf_counter() - started
         name = method.rsplit("/", 1)[-1]
         RPC_LATENCY.labels(self._service, name, code.name).observe(elapsed)
         RPC_COUNT.labels(self._service, name, code.name).inc()
-        if self._log_requests or code not in (grpc.StatusCode.OK,):
+        if self._log_requests or code != grpc.StatusCode.OK:
             level = (
                 logging.INFO if code in (grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND) else logging.WARNING
             )
@@ -135,7 +147,7 @@ class BillingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 extra={
                     "method": method,
                     "code": code.name,
-                    "caller": caller,
+                    "caller": context.caller.get(),
                     "ms": round(elapsed * 1000, 3),
                     "error": error,
                 },
@@ -143,117 +155,94 @@ class BillingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
 
 class _Guard:
-    """Everything done around one call; shared by the unary and streaming wrappers."""
+    """Everything done around one call of one method; shared by the unary and streaming wrappers."""
 
-    def __init__(self, owner: BillingInterceptor, method: str, metadata: dict[str, Any]) -> None:
+    def __init__(self, owner: BillingInterceptor, method: str) -> None:
         self.owner = owner
         self.method = method
-        self.metadata = metadata
 
-    def enter(self) -> tuple[float, Any, Any]:
+    def enter(self, grpc_context: Context) -> tuple[float, Any, Any]:
         started = time.perf_counter()
-        cid = context.correlation_id.set(
-            str(self.metadata.get(CORRELATION_HEADER) or context.new_correlation_id())
-        )
-        caller_token = context.caller.set("")
-        return started, cid, caller_token
+        tokens = (started, context.correlation_id.set(""), context.caller.set(""))
+        self.owner.authorize(self.method, grpc_context)
+        if not context.correlation_id.get():
+            context.correlation_id.set(context.new_correlation_id())
+        return tokens
 
     def leave(self, tokens: tuple[float, Any, Any]) -> None:
         context.correlation_id.reset(tokens[1])
         context.caller.reset(tokens[2])
 
-    def authorize(self) -> str:
-        caller = self.owner._auth.authorize(self.method, self.metadata.get("authorization"))
-        context.caller.set(caller)
-        return caller
+    def ok(self, started: float) -> None:
+        self.owner.finish(self.method, started, grpc.StatusCode.OK)
 
-    async def fail(
-        self, grpc_context: grpc.aio.ServicerContext, started: float, error: BaseException
-    ) -> None:
-        caller = context.caller.get()
+    async def fail(self, grpc_context: Context, started: float, error: BaseException) -> None:
         if isinstance(error, BillingError):
             status = rich_status(error)
-            self.owner.finish(self.method, caller, started, status.code, error.message)
+            self.owner.finish(self.method, started, status.code, error.message)
             await grpc_context.abort(status.code, status.details, status.trailing_metadata)
         if isinstance(error, NotImplementedError):
-            self.owner.finish(self.method, caller, started, grpc.StatusCode.UNIMPLEMENTED)
+            self.owner.finish(self.method, started, grpc.StatusCode.UNIMPLEMENTED)
             await grpc_context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{self.method} is not implemented yet")
         if isinstance(error, asyncio.CancelledError):
-            self.owner.finish(self.method, caller, started, grpc.StatusCode.CANCELLED)
+            self.owner.finish(self.method, started, grpc.StatusCode.CANCELLED)
             raise error
         if isinstance(error, grpc.aio.AbortError | grpc.RpcError):
-            self.owner.finish(self.method, caller, started, _as_code(grpc_context.code()))
+            code = grpc_context.code()
+            self.owner.finish(
+                self.method, started, code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+            )
             raise error
         log.exception("unexpected error in %s", self.method)
-        self.owner.finish(self.method, caller, started, grpc.StatusCode.INTERNAL, repr(error))
+        self.owner.finish(self.method, started, grpc.StatusCode.INTERNAL, repr(error))
         await grpc_context.abort(
             grpc.StatusCode.INTERNAL, "internal error; see the service log for this correlation id"
         )
 
 
-def _as_code(code: Any) -> grpc.StatusCode:
-    return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+def _wrap(handler: Any, guard: _Guard) -> Handler:
+    if handler.unary_unary or handler.stream_unary:
+        inner = handler.unary_unary or handler.stream_unary
 
-
-def _wrap(handler: grpc.RpcMethodHandler, guard: _Guard) -> grpc.RpcMethodHandler:
-    if handler.unary_unary:
-        inner = handler.unary_unary
-
-        async def unary_unary(request: Any, grpc_context: grpc.aio.ServicerContext) -> Any:
-            tokens = guard.enter()
+        async def unary_response(request: Any, grpc_context: Context) -> Any:
+            started = time.perf_counter()
+            tokens: tuple[float, Any, Any] | None = None
             try:
-                guard.authorize()
+                tokens = guard.enter(grpc_context)
                 response = await inner(request, grpc_context)
-                guard.owner.finish(
-                    guard.method,
-                    context.caller.get(),
-                    tokens[0],
-                    _as_code(grpc_context.code() or grpc.StatusCode.OK),
-                )
+                guard.ok(started)
                 return response
-            except BaseException as error:
-                await guard.fail(grpc_context, tokens[0], error)
+            except BaseException as error:  # noqa: BLE001 - every failure is mapped to a status
+                await guard.fail(grpc_context, started, error)
             finally:
-                guard.leave(tokens)
+                if tokens:
+                    guard.leave(tokens)
 
-        return grpc.unary_unary_rpc_method_handler(
-            unary_unary, handler.request_deserializer, handler.response_serializer
+        factory: Any = (
+            grpc.unary_unary_rpc_method_handler
+            if handler.unary_unary
+            else grpc.stream_unary_rpc_method_handler
         )
-    if handler.stream_unary:
-        inner_su = handler.stream_unary
-
-        async def stream_unary(requests: AsyncIterator[Any], grpc_context: grpc.aio.ServicerContext) -> Any:
-            tokens = guard.enter()
-            try:
-                guard.authorize()
-                response = await inner_su(requests, grpc_context)
-                guard.owner.finish(guard.method, context.caller.get(), tokens[0], grpc.StatusCode.OK)
-                return response
-            except BaseException as error:
-                await guard.fail(grpc_context, tokens[0], error)
-            finally:
-                guard.leave(tokens)
-
-        return grpc.stream_unary_rpc_method_handler(
-            stream_unary, handler.request_deserializer, handler.response_serializer
-        )
+        return factory(unary_response, handler.request_deserializer, handler.response_serializer)  # type: ignore[no-any-return]
     streaming = handler.unary_stream or handler.stream_stream
 
-    async def streaming_call(request: Any, grpc_context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        tokens = guard.enter()
+    async def streaming_response(request: Any, grpc_context: Context) -> AsyncIterator[Any]:
+        started = time.perf_counter()
+        tokens: tuple[float, Any, Any] | None = None
         try:
-            guard.authorize()
+            tokens = guard.enter(grpc_context)
             async for item in streaming(request, grpc_context):
                 yield item
-            guard.owner.finish(guard.method, context.caller.get(), tokens[0], grpc.StatusCode.OK)
-        except BaseException as error:
-            await guard.fail(grpc_context, tokens[0], error)
+            guard.ok(started)
+        except BaseException as error:  # noqa: BLE001
+            await guard.fail(grpc_context, started, error)
         finally:
-            guard.leave(tokens)
+            if tokens:
+                guard.leave(tokens)
 
     factory = (
         grpc.unary_stream_rpc_method_handler
         if handler.unary_stream
         else grpc.stream_stream_rpc_method_handler
     )
-    return factory(streaming_call, handler.request_deserializer, handler.response_serializer)
+    return factory(streaming_response, handler.request_deserializer, handler.response_serializer)  # type: ignore[no-any-return]

@@ -17,7 +17,7 @@ def _identity(data: bytes) -> bytes:
     return data
 
 
-async def _echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+async def _echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
     if request == b"invalid":
         raise InvalidArgument.of("payload", "must not be the word 'invalid'")
     return request

@@ -1,0 +1,90 @@
+"""Baseline: a trivial unary RPC served by the same host and interceptors as every service.
+
+Also shows bare grpc.aio (no interceptors) so the cost of auth, metrics and logging is visible.
+Later benchmarks report their throughput as a ratio to the `echo` figure at the same concurrency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing as mp
+from typing import Any
+
+import grpc
+
+from bench.harness import Figures, bench_env, closed_loop, server_process
+from billing_common.grpc_client import open_channel
+from billing_common.settings import CommonSettings
+from billing_common.testing import echo
+
+CONCURRENCY = (1, 16, 64)
+SECONDS = 4.0
+
+
+def echo_factory(_settings: CommonSettings) -> Any:
+    return echo.echo_setup({"bench"})
+
+
+def _bare_server(ports: Any, stop: Any) -> None:
+    async def main() -> None:
+        server = grpc.aio.server()
+        echo._add(None, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        ports.put(port)
+        while not stop.is_set():
+            await asyncio.sleep(0.2)
+        await server.stop(None)
+
+    asyncio.run(main())
+
+
+@contextlib.contextmanager
+def bare_process() -> Any:
+    ctx = mp.get_context("spawn")
+    ports, stop = ctx.Queue(), ctx.Event()
+    process = ctx.Process(target=_bare_server, args=(ports, stop), daemon=True)
+    process.start()
+    try:
+        yield ports.get(timeout=60)
+    finally:
+        stop.set()
+        process.join(timeout=10)
+
+
+async def measure_echo(env: Any, seconds: float = SECONDS) -> dict[int, Figures]:
+    settings = env.settings(CommonSettings, "echo")
+    results: dict[int, Figures] = {}
+    with server_process("bench.echo_baseline:echo_factory", settings, "bench/no-migrations") as port:
+        async with open_channel(f"127.0.0.1:{port}", env.token("bench")) as channel:
+            stub = echo.echo_stub(channel)
+            await stub(b"warm-up")
+            for concurrency in CONCURRENCY:
+                results[concurrency] = await closed_loop(
+                    "echo (service host)", lambda _: stub(b"ping"), concurrency, seconds
+                )
+    return results
+
+
+async def main() -> dict[int, Figures]:
+    async with bench_env() as env:
+        results = await measure_echo(env)
+    for figures in results.values():
+        print(figures.line())
+    with bare_process() as port:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = echo.echo_stub(channel)
+            for concurrency in CONCURRENCY:
+                print(
+                    (
+                        await closed_loop(
+                            "echo (bare grpc.aio)", lambda _: stub(b"ping"), concurrency, SECONDS
+                        )
+                    ).line()
+                )
+    return results
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,120 @@
+"""Benchmark plumbing: servers in their own processes, a closed-loop load generator, figures.
+
+The server under test runs in a child process so that the load generator does not share its
+event loop; both share this machine's two cores, so compare figures as ratios within one run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import multiprocessing as mp
+import statistics
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from billing_common.service import ServiceHost
+from billing_common.settings import CommonSettings
+from billing_common.testing.infra import TEST_DATABASE, resolve_infra
+from billing_common.testing.plugin import InfraEnv, _ensure_database, _with_database
+
+
+@dataclass(frozen=True)
+class Figures:
+    name: str
+    concurrency: int
+    calls: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def rps(self) -> float:
+        return self.calls / self.seconds
+
+    def line(self, baseline: Figures | None = None) -> str:
+        ratio = f"  ratio to echo {self.rps / baseline.rps:5.2f}" if baseline else ""
+        return (
+            f"{self.name:<34} c={self.concurrency:<3} {self.rps:9.0f} req/s  "
+            f"p50 {self.p50_ms:6.2f} ms  p99 {self.p99_ms:6.2f} ms{ratio}"
+        )
+
+
+async def closed_loop(
+    name: str, call: Callable[[int], Awaitable[Any]], concurrency: int, seconds: float
+) -> Figures:
+    """`concurrency` callers each issue calls back to back for `seconds`; latencies of all calls."""
+    latencies: list[float] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    counter = iter(range(10**12))
+
+    async def caller() -> None:
+        while loop.time() < deadline:
+            started = time.perf_counter()
+            await call(next(counter))
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    latencies.sort()
+    return Figures(
+        name,
+        concurrency,
+        len(latencies),
+        elapsed,
+        statistics.median(latencies) * 1000,
+        latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+    )
+
+
+def _serve(setup_ref: str, settings: CommonSettings, migrations: str, ports: Any, stop: Any) -> None:
+    from pathlib import Path
+
+    module, _, attr = setup_ref.partition(":")
+    setup = getattr(importlib.import_module(module), attr)(settings)
+
+    async def main() -> None:
+        host = ServiceHost(settings, setup, Path(migrations), log_requests=False)
+        await host.start()
+        ports.put(host.port)
+        while not stop.is_set():
+            await asyncio.sleep(0.2)
+        await host.stop()
+
+    asyncio.run(main())
+
+
+@contextlib.asynccontextmanager
+async def bench_env() -> AsyncIterator[InfraEnv]:
+    with resolve_infra() as found:
+        await _ensure_database(found.postgres_admin_url)
+        infra = type(found)(
+            _with_database(found.postgres_admin_url, TEST_DATABASE), found.redis_url, found.amqp_url
+        )
+        env = InfraEnv(infra)
+        try:
+            yield env
+        finally:
+            await env.cleanup()
+
+
+@contextlib.contextmanager
+def server_process(setup_ref: str, settings: CommonSettings, migrations: str) -> Any:
+    """Run `setup_ref` ("package.module:factory", factory(settings) -> setup) in a child process."""
+    ctx = mp.get_context("spawn")
+    ports = ctx.Queue()
+    stop = ctx.Event()
+    process = ctx.Process(target=_serve, args=(setup_ref, settings, migrations, ports, stop), daemon=True)
+    process.start()
+    try:
+        yield ports.get(timeout=120)
+    finally:
+        stop.set()
+        process.join(timeout=30)
+        if process.is_alive():
+            process.kill()

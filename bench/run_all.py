@@ -1,0 +1,22 @@
+"""`make bench`: every benchmark in one run, so ratios compare figures from the same conditions."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+BENCHES = ["bench.echo_baseline"]
+
+
+def main() -> None:
+    for name in BENCHES:
+        print(f"\n== {name}")
+        asyncio.run(importlib.import_module(name).main())
+
+
+if __name__ == "__main__":
+    main()
