@@ -33,8 +33,7 @@ def _bare_server(ports: Any, stop: Any) -> None:
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         ports.put(port)
-        while not stop.is_set():
-            await asyncio.sleep(0.2)
+        await asyncio.to_thread(stop.wait)
         await server.stop(None)
 
     asyncio.run(main())

@@ -82,8 +82,7 @@ def _serve(setup_ref: str, settings: CommonSettings, migrations: str, ports: Any
         host = ServiceHost(settings, setup, Path(migrations), log_requests=False)
         await host.start()
         ports.put(host.port)
-        while not stop.is_set():
-            await asyncio.sleep(0.2)
+        await asyncio.to_thread(stop.wait)
         await host.stop()
 
     asyncio.run(main())

@@ -212,7 +212,7 @@ def _wrap(handler: Any, guard: _Guard) -> Handler:
                 response = await inner(request, grpc_context)
                 guard.ok(started)
                 return response
-            except BaseException as error:  # noqa: BLE001 - every failure is mapped to a status
+            except BaseException as error:
                 await guard.fail(grpc_context, started, error)
             finally:
                 if tokens:
@@ -234,7 +234,7 @@ def _wrap(handler: Any, guard: _Guard) -> Handler:
             async for item in streaming(request, grpc_context):
                 yield item
             guard.ok(started)
-        except BaseException as error:  # noqa: BLE001
+        except BaseException as error:
             await guard.fail(grpc_context, started, error)
         finally:
             if tokens:
