@@ -1,0 +1,190 @@
+"""The outbox, relay, inbox and dead-letter queue against real PostgreSQL and RabbitMQ."""
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import aio_pika
+import asyncpg
+import pytest
+
+from billing.events.v1 import payment_pb2
+from billing_common import db
+from billing_common.clock import ControllableClock
+from billing_common.events import EventConsumer, Outbox, OutboxRelay, event_type_of
+from billing_common.testing.broker import broker_stopped
+from billing_common.testing.plugin import InfraEnv, eventually
+
+CONSUMER_TABLES = db.Migration("0001.sql", "CREATE TABLE settled (payment_id TEXT NOT NULL);")
+PRODUCER_TABLES = db.Migration("0001.sql", "CREATE TABLE payments (payment_id TEXT PRIMARY KEY);")
+
+
+async def _schema(env: InfraEnv, name: str, migration: db.Migration) -> asyncpg.Pool:
+    schema = f"{name}_{env.run_id}"
+    env.schemas.append(schema)
+    await db.provision(env.infra.postgres_admin_url, schema, schema)
+    pool = await env.pool(schema)
+    async with pool.acquire() as conn:
+        await db.migrate(conn, schema, [*db.common_migrations(), migration])
+    return pool
+
+
+async def _record_payment(conn: asyncpg.Connection, event: payment_pb2.PaymentSucceeded) -> None:
+    await conn.execute("INSERT INTO settled VALUES ($1)", event.payment_id)
+
+
+class Harness:
+    def __init__(self, env: InfraEnv, producer: asyncpg.Pool, consumer_pool: asyncpg.Pool) -> None:
+        self.env = env
+        self.producer = producer
+        self.consumer_pool = consumer_pool
+        self.outbox = Outbox("gateway-adapter", ControllableClock(datetime(2026, 11, 21, 3, 1, tzinfo=UTC)))
+        self.queue = f"recurring.{env.run_id}.events"
+        env.queues += [self.queue, f"{self.queue}.retry", f"{self.queue}.dlq"]
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def consumer(self, handler=_record_payment, max_retries: int = 5) -> EventConsumer:
+        return EventConsumer(
+            self.consumer_pool,
+            self.env.infra.amqp_url,
+            self.env.exchange,
+            self.queue,
+            {"payment.succeeded": handler},
+            max_retries=max_retries,
+            retry_delay=timedelta(milliseconds=100),
+        )
+
+    def relay(self) -> OutboxRelay:
+        return OutboxRelay(
+            self.producer,
+            self.env.infra.amqp_url,
+            self.env.exchange,
+            "gateway-adapter",
+            wake=self.outbox.written,
+            poll_interval=timedelta(milliseconds=50),
+        )
+
+    def start(self, coro_factory) -> None:
+        self.tasks.append(asyncio.create_task(coro_factory()))
+
+    async def commit_payment(self, payment_id: str) -> str:
+        async with self.producer.acquire() as conn, conn.transaction():
+            await conn.execute("INSERT INTO payments VALUES ($1)", payment_id)
+            return await self.outbox.add(conn, payment_pb2.PaymentSucceeded(payment_id=payment_id))
+
+    async def settled(self) -> list[str]:
+        return [r["payment_id"] for r in await self.consumer_pool.fetch("SELECT payment_id FROM settled")]
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.producer.close()
+        await self.consumer_pool.close()
+
+
+@pytest.fixture
+async def harness(env: InfraEnv):
+    h = Harness(
+        env, await _schema(env, "producer", PRODUCER_TABLES), await _schema(env, "consumer", CONSUMER_TABLES)
+    )
+    yield h
+    await h.close()
+
+
+def test_routing_key_is_declared_by_the_contract() -> None:
+    assert event_type_of(payment_pb2.PaymentSucceeded()) == "payment.succeeded"
+
+
+async def test_event_committed_with_state_change_reaches_its_consumer(harness: Harness) -> None:
+    consumer = harness.consumer()
+    harness.start(consumer.run)
+    await asyncio.wait_for(consumer.ready.wait(), 10)
+    harness.start(harness.relay().run)
+
+    await harness.commit_payment("pay_1")
+
+    assert await eventually(harness.settled) == ["pay_1"]
+    row = await harness.producer.fetchrow("SELECT published_at FROM outbox")
+    assert row["published_at"] is not None
+
+
+async def test_event_committed_while_the_broker_is_down_is_delivered_after_it_returns(
+    harness: Harness,
+) -> None:
+    consumer = harness.consumer()
+    harness.start(consumer.run)
+    await asyncio.wait_for(consumer.ready.wait(), 10)
+    harness.start(harness.relay().run)
+
+    async with broker_stopped():
+        await harness.commit_payment("pay_during_outage")
+        await asyncio.sleep(0.5)
+        assert await harness.producer.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL") == 1
+
+    assert await eventually(harness.settled, timeout=30) == ["pay_during_outage"]
+
+
+async def test_a_duplicated_delivery_has_exactly_one_effect(harness: Harness) -> None:
+    consumer = harness.consumer()
+    harness.start(consumer.run)
+    await asyncio.wait_for(consumer.ready.wait(), 10)
+    relay = harness.relay()
+    event_id = await harness.commit_payment("pay_twice")
+
+    connection = await aio_pika.connect(harness.env.infra.amqp_url)
+    async with connection:
+        exchange = await connection.channel(publisher_confirms=True)
+        exchange = await exchange.declare_exchange(
+            harness.env.exchange, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        assert await relay.relay_once(exchange) == 1
+        # As if the relay crashed after publishing but before marking the row: it publishes again.
+        await harness.producer.execute("UPDATE outbox SET published_at = NULL")
+        assert await relay.relay_once(exchange) == 1
+
+    async def both_deliveries_handled() -> bool:
+        depth = await harness.consumer_pool.fetchval("SELECT count(*) FROM inbox")
+        return depth == 1 and await _queue_depth(harness.env, harness.queue) == 0
+
+    await eventually(both_deliveries_handled)
+    await asyncio.sleep(0.3)
+    assert await harness.settled() == ["pay_twice"]
+    assert await harness.consumer_pool.fetchval("SELECT event_id::text FROM inbox") == event_id
+
+
+async def test_a_message_that_keeps_failing_ends_in_the_dead_letter_queue(harness: Harness) -> None:
+    attempts = 0
+
+    async def always_fails(conn: asyncpg.Connection, event: payment_pb2.PaymentSucceeded) -> None:
+        nonlocal attempts
+        attempts += 1
+        await conn.execute("INSERT INTO settled VALUES ($1)", event.payment_id)
+        raise RuntimeError("downstream refused")
+
+    consumer = harness.consumer(always_fails, max_retries=2)
+    harness.start(consumer.run)
+    await asyncio.wait_for(consumer.ready.wait(), 10)
+    harness.start(harness.relay().run)
+
+    await harness.commit_payment("pay_poison")
+
+    await eventually(lambda: _queue_depth(harness.env, f"{harness.queue}.dlq"), timeout=15)
+    assert attempts == 3  # the first try and two retries
+    assert await harness.settled() == []  # each failed attempt rolled back its writes
+    assert await harness.consumer_pool.fetchval("SELECT count(*) FROM inbox") == 0
+    connection = await aio_pika.connect(harness.env.infra.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        parked = await (await channel.get_queue(f"{harness.queue}.dlq")).get()
+        assert parked is not None
+        assert payment_pb2.PaymentSucceeded.FromString(parked.body).payment_id == "pay_poison"
+        assert "downstream refused" in str(parked.headers["x-dead-reason"])
+        await parked.ack()
+
+
+async def _queue_depth(env: InfraEnv, queue: str) -> int:
+    connection = await aio_pika.connect(env.infra.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        declared = await channel.declare_queue(queue, passive=True)
+        return int(declared.declaration_result.message_count or 0)
