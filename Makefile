@@ -43,7 +43,7 @@ ruff: install
 	$(RUN) ruff format --check .
 
 mypy: protos
-	$(RUN) mypy libs/common/src $(foreach s,$(SERVICES),services/$(s)/src) bench
+	$(RUN) mypy -p billing_common -p gateway_adapter -p quota -p recurring -p dunning -p tier -p bench
 
 contracts: protos
 	$(RUN) lint-imports

@@ -164,8 +164,8 @@ class OutboxRelay:
                     exchange = await declare_exchange(channel, self._exchange_name)
                     backoff = 0.2
                     await self._relay_forever(exchange)
-            except _BROKER_ERRORS as exc:
-                log.warning("event relay cannot reach the broker; will retry", extra={"error": str(exc)})
+            except Exception as exc:  # any failure of the connection: reconnect; rows stay unpublished
+                log.warning("event relay cannot reach the broker; will retry", extra={"error": repr(exc)})
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
@@ -299,11 +299,11 @@ class EventConsumer:
                     async with queue.iterator() as messages:
                         async for message in messages:
                             await self._handle(channel, message)
-            except _BROKER_ERRORS as exc:
+            except Exception as exc:  # handler errors are caught per message; this is the connection
                 self.ready.clear()
                 log.warning(
                     "event consumer lost the broker; will retry",
-                    extra={"queue": self.queues.main, "error": str(exc)},
+                    extra={"queue": self.queues.main, "error": repr(exc)},
                 )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -324,7 +324,7 @@ class EventConsumer:
                 EVENTS_HANDLED.labels(self.queues.main, event_type, outcome).inc()
                 await message.ack()
             except _BROKER_ERRORS:
-                raise
+                raise  # not the event's fault: reconnect, and the broker redelivers it
             except Exception as exc:
                 log.exception(
                     "event handler failed", extra={"event_type": event_type, "queue": self.queues.main}

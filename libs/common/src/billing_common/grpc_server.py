@@ -126,7 +126,7 @@ class BillingInterceptor(grpc.aio.ServerInterceptor):
     def authorize(self, method: str, grpc_context: Context) -> None:
         authorization = None
         for key, value in grpc_context.invocation_metadata() or ():
-            if key == "authorization":
+            if key == "authorization" and isinstance(value, str):
                 authorization = value
             elif key == CORRELATION_HEADER and value:
                 context.correlation_id.set(str(value))

@@ -29,7 +29,7 @@ async def _schema(env: InfraEnv, name: str, migration: db.Migration) -> asyncpg.
 
 
 async def _record_payment(conn: asyncpg.Connection, event: payment_pb2.PaymentSucceeded) -> None:
-    await conn.execute("INSERT INTO settled VALUES ($1)", event.payment_id)
+    await conn.execute("INSERT INTO settled VALUES ($1)", event.payment.payment_id)
 
 
 class Harness:
@@ -69,7 +69,9 @@ class Harness:
     async def commit_payment(self, payment_id: str) -> str:
         async with self.producer.acquire() as conn, conn.transaction():
             await conn.execute("INSERT INTO payments VALUES ($1)", payment_id)
-            return await self.outbox.add(conn, payment_pb2.PaymentSucceeded(payment_id=payment_id))
+            return await self.outbox.add(
+                conn, payment_pb2.PaymentSucceeded(payment=payment_pb2.PaymentFacts(payment_id=payment_id))
+            )
 
     async def settled(self) -> list[str]:
         return [r["payment_id"] for r in await self.consumer_pool.fetch("SELECT payment_id FROM settled")]
@@ -158,7 +160,7 @@ async def test_a_message_that_keeps_failing_ends_in_the_dead_letter_queue(harnes
     async def always_fails(conn: asyncpg.Connection, event: payment_pb2.PaymentSucceeded) -> None:
         nonlocal attempts
         attempts += 1
-        await conn.execute("INSERT INTO settled VALUES ($1)", event.payment_id)
+        await conn.execute("INSERT INTO settled VALUES ($1)", event.payment.payment_id)
         raise RuntimeError("downstream refused")
 
     consumer = harness.consumer(always_fails, max_retries=2)
@@ -177,7 +179,7 @@ async def test_a_message_that_keeps_failing_ends_in_the_dead_letter_queue(harnes
         channel = await connection.channel()
         parked = await (await channel.get_queue(f"{harness.queue}.dlq")).get()
         assert parked is not None
-        assert payment_pb2.PaymentSucceeded.FromString(parked.body).payment_id == "pay_poison"
+        assert payment_pb2.PaymentSucceeded.FromString(parked.body).payment.payment_id == "pay_poison"
         assert "downstream refused" in str(parked.headers["x-dead-reason"])
         await parked.ack()
 
