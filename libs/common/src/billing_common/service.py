@@ -48,6 +48,7 @@ _UNREACHABLE = (
     redis.exceptions.ConnectionError,
 )
 STARTUP_TIMEOUT_S = 120.0
+STOP_STEP_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -222,22 +223,29 @@ class ServiceHost:
             await asyncio.sleep(HEALTH_INTERVAL_S)
 
     async def stop(self) -> None:
+        """Drain in-flight calls, then stop background work and close connections, each step bounded."""
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         if self._server is not None:
             await self._server.stop(self.settings.grpc_shutdown_grace.total_seconds())
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=STOP_STEP_TIMEOUT_S)
         if self.parts:
             for hook in self.parts.on_stop:
-                await hook()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(hook(), STOP_STEP_TIMEOUT_S)
         if self.resources:
-            await self.resources.pool.close()
-            await self.resources.redis.aclose()
+            try:
+                await asyncio.wait_for(self.resources.pool.close(), STOP_STEP_TIMEOUT_S)
+            except TimeoutError:
+                log.warning("database pool did not close in time; terminating its connections")
+                self.resources.pool.terminate()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.resources.redis.aclose(), STOP_STEP_TIMEOUT_S)
         if self._amqp:
-            await self._amqp.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._amqp.close(), STOP_STEP_TIMEOUT_S)
         log.info("service stopped")
 
     async def run_until_signalled(self) -> None:

@@ -105,6 +105,12 @@ class InfraEnv:
     async def cleanup(self) -> None:
         conn = await asyncpg.connect(self.infra.postgres_admin_url)
         try:
+            await conn.execute("SET lock_timeout = '20s'")
+            # A process of the test may still hold a session (even one inside a transaction).
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = ANY($1::text[])",
+                self.schemas,
+            )
             for schema in self.schemas:
                 await conn.execute(f"DROP SCHEMA IF EXISTS {db.quote_ident(schema)} CASCADE")
                 if await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", schema):
