@@ -14,6 +14,8 @@ from billing_common.grpc_server import CORRELATION_HEADER
 # Transient failures of another service are retried by the channel itself, a few times.
 _SERVICE_CONFIG = json.dumps(
     {
+        # Spread calls over every pod behind a (headless) Service, not the first one found.
+        "loadBalancingConfig": [{"round_robin": {}}],
         "methodConfig": [
             {
                 "name": [{}],
@@ -25,7 +27,7 @@ _SERVICE_CONFIG = json.dumps(
                     "retryableStatusCodes": ["UNAVAILABLE"],
                 },
             }
-        ]
+        ],
     }
 )
 

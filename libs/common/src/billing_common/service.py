@@ -49,6 +49,11 @@ _UNREACHABLE = (
 )
 STARTUP_TIMEOUT_S = 120.0
 STOP_STEP_TIMEOUT_S = 5.0
+# A health entry that only says the process works; liveness probes ask it, so a database
+# outage makes pods unready (""), not restarted.
+LIVENESS = "liveness"
+# Clients reconnect (and rebalance across new pods) at least this often.
+MAX_CONNECTION_AGE_MS = 5 * 60 * 1000
 
 
 @dataclass
@@ -133,6 +138,10 @@ class ServiceHost:
         if s.auth_insecure:
             log.warning("INSECURE development mode: calls are accepted without a verified token")
         server = grpc.aio.server(
+            options=[
+                ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
+                ("grpc.max_connection_age_grace_ms", 30_000),
+            ],
             interceptors=[
                 *telemetry.server_interceptors(),
                 BillingInterceptor(s.service_name, authenticator, log_requests=self._log_requests),
@@ -154,6 +163,7 @@ class ServiceHost:
         else:
             self.port = server.add_insecure_port(address)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._set_liveness(health_pb2.HealthCheckResponse.SERVING)
         await server.start()
         self._server = server
 
@@ -185,7 +195,10 @@ class ServiceHost:
     async def _provision_and_migrate(self) -> None:
         s = self.settings
         if s.db_admin_url:
-            await db.provision(s.db_admin_url, s.schema, _user_of(s.database_url))
+            login = urlsplit(s.database_url)
+            if not login.username:
+                raise ValueError("the database URL must name the service's login role")
+            await db.provision(s.db_admin_url, s.schema, login.username, login.password)
         conn = await asyncpg.connect(s.database_url)
         try:
             await db.migrate(
@@ -196,6 +209,9 @@ class ServiceHost:
 
     def _spawn(self, name: str, work: Callable[[], Awaitable[None]]) -> None:
         self._tasks.append(asyncio.create_task(_supervise(name, work), name=name))
+
+    async def _set_liveness(self, status: Any) -> None:
+        await self._health.set(LIVENESS, status)
 
     async def _set_health(self, status: Any) -> None:
         for name in ("", *self._service_names):
@@ -225,6 +241,7 @@ class ServiceHost:
     async def stop(self) -> None:
         """Drain in-flight calls, then stop background work and close connections, each step bounded."""
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._set_liveness(health_pb2.HealthCheckResponse.NOT_SERVING)
         if self._server is not None:
             await self._server.stop(self.settings.grpc_shutdown_grace.total_seconds())
         for task in self._tasks:
@@ -249,13 +266,23 @@ class ServiceHost:
         log.info("service stopped")
 
     async def run_until_signalled(self) -> None:
+        """Serve until SIGTERM/SIGINT; a signal that arrives while still starting stops at once."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await self.start()
-        await stop.wait()
-        log.info("shutting down: draining in-flight calls")
+        starting = asyncio.create_task(self.start())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            log.info("stopped while starting")
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+        else:
+            starting.result()  # a failed start ends the process with its error
+            await stopping
+            log.info("shutting down: draining in-flight calls")
         await self.stop()
 
 
@@ -288,13 +315,6 @@ async def _retry_until_up(what: str, attempt: Callable[[], Awaitable[T]]) -> T:
             log.warning("waiting for %s", what, extra={"error": str(exc)})
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
-
-
-def _user_of(dsn: str) -> str:
-    user = urlsplit(dsn).username
-    if not user:
-        raise ValueError("the database URL must name the service's login role")
-    return user
 
 
 S = TypeVar("S", bound=CommonSettings)

@@ -1,3 +1,8 @@
+import asyncio
+import os
+import sys
+from pathlib import Path
+
 import grpc
 import pytest
 from google.rpc import error_details_pb2
@@ -9,8 +14,9 @@ from billing_common.grpc_client import open_channel
 from billing_common.settings import CommonSettings
 from billing_common.testing.echo import SERVICE, echo_setup, echo_stub
 from billing_common.testing.plugin import InfraEnv, eventually, running_service
+from billing_common.testing.processes import settings_env
 
-NO_MIGRATIONS = __import__("pathlib").Path(__file__).parent / "no-migrations"
+NO_MIGRATIONS = Path(__file__).parent / "no-migrations"
 
 
 @pytest.fixture
@@ -25,6 +31,8 @@ async def test_health_turns_serving_once_dependencies_answer(echo, env: InfraEnv
         stub = health_pb2_grpc.HealthStub(channel)
 
         async def serving() -> bool:
+            alive = await stub.Check(health_pb2.HealthCheckRequest(service="liveness"))
+            assert alive.status == health_pb2.HealthCheckResponse.SERVING
             overall = await stub.Check(health_pb2.HealthCheckRequest(service=""))
             named = await stub.Check(health_pb2.HealthCheckRequest(service=SERVICE))
             return overall.status == named.status == health_pb2.HealthCheckResponse.SERVING
@@ -69,3 +77,19 @@ async def test_bad_input_is_invalid_argument_with_field_violations(echo, env: In
     assert [(v.field, v.description) for v in bad_request.field_violations] == [
         ("payload", "must not be the word 'invalid'")
     ]
+
+
+async def test_sigterm_while_waiting_for_the_database_stops_the_process_promptly(env: InfraEnv) -> None:
+    settings = env.settings(
+        CommonSettings, "echo", database_url="postgresql://echo@127.0.0.1:1/billing", db_admin_url=""
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "billing_common.testing.echo",
+        env={**os.environ, **settings_env("ECHO", settings)},
+    )
+    await asyncio.sleep(2.0)  # it is now retrying the unreachable database
+    assert process.returncode is None
+    process.terminate()
+    assert await asyncio.wait_for(process.wait(), 10) == 0

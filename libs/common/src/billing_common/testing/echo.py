@@ -43,3 +43,19 @@ def echo_setup(callers: set[str]) -> Any:
 
 def echo_stub(channel: grpc.aio.Channel) -> Any:
     return channel.unary_unary(METHOD, request_serializer=_identity, response_deserializer=_identity)
+
+
+def main() -> None:
+    """`python -m billing_common.testing.echo`: the echo service as a real process (ECHO_* settings)."""
+    from pathlib import Path
+
+    from billing_common.service import run_service
+    from billing_common.settings import CommonSettings
+
+    run_service(
+        "ECHO", CommonSettings, lambda _settings: echo_setup({"*"}), Path(__file__).parent / "no-migrations"
+    )
+
+
+if __name__ == "__main__":
+    main()
