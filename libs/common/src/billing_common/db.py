@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import cast
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -63,6 +65,19 @@ async def create_pool(
         init=_init_connection,
         server_settings={"search_path": schema, "application_name": application},
     )
+
+
+@contextlib.asynccontextmanager
+async def transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection inside a transaction, typed as the connection the helpers here take."""
+    async with pool.acquire() as proxy, proxy.transaction():
+        yield cast(asyncpg.Connection, proxy)
+
+
+@contextlib.asynccontextmanager
+async def connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    async with pool.acquire() as proxy:
+        yield cast(asyncpg.Connection, proxy)
 
 
 async def provision(admin_dsn: str, schema: str, role: str, password: str | None = None) -> None:

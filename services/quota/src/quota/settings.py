@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 from billing_common.settings import CommonSettings
 
 
 @dataclass(frozen=True)
 class QuotaSettings(CommonSettings):
-    pass
+    # Safety net of the in-process entitlement cache (changes also invalidate it at once).
+    entitlement_cache_ttl: timedelta = timedelta(seconds=5)
+    # How long after a period ends late usage events (by occurred_at) are still accepted into it.
+    late_usage_grace: timedelta = timedelta(hours=1)

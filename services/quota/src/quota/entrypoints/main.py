@@ -6,6 +6,16 @@ from pathlib import Path
 
 from billing.quota.v1 import quota_pb2_grpc
 from billing_common.service import Registration, Resources, ServiceParts, Setup, run_service
+from quota.adapters.catalog_store import PostgresCatalog
+from quota.adapters.counters import RedisCounters
+from quota.adapters.invalidation import RedisInvalidations
+from quota.adapters.tenant_store import PostgresTenants
+from quota.adapters.usage_ledger import PostgresUsageLedger
+from quota.app.catalog import Catalog
+from quota.app.entitlements import EntitlementCache, Entitlements
+from quota.app.usage import Usage
+from quota.entrypoints.consumers import subscription_handlers
+from quota.entrypoints.servicer import ACCESS, QuotaServicer
 from quota.settings import QuotaSettings
 
 MIGRATIONS = Path(__file__).resolve().parents[3] / "migrations"
@@ -13,12 +23,30 @@ SERVICE_NAME = "billing.quota.v1.QuotaService"
 
 
 def build(settings: QuotaSettings) -> Setup:
-    async def setup(resources: Resources) -> ServiceParts:
-        servicer = quota_pb2_grpc.QuotaServiceServicer()  # type: ignore[abstract]  # answers UNIMPLEMENTED until built
-        methods = quota_pb2_grpc.QuotaServiceServicer.__dict__
-        access = {name: {"operator"} for name in methods if not name.startswith("_")}
+    async def setup(r: Resources) -> ServiceParts:
+        catalog_store = PostgresCatalog(r.pool, r.outbox)
+        invalidations = RedisInvalidations(r.redis, settings.namespace)
+        cache = EntitlementCache(r.clock, settings.entitlement_cache_ttl)
+        entitlements = Entitlements(PostgresTenants(r.pool), catalog_store, r.clock, cache, invalidations)
+        usage = Usage(
+            entitlements,
+            catalog_store,
+            RedisCounters(r.redis, settings.namespace),
+            PostgresUsageLedger(r.pool, r.outbox),
+            r.clock,
+            settings.late_usage_grace,
+        )
+        servicer = QuotaServicer(
+            Catalog(catalog_store, r.clock, cache, invalidations), entitlements, usage, r.clock
+        )
+
+        async def listen_for_invalidations() -> None:
+            await invalidations.listen(cache.invalidate)
+
         return ServiceParts(
-            [Registration(quota_pb2_grpc.add_QuotaServiceServicer_to_server, servicer, SERVICE_NAME, access)]
+            [Registration(quota_pb2_grpc.add_QuotaServiceServicer_to_server, servicer, SERVICE_NAME, ACCESS)],
+            event_handlers=subscription_handlers(entitlements),
+            background=[listen_for_invalidations],
         )
 
     return setup

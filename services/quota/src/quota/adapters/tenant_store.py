@@ -1,0 +1,142 @@
+"""Per-tenant state in PostgreSQL: the subscription projection, add-ons, overrides, grants."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from billing_common.db import transaction
+from quota.adapters.catalog_store import _add_on
+from quota.adapters.idempotency import claim, complete
+from quota.app.ports import IdempotencyRef
+from quota.domain.catalog import AddOn, Behaviour
+from quota.domain.resolution import Grant, Override, SubscriptionView
+
+
+def _view(row: asyncpg.Record) -> SubscriptionView:
+    return SubscriptionView(
+        subscription_id=row["subscription_id"],
+        tenant_id=row["tenant_id"],
+        status=row["status"],
+        plan_code=row["plan_code"],
+        plan_version=row["plan_version"],
+        period_start=row["period_start"],
+        period_end=row["period_end"],
+        previous_period_start=row["previous_period_start"],
+        version=row["snapshot_version"],
+    )
+
+
+def _grant(row: asyncpg.Record) -> Grant:
+    return Grant(
+        row["grant_id"], row["tenant_id"], row["key"], row["quantity"], row["expires_at"], row["created_at"]
+    )
+
+
+class PostgresTenants:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def subscriptions(self, tenant_id: str) -> list[SubscriptionView]:
+        rows = await self._pool.fetch("SELECT * FROM subscriptions WHERE tenant_id = $1", tenant_id)
+        return [_view(r) for r in rows]
+
+    async def save_snapshot(self, conn: Any, view: SubscriptionView) -> SubscriptionView | None:
+        row = await conn.fetchrow(
+            "SELECT * FROM subscriptions WHERE subscription_id = $1 FOR UPDATE", view.subscription_id
+        )
+        applied = view if row is None else _view(row).advanced_by(view)
+        if applied is None:
+            return None
+        await conn.execute(
+            """INSERT INTO subscriptions (subscription_id, tenant_id, status, plan_code, plan_version,
+                   period_start, period_end, previous_period_start, snapshot_version)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+               ON CONFLICT (subscription_id) DO UPDATE SET tenant_id = EXCLUDED.tenant_id,
+                   status = EXCLUDED.status, plan_code = EXCLUDED.plan_code,
+                   plan_version = EXCLUDED.plan_version, period_start = EXCLUDED.period_start,
+                   period_end = EXCLUDED.period_end, previous_period_start = EXCLUDED.previous_period_start,
+                   snapshot_version = EXCLUDED.snapshot_version""",
+            applied.subscription_id,
+            applied.tenant_id,
+            applied.status,
+            applied.plan_code,
+            applied.plan_version,
+            applied.period_start,
+            applied.period_end,
+            applied.previous_period_start,
+            applied.version,
+        )
+        return applied
+
+    async def add_ons_of(self, tenant_id: str) -> list[AddOn]:
+        rows = await self._pool.fetch(
+            """SELECT a.* FROM tenant_add_ons t JOIN add_ons a ON a.code = t.add_on_code
+               WHERE t.tenant_id = $1 ORDER BY a.code""",
+            tenant_id,
+        )
+        return [_add_on(r) for r in rows]
+
+    async def attach_add_on(self, tenant_id: str, code: str, attached: bool) -> None:
+        if attached:
+            await self._pool.execute(
+                "INSERT INTO tenant_add_ons (tenant_id, add_on_code) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                tenant_id,
+                code,
+            )
+        else:
+            await self._pool.execute(
+                "DELETE FROM tenant_add_ons WHERE tenant_id = $1 AND add_on_code = $2", tenant_id, code
+            )
+
+    async def overrides(self, tenant_id: str) -> list[Override]:
+        rows = await self._pool.fetch("SELECT * FROM overrides WHERE tenant_id = $1 ORDER BY key", tenant_id)
+        return [
+            Override(
+                r["tenant_id"], r["key"], r["limit"], Behaviour(r["behaviour"]) if r["behaviour"] else None
+            )
+            for r in rows
+        ]
+
+    async def set_override(self, override: Override | None, tenant_id: str, key: str) -> None:
+        if override is None:
+            await self._pool.execute(
+                "DELETE FROM overrides WHERE tenant_id = $1 AND key = $2", tenant_id, key
+            )
+            return
+        await self._pool.execute(
+            """INSERT INTO overrides (tenant_id, key, "limit", behaviour) VALUES ($1, $2, $3, $4)
+               ON CONFLICT (tenant_id, key) DO UPDATE SET "limit" = EXCLUDED."limit",
+                   behaviour = EXCLUDED.behaviour""",
+            tenant_id,
+            key,
+            override.limit,
+            override.behaviour.value if override.behaviour else None,
+        )
+
+    async def grants(self, tenant_id: str) -> list[Grant]:
+        rows = await self._pool.fetch(
+            "SELECT * FROM grants WHERE tenant_id = $1 AND expires_at > now() - interval '1 day'", tenant_id
+        )
+        return [_grant(r) for r in rows]
+
+    async def create_grant(self, grant: Grant, idem: IdempotencyRef) -> Grant:
+        async with transaction(self._pool) as conn:
+            prior = await claim(conn, idem)
+            if prior is None:
+                await conn.execute(
+                    """INSERT INTO grants (grant_id, tenant_id, key, quantity, expires_at, created_at)
+                       VALUES ($1, $2, $3, $4, $5, $6)""",
+                    grant.grant_id,
+                    grant.tenant_id,
+                    grant.key,
+                    grant.quantity,
+                    grant.expires_at,
+                    grant.created_at,
+                )
+                await complete(conn, idem, grant.grant_id)
+                prior = grant.grant_id
+            row = await conn.fetchrow("SELECT * FROM grants WHERE grant_id = $1", prior)
+        assert row is not None
+        return _grant(row)

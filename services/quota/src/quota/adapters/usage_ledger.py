@@ -1,0 +1,113 @@
+"""Durable usage records in PostgreSQL; threshold alerts and their events in the same transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import asyncpg
+
+from billing.events.v1 import quota_pb2 as events
+from billing_common.db import transaction
+from billing_common.events import Outbox
+from quota.app.ports import AppendStatus, CounterRef, ThresholdAlert, UsageRecord
+
+
+class PostgresUsageLedger:
+    def __init__(self, pool: asyncpg.Pool, outbox: Outbox) -> None:
+        self._pool = pool
+        self._outbox = outbox
+
+    async def append(
+        self, records: Sequence[UsageRecord], alerts: Sequence[ThresholdAlert]
+    ) -> list[AppendStatus]:
+        """All records in one statement; a key already stored is reported, not stored again."""
+        async with transaction(self._pool) as conn:
+            inserted = await conn.fetch(
+                """INSERT INTO usage_records
+                       (tenant_id, key, delta, idempotency_key, occurred_at, period_start)
+                   SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[],
+                                        $5::timestamptz[], $6::timestamptz[])
+                   ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
+                   RETURNING tenant_id, idempotency_key""",
+                [r.tenant_id for r in records],
+                [r.key for r in records],
+                [r.delta for r in records],
+                [r.idempotency_key for r in records],
+                [r.occurred_at for r in records],
+                [r.period_start for r in records],
+            )
+            stored = {(r["tenant_id"], r["idempotency_key"]) for r in inserted}
+            statuses: list[AppendStatus] = []
+            existing: dict[tuple[str, str], str] = {}
+            if len(stored) < len(records):
+                rows = await conn.fetch(
+                    """SELECT u.tenant_id, u.idempotency_key, u.key, u.delta FROM usage_records u
+                       JOIN unnest($1::text[], $2::text[]) AS k(tenant_id, idempotency_key)
+                         USING (tenant_id, idempotency_key)""",
+                    [r.tenant_id for r in records],
+                    [r.idempotency_key for r in records],
+                )
+                existing = {(r["tenant_id"], r["idempotency_key"]): f"{r['key']}|{r['delta']}" for r in rows}
+            for record in records:
+                identity = (record.tenant_id, record.idempotency_key)
+                if identity in stored:
+                    stored.discard(identity)  # a key repeated inside the batch counts once
+                    statuses.append(AppendStatus.STORED)
+                elif existing.get(identity) == record.fingerprint:
+                    statuses.append(AppendStatus.DUPLICATE)
+                else:
+                    statuses.append(AppendStatus.MISMATCH)
+            kept = {
+                (r.tenant_id, r.idempotency_key)
+                for r, s in zip(records, statuses, strict=True)
+                if s is AppendStatus.STORED
+            }
+            for alert in alerts:
+                if (alert.tenant_id, alert.idempotency_key) in kept:
+                    await self._alert_once(conn, alert)
+        return statuses
+
+    async def _alert_once(self, conn: asyncpg.Connection, alert: ThresholdAlert) -> None:
+        first = await conn.fetchval(
+            """INSERT INTO threshold_alerts (tenant_id, key, period_start, percent, used)
+               VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING true""",
+            alert.tenant_id,
+            alert.key,
+            alert.period_start,
+            alert.percent,
+            alert.used,
+        )
+        if not first:
+            return
+        event = events.QuotaThresholdCrossed(
+            tenant_id=alert.tenant_id,
+            key=alert.key,
+            threshold_percent=alert.percent,
+            used=alert.used,
+            limit=alert.limit,
+        )
+        event.period_start.FromDatetime(alert.period_start)
+        if alert.period_end is not None:
+            event.period_end.FromDatetime(alert.period_end)
+        await self._outbox.add(conn, event)
+
+    async def window_total(self, counter: CounterRef) -> int:
+        total = await self._pool.fetchval(
+            """SELECT coalesce(sum(delta), 0) FROM usage_records
+               WHERE tenant_id = $1 AND key = $2 AND period_start = $3""",
+            counter.tenant_id,
+            counter.key,
+            counter.period_start,
+        )
+        return int(total)
+
+    async def totals(self, tenant_id: str, start: datetime, end: datetime) -> dict[str, int]:
+        rows = await self._pool.fetch(
+            """SELECT key, sum(delta) AS quantity FROM usage_records
+               WHERE tenant_id = $1 AND occurred_at >= $2 AND occurred_at < $3 GROUP BY key""",
+            tenant_id,
+            start,
+            end,
+        )
+        return {r["key"]: int(r["quantity"]) for r in rows}

@@ -1,0 +1,163 @@
+"""Per-tenant entitlements: the subscription projection, overrides, grants, add-ons, resolution.
+
+Resolutions are cached in the process (the hot path must not touch PostgreSQL) and dropped when
+anything they depend on changes: a subscription event, a plan change, an override, a grant or an
+add-on, here or in another process (broadcast through `Invalidations`). A short TTL is the safety
+net for a missed broadcast, and a resolution also ends by itself when a grant in it expires.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from billing_common.clock import Clock
+from billing_common.errors import FailedPrecondition, InvalidArgument, NotFound, Violations
+from quota.app.ports import CatalogStore, IdempotencyRef, Invalidations, TenantStore
+from quota.domain.catalog import KEY_PATTERN, Behaviour
+from quota.domain.resolution import Grant, Override, Resolution, SubscriptionView, pick_subscription, resolve
+
+
+class EntitlementCache:
+    def __init__(self, clock: Clock, ttl: timedelta) -> None:
+        self._clock = clock
+        self._ttl = ttl
+        self._entries: dict[str, tuple[Resolution, datetime]] = {}
+        self.generation = 0  # bumped on every invalidation, so a resolution built meanwhile is not kept
+
+    def get(self, tenant_id: str) -> Resolution | None:
+        entry = self._entries.get(tenant_id)
+        if entry is None:
+            return None
+        if self._clock.now() >= entry[1]:
+            del self._entries[tenant_id]
+            return None
+        return entry[0]
+
+    def put(self, resolution: Resolution, generation: int) -> None:
+        if generation != self.generation:
+            return
+        expires = self._clock.now() + self._ttl
+        if resolution.valid_until is not None:
+            expires = min(expires, resolution.valid_until)
+        self._entries[resolution.tenant_id] = (resolution, expires)
+
+    def invalidate(self, tenant_id: str | None) -> None:
+        self.generation += 1
+        if tenant_id is None:
+            self._entries.clear()
+        else:
+            self._entries.pop(tenant_id, None)
+
+    def clear(self) -> None:
+        self.invalidate(None)
+
+
+def _check_tenant_and_key(violations: Violations, tenant_id: str, key: str) -> None:
+    violations.check(0 < len(tenant_id) <= 200, "tenant_id", "is required (1-200 characters)")
+    violations.check(bool(KEY_PATTERN.match(key)), "key", "is not a valid entitlement key")
+
+
+@dataclass(frozen=True)
+class GrantRequest:
+    tenant_id: str
+    key: str
+    quantity: int
+    expires_at: datetime | None
+
+
+class Entitlements:
+    def __init__(
+        self,
+        tenants: TenantStore,
+        catalog: CatalogStore,
+        clock: Clock,
+        cache: EntitlementCache,
+        invalidations: Invalidations,
+    ) -> None:
+        self._tenants = tenants
+        self._catalog = catalog
+        self._clock = clock
+        self._cache = cache
+        self._invalidations = invalidations
+
+    async def resolution(self, tenant_id: str) -> Resolution:
+        cached = self._cache.get(tenant_id)
+        if cached is not None:
+            return cached
+        generation = self._cache.generation
+        resolution = await self._resolve(tenant_id)
+        self._cache.put(resolution, generation)
+        return resolution
+
+    async def _resolve(self, tenant_id: str) -> Resolution:
+        subscription = pick_subscription(await self._tenants.subscriptions(tenant_id))
+        plan = None
+        if subscription is not None and subscription.plan_code:
+            plan = await self._catalog.get_plan(subscription.plan_code, subscription.plan_version)
+        return resolve(
+            tenant_id,
+            subscription,
+            plan,
+            await self._tenants.add_ons_of(tenant_id),
+            await self._tenants.overrides(tenant_id),
+            await self._tenants.grants(tenant_id),
+            await self._catalog.free_plan(),
+            self._clock.now(),
+        )
+
+    async def _changed(self, tenant_id: str) -> None:
+        self._cache.invalidate(tenant_id)
+        await self._invalidations.publish(tenant_id)
+
+    async def apply_snapshot(self, conn: Any, view: SubscriptionView) -> None:
+        """Project one subscription snapshot (in the event's inbox transaction)."""
+        applied = await self._tenants.save_snapshot(conn, view)
+        if applied is not None:
+            await self._changed(view.tenant_id)
+
+    async def set_override(
+        self, tenant_id: str, key: str, limit: int, unlimited: bool, behaviour: Behaviour | None, remove: bool
+    ) -> Resolution:
+        violations = Violations()
+        _check_tenant_and_key(violations, tenant_id, key)
+        if not remove:
+            violations.check(limit >= 0, "limit", "must not be negative")
+            violations.check(not (unlimited and limit), "limit", "must be 0 when unlimited is set")
+        violations.raise_if_any()
+        override = None if remove else Override(tenant_id, key, None if unlimited else limit, behaviour)
+        await self._tenants.set_override(override, tenant_id, key)
+        await self._changed(tenant_id)
+        return await self.resolution(tenant_id)
+
+    async def create_grant(self, request: GrantRequest, idem: IdempotencyRef) -> Grant:
+        now = self._clock.now()
+        violations = Violations()
+        _check_tenant_and_key(violations, request.tenant_id, request.key)
+        violations.check(request.quantity > 0, "quantity", "must be positive")
+        violations.check(
+            request.expires_at is not None and request.expires_at > now, "expires_at", "must be in the future"
+        )
+        violations.check(0 < len(idem.key) <= 200, "idempotency_key", "is required (1-200 characters)")
+        violations.raise_if_any()
+        assert request.expires_at is not None
+        grant = Grant(
+            str(uuid.uuid4()), request.tenant_id, request.key, request.quantity, request.expires_at, now
+        )
+        stored = await self._tenants.create_grant(grant, idem)
+        await self._changed(request.tenant_id)
+        return stored
+
+    async def attach_add_on(self, tenant_id: str, code: str, attached: bool) -> Resolution:
+        if not 0 < len(tenant_id) <= 200:
+            raise InvalidArgument.of("tenant_id", "is required (1-200 characters)")
+        if attached and code not in {a.code for a in await self._catalog.list_add_ons()}:
+            raise NotFound(f"add-on {code} does not exist")
+        resolution = await self.resolution(tenant_id)
+        if attached and resolution.denied:
+            raise FailedPrecondition(f"tenant {tenant_id} has no active subscription to add to")
+        await self._tenants.attach_add_on(tenant_id, code, attached)
+        await self._changed(tenant_id)
+        return await self.resolution(tenant_id)

@@ -1,0 +1,141 @@
+"""What the use cases need from the outside world; adapters implement these."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Protocol
+
+from quota.domain.catalog import AddOn, Plan, PlanSpec
+from quota.domain.resolution import Grant, Override, SubscriptionView
+
+
+@dataclass(frozen=True)
+class IdempotencyRef:
+    """An idempotency key of a state-changing call and a fingerprint of the request it came with."""
+
+    scope: str
+    key: str
+    request_hash: str
+
+
+class CatalogStore(Protocol):
+    async def create_plan(self, code: str, spec: PlanSpec, now: datetime, idem: IdempotencyRef) -> Plan: ...
+    async def update_plan(self, code: str, spec: PlanSpec, now: datetime, idem: IdempotencyRef) -> Plan: ...
+    async def get_plan(self, code: str, version: int = 0) -> Plan | None: ...
+    async def list_plans(self, after_code: str, limit: int, include_retired: bool) -> list[Plan]: ...
+    async def retire_plan(self, code: str) -> Plan: ...
+    async def free_plan(self) -> Plan | None: ...
+    async def create_add_on(self, add_on: AddOn, now: datetime, idem: IdempotencyRef) -> AddOn: ...
+    async def list_add_ons(self) -> list[AddOn]: ...
+    async def set_tier_plans(self, mapping: Mapping[str, str]) -> dict[str, str]: ...
+    async def tier_plans(self) -> dict[str, str]: ...
+
+
+class TenantStore(Protocol):
+    async def subscriptions(self, tenant_id: str) -> list[SubscriptionView]: ...
+    async def save_snapshot(self, conn: Any, view: SubscriptionView) -> SubscriptionView | None:
+        """Apply a snapshot in the caller's transaction; None when an equal or newer one is applied."""
+        ...
+
+    async def add_ons_of(self, tenant_id: str) -> list[AddOn]: ...
+    async def attach_add_on(self, tenant_id: str, code: str, attached: bool) -> None: ...
+    async def overrides(self, tenant_id: str) -> list[Override]: ...
+    async def set_override(self, override: Override | None, tenant_id: str, key: str) -> None: ...
+    async def grants(self, tenant_id: str) -> list[Grant]: ...
+    async def create_grant(self, grant: Grant, idem: IdempotencyRef) -> Grant: ...
+
+
+@dataclass(frozen=True)
+class CounterRef:
+    """One counter: a tenant's usage of a key in one window (identified by its start)."""
+
+    tenant_id: str
+    key: str
+    period_start: datetime
+    period_end: datetime | None
+
+
+class CounterStatus(StrEnum):
+    COUNTED = "counted"
+    DUPLICATE = "duplicate"
+    MISMATCH = "mismatch"  # the idempotency key was used for a different event
+    DENIED = "denied"
+    NEGATIVE = "negative"  # would take usage below zero
+    MISSING = "missing"  # the counter is not in the store: rebuild it, then retry
+
+
+@dataclass(frozen=True)
+class CounterOp:
+    counter: CounterRef
+    idempotency_key: str
+    fingerprint: str
+    delta: int
+    deny_over: int | None  # refuse when usage would exceed this; None: never refuse
+
+
+@dataclass(frozen=True)
+class CounterResult:
+    status: CounterStatus
+    used: int  # after the op when counted; as found otherwise
+
+
+class Counters(Protocol):
+    """The hot counters (Redis): atomic check-and-add per counter, nothing kept on disk."""
+
+    async def read(self, counters: Sequence[CounterRef]) -> list[int | None]: ...
+    async def seed(self, counter: CounterRef, value: int) -> None: ...
+    async def apply(self, ops: Sequence[CounterOp]) -> list[CounterResult]: ...
+    async def undo(self, ops: Sequence[CounterOp]) -> None: ...
+
+
+@dataclass(frozen=True)
+class UsageRecord:
+    tenant_id: str
+    key: str
+    delta: int
+    idempotency_key: str
+    occurred_at: datetime
+    period_start: datetime
+
+    @property
+    def fingerprint(self) -> str:
+        return f"{self.key}|{self.delta}"
+
+
+@dataclass(frozen=True)
+class ThresholdAlert:
+    """A crossing to publish once, if the record with `idempotency_key` is stored."""
+
+    tenant_id: str
+    idempotency_key: str
+    key: str
+    percent: int
+    used: int
+    limit: int
+    period_start: datetime
+    period_end: datetime | None
+
+
+class AppendStatus(StrEnum):
+    STORED = "stored"
+    DUPLICATE = "duplicate"
+    MISMATCH = "mismatch"
+
+
+class UsageLedger(Protocol):
+    """The durable usage records (PostgreSQL), the source of truth of every counter."""
+
+    async def append(
+        self, records: Sequence[UsageRecord], alerts: Sequence[ThresholdAlert]
+    ) -> list[AppendStatus]: ...
+    async def window_total(self, counter: CounterRef) -> int: ...
+    async def totals(self, tenant_id: str, start: datetime, end: datetime) -> dict[str, int]: ...
+
+
+class Invalidations(Protocol):
+    """Tells every process that a tenant's (or, for None, everyone's) entitlements changed."""
+
+    async def publish(self, tenant_id: str | None) -> None: ...

@@ -1,0 +1,430 @@
+"""Usage: checks and records on the hot counters, durable records, thresholds, summaries.
+
+A record goes: resolve the tenant (cached) -> pick the window of its `occurred_at` -> one atomic
+check-and-add on the counter (with the idempotency check) -> durable insert into the ledger
+(threshold alerts in the same transaction) -> answer. If the insert finds the idempotency key
+already stored (a replay after the hot store lost its memory of it), or fails, the counter is
+set back, so the counters only ever hold what the ledger holds (plus in-flight work).
+A missing counter is rebuilt from the ledger before use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from billing_common.clock import Clock
+from billing_common.errors import FailedPrecondition, InvalidArgument, Unavailable, Violations
+from quota.app.entitlements import Entitlements
+from quota.app.ports import (
+    AppendStatus,
+    CatalogStore,
+    CounterOp,
+    CounterRef,
+    CounterResult,
+    Counters,
+    CounterStatus,
+    ThresholdAlert,
+    UsageLedger,
+    UsageRecord,
+)
+from quota.domain.catalog import KEY_PATTERN, Behaviour, Entitlement, Period
+from quota.domain.periods import Window, window_for
+from quota.domain.pricing import UsageCharge, price_usage
+from quota.domain.quota import (
+    REASON_DENIED,
+    REASON_NOT_ENTITLED,
+    Decision,
+    after_counting,
+    crossed_thresholds,
+    decide,
+    refused,
+)
+from quota.domain.resolution import Resolution, Resolved
+
+MAX_REBUILD_ROUNDS = 3
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class UsageEventIn:
+    tenant_id: str
+    key: str
+    delta: int
+    idempotency_key: str
+    occurred_at: datetime | None
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    key: str
+    decision: Decision
+    window: Window | None
+
+
+class Outcome(StrEnum):
+    COUNTED = "counted"
+    DUPLICATE = "duplicate"
+    DENIED = "denied"
+    INVALID = "invalid"
+
+
+@dataclass(frozen=True)
+class RecordResult:
+    idempotency_key: str
+    outcome: Outcome
+    check: CheckResult | None
+    error_field: str = ""
+    error: str = ""
+    conflict: bool = False  # the idempotency key belongs to a different event
+
+
+@dataclass(frozen=True)
+class _Planned:
+    index: int
+    event: UsageEventIn
+    entitlement: Entitlement
+    window: Window
+    op: CounterOp
+    thresholds: tuple[int, ...]
+
+
+class GroupCommitter:
+    """Concurrent appends are written together: while one insert runs, the next ones queue up."""
+
+    def __init__(self, ledger: UsageLedger) -> None:
+        self._ledger = ledger
+        self._pending: list[
+            tuple[list[UsageRecord], list[ThresholdAlert], asyncio.Future[list[AppendStatus]]]
+        ] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def append(self, records: list[UsageRecord], alerts: list[ThresholdAlert]) -> list[AppendStatus]:
+        future: asyncio.Future[list[AppendStatus]] = asyncio.get_running_loop().create_future()
+        self._pending.append((records, alerts, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            records = [r for item in batch for r in item[0]]
+            alerts = [a for item in batch for a in item[1]]
+            try:
+                statuses = await self._ledger.append(records, alerts)
+            except Exception as exc:  # every waiter learns that its records are not stored
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            offset = 0
+            for item_records, _, future in batch:
+                if not future.done():
+                    future.set_result(statuses[offset : offset + len(item_records)])
+                offset += len(item_records)
+
+
+class Usage:
+    def __init__(
+        self,
+        entitlements: Entitlements,
+        catalog: CatalogStore,
+        counters: Counters,
+        ledger: UsageLedger,
+        clock: Clock,
+        late_grace: timedelta,
+    ) -> None:
+        self._entitlements = entitlements
+        self._catalog = catalog
+        self._counters = counters
+        self._ledger = ledger
+        self._committer = GroupCommitter(ledger)
+        self._clock = clock
+        self._late_grace = late_grace
+
+    # ------------------------------------------------------------ checks
+
+    async def check(self, tenant_id: str, checks: Sequence[tuple[str, int]]) -> list[CheckResult]:
+        """Answers for (key, amount) pairs of one tenant; never changes usage."""
+        if not tenant_id:
+            raise InvalidArgument.of("tenant_id", "is required")
+        for index, (key, amount) in enumerate(checks):
+            if amount < 0:
+                raise InvalidArgument.of(f"checks[{index}].amount", "must not be negative")
+            if not key:
+                raise InvalidArgument.of(f"checks[{index}].key", "is required")
+        resolution = await self._entitlements.resolution(tenant_id)
+        now = self._clock.now()
+        results: list[CheckResult | None] = []
+        counters: list[CounterRef] = []
+        for key, _ in checks:
+            found = _entitled(resolution, key)
+            if isinstance(found, str):
+                results.append(CheckResult(key, refused(0, found), None))
+                continue
+            window = window_for(found.entitlement.period, now, resolution.billing)
+            assert window is not None  # the current instant always has a window
+            counters.append(CounterRef(tenant_id, key, window.start, window.end))
+            results.append(None)
+        used = await self._read(counters)
+        answers: list[CheckResult] = []
+        used_iter = iter(zip(counters, used, strict=True))
+        for (key, amount), result in zip(checks, results, strict=True):
+            if result is not None:
+                answers.append(result)
+                continue
+            counter, value = next(used_iter)
+            entitlement = resolution.entitlements[key].entitlement
+            answers.append(
+                CheckResult(
+                    key,
+                    decide(entitlement, value, amount or 1),
+                    Window(counter.period_start, counter.period_end),
+                )
+            )
+        return answers
+
+    async def _read(self, counters: list[CounterRef]) -> list[int]:
+        if not counters:
+            return []
+        values = await self._counters.read(counters)
+        for index, value in enumerate(values):
+            if value is None:
+                await self._rebuild(counters[index])
+        if any(v is None for v in values):
+            values = await self._counters.read(counters)
+        return [v or 0 for v in values]
+
+    async def _rebuild(self, counter: CounterRef) -> None:
+        await self._counters.seed(counter, await self._ledger.window_total(counter))
+
+    # ------------------------------------------------------------ records
+
+    async def record(self, events: Sequence[UsageEventIn], *, group_commit: bool) -> list[RecordResult]:
+        now = self._clock.now()
+        results: list[RecordResult | None] = [None] * len(events)
+        planned: list[_Planned] = []
+        resolutions: dict[str, Resolution] = {}
+        for index, event in enumerate(events):
+            problem = _invalid(event, now)
+            if problem:
+                results[index] = RecordResult(event.idempotency_key, Outcome.INVALID, None, *problem)
+                continue
+            if event.tenant_id not in resolutions:
+                resolutions[event.tenant_id] = await self._entitlements.resolution(event.tenant_id)
+            resolution = resolutions[event.tenant_id]
+            found = _entitled(resolution, event.key)
+            if isinstance(found, str):
+                check = CheckResult(event.key, refused(0, found), None)
+                results[index] = RecordResult(event.idempotency_key, Outcome.DENIED, check, "key", found)
+                continue
+            entitlement = found.entitlement
+            if event.delta < 0 and entitlement.period is not Period.NONE:
+                results[index] = RecordResult(
+                    event.idempotency_key,
+                    Outcome.INVALID,
+                    None,
+                    "delta",
+                    "may be negative only for standing counts (period none)",
+                )
+                continue
+            occurred = event.occurred_at or now
+            window = window_for(entitlement.period, occurred, resolution.billing)
+            if window is None or not window.open_at(now, self._late_grace):
+                results[index] = RecordResult(
+                    event.idempotency_key,
+                    Outcome.INVALID,
+                    None,
+                    "occurred_at",
+                    "falls in a closed period (past the grace for late usage)",
+                )
+                continue
+            counter = CounterRef(event.tenant_id, event.key, window.start, window.end)
+            record_probe = UsageRecord(
+                event.tenant_id, event.key, event.delta, event.idempotency_key, occurred, window.start
+            )
+            deny_over = entitlement.limit if entitlement.behaviour is Behaviour.DENY else None
+            op = CounterOp(counter, event.idempotency_key, record_probe.fingerprint, event.delta, deny_over)
+            planned.append(_Planned(index, event, entitlement, window, op, resolution.thresholds))
+
+        counter_results = await self._apply(planned)
+        to_store: list[tuple[_Planned, int]] = []
+        for item, outcome in zip(planned, counter_results, strict=True):
+            event, entitlement = item.event, item.entitlement
+            if outcome.status is CounterStatus.COUNTED:
+                to_store.append((item, outcome.used))
+                continue
+            check = CheckResult(event.key, decide(entitlement, outcome.used, event.delta), item.window)
+            if outcome.status is CounterStatus.DUPLICATE:
+                results[item.index] = RecordResult(
+                    event.idempotency_key, Outcome.DUPLICATE, _current(check, entitlement, outcome.used)
+                )
+            elif outcome.status is CounterStatus.MISMATCH:
+                results[item.index] = RecordResult(
+                    event.idempotency_key,
+                    Outcome.INVALID,
+                    None,
+                    "idempotency_key",
+                    "was already used for a different usage event",
+                    conflict=True,
+                )
+            elif outcome.status is CounterStatus.NEGATIVE:
+                results[item.index] = RecordResult(
+                    event.idempotency_key, Outcome.INVALID, None, "delta", "would take usage below zero"
+                )
+            else:
+                results[item.index] = RecordResult(
+                    event.idempotency_key, Outcome.DENIED, check, "key", check.decision.reason
+                )
+
+        if to_store:
+            await self._store(to_store, results, group_commit=group_commit)
+        return [r for r in results if r is not None]
+
+    async def _apply(self, planned: list[_Planned]) -> list[CounterResult]:
+        results = await self._counters.apply([p.op for p in planned])
+        for _ in range(MAX_REBUILD_ROUNDS):
+            missing = [i for i, r in enumerate(results) if r.status is CounterStatus.MISSING]
+            if not missing:
+                return results
+            for counter in {planned[i].op.counter for i in missing}:
+                await self._rebuild(counter)
+            retried = await self._counters.apply([planned[i].op for i in missing])
+            for i, result in zip(missing, retried, strict=True):
+                results[i] = result
+        raise Unavailable("usage counters keep disappearing; try again")
+
+    async def _store(
+        self, to_store: list[tuple[_Planned, int]], results: list[RecordResult | None], *, group_commit: bool
+    ) -> None:
+        records: list[UsageRecord] = []
+        alerts: list[ThresholdAlert] = []
+        for item, used_after in to_store:
+            event = item.event
+            records.append(
+                UsageRecord(
+                    event.tenant_id,
+                    event.key,
+                    event.delta,
+                    event.idempotency_key,
+                    event.occurred_at or self._clock.now(),
+                    item.window.start,
+                )
+            )
+            limit = item.entitlement.limit
+            for percent in crossed_thresholds(item.thresholds, limit, used_after - event.delta, used_after):
+                assert limit is not None
+                alerts.append(
+                    ThresholdAlert(
+                        event.tenant_id,
+                        event.idempotency_key,
+                        event.key,
+                        percent,
+                        used_after,
+                        limit,
+                        item.window.start,
+                        item.window.end,
+                    )
+                )
+        try:
+            if group_commit:
+                statuses = await self._committer.append(records, alerts)
+            else:
+                statuses = await self._ledger.append(records, alerts)
+        except Exception as exc:
+            await self._counters.undo([item.op for item, _ in to_store])
+            raise Unavailable(
+                "usage could not be stored; nothing was counted, retry with the same keys"
+            ) from exc
+        undo = [
+            item.op
+            for (item, _), status in zip(to_store, statuses, strict=True)
+            if status is not AppendStatus.STORED
+        ]
+        if undo:
+            await self._counters.undo(undo)
+        for (item, used_after), status in zip(to_store, statuses, strict=True):
+            event, entitlement = item.event, item.entitlement
+            if status is AppendStatus.STORED:
+                check = CheckResult(event.key, after_counting(entitlement, used_after), item.window)
+                results[item.index] = RecordResult(event.idempotency_key, Outcome.COUNTED, check)
+            elif status is AppendStatus.DUPLICATE:
+                check = CheckResult(
+                    event.key, after_counting(entitlement, used_after - event.delta), item.window
+                )
+                results[item.index] = RecordResult(event.idempotency_key, Outcome.DUPLICATE, check)
+            else:
+                results[item.index] = RecordResult(
+                    event.idempotency_key,
+                    Outcome.INVALID,
+                    None,
+                    "idempotency_key",
+                    "was already used for a different usage event",
+                    conflict=True,
+                )
+
+    # ------------------------------------------------------------ summaries
+
+    async def summary(
+        self, tenant_id: str, start: datetime | None, end: datetime | None
+    ) -> tuple[list[UsageCharge], list[str], str]:
+        """Totals per key in [start, end), priced by the tenant's plan (with its add-ons)."""
+        violations = Violations()
+        violations.check(bool(tenant_id), "tenant_id", "is required")
+        violations.check(start is not None, "period_start", "is required")
+        violations.check(
+            end is not None and (start is None or end > start),
+            "period_end",
+            "is required and after period_start",
+        )
+        violations.raise_if_any()
+        assert start is not None and end is not None
+        resolution = await self._entitlements.resolution(tenant_id)
+        plan = resolution.plan
+        entitlements = {k: r.entitlement for k, r in resolution.entitlements.items()}
+        if plan is None and resolution.subscription is not None:
+            plan = await self._catalog.get_plan(
+                resolution.subscription.plan_code, resolution.subscription.plan_version
+            )
+            entitlements = {e.key: e for e in plan.spec.entitlements} if plan else {}
+        if plan is None:
+            raise FailedPrecondition(f"tenant {tenant_id} has no plan to price usage with")
+        currency = plan.spec.price.currency
+        totals = await self._ledger.totals(tenant_id, start, end)
+        keys = sorted(totals)
+        charges = []
+        for key in keys:
+            entitlement = entitlements.get(key)
+            included = entitlement.included_quantity if entitlement else totals[key]
+            price = entitlement.unit_price if entitlement else None
+            charges.append(price_usage(totals[key], included, price, currency))
+        return charges, keys, currency
+
+
+def _entitled(resolution: Resolution, key: str) -> Resolved | str:
+    if resolution.denied:
+        return REASON_DENIED
+    found = resolution.entitlements.get(key)
+    return REASON_NOT_ENTITLED if found is None else found
+
+
+def _current(check: CheckResult, entitlement: Entitlement, used: int) -> CheckResult:
+    return CheckResult(check.key, after_counting(entitlement, used), check.window)
+
+
+def _invalid(event: UsageEventIn, now: datetime) -> tuple[str, str] | None:
+    if not 0 < len(event.tenant_id) <= 200:
+        return "tenant_id", "is required (1-200 characters)"
+    if not KEY_PATTERN.match(event.key):
+        return "key", "is not a valid entitlement key"
+    if not 0 < len(event.idempotency_key) <= 200:
+        return "idempotency_key", "is required (1-200 characters)"
+    if event.delta == 0:
+        return "delta", "must not be zero"
+    if event.occurred_at is not None and event.occurred_at > now + MAX_CLOCK_SKEW:
+        return "occurred_at", "is in the future"
+    return None

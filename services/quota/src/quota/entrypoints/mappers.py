@@ -1,0 +1,229 @@
+"""Protobuf <-> domain."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from billing.common.v1 import common_pb2
+from billing.events.v1 import subscription_pb2 as sub_events
+from billing.quota.v1 import quota_pb2 as pb
+from quota.app.usage import CheckResult
+from quota.domain.catalog import (
+    AddOn,
+    AddOnDraft,
+    Behaviour,
+    Entitlement,
+    EntitlementDraft,
+    Period,
+    Plan,
+    PlanDraft,
+)
+from quota.domain.periods import window_for
+from quota.domain.quota import Decision
+from quota.domain.resolution import Grant, Resolution, SubscriptionView
+
+PERIODS = {
+    pb.PERIOD_BILLING: Period.BILLING,
+    pb.PERIOD_CALENDAR_DAY: Period.CALENDAR_DAY,
+    pb.PERIOD_CALENDAR_MONTH: Period.CALENDAR_MONTH,
+    pb.PERIOD_NONE: Period.NONE,
+}
+PERIODS_PB = {v: k for k, v in PERIODS.items()}
+BEHAVIOURS = {
+    pb.OVER_QUOTA_BEHAVIOUR_DENY: Behaviour.DENY,
+    pb.OVER_QUOTA_BEHAVIOUR_WARN: Behaviour.WARN,
+    pb.OVER_QUOTA_BEHAVIOUR_ALLOW: Behaviour.ALLOW,
+}
+BEHAVIOURS_PB = {v: k for k, v in BEHAVIOURS.items()}
+FREQUENCIES = {
+    common_pb2.BILLING_FREQUENCY_MONTHLY: "monthly",
+    common_pb2.BILLING_FREQUENCY_WEEKLY: "weekly",
+    common_pb2.BILLING_FREQUENCY_BIWEEKLY: "biweekly",
+    common_pb2.BILLING_FREQUENCY_FOUR_WEEKLY: "four_weekly",
+    common_pb2.BILLING_FREQUENCY_ONE_TIME: "one_time",
+}
+FREQUENCIES_PB = {v: k for k, v in FREQUENCIES.items()}
+TIERS = {common_pb2.TIER_LITE: "lite", common_pb2.TIER_PLUS: "plus", common_pb2.TIER_PRO: "pro"}
+TIERS_PB = {v: k for k, v in TIERS.items()}
+STATUSES = {
+    sub_events.SUBSCRIPTION_STATE_TRIALING: "trialing",
+    sub_events.SUBSCRIPTION_STATE_ACTIVE: "active",
+    sub_events.SUBSCRIPTION_STATE_PAST_DUE: "past_due",
+    sub_events.SUBSCRIPTION_STATE_PAUSED: "paused",
+    sub_events.SUBSCRIPTION_STATE_SUSPENDED: "suspended",
+    sub_events.SUBSCRIPTION_STATE_CANCELLED: "cancelled",
+    sub_events.SUBSCRIPTION_STATE_COMPLETED: "completed",
+}
+
+
+def request_hash(request: Message) -> str:
+    """A fingerprint of a request without its idempotency key, to spot a key reused for another request."""
+    copy = type(request)()
+    copy.CopyFrom(request)
+    if "idempotency_key" in copy.DESCRIPTOR.fields_by_name:
+        copy.ClearField("idempotency_key")
+    return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
+
+
+def to_datetime(ts: Timestamp) -> datetime:
+    return ts.ToDatetime(tzinfo=UTC)
+
+
+def optional_datetime(message: Message, field: str) -> datetime | None:
+    return to_datetime(getattr(message, field)) if message.HasField(field) else None
+
+
+def stamp(ts: Timestamp, instant: datetime | None) -> None:
+    if instant is not None:
+        ts.FromDatetime(instant)
+
+
+def entitlement_draft(e: pb.Entitlement) -> EntitlementDraft:
+    return EntitlementDraft(
+        key=e.key,
+        limit=e.limit,
+        unlimited=e.unlimited,
+        period=PERIODS.get(e.period),
+        behaviour=BEHAVIOURS.get(e.behaviour),
+        included_quantity=e.included_quantity,
+        unit_price=e.unit_price.value,
+    )
+
+
+def plan_draft(spec: pb.PlanSpec) -> PlanDraft:
+    return PlanDraft(
+        name=spec.name,
+        price_minor=spec.price.amount_minor,
+        currency=spec.price.currency,
+        frequency=FREQUENCIES.get(spec.frequency),
+        trial_days=spec.trial_days,
+        entitlements=[entitlement_draft(e) for e in spec.entitlements],
+        threshold_percents=list(spec.threshold_percents),
+        is_free_fallback=spec.is_free_fallback,
+    )
+
+
+def add_on_draft(add_on: pb.AddOn) -> AddOnDraft:
+    return AddOnDraft(
+        code=add_on.code,
+        name=add_on.name,
+        price_minor=add_on.price.amount_minor,
+        currency=add_on.price.currency,
+        entitlements=[entitlement_draft(e) for e in add_on.entitlements],
+    )
+
+
+def entitlement_pb(e: Entitlement) -> pb.Entitlement:
+    message = pb.Entitlement(
+        key=e.key,
+        limit=e.limit or 0,
+        unlimited=e.unlimited,
+        period=PERIODS_PB[e.period],
+        behaviour=BEHAVIOURS_PB[e.behaviour],
+        included_quantity=e.included_quantity,
+    )
+    if e.unit_price is not None:
+        message.unit_price.value = str(e.unit_price)
+    return message
+
+
+def plan_pb(plan: Plan) -> pb.Plan:
+    spec = plan.spec
+    message = pb.Plan(
+        code=plan.code,
+        version=plan.version,
+        name=spec.name,
+        price=common_pb2.Money(amount_minor=spec.price.amount_minor, currency=spec.price.currency),
+        frequency=FREQUENCIES_PB[spec.frequency],
+        trial_days=spec.trial_days,
+        entitlements=[entitlement_pb(e) for e in spec.entitlements],
+        threshold_percents=list(spec.threshold_percents),
+        is_free_fallback=spec.is_free_fallback,
+        retired=plan.retired,
+    )
+    message.created_at.FromDatetime(plan.created_at)
+    return message
+
+
+def add_on_pb(add_on: AddOn) -> pb.AddOn:
+    return pb.AddOn(
+        code=add_on.code,
+        name=add_on.name,
+        price=common_pb2.Money(amount_minor=add_on.price.amount_minor, currency=add_on.price.currency),
+        entitlements=[entitlement_pb(e) for e in add_on.entitlements],
+    )
+
+
+def grant_pb(grant: Grant) -> pb.Grant:
+    message = pb.Grant(
+        grant_id=grant.grant_id, tenant_id=grant.tenant_id, key=grant.key, quantity=grant.quantity
+    )
+    message.expires_at.FromDatetime(grant.expires_at)
+    message.created_at.FromDatetime(grant.created_at)
+    return message
+
+
+def entitlements_pb(resolution: Resolution, now: datetime) -> pb.GetEntitlementsResponse:
+    subscription = resolution.subscription
+    message = pb.GetEntitlementsResponse(
+        tenant_id=resolution.tenant_id,
+        subscription_id=subscription.subscription_id if subscription else "",
+        subscription_status=subscription.status if subscription else "",
+        plan_code=resolution.plan.code if resolution.plan else "",
+        plan_version=resolution.plan.version if resolution.plan else 0,
+        denied=resolution.denied,
+    )
+    for key in sorted(resolution.entitlements):
+        resolved = resolution.entitlements[key]
+        item = message.entitlements.add(entitlement=entitlement_pb(resolved.entitlement))
+        for source in resolved.sources:
+            item.sources.add(
+                kind=source.kind,
+                reference=source.reference,
+                limit=source.limit or 0,
+                unlimited=source.limit is None,
+            )
+        window = window_for(resolved.entitlement.period, now, resolution.billing)
+        if window is not None:
+            item.period_start.FromDatetime(window.start)
+            stamp(item.period_end, window.end)
+    return message
+
+
+def decision_pb(key: str, decision: Decision, check: CheckResult | None = None) -> pb.CheckQuotaResponse:
+    message = pb.CheckQuotaResponse(
+        allowed=decision.allowed,
+        used=decision.used,
+        limit=decision.limit or 0,
+        unlimited=decision.limit is None,
+        remaining=decision.remaining or 0,
+        behaviour=BEHAVIOURS_PB[decision.behaviour],
+        reason=decision.reason,
+        warning=decision.warning,
+        key=key,
+    )
+    if check is not None and check.window is not None and check.window.end is not None:
+        message.period_end.FromDatetime(check.window.end)
+    return message
+
+
+def check_pb(check: CheckResult) -> pb.CheckQuotaResponse:
+    return decision_pb(check.key, check.decision, check)
+
+
+def subscription_view(snapshot: sub_events.SubscriptionSnapshot) -> SubscriptionView:
+    return SubscriptionView(
+        subscription_id=snapshot.subscription_id,
+        tenant_id=snapshot.account_id,
+        status=STATUSES.get(snapshot.status, "unknown"),
+        plan_code=snapshot.plan_code,
+        plan_version=snapshot.plan_version,
+        period_start=optional_datetime(snapshot, "current_period_start"),
+        period_end=optional_datetime(snapshot, "current_period_end"),
+        previous_period_start=None,
+        version=snapshot.version,
+    )

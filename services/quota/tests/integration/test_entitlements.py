@@ -1,0 +1,101 @@
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import pytest
+
+from billing.common.v1 import common_pb2
+from billing.events.v1 import subscription_pb2 as sub
+from billing.quota.v1 import quota_pb2 as pb
+from billing_common.testing.plugin import InfraEnv, eventually
+
+from .conftest import Quota, create_plan, entitlement, publish, snapshot, spec, subscribe
+
+
+async def check(quota: Quota, tenant: str, key: str = "api.calls", amount: int = 1) -> pb.CheckQuotaResponse:
+    return await quota.caller.CheckQuota(pb.CheckQuotaRequest(tenant_id=tenant, key=key, amount=amount))
+
+
+async def test_subscription_events_change_what_a_tenant_may_do(quota: Quota, env: InfraEnv) -> None:
+    await create_plan(quota, "pro", spec(entitlement("api.calls", 100)))
+    assert not (await check(quota, "acme")).allowed  # unknown tenant, no free plan
+    await subscribe(quota, "acme", "pro")
+    allowed = await check(quota, "acme")
+    assert allowed.allowed and allowed.limit == 100
+
+    await publish(
+        env,
+        sub.SubscriptionSuspended(subscription=snapshot("acme", "pro", sub.SUBSCRIPTION_STATE_SUSPENDED, 3)),
+    )
+
+    async def denied() -> bool:
+        reply = await check(quota, "acme")
+        return not reply.allowed and reply.reason == "subscription_not_active"
+
+    await eventually(denied)
+    # A late, older snapshot (version 2, active) is ignored.
+    await publish(env, sub.SubscriptionActivated(subscription=snapshot("acme", "pro", version=2)))
+    await subscribe(quota, "marker", "pro")  # events are handled in order: the older one is done too
+    entitlements = await quota.caller.GetEntitlements(pb.GetEntitlementsRequest(tenant_id="acme"))
+    assert entitlements.denied and entitlements.subscription_status == "suspended"
+
+    # With a free fallback plan in the catalog, the suspended tenant falls back to it.
+    await create_plan(quota, "free", spec(entitlement("api.calls", 5), free=True))
+
+    async def on_free_plan() -> bool:
+        reply = await check(quota, "acme")
+        return reply.allowed and reply.limit == 5
+
+    await eventually(on_free_plan)
+    await publish(env, sub.SubscriptionResumed(subscription=snapshot("acme", "pro", version=4)))
+
+    async def back_on_pro() -> bool:
+        return (await check(quota, "acme")).limit == 100
+
+    await eventually(back_on_pro)
+
+
+async def test_entitlements_show_plan_add_ons_overrides_and_grants(quota: Quota) -> None:
+    await create_plan(
+        quota, "pro", spec(entitlement("api.calls", 100, period=pb.PERIOD_BILLING), entitlement("seats", 3))
+    )
+    await quota.operator.CreateAddOn(
+        pb.CreateAddOnRequest(
+            add_on=pb.AddOn(
+                code="boost",
+                name="Boost",
+                entitlements=[entitlement("api.calls", 50)],
+                price=common_pb2.Money(amount_minor=100, currency="USD"),
+            ),
+            idempotency_key="boost",
+        )
+    )
+    await subscribe(quota, "acme", "pro")
+    await quota.operator.SetTenantAddOn(
+        pb.SetTenantAddOnRequest(tenant_id="acme", add_on_code="boost", attached=True)
+    )
+    await quota.operator.SetOverride(pb.SetOverrideRequest(tenant_id="acme", key="seats", limit=10))
+    grant = pb.CreateGrantRequest(tenant_id="acme", key="api.calls", quantity=25, idempotency_key="g1")
+    grant.expires_at.FromDatetime(datetime.now(UTC) + timedelta(days=1))
+    first = await quota.operator.CreateGrant(grant)
+    again = await quota.operator.CreateGrant(grant)
+    assert first.grant.grant_id == again.grant.grant_id
+
+    reply = await quota.caller.GetEntitlements(pb.GetEntitlementsRequest(tenant_id="acme"))
+    by_key = {e.entitlement.key: e for e in reply.entitlements}
+    calls = by_key["api.calls"]
+    assert calls.entitlement.limit == 100 + 50 + 25
+    assert [(s.kind, s.limit) for s in calls.sources] == [("plan", 100), ("add_on", 50), ("grant", 25)]
+    assert calls.period_end.ToDatetime(tzinfo=UTC) > datetime.now(UTC) + timedelta(
+        days=26
+    )  # the billing period
+    assert by_key["seats"].entitlement.limit == 10
+    assert (await check(quota, "acme", "seats", 10)).allowed
+    assert not (await check(quota, "acme", "seats", 11)).allowed
+
+
+async def test_an_expired_grant_is_refused_at_creation(quota: Quota) -> None:
+    grant = pb.CreateGrantRequest(tenant_id="acme", key="api.calls", quantity=5, idempotency_key="g")
+    grant.expires_at.FromDatetime(datetime.now(UTC) - timedelta(seconds=1))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await quota.operator.CreateGrant(grant)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT

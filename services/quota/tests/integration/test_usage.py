@@ -1,0 +1,182 @@
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import grpc
+import pytest
+from grpc_status import rpc_status
+
+from billing.common.v1 import common_pb2
+from billing.quota.v1 import quota_pb2 as pb
+from billing_common.testing.plugin import EventCollector, InfraEnv
+
+from .conftest import Quota, create_plan, entitlement, forget_counters, quota_service, spec, subscribe, usage
+
+
+async def record(quota: Quota, event: pb.UsageEvent) -> pb.RecordUsageResponse:
+    return await quota.caller.RecordUsage(pb.RecordUsageRequest(event=event))
+
+
+async def used(quota: Quota, tenant: str, key: str) -> int:
+    reply = await quota.caller.CheckQuota(pb.CheckQuotaRequest(tenant_id=tenant, key=key))
+    return reply.used
+
+
+async def stored_records(env: InfraEnv, settings_schema: str) -> int:
+    conn = await asyncpg.connect(env.infra.postgres_admin_url)
+    try:
+        return int(await conn.fetchval(f'SELECT count(*) FROM "{settings_schema}".usage_records'))
+    finally:
+        await conn.close()
+
+
+async def test_deny_refuses_over_the_limit_with_the_check_in_the_details(quota: Quota) -> None:
+    await create_plan(quota, "pro", spec(entitlement("exports", 3)))
+    await subscribe(quota, "acme", "pro")
+    check = await quota.caller.CheckQuota(pb.CheckQuotaRequest(tenant_id="acme", key="exports", amount=3))
+    assert check.allowed and check.used == 0 and check.remaining == 3
+    assert (await record(quota, usage("acme", "exports", 2, "e1"))).counted
+    assert await used(quota, "acme", "exports") == 2  # a check never changes usage
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await record(quota, usage("acme", "exports", 2, "e2"))
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    status = rpc_status.from_call(caught.value)
+    assert status is not None
+    details = pb.CheckQuotaResponse()
+    assert status.details[0].Unpack(details)
+    assert (details.allowed, details.used, details.limit, details.remaining) == (False, 2, 3, 1)
+    assert await used(quota, "acme", "exports") == 2
+    with pytest.raises(grpc.aio.AioRpcError) as not_entitled:
+        await record(quota, usage("acme", "other.key", 1, "e3"))
+    assert not_entitled.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_warn_counts_and_warns_allow_counts(quota: Quota) -> None:
+    await create_plan(
+        quota,
+        "pro",
+        spec(
+            entitlement("calls", 2, pb.OVER_QUOTA_BEHAVIOUR_WARN),
+            entitlement("rows", 1, pb.OVER_QUOTA_BEHAVIOUR_ALLOW),
+        ),
+    )
+    await subscribe(quota, "acme", "pro")
+    first = await record(quota, usage("acme", "calls", 1, "c1"))
+    second = await record(quota, usage("acme", "calls", 2, "c2"))
+    assert first.counted and not first.quota.warning
+    assert second.counted and second.quota.warning and second.quota.used == 3
+    allowed = await record(quota, usage("acme", "rows", 5, "r1"))
+    assert allowed.counted and not allowed.quota.warning and allowed.quota.used == 5
+
+
+async def test_a_key_counts_once_even_after_a_restart_and_a_redis_flush(env: InfraEnv) -> None:
+    async with quota_service(env) as quota:
+        await create_plan(quota, "pro", spec(entitlement("calls", 100)))
+        await subscribe(quota, "acme", "pro")
+        assert (await record(quota, usage("acme", "calls", 5, "k1"))).counted
+        replay = await record(quota, usage("acme", "calls", 5, "k1"))
+        assert not replay.counted and replay.quota.used == 5
+        with pytest.raises(grpc.aio.AioRpcError) as conflict:
+            await record(quota, usage("acme", "calls", 6, "k1"))
+        assert conflict.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    async with quota_service(env) as quota:
+        assert await forget_counters(quota) > 0
+        replay = await record(quota, usage("acme", "calls", 5, "k1"))
+        assert not replay.counted
+        assert await used(quota, "acme", "calls") == 5
+        assert await stored_records(env, quota.settings.schema) == 1
+
+
+async def test_counts_are_right_after_the_redis_keys_are_deleted_mid_test(quota: Quota) -> None:
+    await create_plan(
+        quota, "pro", spec(entitlement("calls", 10), entitlement("seats", 5, period=pb.PERIOD_NONE))
+    )
+    await subscribe(quota, "acme", "pro")
+    for index in range(4):
+        await record(quota, usage("acme", "calls", 2, f"c{index}"))
+    await record(quota, usage("acme", "seats", 3, "s1"))
+    await forget_counters(quota)
+    assert await used(quota, "acme", "calls") == 8
+    await forget_counters(quota)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await record(quota, usage("acme", "calls", 3, "c-over"))  # 8 + 3 > 10, rebuilt before the check
+    assert (await record(quota, usage("acme", "seats", -2, "s2"))).quota.used == 1
+    await forget_counters(quota)
+    assert await used(quota, "acme", "seats") == 1
+
+
+async def test_fifty_concurrent_clients_never_overshoot_a_deny_limit(quota: Quota, env: InfraEnv) -> None:
+    await create_plan(quota, "pro", spec(entitlement("calls", 37)))
+    await subscribe(quota, "acme", "pro")
+
+    codes: list[grpc.StatusCode] = []
+
+    async def client(number: int) -> tuple[int, int]:
+        counted = denied = 0
+        for attempt in range(3):
+            try:
+                await record(quota, usage("acme", "calls", 1, f"client{number}-{attempt}"))
+                counted += 1
+            except grpc.aio.AioRpcError as error:
+                codes.append(error.code())
+                denied += 1
+        return counted, denied
+
+    results = await asyncio.gather(*(client(n) for n in range(50)))
+    assert sum(c for c, _ in results) == 37
+    assert sum(d for _, d in results) == 150 - 37
+    assert set(codes) == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+    assert await used(quota, "acme", "calls") == 37
+    assert await stored_records(env, quota.settings.schema) == 37
+
+
+async def test_thresholds_are_published_once_per_period(quota: Quota, env: InfraEnv) -> None:
+    await create_plan(
+        quota, "pro", spec(entitlement("calls", 10, pb.OVER_QUOTA_BEHAVIOUR_WARN), thresholds=(80, 100))
+    )
+    await subscribe(quota, "acme", "pro")
+    async with EventCollector(env.infra.amqp_url, env.exchange, ["quota.*", "plan.*"]) as events:
+        await record(quota, usage("acme", "calls", 7, "a"))
+        await record(quota, usage("acme", "calls", 2, "b"))  # 9: crosses 80
+        await forget_counters(quota)  # rebuilt at 9: nothing is crossed again
+        await record(quota, usage("acme", "calls", 1, "c"))  # 10: crosses 100
+        await record(quota, usage("acme", "calls", 1, "c"))  # a replay crosses nothing
+        await record(quota, usage("acme", "calls", 5, "d"))  # 16: over, still once
+        crossed = await events.wait_for("quota.threshold_crossed", count=2)
+        # The outbox is relayed in order: once this later event is out, every crossing is too.
+        await create_plan(quota, "marker", spec(entitlement("calls", 1)))
+        await events.wait_for("plan.created", lambda e: e.plan_code == "marker")
+    assert sorted((e.threshold_percent, e.used, e.limit) for e in crossed) == [(80, 9, 10), (100, 10, 10)]
+    assert len(events.of_type("quota.threshold_crossed")) == 2
+
+
+async def test_usage_summary_matches_the_recorded_events(quota: Quota) -> None:
+    priced = entitlement(
+        "api.calls",
+        0,
+        pb.OVER_QUOTA_BEHAVIOUR_ALLOW,
+        unlimited=True,
+        included_quantity=1000,
+        unit_price=common_pb2.Decimal(value="0.0025"),
+    )
+    await create_plan(quota, "pro", spec(priced, entitlement("seats", 10, period=pb.PERIOD_NONE)))
+    await subscribe(quota, "acme", "pro")
+    start = datetime.now(UTC) - timedelta(minutes=5)
+    events = [usage("acme", "api.calls", 125, f"call-{i}") for i in range(10)]  # 1250
+    late = usage("acme", "api.calls", 1, "too-late")
+    late.occurred_at.FromDatetime(datetime.now(UTC) - timedelta(days=70))  # its month closed long ago
+    events += [usage("acme", "seats", 4, "seat-1"), usage("acme", "api.calls", 1, "call-0"), late]
+    batch = await quota.caller.RecordUsageBatch(pb.RecordUsageBatchRequest(events=events))
+    outcomes = [r.outcome for r in batch.results]
+    # The reused key with another delta and the event of a closed period are refused.
+    assert outcomes == [pb.USAGE_OUTCOME_COUNTED] * 11 + [pb.USAGE_OUTCOME_INVALID] * 2
+    request = pb.GetUsageSummaryRequest(tenant_id="acme")
+    request.period_start.FromDatetime(start)
+    request.period_end.FromDatetime(datetime.now(UTC) + timedelta(minutes=1))
+    summary = await quota.caller.GetUsageSummary(request)
+    totals = {t.key: t for t in summary.totals}
+    calls = totals["api.calls"]
+    assert (calls.quantity, calls.included_quantity, calls.billable_quantity) == (1250, 1000, 250)
+    assert calls.amount.amount_minor == 62  # 250 x 0.0025 USD = 62.5 cents, half-even
+    assert totals["seats"].quantity == 4 and totals["seats"].amount.amount_minor == 0
+    assert summary.total_amount == common_pb2.Money(amount_minor=62, currency="USD")
