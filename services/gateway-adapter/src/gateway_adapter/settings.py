@@ -3,10 +3,44 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 from billing_common.settings import CommonSettings
 
 
 @dataclass(frozen=True)
 class GatewaySettings(CommonSettings):
-    pass
+    # Extra routes `<merchant>:<METHOD>=<gateway>[@<credentials ref>]`; defaults: CARD→sandbox-card,
+    # ACH→sandbox-ach, STRIPE→stripe for every merchant.
+    routes: tuple[str, ...] = ()
+    breaker_fail_max: int = 5
+    breaker_reset_timeout: timedelta = timedelta(seconds=30)
+    idempotency_retention: timedelta = timedelta(days=30)
+    # How long a replay waits for the first call with its key to finish before answering UNKNOWN.
+    in_flight_wait: timedelta = timedelta(seconds=10)
+    # A call still PROCESSING after this is presumed crashed; the janitor asks the gateway.
+    processing_timeout: timedelta = timedelta(minutes=2)
+    # When to ask the gateway about an unknown outcome; the last step repeats.
+    unknown_check_schedule: tuple[timedelta, ...] = (
+        timedelta(minutes=5),
+        timedelta(hours=1),
+        timedelta(days=1),
+    )
+    janitor_interval: timedelta = timedelta(seconds=30)
+    webhook_host: str = "0.0.0.0"
+    webhook_port: int = 8080
+    # Verification secrets; more than one while a secret is being rotated.
+    stripe_webhook_secrets: tuple[str, ...] = ()
+    sandbox_webhook_secrets: tuple[str, ...] = ()
+    stripe_api_base: str = "https://api.stripe.com"
+    # `<credentials ref>=<secret key>` entries, from a Kubernetes secret; never stored in the database.
+    stripe_api_keys: tuple[str, ...] = ()
+    stripe_timeout: timedelta = timedelta(seconds=30)
+    # The sandbox gateway: answer delay, requests per second it accepts (0: no limit), ACH clearing.
+    sandbox_latency: timedelta = timedelta(0)
+    sandbox_rate_limit: int = 0
+    sandbox_ach_clears_after: timedelta = timedelta(seconds=30)
+    sandbox_clearing_interval: timedelta = timedelta(seconds=1)
+    # Where the sandbox sends its ACH notices (default: this service's webhook) and how it signs them.
+    sandbox_notice_url: str = ""
+    sandbox_notice_secret: str = ""

@@ -2,27 +2,110 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+
+from aiohttp import web
 
 from billing.gateway.v1 import gateway_pb2_grpc
 from billing_common.service import Registration, Resources, ServiceParts, Setup, run_service
+from billing_common.settings import SettingsError
+from gateway_adapter.adapters.payment_store import PostgresPayments
+from gateway_adapter.adapters.sandbox import SandboxBehaviour, SandboxClearing, SandboxGateway
+from gateway_adapter.adapters.stripe_gateway import StripeGateway
+from gateway_adapter.app.breakers import CircuitBreakers
+from gateway_adapter.app.notices import Notices
+from gateway_adapter.app.payments import Payments, Policy
+from gateway_adapter.app.ports import Gateway
+from gateway_adapter.domain.routing import RouteError, Router
+from gateway_adapter.entrypoints.servicer import ACCESS, GatewayServicer
+from gateway_adapter.entrypoints.webhooks import webhook_app
 from gateway_adapter.settings import GatewaySettings
 
 MIGRATIONS = Path(__file__).resolve().parents[3] / "migrations"
 SERVICE_NAME = "billing.gateway.v1.GatewayService"
 
 
+def _pairs(entries: tuple[str, ...], variable: str) -> dict[str, str]:
+    pairs = {}
+    for entry in entries:
+        name, sep, value = entry.partition("=")
+        if not sep or not name or not value:
+            raise SettingsError(f"{variable}: entry {name or entry!r} is not <ref>=<value>")
+        pairs[name] = value
+    return pairs
+
+
 def build(settings: GatewaySettings) -> Setup:
-    async def setup(resources: Resources) -> ServiceParts:
-        servicer = gateway_pb2_grpc.GatewayServiceServicer()  # type: ignore[abstract]  # answers UNIMPLEMENTED until built
-        methods = gateway_pb2_grpc.GatewayServiceServicer.__dict__
-        access = {name: {"operator"} for name in methods if not name.startswith("_")}
+    async def setup(r: Resources) -> ServiceParts:
+        behaviour = SandboxBehaviour(
+            settings.sandbox_latency, settings.sandbox_rate_limit, settings.sandbox_ach_clears_after
+        )
+        gateways: list[Gateway] = [
+            SandboxGateway("sandbox-card", r.pool, r.clock, behaviour),
+            SandboxGateway("sandbox-ach", r.pool, r.clock, behaviour),
+            StripeGateway(
+                settings.stripe_api_base,
+                _pairs(settings.stripe_api_keys, "GATEWAY_STRIPE_API_KEYS"),
+                settings.stripe_timeout.total_seconds(),
+            ),
+        ]
+        try:
+            router = Router.parse(settings.routes, [gateway.name for gateway in gateways])
+        except RouteError as error:
+            raise SettingsError(f"GATEWAY_ROUTES: {error}") from None
+        store = PostgresPayments(r.pool, r.outbox)
+        payments = Payments(
+            store,
+            {gateway.name: gateway for gateway in gateways},
+            router,
+            CircuitBreakers(settings.breaker_fail_max, settings.breaker_reset_timeout, r.clock),
+            r.clock,
+            Policy(
+                in_flight_wait=settings.in_flight_wait,
+                processing_timeout=settings.processing_timeout,
+                unknown_check_schedule=settings.unknown_check_schedule,
+                idempotency_retention=settings.idempotency_retention,
+            ),
+        )
+        notices = Notices(store, r.clock)
+
+        async def janitor() -> None:
+            while True:
+                while await payments.resolve_unknown():
+                    pass
+                await payments.forget_old_keys()
+                await asyncio.sleep(settings.janitor_interval.total_seconds())
+
+        async def serve_webhooks() -> None:
+            app = webhook_app(
+                notices, r.clock, settings.stripe_webhook_secrets, settings.sandbox_webhook_secrets
+            )
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            try:
+                await web.TCPSite(runner, settings.webhook_host, settings.webhook_port).start()
+                await asyncio.Event().wait()
+            finally:
+                await runner.cleanup()
+
+        clearing = SandboxClearing(
+            r.pool,
+            r.clock,
+            settings.sandbox_notice_url or f"http://127.0.0.1:{settings.webhook_port}/webhooks/sandbox",
+            settings.sandbox_notice_secret or next(iter(settings.sandbox_webhook_secrets), ""),
+            settings.sandbox_clearing_interval,
+        )
         return ServiceParts(
             [
                 Registration(
-                    gateway_pb2_grpc.add_GatewayServiceServicer_to_server, servicer, SERVICE_NAME, access
+                    gateway_pb2_grpc.add_GatewayServiceServicer_to_server,
+                    GatewayServicer(payments),
+                    SERVICE_NAME,
+                    ACCESS,
                 )
-            ]
+            ],
+            background=[janitor, serve_webhooks, clearing.run_forever],
         )
 
     return setup

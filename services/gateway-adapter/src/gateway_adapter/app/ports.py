@@ -1,0 +1,143 @@
+"""What the use cases need from the outside: gateways and a durable payment store."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Protocol
+
+from gateway_adapter.domain.classification import Classification
+from gateway_adapter.domain.payments import ChargeRequest, Payment, RefundRequest, Status
+
+
+class GatewayUnreachable(Exception):
+    """The gateway never received the request (connection refused, HTTP 597): nothing happened."""
+
+
+class GatewayTimeout(Exception):
+    """The request left but no answer came back: the gateway may have acted on it."""
+
+
+@dataclass(frozen=True)
+class GatewayCharge:
+    payment_id: str
+    merchant_id: str
+    token: str
+    amount_minor: int
+    currency: str
+    idempotency_key: str
+    credentials_ref: str
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GatewayRefund:
+    payment_id: str
+    gateway_reference: str
+    amount_minor: int
+    currency: str
+    idempotency_key: str
+    credentials_ref: str
+
+
+@dataclass(frozen=True)
+class GatewayReply:
+    """A gateway's answer in its own words; classification turns `code` into ours."""
+
+    code: str
+    message: str = ""
+    reference: str = ""
+    pending: bool = False
+
+
+class Gateway(Protocol):
+    """One payment gateway. Adding a gateway means adding one class with these three calls."""
+
+    name: str
+
+    async def charge(self, call: GatewayCharge) -> GatewayReply: ...
+
+    async def refund(self, call: GatewayRefund) -> GatewayReply: ...
+
+    async def find(self, merchant_id: str, idempotency_key: str, credentials_ref: str) -> GatewayReply | None:
+        """The outcome of an earlier charge with this key, or None if the gateway never saw it."""
+        ...
+
+
+class PaymentEvent(StrEnum):
+    SUCCEEDED = "payment.succeeded"
+    FAILED = "payment.failed"
+    PENDING = "payment.pending"
+    SETTLED = "payment.settled"
+    RETURNED = "payment.returned"
+    REFUNDED = "payment.refunded"
+    RECONCILED = "payment.reconciled"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A payment's new state and what to announce about it, written in one transaction."""
+
+    status: Status
+    classification: Classification | None
+    reply: GatewayReply | None
+    event: PaymentEvent | None
+    next_check_at: datetime | None = None
+    previous_status: Status | None = None
+    return_code: str = ""
+
+
+@dataclass(frozen=True)
+class StoredRefund:
+    refund_id: str
+    payment_id: str
+    amount_minor: int
+    currency: str
+    fingerprint: str
+    created_at: datetime
+
+
+class PaymentStore(Protocol):
+    async def claim(
+        self, request: ChargeRequest, payment_id: str, gateway: str, now: datetime, check_at: datetime
+    ) -> tuple[Payment, bool]:
+        """Hold the key for one caller. True if this call may talk to the gateway; else the stored payment."""
+        ...
+
+    async def record(self, payment: Payment, outcome: Outcome, now: datetime) -> Payment | None:
+        """Apply the outcome if the payment is still as `payment` says; None if someone else moved it."""
+        ...
+
+    async def get(self, payment_id: str) -> Payment | None: ...
+
+    async def get_by_key(self, idempotency_key: str) -> Payment | None: ...
+
+    async def claim_due_checks(
+        self, now: datetime, lease_until: datetime, limit: int
+    ) -> Sequence[Payment]: ...
+
+    async def forget_keys(self, older_than: datetime) -> int: ...
+
+    async def refund(
+        self,
+        request: RefundRequest,
+        refund_id: str,
+        now: datetime,
+        execute: Callable[[Payment], Awaitable[tuple[int, GatewayReply]]],
+    ) -> tuple[StoredRefund, Payment, bool]:
+        """Refund under a row lock on the payment so two refunds never exceed what is left."""
+        ...
+
+    async def apply_notice(
+        self,
+        source: str,
+        event_id: str,
+        gateway_reference: str,
+        idempotency_key: str,
+        decide: Callable[[Payment], Outcome | None],
+        now: datetime,
+    ) -> bool:
+        """Record a webhook event id and apply its outcome once; False if the id was seen before."""
+        ...

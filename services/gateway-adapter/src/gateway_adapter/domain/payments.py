@@ -1,0 +1,240 @@
+"""Payments, their states and the rules for charging, replaying and refunding them."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from billing_common.errors import FailedPrecondition, Violations
+from billing_common.money import CurrencyError, check_currency
+from gateway_adapter.domain.classification import Classification, DeclineKind, FailureType
+
+
+class MethodType(StrEnum):
+    CARD = "CARD"
+    ACH = "ACH"
+    STRIPE = "STRIPE"
+
+
+class Status(StrEnum):
+    # Internal: a call holds the idempotency key and is talking to the gateway right now.
+    PROCESSING = "PROCESSING"
+    SUCCEEDED = "SUCCEEDED"
+    DECLINED = "DECLINED"
+    PENDING = "PENDING"
+    UNKNOWN = "UNKNOWN"
+    FAILED = "FAILED"
+    SETTLED = "SETTLED"
+    RETURNED = "RETURNED"
+    PARTIALLY_REFUNDED = "PARTIALLY_REFUNDED"
+    REFUNDED = "REFUNDED"
+
+
+# Where a payment may go next. Webhooks arrive out of order and twice; anything else is ignored.
+TRANSITIONS: Mapping[Status, frozenset[Status]] = {
+    Status.PROCESSING: frozenset(
+        {Status.SUCCEEDED, Status.DECLINED, Status.PENDING, Status.UNKNOWN, Status.FAILED}
+    ),
+    # FAILED means the gateway never had it (unreachable, circuit open): the same key may try again.
+    Status.FAILED: frozenset({Status.PROCESSING}),
+    Status.UNKNOWN: frozenset({Status.SUCCEEDED, Status.DECLINED, Status.PENDING, Status.FAILED}),
+    Status.PENDING: frozenset({Status.SETTLED, Status.RETURNED, Status.SUCCEEDED, Status.DECLINED}),
+    Status.SETTLED: frozenset({Status.RETURNED, Status.PARTIALLY_REFUNDED, Status.REFUNDED}),
+    Status.SUCCEEDED: frozenset({Status.PARTIALLY_REFUNDED, Status.REFUNDED}),
+    Status.PARTIALLY_REFUNDED: frozenset({Status.PARTIALLY_REFUNDED, Status.REFUNDED}),
+    Status.DECLINED: frozenset(),
+    Status.RETURNED: frozenset(),
+    Status.REFUNDED: frozenset(),
+}
+REFUNDABLE = frozenset({Status.SUCCEEDED, Status.SETTLED, Status.PARTIALLY_REFUNDED})
+# Payments whose outcome the janitor must find out from the gateway.
+UNRESOLVED = frozenset({Status.PROCESSING, Status.UNKNOWN})
+
+MAX_KEY_LENGTH = 255
+# Anything that looks like a card number (PAN): 13-19 digits, optionally grouped.
+CARD_NUMBER = re.compile(r"\b(?:\d[ -]?){12,18}\d\b")
+
+
+def contains_card_number(text: str) -> bool:
+    """A run of 13-19 digits that passes the Luhn check is treated as a card number."""
+    for match in CARD_NUMBER.finditer(text):
+        digits = [int(d) for d in re.sub(r"\D", "", match.group())]
+        checksum = sum(digits[-1::-2]) + sum(sum(divmod(2 * d, 10)) for d in digits[-2::-2])
+        if checksum % 10 == 0:
+            return True
+    return False
+
+
+def can_move(current: Status, target: Status) -> bool:
+    return target in TRANSITIONS[current]
+
+
+@dataclass(frozen=True)
+class ChargeRequest:
+    merchant_id: str
+    method_type: MethodType
+    token: str
+    amount_minor: int
+    currency: str
+    idempotency_key: str
+    caller_reference: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    def fingerprint(self) -> str:
+        """What must match for a replay: Stripe compares the parameters of the original request."""
+        parts = (self.merchant_id, self.method_type, self.token, str(self.amount_minor), self.currency)
+        return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+def validate_charge(request: ChargeRequest) -> None:
+    problems = Violations()
+    problems.check(bool(request.merchant_id.strip()), "merchant_id", "is required")
+    problems.check(bool(request.token.strip()), "payment_method.gateway_token", "is required")
+    problems.check(
+        not contains_card_number(request.token),
+        "payment_method.gateway_token",
+        "must be a gateway token, never a card number",
+    )
+    problems.check(request.amount_minor > 0, "amount.amount_minor", "must be greater than zero")
+    _check_currency(problems, request.currency)
+    _check_key(problems, request.idempotency_key)
+    for key, value in request.metadata.items():
+        problems.check(not contains_card_number(value), f"metadata[{key}]", "must not contain a card number")
+    problems.raise_if_any()
+
+
+def _check_currency(problems: Violations, currency: str) -> None:
+    try:
+        check_currency(currency)
+    except CurrencyError as error:
+        problems.add("amount.currency", str(error))
+
+
+def _check_key(problems: Violations, key: str) -> None:
+    problems.check(bool(key.strip()), "idempotency_key", "is required")
+    problems.check(
+        len(key) <= MAX_KEY_LENGTH, "idempotency_key", f"must be at most {MAX_KEY_LENGTH} characters"
+    )
+
+
+@dataclass(frozen=True)
+class Payment:
+    payment_id: str
+    request: ChargeRequest
+    fingerprint: str
+    gateway: str
+    status: Status
+    classification: Classification | None
+    gateway_code: str
+    gateway_message: str
+    gateway_reference: str
+    refunded_minor: int
+    created_at: datetime
+    updated_at: datetime
+    checks_done: int = 0
+
+    @property
+    def failure_type(self) -> FailureType:
+        return self.classification.failure_type if self.classification else FailureType.UNKNOWN_OUTCOME
+
+    @property
+    def decline_kind(self) -> DeclineKind:
+        return self.classification.decline_kind if self.classification else DeclineKind.NONE
+
+    @property
+    def retryable(self) -> bool:
+        return self.classification.retryable if self.classification else False
+
+    @property
+    def normalized_code(self) -> str:
+        return self.classification.normalized_code if self.classification else "in_progress"
+
+    @property
+    def refundable_minor(self) -> int:
+        return self.request.amount_minor - self.refunded_minor if self.status in REFUNDABLE else 0
+
+    def replay_of(self, request: ChargeRequest) -> None:
+        """Refuse a key reused for a different charge, naming what differs."""
+        if self.fingerprint == request.fingerprint():
+            return
+        differs = [
+            name
+            for name, ours, theirs in (
+                ("merchant_id", self.request.merchant_id, request.merchant_id),
+                (
+                    "payment_method",
+                    (self.request.method_type, self.request.token),
+                    (request.method_type, request.token),
+                ),
+                ("amount", self.request.amount_minor, request.amount_minor),
+                ("currency", self.request.currency, request.currency),
+            )
+            if ours != theirs
+        ]
+        raise FailedPrecondition(
+            f"idempotency key {request.idempotency_key!r} was used for a different charge "
+            f"(differs in {', '.join(differs)})"
+        )
+
+
+def status_for(classification: Classification, *, pending: bool = False) -> Status:
+    """The payment state a classified gateway answer leaves the payment in."""
+    if classification.failure_type is FailureType.NONE:
+        return Status.PENDING if pending else Status.SUCCEEDED
+    if classification.failure_type is FailureType.UNKNOWN_OUTCOME:
+        return Status.UNKNOWN
+    if classification.failure_type is FailureType.GATEWAY_UNREACHABLE:
+        return Status.FAILED
+    return Status.DECLINED
+
+
+@dataclass(frozen=True)
+class RefundRequest:
+    payment_id: str
+    amount_minor: int | None  # None: everything that is left
+    idempotency_key: str
+    reason: str = ""
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(f"{self.payment_id}\x1f{self.amount_minor}".encode()).hexdigest()
+
+
+def validate_refund(request: RefundRequest) -> None:
+    problems = Violations()
+    problems.check(bool(request.payment_id.strip()), "payment_id", "is required")
+    problems.check(
+        request.amount_minor is None or request.amount_minor > 0,
+        "amount.amount_minor",
+        "must be greater than zero",
+    )
+    _check_key(problems, request.idempotency_key)
+    problems.raise_if_any()
+
+
+def refund_amount(payment: Payment, request: RefundRequest, currency: str | None) -> int:
+    """How much to refund: never more than what is left, in the payment's currency."""
+    if currency is not None and currency != payment.request.currency:
+        raise FailedPrecondition(f"the payment is in {payment.request.currency}, not {currency}")
+    if payment.status not in REFUNDABLE:
+        raise FailedPrecondition(f"a {payment.status} payment cannot be refunded")
+    left = payment.refundable_minor
+    amount = left if request.amount_minor is None else request.amount_minor
+    if amount > left:
+        raise FailedPrecondition(f"refund of {amount} exceeds the {left} left to refund")
+    return amount
+
+
+def after_refund(payment: Payment, amount_minor: int, now: datetime) -> Payment:
+    refunded = payment.refunded_minor + amount_minor
+    status = Status.REFUNDED if refunded == payment.request.amount_minor else Status.PARTIALLY_REFUNDED
+    return replace(payment, refunded_minor=refunded, status=status, updated_at=now)
+
+
+def next_check_at(schedule: Sequence[timedelta], checks_done: int, now: datetime) -> datetime:
+    """When to ask the gateway again about an unknown outcome: the schedule, then its last step forever."""
+    step = schedule[min(checks_done, len(schedule) - 1)]
+    return now + step

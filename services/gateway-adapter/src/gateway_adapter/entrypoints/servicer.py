@@ -1,0 +1,130 @@
+"""The gRPC servicer: thin, maps messages to the payment use cases and answers back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from billing.common.v1 import common_pb2
+from billing.gateway.v1 import gateway_pb2 as pb
+from billing.gateway.v1 import gateway_pb2_grpc
+from billing_common.errors import InvalidArgument
+from gateway_adapter.adapters.codec import decline_kind_pb, failure_type_pb, method_type_pb, payment_status_pb
+from gateway_adapter.app.payments import Payments
+from gateway_adapter.app.ports import StoredRefund
+from gateway_adapter.domain.payments import ChargeRequest, MethodType, Payment, RefundRequest
+
+Context = grpc.aio.ServicerContext[Any, Any]
+CALLERS = {"recurring", "operator"}
+ACCESS: dict[str, set[str]] = {
+    "Charge": CALLERS,
+    "Refund": CALLERS,
+    "GetPayment": {"*"},
+    "GetCircuitState": {"*"},
+}
+METHODS = {
+    common_pb2.PAYMENT_METHOD_TYPE_CARD: MethodType.CARD,
+    common_pb2.PAYMENT_METHOD_TYPE_ACH: MethodType.ACH,
+    common_pb2.PAYMENT_METHOD_TYPE_STRIPE: MethodType.STRIPE,
+}
+CIRCUIT_STATES = {
+    "closed": pb.CIRCUIT_STATE_CLOSED,
+    "open": pb.CIRCUIT_STATE_OPEN,
+    "half-open": pb.CIRCUIT_STATE_HALF_OPEN,
+}
+
+
+def payment_pb(payment: Payment) -> pb.Payment:
+    request = payment.request
+    message = pb.Payment(
+        payment_id=payment.payment_id,
+        merchant_id=request.merchant_id,
+        method_type=method_type_pb(request.method_type),
+        amount=common_pb2.Money(amount_minor=request.amount_minor, currency=request.currency),
+        refunded=common_pb2.Money(amount_minor=payment.refunded_minor, currency=request.currency),
+        status=payment_status_pb(payment.status),
+        failure_type=failure_type_pb(payment.failure_type),
+        decline_kind=decline_kind_pb(payment.decline_kind),
+        retryable=payment.retryable,
+        gateway=payment.gateway,
+        gateway_code=payment.gateway_code,
+        gateway_message=payment.gateway_message,
+        normalized_code=payment.normalized_code,
+        caller_reference=request.caller_reference,
+        idempotency_key=request.idempotency_key,
+        metadata=dict(request.metadata),
+        gateway_reference=payment.gateway_reference,
+    )
+    message.created_at.FromDatetime(payment.created_at)
+    message.updated_at.FromDatetime(payment.updated_at)
+    return message
+
+
+def refund_pb(refund: StoredRefund) -> pb.Refund:
+    message = pb.Refund(
+        refund_id=refund.refund_id,
+        payment_id=refund.payment_id,
+        amount=common_pb2.Money(amount_minor=refund.amount_minor, currency=refund.currency),
+    )
+    message.created_at.FromDatetime(refund.created_at)
+    return message
+
+
+class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
+    def __init__(self, payments: Payments) -> None:
+        self._payments = payments
+
+    async def Charge(self, request: pb.ChargeRequest, context: Context) -> pb.ChargeResponse:
+        method = METHODS.get(request.payment_method.type)
+        if method is None:
+            raise InvalidArgument.of("payment_method.type", "must be CARD, ACH or STRIPE")
+        payment, replayed = await self._payments.charge(
+            ChargeRequest(
+                merchant_id=request.merchant_id,
+                method_type=method,
+                token=request.payment_method.gateway_token,
+                amount_minor=request.amount.amount_minor,
+                currency=request.amount.currency,
+                idempotency_key=request.idempotency_key,
+                caller_reference=request.caller_reference,
+                metadata=dict(request.metadata),
+            )
+        )
+        return pb.ChargeResponse(payment=payment_pb(payment), replayed=replayed)
+
+    async def Refund(self, request: pb.RefundRequest, context: Context) -> pb.RefundResponse:
+        partial = request.HasField("amount")
+        refund, payment, replayed = await self._payments.refund(
+            RefundRequest(
+                payment_id=request.payment_id,
+                amount_minor=request.amount.amount_minor if partial else None,
+                idempotency_key=request.idempotency_key,
+                reason=request.reason,
+            ),
+            request.amount.currency if partial else None,
+        )
+        return pb.RefundResponse(refund=refund_pb(refund), payment=payment_pb(payment), replayed=replayed)
+
+    async def GetPayment(self, request: pb.GetPaymentRequest, context: Context) -> pb.GetPaymentResponse:
+        lookup = request.WhichOneof("lookup")
+        if lookup is None or not getattr(request, lookup):
+            raise InvalidArgument.of("lookup", "give a payment_id or an idempotency_key")
+        payment = await self._payments.get(
+            payment_id=request.payment_id if lookup == "payment_id" else "",
+            idempotency_key=request.idempotency_key if lookup == "idempotency_key" else "",
+        )
+        return pb.GetPaymentResponse(payment=payment_pb(payment))
+
+    async def GetCircuitState(
+        self, request: pb.GetCircuitStateRequest, context: Context
+    ) -> pb.GetCircuitStateResponse:
+        if not request.merchant_id or not request.gateway:
+            raise InvalidArgument.of("merchant_id" if not request.merchant_id else "gateway", "is required")
+        view = self._payments.circuit(request.merchant_id, request.gateway)
+        response = pb.GetCircuitStateResponse(
+            state=CIRCUIT_STATES[view.state], consecutive_failures=view.consecutive_failures
+        )
+        if view.opened_at is not None:
+            response.opened_at.FromDatetime(view.opened_at)
+        return response
