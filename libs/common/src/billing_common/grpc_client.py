@@ -32,12 +32,9 @@ _SERVICE_CONFIG = json.dumps(
 )
 
 
-class _CallMetadata(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-    grpc.aio.StreamUnaryClientInterceptor,
-    grpc.aio.StreamStreamClientInterceptor,
-):
+class _CallMetadata:
+    """Stamps the bearer token and correlation id on a call's metadata."""
+
     def __init__(self, token: str) -> None:
         self._authorization = f"Bearer {token}" if token else ""
 
@@ -50,21 +47,31 @@ class _CallMetadata(
             details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
         )
 
+
+# grpc.aio files an interceptor under the first call kind it implements only, so each kind needs
+# its own object; one class implementing all four would leave streaming calls unauthenticated.
+class _UnaryUnary(_CallMetadata, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(
         self, continuation: Callable[..., Any], details: Any, request: Any
     ) -> Any:
         return await continuation(self._details(details), request)
 
+
+class _UnaryStream(_CallMetadata, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(
         self, continuation: Callable[..., Any], details: Any, request: Any
     ) -> Any:
         return await continuation(self._details(details), request)
 
+
+class _StreamUnary(_CallMetadata, grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(
         self, continuation: Callable[..., Any], details: Any, requests: Any
     ) -> Any:
         return await continuation(self._details(details), requests)
 
+
+class _StreamStream(_CallMetadata, grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(
         self, continuation: Callable[..., Any], details: Any, requests: Any
     ) -> Any:
@@ -73,7 +80,8 @@ class _CallMetadata(
 
 def open_channel(target: str, token: str = "", *, root_certificates: bytes | None = None) -> grpc.aio.Channel:
     """A channel to another billing service; TLS when root certificates are given."""
-    interceptors = [_CallMetadata(token), *telemetry.client_interceptors()]
+    stamps = [kind(token) for kind in (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)]
+    interceptors: list[Any] = [*stamps, *telemetry.client_interceptors()]
     options = [("grpc.service_config", _SERVICE_CONFIG), ("grpc.enable_retries", 1)]
     if root_certificates is not None:
         credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)

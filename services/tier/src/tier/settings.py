@@ -3,10 +3,31 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 from billing_common.settings import CommonSettings
 
 
 @dataclass(frozen=True)
 class TierSettings(CommonSettings):
-    pass
+    # Cron expressions (UTC) per scan kind; empty disables that kind's schedule.
+    scan_schedule_full: str = "0 * * * *"
+    scan_schedule_sso: str = "20 * * * *"
+    scan_schedule_api: str = "40 * * * *"
+    # A JSON rule set document (see tier.domain.rules); empty: the built-in default rule set.
+    rules_file: str = ""
+    # The scan lock's TTL; the holder extends it every third of it while the scan runs.
+    scan_lock_ttl: timedelta = timedelta(seconds=30)
+    # How often an idle worker looks for scans queued by other pods.
+    worker_poll_interval: timedelta = timedelta(seconds=2)
+    # How often the in-memory model merges what other pods wrote.
+    model_refresh_interval: timedelta = timedelta(seconds=10)
+    # Tier changes written per transaction.
+    scan_write_batch: int = 20_000
+    # WorkOS (SSO participation); no API key: no SSO provider.
+    workos_api_key: str = ""
+    workos_base_url: str = ""
+    # The API-client registry; no URL: no API provider.
+    api_registry_url: str = ""
+    api_registry_token: str = ""
+    provider_timeout: timedelta = timedelta(seconds=30)

@@ -2,23 +2,104 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+
+from workos import AsyncWorkOSClient
 
 from billing.tier.v1 import tier_pb2_grpc
 from billing_common.service import Registration, Resources, ServiceParts, Setup, run_service
+from tier.adapters.api_registry import ApiClientRegistryProvider
+from tier.adapters.estate_store import PostgresEstate
+from tier.adapters.locks import RedisScanLocks
+from tier.adapters.metrics import PrometheusMetrics
+from tier.adapters.scan_store import PostgresScans
+from tier.adapters.tier_store import PostgresTiers
+from tier.adapters.workos_sso import WorkOsSsoProvider
+from tier.app.accounts import Accounts
+from tier.app.history import History
+from tier.app.ports import SignalProvider
+from tier.app.scans import Scans
+from tier.domain.rules import DEFAULT_RULE_SET, Evaluator, RuleSet, parse_rule_set
+from tier.domain.scans import ScanKind, valid_cron
+from tier.entrypoints.background import run_refresher, run_scheduler, run_worker
+from tier.entrypoints.servicer import ACCESS, TierServicer
 from tier.settings import TierSettings
 
 MIGRATIONS = Path(__file__).resolve().parents[3] / "migrations"
 SERVICE_NAME = "billing.tier.v1.TierService"
 
 
+def rule_set_of(settings: TierSettings) -> RuleSet:
+    if not settings.rules_file:
+        return DEFAULT_RULE_SET
+    return parse_rule_set(json.loads(Path(settings.rules_file).read_text()))
+
+
+def schedules_of(settings: TierSettings) -> dict[ScanKind, str]:
+    configured = {
+        ScanKind.FULL: settings.scan_schedule_full,
+        ScanKind.SSO: settings.scan_schedule_sso,
+        ScanKind.API: settings.scan_schedule_api,
+    }
+    for kind, expression in configured.items():
+        if expression and not valid_cron(expression):
+            raise ValueError(f"TIER_SCAN_SCHEDULE_{kind.name}={expression!r} is not a cron expression")
+    return {kind: expression for kind, expression in configured.items() if expression}
+
+
 def build(settings: TierSettings) -> Setup:
-    async def setup(resources: Resources) -> ServiceParts:
-        servicer = tier_pb2_grpc.TierServiceServicer()  # type: ignore[abstract]  # answers UNIMPLEMENTED until built
-        methods = tier_pb2_grpc.TierServiceServicer.__dict__
-        access = {name: {"operator"} for name in methods if not name.startswith("_")}
+    rule_set = rule_set_of(settings)  # a bad rule set or schedule stops the pod at start
+    schedules = schedules_of(settings)
+
+    async def setup(r: Resources) -> ServiceParts:
+        metrics = PrometheusMetrics()
+        accounts = Accounts(PostgresEstate(r.pool), metrics)
+        await accounts.rebuild()
+        providers: list[SignalProvider] = []
+        on_stop: list[Callable[[], Awaitable[None]]] = []
+        if settings.workos_api_key:
+            workos = AsyncWorkOSClient(
+                api_key=settings.workos_api_key,
+                base_url=settings.workos_base_url or None,
+                request_timeout=max(1, int(settings.provider_timeout.total_seconds())),
+            )
+            providers.append(WorkOsSsoProvider(workos))
+            on_stop.append(workos.close)
+        if settings.api_registry_url:
+            providers.append(
+                ApiClientRegistryProvider(
+                    settings.api_registry_url, settings.api_registry_token, settings.provider_timeout
+                )
+            )
+        tiers = PostgresTiers(r.pool, r.outbox)
+        scans = Scans(
+            accounts,
+            tiers,
+            PostgresScans(r.pool),
+            RedisScanLocks(r.locks, settings.scan_lock_ttl),
+            providers,
+            Evaluator(rule_set),
+            r.clock,
+            metrics,
+            write_batch=settings.scan_write_batch,
+        )
+        servicer = TierServicer(accounts, scans, History(accounts, tiers))
+
+        async def scheduler() -> None:
+            await run_scheduler(scans, schedules, r.clock)
+
+        async def worker() -> None:
+            await run_worker(scans, settings.worker_poll_interval)
+
+        async def refresher() -> None:
+            await run_refresher(accounts, settings.model_refresh_interval)
+
         return ServiceParts(
-            [Registration(tier_pb2_grpc.add_TierServiceServicer_to_server, servicer, SERVICE_NAME, access)]
+            [Registration(tier_pb2_grpc.add_TierServiceServicer_to_server, servicer, SERVICE_NAME, ACCESS)],
+            background=[scheduler, worker, refresher],
+            on_stop=on_stop,
         )
 
     return setup

@@ -1,0 +1,209 @@
+"""Current tiers and the append-only history in PostgreSQL; tier.changed goes through the outbox in
+the same transaction as the history row it announces."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from functools import lru_cache
+
+import asyncpg
+
+from billing.common.v1 import common_pb2
+from billing.events.v1 import tier_pb2 as events
+from billing_common.db import check_fence, connection, transaction
+from billing_common.events import Outbox
+from tier.adapters import revisions
+from tier.app.ports import AppliedChange, HistoryEntry
+from tier.domain.accounts import AccountKind, Tier
+from tier.domain.estate import PlannedChange
+
+_KINDS = {
+    AccountKind.DISTRIBUTOR: events.ACCOUNT_KIND_DISTRIBUTOR,
+    AccountKind.END_USER: events.ACCOUNT_KIND_END_USER,
+    AccountKind.DATABASE: events.ACCOUNT_KIND_DATABASE,
+}
+TIERS_PB = {Tier.LITE: common_pb2.TIER_LITE, Tier.PLUS: common_pb2.TIER_PLUS, Tier.PRO: common_pb2.TIER_PRO}
+_STAGE_COLUMNS = (
+    "change_id",
+    "account_id",
+    "kind",
+    "previous_tier",
+    "new_tier",
+    "rule_id",
+    "rule_set_version",
+    "evidence_before",
+    "evidence_after",
+    "billed_account_id",
+)
+_HISTORY_COLUMNS = """change_id, account_id, kind, previous_tier, new_tier, rule_id, rule_set_version,
+    evidence_before, evidence_after, scan_id, cause, billed_account_id, effective_at"""
+
+
+@lru_cache(maxsize=65_536)
+def _json(evidence: tuple[tuple[str, str], ...]) -> str:
+    """Decisions share their evidence tuples, so most rows reuse an encoding already made."""
+    return json.dumps([list(pair) for pair in evidence])
+
+
+def _entry(row: asyncpg.Record) -> HistoryEntry:
+    return HistoryEntry(
+        change_id=row["change_id"],
+        account_id=row["account_id"],
+        kind=row["kind"],
+        previous_tier=row["previous_tier"],
+        new_tier=row["new_tier"],
+        rule_id=row["rule_id"],
+        rule_set_version=row["rule_set_version"],
+        evidence_before=tuple((n, v) for n, v in row["evidence_before"]),
+        evidence_after=tuple((n, v) for n, v in row["evidence_after"]),
+        scan_id=str(row["scan_id"] or ""),
+        cause=row["cause"],
+        billed_account_id=row["billed_account_id"],
+        effective_at=row["effective_at"],
+    )
+
+
+def _event(change: PlannedChange, scan_id: str, effective_at: datetime) -> events.TierChanged:
+    assert change.previous is not None
+    event = events.TierChanged(
+        account_id=change.account_id,
+        account_kind=_KINDS[change.kind],
+        previous_tier=TIERS_PB[change.previous.decision.tier],
+        new_tier=TIERS_PB[change.decision.tier],
+        rule_id=change.decision.rule_id,
+        rule_set_version=change.decision.rule_set_version,
+        evidence_before=[events.SignalValue(name=n, value=v) for n, v in change.previous.decision.evidence],
+        evidence_after=[events.SignalValue(name=n, value=v) for n, v in change.decision.evidence],
+        scan_id=scan_id,
+        billed_account_id=change.billed_account_id,
+    )
+    event.effective_at.FromDatetime(effective_at)
+    return event
+
+
+class PostgresTiers:
+    def __init__(self, pool: asyncpg.Pool, outbox: Outbox) -> None:
+        self._pool = pool
+        self._outbox = outbox
+
+    async def apply_changes(
+        self,
+        changes: Sequence[PlannedChange],
+        *,
+        scan_id: str,
+        effective_at: datetime,
+        fence: tuple[str, int],
+    ) -> tuple[list[AppliedChange], int]:
+        async with transaction(self._pool) as conn:
+            await check_fence(conn, *fence)
+            revision = await revisions.stamp(conn)
+            change_ids = [
+                r[0]
+                for r in await conn.fetch(
+                    "SELECT nextval('tier_history_change_id_seq') FROM generate_series(1, $1)", len(changes)
+                )
+            ]
+            await conn.execute(
+                """CREATE TEMP TABLE tier_stage (
+                       change_id BIGINT, account_id TEXT, kind TEXT,
+                       previous_tier SMALLINT, new_tier SMALLINT,
+                       rule_id TEXT, rule_set_version TEXT, evidence_before TEXT, evidence_after TEXT,
+                       billed_account_id TEXT) ON COMMIT DROP"""
+            )
+            await conn.copy_records_to_table(
+                "tier_stage",
+                columns=_STAGE_COLUMNS,
+                records=[
+                    (
+                        change_id,
+                        c.account_id,
+                        c.kind.value,
+                        None if c.previous is None else int(c.previous.decision.tier),
+                        int(c.decision.tier),
+                        c.decision.rule_id,
+                        c.decision.rule_set_version,
+                        _json(c.previous.decision.evidence if c.previous else ()),
+                        _json(c.decision.evidence),
+                        c.billed_account_id,
+                    )
+                    for change_id, c in zip(change_ids, changes, strict=True)
+                ],
+            )
+            # Compare-and-set: a change applies only if the account still has the tier it was
+            # planned from (a concurrent scan of another kind may have moved it already).
+            rows = await conn.fetch(
+                f"""WITH moved AS (
+                       UPDATE account_tiers t SET tier = s.new_tier, rule_id = s.rule_id,
+                              rule_set_version = s.rule_set_version, evidence = s.evidence_after::jsonb,
+                              since = $1, change_id = s.change_id, revision = $2
+                       FROM tier_stage s
+                       WHERE s.previous_tier IS NOT NULL AND t.account_id = s.account_id
+                             AND t.tier = s.previous_tier
+                       RETURNING s.change_id),
+                   started AS (
+                       INSERT INTO account_tiers (account_id, kind, tier, rule_id, rule_set_version, evidence,
+                                                  since, change_id, revision)
+                       SELECT account_id, kind, new_tier, rule_id, rule_set_version, evidence_after::jsonb,
+                              $1, change_id, $2
+                       FROM tier_stage WHERE previous_tier IS NULL
+                       ON CONFLICT (account_id) DO NOTHING
+                       RETURNING change_id)
+                   INSERT INTO tier_history ({_HISTORY_COLUMNS})
+                   SELECT change_id, account_id, kind, previous_tier, new_tier, rule_id, rule_set_version,
+                          evidence_before::jsonb, evidence_after::jsonb, $3::uuid, '', billed_account_id, $1
+                   FROM tier_stage
+                   WHERE change_id IN (SELECT change_id FROM moved UNION ALL SELECT change_id FROM started)
+                   RETURNING change_id""",
+                effective_at,
+                revision,
+                scan_id,
+            )
+            written = {row[0] for row in rows}
+            applied = [
+                AppliedChange(change_id, change)
+                for change_id, change in zip(change_ids, changes, strict=True)
+                if change_id in written
+            ]
+            for change in applied:
+                # An account's first tier is its starting point, not a move: history only.
+                if change.planned.previous is not None:
+                    await self._outbox.add(conn, _event(change.planned, scan_id, effective_at))
+        return applied, revision
+
+    async def history(self, account_id: str) -> list[HistoryEntry]:
+        async with connection(self._pool) as conn:
+            rows = await conn.fetch(
+                f"""SELECT {_HISTORY_COLUMNS} FROM tier_history WHERE account_id = $1
+                    ORDER BY effective_at, change_id""",
+                account_id,
+            )
+        return [_entry(row) for row in rows]
+
+    async def tier_at(self, account_id: str, at: datetime) -> HistoryEntry | None:
+        async with connection(self._pool) as conn:
+            row = await conn.fetchrow(
+                f"""SELECT {_HISTORY_COLUMNS} FROM tier_history WHERE account_id = $1 AND effective_at <= $2
+                    ORDER BY effective_at DESC, change_id DESC LIMIT 1""",
+                account_id,
+                at,
+            )
+        return None if row is None else _entry(row)
+
+    async def changes(
+        self, since: datetime | None, scan_id: str, after_change_id: int, limit: int
+    ) -> list[HistoryEntry]:
+        async with connection(self._pool) as conn:
+            rows = await conn.fetch(
+                f"""SELECT {_HISTORY_COLUMNS} FROM tier_history
+                    WHERE change_id > $1
+                      AND ($2::timestamptz IS NULL OR effective_at >= $2)
+                      AND ($3::uuid IS NULL OR scan_id = $3::uuid)
+                    ORDER BY change_id LIMIT $4""",
+                after_change_id,
+                since,
+                scan_id or None,
+                limit,
+            )
+        return [_entry(row) for row in rows]

@@ -1,0 +1,165 @@
+"""Protobuf <-> domain."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from billing.common.v1 import common_pb2
+from billing.tier.v1 import tier_pb2 as pb
+from tier.app.accounts import HierarchyNode, SignalReport
+from tier.app.ports import HistoryEntry
+from tier.domain.accounts import AccountKind, Database, Distributor, EndUser, InventoryMode, SignalKind, Tier
+from tier.domain.estate import TierRecord
+from tier.domain.scans import Scan, ScanKind, ScanState
+
+KINDS_PB = {
+    AccountKind.DISTRIBUTOR: pb.ACCOUNT_KIND_DISTRIBUTOR,
+    AccountKind.END_USER: pb.ACCOUNT_KIND_END_USER,
+    AccountKind.DATABASE: pb.ACCOUNT_KIND_DATABASE,
+}
+# Unset means the site runs no inventory.
+INVENTORY_MODES = {
+    pb.INVENTORY_MODE_UNSPECIFIED: InventoryMode.NONE,
+    pb.INVENTORY_MODE_NONE: InventoryMode.NONE,
+    pb.INVENTORY_MODE_BASIC: InventoryMode.BASIC,
+    pb.INVENTORY_MODE_ADVANCED: InventoryMode.ADVANCED,
+}
+INVENTORY_MODES_PB = {
+    InventoryMode.NONE: pb.INVENTORY_MODE_NONE,
+    InventoryMode.BASIC: pb.INVENTORY_MODE_BASIC,
+    InventoryMode.ADVANCED: pb.INVENTORY_MODE_ADVANCED,
+}
+SIGNAL_KINDS = {
+    pb.SIGNAL_KIND_SSO_ACTIVE: SignalKind.SSO_ACTIVE,
+    pb.SIGNAL_KIND_API_CLIENTS_ACTIVE: SignalKind.API_CLIENTS_ACTIVE,
+    pb.SIGNAL_KIND_INVENTORY_MODE: SignalKind.INVENTORY_MODE,
+}
+SCAN_KINDS = {
+    pb.SCAN_KIND_FULL: ScanKind.FULL,
+    pb.SCAN_KIND_SSO: ScanKind.SSO,
+    pb.SCAN_KIND_API: ScanKind.API,
+}
+SCAN_KINDS_PB = {v: k for k, v in SCAN_KINDS.items()}
+SCAN_STATES_PB = {
+    ScanState.QUEUED: pb.SCAN_STATE_QUEUED,
+    ScanState.RUNNING: pb.SCAN_STATE_RUNNING,
+    ScanState.COMPLETED: pb.SCAN_STATE_COMPLETED,
+    ScanState.FAILED: pb.SCAN_STATE_FAILED,
+}
+
+
+def to_datetime(ts: Timestamp) -> datetime:
+    return ts.ToDatetime(tzinfo=UTC)
+
+
+def optional_datetime(message: Message, field: str) -> datetime | None:
+    return to_datetime(getattr(message, field)) if message.HasField(field) else None
+
+
+def stamp(ts: Timestamp, instant: datetime | None) -> None:
+    if instant is not None:
+        ts.FromDatetime(instant)
+
+
+TIERS_PB = {Tier.LITE: common_pb2.TIER_LITE, Tier.PLUS: common_pb2.TIER_PLUS, Tier.PRO: common_pb2.TIER_PRO}
+
+
+def tier_pb(tier: Tier | int | None) -> common_pb2.Tier.ValueType:
+    """An account without a tier yet is UNSPECIFIED."""
+    return common_pb2.TIER_UNSPECIFIED if tier is None else TIERS_PB[Tier(tier)]
+
+
+def distributor(message: pb.Distributor) -> Distributor:
+    return Distributor(message.distributor_id, message.name, message.direct, message.active)
+
+
+def end_user(message: pb.EndUser) -> EndUser:
+    return EndUser(message.end_user_id, message.distributor_id, message.name, message.active)
+
+
+def database(message: pb.Database) -> Database:
+    return Database(
+        message.database_id,
+        message.end_user_id,
+        message.company_name,
+        message.schema_name,
+        INVENTORY_MODES.get(message.inventory_mode, InventoryMode.NONE),
+        message.sso_access,
+        message.rest_api_access,
+        message.active,
+    )
+
+
+def signal_report(message: pb.Signal) -> SignalReport:
+    return SignalReport(
+        message.account_id,
+        SIGNAL_KINDS.get(message.kind),
+        message.value,
+        message.source,
+        optional_datetime(message, "observed_at"),
+    )
+
+
+def scan_pb(scan: Scan) -> pb.Scan:
+    message = pb.Scan(
+        scan_id=scan.scan_id,
+        kind=SCAN_KINDS_PB[scan.kind],
+        trigger=scan.trigger,
+        state=SCAN_STATES_PB[scan.state],
+        duration_ms=scan.duration_ms,
+        accounts_evaluated=scan.accounts_evaluated,
+        changes=scan.changes,
+        trace_id=scan.trace_id,
+        error=scan.error,
+    )
+    stamp(message.queued_at, scan.queued_at)
+    stamp(message.started_at, scan.started_at)
+    stamp(message.finished_at, scan.finished_at)
+    return message
+
+
+def _evidence(pairs: tuple[tuple[str, str], ...]) -> list[pb.Evidence]:
+    return [pb.Evidence(name=name, value=value) for name, value in pairs]
+
+
+def account_tier_pb(account_id: str, kind: AccountKind, record: TierRecord | None) -> pb.AccountTier:
+    message = pb.AccountTier(account_id=account_id, kind=KINDS_PB[kind])
+    if record is not None:
+        message.tier = tier_pb(record.decision.tier)
+        message.rule_id = record.decision.rule_id
+        message.rule_set_version = record.decision.rule_set_version
+        message.evidence.extend(_evidence(record.decision.evidence))
+        stamp(message.since, record.since)
+    return message
+
+
+def change_pb(entry: HistoryEntry) -> pb.TierChange:
+    message = pb.TierChange(
+        change_id=str(entry.change_id),
+        account_id=entry.account_id,
+        kind=KINDS_PB[AccountKind(entry.kind)],
+        previous_tier=tier_pb(entry.previous_tier),
+        new_tier=tier_pb(entry.new_tier),
+        rule_id=entry.rule_id,
+        rule_set_version=entry.rule_set_version,
+        evidence_before=_evidence(entry.evidence_before),
+        evidence_after=_evidence(entry.evidence_after),
+        scan_id=entry.scan_id,
+        cause=entry.cause,
+    )
+    stamp(message.effective_at, entry.effective_at)
+    return message
+
+
+def node_pb(node: HierarchyNode) -> pb.HierarchyNode:
+    return pb.HierarchyNode(
+        account_id=node.account_id,
+        kind=KINDS_PB[node.kind],
+        name=node.name,
+        active=node.active,
+        tier=tier_pb(node.tier),
+        children=[node_pb(child) for child in node.children],
+    )

@@ -1,0 +1,40 @@
+from datetime import UTC, datetime
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tier.domain.scans import Scan, ScanKind, ScanState, next_fire, next_fires, schedule_key, valid_cron
+
+instants = st.datetimes(
+    min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
+)
+
+
+@given(instants)
+def test_hourly_fires_at_the_next_full_hour(at: datetime) -> None:
+    fire = next_fire("0 * * * *", at)
+    assert fire > at and (fire.minute, fire.second) == (0, 0)
+    assert (fire - at).total_seconds() <= 3600
+
+
+def test_kinds_due_at_the_same_instant_fire_together() -> None:
+    at = datetime(2026, 3, 1, 10, 5, tzinfo=UTC)
+    schedules = {ScanKind.FULL: "0 * * * *", ScanKind.SSO: "*/30 * * * *", ScanKind.API: "0 */2 * * *"}
+    assert next_fires(schedules, at) == (datetime(2026, 3, 1, 10, 30, tzinfo=UTC), [ScanKind.SSO])
+    fire, kinds = next_fires(schedules, datetime(2026, 3, 1, 11, 45, tzinfo=UTC)) or (None, [])
+    assert fire == datetime(2026, 3, 1, 12, 0, tzinfo=UTC) and set(kinds) == set(ScanKind)
+    assert next_fires({}, at) is None
+
+
+def test_a_scheduled_fire_has_one_key_everywhere() -> None:
+    fire = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    assert schedule_key(ScanKind.FULL, fire) == "schedule:full:2026-03-01T12:00:00+00:00"
+    assert valid_cron("*/5 * * * *") and not valid_cron("every hour")
+
+
+def test_duration_needs_both_ends() -> None:
+    queued = datetime(2026, 3, 1, tzinfo=UTC)
+    scan = Scan("s", ScanKind.FULL, "schedule", ScanState.QUEUED, queued)
+    assert scan.duration_ms == 0
+    done = Scan("s", ScanKind.FULL, "schedule", ScanState.COMPLETED, queued, queued, queued.replace(second=2))
+    assert done.duration_ms == 2000
