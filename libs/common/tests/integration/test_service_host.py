@@ -88,8 +88,16 @@ async def test_sigterm_while_waiting_for_the_database_stops_the_process_promptly
         "-m",
         "billing_common.testing.echo",
         env={**os.environ, **settings_env("ECHO", settings)},
+        stdout=asyncio.subprocess.PIPE,
     )
-    await asyncio.sleep(2.0)  # it is now retrying the unreachable database
+    assert process.stdout is not None
+
+    async def retrying() -> None:
+        async for line in process.stdout:  # type: ignore[union-attr]
+            if b"waiting for" in line:
+                return
+
+    await asyncio.wait_for(retrying(), 60)  # its signal handlers are in place and it retries the database
     assert process.returncode is None
     process.terminate()
     assert await asyncio.wait_for(process.wait(), 10) == 0
