@@ -3,10 +3,39 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 from billing_common.settings import CommonSettings
 
 
 @dataclass(frozen=True)
 class RecurringSettings(CommonSettings):
-    pass
+    quota_addr: str = "quota:50051"
+    gateway_adapter_addr: str = "gateway-adapter:50051"
+    # Local times of the scheduled runs, in `billing_time_zone` ("HH:MM").
+    daily_run_at: str = "03:01"
+    monthly_run_at: str = "03:06"
+    billing_time_zone: str = "UTC"
+    # How far back missed run dates are caught up when a pod starts.
+    max_catch_up_days: int = 62
+    scheduler_interval: timedelta = timedelta(seconds=30)
+    # Redis lock of a run's creation (recurring:<kind>:lock:<date>).
+    run_lock_ttl: timedelta = timedelta(hours=2)
+    # Work items: batch size, lease of a claimed batch, idle poll.
+    worker_batch_size: int = 100
+    worker_lease: timedelta = timedelta(minutes=2)
+    worker_idle_poll: timedelta = timedelta(seconds=1)
+    worker_jitter: timedelta = timedelta(0)
+    # Charges in flight per pod, and per gateway per second across all pods (0: no limit).
+    max_in_flight: int = 32
+    gateway_rate_limit: int = 0
+    # An unreachable gateway's item waits this long before its next try.
+    defer_delay: timedelta = timedelta(seconds=30)
+    unreachable_halt_threshold: int = 5
+    minimum_charge_minor: int = 500
+    charge_timeout: timedelta = timedelta(seconds=30)
+    # dunning.exhausted without an action: "suspend" or "cancel"; merchants listed here cancel.
+    exhausted_default_action: str = "suspend"
+    exhausted_cancel_merchants: tuple[str, ...] = ()
+    # The test clock RPCs (GetClock is always there; Set/Advance only with this on).
+    test_clock: bool = False

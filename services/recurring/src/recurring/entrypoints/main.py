@@ -2,27 +2,118 @@
 
 from __future__ import annotations
 
+import asyncio
+from datetime import time
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from billing.recurring.v1 import recurring_pb2_grpc
+from billing_common.clock import Clock, ControllableClock
+from billing_common.grpc_client import open_channel
 from billing_common.service import Registration, Resources, ServiceParts, Setup, run_service
+from billing_common.settings import SettingsError
+from recurring.adapters.clients import GatewayClient, QuotaClient
+from recurring.adapters.events import EventMessages
+from recurring.adapters.pacing import RedisOutageCounter, RedisPacer, RedisRunLocks
+from recurring.adapters.store import PostgresStore
+from recurring.app.charging import Charging
+from recurring.app.invoices import ExhaustionPolicy, Invoices
+from recurring.app.runs import Runs, Schedule
+from recurring.app.subscriptions import Subscriptions
+from recurring.app.worker import Worker, WorkerConfig
+from recurring.domain.runs import RunKind
+from recurring.entrypoints.consumers import handlers
+from recurring.entrypoints.servicer import ACCESS, RecurringServicer
 from recurring.settings import RecurringSettings
 
 MIGRATIONS = Path(__file__).resolve().parents[3] / "migrations"
 SERVICE_NAME = "billing.recurring.v1.RecurringService"
 
 
+def _time_of_day(name: str, text: str) -> time:
+    try:
+        return time.fromisoformat(text)
+    except ValueError:
+        raise SettingsError(f"RECURRING_{name.upper()}={text!r} is not a time of day (HH:MM)") from None
+
+
+def _zone(text: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(text)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise SettingsError(f"RECURRING_BILLING_TIME_ZONE={text!r} is not a time zone") from None
+
+
 def build(settings: RecurringSettings) -> Setup:
-    async def setup(resources: Resources) -> ServiceParts:
-        servicer = recurring_pb2_grpc.RecurringServiceServicer()  # type: ignore[abstract]  # answers UNIMPLEMENTED until built
-        methods = recurring_pb2_grpc.RecurringServiceServicer.__dict__
-        access = {name: {"operator"} for name in methods if not name.startswith("_")}
+    zone = _zone(settings.billing_time_zone)
+    schedule = Schedule(
+        zone=zone,
+        times={
+            RunKind.DAILY: _time_of_day("daily_run_at", settings.daily_run_at),
+            RunKind.MONTHLY: _time_of_day("monthly_run_at", settings.monthly_run_at),
+        },
+        max_catch_up_days=settings.max_catch_up_days,
+        lock_ttl=settings.run_lock_ttl,
+    )
+
+    async def setup(r: Resources) -> ServiceParts:
+        # The test clock stands still until SetClock/AdvanceClock move it.
+        clock: Clock = ControllableClock(r.clock.now()) if settings.test_clock else r.clock
+        store = PostgresStore(r.pool, r.outbox, EventMessages(zone))
+        quota_channel = open_channel(settings.quota_addr, settings.auth_token)
+        gateway_channel = open_channel(settings.gateway_adapter_addr, settings.auth_token)
+        quota = QuotaClient(quota_channel, settings.charge_timeout)
+        outages = RedisOutageCounter(r.redis, settings.namespace)
+        charging = Charging(
+            GatewayClient(gateway_channel, settings.charge_timeout),
+            RedisPacer(r.redis, settings.namespace, settings.gateway_rate_limit),
+            clock,
+            settings.max_in_flight,
+        )
+        subscriptions = Subscriptions(store, quota, clock, zone)
+        runs = Runs(store, RedisRunLocks(r.locks), outages, clock, schedule)
+        invoices = Invoices(
+            store,
+            charging,
+            clock,
+            ExhaustionPolicy(
+                settings.exhausted_default_action == "cancel", frozenset(settings.exhausted_cancel_merchants)
+            ),
+        )
+        worker = Worker(
+            store,
+            runs,
+            charging,
+            quota,
+            outages,
+            clock,
+            WorkerConfig(
+                batch_size=settings.worker_batch_size,
+                lease=settings.worker_lease,
+                idle_poll=settings.worker_idle_poll,
+                jitter=settings.worker_jitter,
+                defer_delay=settings.defer_delay,
+                halt_threshold=settings.unreachable_halt_threshold,
+                minimum_charge_minor=settings.minimum_charge_minor,
+                zone=zone,
+            ),
+        )
+        servicer = RecurringServicer(subscriptions, runs, invoices, clock, settings.test_clock)
+
+        async def scheduler() -> None:
+            while True:
+                await runs.catch_up()
+                await asyncio.sleep(settings.scheduler_interval.total_seconds())
+
         return ServiceParts(
             [
                 Registration(
-                    recurring_pb2_grpc.add_RecurringServiceServicer_to_server, servicer, SERVICE_NAME, access
+                    recurring_pb2_grpc.add_RecurringServiceServicer_to_server, servicer, SERVICE_NAME, ACCESS
                 )
-            ]
+            ],
+            event_handlers=handlers(store, subscriptions, invoices),
+            background=[scheduler, worker.run_forever],
+            on_stop=[quota_channel.close, gateway_channel.close],
         )
 
     return setup

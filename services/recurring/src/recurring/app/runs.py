@@ -1,0 +1,169 @@
+"""Billing runs: one per date and kind (Redis lock + fencing + a unique row), caught up in date
+order, with their due occurrences written as work items that workers in every pod claim."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from dataclasses import dataclass
+from datetime import date, time, timedelta
+from zoneinfo import ZoneInfo
+
+from billing_common.clock import Clock
+from billing_common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from recurring.app.ports import Event, EventType, OutageCounter, Run, RunCounts, RunLocks, Store
+from recurring.app.subscriptions import page_size
+from recurring.domain.runs import KIND_FREQUENCIES, RunKind, RunState, dates_to_run, latest_scheduled_date
+
+
+@dataclass(frozen=True)
+class Schedule:
+    zone: ZoneInfo
+    times: dict[RunKind, time]
+    max_catch_up_days: int
+    lock_ttl: timedelta
+
+
+def fence_resource(kind: RunKind, billing_date: date) -> str:
+    return f"run:{kind.value}:{billing_date.isoformat()}"
+
+
+def lock_name(kind: RunKind, billing_date: date) -> str:
+    """Under the service's namespace this is `recurring:<kind>:lock:<date>`."""
+    return f"{kind.value}:lock:{billing_date.isoformat()}"
+
+
+class Runs:
+    def __init__(
+        self, store: Store, locks: RunLocks, outages: OutageCounter, clock: Clock, schedule: Schedule
+    ) -> None:
+        self._store = store
+        self._locks = locks
+        self._outages = outages
+        self._clock = clock
+        self._schedule = schedule
+
+    async def start(self, billing_date: date, kind: RunKind, wait: timedelta) -> Run | None:
+        """Create the date's run (or add newly due items to it); None if another pod holds the lock."""
+        async with self._locks.hold(lock_name(kind, billing_date), self._schedule.lock_ttl, wait) as token:
+            if token is None:
+                return None
+            async with self._store.transaction() as tx:
+                await tx.check_fence(fence_resource(kind, billing_date), token)
+                run = await tx.find_run(billing_date, kind)
+                if run is None:
+                    run = Run(
+                        f"run_{uuid.uuid4().hex}",
+                        billing_date,
+                        kind,
+                        RunState.RUNNING,
+                        False,
+                        self._clock.now(),
+                    )
+                    await tx.insert_run(run)
+                    due = await tx.enqueue_due(run.run_id, billing_date, KIND_FREQUENCIES[kind])
+                    await tx.emit(Event(EventType.RUN_STARTED, run=run, extra={"due": due}))
+                elif await tx.enqueue_due(run.run_id, billing_date, KIND_FREQUENCIES[kind]) and (
+                    run.state is RunState.COMPLETED
+                ):
+                    await tx.set_run_state(run.run_id, RunState.RUNNING, None)
+            await self.finish_if_done(run.run_id)
+            return await self.get(run.run_id)
+
+    async def run_billing(self, billing_date: date | None, kind: RunKind | None, dry_run: bool) -> Run:
+        if billing_date is None:
+            raise InvalidArgument.of("billing_date", "required")
+        if kind is None:
+            raise InvalidArgument.of("kind", "must be DAILY or MONTHLY")
+        if dry_run:
+            return await self._dry_run(billing_date, kind)
+        run = await self.start(billing_date, kind, wait=timedelta(seconds=30))
+        if run is None:
+            raise Unavailable(f"another pod is creating the {kind.value} run of {billing_date}; try again")
+        return run
+
+    async def _dry_run(self, billing_date: date, kind: RunKind) -> Run:
+        now = self._clock.now()
+        async with self._store.transaction() as tx:
+            billable, skipped = await tx.count_due(billing_date, KIND_FREQUENCIES[kind])
+            run = Run(
+                f"dry_{uuid.uuid4().hex}",
+                billing_date,
+                kind,
+                RunState.DRY_RUN,
+                True,
+                now,
+                finished_at=now,
+                counts=RunCounts(due=billable + skipped, skipped=skipped, pending=billable),
+            )
+            await tx.insert_run(run)
+        return run
+
+    async def get(self, run_id: str) -> Run:
+        async with self._store.transaction() as tx:
+            run = await tx.get_run(run_id)
+        if run is None:
+            raise NotFound(f"run {run_id} does not exist")
+        return run
+
+    async def page(self, requested_size: int, token: str) -> tuple[list[Run], str]:
+        size = page_size(requested_size)
+        try:
+            after = int(token) if token else 0
+        except ValueError:
+            raise InvalidArgument.of("page_token", "is not a token this service gave") from None
+        async with self._store.transaction() as tx:
+            rows = await tx.list_runs(after, size + 1)
+        more = len(rows) > size
+        rows = rows[:size]
+        return [run for _, run in rows], str(rows[-1][0]) if more else ""
+
+    async def resume(self, run_id: str, gateway: str) -> Run:
+        if not gateway:
+            raise InvalidArgument.of("gateway", "required")
+        async with self._store.transaction() as tx:
+            run = await tx.get_run(run_id, lock=True)
+            if run is None:
+                raise NotFound(f"run {run_id} does not exist")
+            if not await tx.resume_gateway(run_id, gateway):
+                raise FailedPrecondition(f"gateway {gateway} is not halted in run {run_id}")
+            await tx.set_run_state(run_id, RunState.RUNNING, None)
+        await self._outages.reachable(run_id, gateway)
+        await self.finish_if_done(run_id)
+        return await self.get(run_id)
+
+    async def finish_if_done(self, run_id: str) -> None:
+        """A run whose open items are all done completes; with halted gateways it stays HALTED."""
+        async with self._store.transaction() as tx:
+            run = await tx.get_run(run_id, lock=True)
+            if run is None or run.state is not RunState.RUNNING or await tx.open_items(run_id):
+                return
+            now = self._clock.now()
+            if run.halted_gateways:
+                await tx.set_run_state(run_id, RunState.HALTED, None)
+                return
+            await tx.set_run_state(run_id, RunState.COMPLETED, now)
+            counts = await tx.run_counts(run_id)
+            await tx.emit(Event(EventType.RUN_COMPLETED, run=dataclasses.replace(run, counts=counts)))
+
+    async def catch_up(self) -> int:
+        """Create the runs whose time has come, oldest first; the next date waits for the previous run."""
+        created = 0
+        for kind, at in self._schedule.times.items():
+            latest = latest_scheduled_date(self._clock.now(), at, self._schedule.zone)
+            while True:
+                async with self._store.transaction() as tx:
+                    last = await tx.latest_run(kind, latest)
+                if last is not None and last.state is RunState.RUNNING:
+                    await self.finish_if_done(last.run_id)
+                    if (await self.get(last.run_id)).state is RunState.RUNNING:
+                        break
+                pending = dates_to_run(
+                    last.billing_date if last else None, latest, self._schedule.max_catch_up_days
+                )
+                if not pending:
+                    break
+                if await self.start(pending[0], kind, wait=timedelta(0)) is None:
+                    break
+                created += 1
+        return created

@@ -1,0 +1,86 @@
+"""Building an invoice for one due occurrence: base, usage, proration, then account credit."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from billing_common.money import Money
+
+
+class LineKind(enum.Enum):
+    BASE = "base"
+    USAGE = "usage"
+    PRORATION = "proration"
+    CREDIT = "credit"
+
+
+@dataclass(frozen=True)
+class InvoiceLine:
+    kind: LineKind
+    description: str
+    amount: Money
+    quantity: int = 1
+    # Exact decimal text of the unit price in major units (usage lines); empty otherwise.
+    unit_price: str = ""
+
+
+@dataclass(frozen=True)
+class UsageCharge:
+    key: str
+    billable_quantity: int
+    unit_price: str
+    amount: Money
+
+
+class Decision(enum.Enum):
+    CHARGE = "charge"
+    # Fully paid by account credit: nothing to charge.
+    PAID_BY_CREDIT = "paid_by_credit"
+    # Under the minimum amount: not invoiced now; usage and proration wait for the next invoice.
+    BELOW_MINIMUM = "below_minimum"
+
+
+@dataclass(frozen=True)
+class InvoiceDraft:
+    lines: tuple[InvoiceLine, ...]
+    total: Money  # before credit
+    credit_applied: Money
+    amount_due: Money
+    decision: Decision
+
+
+def build_invoice(
+    base: Money,
+    base_description: str,
+    usage: Sequence[UsageCharge],
+    proration: Sequence[tuple[str, Money]],
+    credit_available: Money,
+    minimum: Money,
+) -> InvoiceDraft:
+    """Lines sum to the total; credit covers at most the total; the rest is due.
+
+    A positive amount due below `minimum` is not worth a charge (decision BELOW_MINIMUM).
+    """
+    currency = base.currency
+    lines = [InvoiceLine(LineKind.BASE, base_description, base)]
+    lines += [
+        InvoiceLine(LineKind.USAGE, f"Usage: {u.key}", u.amount, u.billable_quantity, u.unit_price)
+        for u in usage
+        if u.amount.amount_minor
+    ]
+    lines += [InvoiceLine(LineKind.PRORATION, text, amount) for text, amount in proration]
+    total = Money(sum(line.amount.amount_minor for line in lines), currency)
+    usable_credit = max(0, min(credit_available.amount_minor, total.amount_minor))
+    credit = Money(usable_credit, currency)
+    if usable_credit:
+        lines.append(InvoiceLine(LineKind.CREDIT, "Account credit applied", -credit))
+    due = total - credit
+    if due.amount_minor <= 0:
+        decision = Decision.PAID_BY_CREDIT
+    elif due.amount_minor < minimum.amount_minor:
+        decision = Decision.BELOW_MINIMUM
+    else:
+        decision = Decision.CHARGE
+    return InvoiceDraft(tuple(lines), total, credit, Money(max(due.amount_minor, 0), currency), decision)

@@ -1,0 +1,69 @@
+"""Consumers: tier.changed (plan moves), dunning.exhausted (write-off), payment.* (async outcomes).
+
+Each handler runs inside the inbox transaction and writes on its connection.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from billing.common.v1 import common_pb2
+from billing.events.v1 import dunning_pb2, payment_pb2
+from billing_common.events import Handler
+from recurring.adapters.clients import DECLINE_KINDS, FAILURE_TYPES, PAYMENT_STATUSES
+from recurring.app.invoices import Invoices, PaymentUpdate
+from recurring.app.ports import Store
+from recurring.app.subscriptions import Cause, Subscriptions
+from recurring.domain.payments import ChargeResult, DeclineKind, FailureType, PaymentStatus
+
+TIERS = {common_pb2.TIER_LITE: "lite", common_pb2.TIER_PLUS: "plus", common_pb2.TIER_PRO: "pro"}
+ACTIONS = {dunning_pb2.EXHAUSTED_ACTION_SUSPEND: "suspend", dunning_pb2.EXHAUSTED_ACTION_CANCEL: "cancel"}
+
+
+def payment_update(facts: payment_pb2.PaymentFacts, *, decline_code: str = "") -> PaymentUpdate:
+    return PaymentUpdate(
+        payment_id=facts.payment_id,
+        idempotency_key=facts.idempotency_key,
+        result=ChargeResult(
+            payment_id=facts.payment_id,
+            status=PAYMENT_STATUSES.get(facts.status, PaymentStatus.UNKNOWN),
+            gateway=facts.gateway,
+            failure_type=FAILURE_TYPES.get(facts.failure_type, FailureType.NONE),
+            decline_kind=DECLINE_KINDS.get(facts.decline_kind, DeclineKind.NONE),
+            decline_code=decline_code or facts.normalized_code or facts.gateway_code,
+            retryable=facts.retryable,
+        ),
+    )
+
+
+def handlers(store: Store, subscriptions: Subscriptions, invoices: Invoices) -> dict[str, Handler]:
+    async def on_tier_changed(conn: Any, event: Any) -> None:
+        tier = TIERS.get(event.new_tier)
+        if tier is None:
+            return
+        account = event.billed_account_id or event.account_id
+        cause = Cause("tier.changed", event.header.event_id, f"tier {tier} by rule {event.rule_id}")
+        await subscriptions.on_tier_changed(store.within(conn), account, tier, cause)
+
+    async def on_dunning_exhausted(conn: Any, event: Any) -> None:
+        await invoices.on_dunning_exhausted(
+            store.within(conn),
+            event.dunning_case.invoice_id,
+            ACTIONS.get(event.action, ""),
+            event.header.event_id,
+        )
+
+    async def on_payment_outcome(conn: Any, event: Any) -> None:
+        await invoices.on_payment_outcome(store.within(conn), payment_update(event.payment))
+
+    async def on_payment_returned(conn: Any, event: Any) -> None:
+        update = payment_update(event.payment, decline_code=event.return_code)
+        await invoices.on_payment_returned(store.within(conn), update, event.header.event_id)
+
+    return {
+        "tier.changed": on_tier_changed,
+        "dunning.exhausted": on_dunning_exhausted,
+        "payment.settled": on_payment_outcome,
+        "payment.reconciled": on_payment_outcome,
+        "payment.returned": on_payment_returned,
+    }

@@ -1,0 +1,236 @@
+"""Protobuf <-> domain for the RecurringService contract."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import date
+
+from google.protobuf.message import Message
+
+from billing.common.v1 import common_pb2
+from billing.recurring.v1 import recurring_pb2 as pb
+from billing_common.errors import InvalidArgument
+from billing_common.money import CurrencyError, Money
+from recurring.adapters.clients import DECLINE_KINDS, FAILURE_TYPES, FREQUENCIES, PAYMENT_STATUSES
+from recurring.adapters.events import money_pb
+from recurring.app.ports import HistoryEntry, Invoice, LedgerLine, Run, Transaction
+from recurring.domain.invoicing import LineKind
+from recurring.domain.runs import RunKind, RunState, progress_per_mille
+from recurring.domain.status import InvoiceStatus, SubscriptionStatus
+from recurring.domain.subscription import MethodType, PaymentMethod, Subscription
+
+FREQUENCIES_PB = {v: k for k, v in FREQUENCIES.items()}
+STATUSES = {
+    pb.SUBSCRIPTION_STATUS_TRIALING: SubscriptionStatus.TRIALING,
+    pb.SUBSCRIPTION_STATUS_ACTIVE: SubscriptionStatus.ACTIVE,
+    pb.SUBSCRIPTION_STATUS_PAST_DUE: SubscriptionStatus.PAST_DUE,
+    pb.SUBSCRIPTION_STATUS_PAUSED: SubscriptionStatus.PAUSED,
+    pb.SUBSCRIPTION_STATUS_SUSPENDED: SubscriptionStatus.SUSPENDED,
+    pb.SUBSCRIPTION_STATUS_CANCELLED: SubscriptionStatus.CANCELLED,
+    pb.SUBSCRIPTION_STATUS_COMPLETED: SubscriptionStatus.COMPLETED,
+}
+STATUSES_PB = {v: k for k, v in STATUSES.items()}
+INVOICE_STATUSES = {
+    pb.INVOICE_STATUS_DRAFT: InvoiceStatus.DRAFT,
+    pb.INVOICE_STATUS_OPEN: InvoiceStatus.OPEN,
+    pb.INVOICE_STATUS_PAID: InvoiceStatus.PAID,
+    pb.INVOICE_STATUS_PAYMENT_FAILED: InvoiceStatus.PAYMENT_FAILED,
+    pb.INVOICE_STATUS_UNCOLLECTIBLE: InvoiceStatus.UNCOLLECTIBLE,
+    pb.INVOICE_STATUS_VOID: InvoiceStatus.VOID,
+}
+INVOICE_STATUSES_PB = {v: k for k, v in INVOICE_STATUSES.items()}
+LINE_KINDS_PB = {
+    LineKind.BASE: pb.INVOICE_LINE_KIND_BASE,
+    LineKind.USAGE: pb.INVOICE_LINE_KIND_USAGE,
+    LineKind.PRORATION: pb.INVOICE_LINE_KIND_PRORATION,
+    LineKind.CREDIT: pb.INVOICE_LINE_KIND_CREDIT,
+}
+RUN_KINDS = {pb.RUN_KIND_DAILY: RunKind.DAILY, pb.RUN_KIND_MONTHLY: RunKind.MONTHLY}
+RUN_KINDS_PB = {v: k for k, v in RUN_KINDS.items()}
+RUN_STATES_PB = {
+    RunState.RUNNING: pb.RUN_STATE_RUNNING,
+    RunState.COMPLETED: pb.RUN_STATE_COMPLETED,
+    RunState.HALTED: pb.RUN_STATE_HALTED,
+    RunState.DRY_RUN: pb.RUN_STATE_DRY_RUN,
+}
+METHODS = {
+    common_pb2.PAYMENT_METHOD_TYPE_CARD: MethodType.CARD,
+    common_pb2.PAYMENT_METHOD_TYPE_ACH: MethodType.ACH,
+    common_pb2.PAYMENT_METHOD_TYPE_STRIPE: MethodType.STRIPE,
+}
+METHODS_PB = {v: k for k, v in METHODS.items()}
+PAYMENT_STATUSES_PB = {v: k for k, v in PAYMENT_STATUSES.items()}
+FAILURE_TYPES_PB = {v: k for k, v in FAILURE_TYPES.items()}
+DECLINE_KINDS_PB = {v: k for k, v in DECLINE_KINDS.items()}
+
+
+def request_hash(request: Message) -> str:
+    """A fingerprint of a request without its idempotency key, to spot a key reused for another request."""
+    copy = type(request)()
+    copy.CopyFrom(request)
+    if "idempotency_key" in copy.DESCRIPTOR.fields_by_name:
+        copy.ClearField("idempotency_key")
+    return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
+
+
+def to_date(message: common_pb2.Date, field: str) -> date:
+    try:
+        return date(message.year, message.month, message.day)
+    except ValueError:
+        raise InvalidArgument.of(field, "is not a calendar date") from None
+
+
+def optional_date(parent: Message, name: str, field: str) -> date | None:
+    return to_date(getattr(parent, name), field) if parent.HasField(name) else None
+
+
+def to_money(message: common_pb2.Money, field: str) -> Money:
+    try:
+        return Money(message.amount_minor, message.currency)
+    except CurrencyError:
+        raise InvalidArgument.of(f"{field}.currency", "is not an ISO 4217 currency") from None
+
+
+def payment_method(message: common_pb2.PaymentMethod, field: str) -> PaymentMethod:
+    if message.type not in METHODS:
+        raise InvalidArgument.of(f"{field}.type", "must be CARD, ACH or STRIPE")
+    if not message.gateway_token:
+        raise InvalidArgument.of(f"{field}.gateway_token", "required")
+    return PaymentMethod(METHODS[message.type], message.gateway_token)
+
+
+def date_pb(day: date | None) -> common_pb2.Date | None:
+    return None if day is None else common_pb2.Date(year=day.year, month=day.month, day=day.day)
+
+
+def subscription_pb(sub: Subscription) -> pb.Subscription:
+    message = pb.Subscription(
+        subscription_id=sub.subscription_id,
+        account_id=sub.account_id,
+        merchant_id=sub.merchant_id,
+        status=STATUSES_PB[sub.status],
+        plan_code=sub.plan_code,
+        plan_version=sub.plan_version,
+        amount=money_pb(sub.amount),
+        frequency=FREQUENCIES_PB[sub.frequency],
+        start_date=date_pb(sub.start_date),
+        billing_anchor_day=sub.anchor_day,
+        payment_method=common_pb2.PaymentMethod(
+            type=METHODS_PB[sub.payment_method.type], gateway_token=sub.payment_method.token
+        ),
+        trial_days=sub.trial_days,
+        trial_end=date_pb(sub.trial_end),
+        current_period_start=date_pb(sub.current_period_start),
+        current_period_end=date_pb(sub.current_period_end),
+        next_billing_date=date_pb(sub.next_billing_date),
+        tier_mapped=sub.tier_mapped,
+        cancel_at_period_end=sub.cancel_at_period_end,
+        version=sub.version,
+    )
+    message.created_at.FromDatetime(sub.created_at)
+    message.updated_at.FromDatetime(sub.updated_at)
+    return message
+
+
+def history_pb(entry: HistoryEntry) -> pb.HistoryEntry:
+    message = pb.HistoryEntry(
+        changes=[
+            pb.FieldChange(
+                field=name,
+                previous_json=json.dumps(change["previous"], sort_keys=True),
+                new_json=json.dumps(change["new"], sort_keys=True),
+            )
+            for name, change in sorted(entry.changes.items())
+        ],
+        actor=entry.actor,
+        cause_event_id=entry.cause_event_id,
+        reason=entry.reason,
+    )
+    message.changed_at.FromDatetime(entry.changed_at)
+    return message
+
+
+def transaction_pb(txn: Transaction) -> pb.Transaction:
+    message = pb.Transaction(
+        transaction_id=txn.transaction_id,
+        attempt=txn.attempt,
+        idempotency_key=txn.idempotency_key,
+        payment_id=txn.payment_id,
+        status=PAYMENT_STATUSES_PB[txn.status],
+        failure_type=FAILURE_TYPES_PB[txn.failure_type],
+        decline_kind=DECLINE_KINDS_PB[txn.decline_kind],
+        decline_code=txn.decline_code,
+        amount=money_pb(txn.amount),
+    )
+    message.created_at.FromDatetime(txn.created_at)
+    return message
+
+
+def invoice_pb(invoice: Invoice, transactions: list[Transaction]) -> pb.Invoice:
+    message = pb.Invoice(
+        invoice_id=invoice.invoice_id,
+        subscription_id=invoice.subscription_id,
+        account_id=invoice.account_id,
+        merchant_id=invoice.merchant_id,
+        status=INVOICE_STATUSES_PB[invoice.status],
+        billing_date=date_pb(invoice.billing_date),
+        period_start=date_pb(invoice.period_start),
+        period_end=date_pb(invoice.period_end),
+        lines=[
+            pb.InvoiceLine(
+                kind=LINE_KINDS_PB[line.kind],
+                description=line.description,
+                quantity=line.quantity,
+                unit_price=common_pb2.Decimal(value=line.unit_price) if line.unit_price else None,
+                amount=money_pb(line.amount),
+            )
+            for line in invoice.lines
+        ],
+        total=money_pb(invoice.total),
+        amount_due=money_pb(invoice.amount_due),
+        transactions=[transaction_pb(t) for t in transactions],
+    )
+    message.created_at.FromDatetime(invoice.created_at)
+    if invoice.paid_at is not None:
+        message.paid_at.FromDatetime(invoice.paid_at)
+    return message
+
+
+def run_pb(run: Run) -> pb.Run:
+    c = run.counts
+    message = pb.Run(
+        run_id=run.run_id,
+        billing_date=date_pb(run.billing_date),
+        kind=RUN_KINDS_PB[run.kind],
+        state=RUN_STATES_PB[run.state],
+        counts=pb.RunCounts(
+            due=c.due,
+            charged=c.charged,
+            failed=c.failed,
+            skipped=c.skipped,
+            deferred=c.deferred,
+            pending=c.pending,
+        ),
+        progress_per_mille=progress_per_mille(c.finished, c.due),
+        dry_run=run.dry_run,
+        halted_gateways=list(run.halted_gateways),
+    )
+    message.started_at.FromDatetime(run.started_at)
+    if run.finished_at is not None:
+        message.finished_at.FromDatetime(run.finished_at)
+        message.duration.FromTimedelta(run.finished_at - run.started_at)
+    return message
+
+
+def ledger_entry_pb(line: LedgerLine) -> pb.LedgerEntry:
+    message = pb.LedgerEntry(
+        entry_id=str(line.entry_id),
+        ledger_transaction_id=line.ledger_transaction_id,
+        account=line.account,
+        amount=money_pb(line.amount),
+        kind=line.kind,
+        reference=line.reference,
+    )
+    message.created_at.FromDatetime(line.created_at)
+    return message

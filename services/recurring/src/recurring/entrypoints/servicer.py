@@ -1,0 +1,277 @@
+"""The gRPC servicer: thin, maps messages to use cases and answers back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from billing.recurring.v1 import recurring_pb2 as pb
+from billing.recurring.v1 import recurring_pb2_grpc
+from billing_common import context
+from billing_common.clock import Clock, ControllableClock
+from billing_common.errors import FailedPrecondition, InvalidArgument
+from recurring.adapters.clients import FREQUENCIES
+from recurring.adapters.events import money_pb
+from recurring.app.invoices import Invoices
+from recurring.app.ports import InvoiceFilter, SubscriptionFilter
+from recurring.app.runs import Runs
+from recurring.app.subscriptions import Cause, Changes, CreateCommand, IdempotencyRef, Subscriptions
+from recurring.entrypoints import mappers as m
+
+Context = grpc.aio.ServicerContext[Any, Any]
+ANY = {"*"}
+OPERATOR = {"operator"}
+# Who may call what (JWT subject of the caller); "*" is any authenticated service.
+ACCESS: dict[str, set[str]] = {
+    "CreateSubscription": ANY,
+    "GetSubscription": ANY,
+    "ListSubscriptions": ANY,
+    "UpdateSubscription": ANY,
+    "PauseSubscription": ANY,
+    "ResumeSubscription": ANY,
+    "CancelSubscription": ANY,
+    "GetSubscriptionHistory": ANY,
+    "RunBilling": OPERATOR,
+    "GetRun": OPERATOR,
+    "ListRuns": OPERATOR,
+    "ResumeRun": OPERATOR,
+    "GetInvoice": ANY,
+    "ListInvoices": ANY,
+    "VoidInvoice": OPERATOR,
+    "RetryInvoicePayment": {"dunning", "operator"},
+    "GetAccountBalance": ANY,
+    "ListLedgerEntries": ANY,
+    "AddAccountCredit": OPERATOR,
+    "GetClock": OPERATOR,
+    "SetClock": OPERATOR,
+    "AdvanceClock": OPERATOR,
+}
+
+
+def _idem(scope: str, request: Any) -> IdempotencyRef:
+    return IdempotencyRef(scope, request.idempotency_key, m.request_hash(request))
+
+
+def _cause() -> Cause:
+    return Cause(context.caller.get() or "unknown")
+
+
+class RecurringServicer(recurring_pb2_grpc.RecurringServiceServicer):
+    def __init__(
+        self, subscriptions: Subscriptions, runs: Runs, invoices: Invoices, clock: Clock, test_clock: bool
+    ) -> None:
+        self._subscriptions = subscriptions
+        self._runs = runs
+        self._invoices = invoices
+        self._clock = clock
+        self._test_clock = test_clock
+
+    # ------------------------------------------------------------ subscriptions
+
+    async def CreateSubscription(
+        self, request: pb.CreateSubscriptionRequest, context: Context
+    ) -> pb.CreateSubscriptionResponse:
+        pricing = request.WhichOneof("pricing")
+        frequency = FREQUENCIES.get(request.frequency)
+        if request.frequency and frequency is None:
+            raise InvalidArgument.of("frequency", "is not a known frequency")
+        command = CreateCommand(
+            account_id=request.account_id,
+            merchant_id=request.merchant_id,
+            plan_code=request.plan_code if pricing == "plan_code" else "",
+            custom_amount=m.to_money(request.custom_amount, "custom_amount")
+            if pricing == "custom_amount"
+            else None,
+            frequency=frequency,
+            start_date=m.optional_date(request, "start_date", "start_date"),
+            anchor_day=request.billing_anchor_day,
+            payment_method=(
+                m.payment_method(request.payment_method, "payment_method")
+                if request.HasField("payment_method")
+                else None
+            ),
+            tier_mapped=request.tier_mapped,
+        )
+        sub = await self._subscriptions.create(command, _idem("CreateSubscription", request), _cause())
+        return pb.CreateSubscriptionResponse(subscription=m.subscription_pb(sub))
+
+    async def GetSubscription(
+        self, request: pb.GetSubscriptionRequest, context: Context
+    ) -> pb.GetSubscriptionResponse:
+        sub = await self._subscriptions.get(request.subscription_id)
+        return pb.GetSubscriptionResponse(subscription=m.subscription_pb(sub))
+
+    async def ListSubscriptions(
+        self, request: pb.ListSubscriptionsRequest, context: Context
+    ) -> pb.ListSubscriptionsResponse:
+        where = SubscriptionFilter(
+            request.account_id, m.STATUSES.get(request.status), FREQUENCIES.get(request.frequency)
+        )
+        subs, token = await self._subscriptions.page(where, request.page_size, request.page_token)
+        return pb.ListSubscriptionsResponse(
+            subscriptions=[m.subscription_pb(s) for s in subs], next_page_token=token
+        )
+
+    async def UpdateSubscription(
+        self, request: pb.UpdateSubscriptionRequest, context: Context
+    ) -> pb.UpdateSubscriptionResponse:
+        mask = frozenset(request.update_mask.paths)
+        given = request.subscription
+        changes = Changes(
+            mask=mask,
+            amount=m.to_money(given.amount, "subscription.amount") if "amount" in mask else None,
+            payment_method=(
+                m.payment_method(given.payment_method, "subscription.payment_method")
+                if "payment_method" in mask
+                else None
+            ),
+            anchor_day=given.billing_anchor_day,
+            plan_code=given.plan_code,
+        )
+        sub = await self._subscriptions.update(
+            request.subscription_id, changes, _idem("UpdateSubscription", request), _cause()
+        )
+        return pb.UpdateSubscriptionResponse(subscription=m.subscription_pb(sub))
+
+    async def PauseSubscription(
+        self, request: pb.PauseSubscriptionRequest, context: Context
+    ) -> pb.PauseSubscriptionResponse:
+        sub = await self._subscriptions.pause(
+            request.subscription_id, _idem("PauseSubscription", request), _cause()
+        )
+        return pb.PauseSubscriptionResponse(subscription=m.subscription_pb(sub))
+
+    async def ResumeSubscription(
+        self, request: pb.ResumeSubscriptionRequest, context: Context
+    ) -> pb.ResumeSubscriptionResponse:
+        sub = await self._subscriptions.resume(
+            request.subscription_id, _idem("ResumeSubscription", request), _cause()
+        )
+        return pb.ResumeSubscriptionResponse(subscription=m.subscription_pb(sub))
+
+    async def CancelSubscription(
+        self, request: pb.CancelSubscriptionRequest, context: Context
+    ) -> pb.CancelSubscriptionResponse:
+        sub = await self._subscriptions.cancel(
+            request.subscription_id, request.at_period_end, _idem("CancelSubscription", request), _cause()
+        )
+        return pb.CancelSubscriptionResponse(subscription=m.subscription_pb(sub))
+
+    async def GetSubscriptionHistory(
+        self, request: pb.GetSubscriptionHistoryRequest, context: Context
+    ) -> pb.GetSubscriptionHistoryResponse:
+        entries = await self._subscriptions.history(request.subscription_id)
+        return pb.GetSubscriptionHistoryResponse(entries=[m.history_pb(e) for e in entries])
+
+    # ------------------------------------------------------------ runs
+
+    async def RunBilling(self, request: pb.RunBillingRequest, context: Context) -> pb.RunBillingResponse:
+        run = await self._runs.run_billing(
+            m.optional_date(request, "billing_date", "billing_date"),
+            m.RUN_KINDS.get(request.kind),
+            request.dry_run,
+        )
+        return pb.RunBillingResponse(run=m.run_pb(run))
+
+    async def GetRun(self, request: pb.GetRunRequest, context: Context) -> pb.GetRunResponse:
+        return pb.GetRunResponse(run=m.run_pb(await self._runs.get(request.run_id)))
+
+    async def ListRuns(self, request: pb.ListRunsRequest, context: Context) -> pb.ListRunsResponse:
+        runs, token = await self._runs.page(request.page_size, request.page_token)
+        return pb.ListRunsResponse(runs=[m.run_pb(r) for r in runs], next_page_token=token)
+
+    async def ResumeRun(self, request: pb.ResumeRunRequest, context: Context) -> pb.ResumeRunResponse:
+        return pb.ResumeRunResponse(run=m.run_pb(await self._runs.resume(request.run_id, request.gateway)))
+
+    # ------------------------------------------------------------ invoices and the ledger
+
+    async def GetInvoice(self, request: pb.GetInvoiceRequest, context: Context) -> pb.GetInvoiceResponse:
+        invoice, transactions = await self._invoices.get(request.invoice_id)
+        return pb.GetInvoiceResponse(invoice=m.invoice_pb(invoice, transactions))
+
+    async def ListInvoices(
+        self, request: pb.ListInvoicesRequest, context: Context
+    ) -> pb.ListInvoicesResponse:
+        where = InvoiceFilter(
+            request.subscription_id, request.account_id, m.INVOICE_STATUSES.get(request.status)
+        )
+        found, token = await self._invoices.page(where, request.page_size, request.page_token)
+        return pb.ListInvoicesResponse(invoices=[m.invoice_pb(i, t) for i, t in found], next_page_token=token)
+
+    async def VoidInvoice(self, request: pb.VoidInvoiceRequest, context: Context) -> pb.VoidInvoiceResponse:
+        invoice = await self._invoices.void(request.invoice_id, request.reason, _idem("VoidInvoice", request))
+        _, transactions = await self._invoices.get(invoice.invoice_id)
+        return pb.VoidInvoiceResponse(invoice=m.invoice_pb(invoice, transactions))
+
+    async def RetryInvoicePayment(
+        self, request: pb.RetryInvoicePaymentRequest, context: Context
+    ) -> pb.RetryInvoicePaymentResponse:
+        invoice, txn, replayed = await self._invoices.retry_payment(
+            request.invoice_id, request.idempotency_key
+        )
+        _, transactions = await self._invoices.get(invoice.invoice_id)
+        return pb.RetryInvoicePaymentResponse(
+            invoice=m.invoice_pb(invoice, transactions), transaction=m.transaction_pb(txn), replayed=replayed
+        )
+
+    async def GetAccountBalance(
+        self, request: pb.GetAccountBalanceRequest, context: Context
+    ) -> pb.GetAccountBalanceResponse:
+        balance, credit = await self._invoices.balance(request.account_id, request.currency)
+        return pb.GetAccountBalanceResponse(balance=money_pb(balance), credit_available=money_pb(credit))
+
+    async def ListLedgerEntries(
+        self, request: pb.ListLedgerEntriesRequest, context: Context
+    ) -> pb.ListLedgerEntriesResponse:
+        lines, token = await self._invoices.ledger_entries(
+            request.account_id, request.page_size, request.page_token
+        )
+        return pb.ListLedgerEntriesResponse(
+            entries=[m.ledger_entry_pb(e) for e in lines], next_page_token=token
+        )
+
+    async def AddAccountCredit(
+        self, request: pb.AddAccountCreditRequest, context: Context
+    ) -> pb.AddAccountCreditResponse:
+        amount = m.to_money(request.amount, "amount") if request.HasField("amount") else None
+        available = await self._invoices.add_credit(
+            request.account_id, amount, request.reason, _idem("AddAccountCredit", request)
+        )
+        return pb.AddAccountCreditResponse(credit_available=money_pb(available))
+
+    # ------------------------------------------------------------ test clock
+
+    def _controllable(self) -> ControllableClock:
+        if not self._test_clock or not isinstance(self._clock, ControllableClock):
+            raise FailedPrecondition("the test clock is not enabled on this service")
+        return self._clock
+
+    async def GetClock(self, request: pb.GetClockRequest, context: Context) -> pb.GetClockResponse:
+        reply = pb.GetClockResponse(test_clock=self._test_clock)
+        reply.now.FromDatetime(self._clock.now())
+        return reply
+
+    async def SetClock(self, request: pb.SetClockRequest, context: Context) -> pb.SetClockResponse:
+        clock = self._controllable()
+        if not request.HasField("now"):
+            raise InvalidArgument.of("now", "required")
+        target = request.now.ToDatetime(tzinfo=clock.now().tzinfo)
+        if target < clock.now():
+            raise InvalidArgument.of("now", "a clock never moves backwards")
+        clock.set(target)
+        reply = pb.SetClockResponse()
+        reply.now.FromDatetime(clock.now())
+        return reply
+
+    async def AdvanceClock(
+        self, request: pb.AdvanceClockRequest, context: Context
+    ) -> pb.AdvanceClockResponse:
+        clock = self._controllable()
+        by = request.by.ToTimedelta()
+        if by.total_seconds() < 0:
+            raise InvalidArgument.of("by", "a clock never moves backwards")
+        clock.advance(by)
+        reply = pb.AdvanceClockResponse()
+        reply.now.FromDatetime(clock.now())
+        return reply
