@@ -213,7 +213,8 @@ class OutboxRelay:
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             headers=dict(row["headers"] or {}),
         )
-        await exchange.publish(message, routing_key=row["event_type"], timeout=10)
+        # Not mandatory: an event type nobody subscribes to is normal, not a failure to report.
+        await exchange.publish(message, routing_key=row["event_type"], mandatory=False, timeout=10)
 
     async def _prune(self) -> None:
         async with self._pool.acquire() as conn:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
@@ -79,16 +80,19 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         method = METHODS.get(request.payment_method.type)
         if method is None:
             raise InvalidArgument.of("payment_method.type", "must be CARD, ACH or STRIPE")
-        payment, replayed = await self._payments.charge(
-            ChargeRequest(
-                merchant_id=request.merchant_id,
-                method_type=method,
-                token=request.payment_method.gateway_token,
-                amount_minor=request.amount.amount_minor,
-                currency=request.amount.currency,
-                idempotency_key=request.idempotency_key,
-                caller_reference=request.caller_reference,
-                metadata=dict(request.metadata),
+        # Shielded: a caller that hangs up must not cut a gateway call short and leave its outcome unknown.
+        payment, replayed = await asyncio.shield(
+            self._payments.charge(
+                ChargeRequest(
+                    merchant_id=request.merchant_id,
+                    method_type=method,
+                    token=request.payment_method.gateway_token,
+                    amount_minor=request.amount.amount_minor,
+                    currency=request.amount.currency,
+                    idempotency_key=request.idempotency_key,
+                    caller_reference=request.caller_reference,
+                    metadata=dict(request.metadata),
+                )
             )
         )
         return pb.ChargeResponse(payment=payment_pb(payment), replayed=replayed)
