@@ -39,9 +39,11 @@ def payment_update(facts: payment_pb2.PaymentFacts, *, decline_code: str = "") -
 def handlers(store: Store, subscriptions: Subscriptions, invoices: Invoices) -> dict[str, Handler]:
     async def on_tier_changed(conn: Any, event: Any) -> None:
         tier = TIERS.get(event.new_tier)
-        if tier is None:
-            return
         account = event.billed_account_id or event.account_id
+        # Only the billed account's own tier picks its plan: a database or end user below it moves
+        # that tier through the roll-up, and a downgrade of one of them alone must not move the plan.
+        if tier is None or account != event.account_id:
+            return
         cause = Cause("tier.changed", event.header.event_id, f"tier {tier} by rule {event.rule_id}")
         await subscriptions.on_tier_changed(store.within(conn), account, tier, cause)
 
