@@ -2,27 +2,75 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from billing.dunning.v1 import dunning_pb2_grpc
+from billing_common.grpc_client import open_channel
 from billing_common.service import Registration, Resources, ServiceParts, Setup, run_service
+from dunning.adapters.locks import RedisCaseLocks
+from dunning.adapters.metrics import MetricsRefresher
+from dunning.adapters.recurring_client import GrpcRecurring
+from dunning.adapters.store import PostgresCases
+from dunning.app.cases import CaseService
+from dunning.app.policies import Policies
+from dunning.app.statistics import OutcomeStatistics
+from dunning.app.worker import AttemptWorker, WorkerConfig
+from dunning.entrypoints.consumers import event_handlers
+from dunning.entrypoints.servicer import ACCESS, DunningServicer
 from dunning.settings import DunningSettings
 
 MIGRATIONS = Path(__file__).resolve().parents[3] / "migrations"
 SERVICE_NAME = "billing.dunning.v1.DunningService"
 
 
+def worker_config(settings: DunningSettings) -> WorkerConfig:
+    return WorkerConfig(
+        batch_size=settings.worker_batch_size,
+        concurrency=settings.worker_concurrency,
+        lease=settings.attempt_lease,
+        poll_interval=settings.worker_poll_interval,
+        pending_recheck=settings.pending_recheck,
+        unavailable_backoff=settings.unavailable_backoff,
+    )
+
+
 def build(settings: DunningSettings) -> Setup:
-    async def setup(resources: Resources) -> ServiceParts:
-        servicer = dunning_pb2_grpc.DunningServiceServicer()  # type: ignore[abstract]  # answers UNIMPLEMENTED until built
-        methods = dunning_pb2_grpc.DunningServiceServicer.__dict__
-        access = {name: {"operator"} for name in methods if not name.startswith("_")}
+    async def setup(r: Resources) -> ServiceParts:
+        store = PostgresCases(r.pool, r.outbox)
+        statistics = OutcomeStatistics(
+            store, r.clock, settings.statistics_refresh, settings.statistics_window
+        )
+        cases = CaseService(store, statistics, r.clock)
+        servicer = DunningServicer(cases, Policies(store, r.clock))
+        metrics = MetricsRefresher(r.pool, r.clock, settings.metrics_refresh)
+        background: list[Callable[[], Awaitable[None]]] = [metrics.run_forever]
+        on_stop: list[Callable[[], Awaitable[None]]] = []
+        if settings.worker_enabled:
+            channel = open_channel(settings.recurring_addr, settings.auth_token)
+            worker = AttemptWorker(
+                store,
+                GrpcRecurring(channel, settings.attempt_timeout),
+                RedisCaseLocks(r.locks, settings.case_lock_ttl),
+                statistics,
+                r.clock,
+                worker_config(settings),
+            )
+            background.append(worker.run_forever)
+
+            async def close_channel() -> None:
+                await channel.close()
+
+            on_stop.append(close_channel)
         return ServiceParts(
             [
                 Registration(
-                    dunning_pb2_grpc.add_DunningServiceServicer_to_server, servicer, SERVICE_NAME, access
+                    dunning_pb2_grpc.add_DunningServiceServicer_to_server, servicer, SERVICE_NAME, ACCESS
                 )
-            ]
+            ],
+            event_handlers=event_handlers(cases, r.clock),
+            background=background,
+            on_stop=on_stop,
         )
 
     return setup

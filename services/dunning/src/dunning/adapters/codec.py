@@ -1,0 +1,104 @@
+"""Domain values <-> protobuf enums, and domain events -> dunning.* event messages."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from billing.common.v1 import common_pb2
+from billing.events.v1 import dunning_pb2 as events
+from billing_common.money import Money
+from dunning.domain import events as ev
+from dunning.domain.model import DeclineKind, Failure, FailureType
+from dunning.domain.policy import ExhaustedAction
+
+FAILURE_TYPES: dict[int, FailureType] = {
+    common_pb2.FAILURE_TYPE_CARDHOLDER: FailureType.CARDHOLDER,
+    common_pb2.FAILURE_TYPE_MERCHANT: FailureType.MERCHANT,
+    common_pb2.FAILURE_TYPE_GATEWAY_UNREACHABLE: FailureType.GATEWAY_UNREACHABLE,
+    common_pb2.FAILURE_TYPE_UNKNOWN_OUTCOME: FailureType.UNKNOWN_OUTCOME,
+}
+FAILURE_TYPES_PB: dict[FailureType, common_pb2.FailureType.ValueType] = {
+    FailureType.CARDHOLDER: common_pb2.FAILURE_TYPE_CARDHOLDER,
+    FailureType.MERCHANT: common_pb2.FAILURE_TYPE_MERCHANT,
+    FailureType.GATEWAY_UNREACHABLE: common_pb2.FAILURE_TYPE_GATEWAY_UNREACHABLE,
+    FailureType.UNKNOWN_OUTCOME: common_pb2.FAILURE_TYPE_UNKNOWN_OUTCOME,
+}
+DECLINE_KINDS: dict[int, DeclineKind] = {
+    common_pb2.DECLINE_KIND_SOFT: DeclineKind.SOFT,
+    common_pb2.DECLINE_KIND_HARD: DeclineKind.HARD,
+}
+EXHAUSTED_ACTIONS_EVENT = {
+    ExhaustedAction.SUSPEND: events.EXHAUSTED_ACTION_SUSPEND,
+    ExhaustedAction.CANCEL: events.EXHAUSTED_ACTION_CANCEL,
+}
+
+
+def failure_of(failure_type: int, decline_kind: int, decline_code: str, retryable: bool) -> Failure:
+    return Failure(
+        FAILURE_TYPES.get(failure_type, FailureType.UNSPECIFIED),
+        DECLINE_KINDS.get(decline_kind, DeclineKind.UNSPECIFIED),
+        decline_code,
+        retryable,
+    )
+
+
+def failure_type_pb(failure: Failure) -> common_pb2.FailureType.ValueType:
+    return FAILURE_TYPES_PB.get(failure.type, common_pb2.FAILURE_TYPE_UNSPECIFIED)
+
+
+def money_pb(money: Money) -> common_pb2.Money:
+    return common_pb2.Money(amount_minor=money.amount_minor, currency=money.currency)
+
+
+def _timestamp(instant: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(instant)
+    return stamp
+
+
+def event_message(event: ev.CaseEvent) -> Message:
+    invoice = event.invoice
+    facts = events.CaseFacts(
+        case_id=event.case_id,
+        invoice_id=invoice.invoice_id,
+        subscription_id=invoice.subscription_id,
+        account_id=invoice.account_id,
+        merchant_id=invoice.merchant_id,
+        amount_due=money_pb(invoice.amount_due),
+    )
+    match event:
+        case ev.CaseOpened(failure=failure):
+            return events.DunningCaseOpened(
+                dunning_case=facts, failure_type=failure_type_pb(failure), decline_code=failure.decline_code
+            )
+        case ev.RetryScheduled():
+            return events.DunningRetryScheduled(
+                dunning_case=facts,
+                attempt=event.attempt,
+                scheduled_at=_timestamp(event.scheduled_at),
+                estimated_success_bp=event.estimated_success_bp,
+                sample_size=event.sample_size,
+            )
+        case ev.AttemptFailed(failure=failure):
+            return events.DunningAttemptFailed(
+                dunning_case=facts,
+                attempt=event.attempt,
+                decline_code=failure.decline_code,
+                failure_type=failure_type_pb(failure),
+            )
+        case ev.Recovered():
+            return events.DunningRecovered(dunning_case=facts, attempts=event.attempts)
+        case ev.Exhausted():
+            return events.DunningExhausted(
+                dunning_case=facts, action=EXHAUSTED_ACTIONS_EVENT[event.action], attempts=event.attempts
+            )
+        case ev.Held():
+            return events.DunningHeld(dunning_case=facts, reason=event.reason)
+        case ev.ReminderDue():
+            return events.DunningReminderDue(
+                dunning_case=facts, attempt=event.attempt, attempt_at=_timestamp(event.attempt_at)
+            )
+    raise TypeError(f"no event message for {type(event).__name__}")

@@ -1,0 +1,72 @@
+"""Prometheus metrics of dunning; the gauges are read from the database, so every pod agrees."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+
+import asyncpg
+from prometheus_client import Counter, Gauge, Histogram
+
+from billing_common.clock import Clock
+from dunning.domain.model import TERMINAL_STATES, CaseState
+
+log = logging.getLogger(__name__)
+
+CASES = Gauge("dunning_cases", "Unfinished dunning cases by state", ["state"])
+DUE_BACKLOG = Gauge(
+    "dunning_due_attempts_backlog", "Attempts whose time has come and that no worker has started yet"
+)
+ATTEMPTS = Counter("dunning_attempts_total", "Retry attempts by what recurring answered", ["outcome"])
+CASES_ENDED = Counter("dunning_cases_ended_total", "Cases that ended, by final state", ["state"])
+RECOVERY_RATE = Gauge(
+    "dunning_recovery_rate",
+    "Of the cases that ended in the last 30 days recovered or exhausted, the share recovered",
+)
+TIME_TO_RECOVERY = Histogram(
+    "dunning_time_to_recovery_seconds",
+    "From opening a case to recovering its payment",
+    buckets=[h * 3600 for h in (1, 6, 24, 48, 96, 168, 336, 720)],
+)
+RATE_WINDOW = timedelta(days=30)
+OPEN_STATES = [s.value for s in CaseState if s not in TERMINAL_STATES]
+
+
+class MetricsRefresher:
+    def __init__(self, pool: asyncpg.Pool, clock: Clock, interval: timedelta) -> None:
+        self._pool = pool
+        self._clock = clock
+        self._interval = interval
+
+    async def refresh(self) -> None:
+        now = self._clock.now()
+        async with self._pool.acquire() as conn:
+            by_state = {
+                r["state"]: r["n"]
+                for r in await conn.fetch(
+                    "SELECT state, count(*) AS n FROM cases WHERE state = ANY($1::text[]) GROUP BY state",
+                    OPEN_STATES,
+                )
+            }
+            backlog = await conn.fetchval(
+                "SELECT count(*) FROM cases WHERE due_at <= $1 AND state = 'retry_scheduled'", now
+            )
+            ended = await conn.fetchrow(
+                """SELECT count(*) FILTER (WHERE state = 'recovered') AS recovered, count(*) AS total
+                   FROM cases WHERE ended_at >= $1 AND state IN ('recovered', 'exhausted')""",
+                now - RATE_WINDOW,
+            )
+        for state in OPEN_STATES:
+            CASES.labels(state).set(by_state.get(state, 0))
+        DUE_BACKLOG.set(backlog)
+        if ended and ended["total"]:
+            RECOVERY_RATE.set(ended["recovered"] / ended["total"])
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except (OSError, asyncpg.PostgresError):
+                log.warning("metrics refresh failed", exc_info=True)
+            await asyncio.sleep(self._interval.total_seconds())

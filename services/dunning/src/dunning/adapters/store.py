@@ -1,0 +1,401 @@
+"""Cases, attempts, history, policies and outcomes in PostgreSQL; events through the outbox.
+
+Every change is written with an optimistic version check (`version = $n`), in one transaction
+with its history rows, its dunning.* events and, for a finished attempt, its training row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from billing_common import db
+from billing_common.errors import Conflict
+from billing_common.events import Outbox
+from billing_common.money import Money
+from dunning.adapters.codec import event_message
+from dunning.adapters.metrics import CASES_ENDED, TIME_TO_RECOVERY
+from dunning.app.ports import CaseFilter
+from dunning.domain.cases import Change
+from dunning.domain.estimator import AttemptContext, OutcomeCounts
+from dunning.domain.model import (
+    TERMINAL_STATES,
+    Attempt,
+    AttemptOutcome,
+    Case,
+    CaseState,
+    DeclineKind,
+    Failure,
+    FailureType,
+    InvoiceRef,
+    Transition,
+)
+from dunning.domain.policy import AdaptiveSchedule, ExhaustedAction, FixedSchedule, RetryPolicy
+
+CASE_COLUMNS = """case_id, invoice_id, subscription_id, account_id, merchant_id, amount_minor, currency,
+    state, failure_type, decline_kind, decline_code, retryable, first_failed_at, opened_at, due_at,
+    reminder_at, ended_at, version"""
+ACTIVE_DUE_STATES = [
+    CaseState.RETRY_SCHEDULED.value,
+    CaseState.ATTEMPTING.value,
+    CaseState.AWAITING_PAYMENT_METHOD.value,
+]
+
+
+def _case(row: asyncpg.Record, attempts: Sequence[Attempt]) -> Case:
+    return Case(
+        case_id=str(row["case_id"]),
+        invoice=InvoiceRef(
+            row["invoice_id"],
+            row["subscription_id"],
+            row["account_id"],
+            row["merchant_id"],
+            Money(row["amount_minor"], row["currency"]),
+        ),
+        state=CaseState(row["state"]),
+        failure=Failure(
+            FailureType(row["failure_type"]),
+            DeclineKind(row["decline_kind"]),
+            row["decline_code"],
+            row["retryable"],
+        ),
+        first_failed_at=row["first_failed_at"],
+        opened_at=row["opened_at"],
+        attempts=tuple(attempts),
+        due_at=row["due_at"],
+        reminder_at=row["reminder_at"],
+        ended_at=row["ended_at"],
+        version=row["version"],
+    )
+
+
+def _attempt(row: asyncpg.Record) -> Attempt:
+    return Attempt(
+        number=row["number"],
+        scheduled_at=row["scheduled_at"],
+        estimated_success_bp=row["estimated_success_bp"],
+        sample_size=row["sample_size"],
+        reason=row["reason"],
+        outcome=AttemptOutcome(row["outcome"]),
+        decline_code=row["decline_code"],
+        attempted_at=row["attempted_at"],
+    )
+
+
+def _policy(row: asyncpg.Record) -> RetryPolicy:
+    schedule: FixedSchedule | AdaptiveSchedule
+    if row["schedule_kind"] == "fixed":
+        schedule = FixedSchedule(tuple(row["day_offsets"]))
+    else:
+        schedule = AdaptiveSchedule(row["min_gap"], row["max_gap"])
+    return RetryPolicy(
+        merchant_id=row["merchant_id"],
+        max_attempts=row["max_attempts"],
+        max_window=row["max_window"],
+        schedule=schedule,
+        exhausted_action=ExhaustedAction(row["exhausted_action"]),
+        reminder_lead=row["reminder_lead"],
+    )
+
+
+class PostgresSession:
+    def __init__(self, conn: asyncpg.Connection, outbox: Outbox) -> None:
+        self._conn = conn
+        self._outbox = outbox
+        self.after_commit: list[Callable[[], None]] = []
+
+    async def _with_attempts(self, rows: Sequence[asyncpg.Record]) -> list[Case]:
+        if not rows:
+            return []
+        attempt_rows = await self._conn.fetch(
+            "SELECT * FROM attempts WHERE case_id = ANY($1::uuid[]) ORDER BY case_id, number",
+            [r["case_id"] for r in rows],
+        )
+        by_case: dict[Any, list[Attempt]] = {}
+        for a in attempt_rows:
+            by_case.setdefault(a["case_id"], []).append(_attempt(a))
+        return [_case(r, by_case.get(r["case_id"], [])) for r in rows]
+
+    async def _one(self, where: str, value: str, for_update: bool) -> Case | None:
+        lock = " FOR UPDATE" if for_update else ""
+        rows = await self._conn.fetch(f"SELECT {CASE_COLUMNS} FROM cases WHERE {where} = $1{lock}", value)
+        found = await self._with_attempts(rows)
+        return found[0] if found else None
+
+    async def get(self, case_id: str, *, for_update: bool = False) -> Case | None:
+        return await self._one("case_id", case_id, for_update)
+
+    async def get_by_invoice(self, invoice_id: str, *, for_update: bool = False) -> Case | None:
+        return await self._one("invoice_id", invoice_id, for_update)
+
+    async def open_cases_of_subscription(self, subscription_id: str) -> list[Case]:
+        rows = await self._conn.fetch(
+            f"""SELECT {CASE_COLUMNS} FROM cases WHERE subscription_id = $1 AND ended_at IS NULL
+                ORDER BY seq FOR UPDATE""",
+            subscription_id,
+        )
+        return await self._with_attempts(rows)
+
+    async def claim_due(self, now: datetime, limit: int) -> list[Case]:
+        rows = await self._conn.fetch(
+            f"""SELECT {CASE_COLUMNS} FROM cases
+                WHERE due_at <= $1 AND state = ANY($3::text[])
+                ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED""",
+            now,
+            limit,
+            ACTIVE_DUE_STATES,
+        )
+        return await self._with_attempts(rows)
+
+    async def due_reminders(self, now: datetime, limit: int) -> list[Case]:
+        rows = await self._conn.fetch(
+            f"""SELECT {CASE_COLUMNS} FROM cases WHERE reminder_at <= $1
+                ORDER BY reminder_at LIMIT $2 FOR UPDATE SKIP LOCKED""",
+            now,
+            limit,
+        )
+        return await self._with_attempts(rows)
+
+    async def policy(self, merchant_id: str) -> RetryPolicy | None:
+        rows = await self._conn.fetch(
+            "SELECT * FROM policies WHERE merchant_id = ANY($1::text[]) ORDER BY merchant_id DESC",
+            [merchant_id, ""],
+        )
+        return _policy(rows[0]) if rows else None
+
+    async def check_fence(self, resource: str, token: int) -> None:
+        await db.check_fence(self._conn, resource, token)
+
+    async def insert(self, change: Change) -> bool:
+        case = change.case
+        invoice = case.invoice
+        inserted = await self._conn.fetchval(
+            """INSERT INTO cases (case_id, invoice_id, subscription_id, account_id, merchant_id,
+                   amount_minor, currency, state, failure_type, decline_kind, decline_code, retryable,
+                   first_failed_at, opened_at, due_at, reminder_at, ended_at, version)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, 1)
+               ON CONFLICT (invoice_id) DO NOTHING RETURNING true""",
+            case.case_id,
+            invoice.invoice_id,
+            invoice.subscription_id,
+            invoice.account_id,
+            invoice.merchant_id,
+            invoice.amount_due.amount_minor,
+            invoice.amount_due.currency,
+            case.state.value,
+            case.failure.type.value,
+            case.failure.kind.value,
+            case.failure.decline_code,
+            case.failure.retryable,
+            case.first_failed_at,
+            case.opened_at,
+            case.due_at,
+            case.reminder_at,
+            case.ended_at,
+        )
+        if not inserted:
+            return False
+        await self._write_parts(change, ())
+        return True
+
+    async def apply(self, change: Change) -> Case:
+        case = change.case
+        before = change.before or case
+        status = await self._conn.execute(
+            """UPDATE cases SET state = $3, failure_type = $4, decline_kind = $5, decline_code = $6,
+                   retryable = $7, due_at = $8, reminder_at = $9, ended_at = $10, version = version + 1
+               WHERE case_id = $1 AND version = $2""",
+            case.case_id,
+            before.version,
+            case.state.value,
+            case.failure.type.value,
+            case.failure.kind.value,
+            case.failure.decline_code,
+            case.failure.retryable,
+            case.due_at,
+            case.reminder_at,
+            case.ended_at,
+        )
+        if status != "UPDATE 1":
+            raise Conflict(f"case {case.case_id} changed meanwhile (version {before.version} is stale)")
+        await self._write_parts(change, before.attempts)
+        return replace(case, version=before.version + 1)
+
+    async def _write_parts(self, change: Change, attempts_before: Sequence[Attempt]) -> None:
+        case = change.case
+        changed = [a for a in case.attempts if a not in attempts_before]
+        if changed:
+            await self._conn.executemany(
+                """INSERT INTO attempts (case_id, number, scheduled_at, estimated_success_bp, sample_size,
+                       reason, outcome, decline_code, attempted_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                   ON CONFLICT (case_id, number) DO UPDATE SET scheduled_at = EXCLUDED.scheduled_at,
+                       estimated_success_bp = EXCLUDED.estimated_success_bp,
+                       sample_size = EXCLUDED.sample_size, reason = EXCLUDED.reason,
+                       outcome = EXCLUDED.outcome, decline_code = EXCLUDED.decline_code,
+                       attempted_at = EXCLUDED.attempted_at""",
+                [
+                    (
+                        case.case_id,
+                        a.number,
+                        a.scheduled_at,
+                        a.estimated_success_bp,
+                        a.sample_size,
+                        a.reason,
+                        a.outcome.value,
+                        a.decline_code,
+                        a.attempted_at,
+                    )
+                    for a in changed
+                ],
+            )
+        if change.transitions:
+            await self._conn.executemany(
+                """INSERT INTO case_history (case_id, from_state, to_state, cause, detail, at)
+                   VALUES ($1, $2, $3, $4, $5, $6)""",
+                [
+                    (case.case_id, t.from_state.value, t.to_state.value, t.cause, t.detail, t.at)
+                    for t in change.transitions
+                ],
+            )
+        for event in change.events:
+            await self._outbox.add(self._conn, event_message(event))
+        if change.outcome is not None:
+            context = change.outcome.observation.context
+            await self._conn.execute(
+                """INSERT INTO attempt_outcomes (case_id, attempt, decline_code, attempt_ordinal,
+                       days_since_first_failure, weekday, hour, succeeded, attempted_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING""",
+                case.case_id,
+                change.outcome.attempt,
+                context.decline_code,
+                context.attempt_number,
+                context.days_since_first_failure,
+                context.weekday,
+                context.hour,
+                change.outcome.observation.succeeded,
+                change.outcome.attempted_at,
+            )
+        ended = [t for t in change.transitions if t.to_state in TERMINAL_STATES]
+        if ended:
+            state = ended[-1].to_state
+            open_for = (ended[-1].at - case.opened_at).total_seconds()
+
+            def count_end() -> None:
+                CASES_ENDED.labels(state.value).inc()
+                if state is CaseState.RECOVERED:
+                    TIME_TO_RECOVERY.observe(open_for)
+
+            self.after_commit.append(count_end)
+
+
+class PostgresCases:
+    def __init__(self, pool: asyncpg.Pool, outbox: Outbox) -> None:
+        self._pool = pool
+        self._outbox = outbox
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[PostgresSession]:
+        async with db.transaction(self._pool) as conn:
+            session = PostgresSession(conn, self._outbox)
+            yield session
+        for hook in session.after_commit:
+            hook()
+
+    def joined(self, conn: Any) -> PostgresSession:
+        return _JoinedSession(conn, self._outbox)
+
+    async def history(self, case_id: str) -> list[Transition]:
+        rows = await self._pool.fetch(
+            "SELECT from_state, to_state, cause, detail, at FROM case_history WHERE case_id = $1 ORDER BY id",
+            case_id,
+        )
+        return [
+            Transition(CaseState(r["from_state"]), CaseState(r["to_state"]), r["cause"], r["at"], r["detail"])
+            for r in rows
+        ]
+
+    async def list_cases(self, where: CaseFilter, after: int, limit: int) -> list[tuple[int, Case]]:
+        async with db.connection(self._pool) as conn:
+            rows = await conn.fetch(
+                f"""SELECT {CASE_COLUMNS}, seq FROM cases
+                    WHERE seq > $1 AND ($2::text IS NULL OR state = $2)
+                      AND ($3 = '' OR merchant_id = $3) AND ($4 = '' OR account_id = $4)
+                    ORDER BY seq LIMIT $5""",
+                after,
+                where.state.value if where.state else None,
+                where.merchant_id,
+                where.account_id,
+                limit,
+            )
+            cases = await PostgresSession(conn, self._outbox)._with_attempts(rows)
+        return [(row["seq"], case) for row, case in zip(rows, cases, strict=True)]
+
+    async def get_policy(self, merchant_id: str) -> RetryPolicy | None:
+        row = await self._pool.fetchrow("SELECT * FROM policies WHERE merchant_id = $1", merchant_id)
+        return _policy(row) if row else None
+
+    async def put_policy(self, policy: RetryPolicy, now: datetime) -> None:
+        schedule = policy.schedule
+        fixed = isinstance(schedule, FixedSchedule)
+        await self._pool.execute(
+            """INSERT INTO policies (merchant_id, max_attempts, max_window, schedule_kind, day_offsets,
+                   min_gap, max_gap, exhausted_action, reminder_lead, updated_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+               ON CONFLICT (merchant_id) DO UPDATE SET max_attempts = EXCLUDED.max_attempts,
+                   max_window = EXCLUDED.max_window, schedule_kind = EXCLUDED.schedule_kind,
+                   day_offsets = EXCLUDED.day_offsets, min_gap = EXCLUDED.min_gap,
+                   max_gap = EXCLUDED.max_gap, exhausted_action = EXCLUDED.exhausted_action,
+                   reminder_lead = EXCLUDED.reminder_lead, updated_at = EXCLUDED.updated_at""",
+            policy.merchant_id,
+            policy.max_attempts,
+            policy.max_window,
+            "fixed" if fixed else "adaptive",
+            list(schedule.day_offsets) if isinstance(schedule, FixedSchedule) else [],
+            schedule.min_gap if isinstance(schedule, AdaptiveSchedule) else None,
+            schedule.max_gap if isinstance(schedule, AdaptiveSchedule) else None,
+            policy.exhausted_action.value,
+            policy.reminder_lead,
+            now,
+        )
+
+    async def outcome_counts(self, since: datetime) -> OutcomeCounts:
+        rows = await self._pool.fetch(
+            """SELECT decline_code, attempt_ordinal, days_since_first_failure, weekday, hour,
+                      count(*) AS attempts, count(*) FILTER (WHERE succeeded) AS successes
+               FROM attempt_outcomes WHERE attempted_at >= $1
+               GROUP BY decline_code, attempt_ordinal, days_since_first_failure, weekday, hour""",
+            since,
+        )
+        return OutcomeCounts.of(
+            (
+                AttemptContext(
+                    r["decline_code"],
+                    r["attempt_ordinal"],
+                    r["days_since_first_failure"],
+                    r["weekday"],
+                    r["hour"],
+                ),
+                r["attempts"],
+                r["successes"],
+            )
+            for r in rows
+        )
+
+
+class _JoinedSession(PostgresSession):
+    """A session inside a transaction owned by the caller (the event inbox): metrics at once."""
+
+    def __init__(self, conn: asyncpg.Connection, outbox: Outbox) -> None:
+        super().__init__(conn, outbox)
+
+    async def _write_parts(self, change: Change, attempts_before: Sequence[Attempt]) -> None:
+        await super()._write_parts(change, attempts_before)
+        for hook in self.after_commit:
+            hook()
+        self.after_commit.clear()

@@ -1,0 +1,186 @@
+"""Use cases of a dunning case: recurring's invoice events and the operators' actions."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from billing_common.clock import Clock
+from billing_common.errors import InvalidArgument, NotFound
+from dunning.app.ports import CaseFilter, CaseSession, CaseStore
+from dunning.app.statistics import OutcomeStatistics
+from dunning.domain import cases as decide
+from dunning.domain.cases import Change
+from dunning.domain.model import Case, Failure, InvoiceRef, Transition
+from dunning.domain.policy import DEFAULT_POLICY
+from dunning.domain.schedule import Planning
+from dunning.domain.transitions import IllegalTransition
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+
+
+@dataclass(frozen=True)
+class PaymentFailure:
+    invoice: InvoiceRef
+    failure: Failure
+    failed_at: datetime
+
+
+@dataclass(frozen=True)
+class CaseView:
+    case: Case
+    history: list[Transition]
+
+
+async def planning_for(session: CaseSession, statistics: OutcomeStatistics, merchant_id: str) -> Planning:
+    policy = await session.policy(merchant_id) or DEFAULT_POLICY
+    return Planning(policy, await statistics.counts())
+
+
+def _log_refused(exc: IllegalTransition, case: Case, what: str) -> None:
+    log.warning(
+        "transition refused",
+        extra={"case_id": case.case_id, "event": what, "from_state": exc.from_state, "cause": exc.cause},
+    )
+
+
+class CaseService:
+    def __init__(
+        self,
+        store: CaseStore,
+        statistics: OutcomeStatistics,
+        clock: Clock,
+        new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+    ) -> None:
+        self._store = store
+        self._statistics = statistics
+        self._clock = clock
+        self._new_id = new_id
+
+    # ------------------------------------------------------------ recurring's events
+
+    async def on_payment_failed(self, conn: Any, failed: PaymentFailure) -> None:
+        """Open one case per invoice; the failures of our own retries find it already open."""
+        session = self._store.joined(conn)
+        invoice_id = failed.invoice.invoice_id
+        if await session.get_by_invoice(invoice_id) is not None:
+            return
+        planning = await planning_for(session, self._statistics, failed.invoice.merchant_id)
+        change = decide.open_case(
+            self._new_id(), failed.invoice, failed.failure, failed.failed_at, self._clock.now(), planning
+        )
+        if not await session.insert(change):
+            log.info("a case for this invoice was opened meanwhile", extra={"invoice_id": invoice_id})
+
+    async def on_invoice_paid(self, conn: Any, invoice_id: str) -> None:
+        await self._on_invoice_event(conn, invoice_id, "invoice.paid", decide.invoice_paid)
+
+    async def on_invoice_voided(self, conn: Any, invoice_id: str, reason: str) -> None:
+        def voided(case: Case, now: datetime) -> Change:
+            return decide.invoice_voided(case, now, reason)
+
+        await self._on_invoice_event(conn, invoice_id, "invoice.voided", voided)
+
+    async def _on_invoice_event(
+        self, conn: Any, invoice_id: str, what: str, decision: Callable[[Case, datetime], Change]
+    ) -> None:
+        session = self._store.joined(conn)
+        case = await session.get_by_invoice(invoice_id, for_update=True)
+        if case is None:
+            return
+        try:
+            change = decision(case, self._clock.now())
+        except IllegalTransition as exc:
+            _log_refused(exc, case, what)
+            return
+        await session.apply(change)
+
+    async def on_payment_method_updated(self, conn: Any, subscription_id: str) -> None:
+        session = self._store.joined(conn)
+        for case in await session.open_cases_of_subscription(subscription_id):
+            planning = await planning_for(session, self._statistics, case.invoice.merchant_id)
+            change = decide.payment_method_updated(case, self._clock.now(), planning)
+            if change.changed:
+                await session.apply(change)
+
+    # ------------------------------------------------------------ operators
+
+    async def get(self, case_id: str = "", invoice_id: str = "") -> CaseView:
+        async with self._store.transaction() as session:
+            if invoice_id:
+                case = await session.get_by_invoice(invoice_id)
+            else:
+                case = await session.get(_case_id(case_id))
+        if case is None:
+            raise NotFound(f"no dunning case {'for invoice ' + invoice_id if invoice_id else case_id}")
+        return CaseView(case, await self._store.history(case.case_id))
+
+    async def list(self, where: CaseFilter, page_size: int, page_token: str) -> tuple[list[Case], str]:
+        if page_size < 0:
+            raise InvalidArgument.of("page_size", "must not be negative")
+        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        rows = await self._store.list_cases(where, _position(page_token), size + 1)
+        page = rows[:size]
+        more = len(rows) > size
+        return [case for _, case in page], _token(page[-1][0]) if more and page else ""
+
+    async def pause(self, case_id: str, reason: str) -> CaseView:
+        return await self._act(case_id, lambda case, now, _: decide.pause(case, now, reason))
+
+    async def resume(self, case_id: str) -> CaseView:
+        return await self._act(case_id, decide.resume)
+
+    async def retry_now(self, case_id: str) -> CaseView:
+        return await self._act(case_id, decide.retry_now)
+
+    async def reset(self, case_id: str, reason: str) -> CaseView:
+        return await self._act(case_id, lambda case, now, planning: decide.reset(case, now, planning, reason))
+
+    async def _act(self, case_id: str, decision: Callable[[Case, datetime, Planning], Change]) -> CaseView:
+        """Decide and apply under the row lock; an illegal transition is FAILED_PRECONDITION."""
+        async with self._store.transaction() as session:
+            case = await session.get(_case_id(case_id), for_update=True)
+            if case is None:
+                raise NotFound(f"no dunning case {case_id}")
+            planning = await planning_for(session, self._statistics, case.invoice.merchant_id)
+            try:
+                change = decision(case, self._clock.now(), planning)
+            except IllegalTransition as exc:
+                _log_refused(exc, case, "operator")
+                raise
+            if change.changed:
+                case = await session.apply(change)
+        return CaseView(case, await self._store.history(case.case_id))
+
+
+def _case_id(text: str) -> str:
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise InvalidArgument.of("case_id", "must be a case id (UUID)") from None
+
+
+def _token(position: int) -> str:
+    return base64.urlsafe_b64encode(f"after:{position}".encode()).decode()
+
+
+def _position(token: str) -> int:
+    if not token:
+        return 0
+    try:
+        text = base64.urlsafe_b64decode(token.encode()).decode()
+        prefix, _, number = text.partition(":")
+        if prefix != "after":
+            raise ValueError(text)
+        return int(number)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidArgument.of("page_token", "is not a token this service issued") from None

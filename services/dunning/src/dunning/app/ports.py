@@ -1,0 +1,75 @@
+"""What the use cases need from the outside world; adapters implement these."""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from dunning.domain.cases import AttemptResult, Change
+from dunning.domain.estimator import OutcomeCounts
+from dunning.domain.model import Case, CaseState, Transition
+from dunning.domain.policy import RetryPolicy
+
+
+class CaseSession(Protocol):
+    """Cases read and written inside one transaction."""
+
+    async def get(self, case_id: str, *, for_update: bool = False) -> Case | None: ...
+    async def get_by_invoice(self, invoice_id: str, *, for_update: bool = False) -> Case | None: ...
+    async def open_cases_of_subscription(self, subscription_id: str) -> list[Case]:
+        """Unfinished cases of a subscription, locked for update."""
+        ...
+
+    async def claim_due(self, now: datetime, limit: int) -> list[Case]:
+        """Cases whose due time has come, locked; rows another worker holds are skipped."""
+        ...
+
+    async def due_reminders(self, now: datetime, limit: int) -> list[Case]: ...
+    async def policy(self, merchant_id: str) -> RetryPolicy | None:
+        """The merchant's own policy, else the stored default, else None."""
+        ...
+
+    async def insert(self, change: Change) -> bool:
+        """Store a new case; False (and nothing stored) when its invoice already has one."""
+        ...
+
+    async def apply(self, change: Change) -> Case:
+        """Store a change if the case still has the version it was read at (else Conflict)."""
+        ...
+
+    async def check_fence(self, resource: str, token: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class CaseFilter:
+    state: CaseState | None = None
+    merchant_id: str = ""
+    account_id: str = ""
+
+
+class CaseStore(Protocol):
+    def transaction(self) -> AbstractAsyncContextManager[CaseSession]: ...
+    def joined(self, conn: Any) -> CaseSession:
+        """A session on a connection whose transaction the caller owns (an event's inbox)."""
+        ...
+
+    async def history(self, case_id: str) -> list[Transition]: ...
+    async def list_cases(self, where: CaseFilter, after: int, limit: int) -> list[tuple[int, Case]]:
+        """Cases in creation order after position `after`, with their positions."""
+        ...
+
+    async def get_policy(self, merchant_id: str) -> RetryPolicy | None: ...
+    async def put_policy(self, policy: RetryPolicy, now: datetime) -> None: ...
+    async def outcome_counts(self, since: datetime) -> OutcomeCounts: ...
+
+
+class Recurring(Protocol):
+    async def retry_invoice_payment(self, invoice_id: str, idempotency_key: str) -> AttemptResult: ...
+
+
+class CaseLocks(Protocol):
+    def hold(self, case_id: str) -> AbstractAsyncContextManager[int | None]:
+        """Hold the case's lock for the block; yields its fencing token, or None if it is taken."""
+        ...

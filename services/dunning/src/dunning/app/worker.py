@@ -1,0 +1,160 @@
+"""The attempt worker: every pod runs one; together they drain the due attempts.
+
+Work is shared through the database: due cases are claimed with FOR UPDATE SKIP LOCKED and a
+lease (the case's due time moves to the lease's end, so a crashed pod's attempt is taken over
+when it runs out). A Redis lock per case keeps two workers from calling recurring for the same
+case at once, and its fencing token is checked when the outcome is written, so a worker that
+lost its lock (a long pause) cannot overwrite a newer holder's result. The idempotency key
+`<case id>:<attempt number>` makes any repeated call harmless: recurring charges once per key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from billing_common.clock import Clock
+from billing_common.db import StaleFencingToken
+from dunning.app.cases import planning_for
+from dunning.app.ports import CaseLocks, CaseStore, Recurring
+from dunning.app.statistics import OutcomeStatistics
+from dunning.domain import cases as decide
+from dunning.domain.cases import ResultKind
+from dunning.domain.model import CaseState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    batch_size: int = 32
+    concurrency: int = 16
+    lease: timedelta = timedelta(minutes=2)
+    poll_interval: timedelta = timedelta(seconds=1)
+    # A pending payment (ACH) is asked about again after this long, with the same key.
+    pending_recheck: timedelta = timedelta(hours=6)
+    # Recurring unreachable: the same attempt is tried again after this long.
+    unavailable_backoff: timedelta = timedelta(minutes=1)
+
+
+@dataclass(frozen=True)
+class Claim:
+    case_id: str
+    invoice_id: str
+    attempt: int
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"{self.case_id}:{self.attempt}"
+
+    @property
+    def lock_resource(self) -> str:
+        return f"case:{self.case_id}"
+
+
+class AttemptWorker:
+    def __init__(
+        self,
+        store: CaseStore,
+        recurring: Recurring,
+        locks: CaseLocks,
+        statistics: OutcomeStatistics,
+        clock: Clock,
+        config: WorkerConfig,
+    ) -> None:
+        self._store = store
+        self._recurring = recurring
+        self._locks = locks
+        self._statistics = statistics
+        self._clock = clock
+        self._config = config
+        self._slots = asyncio.Semaphore(config.concurrency)
+
+    async def run_forever(self) -> None:
+        while True:
+            reminded = await self.send_reminders()
+            claimed = await self.run_once()
+            if claimed < self._config.batch_size and reminded < self._config.batch_size:
+                await asyncio.sleep(self._config.poll_interval.total_seconds())
+
+    async def run_once(self) -> int:
+        """Claim one batch of due cases and make their attempts; returns how many were claimed."""
+        claims = await self.claim()
+        await asyncio.gather(*(self._attempt_guarded(claim) for claim in claims))
+        return len(claims)
+
+    async def claim(self) -> list[Claim]:
+        now = self._clock.now()
+        lease_until = now + self._config.lease
+        claims: list[Claim] = []
+        async with self._store.transaction() as session:
+            for case in await session.claim_due(now, self._config.batch_size):
+                if case.state is CaseState.AWAITING_PAYMENT_METHOD:
+                    planning = await planning_for(session, self._statistics, case.invoice.merchant_id)
+                    await session.apply(decide.window_elapsed(case, now, planning))
+                    continue
+                if case.state is CaseState.RETRY_SCHEDULED:
+                    change = decide.start_attempt(case, now, lease_until)
+                else:
+                    change = decide.take_over_attempt(case, now, lease_until)
+                current = change.case.current_attempt
+                await session.apply(change)
+                if current is not None:
+                    claims.append(Claim(case.case_id, case.invoice.invoice_id, current.number))
+        return claims
+
+    async def _attempt_guarded(self, claim: Claim) -> None:
+        async with self._slots:
+            try:
+                await self.attempt(claim)
+            except StaleFencingToken:
+                log.warning(
+                    "case lock lost during the attempt; the newer holder records it",
+                    extra={"case_id": claim.case_id},
+                )
+            except Exception:
+                # The lease runs out and the same attempt (same key) is made again.
+                log.exception("attempt failed; it will be taken over", extra={"case_id": claim.case_id})
+
+    async def attempt(self, claim: Claim) -> None:
+        async with self._locks.hold(claim.case_id) as token:
+            if token is None:
+                log.info("another worker holds the case", extra={"case_id": claim.case_id})
+                return
+            async with self._store.transaction() as session:
+                await session.check_fence(claim.lock_resource, token)
+                case = await session.get(claim.case_id)
+            current = case.current_attempt if case else None
+            if (
+                case is None
+                or case.state is not CaseState.ATTEMPTING
+                or current is None
+                or (current.number != claim.attempt)
+            ):
+                return  # paid, voided, paused or reset since the claim: no charge
+            result = await self._recurring.retry_invoice_payment(claim.invoice_id, claim.idempotency_key)
+            now = self._clock.now()
+            wait = (
+                self._config.pending_recheck
+                if result.kind is ResultKind.PENDING
+                else self._config.unavailable_backoff
+            )
+            async with self._store.transaction() as session:
+                await session.check_fence(claim.lock_resource, token)
+                case = await session.get(claim.case_id, for_update=True)
+                if case is None:
+                    return
+                planning = await planning_for(session, self._statistics, case.invoice.merchant_id)
+                change = decide.record_outcome(case, claim.attempt, result, now, planning, now + wait)
+                if change.changed:
+                    await session.apply(change)
+
+    async def send_reminders(self) -> int:
+        now = self._clock.now()
+        async with self._store.transaction() as session:
+            due = await session.due_reminders(now, self._config.batch_size)
+            for case in due:
+                await session.apply(decide.send_reminder(case, now))
+        return len(due)
