@@ -9,7 +9,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-BENCHES = ["bench.echo_baseline", "bench.quota_check", "bench.gateway_charge", "bench.tier_scan", "bench.recurring_run", "bench.dunning_recovery"]
+BENCHES = [
+    "bench.echo_baseline",
+    "bench.quota_check",
+    "bench.gateway_charge",
+    "bench.tier_scan",
+    "bench.recurring_run",
+    "bench.dunning_recovery",
+]
 
 
 def main() -> None:
