@@ -9,7 +9,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from billing.common.v1 import common_pb2
 from billing.events.v1 import dunning_pb2 as events
-from billing_common.money import Money
+from billing_common.protos import money_pb
 from dunning.domain import events as ev
 from dunning.domain.model import DeclineKind, Failure, FailureType
 from dunning.domain.policy import ExhaustedAction
@@ -47,10 +47,6 @@ def failure_of(failure_type: int, decline_kind: int, decline_code: str, retryabl
 
 def failure_type_pb(failure: Failure) -> common_pb2.FailureType.ValueType:
     return FAILURE_TYPES_PB.get(failure.type, common_pb2.FAILURE_TYPE_UNSPECIFIED)
-
-
-def money_pb(money: Money) -> common_pb2.Money:
-    return common_pb2.Money(amount_minor=money.amount_minor, currency=money.currency)
 
 
 def _timestamp(instant: datetime) -> Timestamp:

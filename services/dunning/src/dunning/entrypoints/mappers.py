@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from google.protobuf.duration_pb2 import Duration
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from billing.dunning.v1 import dunning_pb2 as pb
 from billing.events.v1 import invoice_pb2 as invoice_events
 from billing_common.money import Money
-from dunning.adapters.codec import failure_of, failure_type_pb, money_pb
+from billing_common.protos import money_pb, stamp
+from dunning.adapters.codec import failure_of, failure_type_pb
 from dunning.app.cases import CaseView, PaymentFailure
 from dunning.domain.model import Attempt, AttemptOutcome, Case, CaseState, InvoiceRef, Transition
 from dunning.domain.policy import AdaptiveSchedule, ExhaustedAction, FixedSchedule, RetryPolicy
@@ -39,15 +39,6 @@ ACTIONS: dict[ExhaustedAction, pb.ExhaustedAction.ValueType] = {
 ACTIONS_FROM_PB = {v: k for k, v in ACTIONS.items()}
 
 
-def to_datetime(ts: Timestamp) -> datetime:
-    return ts.ToDatetime(tzinfo=UTC)
-
-
-def _stamp(ts: Timestamp, instant: datetime | None) -> None:
-    if instant is not None:
-        ts.FromDatetime(instant)
-
-
 def _duration(delta: timedelta) -> Duration:
     duration = Duration()
     duration.FromTimedelta(delta)
@@ -63,8 +54,8 @@ def attempt_pb(attempt: Attempt) -> pb.Attempt:
         outcome=OUTCOMES[attempt.outcome],
         decline_code=attempt.decline_code,
     )
-    _stamp(message.scheduled_at, attempt.scheduled_at)
-    _stamp(message.attempted_at, attempt.attempted_at)
+    stamp(message.scheduled_at, attempt.scheduled_at)
+    stamp(message.attempted_at, attempt.attempted_at)
     return message
 
 
@@ -74,7 +65,7 @@ def transition_pb(transition: Transition) -> pb.CaseTransition:
         to_state=STATES[transition.to_state],
         cause=f"{transition.cause}: {transition.detail}" if transition.detail else transition.cause,
     )
-    _stamp(message.at, transition.at)
+    stamp(message.at, transition.at)
     return message
 
 
@@ -94,8 +85,8 @@ def case_pb(case: Case, history: list[Transition] | None = None) -> pb.DunningCa
         history=[transition_pb(t) for t in history or []],
         version=case.version,
     )
-    _stamp(message.opened_at, case.opened_at)
-    _stamp(message.next_attempt_at, case.next_attempt_at)
+    stamp(message.opened_at, case.opened_at)
+    stamp(message.next_attempt_at, case.next_attempt_at)
     return message
 
 

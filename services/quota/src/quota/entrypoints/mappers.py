@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
-from datetime import UTC, datetime
-
-from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
+from datetime import datetime
 
 from billing.common.v1 import common_pb2
 from billing.events.v1 import subscription_pb2 as sub_events
 from billing.quota.v1 import quota_pb2 as pb
+from billing_common.protos import optional_datetime, stamp
 from quota.app.usage import CheckResult
 from quota.domain.catalog import (
     AddOn,
@@ -58,28 +55,6 @@ STATUSES = {
     sub_events.SUBSCRIPTION_STATE_CANCELLED: "cancelled",
     sub_events.SUBSCRIPTION_STATE_COMPLETED: "completed",
 }
-
-
-def request_hash(request: Message) -> str:
-    """A fingerprint of a request without its idempotency key, to spot a key reused for another request."""
-    copy = type(request)()
-    copy.CopyFrom(request)
-    if "idempotency_key" in copy.DESCRIPTOR.fields_by_name:
-        copy.ClearField("idempotency_key")
-    return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
-
-
-def to_datetime(ts: Timestamp) -> datetime:
-    return ts.ToDatetime(tzinfo=UTC)
-
-
-def optional_datetime(message: Message, field: str) -> datetime | None:
-    return to_datetime(getattr(message, field)) if message.HasField(field) else None
-
-
-def stamp(ts: Timestamp, instant: datetime | None) -> None:
-    if instant is not None:
-        ts.FromDatetime(instant)
 
 
 def entitlement_draft(e: pb.Entitlement) -> EntitlementDraft:

@@ -10,6 +10,7 @@ from billing.quota.v1 import quota_pb2 as pb
 from billing.quota.v1 import quota_pb2_grpc
 from billing_common.clock import Clock
 from billing_common.errors import FailedPrecondition, FieldViolation, InvalidArgument, ResourceExhausted
+from billing_common.protos import optional_datetime, request_hash
 from quota.app.catalog import Catalog
 from quota.app.entitlements import Entitlements, GrantRequest
 from quota.app.ports import IdempotencyRef
@@ -58,7 +59,7 @@ class QuotaExceeded(ResourceExhausted):
 
 
 def _idem(scope: str, request: Any) -> IdempotencyRef:
-    return IdempotencyRef(scope, request.idempotency_key, m.request_hash(request))
+    return IdempotencyRef(scope, request.idempotency_key, request_hash(request))
 
 
 def _usage_event(event: pb.UsageEvent) -> UsageEventIn:
@@ -67,7 +68,7 @@ def _usage_event(event: pb.UsageEvent) -> UsageEventIn:
         event.key,
         event.delta,
         event.idempotency_key,
-        m.optional_datetime(event, "occurred_at"),
+        optional_datetime(event, "occurred_at"),
     )
 
 
@@ -153,7 +154,7 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
     async def CreateGrant(self, request: pb.CreateGrantRequest, context: Context) -> pb.CreateGrantResponse:
         grant = await self._entitlements.create_grant(
             GrantRequest(
-                request.tenant_id, request.key, request.quantity, m.optional_datetime(request, "expires_at")
+                request.tenant_id, request.key, request.quantity, optional_datetime(request, "expires_at")
             ),
             _idem("CreateGrant", request),
         )
@@ -204,8 +205,8 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
     ) -> pb.GetUsageSummaryResponse:
         charges, keys, currency = await self._usage.summary(
             request.tenant_id,
-            m.optional_datetime(request, "period_start"),
-            m.optional_datetime(request, "period_end"),
+            optional_datetime(request, "period_start"),
+            optional_datetime(request, "period_end"),
         )
         response = pb.GetUsageSummaryResponse(tenant_id=request.tenant_id)
         total = 0

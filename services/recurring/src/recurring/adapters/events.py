@@ -10,7 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from billing.common.v1 import common_pb2
 from billing.events.v1 import invoice_pb2, run_pb2, subscription_pb2
-from billing_common.money import Money
+from billing_common.protos import date_pb, money_pb
 from recurring.app.ports import Event, EventType, Invoice, Run
 from recurring.domain.payments import DeclineKind, FailureType
 from recurring.domain.runs import RunKind
@@ -65,14 +65,6 @@ SUBSCRIPTION_EVENTS: dict[EventType, type[Message]] = {
     EventType.SUBSCRIPTION_RENEWED: subscription_pb2.SubscriptionRenewed,
     EventType.SUBSCRIPTION_PAYMENT_METHOD_UPDATED: subscription_pb2.SubscriptionPaymentMethodUpdated,
 }
-
-
-def money_pb(money: Money) -> common_pb2.Money:
-    return common_pb2.Money(amount_minor=money.amount_minor, currency=money.currency)
-
-
-def date_pb(day: date) -> common_pb2.Date:
-    return common_pb2.Date(year=day.year, month=day.month, day=day.day)
 
 
 class EventMessages:

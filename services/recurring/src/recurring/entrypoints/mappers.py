@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from datetime import date
 
@@ -12,8 +11,8 @@ from billing.common.v1 import common_pb2
 from billing.recurring.v1 import recurring_pb2 as pb
 from billing_common.errors import InvalidArgument
 from billing_common.money import CurrencyError, Money
+from billing_common.protos import money_pb
 from recurring.adapters.clients import DECLINE_KINDS, FAILURE_TYPES, FREQUENCIES, PAYMENT_STATUSES
-from recurring.adapters.events import money_pb
 from recurring.app.ports import HistoryEntry, Invoice, LedgerLine, Run, Transaction
 from recurring.domain.invoicing import LineKind
 from recurring.domain.runs import RunKind, RunState, progress_per_mille
@@ -63,15 +62,6 @@ METHODS_PB = {v: k for k, v in METHODS.items()}
 PAYMENT_STATUSES_PB = {v: k for k, v in PAYMENT_STATUSES.items()}
 FAILURE_TYPES_PB = {v: k for k, v in FAILURE_TYPES.items()}
 DECLINE_KINDS_PB = {v: k for k, v in DECLINE_KINDS.items()}
-
-
-def request_hash(request: Message) -> str:
-    """A fingerprint of a request without its idempotency key, to spot a key reused for another request."""
-    copy = type(request)()
-    copy.CopyFrom(request)
-    if "idempotency_key" in copy.DESCRIPTOR.fields_by_name:
-        copy.ClearField("idempotency_key")
-    return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
 
 
 def to_date(message: common_pb2.Date, field: str) -> date:

@@ -11,8 +11,8 @@ from billing.recurring.v1 import recurring_pb2_grpc
 from billing_common import context
 from billing_common.clock import Clock, ControllableClock
 from billing_common.errors import FailedPrecondition, InvalidArgument
+from billing_common.protos import money_pb, request_hash
 from recurring.adapters.clients import FREQUENCIES
-from recurring.adapters.events import money_pb
 from recurring.app.invoices import Invoices
 from recurring.app.ports import InvoiceFilter, SubscriptionFilter
 from recurring.app.runs import Runs
@@ -50,7 +50,7 @@ ACCESS: dict[str, set[str]] = {
 
 
 def _idem(scope: str, request: Any) -> IdempotencyRef:
-    return IdempotencyRef(scope, request.idempotency_key, m.request_hash(request))
+    return IdempotencyRef(scope, request.idempotency_key, request_hash(request))
 
 
 def _cause() -> Cause:

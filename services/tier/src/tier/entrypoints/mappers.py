@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
-from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from billing.common.v1 import common_pb2
 from billing.tier.v1 import tier_pb2 as pb
+from billing_common.protos import optional_datetime, stamp
 from tier.app.accounts import HierarchyNode, SignalReport
 from tier.app.ports import HistoryEntry
 from tier.domain.accounts import AccountKind, Database, Distributor, EndUser, InventoryMode, SignalKind, Tier
@@ -49,19 +45,6 @@ SCAN_STATES_PB = {
     ScanState.COMPLETED: pb.SCAN_STATE_COMPLETED,
     ScanState.FAILED: pb.SCAN_STATE_FAILED,
 }
-
-
-def to_datetime(ts: Timestamp) -> datetime:
-    return ts.ToDatetime(tzinfo=UTC)
-
-
-def optional_datetime(message: Message, field: str) -> datetime | None:
-    return to_datetime(getattr(message, field)) if message.HasField(field) else None
-
-
-def stamp(ts: Timestamp, instant: datetime | None) -> None:
-    if instant is not None:
-        ts.FromDatetime(instant)
 
 
 TIERS_PB = {Tier.LITE: common_pb2.TIER_LITE, Tier.PLUS: common_pb2.TIER_PLUS, Tier.PRO: common_pb2.TIER_PRO}

@@ -11,6 +11,7 @@ from billing.tier.v1 import tier_pb2 as pb
 from billing.tier.v1 import tier_pb2_grpc
 from billing_common import context
 from billing_common.errors import InvalidArgument, NotFound
+from billing_common.protos import optional_datetime
 from tier.app.accounts import Accounts, ImportCounts, Record
 from tier.app.history import History, page_after, page_size
 from tier.app.ports import UpsertCounts
@@ -149,7 +150,7 @@ class TierServicer(tier_pb2_grpc.TierServiceServicer):
         return pb.GetTierHistoryResponse(changes=[m.change_pb(e) for e in entries])
 
     async def GetTierAt(self, request: pb.GetTierAtRequest, context: Context) -> pb.GetTierAtResponse:
-        entry = await self._history.at(request.account_id, m.optional_datetime(request, "at"))
+        entry = await self._history.at(request.account_id, optional_datetime(request, "at"))
         if entry is None:
             return pb.GetTierAtResponse()
         return pb.GetTierAtResponse(tier=m.tier_pb(entry.new_tier), change=m.change_pb(entry))
@@ -158,7 +159,7 @@ class TierServicer(tier_pb2_grpc.TierServiceServicer):
         self, request: pb.ListTierChangesRequest, context: Context
     ) -> pb.ListTierChangesResponse:
         entries, token = await self._history.changes(
-            m.optional_datetime(request, "since"), request.scan_id, request.page_size, request.page_token
+            optional_datetime(request, "since"), request.scan_id, request.page_size, request.page_token
         )
         return pb.ListTierChangesResponse(changes=[m.change_pb(e) for e in entries], next_page_token=token)
 
