@@ -26,6 +26,18 @@ def gateway_factory(settings: GatewaySettings) -> Any:
     return build(settings)
 
 
+def charge_request(key: str) -> pb.ChargeRequest:
+    return pb.ChargeRequest(
+        merchant_id="bench-merchant",
+        payment_method=common_pb2.PaymentMethod(
+            type=common_pb2.PAYMENT_METHOD_TYPE_CARD, gateway_token="tok_success"
+        ),
+        amount=common_pb2.Money(amount_minor=1999, currency="USD"),
+        idempotency_key=key,
+        caller_reference=key,
+    )
+
+
 async def main() -> None:
     async with bench_env() as env:
         echo = (await measure_echo(env, SECONDS))[CONCURRENCY]
@@ -37,33 +49,14 @@ async def main() -> None:
                 stub = gateway_pb2_grpc.GatewayServiceStub(channel)
 
                 async def charge(n: int) -> None:
-                    reply = await stub.Charge(
-                        pb.ChargeRequest(
-                            merchant_id="bench-merchant",
-                            payment_method=common_pb2.PaymentMethod(
-                                type=common_pb2.PAYMENT_METHOD_TYPE_CARD, gateway_token="tok_success"
-                            ),
-                            amount=common_pb2.Money(amount_minor=1999, currency="USD"),
-                            idempotency_key=f"bench-{n}",
-                            caller_reference=f"inv-{n}",
-                        )
-                    )
+                    reply = await stub.Charge(charge_request(f"bench-{n}"))
                     assert reply.payment.status == common_pb2.PAYMENT_STATUS_SUCCEEDED
 
                 await charge(-1)
                 figures = await closed_loop("gateway Charge (sandbox, 0 ms)", charge, CONCURRENCY, SECONDS)
 
                 async def replay(n: int) -> None:
-                    reply = await stub.Charge(
-                        pb.ChargeRequest(
-                            merchant_id="bench-merchant",
-                            payment_method=common_pb2.PaymentMethod(
-                                type=common_pb2.PAYMENT_METHOD_TYPE_CARD, gateway_token="tok_success"
-                            ),
-                            amount=common_pb2.Money(amount_minor=1999, currency="USD"),
-                            idempotency_key=f"bench-{n % 100}",
-                        )
-                    )
+                    reply = await stub.Charge(charge_request(f"bench-{n % 100}"))
                     assert reply.replayed
 
                 replays = await closed_loop("gateway Charge replay (stored)", replay, CONCURRENCY, SECONDS)
