@@ -21,14 +21,17 @@ class RecurringSettings(CommonSettings):
     scheduler_interval: timedelta = timedelta(seconds=30)
     # Redis lock of a run's creation (recurring:<kind>:lock:<date>).
     run_lock_ttl: timedelta = timedelta(hours=2)
-    # Work items: batch size, lease of a claimed batch, idle poll.
+    # Work items: batch size, batches worked at once per pod, lease of a claimed batch, idle poll.
     worker_batch_size: int = 100
+    worker_concurrent_batches: int = 2
     worker_lease: timedelta = timedelta(minutes=2)
     worker_idle_poll: timedelta = timedelta(seconds=1)
     worker_jitter: timedelta = timedelta(0)
     # Charges in flight per pod, and per gateway per second across all pods (0: no limit).
     max_in_flight: int = 32
     gateway_rate_limit: int = 0
+    # Charges are paced this much under the limit, for the jitter on their way to the gateway.
+    gateway_rate_headroom_percent: int = 5
     # An unreachable gateway's item waits this long before its next try.
     defer_delay: timedelta = timedelta(seconds=30)
     unreachable_halt_threshold: int = 5

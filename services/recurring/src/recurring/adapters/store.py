@@ -6,7 +6,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 
@@ -20,6 +20,7 @@ from recurring.app.ports import (
     HistoryEntry,
     Invoice,
     InvoiceFilter,
+    ItemResult,
     LedgerLine,
     Run,
     RunCounts,
@@ -203,6 +204,16 @@ class PostgresTx:
     async def emit(self, event: Event) -> None:
         await self._outbox.add(self._conn, self._messages.message(event))
 
+    async def emit_all(self, events: Sequence[Event]) -> None:
+        """The outbox stamps and stores each event as usual; its inserts go out as one batch."""
+        if not events:
+            return
+        recorder = _RecordedStatements()
+        for event in events:
+            await self._outbox.add(cast(asyncpg.Connection, recorder), self._messages.message(event))
+        for statement, rows in recorder.batches():
+            await self._conn.executemany(statement, rows)
+
     # ------------------------------------------------------------ subscriptions
 
     async def insert_subscription(self, sub: Subscription) -> None:
@@ -220,11 +231,26 @@ class PostgresTx:
         )
         return None if row is None else _subscription(row)
 
+    async def load_subscriptions(
+        self, subscription_ids: Sequence[str], *, lock: bool = False
+    ) -> dict[str, Subscription]:
+        rows = await self._conn.fetch(
+            f"""SELECT {_SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE subscription_id = ANY($1::text[])
+                ORDER BY subscription_id"""
+            + (" FOR UPDATE" if lock else ""),
+            list(subscription_ids),
+        )
+        return {r["subscription_id"]: _subscription(r) for r in rows}
+
     async def save_subscription(self, sub: Subscription) -> None:
+        await self.save_subscriptions([sub])
+
+    async def save_subscriptions(self, subs: Sequence[Subscription]) -> None:
         names = _SUBSCRIPTION_COLUMNS.split(", ")
         assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(names, start=1) if i > 1)
-        await self._conn.execute(
-            f"UPDATE subscriptions SET {assignments} WHERE subscription_id = $1", *_subscription_values(sub)
+        await self._conn.executemany(
+            f"UPDATE subscriptions SET {assignments} WHERE subscription_id = $1",
+            [_subscription_values(sub) for sub in subs],
         )
 
     async def list_subscriptions(
@@ -254,16 +280,17 @@ class PostgresTx:
         return [r["subscription_id"] for r in rows]
 
     async def add_history(self, entry: HistoryEntry) -> None:
-        await self._conn.execute(
+        await self.add_histories([entry])
+
+    async def add_histories(self, entries: Sequence[HistoryEntry]) -> None:
+        await self._conn.executemany(
             """INSERT INTO subscription_history
                    (subscription_id, changes, actor, cause_event_id, reason, changed_at)
                VALUES ($1, $2, $3, $4, $5, $6)""",
-            entry.subscription_id,
-            entry.changes,
-            entry.actor,
-            entry.cause_event_id,
-            entry.reason,
-            entry.changed_at,
+            [
+                (e.subscription_id, e.changes, e.actor, e.cause_event_id, e.reason, e.changed_at)
+                for e in entries
+            ],
         )
 
     async def history(self, subscription_id: str) -> list[HistoryEntry]:
@@ -300,12 +327,27 @@ class PostgresTx:
         )
         return [(r["id"], r["description"], Money(r["amount_minor"], r["currency"])) for r in rows]
 
+    async def prorations_of(self, subscription_ids: Sequence[str]) -> dict[str, list[tuple[int, str, Money]]]:
+        rows = await self._conn.fetch(
+            """SELECT id, subscription_id, description, amount_minor, currency FROM pending_prorations
+               WHERE subscription_id = ANY($1::text[]) AND invoice_id IS NULL ORDER BY id""",
+            list(subscription_ids),
+        )
+        found: dict[str, list[tuple[int, str, Money]]] = {}
+        for r in rows:
+            found.setdefault(r["subscription_id"], []).append(
+                (r["id"], r["description"], Money(r["amount_minor"], r["currency"]))
+            )
+        return found
+
     async def attach_prorations(self, ids: Sequence[int], invoice_id: str) -> None:
-        if ids:
-            await self._conn.execute(
-                "UPDATE pending_prorations SET invoice_id = $2 WHERE id = ANY($1::bigint[])",
-                list(ids),
-                invoice_id,
+        await self.attach_prorations_to({invoice_id: ids})
+
+    async def attach_prorations_to(self, ids_by_invoice: dict[str, Sequence[int]]) -> None:
+        rows = [(list(ids), invoice_id) for invoice_id, ids in ids_by_invoice.items() if ids]
+        if rows:
+            await self._conn.executemany(
+                "UPDATE pending_prorations SET invoice_id = $2 WHERE id = ANY($1::bigint[])", rows
             )
 
     # ------------------------------------------------------------ runs and work items
@@ -452,18 +494,28 @@ class PostgresTx:
         )
         return bool(held)
 
+    async def held_items(self, items: Sequence[WorkItem]) -> set[int]:
+        rows = await self._conn.fetch(
+            """SELECT w.id FROM work_items w
+               JOIN unnest($1::bigint[], $2::text[]) AS c(id, claim_token)
+                 ON c.id = w.id AND c.claim_token = w.claim_token
+               WHERE w.status = 'claimed' ORDER BY w.id FOR UPDATE OF w""",
+            [item.item_id for item in items],
+            [item.claim_token for item in items],
+        )
+        return {int(r["id"]) for r in rows}
+
     async def finish_item(
         self, item: WorkItem, status: ItemStatus, detail: str = "", invoice_id: str | None = None
     ) -> None:
-        await self._conn.execute(
+        await self.finish_items([ItemResult(item, status, detail, invoice_id)])
+
+    async def finish_items(self, results: Sequence[ItemResult]) -> None:
+        await self._conn.executemany(
             """UPDATE work_items SET status = $3, detail = $4, invoice_id = coalesce($5, invoice_id),
                    claim_token = NULL, lease_until = NULL
                WHERE id = $1 AND claim_token = $2""",
-            item.item_id,
-            item.claim_token,
-            status.value,
-            detail,
-            invoice_id,
+            [(r.item.item_id, r.item.claim_token, r.status.value, r.detail, r.invoice_id) for r in results],
         )
 
     async def defer_item(self, item: WorkItem, delay: timedelta, detail: str) -> None:
@@ -540,28 +592,42 @@ class PostgresTx:
         row = await self._conn.fetchrow("SELECT * FROM invoices WHERE occurrence_key = $1", occurrence_key)
         return None if row is None else _invoice(row)
 
+    async def invoices_for_occurrences(self, occurrence_keys: Sequence[str]) -> dict[str, Invoice]:
+        rows = await self._conn.fetch(
+            "SELECT * FROM invoices WHERE occurrence_key = ANY($1::text[])", list(occurrence_keys)
+        )
+        return {r["occurrence_key"]: _invoice(r) for r in rows}
+
     async def insert_invoice(self, invoice: Invoice) -> None:
-        await self._conn.execute(
+        await self.insert_invoices([invoice])
+
+    async def insert_invoices(self, invoices: Sequence[Invoice]) -> None:
+        await self._conn.executemany(
             """INSERT INTO invoices (invoice_id, subscription_id, account_id, merchant_id, occurrence_key,
                    status,
                    billing_date, period_start, period_end, total_minor, credit_applied, amount_due, currency,
                    created_at, paid_at)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)""",
-            invoice.invoice_id,
-            invoice.subscription_id,
-            invoice.account_id,
-            invoice.merchant_id,
-            invoice.occurrence_key,
-            invoice.status.value,
-            invoice.billing_date,
-            invoice.period_start,
-            invoice.period_end,
-            invoice.total.amount_minor,
-            invoice.credit_applied.amount_minor,
-            invoice.amount_due.amount_minor,
-            invoice.total.currency,
-            invoice.created_at,
-            invoice.paid_at,
+            [
+                (
+                    invoice.invoice_id,
+                    invoice.subscription_id,
+                    invoice.account_id,
+                    invoice.merchant_id,
+                    invoice.occurrence_key,
+                    invoice.status.value,
+                    invoice.billing_date,
+                    invoice.period_start,
+                    invoice.period_end,
+                    invoice.total.amount_minor,
+                    invoice.credit_applied.amount_minor,
+                    invoice.amount_due.amount_minor,
+                    invoice.total.currency,
+                    invoice.created_at,
+                    invoice.paid_at,
+                )
+                for invoice in invoices
+            ],
         )
         await self._conn.executemany(
             """INSERT INTO invoice_lines
@@ -577,6 +643,7 @@ class PostgresTx:
                     line.unit_price,
                     line.amount.amount_minor,
                 )
+                for invoice in invoices
                 for i, line in enumerate(invoice.lines)
             ],
         )
@@ -592,12 +659,32 @@ class PostgresTx:
         )
         return _invoice(row, lines)
 
+    async def load_invoices(self, invoice_ids: Sequence[str]) -> dict[str, Invoice]:
+        rows = await self._conn.fetch(
+            "SELECT * FROM invoices WHERE invoice_id = ANY($1::text[]) ORDER BY invoice_id FOR UPDATE",
+            list(invoice_ids),
+        )
+        lines = await self._conn.fetch(
+            "SELECT * FROM invoice_lines WHERE invoice_id = ANY($1::text[]) ORDER BY invoice_id, position",
+            list(invoice_ids),
+        )
+        lines_of: dict[str, list[asyncpg.Record]] = {}
+        for line in lines:
+            lines_of.setdefault(line["invoice_id"], []).append(line)
+        return {r["invoice_id"]: _invoice(r, lines_of.get(r["invoice_id"], ())) for r in rows}
+
     async def set_invoice_status(
         self, invoice_id: str, status: InvoiceStatus, paid_at: datetime | None = None
     ) -> None:
+        await self.set_invoice_statuses([invoice_id], status, paid_at)
+
+    async def set_invoice_statuses(
+        self, invoice_ids: Sequence[str], status: InvoiceStatus, paid_at: datetime | None = None
+    ) -> None:
         await self._conn.execute(
-            "UPDATE invoices SET status = $2, paid_at = coalesce($3, paid_at) WHERE invoice_id = $1",
-            invoice_id,
+            """UPDATE invoices SET status = $2, paid_at = coalesce($3, paid_at)
+               WHERE invoice_id = ANY($1::text[])""",
+            list(invoice_ids),
             status.value,
             paid_at,
         )
@@ -631,42 +718,65 @@ class PostgresTx:
         return int(count)
 
     async def insert_transaction(self, txn: Transaction) -> None:
-        await self._conn.execute(
+        await self.insert_transactions([txn])
+
+    async def insert_transactions(self, txns: Sequence[Transaction]) -> None:
+        await self._conn.executemany(
             """INSERT INTO transactions (transaction_id, invoice_id, attempt, idempotency_key, retry_key,
                    status,
                    amount_minor, currency, created_at)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
-            txn.transaction_id,
-            txn.invoice_id,
-            txn.attempt,
-            txn.idempotency_key,
-            txn.retry_key,
-            txn.status.value,
-            txn.amount.amount_minor,
-            txn.amount.currency,
-            txn.created_at,
+            [
+                (
+                    txn.transaction_id,
+                    txn.invoice_id,
+                    txn.attempt,
+                    txn.idempotency_key,
+                    txn.retry_key,
+                    txn.status.value,
+                    txn.amount.amount_minor,
+                    txn.amount.currency,
+                    txn.created_at,
+                )
+                for txn in txns
+            ],
         )
 
     async def save_transaction(self, txn: Transaction) -> None:
-        await self._conn.execute(
+        await self.save_transactions([txn])
+
+    async def save_transactions(self, txns: Sequence[Transaction]) -> None:
+        await self._conn.executemany(
             """UPDATE transactions SET status = $2, payment_id = $3, gateway = $4, failure_type = $5,
                    decline_kind = $6, decline_code = $7, retryable = $8
                WHERE transaction_id = $1""",
-            txn.transaction_id,
-            txn.status.value,
-            txn.payment_id,
-            txn.gateway,
-            txn.failure_type.value,
-            txn.decline_kind.value,
-            txn.decline_code,
-            txn.retryable,
+            [
+                (
+                    txn.transaction_id,
+                    txn.status.value,
+                    txn.payment_id,
+                    txn.gateway,
+                    txn.failure_type.value,
+                    txn.decline_kind.value,
+                    txn.decline_code,
+                    txn.retryable,
+                )
+                for txn in txns
+            ],
         )
 
     async def transactions(self, invoice_id: str) -> list[Transaction]:
+        return (await self.transactions_of([invoice_id])).get(invoice_id, [])
+
+    async def transactions_of(self, invoice_ids: Sequence[str]) -> dict[str, list[Transaction]]:
         rows = await self._conn.fetch(
-            "SELECT * FROM transactions WHERE invoice_id = $1 ORDER BY attempt", invoice_id
+            "SELECT * FROM transactions WHERE invoice_id = ANY($1::text[]) ORDER BY invoice_id, attempt",
+            list(invoice_ids),
         )
-        return [_transaction(r) for r in rows]
+        found: dict[str, list[Transaction]] = {}
+        for r in rows:
+            found.setdefault(r["invoice_id"], []).append(_transaction(r))
+        return found
 
     async def transaction_by_retry_key(self, retry_key: str) -> Transaction | None:
         row = await self._conn.fetchrow("SELECT * FROM transactions WHERE retry_key = $1", retry_key)
@@ -684,22 +794,40 @@ class PostgresTx:
     # ------------------------------------------------------------ the ledger
 
     async def post(self, posting: Posting, at: datetime) -> None:
-        entries = posting.entries
+        await self.post_all([posting], at)
+
+    async def post_all(self, postings: Sequence[Posting], at: datetime) -> None:
+        """Each posting is one ledger transaction; all of them go in one statement."""
+        rows = [
+            (ltx, p.customer, e.account, e.amount.amount_minor, e.amount.currency, p.kind.value, p.reference)
+            for p, ltx in ((p, f"ltx_{uuid.uuid4().hex}") for p in postings)
+            for e in p.entries
+        ]
+        if not rows:
+            return
         await self._conn.execute(
             """INSERT INTO ledger_entries (ledger_transaction_id, customer, account, amount_minor, currency,
-                   kind,
-                   reference, created_at)
-               SELECT $1, $2, e.account, e.amount, $5, $6, $7, $8
-               FROM unnest($3::text[], $4::bigint[]) AS e(account, amount)""",
-            f"ltx_{uuid.uuid4().hex}",
-            posting.customer,
-            [e.account for e in entries],
-            [e.amount.amount_minor for e in entries],
-            entries[0].amount.currency,
-            posting.kind.value,
-            posting.reference,
+                   kind, reference, created_at)
+               SELECT e.ltx, e.customer, e.account, e.amount, e.currency, e.kind, e.reference, $8
+               FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[],
+                           $7::text[]) AS e(ltx, customer, account, amount, currency, kind, reference)""",
+            *(list(column) for column in zip(*rows, strict=True)),
             at,
         )
+
+    async def credits(self, customers: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Money]:
+        """Credit available to each (customer, currency)."""
+        rows = await self._conn.fetch(
+            """SELECT c.customer, c.currency, coalesce(-sum(l.amount_minor), 0) AS credit
+               FROM unnest($1::text[], $2::text[], $3::text[]) AS c(customer, currency, account)
+               LEFT JOIN ledger_entries l
+                 ON l.customer = c.customer AND l.currency = c.currency AND l.account = c.account
+               GROUP BY c.customer, c.currency""",
+            [c for c, _ in customers],
+            [cur for _, cur in customers],
+            [ledger.customer_credit(c) for c, _ in customers],
+        )
+        return {(r["customer"], r["currency"]): Money(int(r["credit"]), r["currency"]) for r in rows}
 
     async def balances(self, customer: str, currency: str) -> tuple[Money, Money]:
         row = await self._conn.fetchrow(
@@ -741,6 +869,20 @@ class PostgresTx:
                GROUP BY ledger_transaction_id HAVING sum(amount_minor) <> 0 OR count(DISTINCT currency) > 1"""
         )
         return [r["ledger_transaction_id"] for r in rows]
+
+
+class _RecordedStatements:
+    """Stands in for a connection to collect single-row inserts, to send them with executemany."""
+
+    def __init__(self) -> None:
+        self._rows: dict[str, list[tuple[Any, ...]]] = {}
+
+    async def execute(self, statement: str, *args: Any) -> str:
+        self._rows.setdefault(statement, []).append(args)
+        return ""
+
+    def batches(self) -> list[tuple[str, list[tuple[Any, ...]]]]:
+        return list(self._rows.items())
 
 
 class PostgresStore:

@@ -52,25 +52,30 @@ class Charging:
         self._in_flight = asyncio.Semaphore(max_in_flight)
 
     async def new_attempt(self, tx: Tx, invoice: Invoice, retry_key: str | None = None) -> Transaction:
-        attempt = len(await tx.transactions(invoice.invoice_id)) + 1
-        txn = Transaction(
+        txn = self.attempt(invoice, len(await tx.transactions(invoice.invoice_id)) + 1, retry_key)
+        await tx.insert_transaction(txn)
+        return txn
+
+    def attempt(self, invoice: Invoice, number: int, retry_key: str | None = None) -> Transaction:
+        """The row of a charge attempt, to write before the charge is sent."""
+        return Transaction(
             transaction_id=f"txn_{uuid.uuid4().hex}",
             invoice_id=invoice.invoice_id,
-            attempt=attempt,
-            idempotency_key=attempt_key(invoice.invoice_id, attempt),
+            attempt=number,
+            idempotency_key=attempt_key(invoice.invoice_id, number),
             retry_key=retry_key,
             amount=invoice.amount_due,
             created_at=self._clock.now(),
         )
-        await tx.insert_transaction(txn)
-        return txn
 
     async def send(self, txn: Transaction, sub: Subscription) -> ChargeResult | None:
         """Charge with the transaction's key, paced per gateway; None when the outcome is unknown."""
         method = sub.payment_method
         gateway = gateway_for(method.type.value)
-        await self._pacer.wait_turn(gateway)
+        # The slot is booked inside the in-flight bound, so a pod never waits on more slots than it
+        # can send at once (and never books far ahead of what it sends).
         async with self._in_flight:
+            await self._pacer.wait_turn(gateway)
             try:
                 return await self._gateway.charge(
                     ChargeRequest(
@@ -106,16 +111,7 @@ class Charging:
         )
         if current.answered and not (final_word and awaiting_result(current)):
             return None
-        answered = dataclasses.replace(
-            current,
-            status=result.status,
-            payment_id=result.payment_id,
-            gateway=result.gateway,
-            failure_type=result.failure_type,
-            decline_kind=result.decline_kind,
-            decline_code=result.decline_code,
-            retryable=result.retryable,
-        )
+        answered = answered_attempt(current, result)
         await tx.save_transaction(answered)
         outcome = outcome_of(result)
         if outcome is Outcome.PAID:
@@ -182,6 +178,29 @@ class Charging:
         await tx.emit(Event(event, subscription=updated))
 
 
+def quiet_after_payment(sub: Subscription) -> bool:
+    """A payment changes nothing on this subscription (see `Charging.after_paid`)."""
+    return (
+        not (sub.frequency is Frequency.ONE_TIME and can(sub.status, Action.COMPLETE))
+        and sub.status is not SubscriptionStatus.TRIALING
+        and not can(sub.status, Action.PAYMENT_RECOVERED)
+    )
+
+
 def awaiting_result(txn: Transaction) -> bool:
     """Answered, but the final word comes later (ACH pending, or an unknown outcome)."""
     return txn.answered and txn.status in (PaymentStatus.PENDING, PaymentStatus.UNKNOWN)
+
+
+def answered_attempt(txn: Transaction, result: ChargeResult) -> Transaction:
+    """The attempt as the gateway answered it."""
+    return dataclasses.replace(
+        txn,
+        status=result.status,
+        payment_id=result.payment_id,
+        gateway=result.gateway,
+        failure_type=result.failure_type,
+        decline_kind=result.decline_kind,
+        decline_code=result.decline_code,
+        retryable=result.retryable,
+    )

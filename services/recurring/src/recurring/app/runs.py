@@ -135,6 +135,8 @@ class Runs:
     async def finish_if_done(self, run_id: str) -> None:
         """A run whose open items are all done completes; with halted gateways it stays HALTED."""
         async with self._store.transaction() as tx:
+            if await tx.open_items(run_id):
+                return  # the common case, known without waiting for the run's lock
             run = await tx.get_run(run_id, lock=True)
             if run is None or run.state is not RunState.RUNNING or await tx.open_items(run_id):
                 return

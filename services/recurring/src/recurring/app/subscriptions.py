@@ -378,13 +378,21 @@ async def save_with_history(
     tx: Tx, before: Subscription, after: Subscription, cause: Cause, now: datetime
 ) -> None:
     """Store the change and record only the fields that changed."""
-    changes = diff(before, after)
-    if not changes:
+    entry = history_entry(before, after, cause, now)
+    if entry is None:
         return
     await tx.save_subscription(after)
-    await tx.add_history(
-        HistoryEntry(after.subscription_id, changes, cause.actor, cause.event_id, cause.reason, now)
-    )
+    await tx.add_history(entry)
+
+
+def history_entry(
+    before: Subscription, after: Subscription, cause: Cause, now: datetime
+) -> HistoryEntry | None:
+    """The fields that changed, as the history records them; None when nothing changed."""
+    changes = diff(before, after)
+    if not changes:
+        return None
+    return HistoryEntry(after.subscription_id, changes, cause.actor, cause.event_id, cause.reason, now)
 
 
 async def _existing(tx: Tx, subscription_id: str) -> Subscription:

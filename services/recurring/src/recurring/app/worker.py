@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import random
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -15,11 +16,13 @@ from zoneinfo import ZoneInfo
 from billing_common.clock import Clock
 from billing_common.errors import Unavailable
 from billing_common.money import Money
-from recurring.app.charging import BILLING, Charging, awaiting_result
+from recurring.app.charging import BILLING, Charging, answered_attempt, awaiting_result, quiet_after_payment
 from recurring.app.ports import (
     Event,
     EventType,
+    HistoryEntry,
     Invoice,
+    ItemResult,
     OutageCounter,
     Quota,
     Store,
@@ -28,9 +31,9 @@ from recurring.app.ports import (
     WorkItem,
 )
 from recurring.app.runs import Runs
-from recurring.app.subscriptions import cancelled, save_with_history
+from recurring.app.subscriptions import cancelled, history_entry, save_with_history
 from recurring.domain import ledger
-from recurring.domain.invoicing import Decision, UsageCharge, build_invoice
+from recurring.domain.invoicing import Decision, InvoiceDraft, UsageCharge, build_invoice
 from recurring.domain.payments import ChargeResult, Outcome, outcome_of
 from recurring.domain.runs import ItemStatus
 from recurring.domain.schedule import period_starting
@@ -43,6 +46,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class WorkerConfig:
     batch_size: int
+    concurrent_batches: int
     lease: timedelta
     idle_poll: timedelta
     jitter: timedelta
@@ -72,6 +76,10 @@ class Worker:
         self._config = config
 
     async def run_forever(self) -> None:
+        """A few batch loops at once, so one batch is invoiced while another one's charges are out."""
+        await asyncio.gather(*(self._work_forever() for _ in range(self._config.concurrent_batches)))
+
+    async def _work_forever(self) -> None:
         while True:
             worked = await self.work_once()
             pause = self._config.jitter.total_seconds() * random.random()
@@ -86,7 +94,13 @@ class Worker:
             items = await tx.claim_items(self._config.batch_size, self._config.lease, uuid.uuid4().hex)
         if not items:
             return 0
-        await asyncio.gather(*(self._process_safely(item) for item in items))
+        try:
+            charges = await self._prepare_batch(items)
+        except Exception:
+            log.exception("batch failed; its items go one by one", extra={"items": len(items)})
+            await asyncio.gather(*(self._process_safely(item) for item in items))
+        else:
+            await self._charge_all(charges)
         for run_id in sorted({item.run_id for item in items}):
             await self._runs.finish_if_done(run_id)
         return len(items)
@@ -99,6 +113,7 @@ class Worker:
             log.exception("work item failed", extra={"item": item.item_id, "run": item.run_id})
 
     async def process(self, item: WorkItem) -> None:
+        """One item on its own: the path a batch falls back to when it fails as a whole."""
         try:
             usage = await self._usage_for(item)
         except Unavailable as exc:
@@ -106,26 +121,117 @@ class Worker:
                 if await tx.holds_item(item):
                     await tx.defer_item(item, self._config.defer_delay, f"usage unavailable: {exc.message}")
             return
-        prepared = await self._prepare(item, usage)
+        async with self._store.transaction() as tx:
+            if not await tx.holds_item(item):
+                return
+            prepared = await self._prepare(tx, item, usage)
         if prepared is None:
             return
         txn, sub = prepared
-        result = await self._charging.send(txn, sub)
-        await self._conclude(item, txn, result)
+        await self._conclude([(_Charge(item, txn, sub), await self._charging.send(txn, sub))])
+
+    async def _prepare_batch(self, items: list[WorkItem]) -> list[_Charge]:
+        """Invoice the batch's occurrences and write their attempts, a few statements per round.
+
+        A round holds at most one item per account, so the credit each invoice applies is read once.
+        """
+        async with self._store.transaction() as tx:
+            subs = await tx.load_subscriptions(sorted({item.subscription_id for item in items}))
+            invoiced = await tx.invoices_for_occurrences([item.occurrence_key for item in items])
+        usage, unavailable = await self._usages(items, subs, invoiced)
+        if unavailable:
+            async with self._store.transaction() as tx:
+                held = await tx.held_items(list(unavailable))
+                for item, reason in unavailable.items():
+                    if item.item_id in held:
+                        await tx.defer_item(item, self._config.defer_delay, f"usage unavailable: {reason}")
+        charges: list[_Charge] = []
+        for round_items in _rounds_by_account([i for i in items if i.item_id in usage], subs):
+            charges += await self._prepare_round(round_items, usage)
+        return charges
+
+    async def _usages(
+        self, items: list[WorkItem], subs: dict[str, Subscription], invoiced: dict[str, Invoice]
+    ) -> tuple[dict[int, list[UsageCharge]], dict[WorkItem, str]]:
+        """Usage of the period that ends on each due date (billed in arrears), for plan subscriptions;
+        and the items whose usage quota could not give."""
+        usage: dict[int, list[UsageCharge]] = {item.item_id: [] for item in items}
+        metered = [
+            (item, sub)
+            for item in items
+            if (sub := subs.get(item.subscription_id)) is not None
+            and item.occurrence_key not in invoiced
+            and _usage_billed(sub, item)
+        ]
+        answers = await asyncio.gather(
+            *(
+                self._quota.usage(
+                    sub.account_id, self._midnight(sub.current_period_start), self._midnight(item.due_date)
+                )
+                for item, sub in metered
+            ),
+            return_exceptions=True,
+        )
+        unavailable: dict[WorkItem, str] = {}
+        for (item, _), answer in zip(metered, answers, strict=True):
+            if isinstance(answer, Unavailable):
+                unavailable[item] = answer.message
+                del usage[item.item_id]
+            elif isinstance(answer, BaseException):
+                # The item stays claimed; its lease runs out and a worker takes it up again.
+                log.error("usage failed", exc_info=answer, extra={"item": item.item_id})
+                del usage[item.item_id]
+            else:
+                usage[item.item_id] = answer
+        return usage, unavailable
+
+    async def _prepare_round(
+        self, items: list[WorkItem], usage: dict[int, list[UsageCharge]]
+    ) -> list[_Charge]:
+        now = self._clock.now()
+        writes = _Writes()
+        charges: list[_Charge] = []
+        async with self._store.transaction() as tx:
+            held = await tx.held_items(items)
+            items = [item for item in items if item.item_id in held]
+            subs = await tx.load_subscriptions(sorted({item.subscription_id for item in items}), lock=True)
+            invoiced = await tx.invoices_for_occurrences([item.occurrence_key for item in items])
+            renewing = {
+                item.item_id: item
+                for item in items
+                if item.occurrence_key not in invoiced and _plain_renewal(subs[item.subscription_id], item)
+            }
+            renewing_subs = sorted({item.subscription_id for item in renewing.values()})
+            prorations = await tx.prorations_of(renewing_subs) if renewing else {}
+            credits = (
+                await tx.credits(sorted({_credit_key(subs[s]) for s in renewing_subs})) if renewing else {}
+            )
+            for item in items:
+                sub = subs[item.subscription_id]
+                if item.item_id in renewing:
+                    open_prorations = prorations.get(sub.subscription_id, [])
+                    draft, invoice = self._new_invoice(
+                        sub, item, usage[item.item_id], open_prorations, credits[_credit_key(sub)]
+                    )
+                    if draft.decision is Decision.CHARGE:
+                        txn = self._charging.attempt(invoice, 1)
+                        renewed = writes.renewal(
+                            sub, item, invoice, draft, [p for p, _, _ in open_prorations], now
+                        )
+                        writes.transactions.append(txn)
+                        charges.append(_Charge(item, txn, renewed))
+                        continue
+                prepared = await self._prepare(tx, item, usage[item.item_id])
+                if prepared is not None:
+                    charges.append(_Charge(item, *prepared))
+            await writes.write(tx, now)
+        return charges
 
     async def _usage_for(self, item: WorkItem) -> list[UsageCharge]:
-        """Usage of the period that ends on the due date (billed in arrears), for plan subscriptions."""
         async with self._store.transaction() as tx:
             sub = await tx.load_subscription(item.subscription_id)
             invoiced = await tx.invoice_for_occurrence(item.occurrence_key)
-        if (
-            sub is None
-            or invoiced is not None
-            or not sub.plan_code
-            or sub.status not in BILLABLE
-            or sub.next_billing_date != item.due_date
-            or sub.current_period_start >= item.due_date
-        ):
+        if sub is None or invoiced is not None or not _usage_billed(sub, item):
             return []
         return await self._quota.usage(
             sub.account_id, self._midnight(sub.current_period_start), self._midnight(item.due_date)
@@ -135,42 +241,37 @@ class Worker:
         return datetime.combine(day, time(0), self._config.zone).astimezone(UTC)
 
     async def _prepare(
-        self, item: WorkItem, usage: list[UsageCharge]
+        self, tx: Tx, item: WorkItem, usage: list[UsageCharge]
     ) -> tuple[Transaction, Subscription] | None:
-        """Invoice the occurrence (once) and write the attempt to send; None when nothing is to charge."""
-        async with self._store.transaction() as tx:
-            if not await tx.holds_item(item):
+        """Invoice the held occurrence (once) and write the attempt to send; None: nothing to charge."""
+        sub = await tx.load_subscription(item.subscription_id, lock=True)
+        assert sub is not None
+        invoice = await tx.invoice_for_occurrence(item.occurrence_key)
+        if invoice is None:
+            reason = await self._pass_if_not_billed(tx, sub, item)
+            if reason:
+                await tx.finish_item(item, ItemStatus.SKIPPED, reason)
                 return None
-            sub = await tx.load_subscription(item.subscription_id, lock=True)
-            assert sub is not None
-            invoice = await tx.invoice_for_occurrence(item.occurrence_key)
+            invoice = await self._open_invoice(tx, sub, item, usage)
             if invoice is None:
-                reason = await self._pass_if_not_billed(tx, sub, item)
-                if reason:
-                    await tx.finish_item(item, ItemStatus.SKIPPED, reason)
-                    return None
-                invoice = await self._open_invoice(tx, sub, item, usage)
-                if invoice is None:
-                    now = self._clock.now()
-                    await save_with_history(tx, sub, skip_occurrence(sub, item.due_date, now), BILLING, now)
-                    await tx.finish_item(item, ItemStatus.SKIPPED, "below the minimum amount")
-                    return None
-            if invoice.status is InvoiceStatus.PAID:
-                await tx.finish_item(item, ItemStatus.CHARGED, "paid", invoice.invoice_id)
+                now = self._clock.now()
+                await save_with_history(tx, sub, skip_occurrence(sub, item.due_date, now), BILLING, now)
+                await tx.finish_item(item, ItemStatus.SKIPPED, "below the minimum amount")
                 return None
-            if invoice.status is not InvoiceStatus.OPEN:
-                await tx.finish_item(item, ItemStatus.FAILED, invoice.status.value, invoice.invoice_id)
-                return None
-            attempts = await tx.transactions(invoice.invoice_id)
-            last = attempts[-1] if attempts else None
-            if last is not None and not last.answered:
-                return last, sub
-            if last is not None and awaiting_result(last):
-                await tx.finish_item(
-                    item, ItemStatus.CHARGED, "awaiting the final outcome", invoice.invoice_id
-                )
-                return None
-            return await self._charging.new_attempt(tx, invoice), sub
+        if invoice.status is InvoiceStatus.PAID:
+            await tx.finish_item(item, ItemStatus.CHARGED, "paid", invoice.invoice_id)
+            return None
+        if invoice.status is not InvoiceStatus.OPEN:
+            await tx.finish_item(item, ItemStatus.FAILED, invoice.status.value, invoice.invoice_id)
+            return None
+        attempts = await tx.transactions(invoice.invoice_id)
+        last = attempts[-1] if attempts else None
+        if last is not None and not last.answered:
+            return last, sub
+        if last is not None and awaiting_result(last):
+            await tx.finish_item(item, ItemStatus.CHARGED, "awaiting the final outcome", invoice.invoice_id)
+            return None
+        return await self._charging.new_attempt(tx, invoice), sub
 
     async def _pass_if_not_billed(self, tx: Tx, sub: Subscription, item: WorkItem) -> str:
         """Why this occurrence is not billed (moving the subscription past it), or "" to bill it."""
@@ -195,36 +296,11 @@ class Worker:
         self, tx: Tx, sub: Subscription, item: WorkItem, usage: list[UsageCharge]
     ) -> Invoice | None:
         now = self._clock.now()
-        currency = sub.amount.currency
         prorations = await tx.open_prorations(sub.subscription_id)
-        _, credit = await tx.balances(sub.account_id, currency)
-        draft = build_invoice(
-            sub.amount,
-            f"{sub.plan_code or 'Subscription'} ({sub.frequency.value})",
-            [u for u in usage if u.amount.currency == currency],
-            [(text, amount) for _, text, amount in prorations],
-            credit,
-            Money(self._config.minimum_charge_minor, currency),
-        )
+        _, credit = await tx.balances(sub.account_id, sub.amount.currency)
+        draft, invoice = self._new_invoice(sub, item, usage, prorations, credit)
         if draft.decision is Decision.BELOW_MINIMUM:
             return None
-        period = period_starting(sub.frequency, item.due_date, sub.anchor_day)
-        invoice = Invoice(
-            invoice_id=f"inv_{uuid.uuid4().hex}",
-            subscription_id=sub.subscription_id,
-            account_id=sub.account_id,
-            merchant_id=sub.merchant_id,
-            occurrence_key=item.occurrence_key,
-            status=invoice_transition(InvoiceStatus.DRAFT, InvoiceStatus.OPEN),
-            billing_date=item.due_date,
-            period_start=period.start,
-            period_end=period.end,
-            total=draft.total,
-            credit_applied=draft.credit_applied,
-            amount_due=draft.amount_due,
-            created_at=now,
-            lines=draft.lines,
-        )
         await tx.insert_invoice(invoice)
         await tx.attach_prorations([pid for pid, _, _ in prorations], invoice.invoice_id)
         if draft.total.amount_minor or draft.credit_applied.amount_minor:
@@ -241,38 +317,251 @@ class Worker:
             return dataclasses.replace(invoice, status=InvoiceStatus.PAID, paid_at=now)
         return invoice
 
-    async def _conclude(self, item: WorkItem, txn: Transaction, result: ChargeResult | None) -> None:
-        if result is None:
-            async with self._store.transaction() as tx:
-                if await tx.holds_item(item):
-                    await tx.defer_item(
-                        item,
-                        self._config.defer_delay,
-                        "the payment service did not answer; same key next time",
-                    )
-            return
-        async with self._store.transaction() as tx:
-            holds = await tx.holds_item(item)
-            outcome = await self._charging.record(tx, txn, result) or outcome_of(result)
-            if holds:
-                if outcome is Outcome.DEFERRED:
-                    await tx.defer_item(item, self._config.defer_delay, "gateway unreachable")
+    def _new_invoice(
+        self,
+        sub: Subscription,
+        item: WorkItem,
+        usage: list[UsageCharge],
+        prorations: list[tuple[int, str, Money]],
+        credit: Money,
+    ) -> tuple[InvoiceDraft, Invoice]:
+        """The occurrence's open invoice: base + usage + proration - credit (not written)."""
+        currency = sub.amount.currency
+        draft = build_invoice(
+            sub.amount,
+            f"{sub.plan_code or 'Subscription'} ({sub.frequency.value})",
+            [u for u in usage if u.amount.currency == currency],
+            [(text, amount) for _, text, amount in prorations],
+            credit,
+            Money(self._config.minimum_charge_minor, currency),
+        )
+        period = period_starting(sub.frequency, item.due_date, sub.anchor_day)
+        invoice = Invoice(
+            invoice_id=f"inv_{uuid.uuid4().hex}",
+            subscription_id=sub.subscription_id,
+            account_id=sub.account_id,
+            merchant_id=sub.merchant_id,
+            occurrence_key=item.occurrence_key,
+            status=invoice_transition(InvoiceStatus.DRAFT, InvoiceStatus.OPEN),
+            billing_date=item.due_date,
+            period_start=period.start,
+            period_end=period.end,
+            total=draft.total,
+            credit_applied=draft.credit_applied,
+            amount_due=draft.amount_due,
+            created_at=self._clock.now(),
+            lines=draft.lines,
+        )
+        return draft, invoice
+
+    async def _charge_all(self, charges: list[_Charge]) -> None:
+        """Send every charge at once (the pacer and the in-flight bound hold them back) and record the
+        answers in group commits: whatever arrived while the previous group was being written."""
+        sending = {asyncio.ensure_future(self._charging.send(c.txn, c.sub)): c for c in charges}
+        while sending:
+            done, _ = await asyncio.wait(sending, return_when=asyncio.FIRST_COMPLETED)
+            answered: list[tuple[_Charge, ChargeResult | None]] = []
+            for task in done:
+                charge = sending.pop(task)
+                if task.exception() is None:
+                    answered.append((charge, task.result()))
                 else:
-                    status = ItemStatus.FAILED if outcome is Outcome.FAILED else ItemStatus.CHARGED
-                    detail = result.decline_code if outcome is Outcome.FAILED else outcome.value
-                    await tx.finish_item(item, status, detail, txn.invoice_id)
-        gateway = item.gateway
-        if outcome is not Outcome.DEFERRED:
-            await self._outages.reachable(item.run_id, gateway)
-            return
-        if await self._outages.unreachable(item.run_id, gateway) < self._config.halt_threshold:
-            return
+                    # The item stays claimed; its lease runs out and a worker takes it up again.
+                    log.error("charge failed", exc_info=task.exception(), extra={"item": charge.item.item_id})
+            try:
+                await self._conclude(sorted(answered, key=lambda a: a[0].item.item_id))
+            except Exception:
+                log.exception("recording charge results failed", extra={"items": len(answered)})
+
+    async def _conclude(self, answered: list[tuple[_Charge, ChargeResult | None]]) -> None:
+        """Record the answers in one transaction; an item whose lease was taken over keeps its new owner."""
+        now = self._clock.now()
+        outcomes: list[tuple[WorkItem, Outcome]] = []
         async with self._store.transaction() as tx:
-            if await tx.halt_gateway(item.run_id, gateway):
-                run = await tx.get_run(item.run_id)
+            held = await tx.held_items([c.item for c, _ in answered])
+            recorded = [(c, r) for c, r in answered if r is not None]
+            invoice_ids = [c.txn.invoice_id for c, _ in recorded]
+            invoices = await tx.load_invoices(invoice_ids) if recorded else {}
+            attempts = await tx.transactions_of(invoice_ids) if recorded else {}
+            subs = (
+                await tx.load_subscriptions(sorted({i.subscription_id for i in invoices.values()}), lock=True)
+                if recorded
+                else {}
+            )
+            quiet = {sid for sid, sub in subs.items() if quiet_after_payment(sub)}
+            writes = _Writes()
+            for charge, result in answered:
+                item, txn = charge.item, charge.txn
+                holds = item.item_id in held
+                if result is None:
+                    if holds:
+                        await tx.defer_item(
+                            item,
+                            self._config.defer_delay,
+                            "the payment service did not answer; same key next time",
+                        )
+                    continue
+                outcome = outcome_of(result)
+                invoice = invoices[txn.invoice_id]
+                current = next(t for t in attempts[txn.invoice_id] if t.transaction_id == txn.transaction_id)
+                if current.answered:
+                    pass  # another worker recorded this attempt
+                elif (
+                    outcome is Outcome.PAID
+                    and invoice.status is InvoiceStatus.OPEN
+                    and invoice.subscription_id in quiet
+                ):
+                    writes.payment(invoice, answered_attempt(current, result), now)
+                else:
+                    outcome = await self._charging.record(tx, txn, result) or outcome
+                if holds:
+                    if outcome is Outcome.DEFERRED:
+                        await tx.defer_item(item, self._config.defer_delay, "gateway unreachable")
+                    else:
+                        status = ItemStatus.FAILED if outcome is Outcome.FAILED else ItemStatus.CHARGED
+                        detail = result.decline_code if outcome is Outcome.FAILED else outcome.value
+                        writes.finished.append(ItemResult(item, status, detail, txn.invoice_id))
+                outcomes.append((item, outcome))
+            await writes.write(tx, now)
+        await self._count_outages(outcomes)
+
+    async def _count_outages(self, outcomes: list[tuple[WorkItem, Outcome]]) -> None:
+        """Consecutive unreachable results per run and gateway; a run of answers resets the count once."""
+        reset: set[tuple[str, str]] = set()
+        for item, outcome in outcomes:
+            key = (item.run_id, item.gateway)
+            if outcome is not Outcome.DEFERRED:
+                if key not in reset:
+                    await self._outages.reachable(*key)
+                    reset.add(key)
+                continue
+            reset.discard(key)
+            if await self._outages.unreachable(*key) >= self._config.halt_threshold:
+                await self._halt(*key)
+
+    async def _halt(self, run_id: str, gateway: str) -> None:
+        async with self._store.transaction() as tx:
+            if await tx.halt_gateway(run_id, gateway):
+                run = await tx.get_run(run_id)
                 assert run is not None
-                deferred = await tx.deferred_items(item.run_id, gateway)
+                deferred = await tx.deferred_items(run_id, gateway)
                 await tx.emit(
                     Event(EventType.RUN_HALTED, run=run, extra={"gateway": gateway, "deferred": deferred})
                 )
-                log.warning("gateway halted in run", extra={"run": item.run_id, "gateway": gateway})
+                log.warning("gateway halted in run", extra={"run": run_id, "gateway": gateway})
+
+
+@dataclass(frozen=True)
+class _Charge:
+    """An attempt written and ready to send, with the subscription whose payment method it uses."""
+
+    item: WorkItem
+    txn: Transaction
+    sub: Subscription
+
+
+class _Writes:
+    """The common path's writes of a batch, gathered to go out as a few statements before commit."""
+
+    def __init__(self) -> None:
+        self.invoices: list[Invoice] = []
+        self.prorations: dict[str, Sequence[int]] = {}
+        self.postings: list[ledger.Posting] = []
+        self.subscriptions: list[Subscription] = []
+        self.history: list[HistoryEntry] = []
+        self.events: list[Event] = []
+        self.transactions: list[Transaction] = []
+        self.answered: list[Transaction] = []
+        self.paid: list[str] = []
+        self.finished: list[ItemResult] = []
+
+    def renewal(
+        self,
+        sub: Subscription,
+        item: WorkItem,
+        invoice: Invoice,
+        draft: InvoiceDraft,
+        proration_ids: Sequence[int],
+        now: datetime,
+    ) -> Subscription:
+        """The occurrence is invoiced and the subscription renewed (as `Worker._open_invoice` does)."""
+        self.invoices.append(invoice)
+        self.prorations[invoice.invoice_id] = proration_ids
+        if draft.total.amount_minor or draft.credit_applied.amount_minor:
+            self.postings.append(
+                ledger.invoice_posting(sub.account_id, invoice.invoice_id, draft.total, draft.credit_applied)
+            )
+        renewed = renew(sub, item.due_date, now)
+        entry = history_entry(sub, renewed, BILLING, now)
+        if entry is not None:
+            self.subscriptions.append(renewed)
+            self.history.append(entry)
+        self.events.append(Event(EventType.SUBSCRIPTION_RENEWED, subscription=renewed))
+        self.events.append(Event(EventType.INVOICE_CREATED, invoice=invoice))
+        return renewed
+
+    def payment(self, invoice: Invoice, txn: Transaction, now: datetime) -> None:
+        """A successful charge of an open invoice whose subscription a payment leaves as it is
+        (as `Charging.record` and `Charging.mark_paid` do)."""
+        invoice_transition(invoice.status, InvoiceStatus.PAID)
+        self.answered.append(txn)
+        self.paid.append(invoice.invoice_id)
+        if txn.amount.amount_minor:
+            self.postings.append(
+                ledger.payment_posting(
+                    invoice.account_id, txn.transaction_id, txn.gateway or "unknown", txn.amount
+                )
+            )
+        paid = dataclasses.replace(invoice, status=InvoiceStatus.PAID, paid_at=now)
+        self.events.append(Event(EventType.INVOICE_PAID, invoice=paid, transaction=txn))
+
+    async def write(self, tx: Tx, now: datetime) -> None:
+        if self.invoices:
+            await tx.insert_invoices(self.invoices)
+            await tx.attach_prorations_to(self.prorations)
+        if self.transactions:
+            await tx.insert_transactions(self.transactions)
+        if self.answered:
+            await tx.save_transactions(self.answered)
+            await tx.set_invoice_statuses(self.paid, InvoiceStatus.PAID, paid_at=now)
+        await tx.post_all(self.postings, now)
+        if self.subscriptions:
+            await tx.save_subscriptions(self.subscriptions)
+            await tx.add_histories(self.history)
+        if self.finished:
+            await tx.finish_items(self.finished)
+        await tx.emit_all(self.events)
+
+
+def _rounds_by_account(items: list[WorkItem], subs: dict[str, Subscription]) -> list[list[WorkItem]]:
+    """The items in rounds with at most one item per account each, in claim order."""
+    rounds: list[list[WorkItem]] = []
+    seen: dict[str, int] = {}
+    for item in items:
+        sub = subs.get(item.subscription_id)
+        account = sub.account_id if sub is not None else item.subscription_id
+        index = seen.get(account, 0)
+        seen[account] = index + 1
+        if index == len(rounds):
+            rounds.append([])
+        rounds[index].append(item)
+    return rounds
+
+
+def _plain_renewal(sub: Subscription, item: WorkItem) -> bool:
+    """The occurrence is billed as usual: due on this date, billable, not ending at period end."""
+    return sub.next_billing_date == item.due_date and sub.status in BILLABLE and not sub.cancel_at_period_end
+
+
+def _usage_billed(sub: Subscription, item: WorkItem) -> bool:
+    """A plan subscription's occurrence that will be invoiced, with a period behind it to bill usage of."""
+    return (
+        bool(sub.plan_code)
+        and sub.status in BILLABLE
+        and sub.next_billing_date == item.due_date
+        and sub.current_period_start < item.due_date
+    )
+
+
+def _credit_key(sub: Subscription) -> tuple[str, str]:
+    return sub.account_id, sub.amount.currency

@@ -46,6 +46,8 @@ def _zone(text: str) -> ZoneInfo:
 
 def build(settings: RecurringSettings) -> Setup:
     zone = _zone(settings.billing_time_zone)
+    if not 0 <= settings.gateway_rate_headroom_percent < 100:
+        raise SettingsError("RECURRING_GATEWAY_RATE_HEADROOM_PERCENT must be from 0 to 99")
     schedule = Schedule(
         zone=zone,
         times={
@@ -66,7 +68,12 @@ def build(settings: RecurringSettings) -> Setup:
         outages = RedisOutageCounter(r.redis, settings.namespace)
         charging = Charging(
             GatewayClient(gateway_channel, settings.charge_timeout),
-            RedisPacer(r.redis, settings.namespace, settings.gateway_rate_limit),
+            RedisPacer(
+                r.redis,
+                settings.namespace,
+                settings.gateway_rate_limit,
+                settings.gateway_rate_headroom_percent,
+            ),
             clock,
             settings.max_in_flight,
         )
@@ -89,6 +96,7 @@ def build(settings: RecurringSettings) -> Setup:
             clock,
             WorkerConfig(
                 batch_size=settings.worker_batch_size,
+                concurrent_batches=settings.worker_concurrent_batches,
                 lease=settings.worker_lease,
                 idle_poll=settings.worker_idle_poll,
                 jitter=settings.worker_jitter,
