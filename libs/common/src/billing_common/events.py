@@ -19,7 +19,7 @@ import importlib
 import logging
 import pkgutil
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import cache
@@ -106,24 +106,29 @@ class Outbox:
 
     async def add(self, conn: asyncpg.Connection, event: Message) -> str:
         """Stamp the header (id, time, producer, correlation id) and store the event."""
-        event_type = event_type_of(event)
-        stamped: Any = event  # every event message has a `header` (a contract rule)
-        header = stamped.header
-        header.event_id = str(uuid.uuid4())
-        header.occurred_at.FromDatetime(self._clock.now())
-        header.producer = self._producer
-        header.correlation_id = context.current_correlation_id()
+        (event_id,) = await self.add_many(conn, [event])
+        return event_id
+
+    async def add_many(self, conn: asyncpg.Connection, events: Sequence[Message]) -> list[str]:
+        """Store several events in one round trip (a batch's state changes announce together)."""
         carrier: dict[str, str] = {}
         propagate.inject(carrier)
-        await conn.execute(
-            "INSERT INTO outbox (event_id, event_type, payload, headers) VALUES ($1, $2, $3, $4)",
-            uuid.UUID(header.event_id),
-            event_type,
-            event.SerializeToString(),
-            carrier,
-        )
-        self.written.set()
-        return str(header.event_id)
+        rows = []
+        for event in events:
+            event_type = event_type_of(event)
+            stamped: Any = event  # every event message has a `header` (a contract rule)
+            header = stamped.header
+            header.event_id = str(uuid.uuid4())
+            header.occurred_at.FromDatetime(self._clock.now())
+            header.producer = self._producer
+            header.correlation_id = context.current_correlation_id()
+            rows.append((uuid.UUID(header.event_id), event_type, event.SerializeToString(), carrier))
+        if rows:
+            await conn.executemany(
+                "INSERT INTO outbox (event_id, event_type, payload, headers) VALUES ($1, $2, $3, $4)", rows
+            )
+            self.written.set()
+        return [str(row[0]) for row in rows]
 
 
 async def declare_exchange(channel: AbstractChannel, name: str) -> AbstractExchange:

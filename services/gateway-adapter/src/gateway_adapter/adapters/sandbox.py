@@ -85,14 +85,17 @@ class SandboxGateway:
             await asyncio.sleep(self._behaviour.latency.total_seconds())
 
     async def charge(self, call: GatewayCharge) -> GatewayReply:
-        await self._arrive()
         if call.token == "tok_gateway_unreachable":
+            await self._arrive()
             raise GatewayUnreachable("597 gateway unreachable")
-        if not self._bucket.take():
+        # Stamped and counted on arrival, as a gateway's rate limit counts requests as they come in.
+        now = self._clock.now()
+        accepted = self._bucket.take()
+        await self._arrive()
+        if not accepted:
             return GatewayReply("429", "Too many requests")
         code, message, pending = await self._decide(call.token)
         charge_id = f"sbx_{uuid.uuid4().hex}"
-        now = self._clock.now()
         clears_at = now + self._behaviour.ach_clears_after if pending else None
         async with transaction(self._pool) as conn:
             await conn.execute(

@@ -6,7 +6,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import date, datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 import asyncpg
 
@@ -205,14 +205,7 @@ class PostgresTx:
         await self._outbox.add(self._conn, self._messages.message(event))
 
     async def emit_all(self, events: Sequence[Event]) -> None:
-        """The outbox stamps and stores each event as usual; its inserts go out as one batch."""
-        if not events:
-            return
-        recorder = _RecordedStatements()
-        for event in events:
-            await self._outbox.add(cast(asyncpg.Connection, recorder), self._messages.message(event))
-        for statement, rows in recorder.batches():
-            await self._conn.executemany(statement, rows)
+        await self._outbox.add_many(self._conn, [self._messages.message(event) for event in events])
 
     # ------------------------------------------------------------ subscriptions
 
@@ -869,20 +862,6 @@ class PostgresTx:
                GROUP BY ledger_transaction_id HAVING sum(amount_minor) <> 0 OR count(DISTINCT currency) > 1"""
         )
         return [r["ledger_transaction_id"] for r in rows]
-
-
-class _RecordedStatements:
-    """Stands in for a connection to collect single-row inserts, to send them with executemany."""
-
-    def __init__(self) -> None:
-        self._rows: dict[str, list[tuple[Any, ...]]] = {}
-
-    async def execute(self, statement: str, *args: Any) -> str:
-        self._rows.setdefault(statement, []).append(args)
-        return ""
-
-    def batches(self) -> list[tuple[str, list[tuple[Any, ...]]]]:
-        return list(self._rows.items())
 
 
 class PostgresStore:
