@@ -10,11 +10,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from billing.recurring.v1 import recurring_pb2_grpc
 from billing_common.clock import Clock, ControllableClock
 from billing_common.grpc_client import open_channel
+from billing_common.pacing import RedisPacer
 from billing_common.service import Registration, Resources, ServiceParts, Setup, run_service
 from billing_common.settings import SettingsError
 from recurring.adapters.clients import GatewayClient, QuotaClient
+from recurring.adapters.coordination import RedisOutageCounter, RedisRunLocks
 from recurring.adapters.events import EventMessages
-from recurring.adapters.pacing import RedisOutageCounter, RedisPacer, RedisRunLocks
 from recurring.adapters.store import PostgresStore
 from recurring.app.charging import Charging
 from recurring.app.invoices import ExhaustionPolicy, Invoices
@@ -68,11 +69,13 @@ def build(settings: RecurringSettings) -> Setup:
         outages = RedisOutageCounter(r.redis, settings.namespace)
         charging = Charging(
             GatewayClient(gateway_channel, settings.charge_timeout),
+            # One limit for every gateway: how fast a billing run sends, leaving room for other callers.
             RedisPacer(
                 r.redis,
                 settings.namespace,
-                settings.gateway_rate_limit,
+                {},
                 settings.gateway_rate_headroom_percent,
+                default=settings.gateway_rate_limit,
             ),
             clock,
             settings.max_in_flight,

@@ -1,0 +1,71 @@
+"""Calls per second per name (a gateway), shared by every pod through slots booked in Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+from redis.asyncio import Redis
+
+# Each turn books the next free slot, `interval` after the previous one, on Redis's clock, and
+# learns how many microseconds to wait for it: slots never come closer than the interval.
+_BOOK = """
+local now_t = redis.call('TIME')
+local now = tonumber(now_t[1]) * 1000000 + tonumber(now_t[2])
+local interval = tonumber(ARGV[1])
+local slot = tonumber(redis.call('GET', KEYS[1]) or '0')
+if slot < now then slot = now end
+redis.call('SET', KEYS[1], slot + interval, 'PX', math.ceil((slot + interval - now) / 1000) + 1000)
+return slot - now
+"""
+
+# How late a woken turn may still take its slot (timer granularity on a busy loop). The headroom
+# must cover it: 5% leaves about 50 ms of spread before a rolling second holds more than the limit.
+LATE_S = 0.02
+
+
+def _interval_us(per_second: int, headroom_percent: int) -> int:
+    paced = per_second * (100 - headroom_percent)
+    return 100_000_000 // paced if paced > 0 else 0
+
+
+class RedisPacer:
+    """At most `limits[name]` turns per second for each name, across all pods; a name not listed
+    gets `default` (0: no limit).
+
+    Slots are spaced for `headroom_percent` less than the limit: calls reach the gateway with some
+    jitter (a late wake-up, network, its own queue), and the gateway counts them on its clock, where
+    no second may hold more than the limit.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        namespace: str,
+        limits: Mapping[str, int],
+        headroom_percent: int = 0,
+        *,
+        default: int = 0,
+    ) -> None:
+        self._namespace = namespace
+        self._intervals_us = {name: _interval_us(limit, headroom_percent) for name, limit in limits.items()}
+        self._default_us = _interval_us(default, headroom_percent)
+        self._book = redis.register_script(_BOOK)
+
+    async def wait_turn(self, name: str) -> None:
+        """Wait for a booked slot. Woken too late (a busy event loop), the slot is given up and a new
+        one booked: late calls sent together would reach the gateway as a burst."""
+        interval_us = self._intervals_us.get(name, self._default_us)
+        if not interval_us:
+            return
+        key = f"{self._namespace}:rate:{name}"
+        loop = asyncio.get_running_loop()
+        while True:
+            asked = loop.time()
+            wait_s = int(await self._book(keys=[key], args=[interval_us])) / 1_000_000
+            # Redis read its clock between asking and answering: sleeping from the answer is never
+            # early, and lateness counted from the asking includes a slow answer.
+            if wait_s > 0:
+                await asyncio.sleep(wait_s)
+            if loop.time() - (asked + wait_s) <= LATE_S:
+                return
