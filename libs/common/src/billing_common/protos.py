@@ -20,10 +20,22 @@ def optional_datetime(message: Message, field: str) -> datetime | None:
     return to_datetime(getattr(message, field)) if message.HasField(field) else None
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def stamp(ts: Timestamp, instant: datetime | None) -> None:
-    """Set a timestamp field; leaving it unset says "none" (proto3 has no null)."""
-    if instant is not None:
-        ts.FromDatetime(instant)
+    """Set a timestamp field; leaving it unset says "none" (proto3 has no null).
+
+    What `Timestamp.FromDatetime` computes (naive instants are UTC), in a tenth of its time: hot
+    paths stamp every answer.
+    """
+    if instant is None:
+        return
+    if instant.tzinfo is None:
+        instant = instant.replace(tzinfo=UTC)
+    since = instant - _EPOCH
+    ts.seconds = since.days * 86_400 + since.seconds
+    ts.nanos = since.microseconds * 1_000
 
 
 def money_pb(money: Money) -> common_pb2.Money:

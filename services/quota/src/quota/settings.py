@@ -14,3 +14,6 @@ class QuotaSettings(CommonSettings):
     entitlement_cache_ttl: timedelta = timedelta(seconds=5)
     # How long after a period ends late usage events (by occurred_at) are still accepted into it.
     late_usage_grace: timedelta = timedelta(hours=1)
+    # Counter values kept in the process while Redis tracks them for changes (0: every check asks
+    # Redis). About 150 bytes each.
+    counter_cache_entries: int = 100_000

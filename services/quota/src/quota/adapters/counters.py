@@ -1,10 +1,11 @@
-"""The hot counters in Redis: one atomic Lua script does the idempotency check and check-and-add.
+"""The hot counters in Redis: an atomic Lua script does the idempotency check and check-and-add.
 
 Keys (hash-tagged by tenant so one tenant's keys share a cluster slot):
   <ns>:{<tenant>}:u:<key>:<period start epoch>   the usage counter of one window
   <ns>:{<tenant>}:id:<idempotency key>           "<key>|<delta>" of an event counted recently
 Counters expire a while after their window ends and are rebuilt from PostgreSQL when missing;
 idempotency entries expire after a day (PostgreSQL's unique key is the authority after that).
+Reads are served from `TrackedReads` while Redis tracks them; every write here forgets its keys.
 """
 
 from __future__ import annotations
@@ -15,30 +16,47 @@ from datetime import datetime, timedelta
 
 from redis.asyncio import Redis
 
+from quota.adapters.tracking import TrackedReads
 from quota.app.ports import CounterOp, CounterRef, CounterResult, CounterStatus
 
 ID_TTL_SECONDS = 86_400
 COUNTER_KEEP_AFTER_END = timedelta(days=2)
 
-# KEYS[1] counter, KEYS[2] idempotency entry; ARGV delta, limit (-1: none), fingerprint, id ttl.
-# Returns {status, used}: 1 counted, 2 duplicate, 3 mismatch, 4 denied, 5 negative, 0 missing.
+# Events of one tenant in order. Event i: KEYS[2i-1] counter, KEYS[2i] idempotency entry;
+# ARGV[1] id ttl, then per event delta, limit (-1: none), fingerprint.
+# Returns {status, used} per event: 1 counted, 2 duplicate, 3 mismatch, 4 denied, 5 negative,
+# 0 missing (the counter must be rebuilt first).
 _RECORD = """
-local used = redis.call('GET', KEYS[1])
-if not used then return {0, 0} end
-used = tonumber(used)
-local seen = redis.call('GET', KEYS[2])
-if seen then
-  if seen == ARGV[3] then return {2, used} end
-  return {3, used}
+local ttl = ARGV[1]
+local out = {}
+for i = 1, #KEYS / 2 do
+  local counter, id = KEYS[2 * i - 1], KEYS[2 * i]
+  local a = 3 * i - 1
+  local delta, limit, fingerprint = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), ARGV[a + 2]
+  local status, used = 0, 0
+  local current = redis.call('GET', counter)
+  if current then
+    used = tonumber(current)
+    local seen = redis.call('GET', id)
+    if seen then
+      if seen == fingerprint then status = 2 else status = 3 end
+    elseif used + delta < 0 then
+      status = 5
+    elseif limit >= 0 and delta > 0 and used + delta > limit then
+      status = 4
+    else
+      used = redis.call('INCRBY', counter, delta)
+      redis.call('SET', id, fingerprint, 'EX', ttl)
+      status = 1
+    end
+  end
+  out[2 * i - 1] = status
+  out[2 * i] = used
 end
-local delta = tonumber(ARGV[1])
-local limit = tonumber(ARGV[2])
-if used + delta < 0 then return {5, used} end
-if limit >= 0 and delta > 0 and used + delta > limit then return {4, used} end
-local after = redis.call('INCRBY', KEYS[1], delta)
-redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4])
-return {1, after}
+return out
 """
+# Events per script call: long enough to amortise the call, short enough not to stall Redis.
+EVENTS_PER_CALL = 500
 
 # Set a counter back (the ledger refused the event) and forget the idempotency entry.
 _UNDO = """
@@ -58,12 +76,13 @@ _STATUS = {
 
 
 class RedisCounters:
-    def __init__(self, redis: Redis, namespace: str) -> None:
+    def __init__(self, redis: Redis, namespace: str, tracked: TrackedReads) -> None:
         self._redis = redis
         self._namespace = namespace
+        self._tracked = tracked
         self._record = redis.register_script(_RECORD)
         self._undo = redis.register_script(_UNDO)
-        self._reads: list[tuple[list[str], asyncio.Future[list[bytes | str | None]]]] = []
+        self._reads: list[tuple[list[str], asyncio.Future[list[bytes | None]]]] = []
         self._reader: asyncio.Task[None] | None = None
 
     def counter_key(self, counter: CounterRef) -> str:
@@ -74,19 +93,28 @@ class RedisCounters:
         return f"{self._namespace}:{{{tenant_id}}}:id:{idempotency_key}"
 
     async def read(self, counters: Sequence[CounterRef]) -> list[int | None]:
-        """Concurrent reads share one MGET round trip (checks are the hottest path)."""
-        future: asyncio.Future[list[bytes | str | None]] = asyncio.get_running_loop().create_future()
-        self._reads.append(([self.counter_key(c) for c in counters], future))
+        """Tracked values first (no round trip); the rest in one MGET shared by concurrent reads."""
+        keys = [self.counter_key(c) for c in counters]
+        values = [self._tracked.cached(key) for key in keys]
+        missing = [key for key, value in zip(keys, values, strict=True) if value is None]
+        if not missing:
+            return values
+        future: asyncio.Future[list[bytes | None]] = asyncio.get_running_loop().create_future()
+        self._reads.append((missing, future))
         if self._reader is None or self._reader.done():
             self._reader = asyncio.create_task(self._read_pending())
-        return [None if v is None else int(v) for v in await future]
+        fetched = dict(zip(missing, await future, strict=True))
+        return [
+            value if value is not None else _int_or_none(fetched[key])
+            for key, value in zip(keys, values, strict=True)
+        ]
 
     async def _read_pending(self) -> None:
         while self._reads:
             batch, self._reads = self._reads, []
             keys = [key for item, _ in batch for key in item]
             try:
-                values = await self._redis.mget(keys)
+                values = await self._tracked.fetch(keys)
             except Exception as exc:  # every waiting check sees the failure
                 for _, future in batch:
                     if not future.done():
@@ -103,28 +131,33 @@ class RedisCounters:
         expire_at: datetime | None = None
         if counter.period_end is not None:
             expire_at = counter.period_end + COUNTER_KEEP_AFTER_END
-        await self._redis.set(self.counter_key(counter), value, nx=True, exat=expire_at)
+        key = self.counter_key(counter)
+        await self._redis.set(key, value, nx=True, exat=expire_at)
+        self._tracked.forget([key])
 
     async def apply(self, ops: Sequence[CounterOp]) -> list[CounterResult]:
         if not ops:
             return []
+        calls = _calls_by_tenant(ops)
         async with self._redis.pipeline(transaction=False) as pipe:
-            for op in ops:
-                await self._record(
-                    keys=[
+            for call in calls:
+                keys: list[str] = []
+                args: list[str | int] = [ID_TTL_SECONDS]
+                for index in call:
+                    op = ops[index]
+                    keys += (
                         self.counter_key(op.counter),
                         self.id_key(op.counter.tenant_id, op.idempotency_key),
-                    ],
-                    args=[
-                        op.delta,
-                        -1 if op.deny_over is None else op.deny_over,
-                        op.fingerprint,
-                        ID_TTL_SECONDS,
-                    ],
-                    client=pipe,
-                )
+                    )
+                    args += (op.delta, -1 if op.deny_over is None else op.deny_over, op.fingerprint)
+                await self._record(keys=keys, args=args, client=pipe)
             replies = await pipe.execute()
-        return [CounterResult(_STATUS[int(r[0])], int(r[1])) for r in replies]
+        self._tracked.forget(self.counter_key(op.counter) for op in ops)
+        results: list[CounterResult | None] = [None] * len(ops)
+        for call, reply in zip(calls, replies, strict=True):
+            for n, index in enumerate(call):
+                results[index] = CounterResult(_STATUS[int(reply[2 * n])], int(reply[2 * n + 1]))
+        return [r for r in results if r is not None]
 
     async def undo(self, ops: Sequence[CounterOp]) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -138,3 +171,20 @@ class RedisCounters:
                     client=pipe,
                 )
             await pipe.execute()
+        self._tracked.forget(self.counter_key(op.counter) for op in ops)
+
+
+def _calls_by_tenant(ops: Sequence[CounterOp]) -> list[list[int]]:
+    """Indexes of `ops` per script call: one tenant's events (one cluster slot), in their order."""
+    by_tenant: dict[str, list[int]] = {}
+    for index, op in enumerate(ops):
+        by_tenant.setdefault(op.counter.tenant_id, []).append(index)
+    return [
+        indexes[start : start + EVENTS_PER_CALL]
+        for indexes in by_tenant.values()
+        for start in range(0, len(indexes), EVENTS_PER_CALL)
+    ]
+
+
+def _int_or_none(value: bytes | None) -> int | None:
+    return None if value is None else int(value)

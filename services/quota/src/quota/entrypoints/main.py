@@ -6,10 +6,12 @@ from pathlib import Path
 
 from billing.quota.v1 import quota_pb2_grpc
 from billing_common.service import Registration, Resources, ServiceParts, Setup, run_service
+from billing_common.settings import SettingsError
 from quota.adapters.catalog_store import PostgresCatalog
 from quota.adapters.counters import RedisCounters
 from quota.adapters.invalidation import RedisInvalidations
 from quota.adapters.tenant_store import PostgresTenants
+from quota.adapters.tracking import TrackedReads
 from quota.adapters.usage_ledger import PostgresUsageLedger
 from quota.app.catalog import Catalog
 from quota.app.entitlements import EntitlementCache, Entitlements
@@ -23,15 +25,19 @@ SERVICE_NAME = "billing.quota.v1.QuotaService"
 
 
 def build(settings: QuotaSettings) -> Setup:
+    if settings.counter_cache_entries < 0:
+        raise SettingsError("QUOTA_COUNTER_CACHE_ENTRIES must not be negative")
+
     async def setup(r: Resources) -> ServiceParts:
         catalog_store = PostgresCatalog(r.pool, r.outbox)
         invalidations = RedisInvalidations(r.redis, settings.namespace)
         cache = EntitlementCache(r.clock, settings.entitlement_cache_ttl)
+        tracked = TrackedReads(r.redis, settings.namespace, settings.counter_cache_entries)
         entitlements = Entitlements(PostgresTenants(r.pool), catalog_store, r.clock, cache, invalidations)
         usage = Usage(
             entitlements,
             catalog_store,
-            RedisCounters(r.redis, settings.namespace),
+            RedisCounters(r.redis, settings.namespace, tracked),
             PostgresUsageLedger(r.pool, r.outbox),
             r.clock,
             settings.late_usage_grace,
@@ -46,7 +52,7 @@ def build(settings: QuotaSettings) -> Setup:
         return ServiceParts(
             [Registration(quota_pb2_grpc.add_QuotaServiceServicer_to_server, servicer, SERVICE_NAME, ACCESS)],
             event_handlers=subscription_handlers(entitlements),
-            background=[listen_for_invalidations],
+            background=[listen_for_invalidations, tracked.track],
         )
 
     return setup

@@ -20,7 +20,6 @@ from quota.domain.catalog import (
     PlanDraft,
 )
 from quota.domain.periods import window_for
-from quota.domain.quota import Decision
 from quota.domain.resolution import Grant, Resolution, SubscriptionView
 
 PERIODS = {
@@ -169,25 +168,26 @@ def entitlements_pb(resolution: Resolution, now: datetime) -> pb.GetEntitlements
     return message
 
 
-def decision_pb(key: str, decision: Decision, check: CheckResult | None = None) -> pb.CheckQuotaResponse:
-    message = pb.CheckQuotaResponse(
-        allowed=decision.allowed,
-        used=decision.used,
-        limit=decision.limit or 0,
-        unlimited=decision.limit is None,
-        remaining=decision.remaining or 0,
-        behaviour=BEHAVIOURS_PB[decision.behaviour],
-        reason=decision.reason,
-        warning=decision.warning,
-        key=key,
-    )
-    if check is not None and check.window is not None and check.window.end is not None:
-        message.period_end.FromDatetime(check.window.end)
+def check_pb(check: CheckResult) -> pb.CheckQuotaResponse:
+    message = pb.CheckQuotaResponse()
+    fill_check(message, check)
     return message
 
 
-def check_pb(check: CheckResult) -> pb.CheckQuotaResponse:
-    return decision_pb(check.key, check.decision, check)
+def fill_check(message: pb.CheckQuotaResponse, check: CheckResult) -> None:
+    """Set in place, so that a batch answer does not build and copy a message per event."""
+    decision = check.decision
+    message.allowed = decision.allowed
+    message.used = decision.used
+    message.limit = decision.limit or 0
+    message.unlimited = decision.limit is None
+    message.remaining = decision.remaining or 0
+    message.behaviour = BEHAVIOURS_PB[decision.behaviour]
+    message.reason = decision.reason
+    message.warning = decision.warning
+    message.key = check.key
+    if check.window is not None:
+        stamp(message.period_end, check.window.end)
 
 
 def subscription_view(snapshot: sub_events.SubscriptionSnapshot) -> SubscriptionView:

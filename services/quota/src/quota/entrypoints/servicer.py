@@ -234,7 +234,7 @@ def _usage_result(result: RecordResult) -> pb.UsageResult:
         error=f"{result.error_field}: {result.error}" if result.error else "",
     )
     if result.check is not None:
-        message.quota.CopyFrom(m.check_pb(result.check))
+        m.fill_check(message.quota, result.check)
     return message
 
 
