@@ -13,6 +13,10 @@ class GatewaySettings(CommonSettings):
     # Extra routes `<merchant>:<METHOD>=<gateway>[@<credentials ref>]`; defaults: CARD→sandbox-card,
     # ACH→sandbox-ach, STRIPE→stripe for every merchant.
     routes: tuple[str, ...] = ()
+    # Each gateway's own limit, `<gateway>=<calls per second>` for all pods together (unlisted or 0:
+    # none); calls are paced this much under it, for the jitter between the pacer and the gateway.
+    rate_limits: tuple[str, ...] = ()
+    rate_headroom_percent: int = 5
     breaker_fail_max: int = 5
     breaker_reset_timeout: timedelta = timedelta(seconds=30)
     idempotency_retention: timedelta = timedelta(days=30)

@@ -15,7 +15,7 @@ from billing.gateway.v1 import gateway_pb2 as pb
 from billing.gateway.v1 import gateway_pb2_grpc
 from billing_common.grpc_client import open_channel
 from billing_common.testing.plugin import InfraEnv, running_service
-from billing_common.testing.processes import free_port
+from billing_common.testing.processes import free_port, service_process
 from gateway_adapter.entrypoints.main import MIGRATIONS, build
 from gateway_adapter.settings import GatewaySettings
 
@@ -75,18 +75,45 @@ class Gateway:
             return response.status, await response.json()
 
 
-@contextlib.asynccontextmanager
-async def gateway_service(env: InfraEnv, **overrides: Any) -> AsyncIterator[Gateway]:
+def _settings(env: InfraEnv, overrides: dict[str, Any]) -> GatewaySettings:
     overrides.setdefault("webhook_port", free_port())
     overrides.setdefault("sandbox_webhook_secrets", (SANDBOX_SECRET,))
     overrides.setdefault("janitor_interval", timedelta(milliseconds=100))
     overrides.setdefault("sandbox_clearing_interval", timedelta(milliseconds=100))
     overrides.setdefault("breaker_reset_timeout", timedelta(milliseconds=500))
-    settings = env.settings(GatewaySettings, "gateway-adapter", **overrides)
-    async with running_service(settings, build(settings), MIGRATIONS) as host:
-        pool = await env.pool(settings.schema)
-        try:
-            async with open_channel(f"127.0.0.1:{host.port}", env.token("recurring")) as channel:
-                yield Gateway(settings, gateway_pb2_grpc.GatewayServiceStub(channel), pool)
-        finally:
-            await pool.close()
+    return env.settings(GatewaySettings, "gateway-adapter", **overrides)
+
+
+@contextlib.asynccontextmanager
+async def _connected(env: InfraEnv, settings: GatewaySettings, address: str) -> AsyncIterator[Gateway]:
+    pool = await env.pool(settings.schema)
+    try:
+        async with open_channel(address, env.token("recurring")) as channel:
+            yield Gateway(settings, gateway_pb2_grpc.GatewayServiceStub(channel), pool)
+    finally:
+        await pool.close()
+
+
+@contextlib.asynccontextmanager
+async def gateway_service(env: InfraEnv, **overrides: Any) -> AsyncIterator[Gateway]:
+    settings = _settings(env, overrides)
+    async with (
+        running_service(settings, build(settings), MIGRATIONS) as host,
+        _connected(env, settings, f"127.0.0.1:{host.port}") as gateway,
+    ):
+        yield gateway
+
+
+@contextlib.asynccontextmanager
+async def gateway_process(env: InfraEnv, **overrides: Any) -> AsyncIterator[Gateway]:
+    """gateway-adapter as a process of its own: one of several pods sharing the schema and Redis."""
+    settings = _settings(env, overrides)
+    # settings_env writes a tuple's items with str(), which a tuple of durations does not read back.
+    schedule = ",".join(f"{step.total_seconds()}s" for step in settings.unknown_check_schedule)
+    async with (
+        service_process(
+            "gateway_adapter", "GATEWAY", settings, {"GATEWAY_UNKNOWN_CHECK_SCHEDULE": schedule}
+        ) as running,
+        _connected(env, settings, running.address) as gateway,
+    ):
+        yield gateway

@@ -22,6 +22,7 @@ from gateway_adapter.app.ports import (
     GatewayTimeout,
     GatewayUnreachable,
     Outcome,
+    Pacer,
     PaymentEvent,
     PaymentStore,
     StoredRefund,
@@ -74,6 +75,7 @@ class Payments:
         gateways: Mapping[str, Gateway],
         router: Router,
         breakers: CircuitBreakers,
+        pacer: Pacer,
         clock: Clock,
         policy: Policy,
     ) -> None:
@@ -81,6 +83,7 @@ class Payments:
         self._gateways = gateways
         self._router = router
         self._breakers = breakers
+        self._pacer = pacer
         self._clock = clock
         self._policy = policy
 
@@ -124,6 +127,9 @@ class Payments:
             request.metadata,
         )
         reply: GatewayReply | None = None
+        # The gateway's own rate limit, outside the breaker: waiting is not gateway time, and a
+        # half-open circuit's one probe is not held while it waits.
+        await self._pacer.wait_turn(gateway.name)
         try:
             async with self._breakers.guard(request.merchant_id, gateway.name):
                 reply, classification = await self._timed_charge(gateway, call)
@@ -201,6 +207,9 @@ class Payments:
                 request.idempotency_key,
                 credentials,
             )
+            # Paced under the payment's row lock, as the call itself runs: refunds are few, and
+            # pacing before the lock would let waiting for it make the call late for its slot.
+            await self._pacer.wait_turn(gateway.name)
             started = time.perf_counter()
             try:
                 return amount, await gateway.refund(call)
@@ -227,6 +236,7 @@ class Payments:
         gateway = self._gateways[payment.gateway]
         request = payment.request
         credentials = self._router.route(request.merchant_id, request.method_type).credentials_ref
+        await self._pacer.wait_turn(gateway.name)
         try:
             reply = await gateway.find(request.merchant_id, request.idempotency_key, credentials)
         except (GatewayUnreachable, GatewayTimeout):

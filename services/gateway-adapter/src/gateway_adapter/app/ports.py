@@ -66,6 +66,12 @@ class Gateway(Protocol):
         ...
 
 
+class Pacer(Protocol):
+    """Each gateway's rate limit, shared by every pod: waits until the next call may go."""
+
+    async def wait_turn(self, gateway: str) -> None: ...
+
+
 class PaymentEvent(StrEnum):
     SUCCEEDED = "payment.succeeded"
     FAILED = "payment.failed"

@@ -8,6 +8,7 @@ from pathlib import Path
 from aiohttp import web
 
 from billing.gateway.v1 import gateway_pb2_grpc
+from billing_common.pacing import RedisPacer
 from billing_common.service import Registration, Resources, ServiceParts, Setup, run_service
 from billing_common.settings import SettingsError
 from gateway_adapter.adapters.payment_store import PostgresPayments
@@ -17,6 +18,7 @@ from gateway_adapter.app.breakers import CircuitBreakers
 from gateway_adapter.app.notices import Notices
 from gateway_adapter.app.payments import Payments, Policy
 from gateway_adapter.app.ports import Gateway
+from gateway_adapter.domain.limits import LimitError, parse_rate_limits
 from gateway_adapter.domain.routing import RouteError, Router
 from gateway_adapter.entrypoints.servicer import ACCESS, GatewayServicer
 from gateway_adapter.entrypoints.webhooks import webhook_app
@@ -24,6 +26,9 @@ from gateway_adapter.settings import GatewaySettings
 
 MIGRATIONS = Path(__file__).resolve().parents[3] / "migrations"
 SERVICE_NAME = "billing.gateway.v1.GatewayService"
+# Every gateway by name, known before any connection so that settings naming one are checked first.
+SANDBOX_GATEWAYS = ("sandbox-card", "sandbox-ach")
+GATEWAYS = (*SANDBOX_GATEWAYS, StripeGateway.name)
 
 
 def _pairs(entries: tuple[str, ...], variable: str) -> dict[str, str]:
@@ -37,29 +42,37 @@ def _pairs(entries: tuple[str, ...], variable: str) -> dict[str, str]:
 
 
 def build(settings: GatewaySettings) -> Setup:
+    try:
+        router = Router.parse(settings.routes, GATEWAYS)
+    except RouteError as error:
+        raise SettingsError(f"GATEWAY_ROUTES: {error}") from None
+    try:
+        rate_limits = parse_rate_limits(settings.rate_limits, GATEWAYS)
+    except LimitError as error:
+        raise SettingsError(f"GATEWAY_RATE_LIMITS: {error}") from None
+    if not 0 <= settings.rate_headroom_percent < 100:
+        raise SettingsError("GATEWAY_RATE_HEADROOM_PERCENT must be from 0 to 99")
+
     async def setup(r: Resources) -> ServiceParts:
         behaviour = SandboxBehaviour(
             settings.sandbox_latency, settings.sandbox_rate_limit, settings.sandbox_ach_clears_after
         )
         gateways: list[Gateway] = [
-            SandboxGateway("sandbox-card", r.pool, r.clock, behaviour),
-            SandboxGateway("sandbox-ach", r.pool, r.clock, behaviour),
+            *(SandboxGateway(name, r.pool, r.clock, behaviour) for name in SANDBOX_GATEWAYS),
             StripeGateway(
                 settings.stripe_api_base,
                 _pairs(settings.stripe_api_keys, "GATEWAY_STRIPE_API_KEYS"),
                 settings.stripe_timeout.total_seconds(),
             ),
         ]
-        try:
-            router = Router.parse(settings.routes, [gateway.name for gateway in gateways])
-        except RouteError as error:
-            raise SettingsError(f"GATEWAY_ROUTES: {error}") from None
         store = PostgresPayments(r.pool, r.outbox)
         payments = Payments(
             store,
             {gateway.name: gateway for gateway in gateways},
             router,
             CircuitBreakers(settings.breaker_fail_max, settings.breaker_reset_timeout, r.clock),
+            # Shared by every pod through Redis, so the limit holds however many pods there are.
+            RedisPacer(r.redis, settings.namespace, rate_limits, settings.rate_headroom_percent),
             r.clock,
             Policy(
                 in_flight_wait=settings.in_flight_wait,

@@ -1,0 +1,55 @@
+"""Each gateway's own rate limit, kept by every pod together right before the gateway is called."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from billing.common.v1 import common_pb2 as c
+from billing.gateway.v1 import gateway_pb2 as pb
+from billing_common.testing.plugin import InfraEnv
+
+from .conftest import Gateway, gateway_process
+
+pytestmark = pytest.mark.integration
+
+LIMIT = 20
+
+
+async def busiest_second(gateway: Gateway) -> int:
+    """The most charges that arrived at the sandbox card gateway within any one second."""
+    busiest: int = await gateway.pool.fetchval(
+        """
+        SELECT coalesce(max(n), 0) FROM (
+            SELECT count(*) OVER (
+                ORDER BY created_at RANGE BETWEEN CURRENT ROW AND INTERVAL '999999 microseconds' FOLLOWING
+            ) AS n
+            FROM sandbox_charges WHERE gateway = 'sandbox-card'
+        ) windows
+        """
+    )
+    return busiest
+
+
+async def test_two_pods_never_send_a_gateway_more_than_its_limit_in_any_second(env: InfraEnv) -> None:
+    limits = (f"sandbox-card={LIMIT}",)
+    async with (
+        gateway_process(env, rate_limits=limits) as one,
+        gateway_process(env, rate_limits=limits) as two,
+    ):
+
+        async def client(pod: Gateway, name: str) -> list[pb.ChargeResponse]:
+            return await asyncio.gather(*(pod.charge(f"{name}-{n}") for n in range(30)))
+
+        replies = [
+            reply for batch in await asyncio.gather(client(one, "a"), client(two, "b")) for reply in batch
+        ]
+
+        assert len(replies) == 60
+        assert all(r.payment.status == c.PAYMENT_STATUS_SUCCEEDED and not r.replayed for r in replies)
+        per_key = await one.pool.fetch(
+            "SELECT idempotency_key, count(*) AS n FROM sandbox_charges GROUP BY 1"
+        )
+        assert len(per_key) == 60 and {row["n"] for row in per_key} == {1}
+        assert await busiest_second(one) <= LIMIT
