@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing as mp
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -52,17 +53,22 @@ def bare_process() -> Any:
         process.join(timeout=10)
 
 
-async def measure_echo(env: Any, seconds: float = SECONDS) -> dict[int, Figures]:
+@contextlib.asynccontextmanager
+async def echo_caller(env: Any) -> AsyncIterator[Callable[[int], Awaitable[Any]]]:
+    """A running echo server (its own process) and one call of it, for `closed_loop`."""
     settings = env.settings(CommonSettings, "echo")
-    results: dict[int, Figures] = {}
     with server_process("bench.echo_baseline:echo_factory", settings, "bench/no-migrations") as port:
         async with open_channel(f"127.0.0.1:{port}", env.token("bench")) as channel:
             stub = echo.echo_stub(channel)
             await stub(b"warm-up")
-            for concurrency in CONCURRENCY:
-                results[concurrency] = await closed_loop(
-                    "echo (service host)", lambda _: stub(b"ping"), concurrency, seconds
-                )
+            yield lambda _: stub(b"ping")
+
+
+async def measure_echo(env: Any, seconds: float = SECONDS) -> dict[int, Figures]:
+    results: dict[int, Figures] = {}
+    async with echo_caller(env) as call:
+        for concurrency in CONCURRENCY:
+            results[concurrency] = await closed_loop("echo (service host)", call, concurrency, seconds)
     return results
 
 

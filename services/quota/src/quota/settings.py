@@ -15,5 +15,5 @@ class QuotaSettings(CommonSettings):
     # How long after a period ends late usage events (by occurred_at) are still accepted into it.
     late_usage_grace: timedelta = timedelta(hours=1)
     # Counter values kept in the process while Redis tracks them for changes (0: every check asks
-    # Redis). About 150 bytes each.
+    # Redis). About 170 bytes each.
     counter_cache_entries: int = 100_000
