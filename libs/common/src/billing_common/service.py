@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Mapping
@@ -190,6 +191,9 @@ class ServiceHost:
         for index, work in enumerate(parts.background):
             self._spawn(f"background-{index}", work)
         self._spawn("health", self._watch_dependencies)
+        # What start-up built (modules, descriptors, pools) lives as long as the process: out of the
+        # collector's sight, a full collection no longer walks it in the middle of a request.
+        gc.freeze()
         log.info("service started", extra={"port": self.port, "services": self._service_names})
 
     async def _provision_and_migrate(self) -> None:

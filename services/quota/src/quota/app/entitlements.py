@@ -4,10 +4,14 @@ Resolutions are cached in the process (the hot path must not touch PostgreSQL) a
 anything they depend on changes: a subscription event, a plan change, an override, a grant or an
 add-on, here or in another process (broadcast through `Invalidations`). A short TTL is the safety
 net for a missed broadcast, and a resolution also ends by itself when a grant in it expires.
+A busy tenant's resolution is reloaded in the background in the last fifth of its TTL, so checks
+do not queue behind its queries when it expires, and concurrent misses share one load.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -19,30 +23,36 @@ from quota.app.ports import CatalogStore, IdempotencyRef, Invalidations, TenantS
 from quota.domain.catalog import KEY_PATTERN, Behaviour
 from quota.domain.resolution import Grant, Override, Resolution, SubscriptionView, pick_subscription, resolve
 
+log = logging.getLogger(__name__)
+REFRESH_AHEAD = 0.2  # of the TTL
+
 
 class EntitlementCache:
     def __init__(self, clock: Clock, ttl: timedelta) -> None:
         self._clock = clock
         self._ttl = ttl
-        self._entries: dict[str, tuple[Resolution, datetime]] = {}
+        self._entries: dict[str, tuple[Resolution, datetime, datetime]] = {}  # + refresh at, expiry
         self.generation = 0  # bumped on every invalidation, so a resolution built meanwhile is not kept
 
-    def get(self, tenant_id: str) -> Resolution | None:
+    def get(self, tenant_id: str) -> tuple[Resolution | None, bool]:
+        """The cached resolution, and whether it is time to load it again."""
         entry = self._entries.get(tenant_id)
         if entry is None:
-            return None
-        if self._clock.now() >= entry[1]:
+            return None, True
+        now = self._clock.now()
+        if now >= entry[2]:
             del self._entries[tenant_id]
-            return None
-        return entry[0]
+            return None, True
+        return entry[0], now >= entry[1]
 
     def put(self, resolution: Resolution, generation: int) -> None:
         if generation != self.generation:
             return
-        expires = self._clock.now() + self._ttl
+        now = self._clock.now()
+        refresh, expires = now + self._ttl * (1 - REFRESH_AHEAD), now + self._ttl
         if resolution.valid_until is not None:
             expires = min(expires, resolution.valid_until)
-        self._entries[resolution.tenant_id] = (resolution, expires)
+        self._entries[resolution.tenant_id] = (resolution, refresh, expires)
 
     def invalidate(self, tenant_id: str | None) -> None:
         self.generation += 1
@@ -82,15 +92,37 @@ class Entitlements:
         self._clock = clock
         self._cache = cache
         self._invalidations = invalidations
+        self._loading: dict[str, tuple[int, asyncio.Future[Resolution]]] = {}
 
     async def resolution(self, tenant_id: str) -> Resolution:
-        cached = self._cache.get(tenant_id)
-        if cached is not None:
-            return cached
+        cached, due = self._cache.get(tenant_id)
+        if cached is None:
+            return await self._load(tenant_id)
+        if due and tenant_id not in self._loading:
+            self._load(tenant_id).add_done_callback(_log_failure)
+        return cached
+
+    def _load(self, tenant_id: str) -> asyncio.Future[Resolution]:
+        """One load per tenant at a time; a load begun before an invalidation is not joined."""
         generation = self._cache.generation
-        resolution = await self._resolve(tenant_id)
-        self._cache.put(resolution, generation)
-        return resolution
+        loading = self._loading.get(tenant_id)
+        if loading is not None and loading[0] == generation:
+            return loading[1]
+
+        async def load() -> Resolution:
+            resolution = await self._resolve(tenant_id)
+            self._cache.put(resolution, generation)
+            return resolution
+
+        future = asyncio.ensure_future(load())
+        self._loading[tenant_id] = (generation, future)
+
+        def done(_: asyncio.Future[Resolution]) -> None:
+            if self._loading.get(tenant_id, (0, None))[1] is future:
+                del self._loading[tenant_id]
+
+        future.add_done_callback(done)
+        return future
 
     async def _resolve(self, tenant_id: str) -> Resolution:
         subscription = pick_subscription(await self._tenants.subscriptions(tenant_id))
@@ -161,3 +193,8 @@ class Entitlements:
         await self._tenants.attach_add_on(tenant_id, code, attached)
         await self._changed(tenant_id)
         return await self.resolution(tenant_id)
+
+
+def _log_failure(future: asyncio.Future[Resolution]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("entitlements could not be reloaded in the background", exc_info=future.exception())
