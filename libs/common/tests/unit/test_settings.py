@@ -4,12 +4,14 @@ from datetime import timedelta
 import pytest
 
 from billing_common.settings import CommonSettings, SettingsError, load_settings
+from billing_common.testing.processes import settings_env
 
 
 @dataclass(frozen=True)
 class QuotaLikeSettings(CommonSettings):
     hot_keys: tuple[str, ...] = ()
     required_secret: str = ""
+    check_schedule: tuple[timedelta, ...] = (timedelta(minutes=5), timedelta(hours=1))
 
 
 def test_reads_prefixed_variables_with_types() -> None:
@@ -48,3 +50,16 @@ def test_required_field_without_default_is_reported() -> None:
 def test_overrides_win_over_environment() -> None:
     settings = load_settings(QuotaLikeSettings, "QUOTA", {"QUOTA_GRPC_PORT": "6000"}, grpc_port=7000)
     assert settings.grpc_port == 7000
+
+
+def test_settings_written_for_a_child_process_read_back_the_same() -> None:
+    settings = load_settings(
+        QuotaLikeSettings,
+        "QUOTA",
+        {
+            "QUOTA_HOT_KEYS": "api.calls,seats",
+            "QUOTA_CHECK_SCHEDULE": "90s,2h",
+            "QUOTA_AUTH_INSECURE": "true",
+        },
+    )
+    assert load_settings(QuotaLikeSettings, "QUOTA", settings_env("QUOTA", settings)) == settings

@@ -108,12 +108,8 @@ async def gateway_service(env: InfraEnv, **overrides: Any) -> AsyncIterator[Gate
 async def gateway_process(env: InfraEnv, **overrides: Any) -> AsyncIterator[Gateway]:
     """gateway-adapter as a process of its own: one of several pods sharing the schema and Redis."""
     settings = _settings(env, overrides)
-    # settings_env writes a tuple's items with str(), which a tuple of durations does not read back.
-    schedule = ",".join(f"{step.total_seconds()}s" for step in settings.unknown_check_schedule)
     async with (
-        service_process(
-            "gateway_adapter", "GATEWAY", settings, {"GATEWAY_UNKNOWN_CHECK_SCHEDULE": schedule}
-        ) as running,
+        service_process("gateway_adapter", "GATEWAY", settings) as running,
         _connected(env, settings, running.address) as gateway,
     ):
         yield gateway

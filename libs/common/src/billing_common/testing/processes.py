@@ -30,21 +30,20 @@ def free_port() -> int:
 
 def settings_env(prefix: str, settings: Any) -> dict[str, str]:
     """The environment variables that `load_settings(type(settings), prefix)` reads back as `settings`."""
-    env: dict[str, str] = {}
-    for field in dataclasses.fields(settings):
-        value = getattr(settings, field.name)
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, timedelta):
-            text = f"{value.total_seconds()}s"
-        elif isinstance(value, list | tuple):
-            text = ",".join(str(v) for v in value)
-        elif value is None:
-            text = ""
-        else:
-            text = str(value)
-        env[f"{prefix}_{field.name.upper()}"] = text
-    return env
+    return {
+        f"{prefix}_{field.name.upper()}": _setting_text(getattr(settings, field.name))
+        for field in dataclasses.fields(settings)
+    }
+
+
+def _setting_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, timedelta):
+        return f"{value.total_seconds()}s"
+    if isinstance(value, list | tuple):
+        return ",".join(_setting_text(item) for item in value)
+    return "" if value is None else str(value)
 
 
 @dataclasses.dataclass
