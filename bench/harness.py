@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import importlib
 import multiprocessing as mp
 import statistics
@@ -47,6 +48,9 @@ async def closed_loop(
     name: str, call: Callable[[int], Awaitable[Any]], concurrency: int, seconds: float
 ) -> Figures:
     """`concurrency` callers each issue calls back to back for `seconds`; latencies of all calls."""
+    # The load generator's own collections would show up as the servers' tail latency.
+    gc.collect()
+    gc.freeze()
     latencies: list[float] = []
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds

@@ -33,7 +33,7 @@ from quota.settings import QuotaSettings
 
 CONCURRENCY = 16
 SECONDS = 3.0
-ROUNDS = 3
+ROUNDS = 5
 BATCH = 2000
 BATCH_CALLS = 20
 BATCH_CONCURRENCY = 2
@@ -109,6 +109,10 @@ async def main() -> None:
                         )
                     )
                 rate = await _record_batches(stub)
+    for number, figures in enumerate(zip(*rounds.values(), strict=True), start=1):
+        print(
+            f"round {number}: " + "; ".join(f"{f.name} {f.rps:.0f}/s p99 {f.p99_ms:.1f} ms" for f in figures)
+        )
     echo = _median(rounds["echo"], "echo (service host)")
     check = _median(rounds["tracked"], "quota CheckQuota")
     uncached = _median(rounds["direct"], "quota CheckQuota, no counter cache")

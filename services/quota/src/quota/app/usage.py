@@ -159,34 +159,23 @@ class Usage:
                 raise InvalidArgument.of(f"checks[{index}].key", "is required")
         resolution = await self._entitlements.resolution(tenant_id)
         now = self._clock.now()
-        results: list[CheckResult | None] = []
+        answers: list[CheckResult | None] = []
+        counted: list[tuple[int, str, Entitlement, Window, int]] = []  # index, key, what, where, amount
         counters: list[CounterRef] = []
-        for key, _ in checks:
+        for key, amount in checks:
             found = _entitled(resolution, key)
             if isinstance(found, str):
-                results.append(CheckResult(key, refused(0, found), None))
+                answers.append(CheckResult(key, refused(0, found), None))
                 continue
             window = window_for(found.entitlement.period, now, resolution.billing)
             assert window is not None  # the current instant always has a window
+            counted.append((len(answers), key, found.entitlement, window, amount or 1))
             counters.append(CounterRef(tenant_id, key, window.start, window.end))
-            results.append(None)
+            answers.append(None)
         used = await self._read(counters)
-        answers: list[CheckResult] = []
-        used_iter = iter(zip(counters, used, strict=True))
-        for (key, amount), result in zip(checks, results, strict=True):
-            if result is not None:
-                answers.append(result)
-                continue
-            counter, value = next(used_iter)
-            entitlement = resolution.entitlements[key].entitlement
-            answers.append(
-                CheckResult(
-                    key,
-                    decide(entitlement, value, amount or 1),
-                    Window(counter.period_start, counter.period_end),
-                )
-            )
-        return answers
+        for (index, key, entitlement, window, amount), value in zip(counted, used, strict=True):
+            answers[index] = CheckResult(key, decide(entitlement, value, amount), window)
+        return [answer for answer in answers if answer is not None]
 
     async def _read(self, counters: list[CounterRef]) -> list[int]:
         if not counters:
