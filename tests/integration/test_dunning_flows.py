@@ -35,8 +35,9 @@ FAST_DUNNING = {
 
 
 @contextlib.asynccontextmanager
-async def suite_with_dunning(env: InfraEnv) -> AsyncIterator[Suite]:
-    async with running_suite(env, SERVICES, {"dunning": FAST_DUNNING}) as suite:
+async def suite_with_dunning(env: InfraEnv, gateway_latency: str = "0s") -> AsyncIterator[Suite]:
+    extra = {"dunning": FAST_DUNNING, "gateway-adapter": {"GATEWAY_SANDBOX_LATENCY": gateway_latency}}
+    async with running_suite(env, SERVICES, extra) as suite:
         yield suite
 
 
@@ -228,7 +229,8 @@ async def test_a_merchant_failure_is_held(env: InfraEnv) -> None:
 
 @pytest.mark.timeout(300)
 async def test_a_pod_killed_during_an_attempt_and_duplicated_events_charge_once(env: InfraEnv) -> None:
-    async with suite_with_dunning(env) as suite:
+    # A slow gateway keeps the attempt in flight long enough to be seen, and killed, mid-way.
+    async with suite_with_dunning(env, gateway_latency="2s") as suite:
         invoice = await failed_invoice(suite, "acct-kill", "tok_flaky_1")
         case = await case_in_state(suite, invoice.invoice_id, dpb.CASE_STATE_RETRY_SCHEDULED)
         await retry_now(suite, case.case_id)
