@@ -180,3 +180,25 @@ async def test_usage_summary_matches_the_recorded_events(quota: Quota) -> None:
     assert calls.amount.amount_minor == 62  # 250 x 0.0025 USD = 62.5 cents, half-even
     assert totals["seats"].quantity == 4 and totals["seats"].amount.amount_minor == 0
     assert summary.total_amount == common_pb2.Money(amount_minor=62, currency="USD")
+
+
+async def test_a_batch_across_tenants_and_script_calls_counts_in_order(quota: Quota) -> None:
+    await create_plan(quota, "pro", spec(entitlement("exports", 1000)))
+    await subscribe(quota, "acme", "pro")
+    await subscribe(quota, "globex", "pro")
+    # 1,200 events of acme (three script calls of at most 500) interleaved with 300 of globex.
+    events = []
+    for i in range(1200):
+        events.append(usage("acme", "exports", 1, f"a{i}"))
+        if i % 4 == 0:
+            events.append(usage("globex", "exports", 2, f"g{i}"))
+    batch = await quota.caller.RecordUsageBatch(pb.RecordUsageBatchRequest(events=events))
+    acme = [r for r in batch.results if r.idempotency_key.startswith("a")]
+    globex = [r for r in batch.results if r.idempotency_key.startswith("g")]
+    # Answers come back in the events' order; the first 1,000 of acme fit, the rest are denied.
+    assert [r.idempotency_key for r in batch.results] == [e.idempotency_key for e in events]
+    assert [r.outcome for r in acme] == [pb.USAGE_OUTCOME_COUNTED] * 1000 + [pb.USAGE_OUTCOME_DENIED] * 200
+    assert [r.quota.used for r in acme[:1000]] == list(range(1, 1001))
+    assert all(r.outcome == pb.USAGE_OUTCOME_COUNTED for r in globex) and globex[-1].quota.used == 600
+    assert await used(quota, "acme", "exports") == 1000
+    assert await used(quota, "globex", "exports") == 600
