@@ -1,8 +1,9 @@
 """Counter values kept in the process while Redis promises to say when they change.
 
-A check that had to wait for Redis costs a quota pod about 1.7 times a trivial gRPC call, so counters are read through Redis's client-side caching protocol (`CLIENT TRACKING`, default
-mode): one connection reads (and Redis remembers which keys it read), a second one is subscribed
-to `__redis__:invalidate`, where Redis announces every change to a key read since it was last
+A check that had to wait for Redis costs a quota pod about 1.7 times a trivial gRPC call, so
+counters are read through Redis's client-side caching protocol (`CLIENT TRACKING`, default mode):
+one connection reads (and Redis remembers which keys it read), a second one is subscribed to
+`__redis__:invalidate`, where Redis announces every change to a key read since it was last
 announced (a write from any pod, a Lua script, expiry, eviction, FLUSHALL). A value is served from
 memory only until its announcement, so a check sees another pod's record as soon as this pod has
 read Redis's message, sub-millisecond on one network, and this pod's own records at once (they
