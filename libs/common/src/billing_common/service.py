@@ -13,7 +13,7 @@ import contextlib
 import gc
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,6 +24,7 @@ import asyncpg
 import grpc
 import prometheus_client
 import redis.exceptions
+import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from redis.asyncio import Redis
@@ -38,6 +39,7 @@ from billing_common.logging import configure_logging
 from billing_common.settings import CommonSettings, load_settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 HEALTH_INTERVAL_S = 2.0
 _UNREACHABLE = (
@@ -73,7 +75,7 @@ class Resources:
 class Registration:
     """One gRPC service implementation and who may call each of its methods."""
 
-    add_to_server: Callable[[Any, grpc.aio.Server], None]
+    add_to_server: Callable[[Any, Any], None]  # generated `add_*_to_server`, given a server-like target
     servicer: Any
     service_name: str
     access: Mapping[str, set[str] | frozenset[str]]
@@ -150,7 +152,7 @@ class ServiceHost:
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         for registration in parts.registrations:
-            registration.add_to_server(registration.servicer, server)
+            registration.add_to_server(registration.servicer, _GenericHandlersOnly(server))
             self._service_names.append(registration.service_name)
         reflection.enable_server_reflection(
             [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
@@ -290,6 +292,31 @@ class ServiceHost:
         await self.stop()
 
 
+class _GenericHandlersOnly:
+    """The server as generated `add_*_to_server` code sees it: its generic handlers only.
+
+    Generated code registers each method twice, as a generic handler and as a registered
+    method; grpc.aio serves the registered path 3-8% slower per call (for a service with as many
+    methods as quota's, `bench/grpc_runtime.py`), so only the generic handler, which serves the
+    same methods, is kept.
+    """
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self._server = server
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        self._server.add_generic_rpc_handlers(handlers)
+
+    def add_registered_method_handlers(self, service: str, handlers: Any) -> None:
+        """Left out on purpose: the generic handler added with them serves these methods."""
+
+
+def run_event_loop(main: Coroutine[Any, Any, T]) -> T:
+    """Run the platform's event loop: uvloop, which takes about 12% less CPU per gRPC call than
+    asyncio's own loop (`bench/grpc_runtime.py`)."""
+    return uvloop.run(main)
+
+
 async def _supervise(name: str, work: Callable[[], Awaitable[None]]) -> None:
     """Keep a background loop alive: log a crash and start it again after a pause."""
     while True:
@@ -301,9 +328,6 @@ async def _supervise(name: str, work: Callable[[], Awaitable[None]]) -> None:
         except Exception:
             log.exception("background task crashed; restarting", extra={"task": name})
             await asyncio.sleep(1.0)
-
-
-T = TypeVar("T")
 
 
 async def _retry_until_up(what: str, attempt: Callable[[], Awaitable[T]]) -> T:
@@ -333,4 +357,4 @@ def run_service(
     telemetry.setup_telemetry(settings.service_name)
     if settings.metrics_port:
         prometheus_client.start_http_server(settings.metrics_port)
-    asyncio.run(ServiceHost(settings, setup(settings), migrations_dir).run_until_signalled())
+    run_event_loop(ServiceHost(settings, setup(settings), migrations_dir).run_until_signalled())
