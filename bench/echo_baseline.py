@@ -14,8 +14,9 @@ from typing import Any
 
 import grpc
 
-from bench.harness import Figures, bench_env, closed_loop, server_process
+from bench.harness import Figures, bench_env, closed_loop, serve_bare, server_process
 from billing_common.grpc_client import open_channel
+from billing_common.service import run_event_loop
 from billing_common.settings import CommonSettings
 from billing_common.testing import echo
 
@@ -31,11 +32,7 @@ def _bare_server(ports: Any, stop: Any) -> None:
     async def main() -> None:
         server = grpc.aio.server()
         echo._add(None, server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        ports.put(port)
-        await asyncio.to_thread(stop.wait)
-        await server.stop(None)
+        await serve_bare(server, ports, stop)
 
     asyncio.run(main())
 
@@ -92,4 +89,4 @@ async def main() -> dict[int, Figures]:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run_event_loop(main())

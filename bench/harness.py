@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from billing_common.service import ServiceHost
+from billing_common.service import ServiceHost, run_event_loop
 from billing_common.settings import CommonSettings
 from billing_common.testing.infra import TEST_DATABASE, resolve_infra
 from billing_common.testing.plugin import InfraEnv, _ensure_database, _with_database
@@ -89,7 +89,16 @@ def _serve(setup_ref: str, settings: CommonSettings, migrations: str, ports: Any
         await asyncio.to_thread(stop.wait)
         await host.stop()
 
-    asyncio.run(main())
+    run_event_loop(main())
+
+
+async def serve_bare(server: Any, ports: Any, stop: Any) -> None:
+    """A bare grpc.aio server's process: serve on a free loopback port, report it, stop when told."""
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    ports.put(port)
+    await asyncio.to_thread(stop.wait)
+    await server.stop(None)
 
 
 @contextlib.asynccontextmanager

@@ -27,6 +27,7 @@ from billing.events.v1 import subscription_pb2 as sub
 from billing.quota.v1 import quota_pb2 as pb
 from billing.quota.v1 import quota_pb2_grpc
 from billing_common.grpc_client import open_channel
+from billing_common.service import run_event_loop
 from billing_common.testing.plugin import eventually
 from quota.entrypoints.main import MIGRATIONS, build
 from quota.settings import QuotaSettings
@@ -181,4 +182,4 @@ async def _record_batches(stub: Any) -> float:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run_event_loop(main())

@@ -30,6 +30,7 @@ from billing.recurring.v1 import recurring_pb2 as pb
 from billing.recurring.v1 import recurring_pb2_grpc
 from billing_common import db
 from billing_common.grpc_client import open_channel
+from billing_common.service import run_event_loop
 from billing_common.settings import CommonSettings
 from billing_common.testing.plugin import InfraEnv
 from billing_common.testing.processes import RunningProcess, free_port, start_process
@@ -159,4 +160,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run_event_loop(main())

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from billing_common.service import run_event_loop
+
 BENCHES = [
     "bench.echo_baseline",
+    "bench.grpc_runtime",
     "bench.quota_check",
     "bench.gateway_charge",
     "bench.tier_scan",
@@ -22,7 +24,7 @@ BENCHES = [
 def main() -> None:
     for name in BENCHES:
         print(f"\n== {name}")
-        asyncio.run(importlib.import_module(name).main())
+        run_event_loop(importlib.import_module(name).main())
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from bench.harness import bench_env, server_process
 from billing.tier.v1 import tier_pb2 as pb
 from billing.tier.v1 import tier_pb2_grpc
 from billing_common.grpc_client import open_channel
+from billing_common.service import run_event_loop
 from billing_common.testing.plugin import InfraEnv
 from tier.entrypoints.main import MIGRATIONS, build
 from tier.settings import TierSettings
@@ -182,4 +183,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run_event_loop(main())
