@@ -202,3 +202,47 @@ async def test_a_batch_across_tenants_and_script_calls_counts_in_order(quota: Qu
     assert all(r.outcome == pb.USAGE_OUTCOME_COUNTED for r in globex) and globex[-1].quota.used == 600
     assert await used(quota, "acme", "exports") == 1000
     assert await used(quota, "globex", "exports") == 600
+
+
+async def test_one_tenants_batch_over_several_counters_keeps_each_apart(quota: Quota) -> None:
+    await create_plan(
+        quota,
+        "pro",
+        spec(
+            entitlement("exports", 3),
+            entitlement("api.calls", 2, pb.OVER_QUOTA_BEHAVIOUR_ALLOW, period=pb.PERIOD_CALENDAR_DAY),
+            entitlement("seats", 5, period=pb.PERIOD_NONE),
+        ),
+    )
+    await subscribe(quota, "acme", "pro")
+    events = [
+        usage("acme", "exports", 2, "e1"),
+        usage("acme", "api.calls", 3, "c1"),
+        usage("acme", "seats", 4, "s1"),
+        usage("acme", "exports", 2, "e2"),  # 4 > 3: denied
+        usage("acme", "exports", 2, "e1"),  # the same event again
+        usage("acme", "exports", 1, "c1"),  # c1 already names another event
+        usage("acme", "seats", -5, "s2"),  # below zero
+        usage("acme", "seats", -3, "s3"),
+        usage("acme", "exports", 1, "e3"),
+        usage("acme", "api.calls", 1, "c2"),
+    ]
+    batch = await quota.caller.RecordUsageBatch(pb.RecordUsageBatchRequest(events=events))
+    outcomes = [(r.idempotency_key, r.outcome, r.quota.used) for r in batch.results]
+    counted, denied = pb.USAGE_OUTCOME_COUNTED, pb.USAGE_OUTCOME_DENIED
+    duplicate, invalid = pb.USAGE_OUTCOME_DUPLICATE, pb.USAGE_OUTCOME_INVALID
+    assert [o[:2] for o in outcomes] == [
+        ("e1", counted),
+        ("c1", counted),
+        ("s1", counted),
+        ("e2", denied),
+        ("e1", duplicate),
+        ("c1", invalid),
+        ("s2", invalid),
+        ("s3", counted),
+        ("e3", counted),
+        ("c2", counted),
+    ]
+    assert [o[2] for o in outcomes if o[1] == counted] == [2, 3, 4, 1, 3, 4]
+    assert (await used(quota, "acme", "exports"), await used(quota, "acme", "api.calls")) == (3, 4)
+    assert await used(quota, "acme", "seats") == 1

@@ -22,17 +22,19 @@ from quota.app.ports import CounterOp, CounterRef, CounterResult, CounterStatus
 ID_TTL_SECONDS = 86_400
 COUNTER_KEEP_AFTER_END = timedelta(days=2)
 
-# Events of one tenant in order. Event i: KEYS[2i-1] counter, KEYS[2i] idempotency entry;
-# ARGV[1] id ttl, then per event delta, limit (-1: none), fingerprint.
+# Events of one tenant in order. KEYS: the call's distinct counters, then one idempotency entry
+# per event. ARGV[1] id ttl, ARGV[2] number of counters, then one argument per event,
+# "<counter index> <delta> <limit (-1: none)> <fingerprint>" (one argument instead of three:
+# redis-py packs every argument in Python, which was a quarter of a batch's CPU).
 # Returns {status, used} per event: 1 counted, 2 duplicate, 3 mismatch, 4 denied, 5 negative,
 # 0 missing (the counter must be rebuilt first).
 _RECORD = """
-local ttl = ARGV[1]
+local ttl, counters = ARGV[1], tonumber(ARGV[2])
 local out = {}
-for i = 1, #KEYS / 2 do
-  local counter, id = KEYS[2 * i - 1], KEYS[2 * i]
-  local a = 3 * i - 1
-  local delta, limit, fingerprint = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), ARGV[a + 2]
+for i = 1, #ARGV - 2 do
+  local c, d, l, fingerprint = string.match(ARGV[i + 2], '^(%d+) (%-?%d+) (%-?%d+) (.*)$')
+  local counter, id = KEYS[tonumber(c)], KEYS[counters + i]
+  local delta, limit = tonumber(d), tonumber(l)
   local status, used = 0, 0
   local current = redis.call('GET', counter)
   if current then
@@ -139,20 +141,26 @@ class RedisCounters:
         if not ops:
             return []
         calls = _calls_by_tenant(ops)
+        counter_keys: dict[CounterRef, str] = {}
         async with self._redis.pipeline(transaction=False) as pipe:
             for call in calls:
-                keys: list[str] = []
-                args: list[str | int] = [ID_TTL_SECONDS]
+                counters: dict[str, int] = {}  # key -> its KEYS index (1-based, as in Lua)
+                id_keys: list[str] = []
+                events: list[str] = []
                 for index in call:
                     op = ops[index]
-                    keys += (
-                        self.counter_key(op.counter),
-                        self.id_key(op.counter.tenant_id, op.idempotency_key),
-                    )
-                    args += (op.delta, -1 if op.deny_over is None else op.deny_over, op.fingerprint)
-                await self._record(keys=keys, args=args, client=pipe)
+                    key = counter_keys.get(op.counter)
+                    if key is None:
+                        key = counter_keys[op.counter] = self.counter_key(op.counter)
+                    position = counters.setdefault(key, len(counters) + 1)
+                    id_keys.append(self.id_key(op.counter.tenant_id, op.idempotency_key))
+                    limit = -1 if op.deny_over is None else op.deny_over
+                    events.append(f"{position} {op.delta} {limit} {op.fingerprint}")
+                await self._record(
+                    keys=[*counters, *id_keys], args=[ID_TTL_SECONDS, len(counters), *events], client=pipe
+                )
             replies = await pipe.execute()
-        self._tracked.forget(self.counter_key(op.counter) for op in ops)
+        self._tracked.forget(counter_keys.values())
         results: list[CounterResult | None] = [None] * len(ops)
         for call, reply in zip(calls, replies, strict=True):
             for n, index in enumerate(call):
