@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -32,58 +31,73 @@ _SERVICE_CONFIG = json.dumps(
 )
 
 
-class _CallMetadata:
-    """Stamps the bearer token and correlation id on a call's metadata."""
+STAMPED = frozenset({"authorization", CORRELATION_HEADER})
 
-    def __init__(self, token: str) -> None:
+
+class _Stamped:
+    """A method of the channel whose calls carry the bearer token and the correlation id.
+
+    Stamping here rather than in a client interceptor: grpc.aio runs intercepted calls through an
+    extra task and call object, about 25-60 µs of CPU per call.
+    """
+
+    def __init__(self, call: Any, authorization: str) -> None:
+        self._call = call
+        self._authorization = authorization
+
+    def __call__(self, *args: Any, metadata: Any = None, **kwargs: Any) -> Any:
+        stamped = [(key, value) for key, value in metadata or () if key not in STAMPED]
+        if self._authorization:
+            stamped.append(("authorization", self._authorization))
+        stamped.append((CORRELATION_HEADER, context.current_correlation_id()))
+        return self._call(*args, metadata=stamped, **kwargs)
+
+
+class _StampingChannel(grpc.aio.Channel):
+    """A grpc.aio channel whose every method stamps its calls (see `_Stamped`)."""
+
+    def __init__(self, channel: grpc.aio.Channel, token: str) -> None:
+        self._channel = channel
         self._authorization = f"Bearer {token}" if token else ""
 
-    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        metadata = grpc.aio.Metadata(*(details.metadata or ()))
-        if self._authorization:
-            metadata["authorization"] = self._authorization
-        metadata[CORRELATION_HEADER] = context.current_correlation_id()
-        return grpc.aio.ClientCallDetails(
-            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
-        )
+    def unary_unary(self, *args: Any, **kwargs: Any) -> Any:
+        return _Stamped(self._channel.unary_unary(*args, **kwargs), self._authorization)
 
+    def unary_stream(self, *args: Any, **kwargs: Any) -> Any:
+        return _Stamped(self._channel.unary_stream(*args, **kwargs), self._authorization)
 
-# grpc.aio files an interceptor under the first call kind it implements only, so each kind needs
-# its own object; one class implementing all four would leave streaming calls unauthenticated.
-class _UnaryUnary(_CallMetadata, grpc.aio.UnaryUnaryClientInterceptor):
-    async def intercept_unary_unary(
-        self, continuation: Callable[..., Any], details: Any, request: Any
-    ) -> Any:
-        return await continuation(self._details(details), request)
+    def stream_unary(self, *args: Any, **kwargs: Any) -> Any:
+        return _Stamped(self._channel.stream_unary(*args, **kwargs), self._authorization)
 
+    def stream_stream(self, *args: Any, **kwargs: Any) -> Any:
+        return _Stamped(self._channel.stream_stream(*args, **kwargs), self._authorization)
 
-class _UnaryStream(_CallMetadata, grpc.aio.UnaryStreamClientInterceptor):
-    async def intercept_unary_stream(
-        self, continuation: Callable[..., Any], details: Any, request: Any
-    ) -> Any:
-        return await continuation(self._details(details), request)
+    async def __aenter__(self) -> _StampingChannel:
+        return self
 
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._channel.close()
 
-class _StreamUnary(_CallMetadata, grpc.aio.StreamUnaryClientInterceptor):
-    async def intercept_stream_unary(
-        self, continuation: Callable[..., Any], details: Any, requests: Any
-    ) -> Any:
-        return await continuation(self._details(details), requests)
+    async def close(self, grace: float | None = None) -> None:
+        await self._channel.close(grace)
 
+    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        return self._channel.get_state(try_to_connect)
 
-class _StreamStream(_CallMetadata, grpc.aio.StreamStreamClientInterceptor):
-    async def intercept_stream_stream(
-        self, continuation: Callable[..., Any], details: Any, requests: Any
-    ) -> Any:
-        return await continuation(self._details(details), requests)
+    async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
+        await self._channel.wait_for_state_change(last_observed_state)
+
+    async def channel_ready(self) -> None:
+        await self._channel.channel_ready()
 
 
 def open_channel(target: str, token: str = "", *, root_certificates: bytes | None = None) -> grpc.aio.Channel:
     """A channel to another billing service; TLS when root certificates are given."""
-    stamps = [kind(token) for kind in (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)]
-    interceptors: list[Any] = [*stamps, *telemetry.client_interceptors()]
+    interceptors = list(telemetry.client_interceptors())
     options = [("grpc.service_config", _SERVICE_CONFIG), ("grpc.enable_retries", 1)]
     if root_certificates is not None:
         credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
-        return grpc.aio.secure_channel(target, credentials, options=options, interceptors=interceptors)
-    return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+        channel = grpc.aio.secure_channel(target, credentials, options=options, interceptors=interceptors)
+    else:
+        channel = grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+    return _StampingChannel(channel, token)

@@ -10,7 +10,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
+from billing_common import context
 from billing_common.grpc_client import open_channel
+from billing_common.grpc_server import CORRELATION_HEADER
 from billing_common.settings import CommonSettings
 from billing_common.testing.echo import SERVICE, echo_setup, echo_stub
 from billing_common.testing.plugin import InfraEnv, eventually, running_service
@@ -63,6 +65,22 @@ async def test_calls_need_a_token_from_an_allowed_caller(echo, env: InfraEnv) ->
     assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
     async with open_channel(target, env.token("recurring")) as allowed:
         assert await echo_stub(allowed)(b"hi") == b"hi"
+
+
+async def test_calls_carry_the_token_and_the_callers_correlation_id(echo, env: InfraEnv) -> None:
+    async with open_channel(f"127.0.0.1:{echo.port}", env.token("recurring")) as channel:
+        call = echo_stub(channel)
+        token = context.correlation_id.set("run-2026-12-01")
+        try:
+            assert await call(b"whoami") == b"recurring run-2026-12-01"
+            # Metadata the caller passes travels too, but cannot replace the stamped identity.
+            forged = (("authorization", "Bearer forged"), (CORRELATION_HEADER, "other"), ("x-extra", "1"))
+            assert await call(b"whoami", metadata=forged) == b"recurring run-2026-12-01"
+        finally:
+            context.correlation_id.reset(token)
+        # Outside any request a call still gets a correlation id of its own.
+        caller, correlation = (await call(b"whoami")).decode().split()
+        assert caller == "recurring" and len(correlation) == 32
 
 
 async def test_bad_input_is_invalid_argument_with_field_violations(echo, env: InfraEnv) -> None:

@@ -6,6 +6,7 @@ from typing import Any
 
 import grpc
 
+from billing_common import context as call_context
 from billing_common.errors import InvalidArgument
 from billing_common.service import Registration, Resources, ServiceParts
 
@@ -20,6 +21,8 @@ def _identity(data: bytes) -> bytes:
 async def _echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
     if request == b"invalid":
         raise InvalidArgument.of("payload", "must not be the word 'invalid'")
+    if request == b"whoami":  # who the server saw calling, and under which correlation id
+        return f"{call_context.caller.get()} {call_context.correlation_id.get()}".encode()
     return request
 
 
