@@ -88,6 +88,7 @@ class _Planned:
     event: UsageEventIn
     entitlement: Entitlement
     window: Window
+    record: UsageRecord  # as it will be stored, occurred_at fixed when the window was chosen
     op: CounterOp
     thresholds: tuple[int, ...]
 
@@ -198,6 +199,7 @@ class Usage:
         results: list[RecordResult | None] = [None] * len(events)
         planned: list[_Planned] = []
         resolutions: dict[str, Resolution] = {}
+        windows: dict[tuple[str, Period, datetime], Window | None] = {}  # events of one instant share one
         for index, event in enumerate(events):
             problem = _invalid(event, now)
             if problem:
@@ -222,7 +224,10 @@ class Usage:
                 )
                 continue
             occurred = event.occurred_at or now
-            window = window_for(entitlement.period, occurred, resolution.billing)
+            instant = (event.tenant_id, entitlement.period, occurred)
+            if instant not in windows:
+                windows[instant] = window_for(entitlement.period, occurred, resolution.billing)
+            window = windows[instant]
             if window is None or not window.open_at(now, self._late_grace):
                 results[index] = RecordResult(
                     event.idempotency_key,
@@ -233,12 +238,12 @@ class Usage:
                 )
                 continue
             counter = CounterRef(event.tenant_id, event.key, window.start, window.end)
-            record_probe = UsageRecord(
+            record = UsageRecord(
                 event.tenant_id, event.key, event.delta, event.idempotency_key, occurred, window.start
             )
             deny_over = entitlement.limit if entitlement.behaviour is Behaviour.DENY else None
-            op = CounterOp(counter, event.idempotency_key, record_probe.fingerprint, event.delta, deny_over)
-            planned.append(_Planned(index, event, entitlement, window, op, resolution.thresholds))
+            op = CounterOp(counter, event.idempotency_key, record.fingerprint, event.delta, deny_over)
+            planned.append(_Planned(index, event, entitlement, window, record, op, resolution.thresholds))
 
         counter_results = await self._apply(planned)
         to_store: list[tuple[_Planned, int]] = []
@@ -290,20 +295,10 @@ class Usage:
     async def _store(
         self, to_store: list[tuple[_Planned, int]], results: list[RecordResult | None], *, group_commit: bool
     ) -> None:
-        records: list[UsageRecord] = []
+        records = [item.record for item, _ in to_store]
         alerts: list[ThresholdAlert] = []
         for item, used_after in to_store:
             event = item.event
-            records.append(
-                UsageRecord(
-                    event.tenant_id,
-                    event.key,
-                    event.delta,
-                    event.idempotency_key,
-                    event.occurred_at or self._clock.now(),
-                    item.window.start,
-                )
-            )
             limit = item.entitlement.limit
             for percent in crossed_thresholds(item.thresholds, limit, used_after - event.delta, used_after):
                 assert limit is not None
