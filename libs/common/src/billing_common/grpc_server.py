@@ -108,6 +108,9 @@ class BillingInterceptor(grpc.aio.ServerInterceptor):
         self._log_requests = log_requests
         # Handlers are static per method, so each is wrapped once, not on every call.
         self._wrapped: dict[str, Handler | None] = {}
+        # The labelled metrics of each (method, code), looked up once: `labels()` costs more
+        # than the observation itself.
+        self._metrics: dict[tuple[str, grpc.StatusCode], tuple[Any, Any]] = {}
 
     async def intercept_service(
         self,
@@ -134,9 +137,15 @@ class BillingInterceptor(grpc.aio.ServerInterceptor):
 
     def finish(self, method: str, started: float, code: grpc.StatusCode, error: str = "") -> None:
         elapsed = time.perf_counter() - started
-        name = method.rsplit("/", 1)[-1]
-        RPC_LATENCY.labels(self._service, name, code.name).observe(elapsed)
-        RPC_COUNT.labels(self._service, name, code.name).inc()
+        metrics = self._metrics.get((method, code))
+        if metrics is None:
+            name = method.rsplit("/", 1)[-1]
+            metrics = self._metrics[(method, code)] = (
+                RPC_LATENCY.labels(self._service, name, code.name),
+                RPC_COUNT.labels(self._service, name, code.name),
+            )
+        metrics[0].observe(elapsed)
+        metrics[1].inc()
         if self._log_requests or code != grpc.StatusCode.OK:
             level = (
                 logging.INFO if code in (grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND) else logging.WARNING

@@ -1,9 +1,11 @@
 import asyncio
+import contextlib
 import os
 import sys
 from pathlib import Path
 
 import grpc
+import prometheus_client
 import pytest
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -95,6 +97,21 @@ async def test_bad_input_is_invalid_argument_with_field_violations(echo, env: In
     assert [(v.field, v.description) for v in bad_request.field_violations] == [
         ("payload", "must not be the word 'invalid'")
     ]
+
+
+def handled(code: str) -> float:
+    labels = {"service": "echo", "method": "Echo", "code": code}
+    return prometheus_client.REGISTRY.get_sample_value("grpc_server_handled_total", labels) or 0.0
+
+
+async def test_every_call_is_counted_under_its_method_and_code(echo, env: InfraEnv) -> None:
+    ok, invalid = handled("OK"), handled("INVALID_ARGUMENT")
+    async with open_channel(f"127.0.0.1:{echo.port}", env.token("recurring")) as channel:
+        call = echo_stub(channel)
+        for payload in (b"a", b"invalid", b"b", b"c", b"invalid"):
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await call(payload)
+    assert (handled("OK") - ok, handled("INVALID_ARGUMENT") - invalid) == (3, 2)
 
 
 async def test_sigterm_while_waiting_for_the_database_stops_the_process_promptly(env: InfraEnv) -> None:
