@@ -76,6 +76,47 @@ async def closed_loop(
     )
 
 
+async def open_loop(name: str, call: Callable[[int], Awaitable[Any]], rate: float, seconds: float) -> Figures:
+    """Calls started at a fixed `rate`, whatever the answers do; each latency is counted from the
+    moment its call was due, so a stall counts against every call it delays.
+
+    `concurrency` in the figures is the most calls that were in flight at once.
+    """
+    gc.collect()
+    gc.freeze()
+    latencies: list[float] = []
+    in_flight = busiest = 0
+
+    async def one(number: int, due: float) -> None:
+        nonlocal in_flight
+        try:
+            await call(number)
+        finally:
+            in_flight -= 1
+        latencies.append(time.perf_counter() - due)
+
+    started = time.perf_counter()  # not loop.time(): uvloop's clock moves in whole milliseconds
+    tasks = []
+    for number in range(int(rate * seconds)):
+        due = started + number / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        in_flight += 1
+        busiest = max(busiest, in_flight)
+        tasks.append(asyncio.ensure_future(one(number, due)))
+    await asyncio.gather(*tasks)
+    latencies.sort()
+    return Figures(
+        name,
+        busiest,
+        len(latencies),
+        time.perf_counter() - started,
+        statistics.median(latencies) * 1000,
+        latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+    )
+
+
 def _serve(setup_ref: str, settings: CommonSettings, migrations: str, ports: Any, stop: Any) -> None:
     from pathlib import Path
 
