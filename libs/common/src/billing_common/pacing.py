@@ -7,6 +7,8 @@ from collections.abc import Mapping
 
 from redis.asyncio import Redis
 
+from billing_common.settings import SettingsError
+
 # Each turn books the next free slot, `interval` after the previous one, on Redis's clock, and
 # learns how many microseconds to wait for it: slots never come closer than the interval.
 _BOOK = """
@@ -25,6 +27,12 @@ return slot - now
 # 5%). Four fifths of that are allowed; without headroom there is no such bound, and 20 ms is.
 LATE_SHARE = 0.8
 MIN_LATE_S = 0.02
+
+
+def check_headroom(percent: int, variable: str) -> None:
+    """Refuse, at start, a headroom that would leave no slots (100%) or add some (negative)."""
+    if not 0 <= percent < 100:
+        raise SettingsError(f"{variable} must be from 0 to 99")
 
 
 def _late_tolerance_s(headroom_percent: int) -> float:

@@ -8,7 +8,7 @@ from pathlib import Path
 from aiohttp import web
 
 from billing.gateway.v1 import gateway_pb2_grpc
-from billing_common.pacing import RedisPacer
+from billing_common.pacing import RedisPacer, check_headroom
 from billing_common.service import Registration, Resources, ServiceParts, Setup, run_service
 from billing_common.settings import SettingsError
 from gateway_adapter.adapters.payment_store import PostgresPayments
@@ -50,8 +50,7 @@ def build(settings: GatewaySettings) -> Setup:
         rate_limits = parse_rate_limits(settings.rate_limits, GATEWAYS)
     except LimitError as error:
         raise SettingsError(f"GATEWAY_RATE_LIMITS: {error}") from None
-    if not 0 <= settings.rate_headroom_percent < 100:
-        raise SettingsError("GATEWAY_RATE_HEADROOM_PERCENT must be from 0 to 99")
+    check_headroom(settings.rate_headroom_percent, "GATEWAY_RATE_HEADROOM_PERCENT")
 
     async def setup(r: Resources) -> ServiceParts:
         behaviour = SandboxBehaviour(

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from billing.recurring.v1 import recurring_pb2_grpc
 from billing_common.clock import Clock, ControllableClock
 from billing_common.grpc_client import open_channel
-from billing_common.pacing import RedisPacer
+from billing_common.pacing import RedisPacer, check_headroom
 from billing_common.service import Registration, Resources, ServiceParts, Setup, run_service
 from billing_common.settings import SettingsError
 from recurring.adapters.clients import GatewayClient, QuotaClient
@@ -47,8 +47,7 @@ def _zone(text: str) -> ZoneInfo:
 
 def build(settings: RecurringSettings) -> Setup:
     zone = _zone(settings.billing_time_zone)
-    if not 0 <= settings.gateway_rate_headroom_percent < 100:
-        raise SettingsError("RECURRING_GATEWAY_RATE_HEADROOM_PERCENT must be from 0 to 99")
+    check_headroom(settings.gateway_rate_headroom_percent, "RECURRING_GATEWAY_RATE_HEADROOM_PERCENT")
     schedule = Schedule(
         zone=zone,
         times={
