@@ -97,10 +97,11 @@ class RedisCounters:
     async def read(self, counters: Sequence[CounterRef]) -> list[int | None]:
         """Tracked values first (no round trip); the rest in one MGET shared by concurrent reads."""
         keys = [self.counter_key(c) for c in counters]
-        values = [self._tracked.cached(key) for key in keys]
-        missing = [key for key, value in zip(keys, values, strict=True) if value is None]
-        if not missing:
+        cached = self._tracked.cached
+        values = [cached(key) for key in keys]
+        if None not in values:
             return values
+        missing = [key for key, value in zip(keys, values, strict=True) if value is None]
         future: asyncio.Future[list[bytes | None]] = asyncio.get_running_loop().create_future()
         self._reads.append((missing, future))
         if self._reader is None or self._reader.done():

@@ -182,10 +182,10 @@ class Usage:
         if not counters:
             return []
         values = await self._counters.read(counters)
-        for index, value in enumerate(values):
-            if value is None:
-                await self._rebuild(counters[index])
-        if any(v is None for v in values):
+        if None in values:
+            for counter, value in zip(counters, values, strict=True):
+                if value is None:
+                    await self._rebuild(counter)
             values = await self._counters.read(counters)
         return [v or 0 for v in values]
 
