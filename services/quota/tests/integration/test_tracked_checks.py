@@ -137,3 +137,83 @@ async def test_with_no_counter_cache_every_check_asks_redis(env: InfraEnv, redis
         for _ in range(20):
             assert await used(quota) == 3
         assert await mget_calls(redis) - before == 20
+
+
+class SilencingProxy:
+    """A TCP proxy to Redis that can stop passing Redis's words to the connections open now that
+    named themselves a tracking listener, without closing them: a listener gone silent."""
+
+    def __init__(self, redis_url: str) -> None:
+        parts = urlsplit(redis_url)
+        self._upstream = (parts.hostname or "127.0.0.1", parts.port or 6379)
+        self._listeners: list[asyncio.Event] = []  # set: pass Redis's words on
+        self._server: asyncio.Server | None = None
+        self.url = ""
+        self._redis_url = parts
+
+    async def __aenter__(self) -> "SilencingProxy":
+        self._server = await asyncio.start_server(self._connection, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = urlunsplit(self._redis_url._replace(netloc=f"127.0.0.1:{port}"))
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for passing in self._listeners:
+            passing.set()
+
+    def silence_listeners(self) -> None:
+        for passing in self._listeners:
+            passing.clear()
+        self._listeners = []  # listeners that connect later are heard again
+
+    async def _connection(self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter) -> None:
+        redis_in, redis_out = await asyncio.open_connection(*self._upstream)
+        passing = asyncio.Event()
+        passing.set()
+
+        async def to_redis() -> None:
+            seen = b""
+            while data := await client_in.read(65536):
+                if len(seen) < 4096:
+                    seen += data
+                    if b"tracking-listener" in seen and passing not in self._listeners:
+                        self._listeners.append(passing)
+                redis_out.write(data)
+                await redis_out.drain()
+
+        async def to_client() -> None:
+            while data := await redis_in.read(65536):
+                await passing.wait()
+                client_out.write(data)
+                await client_out.drain()
+
+        with contextlib.suppress(ConnectionError):
+            await asyncio.gather(to_redis(), to_client())
+        client_out.close()
+        redis_out.close()
+
+
+async def test_a_pod_whose_listener_goes_silent_forgets_within_the_silence_limit(
+    env: InfraEnv, redis: Redis
+) -> None:
+    async with (
+        SilencingProxy(env.infra.redis_url) as proxy,
+        quota_service(env) as a,
+        quota_service(env, redis_url=proxy.url) as b,
+    ):
+        await create_plan(a, "pro", spec(entitlement("calls", 100)))
+        await subscribe(a, "acme", "pro")
+        await entitled_in(b)
+        await tracking_up(redis, b)
+        await record(a, 2, "k1")
+        await eventually(lambda: used_is(b, 2), timeout=2)  # b now holds 2
+        proxy.silence_listeners()
+        await record(a, 3, "k2")
+        assert await used(b) == 2  # the announcement is held back: b cannot know yet
+        # b's heartbeat goes unanswered; after the silence limit (6 s) it forgets and asks Redis.
+        await eventually(lambda: used_is(b, 5), timeout=10)
+        await tracking_up(redis, b)  # a new listener, heard again
+        await record(a, 4, "k3")
+        await eventually(lambda: used_is(b, 9), timeout=2)

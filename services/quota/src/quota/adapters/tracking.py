@@ -125,6 +125,8 @@ class TrackedReads:
             heartbeat = asyncio.create_task(self._heartbeat(listener))
             while True:
                 message = await listener.read_response(timeout=SILENCE_LIMIT_S)
+                if message is None:  # redis-py answers a read that timed out with None
+                    raise TimeoutError(f"tracking listener heard nothing for {SILENCE_LIMIT_S:.0f} s")
                 self._announced(message)
         finally:
             if heartbeat is not None:
