@@ -144,29 +144,30 @@ class SilencingProxy:
     named themselves a tracking listener, without closing them: a listener gone silent."""
 
     def __init__(self, redis_url: str) -> None:
-        parts = urlsplit(redis_url)
-        self._upstream = (parts.hostname or "127.0.0.1", parts.port or 6379)
+        self._parts = urlsplit(redis_url)
+        self._upstream = (self._parts.hostname or "127.0.0.1", self._parts.port or 6379)
         self._listeners: list[asyncio.Event] = []  # set: pass Redis's words on
+        self._silenced: list[asyncio.Event] = []
         self._server: asyncio.Server | None = None
         self.url = ""
-        self._redis_url = parts
 
     async def __aenter__(self) -> "SilencingProxy":
         self._server = await asyncio.start_server(self._connection, "127.0.0.1", 0)
         port = self._server.sockets[0].getsockname()[1]
-        self.url = urlunsplit(self._redis_url._replace(netloc=f"127.0.0.1:{port}"))
+        self.url = urlunsplit(self._parts._replace(netloc=f"127.0.0.1:{port}"))
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         assert self._server is not None
         self._server.close()
-        for passing in self._listeners:
+        for passing in self._silenced:  # let the held words through, so every relay can end
             passing.set()
 
     def silence_listeners(self) -> None:
         for passing in self._listeners:
             passing.clear()
-        self._listeners = []  # listeners that connect later are heard again
+        # Listeners that connect later are heard again.
+        self._silenced, self._listeners = self._silenced + self._listeners, []
 
     async def _connection(self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter) -> None:
         redis_in, redis_out = await asyncio.open_connection(*self._upstream)
