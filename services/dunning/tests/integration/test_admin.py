@@ -4,25 +4,13 @@ from datetime import timedelta
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2, status_pb2
 
 from billing.dunning.v1 import dunning_pb2 as pb
 from billing.dunning.v1 import dunning_pb2_grpc
 from billing_common.grpc_client import open_channel
+from billing_common.testing.rpc import field_violations
 
 from .conftest import START, Dunning, fixed_policy, payment_failed, publish
-
-
-def field_violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
-    for key, value in error.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            status = status_pb2.Status.FromString(value)
-            for detail in status.details:
-                if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                    bad = error_details_pb2.BadRequest()
-                    detail.Unpack(bad)
-                    return {v.field: v.description for v in bad.field_violations}
-    return {}
 
 
 async def rpc_error(call: object) -> grpc.aio.AioRpcError:

@@ -17,6 +17,7 @@ from billing.common.v1 import common_pb2
 from billing.events.v1 import subscription_pb2 as sub
 from billing.quota.v1 import quota_pb2 as pb
 from billing.quota.v1 import quota_pb2_grpc
+from billing_common.clock import Clock
 from billing_common.events import event_type_of
 from billing_common.grpc_client import open_channel
 from billing_common.testing.plugin import InfraEnv, running_service
@@ -36,9 +37,11 @@ class Quota:
 
 
 @contextlib.asynccontextmanager
-async def quota_service(env: InfraEnv, **overrides: Any) -> AsyncIterator[Quota]:
+async def quota_service(
+    env: InfraEnv, *, clock: Clock | None = None, **overrides: Any
+) -> AsyncIterator[Quota]:
     settings = env.settings(QuotaSettings, "quota", **overrides)
-    async with running_service(settings, build(settings), MIGRATIONS) as host:
+    async with running_service(settings, build(settings), MIGRATIONS, clock=clock) as host:
         assert host.consumer is not None
         await asyncio.wait_for(host.consumer.ready.wait(), 30)  # its queue is bound: events reach it
         target = f"127.0.0.1:{host.port}"

@@ -8,7 +8,9 @@ from grpc_status import rpc_status
 
 from billing.common.v1 import common_pb2
 from billing.quota.v1 import quota_pb2 as pb
+from billing_common.clock import ControllableClock
 from billing_common.testing.plugin import EventCollector, InfraEnv
+from billing_common.testing.rpc import field_violations
 
 from .conftest import Quota, create_plan, entitlement, forget_counters, quota_service, spec, subscribe, usage
 
@@ -246,3 +248,46 @@ async def test_one_tenants_batch_over_several_counters_keeps_each_apart(quota: Q
     assert [o[2] for o in outcomes if o[1] == counted] == [2, 3, 4, 1, 3, 4]
     assert (await used(quota, "acme", "exports"), await used(quota, "acme", "api.calls")) == (3, 4)
     assert await used(quota, "acme", "seats") == 1
+
+
+async def test_a_bad_check_is_refused_with_its_field(quota: Quota) -> None:
+    await create_plan(quota, "pro", spec(entitlement("exports", 3)))
+    await subscribe(quota, "acme", "pro")
+    refusals = {
+        "amount": pb.CheckQuotaRequest(tenant_id="acme", key="exports", amount=-1),
+        "key": pb.CheckQuotaRequest(tenant_id="acme"),
+        "tenant_id": pb.CheckQuotaRequest(key="exports"),
+    }
+    for field, request in refusals.items():
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await quota.caller.CheckQuota(request)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert list(field_violations(caught.value)) == [field]
+    batch = pb.CheckQuotaBatchRequest(
+        tenant_id="acme",
+        checks=[pb.CheckQuotaRequest(key="exports"), pb.CheckQuotaRequest(key="exports", amount=-2)],
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await quota.caller.CheckQuotaBatch(batch)
+    assert field_violations(caught.value) == {"checks[1].amount": "must not be negative"}
+
+
+async def test_checks_follow_the_clock_across_midnight_and_back(env: InfraEnv) -> None:
+    """A check keeps the window it worked out for a key only while the clock stays inside it."""
+    midnight = (datetime.now(UTC) + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    clock = ControllableClock(midnight - timedelta(seconds=1))
+    async with quota_service(env, clock=clock) as quota:
+        await create_plan(quota, "daily", spec(entitlement("exports", 3, period=pb.PERIOD_CALENDAR_DAY)))
+        await subscribe(quota, "acme", "daily")
+        assert (await record(quota, usage("acme", "exports", 2, "late-evening"))).counted
+        request = pb.CheckQuotaRequest(tenant_id="acme", key="exports", amount=2)
+
+        async def check() -> tuple[bool, int, datetime]:
+            reply = await quota.caller.CheckQuota(request)
+            return reply.allowed, reply.used, reply.period_end.ToDatetime(tzinfo=UTC)
+
+        assert await check() == (False, 2, midnight)
+        clock.set(midnight)
+        assert await check() == (True, 0, midnight + timedelta(days=1))
+        clock.set(midnight - timedelta(seconds=1))
+        assert await check() == (False, 2, midnight)

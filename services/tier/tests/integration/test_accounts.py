@@ -4,25 +4,13 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from billing.tier.v1 import tier_pb2 as pb
+from billing_common.testing.rpc import field_violations
 
 from .conftest import Tier, build_estate, database, distributor, end_user, run_scan, signal
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-
-
-def violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None
-    found: dict[str, str] = {}
-    for detail in status.details:
-        bad = error_details_pb2.BadRequest()
-        if detail.Unpack(bad):
-            found.update({v.field: v.description for v in bad.field_violations})
-    return found
 
 
 async def test_upserts_are_idempotent_and_count_what_changed(tier: Tier) -> None:
@@ -56,7 +44,7 @@ async def test_bad_batches_change_nothing_and_name_every_field(tier: Tier) -> No
             )
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert violations(caught.value) == {
+    assert field_violations(caught.value) == {
         "databases[0].end_user_id": "no end_user 'nobody'",
         "databases[1].database_id": "'dist' is already a distributor",
         "databases[2].database_id": "is required, at most 200 characters",
@@ -65,7 +53,7 @@ async def test_bad_batches_change_nothing_and_name_every_field(tier: Tier) -> No
     assert await tier.count("databases") == 3
     with pytest.raises(grpc.aio.AioRpcError) as wrong_parent:
         await tier.operator.UpsertEndUsers(pb.UpsertEndUsersRequest(end_users=[end_user("x", "alpha")]))
-    assert violations(wrong_parent.value) == {
+    assert field_violations(wrong_parent.value) == {
         "end_users[0].distributor_id": "'alpha' is a end_user, not a distributor"
     }
 
@@ -92,7 +80,7 @@ async def test_signals_keep_the_newest_observation(tier: Tier) -> None:
                 ]
             )
         )
-    assert violations(caught.value) == {
+    assert field_violations(caught.value) == {
         "signals[0].value": 'must be "true" or "false"',
         "signals[1].source": "is required (e.g. push, workos)",
         "signals[1].observed_at": "is required",
@@ -127,7 +115,7 @@ async def test_bulk_import_streams_a_hierarchy_in_one_call(tier: Tier) -> None:
     assert len(hierarchy.root.children) == 10 and len(hierarchy.root.children[0].children) == 10
     with pytest.raises(grpc.aio.AioRpcError) as orphan:
         await bulk_import(tier, [pb.BulkImportRequest(database=database("lost", "nobody"))])
-    assert violations(orphan.value) == {"records[0].database.end_user_id": "no end_user 'nobody'"}
+    assert field_violations(orphan.value) == {"records[0].database.end_user_id": "no end_user 'nobody'"}
 
 
 async def test_unknown_accounts_and_callers(tier: Tier) -> None:
@@ -139,7 +127,7 @@ async def test_unknown_accounts_and_callers(tier: Tier) -> None:
     assert forbidden.value.code() == grpc.StatusCode.PERMISSION_DENIED
     with pytest.raises(grpc.aio.AioRpcError) as no_kind:
         await tier.operator.RunScan(pb.RunScanRequest(idempotency_key="k"))
-    assert violations(no_kind.value) == {"kind": "must be FULL, SSO or API"}
+    assert field_violations(no_kind.value) == {"kind": "must be FULL, SSO or API"}
     await tier.operator.RunScan(pb.RunScanRequest(kind=pb.SCAN_KIND_FULL, idempotency_key="same"))
     with pytest.raises(grpc.aio.AioRpcError) as reused:
         await tier.operator.RunScan(pb.RunScanRequest(kind=pb.SCAN_KIND_SSO, idempotency_key="same"))

@@ -21,6 +21,7 @@ from quota.app.ports import CounterOp, CounterRef, CounterResult, CounterStatus
 
 ID_TTL_SECONDS = 86_400
 COUNTER_KEEP_AFTER_END = timedelta(days=2)
+MAX_KEYS_KEPT = 65_536  # Redis keys of counters, built once each; all dropped at once when full
 
 # Events of one tenant in order. KEYS: the call's distinct counters, then one idempotency entry
 # per event. ARGV[1] id ttl, ARGV[2] number of counters, then one argument per event,
@@ -84,15 +85,24 @@ class RedisCounters:
         self._tracked = tracked
         self._record = redis.register_script(_RECORD)
         self._undo = redis.register_script(_UNDO)
+        self._keys: dict[CounterRef, str] = {}  # built once: checks look them up all the time
         self._reads: list[tuple[list[str], asyncio.Future[list[bytes | None]]]] = []
         self._reader: asyncio.Task[None] | None = None
 
     def counter_key(self, counter: CounterRef) -> str:
-        start = int(counter.period_start.timestamp())
-        return f"{self._namespace}:{{{counter.tenant_id}}}:u:{counter.key}:{start}"
+        key = self._keys.get(counter)
+        if key is None:
+            if len(self._keys) >= MAX_KEYS_KEPT:
+                self._keys.clear()
+            start = int(counter.period_start.timestamp())
+            key = self._keys[counter] = f"{self._namespace}:{{{counter.tenant_id}}}:u:{counter.key}:{start}"
+        return key
 
     def id_key(self, tenant_id: str, idempotency_key: str) -> str:
         return f"{self._namespace}:{{{tenant_id}}}:id:{idempotency_key}"
+
+    def known(self, counter: CounterRef) -> int | None:
+        return self._tracked.cached(self.counter_key(counter))
 
     async def read(self, counters: Sequence[CounterRef]) -> list[int | None]:
         """Tracked values first (no round trip); the rest in one MGET shared by concurrent reads."""

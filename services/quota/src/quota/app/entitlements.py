@@ -34,12 +34,11 @@ class EntitlementCache:
         self._entries: dict[str, tuple[Resolution, datetime, datetime]] = {}  # + refresh at, expiry
         self.generation = 0  # bumped on every invalidation, so a resolution built meanwhile is not kept
 
-    def get(self, tenant_id: str) -> tuple[Resolution | None, bool]:
-        """The cached resolution, and whether it is time to load it again."""
+    def get(self, tenant_id: str, now: datetime) -> tuple[Resolution | None, bool]:
+        """The cached resolution at `now`, and whether it is time to load it again."""
         entry = self._entries.get(tenant_id)
         if entry is None:
             return None, True
-        now = self._clock.now()
         if now >= entry[2]:
             del self._entries[tenant_id]
             return None, True
@@ -95,10 +94,12 @@ class Entitlements:
         self._loading: dict[str, tuple[int, asyncio.Future[Resolution]]] = {}
 
     async def resolution(self, tenant_id: str) -> Resolution:
-        cached, due = self._cache.get(tenant_id)
-        if cached is None:
-            return await self._load(tenant_id)
-        if due and tenant_id not in self._loading:
+        return self.known(tenant_id, self._clock.now()) or await self._load(tenant_id)
+
+    def known(self, tenant_id: str, now: datetime) -> Resolution | None:
+        """The cached resolution, without waiting; a due reload starts in the background."""
+        cached, due = self._cache.get(tenant_id, now)
+        if cached is not None and due and tenant_id not in self._loading:
             self._load(tenant_id).add_done_callback(_log_failure)
         return cached
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from quota.domain.catalog import AddOn, Plan, PlanSpec
 from quota.domain.resolution import Grant, Override, SubscriptionView
@@ -48,9 +48,11 @@ class TenantStore(Protocol):
     async def create_grant(self, grant: Grant, idem: IdempotencyRef) -> Grant: ...
 
 
-@dataclass(frozen=True)
-class CounterRef:
-    """One counter: a tenant's usage of a key in one window (identified by its start)."""
+class CounterRef(NamedTuple):
+    """One counter: a tenant's usage of a key in one window (identified by its start).
+
+    A tuple, so that it hashes in C: the counters adapter looks its Redis key up on every check.
+    """
 
     tenant_id: str
     key: str
@@ -84,6 +86,10 @@ class CounterResult:
 
 class Counters(Protocol):
     """The hot counters (Redis): atomic check-and-add per counter, nothing kept on disk."""
+
+    def known(self, counter: CounterRef) -> int | None:
+        """The current value if this process holds it (no round trip), else None."""
+        ...
 
     async def read(self, counters: Sequence[CounterRef]) -> list[int | None]: ...
     async def seed(self, counter: CounterRef, value: int) -> None: ...

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import NamedTuple
 
 from billing_common.clock import Clock
 from billing_common.errors import FailedPrecondition, InvalidArgument, Unavailable, Violations
@@ -58,8 +59,7 @@ class UsageEventIn:
     occurred_at: datetime | None
 
 
-@dataclass(frozen=True)
-class CheckResult:
+class CheckResult(NamedTuple):  # built by every check, like its Decision
     key: str
     decision: Decision
     window: Window | None
@@ -91,6 +91,43 @@ class _Planned:
     record: UsageRecord  # as it will be stored, occurred_at fixed when the window was chosen
     op: CounterOp
     thresholds: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """Where a check of one key counts, for as long as the resolution and the window stand."""
+
+    resolution: Resolution
+    entitlement: Entitlement
+    window: Window
+    counter: CounterRef
+
+
+class _Targets:
+    """The targets of recent checks: a busy tenant's checks do not pick a window every time."""
+
+    MAX_KEPT = 65_536  # (tenant, key) pairs; all are dropped at once when full
+
+    def __init__(self) -> None:
+        self._kept: dict[tuple[str, str], _Target] = {}
+
+    def find(self, resolution: Resolution, key: str, now: datetime) -> _Target | str:
+        """The target of `key` at `now`, or why the tenant may not use it."""
+        kept = self._kept.get((resolution.tenant_id, key))
+        if kept is not None and kept.resolution is resolution and kept.window.contains(now):
+            return kept
+        found = _entitled(resolution, key)
+        if isinstance(found, str):
+            return found
+        window = window_for(found.entitlement.period, now, resolution.billing)
+        assert window is not None  # the current instant always has a window
+        counter = CounterRef(resolution.tenant_id, key, window.start, window.end)
+        if len(self._kept) >= self.MAX_KEPT:
+            self._kept.clear()
+        target = self._kept[(resolution.tenant_id, key)] = _Target(
+            resolution, found.entitlement, window, counter
+        )
+        return target
 
 
 class GroupCommitter:
@@ -146,37 +183,43 @@ class Usage:
         self._committer = GroupCommitter(ledger)
         self._clock = clock
         self._late_grace = late_grace
+        self._targets = _Targets()
 
     # ------------------------------------------------------------ checks
 
-    async def check(self, tenant_id: str, checks: Sequence[tuple[str, int]]) -> list[CheckResult]:
-        """Answers for (key, amount) pairs of one tenant; never changes usage."""
-        if not tenant_id:
-            raise InvalidArgument.of("tenant_id", "is required")
-        for index, (key, amount) in enumerate(checks):
-            if amount < 0:
-                raise InvalidArgument.of(f"checks[{index}].amount", "must not be negative")
-            if not key:
-                raise InvalidArgument.of(f"checks[{index}].key", "is required")
-        resolution = await self._entitlements.resolution(tenant_id)
+    async def check_one(self, tenant_id: str, key: str, amount: int) -> CheckResult:
+        """CheckQuota, the platform's hottest call: no list is built when all is in memory."""
+        _refuse_bad_check(tenant_id, key, amount, "")
         now = self._clock.now()
-        answers: list[CheckResult | None] = []
-        counted: list[tuple[int, str, Entitlement, Window, int]] = []  # index, key, what, where, amount
-        counters: list[CounterRef] = []
-        for key, amount in checks:
-            found = _entitled(resolution, key)
-            if isinstance(found, str):
-                answers.append(CheckResult(key, refused(0, found), None))
-                continue
-            window = window_for(found.entitlement.period, now, resolution.billing)
-            assert window is not None  # the current instant always has a window
-            counted.append((len(answers), key, found.entitlement, window, amount or 1))
-            counters.append(CounterRef(tenant_id, key, window.start, window.end))
-            answers.append(None)
-        used = await self._read(counters)
-        for (index, key, entitlement, window, amount), value in zip(counted, used, strict=True):
-            answers[index] = CheckResult(key, decide(entitlement, value, amount), window)
-        return [answer for answer in answers if answer is not None]
+        resolution = self._entitlements.known(tenant_id, now) or await self._entitlements.resolution(
+            tenant_id
+        )
+        target = self._targets.find(resolution, key, now)
+        if isinstance(target, str):
+            return CheckResult(key, refused(0, target), None)
+        used = self._counters.known(target.counter)
+        if used is None:
+            (used,) = await self._read([target.counter])
+        return CheckResult(key, decide(target.entitlement, used, amount or 1), target.window)
+
+    async def check(self, tenant_id: str, checks: Sequence[tuple[str, int]]) -> list[CheckResult]:
+        """Answers for (key, amount) pairs of one tenant, from one read; never changes usage."""
+        for index, (key, amount) in enumerate(checks):
+            _refuse_bad_check(tenant_id, key, amount, f"checks[{index}].")
+        now = self._clock.now()
+        resolution = self._entitlements.known(tenant_id, now) or await self._entitlements.resolution(
+            tenant_id
+        )
+        targets = [self._targets.find(resolution, key, now) for key, _ in checks]
+        counters = [target.counter for target in targets if not isinstance(target, str)]
+        values = [self._counters.known(counter) for counter in counters]
+        used = iter(values if None not in values else await self._read(counters))
+        return [
+            CheckResult(key, refused(0, target), None)
+            if isinstance(target, str)
+            else CheckResult(key, decide(target.entitlement, next(used) or 0, amount or 1), target.window)
+            for (key, amount), target in zip(checks, targets, strict=True)
+        ]
 
     async def _read(self, counters: list[CounterRef]) -> list[int]:
         if not counters:
@@ -387,6 +430,15 @@ class Usage:
             price = entitlement.unit_price if entitlement else None
             charges.append(price_usage(totals[key], included, price, currency))
         return charges, keys, currency
+
+
+def _refuse_bad_check(tenant_id: str, key: str, amount: int, field_prefix: str) -> None:
+    if not tenant_id:
+        raise InvalidArgument.of("tenant_id", "is required")
+    if amount < 0:
+        raise InvalidArgument.of(f"{field_prefix}amount", "must not be negative")
+    if not key:
+        raise InvalidArgument.of(f"{field_prefix}key", "is required")
 
 
 def _entitled(resolution: Resolution, key: str) -> Resolved | str:

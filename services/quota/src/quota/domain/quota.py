@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from quota.domain.catalog import Behaviour, Entitlement
 
@@ -12,8 +12,9 @@ REASON_NOT_ENTITLED = "not_entitled"
 REASON_DENIED = "subscription_not_active"
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
+    """A tuple rather than a frozen dataclass: every check builds one, at a third of the cost."""
+
     allowed: bool
     used: int
     limit: int | None

@@ -175,16 +175,22 @@ def check_pb(check: CheckResult) -> pb.CheckQuotaResponse:
 
 
 def fill_check(message: pb.CheckQuotaResponse, check: CheckResult) -> None:
-    """Set in place, so that a batch answer does not build and copy a message per event."""
+    """Set in place, so that a batch answer does not build and copy a message per event.
+
+    `message` is new: fields that stay at their defaults (false, zero) are left alone.
+    """
     decision = check.decision
     message.allowed = decision.allowed
     message.used = decision.used
-    message.limit = decision.limit or 0
-    message.unlimited = decision.limit is None
-    message.remaining = decision.remaining or 0
+    if decision.limit is None:
+        message.unlimited = True
+    else:
+        message.limit = decision.limit
+        message.remaining = decision.remaining or 0
     message.behaviour = BEHAVIOURS_PB[decision.behaviour]
     message.reason = decision.reason
-    message.warning = decision.warning
+    if decision.warning:
+        message.warning = True
     message.key = check.key
     if check.window is not None:
         stamp(message.period_end, check.window.end)

@@ -171,14 +171,16 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
     # ------------------------------------------------------------ usage (the hot path)
 
     async def CheckQuota(self, request: pb.CheckQuotaRequest, context: Context) -> pb.CheckQuotaResponse:
-        (result,) = await self._usage.check(request.tenant_id, [(request.key, request.amount)])
-        return m.check_pb(result)
+        return m.check_pb(await self._usage.check_one(request.tenant_id, request.key, request.amount))
 
     async def CheckQuotaBatch(
         self, request: pb.CheckQuotaBatchRequest, context: Context
     ) -> pb.CheckQuotaBatchResponse:
         results = await self._usage.check(request.tenant_id, [(c.key, c.amount) for c in request.checks])
-        return pb.CheckQuotaBatchResponse(results=[m.check_pb(r) for r in results])
+        response = pb.CheckQuotaBatchResponse()
+        for result in results:
+            m.fill_check(response.results.add(), result)
+        return response
 
     async def RecordUsage(self, request: pb.RecordUsageRequest, context: Context) -> pb.RecordUsageResponse:
         (result,) = await self._usage.record([_usage_event(request.event)], group_commit=True)
