@@ -126,6 +126,8 @@ def _serve(setup_ref: str, settings: CommonSettings, migrations: str, ports: Any
     async def main() -> None:
         host = ServiceHost(settings, setup, Path(migrations), log_requests=False)
         await host.start()
+        if host.consumer is not None:  # a fresh exchange drops what is published before the bind
+            await asyncio.wait_for(host.consumer.ready.wait(), 60)
         ports.put(host.port)
         await asyncio.to_thread(stop.wait)
         await host.stop()
