@@ -41,9 +41,7 @@ def charge_request(key: str) -> pb.ChargeRequest:
 async def main() -> None:
     async with bench_env() as env:
         echo = (await measure_echo(env, SECONDS))[CONCURRENCY]
-        settings = env.settings(
-            GatewaySettings, "gateway-adapter", log_level="WARNING", webhook_port=free_port()
-        )
+        settings = env.settings(GatewaySettings, "gateway-adapter", webhook_port=free_port())
         with server_process("bench.gateway_charge:gateway_factory", settings, str(MIGRATIONS)) as port:
             async with open_channel(f"127.0.0.1:{port}", env.token("recurring")) as channel:
                 stub = gateway_pb2_grpc.GatewayServiceStub(channel)

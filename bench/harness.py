@@ -11,12 +11,15 @@ import contextlib
 import gc
 import importlib
 import multiprocessing as mp
+import os
 import statistics
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from billing_common.logging import configure_logging
 from billing_common.service import ServiceHost, run_event_loop
 from billing_common.settings import CommonSettings
 from billing_common.testing.infra import TEST_DATABASE, resolve_infra
@@ -118,13 +121,16 @@ async def open_loop(name: str, call: Callable[[int], Awaitable[Any]], rate: floa
 
 
 def _serve(setup_ref: str, settings: CommonSettings, migrations: str, ports: Any, stop: Any) -> None:
+    """A pod as deployed, logging included; its JSON lines go to /dev/null, not the figures."""
     from pathlib import Path
 
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    configure_logging(settings.service_name, settings.log_level)
     module, _, attr = setup_ref.partition(":")
     setup = getattr(importlib.import_module(module), attr)(settings)
 
     async def main() -> None:
-        host = ServiceHost(settings, setup, Path(migrations), log_requests=False)
+        host = ServiceHost(settings, setup, Path(migrations))
         await host.start()
         if host.consumer is not None:  # a fresh exchange drops what is published before the bind
             await asyncio.wait_for(host.consumer.ready.wait(), 60)

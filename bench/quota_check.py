@@ -81,8 +81,8 @@ def _median(rounds: list[Figures], name: str) -> Figures:
 
 async def main() -> None:
     async with bench_env() as env:
-        tracked_settings = env.settings(QuotaSettings, "quota", log_level="WARNING")
-        direct_settings = env.settings(QuotaSettings, "quota", log_level="WARNING", counter_cache_entries=0)
+        tracked_settings = env.settings(QuotaSettings, "quota")
+        direct_settings = env.settings(QuotaSettings, "quota", counter_cache_entries=0)
         with contextlib.ExitStack() as servers:
             tracked_port = servers.enter_context(
                 server_process("bench.quota_check:quota_factory", tracked_settings, str(MIGRATIONS))

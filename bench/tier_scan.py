@@ -127,7 +127,6 @@ async def main() -> None:
         settings = env.settings(
             TierSettings,
             "tier",
-            log_level="WARNING",
             scan_schedule_full="",
             scan_schedule_sso="",
             scan_schedule_api="",

@@ -2,8 +2,8 @@
 
 For each call, in order: correlation id, authentication and allow-list, the handler, mapping of
 `BillingError`s to status codes (INVALID_ARGUMENT carries google.rpc.BadRequest field
-violations), a request log line, and Prometheus metrics. One wrapper instead of a chain keeps
-the hot path (quota checks) short.
+violations), a log line (failed and slow calls; every call at DEBUG), and Prometheus metrics.
+One wrapper instead of a chain keeps the hot path (quota checks) short.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
 from typing import Any, TypeAlias
 
 import grpc
@@ -102,10 +103,11 @@ def _pack(message: Message) -> any_pb2.Any:
 
 
 class BillingInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, service: str, authenticator: Authenticator, *, log_requests: bool = True) -> None:
+    def __init__(self, service: str, authenticator: Authenticator, *, slow_call: timedelta) -> None:
         self._service = service
         self._auth = authenticator
-        self._log_requests = log_requests
+        # A line per successful call at INFO would cost a busy pod a quarter of its throughput.
+        self._slow_call_s = slow_call.total_seconds()
         # Handlers are static per method, so each is wrapped once, not on every call.
         self._wrapped: dict[str, Handler | None] = {}
         # The labelled metrics of each (method, code), looked up once: `labels()` costs more
@@ -146,13 +148,16 @@ class BillingInterceptor(grpc.aio.ServerInterceptor):
             )
         metrics[0].observe(elapsed)
         metrics[1].inc()
-        if self._log_requests or code != grpc.StatusCode.OK:
-            level = (
-                logging.INFO if code in (grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND) else logging.WARNING
-            )
+        if code is grpc.StatusCode.OK:
+            slow = elapsed >= self._slow_call_s
+            level, message = (logging.INFO, "slow rpc") if slow else (logging.DEBUG, "rpc")
+        else:
+            level = logging.INFO if code is grpc.StatusCode.NOT_FOUND else logging.WARNING
+            message = "rpc"
+        if log.isEnabledFor(level):
             log.log(
                 level,
-                "rpc",
+                message,
                 extra={
                     "method": method,
                     "code": code.name,

@@ -100,13 +100,11 @@ class ServiceHost:
         migrations_dir: Path,
         *,
         clock: Clock | None = None,
-        log_requests: bool = True,
     ) -> None:
         self.settings = settings
         self._setup = setup
         self._migrations_dir = migrations_dir
         self.clock = clock or SystemClock()
-        self._log_requests = log_requests
         self._tasks: list[asyncio.Task[None]] = []
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
@@ -147,7 +145,7 @@ class ServiceHost:
             ],
             interceptors=[
                 *telemetry.server_interceptors(),
-                BillingInterceptor(s.service_name, authenticator, log_requests=self._log_requests),
+                BillingInterceptor(s.service_name, authenticator, slow_call=s.log_slow_rpc),
             ],
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

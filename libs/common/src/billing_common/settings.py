@@ -52,6 +52,8 @@ class CommonSettings:
     # Token this service presents when it calls another service.
     auth_token: str = ""
     log_level: str = "INFO"
+    # A successful call is logged at DEBUG, or at INFO when it took at least this long.
+    log_slow_rpc: timedelta = timedelta(milliseconds=500)
 
     @property
     def schema(self) -> str:

@@ -2,6 +2,7 @@ import asyncio
 import contextlib
 import os
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
@@ -112,6 +113,25 @@ async def test_every_call_is_counted_under_its_method_and_code(echo, env: InfraE
             with contextlib.suppress(grpc.aio.AioRpcError):
                 await call(payload)
     assert (handled("OK") - ok, handled("INVALID_ARGUMENT") - invalid) == (3, 2)
+
+
+async def test_failed_and_slow_calls_are_logged_and_quick_successes_only_at_debug(
+    env: InfraEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO")
+    for slow_after, expected in ((timedelta(seconds=5), []), (timedelta(0), [("INFO", "slow rpc", "OK")])):
+        caplog.clear()
+        settings = env.settings(CommonSettings, "echo", log_slow_rpc=slow_after)
+        async with (
+            running_service(settings, echo_setup({"recurring"}), NO_MIGRATIONS) as host,
+            open_channel(f"127.0.0.1:{host.port}", env.token("recurring")) as channel,
+        ):
+            stub = echo_stub(channel)
+            assert await stub(b"ping") == b"ping"
+            with pytest.raises(grpc.aio.AioRpcError):
+                await stub(b"invalid")
+        logged = [(r.levelname, r.getMessage(), getattr(r, "code", "")) for r in caplog.records]
+        assert [line for line in logged if line[2]] == [*expected, ("WARNING", "rpc", "INVALID_ARGUMENT")]
 
 
 async def test_sigterm_while_waiting_for_the_database_stops_the_process_promptly(env: InfraEnv) -> None:
