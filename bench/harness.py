@@ -16,7 +16,7 @@ import statistics
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from billing_common.logging import configure_logging
@@ -34,6 +34,7 @@ class Figures:
     seconds: float
     p50_ms: float
     p99_ms: float
+    latencies: tuple[float, ...] = field(default=(), repr=False, compare=False)  # sorted, seconds
 
     @property
     def rps(self) -> float:
@@ -67,16 +68,7 @@ async def closed_loop(
 
     started = time.perf_counter()
     await asyncio.gather(*(caller() for _ in range(concurrency)))
-    elapsed = time.perf_counter() - started
-    latencies.sort()
-    return Figures(
-        name,
-        concurrency,
-        len(latencies),
-        elapsed,
-        statistics.median(latencies) * 1000,
-        latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
-    )
+    return _figures(name, concurrency, latencies, time.perf_counter() - started)
 
 
 async def open_loop(name: str, call: Callable[[int], Awaitable[Any]], rate: float, seconds: float) -> Figures:
@@ -109,14 +101,26 @@ async def open_loop(name: str, call: Callable[[int], Awaitable[Any]], rate: floa
         busiest = max(busiest, in_flight)
         tasks.append(asyncio.ensure_future(one(number, due)))
     await asyncio.gather(*tasks)
+    return _figures(name, busiest, latencies, time.perf_counter() - started)
+
+
+def pooled(name: str, rounds: list[Figures]) -> Figures:
+    """Several rounds as one: all their calls over all their time, percentiles of every call."""
+    latencies = [latency for figures in rounds for latency in figures.latencies]
+    seconds = sum(figures.seconds for figures in rounds)
+    return _figures(name, max(figures.concurrency for figures in rounds), latencies, seconds)
+
+
+def _figures(name: str, concurrency: int, latencies: list[float], seconds: float) -> Figures:
     latencies.sort()
     return Figures(
         name,
-        busiest,
+        concurrency,
         len(latencies),
-        time.perf_counter() - started,
+        seconds,
         statistics.median(latencies) * 1000,
         latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+        tuple(latencies),
     )
 
 
