@@ -270,6 +270,9 @@ async def test_a_bad_check_is_refused_with_its_field(quota: Quota) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await quota.caller.CheckQuotaBatch(batch)
     assert field_violations(caught.value) == {"checks[1].amount": "must not be negative"}
+    with pytest.raises(grpc.aio.AioRpcError) as no_tenant:
+        await quota.caller.CheckQuotaBatch(pb.CheckQuotaBatchRequest())
+    assert list(field_violations(no_tenant.value)) == ["tenant_id"]
 
 
 async def test_checks_follow_the_clock_across_midnight_and_back(env: InfraEnv) -> None:

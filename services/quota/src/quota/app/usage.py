@@ -189,7 +189,8 @@ class Usage:
 
     async def check_one(self, tenant_id: str, key: str, amount: int) -> CheckResult:
         """CheckQuota, the platform's hottest call: no list is built when all is in memory."""
-        _refuse_bad_check(tenant_id, key, amount, "")
+        _refuse_bad_tenant(tenant_id)
+        _refuse_bad_check(key, amount, "")
         now = self._clock.now()
         resolution = self._entitlements.known(tenant_id, now) or await self._entitlements.resolution(
             tenant_id
@@ -204,8 +205,9 @@ class Usage:
 
     async def check(self, tenant_id: str, checks: Sequence[tuple[str, int]]) -> list[CheckResult]:
         """Answers for (key, amount) pairs of one tenant, from one read; never changes usage."""
+        _refuse_bad_tenant(tenant_id)
         for index, (key, amount) in enumerate(checks):
-            _refuse_bad_check(tenant_id, key, amount, f"checks[{index}].")
+            _refuse_bad_check(key, amount, f"checks[{index}].")
         now = self._clock.now()
         resolution = self._entitlements.known(tenant_id, now) or await self._entitlements.resolution(
             tenant_id
@@ -432,9 +434,12 @@ class Usage:
         return charges, keys, currency
 
 
-def _refuse_bad_check(tenant_id: str, key: str, amount: int, field_prefix: str) -> None:
+def _refuse_bad_tenant(tenant_id: str) -> None:
     if not tenant_id:
         raise InvalidArgument.of("tenant_id", "is required")
+
+
+def _refuse_bad_check(key: str, amount: int, field_prefix: str) -> None:
     if amount < 0:
         raise InvalidArgument.of(f"{field_prefix}amount", "must not be negative")
     if not key:
