@@ -1,6 +1,7 @@
 # One entry point for developers and CI. `make test` is the test command.
 SHELL := /bin/bash
-UV ?= uv
+# uv from PATH, else the copy `tools/bootstrap.sh` installs into the project's tool folder.
+UV ?= $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/uv/bin/uv)
 RUN := $(UV) run --frozen
 GEN := libs/common/src/billing
 BUF_VERSION := 1.75.0
@@ -10,16 +11,19 @@ UNIT_TESTS := libs/common/tests/unit $(wildcard services/*/tests/unit)
 INTEGRATION_TESTS := libs/common/tests/integration $(wildcard services/*/tests/integration) tests/integration
 PYTEST_FLAGS ?=
 
-.PHONY: help install protos buf-lint lint ruff mypy contracts test unit integration run bench clean
+.PHONY: help bootstrap install protos buf-lint lint ruff mypy contracts test unit integration run bench clean
 
 help:
-	@echo "make test    install, generate, lint, then unit and integration tests (the CI command)"
+	@echo "make test    set up what is missing, generate, lint, then unit and integration tests (the CI command)"
 	@echo "make run     start all five services against local PostgreSQL, Redis and RabbitMQ"
 	@echo "make protos  regenerate Python code from protos/"
 	@echo "make lint    buf lint, ruff, mypy and the import-linter contracts"
 	@echo "make bench   run the benchmarks in bench/ and print their figures"
 
-install:
+bootstrap:
+	bash tools/bootstrap.sh
+
+install: bootstrap
 	$(UV) sync --frozen --all-packages
 
 $(BUF):
