@@ -50,6 +50,7 @@ OUTBOX_LAG = Gauge("billing_outbox_lag_seconds", "Age of the oldest unpublished 
 _BROKER_ERRORS = (aio_pika.exceptions.AMQPError, ConnectionError, OSError, asyncio.TimeoutError)
 CONTENT_TYPE = "application/x-protobuf"
 RETRY_HEADER = "x-retry-count"
+QUORUM = {"x-queue-type": "quorum"}
 
 
 # ---------------------------------------------------------------- the registry of event types
@@ -260,6 +261,7 @@ class EventConsumer:
         *,
         max_retries: int = 5,
         retry_delay: timedelta = timedelta(seconds=2),
+        delivery_limit: int = 20,
         prefetch: int = 32,
     ) -> None:
         for event_type in handlers:
@@ -271,17 +273,34 @@ class EventConsumer:
         self._handlers = dict(handlers)
         self._max_retries = max_retries
         self._retry_delay_ms = int(retry_delay.total_seconds() * 1000)
+        self._delivery_limit = delivery_limit
         self._prefetch = prefetch
         self.ready = asyncio.Event()
 
     async def declare(self, channel: AbstractChannel) -> aio_pika.abc.AbstractQueue:
+        """Quorum queues, replicated by a broker cluster with no change here.
+
+        Our retry queue and dead-letter queue handle a handler that fails; the broker's delivery
+        limit handles a message that never gets an answer at all (it kills the consumer each time),
+        dead-lettering it into the same dead-letter queue.
+        """
         exchange = await declare_exchange(channel, self._exchange_name)
-        queue = await channel.declare_queue(self.queues.main, durable=True)
-        await channel.declare_queue(self.queues.dead_letter, durable=True)
+        queue = await channel.declare_queue(
+            self.queues.main,
+            durable=True,
+            arguments={
+                **QUORUM,
+                "x-delivery-limit": self._delivery_limit,
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": self.queues.dead_letter,
+            },
+        )
+        await channel.declare_queue(self.queues.dead_letter, durable=True, arguments=QUORUM)
         await channel.declare_queue(
             self.queues.retry,
             durable=True,
             arguments={
+                **QUORUM,
                 "x-message-ttl": self._retry_delay_ms,
                 "x-dead-letter-exchange": "",
                 "x-dead-letter-routing-key": self.queues.main,

@@ -186,6 +186,7 @@ class ServiceHost:
                 parts.event_handlers,
                 max_retries=s.event_max_retries,
                 retry_delay=s.event_retry_delay,
+                delivery_limit=s.event_delivery_limit,
             )
             self._spawn("event-consumer", self.consumer.run)
         for index, work in enumerate(parts.background):

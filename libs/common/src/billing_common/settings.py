@@ -39,6 +39,9 @@ class CommonSettings:
     amqp_queue_prefix: str = ""
     event_max_retries: int = 5
     event_retry_delay: timedelta = timedelta(seconds=2)
+    # Deliveries of one message that never got an answer (its handling killed the pod) before the
+    # broker dead-letters it.
+    event_delivery_limit: int = 20
     outbox_poll_interval: timedelta = timedelta(milliseconds=200)
     grpc_host: str = "0.0.0.0"
     grpc_port: int = 50051

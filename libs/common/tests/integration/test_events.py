@@ -190,3 +190,67 @@ async def _queue_depth(env: InfraEnv, queue: str) -> int:
         channel = await connection.channel()
         declared = await channel.declare_queue(queue, passive=True)
         return int(declared.declaration_result.message_count or 0)
+
+
+async def test_event_queues_are_quorum_queues(harness: Harness) -> None:
+    consumer = harness.consumer()
+    dead_letter = f"{harness.queue}.dlq"
+    as_declared = {
+        harness.queue: {
+            "x-delivery-limit": 20,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": dead_letter,
+        },
+        f"{harness.queue}.retry": {
+            "x-message-ttl": 100,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": harness.queue,
+        },
+        dead_letter: {},
+    }
+    connection = await aio_pika.connect(harness.env.infra.amqp_url)
+    async with connection:
+        await consumer.declare(await connection.channel())
+        for name, arguments in as_declared.items():
+            # The same queue declared as a classic one is refused: the broker holds a quorum queue.
+            with pytest.raises(aio_pika.exceptions.ChannelPreconditionFailed, match="x-queue-type"):
+                await (await connection.channel()).declare_queue(
+                    name, durable=True, arguments={**arguments, "x-queue-type": "classic"}
+                )
+
+
+async def test_a_message_that_is_never_answered_goes_to_the_dead_letter_queue_at_the_delivery_limit(
+    harness: Harness,
+) -> None:
+    consumer = EventConsumer(
+        harness.consumer_pool,
+        harness.env.infra.amqp_url,
+        harness.env.exchange,
+        harness.queue,
+        {"payment.succeeded": _record_payment},
+        delivery_limit=2,
+    )
+    connection = await aio_pika.connect(harness.env.infra.amqp_url)
+    async with connection:
+        await consumer.declare(await connection.channel())
+        await (await connection.channel()).default_exchange.publish(
+            aio_pika.Message(b"", type="payment.succeeded"), routing_key=harness.queue
+        )
+        deliveries = 0
+        while (message := await _take(connection, harness.queue)) is not None:
+            deliveries += 1  # taken, then the channel dies unanswered, like a pod killed mid-handler
+            assert deliveries <= 3, "the broker kept redelivering past its limit"
+        assert deliveries == 3  # the first delivery and two redeliveries
+        assert await eventually(lambda: _queue_depth(harness.env, f"{harness.queue}.dlq")) == 1
+
+
+async def _take(connection: aio_pika.abc.AbstractConnection, queue: str) -> object | None:
+    channel = await connection.channel()
+    for _ in range(20):
+        message = await (await channel.get_queue(queue)).get(no_ack=False, fail=False)
+        if message is not None:
+            await channel.close()
+            return message
+        await asyncio.sleep(0.1)
+    await channel.close()
+    return None
