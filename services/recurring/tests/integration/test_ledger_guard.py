@@ -1,0 +1,77 @@
+"""The database refuses an unbalanced ledger transaction and any change to a written entry."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import asyncpg
+import pytest
+
+from billing_common import db
+from billing_common.testing.plugin import InfraEnv
+from recurring.entrypoints.main import MIGRATIONS
+
+INSERT = """INSERT INTO ledger_entries (ledger_transaction_id, customer, account, amount_minor, currency,
+                                        kind, reference, created_at)
+            SELECT e.ltx, 'acme', CASE WHEN e.amount > 0 THEN 'receivable:acme' ELSE 'revenue' END,
+                   e.amount, e.currency, 'invoice', 'inv_1', $4
+            FROM unnest($1::text[], $2::bigint[], $3::text[]) AS e(ltx, amount, currency)"""
+AT = datetime(2026, 11, 21, tzinfo=UTC)
+
+
+@pytest.fixture
+async def ledger(env: InfraEnv) -> AsyncIterator[asyncpg.Connection]:
+    """A connection as recurring's own login role to a freshly migrated recurring schema."""
+    schema = f"recurring_{env.run_id}"
+    env.schemas.append(schema)
+    await db.provision(env.infra.postgres_admin_url, schema, schema)
+    pool = await env.pool(schema)
+    try:
+        async with pool.acquire() as conn:
+            await db.migrate(conn, schema, [*db.common_migrations(), *db.migrations_in(MIGRATIONS)])
+            yield conn
+    finally:
+        await pool.close()
+
+
+async def test_a_balanced_ledger_transaction_commits(ledger: asyncpg.Connection) -> None:
+    await ledger.execute(INSERT, ["ltx_1", "ltx_1"], [1999, -1999], ["USD", "USD"], AT)
+
+    assert await ledger.fetchval("SELECT count(*) FROM ledger_entries") == 2
+
+
+@pytest.mark.parametrize(
+    ("amounts", "currencies"),
+    [
+        pytest.param([1999, -1998], ["USD", "USD"], id="off-by-one-cent"),
+        pytest.param([1999], ["USD"], id="one-sided"),
+        pytest.param([1999, -1999], ["USD", "EUR"], id="two-currencies"),
+    ],
+)
+async def test_an_unbalanced_ledger_transaction_cannot_commit(
+    ledger: asyncpg.Connection, amounts: list[int], currencies: list[str]
+) -> None:
+    with pytest.raises(asyncpg.CheckViolationError, match="does not balance"):
+        await ledger.execute(INSERT, ["ltx_bad"] * len(amounts), amounts, currencies, AT)
+
+    assert await ledger.fetchval("SELECT count(*) FROM ledger_entries") == 0
+
+
+async def test_one_bad_transaction_refuses_the_whole_statement(ledger: asyncpg.Connection) -> None:
+    with pytest.raises(asyncpg.CheckViolationError):
+        await ledger.execute(
+            INSERT, ["ltx_ok", "ltx_ok", "ltx_bad"], [500, -500, 700], ["USD", "USD", "USD"], AT
+        )
+
+    assert await ledger.fetchval("SELECT count(*) FROM ledger_entries") == 0
+
+
+async def test_written_entries_can_be_neither_changed_nor_removed(ledger: asyncpg.Connection) -> None:
+    await ledger.execute(INSERT, ["ltx_1", "ltx_1"], [1999, -1999], ["USD", "USD"], AT)
+
+    with pytest.raises(asyncpg.RestrictViolationError, match="append-only"):
+        await ledger.execute("UPDATE ledger_entries SET amount_minor = 0")
+    with pytest.raises(asyncpg.RestrictViolationError, match="append-only"):
+        await ledger.execute("DELETE FROM ledger_entries")
+    assert await ledger.fetchval("SELECT sum(abs(amount_minor)) FROM ledger_entries") == 3998
