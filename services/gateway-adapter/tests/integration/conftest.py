@@ -15,7 +15,7 @@ from billing.gateway.v1 import gateway_pb2 as pb
 from billing.gateway.v1 import gateway_pb2_grpc
 from billing_common.grpc_client import open_channel
 from billing_common.testing.plugin import InfraEnv, running_service
-from billing_common.testing.processes import free_port, service_process
+from billing_common.testing.processes import RunningProcess, free_port, service_process
 from gateway_adapter.entrypoints.main import MIGRATIONS, build
 from gateway_adapter.settings import GatewaySettings
 
@@ -25,10 +25,13 @@ SANDBOX_SECRET = "whsec_sandbox_current_0123456789abcdef"
 class Gateway:
     """A running gateway-adapter: recurring's stub, its settings, and the sandbox's own ledger."""
 
-    def __init__(self, settings: GatewaySettings, stub: Any, pool: asyncpg.Pool) -> None:
+    def __init__(
+        self, settings: GatewaySettings, stub: Any, pool: asyncpg.Pool, process: RunningProcess | None = None
+    ) -> None:
         self.settings = settings
         self.stub = stub
         self.pool = pool
+        self.process = process
 
     @property
     def webhook_url(self) -> str:
@@ -85,11 +88,13 @@ def _settings(env: InfraEnv, overrides: dict[str, Any]) -> GatewaySettings:
 
 
 @contextlib.asynccontextmanager
-async def _connected(env: InfraEnv, settings: GatewaySettings, address: str) -> AsyncIterator[Gateway]:
+async def _connected(
+    env: InfraEnv, settings: GatewaySettings, address: str, process: RunningProcess | None = None
+) -> AsyncIterator[Gateway]:
     pool = await env.pool(settings.schema)
     try:
         async with open_channel(address, env.token("recurring")) as channel:
-            yield Gateway(settings, gateway_pb2_grpc.GatewayServiceStub(channel), pool)
+            yield Gateway(settings, gateway_pb2_grpc.GatewayServiceStub(channel), pool, process)
     finally:
         await pool.close()
 
@@ -110,6 +115,6 @@ async def gateway_process(env: InfraEnv, **overrides: Any) -> AsyncIterator[Gate
     settings = _settings(env, overrides)
     async with (
         service_process("gateway_adapter", "GATEWAY", settings) as running,
-        _connected(env, settings, running.address) as gateway,
+        _connected(env, settings, running.address, running) as gateway,
     ):
         yield gateway

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from pathlib import Path
 
 from aiohttp import web
@@ -29,6 +30,8 @@ SERVICE_NAME = "billing.gateway.v1.GatewayService"
 # Every gateway by name, known before any connection so that settings naming one are checked first.
 SANDBOX_GATEWAYS = ("sandbox-card", "sandbox-ach")
 GATEWAYS = (*SANDBOX_GATEWAYS, StripeGateway.name)
+# Room after the slowest gateway call for the answer to be recorded and sent.
+DRAIN_MARGIN = timedelta(seconds=5)
 
 
 def _pairs(entries: tuple[str, ...], variable: str) -> dict[str, str]:
@@ -118,6 +121,7 @@ def build(settings: GatewaySettings) -> Setup:
                 )
             ],
             background=[janitor, serve_webhooks, clearing.run_forever],
+            drain_at_least=max(settings.stripe_timeout, settings.sandbox_latency) + DRAIN_MARGIN,
         )
 
     return setup
