@@ -50,7 +50,7 @@ OUTBOX_LAG = Gauge("billing_outbox_lag_seconds", "Age of the oldest unpublished 
 _BROKER_ERRORS = (aio_pika.exceptions.AMQPError, ConnectionError, OSError, asyncio.TimeoutError)
 CONTENT_TYPE = "application/x-protobuf"
 RETRY_HEADER = "x-retry-count"
-QUORUM = {"x-queue-type": "quorum"}
+QUORUM: dict[str, Any] = {"x-queue-type": "quorum"}
 
 
 # ---------------------------------------------------------------- the registry of event types
@@ -295,7 +295,7 @@ class EventConsumer:
                 "x-dead-letter-routing-key": self.queues.dead_letter,
             },
         )
-        await channel.declare_queue(self.queues.dead_letter, durable=True, arguments=QUORUM)
+        await channel.declare_queue(self.queues.dead_letter, durable=True, arguments={**QUORUM})
         await channel.declare_queue(
             self.queues.retry,
             durable=True,

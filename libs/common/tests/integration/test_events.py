@@ -237,7 +237,7 @@ async def test_a_message_that_is_never_answered_goes_to_the_dead_letter_queue_at
             aio_pika.Message(b"", type="payment.succeeded"), routing_key=harness.queue
         )
         deliveries = 0
-        while (message := await _take(connection, harness.queue)) is not None:
+        while await _take(connection, harness.queue) is not None:
             deliveries += 1  # taken, then the channel dies unanswered, like a pod killed mid-handler
             assert deliveries <= 3, "the broker kept redelivering past its limit"
         assert deliveries == 3  # the first delivery and two redeliveries
@@ -245,6 +245,7 @@ async def test_a_message_that_is_never_answered_goes_to_the_dead_letter_queue_at
 
 
 async def _take(connection: aio_pika.abc.AbstractConnection, queue: str) -> object | None:
+    """Take one message and close the channel without answering it."""
     channel = await connection.channel()
     for _ in range(20):
         message = await (await channel.get_queue(queue)).get(no_ack=False, fail=False)
