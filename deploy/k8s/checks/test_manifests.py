@@ -58,8 +58,17 @@ EXTERNAL_NAMESPACE_SELECTORS = [
     {"billing-suite/operator-access": "true"},
 ]
 FUTURE_POD_SELECTORS = [{"app.kubernetes.io/component": "console"}]
-# Read by the OpenTelemetry SDK, not by a settings class.
-LIBRARY_VARIABLES = {"OTEL_SERVICE_NAME", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_RESOURCE_ATTRIBUTES"}
+# Read by the OpenTelemetry SDK (the specification's variables), not by a settings class.
+LIBRARY_VARIABLES = {
+    "OTEL_SERVICE_NAME",
+    "OTEL_RESOURCE_ATTRIBUTES",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_INSECURE",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+}
 # The longest call a service makes or serves: a charge (recurring -> gateway-adapter -> Stripe), a
 # retry attempt (dunning -> recurring), a signal provider's request (tier). The drain must outlast it.
 CALL_TIMEOUTS = {
