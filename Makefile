@@ -11,13 +11,13 @@ UNIT_TESTS := libs/common/tests/unit $(wildcard services/*/tests/unit)
 INTEGRATION_TESTS := libs/common/tests/integration $(wildcard services/*/tests/integration) tests/integration
 PYTEST_FLAGS ?=
 
-.PHONY: help bootstrap install protos buf-lint lint ruff mypy contracts test unit integration run bench clean
+.PHONY: help bootstrap install protos buf-lint lint ruff mypy contracts manifests test unit integration run bench clean
 
 help:
 	@echo "make test    set up what is missing, generate, lint, then unit and integration tests (the CI command)"
 	@echo "make run     start all five services against local PostgreSQL, Redis and RabbitMQ"
 	@echo "make protos  regenerate Python code from protos/"
-	@echo "make lint    buf lint, ruff, mypy and the import-linter contracts"
+	@echo "make lint    buf lint, ruff, mypy, the import-linter contracts and the Kubernetes manifests"
 	@echo "make bench   run the benchmarks in bench/ and print their figures"
 
 bootstrap:
@@ -48,11 +48,17 @@ ruff: install
 
 mypy: protos
 	$(RUN) mypy -p billing_common -p gateway_adapter -p quota -p recurring -p dunning -p tier -p bench
+	$(RUN) mypy deploy/k8s/checks
 
 contracts: protos
 	$(RUN) lint-imports
 
-lint: buf-lint ruff mypy contracts
+# Every kustomization rendered (deploy/k8s/checks/kustomize.py), validated against the Kubernetes
+# 1.29-1.37 schemas and checked against the suite's rules; offline, from what `make install` installs.
+manifests: protos
+	$(RUN) pytest -q -p no:cacheprovider deploy/k8s/checks
+
+lint: buf-lint ruff mypy contracts manifests
 
 unit: protos
 	$(RUN) pytest $(PYTEST_FLAGS) $(UNIT_TESTS)

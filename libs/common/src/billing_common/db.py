@@ -9,6 +9,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from importlib import resources
 from pathlib import Path
 from typing import cast
@@ -25,6 +26,10 @@ _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 class MigrationError(RuntimeError):
     pass
+
+
+class SchemaBehind(RuntimeError):
+    """The schema lacks migrations this code needs: they have not been applied yet."""
 
 
 class StaleFencingToken(FailedPrecondition):
@@ -80,29 +85,55 @@ async def connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
         yield cast(asyncpg.Connection, proxy)
 
 
-async def provision(admin_dsn: str, schema: str, role: str, password: str | None = None) -> None:
-    """Create the service's login role and its schema, owned by it and closed to everyone else.
+async def provision(
+    admin_dsn: str,
+    schema: str,
+    role: str,
+    password: str | None = None,
+    *,
+    runtime_role: str | None = None,
+    runtime_password: str | None = None,
+) -> None:
+    """Create the service's schema, owned by `role` and closed to everyone else.
 
-    Idempotent and safe when many pods start at once (serialised by an advisory lock).
+    With a `runtime_role` as well, that second login role is what the service runs as: it gets
+    rows, not DDL (granted by `migrate`), and finds its schema without a startup parameter, which
+    a transaction-mode pooler (PgBouncer) does not pass on. A schema the runtime role owned until
+    now is handed to `role`. Idempotent and safe when many pods start at once (advisory lock).
     """
     conn = await asyncpg.connect(admin_dsn)
     try:
         await conn.execute("SELECT pg_advisory_lock(hashtextextended('billing:provision', 0))")
         try:
-            exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role)
-            if not exists:
-                await conn.execute(f"CREATE ROLE {quote_ident(role)} LOGIN")
-            if password:
-                await conn.execute(f"ALTER ROLE {quote_ident(role)} PASSWORD {_literal(password)}")
+            await _login_role(conn, role, password)
             await conn.execute(
                 f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)} AUTHORIZATION {quote_ident(role)}"
             )
+            if runtime_role and runtime_role != role:
+                await _login_role(conn, runtime_role, runtime_password)
+                owner = await conn.fetchval(
+                    "SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = $1", schema
+                )
+                if owner == runtime_role:
+                    await conn.execute(
+                        f"REASSIGN OWNED BY {quote_ident(runtime_role)} TO {quote_ident(role)}"
+                    )
+                await conn.execute(
+                    f"ALTER ROLE {quote_ident(runtime_role)} SET search_path TO {quote_ident(schema)}"
+                )
             await conn.execute(f"REVOKE ALL ON SCHEMA {quote_ident(schema)} FROM PUBLIC")
             await conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
         finally:
             await conn.execute("SELECT pg_advisory_unlock(hashtextextended('billing:provision', 0))")
     finally:
         await conn.close()
+
+
+async def _login_role(conn: asyncpg.Connection, role: str, password: str | None) -> None:
+    if not await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role):
+        await conn.execute(f"CREATE ROLE {quote_ident(role)} LOGIN")
+    if password:
+        await conn.execute(f"ALTER ROLE {quote_ident(role)} PASSWORD {_literal(password)}")
 
 
 def _literal(text: str) -> str:
@@ -129,16 +160,28 @@ def migrations_in(folder: Path) -> list[Migration]:
     return [Migration(path.name, path.read_text()) for path in sorted(folder.glob("*.sql"))]
 
 
-async def migrate(conn: asyncpg.Connection, schema: str, migrations: Sequence[Migration]) -> list[str]:
+async def migrate(
+    conn: asyncpg.Connection,
+    schema: str,
+    migrations: Sequence[Migration],
+    *,
+    lock_timeout: timedelta | None = None,
+    runtime_role: str | None = None,
+) -> list[str]:
     """Apply what is missing, in order, each in its own transaction, under a per-schema advisory lock.
 
-    An applied migration whose text changed is refused: history is never rewritten silently.
+    An applied migration whose text changed is refused: history is never rewritten silently. With
+    `lock_timeout`, a statement that waits longer for a table lock fails instead of queueing every
+    query of the running pods behind it. A `runtime_role` gets the rows of every table, and no more.
     Returns the versions this call applied.
     """
     lock_key = f"billing:migrate:{schema}"
     await conn.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", lock_key)
     try:
         await conn.execute(f"SET search_path TO {quote_ident(schema)}")
+        if lock_timeout is not None:
+            milliseconds = int(lock_timeout.total_seconds() * 1000)
+            await conn.execute("SELECT set_config('lock_timeout', $1, false)", f"{milliseconds}ms")
         await conn.execute(
             """CREATE TABLE IF NOT EXISTS schema_migrations (
                    version TEXT PRIMARY KEY,
@@ -150,14 +193,7 @@ async def migrate(conn: asyncpg.Connection, schema: str, migrations: Sequence[Mi
             for r in await conn.fetch("SELECT version, checksum FROM schema_migrations")
         }
         done: list[str] = []
-        for migration in migrations:
-            recorded = applied.get(migration.version)
-            if recorded is not None:
-                if recorded != migration.checksum:
-                    raise MigrationError(
-                        f"migration {migration.version} in schema {schema} was edited after it was applied"
-                    )
-                continue
+        for migration in _missing(schema, migrations, applied):
             async with conn.transaction():
                 await conn.execute(migration.sql)
                 await conn.execute(
@@ -167,9 +203,53 @@ async def migrate(conn: asyncpg.Connection, schema: str, migrations: Sequence[Mi
                 )
             log.info("applied migration", extra={"schema": schema, "version": migration.version})
             done.append(migration.version)
+        if runtime_role:
+            await _grant_rows(conn, schema, runtime_role)
         return done
     finally:
+        await conn.execute("SET lock_timeout TO DEFAULT")
         await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", lock_key)
+
+
+def _missing(schema: str, migrations: Sequence[Migration], applied: dict[str, str]) -> list[Migration]:
+    missing = []
+    for migration in migrations:
+        recorded = applied.get(migration.version)
+        if recorded is None:
+            missing.append(migration)
+        elif recorded != migration.checksum:
+            raise MigrationError(
+                f"migration {migration.version} in schema {schema} was edited after it was applied"
+            )
+    return missing
+
+
+async def _grant_rows(conn: asyncpg.Connection, schema: str, role: str) -> None:
+    """Rows of every table and the sequences behind them; no CREATE, and the history read-only."""
+    on_schema, to_role = quote_ident(schema), quote_ident(role)
+    async with conn.transaction():
+        await conn.execute(f"GRANT USAGE ON SCHEMA {on_schema} TO {to_role}")
+        await conn.execute(
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {on_schema} TO {to_role}"
+        )
+        await conn.execute(f"GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA {on_schema} TO {to_role}")
+        await conn.execute(f"REVOKE INSERT, UPDATE, DELETE ON {on_schema}.schema_migrations FROM {to_role}")
+
+
+async def check_migrated(conn: asyncpg.Connection, schema: str, migrations: Sequence[Migration]) -> None:
+    """Raise `SchemaBehind` while a migration this code knows is not applied yet (a pod that
+    does not migrate waits for the migration job); `MigrationError` if one was edited."""
+    try:
+        rows = await conn.fetch(f"SELECT version, checksum FROM {quote_ident(schema)}.schema_migrations")
+    except (
+        asyncpg.UndefinedTableError,
+        asyncpg.InvalidSchemaNameError,
+        asyncpg.InsufficientPrivilegeError,
+    ) as error:
+        raise SchemaBehind(f"schema {schema} is not migrated yet: {error}") from None
+    missing = _missing(schema, migrations, {r["version"]: r["checksum"] for r in rows})
+    if missing:
+        raise SchemaBehind(f"schema {schema} lacks {', '.join(m.version for m in missing)}")
 
 
 async def check_fence(conn: asyncpg.Connection, resource: str, token: int) -> None:

@@ -1,9 +1,12 @@
 """The host every service runs in: the same code path in production, `make run` and tests.
 
-Start-up: wait for PostgreSQL, Redis and RabbitMQ; provision the schema and role (when an
-admin DSN is set); migrate; build the service's parts; serve gRPC with health and reflection;
-relay the outbox; consume events; run background workers under a supervisor. Health stays
-NOT_SERVING until every dependency answers, and follows them afterwards. SIGTERM drains.
+Start-up: wait for PostgreSQL, Redis and RabbitMQ; provision the schema and roles (when an
+admin DSN is set); migrate (or, where a job migrates, wait until it has); build the service's
+parts; serve gRPC with health and reflection; relay the outbox; consume events; run background
+workers under a supervisor. Health stays NOT_SERVING until what serving needs answers (PostgreSQL;
+Redis too for a service that serves from it) and follows it afterwards; every dependency, the
+broker included, has its own health entry and gauge. SIGTERM drains. `--migrate-only` migrates
+and exits.
 """
 
 from __future__ import annotations
@@ -13,9 +16,11 @@ import contextlib
 import gc
 import logging
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -60,6 +65,22 @@ LIVENESS = "liveness"
 MAX_CONNECTION_AGE_MS = 5 * 60 * 1000
 
 
+class Dependency(StrEnum):
+    POSTGRESQL = "postgresql"
+    REDIS = "redis"
+    RABBITMQ = "rabbitmq"
+
+    @property
+    def health_entry(self) -> str:
+        """The health service name that reports this dependency alone (`dependency.rabbitmq`)."""
+        return f"dependency.{self.value}"
+
+
+DEPENDENCY_UP = prometheus_client.Gauge(
+    "billing_dependency_up", "1 while the service reaches the dependency, else 0", ["service", "dependency"]
+)
+
+
 @dataclass
 class Resources:
     """The connections a service's parts are built from; created in the host, passed in."""
@@ -91,6 +112,9 @@ class ServiceParts:
     # The longest an in-flight call may take (a charge waiting on its gateway): SIGTERM drains at
     # least this long, whatever GRPC_SHUTDOWN_GRACE says, so no call is cut off half done.
     drain_at_least: timedelta = timedelta(0)
+    # What the RPCs cannot be answered without: readiness follows these alone. The broker is
+    # never one: the outbox keeps events while it is away.
+    serving_needs: frozenset[Dependency] = frozenset({Dependency.POSTGRESQL})
 
 
 Setup = Callable[[Resources], Awaitable[ServiceParts]]
@@ -121,7 +145,10 @@ class ServiceHost:
 
     async def start(self) -> None:
         s = self.settings
-        await _retry_until_up("PostgreSQL", lambda: self._provision_and_migrate())
+        if s.migrate_on_start:
+            await _retry_until_up("PostgreSQL", self.migrate)
+        else:
+            await _retry_until_up("the schema's migrations", self._check_migrated)
         pool = await db.create_pool(
             s.database_url,
             s.schema,
@@ -201,18 +228,42 @@ class ServiceHost:
         gc.freeze()
         log.info("service started", extra={"port": self.port, "services": self._service_names})
 
-    async def _provision_and_migrate(self) -> None:
+    def _migrations(self) -> list[db.Migration]:
+        return [*db.common_migrations(), *db.migrations_in(self._migrations_dir)]
+
+    async def migrate(self) -> None:
+        """Provision (with an admin DSN), then migrate as the schema's owner, granting the rows to
+        the runtime role where that is another role."""
         s = self.settings
+        owner, runtime = urlsplit(s.db_migration_url or s.database_url), urlsplit(s.database_url)
+        if not owner.username or not runtime.username:
+            raise ValueError("the database URLs must name the service's login roles")
+        separate = runtime.username != owner.username
         if s.db_admin_url:
-            login = urlsplit(s.database_url)
-            if not login.username:
-                raise ValueError("the database URL must name the service's login role")
-            await db.provision(s.db_admin_url, s.schema, login.username, login.password)
-        conn = await asyncpg.connect(s.database_url)
+            await db.provision(
+                s.db_admin_url,
+                s.schema,
+                owner.username,
+                owner.password,
+                runtime_role=runtime.username if separate else None,
+                runtime_password=runtime.password,
+            )
+        conn = await asyncpg.connect(s.db_migration_url or s.database_url)
         try:
             await db.migrate(
-                conn, s.schema, [*db.common_migrations(), *db.migrations_in(self._migrations_dir)]
+                conn,
+                s.schema,
+                self._migrations(),
+                lock_timeout=s.migration_lock_timeout,
+                runtime_role=runtime.username if separate else None,
             )
+        finally:
+            await conn.close()
+
+    async def _check_migrated(self) -> None:
+        conn = await asyncpg.connect(self.settings.database_url)
+        try:
+            await db.check_migrated(conn, self.settings.schema, self._migrations())
         finally:
             await conn.close()
 
@@ -227,24 +278,33 @@ class ServiceHost:
             await self._health.set(name, status)
 
     async def _watch_dependencies(self) -> None:
-        assert self.resources is not None and self._amqp is not None
+        """Each dependency's own health entry and gauge; readiness from what serving needs."""
+        assert self.resources is not None and self._amqp is not None and self.parts is not None
+        pool, redis, amqp = self.resources.pool, self.resources.redis, self._amqp
+
+        async def broker() -> bool:
+            return not amqp.is_closed and amqp.connected.is_set()
+
+        checks: dict[Dependency, Callable[[], Awaitable[object]]] = {
+            Dependency.POSTGRESQL: lambda: pool.fetchval("SELECT 1"),
+            Dependency.REDIS: redis.ping,
+            Dependency.RABBITMQ: broker,
+        }
+        seen: dict[Dependency, bool] = {}
         serving: bool | None = None
         while True:
-            try:
-                async with asyncio.timeout(HEALTH_INTERVAL_S):
-                    await self.resources.pool.fetchval("SELECT 1")
-                    await self.resources.redis.ping()
-                ok = not self._amqp.is_closed and self._amqp.connected.is_set()
-            except Exception:
-                ok = False
-            if ok != serving:
-                serving = ok
-                await self._set_health(
-                    health_pb2.HealthCheckResponse.SERVING
-                    if ok
-                    else health_pb2.HealthCheckResponse.NOT_SERVING
-                )
-                log.info("health changed", extra={"serving": ok})
+            for dependency, check in checks.items():
+                up = await _answers(check)
+                DEPENDENCY_UP.labels(self.settings.service_name, dependency.value).set(1 if up else 0)
+                if seen.get(dependency) != up:
+                    seen[dependency] = up
+                    await self._health.set(dependency.health_entry, _status(up))
+                    log.info("dependency changed", extra={"dependency": dependency.value, "up": up})
+            ready = all(seen[dependency] for dependency in self.parts.serving_needs)
+            if ready != serving:
+                serving = ready
+                await self._set_health(_status(ready))
+                log.info("health changed", extra={"serving": ready})
             await asyncio.sleep(HEALTH_INTERVAL_S)
 
     async def stop(self) -> None:
@@ -317,6 +377,19 @@ class _GenericHandlersOnly:
         """Left out on purpose: the generic handler added with them serves these methods."""
 
 
+def _status(up: bool) -> Any:
+    return health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def _answers(check: Callable[[], Awaitable[object]]) -> bool:
+    """Whether the dependency answers within a health interval (a falsy answer counts as down)."""
+    try:
+        async with asyncio.timeout(HEALTH_INTERVAL_S):
+            return bool(await check())
+    except Exception:
+        return False
+
+
 def run_event_loop(main: Coroutine[Any, Any, T]) -> T:
     """Run the platform's event loop: uvloop, which takes about 12% less CPU per gRPC call than
     asyncio's own loop (`bench/grpc_runtime.py`)."""
@@ -343,7 +416,7 @@ async def _retry_until_up(what: str, attempt: Callable[[], Awaitable[T]]) -> T:
     while True:
         try:
             return await attempt()
-        except _UNREACHABLE as exc:
+        except (*_UNREACHABLE, db.SchemaBehind) as exc:
             if loop.time() > deadline:
                 raise
             log.warning("waiting for %s", what, extra={"error": str(exc)})
@@ -357,9 +430,16 @@ S = TypeVar("S", bound=CommonSettings)
 def run_service(
     prefix: str, settings_class: type[S], setup: Callable[[S], Setup], migrations_dir: Path
 ) -> None:
-    """What every service's `main` does: settings, logging, tracing, then serve until SIGTERM."""
+    """What every service's `main` does: settings, logging, tracing, then serve until SIGTERM.
+
+    With `--migrate-only` (the migration job) it provisions and migrates, then exits.
+    """
     settings = load_settings(settings_class, prefix)
     configure_logging(settings.service_name, settings.log_level)
+    if "--migrate-only" in sys.argv[1:]:
+        host = ServiceHost(settings, setup(settings), migrations_dir)
+        run_event_loop(_retry_until_up("PostgreSQL", host.migrate))
+        return
     telemetry.setup_telemetry(settings.service_name)
     if settings.metrics_port:
         prometheus_client.start_http_server(settings.metrics_port)

@@ -27,8 +27,17 @@ class CommonSettings:
 
     service_name: str = ""
     database_url: str = "postgresql://postgres@127.0.0.1:5432/billing"
-    # Superuser DSN used only to provision the service's schema and login role at start.
+    # Superuser DSN used only to provision the service's schema and login roles (development).
     db_admin_url: str = ""
+    # The role that owns the schema and runs its migrations. Empty: `database_url`'s role does
+    # (development, tests); set: `database_url`'s role only reads and writes rows.
+    db_migration_url: str = ""
+    # Migrate at start (`make run`, tests); off where a job runs `--migrate-only` first: the
+    # service then waits until its schema has every migration it knows.
+    migrate_on_start: bool = True
+    # How long a migration statement waits for a table lock before it fails (and is run again),
+    # rather than hold every query of the running pods queued behind it.
+    migration_lock_timeout: timedelta = timedelta(seconds=5)
     db_schema: str = ""
     db_pool_min: int = 1
     db_pool_max: int = 10

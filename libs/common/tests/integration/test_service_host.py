@@ -1,10 +1,12 @@
 import asyncio
 import contextlib
+import dataclasses
 import os
 import sys
 from datetime import timedelta
 from pathlib import Path
 
+import asyncpg
 import grpc
 import prometheus_client
 import pytest
@@ -13,9 +15,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
-from billing_common import context
+from billing_common import context, db
 from billing_common.grpc_client import open_channel
 from billing_common.grpc_server import CORRELATION_HEADER
+from billing_common.service import ServiceHost
 from billing_common.settings import CommonSettings
 from billing_common.testing.echo import SERVICE, echo_setup, echo_stub
 from billing_common.testing.plugin import InfraEnv, eventually, running_service
@@ -156,3 +159,65 @@ async def test_sigterm_while_waiting_for_the_database_stops_the_process_promptly
     assert process.returncode is None
     process.terminate()
     assert await asyncio.wait_for(process.wait(), 10) == 0
+
+
+def _separate_roles(env: InfraEnv, **overrides: object) -> CommonSettings:
+    """Settings of a service whose schema is owned by a migration role apart from its runtime role."""
+    runtime = f"echo_{env.run_id}"
+    owner = f"{runtime}_owner"
+    env.schemas.append(owner)
+    return env.settings(
+        CommonSettings,
+        "echo",
+        db_migration_url=db.dsn_with_user(env.infra.postgres_admin_url, owner),
+        **overrides,
+    )
+
+
+async def test_migrate_only_provisions_and_migrates_then_exits(env: InfraEnv) -> None:
+    settings = _separate_roles(env)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "billing_common.testing.echo",
+        "--migrate-only",
+        env={**os.environ, **settings_env("ECHO", settings)},
+    )
+
+    assert await asyncio.wait_for(process.wait(), 60) == 0
+    runtime = await asyncpg.connect(settings.database_url)
+    try:
+        await db.check_migrated(runtime, settings.schema, db.common_migrations())
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await runtime.execute(f"CREATE TABLE {settings.schema}.intruder (id INT)")
+    finally:
+        await runtime.close()
+
+
+async def test_a_service_that_does_not_migrate_waits_for_the_migration_job_then_serves(
+    env: InfraEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("WARNING")
+    job = _separate_roles(env)
+    pod = dataclasses.replace(job, migrate_on_start=False, db_admin_url="", db_migration_url="")
+    # The roles exist (made by the database's administrators); the schema is not migrated yet.
+    await db.provision(
+        env.infra.postgres_admin_url, job.schema, f"{job.schema}_owner", runtime_role=job.schema
+    )
+    host = ServiceHost(pod, echo_setup({"recurring"}), NO_MIGRATIONS)
+    starting = asyncio.create_task(host.start())
+    try:
+        await eventually(lambda: "waiting for the schema's migrations" in caplog.text, timeout=30)
+        assert not starting.done()
+
+        await ServiceHost(job, echo_setup({"recurring"}), NO_MIGRATIONS).migrate()
+
+        await asyncio.wait_for(starting, 30)
+        async with open_channel(f"127.0.0.1:{host.port}", env.token("recurring")) as channel:
+            assert await echo_stub(channel)(b"hi") == b"hi"
+    finally:
+        if not starting.done():
+            starting.cancel()
+        with contextlib.suppress(BaseException):
+            await starting
+        await host.stop()

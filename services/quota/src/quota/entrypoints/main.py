@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from billing.quota.v1 import quota_pb2_grpc
-from billing_common.service import Registration, Resources, ServiceParts, Setup, run_service
+from billing_common.service import Dependency, Registration, Resources, ServiceParts, Setup, run_service
 from billing_common.settings import SettingsError
 from quota.adapters.catalog_store import PostgresCatalog
 from quota.adapters.counters import RedisCounters
@@ -53,6 +53,8 @@ def build(settings: QuotaSettings) -> Setup:
             [Registration(quota_pb2_grpc.add_QuotaServiceServicer_to_server, servicer, SERVICE_NAME, ACCESS)],
             event_handlers=subscription_handlers(entitlements),
             background=[listen_for_invalidations, tracked.track],
+            # CheckQuota counts in Redis: a pod that cannot reach it leaves the endpoints.
+            serving_needs=frozenset({Dependency.POSTGRESQL, Dependency.REDIS}),
         )
 
     return setup
