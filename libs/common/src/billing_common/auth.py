@@ -410,10 +410,6 @@ class Authenticator:
         self._policy = policy
         self.insecure = insecure
 
-    @property
-    def policy(self) -> AccessPolicy:
-        return self._policy
-
     def is_open(self, method: str) -> bool:
         return method.split("/")[1] in OPEN_SERVICES if method.count("/") >= 2 else False
 
@@ -518,7 +514,10 @@ def _outgoing_token(settings: CommonSettings, variable: Callable[[str], str]) ->
     if not settings.auth_token_file:
         token = settings.auth_token.strip()
         if token:
-            _note_outgoing_token(token)
+            try:
+                _note_outgoing_token(token)
+            except ValueError as exc:
+                raise SettingsError(f"{variable('AUTH_TOKEN')}: {exc}") from None
         return lambda: token
     try:
         return WatchedFile(settings.auth_token_file, _note_outgoing_token)

@@ -377,6 +377,8 @@ def test_a_service_token_is_given_inline_or_as_a_file_but_not_both(tmp_path: Pat
     (tmp_path / "garbage").write_text("hello")
     with pytest.raises(SettingsError, match="RECURRING_AUTH_TOKEN_FILE: is not a JWT"):
         AuthConfig.from_settings(settings(auth_token_file=str(tmp_path / "garbage")), "RECURRING")
+    with pytest.raises(SettingsError, match="RECURRING_AUTH_TOKEN: is not a JWT"):
+        AuthConfig.from_settings(settings(auth_token="hello"), "RECURRING")
 
 
 def test_make_run_gives_each_pod_public_keys_and_its_own_token_and_no_signing_key(
