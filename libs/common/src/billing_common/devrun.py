@@ -1,7 +1,8 @@
 """`make run`: all five services as separate processes against the local servers.
 
 Each gets its own schema and login role (provisioned with the local superuser), its own
-gRPC and metrics port, and a shared development signing key; tokens for grpcurl are printed.
+gRPC and metrics port, the development key set (public keys only) and its outgoing token as a file.
+The development key pair is made once in a git-ignored folder; an operator token is printed.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-from billing_common import auth, db
+from billing_common import db, tokens
 
-DEV_SECRET = os.environ.get("BILLING_DEV_JWT_SECRET", "development-only-signing-key-0123456789")
+DEV_KEYS = Path(os.environ.get("BILLING_DEV_KEYS", ".dev-keys")).resolve()
 ADMIN_URL = os.environ.get("BILLING_DEV_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 SERVICES = [
     # (service name, env prefix, package, gRPC port, metrics port)
@@ -26,8 +28,21 @@ SERVICES = [
 ]
 
 
-def service_env(name: str, prefix: str, grpc_port: int, metrics_port: int) -> dict[str, str]:
+def dev_signing_key() -> tokens.SigningKey:
+    """The development key pair: made on first use, kept so earlier tokens stay valid."""
+    private_key = DEV_KEYS / "signing-key.pem"
+    if not private_key.exists():
+        tokens.new_key(private_key, DEV_KEYS / "jwks.json")
+    return tokens.SigningKey.from_pem(private_key.read_bytes())
+
+
+def service_env(
+    name: str, prefix: str, grpc_port: int, metrics_port: int, key: tokens.SigningKey
+) -> dict[str, str]:
     role = name.replace("-", "_")
+    token_file = DEV_KEYS / "tokens" / f"{name}.jwt"
+    token_file.parent.mkdir(parents=True, exist_ok=True)
+    token_file.write_text(tokens.issue(key, name) + "\n", encoding="utf-8")
     env = {
         f"{prefix}_SERVICE_NAME": name,
         f"{prefix}_DATABASE_URL": db.dsn_with_user(ADMIN_URL, role),
@@ -36,8 +51,8 @@ def service_env(name: str, prefix: str, grpc_port: int, metrics_port: int) -> di
         f"{prefix}_GRPC_HOST": "127.0.0.1",
         f"{prefix}_GRPC_PORT": str(grpc_port),
         f"{prefix}_METRICS_PORT": str(metrics_port),
-        f"{prefix}_AUTH_JWT_SECRET": DEV_SECRET,
-        f"{prefix}_AUTH_TOKEN": auth.issue_token(DEV_SECRET, name),
+        f"{prefix}_AUTH_JWKS": str(DEV_KEYS / "jwks.json"),
+        f"{prefix}_AUTH_TOKEN_FILE": str(token_file),
     }
     for other, _, _, port, _ in SERVICES:
         env[f"{prefix}_{other.upper().replace('-', '_')}_ADDR"] = f"127.0.0.1:{port}"
@@ -45,12 +60,16 @@ def service_env(name: str, prefix: str, grpc_port: int, metrics_port: int) -> di
 
 
 def main() -> None:
+    key = dev_signing_key()
     processes: list[subprocess.Popen[bytes]] = []
     for name, prefix, package, grpc_port, metrics_port in SERVICES:
-        env = {**os.environ, **service_env(name, prefix, grpc_port, metrics_port)}
+        env = {**os.environ, **service_env(name, prefix, grpc_port, metrics_port, key)}
         processes.append(subprocess.Popen([sys.executable, "-m", f"{package}.entrypoints.main"], env=env))  # noqa: S603
         print(f"{name:<16} gRPC 127.0.0.1:{grpc_port}   metrics http://127.0.0.1:{metrics_port}/metrics")
-    print(f"\noperator token (Authorization: Bearer ...):\n{auth.issue_token(DEV_SECRET, 'operator')}")
+    print(f"\noperator token, valid {tokens.PERSON_LIFETIME} (Authorization: Bearer ...):")
+    print(tokens.issue(key, "operator"))
+    issuer = f"python -m billing_common.tokens issue --private-key {DEV_KEYS}/signing-key.pem"
+    print(f"more: {issuer} --subject <caller>")
     print("\ntry: grpcurl -plaintext 127.0.0.1:50052 grpc.health.v1.Health/Check")
     print("stop with Ctrl-C\n", flush=True)
 

@@ -36,7 +36,7 @@ from grpc_reflection.v1alpha import reflection
 from redis.asyncio import Redis
 
 from billing_common import db, telemetry
-from billing_common.auth import AccessPolicy, Authenticator
+from billing_common.auth import AuthConfig
 from billing_common.clock import Clock, SystemClock
 from billing_common.events import EventConsumer, Handler, Outbox, OutboxRelay
 from billing_common.grpc_server import BillingInterceptor
@@ -91,6 +91,8 @@ class Resources:
     redis: Redis
     locks: RedisLocks
     outbox: Outbox
+    # The bearer token for calls to other services (`open_channel(addr, r.outgoing_token)`), kept current.
+    outgoing_token: Callable[[], str]
 
 
 @dataclass
@@ -128,8 +130,10 @@ class ServiceHost:
         migrations_dir: Path,
         *,
         clock: Clock | None = None,
+        env_prefix: str = "",
     ) -> None:
         self.settings = settings
+        self._env_prefix = env_prefix
         self._setup = setup
         self._migrations_dir = migrations_dir
         self.clock = clock or SystemClock()
@@ -145,6 +149,7 @@ class ServiceHost:
 
     async def start(self) -> None:
         s = self.settings
+        auth = AuthConfig.from_settings(s, self._env_prefix)
         if s.migrate_on_start:
             await _retry_until_up("PostgreSQL", self.migrate)
         else:
@@ -160,13 +165,12 @@ class ServiceHost:
         await _retry_until_up("Redis", redis.ping)
         self._amqp = await _retry_until_up("RabbitMQ", lambda: aio_pika.connect_robust(s.amqp_url, timeout=5))
         outbox = Outbox(s.service_name, self.clock)
-        self.resources = Resources(s, self.clock, pool, redis, RedisLocks(redis, s.namespace), outbox)
+        self.resources = Resources(
+            s, self.clock, pool, redis, RedisLocks(redis, s.namespace), outbox, auth.outgoing_token
+        )
         self.parts = parts = await self._setup(self.resources)
 
-        policy = AccessPolicy({})
-        for registration in parts.registrations:
-            policy = policy.merged(AccessPolicy.for_service(registration.service_name, registration.access))
-        authenticator = Authenticator(s.auth_jwt_secret, policy, insecure=s.auth_insecure)
+        authenticator = auth.authenticator({r.service_name: r.access for r in parts.registrations})
         if s.auth_insecure:
             log.warning("INSECURE development mode: calls are accepted without a verified token")
         server = grpc.aio.server(
@@ -443,4 +447,5 @@ def run_service(
     telemetry.setup_telemetry(settings.service_name)
     if settings.metrics_port:
         prometheus_client.start_http_server(settings.metrics_port)
-    run_event_loop(ServiceHost(settings, setup(settings), migrations_dir).run_until_signalled())
+    host = ServiceHost(settings, setup(settings), migrations_dir, env_prefix=prefix)
+    run_event_loop(host.run_until_signalled())

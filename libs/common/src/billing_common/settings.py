@@ -58,11 +58,21 @@ class CommonSettings:
     grpc_tls_key: str = ""
     grpc_shutdown_grace: timedelta = timedelta(seconds=20)
     metrics_port: int = 9464
-    auth_jwt_secret: str = ""
+    # Public keys (JWKS) that verify callers' tokens: a file, read again when replaced, or the JSON itself.
+    auth_jwks: str = ""
+    auth_audience: str = "billing"
+    auth_issuer: str = "billing-issuer"
+    # Longest lifetime (`exp` - `iat`) accepted from services and from people (the roles listed).
+    auth_max_token_lifetime: timedelta = timedelta(days=31)
+    auth_max_person_token_lifetime: timedelta = timedelta(hours=12)
+    auth_person_roles: tuple[str, ...] = ("operator", "finance")
+    # This deployment's changes to the allow-lists: `CheckQuota,CheckQuotaBatch+=storefront; SetClock=`.
+    auth_access: str = ""
     # Explicit development switch: accept calls without a verified token (logged loudly).
     auth_insecure: bool = False
-    # Token this service presents when it calls another service.
+    # Token this service presents when it calls another: inline, or a file read again when replaced.
     auth_token: str = ""
+    auth_token_file: str = ""
     log_level: str = "INFO"
     # A successful call is logged at DEBUG, or at INFO when it took at least this long.
     log_slow_rpc: timedelta = timedelta(milliseconds=500)
@@ -126,7 +136,7 @@ def _parse(var: str, raw: str, hint: Any) -> Any:
         if hint is int:
             return int(raw)
         if hint is timedelta:
-            return _parse_duration(raw)
+            return parse_duration(raw)
         if hint is str:
             return raw
     except ValueError as exc:
@@ -137,7 +147,7 @@ def _parse(var: str, raw: str, hint: Any) -> Any:
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def _parse_duration(raw: str) -> timedelta:
+def parse_duration(raw: str) -> timedelta:
     """Accept `250ms`, `30s`, `5m`, `2h`, `30d`, or plain seconds."""
     text = raw.strip()
     for unit in sorted(_UNITS, key=len, reverse=True):

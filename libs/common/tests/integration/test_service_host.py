@@ -15,14 +15,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
-from billing_common import context, db
+from billing_common import auth, context, db
 from billing_common.grpc_client import open_channel
 from billing_common.grpc_server import CORRELATION_HEADER
 from billing_common.service import ServiceHost
 from billing_common.settings import CommonSettings
 from billing_common.testing.echo import SERVICE, echo_setup, echo_stub
-from billing_common.testing.plugin import InfraEnv, eventually, running_service
+from billing_common.testing.plugin import InfraEnv, eventually, running_service, session_signing_key
 from billing_common.testing.processes import settings_env
+from billing_common.tokens import SigningKey, issue, write_jwks
 
 NO_MIGRATIONS = Path(__file__).parent / "no-migrations"
 
@@ -71,6 +72,51 @@ async def test_calls_need_a_token_from_an_allowed_caller(echo, env: InfraEnv) ->
     assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
     async with open_channel(target, env.token("recurring")) as allowed:
         assert await echo_stub(allowed)(b"hi") == b"hi"
+
+
+async def test_a_deployment_grants_a_caller_by_configuration(env: InfraEnv) -> None:
+    settings = env.settings(CommonSettings, "echo", auth_access="Echo+=dunning")
+    async with (
+        running_service(settings, echo_setup({"recurring"}), NO_MIGRATIONS) as host,
+        open_channel(f"127.0.0.1:{host.port}", env.token("dunning")) as granted,
+        open_channel(f"127.0.0.1:{host.port}", env.token("tier")) as stranger,
+    ):
+        assert await echo_stub(granted)(b"hi") == b"hi"
+        with pytest.raises(grpc.aio.AioRpcError) as denied:
+            await echo_stub(stranger)(b"hi")
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_a_pod_follows_its_rotated_key_set_and_renewed_token_without_a_restart(
+    env: InfraEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(auth, "RECHECK_S", 0.0)  # look at the files on every call, not every few seconds
+    new_key = SigningKey.generate()
+    key_file, token_file = tmp_path / "jwks.json", tmp_path / "token"
+    write_jwks(key_file, [session_signing_key().public_jwk(), new_key.public_jwk()])
+    token_file.write_text(env.token("recurring"))
+    settings = env.settings(
+        CommonSettings, "echo", auth_jwks=str(key_file), auth_token="", auth_token_file=str(token_file)
+    )
+    async with running_service(settings, echo_setup({"recurring", "dunning"}), NO_MIGRATIONS) as host:
+        assert host.resources is not None
+        target = f"127.0.0.1:{host.port}"
+        async with (
+            open_channel(target, host.resources.outgoing_token) as own,
+            open_channel(target, env.token("recurring")) as old_key,
+        ):
+            assert (await echo_stub(own)(b"whoami")).split()[0] == b"recurring"
+            renewed = tmp_path / "token.new"
+            renewed.write_text(issue(new_key, "dunning"))
+            renewed.replace(token_file)
+            assert (await echo_stub(own)(b"whoami")).split()[0] == b"dunning"
+            assert await echo_stub(old_key)(b"hi") == b"hi"
+
+            write_jwks(key_file, [new_key.public_jwk()])  # the old key retired
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await echo_stub(old_key)(b"hi")
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert (await echo_stub(own)(b"whoami")).split()[0] == b"dunning"
 
 
 async def test_calls_carry_the_token_and_the_callers_correlation_id(echo, env: InfraEnv) -> None:

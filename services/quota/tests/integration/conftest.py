@@ -24,9 +24,16 @@ from billing_common.testing.plugin import InfraEnv, running_service
 from quota.entrypoints.main import MIGRATIONS, build
 from quota.settings import QuotaSettings
 
+# A product service that meters its usage in quota, granted what it needs by configuration.
+STOREFRONT = "storefront"
+STOREFRONT_ACCESS = (
+    "CheckQuota,CheckQuotaBatch,RecordUsage,RecordUsageBatch,GetEntitlements,GetUsageSummary,"
+    "GetPlan,ListPlans,ListAddOns,GetTierPlanMapping+=storefront"
+)
+
 
 class Quota:
-    """A running quota service: the operator's and another service's stubs, and its settings."""
+    """A running quota service: the operator's and a product service's stubs, and its settings."""
 
     def __init__(self, env: InfraEnv, settings: QuotaSettings, port: int, operator: Any, caller: Any) -> None:
         self.env = env
@@ -40,6 +47,7 @@ class Quota:
 async def quota_service(
     env: InfraEnv, *, clock: Clock | None = None, **overrides: Any
 ) -> AsyncIterator[Quota]:
+    overrides.setdefault("auth_access", STOREFRONT_ACCESS)
     settings = env.settings(QuotaSettings, "quota", **overrides)
     async with running_service(settings, build(settings), MIGRATIONS, clock=clock) as host:
         assert host.consumer is not None
@@ -47,7 +55,7 @@ async def quota_service(
         target = f"127.0.0.1:{host.port}"
         async with (
             open_channel(target, env.token("operator")) as admin,
-            open_channel(target, env.token("recurring")) as other,
+            open_channel(target, env.token(STOREFRONT)) as other,
         ):
             yield Quota(
                 env,

@@ -15,11 +15,10 @@ from billing.common.v1 import common_pb2 as common
 from billing.recurring.v1 import recurring_pb2 as pb
 from billing.recurring.v1 import recurring_pb2_grpc
 from billing_common import db
-from billing_common.auth import issue_token
 from billing_common.grpc_client import open_channel
 from billing_common.service import ServiceHost
 from billing_common.settings import CommonSettings
-from billing_common.testing.plugin import InfraEnv, eventually, running_service
+from billing_common.testing.plugin import InfraEnv, eventually, issue_token, running_service
 from billing_common.testing.processes import RunningProcess, free_port, service_process
 from recurring.entrypoints.main import MIGRATIONS, build
 from recurring.settings import RecurringSettings
@@ -128,8 +127,8 @@ async def recurring_service(settings: RecurringSettings) -> AsyncIterator[Recurr
     async with running_service(settings, build(settings), MIGRATIONS) as host:
         target = f"127.0.0.1:{host.port}"
         async with (
-            open_channel(target, issue_token(settings.auth_jwt_secret, "operator")) as admin,
-            open_channel(target, issue_token(settings.auth_jwt_secret, "dunning")) as dunning,
+            open_channel(target, issue_token("operator")) as admin,
+            open_channel(target, issue_token("dunning")) as dunning,
         ):
             yield Recurring(
                 host,

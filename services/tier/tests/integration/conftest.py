@@ -20,7 +20,7 @@ from tier.settings import TierSettings
 
 
 class Tier:
-    """A running tier service (one pod): the operator's stub, another service's stub, its settings."""
+    """A running tier service (one pod): the operator's stub, the web console's stub, its settings."""
 
     def __init__(self, env: InfraEnv, settings: TierSettings, operator: Any, caller: Any) -> None:
         self.env = env
@@ -63,7 +63,7 @@ async def tier_service(
         target = f"127.0.0.1:{host.port}"
         async with (
             open_channel(target, env.token("operator")) as admin,
-            open_channel(target, env.token("recurring")) as other,
+            open_channel(target, env.token("console")) as other,
         ):
             yield Tier(
                 env, settings, tier_pb2_grpc.TierServiceStub(admin), tier_pb2_grpc.TierServiceStub(other)

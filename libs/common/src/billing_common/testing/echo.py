@@ -56,7 +56,10 @@ def main() -> None:
     from billing_common.settings import CommonSettings
 
     run_service(
-        "ECHO", CommonSettings, lambda _settings: echo_setup({"*"}), Path(__file__).parent / "no-migrations"
+        "ECHO",
+        CommonSettings,
+        lambda _settings: echo_setup({"bench"}),
+        Path(__file__).parent / "no-migrations",
     )
 
 

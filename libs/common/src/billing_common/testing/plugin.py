@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import pytest
 from google.protobuf.message import Message
 from redis.asyncio import Redis
 
-from billing_common import auth, db
+from billing_common import db, tokens
 from billing_common.clock import Clock
 from billing_common.events import event_class
 from billing_common.service import ServiceHost, Setup
@@ -26,7 +27,17 @@ from billing_common.settings import CommonSettings
 from billing_common.testing.infra import TEST_DATABASE, Infra, resolve_infra
 
 S = TypeVar("S", bound=CommonSettings)
-JWT_SECRET = "test-only-signing-key-not-a-secret"
+
+
+@functools.cache
+def session_signing_key() -> tokens.SigningKey:
+    """This test session's issuer key; its services are given the public half only."""
+    return tokens.SigningKey.generate()
+
+
+def issue_token(caller: str, lifetime: timedelta | None = None) -> str:
+    """A token of this test session's issuer."""
+    return tokens.issue(session_signing_key(), caller, lifetime)
 
 
 def _with_database(url: str, database: str) -> str:
@@ -64,8 +75,12 @@ class InfraEnv:
     def exchange(self) -> str:
         return f"billing.events.{self.run_id}"
 
-    def token(self, caller: str) -> str:
-        return auth.issue_token(JWT_SECRET, caller)
+    def token(self, caller: str, lifetime: timedelta | None = None) -> str:
+        return issue_token(caller, lifetime)
+
+    @property
+    def jwks(self) -> str:
+        return session_signing_key().jwks()
 
     def settings(self, cls: type[S], service_name: str, **overrides: Any) -> S:
         schema = f"{service_name.replace('-', '_')}_{self.run_id}"
@@ -86,7 +101,7 @@ class InfraEnv:
             "grpc_host": "127.0.0.1",
             "grpc_port": 0,
             "metrics_port": 0,
-            "auth_jwt_secret": JWT_SECRET,
+            "auth_jwks": self.jwks,
             "auth_token": self.token(service_name),
             "log_level": "WARNING",
             **overrides,

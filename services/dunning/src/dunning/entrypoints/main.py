@@ -47,7 +47,7 @@ def build(settings: DunningSettings) -> Setup:
         background: list[Callable[[], Awaitable[None]]] = [metrics.run_forever]
         on_stop: list[Callable[[], Awaitable[None]]] = []
         if settings.worker_enabled:
-            channel = open_channel(settings.recurring_addr, settings.auth_token)
+            channel = open_channel(settings.recurring_addr, r.outgoing_token)
             worker = AttemptWorker(
                 store,
                 GrpcRecurring(channel, settings.attempt_timeout),

@@ -8,6 +8,7 @@ import grpc
 
 from billing.dunning.v1 import dunning_pb2 as pb
 from billing.dunning.v1 import dunning_pb2_grpc
+from billing_common.auth import CONSOLE, OPERATOR, READERS
 from billing_common.errors import InvalidArgument
 from dunning.app.cases import CaseService
 from dunning.app.policies import Policies
@@ -15,20 +16,18 @@ from dunning.app.ports import CaseFilter
 from dunning.entrypoints import mappers as m
 
 Context = grpc.aio.ServicerContext[Any, Any]
-OPERATOR = {"operator"}
-# Who may call what (JWT subject of the caller): every method here is an operator's.
-ACCESS: dict[str, set[str]] = {
-    name: OPERATOR
-    for name in (
-        "GetCase",
-        "ListCases",
-        "PauseCase",
-        "ResumeCase",
-        "RetryNow",
-        "ResetCase",
-        "GetPolicy",
-        "SetPolicy",
-    )
+ACTIONS = {OPERATOR, CONSOLE}
+# Who may call what: roles or callers named in tokens. Defaults; a deployment changes them with
+# DUNNING_AUTH_ACCESS.
+ACCESS: dict[str, set[str] | frozenset[str]] = {
+    "GetCase": READERS,
+    "ListCases": READERS,
+    "PauseCase": ACTIONS,
+    "ResumeCase": ACTIONS,
+    "RetryNow": ACTIONS,
+    "ResetCase": ACTIONS,
+    "GetPolicy": READERS,
+    "SetPolicy": {OPERATOR},
 }
 
 

@@ -10,6 +10,7 @@ import grpc
 from billing.common.v1 import common_pb2
 from billing.gateway.v1 import gateway_pb2 as pb
 from billing.gateway.v1 import gateway_pb2_grpc
+from billing_common.auth import OPERATOR, READERS
 from billing_common.errors import InvalidArgument
 from gateway_adapter.adapters.codec import decline_kind_pb, failure_type_pb, method_type_pb, payment_status_pb
 from gateway_adapter.app.payments import Payments
@@ -17,12 +18,13 @@ from gateway_adapter.app.ports import StoredRefund
 from gateway_adapter.domain.payments import ChargeRequest, MethodType, Payment, RefundRequest
 
 Context = grpc.aio.ServicerContext[Any, Any]
-CALLERS = {"recurring", "operator"}
-ACCESS: dict[str, set[str]] = {
-    "Charge": CALLERS,
-    "Refund": CALLERS,
-    "GetPayment": {"*"},
-    "GetCircuitState": {"*"},
+# Who may call what: roles or callers named in tokens. Defaults; a deployment changes them with
+# GATEWAY_AUTH_ACCESS. Only recurring charges: a payment made around it would miss the ledger.
+ACCESS: dict[str, set[str] | frozenset[str]] = {
+    "Charge": {"recurring"},
+    "Refund": {"recurring", OPERATOR},
+    "GetPayment": {"recurring", *READERS},
+    "GetCircuitState": {"recurring", *READERS},
 }
 METHODS = {
     common_pb2.PAYMENT_METHOD_TYPE_CARD: MethodType.CARD,

@@ -8,6 +8,7 @@ import grpc
 
 from billing.quota.v1 import quota_pb2 as pb
 from billing.quota.v1 import quota_pb2_grpc
+from billing_common.auth import OPERATOR, READERS
 from billing_common.clock import Clock
 from billing_common.errors import FailedPrecondition, FieldViolation, InvalidArgument, ResourceExhausted
 from billing_common.protos import optional_datetime, request_hash
@@ -18,28 +19,28 @@ from quota.app.usage import Outcome, RecordResult, Usage, UsageEventIn
 from quota.entrypoints import mappers as m
 
 Context = grpc.aio.ServicerContext[Any, Any]
-ANY = {"*"}
-OPERATOR = {"operator"}
-# Who may call what (JWT subject of the caller); "*" is any authenticated service.
-ACCESS: dict[str, set[str]] = {
-    "CheckQuota": ANY,
-    "CheckQuotaBatch": ANY,
-    "RecordUsage": ANY,
-    "RecordUsageBatch": ANY,
-    "GetPlan": ANY,
-    "ListPlans": ANY,
-    "ListAddOns": ANY,
-    "GetTierPlanMapping": ANY,
-    "GetUsageSummary": ANY,
-    "GetEntitlements": ANY,
-    "CreatePlan": OPERATOR,
-    "UpdatePlan": OPERATOR,
-    "RetirePlan": OPERATOR,
-    "CreateAddOn": OPERATOR,
-    "SetTierPlanMapping": OPERATOR,
-    "SetTenantAddOn": OPERATOR,
-    "SetOverride": OPERATOR,
-    "CreateGrant": OPERATOR,
+# Who may call what: roles or callers named in tokens. Defaults; a deployment changes them with
+# QUOTA_AUTH_ACCESS, e.g. `CheckQuota,CheckQuotaBatch,RecordUsage,RecordUsageBatch+=storefront` for a
+# product service that meters its usage here.
+ACCESS: dict[str, set[str] | frozenset[str]] = {
+    "CheckQuota": {OPERATOR},
+    "CheckQuotaBatch": {OPERATOR},
+    "RecordUsage": {OPERATOR},
+    "RecordUsageBatch": {OPERATOR},
+    "GetPlan": {"recurring", *READERS},
+    "ListPlans": READERS,
+    "ListAddOns": READERS,
+    "GetTierPlanMapping": {"recurring", *READERS},
+    "GetUsageSummary": {"recurring", *READERS},
+    "GetEntitlements": READERS,
+    "CreatePlan": {OPERATOR},
+    "UpdatePlan": {OPERATOR},
+    "RetirePlan": {OPERATOR},
+    "CreateAddOn": {OPERATOR},
+    "SetTierPlanMapping": {OPERATOR},
+    "SetTenantAddOn": {OPERATOR},
+    "SetOverride": {OPERATOR},
+    "CreateGrant": {OPERATOR},
 }
 MAX_BATCH = 10_000
 OUTCOMES = {

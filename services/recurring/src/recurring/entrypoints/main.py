@@ -62,8 +62,8 @@ def build(settings: RecurringSettings) -> Setup:
         # The test clock stands still until SetClock/AdvanceClock move it.
         clock: Clock = ControllableClock(r.clock.now()) if settings.test_clock else r.clock
         store = PostgresStore(r.pool, r.outbox, EventMessages(zone))
-        quota_channel = open_channel(settings.quota_addr, settings.auth_token)
-        gateway_channel = open_channel(settings.gateway_adapter_addr, settings.auth_token)
+        quota_channel = open_channel(settings.quota_addr, r.outgoing_token)
+        gateway_channel = open_channel(settings.gateway_adapter_addr, r.outgoing_token)
         quota = QuotaClient(quota_channel, settings.charge_timeout)
         outages = RedisOutageCounter(r.redis, settings.namespace)
         charging = Charging(

@@ -9,6 +9,7 @@ import grpc
 from billing.recurring.v1 import recurring_pb2 as pb
 from billing.recurring.v1 import recurring_pb2_grpc
 from billing_common import context
+from billing_common.auth import CONSOLE, OPERATOR, READERS
 from billing_common.clock import Clock, ControllableClock
 from billing_common.errors import FailedPrecondition, InvalidArgument
 from billing_common.protos import money_pb, request_hash
@@ -20,32 +21,32 @@ from recurring.app.subscriptions import Cause, Changes, CreateCommand, Idempoten
 from recurring.entrypoints import mappers as m
 
 Context = grpc.aio.ServicerContext[Any, Any]
-ANY = {"*"}
-OPERATOR = {"operator"}
-# Who may call what (JWT subject of the caller); "*" is any authenticated service.
-ACCESS: dict[str, set[str]] = {
-    "CreateSubscription": ANY,
-    "GetSubscription": ANY,
-    "ListSubscriptions": ANY,
-    "UpdateSubscription": ANY,
-    "PauseSubscription": ANY,
-    "ResumeSubscription": ANY,
-    "CancelSubscription": ANY,
-    "GetSubscriptionHistory": ANY,
-    "RunBilling": OPERATOR,
-    "GetRun": OPERATOR,
-    "ListRuns": OPERATOR,
-    "ResumeRun": OPERATOR,
-    "GetInvoice": ANY,
-    "ListInvoices": ANY,
-    "VoidInvoice": OPERATOR,
-    "RetryInvoicePayment": {"dunning", "operator"},
-    "GetAccountBalance": ANY,
-    "ListLedgerEntries": ANY,
-    "AddAccountCredit": OPERATOR,
-    "GetClock": OPERATOR,
-    "SetClock": OPERATOR,
-    "AdvanceClock": OPERATOR,
+ACTIONS = {OPERATOR, CONSOLE}
+# Who may call what: roles or callers named in tokens. Defaults; a deployment changes them with
+# RECURRING_AUTH_ACCESS, e.g. `CreateSubscription+=signup` for a product service that sells plans.
+ACCESS: dict[str, set[str] | frozenset[str]] = {
+    "CreateSubscription": ACTIONS,
+    "GetSubscription": READERS,
+    "ListSubscriptions": READERS,
+    "UpdateSubscription": ACTIONS,
+    "PauseSubscription": ACTIONS,
+    "ResumeSubscription": ACTIONS,
+    "CancelSubscription": ACTIONS,
+    "GetSubscriptionHistory": READERS,
+    "RunBilling": {OPERATOR},
+    "GetRun": READERS,
+    "ListRuns": READERS,
+    "ResumeRun": {OPERATOR},
+    "GetInvoice": READERS,
+    "ListInvoices": READERS,
+    "VoidInvoice": ACTIONS,
+    "RetryInvoicePayment": {"dunning", *ACTIONS},
+    "GetAccountBalance": READERS,
+    "ListLedgerEntries": READERS,
+    "AddAccountCredit": ACTIONS,
+    "GetClock": {OPERATOR},
+    "SetClock": {OPERATOR},
+    "AdvanceClock": {OPERATOR},
 }
 
 

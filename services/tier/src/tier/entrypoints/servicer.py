@@ -10,6 +10,7 @@ import grpc
 from billing.tier.v1 import tier_pb2 as pb
 from billing.tier.v1 import tier_pb2_grpc
 from billing_common import context
+from billing_common.auth import OPERATOR, READERS
 from billing_common.errors import InvalidArgument, NotFound
 from billing_common.protos import optional_datetime
 from tier.app.accounts import Accounts, ImportCounts, Record
@@ -19,24 +20,23 @@ from tier.app.scans import Scans
 from tier.entrypoints import mappers as m
 
 Context = grpc.aio.ServicerContext[Any, Any]
-ANY = {"*"}
-OPERATOR = {"operator"}
-# Who may call what (JWT subject of the caller); "*" is any authenticated service.
-ACCESS: dict[str, set[str]] = {
-    "UpsertDistributors": OPERATOR,
-    "UpsertEndUsers": OPERATOR,
-    "UpsertDatabases": OPERATOR,
-    "BulkImport": OPERATOR,
-    "ReportSignals": ANY,
-    "RunScan": OPERATOR,
-    "GetScan": ANY,
-    "ListScans": ANY,
-    "GetAccountTier": ANY,
-    "GetHierarchy": ANY,
-    "GetTierHistory": ANY,
-    "GetTierAt": ANY,
-    "ListTierChanges": ANY,
-    "RebuildCache": OPERATOR,
+# Who may call what: roles or callers named in tokens. Defaults; a deployment changes them with
+# TIER_AUTH_ACCESS, e.g. `ReportSignals+=sso-gateway` for a service that reports capabilities.
+ACCESS: dict[str, set[str] | frozenset[str]] = {
+    "UpsertDistributors": {OPERATOR},
+    "UpsertEndUsers": {OPERATOR},
+    "UpsertDatabases": {OPERATOR},
+    "BulkImport": {OPERATOR},
+    "ReportSignals": {OPERATOR},
+    "RunScan": {OPERATOR},
+    "GetScan": READERS,
+    "ListScans": READERS,
+    "GetAccountTier": READERS,
+    "GetHierarchy": READERS,
+    "GetTierHistory": READERS,
+    "GetTierAt": READERS,
+    "ListTierChanges": READERS,
+    "RebuildCache": {OPERATOR},
 }
 # Records of an import stream stored per transaction.
 IMPORT_SLICE = 20_000
