@@ -16,7 +16,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from billing_common.errors import FailedPrecondition
+from billing_common.errors import FailedPrecondition, Unavailable
+from billing_common.faults import is_dependency_failure
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,15 @@ class MigrationError(RuntimeError):
 
 class StaleFencingToken(FailedPrecondition):
     """A writer presented a token older than one already seen: it lost its lock."""
+
+
+class CommitOutcomeUnknown(Unavailable):
+    """The connection failed while COMMIT was under way: the transaction may or may not be applied.
+
+    Every other failure inside `transaction` means nothing was written; this one alone does not,
+    so whoever undoes side effects of a failed write (a counter, a reservation) must not undo them
+    on it, but find out later (the same idempotency key again) what was stored.
+    """
 
 
 def quote_ident(name: str) -> str:
@@ -69,9 +79,23 @@ async def create_pool(
 
 @contextlib.asynccontextmanager
 async def transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
-    """A pooled connection inside a transaction, typed as the connection the helpers here take."""
-    async with pool.acquire() as proxy, proxy.transaction():
-        yield cast(asyncpg.Connection, proxy)
+    """A pooled connection inside a transaction, typed as the connection the helpers here take.
+
+    A dependency failure during the commit itself is raised as `CommitOutcomeUnknown`.
+    """
+    async with pool.acquire() as proxy:
+        committing = False
+        try:
+            async with proxy.transaction():
+                yield cast(asyncpg.Connection, proxy)
+                committing = True
+        except Exception as error:
+            if committing and is_dependency_failure(error):
+                raise CommitOutcomeUnknown(
+                    "the database failed during a commit: the change may or may not be stored; "
+                    "retry with the same idempotency key"
+                ) from error
+            raise
 
 
 @contextlib.asynccontextmanager
