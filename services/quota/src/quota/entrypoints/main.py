@@ -52,7 +52,7 @@ def build(settings: QuotaSettings) -> Setup:
         return ServiceParts(
             [Registration(quota_pb2_grpc.add_QuotaServiceServicer_to_server, servicer, SERVICE_NAME, ACCESS)],
             event_handlers=subscription_handlers(entitlements),
-            background=[listen_for_invalidations, tracked.track],
+            background=[listen_for_invalidations, tracked.track, usage.settle_forever],
         )
 
     return setup
