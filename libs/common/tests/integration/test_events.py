@@ -12,6 +12,7 @@ from billing_common import db
 from billing_common.clock import ControllableClock
 from billing_common.events import EventConsumer, Outbox, OutboxRelay, event_type_of
 from billing_common.testing.broker import broker_stopped
+from billing_common.testing.faultproxy import FaultProxy
 from billing_common.testing.plugin import InfraEnv, eventually
 
 CONSUMER_TABLES = db.Migration("0001.sql", "CREATE TABLE settled (payment_id TEXT NOT NULL);")
@@ -190,3 +191,33 @@ async def _queue_depth(env: InfraEnv, queue: str) -> int:
         channel = await connection.channel()
         declared = await channel.declare_queue(queue, passive=True)
         return int(declared.declaration_result.message_count or 0)
+
+
+async def test_an_event_whose_database_connection_broke_is_redelivered_without_spending_a_retry(
+    harness: Harness,
+) -> None:
+    schema = f"consumer_{harness.env.run_id}"
+    async with FaultProxy(db.dsn_with_user(harness.env.infra.postgres_admin_url, schema)) as proxy:
+        pool = await db.create_pool(proxy.url, schema, application="test")
+        try:
+            consumer = EventConsumer(
+                pool,
+                harness.env.infra.amqp_url,
+                harness.env.exchange,
+                harness.queue,
+                {"payment.succeeded": _record_payment},
+                max_retries=0,  # a retry spent on the broken connection would park the event
+                retry_delay=timedelta(milliseconds=100),
+            )
+            harness.start(consumer.run)
+            await asyncio.wait_for(consumer.ready.wait(), 10)
+            harness.start(harness.relay().run)
+            proxy.cut_before(b"INSERT INTO inbox")
+
+            await harness.commit_payment("pay_across_a_broken_connection")
+
+            assert await eventually(harness.settled, timeout=30) == ["pay_across_a_broken_connection"]
+            assert proxy.cuts == 1
+            assert await _queue_depth(harness.env, f"{harness.queue}.dlq") == 0
+        finally:
+            await pool.close()
