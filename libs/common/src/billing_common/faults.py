@@ -36,8 +36,12 @@ DEPENDENCY_FAILURES: tuple[type[BaseException], ...] = (
 )
 
 # asyncpg raises its plain InterfaceError both for a closing pool or closed connection (ours to
-# retry elsewhere) and for misuse (a bug): only the former is a dependency failure.
+# retry elsewhere) and for misuse (a bug): only the former is a dependency failure. Likewise its
+# InternalClientError says "cannot switch to state ..." or "not connected" when the server ended
+# the session under it (a shutdown's FATAL arriving while the connection was idle in a
+# transaction), and other things for codec bugs.
 _CLOSED = ("closed", "closing")
+_BROKEN_PROTOCOL = ("cannot switch to state", "not connected")
 
 
 def is_dependency_failure(error: BaseException) -> bool:
@@ -47,6 +51,7 @@ def is_dependency_failure(error: BaseException) -> bool:
     if isinstance(error, DEPENDENCY_FAILURES):
         return True
     if type(error) is asyncpg.InterfaceError:
-        message = str(error)
-        return any(word in message for word in _CLOSED)
+        return any(words in str(error) for words in _CLOSED)
+    if type(error) is asyncpg.exceptions.InternalClientError:
+        return any(words in str(error) for words in _BROKEN_PROTOCOL)
     return False

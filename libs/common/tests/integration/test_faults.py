@@ -1,7 +1,5 @@
 """Dependencies failing under the host: the caller hears UNAVAILABLE, a lost commit is told apart."""
 
-import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +13,8 @@ from billing_common.service import Registration, Resources, ServiceParts
 from billing_common.settings import CommonSettings
 from billing_common.testing.echo import SERVICE, echo_stub
 from billing_common.testing.faultproxy import FaultProxy
-from billing_common.testing.infra import Infra
 from billing_common.testing.plugin import InfraEnv, eventually, running_service
-from billing_common.testing.servers import PostgresCluster, outage, postgres_cluster
+from billing_common.testing.servers import PostgresCluster, outage
 
 NO_MIGRATIONS = Path(__file__).parent / "no-migrations"
 
@@ -38,18 +35,6 @@ def _reads_the_database(resources: Resources) -> Any:
 async def _setup(resources: Resources) -> ServiceParts:
     registration = Registration(_reads_the_database(resources), None, SERVICE, {"Echo": {"recurring"}})
     return ServiceParts([registration])
-
-
-@pytest.fixture
-async def private_postgres(infra: Infra) -> AsyncIterator[tuple[InfraEnv, PostgresCluster]]:
-    with postgres_cluster() as cluster:
-        own = InfraEnv(Infra(cluster.url("postgres"), infra.redis_url, infra.amqp_url))
-        try:
-            yield own, cluster
-        finally:
-            if not cluster.running:
-                await asyncio.to_thread(cluster.start)
-            await own.cleanup()
 
 
 async def test_a_call_whose_database_is_down_is_answered_unavailable_and_served_again_after(

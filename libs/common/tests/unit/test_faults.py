@@ -17,6 +17,7 @@ DEPENDENCY_FAILED = [
     asyncpg.exceptions.ReadOnlySQLTransactionError("cannot execute INSERT in a read-only transaction"),
     asyncpg.InterfaceError("pool is closing"),
     asyncpg.InterfaceError("cannot call Connection.fetch(): connection is closed"),
+    asyncpg.exceptions.InternalClientError("cannot switch to state 15; another operation (2) is in progress"),
     redis.exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused."),
     redis.exceptions.TimeoutError("Timeout reading from socket"),
     redis.exceptions.BusyLoadingError("Redis is loading the dataset in memory"),
@@ -33,6 +34,7 @@ OURS_OR_THE_CALLERS = [
     asyncpg.exceptions.NumericValueOutOfRangeError("value out of range"),
     asyncpg.exceptions.DataError("invalid input for query argument $1 (value out of int64 range)"),
     asyncpg.InterfaceError("cannot perform operation: another operation is in progress"),
+    asyncpg.exceptions.InternalClientError("no decoder for OID 16385"),
     redis.exceptions.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"),
     ExceptionGroup("mixed", [TimeoutError(), ValueError("bad")]),
 ]

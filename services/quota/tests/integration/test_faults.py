@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -15,9 +14,8 @@ import pytest
 from billing.quota.v1 import quota_pb2 as pb
 from billing.quota.v1 import quota_pb2_grpc
 from billing_common.testing.faultproxy import FaultProxy
-from billing_common.testing.infra import Infra
 from billing_common.testing.plugin import InfraEnv, eventually
-from billing_common.testing.servers import PostgresCluster, outage, postgres_cluster
+from billing_common.testing.servers import PostgresCluster, outage
 from quota.settings import QuotaSettings
 
 from .conftest import Quota, create_plan, entitlement, quota_service, spec, subscribe, usage
@@ -104,19 +102,6 @@ async def test_a_record_whose_commit_never_arrived_ends_stored_and_counted_once_
     await eventually(agreed, timeout=15)
     replay = await record(quota, usage("acme", "calls", 3, "never-committed"))
     assert not replay.counted and replay.quota.used == 3
-
-
-@pytest.fixture
-async def private_postgres(infra: Infra) -> AsyncIterator[tuple[InfraEnv, PostgresCluster]]:
-    """A PostgreSQL cluster of this test's own (which it may stop), shared Redis and RabbitMQ."""
-    with postgres_cluster() as cluster:
-        own = InfraEnv(Infra(cluster.url("postgres"), infra.redis_url, infra.amqp_url))
-        try:
-            yield own, cluster
-        finally:
-            if not cluster.running:
-                await asyncio.to_thread(cluster.start)
-            await own.cleanup()
 
 
 class Traffic:
