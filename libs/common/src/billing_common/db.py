@@ -196,8 +196,32 @@ async def migrate(conn: asyncpg.Connection, schema: str, migrations: Sequence[Mi
         await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", lock_key)
 
 
+class FencingTokens:
+    """Hands out the fencing tokens of a service's locks, one growing series per resource.
+
+    Issued by PostgreSQL (the store the protected writes go to), so no loss of Redis can hand a
+    new holder a token below one already issued or written: that would make the holder's writes
+    stale, and the holder retry until the series caught up.
+    """
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def next(self, resource: str) -> int:
+        token = await self._pool.fetchval(
+            """INSERT INTO fencing_tokens (resource, token, issued) VALUES ($1, 0, 1)
+               ON CONFLICT (resource) DO UPDATE
+                   SET issued = greatest(fencing_tokens.issued, fencing_tokens.token) + 1
+               RETURNING issued""",
+            resource,
+        )
+        return int(token)
+
+
 async def check_fence(conn: asyncpg.Connection, resource: str, token: int) -> None:
     """Record `token` for `resource`, or refuse if a newer holder has already written.
+
+    `resource` is the name of the lock whose lease gave `token` (`FencingTokens` issues per name).
 
     Call it inside the transaction of the protected write: the row lock it takes serialises
     writers, and a stale holder's whole transaction rolls back.

@@ -121,7 +121,8 @@ class ServiceHost:
         await _retry_until_up("Redis", redis.ping)
         self._amqp = await _retry_until_up("RabbitMQ", lambda: aio_pika.connect_robust(s.amqp_url, timeout=5))
         outbox = Outbox(s.service_name, self.clock)
-        self.resources = Resources(s, self.clock, pool, redis, RedisLocks(redis, s.namespace), outbox)
+        locks = RedisLocks(redis, s.namespace, db.FencingTokens(pool))
+        self.resources = Resources(s, self.clock, pool, redis, locks, outbox)
         self.parts = parts = await self._setup(self.resources)
 
         policy = AccessPolicy({})
