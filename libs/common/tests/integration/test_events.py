@@ -11,9 +11,9 @@ from billing.events.v1 import payment_pb2
 from billing_common import db
 from billing_common.clock import ControllableClock
 from billing_common.events import EventConsumer, Outbox, OutboxRelay, event_type_of
-from billing_common.testing.broker import broker_stopped
 from billing_common.testing.faultproxy import FaultProxy
 from billing_common.testing.plugin import InfraEnv, eventually
+from billing_common.testing.servers import RabbitMQNode, outage
 
 CONSUMER_TABLES = db.Migration("0001.sql", "CREATE TABLE settled (payment_id TEXT NOT NULL);")
 PRODUCER_TABLES = db.Migration("0001.sql", "CREATE TABLE payments (payment_id TEXT PRIMARY KEY);")
@@ -112,19 +112,27 @@ async def test_event_committed_with_state_change_reaches_its_consumer(harness: H
 
 
 async def test_event_committed_while_the_broker_is_down_is_delivered_after_it_returns(
-    harness: Harness,
+    private_rabbitmq: tuple[InfraEnv, RabbitMQNode],
 ) -> None:
-    consumer = harness.consumer()
-    harness.start(consumer.run)
-    await asyncio.wait_for(consumer.ready.wait(), 10)
-    harness.start(harness.relay().run)
+    env, node = private_rabbitmq
+    harness = Harness(
+        env, await _schema(env, "producer", PRODUCER_TABLES), await _schema(env, "consumer", CONSUMER_TABLES)
+    )
+    try:
+        consumer = harness.consumer()
+        harness.start(consumer.run)
+        await asyncio.wait_for(consumer.ready.wait(), 10)
+        harness.start(harness.relay().run)
 
-    async with broker_stopped():
-        await harness.commit_payment("pay_during_outage")
-        await asyncio.sleep(0.5)
-        assert await harness.producer.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL") == 1
+        async with outage(node):
+            await harness.commit_payment("pay_during_outage")
+            await asyncio.sleep(0.5)
+            unpublished = "SELECT count(*) FROM outbox WHERE published_at IS NULL"
+            assert await harness.producer.fetchval(unpublished) == 1
 
-    assert await eventually(harness.settled, timeout=30) == ["pay_during_outage"]
+        assert await eventually(harness.settled, timeout=30) == ["pay_during_outage"]
+    finally:
+        await harness.close()
 
 
 async def test_a_duplicated_delivery_has_exactly_one_effect(harness: Harness) -> None:

@@ -13,7 +13,14 @@ import pytest
 
 from billing_common.testing.infra import Infra
 from billing_common.testing.plugin import InfraEnv
-from billing_common.testing.servers import PostgresCluster, RedisServer, postgres_cluster, redis_server
+from billing_common.testing.servers import (
+    PostgresCluster,
+    RabbitMQNode,
+    RedisServer,
+    postgres_cluster,
+    rabbitmq_node,
+    redis_server,
+)
 
 
 @pytest.fixture
@@ -37,4 +44,15 @@ async def private_redis(infra: Infra) -> AsyncIterator[tuple[InfraEnv, RedisServ
         finally:
             if not server.running:
                 await asyncio.to_thread(server.start)
+            await env.cleanup()
+
+
+@pytest.fixture
+async def private_rabbitmq(infra: Infra) -> AsyncIterator[tuple[InfraEnv, RabbitMQNode]]:
+    with rabbitmq_node() as node:
+        env = InfraEnv(Infra(infra.postgres_admin_url, infra.redis_url, node.url))
+        try:
+            yield env, node
+        finally:
+            await asyncio.to_thread(node.start_app)
             await env.cleanup()
