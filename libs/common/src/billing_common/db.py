@@ -17,7 +17,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from billing_common.errors import FailedPrecondition
+from billing_common.errors import FailedPrecondition, Unavailable
+from billing_common.faults import is_dependency_failure
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,15 @@ class SchemaBehind(RuntimeError):
 
 class StaleFencingToken(FailedPrecondition):
     """A writer presented a token older than one already seen: it lost its lock."""
+
+
+class CommitOutcomeUnknown(Unavailable):
+    """The connection failed while COMMIT was under way: the transaction may or may not be applied.
+
+    Every other failure inside `transaction` means nothing was written; this one alone does not,
+    so whoever undoes side effects of a failed write (a counter, a reservation) must not undo them
+    on it, but find out later (the same idempotency key again) what was stored.
+    """
 
 
 def quote_ident(name: str) -> str:
@@ -74,9 +84,23 @@ async def create_pool(
 
 @contextlib.asynccontextmanager
 async def transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
-    """A pooled connection inside a transaction, typed as the connection the helpers here take."""
-    async with pool.acquire() as proxy, proxy.transaction():
-        yield cast(asyncpg.Connection, proxy)
+    """A pooled connection inside a transaction, typed as the connection the helpers here take.
+
+    A dependency failure during the commit itself is raised as `CommitOutcomeUnknown`.
+    """
+    async with pool.acquire() as proxy:
+        committing = False
+        try:
+            async with proxy.transaction():
+                yield cast(asyncpg.Connection, proxy)
+                committing = True
+        except Exception as error:
+            if committing and is_dependency_failure(error):
+                raise CommitOutcomeUnknown(
+                    "the database failed during a commit: the change may or may not be stored; "
+                    "retry with the same idempotency key"
+                ) from error
+            raise
 
 
 @contextlib.asynccontextmanager
@@ -252,8 +276,32 @@ async def check_migrated(conn: asyncpg.Connection, schema: str, migrations: Sequ
         raise SchemaBehind(f"schema {schema} lacks {', '.join(m.version for m in missing)}")
 
 
+class FencingTokens:
+    """Hands out the fencing tokens of a service's locks, one growing series per resource.
+
+    Issued by PostgreSQL (the store the protected writes go to), so no loss of Redis can hand a
+    new holder a token below one already issued or written: that would make the holder's writes
+    stale, and the holder retry until the series caught up.
+    """
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def next(self, resource: str) -> int:
+        token = await self._pool.fetchval(
+            """INSERT INTO fencing_tokens (resource, token, issued) VALUES ($1, 0, 1)
+               ON CONFLICT (resource) DO UPDATE
+                   SET issued = greatest(fencing_tokens.issued, fencing_tokens.token) + 1
+               RETURNING issued""",
+            resource,
+        )
+        return int(token)
+
+
 async def check_fence(conn: asyncpg.Connection, resource: str, token: int) -> None:
     """Record `token` for `resource`, or refuse if a newer holder has already written.
+
+    `resource` is the name of the lock whose lease gave `token` (`FencingTokens` issues per name).
 
     Call it inside the transaction of the protected write: the row lock it takes serialises
     writers, and a stale holder's whole transaction rolls back.

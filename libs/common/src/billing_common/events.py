@@ -35,6 +35,7 @@ from prometheus_client import Counter, Gauge
 
 from billing_common import context
 from billing_common.clock import Clock
+from billing_common.faults import is_dependency_failure
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
@@ -47,7 +48,6 @@ EVENTS_HANDLED = Counter(
 )
 OUTBOX_LAG = Gauge("billing_outbox_lag_seconds", "Age of the oldest unpublished outbox row", ["producer"])
 
-_BROKER_ERRORS = (aio_pika.exceptions.AMQPError, ConnectionError, OSError, asyncio.TimeoutError)
 CONTENT_TYPE = "application/x-protobuf"
 RETRY_HEADER = "x-retry-count"
 QUORUM: dict[str, Any] = {"x-queue-type": "quorum"}
@@ -327,7 +327,7 @@ class EventConsumer:
             except Exception as exc:  # handler errors are caught per message; this is the connection
                 self.ready.clear()
                 log.warning(
-                    "event consumer lost the broker; will retry",
+                    "event consumer lost the broker or the database; will reconnect",
                     extra={"queue": self.queues.main, "error": repr(exc)},
                 )
                 await asyncio.sleep(backoff)
@@ -348,9 +348,11 @@ class EventConsumer:
                 outcome = await self._apply(event_type, event)
                 EVENTS_HANDLED.labels(self.queues.main, event_type, outcome).inc()
                 await message.ack()
-            except _BROKER_ERRORS:
-                raise  # not the event's fault: reconnect, and the broker redelivers it
             except Exception as exc:
+                if is_dependency_failure(exc):
+                    # Not the event's fault (broker or database gone): it spends none of its
+                    # retries; the consumer reconnects and the broker redelivers it.
+                    raise
                 log.exception(
                     "event handler failed", extra={"event_type": event_type, "queue": self.queues.main}
                 )

@@ -2,7 +2,8 @@
 
 For each call, in order: correlation id, authentication and allow-list, the handler, mapping of
 `BillingError`s to status codes (INVALID_ARGUMENT carries google.rpc.BadRequest field
-violations), a log line (failed and slow calls; every call at DEBUG), and Prometheus metrics.
+violations; a failed database, Redis or broker is UNAVAILABLE, never INTERNAL), a log line
+(failed and slow calls; every call at DEBUG), and Prometheus metrics.
 One wrapper instead of a chain keeps the hot path (quota checks) short.
 """
 
@@ -36,6 +37,7 @@ from billing_common.errors import (
     Unauthenticated,
     Unavailable,
 )
+from billing_common.faults import is_dependency_failure
 
 log = logging.getLogger("billing.rpc")
 
@@ -62,6 +64,9 @@ _CODES: list[tuple[type[BillingError], grpc.StatusCode]] = [
 ]
 
 CORRELATION_HEADER = "x-correlation-id"
+# What a caller hears when PostgreSQL, Redis or RabbitMQ failed under its call: every change is made
+# in a transaction with its idempotency key, so the same call again is safe.
+DEPENDENCY_UNAVAILABLE = "a dependency of this service is unavailable; retry with the same idempotency key"
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 
@@ -207,6 +212,11 @@ class _Guard:
                 self.method, started, code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
             )
             raise error
+        if is_dependency_failure(error):
+            self.owner.finish(
+                self.method, started, grpc.StatusCode.UNAVAILABLE, f"{type(error).__name__}: {error}"
+            )
+            await grpc_context.abort(grpc.StatusCode.UNAVAILABLE, DEPENDENCY_UNAVAILABLE)
         log.exception("unexpected error in %s", self.method)
         self.owner.finish(self.method, started, grpc.StatusCode.INTERNAL, repr(error))
         await grpc_context.abort(

@@ -1,8 +1,10 @@
 """Per-service Redis locks: namespaced keys, TTL, extension while held, fencing tokens.
 
-A lock only says who should work; correctness comes from the fencing token. Every holder gets
-a number that only grows (`INCR` on a per-lock counter); the protected write passes it to
-`billing_common.db.check_fence`, which refuses a holder older than one that already wrote.
+A lock only says who should work; correctness comes from the fencing token. Every holder gets a
+number that only grows, from PostgreSQL (`billing_common.db.FencingTokens`, per lock name), not
+from Redis: a flushed or failed-over Redis forgets its locks, never the tokens. The protected
+write passes the token to `billing_common.db.check_fence` with the lock's name, which refuses a
+holder older than one that already wrote.
 """
 
 from __future__ import annotations
@@ -14,18 +16,12 @@ import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Protocol
 
 from redis.asyncio import Redis
 
 log = logging.getLogger(__name__)
 
-# Set the owner and its TTL only when free; on success also hand out the next fencing token.
-_ACQUIRE = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return redis.call('INCR', KEYS[2])
-end
-return 0
-"""
 _EXTEND = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -44,6 +40,12 @@ class LockNotAcquired(RuntimeError):
     pass
 
 
+class TokenSource(Protocol):
+    async def next(self, resource: str) -> int:
+        """A token above every one handed out for `resource` before."""
+        ...
+
+
 @dataclass
 class Lease:
     """Proof of holding a lock; `lost` is set when an extension failed."""
@@ -57,10 +59,10 @@ class Lease:
 class RedisLocks:
     """Factory of locks under one service's namespace: keys look like `<namespace>:<name>`."""
 
-    def __init__(self, redis: Redis, namespace: str) -> None:
+    def __init__(self, redis: Redis, namespace: str, tokens: TokenSource) -> None:
         self._redis = redis
         self._namespace = namespace
-        self._acquire = redis.register_script(_ACQUIRE)
+        self._tokens = tokens
         self._extend = redis.register_script(_EXTEND)
         self._release = redis.register_script(_RELEASE)
 
@@ -70,8 +72,15 @@ class RedisLocks:
     async def try_acquire(self, name: str, ttl: timedelta) -> Lease | None:
         key = self.key(name)
         owner = secrets.token_hex(16)
-        token = int(await self._acquire(keys=[key, f"{key}:fence"], args=[owner, _ms(ttl)]))
-        return Lease(key, owner, token) if token else None
+        if not await self._redis.set(key, owner, nx=True, px=_ms(ttl)):
+            return None
+        try:
+            token = await self._tokens.next(name)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._release(keys=[key], args=[owner])
+            raise
+        return Lease(key, owner, token)
 
     async def extend(self, lease: Lease, ttl: timedelta) -> bool:
         return bool(await self._extend(keys=[lease.key], args=[lease.owner, _ms(ttl)]))

@@ -29,7 +29,6 @@ import aio_pika
 import asyncpg
 import grpc
 import prometheus_client
-import redis.exceptions
 import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -39,6 +38,7 @@ from billing_common import db, telemetry
 from billing_common.auth import AuthConfig
 from billing_common.clock import Clock, SystemClock
 from billing_common.events import EventConsumer, Handler, Outbox, OutboxRelay
+from billing_common.faults import is_dependency_failure
 from billing_common.grpc_server import BillingInterceptor
 from billing_common.locks import RedisLocks
 from billing_common.logging import configure_logging
@@ -48,14 +48,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 HEALTH_INTERVAL_S = 2.0
-_UNREACHABLE = (
-    OSError,
-    ConnectionError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    aio_pika.exceptions.AMQPError,
-    redis.exceptions.ConnectionError,
-)
 STARTUP_TIMEOUT_S = 120.0
 STOP_STEP_TIMEOUT_S = 5.0
 # A health entry that only says the process works; liveness probes ask it, so a database
@@ -165,9 +157,8 @@ class ServiceHost:
         await _retry_until_up("Redis", redis.ping)
         self._amqp = await _retry_until_up("RabbitMQ", lambda: aio_pika.connect_robust(s.amqp_url, timeout=5))
         outbox = Outbox(s.service_name, self.clock)
-        self.resources = Resources(
-            s, self.clock, pool, redis, RedisLocks(redis, s.namespace), outbox, auth.outgoing_token
-        )
+        locks = RedisLocks(redis, s.namespace, db.FencingTokens(pool))
+        self.resources = Resources(s, self.clock, pool, redis, locks, outbox, auth.outgoing_token)
         self.parts = parts = await self._setup(self.resources)
 
         authenticator = auth.authenticator({r.service_name: r.access for r in parts.registrations})
@@ -420,8 +411,9 @@ async def _retry_until_up(what: str, attempt: Callable[[], Awaitable[T]]) -> T:
     while True:
         try:
             return await attempt()
-        except (*_UNREACHABLE, db.SchemaBehind) as exc:
-            if loop.time() > deadline:
+        except Exception as exc:
+            waiting = is_dependency_failure(exc) or isinstance(exc, db.SchemaBehind)
+            if not waiting or loop.time() > deadline:
                 raise
             log.warning("waiting for %s", what, extra={"error": str(exc)})
             await asyncio.sleep(delay)

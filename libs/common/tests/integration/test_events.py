@@ -11,8 +11,9 @@ from billing.events.v1 import payment_pb2
 from billing_common import db
 from billing_common.clock import ControllableClock
 from billing_common.events import EventConsumer, Outbox, OutboxRelay, event_type_of
-from billing_common.testing.broker import broker_stopped
+from billing_common.testing.faultproxy import FaultProxy
 from billing_common.testing.plugin import InfraEnv, eventually
+from billing_common.testing.servers import RabbitMQNode, outage
 
 CONSUMER_TABLES = db.Migration("0001.sql", "CREATE TABLE settled (payment_id TEXT NOT NULL);")
 PRODUCER_TABLES = db.Migration("0001.sql", "CREATE TABLE payments (payment_id TEXT PRIMARY KEY);")
@@ -108,25 +109,31 @@ async def test_event_committed_with_state_change_reaches_its_consumer(harness: H
     assert await eventually(harness.settled) == ["pay_1"]
     # The row is marked once the broker confirms, which a quorum queue may do after the consumer
     # already has the message.
-    assert await eventually(
-        lambda: harness.producer.fetchval("SELECT published_at IS NOT NULL FROM outbox")
-    )
+    assert await eventually(lambda: harness.producer.fetchval("SELECT published_at IS NOT NULL FROM outbox"))
 
 
 async def test_event_committed_while_the_broker_is_down_is_delivered_after_it_returns(
-    harness: Harness,
+    private_rabbitmq: tuple[InfraEnv, RabbitMQNode],
 ) -> None:
-    consumer = harness.consumer()
-    harness.start(consumer.run)
-    await asyncio.wait_for(consumer.ready.wait(), 10)
-    harness.start(harness.relay().run)
+    env, node = private_rabbitmq
+    harness = Harness(
+        env, await _schema(env, "producer", PRODUCER_TABLES), await _schema(env, "consumer", CONSUMER_TABLES)
+    )
+    try:
+        consumer = harness.consumer()
+        harness.start(consumer.run)
+        await asyncio.wait_for(consumer.ready.wait(), 10)
+        harness.start(harness.relay().run)
 
-    async with broker_stopped():
-        await harness.commit_payment("pay_during_outage")
-        await asyncio.sleep(0.5)
-        assert await harness.producer.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL") == 1
+        async with outage(node):
+            await harness.commit_payment("pay_during_outage")
+            await asyncio.sleep(0.5)
+            unpublished = "SELECT count(*) FROM outbox WHERE published_at IS NULL"
+            assert await harness.producer.fetchval(unpublished) == 1
 
-    assert await eventually(harness.settled, timeout=30) == ["pay_during_outage"]
+        assert await eventually(harness.settled, timeout=30) == ["pay_during_outage"]
+    finally:
+        await harness.close()
 
 
 async def test_a_duplicated_delivery_has_exactly_one_effect(harness: Harness) -> None:
@@ -258,3 +265,33 @@ async def _take(connection: aio_pika.abc.AbstractConnection, queue: str) -> obje
         await asyncio.sleep(0.1)
     await channel.close()
     return None
+
+
+async def test_an_event_whose_database_connection_broke_is_redelivered_without_spending_a_retry(
+    harness: Harness,
+) -> None:
+    schema = f"consumer_{harness.env.run_id}"
+    async with FaultProxy(db.dsn_with_user(harness.env.infra.postgres_admin_url, schema)) as proxy:
+        pool = await db.create_pool(proxy.url, schema, application="test")
+        try:
+            consumer = EventConsumer(
+                pool,
+                harness.env.infra.amqp_url,
+                harness.env.exchange,
+                harness.queue,
+                {"payment.succeeded": _record_payment},
+                max_retries=0,  # a retry spent on the broken connection would park the event
+                retry_delay=timedelta(milliseconds=100),
+            )
+            harness.start(consumer.run)
+            await asyncio.wait_for(consumer.ready.wait(), 10)
+            harness.start(harness.relay().run)
+            proxy.cut_before(b"INSERT INTO inbox")
+
+            await harness.commit_payment("pay_across_a_broken_connection")
+
+            assert await eventually(harness.settled, timeout=30) == ["pay_across_a_broken_connection"]
+            assert proxy.cuts == 1
+            assert await _queue_depth(harness.env, f"{harness.queue}.dlq") == 0
+        finally:
+            await pool.close()

@@ -8,13 +8,37 @@ from redis.asyncio import Redis
 from billing_common import db
 from billing_common.locks import LockNotAcquired, RedisLocks
 from billing_common.testing.plugin import InfraEnv
+from billing_common.testing.servers import RedisServer
+
+
+async def _fenced_schema(env: InfraEnv, name: str) -> str:
+    """A schema with the common tables (fencing tokens among them), as a service has."""
+    schema = f"{name}_{env.run_id}"
+    env.schemas.append(schema)
+    await db.provision(env.infra.postgres_admin_url, schema, schema)
+    conn = await asyncpg.connect(db.dsn_with_user(env.infra.postgres_admin_url, schema))
+    try:
+        await db.migrate(
+            conn,
+            schema,
+            [
+                *db.common_migrations(),
+                db.Migration("0001.sql", "CREATE TABLE runs (day TEXT PRIMARY KEY, owner TEXT);"),
+            ],
+        )
+    finally:
+        await conn.close()
+    return schema
 
 
 @pytest.fixture
 async def locks(env: InfraEnv):
+    schema = await _fenced_schema(env, "recurring")
+    pool = await env.pool(schema)
     redis = Redis.from_url(env.infra.redis_url)
-    yield RedisLocks(redis, f"{env.run_id}:recurring")
+    yield RedisLocks(redis, f"{env.run_id}:recurring", db.FencingTokens(pool))
     await redis.aclose()
+    await pool.close()
 
 
 async def test_only_one_holder_at_a_time_and_tokens_only_grow(locks: RedisLocks) -> None:
@@ -39,18 +63,8 @@ async def test_hold_extends_the_lock_beyond_its_ttl(locks: RedisLocks) -> None:
 
 async def test_fencing_token_refuses_a_stale_holders_write(env: InfraEnv, locks: RedisLocks) -> None:
     schema = f"recurring_{env.run_id}"
-    env.schemas.append(schema)
-    await db.provision(env.infra.postgres_admin_url, schema, schema)
     conn = await asyncpg.connect(db.dsn_with_user(env.infra.postgres_admin_url, schema))
     try:
-        await db.migrate(
-            conn,
-            schema,
-            [
-                *db.common_migrations(),
-                db.Migration("0001.sql", "CREATE TABLE runs (day TEXT PRIMARY KEY, owner TEXT);"),
-            ],
-        )
         # A pauses long enough for its lock to expire; B takes over and writes.
         stale = await locks.try_acquire("daily:lock:2026-11-21", timedelta(milliseconds=100))
         assert stale is not None
@@ -58,14 +72,46 @@ async def test_fencing_token_refuses_a_stale_holders_write(env: InfraEnv, locks:
         fresh = await locks.try_acquire("daily:lock:2026-11-21", timedelta(seconds=5))
         assert fresh is not None
         async with conn.transaction():
-            await db.check_fence(conn, "daily:2026-11-21", fresh.fencing_token)
+            await db.check_fence(conn, "daily:lock:2026-11-21", fresh.fencing_token)
             await conn.execute("INSERT INTO runs VALUES ('2026-11-21', 'B')")
         # A wakes up and tries to write: refused, and its whole transaction rolls back.
         with pytest.raises(db.StaleFencingToken):
             async with conn.transaction():
                 await conn.execute("UPDATE runs SET owner = 'A' WHERE day = '2026-11-21'")
-                await db.check_fence(conn, "daily:2026-11-21", stale.fencing_token)
+                await db.check_fence(conn, "daily:lock:2026-11-21", stale.fencing_token)
         assert await conn.fetchval("SELECT owner FROM runs") == "B"
         assert not await locks.extend(stale, timedelta(seconds=5))
     finally:
         await conn.close()
+
+
+async def test_after_a_redis_flush_a_new_holder_writes_and_the_holder_before_it_is_refused(
+    private_redis: tuple[InfraEnv, RedisServer],
+) -> None:
+    env, server = private_redis
+    schema = await _fenced_schema(env, "tier")
+    pool = await env.pool(schema)
+    redis = Redis.from_url(server.url)
+    locks = RedisLocks(redis, f"{env.run_id}:tier", db.FencingTokens(pool))
+    try:
+        for _ in range(3):
+            lease = await locks.try_acquire("scan:full", timedelta(seconds=30))
+            assert lease is not None
+            async with db.transaction(pool) as conn:
+                await db.check_fence(conn, "scan:full", lease.fencing_token)
+            await locks.release(lease)
+        paused = await locks.try_acquire("scan:full", timedelta(seconds=30))
+        assert paused is not None
+
+        await asyncio.to_thread(server.flush)  # every lock and counter in Redis is gone
+        fresh = await locks.try_acquire("scan:full", timedelta(seconds=30))
+
+        assert fresh is not None and fresh.fencing_token > paused.fencing_token
+        async with db.transaction(pool) as conn:
+            await db.check_fence(conn, "scan:full", fresh.fencing_token)
+        with pytest.raises(db.StaleFencingToken):
+            async with db.transaction(pool) as conn:
+                await db.check_fence(conn, "scan:full", paused.fencing_token)
+    finally:
+        await redis.aclose()
+        await pool.close()

@@ -15,6 +15,7 @@ from billing.gateway.v1 import gateway_pb2 as pb
 from billing.gateway.v1 import gateway_pb2_grpc
 from billing_common.grpc_client import open_channel
 from billing_common.testing.plugin import InfraEnv, running_service
+from billing_common.testing.private_servers import private_postgres  # noqa: F401 - a fixture
 from billing_common.testing.processes import RunningProcess, free_port, service_process
 from gateway_adapter.entrypoints.main import MIGRATIONS, build
 from gateway_adapter.settings import GatewaySettings

@@ -19,6 +19,7 @@ from billing_common.grpc_client import open_channel
 from billing_common.service import ServiceHost
 from billing_common.settings import CommonSettings
 from billing_common.testing.plugin import InfraEnv, eventually, issue_token, running_service
+from billing_common.testing.private_servers import private_redis  # noqa: F401 - a fixture
 from billing_common.testing.processes import RunningProcess, free_port, service_process
 from recurring.entrypoints.main import MIGRATIONS, build
 from recurring.settings import RecurringSettings

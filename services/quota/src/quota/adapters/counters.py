@@ -61,10 +61,13 @@ return out
 # Events per script call: long enough to amortise the call, short enough not to stall Redis.
 EVENTS_PER_CALL = 500
 
-# Set a counter back (the ledger refused the event) and forget the idempotency entry.
+# Set a counter back (the ledger refused the event) and forget the idempotency entry, only while
+# the entry is this event's: an undo done twice, or after Redis lost the keys, changes nothing.
 _UNDO = """
-if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('DECRBY', KEYS[1], ARGV[1]) end
-if redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('DEL', KEYS[2]) end
+if redis.call('GET', KEYS[2]) == ARGV[2] then
+  if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('DECRBY', KEYS[1], ARGV[1]) end
+  redis.call('DEL', KEYS[2])
+end
 return 1
 """
 
@@ -191,6 +194,13 @@ class RedisCounters:
                 )
             await pipe.execute()
         self._tracked.forget(self.counter_key(op.counter) for op in ops)
+
+    async def held(self, ops: Sequence[CounterOp]) -> list[bool]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for op in ops:
+                pipe.get(self.id_key(op.counter.tenant_id, op.idempotency_key))
+            found = await pipe.execute()
+        return [value == op.fingerprint.encode() for op, value in zip(ops, found, strict=True)]
 
 
 def _calls_by_tenant(ops: Sequence[CounterOp]) -> list[list[int]]:

@@ -6,6 +6,10 @@ add-on, here or in another process (broadcast through `Invalidations`). A short 
 net for a missed broadcast, and a resolution also ends by itself when a grant in it expires.
 A busy tenant's resolution is reloaded in the background in the last fifth of its TTL, so checks
 do not queue behind its queries when it expires, and concurrent misses share one load.
+
+Read-only mode: while PostgreSQL is unreachable, a tenant's last resolution keeps being served
+(until a grant in it expires) and a reload is tried again every `STALE_RETRY`, in the background,
+so checks go on answering from memory and Redis; nothing that needs the database does.
 """
 
 from __future__ import annotations
@@ -19,12 +23,14 @@ from typing import Any
 
 from billing_common.clock import Clock
 from billing_common.errors import FailedPrecondition, InvalidArgument, NotFound, Violations
+from billing_common.faults import is_dependency_failure
 from quota.app.ports import CatalogStore, IdempotencyRef, Invalidations, TenantStore
 from quota.domain.catalog import KEY_PATTERN, Behaviour
 from quota.domain.resolution import Grant, Override, Resolution, SubscriptionView, pick_subscription, resolve
 
 log = logging.getLogger(__name__)
 REFRESH_AHEAD = 0.2  # of the TTL
+STALE_RETRY = timedelta(seconds=1)
 
 
 class EntitlementCache:
@@ -40,9 +46,26 @@ class EntitlementCache:
         if entry is None:
             return None, True
         if now >= entry[2]:
-            del self._entries[tenant_id]
-            return None, True
+            return None, True  # kept as the last known resolution, for when the database is down
         return entry[0], now >= entry[1]
+
+    def last_known(self, tenant_id: str, now: datetime) -> Resolution | None:
+        """The last resolution loaded, expired or not, unless a grant in it has ended since."""
+        entry = self._entries.get(tenant_id)
+        if entry is None:
+            return None
+        valid_until = entry[0].valid_until
+        return entry[0] if valid_until is None or now < valid_until else None
+
+    def keep_serving(self, resolution: Resolution, generation: int) -> None:
+        """Serve `resolution` again (the database is down), and try a reload after `STALE_RETRY`."""
+        if generation != self.generation:
+            return
+        now = self._clock.now()
+        expires = now + max(self._ttl, 2 * STALE_RETRY)
+        if resolution.valid_until is not None:
+            expires = min(expires, resolution.valid_until)
+        self._entries[resolution.tenant_id] = (resolution, now + STALE_RETRY, expires)
 
     def put(self, resolution: Resolution, generation: int) -> None:
         if generation != self.generation:
@@ -111,7 +134,15 @@ class Entitlements:
             return loading[1]
 
         async def load() -> Resolution:
-            resolution = await self._resolve(tenant_id)
+            try:
+                resolution = await self._resolve(tenant_id)
+            except Exception as error:
+                last = self._cache.last_known(tenant_id, self._clock.now())
+                if last is None or not is_dependency_failure(error):
+                    raise
+                log.debug("entitlements served from memory", extra={"tenant_id": tenant_id})
+                self._cache.keep_serving(last, generation)
+                return last
             self._cache.put(resolution, generation)
             return resolution
 
@@ -197,5 +228,10 @@ class Entitlements:
 
 
 def _log_failure(future: asyncio.Future[Resolution]) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        log.warning("entitlements could not be reloaded in the background", exc_info=future.exception())
+    error = None if future.cancelled() else future.exception()
+    if error is None:
+        return
+    if is_dependency_failure(error):
+        log.warning("entitlements could not be reloaded: %s", type(error).__name__)
+    else:
+        log.warning("entitlements could not be reloaded in the background", exc_info=error)

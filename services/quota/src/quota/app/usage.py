@@ -11,14 +11,17 @@ A missing counter is rebuilt from the ledger before use.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import logging
+from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import NamedTuple
 
 from billing_common.clock import Clock
+from billing_common.db import CommitOutcomeUnknown
 from billing_common.errors import FailedPrecondition, InvalidArgument, Unavailable, Violations
+from billing_common.faults import is_dependency_failure
 from quota.app.entitlements import Entitlements
 from quota.app.ports import (
     AppendStatus,
@@ -46,8 +49,14 @@ from quota.domain.quota import (
 )
 from quota.domain.resolution import Resolution, Resolved
 
+log = logging.getLogger(__name__)
+
 MAX_REBUILD_ROUNDS = 3
 MAX_CLOCK_SKEW = timedelta(minutes=5)
+SETTLE_INTERVAL = timedelta(seconds=1)
+SETTLE_BATCH = 500
+NOTHING_COUNTED = "usage could not be stored; nothing was counted, retry with the same keys"
+MAYBE_COUNTED = "usage may or may not have been stored; retry with the same keys to learn which"
 
 
 @dataclass(frozen=True)
@@ -91,6 +100,48 @@ class _Planned:
     record: UsageRecord  # as it will be stored, occurred_at fixed when the window was chosen
     op: CounterOp
     thresholds: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Storing:
+    item: _Planned
+    used: int  # the counter after this event (after the earlier attempt's, when not added now)
+    added_now: bool  # this call's script added it; else the counter held it already
+
+
+class _Unsettled:
+    """Events a failure left the counter holding while the ledger may lack them.
+
+    Settling stores each one (`ON CONFLICT DO NOTHING`) while its idempotency entry still says the
+    counter holds it; a key the ledger holds for another event takes the counter back instead.
+    A retry with the same key settles its event on the spot; this covers callers that gave up.
+    """
+
+    def __init__(self) -> None:
+        self._events: dict[tuple[str, str], _Planned] = {}
+
+    def add(self, items: Iterable[_Planned]) -> None:
+        for item in items:
+            self._events[(item.event.tenant_id, item.event.idempotency_key)] = item
+
+    async def settle(self, ledger: UsageLedger, counters: Counters) -> int:
+        batch = list(self._events.items())[:SETTLE_BATCH]
+        if not batch:
+            return 0
+        held = await counters.held([item.op for _, item in batch])
+        kept = [item for (_, item), holds in zip(batch, held, strict=True) if holds]
+        statuses = await ledger.append([item.record for item in kept], []) if kept else []
+        mismatched = [
+            item.op for item, status in zip(kept, statuses, strict=True) if status is AppendStatus.MISMATCH
+        ]
+        if mismatched:
+            await counters.undo(mismatched)
+        for identity, _ in batch:
+            self._events.pop(identity, None)
+        stored = sum(status is AppendStatus.STORED for status in statuses)
+        if stored:
+            log.info("usage left open by a failure was stored", extra={"events": stored})
+        return len(batch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +232,7 @@ class Usage:
         self._counters = counters
         self._ledger = ledger
         self._committer = GroupCommitter(ledger)
+        self._unsettled = _Unsettled()
         self._clock = clock
         self._late_grace = late_grace
         self._targets = _Targets()
@@ -290,19 +342,27 @@ class Usage:
             op = CounterOp(counter, event.idempotency_key, record.fingerprint, event.delta, deny_over)
             planned.append(_Planned(index, event, entitlement, window, record, op, resolution.thresholds))
 
+        # From the first counter change on, the work ends even if the caller goes away (a deadline):
+        # what the counters hold and what the ledger holds must come out the same.
+        await _finish_even_if_abandoned(self._count_and_store(planned, results, group_commit=group_commit))
+        return [r for r in results if r is not None]
+
+    async def _count_and_store(
+        self, planned: list[_Planned], results: list[RecordResult | None], *, group_commit: bool
+    ) -> None:
         counter_results = await self._apply(planned)
-        to_store: list[tuple[_Planned, int]] = []
+        to_store: list[_Storing] = []
         for item, outcome in zip(planned, counter_results, strict=True):
             event, entitlement = item.event, item.entitlement
             if outcome.status is CounterStatus.COUNTED:
-                to_store.append((item, outcome.used))
+                to_store.append(_Storing(item, outcome.used, added_now=True))
+                continue
+            if outcome.status is CounterStatus.DUPLICATE:
+                # The counter holds it from an earlier attempt; the ledger is made sure of below.
+                to_store.append(_Storing(item, outcome.used, added_now=False))
                 continue
             check = CheckResult(event.key, decide(entitlement, outcome.used, event.delta), item.window)
-            if outcome.status is CounterStatus.DUPLICATE:
-                results[item.index] = RecordResult(
-                    event.idempotency_key, Outcome.DUPLICATE, _current(check, entitlement, outcome.used)
-                )
-            elif outcome.status is CounterStatus.MISMATCH:
+            if outcome.status is CounterStatus.MISMATCH:
                 results[item.index] = RecordResult(
                     event.idempotency_key,
                     Outcome.INVALID,
@@ -319,10 +379,8 @@ class Usage:
                 results[item.index] = RecordResult(
                     event.idempotency_key, Outcome.DENIED, check, "key", check.decision.reason
                 )
-
         if to_store:
             await self._store(to_store, results, group_commit=group_commit)
-        return [r for r in results if r is not None]
 
     async def _apply(self, planned: list[_Planned]) -> list[CounterResult]:
         results = await self._counters.apply([p.op for p in planned])
@@ -338,13 +396,21 @@ class Usage:
         raise Unavailable("usage counters keep disappearing; try again")
 
     async def _store(
-        self, to_store: list[tuple[_Planned, int]], results: list[RecordResult | None], *, group_commit: bool
+        self, to_store: list[_Storing], results: list[RecordResult | None], *, group_commit: bool
     ) -> None:
-        records = [item.record for item, _ in to_store]
+        """Write the records and leave every counter equal to what the ledger holds.
+
+        A record the counter held before this call (its key was seen) is written too: an earlier
+        attempt may have failed after counting, and `ON CONFLICT DO NOTHING` tells which.
+        """
+        records = [storing.item.record for storing in to_store]
         alerts: list[ThresholdAlert] = []
-        for item, used_after in to_store:
+        for storing in to_store:
+            item, used_after = storing.item, storing.used
             event = item.event
             limit = item.entitlement.limit
+            if not storing.added_now:
+                continue
             for percent in crossed_thresholds(item.thresholds, limit, used_after - event.delta, used_after):
                 assert limit is not None
                 alerts.append(
@@ -364,27 +430,39 @@ class Usage:
                 statuses = await self._committer.append(records, alerts)
             else:
                 statuses = await self._ledger.append(records, alerts)
+        except CommitOutcomeUnknown as exc:
+            # Stored or not: the counters keep these events and the ledger is made to agree.
+            self._unsettled.add(storing.item for storing in to_store)
+            raise Unavailable(MAYBE_COUNTED) from exc
         except Exception as exc:
-            await self._counters.undo([item.op for item, _ in to_store])
-            raise Unavailable(
-                "usage could not be stored; nothing was counted, retry with the same keys"
-            ) from exc
+            # Nothing was stored: take back what this call counted. What the counter held before
+            # stays, and its earlier attempt is settled.
+            added = [storing.item for storing in to_store if storing.added_now]
+            self._unsettled.add(storing.item for storing in to_store if not storing.added_now)
+            try:
+                await self._counters.undo([item.op for item in added])
+            except Exception:
+                self._unsettled.add(added)
+                raise Unavailable(MAYBE_COUNTED) from exc
+            if not is_dependency_failure(exc):
+                raise
+            raise Unavailable(NOTHING_COUNTED if len(added) == len(to_store) else MAYBE_COUNTED) from exc
         undo = [
-            item.op
-            for (item, _), status in zip(to_store, statuses, strict=True)
-            if status is not AppendStatus.STORED
+            storing.item.op
+            for storing, status in zip(to_store, statuses, strict=True)
+            if status is AppendStatus.MISMATCH or (storing.added_now and status is AppendStatus.DUPLICATE)
         ]
         if undo:
             await self._counters.undo(undo)
-        for (item, used_after), status in zip(to_store, statuses, strict=True):
+        for storing, status in zip(to_store, statuses, strict=True):
+            item, used = storing.item, storing.used
             event, entitlement = item.event, item.entitlement
             if status is AppendStatus.STORED:
-                check = CheckResult(event.key, after_counting(entitlement, used_after), item.window)
+                check = CheckResult(event.key, after_counting(entitlement, used), item.window)
                 results[item.index] = RecordResult(event.idempotency_key, Outcome.COUNTED, check)
             elif status is AppendStatus.DUPLICATE:
-                check = CheckResult(
-                    event.key, after_counting(entitlement, used_after - event.delta), item.window
-                )
+                before = used - event.delta if storing.added_now else used
+                check = CheckResult(event.key, after_counting(entitlement, before), item.window)
                 results[item.index] = RecordResult(event.idempotency_key, Outcome.DUPLICATE, check)
             else:
                 results[item.index] = RecordResult(
@@ -395,6 +473,20 @@ class Usage:
                     "was already used for a different usage event",
                     conflict=True,
                 )
+
+    async def settle(self) -> int:
+        """Store the events whose outcome a failure left open, where the counter still holds them."""
+        return await self._unsettled.settle(self._ledger, self._counters)
+
+    async def settle_forever(self, interval: timedelta = SETTLE_INTERVAL) -> None:
+        while True:
+            await asyncio.sleep(interval.total_seconds())
+            try:
+                await self.settle()
+            except Exception as exc:
+                if not is_dependency_failure(exc):
+                    raise
+                log.debug("unsettled usage waits for the database", extra={"error": repr(exc)})
 
     # ------------------------------------------------------------ summaries
 
@@ -453,8 +545,11 @@ def _entitled(resolution: Resolution, key: str) -> Resolved | str:
     return REASON_NOT_ENTITLED if found is None else found
 
 
-def _current(check: CheckResult, entitlement: Entitlement, used: int) -> CheckResult:
-    return CheckResult(check.key, after_counting(entitlement, used), check.window)
+async def _finish_even_if_abandoned(work: Coroutine[object, object, None]) -> None:
+    """Await `work`; if this caller is cancelled, `work` still runs to its end."""
+    task = asyncio.ensure_future(work)
+    task.add_done_callback(lambda done: done.cancelled() or done.exception())
+    await asyncio.shield(task)
 
 
 def _invalid(event: UsageEventIn, now: datetime) -> tuple[str, str] | None:

@@ -52,9 +52,10 @@ def build(settings: QuotaSettings) -> Setup:
         return ServiceParts(
             [Registration(quota_pb2_grpc.add_QuotaServiceServicer_to_server, servicer, SERVICE_NAME, ACCESS)],
             event_handlers=subscription_handlers(entitlements),
-            background=[listen_for_invalidations, tracked.track],
-            # CheckQuota counts in Redis: a pod that cannot reach it leaves the endpoints.
-            serving_needs=frozenset({Dependency.POSTGRESQL, Dependency.REDIS}),
+            background=[listen_for_invalidations, tracked.track, usage.settle_forever],
+            # CheckQuota answers from Redis and the entitlements it holds, also while PostgreSQL is
+            # down (read-only mode): a pod leaves the endpoints only when it cannot reach Redis.
+            serving_needs=frozenset({Dependency.REDIS}),
         )
 
     return setup

@@ -24,13 +24,14 @@ class Schedule:
     lock_ttl: timedelta
 
 
-def fence_resource(kind: RunKind, billing_date: date) -> str:
-    return f"run:{kind.value}:{billing_date.isoformat()}"
-
-
 def lock_name(kind: RunKind, billing_date: date) -> str:
     """Under the service's namespace this is `recurring:<kind>:lock:<date>`."""
     return f"{kind.value}:lock:{billing_date.isoformat()}"
+
+
+def fence_resource(kind: RunKind, billing_date: date) -> str:
+    """The lock's own name: its fencing tokens are issued per lock name."""
+    return lock_name(kind, billing_date)
 
 
 class Runs:

@@ -1,0 +1,101 @@
+"""Dependencies failing under the host: the caller hears UNAVAILABLE, a lost commit is told apart."""
+
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from billing_common import db
+from billing_common.grpc_server import DEPENDENCY_UNAVAILABLE
+from billing_common.service import Registration, Resources, ServiceParts
+from billing_common.settings import CommonSettings
+from billing_common.testing.echo import SERVICE, echo_stub
+from billing_common.testing.faultproxy import FaultProxy
+from billing_common.testing.plugin import InfraEnv, eventually, running_service
+from billing_common.testing.servers import PostgresCluster, outage
+
+NO_MIGRATIONS = Path(__file__).parent / "no-migrations"
+
+
+def _reads_the_database(resources: Resources) -> Any:
+    """An Echo method that answers with a value read from PostgreSQL."""
+
+    async def read(_request: bytes, _context: Any) -> bytes:
+        return str(await resources.pool.fetchval("SELECT 40 + 2")).encode()
+
+    def add(_servicer: Any, server: Any) -> None:
+        handler = grpc.unary_unary_rpc_method_handler(read, lambda b: b, lambda b: b)
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Echo": handler}),))
+
+    return add
+
+
+async def _setup(resources: Resources) -> ServiceParts:
+    registration = Registration(_reads_the_database(resources), None, SERVICE, {"Echo": {"recurring"}})
+    return ServiceParts([registration])
+
+
+async def test_a_call_whose_database_is_down_is_answered_unavailable_and_served_again_after(
+    private_postgres: tuple[InfraEnv, PostgresCluster],
+) -> None:
+    env, cluster = private_postgres
+    settings = env.settings(CommonSettings, "echo")
+    async with (
+        running_service(settings, _setup, NO_MIGRATIONS) as host,
+        grpc.aio.insecure_channel(f"127.0.0.1:{host.port}") as channel,
+    ):
+        call = echo_stub(channel)
+        metadata = [("authorization", f"Bearer {env.token('recurring')}")]
+        health = health_pb2_grpc.HealthStub(channel)
+
+        async def serving() -> bool:
+            reply = await health.Check(health_pb2.HealthCheckRequest(service=""))
+            return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+        assert await call(b"", metadata=metadata) == b"42"
+        async with outage(cluster):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call(b"", metadata=metadata)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert refused.value.details() == DEPENDENCY_UNAVAILABLE
+            await eventually(lambda: _not(serving), timeout=15)
+        await eventually(serving, timeout=15)
+        assert await call(b"", metadata=metadata) == b"42"
+
+
+async def _not(check: Any) -> bool:
+    return not await check()
+
+
+async def test_a_commit_whose_answer_is_lost_is_told_apart_from_a_write_that_failed(env: InfraEnv) -> None:
+    schema = f"ledger_{env.run_id}"
+    env.schemas.append(schema)
+    await db.provision(env.infra.postgres_admin_url, schema, schema)
+    direct = db.dsn_with_user(env.infra.postgres_admin_url, schema)
+    async with FaultProxy(direct) as proxy:
+        pool = await db.create_pool(proxy.url, schema, application="test")
+        try:
+            await pool.execute("CREATE TABLE entries (id TEXT PRIMARY KEY)")
+
+            proxy.cut_before(b"INSERT INTO entries")
+            with pytest.raises(Exception) as failed_write:
+                async with db.transaction(pool) as conn:
+                    await conn.execute("INSERT INTO entries VALUES ('never')")
+            assert not isinstance(failed_write.value, db.CommitOutcomeUnknown)
+
+            proxy.cut_after(b"COMMIT")
+            with pytest.raises(db.CommitOutcomeUnknown):
+                async with db.transaction(pool) as conn:
+                    await conn.execute("INSERT INTO entries VALUES ('stored')")
+
+            proxy.cut_before(b"COMMIT")
+            with pytest.raises(db.CommitOutcomeUnknown):
+                async with db.transaction(pool) as conn:
+                    await conn.execute("INSERT INTO entries VALUES ('not stored')")
+
+            assert proxy.cuts == 3
+            assert [r["id"] for r in await pool.fetch("SELECT id FROM entries")] == ["stored"]
+        finally:
+            await pool.close()
