@@ -84,7 +84,12 @@ async def wait_until_serving(address: str, timeout: float = 60.0) -> None:
 
 
 async def start_process(
-    package: str, prefix: str, settings: CommonSettings, extra_env: Mapping[str, str] | None = None
+    package: str,
+    prefix: str,
+    settings: CommonSettings,
+    extra_env: Mapping[str, str] | None = None,
+    *,
+    ready_within: float = 60.0,
 ) -> RunningProcess:
     """Start the service and wait for SERVING; `settings.grpc_port` 0 picks a free port."""
     if settings.grpc_port == 0:
@@ -95,7 +100,7 @@ async def start_process(
     )
     address = f"127.0.0.1:{settings.grpc_port}"
     try:
-        await wait_until_serving(address)
+        await wait_until_serving(address, ready_within)
     except BaseException:
         with contextlib.suppress(ProcessLookupError):
             process.kill()
