@@ -18,7 +18,7 @@ from billing_common.testing.plugin import InfraEnv, eventually
 from billing_common.testing.servers import PostgresCluster, outage
 from quota.settings import QuotaSettings
 
-from .conftest import Quota, create_plan, entitlement, quota_service, spec, subscribe, usage
+from .conftest import STOREFRONT, Quota, create_plan, entitlement, quota_service, spec, subscribe, usage
 
 # No idle polling of the outbox: the only COMMITs the proxy sees are the calls' own.
 QUIET = {"outbox_poll_interval": timedelta(hours=1)}
@@ -50,7 +50,7 @@ async def record(quota: Quota, event: pb.UsageEvent) -> pb.RecordUsageResponse:
         stub = quota_pb2_grpc.QuotaServiceStub(channel)
         return await stub.RecordUsage(
             pb.RecordUsageRequest(event=event),
-            metadata=[("authorization", f"Bearer {quota.env.token('recurring')}")],
+            metadata=[("authorization", f"Bearer {quota.env.token(STOREFRONT)}")],
         )
 
 
@@ -148,7 +148,7 @@ class Traffic:
 
     @property
     def _metadata(self) -> list[tuple[str, str]]:
-        return [("authorization", f"Bearer {self._quota.env.token('recurring')}")]
+        return [("authorization", f"Bearer {self._quota.env.token(STOREFRONT)}")]
 
 
 async def test_while_the_database_is_down_checks_answer_records_are_unavailable_and_all_ends_exact(
