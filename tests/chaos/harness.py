@@ -4,6 +4,7 @@ their own, which the chaos test may kill, stop and flush without touching anyone
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -48,7 +49,21 @@ class Servers:
 
 @contextlib.contextmanager
 def private_servers() -> Iterator[Servers]:
-    with postgres_cluster() as postgres, redis_server() as redis, rabbitmq_node() as rabbitmq:
+    """The three servers, started side by side (a RabbitMQ node takes seconds to boot)."""
+    managers: list[contextlib.AbstractContextManager[Any]] = [
+        postgres_cluster(),
+        redis_server(),
+        rabbitmq_node(),
+    ]
+    with contextlib.ExitStack() as stack:
+        with concurrent.futures.ThreadPoolExecutor(len(managers)) as pool:
+            started = [pool.submit(manager.__enter__) for manager in managers]
+        for manager, future in zip(managers, started, strict=True):
+            if future.exception() is None:
+                stack.push(manager.__exit__)
+        for future in started:
+            future.result()
+        postgres, redis, rabbitmq = (future.result() for future in started)
         yield Servers(postgres, redis, rabbitmq)
 
 

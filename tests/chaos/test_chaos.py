@@ -30,6 +30,7 @@ import pytest
 from billing.common.v1 import common_pb2 as common
 from billing.quota.v1 import quota_pb2 as qpb
 from billing.recurring.v1 import recurring_pb2 as rpb
+from billing.tier.v1 import tier_pb2 as tpb
 from billing_common.testing.processes import free_port
 from billing_common.testing.servers import outage
 from tests.chaos.checks import Findings, Observed, bounded, check_everything, sandbox_charges
@@ -74,7 +75,9 @@ def tuning(size: ChaosSize) -> dict[str, dict[str, str]]:
             # Slow enough that a SIGKILL finds charges in flight at the gateway.
             "GATEWAY_SANDBOX_LATENCY": "0.5s",
             "GATEWAY_WEBHOOK_PORT": str(free_port()),
-            "GATEWAY_PROCESSING_TIMEOUT": "10s",
+            # Longer than any live call can take, as deployed (2 min against a 30 s gateway timeout):
+            # the sandbox records its charges in our database, so an outage holds its calls too.
+            "GATEWAY_PROCESSING_TIMEOUT": f"{size.database_outage + 25:.0f}s",
             "GATEWAY_UNKNOWN_CHECK_SCHEDULE": "2s,5s",
             "GATEWAY_JANITOR_INTERVAL": "1s",
         },
@@ -114,12 +117,19 @@ async def _kill_recurring(suite: ChaosSuite, scenario: Scenario) -> str:
 
 
 async def _kill_gateway(suite: ChaosSuite, scenario: Scenario) -> str:
-    async with suite.admin() as conn:
-        in_flight = await conn.fetchval(
-            f"SELECT count(*) FROM {suite.table('gateway-adapter', 'payments')} "
-            "WHERE merchant_id = $1 AND status = 'PROCESSING'",
-            scenario.merchant,
-        )
+    in_flight = 0
+
+    async def charges_in_flight() -> bool:
+        nonlocal in_flight
+        async with suite.admin() as conn:
+            in_flight = await conn.fetchval(
+                f"SELECT count(*) FROM {suite.table('gateway-adapter', 'payments')} "
+                "WHERE merchant_id = $1 AND status = 'PROCESSING'",
+                scenario.merchant,
+            )
+        return in_flight >= 3
+
+    await _wait(charges_in_flight, timeout=20, interval=0.02)
     await suite.kill("gateway-adapter")
     await asyncio.sleep(2)
     await suite.start("gateway-adapter")
@@ -295,7 +305,31 @@ async def run_scenario(suite: ChaosSuite, scenario: Scenario, usage: UsageLoad, 
     for what in await settle(suite, scenario, SIZE.settle_timeout):
         findings.add("did not settle", f"{scenario.name}: {what}")
     scenario.recovery = loop.time() - fault_over
+    await tier_scans_after(suite, scenario, findings)
     scenario.seconds = loop.time() - started
+
+
+async def tier_scans_after(suite: ChaosSuite, scenario: Scenario, findings: Findings) -> None:
+    """tier takes its scan lock (Redis, fenced in PostgreSQL) and finishes a scan after the fault."""
+    tier = suite.stub("tier")
+    scan = (
+        await tier.RunScan(
+            tpb.RunScanRequest(kind=tpb.SCAN_KIND_FULL, idempotency_key=f"scan-after-{scenario.key}"),
+            timeout=30,
+        )
+    ).scan
+
+    async def finished() -> bool:
+        nonlocal scan
+        scan = (await tier.GetScan(tpb.GetScanRequest(scan_id=scan.scan_id), timeout=5)).scan
+        return scan.state in (tpb.SCAN_STATE_COMPLETED, tpb.SCAN_STATE_FAILED)
+
+    await _wait(finished, timeout=60, interval=0.5)
+    if scan.state != tpb.SCAN_STATE_COMPLETED:
+        findings.add(
+            "tier scan did not complete after the fault",
+            f"{scenario.name}: scan {scan.scan_id} {tpb.ScanState.Name(scan.state)} {scan.error!r}",
+        )
 
 
 async def wait_until_quota_knows(suite: ChaosSuite, everyone: list[Customer]) -> None:
