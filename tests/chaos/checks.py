@@ -275,12 +275,12 @@ def check_customer(seen: Observed, charges: list[SandboxCharge], usage: int, fin
         cases_by_invoice[case.invoice_id].append(case)
     if customer.card == HEALTHY:
         for case in seen.cases:
-            invoice = next((i for i in seen.invoices if i.invoice_id == case.invoice_id), None)
+            failed = next((i for i in seen.invoices if i.invoice_id == case.invoice_id), None)
             findings.add(
                 "healthy card sent to dunning",
                 f"{who}: case {case.case_id} {dpb.CaseState.Name(case.state)} "
                 f"{common.FailureType.Name(case.failure_type)} {case.decline_code!r}; "
-                + (_story(invoice, seen, charges) if invoice else f"invoice {case.invoice_id}"),
+                + (_story(failed, seen, charges) if failed else f"invoice {case.invoice_id}"),
             )
     for invoice in seen.invoices:
         found = cases_by_invoice.get(invoice.invoice_id, [])

@@ -121,7 +121,13 @@ class ChaosSuite:
     async def start(self, name: str) -> None:
         service = self.services[name]
         service.process = await start_process(
-            service.package, service.prefix, service.settings, service.extra_env, output=service.log
+            service.package,
+            service.prefix,
+            service.settings,
+            service.extra_env,
+            output=service.log,
+            # Generous: on a busy machine a service's imports alone can take a minute.
+            ready_timeout=180,
         )
         service.starts += 1
         if name == "recurring" and self.test_time is not None:

@@ -89,6 +89,7 @@ async def start_process(
     settings: CommonSettings,
     extra_env: Mapping[str, str] | None = None,
     output: IO[bytes] | None = None,
+    ready_timeout: float = 60.0,
 ) -> RunningProcess:
     """Start the service and wait for SERVING; `settings.grpc_port` 0 picks a free port.
 
@@ -101,7 +102,7 @@ async def start_process(
     )
     address = f"127.0.0.1:{settings.grpc_port}"
     try:
-        await wait_until_serving(address)
+        await wait_until_serving(address, ready_timeout)
     except BaseException:
         with contextlib.suppress(ProcessLookupError):
             process.kill()
