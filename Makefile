@@ -8,10 +8,10 @@ BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
 SERVICES := gateway-adapter quota recurring dunning tier
 UNIT_TESTS := libs/common/tests/unit $(wildcard services/*/tests/unit)
-INTEGRATION_TESTS := libs/common/tests/integration $(wildcard services/*/tests/integration) tests/integration
+INTEGRATION_TESTS := libs/common/tests/integration $(wildcard services/*/tests/integration) tests/integration tests/chaos
 PYTEST_FLAGS ?=
 
-.PHONY: help bootstrap install protos buf-lint lint ruff mypy contracts manifests test unit integration run bench clean
+.PHONY: help bootstrap install protos buf-lint lint ruff mypy contracts manifests test unit integration chaos run bench clean
 
 help:
 	@echo "make test    set up what is missing, generate, lint, then unit and integration tests (the CI command)"
@@ -19,6 +19,7 @@ help:
 	@echo "make protos  regenerate Python code from protos/"
 	@echo "make lint    buf lint, ruff, mypy, the import-linter contracts and the Kubernetes manifests"
 	@echo "make bench   run the benchmarks in bench/ and print their figures"
+	@echo "make chaos   the chaos suite at full size (make test runs it reduced)"
 
 bootstrap:
 	bash tools/bootstrap.sh
@@ -67,6 +68,10 @@ integration: protos
 	$(RUN) pytest $(PYTEST_FLAGS) $(INTEGRATION_TESTS)
 
 test: install protos lint unit integration
+
+# Full size: 1,000 customers over five billing dates, each with its fault (tests/chaos).
+chaos: protos
+	BILLING_CHAOS_SIZE=full $(RUN) pytest $(PYTEST_FLAGS) tests/chaos
 
 run: protos
 	$(RUN) python -m billing_common.devrun

@@ -113,7 +113,9 @@ async def test_wrong_callers_and_bad_tokens_are_refused_by_every_service(env: In
         # One after the other, and patiently: on a busy machine tier alone (its WorkOS SDK) takes a minute.
         for name, (package, prefix, _, _) in SERVICES.items():
             settings = env.settings(CommonSettings, name)
-            started.append(await start_process(package, prefix, settings, GRANTS.get(name), ready_within=180))
+            started.append(
+                await start_process(package, prefix, settings, GRANTS.get(name), ready_timeout=180)
+            )
             address[name] = started[-1].address
         for service, method, caller in WRONG_CALLERS:
             code = await call(address[service], service, method, env.token(caller))

@@ -14,7 +14,7 @@ import socket
 import sys
 from collections.abc import AsyncIterator, Mapping
 from datetime import timedelta
-from typing import Any
+from typing import IO, Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -88,19 +88,21 @@ async def start_process(
     prefix: str,
     settings: CommonSettings,
     extra_env: Mapping[str, str] | None = None,
-    *,
-    ready_within: float = 60.0,
+    output: IO[bytes] | None = None,
+    ready_timeout: float = 60.0,
 ) -> RunningProcess:
-    """Start the service and wait for SERVING; `settings.grpc_port` 0 picks a free port."""
+    """Start the service and wait for SERVING; `settings.grpc_port` 0 picks a free port.
+
+    Its stdout and stderr (the JSON log) go to `output` when given, else to the test's own."""
     if settings.grpc_port == 0:
         settings = dataclasses.replace(settings, grpc_port=free_port())
     env = {**os.environ, **settings_env(prefix, settings), **(extra_env or {})}
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", f"{package}.entrypoints.main", env=env
+        sys.executable, "-m", f"{package}.entrypoints.main", env=env, stdout=output, stderr=output
     )
     address = f"127.0.0.1:{settings.grpc_port}"
     try:
-        await wait_until_serving(address, ready_within)
+        await wait_until_serving(address, ready_timeout)
     except BaseException:
         with contextlib.suppress(ProcessLookupError):
             process.kill()
