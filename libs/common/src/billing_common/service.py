@@ -37,6 +37,7 @@ from billing_common.grpc_server import BillingInterceptor
 from billing_common.locks import RedisLocks
 from billing_common.logging import configure_logging
 from billing_common.settings import CommonSettings, load_settings
+from billing_common.validation import RequestValidator, request_types
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -138,6 +139,8 @@ class ServiceHost:
         authenticator = Authenticator(s.auth_jwt_secret, policy, insecure=s.auth_insecure)
         if s.auth_insecure:
             log.warning("INSECURE development mode: calls are accepted without a verified token")
+        validator = RequestValidator(self.clock)
+        validator.prepare(request_types(r.service_name for r in parts.registrations))
         server = grpc.aio.server(
             options=[
                 ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
@@ -145,7 +148,9 @@ class ServiceHost:
             ],
             interceptors=[
                 *telemetry.server_interceptors(),
-                BillingInterceptor(s.service_name, authenticator, slow_call=s.log_slow_rpc),
+                BillingInterceptor(
+                    s.service_name, authenticator, slow_call=s.log_slow_rpc, validator=validator
+                ),
             ],
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
