@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeAlias
 
+from buf.validate import validate_pb2
 from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 from google.protobuf.message import Message
@@ -36,7 +37,6 @@ from billing_common.clock import Clock
 from billing_common.errors import FieldViolation, InvalidArgument
 from billing_common.money import MINOR_DIGITS
 from billing_common.pan import contains_card_number
-from buf.validate import validate_pb2
 
 DEFAULT_MAX_CHARS = 256
 FUTURE_SKEW = timedelta(minutes=5)
@@ -94,11 +94,17 @@ class _Compiled:
 
 
 def request_types(service_names: Iterable[str]) -> list[Descriptor]:
-    """The request message of every method of the named gRPC services."""
+    """The request message of every method of the named gRPC services (those with contracts:
+    a service of raw bytes, such as the benchmarks' echo, has none)."""
     pool = descriptor_pool.Default()
-    return [
-        method.input_type for name in service_names for method in pool.FindServiceByName(name).methods
-    ]
+    found: list[Descriptor] = []
+    for name in service_names:
+        try:
+            service = pool.FindServiceByName(name)
+        except KeyError:
+            continue
+        found += [method.input_type for method in service.methods]
+    return found
 
 
 class RequestValidator:
@@ -145,7 +151,7 @@ class RequestValidator:
         checks: list[FieldCheck] = []
         for oneof in descriptor.oneofs:
             if oneof.GetOptions().Extensions[validate_pb2.oneof].required:
-                checks.append(_required_oneof(oneof.name))
+                checks.append(_required_oneof(oneof.name, [f.name for f in oneof.fields]))
         for field in descriptor.fields:
             check = self._field(field)
             if check is not None:
@@ -298,12 +304,8 @@ class RequestValidator:
 
         def check_timestamp(value: Any, path: str, out: Violations) -> None:
             seconds, nanos = value.seconds, value.nanos
-            if not (
-                TIMESTAMP_MIN_SECONDS <= seconds <= TIMESTAMP_MAX_SECONDS and 0 <= nanos < _NANOS
-            ):
-                out.append(
-                    FieldViolation(path, "must be a time between 0001-01-01 and 9999-12-31 (UTC)")
-                )
+            if not (TIMESTAMP_MIN_SECONDS <= seconds <= TIMESTAMP_MAX_SECONDS and 0 <= nanos < _NANOS):
+                out.append(FieldViolation(path, "must be a time between 0001-01-01 and 9999-12-31 (UTC)"))
                 return
             instant = seconds + nanos / _NANOS
             for test, description in bounds:
@@ -342,7 +344,7 @@ def _string(rules: Any, where: str, *, currency: bool) -> ValueCheck:
         if exact is not None and size != exact:
             problem = f"must be exactly {exact} characters"
         elif low is not None and size < low:
-            problem = f"must be at least {low} characters"
+            problem = "is required" if size == 0 and low == 1 else f"must be at least {low} characters"
         elif pattern is not None and pattern.search(value) is None:
             problem = f"must match {pattern.pattern}"
         elif allowed and value not in allowed:
@@ -424,7 +426,8 @@ def _bounds(rules: Any, convert: Callable[[Any], float], where: str) -> list[Bou
         tests.append((lambda v, b=low: v > b, f"must be greater than {_show(rules.gt)}"))
     if rules.HasField("gte"):
         low = convert(rules.gte)
-        tests.append((lambda v, b=low: v >= b, f"must be at least {_show(rules.gte)}"))
+        floor = "must not be negative" if low == 0 else f"must be at least {_show(rules.gte)}"
+        tests.append((lambda v, b=low: v >= b, floor))
     if rules.HasField("lt"):
         high = convert(rules.lt)
         tests.append((lambda v, b=high: v < b, f"must be less than {_show(rules.lt)}"))
@@ -449,10 +452,12 @@ def _show(bound: Any) -> str:
     return str(bound)
 
 
-def _required_oneof(name: str) -> FieldCheck:
+def _required_oneof(name: str, members: list[str]) -> FieldCheck:
+    description = f"is required: {' or '.join(members)}"
+
     def check_oneof(message: Any, prefix: str, out: Violations) -> None:
         if message.WhichOneof(name) is None:
-            out.append(FieldViolation(prefix + name, "one of its fields is required"))
+            out.append(FieldViolation(prefix + name, description))
 
     return check_oneof
 
