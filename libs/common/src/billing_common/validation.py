@@ -22,10 +22,12 @@ A violation names the field path and the rule; it never repeats the value.
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, TypeAlias
 
 from buf.validate import validate_pb2
@@ -122,9 +124,10 @@ class RequestValidator:
 
     def validate(self, message: Message) -> None:
         """Raise InvalidArgument naming every violated field; return quietly when all is well."""
-        compiled = self._compiled.get(message.DESCRIPTOR.full_name)
+        descriptor: Any = message.DESCRIPTOR
+        compiled = self._compiled.get(descriptor.full_name)
         if compiled is None:
-            compiled = self._compile(message.DESCRIPTOR)
+            compiled = self._compile(descriptor)
         if not compiled.checks:
             return
         out: Violations = []
@@ -241,6 +244,7 @@ class RequestValidator:
         map_rules = rules.map
         _refuse_unsupported(where, "map", map_rules, _SUPPORTED["map"])
         entry = field.message_type
+        assert entry is not None
         key_field, value_field = entry.fields_by_name["key"], entry.fields_by_name["value"]
         key_rules = map_rules.keys if map_rules.HasField("keys") else validate_pb2.FieldRules()
         value_rules = map_rules.values if map_rules.HasField("values") else validate_pb2.FieldRules()
@@ -288,6 +292,7 @@ class RequestValidator:
             return _string(rules.string, where, currency=field.name == "currency")
         if field.type == FieldDescriptor.TYPE_ENUM:
             _expect_kind(where, kind, {None, "enum"})
+            assert field.enum_type is not None
             return _enum(field.enum_type, rules.enum, where)
         rule_kind = _RULE_KIND_FOR_TYPE.get(field.type)
         if rule_kind is not None:
@@ -423,17 +428,17 @@ def _bounds(rules: Any, convert: Callable[[Any], float], where: str) -> list[Bou
     low = high = None
     if rules.HasField("gt"):
         low = convert(rules.gt)
-        tests.append((lambda v, b=low: v > b, f"must be greater than {_show(rules.gt)}"))
+        tests.append((partial(operator.lt, low), f"must be greater than {_show(rules.gt)}"))
     if rules.HasField("gte"):
         low = convert(rules.gte)
         floor = "must not be negative" if low == 0 else f"must be at least {_show(rules.gte)}"
-        tests.append((lambda v, b=low: v >= b, floor))
+        tests.append((partial(operator.le, low), floor))
     if rules.HasField("lt"):
         high = convert(rules.lt)
-        tests.append((lambda v, b=high: v < b, f"must be less than {_show(rules.lt)}"))
+        tests.append((partial(operator.gt, high), f"must be less than {_show(rules.lt)}"))
     if rules.HasField("lte"):
         high = convert(rules.lte)
-        tests.append((lambda v, b=high: v <= b, f"must be at most {_show(rules.lte)}"))
+        tests.append((partial(operator.ge, high), f"must be at most {_show(rules.lte)}"))
     if low is not None and high is not None and high < low:
         raise UnsupportedRule(f"{where}: an excluding range (lower bound above the upper one)")
     return tests
