@@ -197,6 +197,7 @@ class _Guard:
     def __init__(self, owner: BillingInterceptor, method: str) -> None:
         self.owner = owner
         self.method = method
+        self.validate = owner.validator.for_method(method) if owner.validator is not None else None
 
     def enter(self, grpc_context: Context) -> tuple[float, Any, Any]:
         started = time.perf_counter()
@@ -217,9 +218,8 @@ class _Guard:
         """The validation boundary, after authentication: a stranger learns nothing of our rules."""
         if request is UNDECODABLE:
             raise InvalidArgument.of("request", "is not a valid protobuf message of this method's type")
-        validator = self.owner.validator
-        if validator is not None:
-            validator.validate(request)
+        if self.validate is not None:
+            self.validate(request)
 
     async def checked_stream(self, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         """A client stream's messages, each checked as it arrives; the path names its position."""

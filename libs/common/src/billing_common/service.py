@@ -37,7 +37,7 @@ from billing_common.grpc_server import BillingInterceptor
 from billing_common.locks import RedisLocks
 from billing_common.logging import configure_logging
 from billing_common.settings import CommonSettings, load_settings
-from billing_common.validation import RequestValidator, request_types
+from billing_common.validation import RequestValidator
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -140,7 +140,7 @@ class ServiceHost:
         if s.auth_insecure:
             log.warning("INSECURE development mode: calls are accepted without a verified token")
         validator = RequestValidator(self.clock)
-        validator.prepare(request_types(r.service_name for r in parts.registrations))
+        validator.prepare_services(r.service_name for r in parts.registrations)
         server = grpc.aio.server(
             options=[
                 ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),

@@ -22,12 +22,10 @@ A violation names the field path and the rule; it never repeats the value.
 
 from __future__ import annotations
 
-import operator
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import partial
 from typing import Any, TypeAlias
 
 from buf.validate import validate_pb2
@@ -48,6 +46,8 @@ DURATION_MAX_SECONDS = 315_576_000_000
 _NANOS = 1_000_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# A control character, or enough digits to hold a card number: what needs a closer look.
+_SUSPECT = re.compile(r"[\x00-\x1f\x7f-\x9f]|[0-9](?:[^0-9A-Za-z]{0,3}[0-9]){12}")
 
 Violations: TypeAlias = list[FieldViolation]
 # A check of one field of a message: (message, path prefix, violations found so far).
@@ -95,18 +95,23 @@ class _Compiled:
             check(message, prefix, out)
 
 
-def request_types(service_names: Iterable[str]) -> list[Descriptor]:
-    """The request message of every method of the named gRPC services (those with contracts:
-    a service of raw bytes, such as the benchmarks' echo, has none)."""
+def request_types_by_method(service_names: Iterable[str]) -> dict[str, Descriptor]:
+    """The request message of every method (`/package.Service/Method`) of the named gRPC services
+    that have contracts (a service of raw bytes, such as the benchmarks' echo, has none)."""
     pool = descriptor_pool.Default()
-    found: list[Descriptor] = []
+    found: dict[str, Descriptor] = {}
     for name in service_names:
         try:
             service = pool.FindServiceByName(name)
         except KeyError:
             continue
-        found += [method.input_type for method in service.methods]
+        for method in service.methods:
+            found[f"/{name}/{method.name}"] = method.input_type
     return found
+
+
+def request_types(service_names: Iterable[str]) -> list[Descriptor]:
+    return list(request_types_by_method(service_names).values())
 
 
 class RequestValidator:
@@ -116,11 +121,31 @@ class RequestValidator:
         self._clock = clock
         self._future_skew = future_skew
         self._compiled: dict[str, _Compiled] = {}
+        self._methods: dict[str, _Compiled] = {}
 
     def prepare(self, descriptors: Iterable[Descriptor]) -> None:
         """Compile at start: a rule this validator does not implement stops the service here."""
         for descriptor in descriptors:
             self._compile(descriptor)
+
+    def prepare_services(self, service_names: Iterable[str]) -> None:
+        """Compile the requests of every method of the services, by method path."""
+        for method, descriptor in request_types_by_method(service_names).items():
+            self._methods[method] = self._compile(descriptor)
+
+    def for_method(self, method: str) -> Callable[[Message], None] | None:
+        """The check of one method's requests; None for a method without a contract or rules."""
+        compiled = self._methods.get(method)
+        if compiled is None or not compiled.checks:
+            return None
+
+        def check(message: Message) -> None:
+            out: Violations = []
+            compiled.run(message, "", out)
+            if out:
+                raise InvalidArgument(out)
+
+        return check
 
     def validate(self, message: Message) -> None:
         """Raise InvalidArgument naming every violated field; return quietly when all is well."""
@@ -303,7 +328,7 @@ class RequestValidator:
 
     def _timestamp(self, rules: Any, where: str) -> ValueCheck:
         _refuse_unsupported(where, "timestamp", rules, _SUPPORTED["timestamp"])
-        bounds = _bounds(rules, _seconds, where)
+        bounds = _range(rules, _seconds, where)
         lt_now = rules.lt_now
         clock, skew = self._clock, self._future_skew
 
@@ -313,10 +338,10 @@ class RequestValidator:
                 out.append(FieldViolation(path, "must be a time between 0001-01-01 and 9999-12-31 (UTC)"))
                 return
             instant = seconds + nanos / _NANOS
-            for test, description in bounds:
-                if not test(instant):
-                    out.append(FieldViolation(path, description))
-            if lt_now and instant > ((clock.now() + skew) - _EPOCH).total_seconds():
+            problem = _outside(instant, rules, bounds)
+            if problem is not None:
+                out.append(FieldViolation(path, problem))
+            elif lt_now and instant > ((clock.now() + skew) - _EPOCH).total_seconds():
                 out.append(FieldViolation(path, "must not be in the future"))
 
         return check_timestamp
@@ -332,18 +357,22 @@ def _string(rules: Any, where: str, *, currency: bool) -> ValueCheck:
     pattern = re.compile(rules.pattern) if rules.HasField("pattern") else None
     if exact is None and high is None and not allowed:
         high = DEFAULT_MAX_CHARS
-    control, card, codes = _CONTROL.search, contains_card_number, MINOR_DIGITS
+    suspect, control, card, codes = _SUSPECT.search, _CONTROL.search, contains_card_number, MINOR_DIGITS
+    annotated = bool(exact is not None or low is not None or pattern or allowed or refused or currency)
 
     def check_string(value: str, path: str, out: Violations) -> None:
         size = len(value)
         if high is not None and size > high:
             out.append(FieldViolation(path, f"must be at most {high} characters"))
             return
-        if control(value) is not None:
-            out.append(FieldViolation(path, "must not contain NUL or other control characters"))
-            return
-        if size >= 13 and card(value):
-            out.append(FieldViolation(path, "must not contain a card number; send a gateway token"))
+        if suspect(value) is not None:
+            if control(value) is not None:
+                out.append(FieldViolation(path, "must not contain NUL or other control characters"))
+                return
+            if card(value):
+                out.append(FieldViolation(path, "must not contain a card number; send a gateway token"))
+                return
+        if not annotated:
             return
         problem = None
         if exact is not None and size != exact:
@@ -382,16 +411,17 @@ def _enum(enum: EnumDescriptor, rules: Any, where: str) -> ValueCheck:
 
 def _number(rules: Any, kind: str, where: str) -> ValueCheck:
     _refuse_unsupported(where, kind, rules, _SUPPORTED[kind])
-    tests = _bounds(rules, lambda bound: bound, where)
+    low, low_text, high, high_text = _range(rules, lambda bound: bound, where)
+    above, below = _open_bound(rules, "gt"), _open_bound(rules, "lt")
     allowed = frozenset(getattr(rules, "in"))
     refused = frozenset(rules.not_in)
 
     def check_number(value: int, path: str, out: Violations) -> None:
-        for test, description in tests:
-            if not test(value):
-                out.append(FieldViolation(path, description))
-                return
-        if (allowed and value not in allowed) or value in refused:
+        if low is not None and (value <= low if above else value < low):
+            out.append(FieldViolation(path, low_text))
+        elif high is not None and (value >= high if below else value > high):
+            out.append(FieldViolation(path, high_text))
+        elif (allowed and value not in allowed) or value in refused:
             out.append(FieldViolation(path, "is not an allowed value"))
 
     return check_number
@@ -399,7 +429,7 @@ def _number(rules: Any, kind: str, where: str) -> ValueCheck:
 
 def _duration(rules: Any, where: str) -> ValueCheck:
     _refuse_unsupported(where, "duration", rules, _SUPPORTED["duration"])
-    bounds = _bounds(rules, _seconds, where)
+    bounds = _range(rules, _seconds, where)
 
     def check_duration(value: Any, path: str, out: Violations) -> None:
         seconds, nanos = value.seconds, value.nanos
@@ -410,38 +440,45 @@ def _duration(rules: Any, where: str) -> ValueCheck:
         ):
             out.append(FieldViolation(path, "must be a valid duration (at most 10,000 years)"))
             return
-        total = seconds + nanos / _NANOS
-        for test, description in bounds:
-            if not test(total):
-                out.append(FieldViolation(path, description))
-                return
+        problem = _outside(seconds + nanos / _NANOS, rules, bounds)
+        if problem is not None:
+            out.append(FieldViolation(path, problem))
 
     return check_duration
 
 
-Bound: TypeAlias = tuple[Callable[[float], bool], str]
+def _open_bound(rules: Any, name: str) -> bool:
+    """Whether the rules' lower (`gt`) or upper (`lt`) bound excludes the bound itself."""
+    return bool(rules.HasField(name))
 
 
-def _bounds(rules: Any, convert: Callable[[Any], float], where: str) -> list[Bound]:
-    """gt/gte/lt/lte as tests; an inverted range (which protovalidate reads as 'outside') is refused."""
-    tests: list[Bound] = []
-    low = high = None
+def _range(rules: Any, convert: Callable[[Any], Any], where: str) -> tuple[Any, str, Any, str]:
+    """The bounds of gt/gte/lt/lte with the violation text of each; an inverted range (which
+    protovalidate reads as 'outside') is refused."""
+    low: Any = None
+    high: Any = None
+    low_text = high_text = ""
     if rules.HasField("gt"):
-        low = convert(rules.gt)
-        tests.append((partial(operator.lt, low), f"must be greater than {_show(rules.gt)}"))
-    if rules.HasField("gte"):
+        low, low_text = convert(rules.gt), f"must be greater than {_show(rules.gt)}"
+    elif rules.HasField("gte"):
         low = convert(rules.gte)
-        floor = "must not be negative" if low == 0 else f"must be at least {_show(rules.gte)}"
-        tests.append((partial(operator.le, low), floor))
+        low_text = "must not be negative" if low == 0 else f"must be at least {_show(rules.gte)}"
     if rules.HasField("lt"):
-        high = convert(rules.lt)
-        tests.append((partial(operator.gt, high), f"must be less than {_show(rules.lt)}"))
-    if rules.HasField("lte"):
-        high = convert(rules.lte)
-        tests.append((partial(operator.ge, high), f"must be at most {_show(rules.lte)}"))
+        high, high_text = convert(rules.lt), f"must be less than {_show(rules.lt)}"
+    elif rules.HasField("lte"):
+        high, high_text = convert(rules.lte), f"must be at most {_show(rules.lte)}"
     if low is not None and high is not None and high < low:
         raise UnsupportedRule(f"{where}: an excluding range (lower bound above the upper one)")
-    return tests
+    return low, low_text, high, high_text
+
+
+def _outside(value: float, rules: Any, bounds: tuple[Any, str, Any, str]) -> str | None:
+    low, low_text, high, high_text = bounds
+    if low is not None and (value <= low if rules.HasField("gt") else value < low):
+        return low_text
+    if high is not None and (value >= high if rules.HasField("lt") else value > high):
+        return high_text
+    return None
 
 
 def _seconds(value: Any) -> float:
