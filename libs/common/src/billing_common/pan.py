@@ -1,10 +1,16 @@
 """The one detector of card numbers (PANs) in free text, and their redaction.
 
-A card number is 13 to 19 digits that pass the Luhn check, written in one piece or in groups
+A card number is 13 to 19 digits that pass the Luhn check and do not start with 0 (no issuer's
+number does), written in one piece or in groups (of at least three digits, but for the last)
 joined by up to three separator characters (spaces, dashes, dots, slashes, underscores...), and it
 is found wherever it stands in a string: after letters or an underscore (`tok_4242...`,
-`x4242...`) as well as between spaces. Digits glued to a longer run of digits without a separator
-(a 40-digit reference) are one number, not a card number inside another.
+`x4242...`) as well as between spaces. What is not a card number although its digits might pass
+the check:
+
+- digits glued to a longer run of digits (a 40-digit reference is one number);
+- groups of one or two digits, the shape of dates and times (`2026-12-02 11:57:04`);
+- digits inside a UUID, or inside a long hexadecimal word (a SHA-256 digest as an idempotency key,
+  bytes written as `\x0a67...`).
 """
 
 from __future__ import annotations
@@ -14,12 +20,15 @@ from collections.abc import Iterator
 
 MIN_DIGITS = 13
 MAX_DIGITS = 19
+MIN_GROUP = 3
+HEX_WORD = 20
 REDACTED = "[card number removed]"
 
 # Cheap pre-check: at least 13 digits, at most three separator characters between two of them.
 _CANDIDATE = re.compile(r"(?:[0-9][^0-9A-Za-z]{0,3}){12}[0-9]")
-# UUIDs are ids, never card numbers, even when some of their groups are all digits.
+# UUIDs and long hexadecimal words are ids and digests, never card numbers.
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_HEX_WORD = re.compile(rf"(?<![0-9A-Za-z])(?:0?x)?[0-9a-fA-F]{{{HEX_WORD},}}(?![0-9A-Za-z])")
 # A run of digit groups, each joined to the next by one to three separator characters.
 _RUN = re.compile(r"[0-9]+(?:[^0-9A-Za-z]{1,3}[0-9]+)*")
 _GROUP = re.compile(r"[0-9]+")
@@ -37,11 +46,16 @@ def luhn_valid(digits: str) -> bool:
     return total % 10 == 0
 
 
+def _blank(match: re.Match[str]) -> str:
+    return "x" * len(match.group())
+
+
 def _card_spans(text: str) -> Iterator[tuple[int, int]]:
-    """Where card numbers stand in `text`: whole groups of a run, 13-19 digits, Luhn-valid, not
-    starting with 0 (no card's issuer number does)."""
+    """Where card numbers stand in `text` (positions in `text` itself)."""
     if "-" in text:
-        text = _UUID.sub(lambda uuid: "x" * len(uuid.group()), text)
+        text = _UUID.sub(_blank, text)
+    if len(text) >= HEX_WORD:
+        text = _HEX_WORD.sub(_blank, text)
     for run in _RUN.finditer(text):
         groups = list(_GROUP.finditer(text, run.start(), run.end()))
         for first in range(len(groups)):
@@ -49,6 +63,9 @@ def _card_spans(text: str) -> Iterator[tuple[int, int]]:
                 continue
             digits = ""
             for last in range(first, len(groups)):
+                # Every group but the last has at least three digits: 4-4-4-4, 4-6-5, 3-3-3-3-1.
+                if last > first and len(groups[last - 1].group()) < MIN_GROUP:
+                    break
                 digits += groups[last].group()
                 if len(digits) > MAX_DIGITS:
                     break

@@ -74,6 +74,8 @@ _SUPPORTED: dict[str, frozenset[str]] = {
     "duration": frozenset({"gt", "gte", "lt", "lte"}),
     "timestamp": frozenset({"gt", "gte", "lt", "lte", "lt_now"}),
 }
+# Rules of the items of a repeated field and of a map's keys and values: their type's rules only.
+_ELEMENT_RULES = frozenset(_SUPPORTED) - {"field", "repeated", "map"}
 _RULE_KIND_FOR_TYPE = {
     FieldDescriptor.TYPE_STRING: "string",
     FieldDescriptor.TYPE_INT32: "int32",
@@ -139,9 +141,12 @@ class RequestValidator:
         if compiled is None or not compiled.checks:
             return None
 
+        checks = compiled.checks
+
         def check(message: Message) -> None:
             out: Violations = []
-            compiled.run(message, "", out)
+            for field_check in checks:
+                field_check(message, "", out)
             if out:
                 raise InvalidArgument(out)
 
@@ -192,6 +197,9 @@ class RequestValidator:
         rules = field.GetOptions().Extensions[validate_pb2.field]
         _refuse_unsupported(where, "field", rules, _SUPPORTED["field"] | set(_SUPPORTED))
         name = field.name
+        plain = field.message_type is None and not field.is_repeated
+        if rules.ignore != validate_pb2.IGNORE_UNSPECIFIED and not plain:
+            raise UnsupportedRule(f"{where}: ignore is implemented for scalar fields only")
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
             return self._map(field, rules)
         if field.is_repeated:
@@ -239,7 +247,7 @@ class RequestValidator:
         repeated = rules.repeated
         _refuse_unsupported(where, "repeated", repeated, _SUPPORTED["repeated"])
         item_rules = repeated.items if repeated.HasField("items") else validate_pb2.FieldRules()
-        _refuse_unsupported(where + "[]", "field", item_rules, _SUPPORTED["field"] | set(_SUPPORTED))
+        _refuse_unsupported(where + "[]", "field", item_rules, _ELEMENT_RULES)
         item_check = self._value(field, item_rules, where + "[]")
         low = repeated.min_items if repeated.HasField("min_items") else (1 if rules.required else None)
         high = repeated.max_items if repeated.HasField("max_items") else None
@@ -274,7 +282,7 @@ class RequestValidator:
         key_rules = map_rules.keys if map_rules.HasField("keys") else validate_pb2.FieldRules()
         value_rules = map_rules.values if map_rules.HasField("values") else validate_pb2.FieldRules()
         for part, part_rules in (("keys", key_rules), ("values", value_rules)):
-            _refuse_unsupported(f"{where}.{part}", "field", part_rules, _SUPPORTED["field"] | set(_SUPPORTED))
+            _refuse_unsupported(f"{where}.{part}", "field", part_rules, _ELEMENT_RULES)
         key_check = self._value(key_field, key_rules, where + ".keys")
         value_check = self._value(value_field, value_rules, where + ".values")
         low = map_rules.min_pairs if map_rules.HasField("min_pairs") else None

@@ -41,6 +41,9 @@ def test_card_numbers_are_found_after_letters_underscores_and_in_any_grouping(te
         "0000000000000000",
         "4" * 40,  # one long number, not a card number inside another
         "2026-12-02T11:15:00Z",
+        "retry after 2026-12-02 11:57:04.621+00:00",
+        "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",  # a SHA-256 digest
+        "\\x0a670a24330a1212345678901234567890",  # bytes written as hex
         "tenant-42",
         "",
     ],
