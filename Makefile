@@ -6,6 +6,12 @@ RUN := $(UV) run --frozen
 GEN := libs/common/src/billing
 BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
+# The buf.validate contract, taken from the installed protovalidate package (see tools/), and the
+# image of our contracts that buf lints offline.
+BUILD := .build
+VALIDATE_SET := $(BUILD)/buf_validate.binpb
+PROTOS_IMAGE := $(BUILD)/protos.binpb
+PROTOC := $(RUN) python -m grpc_tools.protoc -I protos --descriptor_set_in=$(VALIDATE_SET)
 SERVICES := gateway-adapter quota recurring dunning tier
 UNIT_TESTS := libs/common/tests/unit $(wildcard services/*/tests/unit)
 INTEGRATION_TESTS := libs/common/tests/integration $(wildcard services/*/tests/integration) tests/integration tests/chaos
@@ -30,18 +36,23 @@ install: bootstrap
 $(BUF):
 	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION)
 
-protos: install
-	rm -rf $(GEN)
-	mkdir -p $(GEN)
-	$(RUN) python -m grpc_tools.protoc -I protos \
-		--python_out=libs/common/src --mypy_out=libs/common/src \
-		--grpc_python_out=libs/common/src --mypy_grpc_out=libs/common/src \
-		$$(find protos -name '*.proto' | sort)
-	find $(GEN) -type d -exec touch {}/__init__.py \;
-	touch $(GEN)/py.typed
+$(VALIDATE_SET): install
+	$(RUN) python tools/buf_validate_descriptors.py $@
 
-buf-lint: $(BUF)
-	cd protos && ../$(BUF) lint
+protos: $(VALIDATE_SET)
+	rm -rf $(GEN) libs/common/src/buf
+	mkdir -p $(GEN)
+	$(PROTOC) --python_out=libs/common/src --mypy_out=libs/common/src \
+		--grpc_python_out=libs/common/src --mypy_grpc_out=libs/common/src \
+		$$(cd protos && find billing -name '*.proto' | sort) buf/validate/validate.proto
+	find $(GEN) libs/common/src/buf -type d -exec touch {}/__init__.py \;
+	touch $(GEN)/py.typed libs/common/src/buf/py.typed
+
+# buf lints an image that protoc builds against the buf.validate descriptors: nothing is fetched.
+buf-lint: $(BUF) $(VALIDATE_SET)
+	$(PROTOC) --include_imports --include_source_info --descriptor_set_out=$(PROTOS_IMAGE) \
+		$$(cd protos && find billing -name '*.proto' | sort)
+	$(BUF) lint $(PROTOS_IMAGE) --config protos/buf.yaml --path billing
 
 ruff: install
 	$(RUN) ruff check .
@@ -80,4 +91,4 @@ bench: protos
 	$(RUN) python bench/run_all.py
 
 clean:
-	rm -rf $(GEN) .tools .venv .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(GEN) libs/common/src/buf $(BUILD) .tools .venv .mypy_cache .ruff_cache .pytest_cache

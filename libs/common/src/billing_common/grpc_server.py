@@ -1,6 +1,7 @@
 """gRPC server plumbing on grpc.aio: one interceptor for every cross-cutting concern.
 
-For each call, in order: correlation id, authentication and allow-list, the handler, mapping of
+For each call, in order: correlation id, authentication and allow-list, the validation boundary
+(undecodable bytes, then the contract's rules: `billing_common.validation`), the handler, mapping of
 `BillingError`s to status codes (INVALID_ARGUMENT carries google.rpc.BadRequest field
 violations; a failed database, Redis or broker is UNAVAILABLE, never INTERNAL), a log line
 (failed and slow calls; every call at DEBUG), and Prometheus metrics.
@@ -18,7 +19,7 @@ from typing import Any, TypeAlias
 
 import grpc
 from google.protobuf import any_pb2
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from prometheus_client import Counter, Histogram
@@ -30,6 +31,7 @@ from billing_common.errors import (
     BillingError,
     Conflict,
     FailedPrecondition,
+    FieldViolation,
     InvalidArgument,
     NotFound,
     PermissionDenied,
@@ -38,6 +40,8 @@ from billing_common.errors import (
     Unavailable,
 )
 from billing_common.faults import is_dependency_failure
+from billing_common.pan import redact_card_numbers
+from billing_common.validation import RequestValidator
 
 log = logging.getLogger("billing.rpc")
 
@@ -67,6 +71,8 @@ CORRELATION_HEADER = "x-correlation-id"
 # What a caller hears when PostgreSQL, Redis or RabbitMQ failed under its call: every change is made
 # in a transaction with its idempotency key, so the same call again is safe.
 DEPENDENCY_UNAVAILABLE = "a dependency of this service is unavailable; retry with the same idempotency key"
+# Error texts are bounded and card numbers are cut out of them: a service's error may quote input.
+MAX_ERROR_CHARS = 300
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 
@@ -78,15 +84,24 @@ def status_code_for(error: BillingError) -> grpc.StatusCode:
     return grpc.StatusCode.FAILED_PRECONDITION
 
 
+def safe_text(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """Text fit to leave the service in an answer or a log line: short and without card numbers."""
+    if len(text) > limit:
+        text = text[:limit] + "…"
+    return redact_card_numbers(text)
+
+
 def rich_status(error: BillingError) -> grpc.Status:
     """A google.rpc.Status carrying field violations and any protobuf attachments."""
     code = status_code_for(error)
-    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=error.message)
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=safe_text(error.message))
     if isinstance(error, InvalidArgument):
         bad_request = error_details_pb2.BadRequest(
             field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-                for v in error.violations
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=safe_text(v.field, 200), description=safe_text(v.description)
+                )
+                for v in error.violations[:50]
             ]
         )
         status.details.append(_pack(bad_request))
@@ -108,9 +123,17 @@ def _pack(message: Message) -> any_pb2.Any:
 
 
 class BillingInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, service: str, authenticator: Authenticator, *, slow_call: timedelta) -> None:
+    def __init__(
+        self,
+        service: str,
+        authenticator: Authenticator,
+        *,
+        slow_call: timedelta,
+        validator: RequestValidator | None = None,
+    ) -> None:
         self._service = service
         self._auth = authenticator
+        self.validator = validator
         # A line per successful call at INFO would cost a busy pod a quarter of its throughput.
         self._slow_call_s = slow_call.total_seconds()
         # Handlers are static per method, so each is wrapped once, not on every call.
@@ -179,6 +202,7 @@ class _Guard:
     def __init__(self, owner: BillingInterceptor, method: str) -> None:
         self.owner = owner
         self.method = method
+        self.validate = owner.validator.for_method(method) if owner.validator is not None else None
 
     def enter(self, grpc_context: Context) -> tuple[float, Any, Any]:
         started = time.perf_counter()
@@ -195,10 +219,30 @@ class _Guard:
     def ok(self, started: float) -> None:
         self.owner.finish(self.method, started, grpc.StatusCode.OK)
 
+    def check(self, request: Any) -> None:
+        """The validation boundary, after authentication: a stranger learns nothing of our rules."""
+        if request is UNDECODABLE:
+            raise InvalidArgument.of("request", "is not a valid protobuf message of this method's type")
+        if self.validate is not None:
+            self.validate(request)
+
+    async def checked_stream(self, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        """A client stream's messages, each checked as it arrives; the path names its position."""
+        index = 0
+        async for request in requests:
+            try:
+                self.check(request)
+            except InvalidArgument as error:
+                raise InvalidArgument(
+                    FieldViolation(f"[{index}].{v.field}", v.description) for v in error.violations
+                ) from None
+            index += 1
+            yield request
+
     async def fail(self, grpc_context: Context, started: float, error: BaseException) -> None:
         if isinstance(error, BillingError):
             status = rich_status(error)
-            self.owner.finish(self.method, started, status.code, error.message)
+            self.owner.finish(self.method, started, status.code, status.details or "")
             await grpc_context.abort(status.code, status.details, status.trailing_metadata)
         if isinstance(error, NotImplementedError):
             self.owner.finish(self.method, started, grpc.StatusCode.UNIMPLEMENTED)
@@ -218,21 +262,51 @@ class _Guard:
             )
             await grpc_context.abort(grpc.StatusCode.UNAVAILABLE, DEPENDENCY_UNAVAILABLE)
         log.exception("unexpected error in %s", self.method)
-        self.owner.finish(self.method, started, grpc.StatusCode.INTERNAL, repr(error))
+        self.owner.finish(self.method, started, grpc.StatusCode.INTERNAL, safe_text(repr(error)))
         await grpc_context.abort(
             grpc.StatusCode.INTERNAL, "internal error; see the service log for this correlation id"
         )
 
 
+class _Undecodable:
+    """What the lenient deserializer hands on for bytes that are not a message of the method's type."""
+
+
+UNDECODABLE = _Undecodable()
+
+
+def _lenient(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """Decode failures become a value the guard refuses after authentication, as INVALID_ARGUMENT.
+
+    grpc would otherwise answer UNKNOWN and log a traceback, before any interceptor runs.
+    """
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except (DecodeError, ValueError, TypeError, RuntimeError):
+            return UNDECODABLE
+
+    return parse
+
+
 def _wrap(handler: Any, guard: _Guard) -> Handler:
+    deserialize = _lenient(handler.request_deserializer)
     if handler.unary_unary or handler.stream_unary:
         inner = handler.unary_unary or handler.stream_unary
+        streamed = handler.stream_unary is not None
 
         async def unary_response(request: Any, grpc_context: Context) -> Any:
             started = time.perf_counter()
             tokens: tuple[float, Any, Any] | None = None
             try:
                 tokens = guard.enter(grpc_context)
+                if streamed:
+                    request = guard.checked_stream(request)
+                else:
+                    guard.check(request)
                 response = await inner(request, grpc_context)
                 guard.ok(started)
                 return response
@@ -247,7 +321,7 @@ def _wrap(handler: Any, guard: _Guard) -> Handler:
             if handler.unary_unary
             else grpc.stream_unary_rpc_method_handler
         )
-        return factory(unary_response, handler.request_deserializer, handler.response_serializer)  # type: ignore[no-any-return]
+        return factory(unary_response, deserialize, handler.response_serializer)  # type: ignore[no-any-return]
     streaming = handler.unary_stream or handler.stream_stream
 
     async def streaming_response(request: Any, grpc_context: Context) -> AsyncIterator[Any]:
@@ -255,6 +329,10 @@ def _wrap(handler: Any, guard: _Guard) -> Handler:
         tokens: tuple[float, Any, Any] | None = None
         try:
             tokens = guard.enter(grpc_context)
+            if handler.stream_stream is not None:
+                request = guard.checked_stream(request)
+            else:
+                guard.check(request)
             async for item in streaming(request, grpc_context):
                 yield item
             guard.ok(started)
@@ -269,4 +347,4 @@ def _wrap(handler: Any, guard: _Guard) -> Handler:
         if handler.unary_stream
         else grpc.stream_stream_rpc_method_handler
     )
-    return factory(streaming_response, handler.request_deserializer, handler.response_serializer)  # type: ignore[no-any-return]
+    return factory(streaming_response, deserialize, handler.response_serializer)  # type: ignore[no-any-return]

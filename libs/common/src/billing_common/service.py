@@ -43,6 +43,7 @@ from billing_common.grpc_server import BillingInterceptor
 from billing_common.locks import RedisLocks
 from billing_common.logging import configure_logging
 from billing_common.settings import CommonSettings, load_settings
+from billing_common.validation import RequestValidator
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -164,6 +165,8 @@ class ServiceHost:
         authenticator = auth.authenticator({r.service_name: r.access for r in parts.registrations})
         if s.auth_insecure:
             log.warning("INSECURE development mode: calls are accepted without a verified token")
+        validator = RequestValidator(self.clock)
+        validator.prepare_services(r.service_name for r in parts.registrations)
         server = grpc.aio.server(
             options=[
                 ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
@@ -171,7 +174,9 @@ class ServiceHost:
             ],
             interceptors=[
                 *telemetry.server_interceptors(),
-                BillingInterceptor(s.service_name, authenticator, slow_call=s.log_slow_rpc),
+                BillingInterceptor(
+                    s.service_name, authenticator, slow_call=s.log_slow_rpc, validator=validator
+                ),
             ],
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

@@ -1,10 +1,11 @@
 import json
 import logging
+import sys
 
 from opentelemetry.sdk.trace import TracerProvider
 
 from billing_common import context
-from billing_common.logging import JsonFormatter
+from billing_common.logging import JsonFormatter, RedactCardNumbers
 
 
 def _record(message: str, **extra: object) -> logging.LogRecord:
@@ -41,3 +42,21 @@ def test_outside_a_span_no_trace_ids_are_invented() -> None:
     entry = json.loads(JsonFormatter("tier").format(_record("scan queued")))
     assert "trace_id" not in entry
     assert "correlation_id" not in entry
+
+
+def test_the_redaction_filter_removes_card_numbers_from_messages_extra_fields_and_exceptions() -> None:
+    record = _record("charging %s", token="tok_4242424242424242")
+    record.args = ("4242 4242 4242 4242",)
+    try:
+        raise ValueError("bad token x4111111111111111")
+    except ValueError:
+        record.exc_info = sys.exc_info()
+    assert RedactCardNumbers().filter(record)
+    line = JsonFormatter("gateway-adapter").format(record)
+
+    for digits in ("4242424242424242", "4111111111111111", "4242 4242 4242 4242"):
+        assert digits not in line
+    entry = json.loads(line)
+    assert entry["message"] == "charging [card number removed]"
+    assert entry["token"] == "tok_[card number removed]"
+    assert "bad token x[card number removed]" in entry["exception"]

@@ -12,8 +12,8 @@ from grpc_status import rpc_status
 
 from billing.common.v1 import common_pb2 as c
 from billing.gateway.v1 import gateway_pb2 as pb
+from billing_common.pan import contains_card_number
 from billing_common.testing.plugin import EventCollector, InfraEnv
-from gateway_adapter.domain.payments import contains_card_number
 
 from .conftest import Gateway, gateway_service
 
@@ -95,6 +95,15 @@ async def test_flaky_token_declines_n_times_then_succeeds(gateway: Gateway) -> N
     assert statuses == [DECLINED, DECLINED, SUCCEEDED]
 
 
+@pytest.mark.parametrize("token", ["tok_flaky_x", "tok_flaky_2x", "tok_flaky_\u0662"])
+async def test_a_flaky_token_with_a_malformed_count_is_an_ordinary_token(
+    gateway: Gateway, token: str
+) -> None:
+    charged = await gateway.charge(f"malformed-{token.encode().hex()}", token)
+
+    assert charged.payment.status == SUCCEEDED
+
+
 async def test_replayed_key_returns_the_stored_result_without_calling_the_gateway(gateway: Gateway) -> None:
     first = await gateway.charge("replay-1")
     again = await gateway.charge("replay-1")
@@ -165,7 +174,12 @@ async def test_bad_input_is_refused_with_the_field_and_changes_nothing(gateway: 
     bad_request = error_details_pb2.BadRequest()
     assert status.details[0].Unpack(bad_request)
     fields = {violation.field for violation in bad_request.field_violations}
-    assert {"merchant_id", "amount.amount_minor", "amount.currency", "idempotency_key"} <= fields
+    assert {"merchant_id", "amount.currency", "idempotency_key"} <= fields
+    # The contract allows any amount of money; a charge of nothing is refused by the gateway's rule.
+    with pytest.raises(grpc.aio.AioRpcError) as nothing:
+        await gateway.charge("zero-1", amount=0)
+    assert nothing.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "amount.amount_minor" in (nothing.value.details() or "")
     assert await gateway.pool.fetchval("SELECT count(*) FROM payments") == 0
 
 

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from billing_common.errors import FailedPrecondition, InvalidArgument
+from billing_common.pan import contains_card_number
 from gateway_adapter.domain.classification import (
     SANDBOX,
     STRIPE,
@@ -26,7 +27,6 @@ from gateway_adapter.domain.payments import (
     RefundRequest,
     Status,
     after_refund,
-    contains_card_number,
     next_check_at,
     refund_amount,
     validate_charge,
@@ -122,7 +122,17 @@ class TestCharges:
         fields = {v.field for v in error.value.violations}
         assert fields == {"merchant_id", "amount.amount_minor", "amount.currency", "idempotency_key"}
 
-    @pytest.mark.parametrize("token", ["4242424242424242", "4000 0566 5566 5556", "5555-5555-5555-4444"])
+    @pytest.mark.parametrize(
+        "token",
+        [
+            "4242424242424242",
+            "4000 0566 5566 5556",
+            "5555-5555-5555-4444",
+            "tok_4242424242424242",
+            "x4242424242424242",
+            "4242.4242.4242.4242",
+        ],
+    )
     def test_card_numbers_are_refused_as_tokens(self, token: str) -> None:
         assert contains_card_number(token)
         with pytest.raises(InvalidArgument):

@@ -56,12 +56,20 @@ async def test_a_bad_plan_is_refused_with_every_field_violation(quota: Quota) ->
     assert status is not None
     request = error_details_pb2.BadRequest()
     status.details[0].Unpack(request)
+    # The contract's rules are checked at the boundary, before the catalog's own (a key used twice).
     assert {v.field for v in request.field_violations} == {
         "spec.price.currency",
         "spec.entitlements[0].limit",
-        "spec.entitlements[1].key",
-        "spec.entitlements[1].unit_price",
+        "spec.entitlements[1].unit_price.value",
     }
+    twice = spec(entitlement("api.calls", 1), entitlement("api.calls", 5))
+    with pytest.raises(grpc.aio.AioRpcError) as duplicate:
+        await quota.operator.CreatePlan(pb.CreatePlanRequest(code="bad", spec=twice, idempotency_key="b2"))
+    assert duplicate.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    status = rpc_status.from_call(duplicate.value)
+    assert status is not None
+    status.details[0].Unpack(request)
+    assert {v.field for v in request.field_violations} == {"spec.entitlements[1].key"}
     with pytest.raises(grpc.aio.AioRpcError) as missing:
         await quota.caller.GetPlan(pb.GetPlanRequest(code="bad"))
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND

@@ -37,7 +37,6 @@ async def test_bad_batches_change_nothing_and_name_every_field(tier: Tier) -> No
                 databases=[
                     database("new-db", "nobody"),
                     database("dist", "alpha"),
-                    database("", "alpha"),
                     database("twice", "alpha"),
                     database("twice", "alpha"),
                 ]
@@ -47,9 +46,13 @@ async def test_bad_batches_change_nothing_and_name_every_field(tier: Tier) -> No
     assert field_violations(caught.value) == {
         "databases[0].end_user_id": "no end_user 'nobody'",
         "databases[1].database_id": "'dist' is already a distributor",
-        "databases[2].database_id": "is required, at most 200 characters",
-        "databases[4].database_id": "'twice' appears twice in the batch",
+        "databases[3].database_id": "'twice' appears twice in the batch",
     }
+    with pytest.raises(grpc.aio.AioRpcError) as unnamed:
+        await tier.operator.UpsertDatabases(
+            pb.UpsertDatabasesRequest(databases=[database("new-db", "alpha"), database("", "alpha")])
+        )
+    assert field_violations(unnamed.value) == {"databases[1].database_id": "is required"}
     assert await tier.count("databases") == 3
     with pytest.raises(grpc.aio.AioRpcError) as wrong_parent:
         await tier.operator.UpsertEndUsers(pb.UpsertEndUsersRequest(end_users=[end_user("x", "alpha")]))

@@ -122,8 +122,10 @@ class SandboxGateway:
     async def _decide(self, token: str) -> tuple[str, str, bool]:
         if token in DECLINES:
             return (*DECLINES[token], False)
-        if token.startswith(FLAKY):
-            declines = int(token.removeprefix(FLAKY) or 0)
+        suffix = token.removeprefix(FLAKY)
+        # Only `tok_flaky_<digits>` is flaky; any other suffix is a token like any other.
+        if token.startswith(FLAKY) and (suffix == "" or (suffix.isascii() and suffix.isdigit())):
+            declines = int(suffix or 0)
             if await self._uses(token) <= declines:
                 return "do_not_honor", "Do not honor", False
         if token == "ach_settles" or token in ACH_RETURNS:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -11,6 +10,7 @@ from enum import StrEnum
 
 from billing_common.errors import FailedPrecondition, Violations
 from billing_common.money import CurrencyError, check_currency
+from billing_common.pan import contains_card_number
 from gateway_adapter.domain.classification import Classification, DeclineKind, FailureType
 
 
@@ -55,18 +55,6 @@ REFUNDABLE = frozenset({Status.SUCCEEDED, Status.SETTLED, Status.PARTIALLY_REFUN
 UNRESOLVED = frozenset({Status.PROCESSING, Status.UNKNOWN})
 
 MAX_KEY_LENGTH = 255
-# Anything that looks like a card number (PAN): 13-19 digits, optionally grouped.
-CARD_NUMBER = re.compile(r"\b(?:\d[ -]?){12,18}\d\b")
-
-
-def contains_card_number(text: str) -> bool:
-    """A run of 13-19 digits that passes the Luhn check is treated as a card number."""
-    for match in CARD_NUMBER.finditer(text):
-        digits = [int(d) for d in re.sub(r"\D", "", match.group())]
-        checksum = sum(digits[-1::-2]) + sum(sum(divmod(2 * d, 10)) for d in digits[-2::-2])
-        if checksum % 10 == 0:
-            return True
-    return False
 
 
 def can_move(current: Status, target: Status) -> bool:
@@ -102,8 +90,17 @@ def validate_charge(request: ChargeRequest) -> None:
     problems.check(request.amount_minor > 0, "amount.amount_minor", "must be greater than zero")
     _check_currency(problems, request.currency)
     _check_key(problems, request.idempotency_key)
-    for key, value in request.metadata.items():
-        problems.check(not contains_card_number(value), f"metadata[{key}]", "must not contain a card number")
+    problems.check(
+        not contains_card_number(request.caller_reference),
+        "caller_reference",
+        "must not contain a card number",
+    )
+    for index, (key, value) in enumerate(sorted(request.metadata.items())):
+        problems.check(
+            not contains_card_number(key) and not contains_card_number(value),
+            f"metadata[{index}]",
+            "must not contain a card number",
+        )
     problems.raise_if_any()
 
 
