@@ -15,6 +15,7 @@ import time
 from billing_common import auth, db
 
 DEV_SECRET = os.environ.get("BILLING_DEV_JWT_SECRET", "development-only-signing-key-0123456789")
+DEV_PAGE_TOKEN_KEY = os.environ.get("BILLING_DEV_PAGE_TOKEN_KEY", "development-only-page-token-key-012345")
 ADMIN_URL = os.environ.get("BILLING_DEV_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 SERVICES = [
     # (service name, env prefix, package, gRPC port, metrics port)
@@ -38,6 +39,7 @@ def service_env(name: str, prefix: str, grpc_port: int, metrics_port: int) -> di
         f"{prefix}_METRICS_PORT": str(metrics_port),
         f"{prefix}_AUTH_JWT_SECRET": DEV_SECRET,
         f"{prefix}_AUTH_TOKEN": auth.issue_token(DEV_SECRET, name),
+        f"{prefix}_PAGE_TOKEN_KEYS": DEV_PAGE_TOKEN_KEY,
     }
     for other, _, _, port, _ in SERVICES:
         env[f"{prefix}_{other.upper().replace('-', '_')}_ADDR"] = f"127.0.0.1:{port}"

@@ -27,6 +27,7 @@ from billing_common.testing.infra import TEST_DATABASE, Infra, resolve_infra
 
 S = TypeVar("S", bound=CommonSettings)
 JWT_SECRET = "test-only-signing-key-not-a-secret"
+PAGE_TOKEN_KEY = "test-only-page-token-key-not-a-secret"
 
 
 def _with_database(url: str, database: str) -> str:
@@ -88,6 +89,7 @@ class InfraEnv:
             "metrics_port": 0,
             "auth_jwt_secret": JWT_SECRET,
             "auth_token": self.token(service_name),
+            "page_token_keys": (PAGE_TOKEN_KEY,),
             "log_level": "WARNING",
             **overrides,
         }
