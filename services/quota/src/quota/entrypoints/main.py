@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from billing.quota.v1 import quota_pb2_grpc
+from billing_common.paging import PageTokens
 from billing_common.service import Registration, Resources, ServiceParts, Setup, run_service
 from billing_common.settings import SettingsError
 from quota.adapters.catalog_store import PostgresCatalog
@@ -27,6 +28,7 @@ SERVICE_NAME = "billing.quota.v1.QuotaService"
 def build(settings: QuotaSettings) -> Setup:
     if settings.counter_cache_entries < 0:
         raise SettingsError("QUOTA_COUNTER_CACHE_ENTRIES must not be negative")
+    pages = PageTokens.from_settings(settings)
 
     async def setup(r: Resources) -> ServiceParts:
         catalog_store = PostgresCatalog(r.pool, r.outbox)
@@ -43,7 +45,7 @@ def build(settings: QuotaSettings) -> Setup:
             settings.late_usage_grace,
         )
         servicer = QuotaServicer(
-            Catalog(catalog_store, r.clock, cache, invalidations), entitlements, usage, r.clock
+            Catalog(catalog_store, r.clock, cache, invalidations), entitlements, usage, r.clock, pages
         )
 
         async def listen_for_invalidations() -> None:
