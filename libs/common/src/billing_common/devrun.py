@@ -17,6 +17,7 @@ from pathlib import Path
 from billing_common import db, tokens
 
 DEV_KEYS = Path(os.environ.get("BILLING_DEV_KEYS", ".dev-keys")).resolve()
+DEV_PAGE_TOKEN_KEY = os.environ.get("BILLING_DEV_PAGE_TOKEN_KEY", "development-only-page-token-key-012345")
 ADMIN_URL = os.environ.get("BILLING_DEV_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 SERVICES = [
     # (service name, env prefix, package, gRPC port, metrics port)
@@ -53,6 +54,7 @@ def service_env(
         f"{prefix}_METRICS_PORT": str(metrics_port),
         f"{prefix}_AUTH_JWKS": str(DEV_KEYS / "jwks.json"),
         f"{prefix}_AUTH_TOKEN_FILE": str(token_file),
+        f"{prefix}_PAGE_TOKEN_KEYS": DEV_PAGE_TOKEN_KEY,
     }
     for other, _, _, port, _ in SERVICES:
         env[f"{prefix}_{other.upper().replace('-', '_')}_ADDR"] = f"127.0.0.1:{port}"

@@ -73,6 +73,8 @@ class CommonSettings:
     # Token this service presents when it calls another: inline, or a file read again when replaced.
     auth_token: str = ""
     auth_token_file: str = ""
+    # Keys of the page tokens (billing_common.paging), the same in every pod; the first signs.
+    page_token_keys: tuple[str, ...] = ()
     log_level: str = "INFO"
     # A successful call is logged at DEBUG, or at INFO when it took at least this long.
     log_slow_rpc: timedelta = timedelta(milliseconds=500)

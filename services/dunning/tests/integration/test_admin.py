@@ -4,11 +4,14 @@ from datetime import timedelta
 
 import grpc
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from billing.dunning.v1 import dunning_pb2 as pb
 from billing.dunning.v1 import dunning_pb2_grpc
 from billing_common.grpc_client import open_channel
-from billing_common.testing.rpc import field_violations
+from billing_common.paging import NOT_ISSUED
+from billing_common.testing.rpc import every_page, field_violations
 
 from .conftest import START, Dunning, fixed_policy, payment_failed, publish
 
@@ -107,7 +110,46 @@ async def test_list_cases_filters_and_pages(dunning: Dunning) -> None:
     by_account = await dunning.operator.ListCases(pb.ListCasesRequest(account_id="acct-b"))
     assert [c.merchant_id for c in by_account.cases] == ["m-b"]
     bad = await rpc_error(dunning.operator.ListCases(pb.ListCasesRequest(page_token="garbage!")))
-    assert field_violations(bad) == {"page_token": "is not a token this service issued"}
+    assert field_violations(bad) == {"page_token": NOT_ISSUED}
+
+
+# invoice -> (merchant, account, failure kind): soft failures wait for a retry, merchant ones are held
+CASES = {f"inv-{n}": (f"m-{n % 3}", f"acct-{n % 2}", "merchant" if n % 4 == 0 else "soft") for n in range(10)}
+STATE_OF_KIND = {"soft": pb.CASE_STATE_RETRY_SCHEDULED, "merchant": pb.CASE_STATE_HELD}
+
+
+@pytest.fixture
+async def many_cases(dunning: Dunning) -> Dunning:
+    for invoice_id, (merchant, account, kind) in CASES.items():
+        await publish(dunning.env, payment_failed(invoice_id, kind, merchant=merchant, account=account))
+    for invoice_id, (_, _, kind) in CASES.items():
+        await dunning.case_in_state(invoice_id, STATE_OF_KIND[kind])
+    return dunning
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.lists(st.integers(min_value=0, max_value=4), min_size=1, max_size=4),
+    st.sampled_from(["", "m-0", "m-1"]),
+    st.sampled_from(["", "acct-1"]),
+    st.sampled_from(["soft", "merchant", ""]),
+)
+async def test_listing_cases_page_by_page_gives_each_case_of_the_filter_once_in_order(
+    many_cases: Dunning, sizes: list[int], merchant: str, account: str, kind: str
+) -> None:
+    request = pb.ListCasesRequest(
+        merchant_id=merchant, account_id=account, state=STATE_OF_KIND[kind] if kind else 0
+    )
+    listed = await every_page(many_cases.operator.ListCases, request, "cases", sizes)
+    in_one_page = await many_cases.operator.ListCases(
+        pb.ListCasesRequest(merchant_id=merchant, account_id=account, state=request.state, page_size=100)
+    )
+    assert [c.case_id for c in listed] == [c.case_id for c in in_one_page.cases]
+    assert sorted(c.invoice_id for c in listed) == sorted(
+        invoice_id
+        for invoice_id, (m, a, k) in CASES.items()
+        if merchant in ("", m) and account in ("", a) and kind in ("", k)
+    )
 
 
 async def test_policies_default_set_and_validated(dunning: Dunning) -> None:

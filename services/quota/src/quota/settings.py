@@ -17,3 +17,6 @@ class QuotaSettings(CommonSettings):
     # Counter values kept in the process while Redis tracks them for changes (0: every check asks
     # Redis). About 170 bytes each.
     counter_cache_entries: int = 100_000
+    # REDIS_URL names one node of a Redis Cluster: counters go through redis-py's cluster client,
+    # and checks read the primaries (no counter cache; see adapters/cluster.py).
+    redis_cluster: bool = False

@@ -2,10 +2,13 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from billing.common.v1 import common_pb2
 from billing.quota.v1 import quota_pb2 as pb
 from billing_common.testing.plugin import EventCollector, InfraEnv
+from billing_common.testing.rpc import every_page
 
 from .conftest import Quota, create_plan, entitlement, spec
 
@@ -113,3 +116,26 @@ async def test_list_pages_retire_add_ons_tiers_and_access(quota: Quota, env: Inf
     with pytest.raises(grpc.aio.AioRpcError) as denied:
         await quota.caller.CreatePlan(pb.CreatePlanRequest(code="x", spec=spec(), idempotency_key="x"))
     assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+PLAN_CODES = [f"plan-{n}" for n in range(8)]
+RETIRED = {"plan-1", "plan-4", "plan-7"}
+
+
+@pytest.fixture
+async def catalog(quota: Quota) -> Quota:
+    for code in reversed(PLAN_CODES):
+        await create_plan(quota, code, spec(entitlement("seats", 1)))
+    for code in RETIRED:
+        await quota.operator.RetirePlan(pb.RetirePlanRequest(code=code))
+    return quota
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.integers(min_value=0, max_value=4), min_size=1, max_size=4), st.booleans())
+async def test_listing_plans_page_by_page_gives_each_plan_of_the_filter_once_in_code_order(
+    catalog: Quota, sizes: list[int], include_retired: bool
+) -> None:
+    request = pb.ListPlansRequest(include_retired=include_retired)
+    listed = await every_page(catalog.caller.ListPlans, request, "plans", sizes)
+    assert [p.code for p in listed] == [c for c in PLAN_CODES if include_retired or c not in RETIRED]

@@ -14,4 +14,4 @@ def test_a_headroom_outside_0_to_99_stops_the_service_naming_the_variable(percen
 def test_a_bad_time_zone_stops_the_service_naming_the_variable() -> None:
     with pytest.raises(SettingsError, match="RECURRING_BILLING_TIME_ZONE"):
         build(RecurringSettings(billing_time_zone="Mars/Olympus"))
-    build(RecurringSettings(gateway_rate_headroom_percent=99))
+    build(RecurringSettings(gateway_rate_headroom_percent=99, page_token_keys=("k" * 32,)))

@@ -1,11 +1,17 @@
 import asyncio
 import itertools
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from billing.common.v1 import common_pb2
 from billing.tier.v1 import tier_pb2 as pb
 from billing_common.clock import ControllableClock
 from billing_common.testing.plugin import EventCollector, InfraEnv
+from billing_common.testing.rpc import every_page
 
 from .conftest import Tier, build_estate, run_scan, signal, tier_of, tier_service
 
@@ -214,3 +220,47 @@ async def test_the_schedule_queues_one_scan_per_fire_time_across_pods(env: Infra
         scans = (await first.caller.ListScans(pb.ListScansRequest())).scans
         assert len(scans) == 1 and scans[0].trigger == "schedule" and scans[0].kind == pb.SCAN_KIND_FULL
         assert done[0].changes == 7
+
+
+MARCH = datetime(2026, 3, 10, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+async def scanned(env: InfraEnv) -> AsyncIterator[tuple[Tier, list[pb.Scan]]]:
+    """Five scans: a first full one in February, an SSO one in March that moves alpha, and three idle."""
+    clock = ControllableClock(datetime(2026, 2, 1, 9, 0, tzinfo=UTC))
+    async with tier_service(env, clock=clock) as tier:
+        await build_estate(tier)
+        scans = [await run_scan(tier, pb.SCAN_KIND_FULL, "feb")]
+        clock.set(MARCH)
+        await tier.operator.ReportSignals(
+            pb.ReportSignalsRequest(signals=[signal("alpha", pb.SIGNAL_KIND_SSO_ACTIVE, "true", MARCH)])
+        )
+        scans.append(await run_scan(tier, pb.SCAN_KIND_SSO, "march"))
+        for n in range(3):
+            scans.append(await run_scan(tier, pb.SCAN_KIND_API, f"idle-{n}"))
+        yield tier, scans
+
+
+SIZES = st.lists(st.integers(min_value=0, max_value=4), min_size=1, max_size=4)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(SIZES, st.sampled_from(["all", "since march", "by scan"]))
+async def test_listing_scans_and_changes_page_by_page_gives_each_once_in_order(
+    scanned: tuple[Tier, list[pb.Scan]], sizes: list[int], which: str
+) -> None:
+    tier, scans = scanned
+    listed_scans = await every_page(tier.caller.ListScans, pb.ListScansRequest(), "scans", sizes)
+    assert [s.scan_id for s in listed_scans] == [s.scan_id for s in reversed(scans)]
+
+    request = pb.ListTierChangesRequest()
+    if which == "since march":
+        request.since.FromDatetime(MARCH)
+    elif which == "by scan":
+        request.scan_id = scans[1].scan_id
+    listed = await every_page(tier.caller.ListTierChanges, request, "changes", sizes)
+    first, march = scans[0].changes, scans[1].changes
+    assert len(listed) == {"all": first + march, "since march": march, "by scan": march}[which]
+    numbers = [int(c.change_id) for c in listed]
+    assert numbers == sorted(set(numbers))  # in order, none twice

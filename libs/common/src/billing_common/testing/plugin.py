@@ -40,6 +40,9 @@ def issue_token(caller: str, lifetime: timedelta | None = None) -> str:
     return tokens.issue(session_signing_key(), caller, lifetime)
 
 
+PAGE_TOKEN_KEY = "test-only-page-token-key-not-a-secret"
+
+
 def _with_database(url: str, database: str) -> str:
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))
@@ -103,6 +106,7 @@ class InfraEnv:
             "metrics_port": 0,
             "auth_jwks": self.jwks,
             "auth_token": self.token(service_name),
+            "page_token_keys": (PAGE_TOKEN_KEY,),
             "log_level": "WARNING",
             **overrides,
         }

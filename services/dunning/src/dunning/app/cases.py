@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import uuid
 from collections.abc import Callable
@@ -13,6 +11,7 @@ from typing import Any
 
 from billing_common.clock import Clock
 from billing_common.errors import InvalidArgument, NotFound
+from billing_common.paging import Page, PageRequest
 from dunning.app.ports import CaseFilter, CaseSession, CaseStore
 from dunning.app.statistics import OutcomeStatistics
 from dunning.domain import cases as decide
@@ -23,9 +22,6 @@ from dunning.domain.schedule import Planning
 from dunning.domain.transitions import IllegalTransition
 
 log = logging.getLogger(__name__)
-
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 500
 
 
 @dataclass(frozen=True)
@@ -124,14 +120,9 @@ class CaseService:
             raise NotFound(f"no dunning case {'for invoice ' + invoice_id if invoice_id else case_id}")
         return CaseView(case, await self._store.history(case.case_id))
 
-    async def list(self, where: CaseFilter, page_size: int, page_token: str) -> tuple[list[Case], str]:
-        if page_size < 0:
-            raise InvalidArgument.of("page_size", "must not be negative")
-        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        rows = await self._store.list_cases(where, _position(page_token), size + 1)
-        page = rows[:size]
-        more = len(rows) > size
-        return [case for _, case in page], _token(page[-1][0]) if more and page else ""
+    async def list(self, where: CaseFilter, page: PageRequest[int]) -> Page[Case, int]:
+        cut = page.cut(await self._store.list_cases(where, page.after, page.limit), lambda row: row[0])
+        return Page([case for _, case in cut.items], cut.next_after)
 
     async def pause(self, case_id: str, reason: str) -> CaseView:
         return await self._act(case_id, lambda case, now, _: decide.pause(case, now, reason))
@@ -167,20 +158,3 @@ def _case_id(text: str) -> str:
         return str(uuid.UUID(text))
     except ValueError:
         raise InvalidArgument.of("case_id", "must be a case id (UUID)") from None
-
-
-def _token(position: int) -> str:
-    return base64.urlsafe_b64encode(f"after:{position}".encode()).decode()
-
-
-def _position(token: str) -> int:
-    if not token:
-        return 0
-    try:
-        text = base64.urlsafe_b64decode(token.encode()).decode()
-        prefix, _, number = text.partition(":")
-        if prefix != "after":
-            raise ValueError(text)
-        return int(number)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidArgument.of("page_token", "is not a token this service issued") from None

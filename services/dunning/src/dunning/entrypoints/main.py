@@ -7,6 +7,7 @@ from pathlib import Path
 
 from billing.dunning.v1 import dunning_pb2_grpc
 from billing_common.grpc_client import open_channel
+from billing_common.paging import PageTokens
 from billing_common.service import Registration, Resources, ServiceParts, Setup, run_service
 from dunning.adapters.locks import RedisCaseLocks
 from dunning.adapters.metrics import MetricsRefresher
@@ -36,13 +37,15 @@ def worker_config(settings: DunningSettings) -> WorkerConfig:
 
 
 def build(settings: DunningSettings) -> Setup:
+    pages = PageTokens.from_settings(settings)
+
     async def setup(r: Resources) -> ServiceParts:
         store = PostgresCases(r.pool, r.outbox)
         statistics = OutcomeStatistics(
             store, r.clock, settings.statistics_refresh, settings.statistics_window
         )
         cases = CaseService(store, statistics, r.clock)
-        servicer = DunningServicer(cases, Policies(store, r.clock))
+        servicer = DunningServicer(cases, Policies(store, r.clock), pages)
         metrics = MetricsRefresher(r.pool, r.clock, settings.metrics_refresh)
         background: list[Callable[[], Awaitable[None]]] = [metrics.run_forever]
         on_stop: list[Callable[[], Awaitable[None]]] = []

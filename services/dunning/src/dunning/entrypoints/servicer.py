@@ -10,6 +10,7 @@ from billing.dunning.v1 import dunning_pb2 as pb
 from billing.dunning.v1 import dunning_pb2_grpc
 from billing_common.auth import CONSOLE, OPERATOR, READERS
 from billing_common.errors import InvalidArgument
+from billing_common.paging import PageTokens
 from dunning.app.cases import CaseService
 from dunning.app.policies import Policies
 from dunning.app.ports import CaseFilter
@@ -32,9 +33,10 @@ ACCESS: dict[str, set[str] | frozenset[str]] = {
 
 
 class DunningServicer(dunning_pb2_grpc.DunningServiceServicer):
-    def __init__(self, cases: CaseService, policies: Policies) -> None:
+    def __init__(self, cases: CaseService, policies: Policies, pages: PageTokens) -> None:
         self._cases = cases
         self._policies = policies
+        self._pages = pages
 
     async def GetCase(self, request: pb.GetCaseRequest, context: Context) -> pb.GetCaseResponse:
         lookup = request.WhichOneof("lookup")
@@ -50,8 +52,10 @@ class DunningServicer(dunning_pb2_grpc.DunningServiceServicer):
                 raise InvalidArgument.of("state", "is not a case state")
             state = m.STATES_FROM_PB[request.state]
         where = CaseFilter(state, request.merchant_id, request.account_id)
-        cases, token = await self._cases.list(where, request.page_size, request.page_token)
-        return pb.ListCasesResponse(cases=[m.case_pb(c) for c in cases], next_page_token=token)
+        page = await self._cases.list(where, self._pages.read(request, start=0))
+        return pb.ListCasesResponse(
+            cases=[m.case_pb(c) for c in page.items], next_page_token=self._pages.next_token(request, page)
+        )
 
     async def PauseCase(self, request: pb.PauseCaseRequest, context: Context) -> pb.PauseCaseResponse:
         view = await self._cases.pause(request.case_id, request.reason)

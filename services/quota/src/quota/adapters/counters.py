@@ -6,17 +6,20 @@ Keys (hash-tagged by tenant so one tenant's keys share a cluster slot):
 Counters expire a while after their window ends and are rebuilt from PostgreSQL when missing;
 idempotency entries expire after a day (PostgreSQL's unique key is the authority after that).
 Reads are served from `TrackedReads` while Redis tracks them; every write here forgets its keys.
+On a Redis Cluster the same scripts run on the tenant's node and reads ask the primaries
+(`cluster.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 
-from quota.adapters.tracking import TrackedReads
 from quota.app.ports import CounterOp, CounterRef, CounterResult, CounterStatus
 
 ID_TTL_SECONDS = 86_400
@@ -81,8 +84,17 @@ _STATUS = {
 }
 
 
+class CounterReads(Protocol):
+    """Where counter values are read: kept while Redis tracks them (`TrackedReads`), or always
+    asked of Redis (`ClusterReads`)."""
+
+    def cached(self, key: str) -> int | None: ...
+    def forget(self, keys: Iterable[str]) -> None: ...
+    async def fetch(self, keys: Sequence[str]) -> list[bytes | None]: ...
+
+
 class RedisCounters:
-    def __init__(self, redis: Redis, namespace: str, tracked: TrackedReads) -> None:
+    def __init__(self, redis: Redis | RedisCluster, namespace: str, tracked: CounterReads) -> None:
         self._redis = redis
         self._namespace = namespace
         self._tracked = tracked
@@ -170,9 +182,13 @@ class RedisCounters:
                     id_keys.append(self.id_key(op.counter.tenant_id, op.idempotency_key))
                     limit = -1 if op.deny_over is None else op.deny_over
                     events.append(f"{position} {op.delta} {limit} {op.fingerprint}")
-                await self._record(
-                    keys=[*counters, *id_keys], args=[ID_TTL_SECONDS, len(counters), *events], client=pipe
-                )
+                keys = [*counters, *id_keys]
+                # On a cluster the scripts go as EVAL: a node that never saw them (a new or promoted
+                # primary) runs them anyway, where EVALSHA in a cluster pipeline fails with NOSCRIPT.
+                if isinstance(pipe, ClusterPipeline):
+                    pipe.eval(_RECORD, len(keys), *keys, ID_TTL_SECONDS, len(counters), *events)
+                else:
+                    await self._record(keys=keys, args=[ID_TTL_SECONDS, len(counters), *events], client=pipe)
             replies = await pipe.execute()
         self._tracked.forget(counter_keys.values())
         results: list[CounterResult | None] = [None] * len(ops)
@@ -184,14 +200,11 @@ class RedisCounters:
     async def undo(self, ops: Sequence[CounterOp]) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
             for op in ops:
-                await self._undo(
-                    keys=[
-                        self.counter_key(op.counter),
-                        self.id_key(op.counter.tenant_id, op.idempotency_key),
-                    ],
-                    args=[op.delta, op.fingerprint],
-                    client=pipe,
-                )
+                keys = [self.counter_key(op.counter), self.id_key(op.counter.tenant_id, op.idempotency_key)]
+                if isinstance(pipe, ClusterPipeline):
+                    pipe.eval(_UNDO, len(keys), *keys, op.delta, op.fingerprint)
+                else:
+                    await self._undo(keys=keys, args=[op.delta, op.fingerprint], client=pipe)
             await pipe.execute()
         self._tracked.forget(self.counter_key(op.counter) for op in ops)
 

@@ -1,4 +1,5 @@
-"""Entitlement cache invalidation across processes, over Redis pub/sub."""
+"""Entitlement cache invalidation across processes, over Redis pub/sub (on a cluster, a message
+published on any node reaches the subscribers of every node)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,14 @@ import logging
 from collections.abc import Callable
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 log = logging.getLogger(__name__)
 EVERYONE = "*"
 
 
 class RedisInvalidations:
-    def __init__(self, redis: Redis, namespace: str) -> None:
+    def __init__(self, redis: Redis | RedisCluster, namespace: str) -> None:
         self._redis = redis
         self.channel = f"{namespace}:entitlements:changed"
 

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 from billing_common.clock import Clock
 from billing_common.errors import InvalidArgument, NotFound, Violations
+from billing_common.paging import Page, PageRequest
 from quota.app.entitlements import EntitlementCache
 from quota.app.ports import CatalogStore, IdempotencyRef, Invalidations
 from quota.domain.catalog import (
@@ -18,8 +19,6 @@ from quota.domain.catalog import (
     validate_plan,
 )
 
-MAX_PAGE_SIZE = 200
-DEFAULT_PAGE_SIZE = 50
 TIERS = ("lite", "plus", "pro")
 
 
@@ -64,17 +63,10 @@ class Catalog:
             raise NotFound(f"plan {code}" + (f" version {version}" if version else "") + " does not exist")
         return plan
 
-    async def list_plans(
-        self, page_size: int, page_token: str, include_retired: bool
-    ) -> tuple[list[Plan], str]:
-        """Pages ordered by code; the page token is the last code of the previous page."""
-        if page_size < 0:
-            raise InvalidArgument.of("page_size", "must not be negative")
-        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        plans = await self._store.list_plans(page_token, size + 1, include_retired)
-        more = len(plans) > size
-        plans = plans[:size]
-        return plans, (plans[-1].code if more else "")
+    async def list_plans(self, page: PageRequest[str], include_retired: bool) -> Page[Plan, str]:
+        """Pages ordered by code; the cursor is the last code of the previous page."""
+        plans = await self._store.list_plans(page.after, page.limit, include_retired)
+        return page.cut(plans, lambda plan: plan.code)
 
     async def retire_plan(self, code: str) -> Plan:
         plan = await self._store.retire_plan(code)

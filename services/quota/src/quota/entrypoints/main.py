@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+
 from billing.quota.v1 import quota_pb2_grpc
+from billing_common.paging import PageTokens
 from billing_common.service import Dependency, Registration, Resources, ServiceParts, Setup, run_service
 from billing_common.settings import SettingsError
 from quota.adapters.catalog_store import PostgresCatalog
-from quota.adapters.counters import RedisCounters
+from quota.adapters.cluster import ClusterReads
+from quota.adapters.counters import CounterReads, RedisCounters
 from quota.adapters.invalidation import RedisInvalidations
 from quota.adapters.tenant_store import PostgresTenants
 from quota.adapters.tracking import TrackedReads
@@ -27,23 +33,36 @@ SERVICE_NAME = "billing.quota.v1.QuotaService"
 def build(settings: QuotaSettings) -> Setup:
     if settings.counter_cache_entries < 0:
         raise SettingsError("QUOTA_COUNTER_CACHE_ENTRIES must not be negative")
+    pages = PageTokens.from_settings(settings)
 
     async def setup(r: Resources) -> ServiceParts:
+        background: list[Callable[[], Awaitable[None]]] = []
+        on_stop: list[Callable[[], Awaitable[None]]] = []
+        redis: Redis | RedisCluster = r.redis
+        reads: CounterReads
+        if settings.redis_cluster:
+            redis = RedisCluster.from_url(settings.redis_url)
+            await redis.initialize()  # learns the slots from the node REDIS_URL names
+            reads = ClusterReads(redis)
+            on_stop.append(redis.aclose)
+        else:
+            tracked = TrackedReads(r.redis, settings.namespace, settings.counter_cache_entries)
+            reads = tracked
+            background.append(tracked.track)
         catalog_store = PostgresCatalog(r.pool, r.outbox)
-        invalidations = RedisInvalidations(r.redis, settings.namespace)
+        invalidations = RedisInvalidations(redis, settings.namespace)
         cache = EntitlementCache(r.clock, settings.entitlement_cache_ttl)
-        tracked = TrackedReads(r.redis, settings.namespace, settings.counter_cache_entries)
         entitlements = Entitlements(PostgresTenants(r.pool), catalog_store, r.clock, cache, invalidations)
         usage = Usage(
             entitlements,
             catalog_store,
-            RedisCounters(r.redis, settings.namespace, tracked),
+            RedisCounters(redis, settings.namespace, reads),
             PostgresUsageLedger(r.pool, r.outbox),
             r.clock,
             settings.late_usage_grace,
         )
         servicer = QuotaServicer(
-            Catalog(catalog_store, r.clock, cache, invalidations), entitlements, usage, r.clock
+            Catalog(catalog_store, r.clock, cache, invalidations), entitlements, usage, r.clock, pages
         )
 
         async def listen_for_invalidations() -> None:
@@ -52,7 +71,8 @@ def build(settings: QuotaSettings) -> Setup:
         return ServiceParts(
             [Registration(quota_pb2_grpc.add_QuotaServiceServicer_to_server, servicer, SERVICE_NAME, ACCESS)],
             event_handlers=subscription_handlers(entitlements),
-            background=[listen_for_invalidations, tracked.track, usage.settle_forever],
+            background=[listen_for_invalidations, *background, usage.settle_forever],
+            on_stop=on_stop,
             # CheckQuota answers from Redis and the entitlements it holds, also while PostgreSQL is
             # down (read-only mode): a pod leaves the endpoints only when it cannot reach Redis.
             serving_needs=frozenset({Dependency.REDIS}),

@@ -11,6 +11,7 @@ from billing.quota.v1 import quota_pb2_grpc
 from billing_common.auth import OPERATOR, READERS
 from billing_common.clock import Clock
 from billing_common.errors import FailedPrecondition, FieldViolation, InvalidArgument, ResourceExhausted
+from billing_common.paging import PageTokens
 from billing_common.protos import optional_datetime, request_hash
 from quota.app.catalog import Catalog
 from quota.app.entitlements import Entitlements, GrantRequest
@@ -74,11 +75,14 @@ def _usage_event(event: pb.UsageEvent) -> UsageEventIn:
 
 
 class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
-    def __init__(self, catalog: Catalog, entitlements: Entitlements, usage: Usage, clock: Clock) -> None:
+    def __init__(
+        self, catalog: Catalog, entitlements: Entitlements, usage: Usage, clock: Clock, pages: PageTokens
+    ) -> None:
         self._catalog = catalog
         self._entitlements = entitlements
         self._usage = usage
         self._clock = clock
+        self._pages = pages
 
     # ------------------------------------------------------------ catalog
 
@@ -98,10 +102,10 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
         return pb.GetPlanResponse(plan=m.plan_pb(await self._catalog.get_plan(request.code, request.version)))
 
     async def ListPlans(self, request: pb.ListPlansRequest, context: Context) -> pb.ListPlansResponse:
-        plans, token = await self._catalog.list_plans(
-            request.page_size, request.page_token, request.include_retired
+        page = await self._catalog.list_plans(self._pages.read(request, start=""), request.include_retired)
+        return pb.ListPlansResponse(
+            plans=[m.plan_pb(p) for p in page.items], next_page_token=self._pages.next_token(request, page)
         )
-        return pb.ListPlansResponse(plans=[m.plan_pb(p) for p in plans], next_page_token=token)
 
     async def RetirePlan(self, request: pb.RetirePlanRequest, context: Context) -> pb.RetirePlanResponse:
         return pb.RetirePlanResponse(plan=m.plan_pb(await self._catalog.retire_plan(request.code)))

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from billing_common.clock import Clock
 from billing_common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable, Violations
 from billing_common.money import Money
+from billing_common.paging import Page, PageRequest
 from recurring.app.charging import Charging, awaiting_result
 from recurring.app.ports import Event, EventType, Invoice, InvoiceFilter, LedgerLine, Store, Transaction, Tx
-from recurring.app.subscriptions import Cause, IdempotencyRef, cancelled, page_size, save_with_history
+from recurring.app.subscriptions import Cause, IdempotencyRef, cancelled, save_with_history
 from recurring.domain import ledger
 from recurring.domain.payments import ChargeResult, FailureType, PaymentStatus
 from recurring.domain.status import Action, InvoiceStatus, can, invoice_transition
@@ -52,16 +53,12 @@ class Invoices:
             return invoice, await tx.transactions(invoice_id)
 
     async def page(
-        self, where: InvoiceFilter, requested_size: int, token: str
-    ) -> tuple[list[tuple[Invoice, list[Transaction]]], str]:
-        size = page_size(requested_size)
-        after = _token(token)
+        self, where: InvoiceFilter, page: PageRequest[int]
+    ) -> Page[tuple[Invoice, list[Transaction]], int]:
         async with self._store.transaction() as tx:
-            rows = await tx.list_invoices(where, after, size + 1)
-            more = len(rows) > size
-            rows = rows[:size]
-            found = [(invoice, await tx.transactions(invoice.invoice_id)) for _, invoice in rows]
-        return found, str(rows[-1][0]) if more else ""
+            cut = page.cut(await tx.list_invoices(where, page.after, page.limit), lambda row: row[0])
+            found = [(invoice, await tx.transactions(invoice.invoice_id)) for _, invoice in cut.items]
+        return Page(found, cut.next_after)
 
     async def retry_payment(self, invoice_id: str, key: str) -> tuple[Invoice, Transaction, bool]:
         """Charge an open invoice once per key (dunning's "<case id>:<attempt>")."""
@@ -210,17 +207,12 @@ class Invoices:
         async with self._store.transaction() as tx:
             return await tx.balances(account_id, currency)
 
-    async def ledger_entries(
-        self, account_id: str, requested_size: int, token: str
-    ) -> tuple[list[LedgerLine], str]:
+    async def ledger_entries(self, account_id: str, page: PageRequest[int]) -> Page[LedgerLine, int]:
         if not account_id:
             raise InvalidArgument.of("account_id", "required")
-        size = page_size(requested_size)
         async with self._store.transaction() as tx:
-            lines = await tx.ledger_lines(account_id, _token(token), size + 1)
-        more = len(lines) > size
-        lines = lines[:size]
-        return lines, str(lines[-1].entry_id) if more else ""
+            lines = await tx.ledger_lines(account_id, page.after, page.limit)
+        return page.cut(lines, lambda line: line.entry_id)
 
     async def unbalanced_ledger_transactions(self) -> list[str]:
         async with self._store.transaction() as tx:
@@ -232,10 +224,3 @@ async def _invoice(tx: Tx, invoice_id: str, *, lock: bool = False) -> Invoice:
     if invoice is None:
         raise NotFound(f"invoice {invoice_id} does not exist")
     return invoice
-
-
-def _token(token: str) -> int:
-    try:
-        return int(token) if token else 0
-    except ValueError:
-        raise InvalidArgument.of("page_token", "is not a token this service gave") from None

@@ -11,8 +11,8 @@ from zoneinfo import ZoneInfo
 
 from billing_common.clock import Clock
 from billing_common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from billing_common.paging import Page, PageRequest
 from recurring.app.ports import Event, EventType, OutageCounter, Run, RunCounts, RunLocks, Store
-from recurring.app.subscriptions import page_size
 from recurring.domain.runs import KIND_FREQUENCIES, RunKind, RunState, dates_to_run, latest_scheduled_date
 
 
@@ -107,17 +107,12 @@ class Runs:
             raise NotFound(f"run {run_id} does not exist")
         return run
 
-    async def page(self, requested_size: int, token: str) -> tuple[list[Run], str]:
-        size = page_size(requested_size)
-        try:
-            after = int(token) if token else 0
-        except ValueError:
-            raise InvalidArgument.of("page_token", "is not a token this service gave") from None
+    async def page(self, page: PageRequest[int]) -> Page[Run, int]:
+        """Newest first; the cursor is the sequence number of the last run listed (0: the newest)."""
         async with self._store.transaction() as tx:
-            rows = await tx.list_runs(after, size + 1)
-        more = len(rows) > size
-        rows = rows[:size]
-        return [run for _, run in rows], str(rows[-1][0]) if more else ""
+            rows = await tx.list_runs(page.after, page.limit)
+        cut = page.cut(rows, lambda row: row[0])
+        return Page([run for _, run in cut.items], cut.next_after)
 
     async def resume(self, run_id: str, gateway: str) -> Run:
         if not gateway:

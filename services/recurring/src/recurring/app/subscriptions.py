@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 from billing_common.clock import Clock
 from billing_common.errors import FailedPrecondition, InvalidArgument, NotFound, Violations
 from billing_common.money import Money
+from billing_common.paging import Page, PageRequest
 from recurring.app.ports import (
     Event,
     EventType,
@@ -37,8 +38,6 @@ from recurring.domain.subscription import (
     validate_new,
 )
 
-MAX_PAGE = 500
-DEFAULT_PAGE = 50
 UPDATABLE = frozenset({"amount", "payment_method", "billing_anchor_day", "plan_code"})
 
 
@@ -82,12 +81,6 @@ class Cause:
     actor: str
     event_id: str = ""
     reason: str = ""
-
-
-def page_size(requested: int) -> int:
-    if requested < 0:
-        raise InvalidArgument.of("page_size", "must not be negative")
-    return min(requested or DEFAULT_PAGE, MAX_PAGE)
 
 
 class Subscriptions:
@@ -168,15 +161,10 @@ class Subscriptions:
         async with self._store.transaction() as tx:
             return await _existing(tx, subscription_id)
 
-    async def page(
-        self, where: SubscriptionFilter, requested_size: int, token: str
-    ) -> tuple[list[Subscription], str]:
-        size = page_size(requested_size)
+    async def page(self, where: SubscriptionFilter, page: PageRequest[str]) -> Page[Subscription, str]:
         async with self._store.transaction() as tx:
-            subs = await tx.list_subscriptions(where, token, size + 1)
-        more = len(subs) > size
-        subs = subs[:size]
-        return subs, subs[-1].subscription_id if more else ""
+            subs = await tx.list_subscriptions(where, page.after, page.limit)
+        return page.cut(subs, lambda sub: sub.subscription_id)
 
     async def history(self, subscription_id: str) -> list[HistoryEntry]:
         async with self._store.transaction() as tx:

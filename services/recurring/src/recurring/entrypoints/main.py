@@ -11,6 +11,7 @@ from billing.recurring.v1 import recurring_pb2_grpc
 from billing_common.clock import Clock, ControllableClock
 from billing_common.grpc_client import open_channel
 from billing_common.pacing import RedisPacer, check_headroom
+from billing_common.paging import PageTokens
 from billing_common.service import Registration, Resources, ServiceParts, Setup, run_service
 from billing_common.settings import SettingsError
 from recurring.adapters.clients import GatewayClient, QuotaClient
@@ -57,6 +58,7 @@ def build(settings: RecurringSettings) -> Setup:
         max_catch_up_days=settings.max_catch_up_days,
         lock_ttl=settings.run_lock_ttl,
     )
+    pages = PageTokens.from_settings(settings)
 
     async def setup(r: Resources) -> ServiceParts:
         # The test clock stands still until SetClock/AdvanceClock move it.
@@ -108,7 +110,7 @@ def build(settings: RecurringSettings) -> Setup:
                 zone=zone,
             ),
         )
-        servicer = RecurringServicer(subscriptions, runs, invoices, clock, settings.test_clock)
+        servicer = RecurringServicer(subscriptions, runs, invoices, clock, settings.test_clock, pages)
 
         async def scheduler() -> None:
             while True:

@@ -12,6 +12,7 @@ from billing_common import context
 from billing_common.auth import CONSOLE, OPERATOR, READERS
 from billing_common.clock import Clock, ControllableClock
 from billing_common.errors import FailedPrecondition, InvalidArgument
+from billing_common.paging import PageTokens
 from billing_common.protos import money_pb, request_hash
 from recurring.adapters.clients import FREQUENCIES
 from recurring.app.invoices import Invoices
@@ -60,13 +61,20 @@ def _cause() -> Cause:
 
 class RecurringServicer(recurring_pb2_grpc.RecurringServiceServicer):
     def __init__(
-        self, subscriptions: Subscriptions, runs: Runs, invoices: Invoices, clock: Clock, test_clock: bool
+        self,
+        subscriptions: Subscriptions,
+        runs: Runs,
+        invoices: Invoices,
+        clock: Clock,
+        test_clock: bool,
+        pages: PageTokens,
     ) -> None:
         self._subscriptions = subscriptions
         self._runs = runs
         self._invoices = invoices
         self._clock = clock
         self._test_clock = test_clock
+        self._pages = pages
 
     # ------------------------------------------------------------ subscriptions
 
@@ -109,9 +117,10 @@ class RecurringServicer(recurring_pb2_grpc.RecurringServiceServicer):
         where = SubscriptionFilter(
             request.account_id, m.STATUSES.get(request.status), FREQUENCIES.get(request.frequency)
         )
-        subs, token = await self._subscriptions.page(where, request.page_size, request.page_token)
+        page = await self._subscriptions.page(where, self._pages.read(request, start=""))
         return pb.ListSubscriptionsResponse(
-            subscriptions=[m.subscription_pb(s) for s in subs], next_page_token=token
+            subscriptions=[m.subscription_pb(s) for s in page.items],
+            next_page_token=self._pages.next_token(request, page),
         )
 
     async def UpdateSubscription(
@@ -179,8 +188,10 @@ class RecurringServicer(recurring_pb2_grpc.RecurringServiceServicer):
         return pb.GetRunResponse(run=m.run_pb(await self._runs.get(request.run_id)))
 
     async def ListRuns(self, request: pb.ListRunsRequest, context: Context) -> pb.ListRunsResponse:
-        runs, token = await self._runs.page(request.page_size, request.page_token)
-        return pb.ListRunsResponse(runs=[m.run_pb(r) for r in runs], next_page_token=token)
+        page = await self._runs.page(self._pages.read(request, start=0))
+        return pb.ListRunsResponse(
+            runs=[m.run_pb(r) for r in page.items], next_page_token=self._pages.next_token(request, page)
+        )
 
     async def ResumeRun(self, request: pb.ResumeRunRequest, context: Context) -> pb.ResumeRunResponse:
         return pb.ResumeRunResponse(run=m.run_pb(await self._runs.resume(request.run_id, request.gateway)))
@@ -197,8 +208,11 @@ class RecurringServicer(recurring_pb2_grpc.RecurringServiceServicer):
         where = InvoiceFilter(
             request.subscription_id, request.account_id, m.INVOICE_STATUSES.get(request.status)
         )
-        found, token = await self._invoices.page(where, request.page_size, request.page_token)
-        return pb.ListInvoicesResponse(invoices=[m.invoice_pb(i, t) for i, t in found], next_page_token=token)
+        page = await self._invoices.page(where, self._pages.read(request, start=0))
+        return pb.ListInvoicesResponse(
+            invoices=[m.invoice_pb(i, t) for i, t in page.items],
+            next_page_token=self._pages.next_token(request, page),
+        )
 
     async def VoidInvoice(self, request: pb.VoidInvoiceRequest, context: Context) -> pb.VoidInvoiceResponse:
         invoice = await self._invoices.void(request.invoice_id, request.reason, _idem("VoidInvoice", request))
@@ -225,11 +239,10 @@ class RecurringServicer(recurring_pb2_grpc.RecurringServiceServicer):
     async def ListLedgerEntries(
         self, request: pb.ListLedgerEntriesRequest, context: Context
     ) -> pb.ListLedgerEntriesResponse:
-        lines, token = await self._invoices.ledger_entries(
-            request.account_id, request.page_size, request.page_token
-        )
+        page = await self._invoices.ledger_entries(request.account_id, self._pages.read(request, start=0))
         return pb.ListLedgerEntriesResponse(
-            entries=[m.ledger_entry_pb(e) for e in lines], next_page_token=token
+            entries=[m.ledger_entry_pb(e) for e in page.items],
+            next_page_token=self._pages.next_token(request, page),
         )
 
     async def AddAccountCredit(

@@ -6,26 +6,9 @@ import uuid
 from datetime import datetime
 
 from billing_common.errors import InvalidArgument
+from billing_common.paging import Page, PageRequest
 from tier.app.accounts import Accounts
 from tier.app.ports import HistoryEntry, TierStore
-
-DEFAULT_PAGE = 100
-MAX_PAGE = 1000
-
-
-def page_size(requested: int) -> int:
-    if requested < 0:
-        raise InvalidArgument.of("page_size", "must not be negative")
-    return min(requested or DEFAULT_PAGE, MAX_PAGE)
-
-
-def page_after(token: str) -> int:
-    """Page tokens are the last id of the previous page (opaque to callers)."""
-    if not token:
-        return 0
-    if not token.isdigit():
-        raise InvalidArgument.of("page_token", "is not a token this service gave out")
-    return int(token)
 
 
 class History:
@@ -44,15 +27,12 @@ class History:
         return await self._tiers.tier_at(account_id, at)
 
     async def changes(
-        self, since: datetime | None, scan_id: str, requested_size: int, token: str
-    ) -> tuple[list[HistoryEntry], str]:
+        self, since: datetime | None, scan_id: str, page: PageRequest[int]
+    ) -> Page[HistoryEntry, int]:
         if scan_id:
             try:
                 uuid.UUID(scan_id)
             except ValueError:
                 raise InvalidArgument.of("scan_id", "is not a scan id") from None
-        size = page_size(requested_size)
-        entries = await self._tiers.changes(since, scan_id, page_after(token), size + 1)
-        more = len(entries) > size
-        entries = entries[:size]
-        return entries, str(entries[-1].change_id) if more else ""
+        entries = await self._tiers.changes(since, scan_id, page.after, page.limit)
+        return page.cut(entries, lambda entry: entry.change_id)

@@ -15,6 +15,7 @@ from opentelemetry import propagate, trace
 from billing_common import context
 from billing_common.clock import Clock
 from billing_common.errors import FailedPrecondition, InvalidArgument
+from billing_common.paging import Page, PageRequest
 from tier.app.accounts import Accounts
 from tier.app.ports import Metrics, ProviderError, ScanLease, ScanLocks, ScanStore, SignalProvider, TierStore
 from tier.domain.accounts import Signal, SignalKind, normalize_signal_value
@@ -106,8 +107,10 @@ class Scans:
     async def get(self, scan_id: str) -> Scan | None:
         return await self._store.get(scan_id)
 
-    async def page(self, before_seq: int, limit: int) -> list[tuple[int, Scan]]:
-        return await self._store.page(before_seq, limit)
+    async def page(self, page: PageRequest[int]) -> Page[Scan, int]:
+        """Newest first; the cursor is the sequence number of the last scan listed (0: the newest)."""
+        cut = page.cut(await self._store.page(page.after, page.limit), lambda row: row[0])
+        return Page([scan for _, scan in cut.items], cut.next_after)
 
     # ------------------------------------------------------------------ worker
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from workos import AsyncWorkOSClient
 
 from billing.tier.v1 import tier_pb2_grpc
+from billing_common.paging import PageTokens
 from billing_common.service import Registration, Resources, ServiceParts, Setup, run_service
 from tier.adapters.api_registry import ApiClientRegistryProvider
 from tier.adapters.estate_store import PostgresEstate
@@ -52,6 +53,7 @@ def schedules_of(settings: TierSettings) -> dict[ScanKind, str]:
 def build(settings: TierSettings) -> Setup:
     rule_set = rule_set_of(settings)  # a bad rule set or schedule stops the pod at start
     schedules = schedules_of(settings)
+    pages = PageTokens.from_settings(settings)
 
     async def setup(r: Resources) -> ServiceParts:
         metrics = PrometheusMetrics()
@@ -85,7 +87,7 @@ def build(settings: TierSettings) -> Setup:
             metrics,
             write_batch=settings.scan_write_batch,
         )
-        servicer = TierServicer(accounts, scans, History(accounts, tiers))
+        servicer = TierServicer(accounts, scans, History(accounts, tiers), pages)
 
         async def scheduler() -> None:
             await run_scheduler(scans, schedules, r.clock)

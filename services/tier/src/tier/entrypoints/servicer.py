@@ -12,9 +12,10 @@ from billing.tier.v1 import tier_pb2_grpc
 from billing_common import context
 from billing_common.auth import OPERATOR, READERS
 from billing_common.errors import InvalidArgument, NotFound
+from billing_common.paging import PageTokens
 from billing_common.protos import optional_datetime
 from tier.app.accounts import Accounts, ImportCounts, Record
-from tier.app.history import History, page_after, page_size
+from tier.app.history import History
 from tier.app.ports import UpsertCounts
 from tier.app.scans import Scans
 from tier.entrypoints import mappers as m
@@ -47,10 +48,11 @@ def _counts(counts: UpsertCounts) -> dict[str, int]:
 
 
 class TierServicer(tier_pb2_grpc.TierServiceServicer):
-    def __init__(self, accounts: Accounts, scans: Scans, history: History) -> None:
+    def __init__(self, accounts: Accounts, scans: Scans, history: History, pages: PageTokens) -> None:
         self._accounts = accounts
         self._scans = scans
         self._history = history
+        self._pages = pages
 
     # ------------------------------------------------------------ hierarchy and signals
 
@@ -119,10 +121,11 @@ class TierServicer(tier_pb2_grpc.TierServiceServicer):
         return pb.GetScanResponse(scan=m.scan_pb(scan))
 
     async def ListScans(self, request: pb.ListScansRequest, context: Context) -> pb.ListScansResponse:
-        size = page_size(request.page_size)
-        rows = await self._scans.page(page_after(request.page_token), size + 1)
-        token = str(rows[size - 1][0]) if len(rows) > size else ""
-        return pb.ListScansResponse(scans=[m.scan_pb(scan) for _, scan in rows[:size]], next_page_token=token)
+        page = await self._scans.page(self._pages.read(request, start=0))
+        return pb.ListScansResponse(
+            scans=[m.scan_pb(scan) for scan in page.items],
+            next_page_token=self._pages.next_token(request, page),
+        )
 
     async def RebuildCache(
         self, request: pb.RebuildCacheRequest, context: Context
@@ -158,10 +161,13 @@ class TierServicer(tier_pb2_grpc.TierServiceServicer):
     async def ListTierChanges(
         self, request: pb.ListTierChangesRequest, context: Context
     ) -> pb.ListTierChangesResponse:
-        entries, token = await self._history.changes(
-            optional_datetime(request, "since"), request.scan_id, request.page_size, request.page_token
+        page = await self._history.changes(
+            optional_datetime(request, "since"), request.scan_id, self._pages.read(request, start=0)
         )
-        return pb.ListTierChangesResponse(changes=[m.change_pb(e) for e in entries], next_page_token=token)
+        return pb.ListTierChangesResponse(
+            changes=[m.change_pb(e) for e in page.items],
+            next_page_token=self._pages.next_token(request, page),
+        )
 
 
 def context_caller() -> str:
