@@ -96,7 +96,9 @@ async def test_flaky_token_declines_n_times_then_succeeds(gateway: Gateway) -> N
 
 
 @pytest.mark.parametrize("token", ["tok_flaky_x", "tok_flaky_2x", "tok_flaky_\u0662"])
-async def test_a_flaky_token_with_a_malformed_count_is_an_ordinary_token(gateway: Gateway, token: str) -> None:
+async def test_a_flaky_token_with_a_malformed_count_is_an_ordinary_token(
+    gateway: Gateway, token: str
+) -> None:
     charged = await gateway.charge(f"malformed-{token.encode().hex()}", token)
 
     assert charged.payment.status == SUCCEEDED
