@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 
+import grpc
 import pytest
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from billing.common.v1 import common_pb2 as common
@@ -75,3 +77,20 @@ async def test_the_scheduler_bills_every_frequency_correctly_over_two_months(dep
                WHERE status = 'skipped' AND detail = 'below the minimum amount'"""
         )
         assert skipped[0]["n"] == 9
+
+
+async def test_the_test_clock_never_moves_past_the_year_3000_and_refusals_leave_it_where_it_was(
+    deps: Deps,
+) -> None:
+    settings = deps.recurring_settings(test_clock=True)
+    async with recurring_service(settings) as recurring:
+        stub = recurring.operator
+        await stub.SetClock(pb.SetClockRequest(now=at(datetime(2999, 12, 25, tzinfo=UTC))))
+        with pytest.raises(grpc.aio.AioRpcError) as too_far:
+            await stub.AdvanceClock(pb.AdvanceClockRequest(by=Duration(seconds=30 * 86_400)))
+        with pytest.raises(grpc.aio.AioRpcError) as year_9999:
+            await stub.SetClock(pb.SetClockRequest(now=at(datetime(9999, 12, 31, tzinfo=UTC))))
+        now = (await stub.GetClock(pb.GetClockRequest())).now.ToDatetime(tzinfo=UTC)
+
+    assert too_far.value.code() == year_9999.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert now == datetime(2999, 12, 25, tzinfo=UTC)

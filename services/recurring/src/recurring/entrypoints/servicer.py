@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -22,6 +23,8 @@ from recurring.app.subscriptions import Cause, Changes, CreateCommand, Idempoten
 from recurring.entrypoints import mappers as m
 
 Context = grpc.aio.ServicerContext[Any, Any]
+# The test clock stays before this instant (SetClockRequest.now says so in the contract).
+TEST_CLOCK_END = datetime(3000, 1, 1, tzinfo=UTC)
 ACTIONS = {OPERATOR, CONSOLE}
 # Who may call what: roles or callers named in tokens. Defaults; a deployment changes them with
 # RECURRING_AUTH_ACCESS, e.g. `CreateSubscription+=signup` for a product service that sells plans.
@@ -285,6 +288,8 @@ class RecurringServicer(recurring_pb2_grpc.RecurringServiceServicer):
         by = request.by.ToTimedelta()
         if by.total_seconds() < 0:
             raise InvalidArgument.of("by", "a clock never moves backwards")
+        if clock.now() + by >= TEST_CLOCK_END:
+            raise InvalidArgument.of("by", "would move the test clock past 3000-01-01")
         clock.advance(by)
         reply = pb.AdvanceClockResponse()
         reply.now.FromDatetime(clock.now())
