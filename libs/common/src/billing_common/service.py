@@ -143,10 +143,7 @@ class ServiceHost:
                 ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
                 ("grpc.max_connection_age_grace_ms", 30_000),
             ],
-            interceptors=[
-                *telemetry.server_interceptors(),
-                BillingInterceptor(s.service_name, authenticator, slow_call=s.log_slow_rpc),
-            ],
+            interceptors=[BillingInterceptor(s.service_name, authenticator, slow_call=s.log_slow_rpc)],
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         for registration in parts.registrations:
@@ -355,4 +352,7 @@ def run_service(
     telemetry.setup_telemetry(settings.service_name)
     if settings.metrics_port:
         prometheus_client.start_http_server(settings.metrics_port)
-    run_event_loop(ServiceHost(settings, setup(settings), migrations_dir).run_until_signalled())
+    try:
+        run_event_loop(ServiceHost(settings, setup(settings), migrations_dir).run_until_signalled())
+    finally:
+        telemetry.shutdown()
