@@ -89,7 +89,7 @@ class OtlpReceiver:
 
     async def start(self, port: int = 0) -> None:
         server = grpc.aio.server()
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_TraceService(self._keep), server)
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_TraceService(self._keep), server)  # type: ignore[no-untyped-call]
         self.port = server.add_insecure_port(f"127.0.0.1:{port}")
         await server.start()
         self._server = server
