@@ -34,9 +34,12 @@ class ReceivedSpan:
     attributes: dict[str, Any] = field(default_factory=dict)
     links: tuple[tuple[str, str], ...] = ()  # (trace id, span id)
     error: bool = False
+    status: str = ""  # the error's description
 
     def line(self) -> str:
-        return f"{self.service:<16} {self.kind:<8} {self.name}" + ("  [error]" if self.error else "")
+        return f"{self.service:<16} {self.kind:<8} {self.name}" + (
+            f"  [error: {self.status}]" if self.error else ""
+        )
 
 
 def _value(value: common_pb2.AnyValue) -> Any:
@@ -72,6 +75,7 @@ class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
                             attributes={a.key: _value(a.value) for a in span.attributes},
                             links=tuple((link.trace_id.hex(), link.span_id.hex()) for link in span.links),
                             error=span.status.code == span.status.STATUS_CODE_ERROR,
+                            status=span.status.message,
                         )
                     )
         self._received(spans)
