@@ -9,6 +9,7 @@ from billing_common.service import Registration, Resources, ServiceParts, Setup,
 from billing_common.settings import SettingsError
 from quota.adapters.catalog_store import PostgresCatalog
 from quota.adapters.counters import RedisCounters
+from quota.adapters.drift import CounterAudit
 from quota.adapters.invalidation import RedisInvalidations
 from quota.adapters.tenant_store import PostgresTenants
 from quota.adapters.tracking import TrackedReads
@@ -34,10 +35,11 @@ def build(settings: QuotaSettings) -> Setup:
         cache = EntitlementCache(r.clock, settings.entitlement_cache_ttl)
         tracked = TrackedReads(r.redis, settings.namespace, settings.counter_cache_entries)
         entitlements = Entitlements(PostgresTenants(r.pool), catalog_store, r.clock, cache, invalidations)
+        counters = RedisCounters(r.redis, settings.namespace, tracked)
         usage = Usage(
             entitlements,
             catalog_store,
-            RedisCounters(r.redis, settings.namespace, tracked),
+            counters,
             PostgresUsageLedger(r.pool, r.outbox),
             r.clock,
             settings.late_usage_grace,
@@ -52,7 +54,11 @@ def build(settings: QuotaSettings) -> Setup:
         return ServiceParts(
             [Registration(quota_pb2_grpc.add_QuotaServiceServicer_to_server, servicer, SERVICE_NAME, ACCESS)],
             event_handlers=subscription_handlers(entitlements),
-            background=[listen_for_invalidations, tracked.track],
+            background=[
+                listen_for_invalidations,
+                tracked.track,
+                CounterAudit(r.pool, r.redis, counters).run_forever,
+            ],
         )
 
     return setup
