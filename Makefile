@@ -6,7 +6,7 @@ GEN := libs/common/src/billing
 BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
 SERVICES := gateway-adapter quota recurring dunning tier
-UNIT_TESTS := libs/common/tests/unit $(wildcard services/*/tests/unit)
+UNIT_TESTS := libs/common/tests/unit $(wildcard services/*/tests/unit) tests/unit
 INTEGRATION_TESTS := libs/common/tests/integration $(wildcard services/*/tests/integration) tests/integration
 PYTEST_FLAGS ?=
 
