@@ -50,6 +50,8 @@ TraceContext = dict[str, str]
 enabled = False
 _provider: TracerProvider | None = None
 _tracer: trace.Tracer = trace.NoOpTracer()
+# The sampler follows the caller's decision: a call of an unsampled trace needs no sampler and no span.
+_parent_decides = False
 
 # Root spans that set this attribute are kept (1) or dropped (0) whatever the ratio says.
 PRIORITY = "sampling.priority"
@@ -67,7 +69,7 @@ class BillingSampler(Sampler):
     """Parent-based sampling with three rules in front of it (see the module docstring)."""
 
     def __init__(self, inner: Sampler) -> None:
-        self._inner = inner
+        self.inner = inner
 
     def should_sample(
         self,
@@ -89,10 +91,10 @@ class BillingSampler(Sampler):
                 return SamplingResult(keep, attributes)
         elif attributes and attributes.get(KEPT_FOR_ERROR):
             return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes, parent.trace_state)
-        return self._inner.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+        return self.inner.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
 
     def get_description(self) -> str:
-        return f"BillingSampler{{{self._inner.get_description()}}}"
+        return f"BillingSampler{{{self.inner.get_description()}}}"
 
 
 def sampler() -> BillingSampler:
@@ -130,7 +132,7 @@ def setup_telemetry(service: str) -> None:
 
 def install(provider: TracerProvider) -> None:
     """Trace through `provider` from now on, with PostgreSQL and Redis calls as child spans."""
-    global enabled, _provider, _tracer
+    global enabled, _provider, _tracer, _parent_decides
     from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
     from opentelemetry.instrumentation.redis import RedisInstrumentor
 
@@ -138,6 +140,8 @@ def install(provider: TracerProvider) -> None:
         trace.set_tracer_provider(provider)
     _provider = provider
     _tracer = provider.get_tracer("billing")
+    sampling = provider.sampler
+    _parent_decides = isinstance(sampling, BillingSampler) and isinstance(sampling.inner, ParentBased)
     AsyncPGInstrumentor().instrument(tracer_provider=provider)
     RedisInstrumentor().instrument(tracer_provider=provider)
     enabled = True
@@ -342,6 +346,10 @@ def start_server_span(method: str, metadata: Any, caller: str) -> ServerSpan:
         elif key == _TRACESTATE:
             state = value
     remote = parse_traceparent(parent, state) if parent else None
+    if remote is not None and not remote.trace_flags.sampled and _parent_decides:
+        # The caller's unsampled trace goes on, for downstream calls and log lines, without a span.
+        unsampled = NonRecordingSpan(remote)
+        return ServerSpan(unsampled, otel_context.attach(trace.set_span_in_context(unsampled)))
     context = trace.set_span_in_context(NonRecordingSpan(remote)) if remote else otel_context.Context()
     service, _, name = method.lstrip("/").rpartition("/")
     server_span = _tracer.start_span(
