@@ -293,6 +293,16 @@ def within(stored: Mapping[str, Any]) -> Iterator[None]:
         otel_context.detach(token)
 
 
+def link(stored: Mapping[str, Any]) -> None:
+    """Link the current span to a stored context: the work is about what that trace did."""
+    if not enabled:
+        return
+    current = trace.get_current_span()
+    cause = _stored_span_context(stored)
+    if cause is not None and current.is_recording():
+        current.add_link(cause)
+
+
 def start_producer_span(event_type: str, stored: Mapping[str, Any], attributes: Attributes) -> Span:
     """The span of publishing one outbox row, under the context stored with the row."""
     cause = _stored_span_context(stored)
