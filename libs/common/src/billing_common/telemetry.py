@@ -187,14 +187,16 @@ def traceparent(span_context: SpanContext) -> str:
 
 def parse_traceparent(value: str, state: str = "") -> SpanContext | None:
     """A remote span context from a W3C `traceparent` header, or None if it is not one."""
-    parts = value.strip().split("-")
-    if len(parts) < 4 or len(parts[0]) != 2 or parts[0] == "ff" or (parts[0] == "00" and len(parts) != 4):
-        return None
-    version, trace_hex, span_hex, flags_hex = parts[:4]
-    if len(trace_hex) != 32 or len(span_hex) != 16 or len(flags_hex) != 2:
-        return None
+    if len(value) == 55 and value[2] == "-" and value[35] == "-" and value[52] == "-" and value[:2] == "00":
+        trace_hex, span_hex, flags_hex = value[3:35], value[36:52], value[53:]
+    else:  # another version: its first four fields mean the same
+        parts = value.strip().split("-")
+        if len(parts) < 4 or len(parts[0]) != 2 or parts[0] in ("00", "ff"):
+            return None
+        trace_hex, span_hex, flags_hex = parts[1], parts[2], parts[3]
+        if len(trace_hex) != 32 or len(span_hex) != 16 or len(flags_hex) != 2:
+            return None
     try:
-        int(version, 16)
         trace_id, span_id, flags = int(trace_hex, 16), int(span_hex, 16), int(flags_hex, 16)
     except ValueError:
         return None

@@ -54,6 +54,8 @@ def test_traceparent_is_parsed_as_the_w3c_header_and_anything_else_is_ignored() 
     parsed = telemetry.parse_traceparent(SAMPLED)
     assert parsed is not None and parsed.is_remote and parsed.trace_flags.sampled
     assert telemetry.traceparent(parsed) == SAMPLED
+    later_version = telemetry.parse_traceparent("cc" + SAMPLED[2:] + "-what-comes-later")
+    assert later_version is not None and later_version.trace_id == parsed.trace_id
     for bad in (
         "",
         "00-0af7",
