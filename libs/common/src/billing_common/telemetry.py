@@ -36,7 +36,7 @@ from opentelemetry.sdk.trace.sampling import (
     Sampler,
     SamplingResult,
     TraceIdRatioBased,
-    _get_from_env_or_default,
+    _get_from_env_or_default,  # the SDK's own reading of OTEL_TRACES_SAMPLER(_ARG)
 )
 from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.trace.span import TraceFlags, TraceState
@@ -323,13 +323,10 @@ def message_headers(producer: Span) -> dict[str, str]:
     return headers
 
 
-def failed(current: Span, error: BaseException | str) -> None:
-    """Mark a span as failed (it goes on; an exception leaving a `span` block does this itself)."""
-    if isinstance(error, BaseException):
-        current.record_exception(error)
-        current.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
-    else:
-        current.set_status(Status(StatusCode.ERROR, error))
+def failed(current: Span, error: BaseException) -> None:
+    """Mark a span as failed by an error that was handled (one leaving a `span` block marks it itself)."""
+    current.record_exception(error)
+    current.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
 
 
 # ---------------------------------------------------------------- gRPC server and client
