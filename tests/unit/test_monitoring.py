@@ -22,6 +22,7 @@ SEVERITIES = {"critical", "warning"}
 # What the issue asked an SRE to be able to page on and graph, and what KEDA scales on.
 REQUIRED = {
     "recurring_run_items",
+    "recurring_run_due_items",
     "recurring_run_halted_gateways",
     "recurring_run_age_seconds",
     "recurring_run_duration_seconds_bucket",

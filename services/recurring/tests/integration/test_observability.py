@@ -142,5 +142,6 @@ async def test_the_backlog_and_the_runs_items_are_reported_from_the_database(
     labels = {"kind": "daily", "billing_date": DAY.isoformat()}
     assert REGISTRY.get_sample_value("recurring_work_backlog_items") == 3
     assert REGISTRY.get_sample_value("recurring_run_items", {**labels, "status": "pending"}) == 3
+    assert REGISTRY.get_sample_value("recurring_run_due_items", labels) == 3
     assert REGISTRY.get_sample_value("recurring_run_items", {**labels, "status": "charged"}) == 0
     assert REGISTRY.get_sample_value("recurring_run_halted_gateways", labels) == 0

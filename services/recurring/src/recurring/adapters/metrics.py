@@ -25,6 +25,11 @@ RUN_ITEMS = Gauge(
     "Work items of each unfinished run, by status",
     ["kind", "billing_date", "status"],
 )
+RUN_DUE = Gauge(
+    "recurring_run_due_items",
+    "Work items each unfinished run holds, whatever their status",
+    ["kind", "billing_date"],
+)
 RUN_HALTED_GATEWAYS = Gauge(
     "recurring_run_halted_gateways",
     "Gateways halted in each unfinished run (its part waits for ResumeRun)",
@@ -85,12 +90,14 @@ class RunMetrics:
             for status in {*STATUSES, *by_status}:
                 items_now.add((*labels, status))
                 RUN_ITEMS.labels(*labels, status).set(by_status.get(status, 0))
+            RUN_DUE.labels(*labels).set(sum(by_status.values()))
             RUN_HALTED_GATEWAYS.labels(*labels).set(run["halted"])
             RUN_AGE.labels(*labels).set(max(float(run["age"]), 0.0))
         # A finished run leaves the gauges.
         for item_labels in self._items - items_now:
             _remove(RUN_ITEMS, *item_labels)
         for labels in self._runs - runs_now:
+            _remove(RUN_DUE, *labels)
             _remove(RUN_HALTED_GATEWAYS, *labels)
             _remove(RUN_AGE, *labels)
         self._runs, self._items = runs_now, items_now
