@@ -13,7 +13,7 @@ VALIDATE_SET := $(BUILD)/buf_validate.binpb
 PROTOS_IMAGE := $(BUILD)/protos.binpb
 PROTOC := $(RUN) python -m grpc_tools.protoc -I protos --descriptor_set_in=$(VALIDATE_SET)
 SERVICES := gateway-adapter quota recurring dunning tier
-UNIT_TESTS := libs/common/tests/unit $(wildcard services/*/tests/unit)
+UNIT_TESTS := libs/common/tests/unit $(wildcard services/*/tests/unit) tests/unit
 INTEGRATION_TESTS := libs/common/tests/integration $(wildcard services/*/tests/integration) tests/integration tests/chaos
 PYTEST_FLAGS ?=
 

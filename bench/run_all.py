@@ -13,6 +13,7 @@ from billing_common.service import run_event_loop
 BENCHES = [
     "bench.echo_baseline",
     "bench.grpc_runtime",
+    "bench.tracing_cost",
     "bench.quota_check",
     "bench.gateway_charge",
     "bench.tier_scan",

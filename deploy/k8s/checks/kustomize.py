@@ -117,14 +117,15 @@ def _load(path: Path) -> list[Object]:
 
 def _generate(folder: Path, generator: dict[str, Any], build: _Build) -> None:
     unknown = set(generator) - {"name", "envs", "literals", "files", "behavior", "options"}
-    if unknown or set(generator.get("options", {})) - {"labels"}:
+    if unknown or set(generator.get("options", {})) - {"labels", "disableNameSuffixHash"}:
         raise KustomizeError(f"configMapGenerator {generator['name']}: unknown fields")
     data: dict[str, str] = {}
     for env_file in generator.get("envs", []):
         data.update(_env_pairs((folder / env_file).read_text()))
     data.update(_env_pairs("\n".join(generator.get("literals", []))))
-    for file_name in generator.get("files", []):
-        data[Path(file_name).name] = (folder / file_name).read_text()
+    for entry in generator.get("files", []):
+        key, _, file_name = entry.rpartition("=")
+        data[key or Path(file_name).name] = (folder / file_name).read_text()
     behavior = generator.get("behavior", "create")
     existing = next((g for g in build.generated if g.name == generator["name"]), None)
     if behavior == "create":
@@ -136,7 +137,8 @@ def _generate(folder: Path, generator: dict[str, Any], build: _Build) -> None:
             obj["metadata"]["labels"] = dict(labels)
         obj["data"] = data
         build.objects.append(obj)
-        build.generated.append(_Generated(generator["name"], obj))
+        if not generator.get("options", {}).get("disableNameSuffixHash"):
+            build.generated.append(_Generated(generator["name"], obj))
     elif behavior in ("merge", "replace"):
         if not existing:
             raise KustomizeError(f"configMapGenerator {generator['name']}: nothing to {behavior}")

@@ -7,7 +7,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from importlib import resources
@@ -16,6 +16,8 @@ from typing import cast
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+from prometheus_client.core import REGISTRY, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from billing_common.errors import FailedPrecondition, Unavailable
 from billing_common.faults import is_dependency_failure
@@ -69,17 +71,47 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(kind, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+class _PoolMetrics(Collector):
+    """Connections of the process's pools, read when Prometheus scrapes (no loop, no query)."""
+
+    def __init__(self) -> None:
+        self.pools: dict[str, asyncpg.Pool] = {}
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        used = GaugeMetricFamily(
+            "billing_db_pool_connections", "Pooled PostgreSQL connections, in use or idle", labels=["state"]
+        )
+        most = GaugeMetricFamily(
+            "billing_db_pool_max_connections", "The most connections the pool opens (DB_POOL_MAX)"
+        )
+        for pool in self.pools.values():
+            if pool.is_closing():
+                continue
+            idle = pool.get_idle_size()
+            used.add_metric(["in_use"], pool.get_size() - idle)
+            used.add_metric(["idle"], idle)
+            most.add_metric([], pool.get_max_size())
+        yield used
+        yield most
+
+
+_POOL_METRICS = _PoolMetrics()
+REGISTRY.register(_POOL_METRICS)
+
+
 async def create_pool(
     dsn: str, schema: str, *, application: str, min_size: int = 1, max_size: int = 10
 ) -> asyncpg.Pool:
-    """A pool whose connections see only `schema` by default."""
-    return await asyncpg.create_pool(
+    """A pool whose connections see only `schema` by default; its size is exported as metrics."""
+    pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
         init=_init_connection,
         server_settings={"search_path": schema, "application_name": application},
     )
+    _POOL_METRICS.pools[application] = pool
+    return pool
 
 
 @contextlib.asynccontextmanager

@@ -8,7 +8,9 @@
 - `EventConsumer` records each handled event id in the inbox in the handler's own transaction,
   so a redelivery has no second effect; a failing message is retried a bounded number of times
   through a delay queue and then parked in `<queue>.dlq`.
-- Trace context and the correlation id travel in message headers.
+- Trace context travels in message headers, the correlation id in the event's header: each row
+  stores the context of the transaction that wrote it, the relay publishes it in a PRODUCER span
+  under that context, and the consumer's span continues it.
 """
 
 from __future__ import annotations
@@ -29,16 +31,14 @@ import aio_pika
 import asyncpg
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
 from google.protobuf.message import DecodeError, Message
-from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
 from prometheus_client import Counter, Gauge
 
-from billing_common import context
+from billing_common import context, telemetry
 from billing_common.clock import Clock
 from billing_common.faults import is_dependency_failure
 
 log = logging.getLogger(__name__)
-_tracer = trace.get_tracer(__name__)
 
 EVENTS_PUBLISHED = Counter(
     "billing_events_published_total", "Events relayed from the outbox", ["producer", "event_type"]
@@ -47,6 +47,12 @@ EVENTS_HANDLED = Counter(
     "billing_events_handled_total", "Events consumed, by outcome", ["queue", "event_type", "outcome"]
 )
 OUTBOX_LAG = Gauge("billing_outbox_lag_seconds", "Age of the oldest unpublished outbox row", ["producer"])
+QUEUE_MESSAGES = Gauge(
+    "billing_events_queue_messages",
+    "Messages waiting in a consumer's queues (main, retry and dead-letter), as the broker counts them",
+    ["queue"],
+)
+QUEUE_WATCH_INTERVAL_S = 15.0
 
 CONTENT_TYPE = "application/x-protobuf"
 RETRY_HEADER = "x-retry-count"
@@ -112,8 +118,7 @@ class Outbox:
 
     async def add_many(self, conn: asyncpg.Connection, events: Sequence[Message]) -> list[str]:
         """Store several events in one round trip (a batch's state changes announce together)."""
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier)
+        carrier = telemetry.capture()
         rows = []
         for event in events:
             event_type = event_type_of(event)
@@ -210,17 +215,43 @@ class OutboxRelay:
         return len(rows)
 
     async def _publish(self, exchange: AbstractExchange, row: asyncpg.Record) -> None:
+        stored = dict(row["headers"] or {})
+        event_type = row["event_type"]
+        producer = None
+        if telemetry.enabled:
+            producer = telemetry.start_producer_span(
+                event_type,
+                stored,
+                {
+                    "messaging.system": "rabbitmq",
+                    "messaging.operation": "publish",
+                    "messaging.destination.name": self._exchange_name,
+                    "messaging.rabbitmq.destination.routing_key": event_type,
+                    "messaging.message.id": str(row["event_id"]),
+                },
+            )
+            headers = telemetry.message_headers(producer)
+        else:
+            headers = {k: v for k, v in stored.items() if k in ("traceparent", "tracestate")}
         message = aio_pika.Message(
             body=bytes(row["payload"]),
             content_type=CONTENT_TYPE,
-            type=row["event_type"],
+            type=event_type,
             message_id=str(row["event_id"]),
             app_id=self._producer,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            headers=dict(row["headers"] or {}),
+            headers=dict(headers),
         )
-        # Not mandatory: an event type nobody subscribes to is normal, not a failure to report.
-        await exchange.publish(message, routing_key=row["event_type"], mandatory=False, timeout=10)
+        try:
+            # Not mandatory: an event type nobody subscribes to is normal, not a failure to report.
+            await exchange.publish(message, routing_key=event_type, mandatory=False, timeout=10)
+        except BaseException as error:
+            if producer is not None:
+                telemetry.failed(producer, error)
+            raise
+        finally:
+            if producer is not None:
+                producer.end()
 
     async def _prune(self) -> None:
         async with self._pool.acquire() as conn:
@@ -321,9 +352,13 @@ class EventConsumer:
                     queue = await self.declare(channel)
                     self.ready.set()
                     backoff = 0.2
-                    async with queue.iterator() as messages:
-                        async for message in messages:
-                            await self._handle(channel, message)
+                    watcher = asyncio.create_task(self._watch_queues(connection))
+                    try:
+                        async with queue.iterator() as messages:
+                            async for message in messages:
+                                await self._handle(channel, message)
+                    finally:
+                        watcher.cancel()
             except Exception as exc:  # handler errors are caught per message; this is the connection
                 self.ready.clear()
                 log.warning(
@@ -333,11 +368,33 @@ class EventConsumer:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
+    async def _watch_queues(self, connection: aio_pika.abc.AbstractConnection) -> None:
+        """How many messages wait in this consumer's queues, asked of the broker now and then."""
+        try:
+            channel = await connection.channel()
+            while True:
+                for name in (self.queues.main, self.queues.retry, self.queues.dead_letter):
+                    declared = await channel.declare_queue(name, passive=True)
+                    QUEUE_MESSAGES.labels(name).set(declared.declaration_result.message_count or 0)
+                await asyncio.sleep(QUEUE_WATCH_INTERVAL_S)
+        except Exception as exc:  # the consumer itself notices a lost connection and reconnects
+            if not is_dependency_failure(exc):
+                raise
+            log.warning("queue depths unavailable", extra={"queue": self.queues.main, "error": repr(exc)})
+
     async def _handle(self, channel: AbstractChannel, message: AbstractIncomingMessage) -> None:
         event_type = message.type or message.routing_key or ""
-        headers = dict(message.headers or {})
-        parent = propagate.extract({k: str(v) for k, v in headers.items()})
-        with _tracer.start_as_current_span(f"consume {event_type}", context=parent, kind=SpanKind.CONSUMER):
+        headers = {k: str(v) for k, v in (message.headers or {}).items()}
+        attributes = {
+            "messaging.system": "rabbitmq",
+            "messaging.operation": "process",
+            "messaging.destination.name": self.queues.main,
+            "messaging.rabbitmq.destination.routing_key": message.routing_key or "",
+            "messaging.message.id": message.message_id or "",
+        }
+        with telemetry.span(
+            f"consume {event_type}", parent=headers, kind=SpanKind.CONSUMER, attributes=attributes
+        ) as current:
             try:
                 event: Any = event_class(event_type).FromString(message.body)
             except (ValueError, DecodeError) as exc:
@@ -347,6 +404,10 @@ class EventConsumer:
             try:
                 outcome = await self._apply(event_type, event)
                 EVENTS_HANDLED.labels(self.queues.main, event_type, outcome).inc()
+                log.debug(
+                    "event handled",
+                    extra={"event_type": event_type, "event_id": event.header.event_id, "outcome": outcome},
+                )
                 await message.ack()
             except Exception as exc:
                 if is_dependency_failure(exc):
@@ -356,6 +417,7 @@ class EventConsumer:
                 log.exception(
                     "event handler failed", extra={"event_type": event_type, "queue": self.queues.main}
                 )
+                telemetry.failed(current, exc)
                 await self._retry_or_park(channel, message, exc)
             finally:
                 context.correlation_id.reset(token)

@@ -24,7 +24,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from prometheus_client import Counter, Histogram
 
-from billing_common import context
+from billing_common import context, telemetry
 from billing_common.auth import Authenticator
 from billing_common.errors import (
     AlreadyExists,
@@ -75,6 +75,8 @@ DEPENDENCY_UNAVAILABLE = "a dependency of this service is unavailable; retry wit
 MAX_ERROR_CHARS = 300
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+# What a call's guard restores when it ends: start, correlation id, caller, and its server span.
+Tokens: TypeAlias = "tuple[float, Any, Any, telemetry.ServerSpan | None]"
 
 
 def status_code_for(error: BillingError) -> grpc.StatusCode:
@@ -176,6 +178,8 @@ class BillingInterceptor(grpc.aio.ServerInterceptor):
             )
         metrics[0].observe(elapsed)
         metrics[1].inc()
+        if telemetry.enabled:
+            telemetry.finish_server_span(method, code.name, code.value[0], error, elapsed)
         if code is grpc.StatusCode.OK:
             slow = elapsed >= self._slow_call_s
             level, message = (logging.INFO, "slow rpc") if slow else (logging.DEBUG, "rpc")
@@ -204,15 +208,22 @@ class _Guard:
         self.method = method
         self.validate = owner.validator.for_method(method) if owner.validator is not None else None
 
-    def enter(self, grpc_context: Context) -> tuple[float, Any, Any]:
+    def enter(self, grpc_context: Context) -> Tokens:
         started = time.perf_counter()
-        tokens = (started, context.correlation_id.set(""), context.caller.set(""))
+        correlation, caller = context.correlation_id.set(""), context.caller.set("")
         self.owner.authorize(self.method, grpc_context)
         if not context.correlation_id.get():
             context.correlation_id.set(context.new_correlation_id())
-        return tokens
+        traced = (
+            telemetry.start_server_span(self.method, grpc_context.invocation_metadata(), context.caller.get())
+            if telemetry.enabled
+            else None
+        )
+        return started, correlation, caller, traced
 
-    def leave(self, tokens: tuple[float, Any, Any]) -> None:
+    def leave(self, tokens: Tokens) -> None:
+        if tokens[3] is not None:
+            tokens[3].end()
         context.correlation_id.reset(tokens[1])
         context.caller.reset(tokens[2])
 
@@ -300,7 +311,7 @@ def _wrap(handler: Any, guard: _Guard) -> Handler:
 
         async def unary_response(request: Any, grpc_context: Context) -> Any:
             started = time.perf_counter()
-            tokens: tuple[float, Any, Any] | None = None
+            tokens: Tokens | None = None
             try:
                 tokens = guard.enter(grpc_context)
                 if streamed:
@@ -326,7 +337,7 @@ def _wrap(handler: Any, guard: _Guard) -> Handler:
 
     async def streaming_response(request: Any, grpc_context: Context) -> AsyncIterator[Any]:
         started = time.perf_counter()
-        tokens: tuple[float, Any, Any] | None = None
+        tokens: Tokens | None = None
         try:
             tokens = guard.enter(grpc_context)
             if handler.stream_stream is not None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from typing import Any
 
+from prometheus_client import Histogram
 from redis.asyncio import Redis
 
 from billing_common.settings import SettingsError
@@ -27,6 +29,13 @@ return slot - now
 # 5%). Four fifths of that are allowed; without headroom there is no such bound, and 20 ms is.
 LATE_SHARE = 0.8
 MIN_LATE_S = 0.02
+
+PACER_WAIT = Histogram(
+    "billing_pacer_wait_seconds",
+    "Time a call waited for its slot under a gateway's rate limit",
+    ["gateway"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 
 
 def check_headroom(percent: int, variable: str) -> None:
@@ -68,6 +77,7 @@ class RedisPacer:
         self._default_us = _interval_us(default, headroom_percent)
         self._late_s = _late_tolerance_s(headroom_percent)
         self._book = redis.register_script(_BOOK)
+        self._waits: dict[str, Any] = {}
 
     async def wait_turn(self, name: str) -> None:
         """Wait for a booked slot. Woken too late (a busy event loop), the slot is given up and a new
@@ -77,6 +87,7 @@ class RedisPacer:
             return
         key = f"{self._namespace}:rate:{name}"
         loop = asyncio.get_running_loop()
+        started = loop.time()
         while True:
             asked = loop.time()
             wait_s = int(await self._book(keys=[key], args=[interval_us])) / 1_000_000
@@ -85,4 +96,8 @@ class RedisPacer:
             if wait_s > 0:
                 await asyncio.sleep(wait_s)
             if loop.time() - (asked + wait_s) <= self._late_s:
-                return
+                break
+        waits = self._waits.get(name)
+        if waits is None:
+            waits = self._waits[name] = PACER_WAIT.labels(name)
+        waits.observe(loop.time() - started)

@@ -173,10 +173,9 @@ class ServiceHost:
                 ("grpc.max_connection_age_grace_ms", 30_000),
             ],
             interceptors=[
-                *telemetry.server_interceptors(),
                 BillingInterceptor(
                     s.service_name, authenticator, slow_call=s.log_slow_rpc, validator=validator
-                ),
+                )
             ],
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -445,4 +444,7 @@ def run_service(
     if settings.metrics_port:
         prometheus_client.start_http_server(settings.metrics_port)
     host = ServiceHost(settings, setup(settings), migrations_dir, env_prefix=prefix)
-    run_event_loop(host.run_until_signalled())
+    try:
+        run_event_loop(host.run_until_signalled())
+    finally:
+        telemetry.shutdown()

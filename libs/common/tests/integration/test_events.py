@@ -6,9 +6,10 @@ from datetime import UTC, datetime, timedelta
 import aio_pika
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 
 from billing.events.v1 import payment_pb2
-from billing_common import db
+from billing_common import db, events
 from billing_common.clock import ControllableClock
 from billing_common.events import EventConsumer, Outbox, OutboxRelay, event_type_of
 from billing_common.testing.faultproxy import FaultProxy
@@ -164,7 +165,10 @@ async def test_a_duplicated_delivery_has_exactly_one_effect(harness: Harness) ->
     assert await harness.consumer_pool.fetchval("SELECT event_id::text FROM inbox") == event_id
 
 
-async def test_a_message_that_keeps_failing_ends_in_the_dead_letter_queue(harness: Harness) -> None:
+async def test_a_message_that_keeps_failing_ends_in_the_dead_letter_queue(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(events, "QUEUE_WATCH_INTERVAL_S", 0.1)
     attempts = 0
 
     async def always_fails(conn: asyncpg.Connection, event: payment_pb2.PaymentSucceeded) -> None:
@@ -182,6 +186,8 @@ async def test_a_message_that_keeps_failing_ends_in_the_dead_letter_queue(harnes
 
     await eventually(lambda: _queue_depth(harness.env, f"{harness.queue}.dlq"), timeout=15)
     assert attempts == 3  # the first try and two retries
+    dead_letters = {"queue": f"{harness.queue}.dlq"}
+    await eventually(lambda: REGISTRY.get_sample_value("billing_events_queue_messages", dead_letters) == 1)
     assert await harness.settled() == []  # each failed attempt rolled back its writes
     assert await harness.consumer_pool.fetchval("SELECT count(*) FROM inbox") == 0
     connection = await aio_pika.connect(harness.env.infra.amqp_url)

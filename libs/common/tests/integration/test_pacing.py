@@ -3,6 +3,7 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from billing_common.pacing import RedisPacer
@@ -30,9 +31,11 @@ async def test_pods_sharing_a_name_never_exceed_its_limit_in_any_second(env: Inf
         await pacer.wait_turn("gw")
         turns.append(loop.time())
 
+    waited = REGISTRY.get_sample_value("billing_pacer_wait_seconds_count", {"gateway": "gw"}) or 0
     await asyncio.gather(*(turn(pods[n % 2]) for n in range(50)))
 
     assert len(turns) == 50 and busiest_second(turns) <= 20
+    assert REGISTRY.get_sample_value("billing_pacer_wait_seconds_count", {"gateway": "gw"}) == waited + 50
 
 
 async def test_only_limited_names_are_paced(env: InfraEnv, redis: Redis) -> None:

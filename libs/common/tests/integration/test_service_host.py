@@ -164,6 +164,34 @@ async def test_every_call_is_counted_under_its_method_and_code(echo, env: InfraE
     assert (handled("OK") - ok, handled("INVALID_ARGUMENT") - invalid) == (3, 2)
 
 
+def called(code: str) -> float:
+    labels = {"service": SERVICE, "method": "Echo", "code": code}
+    return prometheus_client.REGISTRY.get_sample_value("grpc_client_handled_total", labels) or 0.0
+
+
+async def test_outgoing_calls_are_timed_and_counted_by_method_and_code(echo, env: InfraEnv) -> None:
+    ok, internal = called("OK"), called("INTERNAL")
+    async with open_channel(f"127.0.0.1:{echo.port}", env.token("recurring")) as channel:
+        call = echo_stub(channel)
+        for payload in (b"a", b"crash", b"b"):
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await call(payload)
+    assert (called("OK") - ok, called("INTERNAL") - internal) == (2, 1)
+    labels = {"service": SERVICE, "method": "Echo", "code": "OK"}
+    assert prometheus_client.REGISTRY.get_sample_value(
+        "grpc_client_handling_seconds_count", labels
+    ) == called("OK")
+
+
+async def test_the_database_pool_is_reported_in_use_idle_and_at_most(echo) -> None:
+    registry = prometheus_client.REGISTRY
+    most = registry.get_sample_value("billing_db_pool_max_connections")
+    in_use = registry.get_sample_value("billing_db_pool_connections", {"state": "in_use"})
+    idle = registry.get_sample_value("billing_db_pool_connections", {"state": "idle"})
+    assert most is not None and most >= echo.settings.db_pool_max
+    assert in_use is not None and idle is not None and in_use + idle >= 1
+
+
 async def test_failed_and_slow_calls_are_logged_and_quick_successes_only_at_debug(
     env: InfraEnv, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -8,6 +8,7 @@ from datetime import date, timedelta
 import asyncpg
 import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
+from prometheus_client import REGISTRY
 
 from billing.common.v1 import common_pb2 as common
 from billing.recurring.v1 import recurring_pb2 as pb
@@ -15,6 +16,7 @@ from billing.recurring.v1 import recurring_pb2_grpc
 from billing_common.grpc_client import open_channel
 from billing_common.testing.plugin import EventCollector, InfraEnv, eventually
 from billing_common.testing.processes import start_process
+from recurring.adapters.metrics import RunMetrics
 
 from .conftest import ACH, Deps, custom, dependencies, pb_date, recurring_service, run_until_settled
 
@@ -186,6 +188,13 @@ async def test_a_gateway_outage_halts_only_that_gateways_part(env: InfraEnv, dep
         assert run.counts.deferred == 6
         halted = await events.wait_for("run.halted")
         assert halted[0].gateway == "sandbox-card" and halted[0].deferred_items == 6
+        # What the alert and the dashboard see: a halted gateway, its items waiting, no backlog.
+        assert recurring.host.resources is not None
+        await RunMetrics(recurring.host.resources.pool).refresh()
+        labels = {"kind": "daily", "billing_date": DAY.isoformat()}
+        assert REGISTRY.get_sample_value("recurring_run_halted_gateways", labels) == 1
+        assert REGISTRY.get_sample_value("recurring_run_items", {**labels, "status": "deferred"}) == 6
+        assert REGISTRY.get_sample_value("recurring_work_backlog_items") == 0
 
         for sub in down:
             await recurring.operator.UpdateSubscription(

@@ -21,6 +21,8 @@ def _identity(data: bytes) -> bytes:
 async def _echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
     if request == b"invalid":
         raise InvalidArgument.of("payload", "must not be the word 'invalid'")
+    if request == b"crash":  # a fault of the server's own: INTERNAL
+        raise RuntimeError("echo was asked to crash")
     if request == b"whoami":  # who the server saw calling, and under which correlation id
         return f"{call_context.caller.get()} {call_context.correlation_id.get()}".encode()
     return request

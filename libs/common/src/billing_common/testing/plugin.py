@@ -25,6 +25,7 @@ from billing_common.events import event_class
 from billing_common.service import ServiceHost, Setup
 from billing_common.settings import CommonSettings
 from billing_common.testing.infra import TEST_DATABASE, Infra, resolve_infra
+from billing_common.testing.otlp import OtlpReceiver, otlp_receiver
 
 S = TypeVar("S", bound=CommonSettings)
 
@@ -157,6 +158,13 @@ async def env(infra: Infra) -> AsyncIterator[InfraEnv]:
     test_env = InfraEnv(infra)
     yield test_env
     await test_env.cleanup()
+
+
+@pytest.fixture
+async def otlp() -> AsyncIterator[OtlpReceiver]:
+    """An OTLP/gRPC receiver that service processes started with `otlp.env()` export their spans to."""
+    async with otlp_receiver() as receiver:
+        yield receiver
 
 
 @contextlib.asynccontextmanager

@@ -18,6 +18,10 @@ CASES = Gauge("dunning_cases", "Unfinished dunning cases by state", ["state"])
 DUE_BACKLOG = Gauge(
     "dunning_due_attempts_backlog", "Attempts whose time has come and that no worker has started yet"
 )
+BACKLOG_AGE = Gauge(
+    "dunning_due_attempts_backlog_age_seconds",
+    "How long the oldest attempt whose time has come has waited for a worker (0 when none waits)",
+)
 ATTEMPTS = Counter("dunning_attempts_total", "Retry attempts by what recurring answered", ["outcome"])
 CASES_ENDED = Counter("dunning_cases_ended_total", "Cases that ended, by final state", ["state"])
 RECOVERY_RATE = Gauge(
@@ -49,8 +53,10 @@ class MetricsRefresher:
                     OPEN_STATES,
                 )
             }
-            backlog = await conn.fetchval(
-                "SELECT count(*) FROM cases WHERE due_at <= $1 AND state = 'retry_scheduled'", now
+            backlog = await conn.fetchrow(
+                """SELECT count(*) AS n, min(due_at) AS oldest FROM cases
+                   WHERE due_at <= $1 AND state = 'retry_scheduled'""",
+                now,
             )
             ended = await conn.fetchrow(
                 """SELECT count(*) FILTER (WHERE state = 'recovered') AS recovered, count(*) AS total
@@ -59,7 +65,9 @@ class MetricsRefresher:
             )
         for state in OPEN_STATES:
             CASES.labels(state).set(by_state.get(state, 0))
-        DUE_BACKLOG.set(backlog)
+        assert backlog is not None  # an aggregate always has its row
+        DUE_BACKLOG.set(backlog["n"])
+        BACKLOG_AGE.set((now - backlog["oldest"]).total_seconds() if backlog["oldest"] else 0)
         if ended and ended["total"]:
             RECOVERY_RATE.set(ended["recovered"] / ended["total"])
 

@@ -7,6 +7,7 @@ with its history rows, its dunning.* events and, for a finished attempt, its tra
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -14,7 +15,7 @@ from typing import Any
 
 import asyncpg
 
-from billing_common import db
+from billing_common import db, telemetry
 from billing_common.errors import Conflict
 from billing_common.events import Outbox
 from billing_common.money import Money
@@ -36,6 +37,8 @@ from dunning.domain.model import (
     Transition,
 )
 from dunning.domain.policy import AdaptiveSchedule, ExhaustedAction, FixedSchedule, RetryPolicy
+
+log = logging.getLogger(__name__)
 
 CASE_COLUMNS = """case_id, invoice_id, subscription_id, account_id, merchant_id, amount_minor, currency,
     state, failure_type, decline_kind, decline_code, retryable, first_failed_at, opened_at, due_at,
@@ -171,14 +174,24 @@ class PostgresSession:
     async def check_fence(self, resource: str, token: int) -> None:
         await db.check_fence(self._conn, resource, token)
 
+    async def trace_contexts(self, case_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        rows = await self._conn.fetch(
+            """SELECT c.case_id, coalesce(a.trace_context, c.trace_context) AS trace_context
+               FROM cases c LEFT JOIN attempts a
+                 ON a.case_id = c.case_id AND a.outcome = 'scheduled' AND a.trace_context <> '{}'::jsonb
+               WHERE c.case_id = ANY($1::uuid[])""",
+            list(case_ids),
+        )
+        return {str(r["case_id"]): dict(r["trace_context"] or {}) for r in rows}
+
     async def insert(self, change: Change) -> bool:
         case = change.case
         invoice = case.invoice
         inserted = await self._conn.fetchval(
             """INSERT INTO cases (case_id, invoice_id, subscription_id, account_id, merchant_id,
                    amount_minor, currency, state, failure_type, decline_kind, decline_code, retryable,
-                   first_failed_at, opened_at, due_at, reminder_at, ended_at, version)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, 1)
+                   first_failed_at, opened_at, due_at, reminder_at, ended_at, version, trace_context)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, 1, $18)
                ON CONFLICT (invoice_id) DO NOTHING RETURNING true""",
             case.case_id,
             invoice.invoice_id,
@@ -197,6 +210,7 @@ class PostgresSession:
             case.due_at,
             case.reminder_at,
             case.ended_at,
+            telemetry.capture(),
         )
         if not inserted:
             return False
@@ -230,10 +244,12 @@ class PostgresSession:
         case = change.case
         changed = [a for a in case.attempts if a not in attempts_before]
         if changed:
+            # An attempt keeps the trace that first scheduled it; a later reschedule does not move it.
+            trace_context = telemetry.capture()
             await self._conn.executemany(
                 """INSERT INTO attempts (case_id, number, scheduled_at, estimated_success_bp, sample_size,
-                       reason, outcome, decline_code, attempted_at)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                       reason, outcome, decline_code, attempted_at, trace_context)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
                    ON CONFLICT (case_id, number) DO UPDATE SET scheduled_at = EXCLUDED.scheduled_at,
                        estimated_success_bp = EXCLUDED.estimated_success_bp,
                        sample_size = EXCLUDED.sample_size, reason = EXCLUDED.reason,
@@ -250,11 +266,14 @@ class PostgresSession:
                         a.outcome.value,
                         a.decline_code,
                         a.attempted_at,
+                        trace_context,
                     )
                     for a in changed
                 ],
             )
         if change.transitions:
+            transitions, trace_context = change.transitions, telemetry.capture()
+            self.after_commit.append(lambda: _log_transitions(case.case_id, transitions, trace_context))
             await self._conn.executemany(
                 """INSERT INTO case_history (case_id, from_state, to_state, cause, detail, at)
                    VALUES ($1, $2, $3, $4, $5, $6)""",
@@ -399,3 +418,19 @@ class _JoinedSession(PostgresSession):
         for hook in self.after_commit:
             hook()
         self.after_commit.clear()
+
+
+def _log_transitions(case_id: str, transitions: Sequence[Transition], trace_context: dict[str, str]) -> None:
+    """Log each transition once it is committed, with the trace it was decided in."""
+    with telemetry.within(trace_context):
+        for t in transitions:
+            log.info(
+                "case transition",
+                extra={
+                    "case_id": case_id,
+                    "from_state": t.from_state.value,
+                    "to_state": t.to_state.value,
+                    "cause": t.cause,
+                    "detail": t.detail,
+                },
+            )

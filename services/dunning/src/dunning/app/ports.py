@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -40,6 +41,9 @@ class CaseSession(Protocol):
         ...
 
     async def check_fence(self, resource: str, token: int) -> None: ...
+    async def trace_contexts(self, case_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        """The trace context that scheduled each case's current attempt, else the one that opened it."""
+        ...
 
 
 @dataclass(frozen=True)

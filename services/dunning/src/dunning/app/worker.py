@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
+from billing_common import telemetry
 from billing_common.clock import Clock
 from billing_common.db import StaleFencingToken
 from dunning.app.cases import planning_for
@@ -25,6 +29,10 @@ from dunning.domain.cases import ResultKind
 from dunning.domain.model import CaseState
 
 log = logging.getLogger(__name__)
+
+# An attempt made this soon after what scheduled it continues that trace; a later one (days later,
+# as the schedule usually has it) starts its own trace with a link to its cause.
+CONTINUE_TRACE_WITHIN = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,8 @@ class Claim:
     case_id: str
     invoice_id: str
     attempt: int
+    # The trace that scheduled the attempt (or opened the case): the attempt's span continues it.
+    trace_context: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
     def idempotency_key(self) -> str:
@@ -90,25 +100,32 @@ class AttemptWorker:
         lease_until = now + self._config.lease
         claims: list[Claim] = []
         async with self._store.transaction() as session:
-            for case in await session.claim_due(now, self._config.batch_size):
+            due = await session.claim_due(now, self._config.batch_size)
+            contexts = await session.trace_contexts([case.case_id for case in due]) if due else {}
+            for case in due:
+                stored = contexts.get(case.case_id, {})
                 if case.state is CaseState.AWAITING_PAYMENT_METHOD:
-                    planning = await planning_for(session, self._statistics, case.invoice.merchant_id)
-                    await session.apply(decide.window_elapsed(case, now, planning))
+                    with _case_span("dunning.window_elapsed", case.case_id, stored):
+                        planning = await planning_for(session, self._statistics, case.invoice.merchant_id)
+                        await session.apply(decide.window_elapsed(case, now, planning))
                     continue
                 if case.state is CaseState.RETRY_SCHEDULED:
                     change = decide.start_attempt(case, now, lease_until)
                 else:
                     change = decide.take_over_attempt(case, now, lease_until)
                 current = change.case.current_attempt
-                await session.apply(change)
+                with telemetry.within(stored):  # the attempt's start is part of the trace that caused it
+                    await session.apply(change)
                 if current is not None:
-                    claims.append(Claim(case.case_id, case.invoice.invoice_id, current.number))
+                    claims.append(Claim(case.case_id, case.invoice.invoice_id, current.number, stored))
         return claims
 
     async def _attempt_guarded(self, claim: Claim) -> None:
         async with self._slots:
             try:
-                await self.attempt(claim)
+                with _case_span("dunning.attempt", claim.case_id, claim.trace_context) as span:
+                    span.set_attributes({"invoice.id": claim.invoice_id, "attempt.number": claim.attempt})
+                    await self.attempt(claim)
             except StaleFencingToken:
                 log.warning(
                     "case lock lost during the attempt; the newer holder records it",
@@ -135,6 +152,15 @@ class AttemptWorker:
             ):
                 return  # paid, voided, paused or reset since the claim: no charge
             result = await self._recurring.retry_invoice_payment(claim.invoice_id, claim.idempotency_key)
+            log.info(
+                "attempt answered",
+                extra={
+                    "case_id": claim.case_id,
+                    "attempt": claim.attempt,
+                    "result": result.kind.value,
+                    "detail": result.detail,
+                },
+            )
             now = self._clock.now()
             wait = (
                 self._config.pending_recheck
@@ -155,6 +181,15 @@ class AttemptWorker:
         now = self._clock.now()
         async with self._store.transaction() as session:
             due = await session.due_reminders(now, self._config.batch_size)
+            contexts = await session.trace_contexts([case.case_id for case in due]) if due else {}
             for case in due:
-                await session.apply(decide.send_reminder(case, now))
+                with _case_span("dunning.reminder", case.case_id, contexts.get(case.case_id, {})):
+                    await session.apply(decide.send_reminder(case, now))
         return len(due)
+
+
+def _case_span(name: str, case_id: str, stored: Mapping[str, str]) -> AbstractContextManager[Any]:
+    """The span of work on a case, under the trace that caused it (or linked to it, when old)."""
+    return telemetry.span(
+        name, parent=stored, fresh_for=CONTINUE_TRACE_WITHIN, keep=True, attributes={"case.id": case_id}
+    )

@@ -11,6 +11,7 @@ import asyncpg
 
 from billing.common.v1 import common_pb2
 from billing.events.v1 import payment_pb2 as events
+from billing_common import telemetry
 from billing_common.db import connection, transaction
 from billing_common.errors import FailedPrecondition, NotFound
 from billing_common.events import Outbox
@@ -96,8 +97,8 @@ class PostgresPayments:
                 """
                 INSERT INTO payments (payment_id, idempotency_key, request_fingerprint, merchant_id,
                     method_type, gateway_token, amount_minor, currency, gateway, status, caller_reference,
-                    metadata, created_at, updated_at, next_check_at)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'PROCESSING', $10, $11, $12, $12, $13)
+                    metadata, created_at, updated_at, next_check_at, trace_context)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'PROCESSING', $10, $11, $12, $12, $13, $14)
                 ON CONFLICT (idempotency_key) DO NOTHING
                 RETURNING *
                 """,
@@ -114,6 +115,7 @@ class PostgresPayments:
                 dict(request.metadata),
                 now,
                 check_at,
+                telemetry.capture(),
             )
             if row is not None:
                 return payment_from(row), True
@@ -208,6 +210,13 @@ class PostgresPayments:
                 limit,
             )
         return [payment_from(row) for row in rows]
+
+    async def trace_context(self, payment_id: str) -> dict[str, str]:
+        async with connection(self._pool) as conn:
+            stored = await conn.fetchval(
+                "SELECT trace_context FROM payments WHERE payment_id = $1", uuid.UUID(payment_id)
+            )
+        return dict(stored or {})
 
     async def forget_keys(self, older_than: datetime) -> int:
         async with transaction(self._pool) as conn:
@@ -322,6 +331,7 @@ class PostgresPayments:
                 idempotency_key,
             )
             if row is not None:
+                telemetry.link(row["trace_context"] or {})  # the notice is about that charge's payment
                 payment = payment_from(row)
                 outcome = decide(payment)
                 if outcome is not None:

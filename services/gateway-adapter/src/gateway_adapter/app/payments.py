@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
+from billing_common import telemetry
 from billing_common.clock import Clock
 from billing_common.errors import NotFound, Unavailable
 from gateway_adapter.app.breakers import CircuitBreakers, CircuitOpen, CircuitView, Outage
@@ -49,6 +50,8 @@ from gateway_adapter.domain.payments import (
 from gateway_adapter.domain.routing import Router
 
 log = logging.getLogger(__name__)
+# A look-up this soon after the charge continues its trace; a later one starts its own, linked to it.
+RECONCILE_IN_TRACE_WITHIN = timedelta(hours=1)
 
 EVENT_FOR_STATUS = {
     Status.SUCCEEDED: PaymentEvent.SUCCEEDED,
@@ -229,7 +232,15 @@ class Payments:
             now, now + self._policy.processing_timeout, self._policy.janitor_batch
         )
         for payment in due:
-            await self._resolve(payment)
+            # The look-up continues the charge's trace (or starts one linked to it, when late).
+            with telemetry.span(
+                "gateway.reconcile",
+                parent=await self._store.trace_context(payment.payment_id),
+                fresh_for=RECONCILE_IN_TRACE_WITHIN,
+                keep=True,
+                attributes={"payment.id": payment.payment_id, "payment.checks_done": payment.checks_done},
+            ):
+                await self._resolve(payment)
         return len(due)
 
     async def _resolve(self, payment: Payment) -> None:

@@ -124,6 +124,10 @@ class PaymentStore(Protocol):
         self, now: datetime, lease_until: datetime, limit: int
     ) -> Sequence[Payment]: ...
 
+    async def trace_context(self, payment_id: str) -> dict[str, str]:
+        """The trace of the Charge call that created the payment ({} when it was not traced)."""
+        ...
+
     async def forget_keys(self, older_than: datetime) -> int: ...
 
     async def refund(

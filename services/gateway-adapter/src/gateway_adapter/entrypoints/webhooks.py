@@ -7,7 +7,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
+from opentelemetry.trace import SpanKind
 
+from billing_common import telemetry
 from billing_common.clock import Clock
 from gateway_adapter.adapters.sandbox import SIGNATURE_HEADER as SANDBOX_HEADER
 from gateway_adapter.adapters.sandbox import parse_sandbox_notice
@@ -62,7 +64,11 @@ def _handler(
         if notice is None:
             WEBHOOKS.labels(source.name, "ignored").inc()
             return web.json_response({"received": True, "applied": False})
-        applied = await notices.apply(notice)
+        # A notice starts its own trace, linked to the charge of the payment it is about.
+        with telemetry.span(
+            f"webhook {source.name}", kind=SpanKind.SERVER, attributes={"webhook.event_id": notice.event_id}
+        ):
+            applied = await notices.apply(notice)
         return web.json_response({"received": True, "applied": applied})
 
     return handle

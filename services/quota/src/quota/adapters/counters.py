@@ -20,6 +20,7 @@ from typing import Protocol
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 
+from quota.adapters.metrics import TALLY
 from quota.app.ports import CounterOp, CounterRef, CounterResult, CounterStatus
 
 ID_TTL_SECONDS = 86_400
@@ -117,7 +118,12 @@ class RedisCounters:
         return f"{self._namespace}:{{{tenant_id}}}:id:{idempotency_key}"
 
     def known(self, counter: CounterRef) -> int | None:
-        return self._tracked.cached(self.counter_key(counter))
+        value = self._tracked.cached(self.counter_key(counter))
+        if value is None:
+            TALLY.cache_miss += 1
+        else:
+            TALLY.cache_hit += 1
+        return value
 
     async def read(self, counters: Sequence[CounterRef]) -> list[int | None]:
         """Tracked values first (no round trip); the rest in one MGET shared by concurrent reads."""

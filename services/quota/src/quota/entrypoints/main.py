@@ -15,6 +15,7 @@ from billing_common.settings import SettingsError
 from quota.adapters.catalog_store import PostgresCatalog
 from quota.adapters.cluster import ClusterReads
 from quota.adapters.counters import CounterReads, RedisCounters
+from quota.adapters.drift import CounterAudit
 from quota.adapters.invalidation import RedisInvalidations
 from quota.adapters.tenant_store import PostgresTenants
 from quota.adapters.tracking import TrackedReads
@@ -53,10 +54,11 @@ def build(settings: QuotaSettings) -> Setup:
         invalidations = RedisInvalidations(redis, settings.namespace)
         cache = EntitlementCache(r.clock, settings.entitlement_cache_ttl)
         entitlements = Entitlements(PostgresTenants(r.pool), catalog_store, r.clock, cache, invalidations)
+        counters = RedisCounters(redis, settings.namespace, reads)
         usage = Usage(
             entitlements,
             catalog_store,
-            RedisCounters(redis, settings.namespace, reads),
+            counters,
             PostgresUsageLedger(r.pool, r.outbox),
             r.clock,
             settings.late_usage_grace,
@@ -71,7 +73,12 @@ def build(settings: QuotaSettings) -> Setup:
         return ServiceParts(
             [Registration(quota_pb2_grpc.add_QuotaServiceServicer_to_server, servicer, SERVICE_NAME, ACCESS)],
             event_handlers=subscription_handlers(entitlements),
-            background=[listen_for_invalidations, *background, usage.settle_forever],
+            background=[
+                listen_for_invalidations,
+                *background,
+                usage.settle_forever,
+                CounterAudit(r.pool, redis, counters).run_forever,
+            ],
             on_stop=on_stop,
             # CheckQuota answers from Redis and the entitlements it holds, also while PostgreSQL is
             # down (read-only mode): a pod leaves the endpoints only when it cannot reach Redis.

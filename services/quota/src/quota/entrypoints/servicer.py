@@ -13,6 +13,7 @@ from billing_common.clock import Clock
 from billing_common.errors import FailedPrecondition, FieldViolation, InvalidArgument, ResourceExhausted
 from billing_common.paging import PageTokens
 from billing_common.protos import optional_datetime, request_hash
+from quota.adapters.metrics import TALLY
 from quota.app.catalog import Catalog
 from quota.app.entitlements import Entitlements, GrantRequest
 from quota.app.ports import IdempotencyRef
@@ -176,7 +177,9 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
     # ------------------------------------------------------------ usage (the hot path)
 
     async def CheckQuota(self, request: pb.CheckQuotaRequest, context: Context) -> pb.CheckQuotaResponse:
-        return m.check_pb(await self._usage.check_one(request.tenant_id, request.key, request.amount))
+        result = await self._usage.check_one(request.tenant_id, request.key, request.amount)
+        TALLY.decision(result.decision.allowed, result.decision.warning)
+        return m.check_pb(result)
 
     async def CheckQuotaBatch(
         self, request: pb.CheckQuotaBatchRequest, context: Context
@@ -184,6 +187,7 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
         results = await self._usage.check(request.tenant_id, [(c.key, c.amount) for c in request.checks])
         response = pb.CheckQuotaBatchResponse()
         for result in results:
+            TALLY.decision(result.decision.allowed, result.decision.warning)
             m.fill_check(response.results.add(), result)
         return response
 

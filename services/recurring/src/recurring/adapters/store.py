@@ -10,11 +10,12 @@ from typing import Any
 
 import asyncpg
 
-from billing_common import db
+from billing_common import db, telemetry
 from billing_common.errors import FailedPrecondition
 from billing_common.events import Outbox
 from billing_common.money import Money
 from recurring.adapters.events import EventMessages
+from recurring.adapters.metrics import run_finished
 from recurring.app.ports import (
     Event,
     HistoryEntry,
@@ -145,6 +146,7 @@ def _transaction(row: asyncpg.Record) -> Transaction:
         decline_kind=DeclineKind(row["decline_kind"]),
         decline_code=row["decline_code"],
         retryable=row["retryable"],
+        trace_context=dict(row["trace_context"] or {}),
     )
 
 
@@ -348,8 +350,8 @@ class PostgresTx:
     async def insert_run(self, run: Run) -> bool:
         inserted = await self._conn.fetchval(
             """INSERT INTO runs (run_id, billing_date, kind, state, dry_run, dry_due, dry_skipped, started_at,
-                   finished_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING RETURNING true""",
+                   finished_at, trace_context)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING RETURNING true""",
             run.run_id,
             run.billing_date,
             run.kind.value,
@@ -359,6 +361,7 @@ class PostgresTx:
             run.counts.skipped if run.dry_run else 0,
             run.started_at,
             run.finished_at,
+            telemetry.capture(),
         )
         return bool(inserted)
 
@@ -405,15 +408,21 @@ class PostgresTx:
         return await self._with_counts(row)
 
     async def set_run_state(self, run_id: str, state: RunState, finished_at: datetime | None) -> None:
-        await self._conn.execute(
-            "UPDATE runs SET state = $2, finished_at = $3 WHERE run_id = $1", run_id, state.value, finished_at
+        row = await self._conn.fetchrow(
+            "UPDATE runs SET state = $2, finished_at = $3 WHERE run_id = $1 RETURNING kind, started_at",
+            run_id,
+            state.value,
+            finished_at,
         )
+        if row is not None and state is RunState.COMPLETED and finished_at is not None:
+            run_finished(row["kind"], (finished_at - row["started_at"]).total_seconds())
 
     async def enqueue_due(self, run_id: str, billing_date: date, frequencies: Sequence[Frequency]) -> int:
         status = await self._conn.execute(
-            """INSERT INTO work_items (run_id, subscription_id, due_date, occurrence_key, gateway, status)
+            """INSERT INTO work_items (run_id, subscription_id, due_date, occurrence_key, gateway, status,
+                   trace_context)
                SELECT $1, s.subscription_id, s.next_billing_date,
-                      s.subscription_id || ':' || s.next_billing_date::text, g.gateway, 'pending'
+                      s.subscription_id || ':' || s.next_billing_date::text, g.gateway, 'pending', $7
                FROM subscriptions s
                JOIN unnest($5::text[], $6::text[]) AS g(method_type, gateway) ON g.method_type = s.method_type
                WHERE s.frequency = ANY($3::text[]) AND s.next_billing_date <= $2
@@ -426,6 +435,7 @@ class PostgresTx:
             [s.value for s in SCHEDULED],
             list(GATEWAY_BY_METHOD),
             list(GATEWAY_BY_METHOD.values()),
+            telemetry.capture(),
         )
         return int(status.split()[-1])
 
@@ -460,7 +470,8 @@ class PostgresTx:
                UPDATE work_items w
                SET status = 'claimed', claim_token = $2, lease_until = now() + $3::interval
                FROM picked WHERE w.id = picked.id
-               RETURNING w.id, w.run_id, w.subscription_id, w.due_date, w.occurrence_key, w.gateway""",
+               RETURNING w.id, w.run_id, w.subscription_id, w.due_date, w.occurrence_key, w.gateway,
+                         w.trace_context""",
             limit,
             claim_token,
             lease,
@@ -474,6 +485,7 @@ class PostgresTx:
                 r["occurrence_key"],
                 r["gateway"],
                 claim_token,
+                dict(r["trace_context"] or {}),
             )
             for r in sorted(rows, key=lambda r: int(r["id"]))
         ]
@@ -714,11 +726,12 @@ class PostgresTx:
         await self.insert_transactions([txn])
 
     async def insert_transactions(self, txns: Sequence[Transaction]) -> None:
+        trace_context = telemetry.capture()
         await self._conn.executemany(
             """INSERT INTO transactions (transaction_id, invoice_id, attempt, idempotency_key, retry_key,
                    status,
-                   amount_minor, currency, created_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
+                   amount_minor, currency, created_at, trace_context)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)""",
             [
                 (
                     txn.transaction_id,
@@ -730,6 +743,7 @@ class PostgresTx:
                     txn.amount.amount_minor,
                     txn.amount.currency,
                     txn.created_at,
+                    txn.trace_context or trace_context,
                 )
                 for txn in txns
             ],

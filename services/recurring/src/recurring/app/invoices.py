@@ -4,6 +4,7 @@ account credit and the ledger's views."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 
 from billing_common.clock import Clock
@@ -14,8 +15,10 @@ from recurring.app.charging import Charging, awaiting_result
 from recurring.app.ports import Event, EventType, Invoice, InvoiceFilter, LedgerLine, Store, Transaction, Tx
 from recurring.app.subscriptions import Cause, IdempotencyRef, cancelled, save_with_history
 from recurring.domain import ledger
-from recurring.domain.payments import ChargeResult, FailureType, PaymentStatus
+from recurring.domain.payments import ChargeResult, FailureType, PaymentStatus, outcome_of
 from recurring.domain.status import Action, InvoiceStatus, can, invoice_transition
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,15 @@ class Invoices:
             sub = await tx.load_subscription(invoice.subscription_id)
             assert sub is not None
         result = await self._charging.send(txn, sub)
+        log.info(
+            "retry charge answered",
+            extra={
+                "invoice_id": invoice_id,
+                "attempt": txn.attempt,
+                "outcome": outcome_of(result).value if result else "no_answer",
+                "decline_code": result.decline_code if result else "",
+            },
+        )
         if result is None:
             raise Unavailable("the payment service did not answer; retry with the same key")
         async with self._store.transaction() as tx:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -82,6 +82,8 @@ class Transaction:
     decline_kind: DeclineKind = DeclineKind.NONE
     decline_code: str = ""
     retryable: bool = False
+    # The trace that wrote the attempt (empty until it is stored): a later send continues it.
+    trace_context: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
     def answered(self) -> bool:
@@ -131,6 +133,8 @@ class WorkItem:
     occurrence_key: str
     gateway: str
     claim_token: str
+    # The trace of the run (or RunBilling call) that queued the item: its batch continues it.
+    trace_context: Mapping[str, str] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)

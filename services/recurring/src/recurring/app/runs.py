@@ -4,16 +4,20 @@ order, with their due occurrences written as work items that workers in every po
 from __future__ import annotations
 
 import dataclasses
+import logging
 import uuid
 from dataclasses import dataclass
 from datetime import date, time, timedelta
 from zoneinfo import ZoneInfo
 
+from billing_common import telemetry
 from billing_common.clock import Clock
 from billing_common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from billing_common.paging import Page, PageRequest
 from recurring.app.ports import Event, EventType, OutageCounter, Run, RunCounts, RunLocks, Store
 from recurring.domain.runs import KIND_FREQUENCIES, RunKind, RunState, dates_to_run, latest_scheduled_date
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -49,27 +53,43 @@ class Runs:
         async with self._locks.hold(lock_name(kind, billing_date), self._schedule.lock_ttl, wait) as token:
             if token is None:
                 return None
-            async with self._store.transaction() as tx:
-                await tx.check_fence(fence_resource(kind, billing_date), token)
-                run = await tx.find_run(billing_date, kind)
-                if run is None:
-                    run = Run(
-                        f"run_{uuid.uuid4().hex}",
-                        billing_date,
-                        kind,
-                        RunState.RUNNING,
-                        False,
-                        self._clock.now(),
+            # The run's trace: its items store this span's context, and their batches continue it.
+            attributes = {"run.billing_date": billing_date.isoformat(), "run.kind": kind.value}
+            with telemetry.span("recurring.run", attributes=attributes, keep=True) as span:
+                async with self._store.transaction() as tx:
+                    await tx.check_fence(fence_resource(kind, billing_date), token)
+                    run = await tx.find_run(billing_date, kind)
+                    if run is None:
+                        run = Run(
+                            f"run_{uuid.uuid4().hex}",
+                            billing_date,
+                            kind,
+                            RunState.RUNNING,
+                            False,
+                            self._clock.now(),
+                        )
+                        await tx.insert_run(run)
+                        due = await tx.enqueue_due(run.run_id, billing_date, KIND_FREQUENCIES[kind])
+                        await tx.emit(Event(EventType.RUN_STARTED, run=run, extra={"due": due}))
+                        message = "run started"
+                    else:
+                        due = await tx.enqueue_due(run.run_id, billing_date, KIND_FREQUENCIES[kind])
+                        if due and run.state is RunState.COMPLETED:
+                            await tx.set_run_state(run.run_id, RunState.RUNNING, None)
+                        message = "run extended" if due else ""
+                span.set_attributes({"run.id": run.run_id, "run.items_queued": due})
+                if message:
+                    log.info(
+                        message,
+                        extra={
+                            "run_id": run.run_id,
+                            "billing_date": billing_date.isoformat(),
+                            "kind": kind.value,
+                            "queued": due,
+                        },
                     )
-                    await tx.insert_run(run)
-                    due = await tx.enqueue_due(run.run_id, billing_date, KIND_FREQUENCIES[kind])
-                    await tx.emit(Event(EventType.RUN_STARTED, run=run, extra={"due": due}))
-                elif await tx.enqueue_due(run.run_id, billing_date, KIND_FREQUENCIES[kind]) and (
-                    run.state is RunState.COMPLETED
-                ):
-                    await tx.set_run_state(run.run_id, RunState.RUNNING, None)
-            await self.finish_if_done(run.run_id)
-            return await self.get(run.run_id)
+                await self.finish_if_done(run.run_id)
+                return await self.get(run.run_id)
 
     async def run_billing(self, billing_date: date | None, kind: RunKind | None, dry_run: bool) -> Run:
         if billing_date is None:
@@ -139,10 +159,12 @@ class Runs:
             now = self._clock.now()
             if run.halted_gateways:
                 await tx.set_run_state(run_id, RunState.HALTED, None)
+                log.warning("run halted", extra={"run_id": run_id, "gateways": list(run.halted_gateways)})
                 return
             await tx.set_run_state(run_id, RunState.COMPLETED, now)
             counts = await tx.run_counts(run_id)
             await tx.emit(Event(EventType.RUN_COMPLETED, run=dataclasses.replace(run, counts=counts)))
+        log.info("run completed", extra={"run_id": run_id, **dataclasses.asdict(counts)})
 
     async def catch_up(self) -> int:
         """Create the runs whose time has come, oldest first; the next date waits for the previous run."""

@@ -8,11 +8,14 @@ import dataclasses
 import logging
 import random
 import uuid
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from time import perf_counter
 from zoneinfo import ZoneInfo
 
+from billing_common import telemetry
 from billing_common.clock import Clock
 from billing_common.errors import Unavailable
 from billing_common.money import Money
@@ -94,15 +97,41 @@ class Worker:
             items = await tx.claim_items(self._config.batch_size, self._config.lease, uuid.uuid4().hex)
         if not items:
             return 0
-        try:
-            charges = await self._prepare_batch(items)
-        except Exception:
-            log.exception("batch failed; its items go one by one", extra={"items": len(items)})
-            await asyncio.gather(*(self._process_safely(item) for item in items))
-        else:
-            await self._charge_all(charges)
-        for run_id in sorted({item.run_id for item in items}):
-            await self._runs.finish_if_done(run_id)
+        run_ids = sorted({item.run_id for item in items})
+        # The batch continues the trace of the run that queued its items (linked to any other's).
+        contexts = list(
+            {str(item.trace_context.get("traceparent")): item.trace_context for item in items}.values()
+        )
+        contexts.sort(key=lambda stored: not stored)
+        started = perf_counter()
+        outcomes: Counter[str] = Counter()
+        with telemetry.span(
+            "recurring.batch",
+            parent=contexts[0],
+            links=contexts[1:],
+            attributes={"batch.items": len(items), "run.ids": run_ids},
+        ) as span:
+            try:
+                charges = await self._prepare_batch(items)
+            except Exception as error:
+                log.exception("batch failed; its items go one by one", extra={"items": len(items)})
+                telemetry.failed(span, error)
+                await asyncio.gather(*(self._process_safely(item) for item in items))
+            else:
+                outcomes = await self._charge_all(charges)
+            for run_id in run_ids:
+                await self._runs.finish_if_done(run_id)
+            span.set_attributes({f"batch.{outcome}": count for outcome, count in outcomes.items()})
+            log.info(
+                "batch worked",
+                extra={
+                    "run_ids": run_ids,
+                    "items": len(items),
+                    "charges": sum(outcomes.values()),
+                    **outcomes,
+                    "seconds": round(perf_counter() - started, 3),
+                },
+            )
         return len(items)
 
     async def _process_safely(self, item: WorkItem) -> None:
@@ -127,8 +156,41 @@ class Worker:
             prepared = await self._prepare(tx, item, usage)
         if prepared is None:
             return
-        txn, sub = prepared
-        await self._conclude([(_Charge(item, txn, sub), await self._charging.send(txn, sub))])
+        charge = _Charge(item, *prepared)
+        result, context = await self._send(charge)
+        await self._conclude([(charge, result)], {item.item_id: context})
+
+    async def _send(self, charge: _Charge) -> tuple[ChargeResult | None, telemetry.TraceContext]:
+        """Send one charge in a span of its own (under the trace that wrote the attempt, when an
+        earlier worker did); its answer and the trace to record it in."""
+        txn = charge.txn
+        attributes = {
+            "run.id": charge.item.run_id,
+            "invoice.id": txn.invoice_id,
+            "charge.attempt": txn.attempt,
+            "charge.idempotency_key": txn.idempotency_key,
+        }
+        earlier = txn.trace_context or None
+        links = [telemetry.capture()] if earlier else []
+        with telemetry.span("recurring.charge", parent=earlier, links=links, attributes=attributes) as span:
+            result = await self._charging.send(txn, charge.sub)
+            outcome = outcome_of(result).value if result is not None else "no_answer"
+            facts: dict[str, str | int] = {
+                "invoice_id": txn.invoice_id,
+                "attempt": txn.attempt,
+                "outcome": outcome,
+                "gateway": result.gateway if result else "",
+                "decline_code": result.decline_code if result else "",
+            }
+            span.set_attributes(
+                {f"charge.{key}": value for key, value in facts.items() if key != "invoice_id"}
+            )
+            log.log(
+                logging.DEBUG if outcome == Outcome.PAID.value else logging.INFO,
+                "charge answered",
+                extra=facts,
+            )
+            return result, telemetry.capture()
 
     async def _prepare_batch(self, items: list[WorkItem]) -> list[_Charge]:
         """Invoice the batch's occurrences and write their attempts, a few statements per round.
@@ -354,27 +416,43 @@ class Worker:
         )
         return draft, invoice
 
-    async def _charge_all(self, charges: list[_Charge]) -> None:
+    async def _charge_all(self, charges: list[_Charge]) -> Counter[str]:
         """Send every charge at once (the pacer and the in-flight bound hold them back) and record the
-        answers in group commits: whatever arrived while the previous group was being written."""
-        sending = {asyncio.ensure_future(self._charging.send(c.txn, c.sub)): c for c in charges}
+        answers in group commits: whatever arrived while the previous group was being written.
+        Returns how many charges ended in each outcome."""
+        sending = {asyncio.ensure_future(self._send(c)): c for c in charges}
+        outcomes: Counter[str] = Counter()
         while sending:
             done, _ = await asyncio.wait(sending, return_when=asyncio.FIRST_COMPLETED)
             answered: list[tuple[_Charge, ChargeResult | None]] = []
+            contexts: dict[int, telemetry.TraceContext] = {}
             for task in done:
                 charge = sending.pop(task)
                 if task.exception() is None:
-                    answered.append((charge, task.result()))
+                    result, contexts[charge.item.item_id] = task.result()
+                    answered.append((charge, result))
                 else:
                     # The item stays claimed; its lease runs out and a worker takes it up again.
                     log.error("charge failed", exc_info=task.exception(), extra={"item": charge.item.item_id})
+                    outcomes["errors"] += 1
             try:
-                await self._conclude(sorted(answered, key=lambda a: a[0].item.item_id))
+                recorded = await self._conclude(sorted(answered, key=lambda a: a[0].item.item_id), contexts)
+                outcomes.update(outcome.value for _, outcome in recorded)
+                unanswered = sum(1 for _, result in answered if result is None)
+                if unanswered:
+                    outcomes["no_answer"] += unanswered
             except Exception:
                 log.exception("recording charge results failed", extra={"items": len(answered)})
+                outcomes["errors"] += len(answered)
+        return outcomes
 
-    async def _conclude(self, answered: list[tuple[_Charge, ChargeResult | None]]) -> None:
-        """Record the answers in one transaction; an item whose lease was taken over keeps its new owner."""
+    async def _conclude(
+        self,
+        answered: list[tuple[_Charge, ChargeResult | None]],
+        contexts: Mapping[int, telemetry.TraceContext],
+    ) -> list[tuple[WorkItem, Outcome]]:
+        """Record the answers in one transaction; an item whose lease was taken over keeps its new owner.
+        What a charge's answer announces (a failed payment) is written under the charge's trace."""
         now = self._clock.now()
         outcomes: list[tuple[WorkItem, Outcome]] = []
         async with self._store.transaction() as tx:
@@ -413,7 +491,8 @@ class Worker:
                 ):
                     writes.payment(invoice, answered_attempt(current, result), now)
                 else:
-                    outcome = await self._charging.record(tx, txn, result) or outcome
+                    with telemetry.within(contexts.get(item.item_id, {})):
+                        outcome = await self._charging.record(tx, txn, result) or outcome
                 if holds:
                     if outcome is Outcome.DEFERRED:
                         await tx.defer_item(item, self._config.defer_delay, "gateway unreachable")
@@ -424,6 +503,7 @@ class Worker:
                 outcomes.append((item, outcome))
             await writes.write(tx, now)
         await self._count_outages(outcomes)
+        return outcomes
 
     async def _count_outages(self, outcomes: list[tuple[WorkItem, Outcome]]) -> None:
         """Consecutive unreachable results per run and gateway; a run of answers resets the count once."""

@@ -17,6 +17,7 @@ from billing_common.settings import SettingsError
 from recurring.adapters.clients import GatewayClient, QuotaClient
 from recurring.adapters.coordination import RedisOutageCounter, RedisRunLocks
 from recurring.adapters.events import EventMessages
+from recurring.adapters.metrics import RunMetrics
 from recurring.adapters.store import PostgresStore
 from recurring.app.charging import Charging
 from recurring.app.invoices import ExhaustionPolicy, Invoices
@@ -124,7 +125,7 @@ def build(settings: RecurringSettings) -> Setup:
                 )
             ],
             event_handlers=handlers(store, subscriptions, invoices),
-            background=[scheduler, worker.run_forever],
+            background=[scheduler, worker.run_forever, RunMetrics(r.pool).run_forever],
             on_stop=[quota_channel.close, gateway_channel.close],
         )
 

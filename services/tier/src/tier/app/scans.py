@@ -10,9 +10,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 
-from opentelemetry import propagate, trace
-
-from billing_common import context
+from billing_common import context, telemetry
 from billing_common.clock import Clock
 from billing_common.errors import FailedPrecondition, InvalidArgument
 from billing_common.paging import Page, PageRequest
@@ -24,7 +22,6 @@ from tier.domain.rules import Evaluator
 from tier.domain.scans import SCHEDULE_TRIGGER, Scan, ScanKind, ScanState, schedule_key
 
 log = logging.getLogger(__name__)
-tracer = trace.get_tracer(__name__)
 
 MAX_KEY_LENGTH = 200
 # What each kind pulls before evaluating: FULL everything, SSO and API their one source.
@@ -47,10 +44,7 @@ def fence_resource(kind: ScanKind) -> str:
 
 def _trace_id() -> str:
     """The current trace id, or the correlation id when traces are not recorded."""
-    span_context = trace.get_current_span().get_span_context()
-    if span_context.is_valid:
-        return format(span_context.trace_id, "032x")
-    return context.current_correlation_id()
+    return telemetry.trace_id() or context.current_correlation_id()
 
 
 class Scans:
@@ -88,14 +82,16 @@ class Scans:
             raise InvalidArgument.of("kind", "must be FULL, SSO or API")
         if not idempotency_key or len(idempotency_key) > MAX_KEY_LENGTH:
             raise InvalidArgument.of("idempotency_key", f"is required, at most {MAX_KEY_LENGTH} characters")
-        with tracer.start_as_current_span("tier.scan.enqueue", attributes={"scan.kind": kind.value}):
-            carrier: dict[str, str] = {}
-            propagate.inject(carrier)
+        # A scheduled scan starts a trace of its own, always kept; RunScan's is part of the call's.
+        with telemetry.span("tier.scan.enqueue", attributes={"scan.kind": kind.value}, keep=True):
             scan, created = await self._store.enqueue(
-                kind, trigger, idempotency_key, self._clock.now(), _trace_id(), carrier
+                kind, trigger, idempotency_key, self._clock.now(), _trace_id(), telemetry.capture()
             )
+            if created:
+                log.info(
+                    "scan queued", extra={"scan_id": scan.scan_id, "kind": kind.value, "trigger": trigger}
+                )
         if created:
-            log.info("scan queued", extra={"scan_id": scan.scan_id, "kind": kind.value, "trigger": trigger})
             self.queued.set()
         return scan
 
@@ -130,9 +126,8 @@ class Scans:
         return False
 
     async def _execute(self, scan: Scan, carrier: dict[str, str], lease: ScanLease) -> None:
-        parent = propagate.extract(carrier)
         attributes = {"scan.id": scan.scan_id, "scan.kind": scan.kind.value, "scan.trigger": scan.trigger}
-        with tracer.start_as_current_span("tier.scan", context=parent, attributes=attributes) as span:
+        with telemetry.span("tier.scan", parent=carrier, attributes=attributes, keep=True) as span:
             started = time.perf_counter()
             phases: dict[str, float] = {}
             plan = ScanPlan(self._accounts.model, self._evaluator, self._chunk_size)
@@ -151,8 +146,7 @@ class Scans:
                 finished = replace(scan, state=ScanState.COMPLETED)
             except Exception as error:
                 log.exception("scan failed", extra={"scan_id": scan.scan_id, "kind": scan.kind.value})
-                span.record_exception(error)
-                span.set_status(trace.StatusCode.ERROR)
+                telemetry.failed(span, error)
                 finished = replace(scan, state=ScanState.FAILED, error=f"{type(error).__name__}: {error}")
             finished = replace(
                 finished, finished_at=self._clock.now(), accounts_evaluated=plan.evaluated, changes=applied

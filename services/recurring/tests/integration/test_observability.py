@@ -1,0 +1,147 @@
+"""What an SRE sees of a billing run: one trace from the scheduler to gateway-adapter, log lines
+carrying its trace id, and the run and backlog gauges."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from datetime import UTC, date, datetime
+
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import SpanKind
+from prometheus_client import REGISTRY
+
+from billing.common.v1 import common_pb2 as common
+from billing.recurring.v1 import recurring_pb2 as pb
+from billing_common.logging import JsonFormatter
+from billing_common.testing.otlp import OtlpReceiver
+from billing_common.testing.plugin import InfraEnv, eventually
+from billing_common.testing.tracing import traced_in_process
+from recurring.adapters.metrics import RunMetrics
+
+from .conftest import Deps, custom, dependencies, recurring_service
+
+DAY = date(2031, 5, 5)
+WEEKLY = common.BILLING_FREQUENCY_WEEKLY
+
+
+class JsonLines(logging.Handler):
+    """The log lines as the service writes them (JSON with trace ids)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.setFormatter(JsonFormatter("recurring"))
+        self.lines: list[dict[str, object]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(json.loads(self.format(record)))
+
+
+@pytest.fixture
+def json_lines() -> Iterator[JsonLines]:
+    handler = JsonLines()
+    logger = logging.getLogger("recurring")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def at(instant: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(instant)
+    return stamp
+
+
+def hex_trace(span: ReadableSpan) -> str:
+    return format(span.context.trace_id, "032x")
+
+
+def child_of(span: ReadableSpan, parent: ReadableSpan) -> bool:
+    return span.parent is not None and span.parent.span_id == parent.context.span_id
+
+
+@pytest.mark.timeout(120)
+async def test_a_scheduled_run_is_one_trace_from_the_run_through_batches_and_charges_to_gateway_adapter(
+    env: InfraEnv, otlp: OtlpReceiver, json_lines: JsonLines
+) -> None:
+    async with dependencies(env, **otlp.env()) as deps:
+        settings = deps.recurring_settings(test_clock=True)
+        with traced_in_process() as spans:
+            async with recurring_service(settings) as recurring:
+                stub = recurring.operator
+                await stub.SetClock(pb.SetClockRequest(now=at(datetime(2031, 5, 4, 12, tzinfo=UTC))))
+                await stub.CreateSubscription(custom("paying", 2500, WEEKLY, DAY))
+                await stub.CreateSubscription(custom("declined", 2500, WEEKLY, DAY, token="tok_flaky_2"))
+                await stub.SetClock(pb.SetClockRequest(now=at(datetime(2031, 5, 5, 4, tzinfo=UTC))))
+
+                def run_of_day() -> list[ReadableSpan]:
+                    return [
+                        s
+                        for s in spans.get_finished_spans()
+                        if s.name == "recurring.run"
+                        and (s.attributes or {}).get("run.billing_date") == "2031-05-05"
+                    ]
+
+                [run] = await eventually(run_of_day, timeout=30)
+
+                def failure_published() -> list[ReadableSpan]:
+                    return [
+                        s
+                        for s in spans.get_finished_spans()
+                        if s.name == "publish invoice.payment_failed"
+                        and s.context.trace_id == run.context.trace_id
+                    ]
+
+                [published] = await eventually(failure_published, timeout=30)
+        trace = [s for s in spans.get_finished_spans() if s.context.trace_id == run.context.trace_id]
+        gateway = await eventually(lambda: [s for s in otlp.trace(hex_trace(run)) if s.kind == "server"])
+
+    assert run.parent is None  # the scheduler's run starts its own trace, always kept
+    [batch] = [s for s in trace if s.name == "recurring.batch"]
+    assert child_of(batch, run)
+    charges = [s for s in trace if s.name == "recurring.charge"]
+    assert len(charges) == 2 and all(child_of(c, batch) for c in charges)
+    calls = [s for s in trace if s.kind is SpanKind.CLIENT and s.name.endswith("GatewayService/Charge")]
+    assert sorted(c.parent.span_id for c in calls if c.parent) == sorted(c.context.span_id for c in charges)
+    assert sorted(s.parent_id for s in gateway if s.name.endswith("/Charge")) == sorted(
+        format(c.context.span_id, "016x") for c in calls
+    )
+    [declined] = [c for c in charges if (c.attributes or {}).get("charge.outcome") == "failed"]
+    assert child_of(published, declined)  # the failure is announced under the charge that failed
+
+    by_message = {
+        line["message"]: line for line in json_lines.lines if line.get("trace_id") == hex_trace(run)
+    }
+    assert {"run started", "batch worked", "charge answered", "run completed"} <= set(by_message)
+    assert by_message["batch worked"]["items"] == 2
+
+
+async def test_the_backlog_and_the_runs_items_are_reported_from_the_database(
+    env: InfraEnv, deps: Deps
+) -> None:
+    # No worker in this pod: the run's items stay pending.
+    async with recurring_service(deps.recurring_settings(worker_concurrent_batches=0)) as recurring:
+        for n in range(3):
+            await recurring.operator.CreateSubscription(custom(f"acct-{n}", 1500, WEEKLY, DAY))
+        await recurring.operator.RunBilling(
+            pb.RunBillingRequest(
+                billing_date=common.Date(year=DAY.year, month=DAY.month, day=DAY.day), kind=pb.RUN_KIND_DAILY
+            )
+        )
+        assert recurring.host.resources is not None
+        await RunMetrics(recurring.host.resources.pool).refresh()
+
+    labels = {"kind": "daily", "billing_date": DAY.isoformat()}
+    assert REGISTRY.get_sample_value("recurring_work_backlog_items") == 3
+    assert REGISTRY.get_sample_value("recurring_run_items", {**labels, "status": "pending"}) == 3
+    assert REGISTRY.get_sample_value("recurring_run_due_items", labels) == 3
+    assert REGISTRY.get_sample_value("recurring_run_items", {**labels, "status": "charged"}) == 0
+    assert REGISTRY.get_sample_value("recurring_run_halted_gateways", labels) == 0
