@@ -13,7 +13,7 @@ from recurring.app.charging import Charging, awaiting_result
 from recurring.app.ports import Event, EventType, Invoice, InvoiceFilter, LedgerLine, Store, Transaction, Tx
 from recurring.app.subscriptions import Cause, IdempotencyRef, cancelled, page_size, save_with_history
 from recurring.domain import ledger
-from recurring.domain.payments import ChargeResult, FailureType, PaymentStatus
+from recurring.domain.payments import ChargeResult, FailureType, NoAnswer, PaymentStatus
 from recurring.domain.status import Action, InvoiceStatus, can, invoice_transition
 
 
@@ -86,7 +86,7 @@ class Invoices:
             sub = await tx.load_subscription(invoice.subscription_id)
             assert sub is not None
         result = await self._charging.send(txn, sub)
-        if result is None:
+        if isinstance(result, NoAnswer):
             raise Unavailable("the payment service did not answer; retry with the same key")
         async with self._store.transaction() as tx:
             await self._charging.record(tx, txn, result, Cause("dunning"))

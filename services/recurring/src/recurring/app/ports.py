@@ -12,7 +12,14 @@ from typing import Any, Protocol
 from billing_common.money import Money
 from recurring.domain.invoicing import InvoiceLine, UsageCharge
 from recurring.domain.ledger import Posting
-from recurring.domain.payments import ChargeRequest, ChargeResult, DeclineKind, FailureType, PaymentStatus
+from recurring.domain.payments import (
+    ChargeRequest,
+    ChargeResult,
+    DeclineKind,
+    FailureType,
+    NoAnswer,
+    PaymentStatus,
+)
 from recurring.domain.runs import ItemStatus, RunKind, RunState
 from recurring.domain.schedule import Frequency
 from recurring.domain.status import InvoiceStatus, SubscriptionStatus
@@ -333,13 +340,18 @@ class Quota(Protocol):
     async def plan_for_tier(self, tier: str) -> str | None: ...
 
 
-class ChargeOutcomeUnknown(Exception):
-    """The call to the payment service failed in a way that may or may not have charged."""
+class ChargeNotAnswered(Exception):
+    """The call to the payment service came back without a word about the payment."""
+
+    def __init__(self, answer: NoAnswer) -> None:
+        super().__init__(answer.reason)
+        self.answer = answer
 
 
 class Gateway(Protocol):
     async def charge(self, request: ChargeRequest) -> ChargeResult:
-        """Raises ChargeOutcomeUnknown when the payment service could not answer."""
+        """A refusal of the request comes back as a failed result (`domain.payments.refusal`);
+        raises ChargeNotAnswered when there was no answer about the payment."""
         ...
 
 

@@ -34,7 +34,7 @@ from recurring.app.runs import Runs
 from recurring.app.subscriptions import cancelled, history_entry, save_with_history
 from recurring.domain import ledger
 from recurring.domain.invoicing import Decision, InvoiceDraft, UsageCharge, build_invoice
-from recurring.domain.payments import ChargeResult, Outcome, outcome_of
+from recurring.domain.payments import ChargeResult, NoAnswer, Outcome, outcome_of
 from recurring.domain.runs import ItemStatus
 from recurring.domain.schedule import period_starting
 from recurring.domain.status import BILLABLE, InvoiceStatus, SubscriptionStatus, invoice_transition
@@ -360,7 +360,7 @@ class Worker:
         sending = {asyncio.ensure_future(self._charging.send(c.txn, c.sub)): c for c in charges}
         while sending:
             done, _ = await asyncio.wait(sending, return_when=asyncio.FIRST_COMPLETED)
-            answered: list[tuple[_Charge, ChargeResult | None]] = []
+            answered: list[tuple[_Charge, ChargeResult | NoAnswer]] = []
             for task in done:
                 charge = sending.pop(task)
                 if task.exception() is None:
@@ -373,13 +373,13 @@ class Worker:
             except Exception:
                 log.exception("recording charge results failed", extra={"items": len(answered)})
 
-    async def _conclude(self, answered: list[tuple[_Charge, ChargeResult | None]]) -> None:
+    async def _conclude(self, answered: list[tuple[_Charge, ChargeResult | NoAnswer]]) -> None:
         """Record the answers in one transaction; an item whose lease was taken over keeps its new owner."""
         now = self._clock.now()
         outcomes: list[tuple[WorkItem, Outcome]] = []
         async with self._store.transaction() as tx:
             held = await tx.held_items([c.item for c, _ in answered])
-            recorded = [(c, r) for c, r in answered if r is not None]
+            recorded = [(c, r) for c, r in answered if isinstance(r, ChargeResult)]
             invoice_ids = [c.txn.invoice_id for c, _ in recorded]
             invoices = await tx.load_invoices(invoice_ids) if recorded else {}
             attempts = await tx.transactions_of(invoice_ids) if recorded else {}
@@ -393,13 +393,11 @@ class Worker:
             for charge, result in answered:
                 item, txn = charge.item, charge.txn
                 holds = item.item_id in held
-                if result is None:
+                if isinstance(result, NoAnswer):
+                    # Our pod, database or network failed before the gateway answered, or the
+                    # payment service is down: the same key goes again, never the customer's failure.
                     if holds:
-                        await tx.defer_item(
-                            item,
-                            self._config.defer_delay,
-                            "the payment service did not answer; same key next time",
-                        )
+                        await tx.defer_item(item, self._config.defer_delay, result.reason)
                     continue
                 outcome = outcome_of(result)
                 invoice = invoices[txn.invoice_id]
@@ -419,7 +417,8 @@ class Worker:
                         await tx.defer_item(item, self._config.defer_delay, "gateway unreachable")
                     else:
                         status = ItemStatus.FAILED if outcome is Outcome.FAILED else ItemStatus.CHARGED
-                        detail = result.decline_code if outcome is Outcome.FAILED else outcome.value
+                        failure = result.reason or result.decline_code
+                        detail = failure if outcome is Outcome.FAILED else outcome.value
                         writes.finished.append(ItemResult(item, status, detail, txn.invoice_id))
                 outcomes.append((item, outcome))
             await writes.write(tx, now)
