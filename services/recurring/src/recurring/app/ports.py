@@ -20,7 +20,7 @@ from recurring.domain.payments import (
     NoAnswer,
     PaymentStatus,
 )
-from recurring.domain.runs import ItemStatus, RunKind, RunState
+from recurring.domain.runs import AfterFailure, ItemStatus, Progress, RunKind, RunState
 from recurring.domain.schedule import Frequency
 from recurring.domain.status import InvoiceStatus, SubscriptionStatus
 from recurring.domain.subscription import Subscription
@@ -110,10 +110,11 @@ class RunCounts:
     skipped: int = 0
     deferred: int = 0
     pending: int = 0
+    parked: int = 0
 
     @property
     def finished(self) -> int:
-        return self.charged + self.failed + self.skipped
+        return self.charged + self.failed + self.skipped + self.parked
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,7 @@ class Run:
     finished_at: datetime | None = None
     halted_gateways: tuple[str, ...] = ()
     counts: RunCounts = field(default_factory=RunCounts)
+    progress: Progress = field(default_factory=Progress)
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,10 @@ class WorkItem:
     occurrence_key: str
     gateway: str
     claim_token: str
+    # Tries that failed for a reason of ours so far (a lease that ran out counts at the claim), and
+    # the last word on the item.
+    failures: int = 0
+    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -181,6 +187,7 @@ class EventType(enum.Enum):
     RUN_STARTED = "run.started"
     RUN_COMPLETED = "run.completed"
     RUN_HALTED = "run.halted"
+    RUN_STALLED = "run.stalled"
 
 
 @dataclass(frozen=True)
@@ -267,6 +274,19 @@ class Tx(Protocol):
     ) -> None: ...
     async def finish_items(self, results: Sequence[ItemResult]) -> None: ...
     async def defer_item(self, item: WorkItem, delay: timedelta, detail: str) -> None: ...
+    async def record_failure(self, item: WorkItem, after: AfterFailure, detail: str) -> bool:
+        """Count a failure of ours: park the item or let it wait; False when the claim was lost."""
+        ...
+
+    async def requeue_parked(self, run_id: str, gateway: str) -> int:
+        """Send the run's parked items of the gateway back to work, with their failures forgotten."""
+        ...
+
+    async def running_runs(self) -> list[Run]:
+        """Real runs still RUNNING, oldest date first, with what the scheduler last saw of them."""
+        ...
+
+    async def save_progress(self, run_id: str, progress: Progress) -> None: ...
     async def halt_gateway(self, run_id: str, gateway: str) -> bool:
         """Add the gateway to the run's halted ones; False if it was halted already."""
         ...

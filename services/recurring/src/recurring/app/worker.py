@@ -34,8 +34,8 @@ from recurring.app.runs import Runs
 from recurring.app.subscriptions import cancelled, history_entry, save_with_history
 from recurring.domain import ledger
 from recurring.domain.invoicing import Decision, InvoiceDraft, UsageCharge, build_invoice
-from recurring.domain.payments import ChargeResult, NoAnswer, Outcome, outcome_of
-from recurring.domain.runs import ItemStatus
+from recurring.domain.payments import REASON_LENGTH, ChargeResult, NoAnswer, Outcome, outcome_of
+from recurring.domain.runs import ItemStatus, after_failure
 from recurring.domain.schedule import period_starting
 from recurring.domain.status import BILLABLE, InvoiceStatus, SubscriptionStatus, invoice_transition
 from recurring.domain.subscription import Subscription, renew, skip_occurrence
@@ -52,6 +52,7 @@ class WorkerConfig:
     jitter: timedelta
     defer_delay: timedelta
     halt_threshold: int
+    max_failures: int
     minimum_charge_minor: int
     zone: ZoneInfo
 
@@ -94,13 +95,15 @@ class Worker:
             items = await tx.claim_items(self._config.batch_size, self._config.lease, uuid.uuid4().hex)
         if not items:
             return 0
-        try:
-            charges = await self._prepare_batch(items)
-        except Exception:
-            log.exception("batch failed; its items go one by one", extra={"items": len(items)})
-            await asyncio.gather(*(self._process_safely(item) for item in items))
-        else:
-            await self._charge_all(charges)
+        working = await self._park_worn_out(items)
+        if working:
+            try:
+                charges = await self._prepare_batch(working)
+            except Exception:
+                log.exception("batch failed; its items go one by one", extra={"items": len(working)})
+                await asyncio.gather(*(self._process_safely(item) for item in working))
+            else:
+                await self._charge_all(charges)
         for run_id in sorted({item.run_id for item in items}):
             await self._runs.finish_if_done(run_id)
         return len(items)
@@ -108,9 +111,48 @@ class Worker:
     async def _process_safely(self, item: WorkItem) -> None:
         try:
             await self.process(item)
-        except Exception:
-            # The item stays claimed; its lease runs out and a worker takes it up again.
+        except Exception as error:
             log.exception("work item failed", extra={"item": item.item_id, "run": item.run_id})
+            await self._fail([(item, _reason("preparing", error))])
+
+    async def _park_worn_out(self, items: list[WorkItem]) -> list[WorkItem]:
+        """Park the items whose tries ran out without an outcome (a worker that stopped holding one
+        counts at the claim); the others are worked."""
+        worn_out = [
+            (item, after)
+            for item in items
+            if item.failures
+            and (
+                after := after_failure(item.failures, self._config.max_failures, self._config.defer_delay)
+            ).park
+        ]
+        if not worn_out:
+            return items
+        async with self._store.transaction() as tx:
+            for item, after in worn_out:
+                last = item.detail or "its worker stopped holding it"
+                reason = f"{item.failures} tries ended without an outcome; last: {last}"
+                if await tx.record_failure(item, after, reason[:REASON_LENGTH]):
+                    _log_parked(item, reason)
+        parked = {item.item_id for item, _ in worn_out}
+        return [item for item in items if item.item_id not in parked]
+
+    async def _fail(self, failures: Sequence[tuple[WorkItem, str]]) -> None:
+        """Count a failure of ours per item: at the limit the item is parked, else tried again later.
+        If even this cannot be written, the claim's lease runs out and the next claim counts it."""
+        if not failures:
+            return
+        try:
+            async with self._store.transaction() as tx:
+                for item, reason in failures:
+                    await self._record_failure(tx, item, reason)
+        except Exception:
+            log.exception("recording failed items failed", extra={"items": len(failures)})
+
+    async def _record_failure(self, tx: Tx, item: WorkItem, reason: str) -> None:
+        after = after_failure(item.failures + 1, self._config.max_failures, self._config.defer_delay)
+        if await tx.record_failure(item, after, reason[:REASON_LENGTH]) and after.park:
+            _log_parked(item, reason)
 
     async def process(self, item: WorkItem) -> None:
         """One item on its own: the path a batch falls back to when it fails as a whole."""
@@ -138,13 +180,14 @@ class Worker:
         async with self._store.transaction() as tx:
             subs = await tx.load_subscriptions(sorted({item.subscription_id for item in items}))
             invoiced = await tx.invoices_for_occurrences([item.occurrence_key for item in items])
-        usage, unavailable = await self._usages(items, subs, invoiced)
+        usage, unavailable, failed = await self._usages(items, subs, invoiced)
         if unavailable:
             async with self._store.transaction() as tx:
                 held = await tx.held_items(list(unavailable))
                 for item, reason in unavailable.items():
                     if item.item_id in held:
                         await tx.defer_item(item, self._config.defer_delay, f"usage unavailable: {reason}")
+        await self._fail(list(failed.items()))
         charges: list[_Charge] = []
         for round_items in _rounds_by_account([i for i in items if i.item_id in usage], subs):
             charges += await self._prepare_round(round_items, usage)
@@ -152,9 +195,9 @@ class Worker:
 
     async def _usages(
         self, items: list[WorkItem], subs: dict[str, Subscription], invoiced: dict[str, Invoice]
-    ) -> tuple[dict[int, list[UsageCharge]], dict[WorkItem, str]]:
+    ) -> tuple[dict[int, list[UsageCharge]], dict[WorkItem, str], dict[WorkItem, str]]:
         """Usage of the period that ends on each due date (billed in arrears), for plan subscriptions;
-        and the items whose usage quota could not give."""
+        the items whose usage quota could not give (it did not answer), and those whose usage failed."""
         usage: dict[int, list[UsageCharge]] = {item.item_id: [] for item in items}
         metered = [
             (item, sub)
@@ -173,17 +216,20 @@ class Worker:
             return_exceptions=True,
         )
         unavailable: dict[WorkItem, str] = {}
+        failed: dict[WorkItem, str] = {}
         for (item, _), answer in zip(metered, answers, strict=True):
             if isinstance(answer, Unavailable):
                 unavailable[item] = answer.message
                 del usage[item.item_id]
-            elif isinstance(answer, BaseException):
-                # The item stays claimed; its lease runs out and a worker takes it up again.
+            elif isinstance(answer, Exception):
                 log.error("usage failed", exc_info=answer, extra={"item": item.item_id})
+                failed[item] = _reason("usage", answer)
                 del usage[item.item_id]
+            elif isinstance(answer, BaseException):
+                raise answer
             else:
                 usage[item.item_id] = answer
-        return usage, unavailable
+        return usage, unavailable, failed
 
     async def _prepare_round(
         self, items: list[WorkItem], usage: dict[int, list[UsageCharge]]
@@ -361,16 +407,20 @@ class Worker:
         while sending:
             done, _ = await asyncio.wait(sending, return_when=asyncio.FIRST_COMPLETED)
             answered: list[tuple[_Charge, ChargeResult | NoAnswer]] = []
+            broken: list[tuple[WorkItem, str]] = []
             for task in done:
                 charge = sending.pop(task)
-                if task.exception() is None:
+                error = task.exception()
+                if error is None:
                     answered.append((charge, task.result()))
                 else:
-                    # The item stays claimed; its lease runs out and a worker takes it up again.
-                    log.error("charge failed", exc_info=task.exception(), extra={"item": charge.item.item_id})
+                    log.error("charge failed", exc_info=error, extra={"item": charge.item.item_id})
+                    broken.append((charge.item, _reason("charging", error)))
+            await self._fail(broken)
             try:
                 await self._conclude(sorted(answered, key=lambda a: a[0].item.item_id))
             except Exception:
+                # The items stay claimed; their lease runs out and the next claim sends the same keys.
                 log.exception("recording charge results failed", extra={"items": len(answered)})
 
     async def _conclude(self, answered: list[tuple[_Charge, ChargeResult | NoAnswer]]) -> None:
@@ -396,7 +446,9 @@ class Worker:
                 if isinstance(result, NoAnswer):
                     # Our pod, database or network failed before the gateway answered, or the
                     # payment service is down: the same key goes again, never the customer's failure.
-                    if holds:
+                    if holds and result.ours:
+                        await self._record_failure(tx, item, result.reason)
+                    elif holds:
                         await tx.defer_item(item, self._config.defer_delay, result.reason)
                     continue
                 outcome = outcome_of(result)
@@ -564,3 +616,14 @@ def _usage_billed(sub: Subscription, item: WorkItem) -> bool:
 
 def _credit_key(sub: Subscription) -> tuple[str, str]:
     return sub.account_id, sub.amount.currency
+
+
+def _reason(step: str, error: BaseException) -> str:
+    return f"{step}: {type(error).__name__}: {error}"[:REASON_LENGTH]
+
+
+def _log_parked(item: WorkItem, reason: str) -> None:
+    log.warning(
+        "work item parked",
+        extra={"item": item.item_id, "run": item.run_id, "occurrence": item.occurrence_key, "reason": reason},
+    )
