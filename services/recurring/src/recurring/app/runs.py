@@ -166,12 +166,14 @@ class Runs:
             await tx.emit(Event(EventType.RUN_COMPLETED, run=dataclasses.replace(run, counts=counts)))
 
     async def watch_progress(self) -> list[Run]:
-        """Look at every running run; one whose open items have not moved for `stalled_after` is
-        reported once (run.stalled). Returns the runs that are stalled now."""
+        """Look at every running run: one with nothing left completes (its last worker may have
+        failed to say so), one whose open items have not moved for `stalled_after` is reported
+        once (run.stalled). Returns the runs that are stalled now."""
         async with self._store.transaction() as tx:
             running = await tx.running_runs()
         stalled = []
         for candidate in running:
+            await self.finish_if_done(candidate.run_id)
             async with self._store.transaction() as tx:
                 run = await tx.get_run(candidate.run_id, lock=True)
                 if run is None or run.state is not RunState.RUNNING:
