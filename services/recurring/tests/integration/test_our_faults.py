@@ -1,9 +1,11 @@
-"""Our own failures are never the customer's: a gateway-adapter pod killed with charges in flight
-leaves every healthy card paid, once, and none of them in PAYMENT_FAILED or dunning; a run that
+"""Our own failures are never the customer's: a gateway-adapter pod killed with charges in flight,
+or database sessions cut on both sides, leave every healthy card paid, once, and none of them in
+PAYMENT_FAILED or dunning; a run that
 cannot move while gateway-adapter is down is reported stalled and does not hold up the next date."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
@@ -59,6 +61,20 @@ async def restartable_gateway(
             await gateway.running.terminate()
 
 
+async def all_paid(deps: Deps) -> bool:
+    rows = await deps.recurring_rows("SELECT status FROM invoices")
+    return len(rows) == SUBSCRIPTIONS and all(r["status"] == "paid" for r in rows)
+
+
+async def assert_each_card_paid_once_by_the_run(deps: Deps, events: EventCollector) -> None:
+    assert events.of_type("invoice.payment_failed") == []
+    assert events.of_type("subscription.past_due") == []
+    approved = await deps.sandbox_charges("outcome = 'approved'")
+    assert sorted(c["amount_minor"] for c in approved) == [1000 + n for n in range(SUBSCRIPTIONS)]
+    items = await deps.recurring_rows("SELECT status, count(*) AS n FROM work_items GROUP BY status")
+    assert [(r["status"], r["n"]) for r in items] == [("charged", SUBSCRIPTIONS)]
+
+
 @pytest.mark.timeout(240)
 async def test_a_gateway_adapter_killed_mid_run_sends_no_healthy_card_to_dunning(env: InfraEnv) -> None:
     async with (
@@ -94,23 +110,74 @@ async def test_a_gateway_adapter_killed_mid_run_sends_no_healthy_card_to_dunning
             await gateway.kill()
             await gateway.start()
 
-            async def all_paid() -> bool:
-                rows = await deps.recurring_rows("SELECT status FROM invoices")
-                return len(rows) == SUBSCRIPTIONS and all(r["status"] == "paid" for r in rows)
+            await eventually(lambda: all_paid(deps), timeout=120, interval=0.2)
+            done = await completed_run(stub, DAY)
+            assert done.run_id == run.run_id
+            assert (done.counts.charged, done.counts.failed, done.counts.parked) == (SUBSCRIPTIONS, 0, 0)
 
-            await eventually(all_paid, timeout=120, interval=0.2)
-            done = (await stub.GetRun(pb.GetRunRequest(run_id=run.run_id))).run
-            assert done.state == pb.RUN_STATE_COMPLETED
-            assert (done.counts.charged, done.counts.failed) == (SUBSCRIPTIONS, 0)
-
-        assert events.of_type("invoice.payment_failed") == []
-        assert events.of_type("subscription.past_due") == []
-        approved = await deps.sandbox_charges("outcome = 'approved'")
-        assert sorted(c["amount_minor"] for c in approved) == [1000 + n for n in range(SUBSCRIPTIONS)]
+        await assert_each_card_paid_once_by_the_run(deps, events)
         failed = await deps.recurring_rows(
             "SELECT count(*) AS n FROM transactions WHERE status <> 'succeeded'"
         )
         assert failed[0]["n"] == 0  # every occurrence paid by its first attempt's key
+
+
+async def cut_sessions(deps: Deps, roles: list[str], seconds: float) -> int:
+    """Database blips: every session of these services' roles is ended, again and again."""
+    admin = await deps.admin()
+    ended = 0
+    try:
+        deadline = asyncio.get_running_loop().time() + seconds
+        while asyncio.get_running_loop().time() < deadline:
+            ended += len(
+                await admin.fetch(
+                    """SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                       WHERE usename = ANY($1::text[]) AND pid <> pg_backend_pid()""",
+                    roles,
+                )
+            )
+            await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
+    return ended
+
+
+@pytest.mark.timeout(240)
+async def test_database_blips_on_both_sides_mid_run_send_no_healthy_card_to_dunning(env: InfraEnv) -> None:
+    async with (
+        restartable_gateway(
+            env,
+            GATEWAY_SANDBOX_LATENCY="0.3s",
+            GATEWAY_PROCESSING_TIMEOUT="2s",
+            GATEWAY_IN_FLIGHT_WAIT="1s",
+            GATEWAY_JANITOR_INTERVAL="0.2s",
+        ) as (deps, _),
+        EventCollector(env.infra.amqp_url, env.exchange, ["invoice.*", "subscription.*"]) as events,
+    ):
+        settings = deps.recurring_settings(max_in_flight=10, worker_lease=timedelta(seconds=5))
+        async with recurring_service(settings) as recurring:
+            stub = recurring.operator
+            for n in range(SUBSCRIPTIONS):
+                await stub.CreateSubscription(
+                    custom(f"card-{n}", 1000 + n, common.BILLING_FREQUENCY_WEEKLY, DAY)
+                )
+            run = (
+                await stub.RunBilling(pb.RunBillingRequest(billing_date=pb_date(DAY), kind=pb.RUN_KIND_DAILY))
+            ).run
+
+            async def some_charged() -> bool:
+                return len(await deps.sandbox_charges()) >= 3
+
+            await eventually(some_charged, timeout=30, interval=0.01)
+            ended = await cut_sessions(deps, [deps.recurring_schema, deps.gateway_schema], seconds=3)
+            assert ended > 0
+
+            await eventually(lambda: all_paid(deps), timeout=120, interval=0.2)
+            done = await completed_run(stub, DAY)
+            assert done.run_id == run.run_id
+            assert (done.counts.charged, done.counts.failed, done.counts.parked) == (SUBSCRIPTIONS, 0, 0)
+
+        await assert_each_card_paid_once_by_the_run(deps, events)
 
 
 def stalled_gauge(kind: str) -> float | None:
