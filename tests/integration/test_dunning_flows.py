@@ -264,3 +264,72 @@ async def test_a_payment_made_elsewhere_closes_the_case(env: InfraEnv) -> None:
         assert closed.history[-1].cause == "invoice_paid_elsewhere"
         assert closed.attempts[0].outcome == dpb.ATTEMPT_OUTCOME_CANCELLED
         assert len(await sandbox_charges(suite)) == 2  # the run's and the support desk's, no attempt
+
+
+@pytest.mark.timeout(240)
+async def test_a_card_number_stored_as_token_is_held_for_an_operator_and_the_customer_is_not_past_due(
+    env: InfraEnv,
+) -> None:
+    async with suite_with_dunning(env) as suite:
+        recurring = suite.stub("recurring")
+        created = await recurring.CreateSubscription(
+            rpb.CreateSubscriptionRequest(
+                account_id="acct-pan",
+                merchant_id="merchant-1",
+                custom_amount=common.Money(amount_minor=2500, currency="USD"),
+                frequency=common.BILLING_FREQUENCY_WEEKLY,
+                start_date=common.Date(year=DAY.year, month=DAY.month, day=DAY.day),
+                payment_method=common.PaymentMethod(
+                    type=common.PAYMENT_METHOD_TYPE_CARD, gateway_token="tok_success"
+                ),
+                idempotency_key="create-acct-pan",
+            )
+        )
+        subscription_id = created.subscription.subscription_id
+        # Stored past the RPC edge, as data from another path would be.
+        conn = await asyncpg.connect(suite.env.infra.postgres_admin_url)
+        try:
+            table = f"{db.quote_ident(f'recurring_{env.run_id}')}.subscriptions"
+            await conn.execute(
+                f"UPDATE {table} SET gateway_token = '4242424242424242' WHERE subscription_id = $1",
+                subscription_id,
+            )
+        finally:
+            await conn.close()
+        run = (
+            await recurring.RunBilling(
+                rpb.RunBillingRequest(
+                    billing_date=common.Date(year=DAY.year, month=DAY.month, day=DAY.day),
+                    kind=rpb.RUN_KIND_DAILY,
+                )
+            )
+        ).run
+
+        async def completed() -> bool:
+            found = (await recurring.GetRun(rpb.GetRunRequest(run_id=run.run_id))).run
+            return found.state == rpb.RUN_STATE_COMPLETED and found.counts.failed == 1
+
+        await eventually(completed, timeout=60)
+        [invoice] = (await recurring.ListInvoices(rpb.ListInvoicesRequest(account_id="acct-pan"))).invoices
+        case = await case_in_state(suite, invoice.invoice_id, dpb.CASE_STATE_HELD)
+        assert case.failure_type == common.FAILURE_TYPE_MERCHANT
+        assert list(case.attempts) == []  # never retried on the customer
+        await subscription_status(suite, subscription_id, rpb.SUBSCRIPTION_STATUS_ACTIVE)
+        assert await sandbox_charges(suite) == []
+
+        # An operator fixes the payment method and retries the held case.
+        update = rpb.UpdateSubscriptionRequest(
+            subscription_id=subscription_id,
+            subscription=rpb.Subscription(
+                payment_method=common.PaymentMethod(
+                    type=common.PAYMENT_METHOD_TYPE_CARD, gateway_token="tok_success"
+                )
+            ),
+            idempotency_key="fixed-card",
+        )
+        update.update_mask.paths.append("payment_method")
+        await recurring.UpdateSubscription(update)
+        await retry_now(suite, case.case_id)
+        await case_in_state(suite, invoice.invoice_id, dpb.CASE_STATE_RECOVERED)
+        await invoice_status(suite, invoice.invoice_id, rpb.INVOICE_STATUS_PAID)
+        assert [c["token"] for c in await sandbox_charges(suite)] == ["tok_success"]

@@ -20,7 +20,8 @@ class GatewaySettings(CommonSettings):
     breaker_fail_max: int = 5
     breaker_reset_timeout: timedelta = timedelta(seconds=30)
     idempotency_retention: timedelta = timedelta(days=30)
-    # How long a replay waits for the first call with its key to finish before answering UNKNOWN.
+    # How long a replay waits for the first call with its key to finish before answering
+    # UNAVAILABLE ("still in progress; retry with the same key").
     in_flight_wait: timedelta = timedelta(seconds=10)
     # A call still PROCESSING after this is presumed crashed; the janitor asks the gateway.
     processing_timeout: timedelta = timedelta(minutes=2)

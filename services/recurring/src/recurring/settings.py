@@ -36,6 +36,13 @@ class RecurringSettings(CommonSettings):
     # An unreachable gateway's item waits this long before its next try.
     defer_delay: timedelta = timedelta(seconds=30)
     unreachable_halt_threshold: int = 5
+    # An item that fails this many times for a reason of ours (bad data, an error while preparing,
+    # a usage summary that fails) is parked with its reason; it waits defer_delay, doubled per
+    # failure, between tries.
+    item_max_failures: int = 5
+    # A running run whose open items have not moved for this long is reported stalled (run.stalled,
+    # recurring_runs_stalled), and the next date's run no longer waits for it.
+    run_stalled_after: timedelta = timedelta(minutes=30)
     minimum_charge_minor: int = 500
     charge_timeout: timedelta = timedelta(seconds=30)
     # dunning.exhausted without an action: "suspend" or "cancel"; merchants listed here cancel.

@@ -15,3 +15,8 @@ def test_a_bad_time_zone_stops_the_service_naming_the_variable() -> None:
     with pytest.raises(SettingsError, match="RECURRING_BILLING_TIME_ZONE"):
         build(RecurringSettings(billing_time_zone="Mars/Olympus"))
     build(RecurringSettings(gateway_rate_headroom_percent=99, page_token_keys=("k" * 32,)))
+
+
+def test_items_must_be_allowed_at_least_one_try() -> None:
+    with pytest.raises(SettingsError, match="RECURRING_ITEM_MAX_FAILURES must be at least 1"):
+        build(RecurringSettings(item_max_failures=0, page_token_keys=("k" * 32,)))

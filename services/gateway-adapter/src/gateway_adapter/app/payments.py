@@ -94,13 +94,17 @@ class Payments:
         """The payment for this key, and whether it is the stored result of an earlier call."""
         validate_charge(request)
         route = self._router.route(request.merchant_id, request.method_type)
-        now = self._clock.now()
-        payment, claimed = await self._store.claim(
-            request, str(uuid.uuid4()), route.gateway, now, now + self._policy.processing_timeout
-        )
+        payment, claimed = await self._claim(request, route.gateway)
         if not claimed:
             payment.replay_of(request)
-            return await self._finished(payment), True
+            payment = await self._finished(payment)
+            if payment.status is not Status.FAILED:
+                return payment, True
+            # The call we waited for never reached the gateway (unreachable, or its pod died and the
+            # janitor found nothing there): the key may run again, so this call runs it.
+            payment, claimed = await self._claim(request, route.gateway)
+            if not claimed:
+                return await self._finished(payment), True
         outcome = await self._call_gateway(payment, route.credentials_ref)
         recorded = await self._store.record(payment, outcome, self._clock.now())
         if recorded is None:  # the janitor resolved it while we waited on a very slow gateway
@@ -108,12 +112,25 @@ class Payments:
         CHARGES.labels(recorded.gateway, recorded.status, recorded.failure_type).inc()
         return recorded, False
 
+    async def _claim(self, request: ChargeRequest, gateway: str) -> tuple[Payment, bool]:
+        now = self._clock.now()
+        return await self._store.claim(
+            request, str(uuid.uuid4()), gateway, now, now + self._policy.processing_timeout
+        )
+
     async def _finished(self, payment: Payment) -> Payment:
-        """Wait a little for a concurrent first call with the same key, so both callers see its result."""
+        """Wait a little for a concurrent first call with the same key, so both callers see its result.
+
+        A call still in flight after that (or one whose pod died mid-charge, until the janitor has
+        asked the gateway) is no answer at all: the caller is told to send the same key again,
+        never given an outcome that is not known yet.
+        """
         deadline = time.monotonic() + self._policy.in_flight_wait.total_seconds()
         while payment.status is Status.PROCESSING and time.monotonic() < deadline:
             await asyncio.sleep(REPLAY_POLL)
             payment = await self._require(payment.payment_id)
+        if payment.status is Status.PROCESSING:
+            raise Unavailable("a charge with this key is still in progress; retry with the same key")
         return payment
 
     async def _call_gateway(self, payment: Payment, credentials_ref: str) -> Outcome:

@@ -12,9 +12,19 @@ from billing.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from billing.quota.v1 import quota_pb2, quota_pb2_grpc
 from billing_common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from billing_common.money import Money
-from recurring.app.ports import ChargeOutcomeUnknown, PlanInfo
+from recurring.app.ports import ChargeNotAnswered, PlanInfo
 from recurring.domain.invoicing import UsageCharge
-from recurring.domain.payments import ChargeRequest, ChargeResult, DeclineKind, FailureType, PaymentStatus
+from recurring.domain.payments import (
+    CallFailure,
+    ChargeRequest,
+    ChargeResult,
+    DeclineKind,
+    FailureType,
+    NoAnswer,
+    PaymentStatus,
+    call_failure,
+    refusal,
+)
 from recurring.domain.schedule import Frequency
 
 CHARGES = Counter(
@@ -154,8 +164,14 @@ class GatewayClient:
         try:
             reply = await self._stub.Charge(message, timeout=self._timeout)
         except grpc.aio.AioRpcError as error:
+            code = error.code().name
+            failure = call_failure(code)
+            if failure is CallFailure.REFUSED:
+                CHARGES.labels("", "refused").inc()
+                return refusal(code, error.details() or "")
             CHARGES.labels("", "no_answer").inc()
-            raise ChargeOutcomeUnknown(f"{error.code().name}: {error.details()}") from None
+            answer = NoAnswer(code, error.details() or "", ours=failure is CallFailure.BROKEN)
+            raise ChargeNotAnswered(answer) from None
         payment = reply.payment
         result = ChargeResult(
             payment_id=payment.payment_id,

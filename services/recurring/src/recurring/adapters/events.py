@@ -11,7 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from billing.common.v1 import common_pb2
 from billing.events.v1 import invoice_pb2, run_pb2, subscription_pb2
 from billing_common.protos import date_pb, money_pb
-from recurring.app.ports import Event, EventType, Invoice, Run
+from recurring.app.ports import Event, EventType, Invoice, Run, RunCounts
 from recurring.domain.payments import DeclineKind, FailureType
 from recurring.domain.runs import RunKind
 from recurring.domain.schedule import Frequency
@@ -155,15 +155,23 @@ class EventMessages:
                 run_id=run.run_id, billing_date=date_pb(run.billing_date), kind=kind, due=event.extra["due"]
             )
         if event.type is EventType.RUN_COMPLETED:
-            c = run.counts
             return run_pb2.RunCompleted(
                 run_id=run.run_id,
                 billing_date=date_pb(run.billing_date),
                 kind=kind,
-                counts=run_pb2.RunCounts(
-                    due=c.due, charged=c.charged, failed=c.failed, skipped=c.skipped, deferred=c.deferred
-                ),
+                counts=_counts(run.counts),
             )
+        if event.type is EventType.RUN_STALLED:
+            stalled = run_pb2.RunStalled(
+                run_id=run.run_id,
+                billing_date=date_pb(run.billing_date),
+                kind=kind,
+                counts=_counts(run.counts),
+                open_items=run.progress.open_items or 0,
+            )
+            if run.progress.since is not None:
+                stalled.last_progress_at.FromDatetime(run.progress.since)
+            return stalled
         assert event.type is EventType.RUN_HALTED
         return run_pb2.RunHalted(
             run_id=run.run_id,
@@ -172,3 +180,9 @@ class EventMessages:
             gateway=event.extra["gateway"],
             deferred_items=event.extra["deferred"],
         )
+
+
+def _counts(c: RunCounts) -> run_pb2.RunCounts:
+    return run_pb2.RunCounts(
+        due=c.due, charged=c.charged, failed=c.failed, skipped=c.skipped, deferred=c.deferred, parked=c.parked
+    )

@@ -9,6 +9,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 import asyncpg
+from prometheus_client import Counter
 
 from billing_common import db, telemetry
 from billing_common.errors import FailedPrecondition
@@ -33,10 +34,14 @@ from recurring.domain import ledger
 from recurring.domain.invoicing import InvoiceLine, LineKind
 from recurring.domain.ledger import Posting
 from recurring.domain.payments import GATEWAY_BY_METHOD, DeclineKind, FailureType, PaymentStatus
-from recurring.domain.runs import ItemStatus, RunKind, RunState
+from recurring.domain.runs import AfterFailure, ItemStatus, Progress, RunKind, RunState
 from recurring.domain.schedule import Frequency
 from recurring.domain.status import SCHEDULED, TERMINAL, InvoiceStatus, SubscriptionStatus
 from recurring.domain.subscription import MethodType, PaymentMethod, Subscription
+
+ITEMS_PARKED = Counter(
+    "recurring_items_parked_total", "Work items parked after failing for a reason of ours", ["gateway"]
+)
 
 _SUBSCRIPTION_COLUMNS = (
     "subscription_id, account_id, merchant_id, status, plan_code, plan_version, amount_minor, currency, "
@@ -161,6 +166,7 @@ def _run(row: asyncpg.Record, counts: RunCounts) -> Run:
         finished_at=row["finished_at"],
         halted_gateways=tuple(row["halted_gateways"]),
         counts=counts,
+        progress=Progress(row["open_seen"], row["progress_at"], row["stalled_at"]),
     )
 
 
@@ -458,9 +464,10 @@ class PostgresTx:
         return int(row["billable"]), int(row["skipped"])
 
     async def claim_items(self, limit: int, lease: timedelta, claim_token: str) -> list[WorkItem]:
+        """A claim taken over after its lease ran out counts as a failure of the previous try."""
         rows = await self._conn.fetch(
             """WITH picked AS (
-                   SELECT w.id FROM work_items w JOIN runs r ON r.run_id = w.run_id
+                   SELECT w.id, w.status AS was FROM work_items w JOIN runs r ON r.run_id = w.run_id
                    WHERE w.status IN ('pending', 'claimed', 'deferred')
                      AND (w.status = 'pending'
                           OR (w.status = 'claimed' AND w.lease_until < now())
@@ -468,10 +475,11 @@ class PostgresTx:
                      AND NOT w.gateway = ANY(r.halted_gateways)
                    ORDER BY w.id LIMIT $1 FOR UPDATE OF w SKIP LOCKED)
                UPDATE work_items w
-               SET status = 'claimed', claim_token = $2, lease_until = now() + $3::interval
+               SET status = 'claimed', claim_token = $2, lease_until = now() + $3::interval,
+                   failures = w.failures + (picked.was = 'claimed')::int
                FROM picked WHERE w.id = picked.id
                RETURNING w.id, w.run_id, w.subscription_id, w.due_date, w.occurrence_key, w.gateway,
-                         w.trace_context""",
+                         w.failures, w.detail, w.trace_context""",
             limit,
             claim_token,
             lease,
@@ -485,6 +493,8 @@ class PostgresTx:
                 r["occurrence_key"],
                 r["gateway"],
                 claim_token,
+                r["failures"],
+                r["detail"],
                 dict(r["trace_context"] or {}),
             )
             for r in sorted(rows, key=lambda r: int(r["id"]))
@@ -534,6 +544,53 @@ class PostgresTx:
             delay,
         )
 
+    async def record_failure(self, item: WorkItem, after: AfterFailure, detail: str) -> bool:
+        status = ItemStatus.PARKED if after.park else ItemStatus.DEFERRED
+        recorded = await self._conn.fetchval(
+            """UPDATE work_items SET status = $3, failures = $4, detail = $5,
+                   not_before = now() + $6::interval, claim_token = NULL, lease_until = NULL
+               WHERE id = $1 AND claim_token = $2 RETURNING true""",
+            item.item_id,
+            item.claim_token,
+            status.value,
+            after.failures,
+            detail,
+            after.retry_in,
+        )
+        if recorded and after.park:
+            ITEMS_PARKED.labels(item.gateway).inc()
+        return bool(recorded)
+
+    async def requeue_parked(self, run_id: str, gateway: str) -> int:
+        status = await self._conn.execute(
+            """UPDATE work_items SET status = 'pending', failures = 0, not_before = NULL
+               WHERE run_id = $1 AND gateway = $2 AND status = 'parked'""",
+            run_id,
+            gateway,
+        )
+        return int(status.split()[-1])
+
+    async def running_runs(self) -> list[Run]:
+        rows = await self._conn.fetch(
+            """SELECT * FROM runs WHERE state = 'running' AND NOT dry_run
+               ORDER BY billing_date, kind"""
+        )
+        found = []
+        for row in rows:
+            run = await self._with_counts(row)
+            assert run is not None
+            found.append(run)
+        return found
+
+    async def save_progress(self, run_id: str, progress: Progress) -> None:
+        await self._conn.execute(
+            "UPDATE runs SET open_seen = $2, progress_at = $3, stalled_at = $4 WHERE run_id = $1",
+            run_id,
+            progress.open_items,
+            progress.since,
+            progress.stalled_at,
+        )
+
     async def halt_gateway(self, run_id: str, gateway: str) -> bool:
         halted = await self._conn.fetchval(
             """UPDATE runs SET halted_gateways = array_append(halted_gateways, $2)
@@ -580,6 +637,7 @@ class PostgresTx:
             skipped=by_status.get(ItemStatus.SKIPPED.value, 0),
             deferred=by_status.get(ItemStatus.DEFERRED.value, 0),
             pending=by_status.get(ItemStatus.PENDING.value, 0) + by_status.get(ItemStatus.CLAIMED.value, 0),
+            parked=by_status.get(ItemStatus.PARKED.value, 0),
         )
 
     async def open_items(self, run_id: str) -> int:

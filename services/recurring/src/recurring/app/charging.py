@@ -17,7 +17,7 @@ from datetime import datetime
 from billing_common.clock import Clock
 from billing_common.errors import NotFound
 from recurring.app.ports import (
-    ChargeOutcomeUnknown,
+    ChargeNotAnswered,
     Event,
     EventType,
     Gateway,
@@ -31,11 +31,14 @@ from recurring.domain import ledger
 from recurring.domain.payments import (
     ChargeRequest,
     ChargeResult,
+    NoAnswer,
     Outcome,
     PaymentStatus,
     attempt_key,
+    final_word_applies,
     gateway_for,
     outcome_of,
+    past_due_after,
 )
 from recurring.domain.schedule import Frequency
 from recurring.domain.status import Action, InvoiceStatus, SubscriptionStatus, can, invoice_transition
@@ -68,8 +71,8 @@ class Charging:
             created_at=self._clock.now(),
         )
 
-    async def send(self, txn: Transaction, sub: Subscription) -> ChargeResult | None:
-        """Charge with the transaction's key, paced per gateway; None when the outcome is unknown."""
+    async def send(self, txn: Transaction, sub: Subscription) -> ChargeResult | NoAnswer:
+        """Charge with the transaction's key, paced per gateway; NoAnswer when nothing is known."""
         method = sub.payment_method
         gateway = gateway_for(method.type.value)
         # The slot is booked inside the in-flight bound, so a pod never waits on more slots than it
@@ -87,8 +90,8 @@ class Charging:
                         invoice_id=txn.invoice_id,
                     )
                 )
-            except ChargeOutcomeUnknown:
-                return None
+            except ChargeNotAnswered as failure:
+                return failure.answer
 
     async def record(
         self,
@@ -101,7 +104,8 @@ class Charging:
     ) -> Outcome | None:
         """Apply a charge result once; None when another worker recorded this attempt already.
 
-        `final_word`: the result settles an attempt that was answered as pending or unknown.
+        `final_word`: a payment.* event's result, for an attempt answered as pending or unknown, or
+        one still unanswered (see `final_word_applies`).
         """
         invoice = await tx.load_invoice(txn.invoice_id, lock=True)
         if invoice is None:
@@ -109,7 +113,10 @@ class Charging:
         current = next(
             t for t in await tx.transactions(invoice.invoice_id) if t.transaction_id == txn.transaction_id
         )
-        if current.answered and not (final_word and awaiting_result(current)):
+        if final_word:
+            if not final_word_applies(current.answered, awaiting_result(current), result):
+                return None
+        elif current.answered:
             return None
         answered = answered_attempt(current, result)
         await tx.save_transaction(answered)
@@ -154,7 +161,8 @@ class Charging:
             await self._move(tx, sub, Action.PAYMENT_RECOVERED, EventType.SUBSCRIPTION_ACTIVATED, cause, now)
 
     async def mark_failed(self, tx: Tx, invoice: Invoice, txn: Transaction, cause: Cause) -> None:
-        """The invoice waits for dunning: it hears invoice.payment_failed and retries."""
+        """The invoice waits for dunning: it hears invoice.payment_failed and retries (or, for a
+        merchant failure, holds the invoice for an operator)."""
         if invoice.status is not InvoiceStatus.PAYMENT_FAILED:
             invoice_transition(invoice.status, InvoiceStatus.PAYMENT_FAILED)
             await tx.set_invoice_status(invoice.invoice_id, InvoiceStatus.PAYMENT_FAILED)
@@ -163,6 +171,7 @@ class Charging:
         sub = await tx.load_subscription(invoice.subscription_id, lock=True)
         if (
             sub is not None
+            and past_due_after(txn.failure_type)
             and sub.status is not SubscriptionStatus.PAST_DUE
             and can(sub.status, Action.PAYMENT_FAILED)
         ):

@@ -15,7 +15,7 @@ from recurring.app.charging import Charging, awaiting_result
 from recurring.app.ports import Event, EventType, Invoice, InvoiceFilter, LedgerLine, Store, Transaction, Tx
 from recurring.app.subscriptions import Cause, IdempotencyRef, cancelled, save_with_history
 from recurring.domain import ledger
-from recurring.domain.payments import ChargeResult, FailureType, PaymentStatus, outcome_of
+from recurring.domain.payments import ChargeResult, FailureType, NoAnswer, PaymentStatus, outcome_of
 from recurring.domain.status import Action, InvoiceStatus, can, invoice_transition
 
 log = logging.getLogger(__name__)
@@ -86,16 +86,17 @@ class Invoices:
             sub = await tx.load_subscription(invoice.subscription_id)
             assert sub is not None
         result = await self._charging.send(txn, sub)
+        answered = not isinstance(result, NoAnswer)
         log.info(
-            "retry charge answered",
+            "retry charge answered" if answered else "retry charge got no answer",
             extra={
                 "invoice_id": invoice_id,
                 "attempt": txn.attempt,
-                "outcome": outcome_of(result).value if result else "no_answer",
-                "decline_code": result.decline_code if result else "",
+                "outcome": outcome_of(result).value if not isinstance(result, NoAnswer) else "no_answer",
+                "decline_code": result.decline_code if not isinstance(result, NoAnswer) else result.code,
             },
         )
-        if result is None:
+        if isinstance(result, NoAnswer):
             raise Unavailable("the payment service did not answer; retry with the same key")
         async with self._store.transaction() as tx:
             await self._charging.record(tx, txn, result, Cause("dunning"))

@@ -12,8 +12,15 @@ from typing import Any, Protocol
 from billing_common.money import Money
 from recurring.domain.invoicing import InvoiceLine, UsageCharge
 from recurring.domain.ledger import Posting
-from recurring.domain.payments import ChargeRequest, ChargeResult, DeclineKind, FailureType, PaymentStatus
-from recurring.domain.runs import ItemStatus, RunKind, RunState
+from recurring.domain.payments import (
+    ChargeRequest,
+    ChargeResult,
+    DeclineKind,
+    FailureType,
+    NoAnswer,
+    PaymentStatus,
+)
+from recurring.domain.runs import AfterFailure, ItemStatus, Progress, RunKind, RunState
 from recurring.domain.schedule import Frequency
 from recurring.domain.status import InvoiceStatus, SubscriptionStatus
 from recurring.domain.subscription import Subscription
@@ -105,10 +112,11 @@ class RunCounts:
     skipped: int = 0
     deferred: int = 0
     pending: int = 0
+    parked: int = 0
 
     @property
     def finished(self) -> int:
-        return self.charged + self.failed + self.skipped
+        return self.charged + self.failed + self.skipped + self.parked
 
 
 @dataclass(frozen=True)
@@ -122,6 +130,7 @@ class Run:
     finished_at: datetime | None = None
     halted_gateways: tuple[str, ...] = ()
     counts: RunCounts = field(default_factory=RunCounts)
+    progress: Progress = field(default_factory=Progress)
 
 
 @dataclass(frozen=True)
@@ -133,6 +142,10 @@ class WorkItem:
     occurrence_key: str
     gateway: str
     claim_token: str
+    # Tries that failed for a reason of ours so far (a lease that ran out counts at the claim), and
+    # the last word on the item.
+    failures: int = 0
+    detail: str = ""
     # The trace of the run (or RunBilling call) that queued the item: its batch continues it.
     trace_context: Mapping[str, str] = field(default_factory=dict, compare=False)
 
@@ -178,6 +191,7 @@ class EventType(enum.Enum):
     RUN_STARTED = "run.started"
     RUN_COMPLETED = "run.completed"
     RUN_HALTED = "run.halted"
+    RUN_STALLED = "run.stalled"
 
 
 @dataclass(frozen=True)
@@ -264,6 +278,19 @@ class Tx(Protocol):
     ) -> None: ...
     async def finish_items(self, results: Sequence[ItemResult]) -> None: ...
     async def defer_item(self, item: WorkItem, delay: timedelta, detail: str) -> None: ...
+    async def record_failure(self, item: WorkItem, after: AfterFailure, detail: str) -> bool:
+        """Count a failure of ours: park the item or let it wait; False when the claim was lost."""
+        ...
+
+    async def requeue_parked(self, run_id: str, gateway: str) -> int:
+        """Send the run's parked items of the gateway back to work, with their failures forgotten."""
+        ...
+
+    async def running_runs(self) -> list[Run]:
+        """Real runs still RUNNING, oldest date first, with what the scheduler last saw of them."""
+        ...
+
+    async def save_progress(self, run_id: str, progress: Progress) -> None: ...
     async def halt_gateway(self, run_id: str, gateway: str) -> bool:
         """Add the gateway to the run's halted ones; False if it was halted already."""
         ...
@@ -337,13 +364,18 @@ class Quota(Protocol):
     async def plan_for_tier(self, tier: str) -> str | None: ...
 
 
-class ChargeOutcomeUnknown(Exception):
-    """The call to the payment service failed in a way that may or may not have charged."""
+class ChargeNotAnswered(Exception):
+    """The call to the payment service came back without a word about the payment."""
+
+    def __init__(self, answer: NoAnswer) -> None:
+        super().__init__(answer.reason)
+        self.answer = answer
 
 
 class Gateway(Protocol):
     async def charge(self, request: ChargeRequest) -> ChargeResult:
-        """Raises ChargeOutcomeUnknown when the payment service could not answer."""
+        """A refusal of the request comes back as a failed result (`domain.payments.refusal`);
+        raises ChargeNotAnswered when there was no answer about the payment."""
         ...
 
 

@@ -15,7 +15,17 @@ from billing_common.clock import Clock
 from billing_common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from billing_common.paging import Page, PageRequest
 from recurring.app.ports import Event, EventType, OutageCounter, Run, RunCounts, RunLocks, Store
-from recurring.domain.runs import KIND_FREQUENCIES, RunKind, RunState, dates_to_run, latest_scheduled_date
+from recurring.app.subscriptions import page_size
+from recurring.domain.runs import (
+    KIND_FREQUENCIES,
+    Progress,
+    RunKind,
+    RunState,
+    blocks_next_date,
+    dates_to_run,
+    latest_scheduled_date,
+    watch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +36,7 @@ class Schedule:
     times: dict[RunKind, time]
     max_catch_up_days: int
     lock_ttl: timedelta
+    stalled_after: timedelta
 
 
 def lock_name(kind: RunKind, billing_date: date) -> str:
@@ -76,6 +87,7 @@ class Runs:
                         due = await tx.enqueue_due(run.run_id, billing_date, KIND_FREQUENCIES[kind])
                         if due and run.state is RunState.COMPLETED:
                             await tx.set_run_state(run.run_id, RunState.RUNNING, None)
+                            await tx.save_progress(run.run_id, Progress())
                         message = "run extended" if due else ""
                 span.set_attributes({"run.id": run.run_id, "run.items_queued": due})
                 if message:
@@ -135,15 +147,21 @@ class Runs:
         return Page([run for _, run in cut.items], cut.next_after)
 
     async def resume(self, run_id: str, gateway: str) -> Run:
+        """Resume the gateway's halted part and send its parked items back to work."""
         if not gateway:
             raise InvalidArgument.of("gateway", "required")
         async with self._store.transaction() as tx:
             run = await tx.get_run(run_id, lock=True)
             if run is None:
                 raise NotFound(f"run {run_id} does not exist")
-            if not await tx.resume_gateway(run_id, gateway):
-                raise FailedPrecondition(f"gateway {gateway} is not halted in run {run_id}")
+            resumed = await tx.resume_gateway(run_id, gateway)
+            requeued = await tx.requeue_parked(run_id, gateway)
+            if not resumed and not requeued:
+                raise FailedPrecondition(
+                    f"gateway {gateway} is neither halted nor has parked items in run {run_id}"
+                )
             await tx.set_run_state(run_id, RunState.RUNNING, None)
+            await tx.save_progress(run_id, Progress())
         await self._outages.reachable(run_id, gateway)
         await self.finish_if_done(run_id)
         return await self.get(run_id)
@@ -166,8 +184,36 @@ class Runs:
             await tx.emit(Event(EventType.RUN_COMPLETED, run=dataclasses.replace(run, counts=counts)))
         log.info("run completed", extra={"run_id": run_id, **dataclasses.asdict(counts)})
 
+    async def watch_progress(self) -> list[Run]:
+        """Look at every running run: one with nothing left completes (its last worker may have
+        failed to say so), one whose open items have not moved for `stalled_after` is reported
+        once (run.stalled). Returns the runs that are stalled now."""
+        async with self._store.transaction() as tx:
+            running = await tx.running_runs()
+        stalled = []
+        for candidate in running:
+            await self.finish_if_done(candidate.run_id)
+            async with self._store.transaction() as tx:
+                run = await tx.get_run(candidate.run_id, lock=True)
+                if run is None or run.state is not RunState.RUNNING:
+                    continue
+                now = self._clock.now()
+                progress, newly = watch(
+                    run.progress, await tx.open_items(run.run_id), now, self._schedule.stalled_after
+                )
+                if progress != run.progress:
+                    await tx.save_progress(run.run_id, progress)
+                if newly:
+                    await tx.emit(
+                        Event(EventType.RUN_STALLED, run=dataclasses.replace(run, progress=progress))
+                    )
+            if progress.stalled:
+                stalled.append(dataclasses.replace(run, progress=progress))
+        return stalled
+
     async def catch_up(self) -> int:
-        """Create the runs whose time has come, oldest first; the next date waits for the previous run."""
+        """Create the runs whose time has come, oldest first; the next date waits for the previous
+        run unless that one is stalled."""
         created = 0
         for kind, at in self._schedule.times.items():
             latest = latest_scheduled_date(self._clock.now(), at, self._schedule.zone)
@@ -176,7 +222,8 @@ class Runs:
                     last = await tx.latest_run(kind, latest)
                 if last is not None and last.state is RunState.RUNNING:
                     await self.finish_if_done(last.run_id)
-                    if (await self.get(last.run_id)).state is RunState.RUNNING:
+                    last = await self.get(last.run_id)
+                    if blocks_next_date(last.state, last.progress):
                         break
                 pending = dates_to_run(
                     last.billing_date if last else None, latest, self._schedule.max_catch_up_days

@@ -37,8 +37,8 @@ from recurring.app.runs import Runs
 from recurring.app.subscriptions import cancelled, history_entry, save_with_history
 from recurring.domain import ledger
 from recurring.domain.invoicing import Decision, InvoiceDraft, UsageCharge, build_invoice
-from recurring.domain.payments import ChargeResult, Outcome, outcome_of
-from recurring.domain.runs import ItemStatus
+from recurring.domain.payments import REASON_LENGTH, ChargeResult, NoAnswer, Outcome, outcome_of
+from recurring.domain.runs import ItemStatus, after_failure
 from recurring.domain.schedule import period_starting
 from recurring.domain.status import BILLABLE, InvoiceStatus, SubscriptionStatus, invoice_transition
 from recurring.domain.subscription import Subscription, renew, skip_occurrence
@@ -55,6 +55,7 @@ class WorkerConfig:
     jitter: timedelta
     defer_delay: timedelta
     halt_threshold: int
+    max_failures: int
     minimum_charge_minor: int
     zone: ZoneInfo
 
@@ -111,14 +112,16 @@ class Worker:
             links=contexts[1:],
             attributes={"batch.items": len(items), "run.ids": run_ids},
         ) as span:
-            try:
-                charges = await self._prepare_batch(items)
-            except Exception as error:
-                log.exception("batch failed; its items go one by one", extra={"items": len(items)})
-                telemetry.failed(span, error)
-                await asyncio.gather(*(self._process_safely(item) for item in items))
-            else:
-                outcomes = await self._charge_all(charges)
+            working = await self._park_worn_out(items)
+            if working:
+                try:
+                    charges = await self._prepare_batch(working)
+                except Exception as error:
+                    log.exception("batch failed; its items go one by one", extra={"items": len(working)})
+                    telemetry.failed(span, error)
+                    await asyncio.gather(*(self._process_safely(item) for item in working))
+                else:
+                    outcomes = await self._charge_all(charges)
             for run_id in run_ids:
                 await self._runs.finish_if_done(run_id)
             span.set_attributes({f"batch.{outcome}": count for outcome, count in outcomes.items()})
@@ -137,9 +140,48 @@ class Worker:
     async def _process_safely(self, item: WorkItem) -> None:
         try:
             await self.process(item)
-        except Exception:
-            # The item stays claimed; its lease runs out and a worker takes it up again.
+        except Exception as error:
             log.exception("work item failed", extra={"item": item.item_id, "run": item.run_id})
+            await self._fail([(item, _reason("preparing", error))])
+
+    async def _park_worn_out(self, items: list[WorkItem]) -> list[WorkItem]:
+        """Park the items whose tries ran out without an outcome (a worker that stopped holding one
+        counts at the claim); the others are worked."""
+        worn_out = [
+            (item, after)
+            for item in items
+            if item.failures
+            and (
+                after := after_failure(item.failures, self._config.max_failures, self._config.defer_delay)
+            ).park
+        ]
+        if not worn_out:
+            return items
+        async with self._store.transaction() as tx:
+            for item, after in worn_out:
+                last = item.detail or "its worker stopped holding it"
+                reason = f"{item.failures} tries ended without an outcome; last: {last}"
+                if await tx.record_failure(item, after, reason[:REASON_LENGTH]):
+                    _log_parked(item, reason)
+        parked = {item.item_id for item, _ in worn_out}
+        return [item for item in items if item.item_id not in parked]
+
+    async def _fail(self, failures: Sequence[tuple[WorkItem, str]]) -> None:
+        """Count a failure of ours per item: at the limit the item is parked, else tried again later.
+        If even this cannot be written, the claim's lease runs out and the next claim counts it."""
+        if not failures:
+            return
+        try:
+            async with self._store.transaction() as tx:
+                for item, reason in failures:
+                    await self._record_failure(tx, item, reason)
+        except Exception:
+            log.exception("recording failed items failed", extra={"items": len(failures)})
+
+    async def _record_failure(self, tx: Tx, item: WorkItem, reason: str) -> None:
+        after = after_failure(item.failures + 1, self._config.max_failures, self._config.defer_delay)
+        if await tx.record_failure(item, after, reason[:REASON_LENGTH]) and after.park:
+            _log_parked(item, reason)
 
     async def process(self, item: WorkItem) -> None:
         """One item on its own: the path a batch falls back to when it fails as a whole."""
@@ -160,7 +202,7 @@ class Worker:
         result, context = await self._send(charge)
         await self._conclude([(charge, result)], {item.item_id: context})
 
-    async def _send(self, charge: _Charge) -> tuple[ChargeResult | None, telemetry.TraceContext]:
+    async def _send(self, charge: _Charge) -> tuple[ChargeResult | NoAnswer, telemetry.TraceContext]:
         """Send one charge in a span of its own (under the trace that wrote the attempt, when an
         earlier worker did); its answer and the trace to record it in."""
         txn = charge.txn
@@ -174,20 +216,21 @@ class Worker:
         links = [telemetry.capture()] if earlier else []
         with telemetry.span("recurring.charge", parent=earlier, links=links, attributes=attributes) as span:
             result = await self._charging.send(txn, charge.sub)
-            outcome = outcome_of(result).value if result is not None else "no_answer"
+            answered = isinstance(result, ChargeResult)
+            outcome = outcome_of(result).value if isinstance(result, ChargeResult) else "no_answer"
             facts: dict[str, str | int] = {
                 "invoice_id": txn.invoice_id,
                 "attempt": txn.attempt,
                 "outcome": outcome,
-                "gateway": result.gateway if result else "",
-                "decline_code": result.decline_code if result else "",
+                "gateway": result.gateway if isinstance(result, ChargeResult) else "",
+                "decline_code": result.decline_code if isinstance(result, ChargeResult) else result.code,
             }
             span.set_attributes(
                 {f"charge.{key}": value for key, value in facts.items() if key != "invoice_id"}
             )
             log.log(
                 logging.DEBUG if outcome == Outcome.PAID.value else logging.INFO,
-                "charge answered",
+                "charge answered" if answered else "charge got no answer",
                 extra=facts,
             )
             return result, telemetry.capture()
@@ -200,13 +243,14 @@ class Worker:
         async with self._store.transaction() as tx:
             subs = await tx.load_subscriptions(sorted({item.subscription_id for item in items}))
             invoiced = await tx.invoices_for_occurrences([item.occurrence_key for item in items])
-        usage, unavailable = await self._usages(items, subs, invoiced)
+        usage, unavailable, failed = await self._usages(items, subs, invoiced)
         if unavailable:
             async with self._store.transaction() as tx:
                 held = await tx.held_items(list(unavailable))
                 for item, reason in unavailable.items():
                     if item.item_id in held:
                         await tx.defer_item(item, self._config.defer_delay, f"usage unavailable: {reason}")
+        await self._fail(list(failed.items()))
         charges: list[_Charge] = []
         for round_items in _rounds_by_account([i for i in items if i.item_id in usage], subs):
             charges += await self._prepare_round(round_items, usage)
@@ -214,9 +258,9 @@ class Worker:
 
     async def _usages(
         self, items: list[WorkItem], subs: dict[str, Subscription], invoiced: dict[str, Invoice]
-    ) -> tuple[dict[int, list[UsageCharge]], dict[WorkItem, str]]:
+    ) -> tuple[dict[int, list[UsageCharge]], dict[WorkItem, str], dict[WorkItem, str]]:
         """Usage of the period that ends on each due date (billed in arrears), for plan subscriptions;
-        and the items whose usage quota could not give."""
+        the items whose usage quota could not give (it did not answer), and those whose usage failed."""
         usage: dict[int, list[UsageCharge]] = {item.item_id: [] for item in items}
         metered = [
             (item, sub)
@@ -235,17 +279,20 @@ class Worker:
             return_exceptions=True,
         )
         unavailable: dict[WorkItem, str] = {}
+        failed: dict[WorkItem, str] = {}
         for (item, _), answer in zip(metered, answers, strict=True):
             if isinstance(answer, Unavailable):
                 unavailable[item] = answer.message
                 del usage[item.item_id]
-            elif isinstance(answer, BaseException):
-                # The item stays claimed; its lease runs out and a worker takes it up again.
+            elif isinstance(answer, Exception):
                 log.error("usage failed", exc_info=answer, extra={"item": item.item_id})
+                failed[item] = _reason("usage", answer)
                 del usage[item.item_id]
+            elif isinstance(answer, BaseException):
+                raise answer
             else:
                 usage[item.item_id] = answer
-        return usage, unavailable
+        return usage, unavailable, failed
 
     async def _prepare_round(
         self, items: list[WorkItem], usage: dict[int, list[UsageCharge]]
@@ -424,31 +471,35 @@ class Worker:
         outcomes: Counter[str] = Counter()
         while sending:
             done, _ = await asyncio.wait(sending, return_when=asyncio.FIRST_COMPLETED)
-            answered: list[tuple[_Charge, ChargeResult | None]] = []
+            answered: list[tuple[_Charge, ChargeResult | NoAnswer]] = []
             contexts: dict[int, telemetry.TraceContext] = {}
+            broken: list[tuple[WorkItem, str]] = []
             for task in done:
                 charge = sending.pop(task)
-                if task.exception() is None:
+                error = task.exception()
+                if error is None:
                     result, contexts[charge.item.item_id] = task.result()
                     answered.append((charge, result))
                 else:
-                    # The item stays claimed; its lease runs out and a worker takes it up again.
-                    log.error("charge failed", exc_info=task.exception(), extra={"item": charge.item.item_id})
+                    log.error("charge failed", exc_info=error, extra={"item": charge.item.item_id})
+                    broken.append((charge.item, _reason("charging", error)))
                     outcomes["errors"] += 1
+            await self._fail(broken)
             try:
                 recorded = await self._conclude(sorted(answered, key=lambda a: a[0].item.item_id), contexts)
                 outcomes.update(outcome.value for _, outcome in recorded)
-                unanswered = sum(1 for _, result in answered if result is None)
+                unanswered = sum(1 for _, result in answered if isinstance(result, NoAnswer))
                 if unanswered:
                     outcomes["no_answer"] += unanswered
             except Exception:
+                # The items stay claimed; their lease runs out and the next claim sends the same keys.
                 log.exception("recording charge results failed", extra={"items": len(answered)})
                 outcomes["errors"] += len(answered)
         return outcomes
 
     async def _conclude(
         self,
-        answered: list[tuple[_Charge, ChargeResult | None]],
+        answered: list[tuple[_Charge, ChargeResult | NoAnswer]],
         contexts: Mapping[int, telemetry.TraceContext],
     ) -> list[tuple[WorkItem, Outcome]]:
         """Record the answers in one transaction; an item whose lease was taken over keeps its new owner.
@@ -457,7 +508,7 @@ class Worker:
         outcomes: list[tuple[WorkItem, Outcome]] = []
         async with self._store.transaction() as tx:
             held = await tx.held_items([c.item for c, _ in answered])
-            recorded = [(c, r) for c, r in answered if r is not None]
+            recorded = [(c, r) for c, r in answered if isinstance(r, ChargeResult)]
             invoice_ids = [c.txn.invoice_id for c, _ in recorded]
             invoices = await tx.load_invoices(invoice_ids) if recorded else {}
             attempts = await tx.transactions_of(invoice_ids) if recorded else {}
@@ -471,13 +522,13 @@ class Worker:
             for charge, result in answered:
                 item, txn = charge.item, charge.txn
                 holds = item.item_id in held
-                if result is None:
-                    if holds:
-                        await tx.defer_item(
-                            item,
-                            self._config.defer_delay,
-                            "the payment service did not answer; same key next time",
-                        )
+                if isinstance(result, NoAnswer):
+                    # Our pod, database or network failed before the gateway answered, or the
+                    # payment service is down: the same key goes again, never the customer's failure.
+                    if holds and result.ours:
+                        await self._record_failure(tx, item, result.reason)
+                    elif holds:
+                        await tx.defer_item(item, self._config.defer_delay, result.reason)
                     continue
                 outcome = outcome_of(result)
                 invoice = invoices[txn.invoice_id]
@@ -498,7 +549,8 @@ class Worker:
                         await tx.defer_item(item, self._config.defer_delay, "gateway unreachable")
                     else:
                         status = ItemStatus.FAILED if outcome is Outcome.FAILED else ItemStatus.CHARGED
-                        detail = result.decline_code if outcome is Outcome.FAILED else outcome.value
+                        failure = result.reason or result.decline_code
+                        detail = failure if outcome is Outcome.FAILED else outcome.value
                         writes.finished.append(ItemResult(item, status, detail, txn.invoice_id))
                 outcomes.append((item, outcome))
             await writes.write(tx, now)
@@ -645,3 +697,14 @@ def _usage_billed(sub: Subscription, item: WorkItem) -> bool:
 
 def _credit_key(sub: Subscription) -> tuple[str, str]:
     return sub.account_id, sub.amount.currency
+
+
+def _reason(step: str, error: BaseException) -> str:
+    return f"{step}: {type(error).__name__}: {error}"[:REASON_LENGTH]
+
+
+def _log_parked(item: WorkItem, reason: str) -> None:
+    log.warning(
+        "work item parked",
+        extra={"item": item.item_id, "run": item.run_id, "occurrence": item.occurrence_key, "reason": reason},
+    )

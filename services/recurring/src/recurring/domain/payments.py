@@ -52,6 +52,8 @@ class ChargeResult:
     decline_kind: DeclineKind = DeclineKind.NONE
     decline_code: str = ""
     retryable: bool = False
+    # Why it failed, in words, for the work item (a refusal's code and message).
+    reason: str = ""
 
 
 class Outcome(enum.Enum):
@@ -71,6 +73,97 @@ def outcome_of(result: ChargeResult) -> Outcome:
     if result.failure_type is FailureType.GATEWAY_UNREACHABLE:
         return Outcome.DEFERRED
     return Outcome.FAILED
+
+
+def final_word_applies(answered: bool, awaiting: bool, result: ChargeResult) -> bool:
+    """Whether gateway-adapter's final word (payment.settled / payment.reconciled) changes an attempt.
+
+    An unanswered attempt is held by a run item or a dunning attempt that sends the same key
+    again. "Never received" means our pod or database failed before the gateway had the charge,
+    and gateway-adapter lets that key run again: the holder's next send decides, not the customer's
+    failure. Any other final word is taken. An answered attempt changes only while it awaits its
+    final word (ACH pending, a gateway timeout).
+    """
+    if not answered:
+        return outcome_of(result) is not Outcome.DEFERRED
+    return awaiting
+
+
+def past_due_after(failure: FailureType) -> bool:
+    """A failed payment makes the subscription past due, unless the failure is the merchant's
+    (credentials, configuration, a request the payment service refused): the customer did nothing
+    wrong, and dunning holds the invoice for an operator instead of retrying it on the customer."""
+    return failure is not FailureType.MERCHANT
+
+
+class CallFailure(enum.Enum):
+    """How a charge call failed without a payment in its answer."""
+
+    # The payment service answered that it will not charge this request as sent (a card number as
+    # token, a key reused for another charge): sending it again changes nothing.
+    REFUSED = "refused"
+    # Nothing is known about the charge (the service or the network did not answer, or refused
+    # us rather than the request): the same key goes again later.
+    NO_ANSWER = "no_answer"
+    # Our side broke on this call: the same key goes again later, and it counts as a failure of
+    # ours towards parking the item.
+    BROKEN = "broken"
+
+
+# gRPC status code names; unlisted ones are BROKEN.
+CALL_FAILURES: dict[str, CallFailure] = {
+    "INVALID_ARGUMENT": CallFailure.REFUSED,
+    "FAILED_PRECONDITION": CallFailure.REFUSED,
+    "NOT_FOUND": CallFailure.REFUSED,
+    "OUT_OF_RANGE": CallFailure.REFUSED,
+    "ALREADY_EXISTS": CallFailure.REFUSED,
+    "UNIMPLEMENTED": CallFailure.REFUSED,
+    "UNAVAILABLE": CallFailure.NO_ANSWER,
+    "DEADLINE_EXCEEDED": CallFailure.NO_ANSWER,
+    "RESOURCE_EXHAUSTED": CallFailure.NO_ANSWER,
+    "CANCELLED": CallFailure.NO_ANSWER,
+    "ABORTED": CallFailure.NO_ANSWER,
+    # Our credentials or grants, not the charge: every item would fail alike, so the run waits
+    # (and is reported stalled) until the configuration is fixed, then goes on with the same keys.
+    "UNAUTHENTICATED": CallFailure.NO_ANSWER,
+    "PERMISSION_DENIED": CallFailure.NO_ANSWER,
+    "INTERNAL": CallFailure.BROKEN,
+    "UNKNOWN": CallFailure.BROKEN,
+    "DATA_LOSS": CallFailure.BROKEN,
+}
+REASON_LENGTH = 200
+
+
+def call_failure(code: str) -> CallFailure:
+    return CALL_FAILURES.get(code, CallFailure.BROKEN)
+
+
+@dataclass(frozen=True)
+class NoAnswer:
+    """A charge call that came back without a word about the payment: the same key goes again."""
+
+    code: str
+    detail: str
+    # Our side broke on it: counts as a failure of ours towards parking the item.
+    ours: bool
+
+    @property
+    def reason(self) -> str:
+        return f"no answer from the payment service ({self.code}): {self.detail}"[:REASON_LENGTH]
+
+
+def refusal(code: str, detail: str) -> ChargeResult:
+    """The payment service refused the request itself: no payment exists, and the invoice fails as
+    the merchant's (or our configuration's) failure, never retried on the customer."""
+    return ChargeResult(
+        payment_id="",
+        status=PaymentStatus.FAILED,
+        gateway="",
+        failure_type=FailureType.MERCHANT,
+        decline_code=f"refused_{code.lower()}",
+        retryable=False,
+        reason=f"refused by the payment service ({code}): {detail}"[:REASON_LENGTH],
+    )
 
 
 # The gateway that serves each payment method type (gateway-adapter routes the same way); the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass, replace
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -39,9 +40,14 @@ class ItemStatus(enum.Enum):
     SKIPPED = "skipped"
     # Gateway unreachable: not the customer's failure; tried again later or after a resume.
     DEFERRED = "deferred"
+    # Kept failing for a reason of ours (bad data, an error while preparing): set aside with its
+    # reason, so the run completes without it; ResumeRun sends it back to work.
+    PARKED = "parked"
 
 
-FINISHED = frozenset({ItemStatus.CHARGED, ItemStatus.FAILED, ItemStatus.SKIPPED})
+FINISHED = frozenset({ItemStatus.CHARGED, ItemStatus.FAILED, ItemStatus.SKIPPED, ItemStatus.PARKED})
+# The delay after a failure doubles per failure, up to this many doublings.
+MAX_BACKOFF_DOUBLINGS = 6
 # A gateway's part of a run halts after this many unreachable results in a row.
 UNREACHABLE_HALT_THRESHOLD = 5
 
@@ -65,3 +71,54 @@ def dates_to_run(last_run: date | None, latest: date, max_catch_up_days: int) ->
 
 def progress_per_mille(finished: int, due: int) -> int:
     return 1000 if due == 0 else finished * 1000 // due
+
+
+@dataclass(frozen=True)
+class AfterFailure:
+    """What becomes of an item after a try that failed for a reason of ours."""
+
+    failures: int
+    park: bool
+    retry_in: timedelta
+
+
+def after_failure(failures: int, max_failures: int, base_delay: timedelta) -> AfterFailure:
+    """`failures` counts this one. At `max_failures` the item is parked; before that it waits
+    `base_delay`, doubled per earlier failure, so a short outage costs a try or two, not all."""
+    if failures >= max_failures:
+        return AfterFailure(failures, True, timedelta(0))
+    doublings = min(max(failures - 1, 0), MAX_BACKOFF_DOUBLINGS)
+    return AfterFailure(failures, False, base_delay * 2**doublings)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What the scheduler last saw of a running run: its open items, and since when (billing clock)
+    that number has stood; `stalled_at` once it was reported stalled."""
+
+    open_items: int | None = None
+    since: datetime | None = None
+    stalled_at: datetime | None = None
+
+    @property
+    def stalled(self) -> bool:
+        return self.stalled_at is not None
+
+
+def watch(seen: Progress, open_items: int, now: datetime, stalled_after: timedelta) -> tuple[Progress, bool]:
+    """The run's progress after another look, and whether it stalled just now (reported once).
+
+    Any change in the number of open items is progress (items finished, parked or newly queued);
+    a number that stands for `stalled_after` means nothing moves: a dependency does not answer.
+    """
+    if seen.since is None or seen.open_items != open_items:
+        return Progress(open_items, now), False
+    if not seen.stalled and now - seen.since >= stalled_after:
+        return replace(seen, stalled_at=now), True
+    return seen, False
+
+
+def blocks_next_date(state: RunState, progress: Progress) -> bool:
+    """Catch-up creates a kind's dates in order, each after the previous run is done (so an
+    occurrence renewed by one run is queued by the next), but never waits on a stalled run."""
+    return state is RunState.RUNNING and not progress.stalled

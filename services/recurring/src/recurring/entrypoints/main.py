@@ -7,6 +7,8 @@ from datetime import time
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from prometheus_client import Gauge
+
 from billing.recurring.v1 import recurring_pb2_grpc
 from billing_common.clock import Clock, ControllableClock
 from billing_common.grpc_client import open_channel
@@ -31,6 +33,11 @@ from recurring.settings import RecurringSettings
 
 MIGRATIONS = Path(__file__).resolve().parents[3] / "migrations"
 SERVICE_NAME = "billing.recurring.v1.RecurringService"
+RUNS_STALLED = Gauge(
+    "recurring_runs_stalled",
+    "Running runs whose open items have not moved for RECURRING_RUN_STALLED_AFTER",
+    ["kind"],
+)
 
 
 def _time_of_day(name: str, text: str) -> time:
@@ -50,6 +57,8 @@ def _zone(text: str) -> ZoneInfo:
 def build(settings: RecurringSettings) -> Setup:
     zone = _zone(settings.billing_time_zone)
     check_headroom(settings.gateway_rate_headroom_percent, "RECURRING_GATEWAY_RATE_HEADROOM_PERCENT")
+    if settings.item_max_failures < 1:
+        raise SettingsError("RECURRING_ITEM_MAX_FAILURES must be at least 1")
     schedule = Schedule(
         zone=zone,
         times={
@@ -58,6 +67,7 @@ def build(settings: RecurringSettings) -> Setup:
         },
         max_catch_up_days=settings.max_catch_up_days,
         lock_ttl=settings.run_lock_ttl,
+        stalled_after=settings.run_stalled_after,
     )
     pages = PageTokens.from_settings(settings)
 
@@ -107,6 +117,7 @@ def build(settings: RecurringSettings) -> Setup:
                 jitter=settings.worker_jitter,
                 defer_delay=settings.defer_delay,
                 halt_threshold=settings.unreachable_halt_threshold,
+                max_failures=settings.item_max_failures,
                 minimum_charge_minor=settings.minimum_charge_minor,
                 zone=zone,
             ),
@@ -115,6 +126,9 @@ def build(settings: RecurringSettings) -> Setup:
 
         async def scheduler() -> None:
             while True:
+                stalled = await runs.watch_progress()
+                for kind in RunKind:
+                    RUNS_STALLED.labels(kind.value).set(sum(1 for run in stalled if run.kind is kind))
                 await runs.catch_up()
                 await asyncio.sleep(settings.scheduler_interval.total_seconds())
 

@@ -201,6 +201,7 @@ def run_pb(run: Run) -> pb.Run:
             skipped=c.skipped,
             deferred=c.deferred,
             pending=c.pending,
+            parked=c.parked,
         ),
         progress_per_mille=progress_per_mille(c.finished, c.due),
         dry_run=run.dry_run,
