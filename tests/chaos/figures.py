@@ -39,7 +39,9 @@ def summary(
     for scenario in plan:
         outcomes = charges_by_merchant.get(scenario.merchant, Counter())
         lines.append(
-            f"  {scenario.name:42s} {scenario.seconds:5.1f} s (settled {scenario.recovery:4.1f} s after)"
+            f"  {scenario.name:42s} {sum(scenario.steps.values()):5.1f} s ("
+            + ", ".join(f"{step} {seconds:.1f}" for step, seconds in scenario.steps.items())
+            + ")"
             "  sandbox: "
             + ", ".join(f"{n} {outcome}" for outcome, n in sorted(outcomes.items()))
             + f"  | {scenario.detail}"

@@ -147,7 +147,7 @@ class ChaosSuite:
     async def set_clock(self, instant: datetime) -> None:
         request = rpb.SetClockRequest()
         request.now.FromDatetime(instant)
-        await self.stub("recurring").SetClock(request)
+        await self.stub("recurring").SetClock(request, timeout=30)
         self.test_time = instant
 
     def schema(self, service: str) -> str:

@@ -81,9 +81,8 @@ class Scenario:
     customers: list[Customer] = field(default_factory=list)
     run_id: str = ""
     detail: str = ""
-    seconds: float = 0.0
-    # From the end of the fault until nothing moved any more.
-    recovery: float = 0.0
+    # Seconds spent in each step: run started and a third charged, fault, settled after it, tier scan.
+    steps: dict[str, float] = field(default_factory=dict)
 
     @property
     def merchant(self) -> str:
@@ -194,7 +193,9 @@ async def start_run(suite: ChaosSuite, scenario: Scenario, findings: Findings) -
     if not await _wait(created, timeout=60):
         earlier = [
             r
-            for r in (await suite.stub("recurring").ListRuns(rpb.ListRunsRequest(page_size=100))).runs
+            for r in (
+                await suite.stub("recurring").ListRuns(rpb.ListRunsRequest(page_size=100), timeout=30)
+            ).runs
             if r.state == rpb.RUN_STATE_RUNNING
         ]
         findings.add(
@@ -203,7 +204,8 @@ async def start_run(suite: ChaosSuite, scenario: Scenario, findings: Findings) -
             + ", ".join(f"{r.run_id} of {_date_text(r.billing_date)} {r.counts}" for r in earlier),
         )
         reply = await suite.stub("recurring").RunBilling(
-            rpb.RunBillingRequest(billing_date=_pb_date(scenario.billing_date), kind=rpb.RUN_KIND_DAILY)
+            rpb.RunBillingRequest(billing_date=_pb_date(scenario.billing_date), kind=rpb.RUN_KIND_DAILY),
+            timeout=60,
         )
         scenario.run_id = reply.run.run_id
 
@@ -280,16 +282,23 @@ async def until_mid_run(suite: ChaosSuite, scenario: Scenario, findings: Finding
 async def run_scenario(suite: ChaosSuite, scenario: Scenario, usage: UsageLoad, findings: Findings) -> None:
     loop = asyncio.get_running_loop()
     usage.phase = scenario.name
-    started = loop.time()
+    last = loop.time()
+
+    def step(name: str) -> None:
+        nonlocal last
+        scenario.steps[name] = loop.time() - last
+        last = loop.time()
+
     await start_run(suite, scenario, findings)
     await until_mid_run(suite, scenario, findings)
+    step("to a third")
     scenario.detail = await scenario.fault(suite, scenario)
-    fault_over = loop.time()
+    step("fault")
     for what in await settle(suite, scenario, SIZE.settle_timeout):
         findings.add("did not settle", f"{scenario.name}: {what}")
-    scenario.recovery = loop.time() - fault_over
+    step("settled")
     await tier_scans_after(suite, scenario, findings)
-    scenario.seconds = loop.time() - started
+    step("tier scan")
 
 
 async def tier_scans_after(suite: ChaosSuite, scenario: Scenario, findings: Findings) -> None:
@@ -320,7 +329,7 @@ async def wait_until_quota_knows(suite: ChaosSuite, everyone: list[Customer]) ->
     quota = suite.stub("quota")
 
     async def knows(account: str) -> bool:
-        reply = await quota.GetEntitlements(qpb.GetEntitlementsRequest(tenant_id=account))
+        reply = await quota.GetEntitlements(qpb.GetEntitlementsRequest(tenant_id=account), timeout=30)
         return bool(reply.plan_code == PLAN)
 
     async def all_known() -> bool:

@@ -7,7 +7,13 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from billing_common.testing.servers import outage, postgres_cluster, rabbitmq_node, redis_server
+from billing_common.testing.servers import (
+    POSTGRES_CONFIG_ROOT,
+    outage,
+    postgres_cluster,
+    rabbitmq_node,
+    redis_server,
+)
 
 
 async def _select_one(url: str) -> int:
@@ -19,7 +25,9 @@ async def _select_one(url: str) -> int:
 
 
 @pytest.mark.timeout(120)
-async def test_a_private_postgres_cluster_keeps_its_data_across_a_stop_and_a_crash() -> None:
+async def test_a_private_postgres_cluster_keeps_its_data_across_a_stop_and_a_crash_and_is_dropped_after() -> (
+    None
+):
     with postgres_cluster() as pg:
         conn = await asyncpg.connect(pg.url())
         await conn.execute("CREATE TABLE kept (n int); INSERT INTO kept VALUES (7)")
@@ -33,10 +41,9 @@ async def test_a_private_postgres_cluster_keeps_its_data_across_a_stop_and_a_cra
         conn = await asyncpg.connect(pg.url())
         assert await conn.fetchval("SELECT n FROM kept") == 7
         await conn.close()
-        name = pg.name
     with pytest.raises(OSError):
-        await _select_one(f"postgresql://postgres@127.0.0.1:{pg.port}/postgres")
-    assert name == pg.name
+        await _select_one(pg.url())
+    assert not (POSTGRES_CONFIG_ROOT / pg.version / pg.name).exists()  # the cluster is dropped
 
 
 @pytest.mark.timeout(60)
