@@ -56,7 +56,7 @@ def test_the_issuer_rotates_keys_new_key_then_reissue_then_retire(
     assert admitted(jwks, old) == "operator:alice"
     assert admitted(jwks, new) == "operator"
 
-    run(capsys, "retire-key", "--jwks", str(jwks), "--kid", old_kid)
+    run(capsys, "retire-key", "--jwks", str(jwks), f"--kid={old_kid}")
     with pytest.raises(Unauthenticated):
         admitted(jwks, old)
     assert admitted(jwks, new) == "operator"
@@ -69,7 +69,7 @@ def test_the_issuer_never_overwrites_a_key_nor_retires_the_last_one(
     jwks = tmp_path / "jwks.json"
     kid = run(capsys, "new-key", "--private-key", str(tmp_path / "k.pem"), "--jwks", str(jwks))
     assert main(["new-key", "--private-key", str(tmp_path / "k.pem"), "--jwks", str(jwks)]) == 1
-    assert main(["retire-key", "--jwks", str(jwks), "--kid", kid]) == 1
+    assert main(["retire-key", "--jwks", str(jwks), f"--kid={kid}"]) == 1
     assert main(["retire-key", "--jwks", str(jwks), "--kid", "unknown"]) == 1
     assert main(["issue", "--private-key", str(tmp_path / "k.pem"), "--subject", "*"]) == 1
     assert [key["kid"] for key in json.loads(jwks.read_text())["keys"]] == [kid]

@@ -15,7 +15,6 @@ from billing_common.clock import Clock
 from billing_common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from billing_common.paging import Page, PageRequest
 from recurring.app.ports import Event, EventType, OutageCounter, Run, RunCounts, RunLocks, Store
-from recurring.app.subscriptions import page_size
 from recurring.domain.runs import (
     KIND_FREQUENCIES,
     Progress,
