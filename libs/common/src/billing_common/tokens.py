@@ -3,7 +3,9 @@
     python -m billing_common.tokens new-key --private-key keys/k2.pem --jwks keys/jwks.json
     python -m billing_common.tokens issue --private-key keys/k2.pem --subject recurring
     python -m billing_common.tokens issue --private-key keys/k2.pem --subject operator:alice --lifetime 4h
-    python -m billing_common.tokens retire-key --jwks keys/jwks.json --kid=<kid of the old key>  (with "=": a key id may start with "-")
+    python -m billing_common.tokens retire-key --jwks keys/jwks.json --kid=<kid of the old key>
+
+A key id may start with "-", so it is given as `--kid=<kid>`.
 
 `new-key` writes a private key (mode 0600) and adds its public half to the JWKS the pods read, so
 old and new keys verify side by side while tokens are reissued; `retire-key` then removes the old one.
