@@ -58,6 +58,8 @@ HOSTILE_STRINGS = [
     "line\nbreak",
     "ünïcödé ✓",
     "x" * 10_000,
+    "9" * 19,  # a page token we never issued: once parsed into a SQL integer
+    "9" * 40,
     "1e999999",
     "NaN",
     "-0.0001",
