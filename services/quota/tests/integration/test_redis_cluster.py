@@ -20,7 +20,7 @@ from billing.quota.v1 import quota_pb2_grpc
 from billing_common.grpc_client import open_channel
 from billing_common.testing.plugin import InfraEnv, eventually
 
-from .conftest import Quota, create_plan, entitlement, quota_service, spec, subscribe, usage
+from .conftest import STOREFRONT, Quota, create_plan, entitlement, quota_service, spec, subscribe, usage
 from .redis_cluster import redis_cluster
 
 LIMIT = 300
@@ -119,7 +119,7 @@ async def test_fifty_concurrent_clients_over_two_pods_never_overshoot_a_deny_lim
         async def client(number: int) -> None:
             pod = pods[number % 2]
             deltas = random.Random(number)
-            async with open_channel(f"127.0.0.1:{pod.port}", env.token("recurring")) as channel:
+            async with open_channel(f"127.0.0.1:{pod.port}", env.token(STOREFRONT)) as channel:
                 stub = quota_pb2_grpc.QuotaServiceStub(channel)
                 for n in range(RECORDS_PER_CLIENT):
                     tenant = tenants[(number + n) % len(tenants)]
