@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import os
+import signal
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -45,6 +48,15 @@ class Servers:
     postgres: PostgresCluster
     redis: RedisServer
     rabbitmq: RabbitMQNode
+    boot_seconds: float = 0.0
+    # Service processes using these servers: any still alive when the servers go is killed first.
+    tenants: set[int] = field(default_factory=set)
+
+    def kill_tenants(self) -> None:
+        for pid in self.tenants:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.tenants.clear()
 
 
 @contextlib.contextmanager
@@ -55,6 +67,7 @@ def private_servers() -> Iterator[Servers]:
         redis_server(),
         rabbitmq_node(),
     ]
+    began = time.monotonic()
     with contextlib.ExitStack() as stack:
         with concurrent.futures.ThreadPoolExecutor(len(managers)) as pool:
             started = [pool.submit(manager.__enter__) for manager in managers]
@@ -64,7 +77,9 @@ def private_servers() -> Iterator[Servers]:
         for future in started:
             future.result()
         postgres, redis, rabbitmq = (future.result() for future in started)
-        yield Servers(postgres, redis, rabbitmq)
+        servers = Servers(postgres, redis, rabbitmq, time.monotonic() - began)
+        stack.callback(servers.kill_tenants)
+        yield servers
 
 
 async def _create_database(postgres: PostgresCluster) -> None:
@@ -130,6 +145,7 @@ class ChaosSuite:
             ready_timeout=180,
         )
         service.starts += 1
+        self.servers.tenants.add(service.process.process.pid)
         if name == "recurring" and self.test_time is not None:
             await self.set_clock(self.test_time)
 
@@ -138,11 +154,16 @@ class ChaosSuite:
         process = self.services[name].process
         assert process is not None
         await process.kill()
+        self.servers.tenants.discard(process.process.pid)
         self.services[name].process = None
 
-    async def restart(self, name: str) -> None:
-        await self.kill(name)
-        await self.start(name)
+    async def stop(self, name: str) -> None:
+        """SIGTERM, as a pod being replaced: it drains and exits."""
+        process = self.services[name].process
+        if process is not None:
+            await process.terminate()
+            self.servers.tenants.discard(process.process.pid)
+            self.services[name].process = None
 
     async def set_clock(self, instant: datetime) -> None:
         request = rpb.SetClockRequest()
@@ -234,6 +255,4 @@ async def chaos_suite(
         finally:
             for channel in suite.channels:
                 await channel.close()
-            await asyncio.gather(
-                *(s.process.terminate() for s in reversed(services.values()) if s.process is not None)
-            )
+            await asyncio.gather(*(suite.stop(name) for name in services))
