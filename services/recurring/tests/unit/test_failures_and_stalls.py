@@ -55,9 +55,7 @@ def test_every_grpc_status_but_ok_has_a_meaning_for_a_charge() -> None:
     assert codes == set(CALL_FAILURES)
 
 
-@pytest.mark.parametrize(
-    "code", ["INVALID_ARGUMENT", "FAILED_PRECONDITION", "NOT_FOUND", "OUT_OF_RANGE", "UNIMPLEMENTED"]
-)
+@pytest.mark.parametrize("code", ["INVALID_ARGUMENT", "NOT_FOUND", "OUT_OF_RANGE", "UNIMPLEMENTED"])
 def test_a_refused_request_is_an_answer(code: str) -> None:
     assert call_failure(code) is CallFailure.REFUSED
 
@@ -76,6 +74,11 @@ def test_permission_denied_waits_for_the_configuration_instead_of_failing_every_
 @pytest.mark.parametrize("code", ["INTERNAL", "UNKNOWN", "DATA_LOSS", "SOMETHING_NEW"])
 def test_a_broken_call_is_ours_and_counts_towards_parking(code: str) -> None:
     assert call_failure(code) is CallFailure.BROKEN
+
+
+def test_a_key_whose_earlier_charge_conflicts_is_never_failed_on_the_customer() -> None:
+    """That charge may have gone through: a failed invoice would invite a second one."""
+    assert call_failure("FAILED_PRECONDITION") is CallFailure.BROKEN
 
 
 def test_a_refusal_fails_the_invoice_as_a_merchant_failure_never_retried_on_the_customer() -> None:

@@ -100,7 +100,7 @@ class CallFailure(enum.Enum):
     """How a charge call failed without a payment in its answer."""
 
     # The payment service answered that it will not charge this request as sent (a card number as
-    # token, a key reused for another charge): sending it again changes nothing.
+    # token, an amount it does not take): sending it again changes nothing.
     REFUSED = "refused"
     # Nothing is known about the charge (the service or the network did not answer, or refused
     # us rather than the request): the same key goes again later.
@@ -113,7 +113,6 @@ class CallFailure(enum.Enum):
 # gRPC status code names; unlisted ones are BROKEN.
 CALL_FAILURES: dict[str, CallFailure] = {
     "INVALID_ARGUMENT": CallFailure.REFUSED,
-    "FAILED_PRECONDITION": CallFailure.REFUSED,
     "NOT_FOUND": CallFailure.REFUSED,
     "OUT_OF_RANGE": CallFailure.REFUSED,
     "ALREADY_EXISTS": CallFailure.REFUSED,
@@ -127,6 +126,10 @@ CALL_FAILURES: dict[str, CallFailure] = {
     # (and is reported stalled) until the configuration is fixed, then goes on with the same keys.
     "UNAUTHENTICATED": CallFailure.NO_ANSWER,
     "PERMISSION_DENIED": CallFailure.NO_ANSWER,
+    # The key's earlier charge conflicts with this request (it was sent with another payment method
+    # since changed, or the key is being released): that charge may have gone through, so failing
+    # the invoice would invite a second charge under a new key; ours to look into, parked in the end.
+    "FAILED_PRECONDITION": CallFailure.BROKEN,
     "INTERNAL": CallFailure.BROKEN,
     "UNKNOWN": CallFailure.BROKEN,
     "DATA_LOSS": CallFailure.BROKEN,
