@@ -68,7 +68,7 @@ def child_of(span: ReadableSpan, parent: ReadableSpan) -> bool:
     return span.parent is not None and span.parent.span_id == parent.context.span_id
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(240)
 async def test_a_scheduled_run_is_one_trace_from_the_run_through_batches_and_charges_to_gateway_adapter(
     env: InfraEnv, otlp: OtlpReceiver, json_lines: JsonLines
 ) -> None:
@@ -90,7 +90,7 @@ async def test_a_scheduled_run_is_one_trace_from_the_run_through_batches_and_cha
                         and (s.attributes or {}).get("run.billing_date") == "2031-05-05"
                     ]
 
-                [run] = await eventually(run_of_day, timeout=30)
+                [run] = await eventually(run_of_day, timeout=60)
 
                 def failure_published() -> list[ReadableSpan]:
                     return [
@@ -100,7 +100,7 @@ async def test_a_scheduled_run_is_one_trace_from_the_run_through_batches_and_cha
                         and s.context.trace_id == run.context.trace_id
                     ]
 
-                [published] = await eventually(failure_published, timeout=30)
+                [published] = await eventually(failure_published, timeout=60)
         trace = [s for s in spans.get_finished_spans() if s.context.trace_id == run.context.trace_id]
         gateway = await eventually(lambda: [s for s in otlp.trace(hex_trace(run)) if s.kind == "server"])
 
