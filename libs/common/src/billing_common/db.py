@@ -120,12 +120,16 @@ async def transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
 
     A dependency failure during the commit itself is raised as `CommitOutcomeUnknown`.
     """
-    async with pool.acquire() as proxy:
+    acquired = pool.acquire()
+    proxy = await acquired.__aenter__()
+    committed = False
+    try:
         committing = False
         try:
             async with proxy.transaction():
                 yield cast(asyncpg.Connection, proxy)
                 committing = True
+            committed = True
         except Exception as error:
             if committing and is_dependency_failure(error):
                 raise CommitOutcomeUnknown(
@@ -133,6 +137,15 @@ async def transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
                     "retry with the same idempotency key"
                 ) from error
             raise
+    finally:
+        try:
+            await acquired.__aexit__(None, None, None)
+        except Exception as error:
+            # The pool resets a returned connection; once the commit is through, that reset
+            # failing says nothing about the write, which is stored.
+            if not (committed and is_dependency_failure(error)):
+                raise
+            log.warning("a connection died after its commit", extra={"error": repr(error)})
 
 
 @contextlib.asynccontextmanager

@@ -99,3 +99,27 @@ async def test_a_commit_whose_answer_is_lost_is_told_apart_from_a_write_that_fai
             assert [r["id"] for r in await pool.fetch("SELECT id FROM entries")] == ["stored"]
         finally:
             await pool.close()
+
+
+async def test_a_connection_that_dies_after_its_commit_leaves_the_write_reported_stored(
+    env: InfraEnv,
+) -> None:
+    """The pool resets a returned connection; that reset failing must not turn a stored write
+    into an error (a caller would take back what it counted, and the ledger would hold more)."""
+    schema = f"ledger_{env.run_id}"
+    env.schemas.append(schema)
+    await db.provision(env.infra.postgres_admin_url, schema, schema)
+    direct = db.dsn_with_user(env.infra.postgres_admin_url, schema)
+    async with FaultProxy(direct) as proxy:
+        pool = await db.create_pool(proxy.url, schema, application="test")
+        try:
+            await pool.execute("CREATE TABLE entries (id TEXT PRIMARY KEY)")
+
+            proxy.cut_before(b"pg_advisory_unlock_all")
+            async with db.transaction(pool) as conn:
+                await conn.execute("INSERT INTO entries VALUES ('stored')")
+
+            assert proxy.cuts == 1
+            assert [r["id"] for r in await pool.fetch("SELECT id FROM entries")] == ["stored"]
+        finally:
+            await pool.close()
