@@ -54,8 +54,6 @@ STOP_STEP_TIMEOUT_S = 5.0
 # A health entry that only says the process works; liveness probes ask it, so a database
 # outage makes pods unready (""), not restarted.
 LIVENESS = "liveness"
-# Clients reconnect (and rebalance across new pods) at least this often.
-MAX_CONNECTION_AGE_MS = 5 * 60 * 1000
 
 
 class Dependency(StrEnum):
@@ -169,8 +167,9 @@ class ServiceHost:
         validator.prepare_services(r.service_name for r in parts.registrations)
         server = grpc.aio.server(
             options=[
-                ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
-                ("grpc.max_connection_age_grace_ms", 30_000),
+                ("grpc.max_connection_age_ms", _milliseconds(s.grpc_max_connection_age)),
+                # Calls in flight on a closing connection finish as they would at shutdown.
+                ("grpc.max_connection_age_grace_ms", _milliseconds(s.grpc_shutdown_grace)),
             ],
             interceptors=[
                 BillingInterceptor(
@@ -374,6 +373,10 @@ class _GenericHandlersOnly:
 
     def add_registered_method_handlers(self, service: str, handlers: Any) -> None:
         """Left out on purpose: the generic handler added with them serves these methods."""
+
+
+def _milliseconds(span: timedelta) -> int:
+    return int(span.total_seconds() * 1000)
 
 
 def _status(up: bool) -> Any:

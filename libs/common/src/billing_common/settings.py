@@ -57,6 +57,9 @@ class CommonSettings:
     grpc_tls_cert: str = ""
     grpc_tls_key: str = ""
     grpc_shutdown_grace: timedelta = timedelta(seconds=20)
+    # Each client connection is closed (GOAWAY) after about this long, so clients resolve the
+    # headless Service again and spread their calls over pods the autoscaler added.
+    grpc_max_connection_age: timedelta = timedelta(seconds=30)
     metrics_port: int = 9464
     # Public keys (JWKS) that verify callers' tokens: a file, read again when replaced, or the JSON itself.
     auth_jwks: str = ""

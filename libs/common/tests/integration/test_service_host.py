@@ -295,3 +295,18 @@ async def test_a_service_that_does_not_migrate_waits_for_the_migration_job_then_
         with contextlib.suppress(BaseException):
             await starting
         await host.stop()
+
+
+async def test_clients_are_made_to_reconnect_so_they_reach_pods_added_since(env: InfraEnv) -> None:
+    settings = env.settings(CommonSettings, "echo", grpc_max_connection_age=timedelta(milliseconds=500))
+    async with (
+        running_service(settings, echo_setup({"recurring"}), NO_MIGRATIONS) as host,
+        open_channel(f"127.0.0.1:{host.port}", env.token("recurring")) as channel,
+    ):
+        echo = echo_stub(channel)
+        peers = set()
+        for _ in range(25):
+            peers.add(await echo(b"peer"))  # every call answered, across the reconnections
+            await asyncio.sleep(0.1)
+    # A new connection is a new resolution of the Service's name: pods added since are seen.
+    assert len(peers) >= 3

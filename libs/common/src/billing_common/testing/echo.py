@@ -25,6 +25,8 @@ async def _echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes])
         raise RuntimeError("echo was asked to crash")
     if request == b"whoami":  # who the server saw calling, and under which correlation id
         return f"{call_context.caller.get()} {call_context.correlation_id.get()}".encode()
+    if request == b"peer":  # the client's end of the connection this call came on
+        return context.peer().encode()
     return request
 
 
