@@ -1,8 +1,11 @@
 """Dependencies failing under the host: the caller hears UNAVAILABLE, a lost commit is told apart."""
 
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -69,7 +72,9 @@ async def _not(check: Any) -> bool:
     return not await check()
 
 
-async def test_a_commit_whose_answer_is_lost_is_told_apart_from_a_write_that_failed(env: InfraEnv) -> None:
+@contextlib.asynccontextmanager
+async def ledger_behind_a_proxy(env: InfraEnv) -> AsyncIterator[tuple[FaultProxy, asyncpg.Pool]]:
+    """A pool whose connections go through a proxy that can cut them at a chosen statement."""
     schema = f"ledger_{env.run_id}"
     env.schemas.append(schema)
     await db.provision(env.infra.postgres_admin_url, schema, schema)
@@ -78,27 +83,31 @@ async def test_a_commit_whose_answer_is_lost_is_told_apart_from_a_write_that_fai
         pool = await db.create_pool(proxy.url, schema, application="test")
         try:
             await pool.execute("CREATE TABLE entries (id TEXT PRIMARY KEY)")
-
-            proxy.cut_before(b"INSERT INTO entries")
-            with pytest.raises(Exception) as failed_write:
-                async with db.transaction(pool) as conn:
-                    await conn.execute("INSERT INTO entries VALUES ('never')")
-            assert not isinstance(failed_write.value, db.CommitOutcomeUnknown)
-
-            proxy.cut_after(b"COMMIT")
-            with pytest.raises(db.CommitOutcomeUnknown):
-                async with db.transaction(pool) as conn:
-                    await conn.execute("INSERT INTO entries VALUES ('stored')")
-
-            proxy.cut_before(b"COMMIT")
-            with pytest.raises(db.CommitOutcomeUnknown):
-                async with db.transaction(pool) as conn:
-                    await conn.execute("INSERT INTO entries VALUES ('not stored')")
-
-            assert proxy.cuts == 3
-            assert [r["id"] for r in await pool.fetch("SELECT id FROM entries")] == ["stored"]
+            yield proxy, pool
         finally:
             await pool.close()
+
+
+async def test_a_commit_whose_answer_is_lost_is_told_apart_from_a_write_that_failed(env: InfraEnv) -> None:
+    async with ledger_behind_a_proxy(env) as (proxy, pool):
+        proxy.cut_before(b"INSERT INTO entries")
+        with pytest.raises(Exception) as failed_write:
+            async with db.transaction(pool) as conn:
+                await conn.execute("INSERT INTO entries VALUES ('never')")
+        assert not isinstance(failed_write.value, db.CommitOutcomeUnknown)
+
+        proxy.cut_after(b"COMMIT")
+        with pytest.raises(db.CommitOutcomeUnknown):
+            async with db.transaction(pool) as conn:
+                await conn.execute("INSERT INTO entries VALUES ('stored')")
+
+        proxy.cut_before(b"COMMIT")
+        with pytest.raises(db.CommitOutcomeUnknown):
+            async with db.transaction(pool) as conn:
+                await conn.execute("INSERT INTO entries VALUES ('not stored')")
+
+        assert proxy.cuts == 3
+        assert [r["id"] for r in await pool.fetch("SELECT id FROM entries")] == ["stored"]
 
 
 async def test_a_connection_that_dies_after_its_commit_leaves_the_write_reported_stored(
@@ -106,20 +115,10 @@ async def test_a_connection_that_dies_after_its_commit_leaves_the_write_reported
 ) -> None:
     """The pool resets a returned connection; that reset failing must not turn a stored write
     into an error (a caller would take back what it counted, and the ledger would hold more)."""
-    schema = f"ledger_{env.run_id}"
-    env.schemas.append(schema)
-    await db.provision(env.infra.postgres_admin_url, schema, schema)
-    direct = db.dsn_with_user(env.infra.postgres_admin_url, schema)
-    async with FaultProxy(direct) as proxy:
-        pool = await db.create_pool(proxy.url, schema, application="test")
-        try:
-            await pool.execute("CREATE TABLE entries (id TEXT PRIMARY KEY)")
+    async with ledger_behind_a_proxy(env) as (proxy, pool):
+        proxy.cut_before(b"pg_advisory_unlock_all")
+        async with db.transaction(pool) as conn:
+            await conn.execute("INSERT INTO entries VALUES ('stored')")
 
-            proxy.cut_before(b"pg_advisory_unlock_all")
-            async with db.transaction(pool) as conn:
-                await conn.execute("INSERT INTO entries VALUES ('stored')")
-
-            assert proxy.cuts == 1
-            assert [r["id"] for r in await pool.fetch("SELECT id FROM entries")] == ["stored"]
-        finally:
-            await pool.close()
+        assert proxy.cuts == 1
+        assert [r["id"] for r in await pool.fetch("SELECT id FROM entries")] == ["stored"]

@@ -7,7 +7,9 @@ private_redis`); it yields an `InfraEnv` on the mixed servers and the private se
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -23,36 +25,42 @@ from billing_common.testing.servers import (
 )
 
 
+@contextlib.asynccontextmanager
+async def _mixed(infra: Infra, bring_back: Callable[[], None]) -> AsyncIterator[InfraEnv]:
+    """An env on these servers; the private one is brought back at the end, so cleanup reaches it."""
+    env = InfraEnv(infra)
+    try:
+        yield env
+    finally:
+        await asyncio.to_thread(bring_back)
+        await env.cleanup()
+
+
+def _started(server: PostgresCluster | RedisServer) -> Callable[[], None]:
+    def bring_back() -> None:
+        if not server.running:
+            server.start()
+
+    return bring_back
+
+
 @pytest.fixture
 async def private_postgres(infra: Infra) -> AsyncIterator[tuple[InfraEnv, PostgresCluster]]:
     with postgres_cluster() as cluster:
-        env = InfraEnv(Infra(cluster.url("postgres"), infra.redis_url, infra.amqp_url))
-        try:
+        mixed = dataclasses.replace(infra, postgres_admin_url=cluster.url("postgres"))
+        async with _mixed(mixed, _started(cluster)) as env:
             yield env, cluster
-        finally:
-            if not cluster.running:
-                await asyncio.to_thread(cluster.start)
-            await env.cleanup()
 
 
 @pytest.fixture
 async def private_redis(infra: Infra) -> AsyncIterator[tuple[InfraEnv, RedisServer]]:
     with redis_server() as server:
-        env = InfraEnv(Infra(infra.postgres_admin_url, server.url, infra.amqp_url))
-        try:
+        async with _mixed(dataclasses.replace(infra, redis_url=server.url), _started(server)) as env:
             yield env, server
-        finally:
-            if not server.running:
-                await asyncio.to_thread(server.start)
-            await env.cleanup()
 
 
 @pytest.fixture
 async def private_rabbitmq(infra: Infra) -> AsyncIterator[tuple[InfraEnv, RabbitMQNode]]:
     with rabbitmq_node() as node:
-        env = InfraEnv(Infra(infra.postgres_admin_url, infra.redis_url, node.url))
-        try:
+        async with _mixed(dataclasses.replace(infra, amqp_url=node.url), node.start_app) as env:
             yield env, node
-        finally:
-            await asyncio.to_thread(node.start_app)
-            await env.cleanup()
