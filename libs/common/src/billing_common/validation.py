@@ -258,10 +258,7 @@ class RequestValidator:
         def check_repeated(message: Any, prefix: str, out: Violations) -> None:
             values = getattr(message, name)
             path = prefix + name
-            if low is not None and len(values) < low:
-                out.append(FieldViolation(path, f"must contain at least {low} item(s)"))
-            if high is not None and len(values) > high:
-                out.append(FieldViolation(path, f"must contain at most {high} item(s)"))
+            if not _within_size(len(values), low, high, path, "item(s)", out):
                 return
             if item_check is not None:
                 for index, value in enumerate(values):
@@ -292,10 +289,7 @@ class RequestValidator:
         def check_map(message: Any, prefix: str, out: Violations) -> None:
             values = getattr(message, name)
             path = prefix + name
-            if low is not None and len(values) < low:
-                out.append(FieldViolation(path, f"must contain at least {low} entries"))
-            if high is not None and len(values) > high:
-                out.append(FieldViolation(path, f"must contain at most {high} entries"))
+            if not _within_size(len(values), low, high, path, "entries", out):
                 return
             for index, (key, value) in enumerate(sorted(values.items())):
                 # Keys are the caller's text: the path names the entry by position, not by key.
@@ -515,6 +509,16 @@ def _required_oneof(name: str, members: list[str]) -> FieldCheck:
 def _expect_kind(where: str, kind: str | None, expected: set[str | None]) -> None:
     if kind not in expected:
         raise UnsupportedRule(f"{where}: {kind} rules do not apply to this field's type")
+
+
+def _within_size(size: int, low: int | None, high: int | None, path: str, unit: str, out: Violations) -> bool:
+    """Record a count outside [low, high]; False when there are too many to look at each one."""
+    if low is not None and size < low:
+        out.append(FieldViolation(path, f"must contain at least {low} {unit}"))
+    if high is not None and size > high:
+        out.append(FieldViolation(path, f"must contain at most {high} {unit}"))
+        return False
+    return True
 
 
 def _refuse_unsupported(where: str, kind: str, rules: Any, supported: Iterable[str]) -> None:
