@@ -53,6 +53,9 @@ QUEUE_MESSAGES = Gauge(
     ["queue"],
 )
 QUEUE_WATCH_INTERVAL_S = 15.0
+# Pauses between attempts at an event while the database is unreachable (doubling up to the longest).
+OUTAGE_FIRST_PAUSE_S = 0.2
+OUTAGE_LONGEST_PAUSE_S = 5.0
 
 CONTENT_TYPE = "application/x-protobuf"
 RETRY_HEADER = "x-retry-count"
@@ -402,7 +405,7 @@ class EventConsumer:
                 return
             token = context.correlation_id.set(event.header.correlation_id or context.new_correlation_id())
             try:
-                outcome = await self._apply(event_type, event)
+                outcome = await self._apply_once_reachable(event_type, event)
                 EVENTS_HANDLED.labels(self.queues.main, event_type, outcome).inc()
                 log.debug(
                     "event handled",
@@ -411,8 +414,8 @@ class EventConsumer:
                 await message.ack()
             except Exception as exc:
                 if is_dependency_failure(exc):
-                    # Not the event's fault (broker or database gone): it spends none of its
-                    # retries; the consumer reconnects and the broker redelivers it.
+                    # The broker is gone (the answer could not be sent): it redelivers the event,
+                    # which spends none of its retries.
                     raise
                 log.exception(
                     "event handler failed", extra={"event_type": event_type, "queue": self.queues.main}
@@ -421,6 +424,26 @@ class EventConsumer:
                 await self._retry_or_park(channel, message, exc)
             finally:
                 context.correlation_id.reset(token)
+
+    async def _apply_once_reachable(self, event_type: str, event: Any) -> str:
+        """Wait out a database outage holding the delivery.
+
+        Handing the event back to the broker instead would count against its delivery limit at
+        every attempt, and a long enough outage would dead-letter good events.
+        """
+        pause = OUTAGE_FIRST_PAUSE_S
+        while True:
+            try:
+                return await self._apply(event_type, event)
+            except Exception as exc:
+                if not is_dependency_failure(exc):
+                    raise
+                log.warning(
+                    "event consumer cannot reach the database; holding the event",
+                    extra={"queue": self.queues.main, "event_type": event_type, "error": repr(exc)},
+                )
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, OUTAGE_LONGEST_PAUSE_S)
 
     async def _apply(self, event_type: str, event: Any) -> str:
         async with self._pool.acquire() as conn, conn.transaction():

@@ -301,3 +301,33 @@ async def test_an_event_whose_database_connection_broke_is_redelivered_without_s
             assert await _queue_depth(harness.env, f"{harness.queue}.dlq") == 0
         finally:
             await pool.close()
+
+
+async def test_a_database_outage_longer_than_the_delivery_limit_dead_letters_nothing(
+    harness: Harness,
+) -> None:
+    schema = f"consumer_{harness.env.run_id}"
+    async with FaultProxy(db.dsn_with_user(harness.env.infra.postgres_admin_url, schema)) as proxy:
+        pool = await db.create_pool(proxy.url, schema, application="test")
+        try:
+            consumer = EventConsumer(
+                pool,
+                harness.env.infra.amqp_url,
+                harness.env.exchange,
+                harness.queue,
+                {"payment.succeeded": _record_payment},
+                delivery_limit=2,
+            )
+            harness.start(consumer.run)
+            await asyncio.wait_for(consumer.ready.wait(), 10)
+            harness.start(harness.relay().run)
+            for _ in range(4):  # more failed attempts than the broker allows deliveries
+                proxy.cut_before(b"INSERT INTO inbox")
+
+            await harness.commit_payment("pay_across_an_outage")
+
+            assert await eventually(harness.settled, timeout=30) == ["pay_across_an_outage"]
+            assert proxy.cuts == 4
+            assert await _queue_depth(harness.env, f"{harness.queue}.dlq") == 0
+        finally:
+            await pool.close()
