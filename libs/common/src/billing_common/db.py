@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 
 from billing_common.errors import FailedPrecondition, Unavailable
 from billing_common.faults import is_dependency_failure
+from billing_common.locks import Lease
 
 log = logging.getLogger(__name__)
 
@@ -343,14 +344,13 @@ class FencingTokens:
         return int(token)
 
 
-async def check_fence(conn: asyncpg.Connection, resource: str, token: int) -> None:
-    """Record `token` for `resource`, or refuse if a newer holder has already written.
-
-    `resource` is the name of the lock whose lease gave `token` (`FencingTokens` issues per name).
+async def check_fence(conn: asyncpg.Connection, lease: Lease) -> None:
+    """Record the lease's fencing token for its lock, or refuse if a newer holder has already written.
 
     Call it inside the transaction of the protected write: the row lock it takes serialises
     writers, and a stale holder's whole transaction rolls back.
     """
+    resource, token = lease.name, lease.fencing_token
     accepted = await conn.fetchval(
         """INSERT INTO fencing_tokens (resource, token) VALUES ($1, $2)
            ON CONFLICT (resource) DO UPDATE SET token = EXCLUDED.token

@@ -3,8 +3,11 @@
 A lock only says who should work; correctness comes from the fencing token. Every holder gets a
 number that only grows, from PostgreSQL (`billing_common.db.FencingTokens`, per lock name), not
 from Redis: a flushed or failed-over Redis forgets its locks, never the tokens. The protected
-write passes the token to `billing_common.db.check_fence` with the lock's name, which refuses a
-holder older than one that already wrote.
+write passes its lease to `billing_common.db.check_fence`, which refuses a holder older than one
+that already wrote.
+
+Use cases take locks through `try_hold` (the `Locks` protocol): a lease, or None when another
+holder keeps the lock.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import contextlib
 import logging
 import secrets
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Protocol
@@ -36,10 +40,6 @@ return 0
 """
 
 
-class LockNotAcquired(RuntimeError):
-    pass
-
-
 class TokenSource(Protocol):
     async def next(self, resource: str) -> int:
         """A token above every one handed out for `resource` before."""
@@ -50,10 +50,19 @@ class TokenSource(Protocol):
 class Lease:
     """Proof of holding a lock; `lost` is set when an extension failed."""
 
+    name: str  # the lock's name, under which its fencing tokens are issued
     key: str
     owner: str
     fencing_token: int
     lost: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Locks(Protocol):
+    """Locks as use cases see them."""
+
+    def try_hold(
+        self, name: str, ttl: timedelta, *, wait: timedelta = ...
+    ) -> AbstractAsyncContextManager[Lease | None]: ...
 
 
 class RedisLocks:
@@ -80,7 +89,7 @@ class RedisLocks:
             with contextlib.suppress(Exception):
                 await self._release(keys=[key], args=[owner])
             raise
-        return Lease(key, owner, token)
+        return Lease(name, key, owner, token)
 
     async def extend(self, lease: Lease, ttl: timedelta) -> bool:
         return bool(await self._extend(keys=[lease.key], args=[lease.owner, _ms(ttl)]))
@@ -89,23 +98,22 @@ class RedisLocks:
         return bool(await self._release(keys=[lease.key], args=[lease.owner]))
 
     @contextlib.asynccontextmanager
-    async def hold(
+    async def try_hold(
         self,
         name: str,
         ttl: timedelta,
         *,
         wait: timedelta = timedelta(0),
         retry_every: timedelta = timedelta(milliseconds=100),
-    ) -> AsyncIterator[Lease]:
-        """Hold `name` for the duration of the block, extending it every third of its TTL.
-
-        Raises LockNotAcquired if it stays taken for longer than `wait`.
-        """
+    ) -> AsyncIterator[Lease | None]:
+        """Hold `name` for the block, extending it every third of its TTL; None if it stays taken
+        for longer than `wait`."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait.total_seconds()
         while (lease := await self.try_acquire(name, ttl)) is None:
             if loop.time() >= deadline:
-                raise LockNotAcquired(self.key(name))
+                yield None
+                return
             await asyncio.sleep(retry_every.total_seconds())
         keeper = asyncio.create_task(self._keep(lease, ttl))
         try:

@@ -6,7 +6,7 @@ import pytest
 from redis.asyncio import Redis
 
 from billing_common import db
-from billing_common.locks import LockNotAcquired, RedisLocks
+from billing_common.locks import RedisLocks
 from billing_common.testing.plugin import InfraEnv
 from billing_common.testing.servers import RedisServer
 
@@ -51,13 +51,15 @@ async def test_only_one_holder_at_a_time_and_tokens_only_grow(locks: RedisLocks)
     assert first.key.endswith(":recurring:daily:lock:2026-11-21")
 
 
-async def test_hold_extends_the_lock_beyond_its_ttl(locks: RedisLocks) -> None:
-    async with locks.hold("monthly:lock:2026-11-30", timedelta(milliseconds=300)) as lease:
+async def test_a_held_lock_is_extended_beyond_its_ttl_and_released_after(locks: RedisLocks) -> None:
+    async with locks.try_hold("monthly:lock:2026-11-30", timedelta(milliseconds=300)) as lease:
+        assert lease is not None
         await asyncio.sleep(0.8)
         assert not lease.lost.is_set()
-        with pytest.raises(LockNotAcquired):
-            async with locks.hold("monthly:lock:2026-11-30", timedelta(seconds=1)):
-                pass
+        async with locks.try_hold(
+            "monthly:lock:2026-11-30", timedelta(seconds=1), wait=timedelta(milliseconds=300)
+        ) as other:
+            assert other is None
     assert await locks.try_acquire("monthly:lock:2026-11-30", timedelta(seconds=1)) is not None
 
 
@@ -72,13 +74,13 @@ async def test_fencing_token_refuses_a_stale_holders_write(env: InfraEnv, locks:
         fresh = await locks.try_acquire("daily:lock:2026-11-21", timedelta(seconds=5))
         assert fresh is not None
         async with conn.transaction():
-            await db.check_fence(conn, "daily:lock:2026-11-21", fresh.fencing_token)
+            await db.check_fence(conn, fresh)
             await conn.execute("INSERT INTO runs VALUES ('2026-11-21', 'B')")
         # A wakes up and tries to write: refused, and its whole transaction rolls back.
         with pytest.raises(db.StaleFencingToken):
             async with conn.transaction():
                 await conn.execute("UPDATE runs SET owner = 'A' WHERE day = '2026-11-21'")
-                await db.check_fence(conn, "daily:lock:2026-11-21", stale.fencing_token)
+                await db.check_fence(conn, stale)
         assert await conn.fetchval("SELECT owner FROM runs") == "B"
         assert not await locks.extend(stale, timedelta(seconds=5))
     finally:
@@ -98,7 +100,7 @@ async def test_after_a_redis_flush_a_new_holder_writes_and_the_holder_before_it_
             lease = await locks.try_acquire("scan:full", timedelta(seconds=30))
             assert lease is not None
             async with db.transaction(pool) as conn:
-                await db.check_fence(conn, "scan:full", lease.fencing_token)
+                await db.check_fence(conn, lease)
             await locks.release(lease)
         paused = await locks.try_acquire("scan:full", timedelta(seconds=30))
         assert paused is not None
@@ -108,10 +110,10 @@ async def test_after_a_redis_flush_a_new_holder_writes_and_the_holder_before_it_
 
         assert fresh is not None and fresh.fencing_token > paused.fencing_token
         async with db.transaction(pool) as conn:
-            await db.check_fence(conn, "scan:full", fresh.fencing_token)
+            await db.check_fence(conn, fresh)
         with pytest.raises(db.StaleFencingToken):
             async with db.transaction(pool) as conn:
-                await db.check_fence(conn, "scan:full", paused.fencing_token)
+                await db.check_fence(conn, paused)
     finally:
         await redis.aclose()
         await pool.close()

@@ -25,7 +25,6 @@ from billing_common.grpc_client import open_channel
 from billing_common.service import ServiceHost
 from billing_common.testing.plugin import EventCollector, InfraEnv, eventually, running_service
 from billing_common.testing.private_servers import private_redis  # noqa: F401 - a fixture
-from dunning.adapters.locks import RedisCaseLocks
 from dunning.adapters.recurring_client import GrpcRecurring
 from dunning.adapters.store import PostgresCases
 from dunning.app.statistics import OutcomeStatistics
@@ -60,10 +59,10 @@ class Dunning:
         return AttemptWorker(
             self.store,
             GrpcRecurring(channel, timedelta(seconds=5)),
-            RedisCaseLocks(resources.locks, timedelta(seconds=10)),
+            resources.locks,
             OutcomeStatistics(self.store, self.clock, timedelta(0), timedelta(days=180)),
             self.clock,
-            WorkerConfig(**config),
+            WorkerConfig(**{"case_lock_ttl": timedelta(seconds=10), **config}),
         )
 
     async def case(self, invoice_id: str) -> pb.DunningCase:

@@ -18,6 +18,7 @@ import asyncpg
 from billing_common import db, telemetry
 from billing_common.errors import Conflict
 from billing_common.events import Outbox
+from billing_common.locks import Lease
 from billing_common.money import Money
 from dunning.adapters.codec import event_message
 from dunning.adapters.metrics import CASES_ENDED, TIME_TO_RECOVERY
@@ -171,8 +172,8 @@ class PostgresSession:
         )
         return _policy(rows[0]) if rows else None
 
-    async def check_fence(self, resource: str, token: int) -> None:
-        await db.check_fence(self._conn, resource, token)
+    async def check_fence(self, lease: Lease) -> None:
+        await db.check_fence(self._conn, lease)
 
     async def trace_contexts(self, case_ids: Sequence[str]) -> dict[str, dict[str, str]]:
         rows = await self._conn.fetch(

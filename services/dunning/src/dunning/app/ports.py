@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from billing_common.locks import Lease
 from dunning.domain.cases import AttemptResult, Change
 from dunning.domain.estimator import OutcomeCounts
 from dunning.domain.model import Case, CaseState, Transition
@@ -40,7 +41,7 @@ class CaseSession(Protocol):
         """Store a change if the case still has the version it was read at (else Conflict)."""
         ...
 
-    async def check_fence(self, resource: str, token: int) -> None: ...
+    async def check_fence(self, lease: Lease) -> None: ...
     async def trace_contexts(self, case_ids: Sequence[str]) -> dict[str, dict[str, str]]:
         """The trace context that scheduled each case's current attempt, else the one that opened it."""
         ...
@@ -71,9 +72,3 @@ class CaseStore(Protocol):
 
 class Recurring(Protocol):
     async def retry_invoice_payment(self, invoice_id: str, idempotency_key: str) -> AttemptResult: ...
-
-
-class CaseLocks(Protocol):
-    def hold(self, case_id: str) -> AbstractAsyncContextManager[int | None]:
-        """Hold the case's lock for the block; yields its fencing token, or None if it is taken."""
-        ...

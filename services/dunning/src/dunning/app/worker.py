@@ -21,8 +21,9 @@ from typing import Any
 from billing_common import telemetry
 from billing_common.clock import Clock
 from billing_common.db import StaleFencingToken
+from billing_common.locks import Locks
 from dunning.app.cases import planning_for
-from dunning.app.ports import CaseLocks, CaseStore, Recurring
+from dunning.app.ports import CaseStore, Recurring
 from dunning.app.statistics import OutcomeStatistics
 from dunning.domain import cases as decide
 from dunning.domain.cases import ResultKind
@@ -40,6 +41,8 @@ class WorkerConfig:
     batch_size: int = 32
     concurrency: int = 16
     lease: timedelta = timedelta(minutes=2)
+    # TTL of a case's lock, extended while its attempt runs.
+    case_lock_ttl: timedelta = timedelta(seconds=30)
     poll_interval: timedelta = timedelta(seconds=1)
     # A pending payment (ACH) is asked about again after this long, with the same key.
     pending_recheck: timedelta = timedelta(hours=6)
@@ -60,7 +63,7 @@ class Claim:
         return f"{self.case_id}:{self.attempt}"
 
     @property
-    def lock_resource(self) -> str:
+    def lock_name(self) -> str:
         return f"case:{self.case_id}"
 
 
@@ -69,7 +72,7 @@ class AttemptWorker:
         self,
         store: CaseStore,
         recurring: Recurring,
-        locks: CaseLocks,
+        locks: Locks,
         statistics: OutcomeStatistics,
         clock: Clock,
         config: WorkerConfig,
@@ -136,12 +139,12 @@ class AttemptWorker:
                 log.exception("attempt failed; it will be taken over", extra={"case_id": claim.case_id})
 
     async def attempt(self, claim: Claim) -> None:
-        async with self._locks.hold(claim.case_id) as token:
-            if token is None:
+        async with self._locks.try_hold(claim.lock_name, self._config.case_lock_ttl) as lease:
+            if lease is None:
                 log.info("another worker holds the case", extra={"case_id": claim.case_id})
                 return
             async with self._store.transaction() as session:
-                await session.check_fence(claim.lock_resource, token)
+                await session.check_fence(lease)
                 case = await session.get(claim.case_id)
             current = case.current_attempt if case else None
             if (
@@ -168,7 +171,7 @@ class AttemptWorker:
                 else self._config.unavailable_backoff
             )
             async with self._store.transaction() as session:
-                await session.check_fence(claim.lock_resource, token)
+                await session.check_fence(lease)
                 case = await session.get(claim.case_id, for_update=True)
                 if case is None:
                     return

@@ -9,7 +9,6 @@ from billing.dunning.v1 import dunning_pb2_grpc
 from billing_common.grpc_client import open_channel
 from billing_common.paging import PageTokens
 from billing_common.service import Registration, Resources, ServiceParts, Setup, run_service
-from dunning.adapters.locks import RedisCaseLocks
 from dunning.adapters.metrics import MetricsRefresher
 from dunning.adapters.recurring_client import GrpcRecurring
 from dunning.adapters.store import PostgresCases
@@ -30,6 +29,7 @@ def worker_config(settings: DunningSettings) -> WorkerConfig:
         batch_size=settings.worker_batch_size,
         concurrency=settings.worker_concurrency,
         lease=settings.attempt_lease,
+        case_lock_ttl=settings.case_lock_ttl,
         poll_interval=settings.worker_poll_interval,
         pending_recheck=settings.pending_recheck,
         unavailable_backoff=settings.unavailable_backoff,
@@ -54,7 +54,7 @@ def build(settings: DunningSettings) -> Setup:
             worker = AttemptWorker(
                 store,
                 GrpcRecurring(channel, settings.attempt_timeout),
-                RedisCaseLocks(r.locks, settings.case_lock_ttl),
+                r.locks,
                 statistics,
                 r.clock,
                 worker_config(settings),

@@ -1,14 +1,8 @@
-"""The outage counter and the run lock, shared by every pod through Redis."""
+"""The outage counter, shared by every pod through Redis."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
-from datetime import timedelta
-
 from redis.asyncio import Redis
-
-from billing_common.locks import LockNotAcquired, RedisLocks
 
 
 class RedisOutageCounter:
@@ -33,18 +27,3 @@ class RedisOutageCounter:
 
     async def reachable(self, run_id: str, gateway: str) -> None:
         await self._redis.delete(self._key(run_id, gateway))
-
-
-class RedisRunLocks:
-    """The run-creation lock: yields the fencing token, or None when another pod holds it."""
-
-    def __init__(self, locks: RedisLocks) -> None:
-        self._locks = locks
-
-    @contextlib.asynccontextmanager
-    async def hold(self, name: str, ttl: timedelta, wait: timedelta) -> AsyncIterator[int | None]:
-        try:
-            async with self._locks.hold(name, ttl, wait=wait) as lease:
-                yield lease.fencing_token
-        except LockNotAcquired:
-            yield None

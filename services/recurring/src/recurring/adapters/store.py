@@ -14,6 +14,7 @@ from prometheus_client import Counter
 from billing_common import db, telemetry
 from billing_common.errors import FailedPrecondition
 from billing_common.events import Outbox
+from billing_common.locks import Lease
 from billing_common.money import Money
 from recurring.adapters.events import EventMessages
 from recurring.adapters.metrics import run_finished
@@ -206,8 +207,8 @@ class PostgresTx:
             result_ref,
         )
 
-    async def check_fence(self, resource: str, token: int) -> None:
-        await db.check_fence(self._conn, resource, token)
+    async def check_fence(self, lease: Lease) -> None:
+        await db.check_fence(self._conn, lease)
 
     async def emit(self, event: Event) -> None:
         await self._outbox.add(self._conn, self._messages.message(event))

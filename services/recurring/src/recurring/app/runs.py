@@ -13,8 +13,9 @@ from zoneinfo import ZoneInfo
 from billing_common import telemetry
 from billing_common.clock import Clock
 from billing_common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from billing_common.locks import Locks
 from billing_common.paging import Page, PageRequest
-from recurring.app.ports import Event, EventType, OutageCounter, Run, RunCounts, RunLocks, Store
+from recurring.app.ports import Event, EventType, OutageCounter, Run, RunCounts, Store
 from recurring.domain.runs import (
     KIND_FREQUENCIES,
     Progress,
@@ -43,14 +44,9 @@ def lock_name(kind: RunKind, billing_date: date) -> str:
     return f"{kind.value}:lock:{billing_date.isoformat()}"
 
 
-def fence_resource(kind: RunKind, billing_date: date) -> str:
-    """The lock's own name: its fencing tokens are issued per lock name."""
-    return lock_name(kind, billing_date)
-
-
 class Runs:
     def __init__(
-        self, store: Store, locks: RunLocks, outages: OutageCounter, clock: Clock, schedule: Schedule
+        self, store: Store, locks: Locks, outages: OutageCounter, clock: Clock, schedule: Schedule
     ) -> None:
         self._store = store
         self._locks = locks
@@ -60,14 +56,15 @@ class Runs:
 
     async def start(self, billing_date: date, kind: RunKind, wait: timedelta) -> Run | None:
         """Create the date's run (or add newly due items to it); None if another pod holds the lock."""
-        async with self._locks.hold(lock_name(kind, billing_date), self._schedule.lock_ttl, wait) as token:
-            if token is None:
+        name = lock_name(kind, billing_date)
+        async with self._locks.try_hold(name, self._schedule.lock_ttl, wait=wait) as lease:
+            if lease is None:
                 return None
             # The run's trace: its items store this span's context, and their batches continue it.
             attributes = {"run.billing_date": billing_date.isoformat(), "run.kind": kind.value}
             with telemetry.span("recurring.run", attributes=attributes, keep=True) as span:
                 async with self._store.transaction() as tx:
-                    await tx.check_fence(fence_resource(kind, billing_date), token)
+                    await tx.check_fence(lease)
                     run = await tx.find_run(billing_date, kind)
                     if run is None:
                         run = Run(

@@ -17,7 +17,7 @@ from billing_common.paging import PageTokens
 from billing_common.service import Registration, Resources, ServiceParts, Setup, run_service
 from billing_common.settings import SettingsError
 from recurring.adapters.clients import GatewayClient, QuotaClient
-from recurring.adapters.coordination import RedisOutageCounter, RedisRunLocks
+from recurring.adapters.coordination import RedisOutageCounter
 from recurring.adapters.events import EventMessages
 from recurring.adapters.metrics import RunMetrics
 from recurring.adapters.store import PostgresStore
@@ -93,7 +93,7 @@ def build(settings: RecurringSettings) -> Setup:
             settings.max_in_flight,
         )
         subscriptions = Subscriptions(store, quota, clock, zone)
-        runs = Runs(store, RedisRunLocks(r.locks), outages, clock, schedule)
+        runs = Runs(store, r.locks, outages, clock, schedule)
         invoices = Invoices(
             store,
             charging,

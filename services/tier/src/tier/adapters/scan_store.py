@@ -9,6 +9,7 @@ import asyncpg
 
 from billing_common.db import check_fence, connection, transaction
 from billing_common.errors import FailedPrecondition
+from billing_common.locks import Lease
 from tier.domain.scans import Scan, ScanKind, ScanState
 
 _COLUMNS = """seq, scan_id, kind, trigger, state, queued_at, started_at, finished_at, accounts_evaluated,
@@ -79,10 +80,10 @@ class PostgresScans:
         return [ScanKind(row["kind"]) for row in rows]
 
     async def claim(
-        self, kind: ScanKind, started_at: datetime, fence: tuple[str, int]
+        self, kind: ScanKind, started_at: datetime, lease: Lease
     ) -> tuple[Scan, dict[str, str]] | None:
         async with transaction(self._pool) as conn:
-            await check_fence(conn, *fence)
+            await check_fence(conn, lease)
             # Only the lock holder runs scans of this kind: one still marked running lost its worker.
             await conn.execute(
                 """UPDATE scans SET state = 'failed', finished_at = $2,
@@ -98,7 +99,7 @@ class PostgresScans:
                     RETURNING {_COLUMNS}, trace_context""",
                 kind.value,
                 started_at,
-                fence[1],
+                lease.fencing_token,
             )
         if row is None:
             return None

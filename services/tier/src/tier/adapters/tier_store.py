@@ -14,6 +14,7 @@ from billing.common.v1 import common_pb2
 from billing.events.v1 import tier_pb2 as events
 from billing_common.db import check_fence, connection, transaction
 from billing_common.events import Outbox
+from billing_common.locks import Lease
 from tier.adapters import revisions
 from tier.app.ports import AppliedChange, HistoryEntry
 from tier.domain.accounts import AccountKind, Tier
@@ -94,10 +95,10 @@ class PostgresTiers:
         *,
         scan_id: str,
         effective_at: datetime,
-        fence: tuple[str, int],
+        lease: Lease,
     ) -> tuple[list[AppliedChange], int]:
         async with transaction(self._pool) as conn:
-            await check_fence(conn, *fence)
+            await check_fence(conn, lease)
             revision = await revisions.stamp(conn)
             change_ids = [
                 r[0]

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Collection, Sequence
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+from billing_common.locks import Lease
 from tier.domain.accounts import Database, Distributor, EndUser, Signal, SignalKind
 from tier.domain.estate import PlannedChange, TierRecord
 from tier.domain.scans import Scan, ScanKind, ScanState
@@ -85,7 +84,7 @@ class TierStore(Protocol):
         *,
         scan_id: str,
         effective_at: datetime,
-        fence: tuple[str, int],
+        lease: Lease,
     ) -> tuple[list[AppliedChange], int]:
         """Record the changes whose account still has the tier they were planned from, each with its
         history row (and, for a change of an existing tier, its tier.changed event) in the same
@@ -116,7 +115,7 @@ class ScanStore(Protocol):
     async def queued_kinds(self) -> list[ScanKind]: ...
 
     async def claim(
-        self, kind: ScanKind, started_at: datetime, fence: tuple[str, int]
+        self, kind: ScanKind, started_at: datetime, lease: Lease
     ) -> tuple[Scan, dict[str, str]] | None:
         """Mark the oldest queued scan of the kind running (and any scan of the kind left running by
         a holder that lost the lock failed); the scan and its trace context, or None."""
@@ -125,19 +124,6 @@ class ScanStore(Protocol):
     async def finish(self, scan: Scan) -> None: ...
     async def get(self, scan_id: str) -> Scan | None: ...
     async def page(self, before_seq: int, limit: int) -> list[tuple[int, Scan]]: ...
-
-
-class ScanLease(Protocol):
-    @property
-    def fencing_token(self) -> int: ...
-    @property
-    def lost(self) -> asyncio.Event: ...
-
-
-class ScanLocks(Protocol):
-    def hold(self, kind: ScanKind) -> AbstractAsyncContextManager[ScanLease | None]:
-        """Hold the cluster-wide lock of a scan kind while the block runs; None when another holds it."""
-        ...
 
 
 class SignalProvider(Protocol):

@@ -8,14 +8,15 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from billing_common import context, telemetry
 from billing_common.clock import Clock
 from billing_common.errors import FailedPrecondition, InvalidArgument
+from billing_common.locks import Lease, Locks
 from billing_common.paging import Page, PageRequest
 from tier.app.accounts import Accounts
-from tier.app.ports import Metrics, ProviderError, ScanLease, ScanLocks, ScanStore, SignalProvider, TierStore
+from tier.app.ports import Metrics, ProviderError, ScanStore, SignalProvider, TierStore
 from tier.domain.accounts import Signal, SignalKind, normalize_signal_value
 from tier.domain.estate import PlannedChange, ScanPlan, TierRecord
 from tier.domain.rules import Evaluator
@@ -38,7 +39,7 @@ class LockLost(FailedPrecondition):
     """The scan's lock expired while it ran; another pod may be scanning, so this one stops."""
 
 
-def fence_resource(kind: ScanKind) -> str:
+def lock_name(kind: ScanKind) -> str:
     return f"scan:{kind.value}"
 
 
@@ -53,12 +54,13 @@ class Scans:
         accounts: Accounts,
         tiers: TierStore,
         store: ScanStore,
-        locks: ScanLocks,
+        locks: Locks,
         providers: Sequence[SignalProvider],
         evaluator: Evaluator,
         clock: Clock,
         metrics: Metrics,
         *,
+        lock_ttl: timedelta,
         write_batch: int = 20_000,
         chunk_size: int = 20_000,
     ) -> None:
@@ -66,6 +68,7 @@ class Scans:
         self._tiers = tiers
         self._store = store
         self._locks = locks
+        self._lock_ttl = lock_ttl
         self._providers = list(providers)
         self._evaluator = evaluator
         self._clock = clock
@@ -113,11 +116,10 @@ class Scans:
     async def run_next(self) -> bool:
         """Run one queued scan whose kind's lock is free; False when there was none."""
         for kind in await self._store.queued_kinds():
-            async with self._locks.hold(kind) as lease:
+            async with self._locks.try_hold(lock_name(kind), self._lock_ttl) as lease:
                 if lease is None:
                     continue  # another pod runs a scan of this kind; its queue waits
-                fence = (fence_resource(kind), lease.fencing_token)
-                claimed = await self._store.claim(kind, self._clock.now(), fence)
+                claimed = await self._store.claim(kind, self._clock.now(), lease)
                 if claimed is None:
                     continue
                 scan, carrier = claimed
@@ -125,7 +127,7 @@ class Scans:
                 return True
         return False
 
-    async def _execute(self, scan: Scan, carrier: dict[str, str], lease: ScanLease) -> None:
+    async def _execute(self, scan: Scan, carrier: dict[str, str], lease: Lease) -> None:
         attributes = {"scan.id": scan.scan_id, "scan.kind": scan.kind.value, "scan.trigger": scan.trigger}
         with telemetry.span("tier.scan", parent=carrier, attributes=attributes, keep=True) as span:
             started = time.perf_counter()
@@ -208,17 +210,16 @@ class Scans:
                     )
             await self._accounts.store_signals(changed)
 
-    async def _write(self, scan: Scan, changes: list[PlannedChange], lease: ScanLease) -> int:
+    async def _write(self, scan: Scan, changes: list[PlannedChange], lease: Lease) -> int:
         """Write the changes in batches, each checking the fencing token; the model follows."""
         effective_at = scan.started_at or self._clock.now()
-        fence = (fence_resource(scan.kind), lease.fencing_token)
         applied_count = 0
         for start in range(0, len(changes), self._write_batch):
             if lease.lost.is_set():
                 raise LockLost(f"the {scan.kind.value} scan lock was lost after {applied_count} changes")
             batch = changes[start : start + self._write_batch]
             applied, revision = await self._tiers.apply_changes(
-                batch, scan_id=scan.scan_id, effective_at=effective_at, fence=fence
+                batch, scan_id=scan.scan_id, effective_at=effective_at, lease=lease
             )
             self._accounts.note_own_write(revision)
             model = self._accounts.model

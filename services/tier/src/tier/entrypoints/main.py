@@ -13,7 +13,6 @@ from billing_common.paging import PageTokens
 from billing_common.service import Registration, Resources, ServiceParts, Setup, run_service
 from tier.adapters.api_registry import ApiClientRegistryProvider
 from tier.adapters.estate_store import PostgresEstate
-from tier.adapters.locks import RedisScanLocks
 from tier.adapters.metrics import PrometheusMetrics
 from tier.adapters.scan_store import PostgresScans
 from tier.adapters.tier_store import PostgresTiers
@@ -80,11 +79,12 @@ def build(settings: TierSettings) -> Setup:
             accounts,
             tiers,
             PostgresScans(r.pool),
-            RedisScanLocks(r.locks, settings.scan_lock_ttl),
+            r.locks,
             providers,
             Evaluator(rule_set),
             r.clock,
             metrics,
+            lock_ttl=settings.scan_lock_ttl,
             write_batch=settings.scan_write_batch,
         )
         servicer = TierServicer(accounts, scans, History(accounts, tiers), pages)
