@@ -3,16 +3,23 @@
 A service declares a frozen dataclass (usually extending `CommonSettings`) and calls
 `load_settings(MySettings, "QUOTA")`. Every field `foo_bar` is read from `QUOTA_FOO_BAR`.
 A bad or missing value stops the service at start with a message naming the variable.
+
+Every setting is parsed here, once, by its declared type: str, int, bool, durations (`30s`),
+times of day (`03:01`), time zones (`Europe/Berlin`), enums (by value), tuples and frozensets
+(`a,b`), maps (`a=1,b=2`), and any type with a `from_setting(text)` class method (the cast
+hook, for a service's own structured settings). `setting_text` writes a value back.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import os
 import types
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import time, timedelta
 from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 T = TypeVar("T")
 
@@ -126,27 +133,77 @@ def _parse(var: str, raw: str, hint: Any) -> Any:
         if raw == "":
             return None
         return _parse(var, raw, inner[0])
-    if origin in (list, tuple):
+    if origin in (list, tuple, frozenset):
         (item,) = get_args(hint)[:1]
         items = [_parse(var, part.strip(), item) for part in raw.split(",") if part.strip()]
-        return items if origin is list else tuple(items)
+        return origin(items)
+    if origin is dict:
+        key_type, value_type = get_args(hint)
+        pairs: dict[Any, Any] = {}
+        for part in (p.strip() for p in raw.split(",") if p.strip()):
+            key, sep, value = part.partition("=")
+            if not sep or not key.strip():
+                raise SettingsError(f"{var}={raw!r} is invalid: {part!r} is not key=value")
+            pairs[_parse(var, key.strip(), key_type)] = _parse(var, value.strip(), value_type)
+        return pairs
     try:
-        if hint is bool:
-            lowered = raw.strip().lower()
-            if lowered in ("1", "true", "yes", "on"):
-                return True
-            if lowered in ("0", "false", "no", "off", ""):
-                return False
-            raise ValueError("expected true/false")
-        if hint is int:
-            return int(raw)
-        if hint is timedelta:
-            return parse_duration(raw)
-        if hint is str:
-            return raw
-    except ValueError as exc:
+        return _scalar(raw, hint)
+    except (ValueError, ZoneInfoNotFoundError) as exc:
         raise SettingsError(f"{var}={raw!r} is invalid: {exc}") from None
-    raise SettingsError(f"{var}: unsupported setting type {hint!r}")
+    except TypeError:
+        raise SettingsError(f"{var}: unsupported setting type {hint!r}") from None
+
+
+def _scalar(raw: str, hint: Any) -> Any:
+    if hint is bool:
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError("expected true/false")
+    if hint is int:
+        return int(raw)
+    if hint is str:
+        return raw
+    if hint is timedelta:
+        return parse_duration(raw)
+    if hint is time:
+        return time.fromisoformat(raw.strip())
+    if hint is ZoneInfo:
+        if not raw.strip():
+            raise ValueError("a time zone name is required")
+        return ZoneInfo(raw.strip())
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        try:
+            return hint(raw.strip())
+        except ValueError:
+            raise ValueError(f"expected one of {', '.join(str(m.value) for m in hint)}") from None
+    cast = getattr(hint, "from_setting", None)
+    if cast is not None:
+        return cast(raw)
+    raise TypeError(hint)
+
+
+def setting_text(value: Any) -> str:
+    """The text `load_settings` reads back as `value`."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, timedelta):
+        return f"{value.total_seconds()}s"
+    if isinstance(value, enum.Enum):
+        return str(value.value)
+    if isinstance(value, time):
+        return value.isoformat()
+    if isinstance(value, ZoneInfo):
+        return value.key
+    if isinstance(value, dict):
+        return ",".join(f"{setting_text(k)}={setting_text(v)}" for k, v in value.items())
+    if isinstance(value, list | tuple | frozenset):
+        return ",".join(setting_text(item) for item in value)
+    if hasattr(value, "setting_text"):
+        return str(value.setting_text())
+    return "" if value is None else str(value)
 
 
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}

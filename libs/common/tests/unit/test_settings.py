@@ -1,5 +1,7 @@
-from dataclasses import dataclass
-from datetime import timedelta
+import enum
+from dataclasses import dataclass, field
+from datetime import time, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -63,3 +65,75 @@ def test_settings_written_for_a_child_process_read_back_the_same() -> None:
         },
     )
     assert load_settings(QuotaLikeSettings, "QUOTA", settings_env("QUOTA", settings)) == settings
+
+
+class Action(enum.StrEnum):
+    SUSPEND = "suspend"
+    CANCEL = "cancel"
+
+
+@dataclass(frozen=True)
+class Route:
+    """A service's own structured setting, parsed through the cast hook."""
+
+    merchant: str
+    gateway: str
+
+    @classmethod
+    def from_setting(cls, text: str) -> "Route":
+        merchant, arrow, gateway = text.partition("->")
+        if not arrow:
+            raise ValueError("expected merchant->gateway")
+        return cls(merchant.strip(), gateway.strip())
+
+    def setting_text(self) -> str:
+        return f"{self.merchant}->{self.gateway}"
+
+
+@dataclass(frozen=True)
+class RichSettings(CommonSettings):
+    run_at: time = time(3, 1)
+    zone: ZoneInfo = ZoneInfo("UTC")
+    action: Action = Action.SUSPEND
+    limits: dict[str, int] = field(default_factory=dict)
+    merchants: frozenset[str] = frozenset()
+    route: Route | None = None
+
+
+def test_every_kind_of_setting_is_parsed_once_at_start() -> None:
+    settings = load_settings(
+        RichSettings,
+        "RECURRING",
+        {
+            "RECURRING_RUN_AT": "04:30",
+            "RECURRING_ZONE": "Europe/Berlin",
+            "RECURRING_ACTION": "cancel",
+            "RECURRING_LIMITS": "sandbox-card=200, stripe=25",
+            "RECURRING_MERCHANTS": "m1,m2",
+            "RECURRING_ROUTE": "m1 -> stripe",
+        },
+    )
+    assert settings.run_at == time(4, 30)
+    assert settings.zone == ZoneInfo("Europe/Berlin")
+    assert settings.action is Action.CANCEL
+    assert settings.limits == {"sandbox-card": 200, "stripe": 25}
+    assert settings.merchants == frozenset({"m1", "m2"})
+    assert settings.route == Route("m1", "stripe")
+    assert load_settings(RichSettings, "RECURRING", settings_env("RECURRING", settings)) == settings
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "reason"),
+    [
+        ("RECURRING_ACTION", "cancell", "expected one of suspend, cancel"),
+        ("RECURRING_RUN_AT", "25:00", "hour must be in 0..23"),
+        ("RECURRING_ZONE", "Mars/Olympus", "Mars/Olympus"),
+        ("RECURRING_LIMITS", "stripe", "not key=value"),
+        ("RECURRING_LIMITS", "stripe=many", "invalid literal"),
+        ("RECURRING_ROUTE", "m1 stripe", "expected merchant->gateway"),
+    ],
+)
+def test_a_typo_stops_the_service_naming_the_variable(variable: str, value: str, reason: str) -> None:
+    with pytest.raises(SettingsError, match=variable) as refused:
+        load_settings(RichSettings, "RECURRING", {variable: value})
+    assert reason in str(refused.value)

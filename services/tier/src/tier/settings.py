@@ -6,14 +6,15 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from billing_common.settings import CommonSettings
+from tier.domain.scans import Cron
 
 
 @dataclass(frozen=True)
 class TierSettings(CommonSettings):
     # Cron expressions (UTC) per scan kind; empty disables that kind's schedule.
-    scan_schedule_full: str = "0 * * * *"
-    scan_schedule_sso: str = "20 * * * *"
-    scan_schedule_api: str = "40 * * * *"
+    scan_schedule_full: Cron | None = Cron("0 * * * *")
+    scan_schedule_sso: Cron | None = Cron("20 * * * *")
+    scan_schedule_api: Cron | None = Cron("40 * * * *")
     # A JSON rule set document (see tier.domain.rules); empty: the built-in default rule set.
     rules_file: str = ""
     # The scan lock's TTL; the holder extends it every third of it while the scan runs.

@@ -45,9 +45,9 @@ class Tier:
 
 def tier_settings(env: InfraEnv, **overrides: Any) -> TierSettings:
     values: dict[str, Any] = {
-        "scan_schedule_full": "",
-        "scan_schedule_sso": "",
-        "scan_schedule_api": "",
+        "scan_schedule_full": None,
+        "scan_schedule_sso": None,
+        "scan_schedule_api": None,
         "worker_poll_interval": timedelta(milliseconds=100),
         "model_refresh_interval": timedelta(seconds=1),
         **overrides,

@@ -12,6 +12,7 @@ from billing.tier.v1 import tier_pb2 as pb
 from billing_common.clock import ControllableClock
 from billing_common.testing.plugin import EventCollector, InfraEnv
 from billing_common.testing.rpc import every_page
+from tier.domain.scans import Cron
 
 from .conftest import Tier, build_estate, run_scan, signal, tier_of, tier_service
 
@@ -201,7 +202,7 @@ async def test_the_schedule_queues_one_scan_per_fire_time_across_pods(env: Infra
     clock = ControllableClock(datetime(2026, 3, 1, 9, 59, 59, 800_000, tzinfo=UTC))  # 0.2 s before a fire
     from .conftest import tier_settings
 
-    settings = tier_settings(env, scan_schedule_full="0 * * * *")
+    settings = tier_settings(env, scan_schedule_full=Cron("0 * * * *"))
     async with (
         tier_service(env, clock=clock, settings=settings) as first,
         tier_service(env, clock=clock, settings=settings) as second,

@@ -1,9 +1,12 @@
 from datetime import UTC, datetime
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tier.domain.scans import Scan, ScanKind, ScanState, next_fire, next_fires, schedule_key, valid_cron
+from billing_common.settings import SettingsError, load_settings
+from tier.domain.scans import Cron, Scan, ScanKind, ScanState, next_fire, next_fires, schedule_key
+from tier.settings import TierSettings
 
 instants = st.datetimes(
     min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
@@ -29,7 +32,16 @@ def test_kinds_due_at_the_same_instant_fire_together() -> None:
 def test_a_scheduled_fire_has_one_key_everywhere() -> None:
     fire = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
     assert schedule_key(ScanKind.FULL, fire) == "schedule:full:2026-03-01T12:00:00+00:00"
-    assert valid_cron("*/5 * * * *") and not valid_cron("every hour")
+
+
+def test_a_schedule_that_is_not_cron_stops_the_service_naming_the_variable() -> None:
+    with pytest.raises(SettingsError, match="TIER_SCAN_SCHEDULE_SSO='every hour' is invalid"):
+        load_settings(TierSettings, "TIER", {"TIER_SCAN_SCHEDULE_SSO": "every hour"})
+    settings = load_settings(
+        TierSettings, "TIER", {"TIER_SCAN_SCHEDULE_SSO": "", "TIER_SCAN_SCHEDULE_API": "*/5 * * * *"}
+    )
+    assert settings.scan_schedule_sso is None
+    assert settings.scan_schedule_api == Cron("*/5 * * * *")
 
 
 def test_duration_needs_both_ends() -> None:

@@ -13,13 +13,12 @@ import os
 import socket
 import sys
 from collections.abc import AsyncIterator, Mapping
-from datetime import timedelta
 from typing import IO, Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from billing_common.settings import CommonSettings
+from billing_common.settings import CommonSettings, setting_text
 
 
 def free_port() -> int:
@@ -31,19 +30,9 @@ def free_port() -> int:
 def settings_env(prefix: str, settings: Any) -> dict[str, str]:
     """The environment variables that `load_settings(type(settings), prefix)` reads back as `settings`."""
     return {
-        f"{prefix}_{field.name.upper()}": _setting_text(getattr(settings, field.name))
+        f"{prefix}_{field.name.upper()}": setting_text(getattr(settings, field.name))
         for field in dataclasses.fields(settings)
     }
-
-
-def _setting_text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, timedelta):
-        return f"{value.total_seconds()}s"
-    if isinstance(value, list | tuple):
-        return ",".join(_setting_text(item) for item in value)
-    return "" if value is None else str(value)
 
 
 @dataclasses.dataclass

@@ -48,8 +48,19 @@ class Scan:
         return int((self.finished_at - self.started_at).total_seconds() * 1000)
 
 
-def valid_cron(expression: str) -> bool:
-    return bool(croniter.is_valid(expression))
+class Cron(str):
+    """A cron expression (UTC), checked when made."""
+
+    __slots__ = ()
+
+    def __new__(cls, expression: str) -> Cron:
+        if not croniter.is_valid(expression):
+            raise ValueError(f"{expression!r} is not a cron expression")
+        return super().__new__(cls, expression)
+
+    @classmethod
+    def from_setting(cls, text: str) -> Cron:
+        return cls(text.strip())
 
 
 def next_fire(expression: str, after: datetime) -> datetime:
