@@ -8,6 +8,9 @@
 - `EventConsumer` records each handled event id in the inbox in the handler's own transaction,
   so a redelivery has no second effect; a failing message is retried a bounded number of times
   through a delay queue and then parked in `<queue>.dlq`.
+- The outbox and inbox are partitioned by day (`billing_common.partitions`). The inbox keeps an
+  event's id for INBOX_RETENTION after the event occurred; the consumer parks an older event
+  unhandled, so an event is either recognised or parked, never applied twice.
 - Trace context travels in message headers, the correlation id in the event's header: each row
   stores the context of the transaction that wrote it, the relay publishes it in a PRODUCER span
   under that context, and the consumer's span continues it.
@@ -23,7 +26,7 @@ import pkgutil
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any
 
@@ -35,7 +38,7 @@ from opentelemetry.trace import SpanKind
 from prometheus_client import Counter, Gauge
 
 from billing_common import context, telemetry
-from billing_common.clock import Clock
+from billing_common.clock import Clock, SystemClock
 from billing_common.faults import is_dependency_failure
 
 log = logging.getLogger(__name__)
@@ -125,13 +128,16 @@ class Outbox:
             stamped: Any = event  # every event message has a `header` (a contract rule)
             header = stamped.header
             header.event_id = str(uuid.uuid4())
-            header.occurred_at.FromDatetime(self._clock.now())
+            now = self._clock.now()
+            header.occurred_at.FromDatetime(now)
             header.producer = self._producer
             header.correlation_id = context.current_correlation_id()
-            rows.append((uuid.UUID(header.event_id), event_type, event.SerializeToString(), carrier))
+            rows.append((uuid.UUID(header.event_id), event_type, event.SerializeToString(), carrier, now))
         if rows:
             await conn.executemany(
-                "INSERT INTO outbox (event_id, event_type, payload, headers) VALUES ($1, $2, $3, $4)", rows
+                """INSERT INTO outbox (event_id, event_type, payload, headers, created_at)
+                   VALUES ($1, $2, $3, $4, $5)""",
+                rows,
             )
             self.written.set()
         return [str(row[0]) for row in rows]
@@ -154,7 +160,6 @@ class OutboxRelay:
         wake: asyncio.Event | None = None,
         poll_interval: timedelta = timedelta(milliseconds=200),
         batch_size: int = 200,
-        retention: timedelta = timedelta(days=7),
     ) -> None:
         self._pool = pool
         self._amqp_url = amqp_url
@@ -163,7 +168,6 @@ class OutboxRelay:
         self._wake = wake or asyncio.Event()
         self._poll = poll_interval.total_seconds()
         self._batch = batch_size
-        self._retention = retention
 
     async def run(self) -> None:
         backoff = 0.2
@@ -181,12 +185,8 @@ class OutboxRelay:
                 backoff = min(backoff * 2, 5.0)
 
     async def _relay_forever(self, exchange: AbstractExchange) -> None:
-        cycles = 0
         while True:
             sent = await self.relay_once(exchange)
-            cycles += 1
-            if cycles % 3000 == 0:
-                await self._prune()
             if sent < self._batch:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
@@ -253,12 +253,6 @@ class OutboxRelay:
             if producer is not None:
                 producer.end()
 
-    async def _prune(self) -> None:
-        async with self._pool.acquire() as conn:
-            await conn.execute(
-                "DELETE FROM outbox WHERE published_at < now() - $1::interval", self._retention
-            )
-
 
 # ---------------------------------------------------------------- consuming
 
@@ -294,6 +288,8 @@ class EventConsumer:
         retry_delay: timedelta = timedelta(seconds=2),
         delivery_limit: int = 20,
         prefetch: int = 32,
+        clock: Clock | None = None,
+        inbox_retention: timedelta = timedelta(days=30),
     ) -> None:
         for event_type in handlers:
             event_class(event_type)  # fail at start on a typo, not at the first message
@@ -306,6 +302,8 @@ class EventConsumer:
         self._retry_delay_ms = int(retry_delay.total_seconds() * 1000)
         self._delivery_limit = delivery_limit
         self._prefetch = prefetch
+        self._clock = clock or SystemClock()
+        self._inbox_retention = inbox_retention
         self.ready = asyncio.Event()
 
     async def declare(self, channel: AbstractChannel) -> aio_pika.abc.AbstractQueue:
@@ -400,9 +398,13 @@ class EventConsumer:
             except (ValueError, DecodeError) as exc:
                 await self._park(channel, message, f"undecodable: {exc}")
                 return
+            occurred_at = _occurred_at(event)
+            if occurred_at is not None and occurred_at < self._clock.now() - self._inbox_retention:
+                await self._park(channel, message, "older than the inbox remembers: it may have been handled")
+                return
             token = context.correlation_id.set(event.header.correlation_id or context.new_correlation_id())
             try:
-                outcome = await self._apply(event_type, event)
+                outcome = await self._apply(event_type, event, occurred_at or self._clock.now())
                 EVENTS_HANDLED.labels(self.queues.main, event_type, outcome).inc()
                 log.debug(
                     "event handled",
@@ -422,13 +424,22 @@ class EventConsumer:
             finally:
                 context.correlation_id.reset(token)
 
-    async def _apply(self, event_type: str, event: Any) -> str:
+    async def _apply(self, event_type: str, event: Any, occurred_at: datetime) -> str:
+        """Handle `event` unless the inbox holds its id.
+
+        The key (id, occurred_at) stops two deliveries of the same message at once, as both carry
+        the same time; the lookup by id alone finds rows whose time differs: handled before the
+        inbox kept the event's time, or an event with no time (not from an outbox).
+        """
         async with self._pool.acquire() as conn, conn.transaction():
+            event_id = uuid.UUID(event.header.event_id)
             first_time = await conn.fetchval(
-                """INSERT INTO inbox (event_id, event_type) VALUES ($1, $2)
+                """INSERT INTO inbox (event_id, event_type, occurred_at)
+                   SELECT $1, $2, $3 WHERE NOT EXISTS (SELECT 1 FROM inbox WHERE event_id = $1)
                    ON CONFLICT DO NOTHING RETURNING true""",
-                uuid.UUID(event.header.event_id),
+                event_id,
                 event_type,
+                occurred_at,
             )
             if not first_time:
                 return "duplicate"
@@ -459,6 +470,15 @@ class EventConsumer:
         )
         EVENTS_HANDLED.labels(self.queues.main, message.type or "", "dead_lettered").inc()
         await message.ack()
+
+
+def _occurred_at(event: Any) -> datetime | None:
+    """When the event happened, as its producer's outbox stamped it; None if nobody did."""
+    header = event.header
+    if not header.HasField("occurred_at"):
+        return None
+    occurred: datetime = header.occurred_at.ToDatetime(tzinfo=UTC)
+    return occurred
 
 
 def _copy(message: AbstractIncomingMessage, extra_headers: Mapping[str, Any]) -> aio_pika.Message:

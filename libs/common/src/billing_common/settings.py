@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
+from billing_common.partitions import TimePartitioned, event_tables
+
 T = TypeVar("T")
 
 
@@ -52,6 +54,12 @@ class CommonSettings:
     # broker dead-letters it.
     event_delivery_limit: int = 20
     outbox_poll_interval: timedelta = timedelta(milliseconds=200)
+    # Relayed outbox rows are kept this long (a day's partition at a time); unrelayed ones always.
+    outbox_retention: timedelta = timedelta(days=7)
+    # Handled event ids are kept this long after the event occurred; an older event is parked in
+    # the dead-letter queue unhandled, since the inbox may have forgotten it. Keep it above the
+    # longest an event may wait in the broker (a backlog, its retries, a dead-letter replay).
+    inbox_retention: timedelta = timedelta(days=30)
     grpc_host: str = "0.0.0.0"
     grpc_port: int = 50051
     grpc_tls_cert: str = ""
@@ -78,6 +86,10 @@ class CommonSettings:
     log_level: str = "INFO"
     # A successful call is logged at DEBUG, or at INFO when it took at least this long.
     log_slow_rpc: timedelta = timedelta(milliseconds=500)
+
+    def partitioned_tables(self) -> list[TimePartitioned]:
+        """The schema's tables partitioned by time, with their retention; services add theirs."""
+        return event_tables(self.outbox_retention, self.inbox_retention)
 
     @property
     def schema(self) -> str:
