@@ -112,6 +112,9 @@ async def maintain(
     try:
         for table in tables:
             async with conn.transaction():
+                # Pods that migrate at start may maintain at once: one at a time per table.
+                lock = f"billing:partitions:{schema}.{table.table}"
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", lock)
                 await _maintain_table(conn, table, now, done)
     finally:
         await conn.execute("SET lock_timeout TO DEFAULT")

@@ -1,5 +1,6 @@
 """The outbox and inbox partitioned by time, against real PostgreSQL, driven by a test clock."""
 
+import asyncio
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -161,6 +162,18 @@ async def test_the_migration_keeps_the_rows_of_the_unpartitioned_tables(env: Inf
         assert await conn.fetchval("SELECT max(id) FROM outbox") == 2  # the same id series goes on
     finally:
         await conn.close()
+
+
+async def test_pods_maintaining_at_once_make_each_partition_once(env: InfraEnv) -> None:
+    schema, conn = await _schema(env, db.common_migrations())
+    others = [await asyncpg.connect(db.dsn_with_user(env.infra.postgres_admin_url, schema)) for _ in range(3)]
+    try:
+        done = await asyncio.gather(*(partitions.maintain(c, schema, TABLES, START) for c in [conn, *others]))
+        made = sorted(name for d in done for name in d.created)
+        assert made == sorted({*made}) and len(made) == 16
+    finally:
+        for c in [conn, *others]:
+            await c.close()
 
 
 def test_a_retention_shorter_than_a_partition_is_refused() -> None:
