@@ -23,7 +23,7 @@ from billing_common.events import Outbox
 from billing_common.partitions import Step, TimePartitioned
 from billing_common.service import run_event_loop
 from billing_common.testing.plugin import InfraEnv
-from quota.adapters.usage_ledger import PostgresUsageLedger
+from quota.adapters.usage_ledger import PostgresUsageLedger, columns
 from quota.app.ports import UsageRecord
 from quota.entrypoints.main import MIGRATIONS
 
@@ -75,15 +75,7 @@ def _batch(round_index: int, number: int) -> list[UsageRecord]:
 
 async def _one_table(pool: asyncpg.Pool, records: list[UsageRecord]) -> None:
     async with db.transaction(pool) as conn:
-        stored = await conn.fetch(
-            ONE_TABLE_INSERT,
-            [r.tenant_id for r in records],
-            [r.key for r in records],
-            [r.delta for r in records],
-            [r.idempotency_key for r in records],
-            [r.occurred_at for r in records],
-            [r.period_start for r in records],
-        )
+        stored = await conn.fetch(ONE_TABLE_INSERT, *columns(records))
     assert len(stored) == len(records)
 
 

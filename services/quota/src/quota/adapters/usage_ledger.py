@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 
@@ -11,6 +12,18 @@ from billing.events.v1 import quota_pb2 as events
 from billing_common.db import transaction
 from billing_common.events import Outbox
 from quota.app.ports import AppendStatus, CounterRef, ThresholdAlert, UsageRecord
+
+
+def columns(records: Sequence[UsageRecord]) -> tuple[list[Any], ...]:
+    """The records as the six arrays a ledger insert unnests, in the table's column order."""
+    return (
+        [r.tenant_id for r in records],
+        [r.key for r in records],
+        [r.delta for r in records],
+        [r.idempotency_key for r in records],
+        [r.occurred_at for r in records],
+        [r.period_start for r in records],
+    )
 
 
 class PostgresUsageLedger:
@@ -45,12 +58,7 @@ class PostgresUsageLedger:
                    SELECT tenant_id, key, delta, idempotency_key, occurred_at, period_start
                    FROM batch JOIN claimed USING (tenant_id, idempotency_key)
                    RETURNING tenant_id, idempotency_key""",
-                [r.tenant_id for r in records],
-                [r.key for r in records],
-                [r.delta for r in records],
-                [r.idempotency_key for r in records],
-                [r.occurred_at for r in records],
-                [r.period_start for r in records],
+                *columns(records),
             )
             stored = {(r["tenant_id"], r["idempotency_key"]) for r in inserted}
             statuses: list[AppendStatus] = []
