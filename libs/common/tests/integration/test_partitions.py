@@ -164,6 +164,36 @@ async def test_the_migration_keeps_the_rows_of_the_unpartitioned_tables(env: Inf
         await conn.close()
 
 
+async def test_the_runtime_role_without_ddl_writes_into_partitions_made_after_its_grants(
+    env: InfraEnv,
+) -> None:
+    schema = f"parts_{env.run_id}"
+    owner, runtime = f"{schema}_owner", schema
+    env.schemas.append(schema)
+    await db.provision(env.infra.postgres_admin_url, schema, owner, runtime_role=runtime)
+    conn = await asyncpg.connect(db.dsn_with_user(env.infra.postgres_admin_url, owner))
+    try:
+        await db.migrate(conn, schema, db.common_migrations(), runtime_role=runtime)
+        await partitions.maintain(conn, schema, TABLES, START)
+    finally:
+        await conn.close()
+    pool = await env.pool(schema)
+    try:
+        async with pool.acquire() as rows_only:
+            await _handled(rows_only, START)
+            assert await _placed(rows_only, "inbox", "occurred_at") == {"2027-01-30": "inbox_p20270130"}
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await partitions.maintain(rows_only, schema, TABLES, START + timedelta(days=30))
+    finally:
+        await pool.close()
+        admin = await asyncpg.connect(env.infra.postgres_admin_url)
+        try:
+            await admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            await admin.execute(f'DROP ROLE IF EXISTS "{owner}"')
+        finally:
+            await admin.close()
+
+
 async def test_pods_maintaining_at_once_make_each_partition_once(env: InfraEnv) -> None:
     schema, conn = await _schema(env, db.common_migrations())
     others = [await asyncpg.connect(db.dsn_with_user(env.infra.postgres_admin_url, schema)) for _ in range(3)]
