@@ -9,8 +9,9 @@
   so a redelivery has no second effect; a failing message is retried a bounded number of times
   through a delay queue and then parked in `<queue>.dlq`.
 - The outbox and inbox are partitioned by day (`billing_common.partitions`). The inbox keeps an
-  event's id for INBOX_RETENTION after the event occurred; the consumer parks an older event
-  unhandled, so an event is either recognised or parked, never applied twice.
+  event's id for INBOX_RETENTION after the event occurred; the consumer parks an event from before
+  the inbox's watermark (the time before which ids were dropped) unhandled, so an event is either
+  recognised or parked, never applied twice.
 - Trace context travels in message headers, the correlation id in the event's header: each row
   stores the context of the transaction that wrote it, the relay publishes it in a PRODUCER span
   under that context, and the consumer's span continues it.
@@ -38,7 +39,7 @@ from opentelemetry.trace import SpanKind
 from prometheus_client import Counter, Gauge
 
 from billing_common import context, telemetry
-from billing_common.clock import Clock, SystemClock
+from billing_common.clock import Clock
 from billing_common.faults import is_dependency_failure
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ QUEUE_WATCH_INTERVAL_S = 15.0
 CONTENT_TYPE = "application/x-protobuf"
 RETRY_HEADER = "x-retry-count"
 QUORUM: dict[str, Any] = {"x-queue-type": "quorum"}
+FORGOTTEN = "forgotten"
 
 
 # ---------------------------------------------------------------- the registry of event types
@@ -288,8 +290,6 @@ class EventConsumer:
         retry_delay: timedelta = timedelta(seconds=2),
         delivery_limit: int = 20,
         prefetch: int = 32,
-        clock: Clock | None = None,
-        inbox_retention: timedelta = timedelta(days=30),
     ) -> None:
         for event_type in handlers:
             event_class(event_type)  # fail at start on a typo, not at the first message
@@ -302,8 +302,6 @@ class EventConsumer:
         self._retry_delay_ms = int(retry_delay.total_seconds() * 1000)
         self._delivery_limit = delivery_limit
         self._prefetch = prefetch
-        self._clock = clock or SystemClock()
-        self._inbox_retention = inbox_retention
         self.ready = asyncio.Event()
 
     async def declare(self, channel: AbstractChannel) -> aio_pika.abc.AbstractQueue:
@@ -398,13 +396,14 @@ class EventConsumer:
             except (ValueError, DecodeError) as exc:
                 await self._park(channel, message, f"undecodable: {exc}")
                 return
-            occurred_at = _occurred_at(event)
-            if occurred_at is not None and occurred_at < self._clock.now() - self._inbox_retention:
-                await self._park(channel, message, "older than the inbox remembers: it may have been handled")
-                return
             token = context.correlation_id.set(event.header.correlation_id or context.new_correlation_id())
             try:
-                outcome = await self._apply(event_type, event, occurred_at or self._clock.now())
+                outcome = await self._apply(event_type, event)
+                if outcome == FORGOTTEN:
+                    await self._park(
+                        channel, message, "the inbox has forgotten its time: it may have been handled"
+                    )
+                    return
                 EVENTS_HANDLED.labels(self.queues.main, event_type, outcome).inc()
                 log.debug(
                     "event handled",
@@ -424,24 +423,39 @@ class EventConsumer:
             finally:
                 context.correlation_id.reset(token)
 
-    async def _apply(self, event_type: str, event: Any, occurred_at: datetime) -> str:
-        """Handle `event` unless the inbox holds its id.
+    async def _apply(self, event_type: str, event: Any) -> str:
+        """Handle `event` unless the inbox holds its id, or has forgotten the ids of its time.
 
         The key (id, occurred_at) stops two deliveries of the same message at once, as both carry
         the same time; the lookup by id alone finds rows whose time differs: handled before the
-        inbox kept the event's time, or an event with no time (not from an outbox).
+        inbox kept the event's time, or an event with no time (not from an outbox), which takes
+        the time it is handled. Ids of events before the inbox's watermark may have been dropped
+        with their partition: such an event is neither handled nor taken for a duplicate (one
+        with no time cannot be placed before or after it, and is handled).
         """
         async with self._pool.acquire() as conn, conn.transaction():
-            event_id = uuid.UUID(event.header.event_id)
-            first_time = await conn.fetchval(
-                """INSERT INTO inbox (event_id, event_type, occurred_at)
-                   SELECT $1, $2, $3 WHERE NOT EXISTS (SELECT 1 FROM inbox WHERE event_id = $1)
-                   ON CONFLICT DO NOTHING RETURNING true""",
-                event_id,
+            outcome = await conn.fetchrow(
+                """WITH forgotten AS (
+                       SELECT coalesce(max(forgotten_before), '-infinity') AS before
+                       FROM partition_watermarks WHERE table_name = 'inbox'),
+                   event AS (
+                       SELECT coalesce($3::timestamptz, now()) AS occurred_at),
+                   claimed AS (
+                       INSERT INTO inbox (event_id, event_type, occurred_at)
+                       SELECT $1, $2, event.occurred_at FROM event, forgotten
+                       WHERE ($3 IS NULL OR $3 >= forgotten.before)
+                         AND NOT EXISTS (SELECT 1 FROM inbox WHERE event_id = $1)
+                       ON CONFLICT DO NOTHING RETURNING true)
+                   SELECT EXISTS (SELECT 1 FROM claimed) AS first,
+                          coalesce($3 < (SELECT before FROM forgotten), false) AS forgotten""",
+                uuid.UUID(event.header.event_id),
                 event_type,
-                occurred_at,
+                _occurred_at(event),
             )
-            if not first_time:
+            assert outcome is not None  # the statement always returns its one row
+            if outcome["forgotten"]:
+                return FORGOTTEN
+            if not outcome["first"]:
                 return "duplicate"
             await self._handlers[event_type](conn, event)
         return "handled"

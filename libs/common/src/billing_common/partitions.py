@@ -11,7 +11,9 @@ when the maintenance creates it. The maintenance runs with DDL rights, so it is 
 - it drops a partition once its whole range lies before the cutoff, the start of the period that
   holds `now - retention`, unless a row in it matches `keep_while` (an outbox row not relayed);
 - it deletes rows before the cutoff from the default partition (the same `keep_while` spares
-  rows), and rows before the cutoff from the table's `forget_with` companion.
+  rows), and rows before the cutoff from the table's `forget_with` companion;
+- it records the cutoff as the table's watermark in `partition_watermarks`, never moving it back:
+  the event consumer parks an event from before the inbox's watermark, as its id may be gone.
 
 Every statement waits at most `lock_timeout` for its lock: a busy table fails the step, not the
 pods' queries, and the next run (partitions exist `ahead` periods early) does it.
@@ -159,6 +161,13 @@ async def _maintain_table(
     done.deleted_rows += int(deleted.split()[-1])
     if table.forget_with:
         await conn.execute(f"DELETE FROM {quote_ident(table.forget_with)} WHERE {column} < $1", cutoff)
+    await conn.execute(
+        """INSERT INTO partition_watermarks (table_name, forgotten_before) VALUES ($1, $2)
+           ON CONFLICT (table_name) DO UPDATE SET forgotten_before =
+               greatest(partition_watermarks.forgotten_before, EXCLUDED.forgotten_before)""",
+        table.table,
+        cutoff,
+    )
 
 
 async def _partitions(conn: asyncpg.Connection, table: TimePartitioned) -> dict[datetime, str]:

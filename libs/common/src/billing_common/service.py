@@ -217,8 +217,6 @@ class ServiceHost:
                 max_retries=s.event_max_retries,
                 retry_delay=s.event_retry_delay,
                 delivery_limit=s.event_delivery_limit,
-                clock=self.clock,
-                inbox_retention=s.inbox_retention,
             )
             self._spawn("event-consumer", self.consumer.run)
         for index, work in enumerate(parts.background):

@@ -56,9 +56,10 @@ class CommonSettings:
     outbox_poll_interval: timedelta = timedelta(milliseconds=200)
     # Relayed outbox rows are kept this long (a day's partition at a time); unrelayed ones always.
     outbox_retention: timedelta = timedelta(days=7)
-    # Handled event ids are kept this long after the event occurred; an older event is parked in
-    # the dead-letter queue unhandled, since the inbox may have forgotten it. Keep it above the
-    # longest an event may wait in the broker (a backlog, its retries, a dead-letter replay).
+    # Handled event ids are kept this long after the event occurred (a day's partition at a time);
+    # an event from a day already dropped is parked in the dead-letter queue unhandled, as the inbox
+    # cannot tell whether it was handled. Keep it above the longest an event may wait in the broker
+    # (a backlog, its retries, a dead-letter replay).
     inbox_retention: timedelta = timedelta(days=30)
     grpc_host: str = "0.0.0.0"
     grpc_port: int = 50051

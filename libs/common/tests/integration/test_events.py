@@ -225,22 +225,41 @@ async def test_a_redelivery_of_an_event_handled_before_the_inbox_kept_its_time_h
     assert await harness.consumer_pool.fetchval("SELECT count(*) FROM inbox") == 1
 
 
-async def test_an_event_older_than_the_inbox_retention_is_parked_not_applied(harness: Harness) -> None:
-    """The inbox may have dropped the event's row: applying it could apply it twice."""
+async def _maintain_inbox(harness: Harness, now: datetime) -> partitions.Maintenance:
+    async with harness.consumer_pool.acquire() as conn:
+        schema = await conn.fetchval("SELECT current_schema()")
+        return await partitions.maintain(
+            conn, schema, event_tables(timedelta(days=7), timedelta(days=30)), now
+        )
+
+
+async def test_a_redelivery_after_the_inbox_dropped_the_events_id_is_parked_not_applied_again(
+    harness: Harness,
+) -> None:
+    """Past INBOX_RETENTION (30 days here) the event's partition is dropped: the consumer can no
+    longer tell that it was handled, so it parks it rather than apply it a second time."""
     occurred = datetime(2026, 11, 21, 3, 1, tzinfo=UTC)  # the harness outbox's clock
-    late = ControllableClock(occurred + timedelta(days=30, seconds=1))
-    consumer = harness.consumer(clock=late, inbox_retention=timedelta(days=30))
+    consumer = harness.consumer()
     harness.start(consumer.run)
     await asyncio.wait_for(consumer.ready.wait(), 10)
     await harness.commit_payment("pay_forgotten")
     await _relay_again(harness)
-    await eventually(lambda: _queue_depth(harness.env, f"{harness.queue}.dlq"), timeout=15)
-    assert await harness.settled() == []
-    assert await harness.consumer_pool.fetchval("SELECT count(*) FROM inbox") == 0
-
-    late.set(occurred + timedelta(days=30))  # at the retention's edge it is still handled
-    await _relay_again(harness)
     assert await eventually(harness.settled) == ["pay_forgotten"]
+
+    kept = await _maintain_inbox(harness, occurred + timedelta(days=30))
+    assert kept.dropped == [] and "inbox_p20261121" in kept.created
+    await _relay_again(harness)
+    await eventually(lambda: _handled(harness, "duplicate") == 1)
+
+    forgot = await _maintain_inbox(harness, occurred + timedelta(days=31))
+    assert "inbox_p20261121" in forgot.dropped
+    await _relay_again(harness)
+
+    async def parked() -> bool:
+        return await _queue_depth(harness.env, f"{harness.queue}.dlq") == 1
+
+    await eventually(parked, timeout=15)
+    assert await harness.settled() == ["pay_forgotten"]
 
 
 async def test_a_message_that_keeps_failing_ends_in_the_dead_letter_queue(

@@ -41,3 +41,10 @@ CREATE TABLE inbox_default PARTITION OF inbox DEFAULT;
 INSERT INTO inbox (event_id, event_type, occurred_at, handled_at)
     SELECT event_id, event_type, handled_at, handled_at FROM inbox_unpartitioned;
 DROP TABLE inbox_unpartitioned;
+
+-- Per partitioned table, the instant before which its rows may have been dropped: the consumer
+-- parks an event older than the inbox's instead of handling it a second time.
+CREATE TABLE partition_watermarks (
+    table_name       TEXT PRIMARY KEY,
+    forgotten_before TIMESTAMPTZ NOT NULL
+);
