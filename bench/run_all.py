@@ -15,6 +15,7 @@ BENCHES = [
     "bench.grpc_runtime",
     "bench.tracing_cost",
     "bench.quota_check",
+    "bench.usage_ledger",
     "bench.gateway_charge",
     "bench.tier_scan",
     "bench.recurring_run",

@@ -42,7 +42,7 @@ CLUSTER_SCOPED = {
     "StorageClass",
     "PriorityClass",
 }
-POD_TEMPLATE_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
+POD_TEMPLATE_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob"}
 
 
 class KustomizeError(ValueError):
@@ -242,8 +242,11 @@ def _label(entry: dict[str, Any], objects: list[Object]) -> None:
     for obj in objects:
         obj["metadata"].setdefault("labels", {}).update(entry["pairs"])
         if entry.get("includeTemplates") and obj["kind"] in POD_TEMPLATE_KINDS:
-            template = obj["spec"].setdefault("template", {}).setdefault("metadata", {})
+            template = pod_template(obj).setdefault("metadata", {})
             template.setdefault("labels", {}).update(entry["pairs"])
+            if obj["kind"] == "CronJob":
+                jobs = obj["spec"]["jobTemplate"].setdefault("metadata", {})
+                jobs.setdefault("labels", {}).update(entry["pairs"])
 
 
 def _set_image(image: dict[str, Any], objects: list[Object]) -> None:
@@ -271,9 +274,16 @@ def _split_image(image: str) -> tuple[str, str, str]:
     return name, tag, digest
 
 
+def pod_template(obj: Object) -> Object:
+    """The pod template of a workload (a CronJob's is inside its job template)."""
+    spec = obj["spec"]["jobTemplate"]["spec"] if obj["kind"] == "CronJob" else obj["spec"]
+    template: Object = spec.setdefault("template", {})
+    return template
+
+
 def _pod_specs(obj: Object) -> Iterator[Object]:
     if obj["kind"] in POD_TEMPLATE_KINDS:
-        yield obj["spec"]["template"]["spec"]
+        yield pod_template(obj)["spec"]
 
 
 def _rename_config_map_references(spec: Object, renames: dict[str, str]) -> None:

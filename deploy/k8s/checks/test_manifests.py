@@ -24,7 +24,7 @@ import yaml
 
 from billing_common.devrun import SERVICES
 from billing_common.settings import CommonSettings, load_settings
-from deploy.k8s.checks.kustomize import Object, render
+from deploy.k8s.checks.kustomize import Object, pod_template, render
 from deploy.k8s.checks.netpol import Endpoint, allowed, selects
 
 DEPLOY = Path(__file__).resolve().parents[1]
@@ -91,11 +91,11 @@ def of_kind(name: str, kind: str) -> list[Object]:
 
 
 def workloads(name: str) -> list[Object]:
-    return of_kind(name, "Deployment") + of_kind(name, "Job")
+    return of_kind(name, "Deployment") + of_kind(name, "Job") + of_kind(name, "CronJob")
 
 
 def containers(workload: Object) -> list[Object]:
-    spec = workload["spec"]["template"]["spec"]
+    spec = pod_template(workload)["spec"]
     return [*spec.get("initContainers", []), *spec["containers"]]
 
 
@@ -187,7 +187,7 @@ def test_every_object_is_valid_for_kubernetes_1_29_to_1_37(name: str) -> None:
 def test_every_deployment_has_probes_resources_and_a_restricted_security_context(name: str) -> None:
     for workload in workloads(name):
         label = f"{workload['kind']}/{workload['metadata']['name']}"
-        pod = workload["spec"]["template"]["spec"]
+        pod = pod_template(workload)["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True, label
         assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", label
         assert pod["automountServiceAccountToken"] is False, label
@@ -348,13 +348,13 @@ def _pod(name: str, workload: Object) -> Endpoint:
         p["name"]: p["containerPort"] for c in containers(workload) for p in c.get("ports", []) if "name" in p
     }
     return Endpoint(
-        namespace, workload["spec"]["template"]["metadata"]["labels"], _namespaces(name)[namespace], ports
+        namespace, pod_template(workload)["metadata"]["labels"], _namespaces(name)[namespace], ports
     )
 
 
 def _pods(name: str) -> dict[str, Endpoint]:
     return {
-        w["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"]: _pod(name, w)
+        pod_template(w)["metadata"]["labels"]["app.kubernetes.io/name"]: _pod(name, w)
         for w in workloads(name)
     }
 
@@ -550,7 +550,7 @@ def test_only_migration_jobs_hold_the_schema_owners_credentials(name: str) -> No
         for container in containers(workload):
             names = {variable["name"] for variable in container.get("env", [])}
             owner = {n for n in names if n.endswith(("_DB_MIGRATION_URL", "_DB_ADMIN_URL"))}
-            if workload["kind"] == "Job":
+            if workload["kind"] in ("Job", "CronJob"):
                 assert "--migrate-only" in container["command"]
                 assert owner, workload["metadata"]["name"]
             else:
@@ -558,6 +558,21 @@ def test_only_migration_jobs_hold_the_schema_owners_credentials(name: str) -> No
                 values = environment(name, workload, container)
                 _, prefix, _ = service_of(container)
                 assert values[f"{prefix}_MIGRATE_ON_START"] == "false"
+
+
+@pytest.mark.parametrize("name", KUSTOMIZATIONS)
+def test_every_service_makes_and_drops_its_time_partitions_daily(name: str) -> None:
+    cronjobs = of_kind(name, "CronJob")
+    for deployment in of_kind(name, "Deployment"):
+        command = pod_template(deployment)["spec"]["containers"][0]["command"]
+        keeping = [
+            job
+            for job in cronjobs
+            if containers(job)[0]["command"] == [*command, "--migrate-only"]
+            and job["spec"]["concurrencyPolicy"] == "Forbid"
+            and re.fullmatch(r"\d+ \d+ \* \* \*", job["spec"]["schedule"])
+        ]
+        assert len(keeping) == 1, deployment["metadata"]["name"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,6 +8,10 @@
 - `EventConsumer` records each handled event id in the inbox in the handler's own transaction,
   so a redelivery has no second effect; a failing message is retried a bounded number of times
   through a delay queue and then parked in `<queue>.dlq`.
+- The outbox and inbox are partitioned by day (`billing_common.partitions`). The inbox keeps an
+  event's id for INBOX_RETENTION after the event occurred; the consumer parks an event from before
+  the inbox's watermark (the time before which ids were dropped) unhandled, so an event is either
+  recognised or parked, never applied twice.
 - Trace context travels in message headers, the correlation id in the event's header: each row
   stores the context of the transaction that wrote it, the relay publishes it in a PRODUCER span
   under that context, and the consumer's span continues it.
@@ -23,7 +27,7 @@ import pkgutil
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any
 
@@ -60,6 +64,7 @@ OUTAGE_LONGEST_PAUSE_S = 5.0
 CONTENT_TYPE = "application/x-protobuf"
 RETRY_HEADER = "x-retry-count"
 QUORUM: dict[str, Any] = {"x-queue-type": "quorum"}
+FORGOTTEN = "forgotten"
 
 
 # ---------------------------------------------------------------- the registry of event types
@@ -128,13 +133,16 @@ class Outbox:
             stamped: Any = event  # every event message has a `header` (a contract rule)
             header = stamped.header
             header.event_id = str(uuid.uuid4())
-            header.occurred_at.FromDatetime(self._clock.now())
+            now = self._clock.now()
+            header.occurred_at.FromDatetime(now)
             header.producer = self._producer
             header.correlation_id = context.current_correlation_id()
-            rows.append((uuid.UUID(header.event_id), event_type, event.SerializeToString(), carrier))
+            rows.append((uuid.UUID(header.event_id), event_type, event.SerializeToString(), carrier, now))
         if rows:
             await conn.executemany(
-                "INSERT INTO outbox (event_id, event_type, payload, headers) VALUES ($1, $2, $3, $4)", rows
+                """INSERT INTO outbox (event_id, event_type, payload, headers, created_at)
+                   VALUES ($1, $2, $3, $4, $5)""",
+                rows,
             )
             self.written.set()
         return [str(row[0]) for row in rows]
@@ -157,7 +165,6 @@ class OutboxRelay:
         wake: asyncio.Event | None = None,
         poll_interval: timedelta = timedelta(milliseconds=200),
         batch_size: int = 200,
-        retention: timedelta = timedelta(days=7),
     ) -> None:
         self._pool = pool
         self._amqp_url = amqp_url
@@ -166,7 +173,6 @@ class OutboxRelay:
         self._wake = wake or asyncio.Event()
         self._poll = poll_interval.total_seconds()
         self._batch = batch_size
-        self._retention = retention
 
     async def run(self) -> None:
         backoff = 0.2
@@ -184,12 +190,8 @@ class OutboxRelay:
                 backoff = min(backoff * 2, 5.0)
 
     async def _relay_forever(self, exchange: AbstractExchange) -> None:
-        cycles = 0
         while True:
             sent = await self.relay_once(exchange)
-            cycles += 1
-            if cycles % 3000 == 0:
-                await self._prune()
             if sent < self._batch:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
@@ -255,12 +257,6 @@ class OutboxRelay:
         finally:
             if producer is not None:
                 producer.end()
-
-    async def _prune(self) -> None:
-        async with self._pool.acquire() as conn:
-            await conn.execute(
-                "DELETE FROM outbox WHERE published_at < now() - $1::interval", self._retention
-            )
 
 
 # ---------------------------------------------------------------- consuming
@@ -406,6 +402,11 @@ class EventConsumer:
             token = context.correlation_id.set(event.header.correlation_id or context.new_correlation_id())
             try:
                 outcome = await self._apply_once_reachable(event_type, event)
+                if outcome == FORGOTTEN:
+                    await self._park(
+                        channel, message, "the inbox has forgotten its time: it may have been handled"
+                    )
+                    return
                 EVENTS_HANDLED.labels(self.queues.main, event_type, outcome).inc()
                 log.debug(
                     "event handled",
@@ -446,14 +447,38 @@ class EventConsumer:
                 pause = min(pause * 2, OUTAGE_LONGEST_PAUSE_S)
 
     async def _apply(self, event_type: str, event: Any) -> str:
+        """Handle `event` unless the inbox holds its id, or has forgotten the ids of its time.
+
+        The key (id, occurred_at) stops two deliveries of the same message at once, as both carry
+        the same time; the lookup by id alone finds rows whose time differs: handled before the
+        inbox kept the event's time, or an event with no time (not from an outbox), which takes
+        the time it is handled. Ids of events before the inbox's watermark may have been dropped
+        with their partition: such an event is neither handled nor taken for a duplicate (one
+        with no time cannot be placed before or after it, and is handled).
+        """
         async with self._pool.acquire() as conn, conn.transaction():
-            first_time = await conn.fetchval(
-                """INSERT INTO inbox (event_id, event_type) VALUES ($1, $2)
-                   ON CONFLICT DO NOTHING RETURNING true""",
+            outcome = await conn.fetchrow(
+                """WITH forgotten AS (
+                       SELECT coalesce(max(forgotten_before), '-infinity') AS before
+                       FROM partition_watermarks WHERE table_name = 'inbox'),
+                   event AS (
+                       SELECT coalesce($3::timestamptz, now()) AS occurred_at),
+                   claimed AS (
+                       INSERT INTO inbox (event_id, event_type, occurred_at)
+                       SELECT $1, $2, event.occurred_at FROM event, forgotten
+                       WHERE ($3 IS NULL OR $3 >= forgotten.before)
+                         AND NOT EXISTS (SELECT 1 FROM inbox WHERE event_id = $1)
+                       ON CONFLICT DO NOTHING RETURNING true)
+                   SELECT EXISTS (SELECT 1 FROM claimed) AS first,
+                          coalesce($3 < (SELECT before FROM forgotten), false) AS forgotten""",
                 uuid.UUID(event.header.event_id),
                 event_type,
+                _occurred_at(event),
             )
-            if not first_time:
+            assert outcome is not None  # the statement always returns its one row
+            if outcome["forgotten"]:
+                return FORGOTTEN
+            if not outcome["first"]:
                 return "duplicate"
             await self._handlers[event_type](conn, event)
         return "handled"
@@ -482,6 +507,15 @@ class EventConsumer:
         )
         EVENTS_HANDLED.labels(self.queues.main, message.type or "", "dead_lettered").inc()
         await message.ack()
+
+
+def _occurred_at(event: Any) -> datetime | None:
+    """When the event happened, as its producer's outbox stamped it; None if nobody did."""
+    header = event.header
+    if not header.HasField("occurred_at"):
+        return None
+    occurred: datetime = header.occurred_at.ToDatetime(tzinfo=UTC)
+    return occurred
 
 
 def _copy(message: AbstractIncomingMessage, extra_headers: Mapping[str, Any]) -> aio_pika.Message:

@@ -34,7 +34,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from redis.asyncio import Redis
 
-from billing_common import db, telemetry
+from billing_common import db, partitions, telemetry
 from billing_common.auth import AuthConfig
 from billing_common.clock import Clock, SystemClock
 from billing_common.events import EventConsumer, Handler, Outbox, OutboxRelay
@@ -231,7 +231,8 @@ class ServiceHost:
 
     async def migrate(self) -> None:
         """Provision (with an admin DSN), then migrate as the schema's owner, granting the rows to
-        the runtime role where that is another role."""
+        the runtime role where that is another role; then make and drop time partitions (the
+        daily run of `--migrate-only` keeps them ahead of the clock)."""
         s = self.settings
         owner, runtime = urlsplit(s.db_migration_url or s.database_url), urlsplit(s.database_url)
         if not owner.username or not runtime.username:
@@ -254,6 +255,13 @@ class ServiceHost:
                 self._migrations(),
                 lock_timeout=s.migration_lock_timeout,
                 runtime_role=runtime.username if separate else None,
+            )
+            await partitions.maintain(
+                conn,
+                s.schema,
+                s.partitioned_tables(),
+                self.clock.now(),
+                lock_timeout=s.migration_lock_timeout,
             )
         finally:
             await conn.close()

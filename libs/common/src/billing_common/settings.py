@@ -21,6 +21,8 @@ from datetime import time, timedelta
 from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from billing_common.partitions import TimePartitioned, event_tables
+
 T = TypeVar("T")
 
 
@@ -59,6 +61,13 @@ class CommonSettings:
     # broker dead-letters it.
     event_delivery_limit: int = 20
     outbox_poll_interval: timedelta = timedelta(milliseconds=200)
+    # Relayed outbox rows are kept this long (a day's partition at a time); unrelayed ones always.
+    outbox_retention: timedelta = timedelta(days=7)
+    # Handled event ids are kept this long after the event occurred (a day's partition at a time);
+    # an event from a day already dropped is parked in the dead-letter queue unhandled, as the inbox
+    # cannot tell whether it was handled. Keep it above the longest an event may wait in the broker
+    # (a backlog, its retries, a dead-letter replay).
+    inbox_retention: timedelta = timedelta(days=30)
     grpc_host: str = "0.0.0.0"
     grpc_port: int = 50051
     grpc_tls_cert: str = ""
@@ -88,6 +97,10 @@ class CommonSettings:
     log_level: str = "INFO"
     # A successful call is logged at DEBUG, or at INFO when it took at least this long.
     log_slow_rpc: timedelta = timedelta(milliseconds=500)
+
+    def partitioned_tables(self) -> list[TimePartitioned]:
+        """The schema's tables partitioned by time, with their retention; services add theirs."""
+        return event_tables(self.outbox_retention, self.inbox_retention)
 
     @property
     def schema(self) -> str:

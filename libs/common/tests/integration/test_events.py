@@ -1,6 +1,7 @@
 """The outbox, relay, inbox and dead-letter queue against real PostgreSQL and RabbitMQ."""
 
 import asyncio
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import aio_pika
@@ -9,15 +10,17 @@ import pytest
 from prometheus_client import REGISTRY
 
 from billing.events.v1 import payment_pb2
-from billing_common import db, events
+from billing_common import db, events, partitions
 from billing_common.clock import ControllableClock
 from billing_common.events import EventConsumer, Outbox, OutboxRelay, event_type_of
+from billing_common.partitions import event_tables
 from billing_common.testing.faultproxy import FaultProxy
 from billing_common.testing.plugin import InfraEnv, eventually
 from billing_common.testing.servers import RabbitMQNode, outage
 
 CONSUMER_TABLES = db.Migration("0001.sql", "CREATE TABLE settled (payment_id TEXT NOT NULL);")
 PRODUCER_TABLES = db.Migration("0001.sql", "CREATE TABLE payments (payment_id TEXT PRIMARY KEY);")
+NOW = datetime(2026, 12, 2, 9, tzinfo=UTC)
 
 
 async def _schema(env: InfraEnv, name: str, migration: db.Migration) -> asyncpg.Pool:
@@ -44,7 +47,7 @@ class Harness:
         env.queues += [self.queue, f"{self.queue}.retry", f"{self.queue}.dlq"]
         self.tasks: list[asyncio.Task[None]] = []
 
-    def consumer(self, handler=_record_payment, max_retries: int = 5) -> EventConsumer:
+    def consumer(self, handler=_record_payment, max_retries: int = 5, **options) -> EventConsumer:
         return EventConsumer(
             self.consumer_pool,
             self.env.infra.amqp_url,
@@ -53,6 +56,7 @@ class Harness:
             {"payment.succeeded": handler},
             max_retries=max_retries,
             retry_delay=timedelta(milliseconds=100),
+            **options,
         )
 
     def relay(self) -> OutboxRelay:
@@ -163,6 +167,99 @@ async def test_a_duplicated_delivery_has_exactly_one_effect(harness: Harness) ->
     await asyncio.sleep(0.3)
     assert await harness.settled() == ["pay_twice"]
     assert await harness.consumer_pool.fetchval("SELECT event_id::text FROM inbox") == event_id
+
+
+async def _relay_again(harness: Harness) -> None:
+    """Relay the outbox's rows; the first time, or again as if the relay crashed before marking."""
+    await harness.producer.execute("UPDATE outbox SET published_at = NULL")
+    connection = await aio_pika.connect(harness.env.infra.amqp_url)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await events.declare_exchange(channel, harness.env.exchange)
+        assert await harness.relay().relay_once(exchange) >= 1
+
+
+def _handled(harness: Harness, outcome: str) -> float:
+    labels = {"queue": harness.queue, "event_type": "payment.succeeded", "outcome": outcome}
+    return REGISTRY.get_sample_value("billing_events_handled_total", labels) or 0.0
+
+
+async def test_a_redelivery_after_maintenance_moved_the_inbox_row_has_no_effect(harness: Harness) -> None:
+    consumer = harness.consumer()
+    harness.start(consumer.run)
+    await asyncio.wait_for(consumer.ready.wait(), 10)
+    await harness.commit_payment("pay_moved")
+    await _relay_again(harness)
+    assert await eventually(harness.settled) == ["pay_moved"]
+    async with harness.consumer_pool.acquire() as conn:
+        schema = await conn.fetchval("SELECT current_schema()")
+        done = await partitions.maintain(
+            conn, schema, event_tables(timedelta(days=7), timedelta(days=30)), NOW
+        )
+    assert "inbox_p20261121" in done.created and done.moved_rows == 1
+
+    await _relay_again(harness)
+    await eventually(lambda: _handled(harness, "duplicate") == 1)
+
+    assert await harness.settled() == ["pay_moved"]
+    stored = "SELECT tableoid::regclass::text FROM inbox"
+    assert [r[0] for r in await harness.consumer_pool.fetch(stored)] == ["inbox_p20261121"]
+
+
+async def test_a_redelivery_of_an_event_handled_before_the_inbox_kept_its_time_has_no_effect(
+    harness: Harness,
+) -> None:
+    consumer = harness.consumer()
+    harness.start(consumer.run)
+    await asyncio.wait_for(consumer.ready.wait(), 10)
+    event_id = await harness.commit_payment("pay_migrated")
+    # As common migration 0003 keeps such a row: its handling time stands for the event's time.
+    await harness.consumer_pool.execute(
+        "INSERT INTO inbox (event_id, event_type, occurred_at) VALUES ($1, 'payment.succeeded', $2)",
+        uuid.UUID(event_id),
+        NOW,
+    )
+    await _relay_again(harness)
+    await eventually(lambda: _handled(harness, "duplicate") == 1)
+    assert await harness.settled() == []
+    assert await harness.consumer_pool.fetchval("SELECT count(*) FROM inbox") == 1
+
+
+async def _maintain_inbox(harness: Harness, now: datetime) -> partitions.Maintenance:
+    async with harness.consumer_pool.acquire() as conn:
+        schema = await conn.fetchval("SELECT current_schema()")
+        return await partitions.maintain(
+            conn, schema, event_tables(timedelta(days=7), timedelta(days=30)), now
+        )
+
+
+async def test_a_redelivery_after_the_inbox_dropped_the_events_id_is_parked_not_applied_again(
+    harness: Harness,
+) -> None:
+    """Past INBOX_RETENTION (30 days here) the event's partition is dropped: the consumer can no
+    longer tell that it was handled, so it parks it rather than apply it a second time."""
+    occurred = datetime(2026, 11, 21, 3, 1, tzinfo=UTC)  # the harness outbox's clock
+    consumer = harness.consumer()
+    harness.start(consumer.run)
+    await asyncio.wait_for(consumer.ready.wait(), 10)
+    await harness.commit_payment("pay_forgotten")
+    await _relay_again(harness)
+    assert await eventually(harness.settled) == ["pay_forgotten"]
+
+    kept = await _maintain_inbox(harness, occurred + timedelta(days=30))
+    assert kept.dropped == [] and "inbox_p20261121" in kept.created
+    await _relay_again(harness)
+    await eventually(lambda: _handled(harness, "duplicate") == 1)
+
+    forgot = await _maintain_inbox(harness, occurred + timedelta(days=31))
+    assert "inbox_p20261121" in forgot.dropped
+    await _relay_again(harness)
+
+    async def parked() -> bool:
+        return await _queue_depth(harness.env, f"{harness.queue}.dlq") == 1
+
+    await eventually(parked, timeout=15)
+    assert await harness.settled() == ["pay_forgotten"]
 
 
 async def test_a_message_that_keeps_failing_ends_in_the_dead_letter_queue(

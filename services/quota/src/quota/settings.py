@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
+from billing_common.partitions import Step, TimePartitioned
 from billing_common.settings import CommonSettings
 
 
@@ -20,3 +21,12 @@ class QuotaSettings(CommonSettings):
     # REDIS_URL names one node of a Redis Cluster: counters go through redis-py's cluster client,
     # and checks read the primaries (no counter cache; see adapters/cluster.py).
     redis_cluster: bool = False
+    # Usage records (and their idempotency keys) are kept this long, a month's partition at a time;
+    # a key retried after that counts again.
+    usage_retention: timedelta = timedelta(days=400)
+
+    def partitioned_tables(self) -> list[TimePartitioned]:
+        usage = TimePartitioned(
+            "usage_records", "occurred_at", Step.MONTH, self.usage_retention, forget_with="usage_keys"
+        )
+        return [*super().partitioned_tables(), usage]

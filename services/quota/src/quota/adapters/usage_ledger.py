@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 
@@ -11,6 +12,18 @@ from billing.events.v1 import quota_pb2 as events
 from billing_common.db import transaction
 from billing_common.events import Outbox
 from quota.app.ports import AppendStatus, CounterRef, ThresholdAlert, UsageRecord
+
+
+def columns(records: Sequence[UsageRecord]) -> tuple[list[Any], ...]:
+    """The records as the six arrays a ledger insert unnests, in the table's column order."""
+    return (
+        [r.tenant_id for r in records],
+        [r.key for r in records],
+        [r.delta for r in records],
+        [r.idempotency_key for r in records],
+        [r.occurred_at for r in records],
+        [r.period_start for r in records],
+    )
 
 
 class PostgresUsageLedger:
@@ -21,30 +34,41 @@ class PostgresUsageLedger:
     async def append(
         self, records: Sequence[UsageRecord], alerts: Sequence[ThresholdAlert]
     ) -> list[AppendStatus]:
-        """All records in one statement; a key already stored is reported, not stored again."""
+        """All records in one statement; a key already stored is reported, not stored again.
+
+        The key is claimed in `usage_keys` (unique on tenant and key, whatever the time) and the
+        record stored only if the claim is new: the ledger's partitions could not hold that key.
+        """
         async with transaction(self._pool) as conn:
             inserted = await conn.fetch(
-                """INSERT INTO usage_records
+                """WITH batch AS (
+                       SELECT DISTINCT ON (tenant_id, idempotency_key) * FROM unnest(
+                           $1::text[], $2::text[], $3::bigint[], $4::text[],
+                           $5::timestamptz[], $6::timestamptz[]
+                       ) WITH ORDINALITY
+                         AS b(tenant_id, key, delta, idempotency_key, occurred_at, period_start, n)
+                       ORDER BY tenant_id, idempotency_key, n),
+                   claimed AS (
+                       INSERT INTO usage_keys (tenant_id, idempotency_key, occurred_at)
+                       SELECT tenant_id, idempotency_key, occurred_at FROM batch
+                       ON CONFLICT DO NOTHING
+                       RETURNING tenant_id, idempotency_key)
+                   INSERT INTO usage_records
                        (tenant_id, key, delta, idempotency_key, occurred_at, period_start)
-                   SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[],
-                                        $5::timestamptz[], $6::timestamptz[])
-                   ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
+                   SELECT tenant_id, key, delta, idempotency_key, occurred_at, period_start
+                   FROM batch JOIN claimed USING (tenant_id, idempotency_key)
                    RETURNING tenant_id, idempotency_key""",
-                [r.tenant_id for r in records],
-                [r.key for r in records],
-                [r.delta for r in records],
-                [r.idempotency_key for r in records],
-                [r.occurred_at for r in records],
-                [r.period_start for r in records],
+                *columns(records),
             )
             stored = {(r["tenant_id"], r["idempotency_key"]) for r in inserted}
             statuses: list[AppendStatus] = []
             existing: dict[tuple[str, str], str] = {}
             if len(stored) < len(records):
                 rows = await conn.fetch(
-                    """SELECT u.tenant_id, u.idempotency_key, u.key, u.delta FROM usage_records u
-                       JOIN unnest($1::text[], $2::text[]) AS k(tenant_id, idempotency_key)
-                         USING (tenant_id, idempotency_key)""",
+                    """SELECT u.tenant_id, u.idempotency_key, u.key, u.delta
+                       FROM unnest($1::text[], $2::text[]) AS k(tenant_id, idempotency_key)
+                       JOIN usage_keys c USING (tenant_id, idempotency_key)
+                       JOIN usage_records u USING (tenant_id, idempotency_key, occurred_at)""",
                     [r.tenant_id for r in records],
                     [r.idempotency_key for r in records],
                 )
