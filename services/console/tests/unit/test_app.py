@@ -139,7 +139,7 @@ async def test_a_failed_read_is_not_cached_but_a_missing_thing_is() -> None:
 
 
 async def test_an_operators_action_is_sent_in_her_name_and_stales_the_case_at_once() -> None:
-    services, _, reads, pages, actions = console()
+    services, _, _, pages, actions = console()
     await pages.case("c1")
     await actions.case(ALICE, "c1", "pause", "customer called")
     assert services.calls[-1] == (

@@ -255,7 +255,8 @@ def acted_by(change: Change, actor: str) -> Change:
     if not actor:
         return change
     named = tuple(
-        replace(t, detail=f"{t.detail} (by {actor})" if t.detail else f"by {actor}") for t in change.transitions
+        replace(t, detail=f"{t.detail} (by {actor})" if t.detail else f"by {actor}")
+        for t in change.transitions
     )
     return replace(change, transitions=named)
 

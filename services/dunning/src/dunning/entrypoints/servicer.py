@@ -63,10 +63,14 @@ class DunningServicer(dunning_pb2_grpc.DunningServiceServicer):
         return pb.PauseCaseResponse(dunning_case=m.view_pb(view))
 
     async def ResumeCase(self, request: pb.ResumeCaseRequest, context: Context) -> pb.ResumeCaseResponse:
-        return pb.ResumeCaseResponse(dunning_case=m.view_pb(await self._cases.resume(request.case_id, call.caller.get())))
+        return pb.ResumeCaseResponse(
+            dunning_case=m.view_pb(await self._cases.resume(request.case_id, call.caller.get()))
+        )
 
     async def RetryNow(self, request: pb.RetryNowRequest, context: Context) -> pb.RetryNowResponse:
-        return pb.RetryNowResponse(dunning_case=m.view_pb(await self._cases.retry_now(request.case_id, call.caller.get())))
+        return pb.RetryNowResponse(
+            dunning_case=m.view_pb(await self._cases.retry_now(request.case_id, call.caller.get()))
+        )
 
     async def ResetCase(self, request: pb.ResetCaseRequest, context: Context) -> pb.ResetCaseResponse:
         view = await self._cases.reset(request.case_id, request.reason, call.caller.get())
