@@ -27,6 +27,8 @@ SERVICES = [
     ("dunning", "DUNNING", "dunning", 50054, 9467),
     ("tier", "TIER", "tier", 50055, 9468),
 ]
+# The web console: (name, env prefix, package, HTTP port, metrics port); no database of its own.
+CONSOLE = ("console", "CONSOLE", "console", 8090, 9469)
 
 
 def dev_signing_key() -> tokens.SigningKey:
