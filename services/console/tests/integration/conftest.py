@@ -109,7 +109,7 @@ async def console_process(env: InfraEnv, suite: Suite, users: Path) -> AsyncIter
             process.kill()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 async def running_console(
     infra: Infra, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[RunningConsole]:

@@ -14,6 +14,7 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 
 from .conftest import PASSWORDS, RunningConsole
 
+# Debian's chromium (`make install` installs it when missing); Playwright downloads no browser.
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOTS = Path("artifacts/console")
 
