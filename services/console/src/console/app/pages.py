@@ -99,7 +99,6 @@ class Pages:
             hierarchy,
             subscriptions,
             invoices,
-            balance,
             ledger,
             entitlements,
             usage,
@@ -110,11 +109,20 @@ class Pages:
             self._reads.maybe("tier", "GetHierarchy", by_account),
             self._reads.read("recurring", "ListSubscriptions", {**by_account, "page_size": 100}),
             self._reads.read("recurring", "ListInvoices", {**by_account, "page_size": 100}),
-            self._reads.maybe("recurring", "GetAccountBalance", by_account),
             self._reads.read("recurring", "ListLedgerEntries", {**by_account, "page_size": 100}),
             self._reads.maybe("quota", "GetEntitlements", {"tenant_id": account_id}),
             self._reads.maybe("quota", "GetUsageSummary", {"tenant_id": account_id}),
             self._reads.read("dunning", "ListCases", {**by_account, "page_size": 100}),
+        )
+        subscribed = (subscriptions or {}).get("subscriptions", [])
+        billed = (invoices or {}).get("invoices", [])
+        # A balance is per currency: one for each currency the account is billed in.
+        currencies = sorted({s["amount"]["currency"] for s in subscribed if s.get("amount")})
+        balances = await asyncio.gather(
+            *(
+                self._reads.read("recurring", "GetAccountBalance", {**by_account, "currency": currency})
+                for currency in currencies
+            )
         )
         steps = tiers.timeline((tier_history or {}).get("changes", ()))
         current = (tier or {}).get("account_tier")
@@ -125,15 +133,15 @@ class Pages:
             "timeline": steps,
             "became": tiers.when_became(steps, current_tier) if current_tier else None,
             "hierarchy": (hierarchy or {}).get("root"),
-            "subscriptions": ((subscriptions or {}).get("subscriptions", [])),
-            "invoices": ((invoices or {}).get("invoices", [])),
-            "balance": balance,
-            "ledger": ((ledger or {}).get("entries", [])),
+            "subscriptions": subscribed,
+            "invoices": billed,
+            "balances": balances,
+            "ledger": (ledger or {}).get("entries", []),
             "entitlements": entitlements,
             "usage": billing.usage_against_entitlements(
                 (entitlements or {}).get("entitlements", ()), (usage or {}).get("totals", ())
             ),
-            "cases": ((cases or {}).get("cases", [])),
+            "cases": (cases or {}).get("cases", []),
         }
 
     async def subscription(self, subscription_id: str) -> dict[str, Any]:
