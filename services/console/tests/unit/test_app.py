@@ -79,7 +79,9 @@ async def test_an_account_page_seen_twice_within_the_cache_lifetime_reads_the_se
     services, clock, _, pages, _ = console(ttl_s=60)
     await pages.account("acme")
     first_round = len(services.calls)
-    assert first_round == 9  # tier x3, recurring x3, quota x2, dunning x1 (no currency: no balance)
+    assert (
+        first_round == 8
+    )  # tier x3, recurring x3, quota, dunning (no currency, no period: no balance, no usage)
     clock.seconds = 59
     await pages.account("acme")
     assert len(services.calls) == first_round

@@ -244,6 +244,15 @@ def test_usage_is_shown_against_each_entitlement() -> None:
     assert rows[0].sources == "plan pro@1"
 
 
+def test_usage_is_read_for_the_first_entitlement_period_there_is() -> None:
+    later = T0 + timedelta(days=30)
+    assert billing.usage_period([{"period_start": None}, {"period_start": T0, "period_end": later}]) == (
+        T0,
+        later,
+    )
+    assert billing.usage_period([{"period_start": T0, "period_end": T0}]) is None
+
+
 # ------------------------------------------------------------------------------ cache tags
 
 

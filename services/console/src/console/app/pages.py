@@ -101,7 +101,6 @@ class Pages:
             invoices,
             ledger,
             entitlements,
-            usage,
             cases,
         ) = await asyncio.gather(
             self._reads.maybe("tier", "GetAccountTier", by_account),
@@ -111,7 +110,6 @@ class Pages:
             self._reads.read("recurring", "ListInvoices", {**by_account, "page_size": 100}),
             self._reads.read("recurring", "ListLedgerEntries", {**by_account, "page_size": 100}),
             self._reads.maybe("quota", "GetEntitlements", {"tenant_id": account_id}),
-            self._reads.maybe("quota", "GetUsageSummary", {"tenant_id": account_id}),
             self._reads.read("dunning", "ListCases", {**by_account, "page_size": 100}),
         )
         subscribed = (subscriptions or {}).get("subscriptions", [])
@@ -123,6 +121,16 @@ class Pages:
                 self._reads.read("recurring", "GetAccountBalance", {**by_account, "currency": currency})
                 for currency in currencies
             )
+        )
+        period = billing.usage_period((entitlements or {}).get("entitlements", ()))
+        usage = (
+            await self._reads.maybe(
+                "quota",
+                "GetUsageSummary",
+                {"tenant_id": account_id, "period_start": period[0], "period_end": period[1]},
+            )
+            if period
+            else None
         )
         steps = tiers.timeline((tier_history or {}).get("changes", ()))
         current = (tier or {}).get("account_tier")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 # Invoices that bill nothing: a void invoice was taken back.
@@ -78,6 +78,15 @@ class UsageRow:
         if self.used is None or self.limit is None:
             return None
         return 100.0 if self.limit == 0 else round(100 * self.used / self.limit, 1)
+
+
+def usage_period(entitlements: Iterable[Mapping[str, Any]]) -> tuple[datetime, datetime] | None:
+    """The current period of the account's metered entitlements (the billing period), if any has one."""
+    for resolved in entitlements:
+        start, end = resolved.get("period_start"), resolved.get("period_end")
+        if start is not None and end is not None and end > start:
+            return start, end
+    return None
 
 
 def usage_against_entitlements(
