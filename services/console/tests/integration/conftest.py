@@ -117,7 +117,8 @@ async def running_console(
     extra = {"dunning": FAST_DUNNING}
     services = ["quota", "gateway-adapter", "recurring", "dunning", "tier"]
     try:
-        async with running_suite(env, services, extra) as suite:
+        # Five services start one after the other; on a loaded machine one may take over a minute.
+        async with running_suite(env, services, extra, ready_timeout=180) as suite:
             seeded = await seed(suite)
             async with console_process(env, suite, users_file(tmp_path_factory.mktemp("console"))) as (
                 url,
