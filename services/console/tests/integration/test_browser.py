@@ -57,6 +57,7 @@ async def test_an_operator_follows_an_account_to_its_dunning_case_and_pauses_it(
     page = await sign_in(browser, running_console, "alice")
     await expect(page.get_by_role("heading", name="Overview")).to_be_visible()
     await expect(page.locator("#chart-revenue")).to_be_visible()
+    assert await page.evaluate("Object.keys(Chart.instances).length") == 4  # all four charts drawn
     await shot(page, "overview")
 
     await page.get_by_role("link", name="Accounts", exact=True).click()

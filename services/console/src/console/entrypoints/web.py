@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
@@ -73,8 +74,15 @@ def _templates() -> Environment:
         enable_async=False,
     )
     env.filters.update(money=_money, label=_label, when=_when, url=lambda v: quote(str(v), safe=""))
-    env.filters["json"] = lambda v: json.dumps(v, default=str)
+    env.filters["json"] = _script_json
     return env
+
+
+def _script_json(value: Any) -> Markup:
+    """JSON to sit inside <script type="application/json">: not entity-escaped (the browser does not
+    decode entities there), with <, > and & written as escapes so it can never close the element."""
+    text = json.dumps(value, default=str)
+    return Markup(text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))  # noqa: S704
 
 
 def build_app(console: Console) -> Starlette:
