@@ -9,6 +9,7 @@ from datetime import datetime, time
 from typing import Any
 
 from billing_common.clock import Clock
+from billing_common.money import MINOR_DIGITS
 from console.app.ports import DeadLetters, Record
 from console.app.reads import CachedReads
 from console.domain import billing, dunning, history, tiers
@@ -50,6 +51,7 @@ class Pages:
         today = self._clock.now().date()
         latest_day = max((r.billing_date for r in runs if r.billing_date), default=today)
         cases = cases_answer.get("cases", [])
+        revenue = billing.revenue_by_day(invoices_answer.get("invoices", ()))
         return {
             "today": today,
             "runs_day": today if billing.runs_of_day(runs, today) else latest_day,
@@ -61,7 +63,9 @@ class Pages:
             "dead_letters": depths,
             "breakers": await self._breakers(),
             "charts": {
-                "revenue": billing.revenue_by_day(invoices_answer.get("invoices", ())),
+                "revenue": revenue,
+                # For drawing only: the chart shows major units; the table beside it, minor units.
+                "digits": {currency: MINOR_DIGITS.get(currency, 2) for currency in revenue},
                 "recovery": dunning.recovery_by_day(cases),
                 "durations": billing.run_durations(runs),
                 "tiers": tiers.distribution(changes_answer.get("changes", ())),

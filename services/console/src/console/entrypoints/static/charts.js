@@ -27,7 +27,7 @@
   draw("chart-revenue", "bar", days, currencies.map(function (c, i) {
     var byDay = {};
     data.revenue[c].forEach(function (p) { byDay[p[0]] = p[1]; });
-    return { label: c, backgroundColor: colours[i % colours.length], data: days.map(function (d) { return (byDay[d] || 0) / 100; }) };
+    return { label: c, backgroundColor: colours[i % colours.length], data: days.map(function (d) { return (byDay[d] || 0) / Math.pow(10, data.digits[c]); }) };
   }), "billed (major units)");
   draw("chart-recovery", "line", data.recovery.map(function (p) { return p[0]; }),
     [{ label: "recovered %", borderColor: colours[1], data: data.recovery.map(function (p) { return p[1] * 100; }) }], "% recovered");
