@@ -6,6 +6,9 @@ RUN := $(UV) run --frozen
 GEN := libs/common/src/billing
 BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
+# The console's charting library, from the npm registry at install time (MIT licence; not committed).
+CHARTJS_VERSION := 4.6.1
+CHARTJS := services/console/src/console/entrypoints/static/vendor/chart.umd.js
 # The buf.validate contract, taken from the installed protovalidate package (see tools/), and the
 # image of our contracts that buf lints offline.
 BUILD := .build
@@ -30,8 +33,13 @@ help:
 bootstrap:
 	bash tools/bootstrap.sh
 
-install: bootstrap
+install: bootstrap $(CHARTJS)
 	$(UV) sync --frozen --all-packages
+
+$(CHARTJS):
+	npm install --silent --no-audit --no-fund --prefix .tools chart.js@$(CHARTJS_VERSION)
+	mkdir -p $(dir $@)
+	cp .tools/node_modules/chart.js/dist/chart.umd.js $@
 
 $(BUF):
 	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION)
@@ -59,7 +67,7 @@ ruff: install
 	$(RUN) ruff format --check .
 
 mypy: protos
-	$(RUN) mypy -p billing_common -p gateway_adapter -p quota -p recurring -p dunning -p tier -p bench
+	$(RUN) mypy -p billing_common -p gateway_adapter -p quota -p recurring -p dunning -p tier -p console -p bench
 	$(RUN) mypy deploy/k8s/checks
 
 contracts: protos

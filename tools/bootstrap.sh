@@ -16,6 +16,8 @@ command -v npm >/dev/null || need_apt+=(npm)
 command -v pg_ctlcluster >/dev/null || need_apt+=(postgresql)
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v rabbitmq-server >/dev/null || need_apt+=(rabbitmq-server)
+# The console's browser tests drive Debian's chromium (Playwright, no browser download).
+command -v chromium >/dev/null || need_apt+=(chromium)
 command -v python3.11 >/dev/null || need_apt+=(python3.11 python3.11-venv)
 python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -49,7 +49,10 @@ class Suite:
 
 @contextlib.asynccontextmanager
 async def running_suite(
-    env: InfraEnv, names: list[str], extra: dict[str, dict[str, str]] | None = None
+    env: InfraEnv,
+    names: list[str],
+    extra: dict[str, dict[str, str]] | None = None,
+    ready_timeout: float = 60.0,
 ) -> AsyncIterator[Suite]:
     """Start `names` in dependency order (callees first), each with its callers' addresses set."""
     suite = Suite(env)
@@ -63,7 +66,11 @@ async def running_suite(
             }
             settings = env.settings(CommonSettings, name)
             suite.processes[name] = await start_process(
-                package, prefix, settings, {**wiring, **(extra or {}).get(name, {})}
+                package,
+                prefix,
+                settings,
+                {**wiring, **(extra or {}).get(name, {})},
+                ready_timeout=ready_timeout,
             )
         yield suite
     finally:

@@ -22,7 +22,7 @@ import pytest
 import referencing
 import yaml
 
-from billing_common.devrun import SERVICES
+from billing_common.devrun import CONSOLE, SERVICES
 from billing_common.settings import CommonSettings, load_settings
 from deploy.k8s.checks.kustomize import Object, pod_template, render
 from deploy.k8s.checks.netpol import Endpoint, allowed, selects
@@ -86,6 +86,12 @@ def rendered(name: str) -> tuple[Object, ...]:
     return tuple(render(KUSTOMIZATIONS[name]))
 
 
+def _is_console(workload: Object) -> bool:
+    return bool(
+        workload["spec"]["template"]["metadata"]["labels"].get("app.kubernetes.io/component") == "console"
+    )
+
+
 def of_kind(name: str, kind: str) -> list[Object]:
     return [obj for obj in rendered(name) if obj["kind"] == kind]
 
@@ -122,7 +128,7 @@ def service_of(container: Object) -> tuple[str, str, type[CommonSettings]]:
     command = container["command"]
     assert command[:2] == ["python", "-m"], command
     package = command[2].removesuffix(".entrypoints.main")
-    for service, prefix, known_package, *_ in SERVICES:
+    for service, prefix, known_package, *_ in [*SERVICES, CONSOLE]:
         if known_package == package:
             module = importlib.import_module(f"{package}.settings")
             (settings_class,) = (
@@ -193,8 +199,10 @@ def test_every_deployment_has_probes_resources_and_a_restricted_security_context
         assert pod["automountServiceAccountToken"] is False, label
         for container in containers(workload):
             if workload["kind"] == "Deployment":
+                # gRPC services answer grpc.health.v1; the console, a web application, over HTTP.
+                kind = "httpGet" if _is_console(workload) else "grpc"
                 for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-                    assert "grpc" in container.get(probe, {}), f"{label}: {probe}"
+                    assert kind in container.get(probe, {}), f"{label}: {probe}"
             for bound in ("requests", "limits"):
                 assert {"cpu", "memory"} <= set(container["resources"][bound]), f"{label}: {bound}"
             security = container["securityContext"]
@@ -267,6 +275,8 @@ def test_pods_drain_longer_than_the_longest_call_and_are_given_time_to(name: str
     longest_call = timedelta(0)
     drains = {}
     for deployment in of_kind(name, "Deployment"):
+        if _is_console(deployment):  # serves pages, not calls: nothing of its own outlasts a request
+            continue
         (container,) = containers(deployment)
         service, prefix, settings_class = service_of(container)
         values = {
@@ -324,6 +334,7 @@ def test_clients_reach_other_services_through_dns_targets_of_headless_services(n
         "RECURRING_QUOTA_ADDR",
         "RECURRING_GATEWAY_ADAPTER_ADDR",
         "DUNNING_RECURRING_ADDR",
+        *(f"CONSOLE_{service.upper().replace('-', '_')}_ADDR" for service, *_ in SERVICES),
     }
     for variable, value in addresses.items():
         match = re.fullmatch(r"dns:///([a-z0-9-]+):(\d+)", value)
@@ -421,6 +432,7 @@ def _outsider(
     )
 
 
+# The console's HTTP port is the webhook port too (8080): people come through the ingress controller.
 GRPC, METRICS, WEBHOOKS = 50051, 9464, 8080
 PUBLIC_ADDRESS = Endpoint("", ip="203.0.113.10")
 PRIVATE_ADDRESS = Endpoint("", ip="10.20.30.40")
@@ -440,11 +452,13 @@ def test_grpc_reaches_each_service_from_its_callers_the_console_and_operators_on
         (caller, callee)
         for caller, source in pods.items()
         for callee, destination in services.items()
-        if caller != callee and allowed(policies, source, destination, GRPC)
+        if caller != callee and caller != "console" and allowed(policies, source, destination, GRPC)
     }
     assert reachable == GRPC_CALLS
     for destination in services.values():
         assert allowed(policies, console, destination, GRPC)
+        if "console" in pods:
+            assert allowed(policies, pods["console"], destination, GRPC)
         assert allowed(policies, operators, destination, GRPC)
         assert not allowed(policies, stranger, destination, GRPC)
 
@@ -469,6 +483,22 @@ def test_metrics_only_from_monitoring_and_webhooks_only_from_the_ingress_control
 
 
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)
+def test_people_reach_the_console_through_the_ingress_controller_and_prometheus_its_metrics(
+    name: str,
+) -> None:
+    policies = of_kind(name, "NetworkPolicy")
+    pods = _pods(name)
+    console = pods["console"]
+    monitoring, ingress, stranger = _outsider("monitoring"), _outsider("ingress-nginx"), _outsider("default")
+    assert allowed(policies, ingress, console, WEBHOOKS)
+    assert allowed(policies, monitoring, console, METRICS)
+    assert not allowed(policies, monitoring, console, WEBHOOKS)
+    assert not allowed(policies, stranger, console, WEBHOOKS)
+    for source in pods.values():
+        assert not allowed(policies, source, console, WEBHOOKS)
+
+
+@pytest.mark.parametrize("name", KUSTOMIZATIONS)
 def test_pods_reach_out_only_to_what_they_need(name: str) -> None:
     policies = of_kind(name, "NetworkPolicy")
     dns = _outsider("kube-system", {"k8s-app": "kube-dns"})
@@ -478,9 +508,11 @@ def test_pods_reach_out_only_to_what_they_need(name: str) -> None:
     collector = _outsider("observability", namespace_labels={"billing-suite/otlp-collector": "true"})
     for pod_name, pod in _pods(name).items():
         migration = pod.labels["app.kubernetes.io/component"] == "migration"
+        # The console keeps no facts: no database at all.
+        keeps_facts = pod.labels["app.kubernetes.io/component"] != "console"
         assert allowed(policies, pod, dns, 53), pod_name
-        assert allowed(policies, pod, postgresql, 5432), pod_name
-        assert allowed(policies, pod, postgresql, 6432) != migration, pod_name
+        assert allowed(policies, pod, postgresql, 5432) == keeps_facts, pod_name
+        assert allowed(policies, pod, postgresql, 6432) == (keeps_facts and not migration), pod_name
         assert allowed(policies, pod, redis, 6379) != migration, pod_name
         assert allowed(policies, pod, rabbitmq, 5672) != migration, pod_name
         assert allowed(policies, pod, collector, 4317) != migration, pod_name
@@ -553,7 +585,7 @@ def test_only_migration_jobs_hold_the_schema_owners_credentials(name: str) -> No
             if workload["kind"] in ("Job", "CronJob"):
                 assert "--migrate-only" in container["command"]
                 assert owner, workload["metadata"]["name"]
-            else:
+            elif not _is_console(workload):
                 assert owner == set(), workload["metadata"]["name"]
                 values = environment(name, workload, container)
                 _, prefix, _ = service_of(container)
@@ -563,7 +595,7 @@ def test_only_migration_jobs_hold_the_schema_owners_credentials(name: str) -> No
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)
 def test_every_service_makes_and_drops_its_time_partitions_daily(name: str) -> None:
     cronjobs = of_kind(name, "CronJob")
-    for deployment in of_kind(name, "Deployment"):
+    for deployment in (d for d in of_kind(name, "Deployment") if not _is_console(d)):  # no database
         command = pod_template(deployment)["spec"]["containers"][0]["command"]
         keeping = [
             job

@@ -4,7 +4,9 @@ A pod holds the public key set (JWKS) and nothing that can sign: the private key
 issuer (`python -m billing_common.tokens`). A caller is the token's `sub`: a service (`recurring`),
 the web console (`console`) or a person's role, optionally with who (`operator`, `operator:alice`).
 Allow-lists name roles (the part before `:`) or whole callers, method by method; the defaults are in
-each servicer and a deployment changes them with `<PREFIX>_AUTH_ACCESS`.
+each servicer and a deployment changes them with `<PREFIX>_AUTH_ACCESS`. The console names the person
+it acts for in a header (`ACTING_FOR_HEADER`): such a call needs both the console and the person's
+role on the method's list, and is recorded as the person's.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ FINANCE = "finance"  # people who read money matters: no action
 CONSOLE = "console"  # the finance/ops web console, acting for the people signed in to it
 READERS = frozenset({OPERATOR, FINANCE, CONSOLE})
 PERSON_ROLES = (OPERATOR, FINANCE)
+# Metadata by which the console names the person signed in to it (`operator:alice`).
+ACTING_FOR_HEADER = "x-billing-acting-for"
 # Methods every caller may use without a token: probes and tooling.
 OPEN_SERVICES = (
     "grpc.health.v1.Health",
@@ -413,11 +417,14 @@ class Authenticator:
     def is_open(self, method: str) -> bool:
         return method.split("/")[1] in OPEN_SERVICES if method.count("/") >= 2 else False
 
-    def authorize(self, method: str, authorization: str | None) -> str:
-        """The caller's name, or an error saying why the call is refused."""
+    def authorize(self, method: str, authorization: str | None, acting_for: str | None = None) -> str:
+        """The caller's name (the person's, when the console acts for one), or an error saying why
+        the call is refused."""
         if self.is_open(method):
             return "anonymous"
         if self.insecure:
+            if acting_for and is_caller_name(acting_for):
+                return acting_for
             try:
                 return self._caller(authorization).name if authorization else "insecure-dev"
             except Unauthenticated:
@@ -427,7 +434,21 @@ class Authenticator:
         caller = self._caller(authorization)
         if not self._policy.allows(method, caller):
             raise PermissionDenied(f"caller {caller.name!r} may not call {method}")
+        if acting_for:
+            return self._person(method, caller, acting_for).name
         return caller.name
+
+    def _person(self, method: str, caller: Caller, acting_for: str) -> Caller:
+        """The person the console acts for, held to the method's allow-list like any caller."""
+        if caller.role != CONSOLE:
+            raise PermissionDenied(f"caller {caller.name!r} may not act for someone else")
+        role = acting_for.partition(":")[0]
+        if not is_caller_name(acting_for) or role not in PERSON_ROLES:
+            raise PermissionDenied("the console acts for people only: `operator:<who>` or `finance:<who>`")
+        person = Caller(acting_for, role, caller.expires_at)
+        if not self._policy.allows(method, person):
+            raise PermissionDenied(f"{acting_for!r} may not call {method}")
+        return person
 
     def _caller(self, authorization: str) -> Caller:
         scheme, _, token = authorization.partition(" ")

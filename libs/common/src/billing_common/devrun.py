@@ -8,6 +8,7 @@ The development key pair is made once in a git-ignored folder; an operator token
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -27,6 +28,8 @@ SERVICES = [
     ("dunning", "DUNNING", "dunning", 50054, 9467),
     ("tier", "TIER", "tier", 50055, 9468),
 ]
+# The web console: (name, env prefix, package, HTTP port, metrics port); no database of its own.
+CONSOLE = ("console", "CONSOLE", "console", 8090, 9469)
 
 
 def dev_signing_key() -> tokens.SigningKey:
@@ -61,6 +64,47 @@ def service_env(
     return env
 
 
+CONSOLE_PEOPLE = {"alice": "operator", "bob": "finance"}
+
+
+def console_env(key: tokens.SigningKey) -> tuple[dict[str, str], dict[str, str]]:
+    """The console's settings, and the dev sign-ins (made once, kept in the git-ignored key folder)."""
+    name, prefix, _, http_port, metrics_port = CONSOLE
+    passwords_file, users_file = DEV_KEYS / "console-passwords", DEV_KEYS / "console-users"
+    if not passwords_file.exists():
+        passwords = {person: secrets.token_urlsafe(16) for person in CONSOLE_PEOPLE}
+        passwords_file.write_text("".join(f"{p} {w}\n" for p, w in passwords.items()), encoding="utf-8")
+        # Hashed by the console's own tool: libs/common imports no service.
+        lines = [
+            subprocess.run(  # noqa: S603
+                [sys.executable, "-m", "console.entrypoints.passwords", person, CONSOLE_PEOPLE[person]],
+                input=f"{password}\n",
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            for person, password in passwords.items()
+        ]
+        users_file.write_text("".join(lines), encoding="utf-8")
+    passwords = dict(line.split() for line in passwords_file.read_text(encoding="utf-8").splitlines())
+    token_file = DEV_KEYS / "tokens" / f"{name}.jwt"
+    token_file.parent.mkdir(parents=True, exist_ok=True)
+    token_file.write_text(tokens.issue(key, name) + "\n", encoding="utf-8")
+    env = {
+        f"{prefix}_HTTP_HOST": "127.0.0.1",
+        f"{prefix}_HTTP_PORT": str(http_port),
+        f"{prefix}_METRICS_PORT": str(metrics_port),
+        f"{prefix}_AUTH_TOKEN_FILE": str(token_file),
+        f"{prefix}_USERS_FILE": str(users_file),
+        f"{prefix}_COOKIE_SECURE": "false",
+        **{
+            f"{prefix}_{other.upper().replace('-', '_')}_ADDR": f"127.0.0.1:{port}"
+            for other, _, _, port, _ in SERVICES
+        },
+    }
+    return env, passwords
+
+
 def main() -> None:
     key = dev_signing_key()
     processes: list[subprocess.Popen[bytes]] = []
@@ -68,6 +112,13 @@ def main() -> None:
         env = {**os.environ, **service_env(name, prefix, grpc_port, metrics_port, key)}
         processes.append(subprocess.Popen([sys.executable, "-m", f"{package}.entrypoints.main"], env=env))  # noqa: S603
         print(f"{name:<16} gRPC 127.0.0.1:{grpc_port}   metrics http://127.0.0.1:{metrics_port}/metrics")
+    env, passwords = console_env(key)
+    processes.append(
+        subprocess.Popen([sys.executable, "-m", "console.entrypoints.main"], env={**os.environ, **env})
+    )
+    print(f"{'console':<16} http://127.0.0.1:{CONSOLE[3]}/   metrics http://127.0.0.1:{CONSOLE[4]}/metrics")
+    for person, password in passwords.items():
+        print(f"{'':<16} sign in as {person} ({CONSOLE_PEOPLE[person]}), password {password}")
     print(f"\noperator token, valid {tokens.PERSON_LIFETIME} (Authorization: Bearer ...):")
     print(tokens.issue(key, "operator"))
     issuer = f"python -m billing_common.tokens issue --private-key {DEV_KEYS}/signing-key.pem"

@@ -25,7 +25,7 @@ from grpc_status import rpc_status
 from prometheus_client import Counter, Histogram
 
 from billing_common import context, telemetry
-from billing_common.auth import Authenticator
+from billing_common.auth import ACTING_FOR_HEADER, Authenticator
 from billing_common.errors import (
     AlreadyExists,
     BillingError,
@@ -159,13 +159,15 @@ class BillingInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
     def authorize(self, method: str, grpc_context: Context) -> None:
-        authorization = None
+        authorization = acting_for = None
         for key, value in grpc_context.invocation_metadata() or ():
             if key == "authorization" and isinstance(value, str):
                 authorization = value
             elif key == CORRELATION_HEADER and value:
                 context.correlation_id.set(str(value))
-        context.caller.set(self._auth.authorize(method, authorization))
+            elif key == ACTING_FOR_HEADER and isinstance(value, str):
+                acting_for = value
+        context.caller.set(self._auth.authorize(method, authorization, acting_for))
 
     def finish(self, method: str, started: float, code: grpc.StatusCode, error: str = "") -> None:
         elapsed = time.perf_counter() - started

@@ -398,3 +398,20 @@ def test_make_run_gives_each_pod_public_keys_and_its_own_token_and_no_signing_ke
         config = AuthConfig.from_settings(pod, prefix)  # the key set has public keys only, or this fails
         own = config.authenticator({QUOTA: {method: {name} for method in QUOTA_METHODS}})
         assert own.authorize(CHECK, bearer(config.outgoing_token())) == name
+
+
+def test_the_console_acting_for_a_person_needs_both_on_the_list_and_is_recorded_as_the_person() -> None:
+    auth = authenticator("CheckQuota+=console,finance; CreatePlan+=console")
+    console = bearer(live("console"))
+    assert auth.authorize(CHECK, console, "operator:alice") == "operator:alice"
+    assert auth.authorize(CHECK, console, "finance:bob") == "finance:bob"
+    assert auth.authorize(CHECK, console) == "console"
+    with pytest.raises(PermissionDenied, match="finance:bob"):
+        auth.authorize(f"/{QUOTA}/CreatePlan", bearer(live("console")), "finance:bob")
+
+
+@pytest.mark.parametrize(("caller", "acting_for"), [("operator", "operator:eve"), ("console", "recurring")])
+def test_only_the_console_acts_for_someone_and_only_for_people(caller: str, acting_for: str) -> None:
+    auth = authenticator("CheckQuota+=console,recurring")
+    with pytest.raises(PermissionDenied):
+        auth.authorize(CHECK, bearer(live(caller)), acting_for)

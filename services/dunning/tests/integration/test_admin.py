@@ -35,7 +35,9 @@ async def test_pause_resume_and_retry_now(dunning: Dunning) -> None:
     ).dunning_case
     assert paused.state == pb.CASE_STATE_HELD
     assert paused.attempts[0].outcome == pb.ATTEMPT_OUTCOME_CANCELLED
-    assert paused.history[-1].cause == "operator_pause: call"
+    assert (
+        paused.history[-1].cause == "operator_pause: call (by operator)"
+    )  # who asked, as their token names them
     held = await dunning.events.wait_for("dunning.held")
     assert held[0].reason == "call"
 

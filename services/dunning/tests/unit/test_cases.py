@@ -226,6 +226,14 @@ def test_pause_and_resume() -> None:
         decide.resume(case, NOW, PLANNING)
 
 
+def test_an_operators_action_names_the_person_in_the_case_history() -> None:
+    paused = decide.acted_by(decide.pause(stored(opened()), NOW, "customer called"), "operator:alice")
+    assert [t.detail for t in paused.transitions] == ["customer called (by operator:alice)"]
+    resumed = decide.acted_by(decide.resume(stored(paused), NOW, PLANNING), "operator:alice")
+    assert all(t.detail.endswith("(by operator:alice)") for t in resumed.transitions)
+    assert decide.acted_by(paused, "") == paused
+
+
 def test_resuming_a_hard_declined_case_waits_for_a_method_again() -> None:
     held = stored(decide.pause(stored(opened(HARD)), NOW, "check"))
     assert decide.resume(held, NOW, PLANNING).case.state is S.AWAITING_PAYMENT_METHOD

@@ -124,19 +124,23 @@ class CaseService:
         cut = page.cut(await self._store.list_cases(where, page.after, page.limit), lambda row: row[0])
         return Page([case for _, case in cut.items], cut.next_after)
 
-    async def pause(self, case_id: str, reason: str) -> CaseView:
-        return await self._act(case_id, lambda case, now, _: decide.pause(case, now, reason))
+    async def pause(self, case_id: str, reason: str, actor: str = "") -> CaseView:
+        return await self._act(case_id, lambda case, now, _: decide.pause(case, now, reason), actor)
 
-    async def resume(self, case_id: str) -> CaseView:
-        return await self._act(case_id, decide.resume)
+    async def resume(self, case_id: str, actor: str = "") -> CaseView:
+        return await self._act(case_id, decide.resume, actor)
 
-    async def retry_now(self, case_id: str) -> CaseView:
-        return await self._act(case_id, decide.retry_now)
+    async def retry_now(self, case_id: str, actor: str = "") -> CaseView:
+        return await self._act(case_id, decide.retry_now, actor)
 
-    async def reset(self, case_id: str, reason: str) -> CaseView:
-        return await self._act(case_id, lambda case, now, planning: decide.reset(case, now, planning, reason))
+    async def reset(self, case_id: str, reason: str, actor: str = "") -> CaseView:
+        return await self._act(
+            case_id, lambda case, now, planning: decide.reset(case, now, planning, reason), actor
+        )
 
-    async def _act(self, case_id: str, decision: Callable[[Case, datetime, Planning], Change]) -> CaseView:
+    async def _act(
+        self, case_id: str, decision: Callable[[Case, datetime, Planning], Change], actor: str
+    ) -> CaseView:
         """Decide and apply under the row lock; an illegal transition is FAILED_PRECONDITION."""
         async with self._store.transaction() as session:
             case = await session.get(_case_id(case_id), for_update=True)
@@ -144,9 +148,9 @@ class CaseService:
                 raise NotFound(f"no dunning case {case_id}")
             planning = await planning_for(session, self._statistics, case.invoice.merchant_id)
             try:
-                change = decision(case, self._clock.now(), planning)
+                change = decide.acted_by(decision(case, self._clock.now(), planning), actor)
             except IllegalTransition as exc:
-                _log_refused(exc, case, "operator")
+                _log_refused(exc, case, actor or "operator")
                 raise
             if change.changed:
                 case = await session.apply(change)

@@ -250,6 +250,17 @@ def payment_method_updated(case: Case, now: datetime, planning: Planning) -> Cha
     return d.done()
 
 
+def acted_by(change: Change, actor: str) -> Change:
+    """An operator's action names who asked for it in the case's history (`operator:alice`)."""
+    if not actor:
+        return change
+    named = tuple(
+        replace(t, detail=f"{t.detail} (by {actor})" if t.detail else f"by {actor}")
+        for t in change.transitions
+    )
+    return replace(change, transitions=named)
+
+
 def pause(case: Case, now: datetime, reason: str) -> Change:
     d = _Decision(case, now)
     if case.state is S.HELD:

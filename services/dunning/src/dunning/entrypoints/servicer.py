@@ -8,6 +8,7 @@ import grpc
 
 from billing.dunning.v1 import dunning_pb2 as pb
 from billing.dunning.v1 import dunning_pb2_grpc
+from billing_common import context as call
 from billing_common.auth import CONSOLE, OPERATOR, READERS
 from billing_common.errors import InvalidArgument
 from billing_common.paging import PageTokens
@@ -58,17 +59,21 @@ class DunningServicer(dunning_pb2_grpc.DunningServiceServicer):
         )
 
     async def PauseCase(self, request: pb.PauseCaseRequest, context: Context) -> pb.PauseCaseResponse:
-        view = await self._cases.pause(request.case_id, request.reason)
+        view = await self._cases.pause(request.case_id, request.reason, call.caller.get())
         return pb.PauseCaseResponse(dunning_case=m.view_pb(view))
 
     async def ResumeCase(self, request: pb.ResumeCaseRequest, context: Context) -> pb.ResumeCaseResponse:
-        return pb.ResumeCaseResponse(dunning_case=m.view_pb(await self._cases.resume(request.case_id)))
+        return pb.ResumeCaseResponse(
+            dunning_case=m.view_pb(await self._cases.resume(request.case_id, call.caller.get()))
+        )
 
     async def RetryNow(self, request: pb.RetryNowRequest, context: Context) -> pb.RetryNowResponse:
-        return pb.RetryNowResponse(dunning_case=m.view_pb(await self._cases.retry_now(request.case_id)))
+        return pb.RetryNowResponse(
+            dunning_case=m.view_pb(await self._cases.retry_now(request.case_id, call.caller.get()))
+        )
 
     async def ResetCase(self, request: pb.ResetCaseRequest, context: Context) -> pb.ResetCaseResponse:
-        view = await self._cases.reset(request.case_id, request.reason)
+        view = await self._cases.reset(request.case_id, request.reason, call.caller.get())
         return pb.ResetCaseResponse(dunning_case=m.view_pb(view))
 
     async def GetPolicy(self, request: pb.GetPolicyRequest, context: Context) -> pb.GetPolicyResponse:

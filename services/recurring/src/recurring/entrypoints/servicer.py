@@ -40,7 +40,7 @@ ACCESS: dict[str, set[str] | frozenset[str]] = {
     "RunBilling": {OPERATOR},
     "GetRun": READERS,
     "ListRuns": READERS,
-    "ResumeRun": {OPERATOR},
+    "ResumeRun": ACTIONS,
     "GetInvoice": READERS,
     "ListInvoices": READERS,
     "VoidInvoice": ACTIONS,

@@ -1,0 +1,106 @@
+"""Billing read for people: runs and their progress, revenue billed per day, an account's ledger."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any
+
+# Invoices that bill nothing: a void invoice was taken back.
+NOT_BILLED = ("VOID", "DRAFT")
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run_id: str
+    billing_date: date | None
+    kind: str
+    state: str
+    progress_percent: float
+    due: int
+    charged: int
+    failed: int
+    parked: int
+    halted_gateways: tuple[str, ...]
+    duration: timedelta | None
+
+
+def run_summary(run: Mapping[str, Any]) -> RunSummary:
+    counts = run.get("counts") or {}
+    return RunSummary(
+        run_id=run["run_id"],
+        billing_date=run.get("billing_date"),
+        kind=str(run.get("kind", "")),
+        state=str(run.get("state", "")),
+        progress_percent=run.get("progress_per_mille", 0) / 10,
+        due=counts.get("due", 0),
+        charged=counts.get("charged", 0),
+        failed=counts.get("failed", 0),
+        parked=counts.get("parked", 0),
+        halted_gateways=tuple(run.get("halted_gateways", ())),
+        duration=run.get("duration"),
+    )
+
+
+def runs_of_day(runs: Iterable[RunSummary], day: date) -> list[RunSummary]:
+    return [r for r in runs if r.billing_date == day]
+
+
+def revenue_by_day(invoices: Iterable[Mapping[str, Any]]) -> dict[str, list[tuple[date, int]]]:
+    """Per currency, the invoice totals billed on each billing date, in minor units."""
+    sums: dict[str, dict[date, int]] = defaultdict(lambda: defaultdict(int))
+    for invoice in invoices:
+        total, day = invoice.get("total"), invoice.get("billing_date")
+        if total is None or day is None or str(invoice.get("status")) in NOT_BILLED:
+            continue
+        sums[total["currency"]][day] += total["amount_minor"]
+    return {currency: sorted(days.items()) for currency, days in sorted(sums.items())}
+
+
+def run_durations(runs: Iterable[RunSummary]) -> list[tuple[str, float]]:
+    """Finished runs, oldest first: label and seconds."""
+    done = [r for r in runs if r.duration is not None and r.billing_date is not None]
+    done.sort(key=lambda r: (r.billing_date or date.min, r.kind))
+    return [(f"{r.billing_date} {r.kind.lower()}", r.duration.total_seconds()) for r in done if r.duration]
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    key: str
+    used: int | None  # None: the service reports no usage for this key in the period
+    limit: int | None  # None: unlimited
+    sources: str  # where the limit comes from: plan, add-on, override, grant
+
+    @property
+    def percent(self) -> float | None:
+        if self.used is None or self.limit is None:
+            return None
+        return 100.0 if self.limit == 0 else round(100 * self.used / self.limit, 1)
+
+
+def usage_period(entitlements: Iterable[Mapping[str, Any]]) -> tuple[datetime, datetime] | None:
+    """The current period of the account's metered entitlements (the billing period), if any has one."""
+    for resolved in entitlements:
+        start, end = resolved.get("period_start"), resolved.get("period_end")
+        if start is not None and end is not None and end > start:
+            return start, end
+    return None
+
+
+def usage_against_entitlements(
+    entitlements: Iterable[Mapping[str, Any]], totals: Iterable[Mapping[str, Any]]
+) -> list[UsageRow]:
+    used = {t["key"]: t.get("quantity", 0) for t in totals}
+    rows = []
+    for resolved in entitlements:
+        entitlement = resolved.get("entitlement") or {}
+        key = entitlement.get("key", "")
+        sources = ", ".join(
+            f"{s.get('kind', '')} {s.get('reference', '')}".strip() for s in resolved.get("sources", ())
+        )
+        limit = None if entitlement.get("unlimited") else entitlement.get("limit", 0)
+        rows.append(UsageRow(key, used.pop(key, None), limit, sources))
+    rows += [UsageRow(key, quantity, None, "no entitlement") for key, quantity in sorted(used.items())]
+    return rows

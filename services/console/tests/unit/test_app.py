@@ -1,0 +1,171 @@
+"""The console's use cases on a fake of the services: the cache spares the services a second round
+of reads, events and actions make exactly what they changed stale, finance cannot act."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from billing_common.errors import NotFound, PermissionDenied
+from console.app.actions import Actions
+from console.app.cache import ReadCache
+from console.app.pages import Pages
+from console.app.reads import CachedReads
+from console.domain.people import Person, Role
+
+ALICE = Person("alice", Role.OPERATOR)
+BOB = Person("bob", Role.FINANCE)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def monotonic(self) -> float:
+        return self.seconds
+
+    def now(self) -> datetime:
+        return datetime(2031, 5, 5, tzinfo=UTC)
+
+
+class FakeServices:
+    """Answers every read with an empty message (or NOT_FOUND for tier reads) and counts calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, dict[str, Any], str]] = []
+        self.gate: asyncio.Event | None = None
+
+    async def call(
+        self, service: str, method: str, request: Mapping[str, Any], acting_for: str = ""
+    ) -> dict[str, Any]:
+        self.calls.append((service, method, dict(request), acting_for))
+        if self.gate is not None:
+            await self.gate.wait()
+        if service == "tier":
+            raise NotFound("no such account")
+        if method == "GetCase" or method.endswith("Case") or method == "RetryNow":
+            return {
+                "dunning_case": {
+                    "case_id": request.get("case_id", "c1"),
+                    "account_id": "acme",
+                    "state": "HELD",
+                }
+            }
+        return {}
+
+
+class NoDeadLetters:
+    async def depths(self) -> dict[str, int | None]:
+        return {}
+
+
+def console(ttl_s: float = 60) -> tuple[FakeServices, FakeClock, CachedReads, Pages, Actions]:
+    services, clock = FakeServices(), FakeClock()
+    reads = CachedReads(services, ReadCache(ttl_s, clock.monotonic))
+    return (
+        services,
+        clock,
+        reads,
+        Pages(reads, NoDeadLetters(), clock, ["sandbox-card"]),
+        Actions(services, reads),
+    )
+
+
+async def test_an_account_page_seen_twice_within_the_cache_lifetime_reads_the_services_once() -> None:
+    services, clock, _, pages, _ = console(ttl_s=60)
+    await pages.account("acme")
+    first_round = len(services.calls)
+    assert (
+        first_round == 8
+    )  # tier x3, recurring x3, quota, dunning (no currency, no period: no balance, no usage)
+    clock.seconds = 59
+    await pages.account("acme")
+    assert len(services.calls) == first_round
+    clock.seconds = 60
+    await pages.account("acme")
+    assert len(services.calls) == 2 * first_round
+
+
+async def test_an_event_about_the_account_refetches_only_that_accounts_reads() -> None:
+    services, _, reads, pages, _ = console()
+    await pages.account("acme")
+    await pages.account("globex")
+    before = len(services.calls)
+    reads.stale(
+        "invoice.paid", {"facts": {"invoice_id": "i1", "account_id": "acme", "subscription_id": "s1"}}
+    )
+    await pages.account("acme")
+    await pages.account("globex")
+    refetched = services.calls[before:]
+    assert refetched and all(
+        (request.get("account_id") or request.get("tenant_id")) == "acme" for _, _, request, _ in refetched
+    )
+
+
+async def test_concurrent_misses_of_one_read_make_one_call() -> None:
+    services, _, reads, _, _ = console()
+    services.gate = asyncio.Event()
+    waiting = [asyncio.create_task(reads.read("recurring", "GetRun", {"run_id": "r1"})) for _ in range(5)]
+    await asyncio.sleep(0)
+    services.gate.set()
+    await asyncio.gather(*waiting)
+    assert len(services.calls) == 1
+
+
+async def test_an_answer_that_arrives_after_its_invalidation_is_not_kept() -> None:
+    services, _, reads, _, _ = console()
+    services.gate = asyncio.Event()
+    loading = asyncio.create_task(reads.read("recurring", "GetRun", {"run_id": "r1"}))
+    await asyncio.sleep(0)
+    reads.stale("run.completed", {"run_id": "r1"})
+    services.gate.set()
+    await loading
+    services.gate = None
+    await reads.read("recurring", "GetRun", {"run_id": "r1"})
+    assert len(services.calls) == 2
+
+
+async def test_a_failed_read_is_not_cached_but_a_missing_thing_is() -> None:
+    services, _, reads, _, _ = console()
+    for _ in range(2):
+        with pytest.raises(NotFound):
+            await reads.read("tier", "GetAccountTier", {"account_id": "acme"})
+    assert len(services.calls) == 2
+    for _ in range(2):
+        assert await reads.maybe("tier", "GetAccountTier", {"account_id": "acme"}) is None
+    assert len(services.calls) == 3
+
+
+async def test_an_operators_action_is_sent_in_her_name_and_stales_the_case_at_once() -> None:
+    services, _, _, pages, actions = console()
+    await pages.case("c1")
+    await actions.case(ALICE, "c1", "pause", "customer called")
+    assert services.calls[-1] == (
+        "dunning",
+        "PauseCase",
+        {"case_id": "c1", "reason": "customer called"},
+        "operator:alice",
+    )
+    calls = len(services.calls)
+    await pages.case("c1")
+    assert len(services.calls) == calls + 1
+
+
+async def test_finance_cannot_act_and_the_services_are_not_even_asked() -> None:
+    services, _, _, _, actions = console()
+    with pytest.raises(PermissionDenied):
+        await actions.case(BOB, "c1", "retry")
+    with pytest.raises(PermissionDenied):
+        await actions.resume_run(BOB, "r1", "sandbox-card")
+    assert services.calls == []
+
+
+async def test_an_unknown_action_changes_nothing() -> None:
+    services, _, _, _, actions = console()
+    with pytest.raises(Exception, match="action"):
+        await actions.case(ALICE, "c1", "delete")
+    assert services.calls == []
