@@ -22,6 +22,7 @@ Context = grpc.aio.ServicerContext[Any, Any]
 # GATEWAY_AUTH_ACCESS. Only recurring charges: a payment made around it would miss the ledger.
 ACCESS: dict[str, set[str] | frozenset[str]] = {
     "Charge": {"recurring"},
+    "ChargeBatch": {"recurring"},
     "Refund": {"recurring", OPERATOR},
     "GetPayment": {"recurring", *READERS},
     "GetCircuitState": {"recurring", *READERS},

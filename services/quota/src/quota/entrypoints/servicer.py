@@ -34,6 +34,7 @@ ACCESS: dict[str, set[str] | frozenset[str]] = {
     "ListAddOns": READERS,
     "GetTierPlanMapping": {"recurring", *READERS},
     "GetUsageSummary": {"recurring", *READERS},
+    "GetUsageSummaries": {"recurring", *READERS},
     "GetEntitlements": READERS,
     "CreatePlan": {OPERATOR},
     "UpdatePlan": {OPERATOR},
