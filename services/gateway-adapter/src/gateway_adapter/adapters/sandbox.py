@@ -32,6 +32,10 @@ from gateway_adapter.domain.signatures import sign
 
 SIGNATURE_HEADER = "Sandbox-Signature"
 FLAKY = "tok_flaky_"
+# A card charge that spends this long on its way to the gateway (a stalled network path): until it
+# arrives the gateway has never heard of it, while its look-ups answer at once.
+SLOW_ARRIVAL_TOKEN = "tok_slow_arrival"
+SLOW_ARRIVAL = timedelta(seconds=2)
 # Card tokens whose answer is a decline, by the sandbox's own code.
 DECLINES: Mapping[str, tuple[str, str]] = {
     "tok_insufficient_funds": ("insufficient_funds", "Insufficient funds"),
@@ -88,6 +92,8 @@ class SandboxGateway:
         if call.token == "tok_gateway_unreachable":
             await self._arrive()
             raise GatewayUnreachable("597 gateway unreachable")
+        if call.token == SLOW_ARRIVAL_TOKEN:
+            await asyncio.sleep(SLOW_ARRIVAL.total_seconds())
         # Stamped and counted on arrival, as a gateway's rate limit counts requests as they come in.
         now = self._clock.now()
         accepted = self._bucket.take()
