@@ -93,7 +93,9 @@ class PostgresPayments:
     ) -> list[tuple[Payment | None, bool]]:
         fingerprints = [claim.request.fingerprint() for claim in claims]
         keys = [claim.request.idempotency_key for claim in claims]
-        async with transaction(self._pool) as conn:
+        # Each statement is atomic on its own (the INSERT takes every free key of the group at once):
+        # no BEGIN and COMMIT around them.
+        async with connection(self._pool) as conn:
             inserted = await conn.fetch(
                 """
                 INSERT INTO payments (payment_id, idempotency_key, request_fingerprint, merchant_id,

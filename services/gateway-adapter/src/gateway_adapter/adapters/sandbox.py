@@ -14,12 +14,14 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import aiohttp
 import asyncpg
 
 from billing_common.clock import Clock
 from billing_common.db import connection, transaction
+from billing_common.grouping import GroupCommit
 from gateway_adapter.app.notices import Notice, NoticeKind
 from gateway_adapter.app.ports import (
     GatewayCharge,
@@ -83,6 +85,27 @@ class SandboxGateway:
         self._clock = clock
         self._behaviour = behaviour
         self._bucket = TokenBucket(behaviour.rate_limit)
+        # Its own ledger, written as a busy gateway would: concurrent charges in one statement.
+        self._ledger: GroupCommit[tuple[Any, ...], None] = GroupCommit(self._write_charges)
+
+    async def _write_charges(self, charges: list[tuple[Any, ...]]) -> list[None]:
+        columns = list(zip(*charges, strict=True))
+        async with connection(self._pool) as conn:
+            await conn.execute(
+                """
+                INSERT INTO sandbox_charges (charge_id, idempotency_key, merchant_id, gateway, token,
+                    amount_minor, currency, outcome, created_at, clears_at)
+                SELECT c.charge_id, c.key, c.merchant_id, $10, c.token, c.amount_minor, c.currency,
+                    c.outcome, c.created_at, c.clears_at
+                FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[],
+                    $7::text[], $8::timestamptz[], $9::timestamptz[])
+                    AS c(charge_id, key, merchant_id, token, amount_minor, currency, outcome, created_at,
+                        clears_at)
+                """,
+                *columns,
+                self.name,
+            )
+        return [None] * len(charges)
 
     async def _arrive(self) -> None:
         if self._behaviour.latency:
@@ -103,24 +126,21 @@ class SandboxGateway:
         code, message, pending = await self._decide(call.token)
         charge_id = f"sbx_{uuid.uuid4().hex}"
         clears_at = now + self._behaviour.ach_clears_after if pending else None
-        async with transaction(self._pool) as conn:
-            await conn.execute(
-                """
-                INSERT INTO sandbox_charges (charge_id, idempotency_key, merchant_id, gateway, token,
-                    amount_minor, currency, outcome, created_at, clears_at)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-                """,
-                charge_id,
-                call.idempotency_key,
-                call.merchant_id,
-                self.name,
-                call.token,
-                call.amount_minor,
-                call.currency,
-                "pending" if pending else code,
-                now,
-                clears_at,
-            )
+        await self._ledger.submit(
+            [
+                (
+                    charge_id,
+                    call.idempotency_key,
+                    call.merchant_id,
+                    call.token,
+                    call.amount_minor,
+                    call.currency,
+                    "pending" if pending else code,
+                    now,
+                    clears_at,
+                )
+            ]
+        )
         if call.token == "tok_timeout_charged":
             raise GatewayTimeout("no answer within the deadline")
         return GatewayReply(code, message, charge_id, pending=pending)

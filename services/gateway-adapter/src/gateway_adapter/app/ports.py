@@ -142,7 +142,7 @@ class PaymentStore(Protocol):
     async def claim(
         self, claims: Sequence[Claim], now: datetime, lease_until: datetime
     ) -> list[tuple[Payment | None, bool]]:
-        """Hold each key for one caller, all in one transaction, leased until `lease_until`.
+        """Hold each key for one caller, the free ones in one statement, leased until `lease_until`.
 
         Per claim: (the payment, True) if this caller may talk to the gateway, (the stored payment,
         False) if the key is taken, (None, False) if it was released meanwhile by retention.
