@@ -22,6 +22,7 @@ from billing_common.clock import Clock
 from billing_common.db import CommitOutcomeUnknown
 from billing_common.errors import BillingError, FailedPrecondition, InvalidArgument, Unavailable, Violations
 from billing_common.faults import is_dependency_failure
+from billing_common.grouping import GroupCommit
 from quota.app.entitlements import Entitlements
 from quota.app.ports import (
     AppendStatus,
@@ -184,40 +185,8 @@ class _Targets:
         return target
 
 
-class GroupCommitter:
-    """Concurrent appends are written together: while one insert runs, the next ones queue up."""
-
-    def __init__(self, ledger: UsageLedger) -> None:
-        self._ledger = ledger
-        self._pending: list[
-            tuple[list[UsageRecord], list[ThresholdAlert], asyncio.Future[list[AppendStatus]]]
-        ] = []
-        self._flusher: asyncio.Task[None] | None = None
-
-    async def append(self, records: list[UsageRecord], alerts: list[ThresholdAlert]) -> list[AppendStatus]:
-        future: asyncio.Future[list[AppendStatus]] = asyncio.get_running_loop().create_future()
-        self._pending.append((records, alerts, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
-        return await future
-
-    async def _flush(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending, []
-            records = [r for item in batch for r in item[0]]
-            alerts = [a for item in batch for a in item[1]]
-            try:
-                statuses = await self._ledger.append(records, alerts)
-            except Exception as exc:  # every waiter learns that its records are not stored
-                for _, _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            offset = 0
-            for item_records, _, future in batch:
-                if not future.done():
-                    future.set_result(statuses[offset : offset + len(item_records)])
-                offset += len(item_records)
+# One call's durable usage: its records and the threshold alerts they cross.
+_Append = tuple[list[UsageRecord], list[ThresholdAlert]]
 
 
 class Usage:
@@ -234,7 +203,8 @@ class Usage:
         self._catalog = catalog
         self._counters = counters
         self._ledger = ledger
-        self._committer = GroupCommitter(ledger)
+        # Concurrent single records are appended together: while one insert runs, the next queue up.
+        self._committer: GroupCommit[_Append, list[AppendStatus]] = GroupCommit(self._append_together)
         self._unsettled = _Unsettled()
         self._clock = clock
         self._late_grace = late_grace
@@ -430,7 +400,7 @@ class Usage:
                 )
         try:
             if group_commit:
-                statuses = await self._committer.append(records, alerts)
+                (statuses,) = await self._committer.submit([(records, alerts)])
             else:
                 statuses = await self._ledger.append(records, alerts)
         except CommitOutcomeUnknown as exc:
@@ -480,6 +450,17 @@ class Usage:
     async def settle(self) -> int:
         """Store the events whose outcome a failure left open, where the counter still holds them."""
         return await self._unsettled.settle(self._ledger, self._counters)
+
+    async def _append_together(self, appends: list[_Append]) -> list[list[AppendStatus]]:
+        statuses = await self._ledger.append(
+            [record for records, _ in appends for record in records],
+            [alert for _, alerts in appends for alert in alerts],
+        )
+        answers, offset = [], 0
+        for records, _ in appends:
+            answers.append(statuses[offset : offset + len(records)])
+            offset += len(records)
+        return answers
 
     async def settle_forever(self, interval: timedelta = SETTLE_INTERVAL) -> None:
         while True:
