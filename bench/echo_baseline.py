@@ -54,8 +54,8 @@ def bare_process() -> Any:
 async def echo_caller(env: Any) -> AsyncIterator[Callable[[int], Awaitable[Any]]]:
     """A running echo server (its own process) and one call of it, for `closed_loop`."""
     settings = env.settings(CommonSettings, "echo")
-    with server_process("bench.echo_baseline:echo_factory", settings, "bench/no-migrations") as port:
-        async with open_channel(f"127.0.0.1:{port}", env.token("bench")) as channel:
+    with server_process("bench.echo_baseline:echo_factory", settings, "bench/no-migrations") as served:
+        async with open_channel(f"127.0.0.1:{served.port}", env.token("bench")) as channel:
             stub = echo.echo_stub(channel)
             await stub(b"warm-up")
             yield lambda _: stub(b"ping")

@@ -1,15 +1,21 @@
-"""gateway-adapter: Charge against the sandbox gateway with no latency, at 16 concurrent calls, as
-a ratio to the echo baseline of the same run, with p50/p99. Every call is a new idempotency key, so
-each one claims its key, calls the sandbox (which writes its own ledger row) and records the
-outcome with its payment.succeeded event in one transaction.
+"""gateway-adapter: Charge and ChargeBatch against the sandbox gateway with no latency, as ratios
+to the echo baseline measured in the same round, with the gateway-adapter pod's CPU per charge.
+
+Every charge is a new idempotency key: its key is claimed, the sandbox is called (it writes its own
+ledger row, in the same process) and the outcome is recorded with its payment.succeeded event,
+which the pod's relay publishes. Concurrent Charge calls share their claim and record transactions;
+a ChargeBatch claims and records all of its charges in one transaction each. Several rounds, so
+the spread shows how steady the figures are on a shared machine.
 """
 
 from __future__ import annotations
 
+import statistics
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from bench.echo_baseline import measure_echo
-from bench.harness import bench_env, closed_loop, server_process
+from bench.echo_baseline import echo_caller
+from bench.harness import Figures, bench_env, closed_loop, cpu_seconds, server_process
 from billing.common.v1 import common_pb2
 from billing.gateway.v1 import gateway_pb2 as pb
 from billing.gateway.v1 import gateway_pb2_grpc
@@ -19,7 +25,10 @@ from gateway_adapter.entrypoints.main import MIGRATIONS, build
 from gateway_adapter.settings import GatewaySettings
 
 CONCURRENCY = 16
+BATCH = 100
+BATCH_CONCURRENCY = 4
 SECONDS = 4.0
+ROUNDS = 3
 
 
 def gateway_factory(settings: GatewaySettings) -> Any:
@@ -38,30 +47,78 @@ def charge_request(key: str) -> pb.ChargeRequest:
     )
 
 
+async def _measured(
+    name: str, call: Callable[[int], Awaitable[Any]], concurrency: int, pid: int, per_call: int = 1
+) -> tuple[Figures, float]:
+    """The figures of a closed loop, and the pod's CPU milliseconds per charge during it."""
+    before = cpu_seconds(pid)
+    figures = await closed_loop(name, call, concurrency, SECONDS)
+    return figures, (cpu_seconds(pid) - before) * 1000 / (figures.calls * per_call)
+
+
+def _spread(values: list[float]) -> str:
+    return f"median {statistics.median(values):.2f} (min {min(values):.2f}, max {max(values):.2f})"
+
+
 async def main() -> None:
-    async with bench_env() as env:
-        echo = (await measure_echo(env, SECONDS))[CONCURRENCY]
+    charge_ratios: list[float] = []
+    charge_cpu: list[float] = []
+    batch_ratios: list[float] = []
+    batch_cpu: list[float] = []
+    async with bench_env() as env, echo_caller(env) as echo_call:
         settings = env.settings(GatewaySettings, "gateway-adapter", webhook_port=free_port())
-        with server_process("bench.gateway_charge:gateway_factory", settings, str(MIGRATIONS)) as port:
-            async with open_channel(f"127.0.0.1:{port}", env.token("recurring")) as channel:
+        with server_process("bench.gateway_charge:gateway_factory", settings, str(MIGRATIONS)) as served:
+            async with open_channel(f"127.0.0.1:{served.port}", env.token("recurring")) as channel:
                 stub = gateway_pb2_grpc.GatewayServiceStub(channel)
 
                 async def charge(n: int) -> None:
                     reply = await stub.Charge(charge_request(f"bench-{n}"))
                     assert reply.payment.status == common_pb2.PAYMENT_STATUS_SUCCEEDED
 
+                def batch_of(round_number: int) -> Callable[[int], Awaitable[None]]:
+                    async def charge_batch(n: int) -> None:
+                        keys = (f"bench-batch-{round_number}-{n}-{i}" for i in range(BATCH))
+                        reply = await stub.ChargeBatch(
+                            pb.ChargeBatchRequest(charges=[charge_request(key) for key in keys])
+                        )
+                        assert all(
+                            r.payment.status == common_pb2.PAYMENT_STATUS_SUCCEEDED for r in reply.results
+                        )
+
+                    return charge_batch
+
                 await charge(-1)
-                figures = await closed_loop("gateway Charge (sandbox, 0 ms)", charge, CONCURRENCY, SECONDS)
+                for round_number in range(ROUNDS):
+                    echo = await closed_loop("echo (service host)", echo_call, CONCURRENCY, SECONDS)
+                    single, cpu = await _measured(
+                        f"gateway Charge (sandbox, 0 ms) r{round_number}", charge, CONCURRENCY, served.pid
+                    )
+                    batched, batch_cpu_ms = await _measured(
+                        f"gateway ChargeBatch x{BATCH} r{round_number}",
+                        batch_of(round_number),
+                        BATCH_CONCURRENCY,
+                        served.pid,
+                        BATCH,
+                    )
+                    charge_ratios.append(single.rps / echo.rps)
+                    charge_cpu.append(cpu)
+                    batch_ratios.append(batched.rps * BATCH / echo.rps)
+                    batch_cpu.append(batch_cpu_ms)
+                    print(echo.line())
+                    print(f"{single.line(echo)}  CPU {cpu:.2f} ms/charge")
+                    print(
+                        f"{batched.line()}  {batched.rps * BATCH:7.0f} charges/s  ratio to echo "
+                        f"{batch_ratios[-1]:5.2f}  CPU {batch_cpu_ms:.2f} ms/charge"
+                    )
 
                 async def replay(n: int) -> None:
                     reply = await stub.Charge(charge_request(f"bench-{n % 100}"))
                     assert reply.replayed
 
                 replays = await closed_loop("gateway Charge replay (stored)", replay, CONCURRENCY, SECONDS)
-    print(echo.line())
-    print(figures.line(echo))
-    print(replays.line(echo))
+                print(replays.line(echo))
+    print(f"Charge ratio to echo {_spread(charge_ratios)}; pod CPU per charge ms {_spread(charge_cpu)}")
     print(
-        f"Charge ratio to echo {figures.rps / echo.rps:.2f}; p50 {figures.p50_ms:.2f} ms, "
-        f"p99 {figures.p99_ms:.2f} ms; replays {replays.rps / echo.rps:.2f} of echo"
+        f"ChargeBatch x{BATCH} charges/s ratio to echo {_spread(batch_ratios)}; "
+        f"CPU per charge ms {_spread(batch_cpu)}"
     )

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing as mp
-import os
 import statistics
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 
-from bench.harness import closed_loop, serve_bare
+from bench.harness import closed_loop, cpu_seconds, serve_bare
 from billing.quota.v1 import quota_pb2 as pb
 from billing.quota.v1 import quota_pb2_grpc
 from billing_common.service import run_event_loop
@@ -69,12 +68,6 @@ def _checker(stub: Any, request: pb.CheckQuotaRequest) -> Callable[[int], Awaita
     return call
 
 
-def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def main() -> None:
     ctx = mp.get_context("spawn")
     servers: dict[tuple[str, str], tuple[Any, Any, grpc.aio.Channel]] = {}
@@ -91,9 +84,9 @@ async def main() -> None:
         for _ in range(ROUNDS):
             for kind, stub in stubs.items():
                 pid = servers[kind][0].pid
-                cpu_before = _cpu_seconds(pid)
+                cpu_before = cpu_seconds(pid)
                 figures = await closed_loop("/".join(kind), _checker(stub, request), CONCURRENCY, SECONDS)
-                cpu_per_call = (_cpu_seconds(pid) - cpu_before) / figures.calls
+                cpu_per_call = (cpu_seconds(pid) - cpu_before) / figures.calls
                 rounds[kind].append((figures.rps, cpu_per_call * 1e6))
     finally:
         for process, stop, channel in servers.values():

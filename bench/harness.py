@@ -15,7 +15,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -168,8 +168,21 @@ async def bench_env() -> AsyncIterator[InfraEnv]:
             await env.cleanup()
 
 
+@dataclass(frozen=True)
+class Served:
+    port: int
+    pid: int
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.contextmanager
-def server_process(setup_ref: str, settings: CommonSettings, migrations: str) -> Any:
+def server_process(setup_ref: str, settings: CommonSettings, migrations: str) -> Iterator[Served]:
     """Run `setup_ref` ("package.module:factory", factory(settings) -> setup) in a child process."""
     ctx = mp.get_context("spawn")
     ports = ctx.Queue()
@@ -177,7 +190,9 @@ def server_process(setup_ref: str, settings: CommonSettings, migrations: str) ->
     process = ctx.Process(target=_serve, args=(setup_ref, settings, migrations, ports, stop), daemon=True)
     process.start()
     try:
-        yield ports.get(timeout=120)
+        port = ports.get(timeout=120)
+        assert process.pid is not None  # started
+        yield Served(port, process.pid)
     finally:
         stop.set()
         process.join(timeout=30)

@@ -81,16 +81,16 @@ async def main() -> None:
         tracked_settings = env.settings(QuotaSettings, "quota")
         direct_settings = env.settings(QuotaSettings, "quota", counter_cache_entries=0)
         with contextlib.ExitStack() as servers:
-            tracked_port = servers.enter_context(
+            tracked_pod = servers.enter_context(
                 server_process("bench.quota_check:quota_factory", tracked_settings, str(MIGRATIONS))
             )
-            direct_port = servers.enter_context(
+            direct_pod = servers.enter_context(
                 server_process("bench.quota_check:quota_factory", direct_settings, str(MIGRATIONS))
             )
             async with (
                 echo_caller(env) as echo_call,
-                open_channel(f"127.0.0.1:{tracked_port}", env.token("operator")) as tracked_channel,
-                open_channel(f"127.0.0.1:{direct_port}", env.token("operator")) as direct_channel,
+                open_channel(f"127.0.0.1:{tracked_pod.port}", env.token("operator")) as tracked_channel,
+                open_channel(f"127.0.0.1:{direct_pod.port}", env.token("operator")) as direct_channel,
             ):
                 stub = quota_pb2_grpc.QuotaServiceStub(tracked_channel)
                 direct = quota_pb2_grpc.QuotaServiceStub(direct_channel)

@@ -131,12 +131,12 @@ async def main() -> None:
             scan_schedule_sso="",
             scan_schedule_api="",
         )
-        with server_process("bench.tier_scan:tier_factory", settings, str(MIGRATIONS)) as port:
+        with server_process("bench.tier_scan:tier_factory", settings, str(MIGRATIONS)) as served:
             token = env.token("operator")
-            async with open_channel(f"127.0.0.1:{port}", token) as channel:
+            async with open_channel(f"127.0.0.1:{served.port}", token) as channel:
                 stub = tier_pb2_grpc.TierServiceStub(channel)
                 started = time.perf_counter()
-                loaded = await asyncio.to_thread(bulk_load, f"127.0.0.1:{port}", token)
+                loaded = await asyncio.to_thread(bulk_load, f"127.0.0.1:{served.port}", token)
                 load_seconds = time.perf_counter() - started
                 total = loaded.distributors + loaded.end_users + loaded.databases
                 print(

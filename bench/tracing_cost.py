@@ -29,7 +29,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 
-from bench.harness import bench_env, closed_loop
+from bench.harness import bench_env, closed_loop, cpu_seconds
 from billing_common import telemetry
 from billing_common.grpc_client import _StampingChannel, open_channel
 from billing_common.logging import configure_logging
@@ -95,12 +95,6 @@ def _receive(received: Any, ports: Any, stop: Any) -> None:
         await receiver.stop()
 
     run_event_loop(main())
-
-
-def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextlib.contextmanager
@@ -201,10 +195,10 @@ async def main() -> dict[str, tuple[float, float, float]]:
                         pid = servers[variant][0].pid
                         call = _pinger(stub)
                         with _caller_trace(variant, provider):
-                            server_before, client_before = _cpu_seconds(pid), time.process_time()
+                            server_before, client_before = cpu_seconds(pid), time.process_time()
                             figures = await closed_loop(variant, call, CONCURRENCY, SECONDS)
                             client = time.process_time() - client_before
-                            server = _cpu_seconds(pid) - server_before
+                            server = cpu_seconds(pid) - server_before
                         rounds[variant].append(
                             (figures.rps, server / figures.calls * 1e6, client / figures.calls * 1e6)
                         )

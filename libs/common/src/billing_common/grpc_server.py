@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
 import grpc
 from google.protobuf import any_pb2
@@ -93,6 +93,9 @@ def safe_text(text: str, limit: int = MAX_ERROR_CHARS) -> str:
     return redact_card_numbers(text)
 
 
+RETRY_PUSHBACK_HEADER = "grpc-retry-pushback-ms"
+
+
 def rich_status(error: BillingError) -> grpc.Status:
     """A google.rpc.Status carrying field violations and any protobuf attachments."""
     code = status_code_for(error)
@@ -111,11 +114,18 @@ def rich_status(error: BillingError) -> grpc.Status:
         status.details.append(
             _pack(error_details_pb2.ErrorInfo(reason=type(error).__name__, metadata=error.details))
         )
+    pushback: list[tuple[str, str]] = []
     for attachment in getattr(error, "attachments", ()):
         if isinstance(attachment, Message):
             status.details.append(_pack(attachment))
-    converted: grpc.Status = rpc_status.to_status(status)
-    return converted
+        if isinstance(attachment, error_details_pb2.RetryInfo):
+            # gRPC's own retry (our channels retry UNAVAILABLE) waits what the server asks for.
+            delay_ms = attachment.retry_delay.ToMilliseconds()
+            pushback.append((RETRY_PUSHBACK_HEADER, str(max(delay_ms, 1))))
+    converted = rpc_status.to_status(status)
+    if pushback:
+        converted = converted._replace(trailing_metadata=(*converted.trailing_metadata, *pushback))
+    return cast(grpc.Status, converted)
 
 
 def _pack(message: Message) -> any_pb2.Any:

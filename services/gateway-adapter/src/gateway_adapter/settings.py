@@ -23,8 +23,18 @@ class GatewaySettings(CommonSettings):
     # How long a replay waits for the first call with its key to finish before answering
     # UNAVAILABLE ("still in progress; retry with the same key").
     in_flight_wait: timedelta = timedelta(seconds=10)
-    # A call still PROCESSING after this is presumed crashed; the janitor asks the gateway.
+    # The lease a pod holds on each charge it is making, renewed every third of it while the call
+    # lives: a charge still PROCESSING this long after its pod last renewed is presumed crashed, and
+    # only then does the janitor ask the gateway.
     processing_timeout: timedelta = timedelta(minutes=2)
+    # Pacing lanes under each gateway's limit. An interactive charge takes the next free turn if it
+    # comes within this wait, else is answered UNAVAILABLE with a retry-after.
+    interactive_max_wait: timedelta = timedelta(seconds=2)
+    # A batch books turns no further ahead than this, so an interactive charge never queues behind
+    # more than this much of a batch; a batch charge without a turn within the batch wait is answered
+    # with a retry-after and nothing done.
+    batch_pacing_horizon: timedelta = timedelta(milliseconds=200)
+    batch_max_wait: timedelta = timedelta(seconds=5)
     # When to ask the gateway about an unknown outcome; the last step repeats.
     unknown_check_schedule: tuple[timedelta, ...] = (
         timedelta(minutes=5),

@@ -27,9 +27,15 @@ class Gateway:
     """A running gateway-adapter: recurring's stub, its settings, and the sandbox's own ledger."""
 
     def __init__(
-        self, settings: GatewaySettings, stub: Any, pool: asyncpg.Pool, process: RunningProcess | None = None
+        self,
+        settings: GatewaySettings,
+        address: str,
+        stub: Any,
+        pool: asyncpg.Pool,
+        process: RunningProcess | None = None,
     ) -> None:
         self.settings = settings
+        self.address = address
         self.stub = stub
         self.pool = pool
         self.process = process
@@ -95,7 +101,7 @@ async def _connected(
     pool = await env.pool(settings.schema)
     try:
         async with open_channel(address, env.token("recurring")) as channel:
-            yield Gateway(settings, gateway_pb2_grpc.GatewayServiceStub(channel), pool, process)
+            yield Gateway(settings, address, gateway_pb2_grpc.GatewayServiceStub(channel), pool, process)
     finally:
         await pool.close()
 

@@ -28,7 +28,7 @@ from quota.settings import QuotaSettings
 # A product service that meters its usage in quota, granted what it needs by configuration.
 STOREFRONT = "storefront"
 STOREFRONT_ACCESS = (
-    "CheckQuota,CheckQuotaBatch,RecordUsage,RecordUsageBatch,GetEntitlements,GetUsageSummary,"
+    "CheckQuota,CheckQuotaBatch,RecordUsage,RecordUsageBatch,GetEntitlements,GetUsageSummary,GetUsageSummaries,"
     "GetPlan,ListPlans,ListAddOns,GetTierPlanMapping+=storefront"
 )
 

@@ -184,6 +184,61 @@ async def test_usage_summary_matches_the_recorded_events(quota: Quota) -> None:
     assert summary.total_amount == common_pb2.Money(amount_minor=62, currency="USD")
 
 
+def summary_request(tenant: str, start: datetime | None, end: datetime) -> pb.GetUsageSummaryRequest:
+    request = pb.GetUsageSummaryRequest(tenant_id=tenant)
+    if start is not None:
+        request.period_start.FromDatetime(start)
+    request.period_end.FromDatetime(end)
+    return request
+
+
+async def test_summaries_of_many_tenants_in_one_call_equal_one_call_per_tenant(quota: Quota) -> None:
+    priced = entitlement(
+        "api.calls",
+        0,
+        pb.OVER_QUOTA_BEHAVIOUR_ALLOW,
+        unlimited=True,
+        included_quantity=100,
+        unit_price=common_pb2.Decimal(value="0.0025"),
+    )
+    await create_plan(quota, "pro", spec(priced, entitlement("seats", 10, period=pb.PERIOD_NONE)))
+    await create_plan(quota, "basic", spec(entitlement("exports", 1000)))
+    for tenant, plan in (("acme", "pro"), ("globex", "pro"), ("hooli", "basic")):
+        await subscribe(quota, tenant, plan)
+    now = datetime.now(UTC)
+    events = [usage("acme", "api.calls", 70, f"acme-{i}") for i in range(5)]  # 350: 250 billable
+    events += [usage("globex", "api.calls", 40, "globex-1"), usage("globex", "seats", 3, "globex-2")]
+    events += [usage("hooli", "exports", 9, "hooli-1")]
+    await quota.caller.RecordUsageBatch(pb.RecordUsageBatchRequest(events=events))
+    asked = [
+        summary_request("acme", now - timedelta(minutes=5), now + timedelta(minutes=1)),
+        summary_request("globex", now - timedelta(minutes=5), now + timedelta(minutes=1)),
+        summary_request("hooli", now - timedelta(minutes=5), now + timedelta(minutes=1)),
+        # acme again over a period before any usage: no totals.
+        summary_request("acme", now - timedelta(days=2), now - timedelta(days=1)),
+        summary_request("initech", now - timedelta(minutes=5), now + timedelta(minutes=1)),  # no plan
+        summary_request("acme", None, now),  # no start
+    ]
+    batch = await quota.caller.GetUsageSummaries(pb.GetUsageSummariesRequest(requests=asked))
+    assert len(batch.results) == len(asked)
+    for request, result in zip(asked[:4], batch.results[:4], strict=True):
+        assert result.summary == await quota.caller.GetUsageSummary(request)
+        assert not result.error
+    assert batch.results[0].summary.total_amount == common_pb2.Money(amount_minor=62, currency="USD")
+    assert [(t.key, t.quantity) for t in batch.results[1].summary.totals] == [("api.calls", 40), ("seats", 3)]
+    assert not batch.results[3].summary.totals
+    for request, result, code in zip(
+        asked[4:],
+        batch.results[4:],
+        (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT),
+        strict=True,
+    ):
+        assert not result.HasField("summary") and result.code == code.value[0]
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await quota.caller.GetUsageSummary(request)
+        assert refused.value.code() == code and refused.value.details() == result.error
+
+
 async def test_a_batch_across_tenants_and_script_calls_counts_in_order(quota: Quota) -> None:
     await create_plan(quota, "pro", spec(entitlement("exports", 1000)))
     await subscribe(quota, "acme", "pro")

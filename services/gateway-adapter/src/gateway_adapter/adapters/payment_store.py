@@ -16,7 +16,7 @@ from billing_common.db import connection, transaction
 from billing_common.errors import FailedPrecondition, NotFound
 from billing_common.events import Outbox
 from gateway_adapter.adapters.codec import facts, payment_status_pb
-from gateway_adapter.app.ports import GatewayReply, Outcome, PaymentEvent, StoredRefund
+from gateway_adapter.app.ports import Claim, GatewayReply, Outcome, PaymentEvent, Recording, StoredRefund
 from gateway_adapter.domain.classification import Classification, DeclineKind, FailureType
 from gateway_adapter.domain.payments import (
     ChargeRequest,
@@ -89,96 +89,146 @@ class PostgresPayments:
         self._outbox = outbox
 
     async def claim(
-        self, request: ChargeRequest, payment_id: str, gateway: str, now: datetime, check_at: datetime
-    ) -> tuple[Payment, bool]:
-        fingerprint = request.fingerprint()
-        async with transaction(self._pool) as conn:
-            row = await conn.fetchrow(
+        self, claims: Sequence[Claim], now: datetime, lease_until: datetime
+    ) -> list[tuple[Payment | None, bool]]:
+        fingerprints = [claim.request.fingerprint() for claim in claims]
+        keys = [claim.request.idempotency_key for claim in claims]
+        # Each statement is atomic on its own (the INSERT takes every free key of the group at once):
+        # no BEGIN and COMMIT around them.
+        async with connection(self._pool) as conn:
+            inserted = await conn.fetch(
                 """
                 INSERT INTO payments (payment_id, idempotency_key, request_fingerprint, merchant_id,
                     method_type, gateway_token, amount_minor, currency, gateway, status, caller_reference,
                     metadata, created_at, updated_at, next_check_at, trace_context)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'PROCESSING', $10, $11, $12, $12, $13, $14)
+                SELECT c.payment_id, c.key, c.fingerprint, c.merchant_id, c.method_type, c.token,
+                    c.amount_minor, c.currency, c.gateway, 'PROCESSING', c.caller_reference,
+                    c.metadata, $12, $12, $13, c.trace_context
+                FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                    $7::bigint[], $8::text[], $9::text[], $10::text[], $11::jsonb[], $14::jsonb[])
+                    AS c(payment_id, key, fingerprint, merchant_id, method_type, token, amount_minor,
+                        currency, gateway, caller_reference, metadata, trace_context)
                 ON CONFLICT (idempotency_key) DO NOTHING
                 RETURNING *
                 """,
-                uuid.UUID(payment_id),
-                request.idempotency_key,
-                fingerprint,
-                request.merchant_id,
-                request.method_type.value,
-                request.token,
-                request.amount_minor,
-                request.currency,
-                gateway,
-                request.caller_reference,
-                dict(request.metadata),
+                [uuid.UUID(claim.payment_id) for claim in claims],
+                keys,
+                fingerprints,
+                [claim.request.merchant_id for claim in claims],
+                [claim.request.method_type.value for claim in claims],
+                [claim.request.token for claim in claims],
+                [claim.request.amount_minor for claim in claims],
+                [claim.request.currency for claim in claims],
+                [claim.gateway for claim in claims],
+                [claim.request.caller_reference for claim in claims],
+                [dict(claim.request.metadata) for claim in claims],
                 now,
-                check_at,
-                telemetry.capture(),
+                lease_until,
+                [dict(claim.trace_context) for claim in claims],
             )
-            if row is not None:
-                return payment_from(row), True
-            # The gateway never saw a FAILED payment (unreachable, circuit open): the same key may try again.
-            row = await conn.fetchrow(
-                """
-                UPDATE payments SET status = 'PROCESSING', updated_at = $3, next_check_at = $4
-                WHERE idempotency_key = $1 AND request_fingerprint = $2 AND status = 'FAILED'
-                RETURNING *
-                """,
-                request.idempotency_key,
-                fingerprint,
-                now,
-                check_at,
-            )
-            if row is not None:
-                return payment_from(row), True
-            row = await conn.fetchrow(
-                "SELECT * FROM payments WHERE idempotency_key = $1", request.idempotency_key
-            )
-            if row is None:  # released between the two statements by the retention janitor
-                raise FailedPrecondition("idempotency key is being released; retry")
-            return payment_from(row), False
+            won = {str(row["payment_id"]): payment_from(row) for row in inserted}
+            taken = {payment.request.idempotency_key for payment in won.values()}
+            rest = [i for i, claim in enumerate(claims) if claim.request.idempotency_key not in taken]
+            # The gateway never saw a FAILED payment (unreachable, circuit open): the same key may try
+            # again, and the first caller of the group asking for it takes it.
+            retried: dict[str, Payment] = {}
+            if rest:
+                rows = await conn.fetch(
+                    """
+                    UPDATE payments SET status = 'PROCESSING', updated_at = $3, next_check_at = $4
+                    WHERE idempotency_key = ANY($1::text[]) AND status = 'FAILED'
+                        AND request_fingerprint = ($2::text[])[array_position($1::text[], idempotency_key)]
+                    RETURNING *
+                    """,
+                    [keys[i] for i in rest],
+                    [fingerprints[i] for i in rest],
+                    now,
+                    lease_until,
+                )
+                retried = {row["idempotency_key"]: payment_from(row) for row in rows}
+            stored: dict[str, Payment] = {}
+            rest = [i for i in rest if keys[i] not in retried]
+            if rest:
+                rows = await conn.fetch(
+                    "SELECT * FROM payments WHERE idempotency_key = ANY($1::text[])", [keys[i] for i in rest]
+                )
+                stored = {row["idempotency_key"]: payment_from(row) for row in rows}
+        by_key = {payment.request.idempotency_key: payment for payment in won.values()} | retried | stored
+        answers: list[tuple[Payment | None, bool]] = []
+        for claim, key in zip(claims, keys, strict=True):
+            if claim.payment_id in won:
+                answers.append((won[claim.payment_id], True))
+            elif key in retried:
+                answers.append((retried.pop(key), True))
+            else:
+                answers.append((by_key.get(key), False))
+        return answers
 
-    async def record(self, payment: Payment, outcome: Outcome, now: datetime) -> Payment | None:
+    async def record(self, recordings: Sequence[Recording], now: datetime) -> list[Payment | None]:
         async with transaction(self._pool) as conn:
-            return await self._apply(conn, payment, outcome, now)
+            return await self._apply(conn, recordings, now)
 
     async def _apply(
-        self, conn: asyncpg.Connection, payment: Payment, outcome: Outcome, now: datetime
-    ) -> Payment | None:
-        classification = outcome.classification
-        reply = outcome.reply or GatewayReply(code="")
-        row = await conn.fetchrow(
+        self, conn: asyncpg.Connection, recordings: Sequence[Recording], now: datetime
+    ) -> list[Payment | None]:
+        """Every outcome in one statement and its events in one more."""
+        columns: list[list[Any]] = [[] for _ in range(11)]
+        for recording in recordings:
+            classification = recording.outcome.classification
+            reply = recording.outcome.reply or GatewayReply(code="")
+            values = (
+                uuid.UUID(recording.payment.payment_id),
+                recording.payment.status.value,
+                recording.outcome.status.value,
+                classification.normalized_code if classification else None,
+                classification.failure_type.value if classification else None,
+                classification.decline_kind.value if classification else None,
+                classification.retryable if classification else None,
+                reply.code,
+                reply.message,
+                reply.reference,
+                recording.outcome.next_check_at,
+            )
+            for column, value in zip(columns, values, strict=True):
+                column.append(value)
+        rows = await conn.fetch(
             """
-            UPDATE payments SET status = $3, normalized_code = $4, failure_type = $5, decline_kind = $6,
-                retryable = $7, gateway_code = CASE WHEN $8 = '' THEN gateway_code ELSE $8 END,
-                gateway_message = CASE WHEN $8 = '' THEN gateway_message ELSE $9 END,
-                gateway_reference = CASE WHEN $10 = '' THEN gateway_reference ELSE $10 END,
-                next_check_at = $11, updated_at = $12
-            WHERE payment_id = $1 AND status = $2
-            RETURNING *
+            UPDATE payments p SET status = o.status, normalized_code = o.normalized_code,
+                failure_type = o.failure_type, decline_kind = o.decline_kind, retryable = o.retryable,
+                gateway_code = CASE WHEN o.code = '' THEN p.gateway_code ELSE o.code END,
+                gateway_message = CASE WHEN o.code = '' THEN p.gateway_message ELSE o.message END,
+                gateway_reference = CASE WHEN o.reference = '' THEN p.gateway_reference ELSE o.reference END,
+                next_check_at = o.next_check_at, updated_at = $12
+            FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                $7::boolean[], $8::text[], $9::text[], $10::text[], $11::timestamptz[])
+                AS o(payment_id, previous, status, normalized_code, failure_type, decline_kind,
+                    retryable, code, message, reference, next_check_at)
+            WHERE p.payment_id = o.payment_id AND p.status = o.previous
+            RETURNING p.*
             """,
-            uuid.UUID(payment.payment_id),
-            payment.status.value,
-            outcome.status.value,
-            classification.normalized_code if classification else None,
-            classification.failure_type.value if classification else None,
-            classification.decline_kind.value if classification else None,
-            classification.retryable if classification else None,
-            reply.code,
-            reply.message,
-            reply.reference,
-            outcome.next_check_at,
+            *columns,
             now,
         )
-        if row is None:
-            return None
-        updated = payment_from(row)
-        event = event_for(updated, outcome)
-        if event is not None:
-            await self._outbox.add(conn, event)
-        return updated
+        updated = {str(row["payment_id"]): payment_from(row) for row in rows}
+        answers = [updated.get(recording.payment.payment_id) for recording in recordings]
+        announced = [
+            event_for(payment, recording.outcome)
+            for payment, recording in zip(answers, recordings, strict=True)
+            if payment is not None
+        ]
+        await self._outbox.add_many(conn, [event for event in announced if event is not None])
+        return answers
+
+    async def renew_leases(self, payment_ids: Sequence[str], lease_until: datetime) -> None:
+        async with transaction(self._pool) as conn:
+            await conn.execute(
+                """
+                UPDATE payments SET next_check_at = $2
+                WHERE payment_id = ANY($1::uuid[]) AND status = 'PROCESSING'
+                """,
+                [uuid.UUID(payment_id) for payment_id in payment_ids],
+                lease_until,
+            )
 
     async def get(self, payment_id: str) -> Payment | None:
         try:
@@ -335,7 +385,7 @@ class PostgresPayments:
                 payment = payment_from(row)
                 outcome = decide(payment)
                 if outcome is not None:
-                    await self._apply(conn, payment, outcome, now)
+                    await self._apply(conn, [Recording(payment, outcome)], now)
             return True
 
 

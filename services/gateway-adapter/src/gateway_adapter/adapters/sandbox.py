@@ -14,12 +14,14 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import aiohttp
 import asyncpg
 
 from billing_common.clock import Clock
 from billing_common.db import connection, transaction
+from billing_common.grouping import GroupCommit
 from gateway_adapter.app.notices import Notice, NoticeKind
 from gateway_adapter.app.ports import (
     GatewayCharge,
@@ -32,6 +34,10 @@ from gateway_adapter.domain.signatures import sign
 
 SIGNATURE_HEADER = "Sandbox-Signature"
 FLAKY = "tok_flaky_"
+# A card charge that spends this long on its way to the gateway (a stalled network path): until it
+# arrives the gateway has never heard of it, while its look-ups answer at once.
+SLOW_ARRIVAL_TOKEN = "tok_slow_arrival"
+SLOW_ARRIVAL = timedelta(seconds=2)
 # Card tokens whose answer is a decline, by the sandbox's own code.
 DECLINES: Mapping[str, tuple[str, str]] = {
     "tok_insufficient_funds": ("insufficient_funds", "Insufficient funds"),
@@ -79,6 +85,27 @@ class SandboxGateway:
         self._clock = clock
         self._behaviour = behaviour
         self._bucket = TokenBucket(behaviour.rate_limit)
+        # Its own ledger, written as a busy gateway would: concurrent charges in one statement.
+        self._ledger: GroupCommit[tuple[Any, ...], None] = GroupCommit(self._write_charges)
+
+    async def _write_charges(self, charges: list[tuple[Any, ...]]) -> list[None]:
+        columns = list(zip(*charges, strict=True))
+        async with connection(self._pool) as conn:
+            await conn.execute(
+                """
+                INSERT INTO sandbox_charges (charge_id, idempotency_key, merchant_id, gateway, token,
+                    amount_minor, currency, outcome, created_at, clears_at)
+                SELECT c.charge_id, c.key, c.merchant_id, $10, c.token, c.amount_minor, c.currency,
+                    c.outcome, c.created_at, c.clears_at
+                FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[],
+                    $7::text[], $8::timestamptz[], $9::timestamptz[])
+                    AS c(charge_id, key, merchant_id, token, amount_minor, currency, outcome, created_at,
+                        clears_at)
+                """,
+                *columns,
+                self.name,
+            )
+        return [None] * len(charges)
 
     async def _arrive(self) -> None:
         if self._behaviour.latency:
@@ -88,6 +115,8 @@ class SandboxGateway:
         if call.token == "tok_gateway_unreachable":
             await self._arrive()
             raise GatewayUnreachable("597 gateway unreachable")
+        if call.token == SLOW_ARRIVAL_TOKEN:
+            await asyncio.sleep(SLOW_ARRIVAL.total_seconds())
         # Stamped and counted on arrival, as a gateway's rate limit counts requests as they come in.
         now = self._clock.now()
         accepted = self._bucket.take()
@@ -97,24 +126,21 @@ class SandboxGateway:
         code, message, pending = await self._decide(call.token)
         charge_id = f"sbx_{uuid.uuid4().hex}"
         clears_at = now + self._behaviour.ach_clears_after if pending else None
-        async with transaction(self._pool) as conn:
-            await conn.execute(
-                """
-                INSERT INTO sandbox_charges (charge_id, idempotency_key, merchant_id, gateway, token,
-                    amount_minor, currency, outcome, created_at, clears_at)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-                """,
-                charge_id,
-                call.idempotency_key,
-                call.merchant_id,
-                self.name,
-                call.token,
-                call.amount_minor,
-                call.currency,
-                "pending" if pending else code,
-                now,
-                clears_at,
-            )
+        await self._ledger.submit(
+            [
+                (
+                    charge_id,
+                    call.idempotency_key,
+                    call.merchant_id,
+                    call.token,
+                    call.amount_minor,
+                    call.currency,
+                    "pending" if pending else code,
+                    now,
+                    clears_at,
+                )
+            ]
+        )
         if call.token == "tok_timeout_charged":
             raise GatewayTimeout("no answer within the deadline")
         return GatewayReply(code, message, charge_id, pending=pending)

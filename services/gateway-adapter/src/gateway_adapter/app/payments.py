@@ -6,16 +6,19 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
 from billing_common import telemetry
 from billing_common.clock import Clock
-from billing_common.errors import NotFound, Unavailable
+from billing_common.errors import BillingError, InvalidArgument, NotFound, Unavailable
+from billing_common.grouping import GroupCommit
 from gateway_adapter.app.breakers import CircuitBreakers, CircuitOpen, CircuitView, Outage
 from gateway_adapter.app.metrics import CHARGES, GATEWAY_LATENCY, UNMAPPED_CODES, UNRESOLVED_CHECKS
 from gateway_adapter.app.ports import (
+    Claim,
     Gateway,
     GatewayCharge,
     GatewayRefund,
@@ -26,10 +29,12 @@ from gateway_adapter.app.ports import (
     Pacer,
     PaymentEvent,
     PaymentStore,
+    Recording,
     StoredRefund,
 )
 from gateway_adapter.domain.classification import (
     CIRCUIT_OPEN,
+    NO_TURN,
     NOT_RECEIVED,
     OUTCOME_UNKNOWN,
     UNREACHABLE,
@@ -38,6 +43,7 @@ from gateway_adapter.domain.classification import (
 )
 from gateway_adapter.domain.payments import (
     ChargeRequest,
+    Lane,
     Payment,
     RefundRequest,
     Status,
@@ -60,15 +66,100 @@ EVENT_FOR_STATUS = {
     Status.FAILED: PaymentEvent.FAILED,
 }
 REPLAY_POLL = 0.02
+STILL_IN_PROGRESS = "a charge with this key is still in progress; retry with the same key"
+KEY_BEING_RELEASED = "idempotency key is being released; retry"
+
+
+@dataclass(frozen=True)
+class Turn:
+    """When a charge may go (loop time), and when it was due, to tell a turn woken too late."""
+
+    go_at: float
+    due: float
+
+
+class _Turns:
+    """Turns under one gateway's rate limit for the charges of one call, booked as they come
+    within the lane's horizon, each charge waiting no longer than the lane allows."""
+
+    def __init__(self, pacer: Pacer, gateway: str, wanted: int, horizon_s: float, within_s: float) -> None:
+        self._pacer = pacer
+        self._gateway = gateway
+        self._wanted = wanted
+        self._horizon_s = horizon_s
+        self._deadline = asyncio.get_running_loop().time() + within_s
+        self._ready: deque[Turn] = deque()
+        self._lock = asyncio.Lock()
+        self.retry_after = timedelta(0)
+
+    async def take(self, *, again: bool = False) -> Turn | None:
+        """This charge's turn, or None when none comes in time (see `retry_after`).
+        `again`: the turn taken before was missed (woken too late), book another."""
+        loop = asyncio.get_running_loop()
+        if not self._pacer.limited(self._gateway):
+            return Turn(loop.time(), loop.time())
+        async with self._lock:
+            self._wanted += again
+            while not self._ready:
+                asked = loop.time()
+                booking = await self._pacer.book(self._gateway, self._wanted, self._horizon_s)
+                # Redis read its clock between asking and answering: going at a time counted from
+                # the answer is never early; lateness counted from the asking includes a slow answer.
+                answered = loop.time()
+                self._ready.extend(
+                    Turn(answered + booking.start(n), asked + booking.start(n)) for n in range(booking.booked)
+                )
+                self._wanted -= booking.booked
+                if booking.booked:
+                    break
+                # Nothing free within the horizon: wait until the next free turn comes within it.
+                within_reach = asked + booking.first_s - self._horizon_s
+                if within_reach > self._deadline:
+                    self.retry_after = timedelta(seconds=max(within_reach - asked, booking.interval_s))
+                    self._wanted -= 1
+                    return None
+                await asyncio.sleep(max(within_reach - loop.time(), booking.interval_s))
+            return self._ready.popleft()
+
+
+class BackPressure(Unavailable):
+    """The gateway's rate limit has no turn for this charge soon enough: nothing was done."""
+
+    def __init__(self, retry_after: timedelta) -> None:
+        seconds = retry_after.total_seconds()
+        super().__init__(f"the gateway's rate limit is taken; retry with the same key in {seconds:.3f}s")
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class ChargeAnswer:
+    """One charge's answer: its payment (new or replayed), or the error Charge would raise for it."""
+
+    payment: Payment | None
+    replayed: bool = False
+    error: BillingError | None = None
 
 
 @dataclass(frozen=True)
 class Policy:
     in_flight_wait: timedelta
+    # The lease on a charge being made; renewed every third of it while the gateway call lives.
     processing_timeout: timedelta
     unknown_check_schedule: Sequence[timedelta]
     idempotency_retention: timedelta
     janitor_batch: int = 100
+    interactive_max_wait: timedelta = timedelta(seconds=2)
+    batch_pacing_horizon: timedelta = timedelta(milliseconds=200)
+    batch_max_wait: timedelta = timedelta(seconds=5)
+
+
+@dataclass(frozen=True)
+class _Fresh:
+    """A charge this call claimed: it talks to the gateway, at its turn."""
+
+    index: int
+    payment: Payment
+    credentials_ref: str
 
 
 class Payments:
@@ -89,34 +180,174 @@ class Payments:
         self._pacer = pacer
         self._clock = clock
         self._policy = policy
+        # Concurrent charges claim their keys and record their outcomes together.
+        self._claims: GroupCommit[Claim, tuple[Payment | None, bool]] = GroupCommit(self._claim_group)
+        self._recordings: GroupCommit[Recording, Payment | None] = GroupCommit(self._record_group)
+        # Charges whose gateway calls are running in this process: their leases are renewed.
+        self._live: set[str] = set()
 
-    async def charge(self, request: ChargeRequest) -> tuple[Payment, bool]:
+    async def charge(self, request: ChargeRequest, lane: Lane = Lane.INTERACTIVE) -> tuple[Payment, bool]:
         """The payment for this key, and whether it is the stored result of an earlier call."""
-        validate_charge(request)
-        route = self._router.route(request.merchant_id, request.method_type)
-        payment, claimed = await self._claim(request, route.gateway)
-        if not claimed:
-            payment.replay_of(request)
-            payment = await self._finished(payment)
-            if payment.status is not Status.FAILED:
-                return payment, True
-            # The call we waited for never reached the gateway (unreachable, or its pod died and the
-            # janitor found nothing there): the key may run again, so this call runs it.
-            payment, claimed = await self._claim(request, route.gateway)
-            if not claimed:
-                return await self._finished(payment), True
-        outcome = await self._call_gateway(payment, route.credentials_ref)
-        recorded = await self._store.record(payment, outcome, self._clock.now())
-        if recorded is None:  # the janitor resolved it while we waited on a very slow gateway
-            recorded = await self._require(payment.payment_id)
-        CHARGES.labels(recorded.gateway, recorded.status, recorded.failure_type).inc()
-        return recorded, False
+        (answer,) = await self.charge_batch([request], lane)
+        if answer.error is not None:
+            raise answer.error
+        assert answer.payment is not None
+        return answer.payment, answer.replayed
 
-    async def _claim(self, request: ChargeRequest, gateway: str) -> tuple[Payment, bool]:
+    async def charge_batch(self, requests: Sequence[ChargeRequest], lane: Lane) -> list[ChargeAnswer]:
+        """Each charge as Charge would make it, the keys claimed together and the outcomes recorded
+        together; one answer per request, in order."""
+        answers: list[ChargeAnswer | None] = [None] * len(requests)
+        wanted: list[int] = []
+        keys: set[str] = set()
+        for index, request in enumerate(requests):
+            try:
+                validate_charge(request)
+            except InvalidArgument as error:
+                answers[index] = ChargeAnswer(None, error=error)
+                continue
+            if request.idempotency_key in keys:
+                answers[index] = ChargeAnswer(
+                    None, error=InvalidArgument.of("idempotency_key", "appears twice in the batch")
+                )
+                continue
+            keys.add(request.idempotency_key)
+            wanted.append(index)
+        # Two rounds: a key whose earlier call turns out never to have reached the gateway runs again.
+        for _ in range(2):
+            waiting = await self._charge_claimed(requests, wanted, lane, answers)
+            wanted = await self._wait_for_earlier_calls(requests, waiting, answers)
+        for index in wanted:
+            answers[index] = ChargeAnswer(None, error=Unavailable(STILL_IN_PROGRESS))
+        assert all(answer is not None for answer in answers)
+        return [answer for answer in answers if answer is not None]
+
+    async def _charge_claimed(
+        self,
+        requests: Sequence[ChargeRequest],
+        indexes: Sequence[int],
+        lane: Lane,
+        answers: list[ChargeAnswer | None],
+    ) -> dict[int, Payment]:
+        """Claim the keys together, make the claimed charges, record them together; returns the
+        keys held by earlier calls, by index."""
+        routes = {
+            index: self._router.route(requests[index].merchant_id, requests[index].method_type)
+            for index in indexes
+        }
+        claims = [
+            Claim(requests[index], str(uuid.uuid4()), routes[index].gateway, telemetry.capture())
+            for index in indexes
+        ]
+        # A charge on its own joins the others in flight; a batch is a group already, and writing it
+        # apart keeps single charges from waiting behind it.
+        claimed = await (self._claims.submit(claims) if len(claims) == 1 else self._claim_group(claims))
+        fresh: list[_Fresh] = []
+        earlier: dict[int, Payment] = {}
+        for index, (payment, mine) in zip(indexes, claimed, strict=True):
+            if payment is None:  # released between the statements by the retention janitor
+                answers[index] = ChargeAnswer(None, error=Unavailable(KEY_BEING_RELEASED))
+            elif mine:
+                fresh.append(_Fresh(index, payment, routes[index].credentials_ref))
+            else:
+                earlier[index] = payment
+        if not fresh:
+            return earlier
+        turns = {
+            gateway: _Turns(self._pacer, gateway, count, *self._lane_wait(lane))
+            for gateway, count in Counter(item.payment.gateway for item in fresh).items()
+        }
+        self._live.update(item.payment.payment_id for item in fresh)
+        try:
+            outcomes = await asyncio.gather(
+                *(self._charge_at_turn(item, turns[item.payment.gateway]) for item in fresh)
+            )
+            recordings = [
+                Recording(item.payment, outcome) for item, (outcome, _) in zip(fresh, outcomes, strict=True)
+            ]
+            recorded = await (
+                self._recordings.submit(recordings)
+                if len(recordings) == 1
+                else self._record_group(recordings)
+            )
+        finally:
+            self._live.difference_update(item.payment.payment_id for item in fresh)
+        for item, (_, retry_after), payment in zip(fresh, outcomes, recorded, strict=True):
+            if payment is None:  # the janitor resolved it: its lease lapsed (a stalled pod)
+                payment = await self._require(item.payment.payment_id)
+            if retry_after is not None:
+                answers[item.index] = ChargeAnswer(None, error=BackPressure(retry_after))
+                continue
+            CHARGES.labels(payment.gateway, payment.status, payment.failure_type).inc()
+            answers[item.index] = ChargeAnswer(payment)
+        return earlier
+
+    async def _charge_at_turn(self, item: _Fresh, turns: _Turns) -> tuple[Outcome, timedelta | None]:
+        """The charge's outcome, made at its turn; with no turn in time, nothing sent and when to retry."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        late = False
+        while True:
+            turn = await turns.take(again=late)
+            if turn is None:
+                return Outcome(Status.FAILED, NO_TURN, None, None), turns.retry_after
+            if turn.go_at > loop.time():
+                await asyncio.sleep(turn.go_at - loop.time())
+            if self._pacer.on_time(turn.due):
+                break
+            late = True
+        self._pacer.waited(item.payment.gateway, loop.time() - started)
+        return await self._call_gateway(item.payment, item.credentials_ref), None
+
+    def _lane_wait(self, lane: Lane) -> tuple[float, float]:
+        """How far ahead the lane books turns, and how long a charge of it waits for one."""
+        if lane is Lane.INTERACTIVE:
+            wait = self._policy.interactive_max_wait.total_seconds()
+            return wait, wait
+        return self._policy.batch_pacing_horizon.total_seconds(), self._policy.batch_max_wait.total_seconds()
+
+    async def _wait_for_earlier_calls(
+        self,
+        requests: Sequence[ChargeRequest],
+        earlier: Mapping[int, Payment],
+        answers: list[ChargeAnswer | None],
+    ) -> list[int]:
+        """Answer the keys held by earlier calls with their stored results; the indexes whose earlier
+        call never reached the gateway (the key may run again)."""
+        again: list[int] = []
+
+        async def settle(index: int, payment: Payment) -> None:
+            try:
+                payment.replay_of(requests[index])
+                payment = await self._finished(payment)
+            except BillingError as error:
+                answers[index] = ChargeAnswer(None, error=error)
+                return
+            if payment.status is Status.FAILED:
+                again.append(index)
+            else:
+                answers[index] = ChargeAnswer(payment, replayed=True)
+
+        await asyncio.gather(*(settle(index, payment) for index, payment in earlier.items()))
+        return sorted(again)
+
+    async def _claim_group(self, claims: list[Claim]) -> Sequence[tuple[Payment | None, bool]]:
         now = self._clock.now()
-        return await self._store.claim(
-            request, str(uuid.uuid4()), gateway, now, now + self._policy.processing_timeout
-        )
+        return await self._store.claim(claims, now, now + self._policy.processing_timeout)
+
+    async def _record_group(self, recordings: list[Recording]) -> Sequence[Payment | None]:
+        return await self._store.record(recordings, self._clock.now())
+
+    async def keep_leases(self) -> None:
+        """Renew the leases of the charges running here, so the janitor never asks the gateway about
+        a call that may still reach it (and never frees its key for a second charge)."""
+        every = self._policy.processing_timeout.total_seconds() / 3
+        while True:
+            await asyncio.sleep(every)
+            if self._live:
+                await self._store.renew_leases(
+                    sorted(self._live), self._clock.now() + self._policy.processing_timeout
+                )
 
     async def _finished(self, payment: Payment) -> Payment:
         """Wait a little for a concurrent first call with the same key, so both callers see its result.
@@ -128,9 +359,12 @@ class Payments:
         deadline = time.monotonic() + self._policy.in_flight_wait.total_seconds()
         while payment.status is Status.PROCESSING and time.monotonic() < deadline:
             await asyncio.sleep(REPLAY_POLL)
-            payment = await self._require(payment.payment_id)
+            found = await self._store.get(payment.payment_id)
+            if found is None:  # released by retention meanwhile
+                raise Unavailable(KEY_BEING_RELEASED)
+            payment = found
         if payment.status is Status.PROCESSING:
-            raise Unavailable("a charge with this key is still in progress; retry with the same key")
+            raise Unavailable(STILL_IN_PROGRESS)
         return payment
 
     async def _call_gateway(self, payment: Payment, credentials_ref: str) -> Outcome:
@@ -147,9 +381,8 @@ class Payments:
             request.metadata,
         )
         reply: GatewayReply | None = None
-        # The gateway's own rate limit, outside the breaker: waiting is not gateway time, and a
-        # half-open circuit's one probe is not held while it waits.
-        await self._pacer.wait_turn(gateway.name)
+        # Paced before this (outside the breaker): waiting is not gateway time, and a half-open
+        # circuit's one probe is not held while it waits.
         try:
             async with self._breakers.guard(request.merchant_id, gateway.name):
                 reply, classification = await self._timed_charge(gateway, call)
@@ -271,8 +504,11 @@ class Payments:
             UNRESOLVED_CHECKS.labels("gateway_unavailable").inc()
             later = next_check_at(self._policy.unknown_check_schedule, payment.checks_done, self._clock.now())
             await self._store.record(
-                payment,
-                Outcome(Status.UNKNOWN, OUTCOME_UNKNOWN, None, None, next_check_at=later),
+                [
+                    Recording(
+                        payment, Outcome(Status.UNKNOWN, OUTCOME_UNKNOWN, None, None, next_check_at=later)
+                    )
+                ],
                 self._clock.now(),
             )
             return
@@ -285,7 +521,7 @@ class Payments:
         outcome = Outcome(
             status, classification, reply, PaymentEvent.RECONCILED, previous_status=payment.status
         )
-        await self._store.record(payment, outcome, self._clock.now())
+        await self._store.record([Recording(payment, outcome)], self._clock.now())
 
     async def forget_old_keys(self) -> int:
         return await self._store.forget_keys(self._clock.now() - self._policy.idempotency_retention)

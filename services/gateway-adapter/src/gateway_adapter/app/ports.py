@@ -8,6 +8,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
+from billing_common.pacing import Booking
 from gateway_adapter.domain.classification import Classification
 from gateway_adapter.domain.payments import ChargeRequest, Payment, RefundRequest, Status
 
@@ -67,9 +68,23 @@ class Gateway(Protocol):
 
 
 class Pacer(Protocol):
-    """Each gateway's rate limit, shared by every pod: waits until the next call may go."""
+    """Each gateway's rate limit, shared by every pod."""
 
-    async def wait_turn(self, gateway: str) -> None: ...
+    def limited(self, gateway: str) -> bool: ...
+
+    async def book(self, gateway: str, count: int, horizon_s: float | None = None) -> Booking:
+        """Up to `count` turns starting within `horizon_s`; `first_s` is the next free one if none."""
+        ...
+
+    def on_time(self, due: float) -> bool:
+        """Whether a turn due at loop time `due` may still go, or must be booked again."""
+        ...
+
+    def waited(self, gateway: str, seconds: float) -> None: ...
+
+    async def wait_turn(self, gateway: str) -> None:
+        """Wait for the next free turn, however far ahead."""
+        ...
 
 
 class PaymentEvent(StrEnum):
@@ -105,15 +120,41 @@ class StoredRefund:
     created_at: datetime
 
 
+@dataclass(frozen=True)
+class Claim:
+    """A caller's bid for an idempotency key: the payment it would create, and its trace."""
+
+    request: ChargeRequest
+    payment_id: str
+    gateway: str
+    trace_context: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Recording:
+    """An outcome to apply if the payment is still as `payment` says."""
+
+    payment: Payment
+    outcome: Outcome
+
+
 class PaymentStore(Protocol):
     async def claim(
-        self, request: ChargeRequest, payment_id: str, gateway: str, now: datetime, check_at: datetime
-    ) -> tuple[Payment, bool]:
-        """Hold the key for one caller. True if this call may talk to the gateway; else the stored payment."""
+        self, claims: Sequence[Claim], now: datetime, lease_until: datetime
+    ) -> list[tuple[Payment | None, bool]]:
+        """Hold each key for one caller, the free ones in one statement, leased until `lease_until`.
+
+        Per claim: (the payment, True) if this caller may talk to the gateway, (the stored payment,
+        False) if the key is taken, (None, False) if it was released meanwhile by retention.
+        """
         ...
 
-    async def record(self, payment: Payment, outcome: Outcome, now: datetime) -> Payment | None:
-        """Apply the outcome if the payment is still as `payment` says; None if someone else moved it."""
+    async def record(self, recordings: Sequence[Recording], now: datetime) -> list[Payment | None]:
+        """Apply the outcomes in one transaction; None for a payment someone else moved."""
+        ...
+
+    async def renew_leases(self, payment_ids: Sequence[str], lease_until: datetime) -> None:
+        """Keep the janitor away from charges whose gateway calls are still running here."""
         ...
 
     async def get(self, payment_id: str) -> Payment | None: ...

@@ -67,6 +67,10 @@ CIRCUIT_OPEN = Classification(
 RATE_LIMITED = Classification(
     "rate_limited", FailureType.GATEWAY_UNREACHABLE, DeclineKind.NONE, retryable=True
 )
+# Our own pacer found no turn under the gateway's rate limit in time: the gateway never saw it.
+NO_TURN = Classification(
+    "no_turn_under_rate_limit", FailureType.GATEWAY_UNREACHABLE, DeclineKind.NONE, retryable=True
+)
 OUTCOME_UNKNOWN = Classification(
     "outcome_unknown", FailureType.UNKNOWN_OUTCOME, DeclineKind.NONE, retryable=False, counts_as_outage=True
 )

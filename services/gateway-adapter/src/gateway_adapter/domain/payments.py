@@ -20,6 +20,13 @@ class MethodType(StrEnum):
     STRIPE = "STRIPE"
 
 
+class Lane(StrEnum):
+    """Which share of a gateway's rate limit a charge draws on: interactive first, batch after."""
+
+    INTERACTIVE = "INTERACTIVE"
+    BATCH = "BATCH"
+
+
 class Status(StrEnum):
     # Internal: a call holds the idempotency key and is talking to the gateway right now.
     PROCESSING = "PROCESSING"

@@ -81,6 +81,9 @@ def build(settings: GatewaySettings) -> Setup:
                 processing_timeout=settings.processing_timeout,
                 unknown_check_schedule=settings.unknown_check_schedule,
                 idempotency_retention=settings.idempotency_retention,
+                interactive_max_wait=settings.interactive_max_wait,
+                batch_pacing_horizon=settings.batch_pacing_horizon,
+                batch_max_wait=settings.batch_max_wait,
             ),
         )
         notices = Notices(store, r.clock)
@@ -120,7 +123,7 @@ def build(settings: GatewaySettings) -> Setup:
                     ACCESS,
                 )
             ],
-            background=[janitor, serve_webhooks, clearing.run_forever],
+            background=[janitor, payments.keep_leases, serve_webhooks, clearing.run_forever],
             drain_at_least=max(settings.stripe_timeout, settings.sandbox_latency) + DRAIN_MARGIN,
         )
 

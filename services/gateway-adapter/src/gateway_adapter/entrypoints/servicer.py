@@ -3,25 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 
 import grpc
+from google.rpc import error_details_pb2
 
 from billing.common.v1 import common_pb2
 from billing.gateway.v1 import gateway_pb2 as pb
 from billing.gateway.v1 import gateway_pb2_grpc
 from billing_common.auth import OPERATOR, READERS
-from billing_common.errors import InvalidArgument
+from billing_common.errors import BillingError, FailedPrecondition, InvalidArgument, Unavailable
 from gateway_adapter.adapters.codec import decline_kind_pb, failure_type_pb, method_type_pb, payment_status_pb
-from gateway_adapter.app.payments import Payments
+from gateway_adapter.app.payments import BackPressure, ChargeAnswer, Payments
 from gateway_adapter.app.ports import StoredRefund
-from gateway_adapter.domain.payments import ChargeRequest, MethodType, Payment, RefundRequest
+from gateway_adapter.domain.payments import ChargeRequest, Lane, MethodType, Payment, RefundRequest
 
 Context = grpc.aio.ServicerContext[Any, Any]
 # Who may call what: roles or callers named in tokens. Defaults; a deployment changes them with
 # GATEWAY_AUTH_ACCESS. Only recurring charges: a payment made around it would miss the ledger.
 ACCESS: dict[str, set[str] | frozenset[str]] = {
     "Charge": {"recurring"},
+    "ChargeBatch": {"recurring"},
     "Refund": {"recurring", OPERATOR},
     "GetPayment": {"recurring", *READERS},
     "GetCircuitState": {"recurring", *READERS},
@@ -31,6 +34,7 @@ METHODS = {
     common_pb2.PAYMENT_METHOD_TYPE_ACH: MethodType.ACH,
     common_pb2.PAYMENT_METHOD_TYPE_STRIPE: MethodType.STRIPE,
 }
+LANES = {pb.LANE_INTERACTIVE: Lane.INTERACTIVE, pb.LANE_BATCH: Lane.BATCH}
 CIRCUIT_STATES = {
     "closed": pb.CIRCUIT_STATE_CLOSED,
     "open": pb.CIRCUIT_STATE_OPEN,
@@ -74,30 +78,100 @@ def refund_pb(refund: StoredRefund) -> pb.Refund:
     return message
 
 
+REFUSALS: tuple[tuple[type[BillingError], pb.ChargeRefusal.ValueType], ...] = (
+    (BackPressure, pb.CHARGE_REFUSAL_BACK_PRESSURE),
+    (InvalidArgument, pb.CHARGE_REFUSAL_INVALID_ARGUMENT),
+    (FailedPrecondition, pb.CHARGE_REFUSAL_KEY_REUSED),
+    (Unavailable, pb.CHARGE_REFUSAL_IN_PROGRESS),
+)
+# A charge still in progress elsewhere is worth asking about again after about this long.
+IN_PROGRESS_RETRY_AFTER = timedelta(seconds=1)
+
+
+def _charge(request: pb.ChargeRequest, default_lane: Lane) -> tuple[ChargeRequest | InvalidArgument, Lane]:
+    lane = LANES.get(request.lane, default_lane)
+    method = METHODS.get(request.payment_method.type)
+    if method is None:
+        return InvalidArgument.of("payment_method.type", "must be CARD, ACH or STRIPE"), lane
+    return (
+        ChargeRequest(
+            merchant_id=request.merchant_id,
+            method_type=method,
+            token=request.payment_method.gateway_token,
+            amount_minor=request.amount.amount_minor,
+            currency=request.amount.currency,
+            idempotency_key=request.idempotency_key,
+            caller_reference=request.caller_reference,
+            metadata=dict(request.metadata),
+        ),
+        lane,
+    )
+
+
+class _WithRetryInfo(Unavailable):
+    """Back-pressure as gRPC says it: UNAVAILABLE with a google.rpc.RetryInfo detail."""
+
+    def __init__(self, error: BackPressure) -> None:
+        super().__init__(error.message)
+        info = error_details_pb2.RetryInfo()
+        info.retry_delay.FromTimedelta(error.retry_after)
+        self.attachments = [info]
+
+
+def _charge_result(key: str, answer: ChargeAnswer) -> pb.ChargeResult:
+    result = pb.ChargeResult(idempotency_key=key, replayed=answer.replayed)
+    if answer.payment is not None:
+        result.payment.CopyFrom(payment_pb(answer.payment))
+        return result
+    error = answer.error
+    assert error is not None  # an answer has a payment or an error
+    result.refusal = next(refusal for kind, refusal in REFUSALS if isinstance(error, kind))
+    result.message = error.message
+    if isinstance(error, BackPressure):
+        result.retry_after.FromTimedelta(error.retry_after)
+    elif result.refusal == pb.CHARGE_REFUSAL_IN_PROGRESS:
+        result.retry_after.FromTimedelta(IN_PROGRESS_RETRY_AFTER)
+    return result
+
+
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     def __init__(self, payments: Payments) -> None:
         self._payments = payments
 
     async def Charge(self, request: pb.ChargeRequest, context: Context) -> pb.ChargeResponse:
-        method = METHODS.get(request.payment_method.type)
-        if method is None:
-            raise InvalidArgument.of("payment_method.type", "must be CARD, ACH or STRIPE")
+        charge, lane = _charge(request, Lane.INTERACTIVE)
+        if isinstance(charge, InvalidArgument):
+            raise charge
         # Shielded: a caller that hangs up must not cut a gateway call short and leave its outcome unknown.
-        payment, replayed = await asyncio.shield(
-            self._payments.charge(
-                ChargeRequest(
-                    merchant_id=request.merchant_id,
-                    method_type=method,
-                    token=request.payment_method.gateway_token,
-                    amount_minor=request.amount.amount_minor,
-                    currency=request.amount.currency,
-                    idempotency_key=request.idempotency_key,
-                    caller_reference=request.caller_reference,
-                    metadata=dict(request.metadata),
-                )
-            )
-        )
+        try:
+            payment, replayed = await asyncio.shield(self._payments.charge(charge, lane))
+        except BackPressure as error:
+            raise _WithRetryInfo(error) from error
         return pb.ChargeResponse(payment=payment_pb(payment), replayed=replayed)
+
+    async def ChargeBatch(self, request: pb.ChargeBatchRequest, context: Context) -> pb.ChargeBatchResponse:
+        decoded = [_charge(charge, Lane.BATCH) for charge in request.charges]
+        answers: list[ChargeAnswer | None] = [
+            ChargeAnswer(None, error=charge) if isinstance(charge, InvalidArgument) else None
+            for charge, _ in decoded
+        ]
+
+        async def make(lane: Lane) -> None:
+            indexes = [i for i, (charge, of) in enumerate(decoded) if of is lane and answers[i] is None]
+            charges = [charge for i in indexes if isinstance(charge := decoded[i][0], ChargeRequest)]
+            made = await self._payments.charge_batch(charges, lane)
+            for index, answer in zip(indexes, made, strict=True):
+                answers[index] = answer
+
+        # Shielded as Charge is: a caller that hangs up does not cut gateway calls short.
+        await asyncio.shield(asyncio.gather(*(make(lane) for lane in {lane for _, lane in decoded})))
+        return pb.ChargeBatchResponse(
+            results=[
+                _charge_result(charge.idempotency_key, answer)
+                for charge, answer in zip(request.charges, answers, strict=True)
+                if answer is not None
+            ]
+        )
 
     async def Refund(self, request: pb.RefundRequest, context: Context) -> pb.RefundResponse:
         partial = request.HasField("amount")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -11,7 +10,7 @@ import asyncpg
 from billing.events.v1 import quota_pb2 as events
 from billing_common.db import transaction
 from billing_common.events import Outbox
-from quota.app.ports import AppendStatus, CounterRef, ThresholdAlert, UsageRecord
+from quota.app.ports import AppendStatus, CounterRef, TenantPeriod, ThresholdAlert, UsageRecord
 
 
 def columns(records: Sequence[UsageRecord]) -> tuple[list[Any], ...]:
@@ -126,12 +125,19 @@ class PostgresUsageLedger:
         )
         return int(total)
 
-    async def totals(self, tenant_id: str, start: datetime, end: datetime) -> dict[str, int]:
+    async def totals(self, periods: Sequence[TenantPeriod]) -> list[dict[str, int]]:
         rows = await self._pool.fetch(
-            """SELECT key, sum(delta) AS quantity FROM usage_records
-               WHERE tenant_id = $1 AND occurred_at >= $2 AND occurred_at < $3 GROUP BY key""",
-            tenant_id,
-            start,
-            end,
+            """SELECT p.i, r.key, sum(r.delta) AS quantity
+               FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) WITH ORDINALITY
+                   AS p(tenant_id, start_at, end_at, i)
+               JOIN usage_records r ON r.tenant_id = p.tenant_id
+                   AND r.occurred_at >= p.start_at AND r.occurred_at < p.end_at
+               GROUP BY p.i, r.key""",
+            [period.tenant_id for period in periods],
+            [period.start for period in periods],
+            [period.end for period in periods],
         )
-        return {r["key"]: int(r["quantity"]) for r in rows}
+        totals: list[dict[str, int]] = [{} for _ in periods]
+        for row in rows:
+            totals[row["i"] - 1][row["key"]] = int(row["quantity"])
+        return totals

@@ -137,6 +137,13 @@ class AppendStatus(StrEnum):
     MISMATCH = "mismatch"
 
 
+@dataclass(frozen=True)
+class TenantPeriod:
+    tenant_id: str
+    start: datetime
+    end: datetime
+
+
 class UsageLedger(Protocol):
     """The durable usage records (PostgreSQL), the source of truth of every counter."""
 
@@ -144,7 +151,9 @@ class UsageLedger(Protocol):
         self, records: Sequence[UsageRecord], alerts: Sequence[ThresholdAlert]
     ) -> list[AppendStatus]: ...
     async def window_total(self, counter: CounterRef) -> int: ...
-    async def totals(self, tenant_id: str, start: datetime, end: datetime) -> dict[str, int]: ...
+    async def totals(self, periods: Sequence[TenantPeriod]) -> list[dict[str, int]]:
+        """Quantity per key of each tenant's records in [start, end), in one query."""
+        ...
 
 
 class Invalidations(Protocol):

@@ -20,8 +20,9 @@ from typing import NamedTuple
 
 from billing_common.clock import Clock
 from billing_common.db import CommitOutcomeUnknown
-from billing_common.errors import FailedPrecondition, InvalidArgument, Unavailable, Violations
+from billing_common.errors import BillingError, FailedPrecondition, InvalidArgument, Unavailable, Violations
 from billing_common.faults import is_dependency_failure
+from billing_common.grouping import GroupCommit
 from quota.app.entitlements import Entitlements
 from quota.app.ports import (
     AppendStatus,
@@ -31,6 +32,7 @@ from quota.app.ports import (
     CounterResult,
     Counters,
     CounterStatus,
+    TenantPeriod,
     ThresholdAlert,
     UsageLedger,
     UsageRecord,
@@ -50,6 +52,8 @@ from quota.domain.quota import (
 from quota.domain.resolution import Resolution, Resolved
 
 log = logging.getLogger(__name__)
+# A usage summary: the priced total of each key, the keys in order, the currency.
+Summary = tuple[list[UsageCharge], list[str], str]
 
 MAX_REBUILD_ROUNDS = 3
 MAX_CLOCK_SKEW = timedelta(minutes=5)
@@ -181,40 +185,8 @@ class _Targets:
         return target
 
 
-class GroupCommitter:
-    """Concurrent appends are written together: while one insert runs, the next ones queue up."""
-
-    def __init__(self, ledger: UsageLedger) -> None:
-        self._ledger = ledger
-        self._pending: list[
-            tuple[list[UsageRecord], list[ThresholdAlert], asyncio.Future[list[AppendStatus]]]
-        ] = []
-        self._flusher: asyncio.Task[None] | None = None
-
-    async def append(self, records: list[UsageRecord], alerts: list[ThresholdAlert]) -> list[AppendStatus]:
-        future: asyncio.Future[list[AppendStatus]] = asyncio.get_running_loop().create_future()
-        self._pending.append((records, alerts, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
-        return await future
-
-    async def _flush(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending, []
-            records = [r for item in batch for r in item[0]]
-            alerts = [a for item in batch for a in item[1]]
-            try:
-                statuses = await self._ledger.append(records, alerts)
-            except Exception as exc:  # every waiter learns that its records are not stored
-                for _, _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            offset = 0
-            for item_records, _, future in batch:
-                if not future.done():
-                    future.set_result(statuses[offset : offset + len(item_records)])
-                offset += len(item_records)
+# One call's durable usage: its records and the threshold alerts they cross.
+_Append = tuple[list[UsageRecord], list[ThresholdAlert]]
 
 
 class Usage:
@@ -231,7 +203,8 @@ class Usage:
         self._catalog = catalog
         self._counters = counters
         self._ledger = ledger
-        self._committer = GroupCommitter(ledger)
+        # Concurrent single records are appended together: while one insert runs, the next queue up.
+        self._committer: GroupCommit[_Append, list[AppendStatus]] = GroupCommit(self._append_together)
         self._unsettled = _Unsettled()
         self._clock = clock
         self._late_grace = late_grace
@@ -427,7 +400,7 @@ class Usage:
                 )
         try:
             if group_commit:
-                statuses = await self._committer.append(records, alerts)
+                (statuses,) = await self._committer.submit([(records, alerts)])
             else:
                 statuses = await self._ledger.append(records, alerts)
         except CommitOutcomeUnknown as exc:
@@ -478,6 +451,17 @@ class Usage:
         """Store the events whose outcome a failure left open, where the counter still holds them."""
         return await self._unsettled.settle(self._ledger, self._counters)
 
+    async def _append_together(self, appends: list[_Append]) -> list[list[AppendStatus]]:
+        statuses = await self._ledger.append(
+            [record for records, _ in appends for record in records],
+            [alert for _, alerts in appends for alert in alerts],
+        )
+        answers, offset = [], 0
+        for records, _ in appends:
+            answers.append(statuses[offset : offset + len(records)])
+            offset += len(records)
+        return answers
+
     async def settle_forever(self, interval: timedelta = SETTLE_INTERVAL) -> None:
         while True:
             await asyncio.sleep(interval.total_seconds())
@@ -490,20 +474,70 @@ class Usage:
 
     # ------------------------------------------------------------ summaries
 
-    async def summary(
-        self, tenant_id: str, start: datetime | None, end: datetime | None
-    ) -> tuple[list[UsageCharge], list[str], str]:
+    async def summary(self, tenant_id: str, start: datetime | None, end: datetime | None) -> Summary:
         """Totals per key in [start, end), priced by the tenant's plan (with its add-ons)."""
-        violations = Violations()
-        violations.check(bool(tenant_id), "tenant_id", "is required")
-        violations.check(start is not None, "period_start", "is required")
-        violations.check(
-            end is not None and (start is None or end > start),
-            "period_end",
-            "is required and after period_start",
+        (summary,) = await self.summaries([(tenant_id, start, end)])
+        if isinstance(summary, BillingError):
+            raise summary
+        return summary
+
+    async def summaries(
+        self, asked: Sequence[tuple[str, datetime | None, datetime | None]]
+    ) -> list[Summary | BillingError]:
+        """Each summary as `summary` gives it, or the error it would raise: the records of every
+        period in one query, each tenant's plan resolved once."""
+        answers: list[Summary | BillingError | None] = [None] * len(asked)
+        periods: dict[int, TenantPeriod] = {}
+        for index, (tenant_id, start, end) in enumerate(asked):
+            violations = Violations()
+            violations.check(bool(tenant_id), "tenant_id", "is required")
+            violations.check(start is not None, "period_start", "is required")
+            violations.check(
+                end is not None and (start is None or end > start),
+                "period_end",
+                "is required and after period_start",
+            )
+            if violations.items:
+                answers[index] = InvalidArgument(violations.items)
+            else:
+                assert start is not None and end is not None
+                periods[index] = TenantPeriod(tenant_id, start, end)
+        tenants = sorted({period.tenant_id for period in periods.values()})
+        pricing = dict(
+            zip(
+                tenants,
+                await asyncio.gather(*(self._pricing(tenant) for tenant in tenants), return_exceptions=True),
+                strict=True,
+            )
         )
-        violations.raise_if_any()
-        assert start is not None and end is not None
+        priced = {
+            index: period
+            for index, period in periods.items()
+            if not isinstance(pricing[period.tenant_id], BaseException)
+        }
+        totals = await self._ledger.totals(list(priced.values())) if priced else []
+        for index, period in periods.items():
+            found = pricing[period.tenant_id]
+            if isinstance(found, BillingError):
+                answers[index] = found
+            elif isinstance(found, BaseException):
+                raise found
+        for (index, _), quantities in zip(priced.items(), totals, strict=True):
+            found = pricing[periods[index].tenant_id]
+            assert not isinstance(found, BaseException)
+            entitlements, currency = found
+            keys = sorted(quantities)
+            charges = []
+            for key in keys:
+                entitlement = entitlements.get(key)
+                included = entitlement.included_quantity if entitlement else quantities[key]
+                price = entitlement.unit_price if entitlement else None
+                charges.append(price_usage(quantities[key], included, price, currency))
+            answers[index] = (charges, keys, currency)
+        return [answer for answer in answers if answer is not None]
+
+    async def _pricing(self, tenant_id: str) -> tuple[dict[str, Entitlement], str]:
+        """The entitlements that price the tenant's usage, and the plan's currency."""
         resolution = await self._entitlements.resolution(tenant_id)
         plan = resolution.plan
         entitlements = {k: r.entitlement for k, r in resolution.entitlements.items()}
@@ -514,16 +548,7 @@ class Usage:
             entitlements = {e.key: e for e in plan.spec.entitlements} if plan else {}
         if plan is None:
             raise FailedPrecondition(f"tenant {tenant_id} has no plan to price usage with")
-        currency = plan.spec.price.currency
-        totals = await self._ledger.totals(tenant_id, start, end)
-        keys = sorted(totals)
-        charges = []
-        for key in keys:
-            entitlement = entitlements.get(key)
-            included = entitlement.included_quantity if entitlement else totals[key]
-            price = entitlement.unit_price if entitlement else None
-            charges.append(price_usage(totals[key], included, price, currency))
-        return charges, keys, currency
+        return entitlements, plan.spec.price.currency
 
 
 def _refuse_bad_tenant(tenant_id: str) -> None:

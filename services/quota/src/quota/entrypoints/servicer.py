@@ -10,14 +10,21 @@ from billing.quota.v1 import quota_pb2 as pb
 from billing.quota.v1 import quota_pb2_grpc
 from billing_common.auth import OPERATOR, READERS
 from billing_common.clock import Clock
-from billing_common.errors import FailedPrecondition, FieldViolation, InvalidArgument, ResourceExhausted
+from billing_common.errors import (
+    BillingError,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    ResourceExhausted,
+)
+from billing_common.grpc_server import status_code_for
 from billing_common.paging import PageTokens
 from billing_common.protos import optional_datetime, request_hash
 from quota.adapters.metrics import TALLY
 from quota.app.catalog import Catalog
 from quota.app.entitlements import Entitlements, GrantRequest
 from quota.app.ports import IdempotencyRef
-from quota.app.usage import Outcome, RecordResult, Usage, UsageEventIn
+from quota.app.usage import Outcome, RecordResult, Summary, Usage, UsageEventIn
 from quota.entrypoints import mappers as m
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -34,6 +41,7 @@ ACCESS: dict[str, set[str] | frozenset[str]] = {
     "ListAddOns": READERS,
     "GetTierPlanMapping": {"recurring", *READERS},
     "GetUsageSummary": {"recurring", *READERS},
+    "GetUsageSummaries": {"recurring", *READERS},
     "GetEntitlements": READERS,
     "CreatePlan": {OPERATOR},
     "UpdatePlan": {OPERATOR},
@@ -214,28 +222,55 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
     async def GetUsageSummary(
         self, request: pb.GetUsageSummaryRequest, context: Context
     ) -> pb.GetUsageSummaryResponse:
-        charges, keys, currency = await self._usage.summary(
+        summary = await self._usage.summary(
             request.tenant_id,
             optional_datetime(request, "period_start"),
             optional_datetime(request, "period_end"),
         )
-        response = pb.GetUsageSummaryResponse(tenant_id=request.tenant_id)
-        total = 0
-        for key, charge in zip(keys, charges, strict=True):
-            item = response.totals.add(
-                key=key,
-                quantity=charge.quantity,
-                included_quantity=charge.included_quantity,
-                billable_quantity=charge.billable_quantity,
-            )
-            if charge.unit_price is not None:
-                item.unit_price.value = str(charge.unit_price)
-            item.amount.amount_minor = charge.amount.amount_minor
-            item.amount.currency = currency
-            total += charge.amount.amount_minor
-        response.total_amount.amount_minor = total
-        response.total_amount.currency = currency
+        return _summary_pb(request.tenant_id, summary)
+
+    async def GetUsageSummaries(
+        self, request: pb.GetUsageSummariesRequest, context: Context
+    ) -> pb.GetUsageSummariesResponse:
+        summaries = await self._usage.summaries(
+            [
+                (
+                    asked.tenant_id,
+                    optional_datetime(asked, "period_start"),
+                    optional_datetime(asked, "period_end"),
+                )
+                for asked in request.requests
+            ]
+        )
+        response = pb.GetUsageSummariesResponse()
+        for asked, summary in zip(request.requests, summaries, strict=True):
+            if isinstance(summary, BillingError):
+                code = status_code_for(summary).value[0]
+                response.results.add(error=summary.message, code=code)
+            else:
+                response.results.add(summary=_summary_pb(asked.tenant_id, summary))
         return response
+
+
+def _summary_pb(tenant_id: str, summary: Summary) -> pb.GetUsageSummaryResponse:
+    charges, keys, currency = summary
+    response = pb.GetUsageSummaryResponse(tenant_id=tenant_id)
+    total = 0
+    for key, charge in zip(keys, charges, strict=True):
+        item = response.totals.add(
+            key=key,
+            quantity=charge.quantity,
+            included_quantity=charge.included_quantity,
+            billable_quantity=charge.billable_quantity,
+        )
+        if charge.unit_price is not None:
+            item.unit_price.value = str(charge.unit_price)
+        item.amount.amount_minor = charge.amount.amount_minor
+        item.amount.currency = currency
+        total += charge.amount.amount_minor
+    response.total_amount.amount_minor = total
+    response.total_amount.currency = currency
+    return response
 
 
 def _usage_result(result: RecordResult) -> pb.UsageResult:
