@@ -14,10 +14,13 @@ from billing_common import telemetry
 from billing_common.clock import Clock
 from billing_common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from billing_common.paging import Page, PageRequest
-from recurring.app.ports import Event, EventType, OutageCounter, Run, RunCounts, RunLocks, Store
+from recurring.app.ports import OutageCounter, RunLocks, Store
+from recurring.domain.events import Event, EventType
 from recurring.domain.runs import (
     KIND_FREQUENCIES,
     Progress,
+    Run,
+    RunCounts,
     RunKind,
     RunState,
     blocks_next_date,

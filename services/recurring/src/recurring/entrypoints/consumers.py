@@ -13,8 +13,9 @@ from billing_common.events import Handler
 from recurring.adapters.clients import DECLINE_KINDS, FAILURE_TYPES, PAYMENT_STATUSES
 from recurring.app.invoices import Invoices, PaymentUpdate
 from recurring.app.ports import Store
-from recurring.app.subscriptions import Cause, Subscriptions
+from recurring.app.subscriptions import Subscriptions
 from recurring.domain.payments import ChargeResult, DeclineKind, FailureType, PaymentStatus
+from recurring.domain.subscription import Cause
 
 TIERS = {common_pb2.TIER_LITE: "lite", common_pb2.TIER_PLUS: "plus", common_pb2.TIER_PRO: "pro"}
 ACTIONS = {dunning_pb2.EXHAUSTED_ACTION_SUSPEND: "suspend", dunning_pb2.EXHAUSTED_ACTION_CANCEL: "cancel"}
