@@ -545,6 +545,14 @@ class PostgresTx:
             ITEMS_PARKED.labels(item.gateway).inc()
         return parked
 
+    async def release_claims(self, claimant: str) -> int:
+        status = await self._conn.execute(
+            """UPDATE work_items SET status = 'pending', claim_token = NULL, lease_until = NULL
+               WHERE status = 'claimed' AND left(claim_token, length($1) + 1) = $1 || '.'""",
+            claimant,
+        )
+        return int(status.split()[-1])
+
     async def requeue_parked(self, run_id: str, gateway: str) -> int:
         status = await self._conn.execute(
             """UPDATE work_items SET status = 'pending', failures = 0, not_before = NULL

@@ -4,6 +4,7 @@ invoice (base + usage + proration - credit) -> charge -> transaction, ledger, ev
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import uuid
@@ -73,24 +74,54 @@ class Worker:
         self._outages = outages
         self._clock = clock
         self._config = config
+        # Every claim token of this worker starts with it: what the worker still holds when it
+        # stops is handed back by it.
+        self._pod = uuid.uuid4().hex
+        self._stopping = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._stopped.set()
 
     async def run_forever(self) -> None:
-        """A few batch loops at once, so one batch is invoiced while another one's charges are out."""
-        await asyncio.gather(*(self._work_forever() for _ in range(self._config.concurrent_batches)))
+        """A few batch loops at once, so one batch is invoiced while another one's charges are out.
+        However they end (drained, or cancelled with batches in hand), what this worker still holds
+        goes back to work at once instead of waiting for its lease."""
+        self._stopped.clear()
+        try:
+            await asyncio.gather(*(self._work_forever() for _ in range(self._config.concurrent_batches)))
+        finally:
+            self._stopped.set()
+            await self._release()
+
+    async def drain(self) -> None:
+        """SIGTERM: claim nothing more and finish the batches in hand (the host bounds the wait)."""
+        self._stopping.set()
+        await self._stopped.wait()
 
     async def _work_forever(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             worked = await self.work_once()
             pause = self._config.jitter.total_seconds() * random.random()
             if not worked:
                 pause += self._config.idle_poll.total_seconds()
             if pause:
-                await asyncio.sleep(pause)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), pause)
+
+    async def _release(self) -> None:
+        try:
+            async with self._store.transaction() as tx:
+                released = await tx.release_claims(self._pod)
+        except Exception:
+            log.exception("handing back claimed work items failed; their lease runs out")
+            return
+        if released:
+            log.info("claimed work items handed back", extra={"items": released})
 
     async def work_once(self) -> int:
         """Claim one batch (FOR UPDATE SKIP LOCKED, with a lease) and work it; how many items."""
         async with self._store.transaction() as tx:
-            items = await tx.claim_items(self._config.batch_size, self._config.lease, uuid.uuid4().hex)
+            token = f"{self._pod}.{uuid.uuid4().hex}"
+            items = await tx.claim_items(self._config.batch_size, self._config.lease, token)
         if not items:
             return 0
         run_ids = sorted({item.run_id for item in items})

@@ -141,6 +141,9 @@ def build(settings: RecurringSettings) -> Setup:
             event_handlers=handlers(store, subscriptions, invoices),
             background=[scheduler, worker.run_forever, RunMetrics(r.pool).run_forever],
             on_stop=[quota_channel.close, gateway_channel.close],
+            # A charge in flight when SIGTERM comes gets its whole timeout to answer.
+            drain_at_least=settings.charge_timeout,
+            draining=[worker.drain],
         )
 
     return setup
