@@ -141,6 +141,10 @@ class FakeBooks:
                 invoice, status=status, paid_at=paid_at or invoice.paid_at
             )
 
+    async def set_invoice_refunds(self, refunded: Mapping[str, int]) -> None:
+        for iid, total in refunded.items():
+            self.invoices[iid] = dataclasses.replace(self.invoices[iid], refunded_minor=total)
+
     async def post_all(self, postings: Sequence[ledger.Posting], at: datetime) -> None:
         self.postings += postings
 

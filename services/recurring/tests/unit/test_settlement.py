@@ -23,7 +23,7 @@ from recurring.domain.invoicing import Invoice, Transaction, UsageCharge
 from recurring.domain.payments import ChargeResult, DeclineKind, FailureType, NoAnswer, PaymentStatus
 from recurring.domain.runs import ItemStatus, WorkItem
 from recurring.domain.schedule import Frequency
-from recurring.domain.settlement import BILLING, Answer, Rules, bill, settle
+from recurring.domain.settlement import BILLING, Answer, Rules, bill, settle, settle_refund
 from recurring.domain.status import BILLABLE, InvoiceStatus, SubscriptionStatus
 from recurring.domain.subscription import MethodType, PaymentMethod, Subscription
 from services.recurring.tests.fakes import FakeBooks, Proration
@@ -309,3 +309,33 @@ def test_an_answer_lost_on_our_side_counts_a_failure_and_changes_no_invoice() ->
     assert books.items[0].failures == 1
     assert books.invoices["inv_0"].status is InvoiceStatus.OPEN
     assert [t.answered for t in books.attempts["inv_0"]] == [False]
+
+
+def balance_of(books: FakeBooks, account: str) -> int:
+    return sum(e.amount.amount_minor for p in books.postings for e in p.entries if e.account == account)
+
+
+def test_a_partial_then_a_full_refund_reach_the_invoice_and_the_ledger_once_each() -> None:
+    spec = SubSpec(0, S.ACTIVE, 3000, False, True, False, (), (), "none", "none", False)
+    books, items, usage = books_of([spec], [0, 0, 0])
+    asyncio.run(bill_and_settle(books, items, usage, ["paid"], at_once=True))
+    (payment,) = books.attempts["inv_0"]
+
+    async def refunded(refund_id: str, total: int) -> None:
+        found = await books_for_invoices(books, ["inv_0"])
+        await apply(books, settle_refund(payment, refund_id, usd(total), found), NOW)
+
+    asyncio.run(refunded("re_1", 1000))
+    assert books.invoices["inv_0"].refunded == usd(1000)
+    assert balance_of(books, "cash:sandbox-card") == 2000
+    asyncio.run(refunded("re_1", 1000))  # heard again
+    asyncio.run(refunded("re_2", 3000))
+    asyncio.run(refunded("re_1", 1000))  # heard late, after the later refund
+    assert books.invoices["inv_0"].refunded == usd(3000)
+    assert balance_of(books, "cash:sandbox-card") == 0
+    assert balance_of(books, "revenue") == 0
+    refunds = [p for p in books.postings if p.kind is ledger.PostingKind.REFUND]
+    assert [(p.reference, p.entries[0].amount.amount_minor) for p in refunds] == [
+        ("refund:re_1", 1000),
+        ("refund:re_2", 2000),
+    ]

@@ -121,6 +121,7 @@ def _invoice(row: asyncpg.Record, lines: Sequence[asyncpg.Record] = ()) -> Invoi
         amount_due=Money(row["amount_due"], currency),
         created_at=row["created_at"],
         paid_at=row["paid_at"],
+        refunded_minor=row["refunded_minor"],
         lines=tuple(
             InvoiceLine(
                 LineKind(line["kind"]),
@@ -730,6 +731,15 @@ class PostgresTx:
             list(invoice_ids),
             status.value,
             paid_at,
+        )
+
+    async def set_invoice_refunds(self, refunded: Mapping[str, int]) -> None:
+        await self._conn.execute(
+            """UPDATE invoices i SET refunded_minor = r.refunded
+               FROM unnest($1::text[], $2::bigint[]) AS r(invoice_id, refunded)
+               WHERE i.invoice_id = r.invoice_id""",
+            list(refunded),
+            list(refunded.values()),
         )
 
     async def list_invoices(self, where: InvoiceFilter, after: int, limit: int) -> list[tuple[int, Invoice]]:

@@ -25,6 +25,7 @@ from recurring.domain.settlement import (
     next_attempt,
     retry_refusal,
     settle,
+    settle_refund,
     settle_return,
     void,
     write_off,
@@ -161,6 +162,16 @@ class Invoices:
         books = await books_for_invoices(tx, [txn.invoice_id])
         cause = Cause("gateway-adapter", event_id, "returned")
         await apply(tx, settle_return(txn, update.result, books, cause, now), now)
+
+    async def on_payment_refunded(
+        self, tx: Tx, update: PaymentUpdate, refund_id: str, refunded_total: Money
+    ) -> None:
+        """payment.refunded (full or partial): the ledger and the invoice show what went back."""
+        txn = await tx.transaction_for_payment(update.payment_id, update.idempotency_key)
+        if txn is None:
+            return
+        books = await books_for_invoices(tx, [txn.invoice_id])
+        await apply(tx, settle_refund(txn, refund_id, refunded_total, books), self._clock.now())
 
     async def on_dunning_exhausted(self, tx: Tx, invoice_id: str, action: str, event_id: str) -> None:
         """Write the invoice off and suspend or cancel the subscription, as the merchant's policy says."""

@@ -60,6 +60,8 @@ async def apply(
         by_status.setdefault((status, paid_at), []).append(invoice_id)
     for (status, paid_at), invoice_ids in by_status.items():
         await tx.set_invoice_statuses(invoice_ids, status, paid_at)
+    if change.refunded:
+        await tx.set_invoice_refunds(change.refunded)
     await tx.post_all(change.postings, now)
     if change.subscriptions:
         await tx.save_subscriptions(list(change.subscriptions.values()))

@@ -107,6 +107,12 @@ class Invoice:
     created_at: datetime
     paid_at: datetime | None = None
     lines: tuple[InvoiceLine, ...] = ()
+    # Given back to the customer by refunds of its payment, in the invoice's currency.
+    refunded_minor: int = 0
+
+    @property
+    def refunded(self) -> Money:
+        return Money(self.refunded_minor, self.total.currency)
 
 
 @dataclass(frozen=True)

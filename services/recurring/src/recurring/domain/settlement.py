@@ -120,6 +120,7 @@ class Change:
     attempts: list[Transaction] = field(default_factory=list)  # new, written before they are sent
     answered: dict[str, Transaction] = field(default_factory=dict)  # by transaction id
     statuses: dict[str, tuple[InvoiceStatus, datetime | None]] = field(default_factory=dict)
+    refunded: dict[str, int] = field(default_factory=dict)  # new refunded totals, by invoice id
     postings: list[ledger.Posting] = field(default_factory=list)
     subscriptions: dict[str, Subscription] = field(default_factory=dict)
     history: list[HistoryEntry] = field(default_factory=list)
@@ -494,6 +495,24 @@ def write_off(
             working.announce(event, None)
     elif can(sub.status, Action.SUSPEND):
         _move(working, sub, Action.SUSPEND, EventType.SUBSCRIPTION_SUSPENDED, cause, None)
+    return change
+
+
+def settle_refund(attempt: Transaction, refund_id: str, refunded_total: Money, books: Books) -> Change:
+    """The gateway gave back part or all of a payment: the cash leaves, revenue is reduced, and the
+    invoice records the total refunded. `refunded_total` is the payment's total so far, so a refund
+    heard twice, or after a later one, changes nothing."""
+    change = Change()
+    invoice = books.invoices.get(attempt.invoice_id)
+    if invoice is None:
+        raise NotFound(f"invoice {attempt.invoice_id} does not exist")
+    more = refunded_total.amount_minor - invoice.refunded_minor
+    if more <= 0 or refunded_total.currency != invoice.total.currency:
+        return change
+    change.refunded[invoice.invoice_id] = refunded_total.amount_minor
+    amount = Money(more, refunded_total.currency)
+    reference = f"refund:{refund_id}"
+    change.postings.append(ledger.refund_posting(invoice.account_id, reference, attempt.gateway, amount))
     return change
 
 

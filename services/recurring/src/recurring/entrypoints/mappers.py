@@ -179,6 +179,7 @@ def invoice_pb(invoice: Invoice, transactions: list[Transaction]) -> pb.Invoice:
         ],
         total=money_pb(invoice.total),
         amount_due=money_pb(invoice.amount_due),
+        refunded=money_pb(invoice.refunded),
         transactions=[transaction_pb(t) for t in transactions],
     )
     message.created_at.FromDatetime(invoice.created_at)
