@@ -105,6 +105,9 @@ class ServiceParts:
     # The longest an in-flight call may take (a charge waiting on its gateway): SIGTERM drains at
     # least this long, whatever GRPC_SHUTDOWN_GRACE says, so no call is cut off half done.
     drain_at_least: timedelta = timedelta(0)
+    # Background work SIGTERM winds down within the drain, beside the RPCs: each stops taking new
+    # work and finishes what it has in hand (a worker's batch) before background work is cancelled.
+    draining: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     # What the RPCs cannot be answered without: readiness follows these alone. The broker is
     # never one: the outbox keeps events while it is away.
     serving_needs: frozenset[Dependency] = frozenset({Dependency.POSTGRESQL})
@@ -317,11 +320,15 @@ class ServiceHost:
         """Drain in-flight calls, then stop background work and close connections, each step bounded."""
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._set_liveness(health_pb2.HealthCheckResponse.NOT_SERVING)
-        if self._server is not None:
-            drain = self.settings.grpc_shutdown_grace
-            if self.parts:
-                drain = max(drain, self.parts.drain_at_least)
-            await self._server.stop(drain.total_seconds())
+        drain = self.settings.grpc_shutdown_grace
+        if self.parts:
+            drain = max(drain, self.parts.drain_at_least)
+        winding = [self._server.stop(drain.total_seconds())] if self._server is not None else []
+        if self.parts:
+            winding += [asyncio.wait_for(hook(), drain.total_seconds()) for hook in self.parts.draining]
+        for ended in await asyncio.gather(*winding, return_exceptions=True):
+            if isinstance(ended, TimeoutError):
+                log.warning("background work did not wind down within the drain; cancelling it")
         for task in self._tasks:
             task.cancel()
         if self._tasks:

@@ -11,9 +11,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from billing.common.v1 import common_pb2
 from billing.events.v1 import invoice_pb2, run_pb2, subscription_pb2
 from billing_common.protos import date_pb, money_pb
-from recurring.app.ports import Event, EventType, Invoice, Run, RunCounts
+from recurring.domain.events import Event, EventType
+from recurring.domain.invoicing import Invoice
 from recurring.domain.payments import DeclineKind, FailureType
-from recurring.domain.runs import RunKind
+from recurring.domain.runs import Run, RunCounts, RunKind
 from recurring.domain.schedule import Frequency
 from recurring.domain.status import SubscriptionStatus
 from recurring.domain.subscription import MethodType, Subscription

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -18,27 +18,26 @@ from billing_common.locks import Lease
 from billing_common.money import Money
 from recurring.adapters.events import EventMessages
 from recurring.adapters.metrics import run_finished
-from recurring.app.ports import (
-    Event,
-    HistoryEntry,
-    Invoice,
-    InvoiceFilter,
-    ItemResult,
-    LedgerLine,
-    Run,
-    RunCounts,
-    SubscriptionFilter,
-    Transaction,
-    WorkItem,
-)
+from recurring.app.ports import InvoiceFilter, LedgerLine, SubscriptionFilter
 from recurring.domain import ledger
-from recurring.domain.invoicing import InvoiceLine, LineKind
+from recurring.domain.events import Event
+from recurring.domain.invoicing import Invoice, InvoiceLine, LineKind, Transaction
 from recurring.domain.ledger import Posting
 from recurring.domain.payments import GATEWAY_BY_METHOD, DeclineKind, FailureType, PaymentStatus
-from recurring.domain.runs import AfterFailure, ItemStatus, Progress, RunKind, RunState
+from recurring.domain.runs import (
+    AfterFailure,
+    ItemResult,
+    ItemStatus,
+    Progress,
+    Run,
+    RunCounts,
+    RunKind,
+    RunState,
+    WorkItem,
+)
 from recurring.domain.schedule import Frequency
 from recurring.domain.status import SCHEDULED, TERMINAL, InvoiceStatus, SubscriptionStatus
-from recurring.domain.subscription import MethodType, PaymentMethod, Subscription
+from recurring.domain.subscription import HistoryEntry, MethodType, PaymentMethod, Subscription
 
 ITEMS_PARKED = Counter(
     "recurring_items_parked_total", "Work items parked after failing for a reason of ours", ["gateway"]
@@ -123,6 +122,7 @@ def _invoice(row: asyncpg.Record, lines: Sequence[asyncpg.Record] = ()) -> Invoi
         amount_due=Money(row["amount_due"], currency),
         created_at=row["created_at"],
         paid_at=row["paid_at"],
+        refunded_minor=row["refunded_minor"],
         lines=tuple(
             InvoiceLine(
                 LineKind(line["kind"]),
@@ -213,8 +213,17 @@ class PostgresTx:
     async def emit(self, event: Event) -> None:
         await self._outbox.add(self._conn, self._messages.message(event))
 
-    async def emit_all(self, events: Sequence[Event]) -> None:
-        await self._outbox.add_many(self._conn, [self._messages.message(event) for event in events])
+    async def emit_all(self, events: Sequence[Event], traces: Sequence[Mapping[str, str]] = ()) -> None:
+        """`traces`: the stored trace each event is written under ({} or none: the current one)."""
+        if not traces:
+            await self._outbox.add_many(self._conn, [self._messages.message(event) for event in events])
+            return
+        groups: dict[tuple[tuple[str, str], ...], list[Event]] = {}
+        for event, trace in zip(events, traces, strict=True):
+            groups.setdefault(tuple(sorted(trace.items())), []).append(event)
+        for trace_items, grouped in groups.items():
+            with telemetry.within(dict(trace_items)):
+                await self._outbox.add_many(self._conn, [self._messages.message(event) for event in grouped])
 
     # ------------------------------------------------------------ subscriptions
 
@@ -321,14 +330,6 @@ class PostgresTx:
             amount.currency,
         )
 
-    async def open_prorations(self, subscription_id: str) -> list[tuple[int, str, Money]]:
-        rows = await self._conn.fetch(
-            """SELECT id, description, amount_minor, currency FROM pending_prorations
-               WHERE subscription_id = $1 AND invoice_id IS NULL ORDER BY id""",
-            subscription_id,
-        )
-        return [(r["id"], r["description"], Money(r["amount_minor"], r["currency"])) for r in rows]
-
     async def prorations_of(self, subscription_ids: Sequence[str]) -> dict[str, list[tuple[int, str, Money]]]:
         rows = await self._conn.fetch(
             """SELECT id, subscription_id, description, amount_minor, currency FROM pending_prorations
@@ -342,10 +343,7 @@ class PostgresTx:
             )
         return found
 
-    async def attach_prorations(self, ids: Sequence[int], invoice_id: str) -> None:
-        await self.attach_prorations_to({invoice_id: ids})
-
-    async def attach_prorations_to(self, ids_by_invoice: dict[str, Sequence[int]]) -> None:
+    async def attach_prorations_to(self, ids_by_invoice: Mapping[str, Sequence[int]]) -> None:
         rows = [(list(ids), invoice_id) for invoice_id, ids in ids_by_invoice.items() if ids]
         if rows:
             await self._conn.executemany(
@@ -501,15 +499,6 @@ class PostgresTx:
             for r in sorted(rows, key=lambda r: int(r["id"]))
         ]
 
-    async def holds_item(self, item: WorkItem) -> bool:
-        held = await self._conn.fetchval(
-            """SELECT true FROM work_items
-               WHERE id = $1 AND claim_token = $2 AND status = 'claimed' FOR UPDATE""",
-            item.item_id,
-            item.claim_token,
-        )
-        return bool(held)
-
     async def held_items(self, items: Sequence[WorkItem]) -> set[int]:
         rows = await self._conn.fetch(
             """SELECT w.id FROM work_items w
@@ -521,11 +510,6 @@ class PostgresTx:
         )
         return {int(r["id"]) for r in rows}
 
-    async def finish_item(
-        self, item: WorkItem, status: ItemStatus, detail: str = "", invoice_id: str | None = None
-    ) -> None:
-        await self.finish_items([ItemResult(item, status, detail, invoice_id)])
-
     async def finish_items(self, results: Sequence[ItemResult]) -> None:
         await self._conn.executemany(
             """UPDATE work_items SET status = $3, detail = $4, invoice_id = coalesce($5, invoice_id),
@@ -534,33 +518,42 @@ class PostgresTx:
             [(r.item.item_id, r.item.claim_token, r.status.value, r.detail, r.invoice_id) for r in results],
         )
 
-    async def defer_item(self, item: WorkItem, delay: timedelta, detail: str) -> None:
-        await self._conn.execute(
+    async def defer_items(self, deferrals: Sequence[tuple[WorkItem, timedelta, str]]) -> None:
+        await self._conn.executemany(
             """UPDATE work_items SET status = 'deferred', detail = $3, not_before = now() + $4::interval,
                    claim_token = NULL, lease_until = NULL
                WHERE id = $1 AND claim_token = $2""",
-            item.item_id,
-            item.claim_token,
-            detail,
-            delay,
+            [(item.item_id, item.claim_token, detail, delay) for item, delay, detail in deferrals],
         )
 
-    async def record_failure(self, item: WorkItem, after: AfterFailure, detail: str) -> bool:
-        status = ItemStatus.PARKED if after.park else ItemStatus.DEFERRED
-        recorded = await self._conn.fetchval(
-            """UPDATE work_items SET status = $3, failures = $4, detail = $5,
-                   not_before = now() + $6::interval, claim_token = NULL, lease_until = NULL
-               WHERE id = $1 AND claim_token = $2 RETURNING true""",
-            item.item_id,
-            item.claim_token,
-            status.value,
-            after.failures,
-            detail,
-            after.retry_in,
+    async def record_failures(self, failures: Sequence[tuple[WorkItem, AfterFailure, str]]) -> list[WorkItem]:
+        rows = await self._conn.fetch(
+            """UPDATE work_items w SET status = f.status, failures = f.failures, detail = f.detail,
+                   not_before = now() + f.retry_in, claim_token = NULL, lease_until = NULL
+               FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::text[], $6::interval[])
+                    AS f(id, claim_token, status, failures, detail, retry_in)
+               WHERE w.id = f.id AND w.claim_token = f.claim_token
+               RETURNING w.id, w.status""",
+            [item.item_id for item, _, _ in failures],
+            [item.claim_token for item, _, _ in failures],
+            [(ItemStatus.PARKED if after.park else ItemStatus.DEFERRED).value for _, after, _ in failures],
+            [after.failures for _, after, _ in failures],
+            [detail for _, _, detail in failures],
+            [after.retry_in for _, after, _ in failures],
         )
-        if recorded and after.park:
+        parked_ids = {int(r["id"]) for r in rows if r["status"] == ItemStatus.PARKED.value}
+        parked = [item for item, _, _ in failures if item.item_id in parked_ids]
+        for item in parked:
             ITEMS_PARKED.labels(item.gateway).inc()
-        return bool(recorded)
+        return parked
+
+    async def release_claims(self, claimant: str) -> int:
+        status = await self._conn.execute(
+            """UPDATE work_items SET status = 'pending', claim_token = NULL, lease_until = NULL
+               WHERE status = 'claimed' AND left(claim_token, length($1) + 1) = $1 || '.'""",
+            claimant,
+        )
+        return int(status.split()[-1])
 
     async def requeue_parked(self, run_id: str, gateway: str) -> int:
         status = await self._conn.execute(
@@ -652,18 +645,11 @@ class PostgresTx:
 
     # ------------------------------------------------------------ invoices and transactions
 
-    async def invoice_for_occurrence(self, occurrence_key: str) -> Invoice | None:
-        row = await self._conn.fetchrow("SELECT * FROM invoices WHERE occurrence_key = $1", occurrence_key)
-        return None if row is None else _invoice(row)
-
     async def invoices_for_occurrences(self, occurrence_keys: Sequence[str]) -> dict[str, Invoice]:
         rows = await self._conn.fetch(
             "SELECT * FROM invoices WHERE occurrence_key = ANY($1::text[])", list(occurrence_keys)
         )
         return {r["occurrence_key"]: _invoice(r) for r in rows}
-
-    async def insert_invoice(self, invoice: Invoice) -> None:
-        await self.insert_invoices([invoice])
 
     async def insert_invoices(self, invoices: Sequence[Invoice]) -> None:
         await self._conn.executemany(
@@ -737,11 +723,6 @@ class PostgresTx:
             lines_of.setdefault(line["invoice_id"], []).append(line)
         return {r["invoice_id"]: _invoice(r, lines_of.get(r["invoice_id"], ())) for r in rows}
 
-    async def set_invoice_status(
-        self, invoice_id: str, status: InvoiceStatus, paid_at: datetime | None = None
-    ) -> None:
-        await self.set_invoice_statuses([invoice_id], status, paid_at)
-
     async def set_invoice_statuses(
         self, invoice_ids: Sequence[str], status: InvoiceStatus, paid_at: datetime | None = None
     ) -> None:
@@ -751,6 +732,15 @@ class PostgresTx:
             list(invoice_ids),
             status.value,
             paid_at,
+        )
+
+    async def set_invoice_refunds(self, refunded: Mapping[str, int]) -> None:
+        await self._conn.execute(
+            """UPDATE invoices i SET refunded_minor = r.refunded
+               FROM unnest($1::text[], $2::bigint[]) AS r(invoice_id, refunded)
+               WHERE i.invoice_id = r.invoice_id""",
+            list(refunded),
+            list(refunded.values()),
         )
 
     async def list_invoices(self, where: InvoiceFilter, after: int, limit: int) -> list[tuple[int, Invoice]]:
@@ -773,16 +763,14 @@ class PostgresTx:
             found.append((int(row["seq"]), _invoice(row, lines)))
         return found
 
-    async def unpaid_invoices(self, subscription_id: str) -> int:
-        count = await self._conn.fetchval(
-            """SELECT count(*) FROM invoices
-               WHERE subscription_id = $1 AND status IN ('open', 'payment_failed')""",
-            subscription_id,
+    async def unpaid_invoices_of(self, subscription_ids: Sequence[str]) -> dict[str, int]:
+        rows = await self._conn.fetch(
+            """SELECT subscription_id, count(*) AS unpaid FROM invoices
+               WHERE subscription_id = ANY($1::text[]) AND status IN ('open', 'payment_failed')
+               GROUP BY subscription_id""",
+            list(subscription_ids),
         )
-        return int(count)
-
-    async def insert_transaction(self, txn: Transaction) -> None:
-        await self.insert_transactions([txn])
+        return {r["subscription_id"]: int(r["unpaid"]) for r in rows}
 
     async def insert_transactions(self, txns: Sequence[Transaction]) -> None:
         trace_context = telemetry.capture()
@@ -807,9 +795,6 @@ class PostgresTx:
                 for txn in txns
             ],
         )
-
-    async def save_transaction(self, txn: Transaction) -> None:
-        await self.save_transactions([txn])
 
     async def save_transactions(self, txns: Sequence[Transaction]) -> None:
         await self._conn.executemany(

@@ -11,12 +11,27 @@ from billing_common.clock import Clock
 from billing_common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable, Violations
 from billing_common.money import Money
 from billing_common.paging import Page, PageRequest
-from recurring.app.charging import Charging, awaiting_result
-from recurring.app.ports import Event, EventType, Invoice, InvoiceFilter, LedgerLine, Store, Transaction, Tx
-from recurring.app.subscriptions import Cause, IdempotencyRef, cancelled, save_with_history
+from recurring.app.charging import Charging
+from recurring.app.ports import InvoiceFilter, LedgerLine, Store, Tx
+from recurring.app.settling import apply, books_for_invoices, new_id
+from recurring.app.subscriptions import IdempotencyRef
 from recurring.domain import ledger
-from recurring.domain.payments import ChargeResult, FailureType, NoAnswer, PaymentStatus, outcome_of
-from recurring.domain.status import Action, InvoiceStatus, can, invoice_transition
+from recurring.domain.invoicing import Invoice, Transaction
+from recurring.domain.payments import ChargeResult, NoAnswer, outcome_of
+from recurring.domain.settlement import (
+    Answer,
+    Change,
+    Rules,
+    next_attempt,
+    retry_refusal,
+    settle,
+    settle_refund,
+    settle_return,
+    void,
+    write_off,
+)
+from recurring.domain.status import InvoiceStatus
+from recurring.domain.subscription import Cause
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +59,14 @@ class ExhaustionPolicy:
 
 
 class Invoices:
-    def __init__(self, store: Store, charging: Charging, clock: Clock, policy: ExhaustionPolicy) -> None:
+    def __init__(
+        self, store: Store, charging: Charging, clock: Clock, policy: ExhaustionPolicy, rules: Rules
+    ) -> None:
         self._store = store
         self._charging = charging
         self._clock = clock
         self._policy = policy
+        self._rules = rules
 
     async def get(self, invoice_id: str) -> tuple[Invoice, list[Transaction]]:
         async with self._store.transaction() as tx:
@@ -77,12 +95,12 @@ class Invoices:
             if txn is not None and txn.answered:
                 return invoice, txn, True
             if txn is None:
-                if invoice.status not in (InvoiceStatus.OPEN, InvoiceStatus.PAYMENT_FAILED):
-                    raise FailedPrecondition(f"the invoice is {invoice.status.value}")
                 attempts = await tx.transactions(invoice_id)
-                if attempts and (not attempts[-1].answered or awaiting_result(attempts[-1])):
-                    raise FailedPrecondition("a charge of this invoice is still waiting for its outcome")
-                txn = await self._charging.new_attempt(tx, invoice, retry_key=key)
+                refusal = retry_refusal(invoice, attempts)
+                if refusal:
+                    raise FailedPrecondition(refusal)
+                txn = next_attempt(invoice, attempts, self._clock.now(), new_id, retry_key=key)
+                await apply(tx, Change(attempts=[txn]), self._clock.now())
             sub = await tx.load_subscription(invoice.subscription_id)
             assert sub is not None
         result = await self._charging.send(txn, sub)
@@ -98,8 +116,8 @@ class Invoices:
         )
         if isinstance(result, NoAnswer):
             raise Unavailable("the payment service did not answer; retry with the same key")
+        await self._settle([Answer(txn, result)], Cause("dunning"))
         async with self._store.transaction() as tx:
-            await self._charging.record(tx, txn, result, Cause("dunning"))
             invoice = await _invoice(tx, invoice_id)
             recorded = next(
                 t for t in await tx.transactions(invoice_id) if t.transaction_id == txn.transaction_id
@@ -111,89 +129,60 @@ class Invoices:
             if idem.key and await tx.claim_key(idem.scope, idem.key, idem.request_hash) is not None:
                 return await _invoice(tx, invoice_id)
             invoice = await _invoice(tx, invoice_id, lock=True)
-            invoice_transition(invoice.status, InvoiceStatus.VOID)
-            attempts = await tx.transactions(invoice_id)
-            if attempts and (not attempts[-1].answered or awaiting_result(attempts[-1])):
-                raise FailedPrecondition("a charge of this invoice is still waiting for its outcome")
             now = self._clock.now()
-            await tx.set_invoice_status(invoice_id, InvoiceStatus.VOID)
-            posting = ledger.void_posting(
-                invoice.account_id, invoice_id, invoice.amount_due, invoice.credit_applied
-            )
-            if posting is not None:
-                await tx.post(posting, now)
-            voided = dataclasses.replace(invoice, status=InvoiceStatus.VOID)
-            await tx.emit(Event(EventType.INVOICE_VOIDED, invoice=voided, extra={"reason": reason}))
+            change = void(invoice, await tx.transactions(invoice_id), reason, now)
+            await apply(tx, change, now)
             if idem.key:
                 await tx.complete_key(idem.scope, idem.key, invoice_id)
-            return voided
+            return dataclasses.replace(invoice, status=InvoiceStatus.VOID)
+
+    async def _settle(self, answers: list[Answer], cause: Cause, tx: Tx | None = None) -> None:
+        """Settle charge answers through the one calculator and applicator, in `tx` when given."""
+        if tx is None:
+            async with self._store.transaction() as own:
+                await self._settle(answers, cause, own)
+            return
+        now = self._clock.now()
+        books = await books_for_invoices(tx, [answer.attempt.invoice_id for answer in answers])
+        await apply(tx, settle(answers, books, self._rules, cause, now), now)
 
     async def on_payment_outcome(self, tx: Tx, update: PaymentUpdate) -> None:
         """payment.settled / payment.reconciled: the final word on a pending or unknown charge."""
         txn = await tx.transaction_for_payment(update.payment_id, update.idempotency_key)
         if txn is None:
             return
-        await self._charging.record(tx, txn, update.result, Cause("gateway-adapter"), final_word=True)
+        await self._settle([Answer(txn, update.result, final_word=True)], Cause("gateway-adapter"), tx)
 
     async def on_payment_returned(self, tx: Tx, update: PaymentUpdate, event_id: str) -> None:
         """An ACH debit came back: the money leaves again and the invoice goes to dunning."""
         txn = await tx.transaction_for_payment(update.payment_id, update.idempotency_key)
-        if txn is None or txn.status is PaymentStatus.RETURNED:
+        if txn is None:
             return
-        invoice = await _invoice(tx, txn.invoice_id, lock=True)
-        returned = dataclasses.replace(
-            txn,
-            status=PaymentStatus.RETURNED,
-            payment_id=txn.payment_id or update.payment_id,
-            failure_type=FailureType.CARDHOLDER,
-            decline_kind=update.result.decline_kind,
-            decline_code=update.result.decline_code,
-            retryable=update.result.retryable,
-        )
-        await tx.save_transaction(returned)
-        if invoice.status is InvoiceStatus.PAID:
-            gateway = txn.gateway or update.result.gateway or "unknown"
-            await tx.post(
-                ledger.return_posting(invoice.account_id, txn.transaction_id, gateway, txn.amount),
-                self._clock.now(),
-            )
-        if invoice.status in (InvoiceStatus.PAID, InvoiceStatus.OPEN, InvoiceStatus.PAYMENT_FAILED):
-            await self._charging.mark_failed(
-                tx, invoice, returned, Cause("gateway-adapter", event_id, "returned")
-            )
+        now = self._clock.now()
+        books = await books_for_invoices(tx, [txn.invoice_id])
+        cause = Cause("gateway-adapter", event_id, "returned")
+        await apply(tx, settle_return(txn, update.result, books, cause, now), now)
+
+    async def on_payment_refunded(
+        self, tx: Tx, update: PaymentUpdate, refund_id: str, refunded_total: Money
+    ) -> None:
+        """payment.refunded (full or partial): the ledger and the invoice show what went back."""
+        txn = await tx.transaction_for_payment(update.payment_id, update.idempotency_key)
+        if txn is None:
+            return
+        books = await books_for_invoices(tx, [txn.invoice_id])
+        await apply(tx, settle_refund(txn, refund_id, refunded_total, books), self._clock.now())
 
     async def on_dunning_exhausted(self, tx: Tx, invoice_id: str, action: str, event_id: str) -> None:
         """Write the invoice off and suspend or cancel the subscription, as the merchant's policy says."""
         invoice = await tx.load_invoice(invoice_id, lock=True)
         if invoice is None:
             return
-        now = self._clock.now()
-        if invoice.status in (InvoiceStatus.OPEN, InvoiceStatus.PAYMENT_FAILED):
-            invoice_transition(invoice.status, InvoiceStatus.UNCOLLECTIBLE)
-            await tx.set_invoice_status(invoice_id, InvoiceStatus.UNCOLLECTIBLE)
-            if invoice.amount_due.amount_minor:
-                await tx.post(
-                    ledger.write_off_posting(invoice.account_id, invoice_id, invoice.amount_due), now
-                )
-            written_off = dataclasses.replace(invoice, status=InvoiceStatus.UNCOLLECTIBLE)
-            await tx.emit(Event(EventType.INVOICE_UNCOLLECTIBLE, invoice=written_off))
         sub = await tx.load_subscription(invoice.subscription_id, lock=True)
-        if sub is None:
-            return
+        cancels = sub is not None and self._policy.cancels(sub.merchant_id, action)
         cause = Cause("dunning", event_id, "dunning exhausted")
-        if self._policy.cancels(sub.merchant_id, action):
-            if can(sub.status, Action.CANCEL):
-                ended = cancelled(sub, now)
-                await save_with_history(tx, sub, ended, cause, now)
-                await tx.emit(
-                    Event(
-                        EventType.SUBSCRIPTION_CANCELLED, subscription=ended, extra={"at_period_end": False}
-                    )
-                )
-        elif can(sub.status, Action.SUSPEND):
-            suspended = sub.apply(Action.SUSPEND, now)
-            await save_with_history(tx, sub, suspended, cause, now)
-            await tx.emit(Event(EventType.SUBSCRIPTION_SUSPENDED, subscription=suspended))
+        now = self._clock.now()
+        await apply(tx, write_off(invoice, sub, cancels, cause, now), now)
 
     async def add_credit(
         self, account_id: str, amount: Money | None, reason: str, idem: IdempotencyRef

@@ -2,29 +2,35 @@
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, Protocol
 
 from billing_common.locks import Lease
 from billing_common.money import Money
-from recurring.domain.invoicing import InvoiceLine, UsageCharge
+from recurring.domain.events import Event
+from recurring.domain.invoicing import Invoice, Transaction, UsageCharge
 from recurring.domain.ledger import Posting
 from recurring.domain.payments import (
     ChargeRequest,
     ChargeResult,
-    DeclineKind,
-    FailureType,
     NoAnswer,
-    PaymentStatus,
 )
-from recurring.domain.runs import AfterFailure, ItemStatus, Progress, RunKind, RunState
+from recurring.domain.runs import (
+    AfterFailure,
+    ItemResult,
+    Progress,
+    Run,
+    RunCounts,
+    RunKind,
+    RunState,
+    WorkItem,
+)
 from recurring.domain.schedule import Frequency
 from recurring.domain.status import InvoiceStatus, SubscriptionStatus
-from recurring.domain.subscription import Subscription
+from recurring.domain.subscription import HistoryEntry, Subscription
 
 
 @dataclass(frozen=True)
@@ -38,16 +44,6 @@ class PlanInfo:
 
 
 @dataclass(frozen=True)
-class HistoryEntry:
-    subscription_id: str
-    changes: dict[str, dict[str, Any]]
-    actor: str
-    cause_event_id: str
-    reason: str
-    changed_at: datetime
-
-
-@dataclass(frozen=True)
 class SubscriptionFilter:
     account_id: str = ""
     status: SubscriptionStatus | None = None
@@ -55,110 +51,10 @@ class SubscriptionFilter:
 
 
 @dataclass(frozen=True)
-class Invoice:
-    invoice_id: str
-    subscription_id: str
-    account_id: str
-    merchant_id: str
-    occurrence_key: str
-    status: InvoiceStatus
-    billing_date: date
-    period_start: date
-    period_end: date
-    total: Money
-    credit_applied: Money
-    amount_due: Money
-    created_at: datetime
-    paid_at: datetime | None = None
-    lines: tuple[InvoiceLine, ...] = ()
-
-
-@dataclass(frozen=True)
-class Transaction:
-    transaction_id: str
-    invoice_id: str
-    attempt: int
-    idempotency_key: str
-    retry_key: str | None
-    amount: Money
-    created_at: datetime
-    # PENDING with no payment id: sent (or about to be) and not answered; retried with the same key.
-    status: PaymentStatus = PaymentStatus.PENDING
-    payment_id: str = ""
-    gateway: str = ""
-    failure_type: FailureType = FailureType.NONE
-    decline_kind: DeclineKind = DeclineKind.NONE
-    decline_code: str = ""
-    retryable: bool = False
-    # The trace that wrote the attempt (empty until it is stored): a later send continues it.
-    trace_context: Mapping[str, str] = field(default_factory=dict, compare=False)
-
-    @property
-    def answered(self) -> bool:
-        return bool(self.payment_id) or self.status is not PaymentStatus.PENDING
-
-
-@dataclass(frozen=True)
 class InvoiceFilter:
     subscription_id: str = ""
     account_id: str = ""
     status: InvoiceStatus | None = None
-
-
-@dataclass(frozen=True)
-class RunCounts:
-    due: int = 0
-    charged: int = 0
-    failed: int = 0
-    skipped: int = 0
-    deferred: int = 0
-    pending: int = 0
-    parked: int = 0
-
-    @property
-    def finished(self) -> int:
-        return self.charged + self.failed + self.skipped + self.parked
-
-
-@dataclass(frozen=True)
-class Run:
-    run_id: str
-    billing_date: date
-    kind: RunKind
-    state: RunState
-    dry_run: bool
-    started_at: datetime
-    finished_at: datetime | None = None
-    halted_gateways: tuple[str, ...] = ()
-    counts: RunCounts = field(default_factory=RunCounts)
-    progress: Progress = field(default_factory=Progress)
-
-
-@dataclass(frozen=True)
-class WorkItem:
-    item_id: int
-    run_id: str
-    subscription_id: str
-    due_date: date
-    occurrence_key: str
-    gateway: str
-    claim_token: str
-    # Tries that failed for a reason of ours so far (a lease that ran out counts at the claim), and
-    # the last word on the item.
-    failures: int = 0
-    detail: str = ""
-    # The trace of the run (or RunBilling call) that queued the item: its batch continues it.
-    trace_context: Mapping[str, str] = field(default_factory=dict, compare=False)
-
-
-@dataclass(frozen=True)
-class ItemResult:
-    """How a work item ends: its status, a short detail, and the invoice it produced."""
-
-    item: WorkItem
-    status: ItemStatus
-    detail: str = ""
-    invoice_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -172,43 +68,71 @@ class LedgerLine:
     created_at: datetime
 
 
-class EventType(enum.Enum):
-    SUBSCRIPTION_CREATED = "subscription.created"
-    SUBSCRIPTION_ACTIVATED = "subscription.activated"
-    SUBSCRIPTION_PLAN_CHANGED = "subscription.plan_changed"
-    SUBSCRIPTION_PAUSED = "subscription.paused"
-    SUBSCRIPTION_RESUMED = "subscription.resumed"
-    SUBSCRIPTION_CANCELLED = "subscription.cancelled"
-    SUBSCRIPTION_SUSPENDED = "subscription.suspended"
-    SUBSCRIPTION_COMPLETED = "subscription.completed"
-    SUBSCRIPTION_PAST_DUE = "subscription.past_due"
-    SUBSCRIPTION_RENEWED = "subscription.renewed"
-    SUBSCRIPTION_PAYMENT_METHOD_UPDATED = "subscription.payment_method_updated"
-    INVOICE_CREATED = "invoice.created"
-    INVOICE_PAID = "invoice.paid"
-    INVOICE_PAYMENT_FAILED = "invoice.payment_failed"
-    INVOICE_VOIDED = "invoice.voided"
-    INVOICE_UNCOLLECTIBLE = "invoice.uncollectible"
-    RUN_STARTED = "run.started"
-    RUN_COMPLETED = "run.completed"
-    RUN_HALTED = "run.halted"
-    RUN_STALLED = "run.stalled"
+class BooksTx(Protocol):
+    """What settlement reads and writes in one transaction: work items, subscriptions, invoices and
+    their attempts, the ledger and the outbox (set-wise)."""
+
+    async def held_items(self, items: Sequence[WorkItem]) -> set[int]:
+        """Lock the items; the ids of those this claim still owns."""
+        ...
+
+    async def load_subscriptions(
+        self, subscription_ids: Sequence[str], *, lock: bool = False
+    ) -> dict[str, Subscription]:
+        """By id; missing ones are left out."""
+        ...
+
+    async def invoices_for_occurrences(self, occurrence_keys: Sequence[str]) -> dict[str, Invoice]:
+        """By occurrence key, without lines."""
+        ...
+
+    async def load_invoices(self, invoice_ids: Sequence[str]) -> dict[str, Invoice]:
+        """Locked, with lines, by id."""
+        ...
+
+    async def transactions_of(self, invoice_ids: Sequence[str]) -> dict[str, list[Transaction]]:
+        """Every attempt of each invoice, in attempt order."""
+        ...
+
+    async def prorations_of(
+        self, subscription_ids: Sequence[str]
+    ) -> dict[str, list[tuple[int, str, Money]]]: ...
+    async def credits(self, customers: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Money]:
+        """Credit available to each (customer, currency)."""
+        ...
+
+    async def unpaid_invoices_of(self, subscription_ids: Sequence[str]) -> dict[str, int]:
+        """Open or failed invoices per subscription; those with none are left out."""
+        ...
+
+    async def insert_invoices(self, invoices: Sequence[Invoice]) -> None: ...
+    async def attach_prorations_to(self, ids_by_invoice: Mapping[str, Sequence[int]]) -> None: ...
+    async def insert_transactions(self, txns: Sequence[Transaction]) -> None: ...
+    async def save_transactions(self, txns: Sequence[Transaction]) -> None: ...
+    async def set_invoice_statuses(
+        self, invoice_ids: Sequence[str], status: InvoiceStatus, paid_at: datetime | None = None
+    ) -> None: ...
+    async def set_invoice_refunds(self, refunded: Mapping[str, int]) -> None:
+        """The refunded total of each invoice, by id."""
+        ...
+
+    async def post_all(self, postings: Sequence[Posting], at: datetime) -> None: ...
+    async def save_subscriptions(self, subs: Sequence[Subscription]) -> None: ...
+    async def add_histories(self, entries: Sequence[HistoryEntry]) -> None: ...
+    async def finish_items(self, results: Sequence[ItemResult]) -> None: ...
+    async def defer_items(self, deferrals: Sequence[tuple[WorkItem, timedelta, str]]) -> None:
+        """Let each item wait its delay, with its detail, unless its claim was lost."""
+        ...
+
+    async def record_failures(self, failures: Sequence[tuple[WorkItem, AfterFailure, str]]) -> list[WorkItem]:
+        """Count a failure of ours per item: park it or let it wait; returns the items parked now
+        (an item whose claim was lost is left alone)."""
+        ...
+
+    async def emit_all(self, events: Sequence[Event], traces: Sequence[Mapping[str, str]] = ()) -> None: ...
 
 
-@dataclass(frozen=True)
-class Event:
-    """A fact to publish through the outbox; the adapter turns it into the contract's message."""
-
-    type: EventType
-    subscription: Subscription | None = None
-    invoice: Invoice | None = None
-    run: Run | None = None
-    transaction: Transaction | None = None
-    # Event-specific values: previous plan, cause, reason, gateway, amounts.
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-class Tx(Protocol):
+class Tx(BooksTx, Protocol):
     """One database transaction: every write of a use case commits (or not) together."""
 
     async def claim_key(self, scope: str, key: str, request_hash: str) -> str | None:
@@ -218,33 +142,16 @@ class Tx(Protocol):
     async def complete_key(self, scope: str, key: str, result_ref: str) -> None: ...
     async def check_fence(self, lease: Lease) -> None: ...
     async def emit(self, event: Event) -> None: ...
-    async def emit_all(self, events: Sequence[Event]) -> None: ...
-
     async def insert_subscription(self, sub: Subscription) -> None: ...
     async def load_subscription(self, subscription_id: str, *, lock: bool = False) -> Subscription | None: ...
-    async def load_subscriptions(
-        self, subscription_ids: Sequence[str], *, lock: bool = False
-    ) -> dict[str, Subscription]:
-        """By id; missing ones are left out."""
-        ...
-
     async def save_subscription(self, sub: Subscription) -> None: ...
-    async def save_subscriptions(self, subs: Sequence[Subscription]) -> None: ...
     async def list_subscriptions(
         self, where: SubscriptionFilter, after: str, limit: int
     ) -> list[Subscription]: ...
     async def tier_mapped_subscriptions(self, account_id: str) -> list[str]: ...
     async def add_history(self, entry: HistoryEntry) -> None: ...
-    async def add_histories(self, entries: Sequence[HistoryEntry]) -> None: ...
     async def history(self, subscription_id: str) -> list[HistoryEntry]: ...
     async def add_proration(self, subscription_id: str, description: str, amount: Money) -> None: ...
-    async def open_prorations(self, subscription_id: str) -> list[tuple[int, str, Money]]: ...
-    async def prorations_of(
-        self, subscription_ids: Sequence[str]
-    ) -> dict[str, list[tuple[int, str, Money]]]: ...
-    async def attach_prorations(self, ids: Sequence[int], invoice_id: str) -> None: ...
-    async def attach_prorations_to(self, ids_by_invoice: dict[str, Sequence[int]]) -> None: ...
-
     async def insert_run(self, run: Run) -> bool:
         """False when a real run of that date and kind exists already."""
         ...
@@ -266,21 +173,8 @@ class Tx(Protocol):
         ...
 
     async def claim_items(self, limit: int, lease: timedelta, claim_token: str) -> list[WorkItem]: ...
-    async def holds_item(self, item: WorkItem) -> bool:
-        """Lock the item; True while this claim still owns it (its lease was not taken over)."""
-        ...
-
-    async def held_items(self, items: Sequence[WorkItem]) -> set[int]:
-        """Lock the items; the ids of those this claim still owns."""
-        ...
-
-    async def finish_item(
-        self, item: WorkItem, status: ItemStatus, detail: str = "", invoice_id: str | None = None
-    ) -> None: ...
-    async def finish_items(self, results: Sequence[ItemResult]) -> None: ...
-    async def defer_item(self, item: WorkItem, delay: timedelta, detail: str) -> None: ...
-    async def record_failure(self, item: WorkItem, after: AfterFailure, detail: str) -> bool:
-        """Count a failure of ours: park the item or let it wait; False when the claim was lost."""
+    async def release_claims(self, claimant: str) -> int:
+        """Hand back the items still claimed under tokens starting with `claimant`; how many."""
         ...
 
     async def requeue_parked(self, run_id: str, gateway: str) -> int:
@@ -303,47 +197,15 @@ class Tx(Protocol):
         """Items still to work: pending, claimed, or deferred on a gateway that is not halted."""
         ...
 
-    async def invoice_for_occurrence(self, occurrence_key: str) -> Invoice | None: ...
-    async def invoices_for_occurrences(self, occurrence_keys: Sequence[str]) -> dict[str, Invoice]:
-        """By occurrence key, without lines."""
-        ...
-
-    async def insert_invoice(self, invoice: Invoice) -> None: ...
-    async def insert_invoices(self, invoices: Sequence[Invoice]) -> None: ...
     async def load_invoice(self, invoice_id: str, *, lock: bool = False) -> Invoice | None: ...
-    async def load_invoices(self, invoice_ids: Sequence[str]) -> dict[str, Invoice]:
-        """Locked, with lines, by id."""
-        ...
-
-    async def set_invoice_status(
-        self, invoice_id: str, status: InvoiceStatus, paid_at: datetime | None = None
-    ) -> None: ...
-    async def set_invoice_statuses(
-        self, invoice_ids: Sequence[str], status: InvoiceStatus, paid_at: datetime | None = None
-    ) -> None: ...
     async def list_invoices(
         self, where: InvoiceFilter, after: int, limit: int
     ) -> list[tuple[int, Invoice]]: ...
-    async def unpaid_invoices(self, subscription_id: str) -> int: ...
-
-    async def insert_transaction(self, txn: Transaction) -> None: ...
-    async def insert_transactions(self, txns: Sequence[Transaction]) -> None: ...
-    async def save_transaction(self, txn: Transaction) -> None: ...
-    async def save_transactions(self, txns: Sequence[Transaction]) -> None: ...
     async def transactions(self, invoice_id: str) -> list[Transaction]: ...
-    async def transactions_of(self, invoice_ids: Sequence[str]) -> dict[str, list[Transaction]]:
-        """Every attempt of each invoice, in attempt order."""
-        ...
-
     async def transaction_by_retry_key(self, retry_key: str) -> Transaction | None: ...
     async def transaction_for_payment(self, payment_id: str, idempotency_key: str) -> Transaction | None: ...
 
     async def post(self, posting: Posting, at: datetime) -> None: ...
-    async def post_all(self, postings: Sequence[Posting], at: datetime) -> None: ...
-    async def credits(self, customers: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Money]:
-        """Credit available to each (customer, currency)."""
-        ...
-
     async def balances(self, customer: str, currency: str) -> tuple[Money, Money]:
         """(balance: receivable plus credit accounts, credit available) of a customer."""
         ...

@@ -15,10 +15,13 @@ from billing_common.clock import Clock
 from billing_common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from billing_common.locks import Locks
 from billing_common.paging import Page, PageRequest
-from recurring.app.ports import Event, EventType, OutageCounter, Run, RunCounts, Store
+from recurring.app.ports import OutageCounter, Store
+from recurring.domain.events import Event, EventType
 from recurring.domain.runs import (
     KIND_FREQUENCIES,
     Progress,
+    Run,
+    RunCounts,
     RunKind,
     RunState,
     blocks_next_date,

@@ -13,25 +13,20 @@ from billing_common.clock import Clock
 from billing_common.errors import FailedPrecondition, InvalidArgument, NotFound, Violations
 from billing_common.money import Money
 from billing_common.paging import Page, PageRequest
-from recurring.app.ports import (
-    Event,
-    EventType,
-    HistoryEntry,
-    PlanInfo,
-    Quota,
-    Store,
-    SubscriptionFilter,
-    Tx,
-)
+from recurring.app.ports import PlanInfo, Quota, Store, SubscriptionFilter, Tx
+from recurring.domain.events import Event, EventType
 from recurring.domain.proration import prorate
 from recurring.domain.schedule import Frequency
 from recurring.domain.status import TERMINAL, Action, SubscriptionStatus, can
 from recurring.domain.subscription import (
     IGNORED_IN_DIFFS,
+    Cause,
+    HistoryEntry,
     NewSubscription,
     PaymentMethod,
     Subscription,
-    diff,
+    cancelled,
+    history_entry,
     open_subscription,
     reanchor,
     to_json,
@@ -72,15 +67,6 @@ class Changes:
     payment_method: PaymentMethod | None = None
     anchor_day: int = 0
     plan_code: str = ""
-
-
-@dataclass(frozen=True)
-class Cause:
-    """Who or what changed a subscription, as its history records it."""
-
-    actor: str
-    event_id: str = ""
-    reason: str = ""
 
 
 class Subscriptions:
@@ -358,10 +344,6 @@ def is_paid_period(sub: Subscription) -> bool:
     return sub.next_billing_date is None or sub.next_billing_date > sub.current_period_start
 
 
-def cancelled(sub: Subscription, now: datetime) -> Subscription:
-    return sub.apply(Action.CANCEL, now).changed(now, next_billing_date=None, cancel_at_period_end=False)
-
-
 async def save_with_history(
     tx: Tx, before: Subscription, after: Subscription, cause: Cause, now: datetime
 ) -> None:
@@ -371,16 +353,6 @@ async def save_with_history(
         return
     await tx.save_subscription(after)
     await tx.add_history(entry)
-
-
-def history_entry(
-    before: Subscription, after: Subscription, cause: Cause, now: datetime
-) -> HistoryEntry | None:
-    """The fields that changed, as the history records them; None when nothing changed."""
-    changes = diff(before, after)
-    if not changes:
-        return None
-    return HistoryEntry(after.subscription_id, changes, cause.actor, cause.event_id, cause.reason, now)
 
 
 async def _existing(tx: Tx, subscription_id: str) -> Subscription:

@@ -1,12 +1,16 @@
-"""Building an invoice for one due occurrence: base, usage, proration, then account credit."""
+"""Invoices and their charge attempts; building an invoice for one due occurrence: base, usage,
+proration, then account credit."""
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
 
 from billing_common.money import Money
+from recurring.domain.payments import DeclineKind, FailureType, PaymentStatus
+from recurring.domain.status import InvoiceStatus
 
 
 class LineKind(enum.Enum):
@@ -84,3 +88,53 @@ def build_invoice(
     else:
         decision = Decision.CHARGE
     return InvoiceDraft(tuple(lines), total, credit, Money(max(due.amount_minor, 0), currency), decision)
+
+
+@dataclass(frozen=True)
+class Invoice:
+    invoice_id: str
+    subscription_id: str
+    account_id: str
+    merchant_id: str
+    occurrence_key: str
+    status: InvoiceStatus
+    billing_date: date
+    period_start: date
+    period_end: date
+    total: Money
+    credit_applied: Money
+    amount_due: Money
+    created_at: datetime
+    paid_at: datetime | None = None
+    lines: tuple[InvoiceLine, ...] = ()
+    # Given back to the customer by refunds of its payment, in the invoice's currency.
+    refunded_minor: int = 0
+
+    @property
+    def refunded(self) -> Money:
+        return Money(self.refunded_minor, self.total.currency)
+
+
+@dataclass(frozen=True)
+class Transaction:
+    transaction_id: str
+    invoice_id: str
+    attempt: int
+    idempotency_key: str
+    retry_key: str | None
+    amount: Money
+    created_at: datetime
+    # PENDING with no payment id: sent (or about to be) and not answered; retried with the same key.
+    status: PaymentStatus = PaymentStatus.PENDING
+    payment_id: str = ""
+    gateway: str = ""
+    failure_type: FailureType = FailureType.NONE
+    decline_kind: DeclineKind = DeclineKind.NONE
+    decline_code: str = ""
+    retryable: bool = False
+    # The trace that wrote the attempt (empty until it is stored): a later send continues it.
+    trace_context: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def answered(self) -> bool:
+        return bool(self.payment_id) or self.status is not PaymentStatus.PENDING

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -122,3 +123,59 @@ def blocks_next_date(state: RunState, progress: Progress) -> bool:
     """Catch-up creates a kind's dates in order, each after the previous run is done (so an
     occurrence renewed by one run is queued by the next), but never waits on a stalled run."""
     return state is RunState.RUNNING and not progress.stalled
+
+
+@dataclass(frozen=True)
+class RunCounts:
+    due: int = 0
+    charged: int = 0
+    failed: int = 0
+    skipped: int = 0
+    deferred: int = 0
+    pending: int = 0
+    parked: int = 0
+
+    @property
+    def finished(self) -> int:
+        return self.charged + self.failed + self.skipped + self.parked
+
+
+@dataclass(frozen=True)
+class Run:
+    run_id: str
+    billing_date: date
+    kind: RunKind
+    state: RunState
+    dry_run: bool
+    started_at: datetime
+    finished_at: datetime | None = None
+    halted_gateways: tuple[str, ...] = ()
+    counts: RunCounts = field(default_factory=RunCounts)
+    progress: Progress = field(default_factory=Progress)
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    item_id: int
+    run_id: str
+    subscription_id: str
+    due_date: date
+    occurrence_key: str
+    gateway: str
+    claim_token: str
+    # Tries that failed for a reason of ours so far (a lease that ran out counts at the claim), and
+    # the last word on the item.
+    failures: int = 0
+    detail: str = ""
+    # The trace of the run (or RunBilling call) that queued the item: its batch continues it.
+    trace_context: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    """How a work item ends: its status, a short detail, and the invoice it produced."""
+
+    item: WorkItem
+    status: ItemStatus
+    detail: str = ""
+    invoice_id: str | None = None

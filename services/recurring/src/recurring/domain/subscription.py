@@ -177,3 +177,36 @@ def diff(before: Subscription, after: Subscription) -> dict[str, dict[str, Any]]
         if old != new:
             changes[field.name] = {"previous": to_json(old), "new": to_json(new)}
     return changes
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    subscription_id: str
+    changes: dict[str, dict[str, Any]]
+    actor: str
+    cause_event_id: str
+    reason: str
+    changed_at: datetime
+
+
+@dataclass(frozen=True)
+class Cause:
+    """Who or what changed a subscription, as its history records it."""
+
+    actor: str
+    event_id: str = ""
+    reason: str = ""
+
+
+def cancelled(sub: Subscription, now: datetime) -> Subscription:
+    return sub.apply(Action.CANCEL, now).changed(now, next_billing_date=None, cancel_at_period_end=False)
+
+
+def history_entry(
+    before: Subscription, after: Subscription, cause: Cause, now: datetime
+) -> HistoryEntry | None:
+    """The fields that changed, as the history records them; None when nothing changed."""
+    changes = diff(before, after)
+    if not changes:
+        return None
+    return HistoryEntry(after.subscription_id, changes, cause.actor, cause.event_id, cause.reason, now)

@@ -1,4 +1,5 @@
-"""Consumers: tier.changed (plan moves), dunning.exhausted (write-off), payment.* (async outcomes).
+"""Consumers: tier.changed (plan moves), dunning.exhausted (write-off), payment.* (async outcomes,
+returns and refunds).
 
 Each handler runs inside the inbox transaction and writes on its connection.
 """
@@ -10,11 +11,13 @@ from typing import Any
 from billing.common.v1 import common_pb2
 from billing.events.v1 import dunning_pb2, payment_pb2
 from billing_common.events import Handler
+from billing_common.money import Money
 from recurring.adapters.clients import DECLINE_KINDS, FAILURE_TYPES, PAYMENT_STATUSES
 from recurring.app.invoices import Invoices, PaymentUpdate
 from recurring.app.ports import Store
-from recurring.app.subscriptions import Cause, Subscriptions
+from recurring.app.subscriptions import Subscriptions
 from recurring.domain.payments import ChargeResult, DeclineKind, FailureType, PaymentStatus
+from recurring.domain.subscription import Cause
 
 TIERS = {common_pb2.TIER_LITE: "lite", common_pb2.TIER_PLUS: "plus", common_pb2.TIER_PRO: "pro"}
 ACTIONS = {dunning_pb2.EXHAUSTED_ACTION_SUSPEND: "suspend", dunning_pb2.EXHAUSTED_ACTION_CANCEL: "cancel"}
@@ -62,10 +65,19 @@ def handlers(store: Store, subscriptions: Subscriptions, invoices: Invoices) -> 
         update = payment_update(event.payment, decline_code=event.return_code)
         await invoices.on_payment_returned(store.within(conn), update, event.header.event_id)
 
+    async def on_payment_refunded(conn: Any, event: Any) -> None:
+        await invoices.on_payment_refunded(
+            store.within(conn),
+            payment_update(event.payment),
+            event.refund_id,
+            Money(event.refunded_total.amount_minor, event.refunded_total.currency),
+        )
+
     return {
         "tier.changed": on_tier_changed,
         "dunning.exhausted": on_dunning_exhausted,
         "payment.settled": on_payment_outcome,
         "payment.reconciled": on_payment_outcome,
         "payment.returned": on_payment_returned,
+        "payment.refunded": on_payment_refunded,
     }

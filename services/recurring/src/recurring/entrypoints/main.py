@@ -27,6 +27,7 @@ from recurring.app.runs import Runs, Schedule
 from recurring.app.subscriptions import Subscriptions
 from recurring.app.worker import Worker, WorkerConfig
 from recurring.domain.runs import RunKind
+from recurring.domain.settlement import Rules
 from recurring.entrypoints.consumers import handlers
 from recurring.entrypoints.servicer import ACCESS, RecurringServicer
 from recurring.settings import RecurringSettings
@@ -70,6 +71,7 @@ def build(settings: RecurringSettings) -> Setup:
         stalled_after=settings.run_stalled_after,
     )
     pages = PageTokens.from_settings(settings)
+    rules = Rules(settings.minimum_charge_minor, settings.item_max_failures, settings.defer_delay)
 
     async def setup(r: Resources) -> ServiceParts:
         # The test clock stands still until SetClock/AdvanceClock move it.
@@ -89,7 +91,6 @@ def build(settings: RecurringSettings) -> Setup:
                 settings.gateway_rate_headroom_percent,
                 default=settings.gateway_rate_limit,
             ),
-            clock,
             settings.max_in_flight,
         )
         subscriptions = Subscriptions(store, quota, clock, zone)
@@ -101,6 +102,7 @@ def build(settings: RecurringSettings) -> Setup:
             ExhaustionPolicy(
                 settings.exhausted_default_action == "cancel", frozenset(settings.exhausted_cancel_merchants)
             ),
+            rules,
         )
         worker = Worker(
             store,
@@ -115,10 +117,8 @@ def build(settings: RecurringSettings) -> Setup:
                 lease=settings.worker_lease,
                 idle_poll=settings.worker_idle_poll,
                 jitter=settings.worker_jitter,
-                defer_delay=settings.defer_delay,
                 halt_threshold=settings.unreachable_halt_threshold,
-                max_failures=settings.item_max_failures,
-                minimum_charge_minor=settings.minimum_charge_minor,
+                rules=rules,
                 zone=zone,
             ),
         )
@@ -141,6 +141,9 @@ def build(settings: RecurringSettings) -> Setup:
             event_handlers=handlers(store, subscriptions, invoices),
             background=[scheduler, worker.run_forever, RunMetrics(r.pool).run_forever],
             on_stop=[quota_channel.close, gateway_channel.close],
+            # A charge in flight when SIGTERM comes gets its whole timeout to answer.
+            drain_at_least=settings.charge_timeout,
+            draining=[worker.drain],
         )
 
     return setup

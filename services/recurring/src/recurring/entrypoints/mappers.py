@@ -13,11 +13,11 @@ from billing_common.errors import InvalidArgument
 from billing_common.money import CurrencyError, Money
 from billing_common.protos import money_pb
 from recurring.adapters.clients import DECLINE_KINDS, FAILURE_TYPES, FREQUENCIES, PAYMENT_STATUSES
-from recurring.app.ports import HistoryEntry, Invoice, LedgerLine, Run, Transaction
-from recurring.domain.invoicing import LineKind
-from recurring.domain.runs import RunKind, RunState, progress_per_mille
+from recurring.app.ports import LedgerLine
+from recurring.domain.invoicing import Invoice, LineKind, Transaction
+from recurring.domain.runs import Run, RunKind, RunState, progress_per_mille
 from recurring.domain.status import InvoiceStatus, SubscriptionStatus
-from recurring.domain.subscription import MethodType, PaymentMethod, Subscription
+from recurring.domain.subscription import HistoryEntry, MethodType, PaymentMethod, Subscription
 
 FREQUENCIES_PB = {v: k for k, v in FREQUENCIES.items()}
 STATUSES = {
@@ -179,6 +179,7 @@ def invoice_pb(invoice: Invoice, transactions: list[Transaction]) -> pb.Invoice:
         ],
         total=money_pb(invoice.total),
         amount_due=money_pb(invoice.amount_due),
+        refunded=money_pb(invoice.refunded),
         transactions=[transaction_pb(t) for t in transactions],
     )
     message.created_at.FromDatetime(invoice.created_at)

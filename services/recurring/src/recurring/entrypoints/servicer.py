@@ -19,7 +19,8 @@ from recurring.adapters.clients import FREQUENCIES
 from recurring.app.invoices import Invoices
 from recurring.app.ports import InvoiceFilter, SubscriptionFilter
 from recurring.app.runs import Runs
-from recurring.app.subscriptions import Cause, Changes, CreateCommand, IdempotencyRef, Subscriptions
+from recurring.app.subscriptions import Changes, CreateCommand, IdempotencyRef, Subscriptions
+from recurring.domain.subscription import Cause
 from recurring.entrypoints import mappers as m
 
 Context = grpc.aio.ServicerContext[Any, Any]

@@ -1,0 +1,85 @@
+"""The books the settlement calculator decides from, and the one applicator that writes its changes:
+every path (a run's batch, a dunning retry, a payment event) reads and writes through here."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+
+from recurring.app.ports import BooksTx
+from recurring.domain.runs import WorkItem
+from recurring.domain.settlement import Books, Change
+from recurring.domain.status import InvoiceStatus
+
+
+async def books_for_items(tx: BooksTx, items: Sequence[WorkItem]) -> Books:
+    """The books of the occurrences to bill, their subscriptions locked."""
+    subscription_ids = sorted({item.subscription_id for item in items})
+    subscriptions = await tx.load_subscriptions(subscription_ids, lock=True)
+    invoiced = await tx.invoices_for_occurrences([item.occurrence_key for item in items])
+    invoices = {invoice.invoice_id: invoice for invoice in invoiced.values()}
+    accounts = sorted({(sub.account_id, sub.amount.currency) for sub in subscriptions.values()})
+    return Books(
+        subscriptions=subscriptions,
+        invoices=invoices,
+        attempts=await tx.transactions_of(sorted(invoices)),
+        prorations=await tx.prorations_of(subscription_ids),
+        credits=await tx.credits(accounts),
+        unpaid=await tx.unpaid_invoices_of(subscription_ids),
+    )
+
+
+async def books_for_invoices(tx: BooksTx, invoice_ids: Sequence[str]) -> Books:
+    """The books of the invoices whose charges are settled, invoices and subscriptions locked."""
+    invoices = await tx.load_invoices(sorted(set(invoice_ids)))
+    subscription_ids = sorted({invoice.subscription_id for invoice in invoices.values()})
+    return Books(
+        subscriptions=await tx.load_subscriptions(subscription_ids, lock=True),
+        invoices=invoices,
+        attempts=await tx.transactions_of(sorted(invoices)),
+        unpaid=await tx.unpaid_invoices_of(subscription_ids),
+    )
+
+
+async def apply(
+    tx: BooksTx, change: Change, now: datetime, traces: Mapping[int, Mapping[str, str]] | None = None
+) -> list[WorkItem]:
+    """Write a change set-wise; an event a run item's charge announced is stored under that
+    charge's trace (`traces`, by item id). Returns the items parked by it."""
+    if change.invoices:
+        await tx.insert_invoices(list(change.invoices.values()))
+    if any(change.prorations.values()):
+        await tx.attach_prorations_to(change.prorations)
+    if change.attempts:
+        await tx.insert_transactions(change.attempts)
+    if change.answered:
+        await tx.save_transactions(list(change.answered.values()))
+    by_status: dict[tuple[InvoiceStatus, datetime | None], list[str]] = {}
+    for invoice_id, (status, paid_at) in change.statuses.items():
+        by_status.setdefault((status, paid_at), []).append(invoice_id)
+    for (status, paid_at), invoice_ids in by_status.items():
+        await tx.set_invoice_statuses(invoice_ids, status, paid_at)
+    if change.refunded:
+        await tx.set_invoice_refunds(change.refunded)
+    await tx.post_all(change.postings, now)
+    if change.subscriptions:
+        await tx.save_subscriptions(list(change.subscriptions.values()))
+        await tx.add_histories(change.history)
+    if change.finished:
+        await tx.finish_items(change.finished)
+    if change.deferred:
+        await tx.defer_items(change.deferred)
+    parked = await tx.record_failures(change.failures) if change.failures else []
+    if change.events:
+        found = traces or {}
+        await tx.emit_all(
+            [announced.event for announced in change.events],
+            [found.get(a.item_id, {}) if a.item_id is not None else {} for a in change.events],
+        )
+    return parked
+
+
+def new_id(prefix: str) -> str:
+    """A new invoice ("inv") or transaction ("txn") id."""
+    return f"{prefix}_{uuid.uuid4().hex}"
