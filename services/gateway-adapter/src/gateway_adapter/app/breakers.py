@@ -18,7 +18,7 @@ from typing import Any
 import pybreaker
 
 from billing_common.clock import Clock
-from gateway_adapter.app.metrics import BREAKER_STATE
+from gateway_adapter.app.ports import PaymentMetrics
 
 
 class CircuitOpen(Exception):
@@ -42,13 +42,15 @@ _GAUGE_VALUES = {pybreaker.STATE_CLOSED: 0, pybreaker.STATE_HALF_OPEN: 1, pybrea
 class _StateListener(pybreaker.CircuitBreakerListener):
     """Keeps the gauge current and remembers, by our clock, when the circuit opened."""
 
-    def __init__(self, merchant: str, gateway: str, clock: Clock) -> None:
-        self._labels = (merchant, gateway)
+    def __init__(self, merchant: str, gateway: str, clock: Clock, metrics: PaymentMetrics) -> None:
+        self._merchant = merchant
+        self._gateway = gateway
         self._clock = clock
+        self._metrics = metrics
         self.opened_at: datetime | None = None
 
     def state_change(self, cb: pybreaker.CircuitBreaker, old_state: Any, new_state: Any) -> None:
-        BREAKER_STATE.labels(*self._labels).set(_GAUGE_VALUES.get(new_state.name, 0))
+        self._metrics.breaker_state(self._merchant, self._gateway, _GAUGE_VALUES.get(new_state.name, 0))
         if new_state.name == pybreaker.STATE_OPEN:
             self.opened_at = self._clock.now()
         elif new_state.name == pybreaker.STATE_CLOSED:
@@ -56,8 +58,11 @@ class _StateListener(pybreaker.CircuitBreakerListener):
 
 
 class CircuitBreakers:
-    def __init__(self, fail_max: int, reset_timeout: timedelta, clock: Clock) -> None:
+    def __init__(
+        self, fail_max: int, reset_timeout: timedelta, clock: Clock, metrics: PaymentMetrics
+    ) -> None:
         self._fail_max = fail_max
+        self._metrics = metrics
         self._reset_timeout = reset_timeout
         self._clock = clock
         self._breakers: dict[tuple[str, str], tuple[pybreaker.CircuitBreaker, _StateListener]] = {}
@@ -66,7 +71,7 @@ class CircuitBreakers:
     def _breaker(self, merchant: str, gateway: str) -> pybreaker.CircuitBreaker:
         key = (merchant, gateway)
         if key not in self._breakers:
-            listener = _StateListener(merchant, gateway, self._clock)
+            listener = _StateListener(merchant, gateway, self._clock, self._metrics)
             breaker = pybreaker.CircuitBreaker(
                 fail_max=self._fail_max,
                 reset_timeout=self._reset_timeout.total_seconds(),

@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from billing_common.clock import Clock
-from gateway_adapter.app.metrics import WEBHOOKS
-from gateway_adapter.app.ports import GatewayReply, Outcome, PaymentEvent, PaymentStore
+from gateway_adapter.app.ports import GatewayReply, Outcome, PaymentEvent, PaymentMetrics, PaymentStore
 from gateway_adapter.domain.classification import APPROVED, classify
 from gateway_adapter.domain.payments import UNRESOLVED, Payment, Status, can_move
 
@@ -75,9 +74,14 @@ def decide(notice: Notice, payment: Payment) -> Outcome | None:
 
 
 class Notices:
-    def __init__(self, store: PaymentStore, clock: Clock) -> None:
+    def __init__(self, store: PaymentStore, clock: Clock, metrics: PaymentMetrics) -> None:
         self._store = store
         self._clock = clock
+        self._metrics = metrics
+
+    def not_applied(self, source: str, reason: str) -> None:
+        """A notice refused or ignored before it reached `apply` (counted per reason)."""
+        self._metrics.webhook(source, reason)
 
     async def apply(self, notice: Notice) -> bool:
         """Apply a verified notice once; False when its event id was seen before."""
@@ -89,5 +93,5 @@ class Notices:
             lambda payment: decide(notice, payment),
             self._clock.now(),
         )
-        WEBHOOKS.labels(notice.source, "applied" if fresh else "duplicate").inc()
+        self._metrics.webhook(notice.source, "applied" if fresh else "duplicate")
         return fresh

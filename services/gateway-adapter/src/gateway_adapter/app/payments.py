@@ -16,7 +16,6 @@ from billing_common.clock import Clock
 from billing_common.errors import BillingError, InvalidArgument, NotFound, Unavailable
 from billing_common.grouping import GroupCommit
 from gateway_adapter.app.breakers import CircuitBreakers, CircuitOpen, CircuitView, Outage
-from gateway_adapter.app.metrics import CHARGES, GATEWAY_LATENCY, UNMAPPED_CODES, UNRESOLVED_CHECKS
 from gateway_adapter.app.ports import (
     Claim,
     Gateway,
@@ -28,6 +27,7 @@ from gateway_adapter.app.ports import (
     Outcome,
     Pacer,
     PaymentEvent,
+    PaymentMetrics,
     PaymentStore,
     Recording,
     StoredRefund,
@@ -172,7 +172,9 @@ class Payments:
         pacer: Pacer,
         clock: Clock,
         policy: Policy,
+        metrics: PaymentMetrics,
     ) -> None:
+        self._metrics = metrics
         self._store = store
         self._gateways = gateways
         self._router = router
@@ -278,7 +280,7 @@ class Payments:
             if retry_after is not None:
                 answers[item.index] = ChargeAnswer(None, error=BackPressure(retry_after))
                 continue
-            CHARGES.labels(payment.gateway, payment.status, payment.failure_type).inc()
+            self._metrics.charge_answered(payment.gateway, payment.status, payment.failure_type)
             answers[item.index] = ChargeAnswer(payment)
         return earlier
 
@@ -415,14 +417,13 @@ class Payments:
         except GatewayTimeout:
             return None, OUTCOME_UNKNOWN
         finally:
-            GATEWAY_LATENCY.labels(gateway.name, "charge").observe(time.perf_counter() - started)
+            self._metrics.gateway_answered(gateway.name, "charge", time.perf_counter() - started)
         return reply, self._classify(gateway.name, reply.code)
 
-    @staticmethod
-    def _classify(gateway: str, code: str) -> Classification:
+    def _classify(self, gateway: str, code: str) -> Classification:
         classification, known = classify(gateway, code)
         if not known:
-            UNMAPPED_CODES.labels(gateway).inc()
+            self._metrics.unmapped_code(gateway)
             log.warning("unmapped gateway code", extra={"gateway": gateway, "gateway_code": code})
         return classification
 
@@ -471,7 +472,7 @@ class Payments:
                     f"{gateway.name} did not confirm the refund; retry with the same key"
                 ) from error
             finally:
-                GATEWAY_LATENCY.labels(gateway.name, "refund").observe(time.perf_counter() - started)
+                self._metrics.gateway_answered(gateway.name, "refund", time.perf_counter() - started)
 
         return await self._store.refund(request, str(uuid.uuid4()), self._clock.now(), execute)
 
@@ -501,7 +502,7 @@ class Payments:
         try:
             reply = await gateway.find(request.merchant_id, request.idempotency_key, credentials)
         except (GatewayUnreachable, GatewayTimeout):
-            UNRESOLVED_CHECKS.labels("gateway_unavailable").inc()
+            self._metrics.unknown_checked("gateway_unavailable")
             later = next_check_at(self._policy.unknown_check_schedule, payment.checks_done, self._clock.now())
             await self._store.record(
                 [
@@ -517,7 +518,7 @@ class Payments:
         else:
             classification = self._classify(gateway.name, reply.code)
             status = status_for(classification, pending=reply.pending)
-        UNRESOLVED_CHECKS.labels(status.lower()).inc()
+        self._metrics.unknown_checked(status.lower())
         outcome = Outcome(
             status, classification, reply, PaymentEvent.RECONCILED, previous_status=payment.status
         )

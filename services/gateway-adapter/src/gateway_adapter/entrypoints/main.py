@@ -12,6 +12,7 @@ from billing.gateway.v1 import gateway_pb2_grpc
 from billing_common.pacing import RedisPacer, check_headroom
 from billing_common.service import Registration, Resources, ServiceParts, Setup, run_service
 from billing_common.settings import SettingsError
+from gateway_adapter.adapters.metrics import PrometheusPaymentMetrics
 from gateway_adapter.adapters.payment_store import PostgresPayments
 from gateway_adapter.adapters.sandbox import SandboxBehaviour, SandboxClearing, SandboxGateway
 from gateway_adapter.adapters.stripe_gateway import StripeGateway
@@ -68,11 +69,12 @@ def build(settings: GatewaySettings) -> Setup:
             ),
         ]
         store = PostgresPayments(r.pool, r.outbox)
+        metrics = PrometheusPaymentMetrics()
         payments = Payments(
             store,
             {gateway.name: gateway for gateway in gateways},
             router,
-            CircuitBreakers(settings.breaker_fail_max, settings.breaker_reset_timeout, r.clock),
+            CircuitBreakers(settings.breaker_fail_max, settings.breaker_reset_timeout, r.clock, metrics),
             # Shared by every pod through Redis, so the limit holds however many pods there are.
             RedisPacer(r.redis, settings.namespace, rate_limits, settings.rate_headroom_percent),
             r.clock,
@@ -85,8 +87,9 @@ def build(settings: GatewaySettings) -> Setup:
                 batch_pacing_horizon=settings.batch_pacing_horizon,
                 batch_max_wait=settings.batch_max_wait,
             ),
+            metrics,
         )
-        notices = Notices(store, r.clock)
+        notices = Notices(store, r.clock, metrics)
 
         async def janitor() -> None:
             while True:

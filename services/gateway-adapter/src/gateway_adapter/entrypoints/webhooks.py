@@ -15,7 +15,6 @@ from gateway_adapter.adapters.sandbox import SIGNATURE_HEADER as SANDBOX_HEADER
 from gateway_adapter.adapters.sandbox import parse_sandbox_notice
 from gateway_adapter.adapters.stripe_gateway import SIGNATURE_HEADER as STRIPE_HEADER
 from gateway_adapter.adapters.stripe_gateway import parse_stripe_event
-from gateway_adapter.app.metrics import WEBHOOKS
 from gateway_adapter.app.notices import Notice, Notices
 from gateway_adapter.domain.signatures import SignatureError, verify
 
@@ -53,16 +52,16 @@ def _handler(
         try:
             verify(body, request.headers.get(source.header, ""), source.secrets, clock.now())
         except SignatureError as error:
-            WEBHOOKS.labels(source.name, "bad_signature").inc()
+            notices.not_applied(source.name, "bad_signature")
             log.warning("webhook refused", extra={"source": source.name, "reason": str(error)})
             return web.json_response({"error": str(error)}, status=400)
         try:
             notice = source.parse(body)
         except (ValueError, KeyError) as error:
-            WEBHOOKS.labels(source.name, "malformed").inc()
+            notices.not_applied(source.name, "malformed")
             return web.json_response({"error": f"malformed notice: {error}"}, status=400)
         if notice is None:
-            WEBHOOKS.labels(source.name, "ignored").inc()
+            notices.not_applied(source.name, "ignored")
             return web.json_response({"received": True, "applied": False})
         # A notice starts its own trace, linked to the charge of the payment it is about.
         with telemetry.span(

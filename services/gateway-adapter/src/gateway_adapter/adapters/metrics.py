@@ -1,4 +1,4 @@
-"""Prometheus metrics of the payment path."""
+"""Prometheus metrics of the payment path: the `PaymentMetrics` the use cases report to."""
 
 from __future__ import annotations
 
@@ -27,3 +27,23 @@ UNRESOLVED_CHECKS = Counter(
     "gateway_unknown_checks_total", "Janitor lookups of unknown outcomes, by result", ["result"]
 )
 WEBHOOKS = Counter("gateway_webhooks_total", "Webhook notices by source and result", ["source", "result"])
+
+
+class PrometheusPaymentMetrics:
+    def charge_answered(self, gateway: str, status: str, failure_type: str) -> None:
+        CHARGES.labels(gateway, status, failure_type).inc()
+
+    def gateway_answered(self, gateway: str, operation: str, seconds: float) -> None:
+        GATEWAY_LATENCY.labels(gateway, operation).observe(seconds)
+
+    def unmapped_code(self, gateway: str) -> None:
+        UNMAPPED_CODES.labels(gateway).inc()
+
+    def unknown_checked(self, result: str) -> None:
+        UNRESOLVED_CHECKS.labels(result).inc()
+
+    def breaker_state(self, merchant: str, gateway: str, state: int) -> None:
+        BREAKER_STATE.labels(merchant, gateway).set(state)
+
+    def webhook(self, source: str, result: str) -> None:
+        WEBHOOKS.labels(source, result).inc()
