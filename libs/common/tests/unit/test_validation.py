@@ -49,7 +49,8 @@ def _seconds(year: int) -> int:
 
 
 def test_every_rpc_of_every_service_has_its_request_rules_compiled_at_start() -> None:
-    assert len(REQUEST_TYPES) == 66
+    methods = [m for name in SERVICES for m in descriptor_pool.Default().FindServiceByName(name).methods]
+    assert len(REQUEST_TYPES) == len(methods) > 60  # no service left out
     _validator()
 
 
