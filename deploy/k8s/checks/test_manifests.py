@@ -544,6 +544,17 @@ def test_prod_pins_images_by_digest_and_wires_no_admin_dsn() -> None:
                 assert ref.get("key") != "database-admin-url", workload["metadata"]["name"]
 
 
+def test_prod_never_turns_the_test_clock_on() -> None:
+    """The suite's test clock moves every service's time at an operator's call: never in production."""
+    for workload in workloads("prod"):
+        for container in containers(workload):
+            _, prefix, settings_class = service_of(container)
+            variables = environment("prod", workload, container)
+            assert variables.get(f"{prefix}_TEST_CLOCK") == "false", workload["metadata"]["name"]
+            values = {key: value for key, value in variables.items() if value is not None}
+            assert not load_settings(settings_class, prefix, values).test_clock, workload["metadata"]["name"]
+
+
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)
 def test_only_migration_jobs_hold_the_schema_owners_credentials(name: str) -> None:
     for workload in workloads(name):

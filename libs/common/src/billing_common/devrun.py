@@ -3,6 +3,8 @@
 Each gets its own schema and login role (provisioned with the local superuser), its own
 gRPC and metrics port, the development key set (public keys only) and its outgoing token as a file.
 The development key pair is made once in a git-ignored folder; an operator token is printed.
+Every service reads the suite's test clock (`<PREFIX>_TEST_CLOCK`), with short polls so that a
+simulated day passes in about a second.
 """
 
 from __future__ import annotations
@@ -19,6 +21,19 @@ from billing_common import db, tokens
 DEV_KEYS = Path(os.environ.get("BILLING_DEV_KEYS", ".dev-keys")).resolve()
 DEV_PAGE_TOKEN_KEY = os.environ.get("BILLING_DEV_PAGE_TOKEN_KEY", "development-only-page-token-key-012345")
 ADMIN_URL = os.environ.get("BILLING_DEV_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+TEST_CLOCK = os.environ.get("BILLING_DEV_TEST_CLOCK", "true")
+# Polls short enough that the test clock's simulated day passes in about a second; ACH clearing in
+# simulated days.
+FAST_POLLS = {
+    "RECURRING_SCHEDULER_INTERVAL": "1s",
+    "RECURRING_WORKER_IDLE_POLL": "0.1s",
+    "DUNNING_WORKER_POLL_INTERVAL": "0.2s",
+    "GATEWAY_JANITOR_INTERVAL": "1s",
+    "GATEWAY_SANDBOX_ACH_CLEARS_AFTER": "2d",
+    # Off the console's port (8080).
+    "GATEWAY_WEBHOOK_PORT": "8090",
+    "TIER_WORKER_POLL_INTERVAL": "0.5s",
+}
 SERVICES = [
     # (service name, env prefix, package, gRPC port, metrics port)
     ("gateway-adapter", "GATEWAY", "gateway_adapter", 50051, 9464),
@@ -55,6 +70,8 @@ def service_env(
         f"{prefix}_AUTH_JWKS": str(DEV_KEYS / "jwks.json"),
         f"{prefix}_AUTH_TOKEN_FILE": str(token_file),
         f"{prefix}_PAGE_TOKEN_KEYS": DEV_PAGE_TOKEN_KEY,
+        f"{prefix}_TEST_CLOCK": TEST_CLOCK,
+        **{name: value for name, value in FAST_POLLS.items() if name.startswith(f"{prefix}_")},
     }
     for other, _, _, port, _ in SERVICES:
         env[f"{prefix}_{other.upper().replace('-', '_')}_ADDR"] = f"127.0.0.1:{port}"

@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import timedelta
+from collections.abc import Mapping
+from datetime import datetime, timedelta
 
 import asyncpg
 from prometheus_client import Gauge, Histogram
+
+from billing_common.suite_clock import DueWork
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,12 @@ RUN_SECONDS = Histogram(
     ["kind"],
     buckets=(60, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400),
 )
+# Work items due and not done yet: pending, claimed, or deferred and due again. The items of halted
+# gateways wait for ResumeRun and are left out.
+BACKLOG = """SELECT count(*) FROM work_items w JOIN runs r ON r.run_id = w.run_id
+             WHERE (w.status IN ('pending', 'claimed')
+                    OR (w.status = 'deferred' AND w.not_before <= now()))
+               AND NOT w.gateway = ANY(r.halted_gateways)"""
 # Reported for every unfinished run, even at 0, so a dashboard shows the run's whole picture.
 STATUSES = ("pending", "claimed", "deferred", "charged", "failed", "skipped")
 
@@ -60,12 +69,7 @@ class RunMetrics:
 
     async def refresh(self) -> None:
         async with self._pool.acquire() as conn:
-            backlog = await conn.fetchval(
-                """SELECT count(*) FROM work_items w JOIN runs r ON r.run_id = w.run_id
-                   WHERE (w.status IN ('pending', 'claimed')
-                          OR (w.status = 'deferred' AND w.not_before <= now()))
-                     AND NOT w.gateway = ANY(r.halted_gateways)"""
-            )
+            backlog = await conn.fetchval(BACKLOG)
             runs = await conn.fetch(
                 """SELECT run_id, kind, billing_date::text AS billing_date,
                           cardinality(halted_gateways) AS halted,
@@ -109,6 +113,15 @@ class RunMetrics:
             except (OSError, asyncpg.PostgresError):
                 log.warning("run metrics refresh failed", exc_info=True)
             await asyncio.sleep(REFRESH.total_seconds())
+
+
+def open_items(pool: asyncpg.Pool) -> DueWork:
+    """The runs' open items, for the suite's test clock to wait on."""
+
+    async def due(_now: datetime) -> Mapping[str, int]:
+        return {"open run items": int(await pool.fetchval(BACKLOG))}
+
+    return due
 
 
 def _remove(gauge: Gauge, *labels: str) -> None:
