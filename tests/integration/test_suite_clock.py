@@ -60,7 +60,7 @@ async def clock_of(stub: recurring_pb2_grpc.RecurringServiceStub) -> datetime:
     return reply.now.ToDatetime(tzinfo=UTC)
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 async def test_two_recurring_pods_and_dunning_share_one_clock_that_a_restarted_pod_keeps(
     env: InfraEnv,
 ) -> None:
@@ -134,7 +134,7 @@ def subscription(account: str, start_day: int, frequency: int) -> rpb.CreateSubs
     )
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 async def test_advancing_eight_days_bills_each_day_in_order_and_quota_counts_usage_at_the_suites_time(
     env: InfraEnv,
 ) -> None:

@@ -7,12 +7,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 import asyncpg
 from prometheus_client import Gauge, Histogram
 
 from billing_common.suite_clock import DueWork
+from recurring.domain.runs import RunKind, latest_scheduled_date
 
 log = logging.getLogger(__name__)
 
@@ -115,11 +117,21 @@ class RunMetrics:
             await asyncio.sleep(REFRESH.total_seconds())
 
 
-def open_items(pool: asyncpg.Pool) -> DueWork:
-    """The runs' open items, for the suite's test clock to wait on."""
+def run_work(pool: asyncpg.Pool, times: Mapping[RunKind, time], zone: ZoneInfo) -> DueWork:
+    """For the suite's test clock to wait on: the kinds whose latest scheduled date has come
+    without a run yet (the scheduler is about to create it), and the runs' open items."""
 
-    async def due(_now: datetime) -> Mapping[str, int]:
-        return {"open run items": int(await pool.fetchval(BACKLOG))}
+    async def due(now: datetime) -> Mapping[str, int]:
+        async with pool.acquire() as conn:
+            unstarted = 0
+            for kind, at in times.items():
+                latest = await conn.fetchval(
+                    "SELECT max(billing_date) FROM runs WHERE kind = $1 AND NOT dry_run", kind.value
+                )
+                if latest is None or latest < latest_scheduled_date(now, at, zone):
+                    unstarted += 1
+            items = await conn.fetchval(BACKLOG)
+        return {"runs not started": unstarted, "open run items": int(items)}
 
     return due
 

@@ -18,7 +18,7 @@ from billing_common.suite_clock import pause
 from recurring.adapters.clients import GatewayClient, QuotaClient
 from recurring.adapters.coordination import RedisOutageCounter, RedisRunLocks
 from recurring.adapters.events import EventMessages
-from recurring.adapters.metrics import RunMetrics, open_items
+from recurring.adapters.metrics import RunMetrics, run_work
 from recurring.adapters.store import PostgresStore
 from recurring.app.charging import Charging
 from recurring.app.invoices import ExhaustionPolicy, Invoices
@@ -139,7 +139,7 @@ def build(settings: RecurringSettings) -> Setup:
             event_handlers=handlers(store, subscriptions, invoices),
             background=[scheduler, worker.run_forever, RunMetrics(r.pool).run_forever],
             on_stop=[quota_channel.close, gateway_channel.close],
-            due_work=[open_items(r.pool)],
+            due_work=[run_work(r.pool, schedule.times, zone)],
         )
 
     return setup

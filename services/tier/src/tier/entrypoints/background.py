@@ -12,11 +12,13 @@ from billing_common.clock import Clock
 from billing_common.suite_clock import pause
 from tier.app.accounts import Accounts
 from tier.app.scans import Scans
-from tier.domain.scans import ScanKind, next_fires
+from tier.domain.scans import ScanKind, latest_fires, next_fires
 
 log = logging.getLogger(__name__)
 # Sleep at most this long before looking at the clock again (it may be moved, e.g. in tests).
 SCHEDULER_NAP = timedelta(seconds=30)
+# How far back missed fires are looked for (each kind then scans once, at its latest fire).
+MISSED_FIRES_WINDOW = timedelta(days=7)
 
 
 class ScanScheduler:
@@ -32,13 +34,14 @@ class ScanScheduler:
         while self._schedules:
             due = next_fires(self._schedules, self._last)
             assert due is not None
-            fire, kinds = due
-            wait = (fire - self._clock.now()).total_seconds()
+            now = self._clock.now()
+            wait = (due[0] - now).total_seconds()
             if wait > 0:
                 await pause(self._clock, min(wait, SCHEDULER_NAP.total_seconds()))
                 continue
-            await self._scans.enqueue_scheduled(fire, kinds)
-            self._last = fire
+            for kind, fire in latest_fires(self._schedules, self._last, now, MISSED_FIRES_WINDOW).items():
+                await self._scans.enqueue_scheduled(fire, [kind])
+            self._last = now
 
     async def due(self, now: datetime) -> Mapping[str, int]:
         """Whether a fire time has come that this pod has not queued yet (for the test clock)."""
