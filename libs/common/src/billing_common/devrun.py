@@ -43,6 +43,10 @@ TEST_CLOCK_SETTINGS = {
     "GATEWAY_WEBHOOK_PORT": "8090",
     "GATEWAY_SANDBOX_WEBHOOK_SECRETS": "whsec_sandbox_development_only_0123456789",
     "TIER_WORKER_POLL_INTERVAL": "0.5s",
+    # One nightly full scan instead of hourly scans of each kind: every simulated day would scan thrice.
+    "TIER_SCAN_SCHEDULE_FULL": "0 2 * * *",
+    "TIER_SCAN_SCHEDULE_SSO": "",
+    "TIER_SCAN_SCHEDULE_API": "",
 }
 # The demo's Stripe customers pay through a local server that speaks Stripe's wire format.
 DEMO_STRIPE_PORT = int(os.environ.get("BILLING_DEV_STRIPE_PORT", "12111"))
