@@ -108,6 +108,8 @@ async def bill(stubs: Stubs, customers: list[Customer], days: int, summary: Summ
             rpb.AdvanceClockRequest(by=Duration(seconds=86_400)), timeout=DAY_TIMEOUT_S
         )
         summary.days += 1
+        if summary.days % 15 == 0:
+            print(f"  {reply.now.ToDatetime(tzinfo=UTC):%Y-%m-%d}: {summary.days} days billed", flush=True)
         if not reply.caught_up:
             summary.still_running = list(reply.still_running)
             break
@@ -137,7 +139,8 @@ async def read_back(stubs: Stubs, customers: list[Customer], since: datetime, su
     request = tpb.ListTierChangesRequest(page_size=1000)
     request.since.FromDatetime(since)
     for change in await pages(stubs.tier.ListTierChanges, request, "changes"):
-        if change.account_id in ours and change.previous_tier != common.TIER_UNSPECIFIED:
+        # Databases move by the rule that fired, end users and the distributor by roll-up.
+        if change.previous_tier != common.TIER_UNSPECIFIED:
             summary.tier_changes[change.rule_id] += 1
     for account in sorted(ours):
         entries = await pages(

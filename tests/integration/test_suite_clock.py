@@ -158,7 +158,8 @@ async def test_advancing_eight_days_bills_each_day_in_order_and_quota_counts_usa
             (
                 r
                 for r in runs
-                if r.kind == rpb.RUN_KIND_DAILY and (r.billing_date.month, r.billing_date.day) >= (5, 5)
+                if r.kind == rpb.RUN_KIND_DAILY
+                and (r.billing_date.year, r.billing_date.month, r.billing_date.day) >= (2031, 5, 5)
             ),
             key=lambda r: r.started_at.ToDatetime(),
         )

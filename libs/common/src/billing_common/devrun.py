@@ -140,7 +140,8 @@ def main() -> None:
 
 
 async def _all_serving() -> None:
-    await asyncio.gather(*(wait_until_serving(f"127.0.0.1:{port}", 120) for _, _, _, port, _ in SERVICES))
+    """A first start migrates five schemas at once; on a busy machine that has taken minutes."""
+    await asyncio.gather(*(wait_until_serving(f"127.0.0.1:{port}", 600) for _, _, _, port, _ in SERVICES))
 
 
 if __name__ == "__main__":
