@@ -179,7 +179,11 @@ async def test_advancing_eight_days_bills_each_day_in_order_and_quota_counts_usa
         recorded = await suite.stub("quota").RecordUsage(
             qpb.RecordUsageRequest(
                 event=qpb.UsageEvent(
-                    tenant_id="acct-5", key="api_calls", delta=3, occurred_at=at(now - timedelta(minutes=1))
+                    tenant_id="acct-5",
+                    key="api_calls",
+                    delta=3,
+                    idempotency_key="usage-at-suite-time",
+                    occurred_at=at(now - timedelta(minutes=1)),
                 )
             )
         )
