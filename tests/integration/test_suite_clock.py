@@ -48,13 +48,13 @@ async def second_recurring_pod(suite: Suite) -> RunningProcess:
     return await start_process("recurring", "RECURRING", settings, {**wiring, **on_test_clock("recurring")})
 
 
-def recurring_at(suite: Suite, pod: RunningProcess) -> recurring_pb2_grpc.RecurringServiceStub:
+def recurring_at(suite: Suite, pod: RunningProcess) -> recurring_pb2_grpc.RecurringServiceAsyncStub:
     channel = open_channel(pod.address, suite.env.token("operator"))
     suite.channels.append(channel)
     return recurring_pb2_grpc.RecurringServiceStub(channel)
 
 
-async def clock_of(stub: recurring_pb2_grpc.RecurringServiceStub) -> datetime:
+async def clock_of(stub: recurring_pb2_grpc.RecurringServiceAsyncStub) -> datetime:
     reply = await stub.GetClock(rpb.GetClockRequest())
     assert reply.test_clock
     return reply.now.ToDatetime(tzinfo=UTC)
@@ -122,7 +122,9 @@ async def test_two_recurring_pods_and_dunning_share_one_clock_that_a_restarted_p
             await pod_b.terminate()
 
 
-def subscription(account: str, start_day: int, frequency: int) -> rpb.CreateSubscriptionRequest:
+def subscription(
+    account: str, start_day: int, frequency: common.BillingFrequency.ValueType
+) -> rpb.CreateSubscriptionRequest:
     return rpb.CreateSubscriptionRequest(
         account_id=account,
         merchant_id="merchant-1",
@@ -145,6 +147,23 @@ async def test_advancing_eight_days_bills_each_day_in_order_and_quota_counts_usa
         starts = {"acct-5": (5, weekly), "acct-7": (7, weekly), "acct-9": (9, once), "acct-12": (12, weekly)}
         for account, (day, frequency) in starts.items():
             await recurring.CreateSubscription(subscription(account, day, frequency))
+        metered = qpb.Entitlement(
+            key="api_calls",
+            unlimited=True,
+            period=qpb.PERIOD_BILLING,
+            behaviour=qpb.OVER_QUOTA_BEHAVIOUR_ALLOW,
+        )
+        spec = qpb.PlanSpec(
+            name="Metered",
+            price=common.Money(amount_minor=2900, currency="USD"),
+            frequency=common.BILLING_FREQUENCY_MONTHLY,
+            entitlements=[metered],
+        )
+        await suite.stub("quota").CreatePlan(qpb.CreatePlanRequest(code="metered", spec=spec))
+        on_plan = subscription("acct-plan", 5, common.BILLING_FREQUENCY_MONTHLY)
+        on_plan.ClearField("custom_amount")
+        on_plan.plan_code, on_plan.billing_anchor_day = "metered", 5
+        await recurring.CreateSubscription(on_plan)
 
         advanced = await recurring.AdvanceClock(rpb.AdvanceClockRequest(by=days(8)), timeout=200)
         assert advanced.caught_up, list(advanced.still_running)
@@ -179,7 +198,7 @@ async def test_advancing_eight_days_bills_each_day_in_order_and_quota_counts_usa
         recorded = await suite.stub("quota").RecordUsage(
             qpb.RecordUsageRequest(
                 event=qpb.UsageEvent(
-                    tenant_id="acct-5",
+                    tenant_id="acct-plan",
                     key="api_calls",
                     delta=3,
                     idempotency_key="usage-at-suite-time",
