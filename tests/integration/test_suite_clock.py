@@ -159,7 +159,9 @@ async def test_advancing_eight_days_bills_each_day_in_order_and_quota_counts_usa
             frequency=common.BILLING_FREQUENCY_MONTHLY,
             entitlements=[metered],
         )
-        await suite.stub("quota").CreatePlan(qpb.CreatePlanRequest(code="metered", spec=spec))
+        await suite.stub("quota").CreatePlan(
+            qpb.CreatePlanRequest(code="metered", spec=spec, idempotency_key="plan-metered")
+        )
         on_plan = subscription("acct-plan", 5, common.BILLING_FREQUENCY_MONTHLY)
         on_plan.ClearField("custom_amount")
         on_plan.plan_code, on_plan.billing_anchor_day = "metered", 5
