@@ -24,7 +24,7 @@ PYTEST_FLAGS ?=
 
 help:
 	@echo "make test    set up what is missing, generate, lint, then unit and integration tests (the CI command)"
-	@echo "make run     start all five services against local PostgreSQL, Redis and RabbitMQ"
+	@echo "make run     start all five services, seed the demo company and bill a quarter (DEMO=0: no demo)"
 	@echo "make protos  regenerate Python code from protos/"
 	@echo "make lint    buf lint, ruff, mypy, the import-linter contracts and the Kubernetes manifests"
 	@echo "make bench   run the benchmarks in bench/ and print their figures"
@@ -67,7 +67,7 @@ ruff: install
 	$(RUN) ruff format --check .
 
 mypy: protos
-	$(RUN) mypy -p billing_common -p gateway_adapter -p quota -p recurring -p dunning -p tier -p console -p bench
+	$(RUN) mypy -p billing_common -p gateway_adapter -p quota -p recurring -p dunning -p tier -p console -p bench -p demo
 	$(RUN) mypy deploy/k8s/checks
 
 contracts: protos
@@ -92,8 +92,10 @@ test: install protos lint unit integration
 chaos: protos
 	BILLING_CHAOS_SIZE=full $(RUN) pytest $(PYTEST_FLAGS) tests/chaos
 
+# DEMO=0 skips the demo company and its simulated quarter (`demo/`).
+DEMO ?= 1
 run: protos
-	$(RUN) python -m billing_common.devrun
+	BILLING_DEMO=$(DEMO) $(RUN) python -m billing_common.devrun
 
 bench: protos
 	$(RUN) python bench/run_all.py

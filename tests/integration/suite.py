@@ -14,10 +14,11 @@ from billing.gateway.v1 import gateway_pb2_grpc
 from billing.quota.v1 import quota_pb2_grpc
 from billing.recurring.v1 import recurring_pb2_grpc
 from billing.tier.v1 import tier_pb2_grpc
+from billing_common.devrun import TEST_CLOCK_SETTINGS
 from billing_common.grpc_client import open_channel
 from billing_common.settings import CommonSettings
 from billing_common.testing.plugin import InfraEnv
-from billing_common.testing.processes import RunningProcess, start_process
+from billing_common.testing.processes import RunningProcess, free_port, start_process
 
 # package, env prefix, service name, stub class
 SERVICES: dict[str, tuple[str, str, Any]] = {
@@ -29,6 +30,16 @@ SERVICES: dict[str, tuple[str, str, Any]] = {
 }
 # Who each service calls, as the settings field naming the address (`<CALLER>_<CALLEE>_ADDR`).
 CALLS = {"recurring": ["quota", "gateway-adapter"], "dunning": ["recurring"]}
+
+
+def on_test_clock(name: str) -> dict[str, str]:
+    """The service's settings on the suite's test clock, with `make run`'s short polls."""
+    prefix = SERVICES[name][1]
+    env = {f"{prefix}_TEST_CLOCK": "true"}
+    env.update({key: value for key, value in TEST_CLOCK_SETTINGS.items() if key.startswith(f"{prefix}_")})
+    if name == "gateway-adapter":
+        env["GATEWAY_WEBHOOK_PORT"] = str(free_port())
+    return env
 
 
 @dataclass

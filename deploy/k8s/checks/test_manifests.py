@@ -87,9 +87,7 @@ def rendered(name: str) -> tuple[Object, ...]:
 
 
 def _is_console(workload: Object) -> bool:
-    return bool(
-        workload["spec"]["template"]["metadata"]["labels"].get("app.kubernetes.io/component") == "console"
-    )
+    return bool(pod_template(workload)["metadata"]["labels"].get("app.kubernetes.io/component") == "console")
 
 
 def of_kind(name: str, kind: str) -> list[Object]:
@@ -574,6 +572,17 @@ def test_prod_pins_images_by_digest_and_wires_no_admin_dsn() -> None:
                 assert not variable["name"].endswith("_DB_ADMIN_URL"), workload["metadata"]["name"]
                 ref = variable.get("valueFrom", {}).get("secretKeyRef", {})
                 assert ref.get("key") != "database-admin-url", workload["metadata"]["name"]
+
+
+def test_prod_never_turns_the_test_clock_on() -> None:
+    """The suite's test clock moves every service's time at an operator's call: never in production."""
+    for workload in (w for w in workloads("prod") if not _is_console(w)):  # the console keeps no time
+        for container in containers(workload):
+            _, prefix, settings_class = service_of(container)
+            variables = environment("prod", workload, container)
+            assert variables.get(f"{prefix}_TEST_CLOCK") == "false", workload["metadata"]["name"]
+            values = {key: value for key, value in variables.items() if value is not None}
+            assert not load_settings(settings_class, prefix, values).test_clock, workload["metadata"]["name"]
 
 
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)

@@ -3,10 +3,15 @@
 Each gets its own schema and login role (provisioned with the local superuser), its own
 gRPC and metrics port, the development key set (public keys only) and its outgoing token as a file.
 The development key pair is made once in a git-ignored folder; an operator token is printed.
+Every service reads the suite's test clock (`<PREFIX>_TEST_CLOCK`), with short polls so that a
+simulated day passes in about a second. Once all are SERVING, the demo (`python -m demo`, a
+development tool outside the services) seeds a company and bills a quarter, unless
+BILLING_DEMO=0 (`make run DEMO=0`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import signal
@@ -16,10 +21,31 @@ import time
 from pathlib import Path
 
 from billing_common import db, tokens
+from billing_common.testing.processes import wait_until_serving
 
 DEV_KEYS = Path(os.environ.get("BILLING_DEV_KEYS", ".dev-keys")).resolve()
 DEV_PAGE_TOKEN_KEY = os.environ.get("BILLING_DEV_PAGE_TOKEN_KEY", "development-only-page-token-key-012345")
 ADMIN_URL = os.environ.get("BILLING_DEV_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+TEST_CLOCK = os.environ.get("BILLING_DEV_TEST_CLOCK", "true")
+DEMO = os.environ.get("BILLING_DEMO", "1") not in ("0", "false", "no", "off")
+# On the test clock: polls short enough that a simulated day passes in about a second, ACH
+# clearing in simulated days, and the secret that signs the sandbox's ACH notices to our webhook.
+TEST_CLOCK_SETTINGS = {
+    "RECURRING_SCHEDULER_INTERVAL": "1s",
+    "RECURRING_WORKER_IDLE_POLL": "0.1s",
+    "DUNNING_WORKER_POLL_INTERVAL": "0.2s",
+    "GATEWAY_JANITOR_INTERVAL": "1s",
+    "GATEWAY_SANDBOX_ACH_CLEARS_AFTER": "2d",
+    "GATEWAY_SANDBOX_WEBHOOK_SECRETS": "whsec_sandbox_development_only_0123456789",
+    "TIER_WORKER_POLL_INTERVAL": "0.5s",
+    # One nightly full scan instead of hourly scans of each kind: every simulated day would scan thrice.
+    "TIER_SCAN_SCHEDULE_FULL": "0 2 * * *",
+    "TIER_SCAN_SCHEDULE_SSO": "",
+    "TIER_SCAN_SCHEDULE_API": "",
+}
+# The demo's Stripe customers pay through a local server that speaks Stripe's wire format.
+DEMO_STRIPE_PORT = int(os.environ.get("BILLING_DEV_STRIPE_PORT", "12111"))
+DEMO_STRIPE_KEY = "sk_test_demo_local_0123456789abcdef"
 SERVICES = [
     # (service name, env prefix, package, gRPC port, metrics port)
     ("gateway-adapter", "GATEWAY", "gateway_adapter", 50051, 9464),
@@ -58,6 +84,8 @@ def service_env(
         f"{prefix}_AUTH_JWKS": str(DEV_KEYS / "jwks.json"),
         f"{prefix}_AUTH_TOKEN_FILE": str(token_file),
         f"{prefix}_PAGE_TOKEN_KEYS": DEV_PAGE_TOKEN_KEY,
+        f"{prefix}_TEST_CLOCK": TEST_CLOCK,
+        **{name: value for name, value in TEST_CLOCK_SETTINGS.items() if name.startswith(f"{prefix}_")},
     }
     for other, _, _, port, _ in SERVICES:
         env[f"{prefix}_{other.upper().replace('-', '_')}_ADDR"] = f"127.0.0.1:{port}"
@@ -108,8 +136,16 @@ def console_env(key: tokens.SigningKey) -> tuple[dict[str, str], dict[str, str]]
 def main() -> None:
     key = dev_signing_key()
     processes: list[subprocess.Popen[bytes]] = []
+    demo_env: dict[str, str] = {}
+    if DEMO:
+        stripe = ["-m", "demo.stripe_local", "--port", str(DEMO_STRIPE_PORT), "--api-key", DEMO_STRIPE_KEY]
+        processes.append(subprocess.Popen([sys.executable, *stripe]))  # noqa: S603
+        demo_env = {
+            "GATEWAY_STRIPE_API_BASE": f"http://127.0.0.1:{DEMO_STRIPE_PORT}",
+            "GATEWAY_STRIPE_API_KEYS": f"default={DEMO_STRIPE_KEY}",
+        }
     for name, prefix, package, grpc_port, metrics_port in SERVICES:
-        env = {**os.environ, **service_env(name, prefix, grpc_port, metrics_port, key)}
+        env = {**os.environ, **service_env(name, prefix, grpc_port, metrics_port, key), **demo_env}
         processes.append(subprocess.Popen([sys.executable, "-m", f"{package}.entrypoints.main"], env=env))  # noqa: S603
         print(f"{name:<16} gRPC 127.0.0.1:{grpc_port}   metrics http://127.0.0.1:{metrics_port}/metrics")
     env, passwords = console_env(key)
@@ -117,8 +153,7 @@ def main() -> None:
         subprocess.Popen([sys.executable, "-m", "console.entrypoints.main"], env={**os.environ, **env})
     )
     print(f"{'console':<16} http://127.0.0.1:{CONSOLE[3]}/   metrics http://127.0.0.1:{CONSOLE[4]}/metrics")
-    for person, password in passwords.items():
-        print(f"{'':<16} sign in as {person} ({CONSOLE_PEOPLE[person]}), password {password}")
+    print(_sign_ins(passwords))
     print(f"\noperator token, valid {tokens.PERSON_LIFETIME} (Authorization: Bearer ...):")
     print(tokens.issue(key, "operator"))
     issuer = f"python -m billing_common.tokens issue --private-key {DEV_KEYS}/signing-key.pem"
@@ -133,12 +168,32 @@ def main() -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
+        asyncio.run(_all_serving())
+        print("all five services are SERVING", flush=True)
+        if DEMO:
+            demo = [sys.executable, "-m", "demo", "--private-key", str(DEV_KEYS / "signing-key.pem")]
+            subprocess.run(demo, check=False)  # noqa: S603
+            print(f"\nthe console: http://127.0.0.1:{CONSOLE[3]}/", flush=True)
+            print(_sign_ins(passwords))
+            print("stop with Ctrl-C", flush=True)
         while all(p.poll() is None for p in processes):
             time.sleep(0.5)
     finally:
         stop()
         for process in processes:
             process.wait(timeout=30)
+
+
+def _sign_ins(passwords: dict[str, str]) -> str:
+    return "\n".join(
+        f"{'':<16} sign in as {person} ({CONSOLE_PEOPLE[person]}), password {password}"
+        for person, password in passwords.items()
+    )
+
+
+async def _all_serving() -> None:
+    """A first start migrates five schemas at once; on a busy machine that has taken minutes."""
+    await asyncio.gather(*(wait_until_serving(f"127.0.0.1:{port}", 600) for _, _, _, port, _ in SERVICES))
 
 
 if __name__ == "__main__":

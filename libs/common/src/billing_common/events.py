@@ -293,6 +293,7 @@ class EventConsumer:
         retry_delay: timedelta = timedelta(seconds=2),
         delivery_limit: int = 20,
         prefetch: int = 32,
+        watch_interval: timedelta = timedelta(seconds=QUEUE_WATCH_INTERVAL_S),
     ) -> None:
         for event_type in handlers:
             event_class(event_type)  # fail at start on a typo, not at the first message
@@ -305,7 +306,15 @@ class EventConsumer:
         self._retry_delay_ms = int(retry_delay.total_seconds() * 1000)
         self._delivery_limit = delivery_limit
         self._prefetch = prefetch
+        self._watch_interval = watch_interval.total_seconds()
         self.ready = asyncio.Event()
+        # Messages waiting in the main and retry queues at the last look, and being handled now.
+        self._waiting = 0
+        self._handling = 0
+
+    async def due(self, _now: datetime) -> dict[str, int]:
+        """Events still to handle, for the suite's test clock (billing_common.suite_clock)."""
+        return {"events waiting": self._waiting, "events being handled": self._handling}
 
     async def declare(self, channel: AbstractChannel) -> aio_pika.abc.AbstractQueue:
         """Quorum queues, replicated by a broker cluster with no change here.
@@ -372,16 +381,27 @@ class EventConsumer:
         try:
             channel = await connection.channel()
             while True:
+                waiting = 0
                 for name in (self.queues.main, self.queues.retry, self.queues.dead_letter):
                     declared = await channel.declare_queue(name, passive=True)
-                    QUEUE_MESSAGES.labels(name).set(declared.declaration_result.message_count or 0)
-                await asyncio.sleep(QUEUE_WATCH_INTERVAL_S)
+                    count = declared.declaration_result.message_count or 0
+                    QUEUE_MESSAGES.labels(name).set(count)
+                    waiting += count if name != self.queues.dead_letter else 0
+                self._waiting = waiting
+                await asyncio.sleep(self._watch_interval)
         except Exception as exc:  # the consumer itself notices a lost connection and reconnects
             if not is_dependency_failure(exc):
                 raise
             log.warning("queue depths unavailable", extra={"queue": self.queues.main, "error": repr(exc)})
 
     async def _handle(self, channel: AbstractChannel, message: AbstractIncomingMessage) -> None:
+        self._handling += 1
+        try:
+            await self._handle_counted(channel, message)
+        finally:
+            self._handling -= 1
+
+    async def _handle_counted(self, channel: AbstractChannel, message: AbstractIncomingMessage) -> None:
         event_type = message.type or message.routing_key or ""
         headers = {k: str(v) for k, v in (message.headers or {}).items()}
         attributes = {

@@ -37,12 +37,20 @@ from redis.asyncio import Redis
 from billing_common import db, partitions, telemetry
 from billing_common.auth import AuthConfig
 from billing_common.clock import Clock, SystemClock
-from billing_common.events import EventConsumer, Handler, Outbox, OutboxRelay
+from billing_common.events import QUEUE_WATCH_INTERVAL_S, EventConsumer, Handler, Outbox, OutboxRelay
 from billing_common.faults import is_dependency_failure
 from billing_common.grpc_server import BillingInterceptor
 from billing_common.locks import RedisLocks
 from billing_common.logging import configure_logging
 from billing_common.settings import CommonSettings, load_settings
+from billing_common.suite_clock import (
+    REPORT_INTERVAL,
+    ClockAgent,
+    ClockControl,
+    DueWork,
+    SharedClock,
+    outbox_due,
+)
 from billing_common.validation import RequestValidator
 
 log = logging.getLogger(__name__)
@@ -84,6 +92,8 @@ class Resources:
     outbox: Outbox
     # The bearer token for calls to other services (`open_channel(addr, r.outgoing_token)`), kept current.
     outgoing_token: Callable[[], str]
+    # Sets and advances the suite's test clock; None unless TEST_CLOCK is on.
+    clock_control: ClockControl | None = None
 
 
 @dataclass
@@ -111,6 +121,9 @@ class ServiceParts:
     # What the RPCs cannot be answered without: readiness follows these alone. The broker is
     # never one: the outbox keeps events while it is away.
     serving_needs: frozenset[Dependency] = frozenset({Dependency.POSTGRESQL})
+    # With the test clock on: the work this service still has due at an instant, so that
+    # AdvanceClock waits for it (the outbox and the event queues are counted for every service).
+    due_work: list[DueWork] = field(default_factory=list)
 
 
 Setup = Callable[[Resources], Awaitable[ServiceParts]]
@@ -158,9 +171,18 @@ class ServiceHost:
         redis = Redis.from_url(s.redis_url)
         await _retry_until_up("Redis", redis.ping)
         self._amqp = await _retry_until_up("RabbitMQ", lambda: aio_pika.connect_robust(s.amqp_url, timeout=5))
+        control = None
+        if s.test_clock:
+            log.warning("TEST CLOCK: this service reads the suite's test clock, not wall time")
+            shared = SharedClock(self.clock)
+            self.clock, control = shared, ClockControl(shared, redis, s.test_clock_key)
         outbox = Outbox(s.service_name, self.clock)
         locks = RedisLocks(redis, s.namespace, db.FencingTokens(pool))
-        self.resources = Resources(s, self.clock, pool, redis, locks, outbox, auth.outgoing_token)
+        self.resources = Resources(s, self.clock, pool, redis, locks, outbox, auth.outgoing_token, control)
+        agent = None
+        if isinstance(self.clock, SharedClock):
+            agent = ClockAgent(self.clock, pool, redis, s.test_clock_key, s.service_name)
+            await agent.resume()
         self.parts = parts = await self._setup(self.resources)
 
         authenticator = auth.authenticator({r.service_name: r.access for r in parts.registrations})
@@ -219,8 +241,13 @@ class ServiceHost:
                 max_retries=s.event_max_retries,
                 retry_delay=s.event_retry_delay,
                 delivery_limit=s.event_delivery_limit,
+                watch_interval=REPORT_INTERVAL if agent else timedelta(seconds=QUEUE_WATCH_INTERVAL_S),
             )
             self._spawn("event-consumer", self.consumer.run)
+        if agent is not None:
+            consumed = [self.consumer.due] if self.consumer else []
+            agent.watch([outbox_due(pool), *consumed, *parts.due_work])
+            self._spawn("test-clock", agent.run)
         for index, work in enumerate(parts.background):
             self._spawn(f"background-{index}", work)
         self._spawn("health", self._watch_dependencies)

@@ -94,6 +94,11 @@ class CommonSettings:
     auth_token_file: str = ""
     # Keys of the page tokens (billing_common.paging), the same in every pod; the first signs.
     page_token_keys: tuple[str, ...] = ()
+    # The suite's test clock (billing_common.suite_clock): every service and pod reads one instant
+    # that stands still until AdvanceClock/SetClock move it. Development and tests only: the prod
+    # overlay's check refuses it. The Redis key (and channel) is the same for every service.
+    test_clock: bool = False
+    test_clock_key: str = "billing:test-clock"
     log_level: str = "INFO"
     # A successful call is logged at DEBUG, or at INFO when it took at least this long.
     log_slow_rpc: timedelta = timedelta(milliseconds=500)

@@ -48,5 +48,3 @@ class RecurringSettings(CommonSettings):
     # dunning.exhausted without an action: "suspend" or "cancel"; merchants listed here cancel.
     exhausted_default_action: str = "suspend"
     exhausted_cancel_merchants: tuple[str, ...] = ()
-    # The test clock RPCs (GetClock is always there; Set/Advance only with this on).
-    test_clock: bool = False

@@ -1,11 +1,20 @@
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from billing_common.settings import SettingsError, load_settings
-from tier.domain.scans import Cron, Scan, ScanKind, ScanState, next_fire, next_fires, schedule_key
+from tier.domain.scans import (
+    Cron,
+    Scan,
+    ScanKind,
+    ScanState,
+    latest_fires,
+    next_fire,
+    next_fires,
+    schedule_key,
+)
 from tier.settings import TierSettings
 
 instants = st.datetimes(
@@ -50,3 +59,19 @@ def test_duration_needs_both_ends() -> None:
     assert scan.duration_ms == 0
     done = Scan("s", ScanKind.FULL, "schedule", ScanState.COMPLETED, queued, queued, queued.replace(second=2))
     assert done.duration_ms == 2000
+
+
+@settings(deadline=None)  # a week of hourly fires is a few hundred cron steps
+@given(instants, st.integers(min_value=0, max_value=30 * 24 * 60))
+def test_fires_missed_over_any_jump_are_one_scan_per_kind_at_its_latest_fire(
+    after: datetime, minutes: int
+) -> None:
+    schedules = {ScanKind.FULL: "0 * * * *", ScanKind.SSO: "20 * * * *", ScanKind.API: "40 * * * *"}
+    now = after + timedelta(minutes=minutes)
+    found = latest_fires(schedules, after, now, timedelta(days=7))
+    for kind, expression in schedules.items():
+        if kind in found:
+            assert after < found[kind] <= now
+            assert next_fire(expression, found[kind]) > now  # none later was left out
+        else:
+            assert next_fire(expression, after) > now  # nothing of this kind came due

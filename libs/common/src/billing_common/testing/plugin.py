@@ -108,6 +108,8 @@ class InfraEnv:
             "auth_jwks": self.jwks,
             "auth_token": self.token(service_name),
             "page_token_keys": (PAGE_TOKEN_KEY,),
+            # One test clock for the test's services, apart from every other test's.
+            "test_clock_key": f"{self.run_id}:test-clock",
             "log_level": "WARNING",
             **overrides,
         }

@@ -78,11 +78,12 @@ async def start_process(
     settings: CommonSettings,
     extra_env: Mapping[str, str] | None = None,
     output: IO[bytes] | None = None,
-    ready_timeout: float = 60.0,
+    ready_timeout: float = 180.0,
 ) -> RunningProcess:
     """Start the service and wait for SERVING; `settings.grpc_port` 0 picks a free port.
 
-    Its stdout and stderr (the JSON log) go to `output` when given, else to the test's own."""
+    Its stdout and stderr (the JSON log) go to `output` when given, else to the test's own. A
+    machine running several suites at once has been seen to take over a minute to start one."""
     if settings.grpc_port == 0:
         settings = dataclasses.replace(settings, grpc_port=free_port())
     env = {**os.environ, **settings_env(prefix, settings), **(extra_env or {})}

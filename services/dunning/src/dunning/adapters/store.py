@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -20,6 +20,7 @@ from billing_common.errors import Conflict
 from billing_common.events import Outbox
 from billing_common.locks import Lease
 from billing_common.money import Money
+from billing_common.suite_clock import DueWork
 from dunning.adapters.codec import event_message
 from dunning.adapters.metrics import CASES_ENDED, TIME_TO_RECOVERY
 from dunning.app.ports import CaseFilter
@@ -435,3 +436,20 @@ def _log_transitions(case_id: str, transitions: Sequence[Transition], trace_cont
                     "detail": t.detail,
                 },
             )
+
+
+def due_cases(pool: asyncpg.Pool) -> DueWork:
+    """Attempts and reminders due at the suite's test clock and not yet made, for it to wait on."""
+
+    async def due(now: datetime) -> Mapping[str, int]:
+        row = await pool.fetchrow(
+            """SELECT count(*) FILTER (WHERE due_at <= $1 AND state = ANY($2::text[])) AS attempts,
+                      count(*) FILTER (WHERE reminder_at <= $1) AS reminders
+               FROM cases""",
+            now,
+            ACTIVE_DUE_STATES,
+        )
+        assert row is not None  # an aggregate always has its row
+        return {"due dunning attempts": row["attempts"], "due dunning reminders": row["reminders"]}
+
+    return due

@@ -22,6 +22,7 @@ from billing_common import telemetry
 from billing_common.clock import Clock
 from billing_common.db import StaleFencingToken
 from billing_common.locks import Locks
+from billing_common.suite_clock import pause
 from dunning.app.cases import planning_for
 from dunning.app.ports import CaseStore, Recurring
 from dunning.app.statistics import OutcomeStatistics
@@ -90,7 +91,7 @@ class AttemptWorker:
             reminded = await self.send_reminders()
             claimed = await self.run_once()
             if claimed < self._config.batch_size and reminded < self._config.batch_size:
-                await asyncio.sleep(self._config.poll_interval.total_seconds())
+                await pause(self._clock, self._config.poll_interval.total_seconds())
 
     async def run_once(self) -> int:
         """Claim one batch of due cases and make their attempts; returns how many were claimed."""

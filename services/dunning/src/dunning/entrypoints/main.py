@@ -11,7 +11,7 @@ from billing_common.paging import PageTokens
 from billing_common.service import Registration, Resources, ServiceParts, Setup, run_service
 from dunning.adapters.metrics import MetricsRefresher
 from dunning.adapters.recurring_client import GrpcRecurring
-from dunning.adapters.store import PostgresCases
+from dunning.adapters.store import PostgresCases, due_cases
 from dunning.app.cases import CaseService
 from dunning.app.policies import Policies
 from dunning.app.statistics import OutcomeStatistics
@@ -74,6 +74,7 @@ def build(settings: DunningSettings) -> Setup:
             event_handlers=event_handlers(cases, r.clock),
             background=background,
             on_stop=on_stop,
+            due_work=[due_cases(r.pool)] if settings.worker_enabled else [],
         )
 
     return setup

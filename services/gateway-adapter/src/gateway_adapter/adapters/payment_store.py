@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -15,6 +15,7 @@ from billing_common import telemetry
 from billing_common.db import connection, transaction
 from billing_common.errors import FailedPrecondition, NotFound
 from billing_common.events import Outbox
+from billing_common.suite_clock import DueWork
 from gateway_adapter.adapters.codec import facts, payment_status_pb
 from gateway_adapter.app.ports import Claim, GatewayReply, Outcome, PaymentEvent, Recording, StoredRefund
 from gateway_adapter.domain.classification import Classification, DeclineKind, FailureType
@@ -398,3 +399,21 @@ def _refund_from(row: asyncpg.Record) -> StoredRefund:
         fingerprint=row["request_fingerprint"],
         created_at=row["created_at"],
     )
+
+
+def due_payment_work(pool: asyncpg.Pool) -> DueWork:
+    """Outcome checks and sandbox settlements due at the suite's test clock, for it to wait on."""
+
+    async def due(now: datetime) -> Mapping[str, int]:
+        async with connection(pool) as conn:
+            checks = await conn.fetchval(
+                """SELECT count(*) FROM payments
+                   WHERE status IN ('PROCESSING', 'UNKNOWN') AND next_check_at <= $1""",
+                now,
+            )
+            settlements = await conn.fetchval(
+                "SELECT count(*) FROM sandbox_charges WHERE NOT cleared AND clears_at <= $1", now
+            )
+        return {"due payment checks": int(checks), "due sandbox settlements": int(settlements)}
+
+    return due

@@ -22,6 +22,7 @@ import asyncpg
 from billing_common.clock import Clock
 from billing_common.db import connection, transaction
 from billing_common.grouping import GroupCommit
+from billing_common.suite_clock import pause
 from gateway_adapter.app.notices import Notice, NoticeKind
 from gateway_adapter.app.ports import (
     GatewayCharge,
@@ -227,7 +228,7 @@ class SandboxClearing:
         async with aiohttp.ClientSession() as session:
             while True:
                 await self.clear_due(session)
-                await asyncio.sleep(self._interval.total_seconds())
+                await pause(self._clock, self._interval.total_seconds())
 
     async def clear_due(self, session: aiohttp.ClientSession) -> int:
         async with connection(self._pool) as conn:

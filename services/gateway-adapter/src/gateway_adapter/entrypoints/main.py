@@ -12,8 +12,9 @@ from billing.gateway.v1 import gateway_pb2_grpc
 from billing_common.pacing import RedisPacer, check_headroom
 from billing_common.service import Registration, Resources, ServiceParts, Setup, run_service
 from billing_common.settings import SettingsError
+from billing_common.suite_clock import pause
 from gateway_adapter.adapters.metrics import PrometheusPaymentMetrics
-from gateway_adapter.adapters.payment_store import PostgresPayments
+from gateway_adapter.adapters.payment_store import PostgresPayments, due_payment_work
 from gateway_adapter.adapters.sandbox import SandboxBehaviour, SandboxClearing, SandboxGateway
 from gateway_adapter.adapters.stripe_gateway import StripeGateway
 from gateway_adapter.app.breakers import CircuitBreakers
@@ -96,7 +97,7 @@ def build(settings: GatewaySettings) -> Setup:
                 while await payments.resolve_unknown():
                     pass
                 await payments.forget_old_keys()
-                await asyncio.sleep(settings.janitor_interval.total_seconds())
+                await pause(r.clock, settings.janitor_interval.total_seconds())
 
         async def serve_webhooks() -> None:
             app = webhook_app(
@@ -127,6 +128,7 @@ def build(settings: GatewaySettings) -> Setup:
                 )
             ],
             background=[janitor, payments.keep_leases, serve_webhooks, clearing.run_forever],
+            due_work=[due_payment_work(r.pool)],
             drain_at_least=max(settings.stripe_timeout, settings.sandbox_latency) + DRAIN_MARGIN,
         )
 

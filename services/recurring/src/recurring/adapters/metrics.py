@@ -6,10 +6,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import timedelta
+from collections.abc import Mapping
+from datetime import datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 import asyncpg
 from prometheus_client import Gauge, Histogram
+
+from billing_common.suite_clock import DueWork
+from recurring.domain.runs import RunKind, latest_scheduled_date
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +49,12 @@ RUN_SECONDS = Histogram(
     ["kind"],
     buckets=(60, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400),
 )
+# Work items due and not done yet: pending, claimed, or deferred and due again. The items of halted
+# gateways wait for ResumeRun and are left out.
+BACKLOG = """SELECT count(*) FROM work_items w JOIN runs r ON r.run_id = w.run_id
+             WHERE (w.status IN ('pending', 'claimed')
+                    OR (w.status = 'deferred' AND w.not_before <= now()))
+               AND NOT w.gateway = ANY(r.halted_gateways)"""
 # Reported for every unfinished run, even at 0, so a dashboard shows the run's whole picture.
 STATUSES = ("pending", "claimed", "deferred", "charged", "failed", "skipped")
 
@@ -60,12 +71,7 @@ class RunMetrics:
 
     async def refresh(self) -> None:
         async with self._pool.acquire() as conn:
-            backlog = await conn.fetchval(
-                """SELECT count(*) FROM work_items w JOIN runs r ON r.run_id = w.run_id
-                   WHERE (w.status IN ('pending', 'claimed')
-                          OR (w.status = 'deferred' AND w.not_before <= now()))
-                     AND NOT w.gateway = ANY(r.halted_gateways)"""
-            )
+            backlog = await conn.fetchval(BACKLOG)
             runs = await conn.fetch(
                 """SELECT run_id, kind, billing_date::text AS billing_date,
                           cardinality(halted_gateways) AS halted,
@@ -109,6 +115,25 @@ class RunMetrics:
             except (OSError, asyncpg.PostgresError):
                 log.warning("run metrics refresh failed", exc_info=True)
             await asyncio.sleep(REFRESH.total_seconds())
+
+
+def run_work(pool: asyncpg.Pool, times: Mapping[RunKind, time], zone: ZoneInfo) -> DueWork:
+    """For the suite's test clock to wait on: the kinds whose latest scheduled date has come
+    without a run yet (the scheduler is about to create it), and the runs' open items."""
+
+    async def due(now: datetime) -> Mapping[str, int]:
+        async with pool.acquire() as conn:
+            unstarted = 0
+            for kind, at in times.items():
+                latest = await conn.fetchval(
+                    "SELECT max(billing_date) FROM runs WHERE kind = $1 AND NOT dry_run", kind.value
+                )
+                if latest is None or latest < latest_scheduled_date(now, at, zone):
+                    unstarted += 1
+            items = await conn.fetchval(BACKLOG)
+        return {"runs not started": unstarted, "open run items": int(items)}
+
+    return due
 
 
 def _remove(gauge: Gauge, *labels: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import time
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -10,16 +9,16 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from prometheus_client import Gauge
 
 from billing.recurring.v1 import recurring_pb2_grpc
-from billing_common.clock import Clock, ControllableClock
 from billing_common.grpc_client import open_channel
 from billing_common.pacing import RedisPacer, check_headroom
 from billing_common.paging import PageTokens
 from billing_common.service import Registration, Resources, ServiceParts, Setup, run_service
 from billing_common.settings import SettingsError
+from billing_common.suite_clock import pause
 from recurring.adapters.clients import GatewayClient, QuotaClient
 from recurring.adapters.coordination import RedisOutageCounter
 from recurring.adapters.events import EventMessages
-from recurring.adapters.metrics import RunMetrics
+from recurring.adapters.metrics import RunMetrics, run_work
 from recurring.adapters.store import PostgresStore
 from recurring.app.charging import Charging
 from recurring.app.invoices import ExhaustionPolicy, Invoices
@@ -74,8 +73,7 @@ def build(settings: RecurringSettings) -> Setup:
     rules = Rules(settings.minimum_charge_minor, settings.item_max_failures, settings.defer_delay)
 
     async def setup(r: Resources) -> ServiceParts:
-        # The test clock stands still until SetClock/AdvanceClock move it.
-        clock: Clock = ControllableClock(r.clock.now()) if settings.test_clock else r.clock
+        clock = r.clock
         store = PostgresStore(r.pool, r.outbox, EventMessages(zone))
         quota_channel = open_channel(settings.quota_addr, r.outgoing_token)
         gateway_channel = open_channel(settings.gateway_adapter_addr, r.outgoing_token)
@@ -122,7 +120,7 @@ def build(settings: RecurringSettings) -> Setup:
                 zone=zone,
             ),
         )
-        servicer = RecurringServicer(subscriptions, runs, invoices, clock, settings.test_clock, pages)
+        servicer = RecurringServicer(subscriptions, runs, invoices, clock, r.clock_control, pages)
 
         async def scheduler() -> None:
             while True:
@@ -130,7 +128,7 @@ def build(settings: RecurringSettings) -> Setup:
                 for kind in RunKind:
                     RUNS_STALLED.labels(kind.value).set(sum(1 for run in stalled if run.kind is kind))
                 await runs.catch_up()
-                await asyncio.sleep(settings.scheduler_interval.total_seconds())
+                await pause(clock, settings.scheduler_interval.total_seconds())
 
         return ServiceParts(
             [
@@ -144,6 +142,7 @@ def build(settings: RecurringSettings) -> Setup:
             # A charge in flight when SIGTERM comes gets its whole timeout to answer.
             drain_at_least=settings.charge_timeout,
             draining=[worker.drain],
+            due_work=[run_work(r.pool, schedule.times, zone)],
         )
 
     return setup

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import timedelta
 from typing import Any
 
 import grpc
@@ -11,10 +11,11 @@ from billing.recurring.v1 import recurring_pb2 as pb
 from billing.recurring.v1 import recurring_pb2_grpc
 from billing_common import context
 from billing_common.auth import CONSOLE, OPERATOR, READERS
-from billing_common.clock import Clock, ControllableClock
+from billing_common.clock import Clock
 from billing_common.errors import FailedPrecondition, InvalidArgument
 from billing_common.paging import PageTokens
-from billing_common.protos import money_pb, request_hash
+from billing_common.protos import money_pb, request_hash, to_datetime
+from billing_common.suite_clock import ClockControl, ClockRefused
 from recurring.adapters.clients import FREQUENCIES
 from recurring.app.invoices import Invoices
 from recurring.app.ports import InvoiceFilter, SubscriptionFilter
@@ -24,8 +25,8 @@ from recurring.domain.subscription import Cause
 from recurring.entrypoints import mappers as m
 
 Context = grpc.aio.ServicerContext[Any, Any]
-# The test clock stays before this instant (SetClockRequest.now says so in the contract).
-TEST_CLOCK_END = datetime(3000, 1, 1, tzinfo=UTC)
+# AdvanceClock's longest wait for the suite to catch up, when the call sets no shorter deadline.
+CATCH_UP_LIMIT = timedelta(minutes=10)
 ACTIONS = {OPERATOR, CONSOLE}
 # Who may call what: roles or callers named in tokens. Defaults; a deployment changes them with
 # RECURRING_AUTH_ACCESS, e.g. `CreateSubscription+=signup` for a product service that sells plans.
@@ -49,9 +50,9 @@ ACCESS: dict[str, set[str] | frozenset[str]] = {
     "GetAccountBalance": READERS,
     "ListLedgerEntries": READERS,
     "AddAccountCredit": ACTIONS,
-    "GetClock": {OPERATOR},
-    "SetClock": {OPERATOR},
-    "AdvanceClock": {OPERATOR},
+    "GetClock": READERS,
+    "SetClock": ACTIONS,
+    "AdvanceClock": ACTIONS,
 }
 
 
@@ -70,14 +71,14 @@ class RecurringServicer(recurring_pb2_grpc.RecurringServiceServicer):
         runs: Runs,
         invoices: Invoices,
         clock: Clock,
-        test_clock: bool,
+        clock_control: ClockControl | None,
         pages: PageTokens,
     ) -> None:
         self._subscriptions = subscriptions
         self._runs = runs
         self._invoices = invoices
         self._clock = clock
-        self._test_clock = test_clock
+        self._clock_control = clock_control
         self._pages = pages
 
     # ------------------------------------------------------------ subscriptions
@@ -260,38 +261,41 @@ class RecurringServicer(recurring_pb2_grpc.RecurringServiceServicer):
 
     # ------------------------------------------------------------ test clock
 
-    def _controllable(self) -> ControllableClock:
-        if not self._test_clock or not isinstance(self._clock, ControllableClock):
+    def _control(self) -> ClockControl:
+        if self._clock_control is None:
             raise FailedPrecondition("the test clock is not enabled on this service")
-        return self._clock
+        return self._clock_control
 
     async def GetClock(self, request: pb.GetClockRequest, context: Context) -> pb.GetClockResponse:
-        reply = pb.GetClockResponse(test_clock=self._test_clock)
+        reply = pb.GetClockResponse(test_clock=self._clock_control is not None)
         reply.now.FromDatetime(self._clock.now())
         return reply
 
     async def SetClock(self, request: pb.SetClockRequest, context: Context) -> pb.SetClockResponse:
-        clock = self._controllable()
+        control = self._control()
         if not request.HasField("now"):
             raise InvalidArgument.of("now", "required")
-        target = request.now.ToDatetime(tzinfo=clock.now().tzinfo)
-        if target < clock.now():
-            raise InvalidArgument.of("now", "a clock never moves backwards")
-        clock.set(target)
+        try:
+            now = await control.set(to_datetime(request.now))
+        except ClockRefused as refused:
+            raise InvalidArgument.of("now", str(refused)) from None
         reply = pb.SetClockResponse()
-        reply.now.FromDatetime(clock.now())
+        reply.now.FromDatetime(now)
         return reply
 
     async def AdvanceClock(
         self, request: pb.AdvanceClockRequest, context: Context
     ) -> pb.AdvanceClockResponse:
-        clock = self._controllable()
-        by = request.by.ToTimedelta()
-        if by.total_seconds() < 0:
-            raise InvalidArgument.of("by", "a clock never moves backwards")
-        if clock.now() + by >= TEST_CLOCK_END:
-            raise InvalidArgument.of("by", "would move the test clock past 3000-01-01")
-        clock.advance(by)
-        reply = pb.AdvanceClockResponse()
-        reply.now.FromDatetime(clock.now())
+        control = self._control()
+        step = request.step.ToTimedelta() if request.HasField("step") else timedelta(0)
+        remaining = context.time_remaining()
+        limit = (
+            CATCH_UP_LIMIT if remaining is None else min(CATCH_UP_LIMIT, timedelta(seconds=remaining * 0.9))
+        )
+        try:
+            outcome = await control.advance(request.by.ToTimedelta(), step or timedelta(days=1), limit)
+        except ClockRefused as refused:
+            raise InvalidArgument.of("by", str(refused)) from None
+        reply = pb.AdvanceClockResponse(caught_up=outcome.caught_up, still_running=outcome.still_running)
+        reply.now.FromDatetime(outcome.now)
         return reply

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
 
 import asyncpg
@@ -10,6 +11,7 @@ import asyncpg
 from billing_common.db import check_fence, connection, transaction
 from billing_common.errors import FailedPrecondition
 from billing_common.locks import Lease
+from billing_common.suite_clock import DueWork
 from tier.domain.scans import Scan, ScanKind, ScanState
 
 _COLUMNS = """seq, scan_id, kind, trigger, state, queued_at, started_at, finished_at, accounts_evaluated,
@@ -136,3 +138,14 @@ class PostgresScans:
                 limit,
             )
         return [(row["seq"], _scan(row)) for row in rows]
+
+
+def unfinished_scans(pool: asyncpg.Pool) -> DueWork:
+    """Scans queued or running, for the suite's test clock to wait on."""
+
+    async def due(_now: datetime) -> Mapping[str, int]:
+        async with connection(pool) as conn:
+            count = await conn.fetchval("SELECT count(*) FROM scans WHERE state IN ('queued', 'running')")
+        return {"unfinished scans": int(count)}
+
+    return due

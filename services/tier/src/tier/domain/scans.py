@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 from croniter import croniter  # type: ignore[import-untyped]
@@ -68,6 +68,22 @@ def next_fire(expression: str, after: datetime) -> datetime:
     fire = croniter(expression, after.astimezone(UTC)).get_next(datetime)
     assert isinstance(fire, datetime)
     return fire.astimezone(UTC)
+
+
+def latest_fires(
+    schedules: dict[ScanKind, str], after: datetime, now: datetime, window: timedelta
+) -> dict[ScanKind, datetime]:
+    """Each kind's latest fire in (`after`, `now`], looking back at most `window`: fires missed
+    while a pod slept, or jumped over by a test clock moved days ahead, are one scan per kind (a
+    scan looks at the whole estate as it is now), not one per missed fire."""
+    start = max(after, now - window)
+    found: dict[ScanKind, datetime] = {}
+    for kind, expression in schedules.items():
+        fire = next_fire(expression, start)
+        while fire <= now:
+            found[kind] = fire
+            fire = next_fire(expression, fire)
+    return found
 
 
 def schedule_key(kind: ScanKind, fire: datetime) -> str:

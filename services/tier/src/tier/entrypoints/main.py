@@ -14,7 +14,7 @@ from billing_common.service import Registration, Resources, ServiceParts, Setup,
 from tier.adapters.api_registry import ApiClientRegistryProvider
 from tier.adapters.estate_store import PostgresEstate
 from tier.adapters.metrics import PrometheusMetrics
-from tier.adapters.scan_store import PostgresScans
+from tier.adapters.scan_store import PostgresScans, unfinished_scans
 from tier.adapters.tier_store import PostgresTiers
 from tier.adapters.workos_sso import WorkOsSsoProvider
 from tier.app.accounts import Accounts
@@ -23,7 +23,7 @@ from tier.app.ports import SignalProvider
 from tier.app.scans import Scans
 from tier.domain.rules import DEFAULT_RULE_SET, Evaluator, RuleSet, parse_rule_set
 from tier.domain.scans import ScanKind
-from tier.entrypoints.background import run_refresher, run_scheduler, run_worker
+from tier.entrypoints.background import ScanScheduler, run_refresher, run_worker
 from tier.entrypoints.servicer import ACCESS, TierServicer
 from tier.settings import TierSettings
 
@@ -86,8 +86,7 @@ def build(settings: TierSettings) -> Setup:
         )
         servicer = TierServicer(accounts, scans, History(accounts, tiers), pages)
 
-        async def scheduler() -> None:
-            await run_scheduler(scans, schedules, r.clock)
+        scheduler = ScanScheduler(scans, schedules, r.clock)
 
         async def worker() -> None:
             await run_worker(scans, settings.worker_poll_interval)
@@ -97,8 +96,9 @@ def build(settings: TierSettings) -> Setup:
 
         return ServiceParts(
             [Registration(tier_pb2_grpc.add_TierServiceServicer_to_server, servicer, SERVICE_NAME, ACCESS)],
-            background=[scheduler, worker, refresher],
+            background=[scheduler.run, worker, refresher],
             on_stop=on_stop,
+            due_work=[scheduler.due, unfinished_scans(r.pool)],
         )
 
     return setup

@@ -1,0 +1,319 @@
+"""The suite's test clock: one instant for every service and every pod, moved from one place.
+
+Enabled by `<PREFIX>_TEST_CLOCK=true` (never in production: the prod overlay's check refuses it).
+Until the clock is first set, it reads wall time; once set, it stands still at its instant until
+it is moved again, forward only.
+
+Where the instant lives: the latest instant is a Redis key (`TEST_CLOCK_KEY`), shared by the
+suite; each pod that applies an instant also keeps it in its own schema's `suite_clock` row (a
+role never reads another's schema), so a restarted pod, or a Redis that lost the key, resumes
+from the later of the two. A move is announced on the Redis channel of the same name, which wakes
+every pod at once; the pods also read the key every report interval, so an announcement missed
+during a reconnect is applied a moment later.
+
+Catching up: each pod reports, under `<key>:pod:<service>:<pod>` with a short expiry, the instant
+it runs on and the work it still has due at that instant (unrelayed outbox rows, events waiting in
+its queues or being handled, and the service's own due work, e.g. open run items or due dunning
+attempts). `ClockControl.advance` moves the clock a day at a time and waits, for each day, until
+every live pod reports that day with nothing due, twice in a row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+from redis.asyncio import Redis
+
+from billing_common.clock import Clock, SystemClock
+
+log = logging.getLogger(__name__)
+
+REPORT_INTERVAL = timedelta(milliseconds=200)
+# A pod that stopped reporting for this long is gone (its report expires).
+REPORT_LIFETIME = timedelta(seconds=10)
+# The test clock stays before this instant: dates near 9999 overflow.
+CLOCK_END = datetime(3000, 1, 1, tzinfo=UTC)
+
+# Counts of work that is due and not yet done, by kind (`open run items`: 12).
+DueWork = Callable[[datetime], Awaitable[Mapping[str, int]]]
+
+# Moves the key forward only, atomically: ISO-8601 UTC strings of one format compare as instants.
+_MOVE_FORWARD = """
+local current = redis.call('GET', KEYS[1])
+if current and current >= ARGV[1] then return current end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+return ARGV[1]
+"""
+
+
+class ClockRefused(ValueError):
+    """The move was refused (backwards, or past the clock's end); the clock did not move."""
+
+
+class SharedClock:
+    """The suite's clock as one pod reads it: wall time until set, then the suite's instant."""
+
+    def __init__(self, wall: Clock | None = None) -> None:
+        self._wall = wall or SystemClock()
+        self._instant: datetime | None = None
+        self._moved = asyncio.Event()
+
+    def now(self) -> datetime:
+        return self._instant if self._instant is not None else self._wall.now()
+
+    @property
+    def instant(self) -> datetime | None:
+        """The suite's instant, or None while the clock has never been set."""
+        return self._instant
+
+    def move_to(self, instant: datetime) -> bool:
+        """Stand at `instant` if it is later than where the clock stands; wakes every `pause`."""
+        if self._instant is not None and instant <= self._instant:
+            return False
+        self._instant = instant.astimezone(UTC)
+        moved, self._moved = self._moved, asyncio.Event()
+        moved.set()
+        return True
+
+    async def sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._moved.wait(), seconds)
+
+
+async def pause(clock: Clock, seconds: float) -> None:
+    """Wait `seconds` of wall time, or less when the suite's test clock moves meanwhile: a loop
+    that waits for a due time sees the new time at once."""
+    if isinstance(clock, SharedClock):
+        await clock.sleep(seconds)
+    else:
+        await asyncio.sleep(seconds)
+
+
+def _encode(instant: datetime) -> str:
+    return instant.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _decode(text: bytes | str | None) -> datetime | None:
+    if not text:
+        return None
+    raw = text.decode() if isinstance(text, bytes) else text
+    return datetime.strptime(raw, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class PodReport:
+    service: str
+    pod: str
+    instant: datetime | None
+    due: Mapping[str, int]
+    at: datetime
+
+    @property
+    def busy(self) -> bool:
+        return any(self.due.values())
+
+
+class ClockAgent:
+    """Keeps one pod on the suite's instant and reports what the pod still has due."""
+
+    def __init__(
+        self,
+        clock: SharedClock,
+        pool: asyncpg.Pool,
+        redis: Redis,
+        key: str,
+        service: str,
+    ) -> None:
+        self._clock = clock
+        self._pool = pool
+        self._redis = redis
+        self._key = key
+        self._service = service
+        self._pod = f"{os.environ.get('HOSTNAME') or socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+        self._report_key = f"{key}:pod:{service}:{self._pod}"
+        self._due_work: list[DueWork] = []
+        self._kept: datetime | None = None
+
+    def watch(self, due_work: list[DueWork]) -> None:
+        """What this pod reports as still due (set once the service's parts are built)."""
+        self._due_work = due_work
+
+    async def resume(self) -> None:
+        """At start: the later of this schema's kept instant and the suite's announced one."""
+        kept = self._kept = await self._pool.fetchval("SELECT instant FROM suite_clock")
+        announced = _decode(await self._redis.get(self._key))
+        for instant in (kept, announced):
+            if instant is not None:
+                self._clock.move_to(instant)
+        if self._clock.instant is not None:
+            log.info("test clock resumed", extra={"instant": self._clock.instant.isoformat()})
+
+    async def run(self) -> None:
+        pubsub = self._redis.pubsub()
+        await pubsub.subscribe(self._key)
+        try:
+            while True:
+                await self._follow()
+                await self._report()
+                with contextlib.suppress(TimeoutError):
+                    await pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=REPORT_INTERVAL.total_seconds()
+                    )
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+            # A pod that stops says so at once, rather than count as behind until its report expires.
+            with contextlib.suppress(Exception):
+                await self._redis.delete(self._report_key)
+
+    async def _follow(self) -> None:
+        announced = _decode(await self._redis.get(self._key))
+        if announced is not None:
+            self._clock.move_to(announced)
+        instant = self._clock.instant
+        if instant is not None and instant != self._kept:
+            await self._pool.execute(
+                """INSERT INTO suite_clock (instant) VALUES ($1)
+                   ON CONFLICT (singleton) DO UPDATE SET instant = GREATEST(suite_clock.instant, $1)""",
+                instant,
+            )
+            self._kept = instant
+
+    async def _report(self) -> None:
+        instant = self._clock.instant
+        due: dict[str, int] = {}
+        if instant is not None:
+            for work in self._due_work:
+                due.update(await work(instant))
+        report = {
+            "service": self._service,
+            "pod": self._pod,
+            "instant": _encode(instant) if instant else None,
+            "due": due,
+            "at": _encode(datetime.now(UTC)),
+        }
+        await self._redis.set(
+            self._report_key,
+            json.dumps(report),
+            px=int(REPORT_LIFETIME.total_seconds() * 1000),
+        )
+
+
+@dataclass(frozen=True)
+class CatchUp:
+    """Where an advance ended, whether the suite caught up, and what was still due if not."""
+
+    now: datetime
+    caught_up: bool
+    still_running: list[str]
+
+
+class ClockControl:
+    """The one place the suite's clock is set and advanced (behind an admin RPC)."""
+
+    def __init__(self, clock: SharedClock, redis: Redis, key: str) -> None:
+        self._clock = clock
+        self._redis = redis
+        self._key = key
+        self._move = redis.register_script(_MOVE_FORWARD)
+
+    async def current(self) -> datetime:
+        announced = _decode(await self._redis.get(self._key))
+        return max(filter(None, (announced, self._clock.instant)), default=self._clock.now())
+
+    async def set(self, instant: datetime) -> datetime:
+        """Stand the whole suite at `instant`, at once (nothing in between is stepped through)."""
+        instant = instant.astimezone(UTC)
+        if instant >= CLOCK_END:
+            raise ClockRefused("would move the test clock past 3000-01-01")
+        if instant < await self.current():
+            raise ClockRefused("a clock never moves backwards")
+        stored = _decode(await self._move(keys=[self._key], args=[_encode(instant)]))
+        assert stored is not None
+        self._clock.move_to(stored)
+        return stored
+
+    async def advance(self, by: timedelta, step: timedelta, timeout: timedelta) -> CatchUp:
+        """Move forward `by`, a `step` at a time, waiting at each step until every pod has done
+        what came due; stops early, reporting what is still running, when `timeout` runs out."""
+        if by <= timedelta(0):
+            raise ClockRefused("a clock never moves backwards")
+        start = await self.current()
+        target = start + by
+        if target >= CLOCK_END:
+            raise ClockRefused("would move the test clock past 3000-01-01")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout.total_seconds()
+        now = start
+        while now < target:
+            now = await self.set(min(now + step, target))
+            still_running = await self.wait_caught_up(now, deadline)
+            if still_running:
+                return CatchUp(now, False, still_running)
+        return CatchUp(now, True, [])
+
+    async def wait_caught_up(self, instant: datetime, deadline: float) -> list[str]:
+        """Empty once every live pod reported `instant` with nothing due, in two reports made one
+        after the other (work handed from one service to another shows in one of them);
+        otherwise, at the deadline, what each pod still has due."""
+        loop = asyncio.get_running_loop()
+        quiet_since: datetime | None = None
+        while True:
+            reports = await self.reports()
+            behind = [r for r in reports if r.instant != instant or r.busy]
+            if behind:
+                quiet_since = None
+            elif quiet_since is None:
+                quiet_since = datetime.now(UTC)
+            elif all(r.at > quiet_since for r in reports):
+                return []
+            if loop.time() >= deadline:
+                return [_describe(r, instant) for r in behind] or ["waiting for the pods' next reports"]
+            await asyncio.sleep(REPORT_INTERVAL.total_seconds() / 2)
+
+    async def reports(self) -> list[PodReport]:
+        keys = [key async for key in self._redis.scan_iter(match=f"{self._key}:pod:*", count=500)]
+        values = await self._redis.mget(keys) if keys else []
+        reports = []
+        for value in values:
+            if value is None:
+                continue
+            raw = json.loads(value)
+            reports.append(
+                PodReport(
+                    raw["service"],
+                    raw["pod"],
+                    _decode(raw["instant"]),
+                    raw["due"],
+                    _decode(raw["at"]) or datetime.min.replace(tzinfo=UTC),
+                )
+            )
+        return reports
+
+
+def _describe(report: PodReport, instant: datetime) -> str:
+    if report.instant != instant:
+        return f"{report.service} ({report.pod}): still at {report.instant}"
+    due = ", ".join(f"{kind} {count}" for kind, count in sorted(report.due.items()) if count)
+    return f"{report.service} ({report.pod}): {due}"
+
+
+def outbox_due(pool: asyncpg.Pool) -> DueWork:
+    """Events this service wrote and has not yet handed to the broker."""
+
+    async def due(_now: datetime) -> Mapping[str, int]:
+        count = await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        return {"unrelayed events": int(count)}
+
+    return due
