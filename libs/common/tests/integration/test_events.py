@@ -262,10 +262,7 @@ async def test_a_redelivery_after_the_inbox_dropped_the_events_id_is_parked_not_
     assert await harness.settled() == ["pay_forgotten"]
 
 
-async def test_a_message_that_keeps_failing_ends_in_the_dead_letter_queue(
-    harness: Harness, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(events, "QUEUE_WATCH_INTERVAL_S", 0.1)
+async def test_a_message_that_keeps_failing_ends_in_the_dead_letter_queue(harness: Harness) -> None:
     attempts = 0
 
     async def always_fails(conn: asyncpg.Connection, event: payment_pb2.PaymentSucceeded) -> None:
@@ -274,7 +271,7 @@ async def test_a_message_that_keeps_failing_ends_in_the_dead_letter_queue(
         await conn.execute("INSERT INTO settled VALUES ($1)", event.payment.payment_id)
         raise RuntimeError("downstream refused")
 
-    consumer = harness.consumer(always_fails, max_retries=2)
+    consumer = harness.consumer(always_fails, max_retries=2, watch_interval=timedelta(milliseconds=100))
     harness.start(consumer.run)
     await asyncio.wait_for(consumer.ready.wait(), 10)
     harness.start(harness.relay().run)
