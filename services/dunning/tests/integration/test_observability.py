@@ -1,7 +1,6 @@
 """What an SRE sees of a case: its attempts in the trace of the failed payment, log lines of its
 transitions carrying that trace id, and how old the due backlog is."""
 
-import json
 import logging
 from collections.abc import Iterator
 from datetime import timedelta
@@ -14,8 +13,7 @@ from prometheus_client import REGISTRY
 
 from billing.dunning.v1 import dunning_pb2 as pb
 from billing_common.events import event_type_of
-from billing_common.logging import JsonFormatter
-from billing_common.testing.tracing import traced_in_process
+from billing_common.testing.tracing import JsonLines, json_lines_of, traced_in_process
 from dunning.adapters.metrics import MetricsRefresher
 
 from .conftest import Dunning, fixed_policy, payment_failed
@@ -23,28 +21,10 @@ from .conftest import Dunning, fixed_policy, payment_failed
 RECURRINGS_SPAN = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
-class JsonLines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.setFormatter(JsonFormatter("dunning"))
-        self.lines: list[dict[str, object]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(json.loads(self.format(record)))
-
-
 @pytest.fixture
 def json_lines() -> Iterator[JsonLines]:
-    handler = JsonLines()
-    logger = logging.getLogger("dunning")
-    logger.addHandler(handler)
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    try:
-        yield handler
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
+    with json_lines_of("dunning", logging.INFO) as lines:
+        yield lines
 
 
 @pytest.fixture

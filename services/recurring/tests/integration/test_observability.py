@@ -3,7 +3,6 @@ carrying its trace id, and the run and backlog gauges."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
@@ -16,10 +15,9 @@ from prometheus_client import REGISTRY
 
 from billing.common.v1 import common_pb2 as common
 from billing.recurring.v1 import recurring_pb2 as pb
-from billing_common.logging import JsonFormatter
 from billing_common.testing.otlp import OtlpReceiver
 from billing_common.testing.plugin import InfraEnv, eventually
-from billing_common.testing.tracing import traced_in_process
+from billing_common.testing.tracing import JsonLines, json_lines_of, traced_in_process
 from recurring.adapters.metrics import RunMetrics
 
 from .conftest import Deps, custom, dependencies, recurring_service
@@ -28,30 +26,10 @@ DAY = date(2031, 5, 5)
 WEEKLY = common.BILLING_FREQUENCY_WEEKLY
 
 
-class JsonLines(logging.Handler):
-    """The log lines as the service writes them (JSON with trace ids)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.setFormatter(JsonFormatter("recurring"))
-        self.lines: list[dict[str, object]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(json.loads(self.format(record)))
-
-
 @pytest.fixture
 def json_lines() -> Iterator[JsonLines]:
-    handler = JsonLines()
-    logger = logging.getLogger("recurring")
-    logger.addHandler(handler)
-    level = logger.level
-    logger.setLevel(logging.DEBUG)
-    try:
-        yield handler
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
+    with json_lines_of("recurring", logging.DEBUG) as lines:
+        yield lines
 
 
 def at(instant: datetime) -> Timestamp:
