@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
@@ -61,6 +62,14 @@ async def restartable_gateway(
             await gateway.running.terminate()
 
 
+async def start_run_of_healthy_cards(stub: Any) -> pb.Run:
+    """SUBSCRIPTIONS weekly cards that pay (amounts 1000, 1001, ...), all due on DAY, and DAY's run."""
+    for n in range(SUBSCRIPTIONS):
+        await stub.CreateSubscription(custom(f"card-{n}", 1000 + n, common.BILLING_FREQUENCY_WEEKLY, DAY))
+    reply = await stub.RunBilling(pb.RunBillingRequest(billing_date=pb_date(DAY), kind=pb.RUN_KIND_DAILY))
+    return reply.run
+
+
 async def all_paid(deps: Deps) -> bool:
     rows = await deps.recurring_rows("SELECT status FROM invoices")
     return len(rows) == SUBSCRIPTIONS and all(r["status"] == "paid" for r in rows)
@@ -95,13 +104,7 @@ async def test_a_gateway_adapter_killed_mid_run_sends_no_healthy_card_to_dunning
         )
         async with recurring_service(settings) as recurring:
             stub = recurring.operator
-            for n in range(SUBSCRIPTIONS):
-                await stub.CreateSubscription(
-                    custom(f"card-{n}", 1000 + n, common.BILLING_FREQUENCY_WEEKLY, DAY)
-                )
-            run = (
-                await stub.RunBilling(pb.RunBillingRequest(billing_date=pb_date(DAY), kind=pb.RUN_KIND_DAILY))
-            ).run
+            run = await start_run_of_healthy_cards(stub)
 
             async def some_charged() -> bool:
                 return len(await deps.sandbox_charges()) >= 5
@@ -157,13 +160,7 @@ async def test_database_blips_on_both_sides_mid_run_send_no_healthy_card_to_dunn
         settings = deps.recurring_settings(max_in_flight=10, worker_lease=timedelta(seconds=5))
         async with recurring_service(settings) as recurring:
             stub = recurring.operator
-            for n in range(SUBSCRIPTIONS):
-                await stub.CreateSubscription(
-                    custom(f"card-{n}", 1000 + n, common.BILLING_FREQUENCY_WEEKLY, DAY)
-                )
-            run = (
-                await stub.RunBilling(pb.RunBillingRequest(billing_date=pb_date(DAY), kind=pb.RUN_KIND_DAILY))
-            ).run
+            run = await start_run_of_healthy_cards(stub)
 
             async def some_charged() -> bool:
                 return len(await deps.sandbox_charges()) >= 3
