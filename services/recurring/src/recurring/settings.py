@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import time, timedelta
+from enum import StrEnum
+from zoneinfo import ZoneInfo
 
 from billing_common.settings import CommonSettings
+
+
+class ExhaustedDefault(StrEnum):
+    """What dunning.exhausted does when the event names no action."""
+
+    SUSPEND = "suspend"
+    CANCEL = "cancel"
 
 
 @dataclass(frozen=True)
@@ -13,9 +22,9 @@ class RecurringSettings(CommonSettings):
     quota_addr: str = "quota:50051"
     gateway_adapter_addr: str = "gateway-adapter:50051"
     # Local times of the scheduled runs, in `billing_time_zone` ("HH:MM").
-    daily_run_at: str = "03:01"
-    monthly_run_at: str = "03:06"
-    billing_time_zone: str = "UTC"
+    daily_run_at: time = time(3, 1)
+    monthly_run_at: time = time(3, 6)
+    billing_time_zone: ZoneInfo = ZoneInfo("UTC")
     # How far back missed run dates are caught up when a pod starts.
     max_catch_up_days: int = 62
     scheduler_interval: timedelta = timedelta(seconds=30)
@@ -46,5 +55,5 @@ class RecurringSettings(CommonSettings):
     minimum_charge_minor: int = 500
     charge_timeout: timedelta = timedelta(seconds=30)
     # dunning.exhausted without an action: "suspend" or "cancel"; merchants listed here cancel.
-    exhausted_default_action: str = "suspend"
-    exhausted_cancel_merchants: tuple[str, ...] = ()
+    exhausted_default_action: ExhaustedDefault = ExhaustedDefault.SUSPEND
+    exhausted_cancel_merchants: frozenset[str] = frozenset()

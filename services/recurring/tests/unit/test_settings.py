@@ -1,8 +1,10 @@
+from datetime import time
+
 import pytest
 
-from billing_common.settings import SettingsError
+from billing_common.settings import SettingsError, load_settings
 from recurring.entrypoints.main import build
-from recurring.settings import RecurringSettings
+from recurring.settings import ExhaustedDefault, RecurringSettings
 
 
 @pytest.mark.parametrize("percent", [-1, 100])
@@ -11,10 +13,35 @@ def test_a_headroom_outside_0_to_99_stops_the_service_naming_the_variable(percen
         build(RecurringSettings(gateway_rate_headroom_percent=percent))
 
 
-def test_a_bad_time_zone_stops_the_service_naming_the_variable() -> None:
-    with pytest.raises(SettingsError, match="RECURRING_BILLING_TIME_ZONE"):
-        build(RecurringSettings(billing_time_zone="Mars/Olympus"))
-    build(RecurringSettings(gateway_rate_headroom_percent=99, page_token_keys=("k" * 32,)))
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("RECURRING_BILLING_TIME_ZONE", "Mars/Olympus"),
+        ("RECURRING_DAILY_RUN_AT", "3 am"),
+        # A typo here used to mean "suspend" without a word.
+        ("RECURRING_EXHAUSTED_DEFAULT_ACTION", "cancell"),
+    ],
+)
+def test_a_mistyped_setting_stops_the_service_naming_the_variable(variable: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=variable):
+        load_settings(RecurringSettings, "RECURRING", {variable: value})
+
+
+def test_typed_settings_reach_the_service() -> None:
+    settings = load_settings(
+        RecurringSettings,
+        "RECURRING",
+        {
+            "RECURRING_BILLING_TIME_ZONE": "Europe/Berlin",
+            "RECURRING_DAILY_RUN_AT": "04:30",
+            "RECURRING_EXHAUSTED_DEFAULT_ACTION": "cancel",
+            "RECURRING_EXHAUSTED_CANCEL_MERCHANTS": "m1,m2",
+            "RECURRING_PAGE_TOKEN_KEYS": "k" * 32,
+        },
+    )
+    assert settings.exhausted_default_action is ExhaustedDefault.CANCEL
+    assert settings.daily_run_at == time(4, 30)
+    build(settings)
 
 
 def test_items_must_be_allowed_at_least_one_try() -> None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import time
 from pathlib import Path
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from prometheus_client import Gauge
 
@@ -29,7 +27,7 @@ from recurring.domain.runs import RunKind
 from recurring.domain.settlement import Rules
 from recurring.entrypoints.consumers import handlers
 from recurring.entrypoints.servicer import ACCESS, RecurringServicer
-from recurring.settings import RecurringSettings
+from recurring.settings import ExhaustedDefault, RecurringSettings
 
 MIGRATIONS = Path(__file__).resolve().parents[3] / "migrations"
 SERVICE_NAME = "billing.recurring.v1.RecurringService"
@@ -40,30 +38,16 @@ RUNS_STALLED = Gauge(
 )
 
 
-def _time_of_day(name: str, text: str) -> time:
-    try:
-        return time.fromisoformat(text)
-    except ValueError:
-        raise SettingsError(f"RECURRING_{name.upper()}={text!r} is not a time of day (HH:MM)") from None
-
-
-def _zone(text: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(text)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise SettingsError(f"RECURRING_BILLING_TIME_ZONE={text!r} is not a time zone") from None
-
-
 def build(settings: RecurringSettings) -> Setup:
-    zone = _zone(settings.billing_time_zone)
+    zone = settings.billing_time_zone
     check_headroom(settings.gateway_rate_headroom_percent, "RECURRING_GATEWAY_RATE_HEADROOM_PERCENT")
     if settings.item_max_failures < 1:
         raise SettingsError("RECURRING_ITEM_MAX_FAILURES must be at least 1")
     schedule = Schedule(
         zone=zone,
         times={
-            RunKind.DAILY: _time_of_day("daily_run_at", settings.daily_run_at),
-            RunKind.MONTHLY: _time_of_day("monthly_run_at", settings.monthly_run_at),
+            RunKind.DAILY: settings.daily_run_at,
+            RunKind.MONTHLY: settings.monthly_run_at,
         },
         max_catch_up_days=settings.max_catch_up_days,
         lock_ttl=settings.run_lock_ttl,
@@ -98,7 +82,8 @@ def build(settings: RecurringSettings) -> Setup:
             charging,
             clock,
             ExhaustionPolicy(
-                settings.exhausted_default_action == "cancel", frozenset(settings.exhausted_cancel_merchants)
+                settings.exhausted_default_action is ExhaustedDefault.CANCEL,
+                settings.exhausted_cancel_merchants,
             ),
             rules,
         )
