@@ -162,7 +162,10 @@ def _parse(var: str, raw: str, hint: Any) -> Any:
             key, sep, value = part.partition("=")
             if not sep or not key.strip():
                 raise SettingsError(f"{var}={raw!r} is invalid: {part!r} is not key=value")
-            pairs[_parse(var, key.strip(), key_type)] = _parse(var, value.strip(), value_type)
+            name = _parse(var, key.strip(), key_type)
+            if name in pairs:
+                raise SettingsError(f"{var}={raw!r} is invalid: {key.strip()!r} is given twice")
+            pairs[name] = _parse(var, value.strip(), value_type)
         return pairs
     try:
         return _scalar(raw, hint)

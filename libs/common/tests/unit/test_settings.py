@@ -130,6 +130,7 @@ def test_every_kind_of_setting_is_parsed_once_at_start() -> None:
         ("RECURRING_ZONE", "Mars/Olympus", "Mars/Olympus"),
         ("RECURRING_LIMITS", "stripe", "not key=value"),
         ("RECURRING_LIMITS", "stripe=many", "invalid literal"),
+        ("RECURRING_LIMITS", "stripe=1,stripe=2", "'stripe' is given twice"),
         ("RECURRING_ROUTE", "m1 stripe", "expected merchant->gateway"),
     ],
 )

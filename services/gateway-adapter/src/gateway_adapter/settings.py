@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from billing_common.settings import CommonSettings
@@ -15,7 +15,7 @@ class GatewaySettings(CommonSettings):
     routes: tuple[str, ...] = ()
     # Each gateway's own limit, `<gateway>=<calls per second>` for all pods together (unlisted or 0:
     # none); calls are paced this much under it, for the jitter between the pacer and the gateway.
-    rate_limits: tuple[str, ...] = ()
+    rate_limits: dict[str, int] = field(default_factory=dict)
     rate_headroom_percent: int = 5
     breaker_fail_max: int = 5
     breaker_reset_timeout: timedelta = timedelta(seconds=30)
@@ -49,7 +49,7 @@ class GatewaySettings(CommonSettings):
     sandbox_webhook_secrets: tuple[str, ...] = ()
     stripe_api_base: str = "https://api.stripe.com"
     # `<credentials ref>=<secret key>` entries, from a Kubernetes secret; never stored in the database.
-    stripe_api_keys: tuple[str, ...] = ()
+    stripe_api_keys: dict[str, str] = field(default_factory=dict)
     stripe_timeout: timedelta = timedelta(seconds=30)
     # The sandbox gateway: answer delay, requests per second it accepts (0: no limit), ACH clearing.
     sandbox_latency: timedelta = timedelta(0)

@@ -159,7 +159,7 @@ async def test_a_batch_with_a_malformed_charge_is_refused_whole_naming_it(env: I
 async def test_interactive_charges_keep_flowing_while_a_batch_saturates_the_limit(env: InfraEnv) -> None:
     limit = 20
     async with gateway_service(
-        env, rate_limits=(f"sandbox-card={limit}",), batch_max_wait=timedelta(seconds=3)
+        env, rate_limits={"sandbox-card": limit}, batch_max_wait=timedelta(seconds=3)
     ) as gateway:
         loop = asyncio.get_running_loop()
         batch = asyncio.ensure_future(charge_batch(gateway, *(charge(f"run-{n}") for n in range(200))))
@@ -192,7 +192,7 @@ async def test_interactive_charges_keep_flowing_while_a_batch_saturates_the_limi
 
 async def test_an_interactive_charge_without_a_turn_soon_is_told_when_to_retry(env: InfraEnv) -> None:
     async with gateway_service(
-        env, rate_limits=("sandbox-card=5",), interactive_max_wait=timedelta(milliseconds=300)
+        env, rate_limits={"sandbox-card": 5}, interactive_max_wait=timedelta(milliseconds=300)
     ) as gateway:
         # A channel that does not retry by itself, to see the answers as they are.
         async with grpc.aio.insecure_channel(gateway.address) as channel:

@@ -33,7 +33,7 @@ async def busiest_second(gateway: Gateway) -> int:
 
 
 async def test_two_pods_never_send_a_gateway_more_than_its_limit_in_any_second(env: InfraEnv) -> None:
-    limits = (f"sandbox-card={LIMIT}",)
+    limits = {"sandbox-card": LIMIT}
     async with (
         gateway_process(env, rate_limits=limits) as one,
         gateway_process(env, rate_limits=limits) as two,

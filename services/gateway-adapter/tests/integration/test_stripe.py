@@ -126,7 +126,7 @@ async def test_charge_sends_amount_currency_and_our_idempotency_key(
     env: InfraEnv, stripe_server: tuple[FakeStripe, str]
 ) -> None:
     fake, base = stripe_server
-    async with gateway_service(env, stripe_api_base=base, stripe_api_keys=(f"default={API_KEY}",)) as gateway:
+    async with gateway_service(env, stripe_api_base=base, stripe_api_keys={"default": API_KEY}) as gateway:
         reply = await gateway.charge("stripe-1", "pm_card_visa", 1234, method=STRIPE, currency="EUR")
         again = await gateway.charge("stripe-1", "pm_card_visa", 1234, method=STRIPE, currency="EUR")
 
@@ -153,7 +153,7 @@ async def test_stripe_declines_are_classified_by_decline_code(
     env: InfraEnv, stripe_server: tuple[FakeStripe, str], token: str, code: str, kind: int
 ) -> None:
     _, base = stripe_server
-    async with gateway_service(env, stripe_api_base=base, stripe_api_keys=(f"default={API_KEY}",)) as gateway:
+    async with gateway_service(env, stripe_api_base=base, stripe_api_keys={"default": API_KEY}) as gateway:
         reply = await gateway.charge(f"stripe-{code}", token, method=STRIPE)
 
     payment = reply.payment
@@ -166,7 +166,7 @@ async def test_refund_goes_to_stripe_with_its_own_key(
     env: InfraEnv, stripe_server: tuple[FakeStripe, str]
 ) -> None:
     fake, base = stripe_server
-    async with gateway_service(env, stripe_api_base=base, stripe_api_keys=(f"default={API_KEY}",)) as gateway:
+    async with gateway_service(env, stripe_api_base=base, stripe_api_keys={"default": API_KEY}) as gateway:
         paid = (await gateway.charge("stripe-r", "pm_card_visa", 3000, method=STRIPE)).payment
         reply = await gateway.stub.Refund(
             pb.RefundRequest(
@@ -183,7 +183,7 @@ async def test_refund_goes_to_stripe_with_its_own_key(
 
 
 async def test_missing_credentials_are_a_merchant_failure(env: InfraEnv) -> None:
-    async with gateway_service(env, stripe_api_keys=()) as gateway:
+    async with gateway_service(env, stripe_api_keys={}) as gateway:
         reply = await gateway.charge("stripe-nokey", "pm_card_visa", method=STRIPE)
 
     assert reply.payment.failure_type == c.FAILURE_TYPE_MERCHANT
@@ -198,7 +198,7 @@ async def test_a_timed_out_charge_is_resolved_by_a_signed_stripe_event(
         gateway_service(
             env,
             stripe_api_base=base,
-            stripe_api_keys=(f"default={API_KEY}",),
+            stripe_api_keys={"default": API_KEY},
             stripe_webhook_secrets=(WEBHOOK_SECRET,),
             stripe_timeout=timedelta(milliseconds=300),
             unknown_check_schedule=(timedelta(hours=1),),
@@ -238,7 +238,7 @@ async def test_the_janitor_finds_a_timed_out_stripe_charge_by_searching_its_key(
     async with gateway_service(
         env,
         stripe_api_base=base,
-        stripe_api_keys=(f"default={API_KEY}",),
+        stripe_api_keys={"default": API_KEY},
         stripe_timeout=timedelta(milliseconds=300),
         unknown_check_schedule=(timedelta(milliseconds=200),),
     ) as gateway:

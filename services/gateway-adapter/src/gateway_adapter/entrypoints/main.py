@@ -21,7 +21,7 @@ from gateway_adapter.app.breakers import CircuitBreakers
 from gateway_adapter.app.notices import Notices
 from gateway_adapter.app.payments import Payments, Policy
 from gateway_adapter.app.ports import Gateway
-from gateway_adapter.domain.limits import LimitError, parse_rate_limits
+from gateway_adapter.domain.limits import LimitError, check_rate_limits
 from gateway_adapter.domain.routing import RouteError, Router
 from gateway_adapter.entrypoints.servicer import ACCESS, GatewayServicer
 from gateway_adapter.entrypoints.webhooks import webhook_app
@@ -36,26 +36,18 @@ GATEWAYS = (*SANDBOX_GATEWAYS, StripeGateway.name)
 DRAIN_MARGIN = timedelta(seconds=5)
 
 
-def _pairs(entries: tuple[str, ...], variable: str) -> dict[str, str]:
-    pairs = {}
-    for entry in entries:
-        name, sep, value = entry.partition("=")
-        if not sep or not name or not value:
-            raise SettingsError(f"{variable}: entry {name or entry!r} is not <ref>=<value>")
-        pairs[name] = value
-    return pairs
-
-
 def build(settings: GatewaySettings) -> Setup:
     try:
         router = Router.parse(settings.routes, GATEWAYS)
     except RouteError as error:
         raise SettingsError(f"GATEWAY_ROUTES: {error}") from None
     try:
-        rate_limits = parse_rate_limits(settings.rate_limits, GATEWAYS)
+        check_rate_limits(settings.rate_limits, GATEWAYS)
     except LimitError as error:
         raise SettingsError(f"GATEWAY_RATE_LIMITS: {error}") from None
     check_headroom(settings.rate_headroom_percent, "GATEWAY_RATE_HEADROOM_PERCENT")
+    if not all(settings.stripe_api_keys.values()):
+        raise SettingsError("GATEWAY_STRIPE_API_KEYS: every credentials ref needs its key (<ref>=<key>)")
 
     async def setup(r: Resources) -> ServiceParts:
         behaviour = SandboxBehaviour(
@@ -65,7 +57,7 @@ def build(settings: GatewaySettings) -> Setup:
             *(SandboxGateway(name, r.pool, r.clock, behaviour) for name in SANDBOX_GATEWAYS),
             StripeGateway(
                 settings.stripe_api_base,
-                _pairs(settings.stripe_api_keys, "GATEWAY_STRIPE_API_KEYS"),
+                settings.stripe_api_keys,
                 settings.stripe_timeout.total_seconds(),
             ),
         ]
@@ -77,7 +69,7 @@ def build(settings: GatewaySettings) -> Setup:
             router,
             CircuitBreakers(settings.breaker_fail_max, settings.breaker_reset_timeout, r.clock, metrics),
             # Shared by every pod through Redis, so the limit holds however many pods there are.
-            RedisPacer(r.redis, settings.namespace, rate_limits, settings.rate_headroom_percent),
+            RedisPacer(r.redis, settings.namespace, settings.rate_limits, settings.rate_headroom_percent),
             r.clock,
             Policy(
                 in_flight_wait=settings.in_flight_wait,
