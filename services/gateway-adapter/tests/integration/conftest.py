@@ -125,3 +125,18 @@ async def gateway_process(env: InfraEnv, **overrides: Any) -> AsyncIterator[Gate
         _connected(env, settings, running.address, running) as gateway,
     ):
         yield gateway
+
+
+async def busiest_second(gateway: Gateway) -> int:
+    """The most charges that arrived at the sandbox card gateway within any one second."""
+    busiest: int = await gateway.pool.fetchval(
+        """
+        SELECT coalesce(max(n), 0) FROM (
+            SELECT count(*) OVER (
+                ORDER BY created_at RANGE BETWEEN CURRENT ROW AND INTERVAL '999999 microseconds' FOLLOWING
+            ) AS n
+            FROM sandbox_charges WHERE gateway = 'sandbox-card'
+        ) windows
+        """
+    )
+    return busiest

@@ -15,7 +15,7 @@ from billing.gateway.v1 import gateway_pb2 as pb
 from billing.gateway.v1 import gateway_pb2_grpc
 from billing_common.testing.plugin import EventCollector, InfraEnv
 
-from .conftest import Gateway, gateway_service
+from .conftest import Gateway, busiest_second, gateway_service
 
 pytestmark = pytest.mark.integration
 
@@ -45,20 +45,6 @@ def charge(
 async def charge_batch(gateway: Gateway, *charges: pb.ChargeRequest) -> list[pb.ChargeResult]:
     response = await gateway.stub.ChargeBatch(pb.ChargeBatchRequest(charges=charges))
     return list(response.results)
-
-
-async def busiest_second(gateway: Gateway) -> int:
-    busiest: int = await gateway.pool.fetchval(
-        """
-        SELECT coalesce(max(n), 0) FROM (
-            SELECT count(*) OVER (
-                ORDER BY created_at RANGE BETWEEN CURRENT ROW AND INTERVAL '999999 microseconds' FOLLOWING
-            ) AS n
-            FROM sandbox_charges WHERE gateway = 'sandbox-card'
-        ) windows
-        """
-    )
-    return busiest
 
 
 async def test_a_batch_makes_each_charge_once_with_its_own_outcome_gateway_and_event(env: InfraEnv) -> None:

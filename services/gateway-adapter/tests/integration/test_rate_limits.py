@@ -10,26 +10,11 @@ from billing.common.v1 import common_pb2 as c
 from billing.gateway.v1 import gateway_pb2 as pb
 from billing_common.testing.plugin import InfraEnv
 
-from .conftest import Gateway, gateway_process
+from .conftest import Gateway, busiest_second, gateway_process
 
 pytestmark = pytest.mark.integration
 
 LIMIT = 20
-
-
-async def busiest_second(gateway: Gateway) -> int:
-    """The most charges that arrived at the sandbox card gateway within any one second."""
-    busiest: int = await gateway.pool.fetchval(
-        """
-        SELECT coalesce(max(n), 0) FROM (
-            SELECT count(*) OVER (
-                ORDER BY created_at RANGE BETWEEN CURRENT ROW AND INTERVAL '999999 microseconds' FOLLOWING
-            ) AS n
-            FROM sandbox_charges WHERE gateway = 'sandbox-card'
-        ) windows
-        """
-    )
-    return busiest
 
 
 async def test_two_pods_never_send_a_gateway_more_than_its_limit_in_any_second(env: InfraEnv) -> None:
