@@ -31,6 +31,7 @@ from recurring.domain.runs import (
     Progress,
     Run,
     RunCounts,
+    RunItem,
     RunKind,
     RunState,
     WorkItem,
@@ -633,6 +634,27 @@ class PostgresTx:
             pending=by_status.get(ItemStatus.PENDING.value, 0) + by_status.get(ItemStatus.CLAIMED.value, 0),
             parked=by_status.get(ItemStatus.PARKED.value, 0),
         )
+
+    async def run_items(self, run_id: str, after: int, limit: int) -> list[RunItem]:
+        rows = await self._conn.fetch(
+            """SELECT id, subscription_id, due_date, gateway, status, detail, invoice_id FROM work_items
+               WHERE run_id = $1 AND id > $2 ORDER BY id LIMIT $3""",
+            run_id,
+            after,
+            limit,
+        )
+        return [
+            RunItem(
+                r["id"],
+                r["subscription_id"],
+                r["due_date"],
+                r["gateway"],
+                ItemStatus(r["status"]),
+                r["detail"],
+                r["invoice_id"],
+            )
+            for r in rows
+        ]
 
     async def open_items(self, run_id: str) -> int:
         count = await self._conn.fetchval(

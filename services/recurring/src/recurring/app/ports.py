@@ -24,6 +24,7 @@ from recurring.domain.runs import (
     Progress,
     Run,
     RunCounts,
+    RunItem,
     RunKind,
     RunState,
     WorkItem,
@@ -193,6 +194,10 @@ class Tx(BooksTx, Protocol):
     async def resume_gateway(self, run_id: str, gateway: str) -> bool: ...
     async def deferred_items(self, run_id: str, gateway: str) -> int: ...
     async def run_counts(self, run_id: str) -> RunCounts: ...
+    async def run_items(self, run_id: str, after: int, limit: int) -> list[RunItem]:
+        """The run's items in the order they were queued, after the item id `after`."""
+        ...
+
     async def open_items(self, run_id: str) -> int:
         """Items still to work: pending, claimed, or deferred on a gateway that is not halted."""
         ...

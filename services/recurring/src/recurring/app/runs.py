@@ -22,6 +22,7 @@ from recurring.domain.runs import (
     Progress,
     Run,
     RunCounts,
+    RunItem,
     RunKind,
     RunState,
     blocks_next_date,
@@ -144,6 +145,14 @@ class Runs:
             rows = await tx.list_runs(page.after, page.limit)
         cut = page.cut(rows, lambda row: row[0])
         return Page([run for _, run in cut.items], cut.next_after)
+
+    async def items(self, run_id: str, page: PageRequest[int]) -> Page[RunItem, int]:
+        """A run's items in the order they were queued; the cursor is the last item's id."""
+        async with self._store.transaction() as tx:
+            if await tx.get_run(run_id) is None:
+                raise NotFound(f"run {run_id} does not exist")
+            rows = await tx.run_items(run_id, page.after, page.limit)
+        return page.cut(rows, lambda item: item.item_id)
 
     async def resume(self, run_id: str, gateway: str) -> Run:
         """Resume the gateway's halted part and send its parked items back to work."""

@@ -42,6 +42,7 @@ ACCESS: dict[str, set[str] | frozenset[str]] = {
     "RunBilling": {OPERATOR},
     "GetRun": READERS,
     "ListRuns": READERS,
+    "ListRunItems": READERS,
     "ResumeRun": ACTIONS,
     "GetInvoice": READERS,
     "ListInvoices": READERS,
@@ -197,6 +198,13 @@ class RecurringServicer(recurring_pb2_grpc.RecurringServiceServicer):
         return pb.ListRunsResponse(
             runs=[m.run_pb(r) for r in page.items], next_page_token=self._pages.next_token(request, page)
         )
+
+    async def ListRunItems(
+        self, request: pb.ListRunItemsRequest, context: Context
+    ) -> pb.ListRunItemsResponse:
+        page = await self._runs.items(request.run_id, self._pages.read(request, start=0))
+        items = [m.run_item_pb(item) for item in page.items]
+        return pb.ListRunItemsResponse(items=items, next_page_token=self._pages.next_token(request, page))
 
     async def ResumeRun(self, request: pb.ResumeRunRequest, context: Context) -> pb.ResumeRunResponse:
         return pb.ResumeRunResponse(run=m.run_pb(await self._runs.resume(request.run_id, request.gateway)))
