@@ -49,8 +49,10 @@ log = logging.getLogger(__name__)
 REPORT_INTERVAL = timedelta(seconds=1)
 # A pod that stopped reporting for this long is gone (its report expires).
 REPORT_LIFETIME = timedelta(seconds=10)
-# After a round that found work due, the next round is asked this much later.
-ROUND_PAUSE = timedelta(milliseconds=40)
+# After a round that found work due, the next round is asked this much later, twice as late after
+# each further busy round up to the longest: a short day ends soon after its work, a long one is not
+# slowed by rounds that make every pod count its work many times a second.
+ROUND_PAUSES = (timedelta(milliseconds=25), timedelta(milliseconds=160))
 # A round whose answers have not all come in by then is asked again.
 ROUND_PATIENCE = timedelta(seconds=2)
 # The test clock stays before this instant: dates near 9999 overflow.
@@ -351,6 +353,8 @@ class ClockControl:
         try:
             earlier: dict[str, PodReport] = {}
             latest: list[PodReport] = []
+            shortest, longest = (p.total_seconds() for p in ROUND_PAUSES)
+            pause = shortest
             while loop.time() < deadline:
                 answers = await self._ask_round(
                     pubsub, min(deadline, loop.time() + ROUND_PATIENCE.total_seconds())
@@ -362,8 +366,11 @@ class ClockControl:
                 )
                 earlier = answers if answers is not None and quiet else {}
                 latest = list(answers.values()) if answers is not None else await self.reports()
-                if not quiet:
-                    await asyncio.sleep(ROUND_PAUSE.total_seconds())
+                if quiet:
+                    pause = shortest
+                else:
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, longest)
             behind = [r for r in latest if r.instant != instant or r.busy]
             return [_describe(r, instant) for r in behind] or ["waiting for the pods' answers"]
         finally:
