@@ -25,7 +25,6 @@ from billing.tier.v1 import tier_pb2 as tpb
 from demo.stubs import Stubs
 
 CURRENCY = "USD"
-SIGNUPS_AT_ONCE = 8
 # The longest quota may take to hear of a new subscription.
 SUBSCRIPTION_HEARD_TIMEOUT_S = 60.0
 MERCHANT = "demo-merchant"
@@ -211,11 +210,7 @@ async def seed(stubs: Stubs, count: int, first_day: date, now: datetime) -> list
     )
     await stubs.scan("demo-first-scan")
 
-    # Customers sign up a few at a time, as people do: one after another, seeding would wait out
-    # every round trip in turn.
-    signing_up = asyncio.Semaphore(SIGNUPS_AT_ONCE)
-
-    async def subscribe(c: Customer) -> None:
+    for c in everyone:
         request = rpb.CreateSubscriptionRequest(
             account_id=c.account_id,
             merchant_id=MERCHANT,
@@ -230,10 +225,7 @@ async def seed(stubs: Stubs, count: int, first_day: date, now: datetime) -> list
         else:
             request.custom_amount.CopyFrom(money(c.custom_amount))
             request.frequency = c.frequency
-        async with signing_up:
-            await stubs.recurring.CreateSubscription(request)
-
-    await asyncio.gather(*(subscribe(c) for c in everyone))
+        await stubs.recurring.CreateSubscription(request)
     for c in mapped[::7]:
         await attach_when_subscribed(stubs, c.account_id, "extra-exports")
     return everyone
