@@ -316,8 +316,9 @@ class ClockControl:
         return stored
 
     async def advance(self, by: timedelta, step: timedelta, timeout: timedelta) -> CatchUp:
-        """Move forward `by`, a `step` at a time, waiting at each step until every pod has done
-        what came due; stops early, reporting what is still running, when `timeout` runs out."""
+        """Move forward `by`, a `step` at a time, once the suite has caught up where it stands and
+        then at each step until every pod has done what came due; stops early, reporting what is
+        still running, when `timeout` runs out."""
         if by <= timedelta(0):
             raise ClockRefused("a clock never moves backwards")
         start = await self.current()
@@ -326,6 +327,13 @@ class ClockControl:
             raise ClockRefused("would move the test clock past 3000-01-01")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout.total_seconds()
+        # What callers set going where the clock stands (usage, signals, a scan's tier changes) is
+        # done there first: moving on under it would apply it a day late. (A clock never set yet
+        # has no pods standing anywhere.)
+        if _decode(await self._redis.get(self._key)) is not None:
+            still_running = await self.wait_caught_up(start, deadline)
+            if still_running:
+                return CatchUp(start, False, still_running)
         now = start
         while now < target:
             began = loop.time()

@@ -83,6 +83,31 @@ async def test_a_pod_that_keeps_handing_work_on_is_not_caught_up_until_it_has_fi
         assert await _wrote_events(pool) == pieces
 
 
+async def test_work_set_going_where_the_clock_stands_is_done_there_before_the_clock_moves(
+    env: InfraEnv, control: ClockControl
+) -> None:
+    """Like a scan's tier changes reported just before AdvanceClock: moving on under them would
+    apply them a day late. Each piece records the instant it was done at."""
+    pieces = 3
+    going = asyncio.Event()
+
+    async def hands_on_one_piece(pool: asyncpg.Pool, now: datetime) -> Mapping[str, int]:
+        if going.is_set() and await _wrote_events(pool) < pieces:
+            await pool.execute(
+                """INSERT INTO outbox (event_id, event_type, payload, published_at, created_at)
+                   VALUES (gen_random_uuid(), 'tier.changed', ''::bytea, now(), $1)""",
+                now,
+            )
+        return {}
+
+    async with pod(env, "tier", hands_on_one_piece) as pool:
+        going.set()
+        moved = await control.advance(DAY, DAY, timedelta(seconds=30))
+        assert moved.caught_up and moved.now == EVE + DAY
+        done_at = [r["created_at"] for r in await pool.fetch("SELECT created_at FROM outbox")]
+        assert done_at == [EVE] * pieces
+
+
 async def test_a_pod_with_work_due_holds_the_advance_and_is_named_when_time_runs_out(
     env: InfraEnv, control: ClockControl
 ) -> None:
