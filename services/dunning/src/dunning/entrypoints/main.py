@@ -9,7 +9,7 @@ from billing.dunning.v1 import dunning_pb2_grpc
 from billing_common.grpc_client import open_channel
 from billing_common.paging import PageTokens
 from billing_common.service import Registration, Resources, ServiceParts, Setup, run_service
-from dunning.adapters.metrics import MetricsRefresher
+from dunning.adapters.metrics import MetricsRefresher, PrometheusCaseMetrics
 from dunning.adapters.recurring_client import GrpcRecurring
 from dunning.adapters.store import PostgresCases, due_cases
 from dunning.app.cases import CaseService
@@ -40,14 +40,15 @@ def build(settings: DunningSettings) -> Setup:
     pages = PageTokens.from_settings(settings)
 
     async def setup(r: Resources) -> ServiceParts:
-        store = PostgresCases(r.pool, r.outbox)
+        metrics = PrometheusCaseMetrics()
+        store = PostgresCases(r.pool, r.outbox, metrics)
         statistics = OutcomeStatistics(
             store, r.clock, settings.statistics_refresh, settings.statistics_window
         )
         cases = CaseService(store, statistics, r.clock)
         servicer = DunningServicer(cases, Policies(store, r.clock), pages)
-        metrics = MetricsRefresher(r.pool, r.clock, settings.metrics_refresh)
-        background: list[Callable[[], Awaitable[None]]] = [metrics.run_forever]
+        gauges = MetricsRefresher(r.pool, r.clock, settings.metrics_refresh)
+        background: list[Callable[[], Awaitable[None]]] = [gauges.run_forever]
         on_stop: list[Callable[[], Awaitable[None]]] = []
         if settings.worker_enabled:
             channel = open_channel(settings.recurring_addr, r.outgoing_token)
@@ -58,6 +59,7 @@ def build(settings: DunningSettings) -> Setup:
                 statistics,
                 r.clock,
                 worker_config(settings),
+                metrics,
             )
             background.append(worker.run_forever)
 
