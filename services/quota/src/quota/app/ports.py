@@ -9,6 +9,7 @@ from enum import StrEnum
 from typing import Any, NamedTuple, Protocol
 
 from quota.domain.catalog import AddOn, Plan, PlanSpec
+from quota.domain.quota import Decision
 from quota.domain.resolution import Grant, Override, SubscriptionView
 
 
@@ -160,3 +161,11 @@ class Invalidations(Protocol):
     """Tells every process that a tenant's (or, for None, everyone's) entitlements changed."""
 
     async def publish(self, tenant_id: str | None) -> None: ...
+
+
+class UsageMetrics(Protocol):
+    """What checks, the counter cache and the counter audit report; an adapter keeps the figures."""
+
+    def check_decided(self, decision: Decision) -> None: ...
+    def counter_lookup(self, cached: bool) -> None: ...
+    def counters_audited(self, checked: int, drifted: int, drift_units: int) -> None: ...

@@ -35,6 +35,7 @@ from quota.app.ports import (
     TenantPeriod,
     ThresholdAlert,
     UsageLedger,
+    UsageMetrics,
     UsageRecord,
 )
 from quota.domain.catalog import KEY_PATTERN, Behaviour, Entitlement, Period
@@ -198,8 +199,10 @@ class Usage:
         ledger: UsageLedger,
         clock: Clock,
         late_grace: timedelta,
+        metrics: UsageMetrics,
     ) -> None:
         self._entitlements = entitlements
+        self._metrics = metrics
         self._catalog = catalog
         self._counters = counters
         self._ledger = ledger
@@ -222,11 +225,14 @@ class Usage:
         )
         target = self._targets.find(resolution, key, now)
         if isinstance(target, str):
-            return CheckResult(key, refused(0, target), None)
-        used = self._counters.known(target.counter)
-        if used is None:
-            (used,) = await self._read([target.counter])
-        return CheckResult(key, decide(target.entitlement, used, amount or 1), target.window)
+            result = CheckResult(key, refused(0, target), None)
+        else:
+            used = self._counters.known(target.counter)
+            if used is None:
+                (used,) = await self._read([target.counter])
+            result = CheckResult(key, decide(target.entitlement, used, amount or 1), target.window)
+        self._metrics.check_decided(result.decision)
+        return result
 
     async def check(self, tenant_id: str, checks: Sequence[tuple[str, int]]) -> list[CheckResult]:
         """Answers for (key, amount) pairs of one tenant, from one read; never changes usage."""
@@ -241,12 +247,15 @@ class Usage:
         counters = [target.counter for target in targets if not isinstance(target, str)]
         values = [self._counters.known(counter) for counter in counters]
         used = iter(values if None not in values else await self._read(counters))
-        return [
+        results = [
             CheckResult(key, refused(0, target), None)
             if isinstance(target, str)
             else CheckResult(key, decide(target.entitlement, next(used) or 0, amount or 1), target.window)
             for (key, amount), target in zip(checks, targets, strict=True)
         ]
+        for result in results:
+            self._metrics.check_decided(result.decision)
+        return results
 
     async def _read(self, counters: list[CounterRef]) -> list[int]:
         if not counters:

@@ -17,6 +17,7 @@ from quota.adapters.cluster import ClusterReads
 from quota.adapters.counters import CounterReads, RedisCounters
 from quota.adapters.drift import CounterAudit
 from quota.adapters.invalidation import RedisInvalidations
+from quota.adapters.metrics import USAGE_METRICS
 from quota.adapters.tenant_store import PostgresTenants
 from quota.adapters.tracking import TrackedReads
 from quota.adapters.usage_ledger import PostgresUsageLedger
@@ -54,7 +55,7 @@ def build(settings: QuotaSettings) -> Setup:
         invalidations = RedisInvalidations(redis, settings.namespace)
         cache = EntitlementCache(r.clock, settings.entitlement_cache_ttl)
         entitlements = Entitlements(PostgresTenants(r.pool), catalog_store, r.clock, cache, invalidations)
-        counters = RedisCounters(redis, settings.namespace, reads)
+        counters = RedisCounters(redis, settings.namespace, reads, USAGE_METRICS)
         usage = Usage(
             entitlements,
             catalog_store,
@@ -62,6 +63,7 @@ def build(settings: QuotaSettings) -> Setup:
             PostgresUsageLedger(r.pool, r.outbox),
             r.clock,
             settings.late_usage_grace,
+            USAGE_METRICS,
         )
         servicer = QuotaServicer(
             Catalog(catalog_store, r.clock, cache, invalidations), entitlements, usage, r.clock, pages
@@ -77,7 +79,7 @@ def build(settings: QuotaSettings) -> Setup:
                 listen_for_invalidations,
                 *background,
                 usage.settle_forever,
-                CounterAudit(r.pool, redis, counters).run_forever,
+                CounterAudit(r.pool, redis, counters, USAGE_METRICS).run_forever,
             ],
             on_stop=on_stop,
             # CheckQuota answers from Redis and the entitlements it holds, also while PostgreSQL is

@@ -20,7 +20,6 @@ from billing_common.errors import (
 from billing_common.grpc_server import status_code_for
 from billing_common.paging import PageTokens
 from billing_common.protos import optional_datetime, request_hash
-from quota.adapters.metrics import TALLY
 from quota.app.catalog import Catalog
 from quota.app.entitlements import Entitlements, GrantRequest
 from quota.app.ports import IdempotencyRef
@@ -186,7 +185,6 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
 
     async def CheckQuota(self, request: pb.CheckQuotaRequest, context: Context) -> pb.CheckQuotaResponse:
         result = await self._usage.check_one(request.tenant_id, request.key, request.amount)
-        TALLY.decision(result.decision.allowed, result.decision.warning)
         return m.check_pb(result)
 
     async def CheckQuotaBatch(
@@ -195,7 +193,6 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
         results = await self._usage.check(request.tenant_id, [(c.key, c.amount) for c in request.checks])
         response = pb.CheckQuotaBatchResponse()
         for result in results:
-            TALLY.decision(result.decision.allowed, result.decision.warning)
             m.fill_check(response.results.add(), result)
         return response
 
