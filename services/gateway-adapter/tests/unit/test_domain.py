@@ -189,6 +189,12 @@ class TestRefunds:
         payment = after_refund(paid(1000), 300, NOW)
         assert refund_amount(payment, RefundRequest("p-1", None, "r"), None) == 700
 
+    def test_refunds_claimed_but_not_yet_recorded_count_against_what_is_left(self) -> None:
+        payment = after_refund(paid(1000), 300, NOW)
+        assert refund_amount(payment, RefundRequest("p-1", None, "r"), None, claimed_minor=500) == 200
+        with pytest.raises(FailedPrecondition, match="200 left"):
+            refund_amount(payment, RefundRequest("p-1", 201, "r"), None, claimed_minor=500)
+
     def test_only_collected_payments_in_their_currency_are_refundable(self) -> None:
         with pytest.raises(FailedPrecondition):
             refund_amount(paid(status=Status.PENDING), RefundRequest("p-1", None, "r"), None)

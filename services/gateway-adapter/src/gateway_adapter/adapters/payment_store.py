@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -17,7 +17,15 @@ from billing_common.errors import FailedPrecondition, NotFound
 from billing_common.events import Outbox
 from billing_common.suite_clock import DueWork
 from gateway_adapter.adapters.codec import facts, payment_status_pb
-from gateway_adapter.app.ports import Claim, GatewayReply, Outcome, PaymentEvent, Recording, StoredRefund
+from gateway_adapter.app.ports import (
+    Claim,
+    GatewayReply,
+    Outcome,
+    PaymentEvent,
+    Recording,
+    RefundClaim,
+    StoredRefund,
+)
 from gateway_adapter.domain.classification import Classification, DeclineKind, FailureType
 from gateway_adapter.domain.payments import (
     ChargeRequest,
@@ -281,13 +289,9 @@ class PostgresPayments:
             )
         return int(result.split()[-1])
 
-    async def refund(
-        self,
-        request: RefundRequest,
-        refund_id: str,
-        now: datetime,
-        execute: Callable[[Payment], Awaitable[tuple[int, GatewayReply]]],
-    ) -> tuple[StoredRefund, Payment, bool]:
+    async def claim_refund(
+        self, request: RefundRequest, refund_id: str, now: datetime, amount_of: Callable[[Payment, int], int]
+    ) -> RefundClaim:
         async with transaction(self._pool) as conn:
             existing = await conn.fetchrow(
                 "SELECT * FROM refunds WHERE idempotency_key = $1", request.idempotency_key
@@ -302,7 +306,7 @@ class PostgresPayments:
                     "SELECT * FROM payments WHERE payment_id = $1", existing["payment_id"]
                 )
                 assert paid is not None  # a refund references its payment
-                return stored, payment_from(paid), True
+                return RefundClaim(stored, payment_from(paid), existing["recorded_at"] is not None)
             try:
                 payment_key = uuid.UUID(request.payment_id)
             except ValueError as error:
@@ -311,45 +315,72 @@ class PostgresPayments:
             if row is None:
                 raise NotFound("payment not found")
             payment = payment_from(row)
-            amount, reply = await execute(payment)
+            claimed = await conn.fetchval(
+                """SELECT coalesce(sum(amount_minor), 0) FROM refunds
+                   WHERE payment_id = $1 AND recorded_at IS NULL""",
+                payment_key,
+            )
             stored_row = await conn.fetchrow(
                 """
                 INSERT INTO refunds (refund_id, payment_id, idempotency_key, request_fingerprint,
-                    amount_minor, currency, reason, gateway_reference, created_at)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING *
+                    amount_minor, currency, reason, created_at)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING *
                 """,
                 uuid.UUID(refund_id),
                 payment_key,
                 request.idempotency_key,
                 request.fingerprint(),
-                amount,
+                amount_of(payment, claimed),
                 payment.request.currency,
                 request.reason,
+                now,
+            )
+            assert stored_row is not None  # INSERT ... RETURNING
+            return RefundClaim(_refund_from(stored_row), payment, recorded=False)
+
+    async def record_refund(
+        self, refund_id: str, reply: GatewayReply, now: datetime
+    ) -> tuple[StoredRefund, Payment]:
+        async with transaction(self._pool) as conn:
+            # The payment's row first, as a claim takes it: one lock order.
+            row = await conn.fetchrow(
+                """SELECT p.* FROM payments p JOIN refunds r ON r.payment_id = p.payment_id
+                   WHERE r.refund_id = $1 FOR UPDATE OF p""",
+                uuid.UUID(refund_id),
+            )
+            claim = await conn.fetchrow(
+                "SELECT * FROM refunds WHERE refund_id = $1 FOR UPDATE", uuid.UUID(refund_id)
+            )
+            assert row is not None and claim is not None  # a claim is recorded, never deleted
+            payment, stored = payment_from(row), _refund_from(claim)
+            if claim["recorded_at"] is not None:
+                return stored, payment  # a retry with the same key recorded it first
+            await conn.execute(
+                "UPDATE refunds SET gateway_reference = $2, recorded_at = $3 WHERE refund_id = $1",
+                uuid.UUID(refund_id),
                 reply.reference,
                 now,
             )
-            refunded = after_refund(payment, amount, now)
+            refunded = after_refund(payment, stored.amount_minor, now)
             await conn.execute(
                 "UPDATE payments SET refunded_minor = $2, status = $3, updated_at = $4 WHERE payment_id = $1",
-                payment_key,
+                row["payment_id"],
                 refunded.refunded_minor,
                 refunded.status.value,
                 now,
             )
-            assert stored_row is not None  # INSERT ... RETURNING
-            stored = _refund_from(stored_row)
             await self._outbox.add(
                 conn,
                 events.PaymentRefunded(
                     payment=facts(refunded),
                     refund_id=stored.refund_id,
-                    refunded=common_pb2.Money(amount_minor=amount, currency=stored.currency),
+                    refunded=common_pb2.Money(amount_minor=stored.amount_minor, currency=stored.currency),
                     refunded_total=common_pb2.Money(
                         amount_minor=refunded.refunded_minor, currency=stored.currency
                     ),
                 ),
             )
-            return stored, refunded, False
+            return stored, refunded
 
     async def apply_notice(
         self,

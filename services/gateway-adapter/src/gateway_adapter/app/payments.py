@@ -30,6 +30,7 @@ from gateway_adapter.app.ports import (
     PaymentMetrics,
     PaymentStore,
     Recording,
+    RefundClaim,
     StoredRefund,
 )
 from gateway_adapter.domain.classification import (
@@ -446,35 +447,42 @@ class Payments:
         self, request: RefundRequest, currency: str | None
     ) -> tuple[StoredRefund, Payment, bool]:
         validate_refund(request)
+        claim = await self._store.claim_refund(
+            request,
+            str(uuid.uuid4()),
+            self._clock.now(),
+            lambda payment, claimed: refund_amount(payment, request, currency, claimed),
+        )
+        if claim.recorded:
+            return claim.refund, claim.payment, True
+        reply = await self._ask_refund(claim, request.idempotency_key)
+        stored, refunded = await self._store.record_refund(claim.refund.refund_id, reply, self._clock.now())
+        return stored, refunded, False
 
-        async def execute(payment: Payment) -> tuple[int, GatewayReply]:
-            amount = refund_amount(payment, request, currency)
-            gateway = self._gateways[payment.gateway]
-            credentials = self._router.route(
-                payment.request.merchant_id, payment.request.method_type
-            ).credentials_ref
-            call = GatewayRefund(
-                payment.payment_id,
-                payment.gateway_reference,
-                amount,
-                payment.request.currency,
-                request.idempotency_key,
-                credentials,
-            )
-            # Paced under the payment's row lock, as the call itself runs: refunds are few, and
-            # pacing before the lock would let waiting for it make the call late for its slot.
-            await self._pacer.wait_turn(gateway.name)
-            started = time.perf_counter()
-            try:
-                return amount, await gateway.refund(call)
-            except (GatewayUnreachable, GatewayTimeout) as error:
-                raise Unavailable(
-                    f"{gateway.name} did not confirm the refund; retry with the same key"
-                ) from error
-            finally:
-                self._metrics.gateway_answered(gateway.name, "refund", time.perf_counter() - started)
-
-        return await self._store.refund(request, str(uuid.uuid4()), self._clock.now(), execute)
+    async def _ask_refund(self, claim: RefundClaim, idempotency_key: str) -> GatewayReply:
+        """The gateway's refund, with no lock held: a claim left unrecorded (the gateway did not
+        answer) is asked again with the same key by the caller's retry, so it is made once."""
+        payment = claim.payment
+        gateway = self._gateways[payment.gateway]
+        route = self._router.route(payment.request.merchant_id, payment.request.method_type)
+        call = GatewayRefund(
+            payment.payment_id,
+            payment.gateway_reference,
+            claim.refund.amount_minor,
+            payment.request.currency,
+            idempotency_key,
+            route.credentials_ref,
+        )
+        await self._pacer.wait_turn(gateway.name)
+        started = time.perf_counter()
+        try:
+            return await gateway.refund(call)
+        except (GatewayUnreachable, GatewayTimeout) as error:
+            raise Unavailable(
+                f"{gateway.name} did not confirm the refund; retry with the same key"
+            ) from error
+        finally:
+            self._metrics.gateway_answered(gateway.name, "refund", time.perf_counter() - started)
 
     async def resolve_unknown(self) -> int:
         """Ask the gateways about due unresolved payments; returns how many were looked at."""

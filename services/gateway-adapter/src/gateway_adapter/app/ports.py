@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -121,6 +121,15 @@ class StoredRefund:
 
 
 @dataclass(frozen=True)
+class RefundClaim:
+    """A refund's row, written before the gateway is asked; `recorded` once the gateway answered."""
+
+    refund: StoredRefund
+    payment: Payment
+    recorded: bool
+
+
+@dataclass(frozen=True)
 class Claim:
     """A caller's bid for an idempotency key: the payment it would create, and its trace."""
 
@@ -171,14 +180,18 @@ class PaymentStore(Protocol):
 
     async def forget_keys(self, older_than: datetime) -> int: ...
 
-    async def refund(
-        self,
-        request: RefundRequest,
-        refund_id: str,
-        now: datetime,
-        execute: Callable[[Payment], Awaitable[tuple[int, GatewayReply]]],
-    ) -> tuple[StoredRefund, Payment, bool]:
-        """Refund under a row lock on the payment so two refunds never exceed what is left."""
+    async def claim_refund(
+        self, request: RefundRequest, refund_id: str, now: datetime, amount_of: Callable[[Payment, int], int]
+    ) -> RefundClaim:
+        """The refund with this key, or a new claim of `amount_of(payment, already claimed)` written
+        under the payment's row lock, so two refunds never exceed what is left. The lock ends with
+        the claim: the gateway is called after it."""
+        ...
+
+    async def record_refund(
+        self, refund_id: str, reply: GatewayReply, now: datetime
+    ) -> tuple[StoredRefund, Payment]:
+        """Record the gateway's answer to a claim once (a second recording returns the first)."""
         ...
 
     async def apply_notice(

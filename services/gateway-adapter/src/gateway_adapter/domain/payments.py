@@ -219,13 +219,16 @@ def validate_refund(request: RefundRequest) -> None:
     problems.raise_if_any()
 
 
-def refund_amount(payment: Payment, request: RefundRequest, currency: str | None) -> int:
-    """How much to refund: never more than what is left, in the payment's currency."""
+def refund_amount(
+    payment: Payment, request: RefundRequest, currency: str | None, claimed_minor: int = 0
+) -> int:
+    """How much to refund: never more than what is left once the refunds already claimed (asked of the
+    gateway, not yet recorded) are counted, in the payment's currency."""
     if currency is not None and currency != payment.request.currency:
         raise FailedPrecondition(f"the payment is in {payment.request.currency}, not {currency}")
     if payment.status not in REFUNDABLE:
         raise FailedPrecondition(f"a {payment.status} payment cannot be refunded")
-    left = payment.refundable_minor
+    left = max(payment.refundable_minor - claimed_minor, 0)
     amount = left if request.amount_minor is None else request.amount_minor
     if amount > left:
         raise FailedPrecondition(f"refund of {amount} exceeds the {left} left to refund")
