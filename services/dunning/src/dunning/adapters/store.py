@@ -20,6 +20,7 @@ from billing_common.errors import Conflict
 from billing_common.events import Outbox
 from billing_common.locks import Lease
 from billing_common.money import Money
+from billing_common.payments import DeclineKind, FailureType
 from billing_common.suite_clock import DueWork
 from dunning.adapters.codec import event_message
 from dunning.app.ports import CaseFilter, CaseMetrics
@@ -31,9 +32,7 @@ from dunning.domain.model import (
     AttemptOutcome,
     Case,
     CaseState,
-    DeclineKind,
     Failure,
-    FailureType,
     InvoiceRef,
     Transition,
 )

@@ -11,7 +11,8 @@ from enum import StrEnum
 from billing_common.errors import FailedPrecondition, Violations
 from billing_common.money import CurrencyError, check_currency
 from billing_common.pan import contains_card_number
-from gateway_adapter.domain.classification import Classification, DeclineKind, FailureType
+from billing_common.payments import DeclineKind, FailureType
+from gateway_adapter.domain.classification import Classification
 
 
 class MethodType(StrEnum):

@@ -14,10 +14,17 @@ from billing.gateway.v1 import gateway_pb2 as pb
 from billing.gateway.v1 import gateway_pb2_grpc
 from billing_common.auth import OPERATOR, READERS
 from billing_common.errors import BillingError, FailedPrecondition, InvalidArgument, Unavailable
-from gateway_adapter.adapters.codec import decline_kind_pb, failure_type_pb, method_type_pb, payment_status_pb
+from billing_common.protos import ProtoEnum
+from gateway_adapter.adapters.codec import (
+    METHOD_TYPES,
+    decline_kind_pb,
+    failure_type_pb,
+    method_type_pb,
+    payment_status_pb,
+)
 from gateway_adapter.app.payments import BackPressure, ChargeAnswer, Payments
 from gateway_adapter.app.ports import StoredRefund
-from gateway_adapter.domain.payments import ChargeRequest, Lane, MethodType, Payment, RefundRequest
+from gateway_adapter.domain.payments import ChargeRequest, Lane, Payment, RefundRequest
 
 Context = grpc.aio.ServicerContext[Any, Any]
 # Who may call what: roles or callers named in tokens. Defaults; a deployment changes them with
@@ -29,12 +36,7 @@ ACCESS: dict[str, set[str] | frozenset[str]] = {
     "GetPayment": {"recurring", *READERS},
     "GetCircuitState": {"recurring", *READERS},
 }
-METHODS = {
-    common_pb2.PAYMENT_METHOD_TYPE_CARD: MethodType.CARD,
-    common_pb2.PAYMENT_METHOD_TYPE_ACH: MethodType.ACH,
-    common_pb2.PAYMENT_METHOD_TYPE_STRIPE: MethodType.STRIPE,
-}
-LANES = {pb.LANE_INTERACTIVE: Lane.INTERACTIVE, pb.LANE_BATCH: Lane.BATCH}
+LANES = ProtoEnum(Lane, pb.Lane, "LANE_")
 CIRCUIT_STATES = {
     "closed": pb.CIRCUIT_STATE_CLOSED,
     "open": pb.CIRCUIT_STATE_OPEN,
@@ -90,8 +92,9 @@ IN_PROGRESS_RETRY_AFTER = timedelta(seconds=1)
 
 def _charge(request: pb.ChargeRequest, default_lane: Lane) -> tuple[ChargeRequest | InvalidArgument, Lane]:
     lane = LANES.get(request.lane, default_lane)
-    method = METHODS.get(request.payment_method.type)
-    if method is None:
+    try:
+        method = METHOD_TYPES.ours(request.payment_method.type)
+    except ValueError:
         return InvalidArgument.of("payment_method.type", "must be CARD, ACH or STRIPE"), lane
     return (
         ChargeRequest(

@@ -10,23 +10,16 @@ from functools import lru_cache
 
 import asyncpg
 
-from billing.common.v1 import common_pb2
 from billing.events.v1 import tier_pb2 as events
 from billing_common.db import check_fence, connection, transaction
 from billing_common.events import Outbox
 from billing_common.locks import Lease
 from tier.adapters import revisions
+from tier.adapters.codec import EVENT_ACCOUNT_KINDS, TIERS
 from tier.app.ports import AppliedChange, HistoryEntry
-from tier.domain.accounts import AccountKind, Tier
 from tier.domain.estate import PlannedChange
 from tier.domain.events import TierChanged, announced
 
-_KINDS = {
-    AccountKind.DISTRIBUTOR: events.ACCOUNT_KIND_DISTRIBUTOR,
-    AccountKind.END_USER: events.ACCOUNT_KIND_END_USER,
-    AccountKind.DATABASE: events.ACCOUNT_KIND_DATABASE,
-}
-TIERS_PB = {Tier.LITE: common_pb2.TIER_LITE, Tier.PLUS: common_pb2.TIER_PLUS, Tier.PRO: common_pb2.TIER_PRO}
 _STAGE_COLUMNS = (
     "change_id",
     "account_id",
@@ -70,9 +63,9 @@ def _entry(row: asyncpg.Record) -> HistoryEntry:
 def _message(event: TierChanged) -> events.TierChanged:
     message = events.TierChanged(
         account_id=event.account_id,
-        account_kind=_KINDS[event.kind],
-        previous_tier=TIERS_PB[event.previous_tier],
-        new_tier=TIERS_PB[event.new_tier],
+        account_kind=EVENT_ACCOUNT_KINDS.pb(event.kind),
+        previous_tier=TIERS.pb(event.previous_tier),
+        new_tier=TIERS.pb(event.new_tier),
         rule_id=event.rule_id,
         rule_set_version=event.rule_set_version,
         evidence_before=[events.SignalValue(name=n, value=v) for n, v in event.evidence_before],
