@@ -3,14 +3,14 @@ from datetime import UTC, datetime
 from tier.domain.accounts import AccountKind, Tier
 from tier.domain.estate import PlannedChange, TierRecord
 from tier.domain.events import TierChanged, announced
-from tier.domain.rules import Decision
+from tier.domain.rules import TierDecision
 
 AT = datetime(2026, 11, 21, 3, 0, tzinfo=UTC)
-LITE = Decision(Tier.LITE, "default", "v1", (("sso_active", "false"),))
-PRO = Decision(Tier.PRO, "sso-pro", "v1", (("sso_active", "true"),))
+LITE = TierDecision(Tier.LITE, "default", "v1", (("sso_active", "false"),))
+PRO = TierDecision(Tier.PRO, "sso-pro", "v1", (("sso_active", "true"),))
 
 
-def change(account_id: str, previous: Decision | None, decision: Decision) -> PlannedChange:
+def change(account_id: str, previous: TierDecision | None, decision: TierDecision) -> PlannedChange:
     record = None if previous is None else TierRecord(AccountKind.END_USER, previous, AT, 7)
     return PlannedChange(account_id, AccountKind.END_USER, record, decision, "dist-1")
 

@@ -15,18 +15,19 @@ from billing_common import telemetry
 from billing_common.db import connection, transaction
 from billing_common.errors import FailedPrecondition, NotFound
 from billing_common.events import Outbox
+from billing_common.payments import DeclineKind, FailureType
 from billing_common.suite_clock import DueWork
 from gateway_adapter.adapters.codec import facts, payment_status_pb
 from gateway_adapter.app.ports import (
     Claim,
     GatewayReply,
-    Outcome,
     PaymentEvent,
+    PaymentUpdate,
     Recording,
     RefundClaim,
     StoredRefund,
 )
-from gateway_adapter.domain.classification import Classification, DeclineKind, FailureType
+from gateway_adapter.domain.classification import Classification
 from gateway_adapter.domain.payments import (
     ChargeRequest,
     MethodType,
@@ -73,7 +74,7 @@ def payment_from(row: asyncpg.Record) -> Payment:
     )
 
 
-def event_for(payment: Payment, outcome: Outcome) -> Any:
+def event_for(payment: Payment, outcome: PaymentUpdate) -> Any:
     about = facts(payment)
     match outcome.event:
         case PaymentEvent.SUCCEEDED:
@@ -388,7 +389,7 @@ class PostgresPayments:
         event_id: str,
         gateway_reference: str,
         idempotency_key: str,
-        decide: Callable[[Payment], Outcome | None],
+        decide: Callable[[Payment], PaymentUpdate | None],
         now: datetime,
     ) -> bool:
         async with transaction(self._pool) as conn:

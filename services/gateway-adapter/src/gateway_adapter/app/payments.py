@@ -24,11 +24,11 @@ from gateway_adapter.app.ports import (
     GatewayReply,
     GatewayTimeout,
     GatewayUnreachable,
-    Outcome,
     Pacer,
     PaymentEvent,
     PaymentMetrics,
     PaymentStore,
+    PaymentUpdate,
     Recording,
     RefundClaim,
     StoredRefund,
@@ -285,7 +285,7 @@ class Payments:
             answers[item.index] = ChargeAnswer(payment)
         return earlier
 
-    async def _charge_at_turn(self, item: _Fresh, turns: _Turns) -> tuple[Outcome, timedelta | None]:
+    async def _charge_at_turn(self, item: _Fresh, turns: _Turns) -> tuple[PaymentUpdate, timedelta | None]:
         """The charge's outcome, made at its turn; with no turn in time, nothing sent and when to retry."""
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -293,7 +293,7 @@ class Payments:
         while True:
             turn = await turns.take(again=late)
             if turn is None:
-                return Outcome(Status.FAILED, NO_TURN, None, None), turns.retry_after
+                return PaymentUpdate(Status.FAILED, NO_TURN, None, None), turns.retry_after
             if turn.go_at > loop.time():
                 await asyncio.sleep(turn.go_at - loop.time())
             if self._pacer.on_time(turn.due):
@@ -370,7 +370,7 @@ class Payments:
             raise Unavailable(STILL_IN_PROGRESS)
         return payment
 
-    async def _call_gateway(self, payment: Payment, credentials_ref: str) -> Outcome:
+    async def _call_gateway(self, payment: Payment, credentials_ref: str) -> PaymentUpdate:
         gateway = self._gateways[payment.gateway]
         request = payment.request
         call = GatewayCharge(
@@ -397,7 +397,7 @@ class Payments:
             pass
         status = status_for(classification, pending=reply is not None and reply.pending)
         now = self._clock.now()
-        return Outcome(
+        return PaymentUpdate(
             status,
             classification,
             reply,
@@ -515,7 +515,8 @@ class Payments:
             await self._store.record(
                 [
                     Recording(
-                        payment, Outcome(Status.UNKNOWN, OUTCOME_UNKNOWN, None, None, next_check_at=later)
+                        payment,
+                        PaymentUpdate(Status.UNKNOWN, OUTCOME_UNKNOWN, None, None, next_check_at=later),
                     )
                 ],
                 self._clock.now(),
@@ -527,7 +528,7 @@ class Payments:
             classification = self._classify(gateway.name, reply.code)
             status = status_for(classification, pending=reply.pending)
         self._metrics.unknown_checked(status.lower())
-        outcome = Outcome(
+        outcome = PaymentUpdate(
             status, classification, reply, PaymentEvent.RECONCILED, previous_status=payment.status
         )
         await self._store.record([Recording(payment, outcome)], self._clock.now())

@@ -98,7 +98,7 @@ class PaymentEvent(StrEnum):
 
 
 @dataclass(frozen=True)
-class Outcome:
+class PaymentUpdate:
     """A payment's new state and what to announce about it, written in one transaction."""
 
     status: Status
@@ -144,7 +144,7 @@ class Recording:
     """An outcome to apply if the payment is still as `payment` says."""
 
     payment: Payment
-    outcome: Outcome
+    outcome: PaymentUpdate
 
 
 class PaymentStore(Protocol):
@@ -200,7 +200,7 @@ class PaymentStore(Protocol):
         event_id: str,
         gateway_reference: str,
         idempotency_key: str,
-        decide: Callable[[Payment], Outcome | None],
+        decide: Callable[[Payment], PaymentUpdate | None],
         now: datetime,
     ) -> bool:
         """Record a webhook event id and apply its outcome once; False if the id was seen before."""

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from quota.domain.quota import Decision
+from quota.domain.quota import CheckDecision
 
 
 class TalliedUsageMetrics:
@@ -32,7 +32,7 @@ class TalliedUsageMetrics:
         self.cache_hit = self.cache_miss = 0
         self.drift_checked = self.drifted = self.drift_units = 0
 
-    def check_decided(self, decision: Decision) -> None:
+    def check_decided(self, decision: CheckDecision) -> None:
         if decision.warning:
             self.warn += 1
         elif decision.allowed:

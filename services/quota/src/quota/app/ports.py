@@ -9,7 +9,7 @@ from enum import StrEnum
 from typing import Any, NamedTuple, Protocol
 
 from quota.domain.catalog import AddOn, Plan, PlanSpec
-from quota.domain.quota import Decision
+from quota.domain.quota import CheckDecision
 from quota.domain.resolution import Grant, Override, SubscriptionView
 
 
@@ -166,6 +166,6 @@ class Invalidations(Protocol):
 class UsageMetrics(Protocol):
     """What checks, the counter cache and the counter audit report; an adapter keeps the figures."""
 
-    def check_decided(self, decision: Decision) -> None: ...
+    def check_decided(self, decision: CheckDecision) -> None: ...
     def counter_lookup(self, cached: bool) -> None: ...
     def counters_audited(self, checked: int, drifted: int, drift_units: int) -> None: ...

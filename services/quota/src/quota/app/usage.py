@@ -44,7 +44,7 @@ from quota.domain.pricing import UsageCharge, price_usage
 from quota.domain.quota import (
     REASON_DENIED,
     REASON_NOT_ENTITLED,
-    Decision,
+    CheckDecision,
     after_counting,
     crossed_thresholds,
     decide,
@@ -73,13 +73,13 @@ class UsageEventIn:
     occurred_at: datetime | None
 
 
-class CheckResult(NamedTuple):  # built by every check, like its Decision
+class CheckResult(NamedTuple):  # built by every check, like its CheckDecision
     key: str
-    decision: Decision
+    decision: CheckDecision
     window: Window | None
 
 
-class Outcome(StrEnum):
+class UsageOutcome(StrEnum):
     COUNTED = "counted"
     DUPLICATE = "duplicate"
     DENIED = "denied"
@@ -89,7 +89,7 @@ class Outcome(StrEnum):
 @dataclass(frozen=True)
 class RecordResult:
     idempotency_key: str
-    outcome: Outcome
+    outcome: UsageOutcome
     check: CheckResult | None
     error_field: str = ""
     error: str = ""
@@ -282,7 +282,7 @@ class Usage:
         for index, event in enumerate(events):
             problem = _invalid(event, now)
             if problem:
-                results[index] = RecordResult(event.idempotency_key, Outcome.INVALID, None, *problem)
+                results[index] = RecordResult(event.idempotency_key, UsageOutcome.INVALID, None, *problem)
                 continue
             if event.tenant_id not in resolutions:
                 resolutions[event.tenant_id] = await self._entitlements.resolution(event.tenant_id)
@@ -290,13 +290,13 @@ class Usage:
             found = _entitled(resolution, event.key)
             if isinstance(found, str):
                 check = CheckResult(event.key, refused(0, found), None)
-                results[index] = RecordResult(event.idempotency_key, Outcome.DENIED, check, "key", found)
+                results[index] = RecordResult(event.idempotency_key, UsageOutcome.DENIED, check, "key", found)
                 continue
             entitlement = found.entitlement
             if event.delta < 0 and entitlement.period is not Period.NONE:
                 results[index] = RecordResult(
                     event.idempotency_key,
-                    Outcome.INVALID,
+                    UsageOutcome.INVALID,
                     None,
                     "delta",
                     "may be negative only for standing counts (period none)",
@@ -310,7 +310,7 @@ class Usage:
             if window is None or not window.open_at(now, self._late_grace):
                 results[index] = RecordResult(
                     event.idempotency_key,
-                    Outcome.INVALID,
+                    UsageOutcome.INVALID,
                     None,
                     "occurred_at",
                     "falls in a closed period (past the grace for late usage)",
@@ -347,7 +347,7 @@ class Usage:
             if outcome.status is CounterStatus.MISMATCH:
                 results[item.index] = RecordResult(
                     event.idempotency_key,
-                    Outcome.INVALID,
+                    UsageOutcome.INVALID,
                     None,
                     "idempotency_key",
                     "was already used for a different usage event",
@@ -355,11 +355,11 @@ class Usage:
                 )
             elif outcome.status is CounterStatus.NEGATIVE:
                 results[item.index] = RecordResult(
-                    event.idempotency_key, Outcome.INVALID, None, "delta", "would take usage below zero"
+                    event.idempotency_key, UsageOutcome.INVALID, None, "delta", "would take usage below zero"
                 )
             else:
                 results[item.index] = RecordResult(
-                    event.idempotency_key, Outcome.DENIED, check, "key", check.decision.reason
+                    event.idempotency_key, UsageOutcome.DENIED, check, "key", check.decision.reason
                 )
         if to_store:
             await self._store(to_store, results, group_commit=group_commit)
@@ -441,15 +441,15 @@ class Usage:
             event, entitlement = item.event, item.entitlement
             if status is AppendStatus.STORED:
                 check = CheckResult(event.key, after_counting(entitlement, used), item.window)
-                results[item.index] = RecordResult(event.idempotency_key, Outcome.COUNTED, check)
+                results[item.index] = RecordResult(event.idempotency_key, UsageOutcome.COUNTED, check)
             elif status is AppendStatus.DUPLICATE:
                 before = used - event.delta if storing.added_now else used
                 check = CheckResult(event.key, after_counting(entitlement, before), item.window)
-                results[item.index] = RecordResult(event.idempotency_key, Outcome.DUPLICATE, check)
+                results[item.index] = RecordResult(event.idempotency_key, UsageOutcome.DUPLICATE, check)
             else:
                 results[item.index] = RecordResult(
                     event.idempotency_key,
-                    Outcome.INVALID,
+                    UsageOutcome.INVALID,
                     None,
                     "idempotency_key",
                     "was already used for a different usage event",

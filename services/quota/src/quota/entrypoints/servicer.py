@@ -19,11 +19,11 @@ from billing_common.errors import (
 )
 from billing_common.grpc_server import status_code_for
 from billing_common.paging import PageTokens
-from billing_common.protos import optional_datetime, request_hash
+from billing_common.protos import ProtoEnum, optional_datetime, request_hash
 from quota.app.catalog import Catalog
 from quota.app.entitlements import Entitlements, GrantRequest
 from quota.app.ports import IdempotencyRef
-from quota.app.usage import Outcome, RecordResult, Summary, Usage, UsageEventIn
+from quota.app.usage import RecordResult, Summary, Usage, UsageEventIn, UsageOutcome
 from quota.entrypoints import mappers as m
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -52,12 +52,7 @@ ACCESS: dict[str, set[str] | frozenset[str]] = {
     "CreateGrant": {OPERATOR},
 }
 MAX_BATCH = 10_000
-OUTCOMES = {
-    Outcome.COUNTED: pb.USAGE_OUTCOME_COUNTED,
-    Outcome.DUPLICATE: pb.USAGE_OUTCOME_DUPLICATE,
-    Outcome.DENIED: pb.USAGE_OUTCOME_DENIED,
-    Outcome.INVALID: pb.USAGE_OUTCOME_INVALID,
-}
+OUTCOMES = ProtoEnum(UsageOutcome, pb.UsageOutcome, "USAGE_OUTCOME_")
 
 
 class QuotaExceeded(ResourceExhausted):
@@ -159,7 +154,7 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
             request.key,
             request.limit,
             request.unlimited,
-            m.BEHAVIOURS.get(request.behaviour),
+            m.BEHAVIOURS.get(request.behaviour, None),
             request.remove,
         )
         return pb.SetOverrideResponse(entitlements=m.entitlements_pb(resolution, self._clock.now()))
@@ -198,15 +193,15 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
 
     async def RecordUsage(self, request: pb.RecordUsageRequest, context: Context) -> pb.RecordUsageResponse:
         (result,) = await self._usage.record([_usage_event(request.event)], group_commit=True)
-        if result.outcome is Outcome.INVALID:
+        if result.outcome is UsageOutcome.INVALID:
             if result.conflict:
                 raise FailedPrecondition(f"idempotency_key {result.error}")
             raise InvalidArgument(FieldViolation(f"event.{result.error_field}", result.error))
         assert result.check is not None
         check = m.check_pb(result.check)
-        if result.outcome is Outcome.DENIED:
+        if result.outcome is UsageOutcome.DENIED:
             raise QuotaExceeded(f"{request.event.key}: {result.error}", check)
-        return pb.RecordUsageResponse(counted=result.outcome is Outcome.COUNTED, quota=check)
+        return pb.RecordUsageResponse(counted=result.outcome is UsageOutcome.COUNTED, quota=check)
 
     async def RecordUsageBatch(
         self, request: pb.RecordUsageBatchRequest, context: Context
@@ -273,7 +268,7 @@ def _summary_pb(tenant_id: str, summary: Summary) -> pb.GetUsageSummaryResponse:
 def _usage_result(result: RecordResult) -> pb.UsageResult:
     message = pb.UsageResult(
         idempotency_key=result.idempotency_key,
-        outcome=OUTCOMES[result.outcome],
+        outcome=OUTCOMES.pb(result.outcome),
         error=f"{result.error_field}: {result.error}" if result.error else "",
     )
     if result.check is not None:
