@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from billing_common.errors import FailedPrecondition, InvalidArgument
 from billing_common.pan import contains_card_number
+from billing_common.settings import SettingsError, load_settings, setting_text
 from gateway_adapter.domain.classification import (
     SANDBOX,
     STRIPE,
@@ -31,8 +32,9 @@ from gateway_adapter.domain.payments import (
     refund_amount,
     validate_charge,
 )
-from gateway_adapter.domain.routing import Route, RouteError, Router
+from gateway_adapter.domain.routing import Route, RouteError, Router, Routes
 from gateway_adapter.domain.signatures import SignatureError, sign, verify
+from gateway_adapter.settings import GatewaySettings
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
@@ -104,15 +106,29 @@ class TestSignatures:
 
 class TestRouting:
     def test_defaults_and_merchant_overrides(self) -> None:
-        router = Router.parse(["big-merchant:CARD=stripe@eu"], ["sandbox-card", "sandbox-ach", "stripe"])
+        routes = Routes.from_setting("big-merchant:CARD=stripe@eu")
+        router = Router(routes, ["sandbox-card", "sandbox-ach", "stripe"])
         assert router.route("big-merchant", MethodType.CARD) == Route("stripe", "eu")
         assert router.route("big-merchant", MethodType.ACH) == Route("sandbox-ach")
         assert router.route("someone", MethodType.CARD) == Route("sandbox-card")
 
-    @pytest.mark.parametrize("entry", ["nonsense", "m:CHEQUE=stripe", "m:CARD=unknown-gw"])
-    def test_bad_routes_are_refused(self, entry: str) -> None:
-        with pytest.raises(RouteError):
-            Router.parse([entry], ["sandbox-card", "stripe"])
+    @pytest.mark.parametrize("entry", ["nonsense", "m:CHEQUE=stripe"])
+    def test_a_malformed_route_stops_start_naming_the_variable(self, entry: str) -> None:
+        with pytest.raises(SettingsError, match="GATEWAY_ROUTES"):
+            load_settings(GatewaySettings, "GATEWAY", {"GATEWAY_ROUTES": f"*:ACH=sandbox-ach,{entry}"})
+
+    def test_a_route_to_a_gateway_we_do_not_have_is_refused(self) -> None:
+        with pytest.raises(RouteError, match="unknown-gw"):
+            Router(Routes.from_setting("m:CARD=unknown-gw"), ["sandbox-card", "stripe"])
+
+    def test_routes_read_back_what_they_were_given(self) -> None:
+        settings = load_settings(
+            GatewaySettings, "GATEWAY", {"GATEWAY_ROUTES": "m-1:card=stripe@eu, *:ACH=sandbox-ach"}
+        )
+        assert settings.routes == Routes.from_setting(setting_text(settings.routes))
+        assert Router(settings.routes, ["stripe", "sandbox-ach"]).route("m-1", MethodType.CARD) == Route(
+            "stripe", "eu"
+        )
 
 
 class TestCharges:
