@@ -12,7 +12,8 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from billing.common.v1 import common_pb2
-from billing_common.money import Money
+from billing_common.errors import InvalidArgument
+from billing_common.money import CurrencyError, Money
 
 if TYPE_CHECKING:
     from google.protobuf.internal.enum_type_wrapper import _EnumTypeWrapper
@@ -36,8 +37,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 def stamp(ts: Timestamp, instant: datetime | None) -> None:
     """Set a timestamp field; leaving it unset says "none" (proto3 has no null).
 
-    What `Timestamp.FromDatetime` computes (naive instants are UTC), in a tenth of its time: hot
-    paths stamp every answer.
+    What `Timestamp.FromDatetime` computes (naive instants are UTC) without its conversions through
+    calendar arithmetic: hot paths stamp every answer.
     """
     if instant is None:
         return
@@ -50,6 +51,14 @@ def stamp(ts: Timestamp, instant: datetime | None) -> None:
 
 def money_pb(money: Money) -> common_pb2.Money:
     return common_pb2.Money(amount_minor=money.amount_minor, currency=money.currency)
+
+
+def money_of(message: common_pb2.Money, field: str) -> Money:
+    """A request's amount; an unknown currency is INVALID_ARGUMENT naming `<field>.currency`."""
+    try:
+        return Money(message.amount_minor, message.currency)
+    except CurrencyError as error:
+        raise InvalidArgument.of(f"{field}.currency", str(error)) from None
 
 
 def date_pb(day: date) -> common_pb2.Date:

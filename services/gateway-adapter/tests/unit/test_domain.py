@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from billing_common.errors import FailedPrecondition, InvalidArgument
+from billing_common.money import Money
 from billing_common.pan import contains_card_number
 from billing_common.settings import SettingsError, load_settings, setting_text
 from gateway_adapter.domain.classification import (
@@ -40,13 +41,19 @@ NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
 
 def request(**changes: object) -> ChargeRequest:
-    base = ChargeRequest("m-1", MethodType.CARD, "tok_success", 1000, "USD", "key-1")
+    base = ChargeRequest("m-1", MethodType.CARD, "tok_success", usd(1000), "key-1")
     return replace(base, **changes)  # type: ignore[arg-type]
 
 
+def usd(amount_minor: int) -> Money:
+    return Money(amount_minor, "USD")
+
+
 def paid(amount: int = 1000, status: Status = Status.SUCCEEDED) -> Payment:
-    charge = request(amount_minor=amount)
-    return Payment("p-1", charge, charge.fingerprint(), "sandbox-card", status, None, "", "", "", 0, NOW, NOW)
+    charge = request(amount=usd(amount))
+    return Payment(
+        "p-1", charge, charge.fingerprint(), "sandbox-card", status, None, "", "", "", usd(0), NOW, NOW
+    )
 
 
 class TestClassification:
@@ -134,9 +141,9 @@ class TestRouting:
 class TestCharges:
     def test_validation_names_every_bad_field(self) -> None:
         with pytest.raises(InvalidArgument) as error:
-            validate_charge(request(merchant_id="", amount_minor=-5, currency="dollars", idempotency_key=""))
+            validate_charge(request(merchant_id="", amount=usd(-5), idempotency_key=""))
         fields = {v.field for v in error.value.violations}
-        assert fields == {"merchant_id", "amount.amount_minor", "amount.currency", "idempotency_key"}
+        assert fields == {"merchant_id", "amount.amount_minor", "idempotency_key"}
 
     @pytest.mark.parametrize(
         "token",
@@ -160,7 +167,8 @@ class TestCharges:
     @pytest.mark.parametrize(
         ("change", "named"),
         [
-            ({"amount_minor": 1001}, "amount"),
+            ({"amount": usd(1001)}, "amount"),
+            ({"amount": Money(1000, "EUR")}, "currency"),
             ({"merchant_id": "m-2"}, "merchant_id"),
             ({"token": "tok_x"}, "payment_method"),
         ],
@@ -190,29 +198,29 @@ class TestRefunds:
     def test_refunds_never_exceed_the_payment(self, amount: int, asks: list[int]) -> None:
         payment = paid(amount)
         for n, ask in enumerate(asks):
-            left = payment.refundable_minor
+            left = payment.refundable.amount_minor
             try:
-                granted = refund_amount(payment, RefundRequest("p-1", ask, f"r-{n}"), "USD")
+                granted = refund_amount(payment, RefundRequest("p-1", usd(ask), f"r-{n}"))
             except FailedPrecondition:
                 assert ask > left
                 continue
-            assert granted == ask <= left
+            assert granted.amount_minor == ask <= left
             payment = after_refund(payment, granted, NOW)
-        assert 0 <= payment.refunded_minor <= amount
-        assert (payment.status is Status.REFUNDED) == (payment.refunded_minor == amount)
+        assert 0 <= payment.refunded.amount_minor <= amount
+        assert (payment.status is Status.REFUNDED) == (payment.refunded == usd(amount))
 
     def test_a_full_refund_takes_what_is_left(self) -> None:
-        payment = after_refund(paid(1000), 300, NOW)
-        assert refund_amount(payment, RefundRequest("p-1", None, "r"), None) == 700
+        payment = after_refund(paid(1000), usd(300), NOW)
+        assert refund_amount(payment, RefundRequest("p-1", None, "r")) == usd(700)
 
     def test_refunds_claimed_but_not_yet_recorded_count_against_what_is_left(self) -> None:
-        payment = after_refund(paid(1000), 300, NOW)
-        assert refund_amount(payment, RefundRequest("p-1", None, "r"), None, claimed_minor=500) == 200
+        payment = after_refund(paid(1000), usd(300), NOW)
+        assert refund_amount(payment, RefundRequest("p-1", None, "r"), claimed_minor=500) == usd(200)
         with pytest.raises(FailedPrecondition, match="200 left"):
-            refund_amount(payment, RefundRequest("p-1", 201, "r"), None, claimed_minor=500)
+            refund_amount(payment, RefundRequest("p-1", usd(201), "r"), claimed_minor=500)
 
     def test_only_collected_payments_in_their_currency_are_refundable(self) -> None:
         with pytest.raises(FailedPrecondition):
-            refund_amount(paid(status=Status.PENDING), RefundRequest("p-1", None, "r"), None)
+            refund_amount(paid(status=Status.PENDING), RefundRequest("p-1", None, "r"))
         with pytest.raises(FailedPrecondition, match="USD"):
-            refund_amount(paid(), RefundRequest("p-1", 10, "r"), "EUR")
+            refund_amount(paid(), RefundRequest("p-1", Money(10, "EUR"), "r"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from billing.common.v1 import common_pb2
 from billing.events.v1 import payment_pb2 as events
 from billing_common.payments import DeclineKind, FailureType
-from billing_common.protos import ProtoEnum
+from billing_common.protos import ProtoEnum, money_pb
 from gateway_adapter.domain.payments import MethodType, Payment, Status
 
 # A call still in flight has no known outcome yet.
@@ -37,7 +37,7 @@ def facts(payment: Payment) -> events.PaymentFacts:
         merchant_id=payment.request.merchant_id,
         caller_reference=payment.request.caller_reference,
         idempotency_key=payment.request.idempotency_key,
-        amount=common_pb2.Money(amount_minor=payment.request.amount_minor, currency=payment.request.currency),
+        amount=money_pb(payment.request.amount),
         method_type=method_type_pb(payment.request.method_type),
         gateway=payment.gateway,
         status=payment_status_pb(payment.status),

@@ -9,13 +9,14 @@ from typing import Any
 
 import asyncpg
 
-from billing.common.v1 import common_pb2
 from billing.events.v1 import payment_pb2 as events
 from billing_common import telemetry
 from billing_common.db import connection, transaction
 from billing_common.errors import FailedPrecondition, NotFound
 from billing_common.events import Outbox
+from billing_common.money import Money
 from billing_common.payments import DeclineKind, FailureType
+from billing_common.protos import money_pb
 from billing_common.suite_clock import DueWork
 from gateway_adapter.adapters.codec import facts, payment_status_pb
 from gateway_adapter.app.ports import (
@@ -43,8 +44,7 @@ def payment_from(row: asyncpg.Record) -> Payment:
         merchant_id=row["merchant_id"],
         method_type=MethodType(row["method_type"]),
         token=row["gateway_token"],
-        amount_minor=row["amount_minor"],
-        currency=row["currency"],
+        amount=Money(row["amount_minor"], row["currency"]),
         idempotency_key=row["idempotency_key"] or "",
         caller_reference=row["caller_reference"],
         metadata=row["metadata"],
@@ -67,7 +67,7 @@ def payment_from(row: asyncpg.Record) -> Payment:
         gateway_code=row["gateway_code"],
         gateway_message=row["gateway_message"],
         gateway_reference=row["gateway_reference"],
-        refunded_minor=row["refunded_minor"],
+        refunded=Money(row["refunded_minor"], row["currency"]),
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         checks_done=row["checks_done"],
@@ -127,8 +127,8 @@ class PostgresPayments:
                 [claim.request.merchant_id for claim in claims],
                 [claim.request.method_type.value for claim in claims],
                 [claim.request.token for claim in claims],
-                [claim.request.amount_minor for claim in claims],
-                [claim.request.currency for claim in claims],
+                [claim.request.amount.amount_minor for claim in claims],
+                [claim.request.amount.currency for claim in claims],
                 [claim.gateway for claim in claims],
                 [claim.request.caller_reference for claim in claims],
                 [dict(claim.request.metadata) for claim in claims],
@@ -291,7 +291,11 @@ class PostgresPayments:
         return int(result.split()[-1])
 
     async def claim_refund(
-        self, request: RefundRequest, refund_id: str, now: datetime, amount_of: Callable[[Payment, int], int]
+        self,
+        request: RefundRequest,
+        refund_id: str,
+        now: datetime,
+        amount_of: Callable[[Payment, int], Money],
     ) -> RefundClaim:
         async with transaction(self._pool) as conn:
             existing = await conn.fetchrow(
@@ -317,7 +321,7 @@ class PostgresPayments:
                 raise NotFound("payment not found")
             payment = payment_from(row)
             claimed = await conn.fetchval(
-                """SELECT coalesce(sum(amount_minor), 0) FROM refunds
+                """SELECT coalesce(sum(amount_minor), 0)::bigint FROM refunds
                    WHERE payment_id = $1 AND recorded_at IS NULL""",
                 payment_key,
             )
@@ -331,8 +335,8 @@ class PostgresPayments:
                 payment_key,
                 request.idempotency_key,
                 request.fingerprint(),
-                amount_of(payment, claimed),
-                payment.request.currency,
+                amount_of(payment, claimed).amount_minor,
+                payment.request.amount.currency,
                 request.reason,
                 now,
             )
@@ -362,11 +366,11 @@ class PostgresPayments:
                 reply.reference,
                 now,
             )
-            refunded = after_refund(payment, stored.amount_minor, now)
+            refunded = after_refund(payment, stored.amount, now)
             await conn.execute(
                 "UPDATE payments SET refunded_minor = $2, status = $3, updated_at = $4 WHERE payment_id = $1",
                 row["payment_id"],
-                refunded.refunded_minor,
+                refunded.refunded.amount_minor,
                 refunded.status.value,
                 now,
             )
@@ -375,10 +379,8 @@ class PostgresPayments:
                 events.PaymentRefunded(
                     payment=facts(refunded),
                     refund_id=stored.refund_id,
-                    refunded=common_pb2.Money(amount_minor=stored.amount_minor, currency=stored.currency),
-                    refunded_total=common_pb2.Money(
-                        amount_minor=refunded.refunded_minor, currency=stored.currency
-                    ),
+                    refunded=money_pb(stored.amount),
+                    refunded_total=money_pb(refunded.refunded),
                 ),
             )
             return stored, refunded
@@ -426,8 +428,7 @@ def _refund_from(row: asyncpg.Record) -> StoredRefund:
     return StoredRefund(
         refund_id=str(row["refund_id"]),
         payment_id=str(row["payment_id"]),
-        amount_minor=row["amount_minor"],
-        currency=row["currency"],
+        amount=Money(row["amount_minor"], row["currency"]),
         fingerprint=row["request_fingerprint"],
         created_at=row["created_at"],
     )

@@ -377,8 +377,7 @@ class Payments:
             payment.payment_id,
             request.merchant_id,
             request.token,
-            request.amount_minor,
-            request.currency,
+            request.amount,
             request.idempotency_key,
             credentials_ref,
             request.metadata,
@@ -443,15 +442,13 @@ class Payments:
     def circuit(self, merchant_id: str, gateway: str) -> CircuitView:
         return self._breakers.view(merchant_id, gateway)
 
-    async def refund(
-        self, request: RefundRequest, currency: str | None
-    ) -> tuple[StoredRefund, Payment, bool]:
+    async def refund(self, request: RefundRequest) -> tuple[StoredRefund, Payment, bool]:
         validate_refund(request)
         claim = await self._store.claim_refund(
             request,
             str(uuid.uuid4()),
             self._clock.now(),
-            lambda payment, claimed: refund_amount(payment, request, currency, claimed),
+            lambda payment, claimed_minor: refund_amount(payment, request, claimed_minor),
         )
         if claim.recorded:
             return claim.refund, claim.payment, True
@@ -468,8 +465,7 @@ class Payments:
         call = GatewayRefund(
             payment.payment_id,
             payment.gateway_reference,
-            claim.refund.amount_minor,
-            payment.request.currency,
+            claim.refund.amount,
             idempotency_key,
             route.credentials_ref,
         )

@@ -8,6 +8,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
+from billing_common.money import Money
 from billing_common.pacing import Booking
 from gateway_adapter.domain.classification import Classification
 from gateway_adapter.domain.payments import ChargeRequest, Payment, RefundRequest, Status
@@ -26,8 +27,7 @@ class GatewayCharge:
     payment_id: str
     merchant_id: str
     token: str
-    amount_minor: int
-    currency: str
+    amount: Money
     idempotency_key: str
     credentials_ref: str
     metadata: Mapping[str, str] = field(default_factory=dict)
@@ -37,8 +37,7 @@ class GatewayCharge:
 class GatewayRefund:
     payment_id: str
     gateway_reference: str
-    amount_minor: int
-    currency: str
+    amount: Money
     idempotency_key: str
     credentials_ref: str
 
@@ -114,8 +113,7 @@ class PaymentUpdate:
 class StoredRefund:
     refund_id: str
     payment_id: str
-    amount_minor: int
-    currency: str
+    amount: Money
     fingerprint: str
     created_at: datetime
 
@@ -181,7 +179,11 @@ class PaymentStore(Protocol):
     async def forget_keys(self, older_than: datetime) -> int: ...
 
     async def claim_refund(
-        self, request: RefundRequest, refund_id: str, now: datetime, amount_of: Callable[[Payment, int], int]
+        self,
+        request: RefundRequest,
+        refund_id: str,
+        now: datetime,
+        amount_of: Callable[[Payment, int], Money],
     ) -> RefundClaim:
         """The refund with this key, or a new claim of `amount_of(payment, already claimed)` written
         under the payment's row lock, so two refunds never exceed what is left. The lock ends with

@@ -9,12 +9,11 @@ from typing import Any
 import grpc
 from google.rpc import error_details_pb2
 
-from billing.common.v1 import common_pb2
 from billing.gateway.v1 import gateway_pb2 as pb
 from billing.gateway.v1 import gateway_pb2_grpc
 from billing_common.auth import OPERATOR, READERS
 from billing_common.errors import BillingError, FailedPrecondition, InvalidArgument, Unavailable
-from billing_common.protos import ProtoEnum
+from billing_common.protos import ProtoEnum, money_of, money_pb
 from gateway_adapter.adapters.codec import (
     METHOD_TYPES,
     decline_kind_pb,
@@ -50,8 +49,8 @@ def payment_pb(payment: Payment) -> pb.Payment:
         payment_id=payment.payment_id,
         merchant_id=request.merchant_id,
         method_type=method_type_pb(request.method_type),
-        amount=common_pb2.Money(amount_minor=request.amount_minor, currency=request.currency),
-        refunded=common_pb2.Money(amount_minor=payment.refunded_minor, currency=request.currency),
+        amount=money_pb(request.amount),
+        refunded=money_pb(payment.refunded),
         status=payment_status_pb(payment.status),
         failure_type=failure_type_pb(payment.failure_type),
         decline_kind=decline_kind_pb(payment.decline_kind),
@@ -74,7 +73,7 @@ def refund_pb(refund: StoredRefund) -> pb.Refund:
     message = pb.Refund(
         refund_id=refund.refund_id,
         payment_id=refund.payment_id,
-        amount=common_pb2.Money(amount_minor=refund.amount_minor, currency=refund.currency),
+        amount=money_pb(refund.amount),
     )
     message.created_at.FromDatetime(refund.created_at)
     return message
@@ -96,13 +95,16 @@ def _charge(request: pb.ChargeRequest, default_lane: Lane) -> tuple[ChargeReques
         method = METHOD_TYPES.ours(request.payment_method.type)
     except ValueError:
         return InvalidArgument.of("payment_method.type", "must be CARD, ACH or STRIPE"), lane
+    try:
+        amount = money_of(request.amount, "amount")
+    except InvalidArgument as refusal:
+        return refusal, lane
     return (
         ChargeRequest(
             merchant_id=request.merchant_id,
             method_type=method,
             token=request.payment_method.gateway_token,
-            amount_minor=request.amount.amount_minor,
-            currency=request.amount.currency,
+            amount=amount,
             idempotency_key=request.idempotency_key,
             caller_reference=request.caller_reference,
             metadata=dict(request.metadata),
@@ -181,11 +183,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         refund, payment, replayed = await self._payments.refund(
             RefundRequest(
                 payment_id=request.payment_id,
-                amount_minor=request.amount.amount_minor if partial else None,
+                amount=money_of(request.amount, "amount") if partial else None,
                 idempotency_key=request.idempotency_key,
                 reason=request.reason,
-            ),
-            request.amount.currency if partial else None,
+            )
         )
         return pb.RefundResponse(refund=refund_pb(refund), payment=payment_pb(payment), replayed=replayed)
 
