@@ -13,7 +13,7 @@ from billing_common.paging import PageTokens
 from billing_common.service import Registration, Resources, ServiceParts, Setup, run_service
 from tier.adapters.api_registry import ApiClientRegistryProvider
 from tier.adapters.estate_store import PostgresEstate
-from tier.adapters.metrics import PrometheusMetrics
+from tier.adapters.metrics import PrometheusTierMetrics
 from tier.adapters.scan_store import PostgresScans, unfinished_scans
 from tier.adapters.tier_store import PostgresTiers
 from tier.adapters.workos_sso import WorkOsSsoProvider
@@ -52,7 +52,7 @@ def build(settings: TierSettings) -> Setup:
     pages = PageTokens.from_settings(settings)
 
     async def setup(r: Resources) -> ServiceParts:
-        metrics = PrometheusMetrics()
+        metrics = PrometheusTierMetrics()
         accounts = Accounts(PostgresEstate(r.pool), metrics)
         await accounts.rebuild()
         providers: list[SignalProvider] = []
