@@ -20,7 +20,7 @@ from billing_common.grpc_client import open_channel
 from billing_common.grpc_server import CORRELATION_HEADER
 from billing_common.service import ServiceHost
 from billing_common.settings import CommonSettings
-from billing_common.testing.echo import SERVICE, echo_setup, echo_stub
+from billing_common.testing.echo import SERVICE, echo_registration, echo_setup, echo_stub
 from billing_common.testing.plugin import InfraEnv, eventually, running_service, session_signing_key
 from billing_common.testing.processes import settings_env
 from billing_common.tokens import SigningKey, issue, write_jwks
@@ -310,3 +310,28 @@ async def test_clients_are_made_to_reconnect_so_they_reach_pods_added_since(env:
             await asyncio.sleep(0.1)
     # A new connection is a new resolution of the Service's name: pods added since are seen.
     assert len(peers) >= 3
+
+
+async def _bare_echo_server(port: int) -> tuple[grpc.aio.Server, int]:
+    server = grpc.aio.server()
+    echo_registration(set()).add_to_server(None, server)
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    return server, bound
+
+
+async def test_a_new_channel_reaches_a_server_restarted_on_a_port_an_older_channel_saw_refused() -> None:
+    """Loopback ports are reused between tests: an open channel's refused connection to a stopped
+    server must not make a new channel to the server now on that port fail its first call."""
+    first, port = await _bare_echo_server(0)
+    async with open_channel(f"127.0.0.1:{port}") as older:
+        assert await echo_stub(older)(b"before") == b"before"
+        await first.stop(None)
+        # The older channel keeps reconnecting, refused, its back-off growing (1 s, 1.6 s, 2.6 s...).
+        await asyncio.sleep(3)
+        second, _ = await _bare_echo_server(port)
+        try:
+            async with open_channel(f"127.0.0.1:{port}") as newer:
+                assert await echo_stub(newer)(b"after") == b"after"
+        finally:
+            await second.stop(None)
