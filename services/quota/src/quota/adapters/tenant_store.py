@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import asyncpg
 
 from billing_common.db import transaction
+from billing_common.idempotency import IdempotencyKey, claim, complete
 from quota.adapters.catalog_store import _add_on
-from quota.adapters.idempotency import claim, complete
-from quota.app.ports import IdempotencyRef
 from quota.domain.catalog import AddOn, Behaviour
 from quota.domain.resolution import Grant, Override, SubscriptionView
 
@@ -42,7 +39,9 @@ class PostgresTenants:
         rows = await self._pool.fetch("SELECT * FROM subscriptions WHERE tenant_id = $1", tenant_id)
         return [_view(r) for r in rows]
 
-    async def save_snapshot(self, conn: Any, view: SubscriptionView) -> SubscriptionView | None:
+    async def save_snapshot(
+        self, conn: asyncpg.Connection, view: SubscriptionView
+    ) -> SubscriptionView | None:
         row = await conn.fetchrow(
             "SELECT * FROM subscriptions WHERE subscription_id = $1 FOR UPDATE", view.subscription_id
         )
@@ -121,7 +120,7 @@ class PostgresTenants:
         )
         return [_grant(r) for r in rows]
 
-    async def create_grant(self, grant: Grant, idem: IdempotencyRef) -> Grant:
+    async def create_grant(self, grant: Grant, idem: IdempotencyKey) -> Grant:
         async with transaction(self._pool) as conn:
             prior = await claim(conn, idem)
             if prior is None:
