@@ -224,7 +224,7 @@ class Entitlements:
         resolution = await self.resolution(tenant_id)
         if attached and resolution.denied:
             raise FailedPrecondition(f"tenant {tenant_id} has no active subscription to add to")
-        await self._tenants.attach_add_on(tenant_id, code, attached)
+        await self._tenants.attach_add_on(tenant_id, code, attached, self._clock.now())
         await self._changed(tenant_id)
         return await self.resolution(tenant_id)
 

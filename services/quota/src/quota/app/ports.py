@@ -11,7 +11,7 @@ from typing import NamedTuple, Protocol
 import asyncpg
 
 from billing_common.idempotency import IdempotencyKey
-from quota.domain.catalog import AddOn, Plan, PlanSpec
+from quota.domain.catalog import ActiveAddOn, AddOn, Plan, PlanSpec
 from quota.domain.resolution import Grant, Override, SubscriptionView
 
 
@@ -36,8 +36,20 @@ class TenantStore(Protocol):
         """Apply a snapshot in the caller's transaction; None when an equal or newer one is applied."""
         ...
 
-    async def add_ons_of(self, tenant_id: str) -> list[AddOn]: ...
-    async def attach_add_on(self, tenant_id: str, code: str, attached: bool) -> None: ...
+    async def add_ons_of(self, tenant_id: str) -> list[AddOn]:
+        """The add-ons the tenant holds now."""
+        ...
+
+    async def attach_add_on(self, tenant_id: str, code: str, attached: bool, at: datetime) -> None:
+        """Add (from `at`) or remove (at `at`) an add-on; adding a held one or removing one not held
+        changes nothing, so a stretch keeps the time it began."""
+        ...
+
+    async def add_ons_held(self, periods: Sequence[TenantPeriod]) -> list[list[ActiveAddOn]]:
+        """For each tenant's [start, end), every stretch in which it held an add-on, clamped to the
+        window, in the order they began; one query for them all."""
+        ...
+
     async def overrides(self, tenant_id: str) -> list[Override]: ...
     async def set_override(self, override: Override | None, tenant_id: str, key: str) -> None: ...
     async def grants(self, tenant_id: str) -> list[Grant]: ...

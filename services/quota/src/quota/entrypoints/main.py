@@ -62,11 +62,13 @@ def build(settings: QuotaSettings) -> Lifespan:
             catalog_store = PostgresCatalog(r.pool, r.outbox)
             invalidations = RedisInvalidations(redis, settings.namespace)
             cache = EntitlementCache(r.clock, settings.entitlement_cache_ttl)
-            entitlements = Entitlements(PostgresTenants(r.pool), catalog_store, r.clock, cache, invalidations)
+            tenants = PostgresTenants(r.pool)
+            entitlements = Entitlements(tenants, catalog_store, r.clock, cache, invalidations)
             counters = RedisCounters(redis, settings.namespace, reads)
             usage = Usage(
                 entitlements,
                 catalog_store,
+                tenants,
                 counters,
                 PostgresUsageLedger(r.pool, r.outbox),
                 r.clock,

@@ -249,10 +249,12 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
 
 
 def _summary_pb(tenant_id: str, summary: Summary) -> pb.GetUsageSummaryResponse:
-    charges, keys, currency = summary
-    response = pb.GetUsageSummaryResponse(tenant_id=tenant_id)
+    currency = summary.currency
+    response = pb.GetUsageSummaryResponse(
+        tenant_id=tenant_id, add_ons=[m.active_add_on_pb(held) for held in summary.add_ons]
+    )
     total = 0
-    for key, charge in zip(keys, charges, strict=True):
+    for key, charge in zip(summary.keys, summary.charges, strict=True):
         item = response.totals.add(
             key=key,
             quantity=charge.quantity,
