@@ -14,7 +14,7 @@ from billing_common.idempotency import IdempotencyKey
 from billing_common.locks import Lease
 from billing_common.money import Money
 from recurring.domain.events import Event
-from recurring.domain.invoicing import Invoice, Transaction, UsageCharge
+from recurring.domain.invoicing import Invoice, PeriodUsage, Transaction
 from recurring.domain.ledger import Posting
 from recurring.domain.payments import (
     ChargeRequest,
@@ -226,7 +226,7 @@ class Store(Protocol):
 
 class Quota(Protocol):
     async def get_plan(self, code: str, version: int = 0) -> PlanInfo: ...
-    async def usage(self, tenant: str, start: datetime, end: datetime) -> list[UsageCharge]: ...
+    async def usage(self, tenant: str, start: datetime, end: datetime) -> PeriodUsage: ...
     async def plan_for_tier(self, tier: str) -> str | None: ...
 
 

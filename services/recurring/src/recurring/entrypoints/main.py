@@ -64,7 +64,7 @@ def build(settings: RecurringSettings) -> Lifespan:
     ) -> ServiceParts:
         clock = r.clock
         store = PostgresStore(r.pool, r.outbox, EventMessages(zone))
-        quota = QuotaClient(quota_channel, settings.charge_timeout)
+        quota = QuotaClient(quota_channel, settings.charge_timeout, zone)
         outages = RedisOutageCounter(r.redis, settings.namespace)
         charging = Charging(
             GatewayClient(gateway_channel, settings.charge_timeout),
