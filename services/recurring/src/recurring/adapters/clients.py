@@ -136,6 +136,13 @@ class QuotaClient:
             if error.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
                 return PeriodUsage()
             raise _translate(error, "usage") from None
+        return self._period_usage(reply, start, end)
+
+    def _period_usage(
+        self, summary: quota_pb2.GetUsageSummaryResponse, start: datetime, end: datetime
+    ) -> PeriodUsage:
+        """A summary of [start, end) as the biller takes it: billable usage, and each stretch an
+        add-on was held as the days of the billing time zone it covers."""
         period = Period(self._day(start), self._day(end))
         charges = tuple(
             UsageCharge(
@@ -144,7 +151,7 @@ class QuotaClient:
                 t.unit_price.value,
                 Money(t.amount.amount_minor, t.amount.currency),
             )
-            for t in reply.totals
+            for t in summary.totals
             if t.amount.amount_minor
         )
         add_ons = tuple(
@@ -155,7 +162,7 @@ class QuotaClient:
                 period,
                 Period(self._day(to_datetime(a.active_from)), self._day(to_datetime(a.active_until))),
             )
-            for a in reply.add_ons
+            for a in summary.add_ons
         )
         return PeriodUsage(charges, add_ons)
 
