@@ -12,7 +12,7 @@ import asyncpg
 from billing.events.v1 import payment_pb2 as events
 from billing_common import telemetry
 from billing_common.db import connection, transaction
-from billing_common.errors import FailedPrecondition, NotFound
+from billing_common.errors import KeyReused, NotFound
 from billing_common.events import Outbox
 from billing_common.money import Money
 from billing_common.payments import DeclineKind, FailureType
@@ -304,9 +304,7 @@ class PostgresPayments:
             if existing is not None:
                 stored = _refund_from(existing)
                 if stored.fingerprint != request.fingerprint():
-                    raise FailedPrecondition(
-                        f"idempotency key {request.idempotency_key!r} was used for a different refund"
-                    )
+                    raise KeyReused(request.idempotency_key, "refund")
                 paid = await conn.fetchrow(
                     "SELECT * FROM payments WHERE payment_id = $1", existing["payment_id"]
                 )
