@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from billing_common.clock import ControllableClock
 from billing_common.errors import FailedPrecondition, InvalidArgument
@@ -46,6 +48,7 @@ START = datetime.combine(TODAY, time(9), UTC)
 USD = "USD"
 BASIC = PlanInfo("basic", 1, "Basic", Money(3000, USD), Frequency.MONTHLY, 0)
 PRO = PlanInfo("pro", 2, "Pro", Money(6000, USD), Frequency.MONTHLY, 0)
+CHEAP = PlanInfo("cheap", 1, "Cheap", Money(1000, USD), Frequency.MONTHLY, 0)
 RULES = Rules(minimum_charge_minor=50, max_failures=3, defer_delay=timedelta(minutes=1))
 OPERATOR = Cause("operator")
 T = TypeVar("T")
@@ -66,7 +69,7 @@ class Billing:
         self.store = FakeStore()
         self.tables = self.store.tables
         self.clock = ControllableClock(START)
-        self.quota = FakeQuota([BASIC, PRO])
+        self.quota = FakeQuota([BASIC, PRO, CHEAP])
         self.gateway = FakeGateway()
         self.outages = FakeOutages()
         charging = Charging(self.gateway, NoPacing(), max_in_flight=8)
@@ -182,6 +185,41 @@ def test_an_upgrade_mid_period_prorates_the_rest_of_the_paid_period_onto_the_nex
     renewal = max(billing.tables.invoices.values(), key=lambda i: i.billing_date)
     assert renewal.total == usd(6000 - 1839 + 3678)
     assert [p.invoice_id for p in billing.tables.prorations] == [renewal.invoice_id] * 2
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 30), st.sampled_from([PRO, CHEAP]))
+def test_a_plan_change_on_any_day_of_a_paid_period_bills_each_price_for_the_days_it_held(
+    day: int, target: PlanInfo
+) -> None:
+    billing = Billing()
+    sub = run(billing.subscribe())
+    run(billing.bill_today())
+    billing.clock.set(START + timedelta(days=day))
+    changes = Changes(frozenset({"plan_code"}), plan_code=target.code)
+    run(billing.subscriptions.update(sub.subscription_id, changes, billing.key("Update"), OPERATOR))
+    billing.clock.set(START + timedelta(days=31))
+    run(billing.bill_today())
+    first, renewal = sorted(billing.tables.invoices.values(), key=lambda i: i.billing_date)
+    remaining = 31 - day
+    held = BASIC.price.amount_minor * day + target.price.amount_minor * remaining
+    # The period from March 10 (31 days) cost what each plan costs for the days it held, to a cent.
+    paid_for_period = first.total.amount_minor + renewal.total.amount_minor - target.price.amount_minor
+    assert abs(paid_for_period * 31 - held) <= 31
+    assert (first.total, renewal.subscription_id) == (BASIC.price, sub.subscription_id)
+
+
+def test_an_update_naming_an_unknown_field_is_refused_naming_update_mask_and_writes_nothing() -> None:
+    billing = Billing()
+    sub = run(billing.subscribe())
+    changes = Changes(frozenset({"status"}))
+    unchanged_by(
+        billing,
+        lambda: billing.subscriptions.update(sub.subscription_id, changes, billing.key("Update"), OPERATOR),
+        InvalidArgument,
+    )
+    with pytest.raises(InvalidArgument, match=r"update_mask: .*not \['status'\]"):
+        run(billing.subscriptions.update(sub.subscription_id, changes, billing.key("Update"), OPERATOR))
 
 
 def test_pause_then_resume_moves_the_state_and_announces_each_once() -> None:
