@@ -11,13 +11,14 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from billing_common.errors import FailedPrecondition
+from billing_common.errors import KeyInFlight, KeyReused
+from billing_common.idempotency import IdempotencyKey
 from billing_common.locks import Lease
 from billing_common.money import Money
 from recurring.app.ports import ChargeNotAnswered
 from recurring.domain import ledger
 from recurring.domain.events import Event
-from recurring.domain.invoicing import Invoice, InvoiceFilter, Transaction, UsageCharge
+from recurring.domain.invoicing import Invoice, InvoiceFilter, PeriodUsage, Transaction
 from recurring.domain.ledger import LedgerLine
 from recurring.domain.payments import (
     GATEWAY_BY_METHOD,
@@ -80,7 +81,8 @@ class Tables:
     attempts: dict[str, list[Transaction]] = field(default_factory=dict)
     postings: list[ledger.Posting] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
-    keys: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+    # (scope, key) -> (fingerprint, answer; None until the claiming call completes it)
+    keys: dict[tuple[str, str], tuple[str, str | None]] = field(default_factory=dict)
 
     def claim(self, items: Sequence[WorkItem]) -> None:
         for item in items:
@@ -472,20 +474,29 @@ class FakeOutbox:
 
 
 class FakeKeys:
+    """The answers of billing_common.idempotency's claim and complete, on a table."""
+
     def __init__(self, t: Tables) -> None:
         self._t = t
 
-    async def claim(self, scope: str, key: str, request_hash: str) -> str | None:
-        earlier = self._t.keys.get((scope, key))
+    async def claim(self, idem: IdempotencyKey) -> str | None:
+        earlier = self._t.keys.get((idem.scope, idem.key))
         if earlier is None:
-            self._t.keys[(scope, key)] = (request_hash, "")
+            self._t.keys[(idem.scope, idem.key)] = (idem.fingerprint, None)
             return None
-        if earlier[0] != request_hash:
-            raise FailedPrecondition(f"idempotency key {key!r} was used with a different request")
-        return earlier[1]
+        fingerprint, answer = earlier
+        if fingerprint != idem.fingerprint:
+            raise KeyReused(idem.key)
+        if answer is None:
+            raise KeyInFlight(idem.key)
+        return answer
 
-    async def complete(self, scope: str, key: str, result_ref: str) -> None:
-        self._t.keys[(scope, key)] = (self._t.keys[(scope, key)][0], result_ref)
+    async def complete(self, idem: IdempotencyKey, answer: str) -> None:
+        if self._t.keys.get((idem.scope, idem.key)) != (idem.fingerprint, None):
+            raise RuntimeError(
+                f"idempotency key {idem.key!r} was completed without being claimed in this call"
+            )
+        self._t.keys[(idem.scope, idem.key)] = (idem.fingerprint, answer)
 
 
 class FakeUnitOfWork:
@@ -575,18 +586,20 @@ class FakeOutages:
 
 
 class FakeQuota:
-    def __init__(self, plans: Sequence[PlanInfo] = (), usage: Sequence[UsageCharge] = ()) -> None:
+    """Plans by code, and one usage report (priced usage and add-ons held) for every period asked."""
+
+    def __init__(self, plans: Sequence[PlanInfo] = ()) -> None:
         self.plans = {plan.code: plan for plan in plans}
         self.tiers: dict[str, str] = {}
-        self.usage_of_period = list(usage)
+        self.usage_of_period = PeriodUsage()
         self.usage_calls = 0
 
     async def get_plan(self, code: str, version: int = 0) -> PlanInfo:
         return self.plans[code]
 
-    async def usage(self, tenant: str, start: datetime, end: datetime) -> list[UsageCharge]:
+    async def usage(self, tenant: str, start: datetime, end: datetime) -> PeriodUsage:
         self.usage_calls += 1
-        return list(self.usage_of_period)
+        return self.usage_of_period
 
     async def plan_for_tier(self, tier: str) -> str | None:
         return self.tiers.get(tier)

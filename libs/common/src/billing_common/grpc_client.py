@@ -194,7 +194,13 @@ def open_channel(
     target: str, token: Token = "", *, root_certificates: bytes | None = None
 ) -> grpc.aio.Channel:
     """A channel to another billing service; TLS when root certificates are given."""
-    options = [("grpc.service_config", _SERVICE_CONFIG), ("grpc.enable_retries", 1)]
+    options = [
+        ("grpc.service_config", _SERVICE_CONFIG),
+        ("grpc.enable_retries", 1),
+        # Connections are the channel's own: a new channel never inherits another channel's refused
+        # connection (and its reconnect back-off) to an address that a new server now listens on.
+        ("grpc.use_local_subchannel_pool", 1),
+    ]
     if root_certificates is not None:
         credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
         channel = grpc.aio.secure_channel(target, credentials, options=options)

@@ -16,20 +16,21 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from billing_common.clock import ControllableClock
-from billing_common.errors import FailedPrecondition, InvalidArgument
+from billing_common.errors import FailedPrecondition, InvalidArgument, KeyReused
+from billing_common.idempotency import IdempotencyKey
 from billing_common.money import Money
 from recurring.app.charging import Charging
 from recurring.app.invoices import Invoices
 from recurring.app.runs import Runs, Schedule
-from recurring.app.subscriptions import IdempotencyRef, Subscriptions
+from recurring.app.subscriptions import Subscriptions
 from recurring.app.worker import Worker, WorkerConfig
 from recurring.domain import events as ev
 from recurring.domain import ledger
 from recurring.domain.amendments import Changes, CreateCommand
-from recurring.domain.invoicing import UsageCharge
+from recurring.domain.invoicing import AddOnUse, LineKind, PeriodUsage, UsageCharge
 from recurring.domain.payments import ChargeResult, PaymentStatus, PaymentUpdate
 from recurring.domain.runs import ItemStatus, RunKind, RunState
-from recurring.domain.schedule import Frequency
+from recurring.domain.schedule import Frequency, Period
 from recurring.domain.settlement import ExhaustionPolicy, Rules
 from recurring.domain.status import InvoiceStatus, SubscriptionStatus
 from recurring.domain.subscription import Cause, MethodType, PaymentMethod, PlanInfo, Subscription
@@ -93,9 +94,9 @@ class Billing:
         self.worker = Worker(self.store, self.runs, charging, self.quota, self.outages, self.clock, config)
         self._keys = 0
 
-    def key(self, scope: str) -> IdempotencyRef:
+    def key(self, scope: str) -> IdempotencyKey:
         self._keys += 1
-        return IdempotencyRef(scope, f"key-{self._keys}", f"hash-{self._keys}")
+        return IdempotencyKey(scope, f"key-{self._keys}", f"fingerprint-{self._keys}")
 
     async def subscribe(
         self, token: str = "ok", plan: str = "basic", account: str = "acct_1"
@@ -153,6 +154,18 @@ def test_creating_from_a_plan_snapshots_its_price_and_announces_it_once_per_key(
     assert [h.reason for h in billing.tables.history] == ["created"]
 
 
+def test_a_key_sent_again_with_another_request_is_refused_and_writes_nothing() -> None:
+    billing = Billing()
+    sub = run(billing.subscribe())
+    key = billing.key("PauseSubscription")
+    run(billing.subscriptions.pause(sub.subscription_id, key, OPERATOR))
+    before = copy.deepcopy(billing.tables)
+    other = dataclasses.replace(key, fingerprint="another request")
+    with pytest.raises(KeyReused):
+        run(billing.subscriptions.pause(sub.subscription_id, other, OPERATOR))
+    assert billing.tables == before
+
+
 def test_a_create_without_pricing_names_the_field_and_writes_nothing() -> None:
     billing = Billing()
     cmd = CreateCommand(
@@ -171,7 +184,9 @@ def test_an_upgrade_mid_period_prorates_the_rest_of_the_paid_period_onto_the_nex
     billing.clock.set(START + timedelta(days=12))  # 19 of the period's 31 days remain
     changes = Changes(frozenset({"plan_code"}), plan_code="pro")
     upgraded = run(
-        billing.subscriptions.update(sub.subscription_id, changes, billing.key("Update"), OPERATOR)
+        billing.subscriptions.update(
+            sub.subscription_id, changes, billing.key("UpdateSubscription"), OPERATOR
+        )
     )
     assert (upgraded.plan_code, upgraded.amount) == ("pro", usd(6000))
     amounts = [p.amount.amount_minor for p in billing.tables.prorations]
@@ -201,7 +216,11 @@ def test_a_plan_change_on_any_day_of_a_paid_period_bills_each_price_for_the_days
     run(billing.bill_today())
     billing.clock.set(START + timedelta(days=day))
     changes = Changes(frozenset({"plan_code"}), plan_code=target.code)
-    run(billing.subscriptions.update(sub.subscription_id, changes, billing.key("Update"), OPERATOR))
+    run(
+        billing.subscriptions.update(
+            sub.subscription_id, changes, billing.key("UpdateSubscription"), OPERATOR
+        )
+    )
     billing.clock.set(START + timedelta(days=31))
     run(billing.bill_today())
     first, renewal = sorted(billing.tables.invoices.values(), key=lambda i: i.billing_date)
@@ -223,7 +242,11 @@ def test_a_downgrade_credit_that_leaves_a_renewal_under_the_minimum_still_bills_
     run(billing.bill_today())
     billing.clock.set(START + timedelta(days=16))  # 15 of 31 days left: 968 back, 32 due on April 10
     changes = Changes(frozenset({"plan_code"}), plan_code=CHEAP.code)
-    run(billing.subscriptions.update(sub.subscription_id, changes, billing.key("Update"), OPERATOR))
+    run(
+        billing.subscriptions.update(
+            sub.subscription_id, changes, billing.key("UpdateSubscription"), OPERATOR
+        )
+    )
     for renewal_day in (31, 61):  # April 10 and May 10
         billing.clock.set(START + timedelta(days=renewal_day))
         run(billing.bill_today())
@@ -239,18 +262,26 @@ def test_an_update_naming_an_unknown_field_is_refused_naming_update_mask_and_wri
     changes = Changes(frozenset({"status"}))
     unchanged_by(
         billing,
-        lambda: billing.subscriptions.update(sub.subscription_id, changes, billing.key("Update"), OPERATOR),
+        lambda: billing.subscriptions.update(
+            sub.subscription_id, changes, billing.key("UpdateSubscription"), OPERATOR
+        ),
         InvalidArgument,
     )
     with pytest.raises(InvalidArgument, match=r"update_mask: .*not \['status'\]"):
-        run(billing.subscriptions.update(sub.subscription_id, changes, billing.key("Update"), OPERATOR))
+        run(
+            billing.subscriptions.update(
+                sub.subscription_id, changes, billing.key("UpdateSubscription"), OPERATOR
+            )
+        )
 
 
 def test_pause_then_resume_moves_the_state_and_announces_each_once() -> None:
     billing = Billing()
     sub = run(billing.subscribe())
-    paused = run(billing.subscriptions.pause(sub.subscription_id, billing.key("pause"), OPERATOR))
-    resumed = run(billing.subscriptions.resume(sub.subscription_id, billing.key("resume"), OPERATOR))
+    paused = run(billing.subscriptions.pause(sub.subscription_id, billing.key("PauseSubscription"), OPERATOR))
+    resumed = run(
+        billing.subscriptions.resume(sub.subscription_id, billing.key("ResumeSubscription"), OPERATOR)
+    )
     assert (paused.status, resumed.status) == (SubscriptionStatus.PAUSED, SubscriptionStatus.ACTIVE)
     assert (
         len(billing.events_of(ev.SubscriptionPaused)) == len(billing.events_of(ev.SubscriptionResumed)) == 1
@@ -260,10 +291,10 @@ def test_pause_then_resume_moves_the_state_and_announces_each_once() -> None:
 def test_a_cancelled_subscription_refuses_a_pause_and_nothing_changes() -> None:
     billing = Billing()
     sub = run(billing.subscribe())
-    run(billing.subscriptions.cancel(sub.subscription_id, False, billing.key("cancel"), OPERATOR))
+    run(billing.subscriptions.cancel(sub.subscription_id, False, billing.key("CancelSubscription"), OPERATOR))
     unchanged_by(
         billing,
-        lambda: billing.subscriptions.pause(sub.subscription_id, billing.key("pause"), OPERATOR),
+        lambda: billing.subscriptions.pause(sub.subscription_id, billing.key("PauseSubscription"), OPERATOR),
         FailedPrecondition,
     )
 
@@ -273,7 +304,11 @@ def test_cancelling_at_period_end_twice_announces_once_and_the_run_ends_it_witho
     sub = run(billing.subscribe())
     run(billing.bill_today())
     for _ in range(2):
-        run(billing.subscriptions.cancel(sub.subscription_id, True, billing.key("cancel"), OPERATOR))
+        run(
+            billing.subscriptions.cancel(
+                sub.subscription_id, True, billing.key("CancelSubscription"), OPERATOR
+            )
+        )
     assert len(billing.events_of(ev.SubscriptionCancelled)) == 1
     calls = len(billing.gateway.calls)
     billing.clock.set(START + timedelta(days=31))
@@ -379,13 +414,34 @@ def test_usage_of_the_period_is_invoiced_in_arrears_with_one_quota_call_per_mete
     sub = run(billing.subscribe())
     run(billing.bill_today())
     assert billing.quota.usage_calls == 0  # the first occurrence has no period behind it
-    billing.quota.usage_of_period = [UsageCharge("api_calls", 1200, "0.5", usd(600))]
+    billing.quota.usage_of_period = PeriodUsage((UsageCharge("api_calls", 1200, "0.5", usd(600)),))
     billing.clock.set(START + timedelta(days=31))
     run(billing.bill_today())
     renewal = max(billing.tables.invoices.values(), key=lambda i: i.billing_date)
     assert renewal.subscription_id == sub.subscription_id
     assert renewal.total == usd(3600)
     assert billing.quota.usage_calls == 1
+
+
+def test_an_add_on_held_part_of_the_period_is_billed_on_the_renewal_for_the_days_it_was_held() -> None:
+    billing = Billing()
+    sub = run(billing.subscribe())
+    run(billing.bill_today())
+    period = Period(TODAY, date(2026, 4, 10))  # 31 days behind the renewal's due date
+    sso = AddOnUse("sso", "SSO", usd(3100), period, Period(date(2026, 3, 25), period.end))
+    billing.quota.usage_of_period = PeriodUsage(add_ons=(sso,))
+    billing.clock.set(START + timedelta(days=31))
+    run(billing.bill_today())
+    renewal = max(billing.tables.invoices.values(), key=lambda i: i.billing_date)
+    assert renewal.subscription_id == sub.subscription_id
+    assert [(line.kind, line.description, line.amount) for line in renewal.lines] == [
+        (LineKind.BASE, "basic (monthly)", usd(3000)),
+        (LineKind.ADD_ON, "Add-on: SSO (16 of 31 days)", usd(1600)),
+    ]
+    assert renewal.status is InvoiceStatus.PAID
+    assert [call.amount for call in billing.gateway.calls] == [usd(3000), usd(4600)]
+    assert billing.balance("revenue") == -7600
+    assert billing.balance(ledger.cash("sandbox-card")) == 7600
 
 
 # ------------------------------------------------------------------ invoices
@@ -401,7 +457,11 @@ def test_a_retry_after_a_new_card_pays_the_invoice_and_the_same_key_never_charge
     billing = Billing()
     sub, invoice_id = failed_invoice(billing)
     changes = Changes(frozenset({"payment_method"}), payment_method=PaymentMethod(MethodType.CARD, "ok"))
-    run(billing.subscriptions.update(sub.subscription_id, changes, billing.key("Update"), OPERATOR))
+    run(
+        billing.subscriptions.update(
+            sub.subscription_id, changes, billing.key("UpdateSubscription"), OPERATOR
+        )
+    )
     invoice, txn, replayed = run(billing.invoices.retry_payment(invoice_id, "case_1:2"))
     assert (invoice.status, txn.attempt, replayed) == (InvoiceStatus.PAID, 2, False)
     again = run(billing.invoices.retry_payment(invoice_id, "case_1:2"))
@@ -432,7 +492,7 @@ def test_voiding_a_failed_invoice_takes_back_revenue_and_receivable() -> None:
 
 def test_credit_granted_once_per_key_pays_the_next_invoice_before_the_card() -> None:
     billing = Billing()
-    key = billing.key("AddCredit")
+    key = billing.key("AddAccountCredit")
     for _ in range(2):
         available = run(billing.invoices.add_credit("acct_1", usd(1000), "apology", key))
     assert available == usd(1000)

@@ -328,7 +328,7 @@ class PostgresCases:
         for hook in session.after_commit:
             hook()
 
-    def joined(self, conn: Any) -> PostgresSession:
+    def joined(self, conn: asyncpg.Connection) -> PostgresSession:
         return _JoinedSession(conn, self._outbox)
 
     async def history(self, case_id: str) -> list[Transition]:

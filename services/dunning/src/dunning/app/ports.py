@@ -6,7 +6,9 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
+
+import asyncpg
 
 from billing_common.locks import Lease
 from dunning.domain.cases import AttemptResult, Change
@@ -56,7 +58,7 @@ class CaseFilter:
 
 class CaseStore(Protocol):
     def transaction(self) -> AbstractAsyncContextManager[CaseSession]: ...
-    def joined(self, conn: Any) -> CaseSession:
+    def joined(self, conn: asyncpg.Connection) -> CaseSession:
         """A session on a connection whose transaction the caller owns (an event's inbox)."""
         ...
 

@@ -13,7 +13,7 @@ from billing.common.v1 import common_pb2
 from billing.events.v1 import payment_pb2 as events
 from billing_common import telemetry
 from billing_common.db import connection, transaction
-from billing_common.errors import FailedPrecondition, NotFound
+from billing_common.errors import KeyReused, NotFound
 from billing_common.events import Outbox
 from billing_common.suite_clock import DueWork
 from gateway_adapter.adapters.codec import facts, payment_status_pb
@@ -295,9 +295,7 @@ class PostgresPayments:
             if existing is not None:
                 stored = _refund_from(existing)
                 if stored.fingerprint != request.fingerprint():
-                    raise FailedPrecondition(
-                        f"idempotency key {request.idempotency_key!r} was used for a different refund"
-                    )
+                    raise KeyReused(request.idempotency_key, "refund")
                 paid = await conn.fetchrow(
                     "SELECT * FROM payments WHERE payment_id = $1", existing["payment_id"]
                 )

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from billing_common.errors import FailedPrecondition, Violations
+from billing_common.errors import FailedPrecondition, KeyReused, Violations
 from billing_common.money import CurrencyError, check_currency
 from billing_common.pan import contains_card_number
 from gateway_adapter.domain.classification import Classification, DeclineKind, FailureType
@@ -179,10 +179,7 @@ class Payment:
             )
             if ours != theirs
         ]
-        raise FailedPrecondition(
-            f"idempotency key {request.idempotency_key!r} was used for a different charge "
-            f"(differs in {', '.join(differs)})"
-        )
+        raise KeyReused(request.idempotency_key, "charge", differs)
 
 
 def status_for(classification: Classification, *, pending: bool = False) -> Status:

@@ -11,10 +11,9 @@ from billing.events.v1 import quota_pb2 as events
 from billing_common.db import connection, transaction
 from billing_common.errors import AlreadyExists, FailedPrecondition, NotFound
 from billing_common.events import Outbox
+from billing_common.idempotency import IdempotencyKey, claim, complete
 from billing_common.money import Money
 from quota.adapters.codec import entitlements_from_json, entitlements_to_json
-from quota.adapters.idempotency import claim, complete
-from quota.app.ports import IdempotencyRef
 from quota.domain.catalog import AddOn, Plan, PlanSpec, next_version
 
 _PLAN_COLUMNS = """p.code, p.version, p.name, p.price_minor, p.currency, p.frequency, p.trial_days,
@@ -86,7 +85,7 @@ class PostgresCatalog:
             now,
         )
 
-    async def create_plan(self, code: str, spec: PlanSpec, now: datetime, idem: IdempotencyRef) -> Plan:
+    async def create_plan(self, code: str, spec: PlanSpec, now: datetime, idem: IdempotencyKey) -> Plan:
         async with transaction(self._pool) as conn:
             prior = await claim(conn, idem)
             if prior is not None:
@@ -114,7 +113,7 @@ class PostgresCatalog:
         assert plan is not None
         return plan
 
-    async def update_plan(self, code: str, spec: PlanSpec, now: datetime, idem: IdempotencyRef) -> Plan:
+    async def update_plan(self, code: str, spec: PlanSpec, now: datetime, idem: IdempotencyKey) -> Plan:
         async with transaction(self._pool) as conn:
             prior = await claim(conn, idem)
             if prior is not None:
@@ -169,7 +168,7 @@ class PostgresCatalog:
         )
         return None if row is None else _plan(row)
 
-    async def create_add_on(self, add_on: AddOn, now: datetime, idem: IdempotencyRef) -> AddOn:
+    async def create_add_on(self, add_on: AddOn, now: datetime, idem: IdempotencyKey) -> AddOn:
         async with transaction(self._pool) as conn:
             prior = await claim(conn, idem)
             if prior is None:

@@ -33,11 +33,12 @@ from quota.app.ports import (
     Counters,
     CounterStatus,
     TenantPeriod,
+    TenantStore,
     ThresholdAlert,
     UsageLedger,
     UsageRecord,
 )
-from quota.domain.catalog import KEY_PATTERN, Behaviour, Entitlement, Period
+from quota.domain.catalog import KEY_PATTERN, ActiveAddOn, Behaviour, Entitlement, Period
 from quota.domain.periods import Window, window_for
 from quota.domain.pricing import UsageCharge, price_usage
 from quota.domain.quota import (
@@ -52,8 +53,6 @@ from quota.domain.quota import (
 from quota.domain.resolution import Resolution, Resolved
 
 log = logging.getLogger(__name__)
-# A usage summary: the priced total of each key, the keys in order, the currency.
-Summary = tuple[list[UsageCharge], list[str], str]
 
 MAX_REBUILD_ROUNDS = 3
 MAX_CLOCK_SKEW = timedelta(minutes=5)
@@ -83,6 +82,17 @@ class Outcome(StrEnum):
     DUPLICATE = "duplicate"
     DENIED = "denied"
     INVALID = "invalid"
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A tenant's period: the priced total of each key (in key order), the currency, and each
+    stretch of the period in which it held an add-on."""
+
+    charges: list[UsageCharge]
+    keys: list[str]
+    currency: str
+    add_ons: list[ActiveAddOn]
 
 
 @dataclass(frozen=True)
@@ -194,6 +204,7 @@ class Usage:
         self,
         entitlements: Entitlements,
         catalog: CatalogStore,
+        tenants: TenantStore,
         counters: Counters,
         ledger: UsageLedger,
         clock: Clock,
@@ -201,6 +212,7 @@ class Usage:
     ) -> None:
         self._entitlements = entitlements
         self._catalog = catalog
+        self._tenants = tenants
         self._counters = counters
         self._ledger = ledger
         # Concurrent single records are appended together: while one insert runs, the next queue up.
@@ -475,7 +487,8 @@ class Usage:
     # ------------------------------------------------------------ summaries
 
     async def summary(self, tenant_id: str, start: datetime | None, end: datetime | None) -> Summary:
-        """Totals per key in [start, end), priced by the tenant's plan (with its add-ons)."""
+        """Totals per key in [start, end), priced by the tenant's plan (with its add-ons), and the
+        add-ons it held in the window."""
         (summary,) = await self.summaries([(tenant_id, start, end)])
         if isinstance(summary, BillingError):
             raise summary
@@ -485,7 +498,7 @@ class Usage:
         self, asked: Sequence[tuple[str, datetime | None, datetime | None]]
     ) -> list[Summary | BillingError]:
         """Each summary as `summary` gives it, or the error it would raise: the records of every
-        period in one query, each tenant's plan resolved once."""
+        period in one query, their add-ons in another, each tenant's plan resolved once."""
         answers: list[Summary | BillingError | None] = [None] * len(asked)
         periods: dict[int, TenantPeriod] = {}
         for index, (tenant_id, start, end) in enumerate(asked):
@@ -516,13 +529,14 @@ class Usage:
             if not isinstance(pricing[period.tenant_id], BaseException)
         }
         totals = await self._ledger.totals(list(priced.values())) if priced else []
+        held = await self._tenants.add_ons_held(list(priced.values())) if priced else []
         for index, period in periods.items():
             found = pricing[period.tenant_id]
             if isinstance(found, BillingError):
                 answers[index] = found
             elif isinstance(found, BaseException):
                 raise found
-        for (index, _), quantities in zip(priced.items(), totals, strict=True):
+        for (index, _), quantities, add_ons in zip(priced.items(), totals, held, strict=True):
             found = pricing[periods[index].tenant_id]
             assert not isinstance(found, BaseException)
             entitlements, currency = found
@@ -533,7 +547,7 @@ class Usage:
                 included = entitlement.included_quantity if entitlement else quantities[key]
                 price = entitlement.unit_price if entitlement else None
                 charges.append(price_usage(quantities[key], included, price, currency))
-            answers[index] = (charges, keys, currency)
+            answers[index] = Summary(charges, keys, currency, add_ons)
         return [answer for answer in answers if answer is not None]
 
     async def _pricing(self, tenant_id: str) -> tuple[dict[str, Entitlement], str]:

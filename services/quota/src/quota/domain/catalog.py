@@ -85,6 +85,16 @@ class AddOn:
     entitlements: tuple[Entitlement, ...]
 
 
+@dataclass(frozen=True)
+class ActiveAddOn:
+    """An add-on a tenant held for [active_from, active_until), clamped to the window asked about:
+    what a billing period is charged for."""
+
+    add_on: AddOn
+    active_from: datetime
+    active_until: datetime
+
+
 # ---------------------------------------------------------------- drafts, as callers send them
 
 

@@ -7,9 +7,10 @@ from datetime import datetime
 from billing.common.v1 import common_pb2
 from billing.events.v1 import subscription_pb2 as sub_events
 from billing.quota.v1 import quota_pb2 as pb
-from billing_common.protos import optional_datetime, stamp
+from billing_common.protos import money_pb, optional_datetime, stamp
 from quota.app.usage import CheckResult
 from quota.domain.catalog import (
+    ActiveAddOn,
     AddOn,
     AddOnDraft,
     Behaviour,
@@ -130,6 +131,13 @@ def add_on_pb(add_on: AddOn) -> pb.AddOn:
         price=common_pb2.Money(amount_minor=add_on.price.amount_minor, currency=add_on.price.currency),
         entitlements=[entitlement_pb(e) for e in add_on.entitlements],
     )
+
+
+def active_add_on_pb(held: ActiveAddOn) -> pb.ActiveAddOn:
+    message = pb.ActiveAddOn(code=held.add_on.code, name=held.add_on.name, price=money_pb(held.add_on.price))
+    message.active_from.FromDatetime(held.active_from)
+    message.active_until.FromDatetime(held.active_until)
+    return message
 
 
 def grant_pb(grant: Grant) -> pb.Grant:

@@ -18,12 +18,12 @@ from billing_common.errors import (
     ResourceExhausted,
 )
 from billing_common.grpc_server import status_code_for
+from billing_common.idempotency import IdempotencyKey
 from billing_common.paging import PageTokens
-from billing_common.protos import optional_datetime, request_hash
+from billing_common.protos import optional_datetime
 from quota.adapters.metrics import TALLY
 from quota.app.catalog import Catalog
 from quota.app.entitlements import Entitlements, GrantRequest
-from quota.app.ports import IdempotencyRef
 from quota.app.usage import Outcome, RecordResult, Summary, Usage, UsageEventIn
 from quota.entrypoints import mappers as m
 
@@ -69,10 +69,6 @@ class QuotaExceeded(ResourceExhausted):
         self.attachments = [check]
 
 
-def _idem(scope: str, request: Any) -> IdempotencyRef:
-    return IdempotencyRef(scope, request.idempotency_key, request_hash(request))
-
-
 def _usage_event(event: pb.UsageEvent) -> UsageEventIn:
     return UsageEventIn(
         event.tenant_id,
@@ -97,13 +93,13 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
 
     async def CreatePlan(self, request: pb.CreatePlanRequest, context: Context) -> pb.CreatePlanResponse:
         plan = await self._catalog.create_plan(
-            request.code, m.plan_draft(request.spec), _idem("CreatePlan", request)
+            request.code, m.plan_draft(request.spec), IdempotencyKey.of("CreatePlan", request)
         )
         return pb.CreatePlanResponse(plan=m.plan_pb(plan))
 
     async def UpdatePlan(self, request: pb.UpdatePlanRequest, context: Context) -> pb.UpdatePlanResponse:
         plan = await self._catalog.update_plan(
-            request.code, m.plan_draft(request.spec), _idem("UpdatePlan", request)
+            request.code, m.plan_draft(request.spec), IdempotencyKey.of("UpdatePlan", request)
         )
         return pb.UpdatePlanResponse(plan=m.plan_pb(plan))
 
@@ -121,7 +117,7 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
 
     async def CreateAddOn(self, request: pb.CreateAddOnRequest, context: Context) -> pb.CreateAddOnResponse:
         add_on = await self._catalog.create_add_on(
-            m.add_on_draft(request.add_on), _idem("CreateAddOn", request)
+            m.add_on_draft(request.add_on), IdempotencyKey.of("CreateAddOn", request)
         )
         return pb.CreateAddOnResponse(add_on=m.add_on_pb(add_on))
 
@@ -170,7 +166,7 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
             GrantRequest(
                 request.tenant_id, request.key, request.quantity, optional_datetime(request, "expires_at")
             ),
-            _idem("CreateGrant", request),
+            IdempotencyKey.of("CreateGrant", request),
         )
         return pb.CreateGrantResponse(grant=m.grant_pb(grant))
 
@@ -253,10 +249,12 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
 
 
 def _summary_pb(tenant_id: str, summary: Summary) -> pb.GetUsageSummaryResponse:
-    charges, keys, currency = summary
-    response = pb.GetUsageSummaryResponse(tenant_id=tenant_id)
+    currency = summary.currency
+    response = pb.GetUsageSummaryResponse(
+        tenant_id=tenant_id, add_ons=[m.active_add_on_pb(held) for held in summary.add_ons]
+    )
     total = 0
-    for key, charge in zip(keys, charges, strict=True):
+    for key, charge in zip(summary.keys, summary.charges, strict=True):
         item = response.totals.add(
             key=key,
             quantity=charge.quantity,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import grpc
 from prometheus_client import Counter
@@ -12,8 +13,9 @@ from billing.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from billing.quota.v1 import quota_pb2, quota_pb2_grpc
 from billing_common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from billing_common.money import Money
+from billing_common.protos import to_datetime
 from recurring.app.ports import ChargeNotAnswered, PlanInfo
-from recurring.domain.invoicing import UsageCharge
+from recurring.domain.invoicing import AddOnUse, PeriodUsage, UsageCharge
 from recurring.domain.payments import (
     CallFailure,
     ChargeRequest,
@@ -25,7 +27,7 @@ from recurring.domain.payments import (
     call_failure,
     refusal,
 )
-from recurring.domain.schedule import Frequency
+from recurring.domain.schedule import Frequency, Period
 
 CHARGES = Counter(
     "recurring_charges_total", "Charges sent to gateway-adapter, by gateway and status", ["gateway", "status"]
@@ -86,9 +88,11 @@ def _translate(error: grpc.aio.AioRpcError, what: str) -> Exception:
 
 
 class QuotaClient:
-    def __init__(self, channel: grpc.aio.Channel, timeout: timedelta) -> None:
+    def __init__(self, channel: grpc.aio.Channel, timeout: timedelta, zone: ZoneInfo) -> None:
         self._stub = quota_pb2_grpc.QuotaServiceStub(channel)
         self._timeout = timeout.total_seconds()
+        # Billing days are days of this zone: an add-on's instants become the days it was held.
+        self._zone = zone
 
     async def get_plan(self, code: str, version: int = 0) -> PlanInfo:
         try:
@@ -120,8 +124,9 @@ class QuotaClient:
             raise _translate(error, "tier") from None
         return next((m.plan_code for m in reply.mappings if m.tier == TIERS.get(tier)), None)
 
-    async def usage(self, tenant: str, start: datetime, end: datetime) -> list[UsageCharge]:
-        """Billable usage of [start, end); none when quota has no plan to price it with."""
+    async def usage(self, tenant: str, start: datetime, end: datetime) -> PeriodUsage:
+        """Billable usage of [start, end) and the add-ons held in it; none when quota has no plan to
+        price it with."""
         request = quota_pb2.GetUsageSummaryRequest(tenant_id=tenant)
         request.period_start.FromDatetime(start)
         request.period_end.FromDatetime(end)
@@ -129,18 +134,40 @@ class QuotaClient:
             reply = await self._stub.GetUsageSummary(request, timeout=self._timeout)
         except grpc.aio.AioRpcError as error:
             if error.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
-                return []
+                return PeriodUsage()
             raise _translate(error, "usage") from None
-        return [
+        return self._period_usage(reply, start, end)
+
+    def _period_usage(
+        self, summary: quota_pb2.GetUsageSummaryResponse, start: datetime, end: datetime
+    ) -> PeriodUsage:
+        """A summary of [start, end) as the biller takes it: billable usage, and each stretch an
+        add-on was held as the days of the billing time zone it covers."""
+        period = Period(self._day(start), self._day(end))
+        charges = tuple(
             UsageCharge(
                 t.key,
                 t.billable_quantity,
                 t.unit_price.value,
                 Money(t.amount.amount_minor, t.amount.currency),
             )
-            for t in reply.totals
+            for t in summary.totals
             if t.amount.amount_minor
-        ]
+        )
+        add_ons = tuple(
+            AddOnUse(
+                a.code,
+                a.name,
+                Money(a.price.amount_minor, a.price.currency),
+                period,
+                Period(self._day(to_datetime(a.active_from)), self._day(to_datetime(a.active_until))),
+            )
+            for a in summary.add_ons
+        )
+        return PeriodUsage(charges, add_ons)
+
+    def _day(self, instant: datetime) -> date:
+        return instant.astimezone(self._zone).date()
 
 
 class GatewayClient:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
 
 import asyncpg
 
@@ -46,5 +45,5 @@ class PostgresStore:
         async with db.transaction(self._pool) as conn:
             yield PostgresUnitOfWork(conn, self._outbox, self._messages)
 
-    def within(self, conn: Any) -> PostgresUnitOfWork:
+    def within(self, conn: asyncpg.Connection) -> PostgresUnitOfWork:
         return PostgresUnitOfWork(conn, self._outbox, self._messages)

@@ -8,12 +8,13 @@ import logging
 
 from billing_common.clock import Clock
 from billing_common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable, Violations
+from billing_common.idempotency import IdempotencyKey
 from billing_common.money import Money
 from billing_common.paging import Page, PageRequest
 from recurring.app.charging import Charging
 from recurring.app.ports import Store, UnitOfWork
 from recurring.app.settling import apply, books_for_invoices, new_id
-from recurring.app.subscriptions import IdempotencyRef, existing_subscription
+from recurring.app.subscriptions import existing_subscription
 from recurring.domain import ledger
 from recurring.domain.invoicing import Invoice, InvoiceFilter, Transaction
 from recurring.domain.ledger import LedgerLine
@@ -99,16 +100,16 @@ class Invoices:
             attempts = (await uow.invoices.attempts_of([invoice_id]))[invoice_id]
         return invoice, next(t for t in attempts if t.transaction_id == txn.transaction_id), False
 
-    async def void(self, invoice_id: str, reason: str, idem: IdempotencyRef) -> Invoice:
+    async def void(self, invoice_id: str, reason: str, idem: IdempotencyKey) -> Invoice:
         async with self._store.transaction() as uow:
-            if idem.key and await uow.keys.claim(idem.scope, idem.key, idem.request_hash) is not None:
+            if idem.key and await uow.keys.claim(idem) is not None:
                 return await _invoice(uow, invoice_id)
             invoice = await _invoice(uow, invoice_id, lock=True)
             now = self._clock.now()
             attempts = (await uow.invoices.attempts_of([invoice_id])).get(invoice_id, [])
             await apply(uow, void(invoice, attempts, reason, now), now)
             if idem.key:
-                await uow.keys.complete(idem.scope, idem.key, invoice_id)
+                await uow.keys.complete(idem, invoice_id)
             return dataclasses.replace(invoice, status=InvoiceStatus.VOID)
 
     async def _settle(self, uow: UnitOfWork, answers: list[Answer], cause: Cause) -> None:
@@ -159,7 +160,7 @@ class Invoices:
         await apply(uow, write_off(invoice, sub, self._policy, action, cause, now), now)
 
     async def add_credit(
-        self, account_id: str, amount: Money | None, reason: str, idem: IdempotencyRef
+        self, account_id: str, amount: Money | None, reason: str, idem: IdempotencyKey
     ) -> Money:
         violations = Violations()
         violations.check(bool(account_id), "account_id", "required")
@@ -168,10 +169,10 @@ class Invoices:
         violations.raise_if_any()
         assert amount is not None
         async with self._store.transaction() as uow:
-            if await uow.keys.claim(idem.scope, idem.key, idem.request_hash) is None:
+            if await uow.keys.claim(idem) is None:
                 granted = ledger.granted_credit(account_id, idem.key, reason, amount)
                 await uow.ledger.post([granted], self._clock.now())
-                await uow.keys.complete(idem.scope, idem.key, account_id)
+                await uow.keys.complete(idem, account_id)
             _, available = await uow.ledger.balances(account_id, amount.currency)
         return available
 

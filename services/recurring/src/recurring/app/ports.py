@@ -6,12 +6,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import date, datetime, timedelta
-from typing import Any, Protocol
+from typing import Protocol
 
+import asyncpg
+
+from billing_common.idempotency import IdempotencyKey
 from billing_common.locks import Lease
 from billing_common.money import Money
 from recurring.domain.events import Event
-from recurring.domain.invoicing import Invoice, InvoiceFilter, Transaction, UsageCharge
+from recurring.domain.invoicing import Invoice, InvoiceFilter, PeriodUsage, Transaction
 from recurring.domain.ledger import LedgerLine, Posting
 from recurring.domain.payments import ChargeRequest, ChargeResult, NoAnswer
 from recurring.domain.proration import ProrationLine
@@ -189,11 +192,11 @@ class Outbox(Protocol):
 
 
 class IdempotencyKeys(Protocol):
-    async def claim(self, scope: str, key: str, request_hash: str) -> str | None:
-        """None when the key is new; else the earlier call's result reference (same request)."""
+    async def claim(self, idem: IdempotencyKey) -> str | None:
+        """None when the key is new; else the earlier call's answer (see billing_common.idempotency)."""
         ...
 
-    async def complete(self, scope: str, key: str, result_ref: str) -> None: ...
+    async def complete(self, idem: IdempotencyKey, answer: str) -> None: ...
 
 
 class UnitOfWork(Protocol):
@@ -219,14 +222,14 @@ class UnitOfWork(Protocol):
 
 class Store(Protocol):
     def transaction(self) -> AbstractAsyncContextManager[UnitOfWork]: ...
-    def within(self, conn: Any) -> UnitOfWork:
+    def within(self, conn: asyncpg.Connection) -> UnitOfWork:
         """The transaction an event handler already runs in (the inbox's)."""
         ...
 
 
 class Quota(Protocol):
     async def get_plan(self, code: str, version: int = 0) -> PlanInfo: ...
-    async def usage(self, tenant: str, start: datetime, end: datetime) -> list[UsageCharge]: ...
+    async def usage(self, tenant: str, start: datetime, end: datetime) -> PeriodUsage: ...
     async def plan_for_tier(self, tier: str) -> str | None: ...
 
 

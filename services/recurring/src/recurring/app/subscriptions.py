@@ -6,12 +6,12 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
 from billing_common.clock import Clock
 from billing_common.errors import NotFound
+from billing_common.idempotency import IdempotencyKey
 from billing_common.paging import Page, PageRequest
 from recurring.app.ports import Quota, Store, UnitOfWork
 from recurring.domain import amendments
@@ -30,15 +30,6 @@ from recurring.domain.subscription import (
 )
 
 
-@dataclass(frozen=True)
-class IdempotencyRef:
-    """An idempotency key of a state-changing call and a fingerprint of the request it came with."""
-
-    scope: str
-    key: str
-    request_hash: str
-
-
 class Subscriptions:
     def __init__(self, store: Store, quota: Quota, clock: Clock, zone: ZoneInfo) -> None:
         self._store = store
@@ -49,13 +40,13 @@ class Subscriptions:
     def today(self) -> date:
         return self._clock.now().astimezone(self._zone).date()
 
-    async def create(self, cmd: CreateCommand, idem: IdempotencyRef, cause: Cause) -> Subscription:
+    async def create(self, cmd: CreateCommand, idem: IdempotencyKey, cause: Cause) -> Subscription:
         amendments.check_create(cmd, idem.key)
         plan = await self._quota.get_plan(cmd.plan_code) if cmd.plan_code else None
         new = amendments.new_subscription(cmd, plan, self.today())
         now = self._clock.now()
         async with self._store.transaction() as uow:
-            earlier = await uow.keys.claim(idem.scope, idem.key, idem.request_hash)
+            earlier = await uow.keys.claim(idem)
             if earlier is not None:
                 return await existing_subscription(uow, earlier)
             sub = open_subscription(new, f"sub_{uuid.uuid4().hex}", now)
@@ -68,7 +59,7 @@ class Subscriptions:
             entry = HistoryEntry(sub.subscription_id, created, cause.actor, cause.event_id, "created", now)
             await uow.subscriptions.add_history([entry])
             await uow.outbox.add([ev.SubscriptionCreated(sub)])
-            await uow.keys.complete(idem.scope, idem.key, sub.subscription_id)
+            await uow.keys.complete(idem, sub.subscription_id)
         return sub
 
     async def get(self, subscription_id: str) -> Subscription:
@@ -86,39 +77,37 @@ class Subscriptions:
             return (await uow.subscriptions.histories([subscription_id])).get(subscription_id, [])
 
     async def update(
-        self, subscription_id: str, changes: Changes, idem: IdempotencyRef, cause: Cause
+        self, subscription_id: str, changes: Changes, idem: IdempotencyKey, cause: Cause
     ) -> Subscription:
         amendments.check_changes(changes)
         plan = await self._quota.get_plan(changes.plan_code) if "plan_code" in changes.mask else None
         return await self._change(
             subscription_id,
             idem,
-            "UpdateSubscription",
             cause,
             lambda sub: amendments.amend(sub, changes, plan, self.today(), self._clock.now()),
         )
 
-    async def pause(self, subscription_id: str, idem: IdempotencyRef, cause: Cause) -> Subscription:
+    async def pause(self, subscription_id: str, idem: IdempotencyKey, cause: Cause) -> Subscription:
         return await self._change_status(subscription_id, Action.PAUSE, idem, cause)
 
-    async def resume(self, subscription_id: str, idem: IdempotencyRef, cause: Cause) -> Subscription:
+    async def resume(self, subscription_id: str, idem: IdempotencyKey, cause: Cause) -> Subscription:
         return await self._change_status(subscription_id, Action.RESUME, idem, cause)
 
     async def _change_status(
-        self, subscription_id: str, action: Action, idem: IdempotencyRef, cause: Cause
+        self, subscription_id: str, action: Action, idem: IdempotencyKey, cause: Cause
     ) -> Subscription:
         def decide(sub: Subscription) -> Amendment:
             return amendments.change_status(sub, action, self._clock.now())
 
-        return await self._change(subscription_id, idem, action.value, cause, decide)
+        return await self._change(subscription_id, idem, cause, decide)
 
     async def cancel(
-        self, subscription_id: str, at_period_end: bool, idem: IdempotencyRef, cause: Cause
+        self, subscription_id: str, at_period_end: bool, idem: IdempotencyKey, cause: Cause
     ) -> Subscription:
         return await self._change(
             subscription_id,
             idem,
-            "CancelSubscription",
             cause,
             lambda sub: amendments.cancel(sub, at_period_end, self._clock.now()),
         )
@@ -142,8 +131,7 @@ class Subscriptions:
     async def _change(
         self,
         subscription_id: str,
-        idem: IdempotencyRef,
-        scope: str,
+        idem: IdempotencyKey,
         cause: Cause,
         decide: Callable[[Subscription], Amendment],
     ) -> Subscription:
@@ -151,7 +139,7 @@ class Subscriptions:
         with the subscription as it is."""
         async with self._store.transaction() as uow:
             if idem.key:
-                earlier = await uow.keys.claim(scope, idem.key, idem.request_hash)
+                earlier = await uow.keys.claim(idem)
                 if earlier is not None:
                     return await existing_subscription(uow, earlier)
             sub = (await uow.subscriptions.load([subscription_id], lock=True)).get(subscription_id)
@@ -161,7 +149,7 @@ class Subscriptions:
             amendment = decide(sub)
             await write(uow, sub, amendment, cause, self._clock.now())
             if idem.key:
-                await uow.keys.complete(scope, idem.key, subscription_id)
+                await uow.keys.complete(idem, subscription_id)
             return amendment.subscription
 
 

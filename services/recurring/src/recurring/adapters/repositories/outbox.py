@@ -6,9 +6,9 @@ from collections.abc import Mapping, Sequence
 
 import asyncpg
 
-from billing_common import telemetry
-from billing_common.errors import FailedPrecondition
+from billing_common import idempotency, telemetry
 from billing_common.events import Outbox
+from billing_common.idempotency import IdempotencyKey
 from recurring.adapters.events import EventMessages
 from recurring.domain.events import Event
 
@@ -33,31 +33,13 @@ class PostgresOutbox:
 
 
 class PostgresIdempotencyKeys:
+    """The shared claim / complete of billing_common.idempotency, on this unit of work's connection."""
+
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
 
-    async def claim(self, scope: str, key: str, request_hash: str) -> str | None:
-        inserted = await self._conn.fetchval(
-            """INSERT INTO idempotency_keys (scope, key, request_hash) VALUES ($1, $2, $3)
-               ON CONFLICT DO NOTHING RETURNING true""",
-            scope,
-            key,
-            request_hash,
-        )
-        if inserted:
-            return None
-        row = await self._conn.fetchrow(
-            "SELECT request_hash, result_ref FROM idempotency_keys WHERE scope = $1 AND key = $2", scope, key
-        )
-        assert row is not None
-        if row["request_hash"] != request_hash:
-            raise FailedPrecondition(f"idempotency key {key!r} was used with a different request")
-        return str(row["result_ref"])
+    async def claim(self, idem: IdempotencyKey) -> str | None:
+        return await idempotency.claim(self._conn, idem)
 
-    async def complete(self, scope: str, key: str, result_ref: str) -> None:
-        await self._conn.execute(
-            "UPDATE idempotency_keys SET result_ref = $3 WHERE scope = $1 AND key = $2",
-            scope,
-            key,
-            result_ref,
-        )
+    async def complete(self, idem: IdempotencyKey, answer: str) -> None:
+        await idempotency.complete(self._conn, idem, answer)
