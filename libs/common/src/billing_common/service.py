@@ -420,8 +420,8 @@ class _GenericHandlersOnly:
     """The server as generated `add_*_to_server` code sees it: its generic handlers only.
 
     Generated code registers each method twice, as a generic handler and as a registered
-    method; grpc.aio serves the registered path 3-8% slower per call (for a service with as many
-    methods as quota's, `bench/grpc_runtime.py`), so only the generic handler, which serves the
+    method; grpc.aio serves the registered path slower per call (`bench/grpc_runtime.py` measures
+    it for a service with as many methods as quota's), so only the generic handler, which serves the
     same methods, is kept.
     """
 
@@ -453,8 +453,8 @@ async def _answers(check: Callable[[], Awaitable[object]]) -> bool:
 
 
 def run_event_loop(main: Coroutine[Any, Any, T]) -> T:
-    """Run the platform's event loop: uvloop, which takes about 12% less CPU per gRPC call than
-    asyncio's own loop (`bench/grpc_runtime.py`)."""
+    """Run the platform's event loop: uvloop, which takes less CPU per gRPC call than asyncio's own
+    loop (`bench/grpc_runtime.py` measures both)."""
     return uvloop.run(main)
 
 

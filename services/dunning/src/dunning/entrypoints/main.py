@@ -10,7 +10,7 @@ from billing.dunning.v1 import dunning_pb2_grpc
 from billing_common.grpc_client import open_channel
 from billing_common.paging import PageTokens
 from billing_common.service import Background, Lifespan, Registration, Resources, ServiceParts, run_service
-from dunning.adapters.metrics import MetricsRefresher
+from dunning.adapters.metrics import MetricsRefresher, PrometheusCaseMetrics
 from dunning.adapters.recurring_client import GrpcRecurring
 from dunning.adapters.store import PostgresCases, due_cases
 from dunning.app.cases import CaseService
@@ -43,14 +43,15 @@ def build(settings: DunningSettings) -> Lifespan:
     @asynccontextmanager
     async def lifespan(r: Resources) -> AsyncIterator[ServiceParts]:
         async with AsyncExitStack() as opened:
-            store = PostgresCases(r.pool, r.outbox)
+            metrics = PrometheusCaseMetrics()
+            store = PostgresCases(r.pool, r.outbox, metrics)
             statistics = OutcomeStatistics(
                 store, r.clock, settings.statistics_refresh, settings.statistics_window
             )
             cases = CaseService(store, statistics, r.clock)
             servicer = DunningServicer(cases, Policies(store, r.clock), pages)
-            metrics = MetricsRefresher(r.pool, r.clock, settings.metrics_refresh)
-            background = [Background(metrics.run_forever)]
+            gauges = MetricsRefresher(r.pool, r.clock, settings.metrics_refresh)
+            background = [Background(gauges.run_forever)]
             if settings.worker_enabled:
                 channel = await opened.enter_async_context(
                     open_channel(settings.recurring_addr, r.outgoing_token)
@@ -62,6 +63,7 @@ def build(settings: DunningSettings) -> Lifespan:
                     statistics,
                     r.clock,
                     worker_config(settings),
+                    metrics,
                 )
                 background.append(Background(worker.run_forever))
             yield ServiceParts(

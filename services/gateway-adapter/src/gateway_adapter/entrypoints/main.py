@@ -40,7 +40,7 @@ DRAIN_MARGIN = timedelta(seconds=5)
 
 def build(settings: GatewaySettings) -> Lifespan:
     try:
-        router = Router.parse(settings.routes, GATEWAYS)
+        router = Router(settings.routes, GATEWAYS)
     except RouteError as error:
         raise SettingsError(f"GATEWAY_ROUTES: {error}") from None
     try:

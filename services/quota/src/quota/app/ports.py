@@ -12,6 +12,7 @@ import asyncpg
 
 from billing_common.idempotency import IdempotencyKey
 from quota.domain.catalog import ActiveAddOn, AddOn, Plan, PlanSpec
+from quota.domain.quota import CheckDecision
 from quota.domain.resolution import Grant, Override, SubscriptionView
 
 
@@ -168,3 +169,11 @@ class Invalidations(Protocol):
     """Tells every process that a tenant's (or, for None, everyone's) entitlements changed."""
 
     async def publish(self, tenant_id: str | None) -> None: ...
+
+
+class UsageMetrics(Protocol):
+    """What checks, the counter cache and the counter audit report; an adapter keeps the figures."""
+
+    def check_decided(self, decision: CheckDecision) -> None: ...
+    def counter_lookup(self, cached: bool) -> None: ...
+    def counters_audited(self, checked: int, drifted: int, drift_units: int) -> None: ...

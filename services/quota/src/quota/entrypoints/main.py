@@ -26,6 +26,7 @@ from quota.adapters.cluster import ClusterReads
 from quota.adapters.counters import CounterReads, RedisCounters
 from quota.adapters.drift import CounterAudit
 from quota.adapters.invalidation import RedisInvalidations
+from quota.adapters.metrics import USAGE_METRICS
 from quota.adapters.tenant_store import PostgresTenants
 from quota.adapters.tracking import TrackedReads
 from quota.adapters.usage_ledger import PostgresUsageLedger
@@ -64,7 +65,7 @@ def build(settings: QuotaSettings) -> Lifespan:
             cache = EntitlementCache(r.clock, settings.entitlement_cache_ttl)
             tenants = PostgresTenants(r.pool)
             entitlements = Entitlements(tenants, catalog_store, r.clock, cache, invalidations)
-            counters = RedisCounters(redis, settings.namespace, reads)
+            counters = RedisCounters(redis, settings.namespace, reads, USAGE_METRICS)
             usage = Usage(
                 entitlements,
                 catalog_store,
@@ -73,6 +74,7 @@ def build(settings: QuotaSettings) -> Lifespan:
                 PostgresUsageLedger(r.pool, r.outbox),
                 r.clock,
                 settings.late_usage_grace,
+                USAGE_METRICS,
             )
             servicer = QuotaServicer(
                 Catalog(catalog_store, r.clock, cache, invalidations), entitlements, usage, r.clock, pages
@@ -92,7 +94,7 @@ def build(settings: QuotaSettings) -> Lifespan:
                     Background(listen_for_invalidations),
                     *tracking,
                     Background(usage.settle_forever),
-                    Background(CounterAudit(r.pool, redis, counters).run_forever),
+                    Background(CounterAudit(r.pool, redis, counters, USAGE_METRICS).run_forever),
                 ],
                 # CheckQuota answers from Redis and the entitlements it holds, also while PostgreSQL is
                 # down (read-only mode): a pod leaves the endpoints only when it cannot reach Redis.

@@ -20,11 +20,10 @@ from billing_common.errors import (
 from billing_common.grpc_server import status_code_for
 from billing_common.idempotency import IdempotencyKey
 from billing_common.paging import PageTokens
-from billing_common.protos import optional_datetime
-from quota.adapters.metrics import TALLY
+from billing_common.protos import ProtoEnum, optional_datetime
 from quota.app.catalog import Catalog
 from quota.app.entitlements import Entitlements, GrantRequest
-from quota.app.usage import Outcome, RecordResult, Summary, Usage, UsageEventIn
+from quota.app.usage import RecordResult, Summary, Usage, UsageEventIn, UsageOutcome
 from quota.entrypoints import mappers as m
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -53,12 +52,7 @@ ACCESS: dict[str, set[str] | frozenset[str]] = {
     "CreateGrant": {OPERATOR},
 }
 MAX_BATCH = 10_000
-OUTCOMES = {
-    Outcome.COUNTED: pb.USAGE_OUTCOME_COUNTED,
-    Outcome.DUPLICATE: pb.USAGE_OUTCOME_DUPLICATE,
-    Outcome.DENIED: pb.USAGE_OUTCOME_DENIED,
-    Outcome.INVALID: pb.USAGE_OUTCOME_INVALID,
-}
+OUTCOMES = ProtoEnum(UsageOutcome, pb.UsageOutcome, "USAGE_OUTCOME_")
 
 
 class QuotaExceeded(ResourceExhausted):
@@ -156,7 +150,7 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
             request.key,
             request.limit,
             request.unlimited,
-            m.BEHAVIOURS.get(request.behaviour),
+            m.BEHAVIOURS.get(request.behaviour, None),
             request.remove,
         )
         return pb.SetOverrideResponse(entitlements=m.entitlements_pb(resolution, self._clock.now()))
@@ -182,7 +176,6 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
 
     async def CheckQuota(self, request: pb.CheckQuotaRequest, context: Context) -> pb.CheckQuotaResponse:
         result = await self._usage.check_one(request.tenant_id, request.key, request.amount)
-        TALLY.decision(result.decision.allowed, result.decision.warning)
         return m.check_pb(result)
 
     async def CheckQuotaBatch(
@@ -191,21 +184,20 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
         results = await self._usage.check(request.tenant_id, [(c.key, c.amount) for c in request.checks])
         response = pb.CheckQuotaBatchResponse()
         for result in results:
-            TALLY.decision(result.decision.allowed, result.decision.warning)
             m.fill_check(response.results.add(), result)
         return response
 
     async def RecordUsage(self, request: pb.RecordUsageRequest, context: Context) -> pb.RecordUsageResponse:
         (result,) = await self._usage.record([_usage_event(request.event)], group_commit=True)
-        if result.outcome is Outcome.INVALID:
+        if result.outcome is UsageOutcome.INVALID:
             if result.conflict:
                 raise FailedPrecondition(f"idempotency_key {result.error}")
             raise InvalidArgument(FieldViolation(f"event.{result.error_field}", result.error))
         assert result.check is not None
         check = m.check_pb(result.check)
-        if result.outcome is Outcome.DENIED:
+        if result.outcome is UsageOutcome.DENIED:
             raise QuotaExceeded(f"{request.event.key}: {result.error}", check)
-        return pb.RecordUsageResponse(counted=result.outcome is Outcome.COUNTED, quota=check)
+        return pb.RecordUsageResponse(counted=result.outcome is UsageOutcome.COUNTED, quota=check)
 
     async def RecordUsageBatch(
         self, request: pb.RecordUsageBatchRequest, context: Context
@@ -274,7 +266,7 @@ def _summary_pb(tenant_id: str, summary: Summary) -> pb.GetUsageSummaryResponse:
 def _usage_result(result: RecordResult) -> pb.UsageResult:
     message = pb.UsageResult(
         idempotency_key=result.idempotency_key,
-        outcome=OUTCOMES[result.outcome],
+        outcome=OUTCOMES.pb(result.outcome),
         error=f"{result.error_field}: {result.error}" if result.error else "",
     )
     if result.check is not None:

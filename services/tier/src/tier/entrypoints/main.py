@@ -14,7 +14,7 @@ from billing_common.paging import PageTokens
 from billing_common.service import Background, Lifespan, Registration, Resources, ServiceParts, run_service
 from tier.adapters.api_registry import ApiClientRegistryProvider
 from tier.adapters.estate_store import PostgresEstate
-from tier.adapters.metrics import PrometheusMetrics
+from tier.adapters.metrics import PrometheusTierMetrics
 from tier.adapters.scan_store import PostgresScans, unfinished_scans
 from tier.adapters.tier_store import PostgresTiers
 from tier.adapters.workos_sso import WorkOsSsoProvider
@@ -55,7 +55,7 @@ def build(settings: TierSettings) -> Lifespan:
     @asynccontextmanager
     async def lifespan(r: Resources) -> AsyncIterator[ServiceParts]:
         async with AsyncExitStack() as opened:
-            metrics = PrometheusMetrics()
+            metrics = PrometheusTierMetrics()
             accounts = Accounts(PostgresEstate(r.pool), metrics)
             await accounts.rebuild()
             providers: list[SignalProvider] = []
