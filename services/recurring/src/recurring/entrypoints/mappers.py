@@ -13,8 +13,8 @@ from billing_common.errors import InvalidArgument
 from billing_common.money import CurrencyError, Money
 from billing_common.protos import money_pb
 from recurring.adapters.clients import DECLINE_KINDS, FAILURE_TYPES, FREQUENCIES, PAYMENT_STATUSES
-from recurring.app.ports import LedgerLine
 from recurring.domain.invoicing import Invoice, LineKind, Transaction
+from recurring.domain.ledger import LedgerLine
 from recurring.domain.runs import ItemStatus, Run, RunItem, RunKind, RunState, progress_per_mille
 from recurring.domain.status import InvoiceStatus, SubscriptionStatus
 from recurring.domain.subscription import HistoryEntry, MethodType, PaymentMethod, Subscription

@@ -19,10 +19,11 @@ from billing_common.protos import money_pb, to_datetime
 from billing_common.suite_clock import ClockControl, ClockRefused
 from recurring.adapters.clients import FREQUENCIES
 from recurring.app.invoices import Invoices
-from recurring.app.ports import InvoiceFilter, SubscriptionFilter
 from recurring.app.runs import Runs
-from recurring.app.subscriptions import Changes, CreateCommand, Subscriptions
-from recurring.domain.subscription import Cause
+from recurring.app.subscriptions import Subscriptions
+from recurring.domain.amendments import Changes, CreateCommand
+from recurring.domain.invoicing import InvoiceFilter
+from recurring.domain.subscription import Cause, SubscriptionFilter
 from recurring.entrypoints import mappers as m
 
 Context = grpc.aio.ServicerContext[Any, Any]
