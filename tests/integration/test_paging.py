@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 import pytest
 
+from billing.common.v1 import common_pb2
 from billing.dunning.v1 import dunning_pb2
 from billing.quota.v1 import quota_pb2
 from billing.recurring.v1 import recurring_pb2
@@ -45,6 +46,14 @@ def _since() -> tier_pb2.ListTierChangesRequest:
     return request
 
 
+# Two dry runs, made by the paging test before it lists, whose items ListRunItems pages through.
+RUNS: list[str] = []
+
+
+def _items_of(which: int) -> Callable[[], recurring_pb2.ListRunItemsRequest]:
+    return lambda: recurring_pb2.ListRunItemsRequest(run_id=RUNS[which])
+
+
 LISTINGS = [
     Listing(
         "quota",
@@ -68,6 +77,7 @@ LISTINGS = [
         lambda: recurring_pb2.ListInvoicesRequest(status=recurring_pb2.INVOICE_STATUS_PAID),
         0,
     ),
+    Listing("recurring", "ListRunItems", _items_of(0), _items_of(1), 0),
     Listing(
         "recurring",
         "ListLedgerEntries",
@@ -157,6 +167,14 @@ def test_the_listings_below_are_every_list_rpc_of_every_service() -> None:
 async def test_every_list_rpc_takes_the_tokens_issued_for_its_listing_and_filter_and_refuses_others(
     suite: Suite,
 ) -> None:
+    RUNS.clear()
+    for _ in range(2):
+        dry_run = recurring_pb2.RunBillingRequest(
+            billing_date=common_pb2.Date(year=2027, month=1, day=5),
+            kind=recurring_pb2.RUN_KIND_DAILY,
+            dry_run=True,
+        )
+        RUNS.append((await suite.stub("recurring").RunBilling(dry_run)).run.run_id)
     for listing in LISTINGS:
         issued = ISSUER.issue(listing.request(), listing.start)
         await _listed(suite, listing, listing.request(), issued)
