@@ -34,12 +34,12 @@ DEMO = os.environ.get("BILLING_DEMO", "1") not in ("0", "false", "no", "off")
 # clearing in simulated days, and the secret that signs the sandbox's ACH notices to our webhook.
 TEST_CLOCK_SETTINGS = {
     "RECURRING_SCHEDULER_INTERVAL": "1s",
-    "RECURRING_WORKER_IDLE_POLL": "0.1s",
-    "DUNNING_WORKER_POLL_INTERVAL": "0.2s",
+    "RECURRING_WORKER_IDLE_POLL": "0.05s",
+    "DUNNING_WORKER_POLL_INTERVAL": "0.05s",
     "GATEWAY_JANITOR_INTERVAL": "1s",
     "GATEWAY_SANDBOX_ACH_CLEARS_AFTER": "2d",
     "GATEWAY_SANDBOX_WEBHOOK_SECRETS": "whsec_sandbox_development_only_0123456789",
-    "TIER_WORKER_POLL_INTERVAL": "0.5s",
+    "TIER_WORKER_POLL_INTERVAL": "0.1s",
     # One nightly full scan instead of hourly scans of each kind: every simulated day would scan thrice.
     "TIER_SCAN_SCHEDULE_FULL": "0 2 * * *",
     "TIER_SCAN_SCHEDULE_SSO": "",
@@ -92,6 +92,8 @@ def service_env(
         f"{prefix}_AUTH_TOKEN_FILE": str(token_file),
         f"{prefix}_PAGE_TOKEN_KEYS": DEV_PAGE_TOKEN_KEY,
         f"{prefix}_TEST_CLOCK": TEST_CLOCK,
+        # An event passes through every service's outbox on its way: each hop waits at most this.
+        f"{prefix}_OUTBOX_POLL_INTERVAL": "0.05s",
         **{name: value for name, value in TEST_CLOCK_SETTINGS.items() if name.startswith(f"{prefix}_")},
     }
     for other, _, _, port, _ in SERVICES:
