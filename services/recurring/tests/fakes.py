@@ -159,7 +159,7 @@ class FakeBooks:
         for result in results:
             state = self.held(result.item)
             if state is not None:
-                state.status, state.detail = result.status, result.detail
+                state.item, state.status, state.detail = result.item, result.status, result.detail
                 state.invoice_id = result.invoice_id or state.invoice_id
                 state.claim_token = None
 
@@ -167,7 +167,8 @@ class FakeBooks:
         for item, _, detail in deferrals:
             state = self.held(item)
             if state is not None:
-                state.status, state.detail, state.claim_token = ItemStatus.DEFERRED, detail, None
+                state.item, state.status, state.detail = item, ItemStatus.DEFERRED, detail
+                state.claim_token = None
 
     async def record_failures(self, failures: Sequence[tuple[WorkItem, AfterFailure, str]]) -> list[WorkItem]:
         parked = []

@@ -230,9 +230,7 @@ async def test_a_worker_killed_mid_batch_loses_nothing_and_doubles_nothing(env: 
         GATEWAY_IN_FLIGHT_WAIT="1s",
         GATEWAY_JANITOR_INTERVAL="0.3s",
     ) as deps:
-        settings = deps.recurring_settings(
-            worker_lease=timedelta(seconds=2), max_in_flight=4, worker_batch_size=20
-        )
+        settings = deps.recurring_settings(worker_lease=timedelta(seconds=2), worker_batch_size=20)
         doomed = await start_process("recurring", "RECURRING", settings)
         try:
             async with open_channel(doomed.address, env.token("operator")) as channel:
