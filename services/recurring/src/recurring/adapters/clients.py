@@ -79,7 +79,7 @@ _UNAVAILABLE = (
 STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
-def _translate(error: grpc.aio.AioRpcError, what: str) -> Exception:
+def _translate(error: grpc.aio.AioRpcError, what: str) -> BillingError:
     return _error_of(error.code(), error.details() or "", what)
 
 
@@ -130,7 +130,8 @@ class QuotaClient:
 
     async def usages(self, periods: Sequence[UsagePeriod]) -> list[list[UsageCharge] | BillingError]:
         """Billable usage of each tenant's [start, end), in one call; none when quota has no plan to
-        price it with, or the error quota gave for that tenant."""
+        price it with, or the error quota gave for that tenant. Raises Unavailable when quota did
+        not answer."""
         request = quota_pb2.GetUsageSummariesRequest()
         for period in periods:
             asked = request.requests.add(tenant_id=period.tenant)
@@ -139,7 +140,13 @@ class QuotaClient:
         try:
             reply = await self._stub.GetUsageSummaries(request, timeout=self._timeout)
         except grpc.aio.AioRpcError as error:
-            raise _translate(error, "usage") from None
+            failure = _translate(error, "usage")
+            if isinstance(failure, Unavailable):
+                raise failure from None
+            if len(periods) == 1:
+                return [failure]
+            # One tenant's broken record fails the whole call: each alone gets its own answer.
+            return [answer for period in periods for answer in await self.usages([period])]
         return [_usage_of(result) for result in reply.results]
 
 
