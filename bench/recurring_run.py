@@ -11,8 +11,10 @@
 
 recurring and gateway-adapter run as real processes (`BENCH_RECURRING_PODS` recurring pods share
 the work). Sizes: 100,000 subscriptions unpaced and 10,000 paced (50 s at the limit) by default;
-`BENCH_RECURRING_SCALE=0.1` shrinks both for a quick run; `BENCH_RECURRING_ROUNDS` (3) rounds give
-the spread. Rates are end to end: from RunBilling until GetRun says the run is over.
+`BENCH_RECURRING_SCALE=0.1` shrinks both for a quick run (`BENCH_RECURRING_UNPACED` and
+`BENCH_RECURRING_PACED` set each size); `BENCH_RECURRING_ROUNDS` (3) rounds give
+the spread; `BENCH_RECURRING_CONCURRENT_BATCHES` (4) batches of `BENCH_RECURRING_BATCH_SIZE` (100)
+per pod at once. Rates are end to end: from RunBilling until GetRun says the run is over.
 """
 
 from __future__ import annotations
@@ -42,10 +44,13 @@ from billing_common.testing.processes import RunningProcess, free_port, start_pr
 from recurring.settings import RecurringSettings
 
 SCALE = float(os.environ.get("BENCH_RECURRING_SCALE", "1"))
-UNPACED = int(100_000 * SCALE)
-PACED = int(10_000 * SCALE)
+UNPACED = int(os.environ.get("BENCH_RECURRING_UNPACED", 100_000 * SCALE))
+PACED = int(os.environ.get("BENCH_RECURRING_PACED", 10_000 * SCALE))
 PODS = int(os.environ.get("BENCH_RECURRING_PODS", "2"))
 ROUNDS = int(os.environ.get("BENCH_RECURRING_ROUNDS", "3"))
+# Batches each pod works at once: a batch waits on gateway-adapter's pacing for most of its time,
+# so more of them keep the gateway's turns taken.
+BATCHES = int(os.environ.get("BENCH_RECURRING_CONCURRENT_BATCHES", "4"))
 ECHO_CONCURRENCY = 64
 ECHO_SECONDS = 4.0
 # Its own database, so that the commits counted are this bench's alone.
@@ -116,7 +121,8 @@ async def _services(
             "recurring",
             quota_addr="127.0.0.1:1",  # custom-amount subscriptions never ask quota
             gateway_adapter_addr=gateway.address,
-            worker_batch_size=100,
+            worker_batch_size=int(os.environ.get("BENCH_RECURRING_BATCH_SIZE", "100")),
+            worker_concurrent_batches=BATCHES,
             worker_idle_poll=timedelta(milliseconds=100),
             max_catch_up_days=1,
             db_pool_max=10,
@@ -217,7 +223,7 @@ async def main() -> None:
         recurring_cpu.append(measured.per_charge(measured.cpu_s["recurring"]) * 1000)
         commits.append(measured.per_charge(measured.commits))
         print(
-            f"r{round_number} recurring run, no latency  n={UNPACED:<7} pods={PODS} "
+            f"r{round_number} recurring run, no latency  n={UNPACED:<7} pods={PODS}x{BATCHES} "
             f"{measured.rate:8.0f} charges/s = {ratios[-1]:.3f} of echo ({echo.rps:.0f} calls/s at "
             f"{ECHO_CONCURRENCY}); CPU ms/charge gateway-adapter {gateway_cpu[-1]:.2f}, "
             f"recurring {recurring_cpu[-1]:.2f}; commits/charge {commits[-1]:.2f}"
@@ -229,7 +235,7 @@ async def main() -> None:
             busiest.append(await _busiest_second(env))
         paced.append(measured.rate / RATE_LIMIT)
         print(
-            f"r{round_number} recurring run, {RATE_LIMIT}/s limit, 50 ms  n={PACED:<7} pods={PODS} "
+            f"r{round_number} recurring run, {RATE_LIMIT}/s limit, 50 ms  n={PACED:<7} pods={PODS}x{BATCHES} "
             f"{measured.rate:8.1f} charges/s = {paced[-1]:.3f} of the limit; busiest 1 s at the gateway "
             f"{busiest[-1]}/{RATE_LIMIT}  ({measured.run.counts.charged} charged in {measured.seconds:.1f} s)"
         )
