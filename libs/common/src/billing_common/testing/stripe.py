@@ -62,7 +62,7 @@ class FakeStripe:
         if key in self.replies:
             status, body = self.replies[key]
             return web.json_response(body, status=status, headers={"Idempotent-Replayed": "true"})
-        intent = {
+        intent: dict[str, Any] = {
             "id": f"pi_{uuid.uuid4().hex[:24]}",
             "object": "payment_intent",
             "amount": int(form["amount"]),
