@@ -9,6 +9,7 @@ import grpc
 from prometheus_client import Counter
 
 from billing.common.v1 import common_pb2
+from billing.events.v1 import payment_pb2
 from billing.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from billing.quota.v1 import quota_pb2, quota_pb2_grpc
 from billing_common.errors import BillingError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
@@ -203,16 +204,23 @@ def _unanswered(code: str, details: str, retry_after: timedelta | None = None) -
     return NoAnswer(code, details, ours=failure is CallFailure.BROKEN, retry_after=retry_after)
 
 
-def _result(payment: gateway_pb2.Payment) -> ChargeResult:
-    result = ChargeResult(
+def charge_result(
+    payment: gateway_pb2.Payment | payment_pb2.PaymentFacts, decline_code: str = ""
+) -> ChargeResult:
+    """A payment as a charge's answer or a payment.* event tells it."""
+    return ChargeResult(
         payment_id=payment.payment_id,
         status=PAYMENT_STATUSES.get(payment.status, PaymentStatus.UNKNOWN),
         gateway=payment.gateway,
         failure_type=FAILURE_TYPES.get(payment.failure_type, FailureType.NONE),
         decline_kind=DECLINE_KINDS.get(payment.decline_kind, DeclineKind.NONE),
-        decline_code=payment.normalized_code or payment.gateway_code,
+        decline_code=decline_code or payment.normalized_code or payment.gateway_code,
         retryable=payment.retryable,
     )
+
+
+def _result(payment: gateway_pb2.Payment) -> ChargeResult:
+    result = charge_result(payment)
     CHARGES.labels(result.gateway, result.status.value).inc()
     return result
 
