@@ -15,7 +15,8 @@ BUILD := .build
 VALIDATE_SET := $(BUILD)/buf_validate.binpb
 PROTOS_IMAGE := $(BUILD)/protos.binpb
 PROTOC := $(RUN) python -m grpc_tools.protoc -I protos --descriptor_set_in=$(VALIDATE_SET)
-SERVICES := gateway-adapter quota recurring dunning tier
+# The one list of services (services.toml): their packages, for the checks that name every one.
+SERVICE_PACKAGES := $(shell sed -n 's/^package = "\(.*\)"/\1/p' services.toml)
 UNIT_TESTS := libs/common/tests/unit $(wildcard services/*/tests/unit) tests/unit
 INTEGRATION_TESTS := libs/common/tests/integration $(wildcard services/*/tests/integration) tests/integration tests/chaos
 PYTEST_FLAGS ?=
@@ -24,7 +25,7 @@ PYTEST_FLAGS ?=
 
 help:
 	@echo "make test    set up what is missing, generate, lint, then unit and integration tests (the CI command)"
-	@echo "make run     start all five services, seed the demo company and bill a quarter (DEMO=0: no demo)"
+	@echo "make run     start every service of services.toml, seed the demo company and bill a quarter (DEMO=0: no demo)"
 	@echo "make protos  regenerate Python code from protos/"
 	@echo "make lint    buf lint, ruff, mypy, the import-linter contracts and the Kubernetes manifests"
 	@echo "make bench   run the benchmarks in bench/ and print their figures"
@@ -67,7 +68,7 @@ ruff: install
 	$(RUN) ruff format --check .
 
 mypy: protos
-	$(RUN) mypy -p billing_common -p gateway_adapter -p quota -p recurring -p dunning -p tier -p console -p bench -p demo
+	$(RUN) mypy -p billing_common $(addprefix -p ,$(SERVICE_PACKAGES)) -p bench -p demo
 	$(RUN) mypy deploy/k8s/checks
 
 contracts: protos

@@ -25,7 +25,7 @@ SECONDS = 4.0
 
 
 def echo_factory(_settings: CommonSettings) -> Any:
-    return echo.echo_setup({"bench"})
+    return echo.echo_lifespan({"bench"})
 
 
 def _bare_server(ports: Any, stop: Any) -> None:

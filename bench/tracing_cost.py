@@ -75,7 +75,7 @@ def _serve(variant: str, endpoint: str, settings: CommonSettings, ports: Any, st
         grpc.aio.server = with_interceptors  # type: ignore[assignment]  # as the host did before
 
     async def main() -> None:
-        host = ServiceHost(settings, echo.echo_setup({"bench"}), Path("bench/no-migrations"))
+        host = ServiceHost(settings, echo.echo_lifespan({"bench"}), Path("bench/no-migrations"))
         await host.start()
         ports.put(host.port)
         await asyncio.to_thread(stop.wait)

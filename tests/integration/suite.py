@@ -3,30 +3,29 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
-from billing.dunning.v1 import dunning_pb2_grpc
-from billing.gateway.v1 import gateway_pb2_grpc
-from billing.quota.v1 import quota_pb2_grpc
-from billing.recurring.v1 import recurring_pb2_grpc
-from billing.tier.v1 import tier_pb2_grpc
+from billing_common import devrun
 from billing_common.devrun import TEST_CLOCK_SETTINGS
 from billing_common.grpc_client import open_channel
 from billing_common.settings import CommonSettings
 from billing_common.testing.plugin import InfraEnv
 from billing_common.testing.processes import RunningProcess, free_port, start_process
 
-# package, env prefix, service name, stub class
+
+def _stub_class(path: str) -> Any:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+# package, env prefix, stub class of each service of services.toml
 SERVICES: dict[str, tuple[str, str, Any]] = {
-    "gateway-adapter": ("gateway_adapter", "GATEWAY", gateway_pb2_grpc.GatewayServiceStub),
-    "quota": ("quota", "QUOTA", quota_pb2_grpc.QuotaServiceStub),
-    "recurring": ("recurring", "RECURRING", recurring_pb2_grpc.RecurringServiceStub),
-    "dunning": ("dunning", "DUNNING", dunning_pb2_grpc.DunningServiceStub),
-    "tier": ("tier", "TIER", tier_pb2_grpc.TierServiceStub),
+    name: (package, prefix, _stub_class(devrun.STUBS[name])) for name, prefix, package, *_ in devrun.SERVICES
 }
 # Who each service calls, as the settings field naming the address (`<CALLER>_<CALLEE>_ADDR`).
 CALLS = {"recurring": ["quota", "gateway-adapter"], "dunning": ["recurring"]}

@@ -16,8 +16,10 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY
 
+from billing_common.devrun import SERVICES
+
 MONITORING = Path(__file__).resolve().parents[2] / "deploy" / "k8s" / "base" / "monitoring"
-PACKAGES = ("billing_common", "gateway_adapter", "quota", "recurring", "dunning", "tier")
+PACKAGES = ("billing_common", *(package for _, _, package, *_ in SERVICES))
 SEVERITIES = {"critical", "warning"}
 # What the issue asked an SRE to be able to page on and graph, and what KEDA scales on.
 REQUIRED = {

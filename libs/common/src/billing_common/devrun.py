@@ -1,4 +1,4 @@
-"""`make run`: all five services as separate processes against the local servers.
+"""`make run`: every service of services.toml as a separate process against the local servers.
 
 Each gets its own schema and login role (provisioned with the local superuser), its own
 gRPC and metrics port, the development key set (public keys only) and its outgoing token as a file.
@@ -18,7 +18,9 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
+from typing import Any
 
 from billing_common import db, tokens
 from billing_common.testing.processes import wait_until_serving
@@ -46,16 +48,21 @@ TEST_CLOCK_SETTINGS = {
 # The demo's Stripe customers pay through a local server that speaks Stripe's wire format.
 DEMO_STRIPE_PORT = int(os.environ.get("BILLING_DEV_STRIPE_PORT", "12111"))
 DEMO_STRIPE_KEY = "sk_test_demo_local_0123456789abcdef"
-SERVICES = [
-    # (service name, env prefix, package, gRPC port, metrics port)
-    ("gateway-adapter", "GATEWAY", "gateway_adapter", 50051, 9464),
-    ("quota", "QUOTA", "quota", 50052, 9465),
-    ("recurring", "RECURRING", "recurring", 50053, 9466),
-    ("dunning", "DUNNING", "dunning", 50054, 9467),
-    ("tier", "TIER", "tier", 50055, 9468),
-]
-# The web console: (name, env prefix, package, HTTP port, metrics port); no database of its own.
-CONSOLE = ("console", "CONSOLE", "console", 8090, 9469)
+# The suite's one list of services, at the repository's top: a service is its folder plus its entry.
+SERVICE_LIST = Path(__file__).resolve().parents[4] / "services.toml"
+Listed = tuple[str, str, str, int, int]  # (service name, env prefix, package, port, metrics port)
+
+
+def _entry(entry: dict[str, Any]) -> Listed:
+    return (entry["name"], entry["prefix"], entry["package"], entry["port"], entry["metrics_port"])
+
+
+_LISTED = tomllib.loads(SERVICE_LIST.read_text(encoding="utf-8"))
+# The gRPC services, and the stub class of each (`module:Class`) for tests that call them.
+SERVICES: list[Listed] = [_entry(entry) for entry in _LISTED["grpc"]]
+STUBS: dict[str, str] = {entry["name"]: entry["stub"] for entry in _LISTED["grpc"]}
+# The web console: its port is HTTP; no database of its own.
+CONSOLE: Listed = _entry(_LISTED["web"])
 
 
 def dev_signing_key() -> tokens.SigningKey:

@@ -71,6 +71,24 @@ class Conflict(BillingError):
     """A concurrent change won (optimistic version mismatch); the caller may retry."""
 
 
+class KeyReused(FailedPrecondition):
+    """An idempotency key presented again with a different request: neither is done again."""
+
+    def __init__(self, key: str, what: str = "request", differs: Iterable[str] = ()) -> None:
+        named = ", ".join(differs)
+        super().__init__(
+            f"idempotency key {key!r} was used for a different {what}"
+            + (f" (differs in {named})" if named else "")
+        )
+
+
+class KeyInFlight(Conflict):
+    """Another call with the same idempotency key has not finished: its answer is not known yet."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"a call with idempotency key {key!r} is still in flight; retry with the same key")
+
+
 class ResourceExhausted(BillingError):
     pass
 

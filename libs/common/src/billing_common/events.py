@@ -5,7 +5,8 @@
 - Producers call `Outbox.add(conn, event)` inside the transaction of their state change;
   `OutboxRelay` publishes committed rows and marks them, so an event is never lost when the
   broker is down at commit time (at-least-once).
-- `EventConsumer` records each handled event id in the inbox in the handler's own transaction,
+- Consumers register a typed `Handler[E]` per event message in `Handlers`; `EventConsumer`
+  decodes each message and records its event id in the inbox in the handler's own transaction,
   so a redelivery has no second effect; a failing message is retried a bounded number of times
   through a delay queue and then parked in `<queue>.dlq`.
 - The outbox and inbox are partitioned by day (`billing_common.partitions`). The inbox keeps an
@@ -25,11 +26,11 @@ import importlib
 import logging
 import pkgutil
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
-from typing import Any
+from typing import Any, Protocol, TypeVar, cast
 
 import aio_pika
 import asyncpg
@@ -261,8 +262,40 @@ class OutboxRelay:
 
 # ---------------------------------------------------------------- consuming
 
-Handler = Callable[[Any, Any], Awaitable[None]]
-"""An event handler: (connection inside the inbox transaction, decoded event message)."""
+E = TypeVar("E", bound=Message, contravariant=True)
+M = TypeVar("M", bound=Message)
+
+
+class Handler(Protocol[E]):
+    """Handles one kind of event inside the inbox transaction of that event.
+
+    Its writes go through `conn`, so they commit with the inbox row (a redelivered event has no
+    second effect) or roll back with it (the event is retried).
+    """
+
+    async def __call__(self, conn: asyncpg.Connection, event: E, /) -> None: ...
+
+
+class Handlers:
+    """The events a service consumes, each with its handler; a handler is typed for its message."""
+
+    def __init__(self) -> None:
+        self._by_type: dict[str, Handler[Any]] = {}
+
+    def on(self, event: type[M], handler: Handler[M]) -> Handlers:
+        """Handle `event` messages (a contract message with an event type) with `handler`."""
+        event_type = event_type_of(event)
+        if event_type in self._by_type:
+            raise ValueError(f"{event_type} has a handler already")
+        self._by_type[event_type] = handler
+        return self
+
+    @property
+    def event_types(self) -> list[str]:
+        return list(self._by_type)
+
+    async def handle(self, conn: asyncpg.Connection, event_type: str, event: Message) -> None:
+        await self._by_type[event_type](conn, event)
 
 
 @dataclass(frozen=True)
@@ -287,7 +320,7 @@ class EventConsumer:
         amqp_url: str,
         exchange: str,
         queue: str,
-        handlers: Mapping[str, Handler],
+        handlers: Handlers,
         *,
         max_retries: int = 5,
         retry_delay: timedelta = timedelta(seconds=2),
@@ -295,13 +328,13 @@ class EventConsumer:
         prefetch: int = 32,
         watch_interval: timedelta = timedelta(seconds=QUEUE_WATCH_INTERVAL_S),
     ) -> None:
-        for event_type in handlers:
-            event_class(event_type)  # fail at start on a typo, not at the first message
+        if not handlers.event_types:
+            raise ValueError("an event consumer needs at least one handler")
         self._pool = pool
         self._amqp_url = amqp_url
         self._exchange_name = exchange
         self.queues = QueueNames(queue)
-        self._handlers = dict(handlers)
+        self._handlers = handlers
         self._max_retries = max_retries
         self._retry_delay_ms = int(retry_delay.total_seconds() * 1000)
         self._delivery_limit = delivery_limit
@@ -345,7 +378,7 @@ class EventConsumer:
                 "x-dead-letter-routing-key": self.queues.main,
             },
         )
-        for event_type in self._handlers:
+        for event_type in self._handlers.event_types:
             await queue.bind(exchange, routing_key=event_type)
         return queue
 
@@ -500,7 +533,7 @@ class EventConsumer:
                 return FORGOTTEN
             if not outcome["first"]:
                 return "duplicate"
-            await self._handlers[event_type](conn, event)
+            await self._handlers.handle(cast(asyncpg.Connection, conn), event_type, event)
         return "handled"
 
     async def _retry_or_park(

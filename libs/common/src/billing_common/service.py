@@ -1,12 +1,13 @@
 """The host every service runs in: the same code path in production, `make run` and tests.
 
 Start-up: wait for PostgreSQL, Redis and RabbitMQ; provision the schema and roles (when an
-admin DSN is set); migrate (or, where a job migrates, wait until it has); build the service's
-parts; serve gRPC with health and reflection; relay the outbox; consume events; run background
-workers under a supervisor. Health stays NOT_SERVING until what serving needs answers (PostgreSQL;
-Redis too for a service that serves from it) and follows it afterwards; every dependency, the
-broker included, has its own health entry and gauge. SIGTERM drains. `--migrate-only` migrates
-and exits.
+admin DSN is set); migrate (or, where a job migrates, wait until it has); enter the service's
+lifespan, which opens what its parts need and yields them; serve gRPC with health and
+reflection; relay the outbox; consume events; run background work under a supervisor. Health
+stays NOT_SERVING until what serving needs answers (PostgreSQL; Redis too for a service that
+serves from it) and follows it afterwards; every dependency, the broker included, has its own
+health entry and gauge. SIGTERM drains, cancels the background
+work, then leaves the lifespan (which closes what it opened). `--migrate-only` migrates and exits.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import gc
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
@@ -37,7 +39,7 @@ from redis.asyncio import Redis
 from billing_common import db, partitions, telemetry
 from billing_common.auth import AuthConfig
 from billing_common.clock import Clock, SystemClock
-from billing_common.events import QUEUE_WATCH_INTERVAL_S, EventConsumer, Handler, Outbox, OutboxRelay
+from billing_common.events import QUEUE_WATCH_INTERVAL_S, EventConsumer, Handlers, Outbox, OutboxRelay
 from billing_common.faults import is_dependency_failure
 from billing_common.grpc_server import BillingInterceptor
 from billing_common.locks import RedisLocks
@@ -106,18 +108,26 @@ class Registration:
     access: Mapping[str, set[str] | frozenset[str]]
 
 
+@dataclass(frozen=True)
+class Background:
+    """Work that runs beside the RPCs while the service lives; restarted after a crash."""
+
+    run: Callable[[], Awaitable[None]]
+    # How SIGTERM winds it down within the drain, beside the RPCs: it stops taking new work and
+    # finishes or hands back what it has in hand (a worker's batch) before it is cancelled.
+    drain: Callable[[], Awaitable[None]] | None = None
+
+
 @dataclass
 class ServiceParts:
+    """What a service's lifespan yields to the host: its RPCs, consumers and background work."""
+
     registrations: list[Registration]
-    event_handlers: Mapping[str, Handler] = field(default_factory=dict)
-    background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-    on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    event_handlers: Handlers = field(default_factory=Handlers)
+    background: Sequence[Background] = ()
     # The longest an in-flight call may take (a charge waiting on its gateway): SIGTERM drains at
     # least this long, whatever GRPC_SHUTDOWN_GRACE says, so no call is cut off half done.
     drain_at_least: timedelta = timedelta(0)
-    # Background work SIGTERM winds down within the drain, beside the RPCs: each stops taking new
-    # work and finishes what it has in hand (a worker's batch) before background work is cancelled.
-    draining: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     # What the RPCs cannot be answered without: readiness follows these alone. The broker is
     # never one: the outbox keeps events while it is away.
     serving_needs: frozenset[Dependency] = frozenset({Dependency.POSTGRESQL})
@@ -126,14 +136,17 @@ class ServiceParts:
     due_work: list[DueWork] = field(default_factory=list)
 
 
-Setup = Callable[[Resources], Awaitable[ServiceParts]]
+Lifespan = Callable[[Resources], AbstractAsyncContextManager[ServiceParts]]
+"""A service's parts for the life of the process, one async context manager (Starlette's shape):
+it opens what the parts need (channels, clients), yields the parts, and closes what it opened
+once the host has drained the RPCs and cancelled the background work."""
 
 
 class ServiceHost:
     def __init__(
         self,
         settings: CommonSettings,
-        setup: Setup,
+        lifespan: Lifespan,
         migrations_dir: Path,
         *,
         clock: Clock | None = None,
@@ -141,7 +154,8 @@ class ServiceHost:
     ) -> None:
         self.settings = settings
         self._env_prefix = env_prefix
-        self._setup = setup
+        self._lifespan = lifespan
+        self._parts_open = contextlib.AsyncExitStack()
         self._migrations_dir = migrations_dir
         self.clock = clock or SystemClock()
         self._tasks: list[asyncio.Task[None]] = []
@@ -183,7 +197,7 @@ class ServiceHost:
         if isinstance(self.clock, SharedClock):
             agent = ClockAgent(self.clock, pool, redis, s.test_clock_key, s.service_name)
             await agent.resume()
-        self.parts = parts = await self._setup(self.resources)
+        self.parts = parts = await self._parts_open.enter_async_context(self._lifespan(self.resources))
 
         authenticator = auth.authenticator({r.service_name: r.access for r in parts.registrations})
         if s.auth_insecure:
@@ -231,7 +245,7 @@ class ServiceHost:
             poll_interval=s.outbox_poll_interval,
         )
         self._spawn("outbox-relay", relay.run)
-        if parts.event_handlers:
+        if parts.event_handlers.event_types:
             self.consumer = EventConsumer(
                 pool,
                 s.amqp_url,
@@ -249,7 +263,7 @@ class ServiceHost:
             agent.watch([outbox_due(pool), *consumed, *parts.due_work])
             self._spawn("test-clock", agent.run)
         for index, work in enumerate(parts.background):
-            self._spawn(f"background-{index}", work)
+            self._spawn(f"background-{index}", work.run)
         self._spawn("health", self._watch_dependencies)
         # What start-up built (modules, descriptors, pools) lives as long as the process: out of the
         # collector's sight, a full collection no longer walks it in the middle of a request.
@@ -352,7 +366,11 @@ class ServiceHost:
             drain = max(drain, self.parts.drain_at_least)
         winding = [self._server.stop(drain.total_seconds())] if self._server is not None else []
         if self.parts:
-            winding += [asyncio.wait_for(hook(), drain.total_seconds()) for hook in self.parts.draining]
+            winding += [
+                asyncio.wait_for(work.drain(), drain.total_seconds())
+                for work in self.parts.background
+                if work.drain is not None
+            ]
         for ended in await asyncio.gather(*winding, return_exceptions=True):
             if isinstance(ended, TimeoutError):
                 log.warning("background work did not wind down within the drain; cancelling it")
@@ -360,10 +378,10 @@ class ServiceHost:
             task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=STOP_STEP_TIMEOUT_S)
-        if self.parts:
-            for hook in self.parts.on_stop:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(hook(), STOP_STEP_TIMEOUT_S)
+        try:
+            await asyncio.wait_for(self._parts_open.aclose(), STOP_STEP_TIMEOUT_S)
+        except Exception:
+            log.exception("the service's lifespan did not close cleanly")
         if self.resources:
             try:
                 await asyncio.wait_for(self.resources.pool.close(), STOP_STEP_TIMEOUT_S)
@@ -402,8 +420,8 @@ class _GenericHandlersOnly:
     """The server as generated `add_*_to_server` code sees it: its generic handlers only.
 
     Generated code registers each method twice, as a generic handler and as a registered
-    method; grpc.aio serves the registered path 3-8% slower per call (for a service with as many
-    methods as quota's, `bench/grpc_runtime.py`), so only the generic handler, which serves the
+    method; grpc.aio serves the registered path slower per call (`bench/grpc_runtime.py` measures
+    it for a service with as many methods as quota's), so only the generic handler, which serves the
     same methods, is kept.
     """
 
@@ -435,8 +453,8 @@ async def _answers(check: Callable[[], Awaitable[object]]) -> bool:
 
 
 def run_event_loop(main: Coroutine[Any, Any, T]) -> T:
-    """Run the platform's event loop: uvloop, which takes about 12% less CPU per gRPC call than
-    asyncio's own loop (`bench/grpc_runtime.py`)."""
+    """Run the platform's event loop: uvloop, which takes less CPU per gRPC call than asyncio's own
+    loop (`bench/grpc_runtime.py` measures both)."""
     return uvloop.run(main)
 
 
@@ -473,7 +491,7 @@ S = TypeVar("S", bound=CommonSettings)
 
 
 def run_service(
-    prefix: str, settings_class: type[S], setup: Callable[[S], Setup], migrations_dir: Path
+    prefix: str, settings_class: type[S], lifespan: Callable[[S], Lifespan], migrations_dir: Path
 ) -> None:
     """What every service's `main` does: settings, logging, tracing, then serve until SIGTERM.
 
@@ -482,13 +500,13 @@ def run_service(
     settings = load_settings(settings_class, prefix)
     configure_logging(settings.service_name, settings.log_level)
     if "--migrate-only" in sys.argv[1:]:
-        host = ServiceHost(settings, setup(settings), migrations_dir)
+        host = ServiceHost(settings, lifespan(settings), migrations_dir)
         run_event_loop(_retry_until_up("PostgreSQL", host.migrate))
         return
     telemetry.setup_telemetry(settings.service_name)
     if settings.metrics_port:
         prometheus_client.start_http_server(settings.metrics_port)
-    host = ServiceHost(settings, setup(settings), migrations_dir, env_prefix=prefix)
+    host = ServiceHost(settings, lifespan(settings), migrations_dir, env_prefix=prefix)
     try:
         run_event_loop(host.run_until_signalled())
     finally:

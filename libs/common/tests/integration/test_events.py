@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 from billing.events.v1 import payment_pb2
 from billing_common import db, events, partitions
 from billing_common.clock import ControllableClock
-from billing_common.events import EventConsumer, Outbox, OutboxRelay, event_type_of
+from billing_common.events import EventConsumer, Handlers, Outbox, OutboxRelay, event_type_of
 from billing_common.partitions import event_tables
 from billing_common.testing.faultproxy import FaultProxy
 from billing_common.testing.plugin import InfraEnv, eventually
@@ -53,7 +53,7 @@ class Harness:
             self.env.infra.amqp_url,
             self.env.exchange,
             self.queue,
-            {"payment.succeeded": handler},
+            Handlers().on(payment_pb2.PaymentSucceeded, handler),
             max_retries=max_retries,
             retry_delay=timedelta(milliseconds=100),
             **options,
@@ -337,7 +337,7 @@ async def test_a_message_that_is_never_answered_goes_to_the_dead_letter_queue_at
         harness.env.infra.amqp_url,
         harness.env.exchange,
         harness.queue,
-        {"payment.succeeded": _record_payment},
+        Handlers().on(payment_pb2.PaymentSucceeded, _record_payment),
         delivery_limit=2,
     )
     connection = await aio_pika.connect(harness.env.infra.amqp_url)
@@ -379,7 +379,7 @@ async def test_a_database_outage_spends_neither_a_retry_nor_a_delivery_of_the_ev
                 harness.env.infra.amqp_url,
                 harness.env.exchange,
                 harness.queue,
-                {"payment.succeeded": _record_payment},
+                Handlers().on(payment_pb2.PaymentSucceeded, _record_payment),
                 max_retries=0,  # a retry spent on the outage would park the event
                 retry_delay=timedelta(milliseconds=100),
                 delivery_limit=2,  # so would a redelivery per failed attempt

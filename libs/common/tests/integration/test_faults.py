@@ -35,9 +35,10 @@ def _reads_the_database(resources: Resources) -> Any:
     return add
 
 
-async def _setup(resources: Resources) -> ServiceParts:
+@contextlib.asynccontextmanager
+async def _lifespan(resources: Resources) -> AsyncIterator[ServiceParts]:
     registration = Registration(_reads_the_database(resources), None, SERVICE, {"Echo": {"recurring"}})
-    return ServiceParts([registration])
+    yield ServiceParts([registration])
 
 
 async def test_a_call_whose_database_is_down_is_answered_unavailable_and_served_again_after(
@@ -46,7 +47,7 @@ async def test_a_call_whose_database_is_down_is_answered_unavailable_and_served_
     env, cluster = private_postgres
     settings = env.settings(CommonSettings, "echo")
     async with (
-        running_service(settings, _setup, NO_MIGRATIONS) as host,
+        running_service(settings, _lifespan, NO_MIGRATIONS) as host,
         grpc.aio.insecure_channel(f"127.0.0.1:{host.port}") as channel,
     ):
         call = echo_stub(channel)

@@ -10,25 +10,11 @@ from billing_common.locks import RedisLocks
 from billing_common.testing.plugin import InfraEnv
 from billing_common.testing.servers import RedisServer
 
+from .conftest import service_schema
+
 
 async def _fenced_schema(env: InfraEnv, name: str) -> str:
-    """A schema with the common tables (fencing tokens among them), as a service has."""
-    schema = f"{name}_{env.run_id}"
-    env.schemas.append(schema)
-    await db.provision(env.infra.postgres_admin_url, schema, schema)
-    conn = await asyncpg.connect(db.dsn_with_user(env.infra.postgres_admin_url, schema))
-    try:
-        await db.migrate(
-            conn,
-            schema,
-            [
-                *db.common_migrations(),
-                db.Migration("0001.sql", "CREATE TABLE runs (day TEXT PRIMARY KEY, owner TEXT);"),
-            ],
-        )
-    finally:
-        await conn.close()
-    return schema
+    return await service_schema(env, name, "CREATE TABLE runs (day TEXT PRIMARY KEY, owner TEXT);")
 
 
 @pytest.fixture

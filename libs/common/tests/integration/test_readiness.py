@@ -16,7 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from billing_common.grpc_client import open_channel
-from billing_common.service import Dependency, Resources, ServiceParts
+from billing_common.service import Dependency, Lifespan, Resources, ServiceParts
 from billing_common.settings import CommonSettings
 from billing_common.testing.echo import echo_registration, echo_stub
 from billing_common.testing.plugin import InfraEnv, eventually, running_service
@@ -91,11 +91,12 @@ async def relayed(url: str) -> AsyncIterator[Relay]:
             await relay.cut()
 
 
-def _setup(serving_needs: frozenset[Dependency]):  # type: ignore[no-untyped-def]
-    async def setup(_resources: Resources) -> ServiceParts:
-        return ServiceParts([echo_registration({"recurring"})], serving_needs=serving_needs)
+def _lifespan(serving_needs: frozenset[Dependency]) -> Lifespan:
+    @contextlib.asynccontextmanager
+    async def lifespan(_resources: Resources) -> AsyncIterator[ServiceParts]:
+        yield ServiceParts([echo_registration({"recurring"})], serving_needs=serving_needs)
 
-    return setup
+    return lifespan
 
 
 async def _health(port: int, entry: str) -> int:
@@ -124,7 +125,7 @@ async def test_a_broker_outage_keeps_the_service_serving_and_shows_in_its_health
     async with relayed(env.infra.amqp_url) as broker:
         settings = env.settings(CommonSettings, "echo", amqp_url=broker.moved())
         async with running_service(
-            settings, _setup(frozenset({Dependency.POSTGRESQL})), NO_MIGRATIONS
+            settings, _lifespan(frozenset({Dependency.POSTGRESQL})), NO_MIGRATIONS
         ) as host:
             await eventually(lambda: _status_is(host.port, Dependency.RABBITMQ.health_entry, SERVING))
 
@@ -147,7 +148,7 @@ async def test_a_database_outage_takes_the_service_out_of_rotation(env: InfraEnv
             db_admin_url=database.moved(settings.db_admin_url),
         )
         async with running_service(
-            settings, _setup(frozenset({Dependency.POSTGRESQL})), NO_MIGRATIONS
+            settings, _lifespan(frozenset({Dependency.POSTGRESQL})), NO_MIGRATIONS
         ) as host:
             await eventually(lambda: _status_is(host.port, "", SERVING), timeout=10)
 
@@ -171,7 +172,7 @@ async def test_a_redis_outage_takes_out_of_rotation_only_a_service_that_serves_f
 ) -> None:
     async with relayed(env.infra.redis_url) as redis:
         settings = env.settings(CommonSettings, "echo", redis_url=redis.moved())
-        async with running_service(settings, _setup(serving_needs), NO_MIGRATIONS) as host:
+        async with running_service(settings, _lifespan(serving_needs), NO_MIGRATIONS) as host:
             await eventually(lambda: _status_is(host.port, Dependency.REDIS.health_entry, SERVING))
 
             await redis.cut()

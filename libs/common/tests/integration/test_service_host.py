@@ -3,6 +3,7 @@ import contextlib
 import dataclasses
 import os
 import sys
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,9 +19,9 @@ from grpc_status import rpc_status
 from billing_common import auth, context, db
 from billing_common.grpc_client import open_channel
 from billing_common.grpc_server import CORRELATION_HEADER
-from billing_common.service import ServiceHost
+from billing_common.service import Background, Resources, ServiceHost, ServiceParts
 from billing_common.settings import CommonSettings
-from billing_common.testing.echo import SERVICE, echo_setup, echo_stub
+from billing_common.testing.echo import SERVICE, echo_lifespan, echo_registration, echo_stub
 from billing_common.testing.plugin import InfraEnv, eventually, running_service, session_signing_key
 from billing_common.testing.processes import settings_env
 from billing_common.tokens import SigningKey, issue, write_jwks
@@ -31,7 +32,7 @@ NO_MIGRATIONS = Path(__file__).parent / "no-migrations"
 @pytest.fixture
 async def echo(env: InfraEnv):
     settings = env.settings(CommonSettings, "echo")
-    async with running_service(settings, echo_setup({"recurring"}), NO_MIGRATIONS) as host:
+    async with running_service(settings, echo_lifespan({"recurring"}), NO_MIGRATIONS) as host:
         yield host
 
 
@@ -77,7 +78,7 @@ async def test_calls_need_a_token_from_an_allowed_caller(echo, env: InfraEnv) ->
 async def test_a_deployment_grants_a_caller_by_configuration(env: InfraEnv) -> None:
     settings = env.settings(CommonSettings, "echo", auth_access="Echo+=dunning")
     async with (
-        running_service(settings, echo_setup({"recurring"}), NO_MIGRATIONS) as host,
+        running_service(settings, echo_lifespan({"recurring"}), NO_MIGRATIONS) as host,
         open_channel(f"127.0.0.1:{host.port}", env.token("dunning")) as granted,
         open_channel(f"127.0.0.1:{host.port}", env.token("tier")) as stranger,
     ):
@@ -98,7 +99,7 @@ async def test_a_pod_follows_its_rotated_key_set_and_renewed_token_without_a_res
     settings = env.settings(
         CommonSettings, "echo", auth_jwks=str(key_file), auth_token="", auth_token_file=str(token_file)
     )
-    async with running_service(settings, echo_setup({"recurring", "dunning"}), NO_MIGRATIONS) as host:
+    async with running_service(settings, echo_lifespan({"recurring", "dunning"}), NO_MIGRATIONS) as host:
         assert host.resources is not None
         target = f"127.0.0.1:{host.port}"
         async with (
@@ -200,7 +201,7 @@ async def test_failed_and_slow_calls_are_logged_and_quick_successes_only_at_debu
         caplog.clear()
         settings = env.settings(CommonSettings, "echo", log_slow_rpc=slow_after)
         async with (
-            running_service(settings, echo_setup({"recurring"}), NO_MIGRATIONS) as host,
+            running_service(settings, echo_lifespan({"recurring"}), NO_MIGRATIONS) as host,
             open_channel(f"127.0.0.1:{host.port}", env.token("recurring")) as channel,
         ):
             stub = echo_stub(channel)
@@ -278,13 +279,13 @@ async def test_a_service_that_does_not_migrate_waits_for_the_migration_job_then_
     await db.provision(
         env.infra.postgres_admin_url, job.schema, f"{job.schema}_owner", runtime_role=job.schema
     )
-    host = ServiceHost(pod, echo_setup({"recurring"}), NO_MIGRATIONS)
+    host = ServiceHost(pod, echo_lifespan({"recurring"}), NO_MIGRATIONS)
     starting = asyncio.create_task(host.start())
     try:
         await eventually(lambda: "waiting for the schema's migrations" in caplog.text, timeout=30)
         assert not starting.done()
 
-        await ServiceHost(job, echo_setup({"recurring"}), NO_MIGRATIONS).migrate()
+        await ServiceHost(job, echo_lifespan({"recurring"}), NO_MIGRATIONS).migrate()
 
         await asyncio.wait_for(starting, 30)
         async with open_channel(f"127.0.0.1:{host.port}", env.token("recurring")) as channel:
@@ -300,7 +301,7 @@ async def test_a_service_that_does_not_migrate_waits_for_the_migration_job_then_
 async def test_clients_are_made_to_reconnect_so_they_reach_pods_added_since(env: InfraEnv) -> None:
     settings = env.settings(CommonSettings, "echo", grpc_max_connection_age=timedelta(milliseconds=500))
     async with (
-        running_service(settings, echo_setup({"recurring"}), NO_MIGRATIONS) as host,
+        running_service(settings, echo_lifespan({"recurring"}), NO_MIGRATIONS) as host,
         open_channel(f"127.0.0.1:{host.port}", env.token("recurring")) as channel,
     ):
         echo = echo_stub(channel)
@@ -310,3 +311,61 @@ async def test_clients_are_made_to_reconnect_so_they_reach_pods_added_since(env:
             await asyncio.sleep(0.1)
     # A new connection is a new resolution of the Service's name: pods added since are seen.
     assert len(peers) >= 3
+
+
+async def _bare_echo_server(port: int) -> tuple[grpc.aio.Server, int]:
+    server = grpc.aio.server()
+    echo_registration(set()).add_to_server(None, server)
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    return server, bound
+
+
+async def test_a_new_channel_reaches_a_server_restarted_on_a_port_an_older_channel_saw_refused() -> None:
+    """Loopback ports are reused between tests: an open channel's refused connection to a stopped
+    server must not make a new channel to the server now on that port fail its first call."""
+    first, port = await _bare_echo_server(0)
+    async with open_channel(f"127.0.0.1:{port}") as older:
+        assert await echo_stub(older)(b"before") == b"before"
+        await first.stop(None)
+        # The older channel keeps reconnecting, refused, its back-off growing (1 s, 1.6 s, 2.6 s...).
+        await asyncio.sleep(3)
+        second, _ = await _bare_echo_server(port)
+        try:
+            async with open_channel(f"127.0.0.1:{port}") as newer:
+                assert await echo_stub(newer)(b"after") == b"after"
+        finally:
+            await second.stop(None)
+
+
+async def test_the_lifespan_opens_before_serving_and_closes_after_the_drain_and_the_background_work(
+    env: InfraEnv,
+) -> None:
+    seen: list[str] = []
+    started = asyncio.Event()
+
+    async def work() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            seen.append("background cancelled")
+            raise
+
+    async def drain() -> None:
+        seen.append("background drained")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_resources: Resources) -> AsyncIterator[ServiceParts]:
+        seen.append("opened")
+        try:
+            yield ServiceParts([echo_registration({"recurring"})], background=[Background(work, drain=drain)])
+        finally:
+            seen.append("closed")
+
+    host = ServiceHost(env.settings(CommonSettings, "echo"), lifespan, NO_MIGRATIONS)
+    await host.start()
+    await asyncio.wait_for(started.wait(), 10)
+    assert seen == ["opened"]
+    await host.stop()
+    assert seen == ["opened", "background drained", "background cancelled", "closed"]

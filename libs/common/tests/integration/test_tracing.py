@@ -7,6 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -16,8 +17,9 @@ from opentelemetry.trace import SpanKind
 
 from billing.events.v1 import payment_pb2
 from billing_common import telemetry
+from billing_common.events import Handlers
 from billing_common.grpc_client import open_channel
-from billing_common.service import Resources, ServiceParts
+from billing_common.service import Background, Resources, ServiceParts
 from billing_common.settings import CommonSettings
 from billing_common.testing.echo import echo_registration, echo_stub
 from billing_common.testing.plugin import InfraEnv, eventually, running_service
@@ -44,11 +46,12 @@ def parent_of(span: ReadableSpan) -> int:
 
 @contextlib.asynccontextmanager
 async def echo_host(env: InfraEnv, **parts: Any) -> AsyncIterator[Any]:
-    async def setup(_resources: Resources) -> ServiceParts:
-        return ServiceParts([echo_registration({"recurring"})], **parts)
+    @contextlib.asynccontextmanager
+    async def lifespan(_resources: Resources) -> AsyncIterator[ServiceParts]:
+        yield ServiceParts([echo_registration({"recurring"})], **parts)
 
     settings = env.settings(CommonSettings, "echo", outbox_poll_interval=timedelta(milliseconds=50))
-    async with running_service(settings, setup, NO_MIGRATIONS) as host:
+    async with running_service(settings, lifespan, NO_MIGRATIONS) as host:
         yield host
 
 
@@ -98,11 +101,11 @@ async def test_the_relay_publishes_each_row_under_the_context_it_was_written_in_
 ) -> None:
     handled = asyncio.Event()
 
-    async def on_payment(conn: Any, event: Any) -> None:
+    async def on_payment(conn: asyncpg.Connection, event: payment_pb2.PaymentSucceeded) -> None:
         await conn.fetchval("SELECT 1")
         handled.set()
 
-    async with echo_host(env, event_handlers={"payment.succeeded": on_payment}) as host:
+    async with echo_host(env, event_handlers=Handlers().on(payment_pb2.PaymentSucceeded, on_payment)) as host:
         assert host.resources is not None and host.consumer is not None
         await asyncio.wait_for(host.consumer.ready.wait(), 10)  # a message before the bind is dropped
         outbox = host.resources.outbox
@@ -128,7 +131,7 @@ async def test_the_relay_publishes_each_row_under_the_context_it_was_written_in_
 async def test_an_idle_host_with_relay_consumer_workers_and_health_probes_makes_no_spans(
     env: InfraEnv, spans: InMemorySpanExporter
 ) -> None:
-    async def on_payment(conn: Any, event: Any) -> None:
+    async def on_payment(conn: asyncpg.Connection, event: payment_pb2.PaymentSucceeded) -> None:
         raise AssertionError("no event is published")
 
     resources: list[Resources] = []
@@ -144,7 +147,9 @@ async def test_an_idle_host_with_relay_consumer_workers_and_health_probes_makes_
             await asyncio.sleep(0.05)
 
     async with echo_host(
-        env, event_handlers={"payment.succeeded": on_payment}, background=[polling_worker]
+        env,
+        event_handlers=Handlers().on(payment_pb2.PaymentSucceeded, on_payment),
+        background=[Background(polling_worker)],
     ) as host:
         assert host.resources is not None
         resources.append(host.resources)

@@ -1,10 +1,14 @@
 from datetime import UTC, datetime, timedelta, timezone
+from enum import StrEnum
 
+import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import given
 from hypothesis import strategies as st
 
-from billing_common.protos import stamp
+from billing.common.v1 import common_pb2
+from billing_common.payments import DeclineKind, FailureType
+from billing_common.protos import ProtoEnum, stamp
 
 OFFSETS = st.sampled_from(
     [None, UTC, timezone(timedelta(hours=-7)), timezone(timedelta(hours=5, minutes=30))]
@@ -25,3 +29,35 @@ def test_stamp_of_no_instant_changes_nothing() -> None:
     ts = Timestamp(seconds=5)
     stamp(ts, None)
     assert ts.seconds == 5
+
+
+def test_every_failure_word_we_share_round_trips_through_the_contract_by_name() -> None:
+    failure_types = ProtoEnum(FailureType, common_pb2.FailureType, "FAILURE_TYPE_")
+    decline_kinds = ProtoEnum(DeclineKind, common_pb2.DeclineKind, "DECLINE_KIND_")
+    assert failure_types.pb(FailureType.GATEWAY_UNREACHABLE) == common_pb2.FAILURE_TYPE_GATEWAY_UNREACHABLE
+    assert [failure_types.ours(failure_types.pb(t)) for t in FailureType] == list(FailureType)
+    assert [decline_kinds.ours(decline_kinds.pb(k)) for k in DeclineKind] == list(DeclineKind)
+
+
+class Colour(StrEnum):
+    LITE = "lite"
+    PRO = "pro"
+    TEAL = "teal"
+
+
+def test_a_member_the_contract_lacks_stops_the_mapping_from_being_built() -> None:
+    with pytest.raises(ValueError, match="TIER_TEAL"):
+        ProtoEnum(Colour, common_pb2.Tier, "TIER_")
+
+
+def test_a_contract_value_without_a_member_is_refused_or_takes_the_default() -> None:
+    class Known(StrEnum):
+        PRO = "pro"
+        BEST = "best"
+
+    tiers = ProtoEnum(Known, common_pb2.Tier, "TIER_", names={Known.BEST: "PRO"})
+    assert tiers.pb(Known.BEST) == common_pb2.TIER_PRO
+    assert tiers.ours(common_pb2.TIER_PRO) is Known.PRO  # the member named like the value is read back
+    with pytest.raises(ValueError, match="no Known for contract value"):
+        tiers.ours(common_pb2.TIER_LITE)
+    assert tiers.get(common_pb2.TIER_UNSPECIFIED, Known.PRO) is Known.PRO

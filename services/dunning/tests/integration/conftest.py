@@ -25,6 +25,7 @@ from billing_common.grpc_client import open_channel
 from billing_common.service import ServiceHost
 from billing_common.testing.plugin import EventCollector, InfraEnv, eventually, running_service
 from billing_common.testing.private_servers import private_redis  # noqa: F401 - a fixture
+from dunning.adapters.metrics import PrometheusCaseMetrics
 from dunning.adapters.recurring_client import GrpcRecurring
 from dunning.adapters.store import PostgresCases
 from dunning.app.statistics import OutcomeStatistics
@@ -49,7 +50,7 @@ class Dunning:
     @property
     def store(self) -> PostgresCases:
         assert self.host.resources is not None
-        return PostgresCases(self.host.resources.pool, self.host.resources.outbox)
+        return PostgresCases(self.host.resources.pool, self.host.resources.outbox, PrometheusCaseMetrics())
 
     def worker(self, **config: Any) -> AttemptWorker:
         """An attempt worker like the one each pod runs, on this service's connections."""
@@ -63,6 +64,7 @@ class Dunning:
             OutcomeStatistics(self.store, self.clock, timedelta(0), timedelta(days=180)),
             self.clock,
             WorkerConfig(**{"case_lock_ttl": timedelta(seconds=10), **config}),
+            PrometheusCaseMetrics(),
         )
 
     async def case(self, invoice_id: str) -> pb.DunningCase:

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from billing_common.money import Money
+from billing_common.payments import DeclineKind, FailureType
 from dunning.domain import cases as decide
 from dunning.domain import events as ev
 from dunning.domain.cases import AttemptResult, Change, ResultKind
@@ -16,9 +17,7 @@ from dunning.domain.model import (
     AttemptOutcome,
     Case,
     CaseState,
-    DeclineKind,
     Failure,
-    FailureType,
     InvoiceRef,
 )
 from dunning.domain.policy import ExhaustedAction, FixedSchedule, RetryPolicy
@@ -306,7 +305,7 @@ def step(case: Case, action: str, at: datetime) -> list[Change]:
             "attempt_succeeded": SUCCEEDED,
         }[action]
         if case.state is not S.RETRY_SCHEDULED:
-            raise IllegalTransition(case.state, S.ATTEMPTING, decide.Cause.ATTEMPT_STARTED)
+            raise IllegalTransition(case.state, S.ATTEMPTING, decide.TransitionCause.ATTEMPT_STARTED)
         start = decide.start_attempt(case, at, at + timedelta(minutes=2))
         started = stored(start)
         current = started.current_attempt
@@ -351,6 +350,8 @@ def test_any_sequence_only_makes_legal_recorded_transitions(failure: Failure, ac
     previous = S.OPEN
     for transition in history:
         assert transition.from_state is previous
-        assert is_allowed(transition.from_state, transition.to_state, decide.Cause(transition.cause))
+        assert is_allowed(
+            transition.from_state, transition.to_state, decide.TransitionCause(transition.cause)
+        )
         previous = transition.to_state
     assert previous is case.state

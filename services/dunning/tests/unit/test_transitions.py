@@ -5,10 +5,10 @@ import itertools
 import pytest
 
 from dunning.domain.model import TERMINAL_STATES, CaseState
-from dunning.domain.transitions import TRANSITIONS, Cause, IllegalTransition, check, is_allowed
+from dunning.domain.transitions import TRANSITIONS, IllegalTransition, TransitionCause, check, is_allowed
 
 S = CaseState
-C = Cause
+C = TransitionCause
 
 # The table written out again by hand: a change to the domain table must be a deliberate change here.
 EXPECTED = {
@@ -45,7 +45,7 @@ EXPECTED = {
     (S.HELD, S.CLOSED, C.INVOICE_PAID_ELSEWHERE),
     (S.HELD, S.CLOSED, C.INVOICE_VOIDED),
 }
-EVERY = list(itertools.product(CaseState, CaseState, Cause))
+EVERY = list(itertools.product(CaseState, CaseState, TransitionCause))
 
 
 def test_the_table_is_exactly_the_documented_one() -> None:
@@ -54,7 +54,9 @@ def test_the_table_is_exactly_the_documented_one() -> None:
 
 
 @pytest.mark.parametrize(("from_state", "to_state", "cause"), sorted(EXPECTED))
-def test_legal_transitions_are_accepted(from_state: CaseState, to_state: CaseState, cause: Cause) -> None:
+def test_legal_transitions_are_accepted(
+    from_state: CaseState, to_state: CaseState, cause: TransitionCause
+) -> None:
     assert is_allowed(from_state, to_state, cause)
     check(from_state, to_state, cause)
 

@@ -6,13 +6,14 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from billing_common.settings import CommonSettings
+from gateway_adapter.domain.routing import Routes
 
 
 @dataclass(frozen=True)
 class GatewaySettings(CommonSettings):
     # Extra routes `<merchant>:<METHOD>=<gateway>[@<credentials ref>]`; defaults: CARD→sandbox-card,
     # ACH→sandbox-ach, STRIPE→stripe for every merchant.
-    routes: tuple[str, ...] = ()
+    routes: Routes = field(default_factory=Routes)
     # Each gateway's own limit, `<gateway>=<calls per second>` for all pods together (unlisted or 0:
     # none); calls are paced this much under it, for the jitter between the pacer and the gateway.
     rate_limits: dict[str, int] = field(default_factory=dict)

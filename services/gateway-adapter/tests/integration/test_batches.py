@@ -14,6 +14,7 @@ from billing.common.v1 import common_pb2 as c
 from billing.gateway.v1 import gateway_pb2 as pb
 from billing.gateway.v1 import gateway_pb2_grpc
 from billing_common.testing.plugin import EventCollector, InfraEnv
+from gateway_adapter.domain.routing import Routes
 
 from .conftest import Gateway, busiest_second, gateway_service
 
@@ -49,7 +50,7 @@ async def charge_batch(gateway: Gateway, *charges: pb.ChargeRequest) -> list[pb.
 
 async def test_a_batch_makes_each_charge_once_with_its_own_outcome_gateway_and_event(env: InfraEnv) -> None:
     async with (
-        gateway_service(env, routes=("merchant-b:CARD=sandbox-ach",)) as gateway,
+        gateway_service(env, routes=Routes.from_setting("merchant-b:CARD=sandbox-ach")) as gateway,
         EventCollector(env.infra.amqp_url, env.exchange, ["payment.*"]) as events,
     ):
         batch = [

@@ -180,6 +180,11 @@ async def test_bad_input_is_refused_with_the_field_and_changes_nothing(gateway: 
         await gateway.charge("zero-1", amount=0)
     assert nothing.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "amount.amount_minor" in (nothing.value.details() or "")
+    # Three capitals pass the contract's pattern; a currency ISO 4217 does not know is refused too.
+    with pytest.raises(grpc.aio.AioRpcError) as unknown:
+        await gateway.charge("zzz-1", currency="ZZZ")
+    assert unknown.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "amount.currency" in (unknown.value.details() or "")
     assert await gateway.pool.fetchval("SELECT count(*) FROM payments") == 0
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -87,6 +89,32 @@ async def test_refund_goes_to_stripe_with_its_own_key(
     refund_request = fake.requests[-1]
     assert refund_request["path"] == "/v1/refunds" and refund_request["key"] == "stripe-r-refund-1"
     assert refund_request["form"] == {"payment_intent": paid.gateway_reference, "amount": "1000"}
+
+
+async def test_no_lock_is_held_on_the_payment_while_stripe_refunds_and_the_refund_is_made_once(
+    env: InfraEnv, stripe_server: tuple[FakeStripe, str]
+) -> None:
+    fake, base = stripe_server
+    fake.refunds_answer = asyncio.Event()
+    async with gateway_service(env, stripe_api_base=base, stripe_api_keys={"default": API_KEY}) as gateway:
+        paid = (await gateway.charge("stripe-slow-r", "pm_card_visa", 3000, method=STRIPE)).payment
+        request = pb.RefundRequest(payment_id=paid.payment_id, idempotency_key="stripe-slow-r-refund")
+        first = asyncio.ensure_future(gateway.stub.Refund(request))
+        await eventually(lambda: any(r["path"] == "/v1/refunds" for r in fake.requests))
+        async with gateway.pool.acquire() as conn, conn.transaction():
+            # NOWAIT: refused at once if the refund held the payment's row across Stripe's call.
+            locked = await conn.fetchval(
+                "SELECT payment_id FROM payments WHERE payment_id = $1 FOR UPDATE NOWAIT",
+                uuid.UUID(paid.payment_id),
+            )
+        assert str(locked) == paid.payment_id
+        fake.refunds_answer.set()
+        reply = await first
+        again = await gateway.stub.Refund(request)
+
+    assert reply.payment.status == c.PAYMENT_STATUS_REFUNDED and reply.payment.refunded.amount_minor == 3000
+    assert again.replayed and again.refund.refund_id == reply.refund.refund_id
+    assert [r["key"] for r in fake.requests if r["path"] == "/v1/refunds"] == ["stripe-slow-r-refund"]
 
 
 async def test_missing_credentials_are_a_merchant_failure(env: InfraEnv) -> None:

@@ -10,7 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from billing_common.errors import FailedPrecondition, InvalidArgument
+from billing_common.money import Money
 from billing_common.pan import contains_card_number
+from billing_common.settings import SettingsError, load_settings, setting_text
 from gateway_adapter.domain.classification import (
     SANDBOX,
     STRIPE,
@@ -31,20 +33,27 @@ from gateway_adapter.domain.payments import (
     refund_amount,
     validate_charge,
 )
-from gateway_adapter.domain.routing import Route, RouteError, Router
+from gateway_adapter.domain.routing import Route, RouteError, Router, Routes
 from gateway_adapter.domain.signatures import SignatureError, sign, verify
+from gateway_adapter.settings import GatewaySettings
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
 
 def request(**changes: object) -> ChargeRequest:
-    base = ChargeRequest("m-1", MethodType.CARD, "tok_success", 1000, "USD", "key-1")
+    base = ChargeRequest("m-1", MethodType.CARD, "tok_success", usd(1000), "key-1")
     return replace(base, **changes)  # type: ignore[arg-type]
 
 
+def usd(amount_minor: int) -> Money:
+    return Money(amount_minor, "USD")
+
+
 def paid(amount: int = 1000, status: Status = Status.SUCCEEDED) -> Payment:
-    charge = request(amount_minor=amount)
-    return Payment("p-1", charge, charge.fingerprint(), "sandbox-card", status, None, "", "", "", 0, NOW, NOW)
+    charge = request(amount=usd(amount))
+    return Payment(
+        "p-1", charge, charge.fingerprint(), "sandbox-card", status, None, "", "", "", usd(0), NOW, NOW
+    )
 
 
 class TestClassification:
@@ -104,23 +113,37 @@ class TestSignatures:
 
 class TestRouting:
     def test_defaults_and_merchant_overrides(self) -> None:
-        router = Router.parse(["big-merchant:CARD=stripe@eu"], ["sandbox-card", "sandbox-ach", "stripe"])
+        routes = Routes.from_setting("big-merchant:CARD=stripe@eu")
+        router = Router(routes, ["sandbox-card", "sandbox-ach", "stripe"])
         assert router.route("big-merchant", MethodType.CARD) == Route("stripe", "eu")
         assert router.route("big-merchant", MethodType.ACH) == Route("sandbox-ach")
         assert router.route("someone", MethodType.CARD) == Route("sandbox-card")
 
-    @pytest.mark.parametrize("entry", ["nonsense", "m:CHEQUE=stripe", "m:CARD=unknown-gw"])
-    def test_bad_routes_are_refused(self, entry: str) -> None:
-        with pytest.raises(RouteError):
-            Router.parse([entry], ["sandbox-card", "stripe"])
+    @pytest.mark.parametrize("entry", ["nonsense", "m:CHEQUE=stripe"])
+    def test_a_malformed_route_stops_start_naming_the_variable(self, entry: str) -> None:
+        with pytest.raises(SettingsError, match="GATEWAY_ROUTES"):
+            load_settings(GatewaySettings, "GATEWAY", {"GATEWAY_ROUTES": f"*:ACH=sandbox-ach,{entry}"})
+
+    def test_a_route_to_a_gateway_we_do_not_have_is_refused(self) -> None:
+        with pytest.raises(RouteError, match="unknown-gw"):
+            Router(Routes.from_setting("m:CARD=unknown-gw"), ["sandbox-card", "stripe"])
+
+    def test_routes_read_back_what_they_were_given(self) -> None:
+        settings = load_settings(
+            GatewaySettings, "GATEWAY", {"GATEWAY_ROUTES": "m-1:card=stripe@eu, *:ACH=sandbox-ach"}
+        )
+        assert settings.routes == Routes.from_setting(setting_text(settings.routes))
+        assert Router(settings.routes, ["stripe", "sandbox-ach"]).route("m-1", MethodType.CARD) == Route(
+            "stripe", "eu"
+        )
 
 
 class TestCharges:
     def test_validation_names_every_bad_field(self) -> None:
         with pytest.raises(InvalidArgument) as error:
-            validate_charge(request(merchant_id="", amount_minor=-5, currency="dollars", idempotency_key=""))
+            validate_charge(request(merchant_id="", amount=usd(-5), idempotency_key=""))
         fields = {v.field for v in error.value.violations}
-        assert fields == {"merchant_id", "amount.amount_minor", "amount.currency", "idempotency_key"}
+        assert fields == {"merchant_id", "amount.amount_minor", "idempotency_key"}
 
     @pytest.mark.parametrize(
         "token",
@@ -144,7 +167,8 @@ class TestCharges:
     @pytest.mark.parametrize(
         ("change", "named"),
         [
-            ({"amount_minor": 1001}, "amount"),
+            ({"amount": usd(1001)}, "amount"),
+            ({"amount": Money(1000, "EUR")}, "currency"),
             ({"merchant_id": "m-2"}, "merchant_id"),
             ({"token": "tok_x"}, "payment_method"),
         ],
@@ -174,23 +198,29 @@ class TestRefunds:
     def test_refunds_never_exceed_the_payment(self, amount: int, asks: list[int]) -> None:
         payment = paid(amount)
         for n, ask in enumerate(asks):
-            left = payment.refundable_minor
+            left = payment.refundable.amount_minor
             try:
-                granted = refund_amount(payment, RefundRequest("p-1", ask, f"r-{n}"), "USD")
+                granted = refund_amount(payment, RefundRequest("p-1", usd(ask), f"r-{n}"))
             except FailedPrecondition:
                 assert ask > left
                 continue
-            assert granted == ask <= left
+            assert granted.amount_minor == ask <= left
             payment = after_refund(payment, granted, NOW)
-        assert 0 <= payment.refunded_minor <= amount
-        assert (payment.status is Status.REFUNDED) == (payment.refunded_minor == amount)
+        assert 0 <= payment.refunded.amount_minor <= amount
+        assert (payment.status is Status.REFUNDED) == (payment.refunded == usd(amount))
 
     def test_a_full_refund_takes_what_is_left(self) -> None:
-        payment = after_refund(paid(1000), 300, NOW)
-        assert refund_amount(payment, RefundRequest("p-1", None, "r"), None) == 700
+        payment = after_refund(paid(1000), usd(300), NOW)
+        assert refund_amount(payment, RefundRequest("p-1", None, "r")) == usd(700)
+
+    def test_refunds_claimed_but_not_yet_recorded_count_against_what_is_left(self) -> None:
+        payment = after_refund(paid(1000), usd(300), NOW)
+        assert refund_amount(payment, RefundRequest("p-1", None, "r"), claimed_minor=500) == usd(200)
+        with pytest.raises(FailedPrecondition, match="200 left"):
+            refund_amount(payment, RefundRequest("p-1", usd(201), "r"), claimed_minor=500)
 
     def test_only_collected_payments_in_their_currency_are_refundable(self) -> None:
         with pytest.raises(FailedPrecondition):
-            refund_amount(paid(status=Status.PENDING), RefundRequest("p-1", None, "r"), None)
+            refund_amount(paid(status=Status.PENDING), RefundRequest("p-1", None, "r"))
         with pytest.raises(FailedPrecondition, match="USD"):
-            refund_amount(paid(), RefundRequest("p-1", 10, "r"), "EUR")
+            refund_amount(paid(), RefundRequest("p-1", Money(10, "EUR"), "r"))

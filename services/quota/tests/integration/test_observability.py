@@ -12,6 +12,7 @@ from billing_common.testing.plugin import InfraEnv, eventually
 from quota.adapters import drift
 from quota.adapters.counters import RedisCounters
 from quota.adapters.drift import CounterAudit
+from quota.adapters.metrics import USAGE_METRICS
 from quota.adapters.tracking import TrackedReads
 
 from .conftest import Quota, create_plan, entitlement, spec, subscribe, usage
@@ -60,9 +61,8 @@ async def test_a_counter_that_differs_from_the_ledger_is_reported_as_drift(
     pool = await env.pool(quota.settings.schema)
     redis = Redis.from_url(quota.settings.redis_url)
     try:
-        audit = CounterAudit(
-            pool, redis, RedisCounters(redis, quota.settings.namespace, TrackedReads(redis, "", 0))
-        )
+        counters = RedisCounters(redis, quota.settings.namespace, TrackedReads(redis, "", 0), USAGE_METRICS)
+        audit = CounterAudit(pool, redis, counters, USAGE_METRICS)
         await audit.audit()
         assert (sample("quota_counter_audit_checked"), sample("quota_counters_drifted")) == (1, 0)
 

@@ -10,8 +10,13 @@ from quota.domain.catalog import (
     EntitlementDraft,
     Period,
     Plan,
+    PlanCreated,
     PlanDraft,
-    next_version,
+    PlanRetired,
+    PlanUpdated,
+    plan_created,
+    plan_retired,
+    plan_updated,
     validate_add_on,
     validate_plan,
 )
@@ -94,9 +99,18 @@ def test_add_ons_need_entitlements_and_a_known_currency() -> None:
     assert {v.field for v in caught.value.violations} == {"add_on.price.currency", "add_on.entitlements"}
 
 
+def test_a_plan_starts_at_version_one_and_an_update_announces_the_version_it_replaces() -> None:
+    spec = validate_plan("pro", draft())
+    assert plan_created("pro") == PlanCreated("pro", 1)
+    assert plan_updated(Plan("pro", 3, spec, datetime(2026, 1, 1, tzinfo=UTC))) == PlanUpdated("pro", 4, 3)
+
+
 def test_a_retired_plan_takes_no_new_version() -> None:
     spec = validate_plan("pro", draft())
-    plan = Plan("pro", 3, spec, datetime(2026, 1, 1, tzinfo=UTC))
-    assert next_version(plan) == 4
     with pytest.raises(FailedPrecondition):
-        next_version(Plan("pro", 3, spec, plan.created_at, retired=True))
+        plan_updated(Plan("pro", 3, spec, datetime(2026, 1, 1, tzinfo=UTC), retired=True))
+
+
+def test_retiring_is_announced_once() -> None:
+    assert plan_retired("pro", already_retired=False) == [PlanRetired("pro")]
+    assert plan_retired("pro", already_retired=True) == []

@@ -88,7 +88,10 @@ class Deps:
 
 
 @contextlib.asynccontextmanager
-async def dependencies(env: InfraEnv, **gateway_env: str) -> AsyncIterator[Deps]:
+async def dependencies(
+    env: InfraEnv, *, quota_on_test_clock: bool = False, **gateway_env: str
+) -> AsyncIterator[Deps]:
+    """quota and gateway-adapter; quota on the test's clock when recurring's moves must reach it."""
     gateway_extra = {
         "GATEWAY_WEBHOOK_PORT": str(free_port()),
         "GATEWAY_SANDBOX_ACH_CLEARS_AFTER": "1s",
@@ -98,7 +101,9 @@ async def dependencies(env: InfraEnv, **gateway_env: str) -> AsyncIterator[Deps]
         **gateway_env,
     }
     async with (
-        service_process("quota", "QUOTA", env.settings(CommonSettings, "quota")) as quota,
+        service_process(
+            "quota", "QUOTA", env.settings(CommonSettings, "quota", test_clock=quota_on_test_clock)
+        ) as quota,
         service_process(
             "gateway_adapter", "GATEWAY", env.settings(CommonSettings, "gateway-adapter"), gateway_extra
         ) as gateway,

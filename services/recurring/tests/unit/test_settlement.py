@@ -19,10 +19,10 @@ from billing_common.money import Money
 from recurring.app.settling import apply, books_for_invoices, books_for_items
 from recurring.domain import ledger
 from recurring.domain.events import EventType
-from recurring.domain.invoicing import Invoice, Transaction, UsageCharge
+from recurring.domain.invoicing import AddOnUse, Invoice, PeriodUsage, Transaction, UsageCharge
 from recurring.domain.payments import ChargeResult, DeclineKind, FailureType, NoAnswer, Outcome, PaymentStatus
 from recurring.domain.runs import ItemStatus, WorkItem
-from recurring.domain.schedule import Frequency
+from recurring.domain.schedule import Frequency, Period
 from recurring.domain.settlement import BILLING, Answer, Change, Charge, Rules, bill, settle, settle_refund
 from recurring.domain.status import BILLABLE, InvoiceStatus, SubscriptionStatus
 from recurring.domain.subscription import MethodType, PaymentMethod, Subscription
@@ -33,6 +33,8 @@ DUE = date(2026, 3, 1)
 USD = "USD"
 RULES = Rules(minimum_charge_minor=50, max_failures=3, defer_delay=timedelta(minutes=1))
 S = SubscriptionStatus
+# The period whose usage and add-ons the invoice due on DUE bills (February 2026: 28 days).
+USAGE_PERIOD = Period(date(2026, 2, 1), DUE)
 
 
 def usd(minor: int) -> Money:
@@ -57,6 +59,8 @@ class SubSpec:
     earlier: str  # "none", "open", "paid", "failed": an invoice of this occurrence already written
     attempt: str  # "none", "unanswered", "awaiting", "declined": its last attempt
     older_unpaid: bool
+    # Add-ons held in the period behind the due date: (price, first day held, day removed).
+    add_ons: tuple[tuple[int, int, int], ...] = ()
 
 
 SUB_SPECS = st.builds(
@@ -72,6 +76,9 @@ SUB_SPECS = st.builds(
     earlier=st.sampled_from(["none", "none", "none", "open", "paid", "failed"]),
     attempt=st.sampled_from(["none", "unanswered", "awaiting", "declined"]),
     older_unpaid=st.booleans(),
+    add_ons=st.lists(st.tuples(st.integers(0, 5000), st.integers(0, 28), st.integers(0, 28)), max_size=2).map(
+        tuple
+    ),
 )
 RESULTS = st.sampled_from(["paid", "soft", "hard", "merchant", "unreachable", "pending", "lost", "broken"])
 
@@ -146,7 +153,7 @@ def attempt_of(invoice: Invoice, kind: str) -> Transaction:
 
 def books_of(
     specs: list[SubSpec], credits: list[int]
-) -> tuple[FakeBooks, list[WorkItem], dict[int, list[UsageCharge]]]:
+) -> tuple[FakeBooks, list[WorkItem], dict[int, PeriodUsage]]:
     books = FakeBooks()
     for account, credit in enumerate(credits):
         if credit:
@@ -159,9 +166,24 @@ def books_of(
         key = f"{sub.subscription_id}:{DUE.isoformat()}"
         item = WorkItem(index, "run_1", sub.subscription_id, DUE, key, "sandbox-card", f"claim_{index}")
         items.append(item)
-        usage[index] = [
-            UsageCharge(f"api_calls_{n}", n + 1, "0.01", usd(amount)) for n, amount in enumerate(spec.usage)
-        ]
+        usage[index] = PeriodUsage(
+            tuple(
+                UsageCharge(f"api_calls_{n}", n + 1, "0.01", usd(amount))
+                for n, amount in enumerate(spec.usage)
+            ),
+            tuple(
+                AddOnUse(
+                    f"addon_{n}",
+                    f"Add-on {n}",
+                    usd(price),
+                    USAGE_PERIOD,
+                    Period(
+                        USAGE_PERIOD.start + timedelta(days=first), USAGE_PERIOD.start + timedelta(days=last)
+                    ),
+                )
+                for n, (price, first, last) in enumerate(spec.add_ons)
+            ),
+        )
         for amount in spec.prorations:
             books.prorations.append(
                 Proration(next(proration_ids), sub.subscription_id, "Proration", usd(amount))
@@ -225,7 +247,7 @@ def result_of(kind: str, txn: Transaction) -> ChargeResult | NoAnswer:
 async def bill_and_settle(
     books: FakeBooks,
     items: list[WorkItem],
-    usage: dict[int, list[UsageCharge]],
+    usage: dict[int, PeriodUsage],
     results: list[str],
     at_once: bool,
 ) -> FakeBooks:
@@ -341,7 +363,38 @@ def test_a_partial_then_a_full_refund_reach_the_invoice_and_the_ledger_once_each
     ]
 
 
-def billed_charge(books: FakeBooks, items: list[WorkItem], usage: dict[int, list[UsageCharge]]) -> Charge:
+def test_add_ons_are_lines_of_the_invoice_and_in_its_total_and_the_ledger() -> None:
+    base = SubSpec(0, S.ACTIVE, 3000, False, True, False, (-500,), (250,), "none", "none", False)
+    # One held all February, one from the 15th, one added and removed on the 8th.
+    spec = dataclasses.replace(base, add_ons=((2800, 0, 28), (2800, 14, 28), (1000, 7, 7)))
+    books, items, usage = books_of([spec], [400, 0, 0])
+    asyncio.run(bill_and_settle(books, items, usage, ["paid"], at_once=True))
+    invoice = books.invoices["inv_0"]
+    assert [(line.kind.value, line.description, line.amount.amount_minor) for line in invoice.lines] == [
+        ("base", "pro (monthly)", 3000),
+        ("usage", "Usage: api_calls_0", 250),
+        ("add_on", "Add-on: Add-on 0", 2800),
+        ("add_on", "Add-on: Add-on 1 (14 of 28 days)", 1400),
+        ("proration", "Proration", -500),
+        ("credit", "Account credit applied", -400),
+    ]
+    assert invoice.total == usd(3000 + 250 + 2800 + 1400 - 500)
+    assert (invoice.credit_applied, invoice.amount_due) == (usd(400), usd(6950 - 400))
+    assert balance_of(books, "revenue") == -6950
+    assert balance_of(books, "cash:sandbox-card") == 6550
+    assert balance_of(books, "receivable:acct_0") == 0
+    assert all(ledger.is_balanced(posting.entries) for posting in books.postings)
+
+
+def test_an_add_on_in_another_currency_than_the_subscription_is_not_billed() -> None:
+    spec = SubSpec(0, S.ACTIVE, 3000, False, True, False, (), (), "none", "none", False)
+    books, items, _ = books_of([spec], [0, 0, 0])
+    euro = AddOnUse("sso", "SSO", Money(900, "EUR"), USAGE_PERIOD, USAGE_PERIOD)
+    asyncio.run(bill_and_settle(books, items, {0: PeriodUsage(add_ons=(euro,))}, ["paid"], at_once=True))
+    assert books.invoices["inv_0"].total == usd(3000)
+
+
+def billed_charge(books: FakeBooks, items: list[WorkItem], usage: dict[int, PeriodUsage]) -> Charge:
     change = bill(items, usage, asyncio.run(books_for_items(books, items)), RULES, NOW, ids())
     asyncio.run(apply(books, change, NOW))
     (charge,) = change.charges

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
 
 from billing_common import context as call_context
 from billing_common.errors import InvalidArgument
-from billing_common.service import Registration, Resources, ServiceParts
+from billing_common.service import Lifespan, Registration, Resources, ServiceParts
 
 SERVICE = "billing.testing.Echo"
 METHOD = f"/{SERVICE}/Echo"
@@ -41,11 +43,12 @@ def echo_registration(callers: set[str]) -> Registration:
     return Registration(_add, None, SERVICE, {"Echo": callers})
 
 
-def echo_setup(callers: set[str]) -> Any:
-    async def setup(_resources: Resources) -> ServiceParts:
-        return ServiceParts([echo_registration(callers)])
+def echo_lifespan(callers: set[str]) -> Lifespan:
+    @asynccontextmanager
+    async def lifespan(_resources: Resources) -> AsyncIterator[ServiceParts]:
+        yield ServiceParts([echo_registration(callers)])
 
-    return setup
+    return lifespan
 
 
 def echo_stub(channel: grpc.aio.Channel) -> Any:
@@ -62,7 +65,7 @@ def main() -> None:
     run_service(
         "ECHO",
         CommonSettings,
-        lambda _settings: echo_setup({"bench"}),
+        lambda _settings: echo_lifespan({"bench"}),
         Path(__file__).parent / "no-migrations",
     )
 

@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 from billing_common import db, tokens
 from billing_common.clock import Clock
 from billing_common.events import event_class
-from billing_common.service import ServiceHost, Setup
+from billing_common.service import Lifespan, ServiceHost
 from billing_common.settings import CommonSettings
 from billing_common.testing.infra import TEST_DATABASE, Infra, resolve_infra
 from billing_common.testing.otlp import OtlpReceiver, otlp_receiver
@@ -171,10 +171,10 @@ async def otlp() -> AsyncIterator[OtlpReceiver]:
 
 @contextlib.asynccontextmanager
 async def running_service(
-    settings: CommonSettings, setup: Setup, migrations_dir: Path, *, clock: Clock | None = None
+    settings: CommonSettings, lifespan: Lifespan, migrations_dir: Path, *, clock: Clock | None = None
 ) -> AsyncIterator[ServiceHost]:
     """The service exactly as `main` runs it, on a free loopback port."""
-    host = ServiceHost(settings, setup, migrations_dir, clock=clock)
+    host = ServiceHost(settings, lifespan, migrations_dir, clock=clock)
     await host.start()
     try:
         yield host

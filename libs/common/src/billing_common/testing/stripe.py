@@ -35,6 +35,8 @@ class FakeStripe:
     requests: list[dict[str, Any]] = field(default_factory=list)
     intents: dict[str, dict[str, Any]] = field(default_factory=dict)
     replies: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
+    # When given, refunds are answered only once it is set (a slow Stripe).
+    refunds_answer: asyncio.Event | None = None
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -95,6 +97,8 @@ class FakeStripe:
 
     async def create_refund(self, request: web.Request) -> web.Response:
         form, _ = await self._record(request)
+        if self.refunds_answer is not None:
+            await self.refunds_answer.wait()
         refund = {
             "id": f"re_{uuid.uuid4().hex[:24]}",
             "object": "refund",

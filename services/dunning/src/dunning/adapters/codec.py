@@ -9,31 +9,15 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from billing.common.v1 import common_pb2
 from billing.events.v1 import dunning_pb2 as events
-from billing_common.protos import money_pb
+from billing_common.payments import DeclineKind, FailureType
+from billing_common.protos import ProtoEnum, money_pb
 from dunning.domain import events as ev
-from dunning.domain.model import DeclineKind, Failure, FailureType
+from dunning.domain.model import Failure
 from dunning.domain.policy import ExhaustedAction
 
-FAILURE_TYPES: dict[int, FailureType] = {
-    common_pb2.FAILURE_TYPE_CARDHOLDER: FailureType.CARDHOLDER,
-    common_pb2.FAILURE_TYPE_MERCHANT: FailureType.MERCHANT,
-    common_pb2.FAILURE_TYPE_GATEWAY_UNREACHABLE: FailureType.GATEWAY_UNREACHABLE,
-    common_pb2.FAILURE_TYPE_UNKNOWN_OUTCOME: FailureType.UNKNOWN_OUTCOME,
-}
-FAILURE_TYPES_PB: dict[FailureType, common_pb2.FailureType.ValueType] = {
-    FailureType.CARDHOLDER: common_pb2.FAILURE_TYPE_CARDHOLDER,
-    FailureType.MERCHANT: common_pb2.FAILURE_TYPE_MERCHANT,
-    FailureType.GATEWAY_UNREACHABLE: common_pb2.FAILURE_TYPE_GATEWAY_UNREACHABLE,
-    FailureType.UNKNOWN_OUTCOME: common_pb2.FAILURE_TYPE_UNKNOWN_OUTCOME,
-}
-DECLINE_KINDS: dict[int, DeclineKind] = {
-    common_pb2.DECLINE_KIND_SOFT: DeclineKind.SOFT,
-    common_pb2.DECLINE_KIND_HARD: DeclineKind.HARD,
-}
-EXHAUSTED_ACTIONS_EVENT = {
-    ExhaustedAction.SUSPEND: events.EXHAUSTED_ACTION_SUSPEND,
-    ExhaustedAction.CANCEL: events.EXHAUSTED_ACTION_CANCEL,
-}
+FAILURE_TYPES = ProtoEnum(FailureType, common_pb2.FailureType, "FAILURE_TYPE_")
+DECLINE_KINDS = ProtoEnum(DeclineKind, common_pb2.DeclineKind, "DECLINE_KIND_")
+EXHAUSTED_ACTIONS_EVENT = ProtoEnum(ExhaustedAction, events.ExhaustedAction, "EXHAUSTED_ACTION_")
 
 
 def failure_of(failure_type: int, decline_kind: int, decline_code: str, retryable: bool) -> Failure:
@@ -46,7 +30,7 @@ def failure_of(failure_type: int, decline_kind: int, decline_code: str, retryabl
 
 
 def failure_type_pb(failure: Failure) -> common_pb2.FailureType.ValueType:
-    return FAILURE_TYPES_PB.get(failure.type, common_pb2.FAILURE_TYPE_UNSPECIFIED)
+    return FAILURE_TYPES.pb(failure.type)
 
 
 def _timestamp(instant: datetime) -> Timestamp:
@@ -89,7 +73,7 @@ def event_message(event: ev.CaseEvent) -> Message:
             return events.DunningRecovered(dunning_case=facts, attempts=event.attempts)
         case ev.Exhausted():
             return events.DunningExhausted(
-                dunning_case=facts, action=EXHAUSTED_ACTIONS_EVENT[event.action], attempts=event.attempts
+                dunning_case=facts, action=EXHAUSTED_ACTIONS_EVENT.pb(event.action), attempts=event.attempts
             )
         case ev.Held():
             return events.DunningHeld(dunning_case=facts, reason=event.reason)

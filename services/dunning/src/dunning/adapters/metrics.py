@@ -1,4 +1,5 @@
-"""Prometheus metrics of dunning; the gauges are read from the database, so every pod agrees."""
+"""Prometheus metrics of dunning: the `CaseMetrics` the use cases and the case store report to, and
+gauges read from the database, so every pod agrees."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import asyncpg
 from prometheus_client import Counter, Gauge, Histogram
 
 from billing_common.clock import Clock
+from dunning.domain.cases import ResultKind
 from dunning.domain.model import TERMINAL_STATES, CaseState
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,16 @@ TIME_TO_RECOVERY = Histogram(
 )
 RATE_WINDOW = timedelta(days=30)
 OPEN_STATES = [s.value for s in CaseState if s not in TERMINAL_STATES]
+
+
+class PrometheusCaseMetrics:
+    def attempt_answered(self, kind: ResultKind) -> None:
+        ATTEMPTS.labels(kind.value).inc()
+
+    def case_ended(self, state: CaseState, open_for: timedelta) -> None:
+        CASES_ENDED.labels(state.value).inc()
+        if state is CaseState.RECOVERED:
+            TIME_TO_RECOVERY.observe(open_for.total_seconds())
 
 
 class MetricsRefresher:

@@ -10,7 +10,6 @@ from billing.common.v1 import common_pb2
 from billing.recurring.v1 import recurring_pb2 as pb
 from billing.recurring.v1 import recurring_pb2_grpc
 from dunning.adapters.codec import failure_of
-from dunning.adapters.metrics import ATTEMPTS
 from dunning.domain.cases import AttemptResult, ResultKind
 
 SUCCEEDED = {common_pb2.PAYMENT_STATUS_SUCCEEDED, common_pb2.PAYMENT_STATUS_SETTLED}
@@ -37,11 +36,8 @@ class GrpcRecurring:
             reply = await self._stub.RetryInvoicePayment(request, timeout=self._timeout)
         except grpc.aio.AioRpcError as exc:
             kind = ResultKind.REFUSED if exc.code() in REFUSALS else ResultKind.UNAVAILABLE
-            result = AttemptResult(kind, detail=f"{exc.code().name}: {exc.details()}")
-        else:
-            result = attempt_result(reply)
-        ATTEMPTS.labels(result.kind.value).inc()
-        return result
+            return AttemptResult(kind, detail=f"{exc.code().name}: {exc.details()}")
+        return attempt_result(reply)
 
 
 def attempt_result(reply: pb.RetryInvoicePaymentResponse) -> AttemptResult:

@@ -20,10 +20,10 @@ from billing_common.errors import Conflict
 from billing_common.events import Outbox
 from billing_common.locks import Lease
 from billing_common.money import Money
+from billing_common.payments import DeclineKind, FailureType
 from billing_common.suite_clock import DueWork
 from dunning.adapters.codec import event_message
-from dunning.adapters.metrics import CASES_ENDED, TIME_TO_RECOVERY
-from dunning.app.ports import CaseFilter
+from dunning.app.ports import CaseFilter, CaseMetrics
 from dunning.domain.cases import Change
 from dunning.domain.estimator import AttemptContext, OutcomeCounts
 from dunning.domain.model import (
@@ -32,9 +32,7 @@ from dunning.domain.model import (
     AttemptOutcome,
     Case,
     CaseState,
-    DeclineKind,
     Failure,
-    FailureType,
     InvoiceRef,
     Transition,
 )
@@ -109,9 +107,10 @@ def _policy(row: asyncpg.Record) -> RetryPolicy:
 
 
 class PostgresSession:
-    def __init__(self, conn: asyncpg.Connection, outbox: Outbox) -> None:
+    def __init__(self, conn: asyncpg.Connection, outbox: Outbox, metrics: CaseMetrics) -> None:
         self._conn = conn
         self._outbox = outbox
+        self._metrics = metrics
         self.after_commit: list[Callable[[], None]] = []
 
     async def _with_attempts(self, rows: Sequence[asyncpg.Record]) -> list[Case]:
@@ -304,32 +303,26 @@ class PostgresSession:
             )
         ended = [t for t in change.transitions if t.to_state in TERMINAL_STATES]
         if ended:
-            state = ended[-1].to_state
-            open_for = (ended[-1].at - case.opened_at).total_seconds()
-
-            def count_end() -> None:
-                CASES_ENDED.labels(state.value).inc()
-                if state is CaseState.RECOVERED:
-                    TIME_TO_RECOVERY.observe(open_for)
-
-            self.after_commit.append(count_end)
+            state, open_for = ended[-1].to_state, ended[-1].at - case.opened_at
+            self.after_commit.append(lambda: self._metrics.case_ended(state, open_for))
 
 
 class PostgresCases:
-    def __init__(self, pool: asyncpg.Pool, outbox: Outbox) -> None:
+    def __init__(self, pool: asyncpg.Pool, outbox: Outbox, metrics: CaseMetrics) -> None:
         self._pool = pool
         self._outbox = outbox
+        self._metrics = metrics
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[PostgresSession]:
         async with db.transaction(self._pool) as conn:
-            session = PostgresSession(conn, self._outbox)
+            session = PostgresSession(conn, self._outbox, self._metrics)
             yield session
         for hook in session.after_commit:
             hook()
 
-    def joined(self, conn: Any) -> PostgresSession:
-        return _JoinedSession(conn, self._outbox)
+    def joined(self, conn: asyncpg.Connection) -> PostgresSession:
+        return _JoinedSession(conn, self._outbox, self._metrics)
 
     async def history(self, case_id: str) -> list[Transition]:
         rows = await self._pool.fetch(
@@ -354,7 +347,7 @@ class PostgresCases:
                 where.account_id,
                 limit,
             )
-            cases = await PostgresSession(conn, self._outbox)._with_attempts(rows)
+            cases = await PostgresSession(conn, self._outbox, self._metrics)._with_attempts(rows)
         return [(row["seq"], case) for row, case in zip(rows, cases, strict=True)]
 
     async def get_policy(self, merchant_id: str) -> RetryPolicy | None:
@@ -411,9 +404,6 @@ class PostgresCases:
 
 class _JoinedSession(PostgresSession):
     """A session inside a transaction owned by the caller (the event inbox): metrics at once."""
-
-    def __init__(self, conn: asyncpg.Connection, outbox: Outbox) -> None:
-        super().__init__(conn, outbox)
 
     async def _write_parts(self, change: Change, attempts_before: Sequence[Attempt]) -> None:
         await super()._write_parts(change, attempts_before)

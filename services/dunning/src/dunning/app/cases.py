@@ -7,7 +7,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+
+import asyncpg
 
 from billing_common.clock import Clock
 from billing_common.errors import InvalidArgument, NotFound
@@ -64,7 +65,7 @@ class CaseService:
 
     # ------------------------------------------------------------ recurring's events
 
-    async def on_payment_failed(self, conn: Any, failed: PaymentFailure) -> None:
+    async def on_payment_failed(self, conn: asyncpg.Connection, failed: PaymentFailure) -> None:
         """Open one case per invoice; the failures of our own retries find it already open."""
         session = self._store.joined(conn)
         invoice_id = failed.invoice.invoice_id
@@ -77,17 +78,21 @@ class CaseService:
         if not await session.insert(change):
             log.info("a case for this invoice was opened meanwhile", extra={"invoice_id": invoice_id})
 
-    async def on_invoice_paid(self, conn: Any, invoice_id: str) -> None:
+    async def on_invoice_paid(self, conn: asyncpg.Connection, invoice_id: str) -> None:
         await self._on_invoice_event(conn, invoice_id, "invoice.paid", decide.invoice_paid)
 
-    async def on_invoice_voided(self, conn: Any, invoice_id: str, reason: str) -> None:
+    async def on_invoice_voided(self, conn: asyncpg.Connection, invoice_id: str, reason: str) -> None:
         def voided(case: Case, now: datetime) -> Change:
             return decide.invoice_voided(case, now, reason)
 
         await self._on_invoice_event(conn, invoice_id, "invoice.voided", voided)
 
     async def _on_invoice_event(
-        self, conn: Any, invoice_id: str, what: str, decision: Callable[[Case, datetime], Change]
+        self,
+        conn: asyncpg.Connection,
+        invoice_id: str,
+        what: str,
+        decision: Callable[[Case, datetime], Change],
     ) -> None:
         session = self._store.joined(conn)
         case = await session.get_by_invoice(invoice_id, for_update=True)
@@ -100,7 +105,7 @@ class CaseService:
             return
         await session.apply(change)
 
-    async def on_payment_method_updated(self, conn: Any, subscription_id: str) -> None:
+    async def on_payment_method_updated(self, conn: asyncpg.Connection, subscription_id: str) -> None:
         session = self._store.joined(conn)
         for case in await session.open_cases_of_subscription(subscription_id):
             planning = await planning_for(session, self._statistics, case.invoice.merchant_id)

@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Protocol
+from datetime import datetime, timedelta
+from typing import Protocol
+
+import asyncpg
 
 from billing_common.locks import Lease
-from dunning.domain.cases import AttemptResult, Change
+from dunning.domain.cases import AttemptResult, Change, ResultKind
 from dunning.domain.estimator import OutcomeCounts
 from dunning.domain.model import Case, CaseState, Transition
 from dunning.domain.policy import RetryPolicy
@@ -56,7 +58,7 @@ class CaseFilter:
 
 class CaseStore(Protocol):
     def transaction(self) -> AbstractAsyncContextManager[CaseSession]: ...
-    def joined(self, conn: Any) -> CaseSession:
+    def joined(self, conn: asyncpg.Connection) -> CaseSession:
         """A session on a connection whose transaction the caller owns (an event's inbox)."""
         ...
 
@@ -72,3 +74,12 @@ class CaseStore(Protocol):
 
 class Recurring(Protocol):
     async def retry_invoice_payment(self, invoice_id: str, idempotency_key: str) -> AttemptResult: ...
+
+
+class CaseMetrics(Protocol):
+    """What the attempts and the case changes report; an adapter keeps the figures."""
+
+    def attempt_answered(self, kind: ResultKind) -> None: ...
+    def case_ended(self, state: CaseState, open_for: timedelta) -> None:
+        """Called once the change that ended the case is committed."""
+        ...

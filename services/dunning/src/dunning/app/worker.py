@@ -24,7 +24,7 @@ from billing_common.db import StaleFencingToken
 from billing_common.locks import Locks
 from billing_common.suite_clock import pause
 from dunning.app.cases import planning_for
-from dunning.app.ports import CaseStore, Recurring
+from dunning.app.ports import CaseMetrics, CaseStore, Recurring
 from dunning.app.statistics import OutcomeStatistics
 from dunning.domain import cases as decide
 from dunning.domain.cases import ResultKind
@@ -77,9 +77,11 @@ class AttemptWorker:
         statistics: OutcomeStatistics,
         clock: Clock,
         config: WorkerConfig,
+        metrics: CaseMetrics,
     ) -> None:
         self._store = store
         self._recurring = recurring
+        self._metrics = metrics
         self._locks = locks
         self._statistics = statistics
         self._clock = clock
@@ -156,6 +158,7 @@ class AttemptWorker:
             ):
                 return  # paid, voided, paused or reset since the claim: no charge
             result = await self._recurring.retry_invoice_payment(claim.invoice_id, claim.idempotency_key)
+            self._metrics.attempt_answered(result.kind)
             log.info(
                 "attempt answered",
                 extra={

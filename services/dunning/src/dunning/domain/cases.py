@@ -26,7 +26,7 @@ from dunning.domain.model import (
     Transition,
 )
 from dunning.domain.schedule import PlannedAttempt, Planning, estimate_at, plan_next_attempt, window_end
-from dunning.domain.transitions import Cause, IllegalTransition, check
+from dunning.domain.transitions import IllegalTransition, TransitionCause, check
 
 S = CaseState
 
@@ -80,7 +80,7 @@ class _Decision:
         self.events: list[ev.CaseEvent] = []
         self.outcome: RecordedOutcome | None = None
 
-    def move(self, to: CaseState, cause: Cause, detail: str = "") -> None:
+    def move(self, to: CaseState, cause: TransitionCause, detail: str = "") -> None:
         check(self.case.state, to, cause)
         self.transitions.append(Transition(self.case.state, to, cause.value, self.now, detail))
         self.case = replace(self.case, state=to)
@@ -125,11 +125,11 @@ def open_case(
     d.emit(ev.CaseOpened(case_id, invoice, failure))
     route = failure.route
     if route is Route.RETRY:
-        _schedule_next(d, planning, Cause.PAYMENT_FAILED)
+        _schedule_next(d, planning, TransitionCause.PAYMENT_FAILED)
     elif route is Route.AWAIT_PAYMENT_METHOD:
-        _await_payment_method(d, planning, Cause.PAYMENT_FAILED)
+        _await_payment_method(d, planning, TransitionCause.PAYMENT_FAILED)
     else:
-        _hold(d, Cause.PAYMENT_FAILED, _hold_reason(failure))
+        _hold(d, TransitionCause.PAYMENT_FAILED, _hold_reason(failure))
     return d.done()
 
 
@@ -139,7 +139,7 @@ def start_attempt(case: Case, now: datetime, lease_until: datetime) -> Change:
     current = case.current_attempt
     if current is None:
         return d.done()
-    d.move(S.ATTEMPTING, Cause.ATTEMPT_STARTED, f"attempt {current.number}")
+    d.move(S.ATTEMPTING, TransitionCause.ATTEMPT_STARTED, f"attempt {current.number}")
     d.put_attempt(replace(current, attempted_at=now))
     d.update(due_at=lease_until, reminder_at=None)
     return d.done()
@@ -195,23 +195,23 @@ def record_outcome(
     if not live:
         return d.done()
     if result.kind is ResultKind.SUCCEEDED:
-        d.move(S.RECOVERED, Cause.ATTEMPT_SUCCEEDED, f"attempt {number}")
+        d.move(S.RECOVERED, TransitionCause.ATTEMPT_SUCCEEDED, f"attempt {number}")
         d.emit(ev.Recovered(*_facts(case), attempts=d.case.attempts_started))
     elif result.kind is ResultKind.REFUSED:
         d.update(due_at=None)
-        _hold(d, Cause.ATTEMPT_REFUSED, f"recurring refused attempt {number}: {result.detail}")
+        _hold(d, TransitionCause.ATTEMPT_REFUSED, f"recurring refused attempt {number}: {result.detail}")
     else:
         failure = result.failure or case.failure
         d.update(failure=failure)
         d.emit(ev.AttemptFailed(*_facts(case), attempt=number, failure=failure))
         route = failure.route
         if route is Route.RETRY:
-            _schedule_next(d, planning, Cause.ATTEMPT_FAILED)
+            _schedule_next(d, planning, TransitionCause.ATTEMPT_FAILED)
         elif route is Route.AWAIT_PAYMENT_METHOD:
-            _await_payment_method(d, planning, Cause.ATTEMPT_HARD_DECLINE)
+            _await_payment_method(d, planning, TransitionCause.ATTEMPT_HARD_DECLINE)
         else:
             d.update(due_at=None)
-            _hold(d, Cause.ATTEMPT_MERCHANT_FAILURE, _hold_reason(failure))
+            _hold(d, TransitionCause.ATTEMPT_MERCHANT_FAILURE, _hold_reason(failure))
     return d.done()
 
 
@@ -227,17 +227,17 @@ def invoice_paid(case: Case, now: datetime) -> Change:
     current = case.current_attempt
     ours = case.state is S.ATTEMPTING or (current is not None and current.in_flight)
     if ours:
-        d.move(S.RECOVERED, Cause.INVOICE_PAID)
+        d.move(S.RECOVERED, TransitionCause.INVOICE_PAID)
         d.emit(ev.Recovered(*_facts(case), attempts=case.attempts_started))
     else:
-        d.move(S.CLOSED, Cause.INVOICE_PAID_ELSEWHERE)
+        d.move(S.CLOSED, TransitionCause.INVOICE_PAID_ELSEWHERE)
         d.cancel_unstarted_attempt()
     return d.done()
 
 
 def invoice_voided(case: Case, now: datetime, reason: str) -> Change:
     d = _Decision(case, now)
-    d.move(S.CLOSED, Cause.INVOICE_VOIDED, reason)
+    d.move(S.CLOSED, TransitionCause.INVOICE_VOIDED, reason)
     d.cancel_unstarted_attempt()
     return d.done()
 
@@ -246,7 +246,7 @@ def payment_method_updated(case: Case, now: datetime, planning: Planning) -> Cha
     """A case waiting for a new payment method tries it at once; other cases are unaffected."""
     d = _Decision(case, now)
     if case.state is S.AWAITING_PAYMENT_METHOD:
-        _attempt_now(d, planning, Cause.PAYMENT_METHOD_UPDATED, "the payment method was updated")
+        _attempt_now(d, planning, TransitionCause.PAYMENT_METHOD_UPDATED, "the payment method was updated")
     return d.done()
 
 
@@ -265,7 +265,7 @@ def pause(case: Case, now: datetime, reason: str) -> Change:
     d = _Decision(case, now)
     if case.state is S.HELD:
         return d.done()
-    d.move(S.HELD, Cause.OPERATOR_PAUSE, reason)
+    d.move(S.HELD, TransitionCause.OPERATOR_PAUSE, reason)
     d.cancel_unstarted_attempt()
     d.update(due_at=None, reminder_at=None)
     d.emit(ev.Held(*_facts(case), reason=reason or "paused by an operator"))
@@ -275,15 +275,15 @@ def pause(case: Case, now: datetime, reason: str) -> Change:
 def resume(case: Case, now: datetime, planning: Planning) -> Change:
     """Back to where the failure leads: waiting for a method after a hard decline, else retrying."""
     if case.state is not S.HELD:
-        raise IllegalTransition(case.state, S.RETRY_SCHEDULED, Cause.OPERATOR_RESUME)
+        raise IllegalTransition(case.state, S.RETRY_SCHEDULED, TransitionCause.OPERATOR_RESUME)
     d = _Decision(case, now)
     current = case.current_attempt
     if current is not None and current.in_flight:
-        _reschedule(d, current, planning, Cause.OPERATOR_RESUME, "resumed")
+        _reschedule(d, current, planning, TransitionCause.OPERATOR_RESUME, "resumed")
     elif case.failure.route is Route.AWAIT_PAYMENT_METHOD:
-        _await_payment_method(d, planning, Cause.OPERATOR_RESUME)
+        _await_payment_method(d, planning, TransitionCause.OPERATOR_RESUME)
     else:
-        _schedule_next(d, planning, Cause.OPERATOR_RESUME)
+        _schedule_next(d, planning, TransitionCause.OPERATOR_RESUME)
     return d.done()
 
 
@@ -294,9 +294,9 @@ def retry_now(case: Case, now: datetime, planning: Planning) -> Change:
     scheduled = case.state is S.RETRY_SCHEDULED
     held_in_flight = case.state is S.HELD and current is not None and current.in_flight
     if current is not None and (scheduled or held_in_flight):
-        _reschedule(d, current, planning, Cause.OPERATOR_RETRY_NOW, "retry now")
+        _reschedule(d, current, planning, TransitionCause.OPERATOR_RETRY_NOW, "retry now")
     else:
-        _attempt_now(d, planning, Cause.OPERATOR_RETRY_NOW, "an operator asked to retry now")
+        _attempt_now(d, planning, TransitionCause.OPERATOR_RETRY_NOW, "an operator asked to retry now")
     return d.done()
 
 
@@ -305,16 +305,18 @@ def reset(case: Case, now: datetime, planning: Planning, reason: str = "") -> Ch
     idempotency key), so a charge that did happen is answered, not repeated."""
     current = case.current_attempt
     if case.state is not S.ATTEMPTING or current is None:
-        raise IllegalTransition(case.state, S.RETRY_SCHEDULED, Cause.OPERATOR_RESET)
+        raise IllegalTransition(case.state, S.RETRY_SCHEDULED, TransitionCause.OPERATOR_RESET)
     d = _Decision(case, now)
-    _reschedule(d, current, planning, Cause.OPERATOR_RESET, f"reset ({reason})" if reason else "reset")
+    _reschedule(
+        d, current, planning, TransitionCause.OPERATOR_RESET, f"reset ({reason})" if reason else "reset"
+    )
     return d.done()
 
 
 def window_elapsed(case: Case, now: datetime, planning: Planning) -> Change:
     """A case that waited for a payment method until the end of its window gives up."""
     d = _Decision(case, now)
-    d.move(S.EXHAUSTED, Cause.WINDOW_ELAPSED)
+    d.move(S.EXHAUSTED, TransitionCause.WINDOW_ELAPSED)
     d.emit(
         ev.Exhausted(*_facts(case), action=planning.policy.exhausted_action, attempts=case.attempts_started)
     )
@@ -333,7 +335,7 @@ def send_reminder(case: Case, now: datetime) -> Change:
 # ---------------------------------------------------------------- shared steps
 
 
-def _schedule_next(d: _Decision, planning: Planning, cause: Cause) -> None:
+def _schedule_next(d: _Decision, planning: Planning, cause: TransitionCause) -> None:
     case = d.case
     plan = plan_next_attempt(
         planning,
@@ -344,7 +346,7 @@ def _schedule_next(d: _Decision, planning: Planning, cause: Cause) -> None:
         now=d.now,
     )
     if plan is None:
-        d.move(S.EXHAUSTED, Cause.ATTEMPTS_EXHAUSTED, f"{case.attempts_started} attempts made")
+        d.move(S.EXHAUSTED, TransitionCause.ATTEMPTS_EXHAUSTED, f"{case.attempts_started} attempts made")
         d.emit(
             ev.Exhausted(
                 *_facts(case), action=planning.policy.exhausted_action, attempts=case.attempts_started
@@ -354,7 +356,7 @@ def _schedule_next(d: _Decision, planning: Planning, cause: Cause) -> None:
     _put_scheduled(d, planning, case.next_number, plan, cause)
 
 
-def _attempt_now(d: _Decision, planning: Planning, cause: Cause, reason: str) -> None:
+def _attempt_now(d: _Decision, planning: Planning, cause: TransitionCause, reason: str) -> None:
     case = d.case
     chance = estimate_at(
         planning, case.failure.statistics_code, case.attempts_started + 1, case.first_failed_at, d.now
@@ -362,7 +364,7 @@ def _attempt_now(d: _Decision, planning: Planning, cause: Cause, reason: str) ->
     _put_scheduled(d, planning, case.next_number, PlannedAttempt(d.now, chance, reason), cause)
 
 
-def _reschedule(d: _Decision, current: Attempt, planning: Planning, cause: Cause, why: str) -> None:
+def _reschedule(d: _Decision, current: Attempt, planning: Planning, cause: TransitionCause, why: str) -> None:
     """The current attempt (scheduled, or in flight when it stopped) again now, same number."""
     ordinal = sum(1 for a in d.case.attempts if a.attempted_at is not None and a.number < current.number) + 1
     chance = estimate_at(planning, d.case.failure.statistics_code, ordinal, d.case.first_failed_at, d.now)
@@ -370,7 +372,9 @@ def _reschedule(d: _Decision, current: Attempt, planning: Planning, cause: Cause
     _put_scheduled(d, planning, current.number, PlannedAttempt(d.now, chance, reason), cause)
 
 
-def _put_scheduled(d: _Decision, planning: Planning, number: int, plan: PlannedAttempt, cause: Cause) -> None:
+def _put_scheduled(
+    d: _Decision, planning: Planning, number: int, plan: PlannedAttempt, cause: TransitionCause
+) -> None:
     attempt = Attempt(
         number=number,
         scheduled_at=plan.at,
@@ -401,13 +405,13 @@ def _put_scheduled(d: _Decision, planning: Planning, number: int, plan: PlannedA
         d.update(reminder_at=remind_at)
 
 
-def _await_payment_method(d: _Decision, planning: Planning, cause: Cause) -> None:
+def _await_payment_method(d: _Decision, planning: Planning, cause: TransitionCause) -> None:
     d.move(S.AWAITING_PAYMENT_METHOD, cause, d.case.failure.decline_code)
     # The worker gives up at the end of the window if no new method arrived by then.
     d.update(due_at=window_end(planning.policy, d.case.first_failed_at), reminder_at=None)
 
 
-def _hold(d: _Decision, cause: Cause, reason: str) -> None:
+def _hold(d: _Decision, cause: TransitionCause, reason: str) -> None:
     d.move(S.HELD, cause, reason)
     d.update(due_at=None, reminder_at=None)
     d.emit(ev.Held(*_facts(d.case), reason=reason))

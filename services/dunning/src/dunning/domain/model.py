@@ -7,6 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from billing_common.money import Money
+from billing_common.payments import DeclineKind, FailureType
 
 
 class CaseState(StrEnum):
@@ -21,20 +22,6 @@ class CaseState(StrEnum):
 
 
 TERMINAL_STATES = frozenset({CaseState.RECOVERED, CaseState.EXHAUSTED, CaseState.CLOSED})
-
-
-class FailureType(StrEnum):
-    CARDHOLDER = "cardholder"
-    MERCHANT = "merchant"
-    GATEWAY_UNREACHABLE = "gateway_unreachable"
-    UNKNOWN_OUTCOME = "unknown_outcome"
-    UNSPECIFIED = "unspecified"
-
-
-class DeclineKind(StrEnum):
-    SOFT = "soft"
-    HARD = "hard"
-    UNSPECIFIED = "unspecified"
 
 
 class Route(StrEnum):

@@ -9,7 +9,7 @@ from billing_common.errors import FailedPrecondition
 from dunning.domain.model import CaseState
 
 
-class Cause(StrEnum):
+class TransitionCause(StrEnum):
     PAYMENT_FAILED = "payment_failed"
     ATTEMPT_STARTED = "attempt_started"
     ATTEMPT_SUCCEEDED = "attempt_succeeded"
@@ -30,9 +30,9 @@ class Cause(StrEnum):
 
 
 S = CaseState
-C = Cause
+C = TransitionCause
 
-TRANSITIONS: Mapping[tuple[CaseState, CaseState], frozenset[Cause]] = {
+TRANSITIONS: Mapping[tuple[CaseState, CaseState], frozenset[TransitionCause]] = {
     (S.OPEN, S.RETRY_SCHEDULED): frozenset({C.PAYMENT_FAILED}),
     (S.OPEN, S.AWAITING_PAYMENT_METHOD): frozenset({C.PAYMENT_FAILED}),
     (S.OPEN, S.HELD): frozenset({C.PAYMENT_FAILED}),
@@ -65,7 +65,7 @@ TRANSITIONS: Mapping[tuple[CaseState, CaseState], frozenset[Cause]] = {
 class IllegalTransition(FailedPrecondition):
     """A transition the table does not allow; nothing changes."""
 
-    def __init__(self, from_state: CaseState, to_state: CaseState, cause: Cause) -> None:
+    def __init__(self, from_state: CaseState, to_state: CaseState, cause: TransitionCause) -> None:
         super().__init__(
             f"a case in {from_state.name} cannot move to {to_state.name} on {cause.value}",
             details={"from_state": from_state.value, "to_state": to_state.value, "cause": cause.value},
@@ -75,10 +75,10 @@ class IllegalTransition(FailedPrecondition):
         self.cause = cause
 
 
-def is_allowed(from_state: CaseState, to_state: CaseState, cause: Cause) -> bool:
+def is_allowed(from_state: CaseState, to_state: CaseState, cause: TransitionCause) -> bool:
     return cause in TRANSITIONS.get((from_state, to_state), frozenset())
 
 
-def check(from_state: CaseState, to_state: CaseState, cause: Cause) -> None:
+def check(from_state: CaseState, to_state: CaseState, cause: TransitionCause) -> None:
     if not is_allowed(from_state, to_state, cause):
         raise IllegalTransition(from_state, to_state, cause)

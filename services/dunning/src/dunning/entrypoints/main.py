@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 from billing.dunning.v1 import dunning_pb2_grpc
 from billing_common.grpc_client import open_channel
 from billing_common.paging import PageTokens
-from billing_common.service import Registration, Resources, ServiceParts, Setup, run_service
-from dunning.adapters.metrics import MetricsRefresher
+from billing_common.service import Background, Lifespan, Registration, Resources, ServiceParts, run_service
+from dunning.adapters.metrics import MetricsRefresher, PrometheusCaseMetrics
 from dunning.adapters.recurring_client import GrpcRecurring
 from dunning.adapters.store import PostgresCases, due_cases
 from dunning.app.cases import CaseService
@@ -36,48 +37,47 @@ def worker_config(settings: DunningSettings) -> WorkerConfig:
     )
 
 
-def build(settings: DunningSettings) -> Setup:
+def build(settings: DunningSettings) -> Lifespan:
     pages = PageTokens.from_settings(settings)
 
-    async def setup(r: Resources) -> ServiceParts:
-        store = PostgresCases(r.pool, r.outbox)
-        statistics = OutcomeStatistics(
-            store, r.clock, settings.statistics_refresh, settings.statistics_window
-        )
-        cases = CaseService(store, statistics, r.clock)
-        servicer = DunningServicer(cases, Policies(store, r.clock), pages)
-        metrics = MetricsRefresher(r.pool, r.clock, settings.metrics_refresh)
-        background: list[Callable[[], Awaitable[None]]] = [metrics.run_forever]
-        on_stop: list[Callable[[], Awaitable[None]]] = []
-        if settings.worker_enabled:
-            channel = open_channel(settings.recurring_addr, r.outgoing_token)
-            worker = AttemptWorker(
-                store,
-                GrpcRecurring(channel, settings.attempt_timeout),
-                r.locks,
-                statistics,
-                r.clock,
-                worker_config(settings),
+    @asynccontextmanager
+    async def lifespan(r: Resources) -> AsyncIterator[ServiceParts]:
+        async with AsyncExitStack() as opened:
+            metrics = PrometheusCaseMetrics()
+            store = PostgresCases(r.pool, r.outbox, metrics)
+            statistics = OutcomeStatistics(
+                store, r.clock, settings.statistics_refresh, settings.statistics_window
             )
-            background.append(worker.run_forever)
-
-            async def close_channel() -> None:
-                await channel.close()
-
-            on_stop.append(close_channel)
-        return ServiceParts(
-            [
-                Registration(
-                    dunning_pb2_grpc.add_DunningServiceServicer_to_server, servicer, SERVICE_NAME, ACCESS
+            cases = CaseService(store, statistics, r.clock)
+            servicer = DunningServicer(cases, Policies(store, r.clock), pages)
+            gauges = MetricsRefresher(r.pool, r.clock, settings.metrics_refresh)
+            background = [Background(gauges.run_forever)]
+            if settings.worker_enabled:
+                channel = await opened.enter_async_context(
+                    open_channel(settings.recurring_addr, r.outgoing_token)
                 )
-            ],
-            event_handlers=event_handlers(cases, r.clock),
-            background=background,
-            on_stop=on_stop,
-            due_work=[due_cases(r.pool)] if settings.worker_enabled else [],
-        )
+                worker = AttemptWorker(
+                    store,
+                    GrpcRecurring(channel, settings.attempt_timeout),
+                    r.locks,
+                    statistics,
+                    r.clock,
+                    worker_config(settings),
+                    metrics,
+                )
+                background.append(Background(worker.run_forever))
+            yield ServiceParts(
+                [
+                    Registration(
+                        dunning_pb2_grpc.add_DunningServiceServicer_to_server, servicer, SERVICE_NAME, ACCESS
+                    )
+                ],
+                event_handlers=event_handlers(cases, r.clock),
+                background=background,
+                due_work=[due_cases(r.pool)] if settings.worker_enabled else [],
+            )
 
-    return setup
+    return lifespan
 
 
 def main() -> None:

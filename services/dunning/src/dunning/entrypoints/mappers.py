@@ -9,34 +9,15 @@ from google.protobuf.duration_pb2 import Duration
 from billing.dunning.v1 import dunning_pb2 as pb
 from billing.events.v1 import invoice_pb2 as invoice_events
 from billing_common.money import Money
-from billing_common.protos import money_pb, stamp
+from billing_common.protos import ProtoEnum, money_pb, stamp
 from dunning.adapters.codec import failure_of, failure_type_pb
 from dunning.app.cases import CaseView, PaymentFailure
 from dunning.domain.model import Attempt, AttemptOutcome, Case, CaseState, InvoiceRef, Transition
 from dunning.domain.policy import AdaptiveSchedule, ExhaustedAction, FixedSchedule, RetryPolicy
 
-STATES: dict[CaseState, pb.CaseState.ValueType] = {
-    CaseState.OPEN: pb.CASE_STATE_OPEN,
-    CaseState.RETRY_SCHEDULED: pb.CASE_STATE_RETRY_SCHEDULED,
-    CaseState.ATTEMPTING: pb.CASE_STATE_ATTEMPTING,
-    CaseState.AWAITING_PAYMENT_METHOD: pb.CASE_STATE_AWAITING_PAYMENT_METHOD,
-    CaseState.HELD: pb.CASE_STATE_HELD,
-    CaseState.RECOVERED: pb.CASE_STATE_RECOVERED,
-    CaseState.EXHAUSTED: pb.CASE_STATE_EXHAUSTED,
-    CaseState.CLOSED: pb.CASE_STATE_CLOSED,
-}
-STATES_FROM_PB = {v: k for k, v in STATES.items()}
-OUTCOMES: dict[AttemptOutcome, pb.AttemptOutcome.ValueType] = {
-    AttemptOutcome.SCHEDULED: pb.ATTEMPT_OUTCOME_SCHEDULED,
-    AttemptOutcome.SUCCEEDED: pb.ATTEMPT_OUTCOME_SUCCEEDED,
-    AttemptOutcome.FAILED: pb.ATTEMPT_OUTCOME_FAILED,
-    AttemptOutcome.CANCELLED: pb.ATTEMPT_OUTCOME_CANCELLED,
-}
-ACTIONS: dict[ExhaustedAction, pb.ExhaustedAction.ValueType] = {
-    ExhaustedAction.SUSPEND: pb.EXHAUSTED_ACTION_SUSPEND,
-    ExhaustedAction.CANCEL: pb.EXHAUSTED_ACTION_CANCEL,
-}
-ACTIONS_FROM_PB = {v: k for k, v in ACTIONS.items()}
+STATES = ProtoEnum(CaseState, pb.CaseState, "CASE_STATE_")
+OUTCOMES = ProtoEnum(AttemptOutcome, pb.AttemptOutcome, "ATTEMPT_OUTCOME_")
+ACTIONS = ProtoEnum(ExhaustedAction, pb.ExhaustedAction, "EXHAUSTED_ACTION_")
 
 
 def _duration(delta: timedelta) -> Duration:
@@ -51,7 +32,7 @@ def attempt_pb(attempt: Attempt) -> pb.Attempt:
         estimated_success_bp=attempt.estimated_success_bp,
         sample_size=attempt.sample_size,
         reason=attempt.reason,
-        outcome=OUTCOMES[attempt.outcome],
+        outcome=OUTCOMES.pb(attempt.outcome),
         decline_code=attempt.decline_code,
     )
     stamp(message.scheduled_at, attempt.scheduled_at)
@@ -61,8 +42,8 @@ def attempt_pb(attempt: Attempt) -> pb.Attempt:
 
 def transition_pb(transition: Transition) -> pb.CaseTransition:
     message = pb.CaseTransition(
-        from_state=STATES[transition.from_state],
-        to_state=STATES[transition.to_state],
+        from_state=STATES.pb(transition.from_state),
+        to_state=STATES.pb(transition.to_state),
         cause=f"{transition.cause}: {transition.detail}" if transition.detail else transition.cause,
     )
     stamp(message.at, transition.at)
@@ -78,7 +59,7 @@ def case_pb(case: Case, history: list[Transition] | None = None) -> pb.DunningCa
         account_id=invoice.account_id,
         merchant_id=invoice.merchant_id,
         amount_due=money_pb(invoice.amount_due),
-        state=STATES[case.state],
+        state=STATES.pb(case.state),
         failure_type=failure_type_pb(case.failure),
         decline_code=case.failure.decline_code,
         attempts=[attempt_pb(a) for a in case.attempts],
@@ -109,7 +90,7 @@ def policy_from_pb(message: pb.RetryPolicy) -> RetryPolicy:
         max_window=message.max_window.ToTimedelta(),
         schedule=schedule,
         # Unset means the usual outcome: the subscription is suspended.
-        exhausted_action=ACTIONS_FROM_PB.get(message.exhausted_action, ExhaustedAction.SUSPEND),
+        exhausted_action=ACTIONS.get(message.exhausted_action, ExhaustedAction.SUSPEND),
         reminder_lead=message.reminder_lead.ToTimedelta(),
     )
 
@@ -119,7 +100,7 @@ def policy_pb(policy: RetryPolicy) -> pb.RetryPolicy:
         merchant_id=policy.merchant_id,
         max_attempts=policy.max_attempts,
         max_window=_duration(policy.max_window),
-        exhausted_action=ACTIONS[policy.exhausted_action],
+        exhausted_action=ACTIONS.pb(policy.exhausted_action),
         reminder_lead=_duration(policy.reminder_lead),
     )
     if isinstance(policy.schedule, FixedSchedule):

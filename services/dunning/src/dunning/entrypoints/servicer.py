@@ -49,9 +49,10 @@ class DunningServicer(dunning_pb2_grpc.DunningServiceServicer):
     async def ListCases(self, request: pb.ListCasesRequest, context: Context) -> pb.ListCasesResponse:
         state = None
         if request.state != pb.CASE_STATE_UNSPECIFIED:
-            if request.state not in m.STATES_FROM_PB:
-                raise InvalidArgument.of("state", "is not a case state")
-            state = m.STATES_FROM_PB[request.state]
+            try:
+                state = m.STATES.ours(request.state)
+            except ValueError:
+                raise InvalidArgument.of("state", "is not a case state") from None
         where = CaseFilter(state, request.merchant_id, request.account_id)
         page = await self._cases.list(where, self._pages.read(request, start=0))
         return pb.ListCasesResponse(

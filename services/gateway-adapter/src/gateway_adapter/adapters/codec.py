@@ -4,32 +4,31 @@ from __future__ import annotations
 
 from billing.common.v1 import common_pb2
 from billing.events.v1 import payment_pb2 as events
-from gateway_adapter.domain.classification import DeclineKind, FailureType
+from billing_common.payments import DeclineKind, FailureType
+from billing_common.protos import ProtoEnum, money_pb
 from gateway_adapter.domain.payments import MethodType, Payment, Status
 
-_METHOD = {
-    MethodType.CARD: common_pb2.PAYMENT_METHOD_TYPE_CARD,
-    MethodType.ACH: common_pb2.PAYMENT_METHOD_TYPE_ACH,
-    MethodType.STRIPE: common_pb2.PAYMENT_METHOD_TYPE_STRIPE,
-}
+# A call still in flight has no known outcome yet.
+STATUSES = ProtoEnum(Status, common_pb2.PaymentStatus, "PAYMENT_STATUS_", {Status.PROCESSING: "UNKNOWN"})
+METHOD_TYPES = ProtoEnum(MethodType, common_pb2.PaymentMethodType, "PAYMENT_METHOD_TYPE_")
+FAILURE_TYPES = ProtoEnum(FailureType, common_pb2.FailureType, "FAILURE_TYPE_")
+DECLINE_KINDS = ProtoEnum(DeclineKind, common_pb2.DeclineKind, "DECLINE_KIND_")
 
 
 def payment_status_pb(status: Status) -> common_pb2.PaymentStatus.ValueType:
-    # A call still in flight has no known outcome yet.
-    name = "UNKNOWN" if status is Status.PROCESSING else status.value
-    return common_pb2.PaymentStatus.Value(f"PAYMENT_STATUS_{name}")
+    return STATUSES.pb(status)
 
 
 def method_type_pb(method: MethodType) -> common_pb2.PaymentMethodType.ValueType:
-    return _METHOD[method]
+    return METHOD_TYPES.pb(method)
 
 
 def failure_type_pb(failure: FailureType) -> common_pb2.FailureType.ValueType:
-    return common_pb2.FailureType.Value(f"FAILURE_TYPE_{failure.value}")
+    return FAILURE_TYPES.pb(failure)
 
 
 def decline_kind_pb(kind: DeclineKind) -> common_pb2.DeclineKind.ValueType:
-    return common_pb2.DeclineKind.Value(f"DECLINE_KIND_{kind.value}")
+    return DECLINE_KINDS.pb(kind)
 
 
 def facts(payment: Payment) -> events.PaymentFacts:
@@ -38,7 +37,7 @@ def facts(payment: Payment) -> events.PaymentFacts:
         merchant_id=payment.request.merchant_id,
         caller_reference=payment.request.caller_reference,
         idempotency_key=payment.request.idempotency_key,
-        amount=common_pb2.Money(amount_minor=payment.request.amount_minor, currency=payment.request.currency),
+        amount=money_pb(payment.request.amount),
         method_type=method_type_pb(payment.request.method_type),
         gateway=payment.gateway,
         status=payment_status_pb(payment.status),

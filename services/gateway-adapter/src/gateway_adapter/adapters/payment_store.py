@@ -3,22 +3,32 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
-from billing.common.v1 import common_pb2
 from billing.events.v1 import payment_pb2 as events
 from billing_common import telemetry
 from billing_common.db import connection, transaction
-from billing_common.errors import FailedPrecondition, NotFound
+from billing_common.errors import KeyReused, NotFound
 from billing_common.events import Outbox
+from billing_common.money import Money
+from billing_common.payments import DeclineKind, FailureType
+from billing_common.protos import money_pb
 from billing_common.suite_clock import DueWork
 from gateway_adapter.adapters.codec import facts, payment_status_pb
-from gateway_adapter.app.ports import Claim, GatewayReply, Outcome, PaymentEvent, Recording, StoredRefund
-from gateway_adapter.domain.classification import Classification, DeclineKind, FailureType
+from gateway_adapter.app.ports import (
+    Claim,
+    GatewayReply,
+    PaymentEvent,
+    PaymentUpdate,
+    Recording,
+    RefundClaim,
+    StoredRefund,
+)
+from gateway_adapter.domain.classification import Classification
 from gateway_adapter.domain.payments import (
     ChargeRequest,
     MethodType,
@@ -34,8 +44,7 @@ def payment_from(row: asyncpg.Record) -> Payment:
         merchant_id=row["merchant_id"],
         method_type=MethodType(row["method_type"]),
         token=row["gateway_token"],
-        amount_minor=row["amount_minor"],
-        currency=row["currency"],
+        amount=Money(row["amount_minor"], row["currency"]),
         idempotency_key=row["idempotency_key"] or "",
         caller_reference=row["caller_reference"],
         metadata=row["metadata"],
@@ -58,14 +67,14 @@ def payment_from(row: asyncpg.Record) -> Payment:
         gateway_code=row["gateway_code"],
         gateway_message=row["gateway_message"],
         gateway_reference=row["gateway_reference"],
-        refunded_minor=row["refunded_minor"],
+        refunded=Money(row["refunded_minor"], row["currency"]),
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         checks_done=row["checks_done"],
     )
 
 
-def event_for(payment: Payment, outcome: Outcome) -> Any:
+def event_for(payment: Payment, outcome: PaymentUpdate) -> Any:
     about = facts(payment)
     match outcome.event:
         case PaymentEvent.SUCCEEDED:
@@ -118,8 +127,8 @@ class PostgresPayments:
                 [claim.request.merchant_id for claim in claims],
                 [claim.request.method_type.value for claim in claims],
                 [claim.request.token for claim in claims],
-                [claim.request.amount_minor for claim in claims],
-                [claim.request.currency for claim in claims],
+                [claim.request.amount.amount_minor for claim in claims],
+                [claim.request.amount.currency for claim in claims],
                 [claim.gateway for claim in claims],
                 [claim.request.caller_reference for claim in claims],
                 [dict(claim.request.metadata) for claim in claims],
@@ -281,13 +290,13 @@ class PostgresPayments:
             )
         return int(result.split()[-1])
 
-    async def refund(
+    async def claim_refund(
         self,
         request: RefundRequest,
         refund_id: str,
         now: datetime,
-        execute: Callable[[Payment], Awaitable[tuple[int, GatewayReply]]],
-    ) -> tuple[StoredRefund, Payment, bool]:
+        amount_of: Callable[[Payment, int], Money],
+    ) -> RefundClaim:
         async with transaction(self._pool) as conn:
             existing = await conn.fetchrow(
                 "SELECT * FROM refunds WHERE idempotency_key = $1", request.idempotency_key
@@ -295,14 +304,12 @@ class PostgresPayments:
             if existing is not None:
                 stored = _refund_from(existing)
                 if stored.fingerprint != request.fingerprint():
-                    raise FailedPrecondition(
-                        f"idempotency key {request.idempotency_key!r} was used for a different refund"
-                    )
+                    raise KeyReused(request.idempotency_key, "refund")
                 paid = await conn.fetchrow(
                     "SELECT * FROM payments WHERE payment_id = $1", existing["payment_id"]
                 )
                 assert paid is not None  # a refund references its payment
-                return stored, payment_from(paid), True
+                return RefundClaim(stored, payment_from(paid), existing["recorded_at"] is not None)
             try:
                 payment_key = uuid.UUID(request.payment_id)
             except ValueError as error:
@@ -311,45 +318,70 @@ class PostgresPayments:
             if row is None:
                 raise NotFound("payment not found")
             payment = payment_from(row)
-            amount, reply = await execute(payment)
+            claimed = await conn.fetchval(
+                """SELECT coalesce(sum(amount_minor), 0)::bigint FROM refunds
+                   WHERE payment_id = $1 AND recorded_at IS NULL""",
+                payment_key,
+            )
             stored_row = await conn.fetchrow(
                 """
                 INSERT INTO refunds (refund_id, payment_id, idempotency_key, request_fingerprint,
-                    amount_minor, currency, reason, gateway_reference, created_at)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING *
+                    amount_minor, currency, reason, created_at)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING *
                 """,
                 uuid.UUID(refund_id),
                 payment_key,
                 request.idempotency_key,
                 request.fingerprint(),
-                amount,
-                payment.request.currency,
+                amount_of(payment, claimed).amount_minor,
+                payment.request.amount.currency,
                 request.reason,
-                reply.reference,
-                now,
-            )
-            refunded = after_refund(payment, amount, now)
-            await conn.execute(
-                "UPDATE payments SET refunded_minor = $2, status = $3, updated_at = $4 WHERE payment_id = $1",
-                payment_key,
-                refunded.refunded_minor,
-                refunded.status.value,
                 now,
             )
             assert stored_row is not None  # INSERT ... RETURNING
-            stored = _refund_from(stored_row)
+            return RefundClaim(_refund_from(stored_row), payment, recorded=False)
+
+    async def record_refund(
+        self, refund_id: str, reply: GatewayReply, now: datetime
+    ) -> tuple[StoredRefund, Payment]:
+        async with transaction(self._pool) as conn:
+            # The payment's row first, as a claim takes it: one lock order.
+            row = await conn.fetchrow(
+                """SELECT p.* FROM payments p JOIN refunds r ON r.payment_id = p.payment_id
+                   WHERE r.refund_id = $1 FOR UPDATE OF p""",
+                uuid.UUID(refund_id),
+            )
+            claim = await conn.fetchrow(
+                "SELECT * FROM refunds WHERE refund_id = $1 FOR UPDATE", uuid.UUID(refund_id)
+            )
+            assert row is not None and claim is not None  # a claim is recorded, never deleted
+            payment, stored = payment_from(row), _refund_from(claim)
+            if claim["recorded_at"] is not None:
+                return stored, payment  # a retry with the same key recorded it first
+            await conn.execute(
+                "UPDATE refunds SET gateway_reference = $2, recorded_at = $3 WHERE refund_id = $1",
+                uuid.UUID(refund_id),
+                reply.reference,
+                now,
+            )
+            refunded = after_refund(payment, stored.amount, now)
+            await conn.execute(
+                "UPDATE payments SET refunded_minor = $2, status = $3, updated_at = $4 WHERE payment_id = $1",
+                row["payment_id"],
+                refunded.refunded.amount_minor,
+                refunded.status.value,
+                now,
+            )
             await self._outbox.add(
                 conn,
                 events.PaymentRefunded(
                     payment=facts(refunded),
                     refund_id=stored.refund_id,
-                    refunded=common_pb2.Money(amount_minor=amount, currency=stored.currency),
-                    refunded_total=common_pb2.Money(
-                        amount_minor=refunded.refunded_minor, currency=stored.currency
-                    ),
+                    refunded=money_pb(stored.amount),
+                    refunded_total=money_pb(refunded.refunded),
                 ),
             )
-            return stored, refunded, False
+            return stored, refunded
 
     async def apply_notice(
         self,
@@ -357,7 +389,7 @@ class PostgresPayments:
         event_id: str,
         gateway_reference: str,
         idempotency_key: str,
-        decide: Callable[[Payment], Outcome | None],
+        decide: Callable[[Payment], PaymentUpdate | None],
         now: datetime,
     ) -> bool:
         async with transaction(self._pool) as conn:
@@ -394,8 +426,7 @@ def _refund_from(row: asyncpg.Record) -> StoredRefund:
     return StoredRefund(
         refund_id=str(row["refund_id"]),
         payment_id=str(row["payment_id"]),
-        amount_minor=row["amount_minor"],
-        currency=row["currency"],
+        amount=Money(row["amount_minor"], row["currency"]),
         fingerprint=row["request_fingerprint"],
         created_at=row["created_at"],
     )

@@ -134,8 +134,8 @@ class SandboxGateway:
                     call.idempotency_key,
                     call.merchant_id,
                     call.token,
-                    call.amount_minor,
-                    call.currency,
+                    call.amount.amount_minor,
+                    call.amount.currency,
                     "pending" if pending else code,
                     now,
                     clears_at,
@@ -188,7 +188,7 @@ class SandboxGateway:
                 refund_id,
                 call.idempotency_key,
                 call.gateway_reference,
-                call.amount_minor,
+                call.amount.amount_minor,
                 self._clock.now(),
             )
         return GatewayReply("approved", "Refunded", refund_id)

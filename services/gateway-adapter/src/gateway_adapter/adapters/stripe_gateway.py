@@ -57,8 +57,8 @@ class StripeGateway:
                 "authentication_error", f"no API key for credentials {call.credentials_ref!r}"
             )
         params: Any = {
-            "amount": call.amount_minor,
-            "currency": call.currency.lower(),
+            "amount": call.amount.amount_minor,
+            "currency": call.amount.currency.lower(),
             "payment_method": call.token,
             "confirm": True,
             "off_session": True,
@@ -82,7 +82,7 @@ class StripeGateway:
             return GatewayReply(
                 "authentication_error", f"no API key for credentials {call.credentials_ref!r}"
             )
-        params: Any = {"payment_intent": call.gateway_reference, "amount": call.amount_minor}
+        params: Any = {"payment_intent": call.gateway_reference, "amount": call.amount.amount_minor}
         try:
             refund = await client.v1.refunds.create_async(
                 params, options={"idempotency_key": call.idempotency_key}

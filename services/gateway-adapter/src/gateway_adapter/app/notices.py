@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from billing_common.clock import Clock
-from gateway_adapter.app.ports import GatewayReply, Outcome, PaymentEvent, PaymentMetrics, PaymentStore
+from gateway_adapter.app.ports import GatewayReply, PaymentEvent, PaymentMetrics, PaymentStore, PaymentUpdate
 from gateway_adapter.domain.classification import APPROVED, classify
 from gateway_adapter.domain.payments import UNRESOLVED, Payment, Status, can_move
 
@@ -41,7 +41,7 @@ TARGET = {
 }
 
 
-def decide(notice: Notice, payment: Payment) -> Outcome | None:
+def decide(notice: Notice, payment: Payment) -> PaymentUpdate | None:
     """The payment's next state by this notice, or None when it does not apply (late, repeated)."""
     target = TARGET[notice.kind]
     if not can_move(payment.status, target):
@@ -63,7 +63,7 @@ def decide(notice: Notice, payment: Payment) -> Outcome | None:
     else:
         event = PaymentEvent.SUCCEEDED if notice.kind is NoticeKind.SUCCEEDED else PaymentEvent.FAILED
     reply = GatewayReply(notice.code or target.lower(), notice.message, notice.gateway_reference)
-    return Outcome(
+    return PaymentUpdate(
         target,
         classification,
         reply,

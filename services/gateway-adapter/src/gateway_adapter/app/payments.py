@@ -24,12 +24,13 @@ from gateway_adapter.app.ports import (
     GatewayReply,
     GatewayTimeout,
     GatewayUnreachable,
-    Outcome,
     Pacer,
     PaymentEvent,
     PaymentMetrics,
     PaymentStore,
+    PaymentUpdate,
     Recording,
+    RefundClaim,
     StoredRefund,
 )
 from gateway_adapter.domain.classification import (
@@ -331,7 +332,7 @@ class Payments:
             answers[item.index] = ChargeAnswer(payment)
         return earlier
 
-    async def _charge_at_turn(self, item: _Fresh, turns: _Turns) -> tuple[Outcome, timedelta | None]:
+    async def _charge_at_turn(self, item: _Fresh, turns: _Turns) -> tuple[PaymentUpdate, timedelta | None]:
         """The charge's outcome, made at its turn; with no turn in time, nothing sent and when to retry."""
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -339,7 +340,7 @@ class Payments:
         while True:
             turn = await turns.take(again=late)
             if turn is None:
-                return Outcome(Status.FAILED, NO_TURN, None, None), turns.retry_after
+                return PaymentUpdate(Status.FAILED, NO_TURN, None, None), turns.retry_after
             if turn.go_at > loop.time():
                 await asyncio.sleep(turn.go_at - loop.time())
             if self._pacer.on_time(turn.due):
@@ -422,15 +423,14 @@ class Payments:
             raise Unavailable(STILL_IN_PROGRESS)
         return payment
 
-    async def _call_gateway(self, payment: Payment, credentials_ref: str) -> Outcome:
+    async def _call_gateway(self, payment: Payment, credentials_ref: str) -> PaymentUpdate:
         gateway = self._gateways[payment.gateway]
         request = payment.request
         call = GatewayCharge(
             payment.payment_id,
             request.merchant_id,
             request.token,
-            request.amount_minor,
-            request.currency,
+            request.amount,
             request.idempotency_key,
             credentials_ref,
             request.metadata,
@@ -449,7 +449,7 @@ class Payments:
             pass
         status = status_for(classification, pending=reply is not None and reply.pending)
         now = self._clock.now()
-        return Outcome(
+        return PaymentUpdate(
             status,
             classification,
             reply,
@@ -495,39 +495,43 @@ class Payments:
     def circuit(self, merchant_id: str, gateway: str) -> CircuitView:
         return self._breakers.view(merchant_id, gateway)
 
-    async def refund(
-        self, request: RefundRequest, currency: str | None
-    ) -> tuple[StoredRefund, Payment, bool]:
+    async def refund(self, request: RefundRequest) -> tuple[StoredRefund, Payment, bool]:
         validate_refund(request)
+        claim = await self._store.claim_refund(
+            request,
+            str(uuid.uuid4()),
+            self._clock.now(),
+            lambda payment, claimed_minor: refund_amount(payment, request, claimed_minor),
+        )
+        if claim.recorded:
+            return claim.refund, claim.payment, True
+        reply = await self._ask_refund(claim, request.idempotency_key)
+        stored, refunded = await self._store.record_refund(claim.refund.refund_id, reply, self._clock.now())
+        return stored, refunded, False
 
-        async def execute(payment: Payment) -> tuple[int, GatewayReply]:
-            amount = refund_amount(payment, request, currency)
-            gateway = self._gateways[payment.gateway]
-            credentials = self._router.route(
-                payment.request.merchant_id, payment.request.method_type
-            ).credentials_ref
-            call = GatewayRefund(
-                payment.payment_id,
-                payment.gateway_reference,
-                amount,
-                payment.request.currency,
-                request.idempotency_key,
-                credentials,
-            )
-            # Paced under the payment's row lock, as the call itself runs: refunds are few, and
-            # pacing before the lock would let waiting for it make the call late for its slot.
-            await self._pacer.wait_turn(gateway.name)
-            started = time.perf_counter()
-            try:
-                return amount, await gateway.refund(call)
-            except (GatewayUnreachable, GatewayTimeout) as error:
-                raise Unavailable(
-                    f"{gateway.name} did not confirm the refund; retry with the same key"
-                ) from error
-            finally:
-                self._metrics.gateway_answered(gateway.name, "refund", time.perf_counter() - started)
-
-        return await self._store.refund(request, str(uuid.uuid4()), self._clock.now(), execute)
+    async def _ask_refund(self, claim: RefundClaim, idempotency_key: str) -> GatewayReply:
+        """The gateway's refund, with no lock held: a claim left unrecorded (the gateway did not
+        answer) is asked again with the same key by the caller's retry, so it is made once."""
+        payment = claim.payment
+        gateway = self._gateways[payment.gateway]
+        route = self._router.route(payment.request.merchant_id, payment.request.method_type)
+        call = GatewayRefund(
+            payment.payment_id,
+            payment.gateway_reference,
+            claim.refund.amount,
+            idempotency_key,
+            route.credentials_ref,
+        )
+        await self._pacer.wait_turn(gateway.name)
+        started = time.perf_counter()
+        try:
+            return await gateway.refund(call)
+        except (GatewayUnreachable, GatewayTimeout) as error:
+            raise Unavailable(
+                f"{gateway.name} did not confirm the refund; retry with the same key"
+            ) from error
+        finally:
+            self._metrics.gateway_answered(gateway.name, "refund", time.perf_counter() - started)
 
     async def resolve_unknown(self) -> int:
         """Ask the gateways about due unresolved payments; returns how many were looked at."""
@@ -560,7 +564,8 @@ class Payments:
             await self._store.record(
                 [
                     Recording(
-                        payment, Outcome(Status.UNKNOWN, OUTCOME_UNKNOWN, None, None, next_check_at=later)
+                        payment,
+                        PaymentUpdate(Status.UNKNOWN, OUTCOME_UNKNOWN, None, None, next_check_at=later),
                     )
                 ],
                 self._clock.now(),
@@ -572,7 +577,7 @@ class Payments:
             classification = self._classify(gateway.name, reply.code)
             status = status_for(classification, pending=reply.pending)
         self._metrics.unknown_checked(status.lower())
-        outcome = Outcome(
+        outcome = PaymentUpdate(
             status, classification, reply, PaymentEvent.RECONCILED, previous_status=payment.status
         )
         await self._store.record([Recording(payment, outcome)], self._clock.now())

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
+from billing_common.money import Money
 from billing_common.pacing import Booking
 from gateway_adapter.domain.classification import Classification
 from gateway_adapter.domain.payments import ChargeRequest, Payment, RefundRequest, Status
@@ -26,8 +27,7 @@ class GatewayCharge:
     payment_id: str
     merchant_id: str
     token: str
-    amount_minor: int
-    currency: str
+    amount: Money
     idempotency_key: str
     credentials_ref: str
     metadata: Mapping[str, str] = field(default_factory=dict)
@@ -37,8 +37,7 @@ class GatewayCharge:
 class GatewayRefund:
     payment_id: str
     gateway_reference: str
-    amount_minor: int
-    currency: str
+    amount: Money
     idempotency_key: str
     credentials_ref: str
 
@@ -98,7 +97,7 @@ class PaymentEvent(StrEnum):
 
 
 @dataclass(frozen=True)
-class Outcome:
+class PaymentUpdate:
     """A payment's new state and what to announce about it, written in one transaction."""
 
     status: Status
@@ -114,10 +113,18 @@ class Outcome:
 class StoredRefund:
     refund_id: str
     payment_id: str
-    amount_minor: int
-    currency: str
+    amount: Money
     fingerprint: str
     created_at: datetime
+
+
+@dataclass(frozen=True)
+class RefundClaim:
+    """A refund's row, written before the gateway is asked; `recorded` once the gateway answered."""
+
+    refund: StoredRefund
+    payment: Payment
+    recorded: bool
 
 
 @dataclass(frozen=True)
@@ -135,7 +142,7 @@ class Recording:
     """An outcome to apply if the payment is still as `payment` says."""
 
     payment: Payment
-    outcome: Outcome
+    outcome: PaymentUpdate
 
 
 class PaymentStore(Protocol):
@@ -171,14 +178,22 @@ class PaymentStore(Protocol):
 
     async def forget_keys(self, older_than: datetime) -> int: ...
 
-    async def refund(
+    async def claim_refund(
         self,
         request: RefundRequest,
         refund_id: str,
         now: datetime,
-        execute: Callable[[Payment], Awaitable[tuple[int, GatewayReply]]],
-    ) -> tuple[StoredRefund, Payment, bool]:
-        """Refund under a row lock on the payment so two refunds never exceed what is left."""
+        amount_of: Callable[[Payment, int], Money],
+    ) -> RefundClaim:
+        """The refund with this key, or a new claim of `amount_of(payment, already claimed)` written
+        under the payment's row lock, so two refunds never exceed what is left. The lock ends with
+        the claim: the gateway is called after it."""
+        ...
+
+    async def record_refund(
+        self, refund_id: str, reply: GatewayReply, now: datetime
+    ) -> tuple[StoredRefund, Payment]:
+        """Record the gateway's answer to a claim once (a second recording returns the first)."""
         ...
 
     async def apply_notice(
@@ -187,7 +202,7 @@ class PaymentStore(Protocol):
         event_id: str,
         gateway_reference: str,
         idempotency_key: str,
-        decide: Callable[[Payment], Outcome | None],
+        decide: Callable[[Payment], PaymentUpdate | None],
         now: datetime,
     ) -> bool:
         """Record a webhook event id and apply its outcome once; False if the id was seen before."""

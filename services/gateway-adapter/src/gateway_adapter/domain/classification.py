@@ -10,21 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import StrEnum
 
-
-class FailureType(StrEnum):
-    NONE = "NONE"
-    CARDHOLDER = "CARDHOLDER"
-    MERCHANT = "MERCHANT"
-    GATEWAY_UNREACHABLE = "GATEWAY_UNREACHABLE"
-    UNKNOWN_OUTCOME = "UNKNOWN_OUTCOME"
-
-
-class DeclineKind(StrEnum):
-    NONE = "NONE"
-    SOFT = "SOFT"
-    HARD = "HARD"
+from billing_common.payments import DeclineKind, FailureType
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,11 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from billing_common.errors import FailedPrecondition, Violations
-from billing_common.money import CurrencyError, check_currency
+from billing_common.errors import FailedPrecondition, KeyReused, Violations
+from billing_common.money import Money
 from billing_common.pan import contains_card_number
-from gateway_adapter.domain.classification import Classification, DeclineKind, FailureType
+from billing_common.payments import DeclineKind, FailureType
+from gateway_adapter.domain.classification import Classification
 
 
 class MethodType(StrEnum):
@@ -73,15 +74,15 @@ class ChargeRequest:
     merchant_id: str
     method_type: MethodType
     token: str
-    amount_minor: int
-    currency: str
+    amount: Money
     idempotency_key: str
     caller_reference: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict)
 
     def fingerprint(self) -> str:
         """What must match for a replay: Stripe compares the parameters of the original request."""
-        parts = (self.merchant_id, self.method_type, self.token, str(self.amount_minor), self.currency)
+        amount = self.amount
+        parts = (self.merchant_id, self.method_type, self.token, str(amount.amount_minor), amount.currency)
         return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
 
@@ -94,8 +95,7 @@ def validate_charge(request: ChargeRequest) -> None:
         "payment_method.gateway_token",
         "must be a gateway token, never a card number",
     )
-    problems.check(request.amount_minor > 0, "amount.amount_minor", "must be greater than zero")
-    _check_currency(problems, request.currency)
+    problems.check(request.amount.amount_minor > 0, "amount.amount_minor", "must be greater than zero")
     _check_key(problems, request.idempotency_key)
     problems.check(
         not contains_card_number(request.caller_reference),
@@ -109,13 +109,6 @@ def validate_charge(request: ChargeRequest) -> None:
             "must not contain a card number",
         )
     problems.raise_if_any()
-
-
-def _check_currency(problems: Violations, currency: str) -> None:
-    try:
-        check_currency(currency)
-    except CurrencyError as error:
-        problems.add("amount.currency", str(error))
 
 
 def _check_key(problems: Violations, key: str) -> None:
@@ -136,7 +129,7 @@ class Payment:
     gateway_code: str
     gateway_message: str
     gateway_reference: str
-    refunded_minor: int
+    refunded: Money
     created_at: datetime
     updated_at: datetime
     checks_done: int = 0
@@ -158,8 +151,10 @@ class Payment:
         return self.classification.normalized_code if self.classification else "in_progress"
 
     @property
-    def refundable_minor(self) -> int:
-        return self.request.amount_minor - self.refunded_minor if self.status in REFUNDABLE else 0
+    def refundable(self) -> Money:
+        if self.status not in REFUNDABLE:
+            return Money.zero(self.request.amount.currency)
+        return self.request.amount - self.refunded
 
     def replay_of(self, request: ChargeRequest) -> None:
         """Refuse a key reused for a different charge, naming what differs."""
@@ -174,15 +169,12 @@ class Payment:
                     (self.request.method_type, self.request.token),
                     (request.method_type, request.token),
                 ),
-                ("amount", self.request.amount_minor, request.amount_minor),
-                ("currency", self.request.currency, request.currency),
+                ("amount", self.request.amount.amount_minor, request.amount.amount_minor),
+                ("currency", self.request.amount.currency, request.amount.currency),
             )
             if ours != theirs
         ]
-        raise FailedPrecondition(
-            f"idempotency key {request.idempotency_key!r} was used for a different charge "
-            f"(differs in {', '.join(differs)})"
-        )
+        raise KeyReused(request.idempotency_key, "charge", differs)
 
 
 def status_for(classification: Classification, *, pending: bool = False) -> Status:
@@ -199,19 +191,20 @@ def status_for(classification: Classification, *, pending: bool = False) -> Stat
 @dataclass(frozen=True)
 class RefundRequest:
     payment_id: str
-    amount_minor: int | None  # None: everything that is left
+    amount: Money | None  # None: everything that is left
     idempotency_key: str
     reason: str = ""
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(f"{self.payment_id}\x1f{self.amount_minor}".encode()).hexdigest()
+        amount_minor = None if self.amount is None else self.amount.amount_minor
+        return hashlib.sha256(f"{self.payment_id}\x1f{amount_minor}".encode()).hexdigest()
 
 
 def validate_refund(request: RefundRequest) -> None:
     problems = Violations()
     problems.check(bool(request.payment_id.strip()), "payment_id", "is required")
     problems.check(
-        request.amount_minor is None or request.amount_minor > 0,
+        request.amount is None or request.amount.amount_minor > 0,
         "amount.amount_minor",
         "must be greater than zero",
     )
@@ -219,23 +212,27 @@ def validate_refund(request: RefundRequest) -> None:
     problems.raise_if_any()
 
 
-def refund_amount(payment: Payment, request: RefundRequest, currency: str | None) -> int:
-    """How much to refund: never more than what is left, in the payment's currency."""
-    if currency is not None and currency != payment.request.currency:
-        raise FailedPrecondition(f"the payment is in {payment.request.currency}, not {currency}")
+def refund_amount(payment: Payment, request: RefundRequest, claimed_minor: int = 0) -> Money:
+    """How much to refund: never more than what is left once the refunds already claimed (asked of the
+    gateway, not yet recorded) are counted, in the payment's currency."""
+    currency = payment.request.amount.currency
+    if request.amount is not None and request.amount.currency != currency:
+        raise FailedPrecondition(f"the payment is in {currency}, not {request.amount.currency}")
     if payment.status not in REFUNDABLE:
         raise FailedPrecondition(f"a {payment.status} payment cannot be refunded")
-    left = payment.refundable_minor
-    amount = left if request.amount_minor is None else request.amount_minor
+    left = max(payment.refundable - Money(claimed_minor, currency), Money.zero(currency))
+    amount = left if request.amount is None else request.amount
     if amount > left:
-        raise FailedPrecondition(f"refund of {amount} exceeds the {left} left to refund")
+        raise FailedPrecondition(
+            f"refund of {amount.amount_minor} exceeds the {left.amount_minor} left to refund"
+        )
     return amount
 
 
-def after_refund(payment: Payment, amount_minor: int, now: datetime) -> Payment:
-    refunded = payment.refunded_minor + amount_minor
-    status = Status.REFUNDED if refunded == payment.request.amount_minor else Status.PARTIALLY_REFUNDED
-    return replace(payment, refunded_minor=refunded, status=status, updated_at=now)
+def after_refund(payment: Payment, amount: Money, now: datetime) -> Payment:
+    refunded = payment.refunded + amount
+    status = Status.REFUNDED if refunded == payment.request.amount else Status.PARTIALLY_REFUNDED
+    return replace(payment, refunded=refunded, status=status, updated_at=now)
 
 
 def next_check_at(schedule: Sequence[timedelta], checks_done: int, now: datetime) -> datetime:

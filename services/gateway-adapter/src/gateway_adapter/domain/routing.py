@@ -29,16 +29,18 @@ class RouteError(ValueError):
     pass
 
 
-class Router:
-    def __init__(self, routes: Mapping[tuple[str, MethodType], Route]) -> None:
-        self._routes = dict(routes)
+@dataclass(frozen=True)
+class Routes:
+    """Routes beyond the defaults, as `GATEWAY_ROUTES` gives them: comma-separated entries like
+    `merchant_1:CARD=stripe@eu_account` or `*:ACH=sandbox-ach`. The settings loader parses them, so
+    a malformed entry stops the service at start, naming the variable."""
+
+    entries: tuple[tuple[str, MethodType, Route], ...] = ()
 
     @classmethod
-    def parse(cls, entries: Iterable[str], known_gateways: Iterable[str]) -> Router:
-        """Entries look like `merchant_1:CARD=stripe@eu_account` or `*:ACH=sandbox-ach`."""
-        gateways = set(known_gateways)
-        routes = {(ANY_MERCHANT, method): Route(name) for method, name in DEFAULT_GATEWAYS.items()}
-        for entry in entries:
+    def from_setting(cls, text: str) -> Routes:
+        entries = []
+        for entry in filter(None, (part.strip() for part in text.split(","))):
             try:
                 who, target = entry.split("=", 1)
                 merchant, method_name = who.rsplit(":", 1)
@@ -48,10 +50,27 @@ class Router:
                 raise RouteError(
                     f"route {entry!r} is not <merchant>:<METHOD>=<gateway>[@<credentials>]"
                 ) from error
-            if gateway not in gateways:
-                raise RouteError(f"route {entry!r} names unknown gateway {gateway!r}")
-            routes[(merchant.strip(), method)] = Route(gateway, credentials or "default")
-        return cls(routes)
+            entries.append((merchant.strip(), method, Route(gateway.strip(), credentials or "default")))
+        return cls(tuple(entries))
+
+    def setting_text(self) -> str:
+        return ",".join(
+            f"{merchant}:{method.value}={route.gateway}@{route.credentials_ref}"
+            for merchant, method, route in self.entries
+        )
+
+
+class Router:
+    def __init__(self, routes: Routes, known_gateways: Iterable[str]) -> None:
+        """The defaults with `routes` over them; a route to a gateway we do not have is refused."""
+        gateways = set(known_gateways)
+        self._routes = {(ANY_MERCHANT, method): Route(name) for method, name in DEFAULT_GATEWAYS.items()}
+        for merchant, method, route in routes.entries:
+            if route.gateway not in gateways:
+                raise RouteError(
+                    f"a route of {merchant}:{method.value} names unknown gateway {route.gateway!r}"
+                )
+            self._routes[(merchant, method)] = route
 
     def route(self, merchant_id: str, method: MethodType) -> Route:
         return self._routes.get((merchant_id, method)) or self._routes[(ANY_MERCHANT, method)]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -10,7 +12,7 @@ from aiohttp import web
 
 from billing.gateway.v1 import gateway_pb2_grpc
 from billing_common.pacing import RedisPacer, check_headroom
-from billing_common.service import Registration, Resources, ServiceParts, Setup, run_service
+from billing_common.service import Background, Lifespan, Registration, Resources, ServiceParts, run_service
 from billing_common.settings import SettingsError
 from billing_common.suite_clock import pause
 from gateway_adapter.adapters.metrics import PrometheusPaymentMetrics
@@ -36,9 +38,9 @@ GATEWAYS = (*SANDBOX_GATEWAYS, StripeGateway.name)
 DRAIN_MARGIN = timedelta(seconds=5)
 
 
-def build(settings: GatewaySettings) -> Setup:
+def build(settings: GatewaySettings) -> Lifespan:
     try:
-        router = Router.parse(settings.routes, GATEWAYS)
+        router = Router(settings.routes, GATEWAYS)
     except RouteError as error:
         raise SettingsError(f"GATEWAY_ROUTES: {error}") from None
     try:
@@ -49,7 +51,8 @@ def build(settings: GatewaySettings) -> Setup:
     if not all(settings.stripe_api_keys.values()):
         raise SettingsError("GATEWAY_STRIPE_API_KEYS: every credentials ref needs its key (<ref>=<key>)")
 
-    async def setup(r: Resources) -> ServiceParts:
+    @asynccontextmanager
+    async def lifespan(r: Resources) -> AsyncIterator[ServiceParts]:
         behaviour = SandboxBehaviour(
             settings.sandbox_latency, settings.sandbox_rate_limit, settings.sandbox_ach_clears_after
         )
@@ -110,7 +113,7 @@ def build(settings: GatewaySettings) -> Setup:
             settings.sandbox_notice_secret or next(iter(settings.sandbox_webhook_secrets), ""),
             settings.sandbox_clearing_interval,
         )
-        return ServiceParts(
+        yield ServiceParts(
             [
                 Registration(
                     gateway_pb2_grpc.add_GatewayServiceServicer_to_server,
@@ -119,12 +122,17 @@ def build(settings: GatewaySettings) -> Setup:
                     ACCESS,
                 )
             ],
-            background=[janitor, payments.keep_leases, serve_webhooks, clearing.run_forever],
+            background=[
+                Background(janitor),
+                Background(payments.keep_leases),
+                Background(serve_webhooks),
+                Background(clearing.run_forever),
+            ],
             due_work=[due_payment_work(r.pool)],
             drain_at_least=max(settings.stripe_timeout, settings.sandbox_latency) + DRAIN_MARGIN,
         )
 
-    return setup
+    return lifespan
 
 
 def main() -> None:

@@ -9,15 +9,21 @@ from typing import Any
 import grpc
 from google.rpc import error_details_pb2
 
-from billing.common.v1 import common_pb2
 from billing.gateway.v1 import gateway_pb2 as pb
 from billing.gateway.v1 import gateway_pb2_grpc
 from billing_common.auth import OPERATOR, READERS
 from billing_common.errors import BillingError, FailedPrecondition, InvalidArgument, Unavailable
-from gateway_adapter.adapters.codec import decline_kind_pb, failure_type_pb, method_type_pb, payment_status_pb
+from billing_common.protos import ProtoEnum, money_of, money_pb
+from gateway_adapter.adapters.codec import (
+    METHOD_TYPES,
+    decline_kind_pb,
+    failure_type_pb,
+    method_type_pb,
+    payment_status_pb,
+)
 from gateway_adapter.app.payments import BackPressure, ChargeAnswer, Payments
 from gateway_adapter.app.ports import StoredRefund
-from gateway_adapter.domain.payments import ChargeRequest, Lane, MethodType, Payment, RefundRequest
+from gateway_adapter.domain.payments import ChargeRequest, Lane, Payment, RefundRequest
 
 Context = grpc.aio.ServicerContext[Any, Any]
 # Who may call what: roles or callers named in tokens. Defaults; a deployment changes them with
@@ -29,12 +35,7 @@ ACCESS: dict[str, set[str] | frozenset[str]] = {
     "GetPayment": {"recurring", *READERS},
     "GetCircuitState": {"recurring", *READERS},
 }
-METHODS = {
-    common_pb2.PAYMENT_METHOD_TYPE_CARD: MethodType.CARD,
-    common_pb2.PAYMENT_METHOD_TYPE_ACH: MethodType.ACH,
-    common_pb2.PAYMENT_METHOD_TYPE_STRIPE: MethodType.STRIPE,
-}
-LANES = {pb.LANE_INTERACTIVE: Lane.INTERACTIVE, pb.LANE_BATCH: Lane.BATCH}
+LANES = ProtoEnum(Lane, pb.Lane, "LANE_")
 CIRCUIT_STATES = {
     "closed": pb.CIRCUIT_STATE_CLOSED,
     "open": pb.CIRCUIT_STATE_OPEN,
@@ -48,8 +49,8 @@ def payment_pb(payment: Payment) -> pb.Payment:
         payment_id=payment.payment_id,
         merchant_id=request.merchant_id,
         method_type=method_type_pb(request.method_type),
-        amount=common_pb2.Money(amount_minor=request.amount_minor, currency=request.currency),
-        refunded=common_pb2.Money(amount_minor=payment.refunded_minor, currency=request.currency),
+        amount=money_pb(request.amount),
+        refunded=money_pb(payment.refunded),
         status=payment_status_pb(payment.status),
         failure_type=failure_type_pb(payment.failure_type),
         decline_kind=decline_kind_pb(payment.decline_kind),
@@ -72,7 +73,7 @@ def refund_pb(refund: StoredRefund) -> pb.Refund:
     message = pb.Refund(
         refund_id=refund.refund_id,
         payment_id=refund.payment_id,
-        amount=common_pb2.Money(amount_minor=refund.amount_minor, currency=refund.currency),
+        amount=money_pb(refund.amount),
     )
     message.created_at.FromDatetime(refund.created_at)
     return message
@@ -90,16 +91,20 @@ IN_PROGRESS_RETRY_AFTER = timedelta(seconds=1)
 
 def _charge(request: pb.ChargeRequest, default_lane: Lane) -> tuple[ChargeRequest | InvalidArgument, Lane]:
     lane = LANES.get(request.lane, default_lane)
-    method = METHODS.get(request.payment_method.type)
-    if method is None:
+    try:
+        method = METHOD_TYPES.ours(request.payment_method.type)
+    except ValueError:
         return InvalidArgument.of("payment_method.type", "must be CARD, ACH or STRIPE"), lane
+    try:
+        amount = money_of(request.amount, "amount")
+    except InvalidArgument as refusal:
+        return refusal, lane
     return (
         ChargeRequest(
             merchant_id=request.merchant_id,
             method_type=method,
             token=request.payment_method.gateway_token,
-            amount_minor=request.amount.amount_minor,
-            currency=request.amount.currency,
+            amount=amount,
             idempotency_key=request.idempotency_key,
             caller_reference=request.caller_reference,
             metadata=dict(request.metadata),
@@ -178,11 +183,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         refund, payment, replayed = await self._payments.refund(
             RefundRequest(
                 payment_id=request.payment_id,
-                amount_minor=request.amount.amount_minor if partial else None,
+                amount=money_of(request.amount, "amount") if partial else None,
                 idempotency_key=request.idempotency_key,
                 reason=request.reason,
-            ),
-            request.amount.currency if partial else None,
+            )
         )
         return pb.RefundResponse(refund=refund_pb(refund), payment=payment_pb(payment), replayed=replayed)
 

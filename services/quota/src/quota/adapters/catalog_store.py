@@ -1,4 +1,5 @@
-"""The plan catalog in PostgreSQL; plan events go to the outbox in the same transaction."""
+"""The plan catalog in PostgreSQL; the plan events the domain decides go to the outbox in the same
+transaction."""
 
 from __future__ import annotations
 
@@ -7,15 +8,13 @@ from datetime import datetime
 
 import asyncpg
 
-from billing.events.v1 import quota_pb2 as events
 from billing_common.db import connection, transaction
 from billing_common.errors import AlreadyExists, FailedPrecondition, NotFound
 from billing_common.events import Outbox
+from billing_common.idempotency import IdempotencyKey, claim, complete
 from billing_common.money import Money
-from quota.adapters.codec import entitlements_from_json, entitlements_to_json
-from quota.adapters.idempotency import claim, complete
-from quota.app.ports import IdempotencyRef
-from quota.domain.catalog import AddOn, Plan, PlanSpec, next_version
+from quota.adapters.codec import entitlements_from_json, entitlements_to_json, plan_event_message
+from quota.domain.catalog import AddOn, Plan, PlanSpec, plan_created, plan_retired, plan_updated
 
 _PLAN_COLUMNS = """p.code, p.version, p.name, p.price_minor, p.currency, p.frequency, p.trial_days,
     p.entitlements, p.threshold_percents, p.is_free_fallback, p.created_at, h.retired"""
@@ -86,7 +85,7 @@ class PostgresCatalog:
             now,
         )
 
-    async def create_plan(self, code: str, spec: PlanSpec, now: datetime, idem: IdempotencyRef) -> Plan:
+    async def create_plan(self, code: str, spec: PlanSpec, now: datetime, idem: IdempotencyKey) -> Plan:
         async with transaction(self._pool) as conn:
             prior = await claim(conn, idem)
             if prior is not None:
@@ -101,10 +100,11 @@ class PostgresCatalog:
             )
             if not inserted:
                 raise AlreadyExists(f"plan {code} already exists; UpdatePlan makes a new version")
-            await self._insert_version(conn, code, 1, spec, now)
-            await self._outbox.add(conn, events.PlanCreated(plan_code=code, version=1))
-            await complete(conn, idem, f"{code}@1")
-            plan = await self._fetch_plan(conn, code, 1)
+            created = plan_created(code)
+            await self._insert_version(conn, code, created.version, spec, now)
+            await self._outbox.add(conn, plan_event_message(created))
+            await complete(conn, idem, f"{code}@{created.version}")
+            plan = await self._fetch_plan(conn, code, created.version)
         assert plan is not None
         return plan
 
@@ -114,7 +114,7 @@ class PostgresCatalog:
         assert plan is not None
         return plan
 
-    async def update_plan(self, code: str, spec: PlanSpec, now: datetime, idem: IdempotencyRef) -> Plan:
+    async def update_plan(self, code: str, spec: PlanSpec, now: datetime, idem: IdempotencyKey) -> Plan:
         async with transaction(self._pool) as conn:
             prior = await claim(conn, idem)
             if prior is not None:
@@ -123,14 +123,14 @@ class PostgresCatalog:
             current = await self._fetch_plan(conn, code)
             if current is None:
                 raise NotFound(f"plan {code} does not exist")
-            version = next_version(current)
-            await self._insert_version(conn, code, version, spec, now)
-            await conn.execute("UPDATE plan_heads SET current_version = $2 WHERE code = $1", code, version)
-            await self._outbox.add(
-                conn, events.PlanUpdated(plan_code=code, version=version, previous_version=current.version)
+            updated = plan_updated(current)
+            await self._insert_version(conn, code, updated.version, spec, now)
+            await conn.execute(
+                "UPDATE plan_heads SET current_version = $2 WHERE code = $1", code, updated.version
             )
-            await complete(conn, idem, f"{code}@{version}")
-            plan = await self._fetch_plan(conn, code, version)
+            await self._outbox.add(conn, plan_event_message(updated))
+            await complete(conn, idem, f"{code}@{updated.version}")
+            plan = await self._fetch_plan(conn, code, updated.version)
         assert plan is not None
         return plan
 
@@ -157,8 +157,8 @@ class PostgresCatalog:
             plan = await self._fetch_plan(conn, code)
             if plan is None:
                 raise NotFound(f"plan {code} does not exist")
-            if changed:
-                await self._outbox.add(conn, events.PlanRetired(plan_code=code))
+            for event in plan_retired(code, already_retired=not changed):
+                await self._outbox.add(conn, plan_event_message(event))
         return plan
 
     async def free_plan(self) -> Plan | None:
@@ -169,7 +169,7 @@ class PostgresCatalog:
         )
         return None if row is None else _plan(row)
 
-    async def create_add_on(self, add_on: AddOn, now: datetime, idem: IdempotencyRef) -> AddOn:
+    async def create_add_on(self, add_on: AddOn, now: datetime, idem: IdempotencyKey) -> AddOn:
         async with transaction(self._pool) as conn:
             prior = await claim(conn, idem)
             if prior is None:

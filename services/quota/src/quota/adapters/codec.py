@@ -1,4 +1,4 @@
-"""Entitlements as JSON in PostgreSQL rows."""
+"""Entitlements as JSON in PostgreSQL rows; the catalog's domain events as plan.* messages."""
 
 from __future__ import annotations
 
@@ -6,7 +6,18 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
-from quota.domain.catalog import Behaviour, Entitlement, Period
+from google.protobuf.message import Message
+
+from billing.events.v1 import quota_pb2 as events
+from quota.domain.catalog import (
+    Behaviour,
+    Entitlement,
+    Period,
+    PlanCreated,
+    PlanEvent,
+    PlanRetired,
+    PlanUpdated,
+)
 
 
 def entitlements_to_json(entitlements: Sequence[Entitlement]) -> list[dict[str, Any]]:
@@ -35,3 +46,15 @@ def entitlements_from_json(items: Sequence[dict[str, Any]]) -> tuple[Entitlement
         )
         for item in items
     )
+
+
+def plan_event_message(event: PlanEvent) -> Message:
+    match event:
+        case PlanCreated():
+            return events.PlanCreated(plan_code=event.plan_code, version=event.version)
+        case PlanUpdated():
+            return events.PlanUpdated(
+                plan_code=event.plan_code, version=event.version, previous_version=event.previous_version
+            )
+        case PlanRetired():
+            return events.PlanRetired(plan_code=event.plan_code)

@@ -20,8 +20,7 @@ from typing import Protocol
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 
-from quota.adapters.metrics import TALLY
-from quota.app.ports import CounterOp, CounterRef, CounterResult, CounterStatus
+from quota.app.ports import CounterOp, CounterRef, CounterResult, CounterStatus, UsageMetrics
 
 ID_TTL_SECONDS = 86_400
 COUNTER_KEEP_AFTER_END = timedelta(days=2)
@@ -95,8 +94,11 @@ class CounterReads(Protocol):
 
 
 class RedisCounters:
-    def __init__(self, redis: Redis | RedisCluster, namespace: str, tracked: CounterReads) -> None:
+    def __init__(
+        self, redis: Redis | RedisCluster, namespace: str, tracked: CounterReads, metrics: UsageMetrics
+    ) -> None:
         self._redis = redis
+        self._metrics = metrics
         self._namespace = namespace
         self._tracked = tracked
         self._record = redis.register_script(_RECORD)
@@ -119,10 +121,7 @@ class RedisCounters:
 
     def known(self, counter: CounterRef) -> int | None:
         value = self._tracked.cached(self.counter_key(counter))
-        if value is None:
-            TALLY.cache_miss += 1
-        else:
-            TALLY.cache_hit += 1
+        self._metrics.counter_lookup(value is not None)
         return value
 
     async def read(self, counters: Sequence[CounterRef]) -> list[int | None]:

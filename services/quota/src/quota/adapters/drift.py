@@ -17,8 +17,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from quota.adapters.counters import RedisCounters
-from quota.adapters.metrics import DRIFT
-from quota.app.ports import CounterRef
+from quota.app.ports import CounterRef, UsageMetrics
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +29,11 @@ MAX_COUNTERS = 500
 
 
 class CounterAudit:
-    def __init__(self, pool: asyncpg.Pool, redis: Redis | RedisCluster, counters: RedisCounters) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, redis: Redis | RedisCluster, counters: RedisCounters, metrics: UsageMetrics
+    ) -> None:
         self._pool = pool
+        self._metrics = metrics
         self._redis = redis
         self._counters = counters
 
@@ -49,8 +51,7 @@ class CounterAudit:
             await asyncio.sleep(RECHECK_AFTER.total_seconds())
             again = await self._differences(list(differing))
             differing = {c: d for c, d in again.items() if differing.get(c) == d}
-        DRIFT.checked, DRIFT.drifted = len(counters), len(differing)
-        DRIFT.units = sum(abs(d) for d in differing.values())
+        self._metrics.counters_audited(len(counters), len(differing), sum(abs(d) for d in differing.values()))
         for counter, difference in differing.items():
             log.warning(
                 "counter differs from the usage ledger",

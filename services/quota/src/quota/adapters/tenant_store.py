@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from datetime import datetime
 
 import asyncpg
 
 from billing_common.db import transaction
+from billing_common.idempotency import IdempotencyKey, claim, complete
 from quota.adapters.catalog_store import _add_on
-from quota.adapters.idempotency import claim, complete
-from quota.app.ports import IdempotencyRef
-from quota.domain.catalog import AddOn, Behaviour
+from quota.app.ports import TenantPeriod
+from quota.domain.catalog import ActiveAddOn, AddOn, Behaviour
 from quota.domain.resolution import Grant, Override, SubscriptionView
 
 
@@ -42,7 +43,9 @@ class PostgresTenants:
         rows = await self._pool.fetch("SELECT * FROM subscriptions WHERE tenant_id = $1", tenant_id)
         return [_view(r) for r in rows]
 
-    async def save_snapshot(self, conn: Any, view: SubscriptionView) -> SubscriptionView | None:
+    async def save_snapshot(
+        self, conn: asyncpg.Connection, view: SubscriptionView
+    ) -> SubscriptionView | None:
         row = await conn.fetchrow(
             "SELECT * FROM subscriptions WHERE subscription_id = $1 FOR UPDATE", view.subscription_id
         )
@@ -73,22 +76,48 @@ class PostgresTenants:
     async def add_ons_of(self, tenant_id: str) -> list[AddOn]:
         rows = await self._pool.fetch(
             """SELECT a.* FROM tenant_add_ons t JOIN add_ons a ON a.code = t.add_on_code
-               WHERE t.tenant_id = $1 ORDER BY a.code""",
+               WHERE t.tenant_id = $1 AND t.removed_at IS NULL ORDER BY a.code""",
             tenant_id,
         )
         return [_add_on(r) for r in rows]
 
-    async def attach_add_on(self, tenant_id: str, code: str, attached: bool) -> None:
+    async def attach_add_on(self, tenant_id: str, code: str, attached: bool, at: datetime) -> None:
         if attached:
             await self._pool.execute(
-                "INSERT INTO tenant_add_ons (tenant_id, add_on_code) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                """INSERT INTO tenant_add_ons (tenant_id, add_on_code, added_at) VALUES ($1, $2, $3)
+                   ON CONFLICT (tenant_id, add_on_code) WHERE removed_at IS NULL DO NOTHING""",
                 tenant_id,
                 code,
+                at,
             )
         else:
             await self._pool.execute(
-                "DELETE FROM tenant_add_ons WHERE tenant_id = $1 AND add_on_code = $2", tenant_id, code
+                """UPDATE tenant_add_ons SET removed_at = greatest($3, added_at)
+                   WHERE tenant_id = $1 AND add_on_code = $2 AND removed_at IS NULL""",
+                tenant_id,
+                code,
+                at,
             )
+
+    async def add_ons_held(self, periods: Sequence[TenantPeriod]) -> list[list[ActiveAddOn]]:
+        rows = await self._pool.fetch(
+            """SELECT p.ord, a.*, greatest(t.added_at, p.start_at) AS active_from,
+                      least(coalesce(t.removed_at, p.end_at), p.end_at) AS active_until
+               FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[])
+                        WITH ORDINALITY AS p(tenant_id, start_at, end_at, ord)
+               JOIN tenant_add_ons t ON t.tenant_id = p.tenant_id
+                    AND t.added_at < p.end_at AND coalesce(t.removed_at, 'infinity') > p.start_at
+                    AND coalesce(t.removed_at, 'infinity') > t.added_at
+               JOIN add_ons a ON a.code = t.add_on_code
+               ORDER BY p.ord, t.added_at, a.code""",
+            [p.tenant_id for p in periods],
+            [p.start for p in periods],
+            [p.end for p in periods],
+        )
+        held: list[list[ActiveAddOn]] = [[] for _ in periods]
+        for row in rows:
+            held[row["ord"] - 1].append(ActiveAddOn(_add_on(row), row["active_from"], row["active_until"]))
+        return held
 
     async def overrides(self, tenant_id: str) -> list[Override]:
         rows = await self._pool.fetch("SELECT * FROM overrides WHERE tenant_id = $1 ORDER BY key", tenant_id)
@@ -121,7 +150,7 @@ class PostgresTenants:
         )
         return [_grant(r) for r in rows]
 
-    async def create_grant(self, grant: Grant, idem: IdempotencyRef) -> Grant:
+    async def create_grant(self, grant: Grant, idem: IdempotencyKey) -> Grant:
         async with transaction(self._pool) as conn:
             prior = await claim(conn, idem)
             if prior is None:

@@ -6,9 +6,10 @@ from collections.abc import Mapping
 
 from billing_common.clock import Clock
 from billing_common.errors import InvalidArgument, NotFound, Violations
+from billing_common.idempotency import IdempotencyKey
 from billing_common.paging import Page, PageRequest
 from quota.app.entitlements import EntitlementCache
-from quota.app.ports import CatalogStore, IdempotencyRef, Invalidations
+from quota.app.ports import CatalogStore, Invalidations
 from quota.domain.catalog import (
     AddOn,
     AddOnDraft,
@@ -41,14 +42,14 @@ class Catalog:
         self._cache.clear()
         await self._invalidations.publish(None)
 
-    async def create_plan(self, code: str, draft: PlanDraft, idem: IdempotencyRef) -> Plan:
+    async def create_plan(self, code: str, draft: PlanDraft, idem: IdempotencyKey) -> Plan:
         require_idempotency_key(idem.key)
         spec = validate_plan(code, draft)
         plan = await self._store.create_plan(code, spec, self._clock.now(), idem)
         await self._changed()
         return plan
 
-    async def update_plan(self, code: str, draft: PlanDraft, idem: IdempotencyRef) -> Plan:
+    async def update_plan(self, code: str, draft: PlanDraft, idem: IdempotencyKey) -> Plan:
         require_idempotency_key(idem.key)
         spec = validate_plan(code, draft)
         plan = await self._store.update_plan(code, spec, self._clock.now(), idem)
@@ -73,7 +74,7 @@ class Catalog:
         await self._changed()
         return plan
 
-    async def create_add_on(self, draft: AddOnDraft, idem: IdempotencyRef) -> AddOn:
+    async def create_add_on(self, draft: AddOnDraft, idem: IdempotencyKey) -> AddOn:
         require_idempotency_key(idem.key)
         add_on = validate_add_on(draft)
         return await self._store.create_add_on(add_on, self._clock.now(), idem)

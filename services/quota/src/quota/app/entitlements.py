@@ -19,12 +19,14 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+
+import asyncpg
 
 from billing_common.clock import Clock
 from billing_common.errors import FailedPrecondition, InvalidArgument, NotFound, Violations
 from billing_common.faults import is_dependency_failure
-from quota.app.ports import CatalogStore, IdempotencyRef, Invalidations, TenantStore
+from billing_common.idempotency import IdempotencyKey
+from quota.app.ports import CatalogStore, Invalidations, TenantStore
 from quota.domain.catalog import KEY_PATTERN, Behaviour
 from quota.domain.resolution import Grant, Override, Resolution, SubscriptionView, pick_subscription, resolve
 
@@ -176,7 +178,7 @@ class Entitlements:
         self._cache.invalidate(tenant_id)
         await self._invalidations.publish(tenant_id)
 
-    async def apply_snapshot(self, conn: Any, view: SubscriptionView) -> None:
+    async def apply_snapshot(self, conn: asyncpg.Connection, view: SubscriptionView) -> None:
         """Project one subscription snapshot (in the event's inbox transaction)."""
         applied = await self._tenants.save_snapshot(conn, view)
         if applied is not None:
@@ -196,7 +198,7 @@ class Entitlements:
         await self._changed(tenant_id)
         return await self.resolution(tenant_id)
 
-    async def create_grant(self, request: GrantRequest, idem: IdempotencyRef) -> Grant:
+    async def create_grant(self, request: GrantRequest, idem: IdempotencyKey) -> Grant:
         now = self._clock.now()
         violations = Violations()
         _check_tenant_and_key(violations, request.tenant_id, request.key)
@@ -222,7 +224,7 @@ class Entitlements:
         resolution = await self.resolution(tenant_id)
         if attached and resolution.denied:
             raise FailedPrecondition(f"tenant {tenant_id} has no active subscription to add to")
-        await self._tenants.attach_add_on(tenant_id, code, attached)
+        await self._tenants.attach_add_on(tenant_id, code, attached, self._clock.now())
         await self._changed(tenant_id)
         return await self.resolution(tenant_id)
 

@@ -33,17 +33,19 @@ from quota.app.ports import (
     Counters,
     CounterStatus,
     TenantPeriod,
+    TenantStore,
     ThresholdAlert,
     UsageLedger,
+    UsageMetrics,
     UsageRecord,
 )
-from quota.domain.catalog import KEY_PATTERN, Behaviour, Entitlement, Period
+from quota.domain.catalog import KEY_PATTERN, ActiveAddOn, Behaviour, Entitlement, Period
 from quota.domain.periods import Window, window_for
 from quota.domain.pricing import UsageCharge, price_usage
 from quota.domain.quota import (
     REASON_DENIED,
     REASON_NOT_ENTITLED,
-    Decision,
+    CheckDecision,
     after_counting,
     crossed_thresholds,
     decide,
@@ -52,8 +54,6 @@ from quota.domain.quota import (
 from quota.domain.resolution import Resolution, Resolved
 
 log = logging.getLogger(__name__)
-# A usage summary: the priced total of each key, the keys in order, the currency.
-Summary = tuple[list[UsageCharge], list[str], str]
 
 MAX_REBUILD_ROUNDS = 3
 MAX_CLOCK_SKEW = timedelta(minutes=5)
@@ -72,13 +72,13 @@ class UsageEventIn:
     occurred_at: datetime | None
 
 
-class CheckResult(NamedTuple):  # built by every check, like its Decision
+class CheckResult(NamedTuple):  # built by every check, like its CheckDecision
     key: str
-    decision: Decision
+    decision: CheckDecision
     window: Window | None
 
 
-class Outcome(StrEnum):
+class UsageOutcome(StrEnum):
     COUNTED = "counted"
     DUPLICATE = "duplicate"
     DENIED = "denied"
@@ -86,9 +86,20 @@ class Outcome(StrEnum):
 
 
 @dataclass(frozen=True)
+class Summary:
+    """A tenant's period: the priced total of each key (in key order), the currency, and each
+    stretch of the period in which it held an add-on."""
+
+    charges: list[UsageCharge]
+    keys: list[str]
+    currency: str
+    add_ons: list[ActiveAddOn]
+
+
+@dataclass(frozen=True)
 class RecordResult:
     idempotency_key: str
-    outcome: Outcome
+    outcome: UsageOutcome
     check: CheckResult | None
     error_field: str = ""
     error: str = ""
@@ -194,13 +205,17 @@ class Usage:
         self,
         entitlements: Entitlements,
         catalog: CatalogStore,
+        tenants: TenantStore,
         counters: Counters,
         ledger: UsageLedger,
         clock: Clock,
         late_grace: timedelta,
+        metrics: UsageMetrics,
     ) -> None:
         self._entitlements = entitlements
+        self._metrics = metrics
         self._catalog = catalog
+        self._tenants = tenants
         self._counters = counters
         self._ledger = ledger
         # Concurrent single records are appended together: while one insert runs, the next queue up.
@@ -222,11 +237,14 @@ class Usage:
         )
         target = self._targets.find(resolution, key, now)
         if isinstance(target, str):
-            return CheckResult(key, refused(0, target), None)
-        used = self._counters.known(target.counter)
-        if used is None:
-            (used,) = await self._read([target.counter])
-        return CheckResult(key, decide(target.entitlement, used, amount or 1), target.window)
+            result = CheckResult(key, refused(0, target), None)
+        else:
+            used = self._counters.known(target.counter)
+            if used is None:
+                (used,) = await self._read([target.counter])
+            result = CheckResult(key, decide(target.entitlement, used, amount or 1), target.window)
+        self._metrics.check_decided(result.decision)
+        return result
 
     async def check(self, tenant_id: str, checks: Sequence[tuple[str, int]]) -> list[CheckResult]:
         """Answers for (key, amount) pairs of one tenant, from one read; never changes usage."""
@@ -241,12 +259,15 @@ class Usage:
         counters = [target.counter for target in targets if not isinstance(target, str)]
         values = [self._counters.known(counter) for counter in counters]
         used = iter(values if None not in values else await self._read(counters))
-        return [
+        results = [
             CheckResult(key, refused(0, target), None)
             if isinstance(target, str)
             else CheckResult(key, decide(target.entitlement, next(used) or 0, amount or 1), target.window)
             for (key, amount), target in zip(checks, targets, strict=True)
         ]
+        for result in results:
+            self._metrics.check_decided(result.decision)
+        return results
 
     async def _read(self, counters: list[CounterRef]) -> list[int]:
         if not counters:
@@ -273,7 +294,7 @@ class Usage:
         for index, event in enumerate(events):
             problem = _invalid(event, now)
             if problem:
-                results[index] = RecordResult(event.idempotency_key, Outcome.INVALID, None, *problem)
+                results[index] = RecordResult(event.idempotency_key, UsageOutcome.INVALID, None, *problem)
                 continue
             if event.tenant_id not in resolutions:
                 resolutions[event.tenant_id] = await self._entitlements.resolution(event.tenant_id)
@@ -281,13 +302,13 @@ class Usage:
             found = _entitled(resolution, event.key)
             if isinstance(found, str):
                 check = CheckResult(event.key, refused(0, found), None)
-                results[index] = RecordResult(event.idempotency_key, Outcome.DENIED, check, "key", found)
+                results[index] = RecordResult(event.idempotency_key, UsageOutcome.DENIED, check, "key", found)
                 continue
             entitlement = found.entitlement
             if event.delta < 0 and entitlement.period is not Period.NONE:
                 results[index] = RecordResult(
                     event.idempotency_key,
-                    Outcome.INVALID,
+                    UsageOutcome.INVALID,
                     None,
                     "delta",
                     "may be negative only for standing counts (period none)",
@@ -301,7 +322,7 @@ class Usage:
             if window is None or not window.open_at(now, self._late_grace):
                 results[index] = RecordResult(
                     event.idempotency_key,
-                    Outcome.INVALID,
+                    UsageOutcome.INVALID,
                     None,
                     "occurred_at",
                     "falls in a closed period (past the grace for late usage)",
@@ -338,7 +359,7 @@ class Usage:
             if outcome.status is CounterStatus.MISMATCH:
                 results[item.index] = RecordResult(
                     event.idempotency_key,
-                    Outcome.INVALID,
+                    UsageOutcome.INVALID,
                     None,
                     "idempotency_key",
                     "was already used for a different usage event",
@@ -346,11 +367,11 @@ class Usage:
                 )
             elif outcome.status is CounterStatus.NEGATIVE:
                 results[item.index] = RecordResult(
-                    event.idempotency_key, Outcome.INVALID, None, "delta", "would take usage below zero"
+                    event.idempotency_key, UsageOutcome.INVALID, None, "delta", "would take usage below zero"
                 )
             else:
                 results[item.index] = RecordResult(
-                    event.idempotency_key, Outcome.DENIED, check, "key", check.decision.reason
+                    event.idempotency_key, UsageOutcome.DENIED, check, "key", check.decision.reason
                 )
         if to_store:
             await self._store(to_store, results, group_commit=group_commit)
@@ -432,15 +453,15 @@ class Usage:
             event, entitlement = item.event, item.entitlement
             if status is AppendStatus.STORED:
                 check = CheckResult(event.key, after_counting(entitlement, used), item.window)
-                results[item.index] = RecordResult(event.idempotency_key, Outcome.COUNTED, check)
+                results[item.index] = RecordResult(event.idempotency_key, UsageOutcome.COUNTED, check)
             elif status is AppendStatus.DUPLICATE:
                 before = used - event.delta if storing.added_now else used
                 check = CheckResult(event.key, after_counting(entitlement, before), item.window)
-                results[item.index] = RecordResult(event.idempotency_key, Outcome.DUPLICATE, check)
+                results[item.index] = RecordResult(event.idempotency_key, UsageOutcome.DUPLICATE, check)
             else:
                 results[item.index] = RecordResult(
                     event.idempotency_key,
-                    Outcome.INVALID,
+                    UsageOutcome.INVALID,
                     None,
                     "idempotency_key",
                     "was already used for a different usage event",
@@ -475,7 +496,8 @@ class Usage:
     # ------------------------------------------------------------ summaries
 
     async def summary(self, tenant_id: str, start: datetime | None, end: datetime | None) -> Summary:
-        """Totals per key in [start, end), priced by the tenant's plan (with its add-ons)."""
+        """Totals per key in [start, end), priced by the tenant's plan (with its add-ons), and the
+        add-ons it held in the window."""
         (summary,) = await self.summaries([(tenant_id, start, end)])
         if isinstance(summary, BillingError):
             raise summary
@@ -485,7 +507,7 @@ class Usage:
         self, asked: Sequence[tuple[str, datetime | None, datetime | None]]
     ) -> list[Summary | BillingError]:
         """Each summary as `summary` gives it, or the error it would raise: the records of every
-        period in one query, each tenant's plan resolved once."""
+        period in one query, their add-ons in another, each tenant's plan resolved once."""
         answers: list[Summary | BillingError | None] = [None] * len(asked)
         periods: dict[int, TenantPeriod] = {}
         for index, (tenant_id, start, end) in enumerate(asked):
@@ -516,13 +538,14 @@ class Usage:
             if not isinstance(pricing[period.tenant_id], BaseException)
         }
         totals = await self._ledger.totals(list(priced.values())) if priced else []
+        held = await self._tenants.add_ons_held(list(priced.values())) if priced else []
         for index, period in periods.items():
             found = pricing[period.tenant_id]
             if isinstance(found, BillingError):
                 answers[index] = found
             elif isinstance(found, BaseException):
                 raise found
-        for (index, _), quantities in zip(priced.items(), totals, strict=True):
+        for (index, _), quantities, add_ons in zip(priced.items(), totals, held, strict=True):
             found = pricing[periods[index].tenant_id]
             assert not isinstance(found, BaseException)
             entitlements, currency = found
@@ -533,7 +556,7 @@ class Usage:
                 included = entitlement.included_quantity if entitlement else quantities[key]
                 price = entitlement.unit_price if entitlement else None
                 charges.append(price_usage(quantities[key], included, price, currency))
-            answers[index] = (charges, keys, currency)
+            answers[index] = Summary(charges, keys, currency, add_ons)
         return [answer for answer in answers if answer is not None]
 
     async def _pricing(self, tenant_id: str) -> tuple[dict[str, Entitlement], str]:

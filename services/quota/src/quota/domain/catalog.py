@@ -85,6 +85,16 @@ class AddOn:
     entitlements: tuple[Entitlement, ...]
 
 
+@dataclass(frozen=True)
+class ActiveAddOn:
+    """An add-on a tenant held for [active_from, active_until), clamped to the window asked about:
+    what a billing period is charged for."""
+
+    add_on: AddOn
+    active_from: datetime
+    active_until: datetime
+
+
 # ---------------------------------------------------------------- drafts, as callers send them
 
 
@@ -233,8 +243,39 @@ def validate_add_on(draft: AddOnDraft) -> AddOn:
     return AddOn(draft.code, draft.name.strip(), price, entitlements)
 
 
-def next_version(current: Plan) -> int:
+@dataclass(frozen=True)
+class PlanCreated:
+    plan_code: str
+    version: int
+
+
+@dataclass(frozen=True)
+class PlanUpdated:
+    plan_code: str
+    version: int
+    previous_version: int
+
+
+@dataclass(frozen=True)
+class PlanRetired:
+    plan_code: str
+
+
+PlanEvent = PlanCreated | PlanUpdated | PlanRetired
+
+
+def plan_created(code: str) -> PlanCreated:
+    """A plan starts at version 1."""
+    return PlanCreated(code, 1)
+
+
+def plan_updated(current: Plan) -> PlanUpdated:
     """Versioning rule: an update is a new version; a retired plan takes no new versions."""
     if current.retired:
         raise FailedPrecondition(f"plan {current.code} is retired")
-    return current.version + 1
+    return PlanUpdated(current.code, current.version + 1, current.version)
+
+
+def plan_retired(code: str, *, already_retired: bool) -> list[PlanEvent]:
+    """Retiring is idempotent: retiring a retired plan announces nothing."""
+    return [] if already_retired else [PlanRetired(code)]

@@ -12,7 +12,7 @@ REASON_NOT_ENTITLED = "not_entitled"
 REASON_DENIED = "subscription_not_active"
 
 
-class Decision(NamedTuple):
+class CheckDecision(NamedTuple):
     """A tuple rather than a frozen dataclass: every check builds one, at a third of the cost."""
 
     allowed: bool
@@ -24,11 +24,11 @@ class Decision(NamedTuple):
     warning: bool = False
 
 
-def refused(used: int, reason: str) -> Decision:
-    return Decision(False, used, 0, 0, Behaviour.DENY, reason)
+def refused(used: int, reason: str) -> CheckDecision:
+    return CheckDecision(False, used, 0, 0, Behaviour.DENY, reason)
 
 
-def decide(entitlement: Entitlement, used: int, amount: int) -> Decision:
+def decide(entitlement: Entitlement, used: int, amount: int) -> CheckDecision:
     """The answer for using `amount` more when `used` is already counted in the window.
 
     DENY refuses what would go over the limit; WARN and ALLOW always allow, WARN with a
@@ -37,27 +37,27 @@ def decide(entitlement: Entitlement, used: int, amount: int) -> Decision:
     limit = entitlement.limit
     behaviour = entitlement.behaviour
     if limit is None:
-        return Decision(True, used, None, None, behaviour, REASON_OK)
+        return CheckDecision(True, used, None, None, behaviour, REASON_OK)
     remaining = max(0, limit - used)
     after = used + amount
     if behaviour is Behaviour.DENY:
         allowed = after <= limit
-        return Decision(
+        return CheckDecision(
             allowed, used, limit, remaining, behaviour, REASON_OK if allowed else REASON_OVER_LIMIT
         )
     warning = behaviour is Behaviour.WARN and after >= limit
-    return Decision(
+    return CheckDecision(
         True, used, limit, remaining, behaviour, REASON_OVER_LIMIT if after > limit else REASON_OK, warning
     )
 
 
-def after_counting(entitlement: Entitlement, used_after: int) -> Decision:
+def after_counting(entitlement: Entitlement, used_after: int) -> CheckDecision:
     """The state reported once an event is counted (`used_after` includes it)."""
     limit = entitlement.limit
     if limit is None:
-        return Decision(True, used_after, None, None, entitlement.behaviour, REASON_OK)
+        return CheckDecision(True, used_after, None, None, entitlement.behaviour, REASON_OK)
     over = used_after > limit
-    return Decision(
+    return CheckDecision(
         True,
         used_after,
         limit,

@@ -2,29 +2,37 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import get_args
 
-from billing_common.events import Handler
+import asyncpg
+
+from billing.events.v1 import subscription_pb2 as events
+from billing_common.events import Handlers
 from quota.app.entitlements import Entitlements
 from quota.entrypoints.mappers import subscription_view
 
-SUBSCRIPTION_EVENTS = (
-    "subscription.created",
-    "subscription.activated",
-    "subscription.plan_changed",
-    "subscription.paused",
-    "subscription.resumed",
-    "subscription.cancelled",
-    "subscription.suspended",
-    "subscription.completed",
-    "subscription.past_due",
-    "subscription.renewed",
-    "subscription.payment_method_updated",
+SubscriptionEvent = (
+    events.SubscriptionCreated
+    | events.SubscriptionActivated
+    | events.SubscriptionPlanChanged
+    | events.SubscriptionPaused
+    | events.SubscriptionResumed
+    | events.SubscriptionCancelled
+    | events.SubscriptionSuspended
+    | events.SubscriptionCompleted
+    | events.SubscriptionPastDue
+    | events.SubscriptionRenewed
+    | events.SubscriptionPaymentMethodUpdated
 )
+# Every subscription event type, each handled alike.
+SUBSCRIPTION_EVENTS: tuple[type[SubscriptionEvent], ...] = get_args(SubscriptionEvent)
 
 
-def subscription_handlers(entitlements: Entitlements) -> dict[str, Handler]:
-    async def on_subscription_event(conn: Any, event: Any) -> None:
+def subscription_handlers(entitlements: Entitlements) -> Handlers:
+    async def on_subscription_event(conn: asyncpg.Connection, event: SubscriptionEvent) -> None:
         await entitlements.apply_snapshot(conn, subscription_view(event.subscription))
 
-    return dict.fromkeys(SUBSCRIPTION_EVENTS, on_subscription_event)
+    handlers = Handlers()
+    for event in SUBSCRIPTION_EVENTS:
+        handlers.on(event, on_subscription_event)
+    return handlers

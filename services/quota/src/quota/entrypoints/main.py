@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 from redis.asyncio import Redis
@@ -10,13 +11,22 @@ from redis.asyncio.cluster import RedisCluster
 
 from billing.quota.v1 import quota_pb2_grpc
 from billing_common.paging import PageTokens
-from billing_common.service import Dependency, Registration, Resources, ServiceParts, Setup, run_service
+from billing_common.service import (
+    Background,
+    Dependency,
+    Lifespan,
+    Registration,
+    Resources,
+    ServiceParts,
+    run_service,
+)
 from billing_common.settings import SettingsError
 from quota.adapters.catalog_store import PostgresCatalog
 from quota.adapters.cluster import ClusterReads
 from quota.adapters.counters import CounterReads, RedisCounters
 from quota.adapters.drift import CounterAudit
 from quota.adapters.invalidation import RedisInvalidations
+from quota.adapters.metrics import USAGE_METRICS
 from quota.adapters.tenant_store import PostgresTenants
 from quota.adapters.tracking import TrackedReads
 from quota.adapters.usage_ledger import PostgresUsageLedger
@@ -31,61 +41,67 @@ MIGRATIONS = Path(__file__).resolve().parents[3] / "migrations"
 SERVICE_NAME = "billing.quota.v1.QuotaService"
 
 
-def build(settings: QuotaSettings) -> Setup:
+def build(settings: QuotaSettings) -> Lifespan:
     if settings.counter_cache_entries < 0:
         raise SettingsError("QUOTA_COUNTER_CACHE_ENTRIES must not be negative")
     pages = PageTokens.from_settings(settings)
 
-    async def setup(r: Resources) -> ServiceParts:
-        background: list[Callable[[], Awaitable[None]]] = []
-        on_stop: list[Callable[[], Awaitable[None]]] = []
-        redis: Redis | RedisCluster = r.redis
-        reads: CounterReads
-        if settings.redis_cluster:
-            redis = RedisCluster.from_url(settings.redis_url)
-            await redis.initialize()  # learns the slots from the node REDIS_URL names
-            reads = ClusterReads(redis)
-            on_stop.append(redis.aclose)
-        else:
-            tracked = TrackedReads(r.redis, settings.namespace, settings.counter_cache_entries)
-            reads = tracked
-            background.append(tracked.track)
-        catalog_store = PostgresCatalog(r.pool, r.outbox)
-        invalidations = RedisInvalidations(redis, settings.namespace)
-        cache = EntitlementCache(r.clock, settings.entitlement_cache_ttl)
-        entitlements = Entitlements(PostgresTenants(r.pool), catalog_store, r.clock, cache, invalidations)
-        counters = RedisCounters(redis, settings.namespace, reads)
-        usage = Usage(
-            entitlements,
-            catalog_store,
-            counters,
-            PostgresUsageLedger(r.pool, r.outbox),
-            r.clock,
-            settings.late_usage_grace,
-        )
-        servicer = QuotaServicer(
-            Catalog(catalog_store, r.clock, cache, invalidations), entitlements, usage, r.clock, pages
-        )
+    @asynccontextmanager
+    async def lifespan(r: Resources) -> AsyncIterator[ServiceParts]:
+        async with AsyncExitStack() as opened:
+            tracking: list[Background] = []
+            redis: Redis | RedisCluster = r.redis
+            reads: CounterReads
+            if settings.redis_cluster:
+                # Entering learns the slots from the node REDIS_URL names; leaving closes the cluster.
+                redis = await opened.enter_async_context(RedisCluster.from_url(settings.redis_url))
+                reads = ClusterReads(redis)
+            else:
+                tracked = TrackedReads(r.redis, settings.namespace, settings.counter_cache_entries)
+                reads = tracked
+                tracking.append(Background(tracked.track))
+            catalog_store = PostgresCatalog(r.pool, r.outbox)
+            invalidations = RedisInvalidations(redis, settings.namespace)
+            cache = EntitlementCache(r.clock, settings.entitlement_cache_ttl)
+            tenants = PostgresTenants(r.pool)
+            entitlements = Entitlements(tenants, catalog_store, r.clock, cache, invalidations)
+            counters = RedisCounters(redis, settings.namespace, reads, USAGE_METRICS)
+            usage = Usage(
+                entitlements,
+                catalog_store,
+                tenants,
+                counters,
+                PostgresUsageLedger(r.pool, r.outbox),
+                r.clock,
+                settings.late_usage_grace,
+                USAGE_METRICS,
+            )
+            servicer = QuotaServicer(
+                Catalog(catalog_store, r.clock, cache, invalidations), entitlements, usage, r.clock, pages
+            )
 
-        async def listen_for_invalidations() -> None:
-            await invalidations.listen(cache.invalidate)
+            async def listen_for_invalidations() -> None:
+                await invalidations.listen(cache.invalidate)
 
-        return ServiceParts(
-            [Registration(quota_pb2_grpc.add_QuotaServiceServicer_to_server, servicer, SERVICE_NAME, ACCESS)],
-            event_handlers=subscription_handlers(entitlements),
-            background=[
-                listen_for_invalidations,
-                *background,
-                usage.settle_forever,
-                CounterAudit(r.pool, redis, counters).run_forever,
-            ],
-            on_stop=on_stop,
-            # CheckQuota answers from Redis and the entitlements it holds, also while PostgreSQL is
-            # down (read-only mode): a pod leaves the endpoints only when it cannot reach Redis.
-            serving_needs=frozenset({Dependency.REDIS}),
-        )
+            yield ServiceParts(
+                [
+                    Registration(
+                        quota_pb2_grpc.add_QuotaServiceServicer_to_server, servicer, SERVICE_NAME, ACCESS
+                    )
+                ],
+                event_handlers=subscription_handlers(entitlements),
+                background=[
+                    Background(listen_for_invalidations),
+                    *tracking,
+                    Background(usage.settle_forever),
+                    Background(CounterAudit(r.pool, redis, counters, USAGE_METRICS).run_forever),
+                ],
+                # CheckQuota answers from Redis and the entitlements it holds, also while PostgreSQL is
+                # down (read-only mode): a pod leaves the endpoints only when it cannot reach Redis.
+                serving_needs=frozenset({Dependency.REDIS}),
+            )
 
-    return setup
+    return lifespan
 
 
 def main() -> None:

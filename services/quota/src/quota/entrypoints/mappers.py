@@ -7,9 +7,10 @@ from datetime import datetime
 from billing.common.v1 import common_pb2
 from billing.events.v1 import subscription_pb2 as sub_events
 from billing.quota.v1 import quota_pb2 as pb
-from billing_common.protos import optional_datetime, stamp
+from billing_common.protos import ProtoEnum, money_pb, optional_datetime, stamp
 from quota.app.usage import CheckResult
 from quota.domain.catalog import (
+    ActiveAddOn,
     AddOn,
     AddOnDraft,
     Behaviour,
@@ -22,19 +23,8 @@ from quota.domain.catalog import (
 from quota.domain.periods import window_for
 from quota.domain.resolution import Grant, Resolution, SubscriptionView
 
-PERIODS = {
-    pb.PERIOD_BILLING: Period.BILLING,
-    pb.PERIOD_CALENDAR_DAY: Period.CALENDAR_DAY,
-    pb.PERIOD_CALENDAR_MONTH: Period.CALENDAR_MONTH,
-    pb.PERIOD_NONE: Period.NONE,
-}
-PERIODS_PB = {v: k for k, v in PERIODS.items()}
-BEHAVIOURS = {
-    pb.OVER_QUOTA_BEHAVIOUR_DENY: Behaviour.DENY,
-    pb.OVER_QUOTA_BEHAVIOUR_WARN: Behaviour.WARN,
-    pb.OVER_QUOTA_BEHAVIOUR_ALLOW: Behaviour.ALLOW,
-}
-BEHAVIOURS_PB = {v: k for k, v in BEHAVIOURS.items()}
+PERIODS = ProtoEnum(Period, pb.Period, "PERIOD_")
+BEHAVIOURS = ProtoEnum(Behaviour, pb.OverQuotaBehaviour, "OVER_QUOTA_BEHAVIOUR_")
 FREQUENCIES = {
     common_pb2.BILLING_FREQUENCY_MONTHLY: "monthly",
     common_pb2.BILLING_FREQUENCY_WEEKLY: "weekly",
@@ -61,8 +51,8 @@ def entitlement_draft(e: pb.Entitlement) -> EntitlementDraft:
         key=e.key,
         limit=e.limit,
         unlimited=e.unlimited,
-        period=PERIODS.get(e.period),
-        behaviour=BEHAVIOURS.get(e.behaviour),
+        period=PERIODS.get(e.period, None),
+        behaviour=BEHAVIOURS.get(e.behaviour, None),
         included_quantity=e.included_quantity,
         unit_price=e.unit_price.value,
     )
@@ -96,8 +86,8 @@ def entitlement_pb(e: Entitlement) -> pb.Entitlement:
         key=e.key,
         limit=e.limit or 0,
         unlimited=e.unlimited,
-        period=PERIODS_PB[e.period],
-        behaviour=BEHAVIOURS_PB[e.behaviour],
+        period=PERIODS.pb(e.period),
+        behaviour=BEHAVIOURS.pb(e.behaviour),
         included_quantity=e.included_quantity,
     )
     if e.unit_price is not None:
@@ -130,6 +120,13 @@ def add_on_pb(add_on: AddOn) -> pb.AddOn:
         price=common_pb2.Money(amount_minor=add_on.price.amount_minor, currency=add_on.price.currency),
         entitlements=[entitlement_pb(e) for e in add_on.entitlements],
     )
+
+
+def active_add_on_pb(held: ActiveAddOn) -> pb.ActiveAddOn:
+    message = pb.ActiveAddOn(code=held.add_on.code, name=held.add_on.name, price=money_pb(held.add_on.price))
+    message.active_from.FromDatetime(held.active_from)
+    message.active_until.FromDatetime(held.active_until)
+    return message
 
 
 def grant_pb(grant: Grant) -> pb.Grant:
@@ -187,7 +184,7 @@ def fill_check(message: pb.CheckQuotaResponse, check: CheckResult) -> None:
     else:
         message.limit = decision.limit
         message.remaining = decision.remaining or 0
-    message.behaviour = BEHAVIOURS_PB[decision.behaviour]
+    message.behaviour = BEHAVIOURS.pb(decision.behaviour)
     message.reason = decision.reason
     if decision.warning:
         message.warning = True

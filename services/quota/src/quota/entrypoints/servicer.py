@@ -18,13 +18,12 @@ from billing_common.errors import (
     ResourceExhausted,
 )
 from billing_common.grpc_server import status_code_for
+from billing_common.idempotency import IdempotencyKey
 from billing_common.paging import PageTokens
-from billing_common.protos import optional_datetime, request_hash
-from quota.adapters.metrics import TALLY
+from billing_common.protos import ProtoEnum, optional_datetime
 from quota.app.catalog import Catalog
 from quota.app.entitlements import Entitlements, GrantRequest
-from quota.app.ports import IdempotencyRef
-from quota.app.usage import Outcome, RecordResult, Summary, Usage, UsageEventIn
+from quota.app.usage import RecordResult, Summary, Usage, UsageEventIn, UsageOutcome
 from quota.entrypoints import mappers as m
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -53,12 +52,7 @@ ACCESS: dict[str, set[str] | frozenset[str]] = {
     "CreateGrant": {OPERATOR},
 }
 MAX_BATCH = 10_000
-OUTCOMES = {
-    Outcome.COUNTED: pb.USAGE_OUTCOME_COUNTED,
-    Outcome.DUPLICATE: pb.USAGE_OUTCOME_DUPLICATE,
-    Outcome.DENIED: pb.USAGE_OUTCOME_DENIED,
-    Outcome.INVALID: pb.USAGE_OUTCOME_INVALID,
-}
+OUTCOMES = ProtoEnum(UsageOutcome, pb.UsageOutcome, "USAGE_OUTCOME_")
 
 
 class QuotaExceeded(ResourceExhausted):
@@ -67,10 +61,6 @@ class QuotaExceeded(ResourceExhausted):
     def __init__(self, message: str, check: pb.CheckQuotaResponse) -> None:
         super().__init__(message)
         self.attachments = [check]
-
-
-def _idem(scope: str, request: Any) -> IdempotencyRef:
-    return IdempotencyRef(scope, request.idempotency_key, request_hash(request))
 
 
 def _usage_event(event: pb.UsageEvent) -> UsageEventIn:
@@ -97,13 +87,13 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
 
     async def CreatePlan(self, request: pb.CreatePlanRequest, context: Context) -> pb.CreatePlanResponse:
         plan = await self._catalog.create_plan(
-            request.code, m.plan_draft(request.spec), _idem("CreatePlan", request)
+            request.code, m.plan_draft(request.spec), IdempotencyKey.of("CreatePlan", request)
         )
         return pb.CreatePlanResponse(plan=m.plan_pb(plan))
 
     async def UpdatePlan(self, request: pb.UpdatePlanRequest, context: Context) -> pb.UpdatePlanResponse:
         plan = await self._catalog.update_plan(
-            request.code, m.plan_draft(request.spec), _idem("UpdatePlan", request)
+            request.code, m.plan_draft(request.spec), IdempotencyKey.of("UpdatePlan", request)
         )
         return pb.UpdatePlanResponse(plan=m.plan_pb(plan))
 
@@ -121,7 +111,7 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
 
     async def CreateAddOn(self, request: pb.CreateAddOnRequest, context: Context) -> pb.CreateAddOnResponse:
         add_on = await self._catalog.create_add_on(
-            m.add_on_draft(request.add_on), _idem("CreateAddOn", request)
+            m.add_on_draft(request.add_on), IdempotencyKey.of("CreateAddOn", request)
         )
         return pb.CreateAddOnResponse(add_on=m.add_on_pb(add_on))
 
@@ -160,7 +150,7 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
             request.key,
             request.limit,
             request.unlimited,
-            m.BEHAVIOURS.get(request.behaviour),
+            m.BEHAVIOURS.get(request.behaviour, None),
             request.remove,
         )
         return pb.SetOverrideResponse(entitlements=m.entitlements_pb(resolution, self._clock.now()))
@@ -170,7 +160,7 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
             GrantRequest(
                 request.tenant_id, request.key, request.quantity, optional_datetime(request, "expires_at")
             ),
-            _idem("CreateGrant", request),
+            IdempotencyKey.of("CreateGrant", request),
         )
         return pb.CreateGrantResponse(grant=m.grant_pb(grant))
 
@@ -186,7 +176,6 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
 
     async def CheckQuota(self, request: pb.CheckQuotaRequest, context: Context) -> pb.CheckQuotaResponse:
         result = await self._usage.check_one(request.tenant_id, request.key, request.amount)
-        TALLY.decision(result.decision.allowed, result.decision.warning)
         return m.check_pb(result)
 
     async def CheckQuotaBatch(
@@ -195,21 +184,20 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
         results = await self._usage.check(request.tenant_id, [(c.key, c.amount) for c in request.checks])
         response = pb.CheckQuotaBatchResponse()
         for result in results:
-            TALLY.decision(result.decision.allowed, result.decision.warning)
             m.fill_check(response.results.add(), result)
         return response
 
     async def RecordUsage(self, request: pb.RecordUsageRequest, context: Context) -> pb.RecordUsageResponse:
         (result,) = await self._usage.record([_usage_event(request.event)], group_commit=True)
-        if result.outcome is Outcome.INVALID:
+        if result.outcome is UsageOutcome.INVALID:
             if result.conflict:
                 raise FailedPrecondition(f"idempotency_key {result.error}")
             raise InvalidArgument(FieldViolation(f"event.{result.error_field}", result.error))
         assert result.check is not None
         check = m.check_pb(result.check)
-        if result.outcome is Outcome.DENIED:
+        if result.outcome is UsageOutcome.DENIED:
             raise QuotaExceeded(f"{request.event.key}: {result.error}", check)
-        return pb.RecordUsageResponse(counted=result.outcome is Outcome.COUNTED, quota=check)
+        return pb.RecordUsageResponse(counted=result.outcome is UsageOutcome.COUNTED, quota=check)
 
     async def RecordUsageBatch(
         self, request: pb.RecordUsageBatchRequest, context: Context
@@ -253,10 +241,12 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
 
 
 def _summary_pb(tenant_id: str, summary: Summary) -> pb.GetUsageSummaryResponse:
-    charges, keys, currency = summary
-    response = pb.GetUsageSummaryResponse(tenant_id=tenant_id)
+    currency = summary.currency
+    response = pb.GetUsageSummaryResponse(
+        tenant_id=tenant_id, add_ons=[m.active_add_on_pb(held) for held in summary.add_ons]
+    )
     total = 0
-    for key, charge in zip(keys, charges, strict=True):
+    for key, charge in zip(summary.keys, summary.charges, strict=True):
         item = response.totals.add(
             key=key,
             quantity=charge.quantity,
@@ -276,7 +266,7 @@ def _summary_pb(tenant_id: str, summary: Summary) -> pb.GetUsageSummaryResponse:
 def _usage_result(result: RecordResult) -> pb.UsageResult:
     message = pb.UsageResult(
         idempotency_key=result.idempotency_key,
-        outcome=OUTCOMES[result.outcome],
+        outcome=OUTCOMES.pb(result.outcome),
         error=f"{result.error_field}: {result.error}" if result.error else "",
     )
     if result.check is not None:

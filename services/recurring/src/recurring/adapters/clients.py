@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import grpc
 from prometheus_client import Counter
@@ -14,8 +15,9 @@ from billing.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from billing.quota.v1 import quota_pb2, quota_pb2_grpc
 from billing_common.errors import BillingError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from billing_common.money import Money
+from billing_common.protos import to_datetime
 from recurring.app.ports import PlanInfo, UsagePeriod
-from recurring.domain.invoicing import UsageCharge
+from recurring.domain.invoicing import AddOnUse, PeriodUsage, UsageCharge
 from recurring.domain.payments import (
     CallFailure,
     ChargeRequest,
@@ -27,7 +29,7 @@ from recurring.domain.payments import (
     call_failure,
     refusal,
 )
-from recurring.domain.schedule import Frequency
+from recurring.domain.schedule import Frequency, Period
 
 CHARGES = Counter(
     "recurring_charges_total", "Charges sent to gateway-adapter, by gateway and status", ["gateway", "status"]
@@ -95,9 +97,11 @@ def _error_of(code: grpc.StatusCode, details: str, what: str) -> BillingError:
 
 
 class QuotaClient:
-    def __init__(self, channel: grpc.aio.Channel, timeout: timedelta) -> None:
+    def __init__(self, channel: grpc.aio.Channel, timeout: timedelta, zone: ZoneInfo) -> None:
         self._stub = quota_pb2_grpc.QuotaServiceStub(channel)
         self._timeout = timeout.total_seconds()
+        # Billing days are days of this zone: an add-on's instants become the days it was held.
+        self._zone = zone
 
     async def get_plan(self, code: str, version: int = 0) -> PlanInfo:
         try:
@@ -129,10 +133,10 @@ class QuotaClient:
             raise _translate(error, "tier") from None
         return next((m.plan_code for m in reply.mappings if m.tier == TIERS.get(tier)), None)
 
-    async def usages(self, periods: Sequence[UsagePeriod]) -> list[list[UsageCharge] | BillingError]:
-        """Billable usage of each tenant's [start, end), in one call; none when quota has no plan to
-        price it with, or the error quota gave for that tenant. Raises Unavailable when quota did
-        not answer."""
+    async def usages(self, periods: Sequence[UsagePeriod]) -> list[PeriodUsage | BillingError]:
+        """Billable usage of each tenant's [start, end) and the add-ons held in it, in one call; none
+        when quota has no plan to price it with, or the error quota gave for that tenant. Raises
+        Unavailable when quota did not answer."""
         request = quota_pb2.GetUsageSummariesRequest()
         for period in periods:
             asked = request.requests.add(tenant_id=period.tenant)
@@ -148,25 +152,48 @@ class QuotaClient:
                 return [failure]
             # One tenant's broken record fails the whole call: each alone gets its own answer.
             return [answer for period in periods for answer in await self.usages([period])]
-        return [_usage_of(result) for result in reply.results]
+        return [self._usage_of(result, period) for result, period in zip(reply.results, periods, strict=True)]
 
+    def _usage_of(
+        self, result: quota_pb2.UsageSummaryResult, period: UsagePeriod
+    ) -> PeriodUsage | BillingError:
+        if not result.HasField("summary"):
+            code = STATUS_CODES.get(result.code, grpc.StatusCode.UNKNOWN)
+            if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
+                return PeriodUsage()
+            return _error_of(code, result.error, "usage")
+        return self._period_usage(result.summary, period.start, period.end)
 
-def _usage_of(result: quota_pb2.UsageSummaryResult) -> list[UsageCharge] | BillingError:
-    if not result.HasField("summary"):
-        code = STATUS_CODES.get(result.code, grpc.StatusCode.UNKNOWN)
-        if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
-            return []
-        return _error_of(code, result.error, "usage")
-    return [
-        UsageCharge(
-            t.key,
-            t.billable_quantity,
-            t.unit_price.value,
-            Money(t.amount.amount_minor, t.amount.currency),
+    def _period_usage(
+        self, summary: quota_pb2.GetUsageSummaryResponse, start: datetime, end: datetime
+    ) -> PeriodUsage:
+        """A summary of [start, end) as the biller takes it: billable usage, and each stretch an
+        add-on was held as the days of the billing time zone it covers."""
+        period = Period(self._day(start), self._day(end))
+        charges = tuple(
+            UsageCharge(
+                t.key,
+                t.billable_quantity,
+                t.unit_price.value,
+                Money(t.amount.amount_minor, t.amount.currency),
+            )
+            for t in summary.totals
+            if t.amount.amount_minor
         )
-        for t in result.summary.totals
-        if t.amount.amount_minor
-    ]
+        add_ons = tuple(
+            AddOnUse(
+                a.code,
+                a.name,
+                Money(a.price.amount_minor, a.price.currency),
+                period,
+                Period(self._day(to_datetime(a.active_from)), self._day(to_datetime(a.active_until))),
+            )
+            for a in summary.add_ons
+        )
+        return PeriodUsage(charges, add_ons)
+
+    def _day(self, instant: datetime) -> date:
+        return instant.astimezone(self._zone).date()
 
 
 # Refusals of one charge in a batch, as the gRPC status Charge would have answered with.

@@ -11,9 +11,9 @@ from typing import Any
 import asyncpg
 from prometheus_client import Counter
 
-from billing_common import db, telemetry
-from billing_common.errors import FailedPrecondition
+from billing_common import db, idempotency, telemetry
 from billing_common.events import Outbox
+from billing_common.idempotency import IdempotencyKey
 from billing_common.locks import Lease
 from billing_common.money import Money
 from recurring.adapters.events import EventMessages
@@ -181,31 +181,11 @@ class PostgresTx:
 
     # ------------------------------------------------------------ plumbing
 
-    async def claim_key(self, scope: str, key: str, request_hash: str) -> str | None:
-        inserted = await self._conn.fetchval(
-            """INSERT INTO idempotency_keys (scope, key, request_hash) VALUES ($1, $2, $3)
-               ON CONFLICT DO NOTHING RETURNING true""",
-            scope,
-            key,
-            request_hash,
-        )
-        if inserted:
-            return None
-        row = await self._conn.fetchrow(
-            "SELECT request_hash, result_ref FROM idempotency_keys WHERE scope = $1 AND key = $2", scope, key
-        )
-        assert row is not None
-        if row["request_hash"] != request_hash:
-            raise FailedPrecondition(f"idempotency key {key!r} was used with a different request")
-        return str(row["result_ref"])
+    async def claim_key(self, idem: IdempotencyKey) -> str | None:
+        return await idempotency.claim(self._conn, idem)
 
-    async def complete_key(self, scope: str, key: str, result_ref: str) -> None:
-        await self._conn.execute(
-            "UPDATE idempotency_keys SET result_ref = $3 WHERE scope = $1 AND key = $2",
-            scope,
-            key,
-            result_ref,
-        )
+    async def complete_key(self, idem: IdempotencyKey, answer: str) -> None:
+        await idempotency.complete(self._conn, idem, answer)
 
     async def check_fence(self, lease: Lease) -> None:
         await db.check_fence(self._conn, lease)
@@ -936,5 +916,5 @@ class PostgresStore:
         async with db.transaction(self._pool) as conn:
             yield PostgresTx(conn, self._outbox, self._messages)
 
-    def within(self, conn: Any) -> PostgresTx:
+    def within(self, conn: asyncpg.Connection) -> PostgresTx:
         return PostgresTx(conn, self._outbox, self._messages)

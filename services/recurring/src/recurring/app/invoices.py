@@ -9,12 +9,12 @@ from dataclasses import dataclass
 
 from billing_common.clock import Clock
 from billing_common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable, Violations
+from billing_common.idempotency import IdempotencyKey
 from billing_common.money import Money
 from billing_common.paging import Page, PageRequest
 from recurring.app.charging import Charging
 from recurring.app.ports import InvoiceFilter, LedgerLine, Store, Tx
 from recurring.app.settling import apply, books_for_invoices, new_id
-from recurring.app.subscriptions import IdempotencyRef
 from recurring.domain import ledger
 from recurring.domain.invoicing import Invoice, Transaction
 from recurring.domain.payments import ChargeResult, NoAnswer, outcome_of
@@ -124,16 +124,16 @@ class Invoices:
             )
         return invoice, recorded, False
 
-    async def void(self, invoice_id: str, reason: str, idem: IdempotencyRef) -> Invoice:
+    async def void(self, invoice_id: str, reason: str, idem: IdempotencyKey) -> Invoice:
         async with self._store.transaction() as tx:
-            if idem.key and await tx.claim_key(idem.scope, idem.key, idem.request_hash) is not None:
+            if idem.key and await tx.claim_key(idem) is not None:
                 return await _invoice(tx, invoice_id)
             invoice = await _invoice(tx, invoice_id, lock=True)
             now = self._clock.now()
             change = void(invoice, await tx.transactions(invoice_id), reason, now)
             await apply(tx, change, now)
             if idem.key:
-                await tx.complete_key(idem.scope, idem.key, invoice_id)
+                await tx.complete_key(idem, invoice_id)
             return dataclasses.replace(invoice, status=InvoiceStatus.VOID)
 
     async def _settle(self, answers: list[Answer], cause: Cause, tx: Tx | None = None) -> None:
@@ -185,7 +185,7 @@ class Invoices:
         await apply(tx, write_off(invoice, sub, cancels, cause, now), now)
 
     async def add_credit(
-        self, account_id: str, amount: Money | None, reason: str, idem: IdempotencyRef
+        self, account_id: str, amount: Money | None, reason: str, idem: IdempotencyKey
     ) -> Money:
         violations = Violations()
         violations.check(bool(account_id), "account_id", "required")
@@ -194,10 +194,10 @@ class Invoices:
         violations.raise_if_any()
         assert amount is not None
         async with self._store.transaction() as tx:
-            if await tx.claim_key(idem.scope, idem.key, idem.request_hash) is None:
+            if await tx.claim_key(idem) is None:
                 reference = f"credit:{idem.key}" + (f" ({reason})" if reason else "")
                 await tx.post(ledger.credit_posting(account_id, reference, amount), self._clock.now())
-                await tx.complete_key(idem.scope, idem.key, account_id)
+                await tx.complete_key(idem, account_id)
             _, available = await tx.balances(account_id, amount.currency)
         return available
 

@@ -6,13 +6,16 @@ from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Any, Protocol
+from typing import Protocol
+
+import asyncpg
 
 from billing_common.errors import BillingError
+from billing_common.idempotency import IdempotencyKey
 from billing_common.locks import Lease
 from billing_common.money import Money
 from recurring.domain.events import Event
-from recurring.domain.invoicing import Invoice, Transaction, UsageCharge
+from recurring.domain.invoicing import Invoice, PeriodUsage, Transaction
 from recurring.domain.ledger import Posting
 from recurring.domain.payments import (
     ChargeRequest,
@@ -136,11 +139,11 @@ class BooksTx(Protocol):
 class Tx(BooksTx, Protocol):
     """One database transaction: every write of a use case commits (or not) together."""
 
-    async def claim_key(self, scope: str, key: str, request_hash: str) -> str | None:
-        """None when the key is new; else the earlier call's result reference (same request)."""
+    async def claim_key(self, idem: IdempotencyKey) -> str | None:
+        """None when the key is new; else the earlier call's answer (see billing_common.idempotency)."""
         ...
 
-    async def complete_key(self, scope: str, key: str, result_ref: str) -> None: ...
+    async def complete_key(self, idem: IdempotencyKey, answer: str) -> None: ...
     async def check_fence(self, lease: Lease) -> None: ...
     async def emit(self, event: Event) -> None: ...
     async def insert_subscription(self, sub: Subscription) -> None: ...
@@ -217,7 +220,7 @@ class Tx(BooksTx, Protocol):
 
 class Store(Protocol):
     def transaction(self) -> AbstractAsyncContextManager[Tx]: ...
-    def within(self, conn: Any) -> Tx:
+    def within(self, conn: asyncpg.Connection) -> Tx:
         """The transaction an event handler already runs in (the inbox's)."""
         ...
 
@@ -233,9 +236,9 @@ class UsagePeriod:
 
 class Quota(Protocol):
     async def get_plan(self, code: str, version: int = 0) -> PlanInfo: ...
-    async def usages(self, periods: Sequence[UsagePeriod]) -> list[list[UsageCharge] | BillingError]:
-        """One answer per period, in order: its billable usage, or why quota gave none (raises
-        when the call as a whole failed)."""
+    async def usages(self, periods: Sequence[UsagePeriod]) -> list[PeriodUsage | BillingError]:
+        """One answer per period, in order: its billable usage and add-ons, or why quota gave none
+        (raises when the call as a whole failed)."""
         ...
 
     async def plan_for_tier(self, tier: str) -> str | None: ...

@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 from billing_common.clock import Clock
 from billing_common.errors import FailedPrecondition, InvalidArgument, NotFound, Violations
+from billing_common.idempotency import IdempotencyKey
 from billing_common.money import Money
 from billing_common.paging import Page, PageRequest
 from recurring.app.ports import PlanInfo, Quota, Store, SubscriptionFilter, Tx
@@ -34,15 +35,6 @@ from recurring.domain.subscription import (
 )
 
 UPDATABLE = frozenset({"amount", "payment_method", "billing_anchor_day", "plan_code"})
-
-
-@dataclass(frozen=True)
-class IdempotencyRef:
-    """An idempotency key of a state-changing call and a fingerprint of the request it came with."""
-
-    scope: str
-    key: str
-    request_hash: str
 
 
 @dataclass(frozen=True)
@@ -79,7 +71,7 @@ class Subscriptions:
     def today(self) -> date:
         return self._clock.now().astimezone(self._zone).date()
 
-    async def create(self, cmd: CreateCommand, idem: IdempotencyRef, cause: Cause) -> Subscription:
+    async def create(self, cmd: CreateCommand, idem: IdempotencyKey, cause: Cause) -> Subscription:
         violations = Violations()
         violations.check(bool(idem.key), "idempotency_key", "required")
         violations.check(
@@ -126,7 +118,7 @@ class Subscriptions:
             tier_mapped=cmd.tier_mapped,
         )
         async with self._store.transaction() as tx:
-            earlier = await tx.claim_key(idem.scope, idem.key, idem.request_hash)
+            earlier = await tx.claim_key(idem)
             if earlier is not None:
                 return await _existing(tx, earlier)
             sub = open_subscription(new, f"sub_{uuid.uuid4().hex}", now)
@@ -140,7 +132,7 @@ class Subscriptions:
                 HistoryEntry(sub.subscription_id, created, cause.actor, cause.event_id, "created", now)
             )
             await tx.emit(Event(EventType.SUBSCRIPTION_CREATED, subscription=sub))
-            await tx.complete_key(idem.scope, idem.key, sub.subscription_id)
+            await tx.complete_key(idem, sub.subscription_id)
         return sub
 
     async def get(self, subscription_id: str) -> Subscription:
@@ -158,7 +150,7 @@ class Subscriptions:
             return await tx.history(subscription_id)
 
     async def update(
-        self, subscription_id: str, changes: Changes, idem: IdempotencyRef, cause: Cause
+        self, subscription_id: str, changes: Changes, idem: IdempotencyKey, cause: Cause
     ) -> Subscription:
         unknown = changes.mask - UPDATABLE
         if not changes.mask or unknown:
@@ -212,20 +204,20 @@ class Subscriptions:
                 await tx.emit(Event(EventType.SUBSCRIPTION_PAYMENT_METHOD_UPDATED, subscription=updated))
             return updated
 
-        return await self._change(subscription_id, idem, "UpdateSubscription", apply)
+        return await self._change(subscription_id, idem, apply)
 
-    async def pause(self, subscription_id: str, idem: IdempotencyRef, cause: Cause) -> Subscription:
+    async def pause(self, subscription_id: str, idem: IdempotencyKey, cause: Cause) -> Subscription:
         return await self._status_change(
             subscription_id, idem, cause, Action.PAUSE, EventType.SUBSCRIPTION_PAUSED
         )
 
-    async def resume(self, subscription_id: str, idem: IdempotencyRef, cause: Cause) -> Subscription:
+    async def resume(self, subscription_id: str, idem: IdempotencyKey, cause: Cause) -> Subscription:
         return await self._status_change(
             subscription_id, idem, cause, Action.RESUME, EventType.SUBSCRIPTION_RESUMED
         )
 
     async def cancel(
-        self, subscription_id: str, at_period_end: bool, idem: IdempotencyRef, cause: Cause
+        self, subscription_id: str, at_period_end: bool, idem: IdempotencyKey, cause: Cause
     ) -> Subscription:
         async def apply(tx: Tx, sub: Subscription) -> Subscription:
             now = self._clock.now()
@@ -247,7 +239,7 @@ class Subscriptions:
             )
             return updated
 
-        return await self._change(subscription_id, idem, "CancelSubscription", apply)
+        return await self._change(subscription_id, idem, apply)
 
     async def on_tier_changed(self, tx: Tx, account_id: str, tier: str, cause: Cause) -> int:
         """Move the account's tier-mapped subscriptions to the tier's plan; returns how many moved."""
@@ -305,7 +297,7 @@ class Subscriptions:
         return updated
 
     async def _status_change(
-        self, subscription_id: str, idem: IdempotencyRef, cause: Cause, action: Action, event: EventType
+        self, subscription_id: str, idem: IdempotencyKey, cause: Cause, action: Action, event: EventType
     ) -> Subscription:
         async def apply(tx: Tx, sub: Subscription) -> Subscription:
             updated = sub.apply(action, self._clock.now())
@@ -313,14 +305,12 @@ class Subscriptions:
             await tx.emit(Event(event, subscription=updated))
             return updated
 
-        return await self._change(subscription_id, idem, action.value, apply)
+        return await self._change(subscription_id, idem, apply)
 
-    async def _change(
-        self, subscription_id: str, idem: IdempotencyRef, scope: str, apply: Any
-    ) -> Subscription:
+    async def _change(self, subscription_id: str, idem: IdempotencyKey, apply: Any) -> Subscription:
         async with self._store.transaction() as tx:
             if idem.key:
-                earlier = await tx.claim_key(scope, idem.key, idem.request_hash)
+                earlier = await tx.claim_key(idem)
                 if earlier is not None:
                     return await _existing(tx, earlier)
             sub = await tx.load_subscription(subscription_id, lock=True)
@@ -330,7 +320,7 @@ class Subscriptions:
                 raise FailedPrecondition(f"the subscription is {sub.status.value}")
             updated: Subscription = await apply(tx, sub)
             if idem.key:
-                await tx.complete_key(scope, idem.key, subscription_id)
+                await tx.complete_key(idem, subscription_id)
             return updated
 
     async def _save(self, tx: Tx, before: Subscription, after: Subscription, cause: Cause) -> None:

@@ -23,7 +23,7 @@ from recurring.app.ports import OutageCounter, Quota, Store, UsagePeriod
 from recurring.app.runs import Runs
 from recurring.app.settling import apply, books_for_invoices, books_for_items, new_id
 from recurring.domain.events import Event, EventType
-from recurring.domain.invoicing import Invoice, UsageCharge
+from recurring.domain.invoicing import Invoice, PeriodUsage
 from recurring.domain.payments import REASON_LENGTH, ChargeResult, NoAnswer, Outcome, outcome_of
 from recurring.domain.runs import AfterFailure, WorkItem
 from recurring.domain.settlement import (
@@ -237,11 +237,11 @@ class Worker:
 
     async def _usages(
         self, items: list[WorkItem], subs: dict[str, Subscription], invoiced: dict[str, Invoice]
-    ) -> tuple[dict[int, list[UsageCharge]], dict[WorkItem, str], dict[WorkItem, str]]:
-        """Usage of the period that ends on each due date (billed in arrears), for plan subscriptions,
-        in one call for the batch; the items whose usage quota could not give (it did not answer),
-        and those whose usage failed."""
-        usage: dict[int, list[UsageCharge]] = {item.item_id: [] for item in items}
+    ) -> tuple[dict[int, PeriodUsage], dict[WorkItem, str], dict[WorkItem, str]]:
+        """Usage and add-ons of the period that ends on each due date (billed in arrears), for plan
+        subscriptions, in one call for the batch; the items whose usage quota could not give (it did
+        not answer), and those whose usage failed."""
+        usage = {item.item_id: PeriodUsage() for item in items}
         metered = [
             (item, sub)
             for item in items
@@ -259,7 +259,7 @@ class Worker:
             )
             for item, sub in metered
         ]
-        answers: Sequence[list[UsageCharge] | Exception]
+        answers: Sequence[PeriodUsage | Exception]
         try:
             answers = await self._quota.usages(periods)
         except Exception as error:

@@ -1,5 +1,5 @@
 """Invoices and their charge attempts; building an invoice for one due occurrence: base, usage,
-proration, then account credit."""
+add-ons, proration, then account credit."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ from datetime import date, datetime
 
 from billing_common.money import Money
 from recurring.domain.payments import DeclineKind, FailureType, PaymentStatus
+from recurring.domain.schedule import Period
 from recurring.domain.status import InvoiceStatus
 
 
 class LineKind(enum.Enum):
     BASE = "base"
     USAGE = "usage"
+    ADD_ON = "add_on"
     PRORATION = "proration"
     CREDIT = "credit"
 
@@ -36,6 +38,26 @@ class UsageCharge:
     billable_quantity: int
     unit_price: str
     amount: Money
+
+
+@dataclass(frozen=True)
+class AddOnUse:
+    """A stretch in which the tenant held an add-on: the days [held.start, held.end) of the `period`
+    whose usage the invoice bills. `price` is the add-on's price for a whole period."""
+
+    code: str
+    name: str
+    price: Money
+    period: Period
+    held: Period
+
+
+@dataclass(frozen=True)
+class PeriodUsage:
+    """What quota reports of the period behind a due date: its priced usage and the add-ons held."""
+
+    charges: tuple[UsageCharge, ...] = ()
+    add_ons: tuple[AddOnUse, ...] = ()
 
 
 class Decision(enum.Enum):
@@ -62,6 +84,7 @@ def build_invoice(
     proration: Sequence[tuple[str, Money]],
     credit_available: Money,
     minimum: Money,
+    add_ons: Sequence[tuple[str, Money]] = (),
 ) -> InvoiceDraft:
     """Lines sum to the total; credit covers at most the total; the rest is due.
 
@@ -74,6 +97,7 @@ def build_invoice(
         for u in usage
         if u.amount.amount_minor
     ]
+    lines += [InvoiceLine(LineKind.ADD_ON, text, amount) for text, amount in add_ons if amount.amount_minor]
     lines += [InvoiceLine(LineKind.PRORATION, text, amount) for text, amount in proration]
     total = Money(sum(line.amount.amount_minor for line in lines), currency)
     usable_credit = max(0, min(credit_available.amount_minor, total.amount_minor))

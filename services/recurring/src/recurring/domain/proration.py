@@ -29,7 +29,7 @@ def round_half_even(value: Fraction) -> int:
 
 
 def net_change(old: Money, new: Money, period: Period, change_day: date) -> Money:
-    remaining, total = _remaining(period, change_day)
+    remaining, total = remaining_days(period, change_day)
     exact = Fraction((new - old).amount_minor * remaining, total)
     return Money(round_half_even(exact), old.currency)
 
@@ -41,7 +41,7 @@ def prorate(old: Money, new: Money, period: Period, change_day: date) -> list[Pr
     """
     if old.currency != new.currency:
         raise ValueError("a plan change cannot change the currency")
-    remaining, total = _remaining(period, change_day)
+    remaining, total = remaining_days(period, change_day)
     if remaining == 0 or old == new:
         return []
     credit = -round_half_even(Fraction(old.amount_minor * remaining, total))
@@ -54,7 +54,8 @@ def prorate(old: Money, new: Money, period: Period, change_day: date) -> list[Pr
     ]
 
 
-def _remaining(period: Period, change_day: date) -> tuple[int, int]:
+def remaining_days(period: Period, change_day: date) -> tuple[int, int]:
+    """Days of `period` left from `change_day` on (the change day counts as left), and its length."""
     total = period.days
     if total <= 0:
         raise ValueError("a billing period has at least one day")

@@ -19,8 +19,9 @@ from datetime import datetime, timedelta
 from billing_common.errors import FailedPrecondition, NotFound
 from billing_common.money import Money
 from recurring.domain import ledger
+from recurring.domain.addons import add_on_lines
 from recurring.domain.events import Event, EventType
-from recurring.domain.invoicing import Decision, Invoice, Transaction, UsageCharge, build_invoice
+from recurring.domain.invoicing import Decision, Invoice, PeriodUsage, Transaction, build_invoice
 from recurring.domain.payments import (
     REASON_LENGTH,
     ChargeResult,
@@ -58,6 +59,7 @@ BILLING = Cause("billing")
 Proration = tuple[int, str, Money]
 # Makes a new id with the given prefix ("inv", "txn").
 NewId = Callable[[str], str]
+NO_USAGE = PeriodUsage()
 
 
 @dataclass(frozen=True)
@@ -193,24 +195,23 @@ class _Working:
 
 def bill(
     items: Sequence[WorkItem],
-    usage: Mapping[int, Sequence[UsageCharge]],
+    usage: Mapping[int, PeriodUsage],
     books: Books,
     rules: Rules,
     now: datetime,
     new_id: NewId,
 ) -> Change:
-    """Invoice each held occurrence once (base + usage + proration - credit) and write the attempt to
-    send; skip the ones not to bill, moving their subscription past them."""
+    """Invoice each held occurrence once (base + usage + add-ons + proration - credit) and write the
+    attempt to send; skip the ones not to bill, moving their subscription past them. `usage` is what
+    quota reports of the period behind each item's due date, by item id (none: nothing to add)."""
     change = Change()
     working = _Working(books, change, now)
     for item in items:
-        _bill_one(working, item, usage.get(item.item_id, ()), rules, new_id)
+        _bill_one(working, item, usage.get(item.item_id, NO_USAGE), rules, new_id)
     return change
 
 
-def _bill_one(
-    working: _Working, item: WorkItem, usage: Sequence[UsageCharge], rules: Rules, new_id: NewId
-) -> None:
+def _bill_one(working: _Working, item: WorkItem, usage: PeriodUsage, rules: Rules, new_id: NewId) -> None:
     change = working.change
     sub = working.subscriptions[item.subscription_id]
     invoice = working.by_occurrence.get(item.occurrence_key)
@@ -267,7 +268,7 @@ def _open_invoice(
     working: _Working,
     sub: Subscription,
     item: WorkItem,
-    usage: Sequence[UsageCharge],
+    usage: PeriodUsage,
     rules: Rules,
     new_id: NewId,
 ) -> Invoice | None:
@@ -280,10 +281,11 @@ def _open_invoice(
     draft = build_invoice(
         sub.amount,
         f"{sub.plan_code or 'Subscription'} ({sub.frequency.value})",
-        [u for u in usage if u.amount.currency == currency],
+        [u for u in usage.charges if u.amount.currency == currency],
         [(text, amount) for _, text, amount in prorations],
         working.credits.get(credit_key, Money(0, currency)),
         Money(rules.minimum_charge_minor, currency),
+        add_on_lines([a for a in usage.add_ons if a.price.currency == currency]),
     )
     if draft.decision is Decision.BELOW_MINIMUM:
         return None

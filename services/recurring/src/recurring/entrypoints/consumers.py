@@ -6,11 +6,11 @@ Each handler runs inside the inbox transaction and writes on its connection.
 
 from __future__ import annotations
 
-from typing import Any
+import asyncpg
 
 from billing.common.v1 import common_pb2
-from billing.events.v1 import dunning_pb2, payment_pb2
-from billing_common.events import Handler
+from billing.events.v1 import dunning_pb2, payment_pb2, tier_pb2
+from billing_common.events import Handlers
 from billing_common.money import Money
 from recurring.adapters.clients import charge_result
 from recurring.app.invoices import Invoices, PaymentUpdate
@@ -30,8 +30,8 @@ def payment_update(facts: payment_pb2.PaymentFacts, *, decline_code: str = "") -
     )
 
 
-def handlers(store: Store, subscriptions: Subscriptions, invoices: Invoices) -> dict[str, Handler]:
-    async def on_tier_changed(conn: Any, event: Any) -> None:
+def handlers(store: Store, subscriptions: Subscriptions, invoices: Invoices) -> Handlers:
+    async def on_tier_changed(conn: asyncpg.Connection, event: tier_pb2.TierChanged) -> None:
         tier = TIERS.get(event.new_tier)
         account = event.billed_account_id or event.account_id
         # Only the billed account's own tier picks its plan: a database or end user below it moves
@@ -41,7 +41,7 @@ def handlers(store: Store, subscriptions: Subscriptions, invoices: Invoices) -> 
         cause = Cause("tier.changed", event.header.event_id, f"tier {tier} by rule {event.rule_id}")
         await subscriptions.on_tier_changed(store.within(conn), account, tier, cause)
 
-    async def on_dunning_exhausted(conn: Any, event: Any) -> None:
+    async def on_dunning_exhausted(conn: asyncpg.Connection, event: dunning_pb2.DunningExhausted) -> None:
         await invoices.on_dunning_exhausted(
             store.within(conn),
             event.dunning_case.invoice_id,
@@ -49,14 +49,16 @@ def handlers(store: Store, subscriptions: Subscriptions, invoices: Invoices) -> 
             event.header.event_id,
         )
 
-    async def on_payment_outcome(conn: Any, event: Any) -> None:
+    async def on_payment_outcome(
+        conn: asyncpg.Connection, event: payment_pb2.PaymentSettled | payment_pb2.PaymentReconciled
+    ) -> None:
         await invoices.on_payment_outcome(store.within(conn), payment_update(event.payment))
 
-    async def on_payment_returned(conn: Any, event: Any) -> None:
+    async def on_payment_returned(conn: asyncpg.Connection, event: payment_pb2.PaymentReturned) -> None:
         update = payment_update(event.payment, decline_code=event.return_code)
         await invoices.on_payment_returned(store.within(conn), update, event.header.event_id)
 
-    async def on_payment_refunded(conn: Any, event: Any) -> None:
+    async def on_payment_refunded(conn: asyncpg.Connection, event: payment_pb2.PaymentRefunded) -> None:
         await invoices.on_payment_refunded(
             store.within(conn),
             payment_update(event.payment),
@@ -64,11 +66,12 @@ def handlers(store: Store, subscriptions: Subscriptions, invoices: Invoices) -> 
             Money(event.refunded_total.amount_minor, event.refunded_total.currency),
         )
 
-    return {
-        "tier.changed": on_tier_changed,
-        "dunning.exhausted": on_dunning_exhausted,
-        "payment.settled": on_payment_outcome,
-        "payment.reconciled": on_payment_outcome,
-        "payment.returned": on_payment_returned,
-        "payment.refunded": on_payment_refunded,
-    }
+    return (
+        Handlers()
+        .on(tier_pb2.TierChanged, on_tier_changed)
+        .on(dunning_pb2.DunningExhausted, on_dunning_exhausted)
+        .on(payment_pb2.PaymentSettled, on_payment_outcome)
+        .on(payment_pb2.PaymentReconciled, on_payment_outcome)
+        .on(payment_pb2.PaymentReturned, on_payment_returned)
+        .on(payment_pb2.PaymentRefunded, on_payment_refunded)
+    )

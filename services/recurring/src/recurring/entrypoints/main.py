@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
+import grpc
 from prometheus_client import Gauge
 
 from billing.recurring.v1 import recurring_pb2_grpc
 from billing_common.grpc_client import open_channel
 from billing_common.paging import PageTokens
-from billing_common.service import Registration, Resources, ServiceParts, Setup, run_service
+from billing_common.service import Background, Lifespan, Registration, Resources, ServiceParts, run_service
 from billing_common.settings import SettingsError
 from billing_common.suite_clock import pause
 from recurring.adapters.clients import GatewayClient, QuotaClient
@@ -37,7 +40,7 @@ RUNS_STALLED = Gauge(
 )
 
 
-def build(settings: RecurringSettings) -> Setup:
+def build(settings: RecurringSettings) -> Lifespan:
     zone = settings.billing_time_zone
     if settings.item_max_failures < 1:
         raise SettingsError("RECURRING_ITEM_MAX_FAILURES must be at least 1")
@@ -54,12 +57,12 @@ def build(settings: RecurringSettings) -> Setup:
     pages = PageTokens.from_settings(settings)
     rules = Rules(settings.minimum_charge_minor, settings.item_max_failures, settings.defer_delay)
 
-    async def setup(r: Resources) -> ServiceParts:
+    def parts(
+        r: Resources, quota_channel: grpc.aio.Channel, gateway_channel: grpc.aio.Channel
+    ) -> ServiceParts:
         clock = r.clock
         store = PostgresStore(r.pool, r.outbox, EventMessages(zone))
-        quota_channel = open_channel(settings.quota_addr, r.outgoing_token)
-        gateway_channel = open_channel(settings.gateway_adapter_addr, r.outgoing_token)
-        quota = QuotaClient(quota_channel, settings.charge_timeout)
+        quota = QuotaClient(quota_channel, settings.charge_timeout, zone)
         outages = RedisOutageCounter(r.redis, settings.namespace)
         charging = Charging(GatewayClient(gateway_channel, settings.charge_timeout))
         subscriptions = Subscriptions(store, quota, clock, zone)
@@ -109,15 +112,25 @@ def build(settings: RecurringSettings) -> Setup:
                 )
             ],
             event_handlers=handlers(store, subscriptions, invoices),
-            background=[scheduler, worker.run_forever, RunMetrics(r.pool).run_forever],
-            on_stop=[quota_channel.close, gateway_channel.close],
+            background=[
+                Background(scheduler),
+                Background(worker.run_forever, drain=worker.drain),
+                Background(RunMetrics(r.pool).run_forever),
+            ],
             # A charge in flight when SIGTERM comes gets its whole timeout to answer.
             drain_at_least=settings.charge_timeout,
-            draining=[worker.drain],
             due_work=[run_work(r.pool, schedule.times, zone)],
         )
 
-    return setup
+    @asynccontextmanager
+    async def lifespan(r: Resources) -> AsyncIterator[ServiceParts]:
+        async with (
+            open_channel(settings.quota_addr, r.outgoing_token) as quota_channel,
+            open_channel(settings.gateway_adapter_addr, r.outgoing_token) as gateway_channel,
+        ):
+            yield parts(r, quota_channel, gateway_channel)
+
+    return lifespan
 
 
 def main() -> None:

@@ -13,14 +13,15 @@ from billing_common import context
 from billing_common.auth import CONSOLE, OPERATOR, READERS
 from billing_common.clock import Clock
 from billing_common.errors import FailedPrecondition, InvalidArgument
+from billing_common.idempotency import IdempotencyKey
 from billing_common.paging import PageTokens
-from billing_common.protos import money_pb, request_hash, to_datetime
+from billing_common.protos import money_pb, to_datetime
 from billing_common.suite_clock import ClockControl, ClockRefused
 from recurring.adapters.clients import FREQUENCIES
 from recurring.app.invoices import Invoices
 from recurring.app.ports import InvoiceFilter, SubscriptionFilter
 from recurring.app.runs import Runs
-from recurring.app.subscriptions import Changes, CreateCommand, IdempotencyRef, Subscriptions
+from recurring.app.subscriptions import Changes, CreateCommand, Subscriptions
 from recurring.domain.subscription import Cause
 from recurring.entrypoints import mappers as m
 
@@ -54,10 +55,6 @@ ACCESS: dict[str, set[str] | frozenset[str]] = {
     "SetClock": ACTIONS,
     "AdvanceClock": ACTIONS,
 }
-
-
-def _idem(scope: str, request: Any) -> IdempotencyRef:
-    return IdempotencyRef(scope, request.idempotency_key, request_hash(request))
 
 
 def _cause() -> Cause:
@@ -107,7 +104,9 @@ class RecurringServicer(recurring_pb2_grpc.RecurringServiceServicer):
             ),
             tier_mapped=request.tier_mapped,
         )
-        sub = await self._subscriptions.create(command, _idem("CreateSubscription", request), _cause())
+        sub = await self._subscriptions.create(
+            command, IdempotencyKey.of("CreateSubscription", request), _cause()
+        )
         return pb.CreateSubscriptionResponse(subscription=m.subscription_pb(sub))
 
     async def GetSubscription(
@@ -145,7 +144,7 @@ class RecurringServicer(recurring_pb2_grpc.RecurringServiceServicer):
             plan_code=given.plan_code,
         )
         sub = await self._subscriptions.update(
-            request.subscription_id, changes, _idem("UpdateSubscription", request), _cause()
+            request.subscription_id, changes, IdempotencyKey.of("UpdateSubscription", request), _cause()
         )
         return pb.UpdateSubscriptionResponse(subscription=m.subscription_pb(sub))
 
@@ -153,7 +152,7 @@ class RecurringServicer(recurring_pb2_grpc.RecurringServiceServicer):
         self, request: pb.PauseSubscriptionRequest, context: Context
     ) -> pb.PauseSubscriptionResponse:
         sub = await self._subscriptions.pause(
-            request.subscription_id, _idem("PauseSubscription", request), _cause()
+            request.subscription_id, IdempotencyKey.of("PauseSubscription", request), _cause()
         )
         return pb.PauseSubscriptionResponse(subscription=m.subscription_pb(sub))
 
@@ -161,7 +160,7 @@ class RecurringServicer(recurring_pb2_grpc.RecurringServiceServicer):
         self, request: pb.ResumeSubscriptionRequest, context: Context
     ) -> pb.ResumeSubscriptionResponse:
         sub = await self._subscriptions.resume(
-            request.subscription_id, _idem("ResumeSubscription", request), _cause()
+            request.subscription_id, IdempotencyKey.of("ResumeSubscription", request), _cause()
         )
         return pb.ResumeSubscriptionResponse(subscription=m.subscription_pb(sub))
 
@@ -169,7 +168,10 @@ class RecurringServicer(recurring_pb2_grpc.RecurringServiceServicer):
         self, request: pb.CancelSubscriptionRequest, context: Context
     ) -> pb.CancelSubscriptionResponse:
         sub = await self._subscriptions.cancel(
-            request.subscription_id, request.at_period_end, _idem("CancelSubscription", request), _cause()
+            request.subscription_id,
+            request.at_period_end,
+            IdempotencyKey.of("CancelSubscription", request),
+            _cause(),
         )
         return pb.CancelSubscriptionResponse(subscription=m.subscription_pb(sub))
 
@@ -220,7 +222,9 @@ class RecurringServicer(recurring_pb2_grpc.RecurringServiceServicer):
         )
 
     async def VoidInvoice(self, request: pb.VoidInvoiceRequest, context: Context) -> pb.VoidInvoiceResponse:
-        invoice = await self._invoices.void(request.invoice_id, request.reason, _idem("VoidInvoice", request))
+        invoice = await self._invoices.void(
+            request.invoice_id, request.reason, IdempotencyKey.of("VoidInvoice", request)
+        )
         _, transactions = await self._invoices.get(invoice.invoice_id)
         return pb.VoidInvoiceResponse(invoice=m.invoice_pb(invoice, transactions))
 
@@ -255,7 +259,7 @@ class RecurringServicer(recurring_pb2_grpc.RecurringServiceServicer):
     ) -> pb.AddAccountCreditResponse:
         amount = m.to_money(request.amount, "amount") if request.HasField("amount") else None
         available = await self._invoices.add_credit(
-            request.account_id, amount, request.reason, _idem("AddAccountCredit", request)
+            request.account_id, amount, request.reason, IdempotencyKey.of("AddAccountCredit", request)
         )
         return pb.AddAccountCreditResponse(credit_available=money_pb(available))
 

@@ -23,7 +23,7 @@ from tier.domain.accounts import (
     Tier,
 )
 from tier.domain.estate import TierRecord
-from tier.domain.rules import Decision
+from tier.domain.rules import TierDecision
 
 _TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
     # table: (key column, other columns)
@@ -175,7 +175,7 @@ class PostgresEstate:
                     f"SELECT account_id, kind, value, source, observed_at FROM signals WHERE {window}", *args
                 )
             ]
-            decisions: dict[tuple[int, str, str, str], Decision] = {}
+            decisions: dict[tuple[int, str, str, str], TierDecision] = {}
             tiers: list[tuple[str, TierRecord]] = []
             for r in await conn.fetch(
                 f"""SELECT account_id, kind, tier, rule_id, rule_set_version, evidence::text, since, change_id
@@ -186,7 +186,7 @@ class PostgresEstate:
                 decision = decisions.get(key)
                 if decision is None:
                     evidence = tuple((name, value) for name, value in json.loads(r[5]))
-                    decision = decisions[key] = Decision(Tier(r[2]), r[3], r[4], evidence)
+                    decision = decisions[key] = TierDecision(Tier(r[2]), r[3], r[4], evidence)
                 tiers.append((r[0], TierRecord(AccountKind(r[1]), decision, r[6], r[7])))
             delta.tiers = tiers
         return delta

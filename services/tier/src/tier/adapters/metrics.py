@@ -30,7 +30,7 @@ PROVIDER_ERRORS = Counter(
 )
 
 
-class PrometheusMetrics:
+class PrometheusTierMetrics:
     def scan_finished(
         self, kind: ScanKind, state: ScanState, seconds: float, evaluated: int, changes: int
     ) -> None:

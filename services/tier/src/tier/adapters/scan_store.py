@@ -9,7 +9,7 @@ from datetime import datetime
 import asyncpg
 
 from billing_common.db import check_fence, connection, transaction
-from billing_common.errors import FailedPrecondition
+from billing_common.errors import KeyReused
 from billing_common.locks import Lease
 from billing_common.suite_clock import DueWork
 from tier.domain.scans import Scan, ScanKind, ScanState
@@ -69,9 +69,7 @@ class PostgresScans:
         assert row is not None
         scan = _scan(row)
         if scan.kind is not kind:
-            raise FailedPrecondition(
-                f"idempotency key {idempotency_key!r} was used for a {scan.kind.value} scan"
-            )
+            raise KeyReused(idempotency_key, "scan", ("kind",))
         return scan, False
 
     async def queued_kinds(self) -> list[ScanKind]:

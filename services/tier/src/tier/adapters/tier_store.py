@@ -1,5 +1,5 @@
-"""Current tiers and the append-only history in PostgreSQL; tier.changed goes through the outbox in
-the same transaction as the history row it announces."""
+"""Current tiers and the append-only history in PostgreSQL; the tier.changed events the domain
+decides for the written changes go through the outbox in the same transaction as their history rows."""
 
 from __future__ import annotations
 
@@ -10,22 +10,16 @@ from functools import lru_cache
 
 import asyncpg
 
-from billing.common.v1 import common_pb2
 from billing.events.v1 import tier_pb2 as events
 from billing_common.db import check_fence, connection, transaction
 from billing_common.events import Outbox
 from billing_common.locks import Lease
 from tier.adapters import revisions
+from tier.adapters.codec import EVENT_ACCOUNT_KINDS, TIERS
 from tier.app.ports import AppliedChange, HistoryEntry
-from tier.domain.accounts import AccountKind, Tier
 from tier.domain.estate import PlannedChange
+from tier.domain.events import TierChanged, announced
 
-_KINDS = {
-    AccountKind.DISTRIBUTOR: events.ACCOUNT_KIND_DISTRIBUTOR,
-    AccountKind.END_USER: events.ACCOUNT_KIND_END_USER,
-    AccountKind.DATABASE: events.ACCOUNT_KIND_DATABASE,
-}
-TIERS_PB = {Tier.LITE: common_pb2.TIER_LITE, Tier.PLUS: common_pb2.TIER_PLUS, Tier.PRO: common_pb2.TIER_PRO}
 _STAGE_COLUMNS = (
     "change_id",
     "account_id",
@@ -66,22 +60,21 @@ def _entry(row: asyncpg.Record) -> HistoryEntry:
     )
 
 
-def _event(change: PlannedChange, scan_id: str, effective_at: datetime) -> events.TierChanged:
-    assert change.previous is not None
-    event = events.TierChanged(
-        account_id=change.account_id,
-        account_kind=_KINDS[change.kind],
-        previous_tier=TIERS_PB[change.previous.decision.tier],
-        new_tier=TIERS_PB[change.decision.tier],
-        rule_id=change.decision.rule_id,
-        rule_set_version=change.decision.rule_set_version,
-        evidence_before=[events.SignalValue(name=n, value=v) for n, v in change.previous.decision.evidence],
-        evidence_after=[events.SignalValue(name=n, value=v) for n, v in change.decision.evidence],
-        scan_id=scan_id,
-        billed_account_id=change.billed_account_id,
+def _message(event: TierChanged) -> events.TierChanged:
+    message = events.TierChanged(
+        account_id=event.account_id,
+        account_kind=EVENT_ACCOUNT_KINDS.pb(event.kind),
+        previous_tier=TIERS.pb(event.previous_tier),
+        new_tier=TIERS.pb(event.new_tier),
+        rule_id=event.rule_id,
+        rule_set_version=event.rule_set_version,
+        evidence_before=[events.SignalValue(name=n, value=v) for n, v in event.evidence_before],
+        evidence_after=[events.SignalValue(name=n, value=v) for n, v in event.evidence_after],
+        scan_id=event.scan_id,
+        billed_account_id=event.billed_account_id,
     )
-    event.effective_at.FromDatetime(effective_at)
-    return event
+    message.effective_at.FromDatetime(event.effective_at)
+    return message
 
 
 class PostgresTiers:
@@ -167,10 +160,8 @@ class PostgresTiers:
                 for change_id, change in zip(change_ids, changes, strict=True)
                 if change_id in written
             ]
-            for change in applied:
-                # An account's first tier is its starting point, not a move: history only.
-                if change.planned.previous is not None:
-                    await self._outbox.add(conn, _event(change.planned, scan_id, effective_at))
+            for event in announced([change.planned for change in applied], scan_id, effective_at):
+                await self._outbox.add(conn, _message(event))
         return applied, revision
 
     async def history(self, account_id: str) -> list[HistoryEntry]:

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import TypeVar
 
 from billing_common.errors import NotFound, Violations
-from tier.app.ports import EstateDelta, EstateStore, Metrics, UpsertCounts
+from tier.app.ports import EstateDelta, EstateStore, TierMetrics, UpsertCounts
 from tier.domain.accounts import (
     AccountKind,
     Database,
@@ -81,7 +81,7 @@ class Accounts:
     and when a lookup misses); `rebuild` reloads everything.
     """
 
-    def __init__(self, store: EstateStore, metrics: Metrics) -> None:
+    def __init__(self, store: EstateStore, metrics: TierMetrics) -> None:
         self._store = store
         self._metrics = metrics
         self.model = Estate()

@@ -141,7 +141,7 @@ class ProviderError(Exception):
     """A signal provider could not answer (unreachable, refused, malformed reply)."""
 
 
-class Metrics(Protocol):
+class TierMetrics(Protocol):
     def scan_finished(
         self, kind: ScanKind, state: ScanState, seconds: float, evaluated: int, changes: int
     ) -> None: ...

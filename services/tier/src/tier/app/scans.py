@@ -16,7 +16,7 @@ from billing_common.errors import FailedPrecondition, InvalidArgument
 from billing_common.locks import Lease, Locks
 from billing_common.paging import Page, PageRequest
 from tier.app.accounts import Accounts
-from tier.app.ports import Metrics, ProviderError, ScanStore, SignalProvider, TierStore
+from tier.app.ports import ProviderError, ScanStore, SignalProvider, TierMetrics, TierStore
 from tier.domain.accounts import Signal, SignalKind, normalize_signal_value
 from tier.domain.estate import PlannedChange, ScanPlan, TierRecord
 from tier.domain.rules import Evaluator
@@ -58,7 +58,7 @@ class Scans:
         providers: Sequence[SignalProvider],
         evaluator: Evaluator,
         clock: Clock,
-        metrics: Metrics,
+        metrics: TierMetrics,
         *,
         lock_ttl: timedelta,
         write_batch: int = 20_000,

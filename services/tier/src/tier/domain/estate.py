@@ -21,7 +21,7 @@ from tier.domain.accounts import (
     SignalKind,
 )
 from tier.domain.rollup import roll_up, roll_up_counts
-from tier.domain.rules import Decision, Evaluator, Facts
+from tier.domain.rules import Evaluator, Facts, TierDecision
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +29,7 @@ class TierRecord:
     """An account's current tier as last recorded in the history."""
 
     kind: AccountKind
-    decision: Decision
+    decision: TierDecision
     since: datetime
     change_id: int
 
@@ -155,7 +155,7 @@ class PlannedChange:
     account_id: str
     kind: AccountKind
     previous: TierRecord | None
-    decision: Decision
+    decision: TierDecision
     billed_account_id: str
 
 
@@ -176,7 +176,7 @@ class ScanPlan:
         estate = self._estate
         tiers = estate.tiers
         version = self._evaluator.rule_set.version
-        end_user_tiers: dict[str, Decision] = {}
+        end_user_tiers: dict[str, TierDecision] = {}
         changes: list[PlannedChange] = []
         in_chunk = 0
         signals = estate.signals

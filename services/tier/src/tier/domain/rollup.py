@@ -11,12 +11,12 @@ from collections.abc import Iterable
 from functools import lru_cache
 
 from tier.domain.accounts import Tier
-from tier.domain.rules import Decision
+from tier.domain.rules import TierDecision
 
 ROLLUP_RULE = "rollup-highest"
 
 
-def roll_up(children: Iterable[Tier], rule_set_version: str) -> Decision:
+def roll_up(children: Iterable[Tier], rule_set_version: str) -> TierDecision:
     counts = [0, 0, 0]
     for tier in children:
         counts[tier - 1] += 1
@@ -24,7 +24,7 @@ def roll_up(children: Iterable[Tier], rule_set_version: str) -> Decision:
 
 
 @lru_cache(maxsize=65_536)
-def roll_up_counts(lite: int, plus: int, pro: int, rule_set_version: str) -> Decision:
+def roll_up_counts(lite: int, plus: int, pro: int, rule_set_version: str) -> TierDecision:
     """The roll-up of children counted by tier; equal compositions share one decision."""
     tier = Tier.PRO if pro else Tier.PLUS if plus else Tier.LITE
     evidence = (
@@ -33,4 +33,4 @@ def roll_up_counts(lite: int, plus: int, pro: int, rule_set_version: str) -> Dec
         ("children_plus", str(plus)),
         ("children_pro", str(pro)),
     )
-    return Decision(tier, ROLLUP_RULE, rule_set_version, evidence)
+    return TierDecision(tier, ROLLUP_RULE, rule_set_version, evidence)

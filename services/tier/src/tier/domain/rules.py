@@ -101,7 +101,7 @@ class Rule:
 
 
 @dataclass(frozen=True, slots=True)
-class Decision:
+class TierDecision:
     """The outcome of evaluating one account: the tier, why, and the values it was decided on."""
 
     tier: Tier
@@ -116,11 +116,11 @@ class RuleSet:
     rules: tuple[Rule, ...]
 
 
-def evaluate(rule_set: RuleSet, facts: Facts) -> Decision:
+def evaluate(rule_set: RuleSet, facts: Facts) -> TierDecision:
     """The first rule that matches decides; the catch-all last rule guarantees one does."""
     for rule in rule_set.rules:
         if rule.matches(facts):
-            return Decision(rule.tier, rule.rule_id, rule_set.version, facts.evidence())
+            return TierDecision(rule.tier, rule.rule_id, rule_set.version, facts.evidence())
     raise AssertionError("a validated rule set ends with a rule that always matches")
 
 
@@ -130,9 +130,9 @@ class Evaluator:
 
     def __init__(self, rule_set: RuleSet) -> None:
         self.rule_set = rule_set
-        self._decisions: dict[FactsTuple, Decision] = {}
+        self._decisions: dict[FactsTuple, TierDecision] = {}
 
-    def decide(self, facts: FactsTuple) -> Decision:
+    def decide(self, facts: FactsTuple) -> TierDecision:
         """Also takes the facts as a plain tuple in `Facts` order (equal, and cheaper to build)."""
         decision = self._decisions.get(facts)
         if decision is None:

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 from workos import AsyncWorkOSClient
 
 from billing.tier.v1 import tier_pb2_grpc
 from billing_common.paging import PageTokens
-from billing_common.service import Registration, Resources, ServiceParts, Setup, run_service
+from billing_common.service import Background, Lifespan, Registration, Resources, ServiceParts, run_service
 from tier.adapters.api_registry import ApiClientRegistryProvider
 from tier.adapters.estate_store import PostgresEstate
-from tier.adapters.metrics import PrometheusMetrics
+from tier.adapters.metrics import PrometheusTierMetrics
 from tier.adapters.scan_store import PostgresScans, unfinished_scans
 from tier.adapters.tier_store import PostgresTiers
 from tier.adapters.workos_sso import WorkOsSsoProvider
@@ -46,62 +47,66 @@ def schedules_of(settings: TierSettings) -> dict[ScanKind, str]:
     return {kind: expression for kind, expression in configured.items() if expression is not None}
 
 
-def build(settings: TierSettings) -> Setup:
+def build(settings: TierSettings) -> Lifespan:
     rule_set = rule_set_of(settings)  # a bad rule set stops the pod at start
     schedules = schedules_of(settings)
     pages = PageTokens.from_settings(settings)
 
-    async def setup(r: Resources) -> ServiceParts:
-        metrics = PrometheusMetrics()
-        accounts = Accounts(PostgresEstate(r.pool), metrics)
-        await accounts.rebuild()
-        providers: list[SignalProvider] = []
-        on_stop: list[Callable[[], Awaitable[None]]] = []
-        if settings.workos_api_key:
-            workos = AsyncWorkOSClient(
-                api_key=settings.workos_api_key,
-                base_url=settings.workos_base_url or None,
-                request_timeout=max(1, int(settings.provider_timeout.total_seconds())),
-            )
-            providers.append(WorkOsSsoProvider(workos))
-            on_stop.append(workos.close)
-        if settings.api_registry_url:
-            providers.append(
-                ApiClientRegistryProvider(
-                    settings.api_registry_url, settings.api_registry_token, settings.provider_timeout
+    @asynccontextmanager
+    async def lifespan(r: Resources) -> AsyncIterator[ServiceParts]:
+        async with AsyncExitStack() as opened:
+            metrics = PrometheusTierMetrics()
+            accounts = Accounts(PostgresEstate(r.pool), metrics)
+            await accounts.rebuild()
+            providers: list[SignalProvider] = []
+            if settings.workos_api_key:
+                workos = AsyncWorkOSClient(
+                    api_key=settings.workos_api_key,
+                    base_url=settings.workos_base_url or None,
+                    request_timeout=max(1, int(settings.provider_timeout.total_seconds())),
                 )
+                providers.append(WorkOsSsoProvider(workos))
+                opened.push_async_callback(workos.close)
+            if settings.api_registry_url:
+                providers.append(
+                    ApiClientRegistryProvider(
+                        settings.api_registry_url, settings.api_registry_token, settings.provider_timeout
+                    )
+                )
+            tiers = PostgresTiers(r.pool, r.outbox)
+            scans = Scans(
+                accounts,
+                tiers,
+                PostgresScans(r.pool),
+                r.locks,
+                providers,
+                Evaluator(rule_set),
+                r.clock,
+                metrics,
+                lock_ttl=settings.scan_lock_ttl,
+                write_batch=settings.scan_write_batch,
             )
-        tiers = PostgresTiers(r.pool, r.outbox)
-        scans = Scans(
-            accounts,
-            tiers,
-            PostgresScans(r.pool),
-            r.locks,
-            providers,
-            Evaluator(rule_set),
-            r.clock,
-            metrics,
-            lock_ttl=settings.scan_lock_ttl,
-            write_batch=settings.scan_write_batch,
-        )
-        servicer = TierServicer(accounts, scans, History(accounts, tiers), pages)
+            servicer = TierServicer(accounts, scans, History(accounts, tiers), pages)
 
-        scheduler = ScanScheduler(scans, schedules, r.clock)
+            scheduler = ScanScheduler(scans, schedules, r.clock)
 
-        async def worker() -> None:
-            await run_worker(scans, settings.worker_poll_interval)
+            async def worker() -> None:
+                await run_worker(scans, settings.worker_poll_interval)
 
-        async def refresher() -> None:
-            await run_refresher(accounts, settings.model_refresh_interval)
+            async def refresher() -> None:
+                await run_refresher(accounts, settings.model_refresh_interval)
 
-        return ServiceParts(
-            [Registration(tier_pb2_grpc.add_TierServiceServicer_to_server, servicer, SERVICE_NAME, ACCESS)],
-            background=[scheduler.run, worker, refresher],
-            on_stop=on_stop,
-            due_work=[scheduler.due, unfinished_scans(r.pool)],
-        )
+            yield ServiceParts(
+                [
+                    Registration(
+                        tier_pb2_grpc.add_TierServiceServicer_to_server, servicer, SERVICE_NAME, ACCESS
+                    )
+                ],
+                background=[Background(scheduler.run), Background(worker), Background(refresher)],
+                due_work=[scheduler.due, unfinished_scans(r.pool)],
+            )
 
-    return setup
+    return lifespan
 
 
 def main() -> None:

@@ -4,55 +4,24 @@ from __future__ import annotations
 
 from billing.common.v1 import common_pb2
 from billing.tier.v1 import tier_pb2 as pb
-from billing_common.protos import optional_datetime, stamp
+from billing_common.protos import ProtoEnum, optional_datetime, stamp
+from tier.adapters.codec import TIERS
 from tier.app.accounts import HierarchyNode, SignalReport
 from tier.app.ports import HistoryEntry
 from tier.domain.accounts import AccountKind, Database, Distributor, EndUser, InventoryMode, SignalKind, Tier
 from tier.domain.estate import TierRecord
 from tier.domain.scans import Scan, ScanKind, ScanState
 
-KINDS_PB = {
-    AccountKind.DISTRIBUTOR: pb.ACCOUNT_KIND_DISTRIBUTOR,
-    AccountKind.END_USER: pb.ACCOUNT_KIND_END_USER,
-    AccountKind.DATABASE: pb.ACCOUNT_KIND_DATABASE,
-}
-# Unset means the site runs no inventory.
-INVENTORY_MODES = {
-    pb.INVENTORY_MODE_UNSPECIFIED: InventoryMode.NONE,
-    pb.INVENTORY_MODE_NONE: InventoryMode.NONE,
-    pb.INVENTORY_MODE_BASIC: InventoryMode.BASIC,
-    pb.INVENTORY_MODE_ADVANCED: InventoryMode.ADVANCED,
-}
-INVENTORY_MODES_PB = {
-    InventoryMode.NONE: pb.INVENTORY_MODE_NONE,
-    InventoryMode.BASIC: pb.INVENTORY_MODE_BASIC,
-    InventoryMode.ADVANCED: pb.INVENTORY_MODE_ADVANCED,
-}
-SIGNAL_KINDS = {
-    pb.SIGNAL_KIND_SSO_ACTIVE: SignalKind.SSO_ACTIVE,
-    pb.SIGNAL_KIND_API_CLIENTS_ACTIVE: SignalKind.API_CLIENTS_ACTIVE,
-    pb.SIGNAL_KIND_INVENTORY_MODE: SignalKind.INVENTORY_MODE,
-}
-SCAN_KINDS = {
-    pb.SCAN_KIND_FULL: ScanKind.FULL,
-    pb.SCAN_KIND_SSO: ScanKind.SSO,
-    pb.SCAN_KIND_API: ScanKind.API,
-}
-SCAN_KINDS_PB = {v: k for k, v in SCAN_KINDS.items()}
-SCAN_STATES_PB = {
-    ScanState.QUEUED: pb.SCAN_STATE_QUEUED,
-    ScanState.RUNNING: pb.SCAN_STATE_RUNNING,
-    ScanState.COMPLETED: pb.SCAN_STATE_COMPLETED,
-    ScanState.FAILED: pb.SCAN_STATE_FAILED,
-}
-
-
-TIERS_PB = {Tier.LITE: common_pb2.TIER_LITE, Tier.PLUS: common_pb2.TIER_PLUS, Tier.PRO: common_pb2.TIER_PRO}
+KINDS = ProtoEnum(AccountKind, pb.AccountKind, "ACCOUNT_KIND_")
+INVENTORY_MODES = ProtoEnum(InventoryMode, pb.InventoryMode, "INVENTORY_MODE_")
+SIGNAL_KINDS = ProtoEnum(SignalKind, pb.SignalKind, "SIGNAL_KIND_")
+SCAN_KINDS = ProtoEnum(ScanKind, pb.ScanKind, "SCAN_KIND_")
+SCAN_STATES = ProtoEnum(ScanState, pb.ScanState, "SCAN_STATE_")
 
 
 def tier_pb(tier: Tier | int | None) -> common_pb2.Tier.ValueType:
     """An account without a tier yet is UNSPECIFIED."""
-    return common_pb2.TIER_UNSPECIFIED if tier is None else TIERS_PB[Tier(tier)]
+    return common_pb2.TIER_UNSPECIFIED if tier is None else TIERS.pb(Tier(tier))
 
 
 def distributor(message: pb.Distributor) -> Distributor:
@@ -69,7 +38,7 @@ def database(message: pb.Database) -> Database:
         message.end_user_id,
         message.company_name,
         message.schema_name,
-        INVENTORY_MODES.get(message.inventory_mode, InventoryMode.NONE),
+        INVENTORY_MODES.get(message.inventory_mode, InventoryMode.NONE),  # unset: no inventory
         message.sso_access,
         message.rest_api_access,
         message.active,
@@ -79,7 +48,7 @@ def database(message: pb.Database) -> Database:
 def signal_report(message: pb.Signal) -> SignalReport:
     return SignalReport(
         message.account_id,
-        SIGNAL_KINDS.get(message.kind),
+        SIGNAL_KINDS.get(message.kind, None),
         message.value,
         message.source,
         optional_datetime(message, "observed_at"),
@@ -89,9 +58,9 @@ def signal_report(message: pb.Signal) -> SignalReport:
 def scan_pb(scan: Scan) -> pb.Scan:
     message = pb.Scan(
         scan_id=scan.scan_id,
-        kind=SCAN_KINDS_PB[scan.kind],
+        kind=SCAN_KINDS.pb(scan.kind),
         trigger=scan.trigger,
-        state=SCAN_STATES_PB[scan.state],
+        state=SCAN_STATES.pb(scan.state),
         duration_ms=scan.duration_ms,
         accounts_evaluated=scan.accounts_evaluated,
         changes=scan.changes,
@@ -109,7 +78,7 @@ def _evidence(pairs: tuple[tuple[str, str], ...]) -> list[pb.Evidence]:
 
 
 def account_tier_pb(account_id: str, kind: AccountKind, record: TierRecord | None) -> pb.AccountTier:
-    message = pb.AccountTier(account_id=account_id, kind=KINDS_PB[kind])
+    message = pb.AccountTier(account_id=account_id, kind=KINDS.pb(kind))
     if record is not None:
         message.tier = tier_pb(record.decision.tier)
         message.rule_id = record.decision.rule_id
@@ -123,7 +92,7 @@ def change_pb(entry: HistoryEntry) -> pb.TierChange:
     message = pb.TierChange(
         change_id=str(entry.change_id),
         account_id=entry.account_id,
-        kind=KINDS_PB[AccountKind(entry.kind)],
+        kind=KINDS.pb(AccountKind(entry.kind)),
         previous_tier=tier_pb(entry.previous_tier),
         new_tier=tier_pb(entry.new_tier),
         rule_id=entry.rule_id,
@@ -140,7 +109,7 @@ def change_pb(entry: HistoryEntry) -> pb.TierChange:
 def node_pb(node: HierarchyNode) -> pb.HierarchyNode:
     return pb.HierarchyNode(
         account_id=node.account_id,
-        kind=KINDS_PB[node.kind],
+        kind=KINDS.pb(node.kind),
         name=node.name,
         active=node.active,
         tier=tier_pb(node.tier),

@@ -110,7 +110,7 @@ class TierServicer(tier_pb2_grpc.TierServiceServicer):
 
     async def RunScan(self, request: pb.RunScanRequest, context: Context) -> pb.RunScanResponse:
         scan = await self._scans.request(
-            m.SCAN_KINDS.get(request.kind), f"rpc:{context_caller()}", request.idempotency_key
+            m.SCAN_KINDS.get(request.kind, None), f"rpc:{context_caller()}", request.idempotency_key
         )
         return pb.RunScanResponse(scan=m.scan_pb(scan))
 

@@ -1,0 +1,22 @@
+"""Why a payment failed, in the words every service shares (gateway-adapter decides them; recurring
+and dunning act on them). The members match the contracts' `FailureType` and `DeclineKind` by name."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class FailureType(StrEnum):
+    UNSPECIFIED = "unspecified"  # the message did not say
+    NONE = "none"  # the payment did not fail
+    CARDHOLDER = "cardholder"
+    MERCHANT = "merchant"
+    GATEWAY_UNREACHABLE = "gateway_unreachable"
+    UNKNOWN_OUTCOME = "unknown_outcome"
+
+
+class DeclineKind(StrEnum):
+    UNSPECIFIED = "unspecified"
+    NONE = "none"
+    SOFT = "soft"
+    HARD = "hard"
