@@ -46,6 +46,7 @@ class FakeStripe:
         return app
 
     async def _record(self, request: web.Request) -> tuple[dict[str, str], str]:
+        arrived = time.monotonic()
         form = dict((await request.post()).items())
         key = request.headers.get("Idempotency-Key", "")
         self.requests.append(
@@ -54,7 +55,7 @@ class FakeStripe:
                 "form": form,
                 "key": key,
                 "auth": request.headers.get("Authorization"),
-                "at": time.monotonic(),
+                "at": arrived,
             }
         )
         return {k: str(v) for k, v in form.items()}, key
