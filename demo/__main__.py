@@ -11,6 +11,7 @@ import argparse
 import asyncio
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
+from time import monotonic
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -43,12 +44,16 @@ async def play(stubs: Stubs, customers: int, days: int, start: date) -> Summary:
         stamp.FromDatetime(eve)
         await stubs.recurring.SetClock(rpb.SetClockRequest(now=stamp))
         now = eve
-    company = await seed(stubs, customers, start, now)
     summary = Summary()
+    mark = monotonic()
+    company = await seed(stubs, customers, start, now)
+    summary.timings.seeding = monotonic() - mark
     remaining = (end - now) // timedelta(days=1)
     if remaining > 0:
         await bill(stubs, company, remaining, summary)
+    mark = monotonic()
     await read_back(stubs, company, eve, summary)
+    summary.timings.read_back = monotonic() - mark
     return summary
 
 

@@ -10,9 +10,12 @@ zeros give every customer their own flaky card).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
+
+import grpc
 
 from billing.common.v1 import common_pb2 as common
 from billing.dunning.v1 import dunning_pb2 as dpb
@@ -22,6 +25,8 @@ from billing.tier.v1 import tier_pb2 as tpb
 from demo.stubs import Stubs
 
 CURRENCY = "USD"
+# The longest quota may take to hear of a new subscription.
+SUBSCRIPTION_HEARD_TIMEOUT_S = 60.0
 MERCHANT = "demo-merchant"
 DISTRIBUTOR = "demo-distributor"
 # Metered (billed beyond what is included) and limited (refused beyond the limit) keys.
@@ -222,10 +227,23 @@ async def seed(stubs: Stubs, count: int, first_day: date, now: datetime) -> list
             request.frequency = c.frequency
         await stubs.recurring.CreateSubscription(request)
     for c in mapped[::7]:
-        await stubs.quota.SetTenantAddOn(
-            qpb.SetTenantAddOnRequest(tenant_id=c.account_id, add_on_code="extra-exports", attached=True)
-        )
+        await attach_when_subscribed(stubs, c.account_id, "extra-exports")
     return everyone
+
+
+async def attach_when_subscribed(stubs: Stubs, tenant_id: str, add_on_code: str) -> None:
+    """Attach an add-on once quota has heard of the tenant's subscription (an event, so a moment
+    after recurring answered); until then quota rightly refuses with FAILED_PRECONDITION."""
+    request = qpb.SetTenantAddOnRequest(tenant_id=tenant_id, add_on_code=add_on_code, attached=True)
+    async with asyncio.timeout(SUBSCRIPTION_HEARD_TIMEOUT_S):
+        while True:
+            try:
+                await stubs.quota.SetTenantAddOn(request)
+                return
+            except grpc.aio.AioRpcError as refused:
+                if refused.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                    raise
+            await asyncio.sleep(0.1)
 
 
 def signals(account_id: str, now: datetime, *, sso: bool, api_clients: int) -> list[tpb.Signal]:

@@ -9,6 +9,7 @@ runs, payments, dunning attempts and events are done.
 from __future__ import annotations
 
 import random
+import statistics
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -30,9 +31,33 @@ DAY_TIMEOUT_S = 120.0
 
 
 @dataclass
+class Timings:
+    """Wall seconds of each phase of the demo, and of each simulated day's AdvanceClock."""
+
+    seeding: float = 0.0
+    usage: float = 0.0
+    scans: float = 0.0
+    advances: list[float] = field(default_factory=list)
+    read_back: float = 0.0
+
+    def line(self) -> str:
+        advancing = sum(self.advances)
+        per_day = (
+            f" (median {statistics.median(self.advances):.2f} s, max {max(self.advances):.2f} s a day)"
+            if self.advances
+            else ""
+        )
+        return (
+            f"seeding {self.seeding:.1f} s, usage {self.usage:.1f} s, tier scans {self.scans:.1f} s, "
+            f"advancing {advancing:.1f} s{per_day}, summary {self.read_back:.1f} s"
+        )
+
+
+@dataclass
 class Summary:
     days: int = 0
     seconds: float = 0.0
+    timings: Timings = field(default_factory=Timings)
     invoices: Counter[str] = field(default_factory=Counter)
     charged_minor: int = 0
     failures: Counter[str] = field(default_factory=Counter)
@@ -48,7 +73,8 @@ class Summary:
             return ", ".join(f"{name} {n}" for name, n in sorted(counter.items())) or "none"
 
         return [
-            f"billed {self.days} days in {self.seconds:.1f} s",
+            f"billed {self.days} days in {self.seconds:.1f} s of wall time",
+            f"time went to: {self.timings.line()}",
             f"invoices: {sum(self.invoices.values())} ({counts(self.invoices)})",
             f"charged: {self.charged_minor / 100:,.2f} USD",
             f"failures by type: {counts(self.failures)}",
@@ -99,17 +125,29 @@ async def grow(stubs: Stubs, customers: list[Customer], day: int, days: int, now
 
 async def bill(stubs: Stubs, customers: list[Customer], days: int, summary: Summary) -> None:
     rng = random.Random(7)  # the same quarter every time
+    timings = summary.timings
     started = time.monotonic()
     for day in range(days):
         now = await clock_now(stubs)
+        mark = time.monotonic()
         summary.quota_denials += await record_day(stubs, customers, now, rng)
+        timings.usage += time.monotonic() - mark
+        mark = time.monotonic()
         await grow(stubs, customers, day, days, now)
+        timings.scans += time.monotonic() - mark
+        mark = time.monotonic()
         reply = await stubs.recurring.AdvanceClock(
             rpb.AdvanceClockRequest(by=Duration(seconds=86_400)), timeout=DAY_TIMEOUT_S
         )
+        timings.advances.append(time.monotonic() - mark)
         summary.days += 1
         if summary.days % 15 == 0:
-            print(f"  {reply.now.ToDatetime(tzinfo=UTC):%Y-%m-%d}: {summary.days} days billed", flush=True)
+            recent = " ".join(f"{s:.1f}" for s in timings.advances[-15:])
+            print(
+                f"  {reply.now.ToDatetime(tzinfo=UTC):%Y-%m-%d}: {summary.days} days billed "
+                f"({time.monotonic() - started:.0f} s); seconds per day: {recent}",
+                flush=True,
+            )
         if not reply.caught_up:
             summary.still_running = list(reply.still_running)
             break

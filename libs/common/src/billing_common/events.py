@@ -344,9 +344,14 @@ class EventConsumer:
         # Messages waiting in the main and retry queues at the last look, and being handled now.
         self._waiting = 0
         self._handling = 0
+        self._watch_channel: AbstractChannel | None = None
 
     async def due(self, _now: datetime) -> dict[str, int]:
-        """Events still to handle, for the suite's test clock (billing_common.suite_clock)."""
+        """Events still to handle, for the suite's test clock (billing_common.suite_clock): the
+        queues are asked now, since a count from the last look may predate an event just sent."""
+        if self._watch_channel is not None and not self._watch_channel.is_closed:
+            with contextlib.suppress(Exception):  # the watcher notices a lost broker and says so
+                self._waiting = await self._count_waiting(self._watch_channel)
         return {"events waiting": self._waiting, "events being handled": self._handling}
 
     async def declare(self, channel: AbstractChannel) -> aio_pika.abc.AbstractQueue:
@@ -412,20 +417,24 @@ class EventConsumer:
     async def _watch_queues(self, connection: aio_pika.abc.AbstractConnection) -> None:
         """How many messages wait in this consumer's queues, asked of the broker now and then."""
         try:
-            channel = await connection.channel()
+            channel = self._watch_channel = await connection.channel()
             while True:
-                waiting = 0
-                for name in (self.queues.main, self.queues.retry, self.queues.dead_letter):
-                    declared = await channel.declare_queue(name, passive=True)
-                    count = declared.declaration_result.message_count or 0
-                    QUEUE_MESSAGES.labels(name).set(count)
-                    waiting += count if name != self.queues.dead_letter else 0
-                self._waiting = waiting
+                self._waiting = await self._count_waiting(channel)
                 await asyncio.sleep(self._watch_interval)
         except Exception as exc:  # the consumer itself notices a lost connection and reconnects
             if not is_dependency_failure(exc):
                 raise
             log.warning("queue depths unavailable", extra={"queue": self.queues.main, "error": repr(exc)})
+
+    async def _count_waiting(self, channel: AbstractChannel) -> int:
+        """Messages in the main and retry queues (the dead-letter queue's are no one's work)."""
+        waiting = 0
+        for name in (self.queues.main, self.queues.retry, self.queues.dead_letter):
+            declared = await channel.declare_queue(name, passive=True)
+            count = declared.declaration_result.message_count or 0
+            QUEUE_MESSAGES.labels(name).set(count)
+            waiting += count if name != self.queues.dead_letter else 0
+        return waiting
 
     async def _handle(self, channel: AbstractChannel, message: AbstractIncomingMessage) -> None:
         self._handling += 1

@@ -11,11 +11,16 @@ from the later of the two. A move is announced on the Redis channel of the same 
 every pod at once; the pods also read the key every report interval, so an announcement missed
 during a reconnect is applied a moment later.
 
-Catching up: each pod reports, under `<key>:pod:<service>:<pod>` with a short expiry, the instant
-it runs on and the work it still has due at that instant (unrelayed outbox rows, events waiting in
-its queues or being handled, and the service's own due work, e.g. open run items or due dunning
-attempts). `ClockControl.advance` moves the clock a day at a time and waits, for each day, until
-every live pod reports that day with nothing due, twice in a row.
+Catching up: each pod keeps, under `<key>:pod:<service>:<pod>` with a short expiry, a report of
+the instant it runs on and the work it still has due at that instant (unrelayed outbox rows,
+events waiting in its queues or being handled, and the service's own due work, e.g. open run items
+or due dunning attempts), with a mark of its progress (the last event it wrote, the events it has
+handled). `ClockControl.advance` moves the clock a step at a time; for each step it asks every pod,
+on `<key>:ask`, for a fresh report and gathers the answers from `<key>:reports`. The suite has
+caught up with an instant when two rounds of answers, one asked after the other had all come in,
+find every live pod at that instant with nothing due and no progress in between: work handed from
+one pod to another between two answers shows as due work in the second or as progress. Nothing
+waits out a timer: a round takes as long as the pods' answers.
 """
 
 from __future__ import annotations
@@ -33,14 +38,23 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 
 from billing_common.clock import Clock, SystemClock
 
 log = logging.getLogger(__name__)
 
-REPORT_INTERVAL = timedelta(milliseconds=200)
+# How often a pod reports unasked: it keeps its report alive and follows an announcement it missed
+# (a move wakes it at once, and rounds are asked, so nothing waits for this).
+REPORT_INTERVAL = timedelta(seconds=1)
 # A pod that stopped reporting for this long is gone (its report expires).
 REPORT_LIFETIME = timedelta(seconds=10)
+# After a round that found work due, the next round is asked this much later, twice as late after
+# each further busy round up to the longest: a short day ends soon after its work, a long one is not
+# slowed by rounds that make every pod count its work many times a second.
+ROUND_PAUSES = (timedelta(milliseconds=25), timedelta(milliseconds=160))
+# A round whose answers have not all come in by then is asked again.
+ROUND_PATIENCE = timedelta(seconds=2)
 # The test clock stays before this instant: dates near 9999 overflow.
 CLOCK_END = datetime(3000, 1, 1, tzinfo=UTC)
 
@@ -118,10 +132,56 @@ class PodReport:
     instant: datetime | None
     due: Mapping[str, int]
     at: datetime
+    # The round this report answers ("" when the pod reported unasked) and the pod's progress mark.
+    round: str = ""
+    progress: tuple[int, ...] = ()
 
     @property
     def busy(self) -> bool:
         return any(self.due.values())
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "service": self.service,
+                "pod": self.pod,
+                "instant": _encode(self.instant) if self.instant else None,
+                "due": dict(self.due),
+                "at": _encode(self.at),
+                "round": self.round,
+                "progress": list(self.progress),
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: bytes | str) -> PodReport:
+        raw = json.loads(text)
+        return cls(
+            raw["service"],
+            raw["pod"],
+            _decode(raw["instant"]),
+            raw["due"],
+            _decode(raw["at"]) or datetime.min.replace(tzinfo=UTC),
+            raw.get("round", ""),
+            tuple(raw.get("progress", ())),
+        )
+
+
+def round_is_quiet(
+    instant: datetime, answers: Mapping[str, PodReport], earlier: Mapping[str, PodReport]
+) -> bool:
+    """Whether a round of answers (by pod) shows the suite caught up with `instant`: every pod is
+    there with nothing due, and each made no progress since the `earlier` round, which was quiet
+    too and had the same pods (a pod that appeared or moved on may have taken work over)."""
+    if not answers or answers.keys() != earlier.keys():
+        return False
+    for pod, answer in answers.items():
+        before = earlier[pod]
+        if answer.instant != instant or answer.busy or before.instant != instant or before.busy:
+            return False
+        if answer.progress != before.progress:
+            return False
+    return True
 
 
 class ClockAgent:
@@ -161,15 +221,19 @@ class ClockAgent:
 
     async def run(self) -> None:
         pubsub = self._redis.pubsub()
-        await pubsub.subscribe(self._key)
+        await pubsub.subscribe(self._key, f"{self._key}:ask")
         try:
+            asked = ""
             while True:
                 await self._follow()
-                await self._report()
+                await self._report(asked)
+                asked = ""
                 with contextlib.suppress(TimeoutError):
-                    await pubsub.get_message(
+                    message = await pubsub.get_message(
                         ignore_subscribe_messages=True, timeout=REPORT_INTERVAL.total_seconds()
                     )
+                    if message is not None and message["channel"] == f"{self._key}:ask".encode():
+                        asked = message["data"].decode()
         finally:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
@@ -190,24 +254,31 @@ class ClockAgent:
             )
             self._kept = instant
 
-    async def _report(self) -> None:
+    async def _report(self, asked: str) -> None:
+        """Report the pod's due work, fresh; an answer to a round is also published at once."""
         instant = self._clock.instant
         due: dict[str, int] = {}
         if instant is not None:
             for work in self._due_work:
                 due.update(await work(instant))
-        report = {
-            "service": self._service,
-            "pod": self._pod,
-            "instant": _encode(instant) if instant else None,
-            "due": due,
-            "at": _encode(datetime.now(UTC)),
-        }
-        await self._redis.set(
-            self._report_key,
-            json.dumps(report),
-            px=int(REPORT_LIFETIME.total_seconds() * 1000),
+        # The last event this pod wrote and how many it has handled: both only grow while it works.
+        progress = await self._pool.fetchrow(
+            """SELECT (SELECT coalesce(max(id), 0) FROM outbox) AS written,
+                      (SELECT count(*) FROM inbox) AS handled"""
         )
+        assert progress is not None  # a row of scalar subqueries always exists
+        report = PodReport(
+            self._service,
+            self._pod,
+            instant,
+            due,
+            datetime.now(UTC),
+            asked,
+            (int(progress["written"]), int(progress["handled"])),
+        ).to_json()
+        await self._redis.set(self._report_key, report, px=int(REPORT_LIFETIME.total_seconds() * 1000))
+        if asked:
+            await self._redis.publish(f"{self._key}:reports", report)
 
 
 @dataclass(frozen=True)
@@ -245,8 +316,9 @@ class ClockControl:
         return stored
 
     async def advance(self, by: timedelta, step: timedelta, timeout: timedelta) -> CatchUp:
-        """Move forward `by`, a `step` at a time, waiting at each step until every pod has done
-        what came due; stops early, reporting what is still running, when `timeout` runs out."""
+        """Move forward `by`, a `step` at a time, once the suite has caught up where it stands and
+        then at each step until every pod has done what came due; stops early, reporting what is
+        still running, when `timeout` runs out."""
         if by <= timedelta(0):
             raise ClockRefused("a clock never moves backwards")
         start = await self.current()
@@ -255,51 +327,90 @@ class ClockControl:
             raise ClockRefused("would move the test clock past 3000-01-01")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout.total_seconds()
+        # What callers set going where the clock stands (usage, signals, a scan's tier changes) is
+        # done there first: moving on under it would apply it a day late. (A clock never set yet
+        # has no pods standing anywhere.)
+        if _decode(await self._redis.get(self._key)) is not None:
+            still_running = await self.wait_caught_up(start, deadline)
+            if still_running:
+                return CatchUp(start, False, still_running)
         now = start
         while now < target:
+            began = loop.time()
             now = await self.set(min(now + step, target))
             still_running = await self.wait_caught_up(now, deadline)
+            log.info(
+                "test clock step",
+                extra={
+                    "instant": now.isoformat(),
+                    "seconds": round(loop.time() - began, 3),
+                    "caught_up": not still_running,
+                },
+            )
             if still_running:
                 return CatchUp(now, False, still_running)
         return CatchUp(now, True, [])
 
     async def wait_caught_up(self, instant: datetime, deadline: float) -> list[str]:
-        """Empty once every live pod reported `instant` with nothing due, in two reports made one
-        after the other (work handed from one service to another shows in one of them);
-        otherwise, at the deadline, what each pod still has due."""
+        """Empty once two rounds of answers, one asked after the other, show every live pod at
+        `instant` with nothing due and no progress in between (`round_is_quiet`); otherwise, at
+        the deadline, what each pod still had due."""
         loop = asyncio.get_running_loop()
-        quiet_since: datetime | None = None
+        pubsub = self._redis.pubsub()
+        await pubsub.subscribe(f"{self._key}:reports")
+        try:
+            earlier: dict[str, PodReport] = {}
+            latest: list[PodReport] = []
+            shortest, longest = (p.total_seconds() for p in ROUND_PAUSES)
+            pause = shortest
+            while loop.time() < deadline:
+                answers = await self._ask_round(
+                    pubsub, min(deadline, loop.time() + ROUND_PATIENCE.total_seconds())
+                )
+                if answers is not None and round_is_quiet(instant, answers, earlier):
+                    return []
+                quiet = answers is not None and all(
+                    a.instant == instant and not a.busy for a in answers.values()
+                )
+                earlier = answers if answers is not None and quiet else {}
+                latest = list(answers.values()) if answers is not None else await self.reports()
+                if quiet:
+                    pause = shortest
+                else:
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, longest)
+            behind = [r for r in latest if r.instant != instant or r.busy]
+            return [_describe(r, instant) for r in behind] or ["waiting for the pods' answers"]
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _ask_round(self, pubsub: PubSub, until: float) -> dict[str, PodReport] | None:
+        """Ask every pod for a fresh report: the answers by pod once every live pod answered (a
+        pod that is gone stops counting when its report expires), or None at `until`."""
+        loop = asyncio.get_running_loop()
+        asked = uuid.uuid4().hex
+        await self._redis.publish(f"{self._key}:ask", asked)
+        answers: dict[str, PodReport] = {}
         while True:
-            reports = await self.reports()
-            behind = [r for r in reports if r.instant != instant or r.busy]
-            if behind:
-                quiet_since = None
-            elif quiet_since is None:
-                quiet_since = datetime.now(UTC)
-            elif all(r.at > quiet_since for r in reports):
-                return []
-            if loop.time() >= deadline:
-                return [_describe(r, instant) for r in behind] or ["waiting for the pods' next reports"]
-            await asyncio.sleep(REPORT_INTERVAL.total_seconds() / 2)
+            live = {r.pod for r in await self.reports()}
+            if live and live <= answers.keys():
+                return answers
+            left = until - loop.time()
+            if left <= 0:
+                return None
+            with contextlib.suppress(TimeoutError):
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=min(left, 0.5))
+                if message is not None:
+                    report = PodReport.from_json(message["data"])
+                    if report.round == asked:
+                        answers[report.pod] = report
 
     async def reports(self) -> list[PodReport]:
+        """The pods' latest reports, asked or not: who is live, and where each stood."""
         keys = [key async for key in self._redis.scan_iter(match=f"{self._key}:pod:*", count=500)]
         values = await self._redis.mget(keys) if keys else []
-        reports = []
-        for value in values:
-            if value is None:
-                continue
-            raw = json.loads(value)
-            reports.append(
-                PodReport(
-                    raw["service"],
-                    raw["pod"],
-                    _decode(raw["instant"]),
-                    raw["due"],
-                    _decode(raw["at"]) or datetime.min.replace(tzinfo=UTC),
-                )
-            )
-        return reports
+        return [PodReport.from_json(value) for value in values if value is not None]
 
 
 def _describe(report: PodReport, instant: datetime) -> str:

@@ -2,6 +2,7 @@
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import aio_pika
@@ -397,3 +398,39 @@ async def test_a_database_outage_spends_neither_a_retry_nor_a_delivery_of_the_ev
             assert await _queue_depth(harness.env, f"{harness.queue}.dlq") == 0
         finally:
             await pool.close()
+
+
+async def test_a_consumer_counts_an_event_waiting_in_its_queue_as_soon_as_it_is_there(
+    harness: Harness,
+) -> None:
+    """The suite clock asks a pod for its due work at any moment: a count from the queue watcher's
+    last look, made before the event arrived, would report the pod idle while it has work."""
+    handling = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow(conn: asyncpg.Connection, event: payment_pb2.PaymentSucceeded) -> None:
+        handling.set()
+        await release.wait()
+        await _record_payment(conn, event)
+
+    consumer = harness.consumer(slow, prefetch=1, watch_interval=timedelta(hours=1))
+    harness.start(consumer.run)
+    await asyncio.wait_for(consumer.ready.wait(), 10)
+    harness.start(harness.relay().run)
+
+    await harness.commit_payment("pay_1")
+    await asyncio.wait_for(handling.wait(), 10)
+    await harness.commit_payment("pay_2")
+    await eventually(
+        lambda: harness.producer.fetchval("SELECT bool_and(published_at IS NOT NULL) FROM outbox")
+    )
+
+    assert await consumer.due(datetime.now(UTC)) == {"events waiting": 1, "events being handled": 1}
+    release.set()
+    assert sorted(await eventually(lambda: _two(harness.settled))) == ["pay_1", "pay_2"]
+    assert await consumer.due(datetime.now(UTC)) == {"events waiting": 0, "events being handled": 0}
+
+
+async def _two(settled: Callable[[], Awaitable[list[str]]]) -> list[str] | None:
+    found = await settled()
+    return found if len(found) == 2 else None

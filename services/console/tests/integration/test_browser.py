@@ -113,6 +113,16 @@ async def test_the_tier_timeline_says_when_and_why_the_account_became_pro(
     await expect(page.get_by_test_id("history-entry").first).to_contain_text("plan_code")
     await page.goto(f"{running_console.url}/runs")
     await shot(page, "runs")
+    await page.goto(f"{running_console.url}/runs/{running_console.seeded.run_id}")
+    failing = (
+        page.get_by_test_id("run-items")
+        .get_by_role("row")
+        .filter(has_text=running_console.seeded.failing_subscription_id)
+    )
+    await expect(failing).to_contain_text("failed")
+    await expect(failing).to_contain_text("sandbox-card")
+    await expect(failing.get_by_role("link", name=running_console.seeded.invoice_id)).to_be_visible()
+    await shot(page, "run")
     await page.close()
 
 

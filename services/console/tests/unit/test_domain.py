@@ -310,3 +310,25 @@ def test_forms_are_accepted_with_the_sessions_own_token_only() -> None:
     other = new_session(T0)
     assert session.accepts(session.csrf_token)
     assert not session.accepts(other.csrf_token) and not session.accepts("")
+
+
+def test_a_runs_parked_items_come_first_and_the_rest_keep_the_order_they_were_queued() -> None:
+    items = [
+        {"subscription_id": "s1", "gateway": "sandbox-card", "status": "CHARGED", "reason": "paid"},
+        {"subscription_id": "s2", "gateway": "sandbox-card", "status": "PARKED", "reason": "CurrencyError"},
+        {"subscription_id": "s3", "gateway": "sandbox-ach", "status": "FAILED", "reason": "declined"},
+        {"subscription_id": "s4", "gateway": "sandbox-card", "status": "PARKED", "reason": "KeyError"},
+    ]
+    rows = billing.run_items(items)
+    assert [(r.subscription_id, r.parked) for r in rows] == [
+        ("s2", True),
+        ("s4", True),
+        ("s1", False),
+        ("s3", False),
+    ]
+    assert (rows[0].gateway, rows[0].outcome, rows[0].reason, rows[0].invoice_id) == (
+        "sandbox-card",
+        "PARKED",
+        "CurrencyError",
+        "",
+    )

@@ -6,13 +6,14 @@ from collections.abc import AsyncIterator
 from datetime import date, timedelta
 from typing import Any
 
+import grpc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from billing.common.v1 import common_pb2 as common
 from billing.recurring.v1 import recurring_pb2 as pb
-from billing_common.testing.rpc import every_page
+from billing_common.testing.rpc import every_page, field_violations
 
 from .conftest import Deps, Recurring, custom, pb_date, recurring_service, run_until_settled
 
@@ -126,3 +127,17 @@ async def test_each_listing_page_by_page_gives_each_row_of_its_filter_once_in_th
     if listing == "ledger" and where["account_id"] == CREDITED:
         credits = {e.reference for e in listed if e.reference.startswith("credit:")}
         assert credits == {f"credit:credit-{n} (goodwill)" for n in range(3)}
+
+
+async def test_the_items_of_a_run_that_does_not_exist_are_not_found_and_a_missing_run_id_is_named(
+    billed: tuple[Recurring, list[pb.Subscription]],
+) -> None:
+    recurring, _ = billed
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await recurring.operator.ListRunItems(pb.ListRunItemsRequest(run_id="no-such-run"))
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    for request in (pb.ListRunItemsRequest(), pb.ListRunItemsRequest(run_id="r", page_size=1001)):
+        with pytest.raises(grpc.aio.AioRpcError) as invalid:
+            await recurring.operator.ListRunItems(request)
+        assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert set(field_violations(invalid.value)) == {"page_size" if request.run_id else "run_id"}

@@ -16,6 +16,7 @@ from billing.recurring.v1 import recurring_pb2 as pb
 from billing_common import db
 from billing_common.grpc_client import open_channel
 from billing_common.testing.plugin import EventCollector, InfraEnv, eventually
+from billing_common.testing.rpc import every_page
 
 from .conftest import Deps, custom, pb_date, recurring_service, run_until_settled
 from .test_test_clock import at
@@ -104,6 +105,25 @@ async def test_a_card_number_token_and_bad_plan_data_never_keep_a_run_running(
         assert "CurrencyError" in parked["detail"]
         [completed] = await events.wait_for("run.completed", lambda e: e.run_id == run.run_id)
         assert completed.counts.parked == 1 and completed.counts.failed == 1
+        # The run's items as people review them: each one's outcome, gateway and reason, page by page.
+        listed = await every_page(
+            stub.ListRunItems, pb.ListRunItemsRequest(run_id=run.run_id), "items", [1, 3]
+        )
+        items = {i.subscription_id: i for i in listed}
+        assert len(listed) == len(items) == 4
+        assert items[lower.subscription_id].status == pb.RUN_ITEM_STATUS_PARKED
+        assert "CurrencyError" in items[lower.subscription_id].reason
+        assert items[pan.subscription_id].status == pb.RUN_ITEM_STATUS_FAILED
+        assert "INVALID_ARGUMENT" in items[pan.subscription_id].reason
+        assert CARD_NUMBER not in items[pan.subscription_id].reason
+        for sub in healthy:
+            item = items[sub.subscription_id]
+            assert (item.status, item.gateway, item.reason) == (
+                pb.RUN_ITEM_STATUS_CHARGED,
+                "sandbox-card",
+                "paid",
+            )
+            assert item.invoice_id and item.due_date == pb_date(DAY)
 
         # A week on, the scheduler has created every date's run and billed the healthy ones again.
         next_week = DAY + timedelta(days=7)

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from billing_common.money import Money
 from recurring.app.settling import apply, books_for_invoices, books_for_items
 from recurring.domain import ledger
-from recurring.domain.events import EventType
+from recurring.domain.events import SubscriptionActivated
 from recurring.domain.invoicing import AddOnUse, Invoice, PeriodUsage, Transaction, UsageCharge
 from recurring.domain.payments import ChargeResult, DeclineKind, FailureType, NoAnswer, Outcome, PaymentStatus
 from recurring.domain.runs import ItemStatus, WorkItem
@@ -26,7 +26,7 @@ from recurring.domain.schedule import Frequency, Period
 from recurring.domain.settlement import BILLING, Answer, Change, Charge, Rules, bill, settle, settle_refund
 from recurring.domain.status import BILLABLE, InvoiceStatus, SubscriptionStatus
 from recurring.domain.subscription import MethodType, PaymentMethod, Subscription
-from services.recurring.tests.fakes import FakeBooks, Proration
+from services.recurring.tests.fakes import FakeUnitOfWork, Proration, Tables
 
 NOW = datetime(2026, 3, 2, 3, 6, tzinfo=UTC)
 DUE = date(2026, 3, 1)
@@ -153,8 +153,8 @@ def attempt_of(invoice: Invoice, kind: str) -> Transaction:
 
 def books_of(
     specs: list[SubSpec], credits: list[int]
-) -> tuple[FakeBooks, list[WorkItem], dict[int, PeriodUsage]]:
-    books = FakeBooks()
+) -> tuple[Tables, list[WorkItem], dict[int, PeriodUsage]]:
+    books = Tables()
     for account, credit in enumerate(credits):
         if credit:
             books.postings.append(ledger.credit_posting(f"acct_{account}", f"credit:{account}", usd(credit)))
@@ -245,20 +245,21 @@ def result_of(kind: str, txn: Transaction) -> ChargeResult | NoAnswer:
 
 
 async def bill_and_settle(
-    books: FakeBooks,
+    books: Tables,
     items: list[WorkItem],
     usage: dict[int, PeriodUsage],
     results: list[str],
     at_once: bool,
-) -> FakeBooks:
+) -> Tables:
     new_id = ids()
+    uow = FakeUnitOfWork(books)
     lists = [items] if at_once else [[item] for item in items]
     charges = []
     for part in lists:
-        held = await books.held_items(part)
+        held = await uow.items.held(part)
         part = [item for item in part if item.item_id in held]
-        change = bill(part, usage, await books_for_items(books, part), RULES, NOW, new_id)
-        await apply(books, change, NOW)
+        change = bill(part, usage, await books_for_items(uow, part), RULES, NOW, new_id)
+        await apply(uow, change, NOW)
         charges += change.charges
     answers = [
         Answer(c.attempt, result_of(results[c.item.item_id % len(results)], c.attempt), c.item, True)
@@ -266,8 +267,8 @@ async def bill_and_settle(
     ]
     for part_answers in [answers] if at_once else [[a] for a in answers]:
         invoice_ids = [a.attempt.invoice_id for a in part_answers]
-        change = settle(part_answers, await books_for_invoices(books, invoice_ids), RULES, BILLING, NOW)
-        await apply(books, change, NOW)
+        change = settle(part_answers, await books_for_invoices(uow, invoice_ids), RULES, BILLING, NOW)
+        await apply(uow, change, NOW)
     return books
 
 
@@ -315,11 +316,7 @@ def test_a_past_due_subscription_recovers_only_when_no_other_invoice_is_unpaid()
     asyncio.run(bill_and_settle(books, items, usage, ["paid"], at_once=True))
     assert books.subscriptions["sub_0"].status is S.ACTIVE
     assert books.subscriptions["sub_1"].status is S.PAST_DUE
-    activated = [
-        e.subscription.subscription_id
-        for e in books.events
-        if e.type is EventType.SUBSCRIPTION_ACTIVATED and e.subscription
-    ]
+    activated = [e.subscription.subscription_id for e in books.events if isinstance(e, SubscriptionActivated)]
     assert activated == ["sub_0"]
 
 
@@ -333,7 +330,7 @@ def test_an_answer_lost_on_our_side_counts_a_failure_and_changes_no_invoice() ->
     assert [t.answered for t in books.attempts["inv_0"]] == [False]
 
 
-def balance_of(books: FakeBooks, account: str) -> int:
+def balance_of(books: Tables, account: str) -> int:
     return sum(e.amount.amount_minor for p in books.postings for e in p.entries if e.account == account)
 
 
@@ -344,8 +341,9 @@ def test_a_partial_then_a_full_refund_reach_the_invoice_and_the_ledger_once_each
     (payment,) = books.attempts["inv_0"]
 
     async def refunded(refund_id: str, total: int) -> None:
-        found = await books_for_invoices(books, ["inv_0"])
-        await apply(books, settle_refund(payment, refund_id, usd(total), found), NOW)
+        uow = FakeUnitOfWork(books)
+        found = await books_for_invoices(uow, ["inv_0"])
+        await apply(uow, settle_refund(payment, refund_id, usd(total), found), NOW)
 
     asyncio.run(refunded("re_1", 1000))
     assert books.invoices["inv_0"].refunded == usd(1000)
@@ -394,17 +392,19 @@ def test_an_add_on_in_another_currency_than_the_subscription_is_not_billed() -> 
     assert books.invoices["inv_0"].total == usd(3000)
 
 
-def billed_charge(books: FakeBooks, items: list[WorkItem], usage: dict[int, PeriodUsage]) -> Charge:
-    change = bill(items, usage, asyncio.run(books_for_items(books, items)), RULES, NOW, ids())
-    asyncio.run(apply(books, change, NOW))
+def billed_charge(books: Tables, items: list[WorkItem], usage: dict[int, PeriodUsage]) -> Charge:
+    uow = FakeUnitOfWork(books)
+    change = bill(items, usage, asyncio.run(books_for_items(uow, items)), RULES, NOW, ids())
+    asyncio.run(apply(uow, change, NOW))
     (charge,) = change.charges
     return charge
 
 
-def settled(books: FakeBooks, charge: Charge, result: ChargeResult | NoAnswer) -> Change:
-    found = asyncio.run(books_for_invoices(books, [charge.attempt.invoice_id]))
+def settled(books: Tables, charge: Charge, result: ChargeResult | NoAnswer) -> Change:
+    uow = FakeUnitOfWork(books)
+    found = asyncio.run(books_for_invoices(uow, [charge.attempt.invoice_id]))
     change = settle([Answer(charge.attempt, result, charge.item, True)], found, RULES, BILLING, NOW)
-    asyncio.run(apply(books, change, NOW))
+    asyncio.run(apply(uow, change, NOW))
     return change
 
 

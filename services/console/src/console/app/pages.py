@@ -176,8 +176,16 @@ class Pages:
         return [billing.run_summary(r) for r in answer.get("runs", ())]
 
     async def run(self, run_id: str) -> dict[str, Any]:
-        answer = await self._reads.read("recurring", "GetRun", {"run_id": run_id})
-        return {"run": billing.run_summary(answer["run"]), "counts": answer["run"].get("counts") or {}}
+        answer, items = await asyncio.gather(
+            self._reads.read("recurring", "GetRun", {"run_id": run_id}),
+            self._reads.read("recurring", "ListRunItems", {"run_id": run_id, "page_size": PAGE}),
+        )
+        return {
+            "run": billing.run_summary(answer["run"]),
+            "counts": answer["run"].get("counts") or {},
+            "items": billing.run_items(items.get("items", ())),
+            "more_items": bool(items.get("next_page_token")),
+        }
 
     # ------------------------------------------------------------------------- invoices
 

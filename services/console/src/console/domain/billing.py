@@ -27,6 +27,38 @@ class RunSummary:
     duration: timedelta | None
 
 
+@dataclass(frozen=True)
+class RunItemRow:
+    subscription_id: str
+    due_date: date | None
+    gateway: str
+    outcome: str
+    reason: str
+    invoice_id: str
+
+    @property
+    def parked(self) -> bool:
+        """Set aside for a reason of ours: it waits for someone to fix its record and resume."""
+        return self.outcome == "PARKED"
+
+
+def run_items(items: Iterable[Mapping[str, Any]]) -> list[RunItemRow]:
+    """A run's items for review: the parked ones first, since they wait for someone; otherwise in
+    the order they were queued."""
+    rows = [
+        RunItemRow(
+            subscription_id=str(item.get("subscription_id", "")),
+            due_date=item.get("due_date"),
+            gateway=str(item.get("gateway", "")),
+            outcome=str(item.get("status", "")),
+            reason=str(item.get("reason", "")),
+            invoice_id=str(item.get("invoice_id", "")),
+        )
+        for item in items
+    ]
+    return sorted(rows, key=lambda row: not row.parked)
+
+
 def run_summary(run: Mapping[str, Any]) -> RunSummary:
     counts = run.get("counts") or {}
     return RunSummary(

@@ -30,9 +30,15 @@ FAMILY_OF_METHOD = {
     "ListTierChanges": "tiers",
     "ListScans": "tiers",
 }
-# Reads whose answer covers more than what the request names: a run's counts move with every item,
+# Reads whose answer covers more than what the request names: a run's counts and items move with
+# every item,
 # a hierarchy shows the tiers of the accounts below, a breaker has no event of its own.
-ALWAYS_FAMILY = {"GetRun": "runs", "GetHierarchy": "tiers", "GetCircuitState": "breakers"}
+ALWAYS_FAMILY = {
+    "GetRun": "runs",
+    "ListRunItems": "runs",
+    "GetHierarchy": "tiers",
+    "GetCircuitState": "breakers",
+}
 FAMILY_OF_EVENT = {
     "run": "runs",
     "dunning": "cases",

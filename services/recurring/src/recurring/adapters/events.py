@@ -11,10 +11,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from billing.common.v1 import common_pb2
 from billing.events.v1 import invoice_pb2, run_pb2, subscription_pb2
 from billing_common.protos import date_pb, money_pb
-from recurring.domain.events import Event, EventType
+from recurring.domain import events as ev
 from recurring.domain.invoicing import Invoice
 from recurring.domain.payments import DeclineKind, FailureType
-from recurring.domain.runs import Run, RunCounts, RunKind
+from recurring.domain.runs import RunCounts, RunKind
 from recurring.domain.schedule import Frequency
 from recurring.domain.status import SubscriptionStatus
 from recurring.domain.subscription import MethodType, Subscription
@@ -53,18 +53,18 @@ DECLINE_KINDS = {
     DeclineKind.HARD: common_pb2.DECLINE_KIND_HARD,
 }
 RUN_KINDS = {RunKind.DAILY: run_pb2.RUN_KIND_DAILY, RunKind.MONTHLY: run_pb2.RUN_KIND_MONTHLY}
-SUBSCRIPTION_EVENTS: dict[EventType, type[Message]] = {
-    EventType.SUBSCRIPTION_CREATED: subscription_pb2.SubscriptionCreated,
-    EventType.SUBSCRIPTION_ACTIVATED: subscription_pb2.SubscriptionActivated,
-    EventType.SUBSCRIPTION_PLAN_CHANGED: subscription_pb2.SubscriptionPlanChanged,
-    EventType.SUBSCRIPTION_PAUSED: subscription_pb2.SubscriptionPaused,
-    EventType.SUBSCRIPTION_RESUMED: subscription_pb2.SubscriptionResumed,
-    EventType.SUBSCRIPTION_CANCELLED: subscription_pb2.SubscriptionCancelled,
-    EventType.SUBSCRIPTION_SUSPENDED: subscription_pb2.SubscriptionSuspended,
-    EventType.SUBSCRIPTION_COMPLETED: subscription_pb2.SubscriptionCompleted,
-    EventType.SUBSCRIPTION_PAST_DUE: subscription_pb2.SubscriptionPastDue,
-    EventType.SUBSCRIPTION_RENEWED: subscription_pb2.SubscriptionRenewed,
-    EventType.SUBSCRIPTION_PAYMENT_METHOD_UPDATED: subscription_pb2.SubscriptionPaymentMethodUpdated,
+SUBSCRIPTION_EVENTS: dict[type[ev.SubscriptionEvent], type[Message]] = {
+    ev.SubscriptionCreated: subscription_pb2.SubscriptionCreated,
+    ev.SubscriptionActivated: subscription_pb2.SubscriptionActivated,
+    ev.SubscriptionPlanChanged: subscription_pb2.SubscriptionPlanChanged,
+    ev.SubscriptionPaused: subscription_pb2.SubscriptionPaused,
+    ev.SubscriptionResumed: subscription_pb2.SubscriptionResumed,
+    ev.SubscriptionCancelled: subscription_pb2.SubscriptionCancelled,
+    ev.SubscriptionSuspended: subscription_pb2.SubscriptionSuspended,
+    ev.SubscriptionCompleted: subscription_pb2.SubscriptionCompleted,
+    ev.SubscriptionPastDue: subscription_pb2.SubscriptionPastDue,
+    ev.SubscriptionRenewed: subscription_pb2.SubscriptionRenewed,
+    ev.SubscriptionPaymentMethodUpdated: subscription_pb2.SubscriptionPaymentMethodUpdated,
 }
 
 
@@ -105,82 +105,95 @@ class EventMessages:
         self._stamp(facts.period_end, invoice.period_end)
         return facts
 
-    def message(self, event: Event) -> Message:
-        if event.type in SUBSCRIPTION_EVENTS:
+    def message(self, event: ev.Event) -> Message:
+        if isinstance(event, ev.SubscriptionEvent):
             return self._subscription_message(event)
-        if event.invoice is not None:
-            return self._invoice_message(event, event.invoice)
-        assert event.run is not None
-        return self._run_message(event, event.run)
+        if isinstance(event, ev.InvoiceEvent):
+            return self._invoice_message(event)
+        return self._run_message(event)
 
-    def _subscription_message(self, event: Event) -> Message:
-        assert event.subscription is not None
-        message: Message = SUBSCRIPTION_EVENTS[event.type](subscription=self.snapshot(event.subscription))
-        if isinstance(message, subscription_pb2.SubscriptionPlanChanged):
-            message.previous_plan_code = event.extra["previous_plan_code"]
-            message.previous_plan_version = event.extra["previous_plan_version"]
-            message.cause = event.extra["cause"]
-        elif isinstance(message, subscription_pb2.SubscriptionCancelled):
-            message.at_period_end = bool(event.extra.get("at_period_end"))
-        elif isinstance(message, subscription_pb2.SubscriptionPaymentMethodUpdated):
-            message.method_type = METHOD_TYPES[event.subscription.payment_method.type]
-        return message
+    def _subscription_message(self, event: ev.SubscriptionEvent) -> Message:
+        snapshot = self.snapshot(event.subscription)
+        match event:
+            case ev.SubscriptionPlanChanged():
+                return subscription_pb2.SubscriptionPlanChanged(
+                    subscription=snapshot,
+                    previous_plan_code=event.previous_plan_code,
+                    previous_plan_version=event.previous_plan_version,
+                    cause=event.cause,
+                )
+            case ev.SubscriptionCancelled():
+                return subscription_pb2.SubscriptionCancelled(
+                    subscription=snapshot, at_period_end=event.at_period_end
+                )
+            case ev.SubscriptionPaymentMethodUpdated():
+                return subscription_pb2.SubscriptionPaymentMethodUpdated(
+                    subscription=snapshot, method_type=METHOD_TYPES[event.subscription.payment_method.type]
+                )
+        return SUBSCRIPTION_EVENTS[type(event)](subscription=snapshot)
 
-    def _invoice_message(self, event: Event, invoice: Invoice) -> Message:
-        facts = self.invoice_facts(invoice)
-        txn = event.transaction
-        if event.type is EventType.INVOICE_CREATED:
-            return invoice_pb2.InvoiceCreated(invoice=facts)
-        if event.type is EventType.INVOICE_PAID:
-            return invoice_pb2.InvoicePaid(invoice=facts, payment_id=txn.payment_id if txn else "")
-        if event.type is EventType.INVOICE_PAYMENT_FAILED:
-            assert txn is not None
-            return invoice_pb2.InvoicePaymentFailed(
-                invoice=facts,
-                payment_id=txn.payment_id,
-                failure_type=FAILURE_TYPES[txn.failure_type],
-                decline_kind=DECLINE_KINDS[txn.decline_kind],
-                retryable=txn.retryable or txn.failure_type is FailureType.GATEWAY_UNREACHABLE,
-                decline_code=txn.decline_code,
-                attempt=txn.attempt,
-            )
-        if event.type is EventType.INVOICE_VOIDED:
-            return invoice_pb2.InvoiceVoided(invoice=facts, reason=event.extra.get("reason", ""))
-        assert event.type is EventType.INVOICE_UNCOLLECTIBLE
-        return invoice_pb2.InvoiceUncollectible(invoice=facts, written_off=money_pb(invoice.amount_due))
+    def _invoice_message(self, event: ev.InvoiceEvent) -> Message:
+        facts = self.invoice_facts(event.invoice)
+        match event:
+            case ev.InvoiceCreated():
+                return invoice_pb2.InvoiceCreated(invoice=facts)
+            case ev.InvoicePaid(payment=payment):
+                return invoice_pb2.InvoicePaid(
+                    invoice=facts, payment_id=payment.payment_id if payment else ""
+                )
+            case ev.InvoicePaymentFailed(attempt=txn):
+                return invoice_pb2.InvoicePaymentFailed(
+                    invoice=facts,
+                    payment_id=txn.payment_id,
+                    failure_type=FAILURE_TYPES[txn.failure_type],
+                    decline_kind=DECLINE_KINDS[txn.decline_kind],
+                    retryable=txn.retryable or txn.failure_type is FailureType.GATEWAY_UNREACHABLE,
+                    decline_code=txn.decline_code,
+                    attempt=txn.attempt,
+                )
+            case ev.InvoiceVoided():
+                return invoice_pb2.InvoiceVoided(invoice=facts, reason=event.reason)
+            case ev.InvoiceUncollectible():
+                return invoice_pb2.InvoiceUncollectible(
+                    invoice=facts, written_off=money_pb(event.invoice.amount_due)
+                )
+        raise TypeError(f"no event message for {type(event).__name__}")
 
-    def _run_message(self, event: Event, run: Run) -> Message:
+    def _run_message(self, event: ev.RunEvent) -> Message:
+        run = event.run
         kind = RUN_KINDS[run.kind]
-        if event.type is EventType.RUN_STARTED:
-            return run_pb2.RunStarted(
-                run_id=run.run_id, billing_date=date_pb(run.billing_date), kind=kind, due=event.extra["due"]
-            )
-        if event.type is EventType.RUN_COMPLETED:
-            return run_pb2.RunCompleted(
-                run_id=run.run_id,
-                billing_date=date_pb(run.billing_date),
-                kind=kind,
-                counts=_counts(run.counts),
-            )
-        if event.type is EventType.RUN_STALLED:
-            stalled = run_pb2.RunStalled(
-                run_id=run.run_id,
-                billing_date=date_pb(run.billing_date),
-                kind=kind,
-                counts=_counts(run.counts),
-                open_items=run.progress.open_items or 0,
-            )
-            if run.progress.since is not None:
-                stalled.last_progress_at.FromDatetime(run.progress.since)
-            return stalled
-        assert event.type is EventType.RUN_HALTED
-        return run_pb2.RunHalted(
-            run_id=run.run_id,
-            billing_date=date_pb(run.billing_date),
-            kind=kind,
-            gateway=event.extra["gateway"],
-            deferred_items=event.extra["deferred"],
-        )
+        match event:
+            case ev.RunStarted():
+                return run_pb2.RunStarted(
+                    run_id=run.run_id, billing_date=date_pb(run.billing_date), kind=kind, due=event.due
+                )
+            case ev.RunCompleted():
+                return run_pb2.RunCompleted(
+                    run_id=run.run_id,
+                    billing_date=date_pb(run.billing_date),
+                    kind=kind,
+                    counts=_counts(run.counts),
+                )
+            case ev.RunStalled():
+                stalled = run_pb2.RunStalled(
+                    run_id=run.run_id,
+                    billing_date=date_pb(run.billing_date),
+                    kind=kind,
+                    counts=_counts(run.counts),
+                    open_items=run.progress.open_items or 0,
+                )
+                if run.progress.since is not None:
+                    stalled.last_progress_at.FromDatetime(run.progress.since)
+                return stalled
+            case ev.RunHalted():
+                return run_pb2.RunHalted(
+                    run_id=run.run_id,
+                    billing_date=date_pb(run.billing_date),
+                    kind=kind,
+                    gateway=event.gateway,
+                    deferred_items=event.deferred_items,
+                )
+        raise TypeError(f"no event message for {type(event).__name__}")
 
 
 def _counts(c: RunCounts) -> run_pb2.RunCounts:

@@ -16,12 +16,13 @@ from billing_common.errors import FailedPrecondition, InvalidArgument, NotFound,
 from billing_common.locks import Locks
 from billing_common.paging import Page, PageRequest
 from recurring.app.ports import OutageCounter, Store
-from recurring.domain.events import Event, EventType
+from recurring.domain import events as ev
 from recurring.domain.runs import (
     KIND_FREQUENCIES,
     Progress,
     Run,
     RunCounts,
+    RunItem,
     RunKind,
     RunState,
     blocks_next_date,
@@ -66,9 +67,9 @@ class Runs:
             # The run's trace: its items store this span's context, and their batches continue it.
             attributes = {"run.billing_date": billing_date.isoformat(), "run.kind": kind.value}
             with telemetry.span("recurring.run", attributes=attributes, keep=True) as span:
-                async with self._store.transaction() as tx:
-                    await tx.check_fence(lease)
-                    run = await tx.find_run(billing_date, kind)
+                async with self._store.transaction() as uow:
+                    await uow.check_fence(lease)
+                    run = await uow.runs.find(billing_date, kind)
                     if run is None:
                         run = Run(
                             f"run_{uuid.uuid4().hex}",
@@ -78,15 +79,15 @@ class Runs:
                             False,
                             self._clock.now(),
                         )
-                        await tx.insert_run(run)
-                        due = await tx.enqueue_due(run.run_id, billing_date, KIND_FREQUENCIES[kind])
-                        await tx.emit(Event(EventType.RUN_STARTED, run=run, extra={"due": due}))
+                        await uow.runs.add([run])
+                        due = await uow.runs.enqueue_due(run.run_id, billing_date, KIND_FREQUENCIES[kind])
+                        await uow.outbox.add([ev.RunStarted(run, due)])
                         message = "run started"
                     else:
-                        due = await tx.enqueue_due(run.run_id, billing_date, KIND_FREQUENCIES[kind])
+                        due = await uow.runs.enqueue_due(run.run_id, billing_date, KIND_FREQUENCIES[kind])
                         if due and run.state is RunState.COMPLETED:
-                            await tx.set_run_state(run.run_id, RunState.RUNNING, None)
-                            await tx.save_progress(run.run_id, Progress())
+                            await uow.runs.set_states([run.run_id], RunState.RUNNING, None)
+                            await uow.runs.save_progress({run.run_id: Progress()})
                         message = "run extended" if due else ""
                 span.set_attributes({"run.id": run.run_id, "run.items_queued": due})
                 if message:
@@ -116,8 +117,8 @@ class Runs:
 
     async def _dry_run(self, billing_date: date, kind: RunKind) -> Run:
         now = self._clock.now()
-        async with self._store.transaction() as tx:
-            billable, skipped = await tx.count_due(billing_date, KIND_FREQUENCIES[kind])
+        async with self._store.transaction() as uow:
+            billable, skipped = await uow.runs.count_due(billing_date, KIND_FREQUENCIES[kind])
             run = Run(
                 f"dry_{uuid.uuid4().hex}",
                 billing_date,
@@ -128,84 +129,89 @@ class Runs:
                 finished_at=now,
                 counts=RunCounts(due=billable + skipped, skipped=skipped, pending=billable),
             )
-            await tx.insert_run(run)
+            await uow.runs.add([run])
         return run
 
     async def get(self, run_id: str) -> Run:
-        async with self._store.transaction() as tx:
-            run = await tx.get_run(run_id)
+        async with self._store.transaction() as uow:
+            run = (await uow.runs.load([run_id])).get(run_id)
         if run is None:
             raise NotFound(f"run {run_id} does not exist")
         return run
 
     async def page(self, page: PageRequest[int]) -> Page[Run, int]:
         """Newest first; the cursor is the sequence number of the last run listed (0: the newest)."""
-        async with self._store.transaction() as tx:
-            rows = await tx.list_runs(page.after, page.limit)
+        async with self._store.transaction() as uow:
+            rows = await uow.runs.page(page.after, page.limit)
         cut = page.cut(rows, lambda row: row[0])
         return Page([run for _, run in cut.items], cut.next_after)
+
+    async def items(self, run_id: str, page: PageRequest[int]) -> Page[RunItem, int]:
+        """A run's items in the order they were queued; the cursor is the last item's id."""
+        async with self._store.transaction() as uow:
+            if not await uow.runs.load([run_id]):
+                raise NotFound(f"run {run_id} does not exist")
+            rows = await uow.items.page(run_id, page.after, page.limit)
+        return page.cut(rows, lambda item: item.item_id)
 
     async def resume(self, run_id: str, gateway: str) -> Run:
         """Resume the gateway's halted part and send its parked items back to work."""
         if not gateway:
             raise InvalidArgument.of("gateway", "required")
-        async with self._store.transaction() as tx:
-            run = await tx.get_run(run_id, lock=True)
-            if run is None:
+        async with self._store.transaction() as uow:
+            if run_id not in await uow.runs.load([run_id], lock=True):
                 raise NotFound(f"run {run_id} does not exist")
-            resumed = await tx.resume_gateway(run_id, gateway)
-            requeued = await tx.requeue_parked(run_id, gateway)
+            resumed = await uow.runs.resume(run_id, gateway)
+            requeued = await uow.items.requeue_parked(run_id, gateway)
             if not resumed and not requeued:
                 raise FailedPrecondition(
                     f"gateway {gateway} is neither halted nor has parked items in run {run_id}"
                 )
-            await tx.set_run_state(run_id, RunState.RUNNING, None)
-            await tx.save_progress(run_id, Progress())
+            await uow.runs.set_states([run_id], RunState.RUNNING, None)
+            await uow.runs.save_progress({run_id: Progress()})
         await self._outages.reachable(run_id, gateway)
         await self.finish_if_done(run_id)
         return await self.get(run_id)
 
     async def finish_if_done(self, run_id: str) -> None:
         """A run whose open items are all done completes; with halted gateways it stays HALTED."""
-        async with self._store.transaction() as tx:
-            if await tx.open_items(run_id):
+        async with self._store.transaction() as uow:
+            if await uow.runs.open_items(run_id):
                 return  # the common case, known without waiting for the run's lock
-            run = await tx.get_run(run_id, lock=True)
-            if run is None or run.state is not RunState.RUNNING or await tx.open_items(run_id):
+            run = (await uow.runs.load([run_id], lock=True)).get(run_id)
+            if run is None or run.state is not RunState.RUNNING or await uow.runs.open_items(run_id):
                 return
             now = self._clock.now()
             if run.halted_gateways:
-                await tx.set_run_state(run_id, RunState.HALTED, None)
+                await uow.runs.set_states([run_id], RunState.HALTED, None)
                 log.warning("run halted", extra={"run_id": run_id, "gateways": list(run.halted_gateways)})
                 return
-            await tx.set_run_state(run_id, RunState.COMPLETED, now)
-            counts = await tx.run_counts(run_id)
-            await tx.emit(Event(EventType.RUN_COMPLETED, run=dataclasses.replace(run, counts=counts)))
+            await uow.runs.set_states([run_id], RunState.COMPLETED, now)
+            counts = (await uow.runs.counts([run_id]))[run_id]
+            await uow.outbox.add([ev.RunCompleted(dataclasses.replace(run, counts=counts))])
         log.info("run completed", extra={"run_id": run_id, **dataclasses.asdict(counts)})
 
     async def watch_progress(self) -> list[Run]:
         """Look at every running run: one with nothing left completes (its last worker may have
         failed to say so), one whose open items have not moved for `stalled_after` is reported
         once (run.stalled). Returns the runs that are stalled now."""
-        async with self._store.transaction() as tx:
-            running = await tx.running_runs()
+        async with self._store.transaction() as uow:
+            running = await uow.runs.running()
         stalled = []
         for candidate in running:
             await self.finish_if_done(candidate.run_id)
-            async with self._store.transaction() as tx:
-                run = await tx.get_run(candidate.run_id, lock=True)
+            async with self._store.transaction() as uow:
+                run = (await uow.runs.load([candidate.run_id], lock=True)).get(candidate.run_id)
                 if run is None or run.state is not RunState.RUNNING:
                     continue
                 now = self._clock.now()
                 progress, newly = watch(
-                    run.progress, await tx.open_items(run.run_id), now, self._schedule.stalled_after
+                    run.progress, await uow.runs.open_items(run.run_id), now, self._schedule.stalled_after
                 )
                 if progress != run.progress:
-                    await tx.save_progress(run.run_id, progress)
+                    await uow.runs.save_progress({run.run_id: progress})
                 if newly:
-                    await tx.emit(
-                        Event(EventType.RUN_STALLED, run=dataclasses.replace(run, progress=progress))
-                    )
+                    await uow.outbox.add([ev.RunStalled(dataclasses.replace(run, progress=progress))])
             if progress.stalled:
                 stalled.append(dataclasses.replace(run, progress=progress))
         return stalled
@@ -217,8 +223,8 @@ class Runs:
         for kind, at in self._schedule.times.items():
             latest = latest_scheduled_date(self._clock.now(), at, self._schedule.zone)
             while True:
-                async with self._store.transaction() as tx:
-                    last = await tx.latest_run(kind, latest)
+                async with self._store.transaction() as uow:
+                    last = await uow.runs.latest(kind, latest)
                 if last is not None and last.state is RunState.RUNNING:
                     await self.finish_if_done(last.run_id)
                     last = await self.get(last.run_id)

@@ -7,73 +7,73 @@ import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
-from recurring.app.ports import BooksTx
+from recurring.app.ports import UnitOfWork
 from recurring.domain.runs import WorkItem
 from recurring.domain.settlement import Books, Change
 from recurring.domain.status import InvoiceStatus
 
 
-async def books_for_items(tx: BooksTx, items: Sequence[WorkItem]) -> Books:
+async def books_for_items(uow: UnitOfWork, items: Sequence[WorkItem]) -> Books:
     """The books of the occurrences to bill, their subscriptions locked."""
     subscription_ids = sorted({item.subscription_id for item in items})
-    subscriptions = await tx.load_subscriptions(subscription_ids, lock=True)
-    invoiced = await tx.invoices_for_occurrences([item.occurrence_key for item in items])
+    subscriptions = await uow.subscriptions.load(subscription_ids, lock=True)
+    invoiced = await uow.invoices.for_occurrences([item.occurrence_key for item in items])
     invoices = {invoice.invoice_id: invoice for invoice in invoiced.values()}
     accounts = sorted({(sub.account_id, sub.amount.currency) for sub in subscriptions.values()})
     return Books(
         subscriptions=subscriptions,
         invoices=invoices,
-        attempts=await tx.transactions_of(sorted(invoices)),
-        prorations=await tx.prorations_of(subscription_ids),
-        credits=await tx.credits(accounts),
-        unpaid=await tx.unpaid_invoices_of(subscription_ids),
+        attempts=await uow.invoices.attempts_of(sorted(invoices)),
+        prorations=await uow.subscriptions.open_prorations(subscription_ids),
+        credits=await uow.ledger.credits(accounts),
+        unpaid=await uow.invoices.unpaid_counts(subscription_ids),
     )
 
 
-async def books_for_invoices(tx: BooksTx, invoice_ids: Sequence[str]) -> Books:
+async def books_for_invoices(uow: UnitOfWork, invoice_ids: Sequence[str]) -> Books:
     """The books of the invoices whose charges are settled, invoices and subscriptions locked."""
-    invoices = await tx.load_invoices(sorted(set(invoice_ids)))
+    invoices = await uow.invoices.load(sorted(set(invoice_ids)), lock=True)
     subscription_ids = sorted({invoice.subscription_id for invoice in invoices.values()})
     return Books(
-        subscriptions=await tx.load_subscriptions(subscription_ids, lock=True),
+        subscriptions=await uow.subscriptions.load(subscription_ids, lock=True),
         invoices=invoices,
-        attempts=await tx.transactions_of(sorted(invoices)),
-        unpaid=await tx.unpaid_invoices_of(subscription_ids),
+        attempts=await uow.invoices.attempts_of(sorted(invoices)),
+        unpaid=await uow.invoices.unpaid_counts(subscription_ids),
     )
 
 
 async def apply(
-    tx: BooksTx, change: Change, now: datetime, traces: Mapping[int, Mapping[str, str]] | None = None
+    uow: UnitOfWork, change: Change, now: datetime, traces: Mapping[int, Mapping[str, str]] | None = None
 ) -> list[WorkItem]:
     """Write a change set-wise; an event a run item's charge announced is stored under that
     charge's trace (`traces`, by item id). Returns the items parked by it."""
     if change.invoices:
-        await tx.insert_invoices(list(change.invoices.values()))
+        await uow.invoices.add(list(change.invoices.values()))
     if any(change.prorations.values()):
-        await tx.attach_prorations_to(change.prorations)
+        await uow.subscriptions.attach_prorations(change.prorations)
     if change.attempts:
-        await tx.insert_transactions(change.attempts)
+        await uow.invoices.add_attempts(change.attempts)
     if change.answered:
-        await tx.save_transactions(list(change.answered.values()))
+        await uow.invoices.save_attempts(list(change.answered.values()))
     by_status: dict[tuple[InvoiceStatus, datetime | None], list[str]] = {}
     for invoice_id, (status, paid_at) in change.statuses.items():
         by_status.setdefault((status, paid_at), []).append(invoice_id)
     for (status, paid_at), invoice_ids in by_status.items():
-        await tx.set_invoice_statuses(invoice_ids, status, paid_at)
+        await uow.invoices.set_statuses(invoice_ids, status, paid_at)
     if change.refunded:
-        await tx.set_invoice_refunds(change.refunded)
-    await tx.post_all(change.postings, now)
+        await uow.invoices.set_refunds(change.refunded)
+    await uow.ledger.post(change.postings, now)
     if change.subscriptions:
-        await tx.save_subscriptions(list(change.subscriptions.values()))
-        await tx.add_histories(change.history)
+        await uow.subscriptions.save(list(change.subscriptions.values()))
+        await uow.subscriptions.add_history(change.history)
     if change.finished:
-        await tx.finish_items(change.finished)
+        await uow.items.finish(change.finished)
     if change.deferred:
-        await tx.defer_items(change.deferred)
-    parked = await tx.record_failures(change.failures) if change.failures else []
+        await uow.items.defer(change.deferred)
+    parked = await uow.items.record_failures(change.failures) if change.failures else []
     if change.events:
         found = traces or {}
-        await tx.emit_all(
+        await uow.outbox.add(
             [announced.event for announced in change.events],
             [found.get(a.item_id, {}) if a.item_id is not None else {} for a in change.events],
         )

@@ -22,7 +22,7 @@ from recurring.app.charging import Charging
 from recurring.app.ports import OutageCounter, Quota, Store, UsagePeriod
 from recurring.app.runs import Runs
 from recurring.app.settling import apply, books_for_invoices, books_for_items, new_id
-from recurring.domain.events import Event, EventType
+from recurring.domain import events as ev
 from recurring.domain.invoicing import Invoice, PeriodUsage
 from recurring.domain.payments import REASON_LENGTH, ChargeResult, NoAnswer, Outcome, outcome_of
 from recurring.domain.runs import AfterFailure, WorkItem
@@ -110,7 +110,7 @@ class Worker:
     async def _release(self) -> None:
         try:
             async with self._store.transaction() as tx:
-                released = await tx.release_claims(self._pod)
+                released = await tx.items.release(self._pod)
         except Exception:
             log.exception("handing back claimed work items failed; their lease runs out")
             return
@@ -121,7 +121,7 @@ class Worker:
         """Claim one batch (FOR UPDATE SKIP LOCKED, with a lease) and work it; how many items."""
         async with self._store.transaction() as tx:
             token = f"{self._pod}.{uuid.uuid4().hex}"
-            items = await tx.claim_items(self._config.batch_size, self._config.lease, token)
+            items = await tx.items.claim(self._config.batch_size, self._config.lease, token)
         if not items:
             return 0
         run_ids = sorted({item.run_id for item in items})
@@ -212,8 +212,8 @@ class Worker:
         """Invoice the items' occurrences and write their attempts in one transaction; the charges
         to send. Items whose usage quota could not give wait (or count a failure of ours)."""
         async with self._store.transaction() as tx:
-            subs = await tx.load_subscriptions(sorted({item.subscription_id for item in items}))
-            invoiced = await tx.invoices_for_occurrences([item.occurrence_key for item in items])
+            subs = await tx.subscriptions.load(sorted({item.subscription_id for item in items}))
+            invoiced = await tx.invoices.for_occurrences([item.occurrence_key for item in items])
         usage, unavailable, failed = await self._usages(items, subs, invoiced)
         if unavailable:
             delay = self._config.rules.defer_delay
@@ -228,7 +228,7 @@ class Worker:
             return []
         now = self._clock.now()
         async with self._store.transaction() as tx:
-            held = await tx.held_items(billable)
+            held = await tx.items.held(billable)
             billable = [item for item in billable if item.item_id in held]
             books = await books_for_items(tx, billable)
             change = bill(billable, usage, books, self._config.rules, now, new_id)
@@ -319,7 +319,7 @@ class Worker:
         owner. What a charge's answer announces is written under the charge's trace."""
         now = self._clock.now()
         async with self._store.transaction() as tx:
-            held = await tx.held_items([c.item for c, _ in answered])
+            held = await tx.items.held([c.item for c, _ in answered])
             recorded = [c.attempt.invoice_id for c, r in answered if isinstance(r, ChargeResult)]
             books = await books_for_invoices(tx, recorded) if recorded else Books({}, {}, {})
             answers = [Answer(c.attempt, r, c.item, c.item.item_id in held) for c, r in answered]
@@ -347,13 +347,10 @@ class Worker:
 
     async def _halt(self, run_id: str, gateway: str) -> None:
         async with self._store.transaction() as tx:
-            if await tx.halt_gateway(run_id, gateway):
-                run = await tx.get_run(run_id)
-                assert run is not None
-                deferred = await tx.deferred_items(run_id, gateway)
-                await tx.emit(
-                    Event(EventType.RUN_HALTED, run=run, extra={"gateway": gateway, "deferred": deferred})
-                )
+            if await tx.runs.halt(run_id, gateway):
+                run = (await tx.runs.load([run_id]))[run_id]
+                deferred = await tx.runs.deferred_items(run_id, gateway)
+                await tx.outbox.add([ev.RunHalted(run, gateway, deferred)])
                 log.warning("gateway halted in run", extra={"run": run_id, "gateway": gateway})
 
 

@@ -1,47 +1,141 @@
-"""The facts recurring announces: the domain decides them, the adapter encodes the contract's messages."""
+"""The facts recurring announces, one type per fact: the domain decides them, the adapter encodes
+the contract's messages (protos/billing/events/v1)."""
 
 from __future__ import annotations
 
-import enum
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from recurring.domain.invoicing import Invoice, Transaction
 from recurring.domain.runs import Run
 from recurring.domain.subscription import Subscription
 
-
-class EventType(enum.Enum):
-    SUBSCRIPTION_CREATED = "subscription.created"
-    SUBSCRIPTION_ACTIVATED = "subscription.activated"
-    SUBSCRIPTION_PLAN_CHANGED = "subscription.plan_changed"
-    SUBSCRIPTION_PAUSED = "subscription.paused"
-    SUBSCRIPTION_RESUMED = "subscription.resumed"
-    SUBSCRIPTION_CANCELLED = "subscription.cancelled"
-    SUBSCRIPTION_SUSPENDED = "subscription.suspended"
-    SUBSCRIPTION_COMPLETED = "subscription.completed"
-    SUBSCRIPTION_PAST_DUE = "subscription.past_due"
-    SUBSCRIPTION_RENEWED = "subscription.renewed"
-    SUBSCRIPTION_PAYMENT_METHOD_UPDATED = "subscription.payment_method_updated"
-    INVOICE_CREATED = "invoice.created"
-    INVOICE_PAID = "invoice.paid"
-    INVOICE_PAYMENT_FAILED = "invoice.payment_failed"
-    INVOICE_VOIDED = "invoice.voided"
-    INVOICE_UNCOLLECTIBLE = "invoice.uncollectible"
-    RUN_STARTED = "run.started"
-    RUN_COMPLETED = "run.completed"
-    RUN_HALTED = "run.halted"
-    RUN_STALLED = "run.stalled"
+# ------------------------------------------------------------------ subscriptions
 
 
 @dataclass(frozen=True)
-class Event:
-    """A fact to publish through the outbox; the adapter turns it into the contract's message."""
+class SubscriptionEvent:
+    """A subscription's change, carrying the subscription as it is after it."""
 
-    type: EventType
-    subscription: Subscription | None = None
-    invoice: Invoice | None = None
-    run: Run | None = None
-    transaction: Transaction | None = None
-    # Event-specific values: previous plan, cause, reason, gateway, amounts.
-    extra: dict[str, Any] = field(default_factory=dict)
+    subscription: Subscription
+
+
+@dataclass(frozen=True)
+class SubscriptionCreated(SubscriptionEvent):
+    pass
+
+
+@dataclass(frozen=True)
+class SubscriptionActivated(SubscriptionEvent):
+    pass
+
+
+@dataclass(frozen=True)
+class SubscriptionPlanChanged(SubscriptionEvent):
+    previous_plan_code: str
+    previous_plan_version: int
+    cause: str  # "rpc" or the event that moved it ("tier.changed")
+
+
+@dataclass(frozen=True)
+class SubscriptionPaused(SubscriptionEvent):
+    pass
+
+
+@dataclass(frozen=True)
+class SubscriptionResumed(SubscriptionEvent):
+    pass
+
+
+@dataclass(frozen=True)
+class SubscriptionCancelled(SubscriptionEvent):
+    at_period_end: bool
+
+
+@dataclass(frozen=True)
+class SubscriptionSuspended(SubscriptionEvent):
+    pass
+
+
+@dataclass(frozen=True)
+class SubscriptionCompleted(SubscriptionEvent):
+    pass
+
+
+@dataclass(frozen=True)
+class SubscriptionPastDue(SubscriptionEvent):
+    pass
+
+
+@dataclass(frozen=True)
+class SubscriptionRenewed(SubscriptionEvent):
+    pass
+
+
+@dataclass(frozen=True)
+class SubscriptionPaymentMethodUpdated(SubscriptionEvent):
+    pass
+
+
+# ------------------------------------------------------------------ invoices
+
+
+@dataclass(frozen=True)
+class InvoiceEvent:
+    invoice: Invoice
+
+
+@dataclass(frozen=True)
+class InvoiceCreated(InvoiceEvent):
+    pass
+
+
+@dataclass(frozen=True)
+class InvoicePaid(InvoiceEvent):
+    payment: Transaction | None  # None: account credit paid it all
+
+
+@dataclass(frozen=True)
+class InvoicePaymentFailed(InvoiceEvent):
+    attempt: Transaction
+
+
+@dataclass(frozen=True)
+class InvoiceVoided(InvoiceEvent):
+    reason: str
+
+
+@dataclass(frozen=True)
+class InvoiceUncollectible(InvoiceEvent):
+    pass
+
+
+# ------------------------------------------------------------------ runs
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    run: Run
+
+
+@dataclass(frozen=True)
+class RunStarted(RunEvent):
+    due: int
+
+
+@dataclass(frozen=True)
+class RunCompleted(RunEvent):
+    pass
+
+
+@dataclass(frozen=True)
+class RunHalted(RunEvent):
+    gateway: str
+    deferred_items: int
+
+
+@dataclass(frozen=True)
+class RunStalled(RunEvent):
+    pass
+
+
+Event = SubscriptionEvent | InvoiceEvent | RunEvent

@@ -162,3 +162,10 @@ class Transaction:
     @property
     def answered(self) -> bool:
         return bool(self.payment_id) or self.status is not PaymentStatus.PENDING
+
+
+@dataclass(frozen=True)
+class InvoiceFilter:
+    subscription_id: str = ""
+    account_id: str = ""
+    status: InvoiceStatus | None = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 
 from billing_common.money import Money
 
@@ -40,6 +41,19 @@ class Posting:
     def __post_init__(self) -> None:
         if not is_balanced(self.entries):
             raise ValueError(f"unbalanced {self.kind.value} posting for {self.reference}")
+
+
+@dataclass(frozen=True)
+class LedgerLine:
+    """One stored entry of a posting, as the ledger lists it."""
+
+    entry_id: int
+    ledger_transaction_id: str
+    account: str
+    amount: Money
+    kind: str
+    reference: str
+    created_at: datetime
 
 
 def is_balanced(entries: Iterable[Entry]) -> bool:
@@ -113,6 +127,11 @@ def credit_posting(customer: str, reference: str, amount: Money) -> Posting:
     return _pair(
         PostingKind.CREDIT, customer, reference, "credits_granted", customer_credit(customer), amount
     )
+
+
+def granted_credit(customer: str, key: str, reason: str, amount: Money) -> Posting:
+    """Credit an operator grants under an idempotency key; the reason is kept in the reference."""
+    return credit_posting(customer, f"credit:{key}" + (f" ({reason})" if reason else ""), amount)
 
 
 def write_off_posting(customer: str, invoice_id: str, amount: Money) -> Posting:

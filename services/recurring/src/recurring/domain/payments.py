@@ -57,6 +57,15 @@ class ChargeResult:
     reason: str = ""
 
 
+@dataclass(frozen=True)
+class PaymentUpdate:
+    """What a payment.* event says about one of our charges."""
+
+    payment_id: str
+    idempotency_key: str
+    result: ChargeResult
+
+
 class Outcome(enum.Enum):
     PAID = "paid"
     # Accepted, final word later (ACH pending, or a timeout whose outcome the gateway resolves).

@@ -155,6 +155,19 @@ class Run:
 
 
 @dataclass(frozen=True)
+class RunItem:
+    """A run's work item as people review it: what became of it, on which gateway, and why."""
+
+    item_id: int
+    subscription_id: str
+    due_date: date
+    gateway: str
+    status: ItemStatus
+    reason: str
+    invoice_id: str | None
+
+
+@dataclass(frozen=True)
 class WorkItem:
     item_id: int
     run_id: str

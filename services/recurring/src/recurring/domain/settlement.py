@@ -18,9 +18,9 @@ from datetime import datetime, timedelta
 
 from billing_common.errors import FailedPrecondition, NotFound
 from billing_common.money import Money
+from recurring.domain import events as ev
 from recurring.domain import ledger
 from recurring.domain.addons import add_on_lines
-from recurring.domain.events import Event, EventType
 from recurring.domain.invoicing import Decision, Invoice, PeriodUsage, Transaction, build_invoice
 from recurring.domain.payments import (
     REASON_LENGTH,
@@ -109,7 +109,7 @@ class Charge:
 class Announced:
     """An event, and the run item whose charge announced it (its trace records the event)."""
 
-    event: Event
+    event: ev.Event
     item_id: int | None = None
 
 
@@ -183,7 +183,7 @@ class _Working:
         self.change.subscriptions[after.subscription_id] = after
         self.change.history.append(entry)
 
-    def announce(self, event: Event, item: WorkItem | None) -> None:
+    def announce(self, event: ev.Event, item: WorkItem | None) -> None:
         self.change.events.append(Announced(event, item.item_id if item is not None else None))
 
     def unpaid_changes(self, subscription_id: str, by: int) -> None:
@@ -253,8 +253,7 @@ def _not_billed(working: _Working, sub: Subscription, item: WorkItem) -> str:
     if sub.cancel_at_period_end:
         ended = cancelled(sub, now)
         working.save(sub, ended, BILLING)
-        event = Event(EventType.SUBSCRIPTION_CANCELLED, subscription=ended, extra={"at_period_end": True})
-        working.announce(event, item)
+        working.announce(ev.SubscriptionCancelled(ended, at_period_end=True), item)
         return "cancelled at the end of its period"
     if sub.status in (SubscriptionStatus.PAUSED, SubscriptionStatus.SUSPENDED):
         working.save(sub, skip_occurrence(sub, item.due_date, now), BILLING)
@@ -319,8 +318,8 @@ def _open_invoice(
     working.credits[credit_key] = left + Money(max(0, -draft.total.amount_minor), currency)
     renewed = renew(sub, item.due_date, now)
     working.save(sub, renewed, BILLING)
-    working.announce(Event(EventType.SUBSCRIPTION_RENEWED, subscription=renewed), item)
-    working.announce(Event(EventType.INVOICE_CREATED, invoice=invoice), item)
+    working.announce(ev.SubscriptionRenewed(renewed), item)
+    working.announce(ev.InvoiceCreated(invoice), item)
     if draft.decision is Decision.PAID_BY_CREDIT:
         _mark_paid(working, invoice, None, BILLING, item)
         return working.invoices[invoice.invoice_id]
@@ -345,6 +344,16 @@ def next_attempt(
         amount=invoice.amount_due,
         created_at=now,
     )
+
+
+def retry_attempt(
+    invoice: Invoice, attempts: Sequence[Transaction], retry_key: str, now: datetime, new_id: NewId
+) -> Transaction:
+    """Dunning's new charge of the invoice under its key; refused while the invoice cannot be charged."""
+    refusal = retry_refusal(invoice, attempts)
+    if refusal:
+        raise FailedPrecondition(refusal)
+    return next_attempt(invoice, attempts, now, new_id, retry_key=retry_key)
 
 
 def retry_refusal(invoice: Invoice, attempts: Sequence[Transaction]) -> str:
@@ -470,16 +479,35 @@ def void(invoice: Invoice, attempts: Sequence[Transaction], reason: str, now: da
     )
     if posting is not None:
         change.postings.append(posting)
-    working.announce(Event(EventType.INVOICE_VOIDED, invoice=voided, extra={"reason": reason}), None)
+    working.announce(ev.InvoiceVoided(voided, reason), None)
     return change
 
 
+@dataclass(frozen=True)
+class ExhaustionPolicy:
+    """What dunning.exhausted does to the subscription when the event names no action."""
+
+    default_cancel: bool
+    cancel_merchants: frozenset[str]
+
+    def cancels(self, merchant_id: str, action: str) -> bool:
+        if action:
+            return action == "cancel"
+        return self.default_cancel or merchant_id in self.cancel_merchants
+
+
 def write_off(
-    invoice: Invoice, sub: Subscription | None, cancel: bool, cause: Cause, now: datetime
+    invoice: Invoice,
+    sub: Subscription | None,
+    policy: ExhaustionPolicy,
+    action: str,
+    cause: Cause,
+    now: datetime,
 ) -> Change:
     """Dunning ran out of attempts: the unpaid invoice is written off, and the subscription is
-    cancelled (`cancel`) or suspended."""
+    cancelled or suspended (the event's `action`, else the merchant's policy)."""
     change = Change()
+    cancel = sub is not None and policy.cancels(sub.merchant_id, action)
     subscriptions = {sub.subscription_id: sub} if sub is not None else {}
     working = _Working(Books(subscriptions, {invoice.invoice_id: invoice}, {}), change, now)
     if invoice.status in (InvoiceStatus.OPEN, InvoiceStatus.PAYMENT_FAILED):
@@ -490,19 +518,16 @@ def write_off(
             change.postings.append(
                 ledger.write_off_posting(invoice.account_id, invoice.invoice_id, invoice.amount_due)
             )
-        working.announce(Event(EventType.INVOICE_UNCOLLECTIBLE, invoice=written_off), None)
+        working.announce(ev.InvoiceUncollectible(written_off), None)
     if sub is None:
         return change
     if cancel:
         if can(sub.status, Action.CANCEL):
             ended = cancelled(sub, now)
             working.save(sub, ended, cause)
-            event = Event(
-                EventType.SUBSCRIPTION_CANCELLED, subscription=ended, extra={"at_period_end": False}
-            )
-            working.announce(event, None)
+            working.announce(ev.SubscriptionCancelled(ended, at_period_end=False), None)
     elif can(sub.status, Action.SUSPEND):
-        _move(working, sub, Action.SUSPEND, EventType.SUBSCRIPTION_SUSPENDED, cause, None)
+        _move(working, sub, Action.SUSPEND, ev.SubscriptionSuspended, cause, None)
     return change
 
 
@@ -540,7 +565,7 @@ def _mark_paid(
                 invoice.account_id, txn.transaction_id, txn.gateway or "unknown", txn.amount
             )
         )
-    working.announce(Event(EventType.INVOICE_PAID, invoice=paid, transaction=txn), item)
+    working.announce(ev.InvoicePaid(paid, txn), item)
     _after_paid(working, invoice.subscription_id, cause, item)
 
 
@@ -550,11 +575,11 @@ def _after_paid(working: _Working, subscription_id: str, cause: Cause, item: Wor
     if sub is None:
         return
     if sub.frequency is Frequency.ONE_TIME and can(sub.status, Action.COMPLETE):
-        _move(working, sub, Action.COMPLETE, EventType.SUBSCRIPTION_COMPLETED, cause, item)
+        _move(working, sub, Action.COMPLETE, ev.SubscriptionCompleted, cause, item)
     elif sub.status is SubscriptionStatus.TRIALING:
-        _move(working, sub, Action.ACTIVATE, EventType.SUBSCRIPTION_ACTIVATED, cause, item)
+        _move(working, sub, Action.ACTIVATE, ev.SubscriptionActivated, cause, item)
     elif can(sub.status, Action.PAYMENT_RECOVERED) and working.unpaid.get(subscription_id, 0) == 0:
-        _move(working, sub, Action.PAYMENT_RECOVERED, EventType.SUBSCRIPTION_ACTIVATED, cause, item)
+        _move(working, sub, Action.PAYMENT_RECOVERED, ev.SubscriptionActivated, cause, item)
 
 
 def _mark_failed(
@@ -569,7 +594,7 @@ def _mark_failed(
         working.put_invoice(failed)
         if invoice.status is InvoiceStatus.PAID:
             working.unpaid_changes(invoice.subscription_id, 1)
-    working.announce(Event(EventType.INVOICE_PAYMENT_FAILED, invoice=failed, transaction=txn), item)
+    working.announce(ev.InvoicePaymentFailed(failed, txn), item)
     sub = working.subscriptions.get(invoice.subscription_id)
     if (
         sub is not None
@@ -577,20 +602,20 @@ def _mark_failed(
         and sub.status is not SubscriptionStatus.PAST_DUE
         and can(sub.status, Action.PAYMENT_FAILED)
     ):
-        _move(working, sub, Action.PAYMENT_FAILED, EventType.SUBSCRIPTION_PAST_DUE, cause, item)
+        _move(working, sub, Action.PAYMENT_FAILED, ev.SubscriptionPastDue, cause, item)
 
 
 def _move(
     working: _Working,
     sub: Subscription,
     action: Action,
-    event: EventType,
+    event: type[ev.SubscriptionEvent],
     cause: Cause,
     item: WorkItem | None,
 ) -> None:
     updated = sub.apply(action, working.now)
     working.save(sub, updated, cause)
-    working.announce(Event(event, subscription=updated), item)
+    working.announce(event(updated), item)
 
 
 def awaiting_result(txn: Transaction) -> bool:

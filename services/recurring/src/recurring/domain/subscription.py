@@ -14,6 +14,25 @@ from recurring.domain.schedule import Frequency, Period, first_due_date, next_du
 from recurring.domain.status import Action, SubscriptionStatus, transition
 
 
+@dataclass(frozen=True)
+class PlanInfo:
+    """A plan as quota prices it; a subscription snapshots it when it moves onto the plan."""
+
+    code: str
+    version: int
+    name: str
+    price: Money
+    frequency: Frequency
+    trial_days: int
+
+
+@dataclass(frozen=True)
+class SubscriptionFilter:
+    account_id: str = ""
+    status: SubscriptionStatus | None = None
+    frequency: Frequency | None = None
+
+
 class MethodType(enum.Enum):
     CARD = "card"
     ACH = "ach"

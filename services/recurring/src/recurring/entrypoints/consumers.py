@@ -13,9 +13,10 @@ from billing.events.v1 import dunning_pb2, payment_pb2, tier_pb2
 from billing_common.events import Handlers
 from billing_common.money import Money
 from recurring.adapters.clients import charge_result
-from recurring.app.invoices import Invoices, PaymentUpdate
+from recurring.app.invoices import Invoices
 from recurring.app.ports import Store
 from recurring.app.subscriptions import Subscriptions
+from recurring.domain.payments import PaymentUpdate
 from recurring.domain.subscription import Cause
 
 TIERS = {common_pb2.TIER_LITE: "lite", common_pb2.TIER_PLUS: "plus", common_pb2.TIER_PRO: "pro"}

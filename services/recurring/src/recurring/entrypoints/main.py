@@ -21,12 +21,12 @@ from recurring.adapters.events import EventMessages
 from recurring.adapters.metrics import RunMetrics, run_work
 from recurring.adapters.store import PostgresStore
 from recurring.app.charging import Charging
-from recurring.app.invoices import ExhaustionPolicy, Invoices
+from recurring.app.invoices import Invoices
 from recurring.app.runs import Runs, Schedule
 from recurring.app.subscriptions import Subscriptions
 from recurring.app.worker import Worker, WorkerConfig
 from recurring.domain.runs import RunKind
-from recurring.domain.settlement import Rules
+from recurring.domain.settlement import ExhaustionPolicy, Rules
 from recurring.entrypoints.consumers import handlers
 from recurring.entrypoints.servicer import ACCESS, RecurringServicer
 from recurring.settings import ExhaustedDefault, RecurringSettings

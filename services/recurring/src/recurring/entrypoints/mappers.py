@@ -13,9 +13,9 @@ from billing_common.errors import InvalidArgument
 from billing_common.money import CurrencyError, Money
 from billing_common.protos import money_pb
 from recurring.adapters.clients import DECLINE_KINDS, FAILURE_TYPES, FREQUENCIES, PAYMENT_STATUSES
-from recurring.app.ports import LedgerLine
 from recurring.domain.invoicing import Invoice, LineKind, Transaction
-from recurring.domain.runs import Run, RunKind, RunState, progress_per_mille
+from recurring.domain.ledger import LedgerLine
+from recurring.domain.runs import ItemStatus, Run, RunItem, RunKind, RunState, progress_per_mille
 from recurring.domain.status import InvoiceStatus, SubscriptionStatus
 from recurring.domain.subscription import HistoryEntry, MethodType, PaymentMethod, Subscription
 
@@ -53,6 +53,15 @@ RUN_STATES_PB = {
     RunState.COMPLETED: pb.RUN_STATE_COMPLETED,
     RunState.HALTED: pb.RUN_STATE_HALTED,
     RunState.DRY_RUN: pb.RUN_STATE_DRY_RUN,
+}
+RUN_ITEM_STATUSES_PB = {
+    ItemStatus.PENDING: pb.RUN_ITEM_STATUS_PENDING,
+    ItemStatus.CLAIMED: pb.RUN_ITEM_STATUS_CLAIMED,
+    ItemStatus.CHARGED: pb.RUN_ITEM_STATUS_CHARGED,
+    ItemStatus.FAILED: pb.RUN_ITEM_STATUS_FAILED,
+    ItemStatus.SKIPPED: pb.RUN_ITEM_STATUS_SKIPPED,
+    ItemStatus.DEFERRED: pb.RUN_ITEM_STATUS_DEFERRED,
+    ItemStatus.PARKED: pb.RUN_ITEM_STATUS_PARKED,
 }
 METHODS = {
     common_pb2.PAYMENT_METHOD_TYPE_CARD: MethodType.CARD,
@@ -227,3 +236,14 @@ def ledger_entry_pb(line: LedgerLine) -> pb.LedgerEntry:
     )
     message.created_at.FromDatetime(line.created_at)
     return message
+
+
+def run_item_pb(item: RunItem) -> pb.RunItem:
+    return pb.RunItem(
+        subscription_id=item.subscription_id,
+        due_date=date_pb(item.due_date),
+        gateway=item.gateway,
+        status=RUN_ITEM_STATUSES_PB[item.status],
+        reason=item.reason,
+        invoice_id=item.invoice_id or "",
+    )

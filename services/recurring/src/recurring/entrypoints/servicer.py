@@ -19,10 +19,11 @@ from billing_common.protos import money_pb, to_datetime
 from billing_common.suite_clock import ClockControl, ClockRefused
 from recurring.adapters.clients import FREQUENCIES
 from recurring.app.invoices import Invoices
-from recurring.app.ports import InvoiceFilter, SubscriptionFilter
 from recurring.app.runs import Runs
-from recurring.app.subscriptions import Changes, CreateCommand, Subscriptions
-from recurring.domain.subscription import Cause
+from recurring.app.subscriptions import Subscriptions
+from recurring.domain.amendments import Changes, CreateCommand
+from recurring.domain.invoicing import InvoiceFilter
+from recurring.domain.subscription import Cause, SubscriptionFilter
 from recurring.entrypoints import mappers as m
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -43,6 +44,7 @@ ACCESS: dict[str, set[str] | frozenset[str]] = {
     "RunBilling": {OPERATOR},
     "GetRun": READERS,
     "ListRuns": READERS,
+    "ListRunItems": READERS,
     "ResumeRun": ACTIONS,
     "GetInvoice": READERS,
     "ListInvoices": READERS,
@@ -199,6 +201,13 @@ class RecurringServicer(recurring_pb2_grpc.RecurringServiceServicer):
         return pb.ListRunsResponse(
             runs=[m.run_pb(r) for r in page.items], next_page_token=self._pages.next_token(request, page)
         )
+
+    async def ListRunItems(
+        self, request: pb.ListRunItemsRequest, context: Context
+    ) -> pb.ListRunItemsResponse:
+        page = await self._runs.items(request.run_id, self._pages.read(request, start=0))
+        items = [m.run_item_pb(item) for item in page.items]
+        return pb.ListRunItemsResponse(items=items, next_page_token=self._pages.next_token(request, page))
 
     async def ResumeRun(self, request: pb.ResumeRunRequest, context: Context) -> pb.ResumeRunResponse:
         return pb.ResumeRunResponse(run=m.run_pb(await self._runs.resume(request.run_id, request.gateway)))

@@ -1,0 +1,126 @@
+"""The suite clock's catch-up on real Redis and PostgreSQL: AdvanceClock says the suite caught up
+only once every pod has done what came due, and names what is still running when time runs out."""
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+from redis.asyncio import Redis
+
+from billing_common import db
+from billing_common.suite_clock import ClockAgent, ClockControl, SharedClock
+from billing_common.testing.plugin import InfraEnv
+
+EVE = datetime(2031, 1, 1, 12, tzinfo=UTC)
+DAY = timedelta(days=1)
+
+
+async def _schema(env: InfraEnv, name: str) -> asyncpg.Pool:
+    schema = f"{name}_{env.run_id}"
+    env.schemas.append(schema)
+    await db.provision(env.infra.postgres_admin_url, schema, schema)
+    pool = await env.pool(schema)
+    async with pool.acquire() as conn:
+        await db.migrate(conn, schema, db.common_migrations())
+    return pool
+
+
+@contextlib.asynccontextmanager
+async def pod(
+    env: InfraEnv, service: str, due: Callable[[asyncpg.Pool, datetime], Awaitable[Mapping[str, int]]]
+) -> AsyncIterator[asyncpg.Pool]:
+    """One pod of `service` on the test's clock, reporting what `due` says it has due."""
+    pool = await _schema(env, service.replace("-", "_"))
+    redis = Redis.from_url(env.infra.redis_url)
+    agent = ClockAgent(SharedClock(), pool, redis, f"{env.run_id}:test-clock", service)
+    agent.watch([lambda now: due(pool, now)])
+    await agent.resume()
+    task = asyncio.create_task(agent.run())
+    try:
+        yield pool
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await pool.close()
+        await redis.aclose()
+
+
+@pytest.fixture
+async def control(env: InfraEnv) -> AsyncIterator[ClockControl]:
+    redis = Redis.from_url(env.infra.redis_url)
+    clock = ClockControl(SharedClock(), redis, f"{env.run_id}:test-clock")
+    await clock.set(EVE)
+    yield clock
+    await redis.aclose()
+
+
+async def _wrote_events(pool: asyncpg.Pool) -> int:
+    return int(await pool.fetchval("SELECT count(*) FROM outbox"))
+
+
+async def test_a_pod_that_keeps_handing_work_on_is_not_caught_up_until_it_has_finished(
+    env: InfraEnv, control: ClockControl
+) -> None:
+    """Each time it is asked, the pod finishes one piece of the day's work and hands it on as an
+    event, already relayed: no answer ever shows work due, only its progress does."""
+    pieces = 5
+
+    async def hands_on_one_piece(pool: asyncpg.Pool, now: datetime) -> Mapping[str, int]:
+        if now >= EVE + DAY and await _wrote_events(pool) < pieces:
+            await pool.execute(
+                """INSERT INTO outbox (event_id, event_type, payload, published_at)
+                   VALUES (gen_random_uuid(), 'invoice.paid', ''::bytea, now())"""
+            )
+        return {}
+
+    async with pod(env, "dunning", hands_on_one_piece) as pool:
+        caught_up = await control.advance(DAY, DAY, timedelta(seconds=30))
+        assert caught_up.caught_up and caught_up.now == EVE + DAY
+        assert await _wrote_events(pool) == pieces
+
+
+async def test_work_set_going_where_the_clock_stands_is_done_there_before_the_clock_moves(
+    env: InfraEnv, control: ClockControl
+) -> None:
+    """Like a scan's tier changes reported just before AdvanceClock: moving on under them would
+    apply them a day late. Each piece records the instant it was done at."""
+    pieces = 3
+    going = asyncio.Event()
+
+    async def hands_on_one_piece(pool: asyncpg.Pool, now: datetime) -> Mapping[str, int]:
+        if going.is_set() and await _wrote_events(pool) < pieces:
+            await pool.execute(
+                """INSERT INTO outbox (event_id, event_type, payload, published_at, created_at)
+                   VALUES (gen_random_uuid(), 'tier.changed', ''::bytea, now(), $1)""",
+                now,
+            )
+        return {}
+
+    async with pod(env, "tier", hands_on_one_piece) as pool:
+        going.set()
+        moved = await control.advance(DAY, DAY, timedelta(seconds=30))
+        assert moved.caught_up and moved.now == EVE + DAY
+        done_at = [r["created_at"] for r in await pool.fetch("SELECT created_at FROM outbox")]
+        assert done_at == [EVE] * pieces
+
+
+async def test_a_pod_with_work_due_holds_the_advance_and_is_named_when_time_runs_out(
+    env: InfraEnv, control: ClockControl
+) -> None:
+    async def idle(_pool: asyncpg.Pool, _now: datetime) -> Mapping[str, int]:
+        return {"open run items": 0}
+
+    async def stuck(_pool: asyncpg.Pool, now: datetime) -> Mapping[str, int]:
+        return {"due dunning attempts": 2 if now >= EVE + DAY else 0}
+
+    async with pod(env, "recurring", idle), pod(env, "dunning", stuck):
+        stopped = await control.advance(2 * DAY, DAY, timedelta(seconds=2))
+
+    assert not stopped.caught_up and stopped.now == EVE + DAY
+    assert len(stopped.still_running) == 1
+    assert stopped.still_running[0].startswith("dunning (")
+    assert stopped.still_running[0].endswith("): due dunning attempts 2")
