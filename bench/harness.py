@@ -155,11 +155,13 @@ async def serve_bare(server: Any, ports: Any, stop: Any) -> None:
 
 
 @contextlib.asynccontextmanager
-async def bench_env() -> AsyncIterator[InfraEnv]:
+async def bench_env(database: str = TEST_DATABASE) -> AsyncIterator[InfraEnv]:
+    """Isolated schemas, queues and keys; a database of its own (`database`) keeps another's
+    commits out of a bench that counts them."""
     with resolve_infra() as found:
-        await _ensure_database(found.postgres_admin_url)
+        await _ensure_database(found.postgres_admin_url, database)
         infra = type(found)(
-            _with_database(found.postgres_admin_url, TEST_DATABASE), found.redis_url, found.amqp_url
+            _with_database(found.postgres_admin_url, database), found.redis_url, found.amqp_url
         )
         env = InfraEnv(infra)
         try:

@@ -1,16 +1,20 @@
 """Billing run throughput: due subscriptions charged end to end against the sandbox gateway.
 
 1. No latency, no rate limit: charges per second from RunBilling until the run completes
-   (invoice, charge through gateway-adapter, transaction, ledger, events for every occurrence).
+   (invoice, one ChargeBatch per batch through gateway-adapter, transactions, ledger, events for
+   every occurrence), as a ratio to the echo baseline measured in the same round; CPU per charge
+   of the gateway-adapter pod and of the recurring pods, and PostgreSQL commits per charge
+   (pg_stat_database.xact_commit of a database only this bench uses).
 2. A 200/s per-gateway rate limit and 50 ms of gateway latency: the achieved rate as a fraction
    of the limit, and the busiest rolling second (any 1 s window) on the gateway's clock, where the
-   limit applies. recurring paces the run at the limit and gateway-adapter keeps it
-   (`GATEWAY_RATE_LIMITS`) right before the gateway.
+   limit applies. Only gateway-adapter paces (`GATEWAY_RATE_LIMITS`), right before the gateway.
 
 recurring and gateway-adapter run as real processes (`BENCH_RECURRING_PODS` recurring pods share
 the work). Sizes: 100,000 subscriptions unpaced and 10,000 paced (50 s at the limit) by default;
-`BENCH_RECURRING_SCALE=0.1` shrinks both for a quick run. Rates are end to end: from RunBilling
-until GetRun says the run is over.
+`BENCH_RECURRING_SCALE=0.1` shrinks both for a quick run (`BENCH_RECURRING_UNPACED` and
+`BENCH_RECURRING_PACED` set each size); `BENCH_RECURRING_ROUNDS` (3) rounds give
+the spread; `BENCH_RECURRING_CONCURRENT_BATCHES` (4) batches of `BENCH_RECURRING_BATCH_SIZE` (100)
+per pod at once. Rates are end to end: from RunBilling until GetRun says the run is over.
 """
 
 from __future__ import annotations
@@ -18,13 +22,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import statistics
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import date, timedelta
 
 import asyncpg
 
-from bench.harness import bench_env
+from bench.echo_baseline import echo_caller
+from bench.harness import bench_env, closed_loop, cpu_seconds
 from billing.common.v1 import common_pb2
 from billing.recurring.v1 import recurring_pb2 as pb
 from billing.recurring.v1 import recurring_pb2_grpc
@@ -37,9 +44,17 @@ from billing_common.testing.processes import RunningProcess, free_port, start_pr
 from recurring.settings import RecurringSettings
 
 SCALE = float(os.environ.get("BENCH_RECURRING_SCALE", "1"))
-UNPACED = int(100_000 * SCALE)
-PACED = int(10_000 * SCALE)
+UNPACED = int(os.environ.get("BENCH_RECURRING_UNPACED", 100_000 * SCALE))
+PACED = int(os.environ.get("BENCH_RECURRING_PACED", 10_000 * SCALE))
 PODS = int(os.environ.get("BENCH_RECURRING_PODS", "2"))
+ROUNDS = int(os.environ.get("BENCH_RECURRING_ROUNDS", "3"))
+# Batches each pod works at once: a batch waits on gateway-adapter's pacing for most of its time,
+# so more of them keep the gateway's turns taken.
+BATCHES = int(os.environ.get("BENCH_RECURRING_CONCURRENT_BATCHES", "4"))
+ECHO_CONCURRENCY = 64
+ECHO_SECONDS = 4.0
+# Its own database, so that the commits counted are this bench's alone.
+DATABASE = "billing_bench_runs"
 RATE_LIMIT = 200
 DAY = date(2031, 5, 5)
 
@@ -86,7 +101,9 @@ async def _busiest_second(env: InfraEnv) -> int:
 
 
 @contextlib.asynccontextmanager
-async def _services(env: InfraEnv, rate_limit: int, latency: str) -> AsyncIterator[list[RunningProcess]]:
+async def _services(
+    env: InfraEnv, rate_limit: int, latency: str
+) -> AsyncIterator[tuple[RunningProcess, list[RunningProcess]]]:
     gateway = await start_process(
         "gateway_adapter",
         "GATEWAY",
@@ -104,9 +121,8 @@ async def _services(env: InfraEnv, rate_limit: int, latency: str) -> AsyncIterat
             "recurring",
             quota_addr="127.0.0.1:1",  # custom-amount subscriptions never ask quota
             gateway_adapter_addr=gateway.address,
-            gateway_rate_limit=rate_limit,
-            max_in_flight=64,
-            worker_batch_size=100,
+            worker_batch_size=int(os.environ.get("BENCH_RECURRING_BATCH_SIZE", "100")),
+            worker_concurrent_batches=BATCHES,
             worker_idle_poll=timedelta(milliseconds=100),
             max_catch_up_days=1,
             db_pool_max=10,
@@ -114,17 +130,52 @@ async def _services(env: InfraEnv, rate_limit: int, latency: str) -> AsyncIterat
         )
         for _ in range(PODS):
             pods.append(await start_process("recurring", "RECURRING", settings))
-        yield pods
+        yield gateway, pods
     finally:
         for pod in pods:
             await pod.terminate()
         await gateway.terminate()
 
 
-async def _run(env: InfraEnv, pods: list[RunningProcess], count: int) -> tuple[float, pb.Run]:
+@dataclass(frozen=True)
+class Measured:
+    seconds: float
+    run: pb.Run
+    cpu_s: dict[str, float]  # by process: "gateway-adapter", "recurring"
+    commits: int
+
+    @property
+    def rate(self) -> float:
+        return self.run.counts.charged / self.seconds
+
+    def per_charge(self, total: float) -> float:
+        return total / max(1, self.run.counts.charged)
+
+
+async def _commits(env: InfraEnv) -> int:
+    conn = await asyncpg.connect(env.infra.postgres_admin_url)
+    try:
+        await conn.execute("SELECT pg_stat_clear_snapshot()")
+        found = await conn.fetchval(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+        )
+        return int(found)
+    finally:
+        await conn.close()
+
+
+def _cpu(gateway: RunningProcess, pods: list[RunningProcess]) -> dict[str, float]:
+    return {
+        "gateway-adapter": cpu_seconds(gateway.process.pid),
+        "recurring": sum(cpu_seconds(pod.process.pid) for pod in pods),
+    }
+
+
+async def _run(env: InfraEnv, gateway: RunningProcess, pods: list[RunningProcess], count: int) -> Measured:
     await _seed(env, count)
     async with open_channel(pods[0].address, env.token("operator")) as channel:
         stub = recurring_pb2_grpc.RecurringServiceStub(channel)
+        cpu_before, commits_before = _cpu(gateway, pods), await _commits(env)
         started = time.perf_counter()
         reply = await stub.RunBilling(
             pb.RunBillingRequest(
@@ -136,27 +187,65 @@ async def _run(env: InfraEnv, pods: list[RunningProcess], count: int) -> tuple[f
         while True:
             run = (await stub.GetRun(pb.GetRunRequest(run_id=reply.run.run_id))).run
             if run.state != pb.RUN_STATE_RUNNING:
-                return time.perf_counter() - started, run
+                break
             await asyncio.sleep(0.25)
+        seconds = time.perf_counter() - started
+        cpu_after, commits_after = _cpu(gateway, pods), await _commits(env)
+    return Measured(
+        seconds,
+        run,
+        {name: cpu_after[name] - cpu_before[name] for name in cpu_before},
+        commits_after - commits_before,
+    )
+
+
+def _spread(values: list[float], digits: int = 3) -> str:
+    return (
+        f"median {statistics.median(values):.{digits}f} "
+        f"(min {min(values):.{digits}f}, max {max(values):.{digits}f}, n={len(values)})"
+    )
 
 
 async def main() -> None:
-    async with bench_env() as env, _services(env, 0, "0s") as pods:
-        seconds, run = await _run(env, pods, UNPACED)
+    ratios: list[float] = []
+    gateway_cpu: list[float] = []
+    recurring_cpu: list[float] = []
+    commits: list[float] = []
+    paced: list[float] = []
+    busiest: list[int] = []
+    for round_number in range(ROUNDS):
+        async with bench_env(DATABASE) as env, echo_caller(env) as echo_call:
+            echo = await closed_loop("echo (service host)", echo_call, ECHO_CONCURRENCY, ECHO_SECONDS)
+        async with bench_env(DATABASE) as env, _services(env, 0, "0s") as (gateway, pods):
+            measured = await _run(env, gateway, pods, UNPACED)
+        ratios.append(measured.rate / echo.rps)
+        gateway_cpu.append(measured.per_charge(measured.cpu_s["gateway-adapter"]) * 1000)
+        recurring_cpu.append(measured.per_charge(measured.cpu_s["recurring"]) * 1000)
+        commits.append(measured.per_charge(measured.commits))
         print(
-            f"recurring run, no latency          n={UNPACED:<7} pods={PODS} "
-            f"{run.counts.charged / seconds:8.0f} charges/s"
-            f"  ({run.counts.charged} charged in {seconds:.1f} s, state {pb.RunState.Name(run.state)})"
+            f"r{round_number} recurring run, no latency  n={UNPACED:<7} pods={PODS}x{BATCHES} "
+            f"{measured.rate:8.0f} charges/s = {ratios[-1]:.3f} of echo ({echo.rps:.0f} calls/s at "
+            f"{ECHO_CONCURRENCY}); CPU ms/charge gateway-adapter {gateway_cpu[-1]:.2f}, "
+            f"recurring {recurring_cpu[-1]:.2f}; commits/charge {commits[-1]:.2f}"
+            f"  ({measured.run.counts.charged} charged in {measured.seconds:.1f} s, "
+            f"state {pb.RunState.Name(measured.run.state)})"
         )
-    async with bench_env() as env, _services(env, RATE_LIMIT, "0.05s") as pods:
-        seconds, run = await _run(env, pods, PACED)
-        rate = run.counts.charged / seconds
-        busiest = await _busiest_second(env)
+        async with bench_env(DATABASE) as env, _services(env, RATE_LIMIT, "0.05s") as (gateway, pods):
+            measured = await _run(env, gateway, pods, PACED)
+            busiest.append(await _busiest_second(env))
+        paced.append(measured.rate / RATE_LIMIT)
         print(
-            f"recurring run, {RATE_LIMIT}/s limit, 50 ms  n={PACED:<7} pods={PODS} {rate:8.1f} charges/s"
-            f"  = {rate / RATE_LIMIT:.3f} of the limit; busiest 1 s at the gateway {busiest}/{RATE_LIMIT}"
-            f"  ({run.counts.charged} charged in {seconds:.1f} s)"
+            f"r{round_number} recurring run, {RATE_LIMIT}/s limit, 50 ms  n={PACED:<7} pods={PODS}x{BATCHES} "
+            f"{measured.rate:8.1f} charges/s = {paced[-1]:.3f} of the limit; busiest 1 s at the gateway "
+            f"{busiest[-1]}/{RATE_LIMIT}  ({measured.run.counts.charged} charged in {measured.seconds:.1f} s)"
         )
+    print(f"recurring run charges/s ratio to echo {_spread(ratios)}")
+    print(f"gateway-adapter CPU ms per charge {_spread(gateway_cpu, 2)}")
+    print(f"recurring CPU ms per charge (all pods) {_spread(recurring_cpu, 2)}")
+    print(f"PostgreSQL commits per charge {_spread(commits, 2)}")
+    print(
+        f"paced run fraction of the {RATE_LIMIT}/s limit {_spread(paced)}; busiest second max {max(busiest)}"
+    )
 
 
 if __name__ == "__main__":

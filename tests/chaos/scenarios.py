@@ -24,7 +24,7 @@ from tests.chaos.workload import PLAN, Customer, UsageLoad
 class ChaosSize:
     name: str
     customers_per_date: int
-    # Charges per second the run sends (recurring's pacing) and usage events per second.
+    # Charges per second the run's gateway takes (gateway-adapter's pacing) and usage events per second.
     charge_rate: int
     usage_rate: float
     broker_outage: float = 30.0
@@ -50,11 +50,11 @@ def tuning(size: ChaosSize) -> dict[str, dict[str, str]]:
             "RECURRING_WORKER_IDLE_POLL": "0.2s",
             "RECURRING_WORKER_BATCH_SIZE": "20",
             "RECURRING_DEFER_DELAY": "2s",
-            "RECURRING_GATEWAY_RATE_LIMIT": str(size.charge_rate),
         },
         "gateway-adapter": {
             # Slow enough that a SIGKILL finds charges in flight at the gateway.
             "GATEWAY_SANDBOX_LATENCY": "0.5s",
+            "GATEWAY_RATE_LIMITS": f"sandbox-card={size.charge_rate}",
             "GATEWAY_WEBHOOK_PORT": str(free_port()),
             # Longer than any live call can take, as deployed (2 min against a 30 s gateway timeout):
             # the sandbox records its charges in our database, so an outage holds its calls too.

@@ -89,9 +89,10 @@ async def test_a_run_with_a_soft_decline_recovered_by_dunning_is_one_trace_and_i
     assert batch.parent_id == run.span_id
     declined = one(spans, "recurring", "recurring.charge", **{"charge.outcome": "failed"})
     assert declined.parent_id == batch.span_id
-    [call] = children(spans, declined, "recurring", "billing.gateway.v1.GatewayService/Charge")
+    # The batch's charges go in one call, served in the same trace.
+    [call] = children(spans, batch, "recurring", "billing.gateway.v1.GatewayService/ChargeBatch")
     assert call.kind == "client"
-    [charged] = children(spans, call, "gateway-adapter", "billing.gateway.v1.GatewayService/Charge")
+    [charged] = children(spans, call, "gateway-adapter", "billing.gateway.v1.GatewayService/ChargeBatch")
     assert charged.kind == "server"
 
     # The RabbitMQ hop: recurring's relay publishes under the failed charge, dunning consumes under that.

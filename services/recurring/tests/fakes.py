@@ -11,17 +11,16 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from billing_common.errors import KeyInFlight, KeyReused
+from billing_common.errors import BillingError, KeyInFlight, KeyReused
 from billing_common.idempotency import IdempotencyKey
 from billing_common.locks import Lease
 from billing_common.money import Money
-from recurring.app.ports import ChargeNotAnswered
+from recurring.app.ports import UsagePeriod
 from recurring.domain import ledger
 from recurring.domain.events import Event
 from recurring.domain.invoicing import Invoice, InvoiceFilter, PeriodUsage, Transaction
 from recurring.domain.ledger import LedgerLine
 from recurring.domain.payments import (
-    GATEWAY_BY_METHOD,
     ChargeRequest,
     ChargeResult,
     DeclineKind,
@@ -37,6 +36,7 @@ from recurring.domain.runs import (
     Progress,
     Run,
     RunCounts,
+    RunItem,
     RunKind,
     RunState,
     WorkItem,
@@ -282,8 +282,8 @@ class FakeRuns:
             if key in queued:
                 continue
             item_id = len(self._t.items) + 1
-            gateway = GATEWAY_BY_METHOD[sub.payment_method.type.value]
-            item = WorkItem(item_id, run_id, sub.subscription_id, sub.next_billing_date, key, gateway, "")
+            # Queued unrouted: the gateway is the one gateway-adapter's answer names.
+            item = WorkItem(item_id, run_id, sub.subscription_id, sub.next_billing_date, key, "", "")
             self._t.items[item_id] = ItemState(item, ItemStatus.PENDING)
             added += 1
         return added
@@ -313,6 +313,24 @@ class FakeWorkItems:
             claimed.append(item)
         return claimed
 
+    async def page(self, run_id: str, after: int, limit: int) -> list[RunItem]:
+        states = sorted(
+            (s for s in self._t.items.values() if s.item.run_id == run_id and s.item.item_id > after),
+            key=lambda s: s.item.item_id,
+        )
+        return [
+            RunItem(
+                s.item.item_id,
+                s.item.subscription_id,
+                s.item.due_date,
+                s.item.gateway,
+                s.status,
+                s.detail,
+                s.invoice_id,
+            )
+            for s in states[:limit]
+        ]
+
     async def held(self, items: Sequence[WorkItem]) -> set[int]:
         return {item.item_id for item in items if self._t.held(item) is not None}
 
@@ -320,7 +338,7 @@ class FakeWorkItems:
         for result in results:
             state = self._t.held(result.item)
             if state is not None:
-                state.status, state.detail = result.status, result.detail
+                state.item, state.status, state.detail = result.item, result.status, result.detail
                 state.invoice_id = result.invoice_id or state.invoice_id
                 state.claim_token = None
 
@@ -328,7 +346,8 @@ class FakeWorkItems:
         for item, _, detail in deferrals:
             state = self._t.held(item)
             if state is not None:
-                state.status, state.detail, state.claim_token = ItemStatus.DEFERRED, detail, None
+                state.item, state.status, state.detail = item, ItemStatus.DEFERRED, detail
+                state.claim_token = None
 
     async def record_failures(self, failures: Sequence[tuple[WorkItem, AfterFailure, str]]) -> list[WorkItem]:
         parked = []
@@ -540,23 +559,33 @@ class FakeStore:
 
 class FakeGateway:
     """Answers each charge with the outcome its token names ("ok", "decline", "unreachable",
-    "silent"); a key sent again gets its first answer, as gateway-adapter's replay does."""
+    "silent"), routed as gateway-adapter routes the method; a key sent again gets its first answer,
+    as gateway-adapter's replay does. `calls` holds every charge, alone or inside a batch."""
+
+    ROUTES = {"card": "sandbox-card", "ach": "sandbox-ach", "stripe": "stripe"}
 
     def __init__(self) -> None:
         self.calls: list[ChargeRequest] = []
+        self.batches = 0
         self._answers: dict[str, ChargeResult] = {}
 
-    async def charge(self, request: ChargeRequest) -> ChargeResult:
+    async def charge(self, request: ChargeRequest) -> ChargeResult | NoAnswer:
+        return self._answer_once(request)
+
+    async def charge_batch(self, requests: Sequence[ChargeRequest]) -> list[ChargeResult | NoAnswer]:
+        self.batches += 1
+        return [self._answer_once(request) for request in requests]
+
+    def _answer_once(self, request: ChargeRequest) -> ChargeResult | NoAnswer:
         self.calls.append(request)
         if request.token == "silent":
-            raise ChargeNotAnswered(NoAnswer("UNAVAILABLE", "connection refused", ours=False))
+            return NoAnswer("UNAVAILABLE", "connection refused", ours=False)
         if request.idempotency_key not in self._answers:
-            self._answers[request.idempotency_key] = _answer(request)
+            self._answers[request.idempotency_key] = _answer(request, self.ROUTES[request.method_type])
         return self._answers[request.idempotency_key]
 
 
-def _answer(request: ChargeRequest) -> ChargeResult:
-    gateway = GATEWAY_BY_METHOD[request.method_type]
+def _answer(request: ChargeRequest, gateway: str) -> ChargeResult:
     pay = f"pay_{request.idempotency_key}"
     if request.token == "decline":
         return ChargeResult(
@@ -565,11 +594,6 @@ def _answer(request: ChargeRequest) -> ChargeResult:
     if request.token == "unreachable":
         return ChargeResult("", PaymentStatus.FAILED, gateway, FailureType.GATEWAY_UNREACHABLE)
     return ChargeResult(pay, PaymentStatus.SUCCEEDED, gateway)
-
-
-class NoPacing:
-    async def wait_turn(self, gateway: str) -> None:
-        return None
 
 
 class FakeOutages:
@@ -586,20 +610,23 @@ class FakeOutages:
 
 
 class FakeQuota:
-    """Plans by code, and one usage report (priced usage and add-ons held) for every period asked."""
+    """Plans by code, and one usage report (priced usage and add-ons held) for every period asked;
+    `usage_calls` counts calls, `periods_asked` the periods in them."""
 
     def __init__(self, plans: Sequence[PlanInfo] = ()) -> None:
         self.plans = {plan.code: plan for plan in plans}
         self.tiers: dict[str, str] = {}
         self.usage_of_period = PeriodUsage()
         self.usage_calls = 0
+        self.periods_asked: list[UsagePeriod] = []
 
     async def get_plan(self, code: str, version: int = 0) -> PlanInfo:
         return self.plans[code]
 
-    async def usage(self, tenant: str, start: datetime, end: datetime) -> PeriodUsage:
+    async def usages(self, periods: Sequence[UsagePeriod]) -> list[PeriodUsage | BillingError]:
         self.usage_calls += 1
-        return self.usage_of_period
+        self.periods_asked.extend(periods)
+        return [self.usage_of_period for _ in periods]
 
     async def plan_for_tier(self, tier: str) -> str | None:
         return self.tiers.get(tier)

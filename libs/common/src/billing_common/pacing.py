@@ -79,7 +79,7 @@ def _interval_us(per_second: int, headroom_percent: int) -> int:
 
 class RedisPacer:
     """At most `limits[name]` turns per second for each name, across all pods; a name not listed
-    gets `default` (0: no limit).
+    (or 0) has no limit.
 
     Slots are spaced for `headroom_percent` less than the limit: calls reach the gateway with some
     jitter (a late wake-up, network, its own queue), and the gateway counts them on its clock, where
@@ -92,18 +92,15 @@ class RedisPacer:
         namespace: str,
         limits: Mapping[str, int],
         headroom_percent: int = 0,
-        *,
-        default: int = 0,
     ) -> None:
         self._namespace = namespace
         self._intervals_us = {name: _interval_us(limit, headroom_percent) for name, limit in limits.items()}
-        self._default_us = _interval_us(default, headroom_percent)
         self._late_s = _late_tolerance_s(headroom_percent)
         self._book = redis.register_script(_BOOK)
         self._waits: dict[str, Any] = {}
 
     def limited(self, name: str) -> bool:
-        return bool(self._intervals_us.get(name, self._default_us))
+        return bool(self._intervals_us.get(name, 0))
 
     async def book(self, name: str, count: int, horizon_s: float | None = None) -> Booking:
         """Book up to `count` turns that start within `horizon_s` (None: however far ahead).
@@ -111,7 +108,7 @@ class RedisPacer:
         Times are from the moment of asking (Redis reads its clock in between, so going at them is
         never early); `first_s` is the next free turn's when none was booked.
         """
-        interval_us = self._intervals_us.get(name, self._default_us)
+        interval_us = self._intervals_us.get(name, 0)
         if not interval_us:
             return Booking(count, 0.0, 0.0)
         horizon_us = _ANY_HORIZON_US if horizon_s is None else int(horizon_s * 1_000_000)

@@ -40,11 +40,14 @@ async def test_pods_sharing_a_name_never_exceed_its_limit_in_any_second(env: Inf
 
 async def test_only_limited_names_are_paced(env: InfraEnv, redis: Redis) -> None:
     namespace = f"{env.run_id}:svc"
-    await RedisPacer(redis, namespace, {"gw": 1}).wait_turn("other")
-    await RedisPacer(redis, namespace, {}, default=5).wait_turn("any")
+    pacer = RedisPacer(redis, namespace, {"gw": 1, "off": 0})
+    await pacer.wait_turn("other")
+    await pacer.wait_turn("off")
+    await pacer.wait_turn("gw")
 
     assert not await redis.exists(f"{namespace}:rate:other")
-    assert await redis.exists(f"{namespace}:rate:any")
+    assert not await redis.exists(f"{namespace}:rate:off")
+    assert await redis.exists(f"{namespace}:rate:gw")
 
 
 async def test_a_turn_woken_late_gives_up_its_slot_and_books_another(env: InfraEnv, redis: Redis) -> None:

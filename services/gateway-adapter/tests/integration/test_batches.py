@@ -177,6 +177,26 @@ async def test_interactive_charges_keep_flowing_while_a_batch_saturates_the_limi
         assert retried[0].payment.status == c.PAYMENT_STATUS_SUCCEEDED and not retried[0].replayed
 
 
+async def test_concurrent_batches_are_paced_one_after_another_so_the_first_is_answered_first(
+    env: InfraEnv,
+) -> None:
+    async with gateway_service(env, rate_limits={"sandbox-card": 20}) as gateway:
+        first = asyncio.ensure_future(charge_batch(gateway, *(charge(f"first-{n}") for n in range(10))))
+        await asyncio.sleep(0.1)  # the first call is booking its turns
+        second = asyncio.ensure_future(charge_batch(gateway, *(charge(f"second-{n}") for n in range(10))))
+        done, _ = await asyncio.wait([first, second], return_when=asyncio.FIRST_COMPLETED)
+        assert done == {first}  # interleaved turns would have ended both calls together
+        await second
+        # Every charge of the first call reached the gateway before any of the second.
+        last_of_first, first_of_second = await gateway.pool.fetchrow(
+            """SELECT max(created_at) FILTER (WHERE idempotency_key LIKE 'first-%'),
+                      min(created_at) FILTER (WHERE idempotency_key LIKE 'second-%')
+               FROM sandbox_charges"""
+        )
+        assert last_of_first < first_of_second
+        assert await busiest_second(gateway) <= 20
+
+
 async def test_an_interactive_charge_without_a_turn_soon_is_told_when_to_retry(env: InfraEnv) -> None:
     async with gateway_service(
         env, rate_limits={"sandbox-card": 5}, interactive_max_wait=timedelta(milliseconds=300)

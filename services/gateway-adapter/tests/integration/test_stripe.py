@@ -6,17 +6,14 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
-from aiohttp import web
 
 from billing.common.v1 import common_pb2 as c
 from billing.gateway.v1 import gateway_pb2 as pb
 from billing_common.testing.plugin import EventCollector, InfraEnv, eventually
-from billing_common.testing.processes import free_port
+from billing_common.testing.stripe import SLOW, FakeStripe, local_stripe
 from gateway_adapter.domain.signatures import sign
 
 from .conftest import gateway_service
@@ -26,104 +23,12 @@ STRIPE = c.PAYMENT_METHOD_TYPE_STRIPE
 API_KEY = "sk_test_local_0000000000000000"
 WEBHOOK_SECRET = "whsec_stripe_local_0123456789abcdef"
 STRIPE_HEADER = "Stripe-Signature"
-SLOW = "pm_card_slow_answer"
-# Stripe's test PaymentMethods and the errors Stripe answers for them.
-DECLINES = {
-    "pm_card_chargeDeclinedInsufficientFunds": (
-        "card_declined",
-        "insufficient_funds",
-        "Your card has insufficient funds.",
-    ),
-    "pm_card_chargeDeclinedStolenCard": ("card_declined", "stolen_card", "Your card was declined."),
-}
-
-
-@dataclass
-class FakeStripe:
-    """Stripe's /v1/payment_intents, /v1/payment_intents/search and /v1/refunds, with idempotent replays."""
-
-    requests: list[dict[str, Any]] = field(default_factory=list)
-    intents: dict[str, dict[str, Any]] = field(default_factory=dict)
-    replies: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
-    # When given, refunds are answered only once it is set (a slow Stripe).
-    refunds_answer: asyncio.Event | None = None
-
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_post("/v1/payment_intents", self.create_intent)
-        app.router.add_get("/v1/payment_intents/search", self.search)
-        app.router.add_post("/v1/refunds", self.create_refund)
-        return app
-
-    async def _record(self, request: web.Request) -> tuple[dict[str, str], str]:
-        form = dict((await request.post()).items())
-        key = request.headers.get("Idempotency-Key", "")
-        self.requests.append(
-            {"path": request.path, "form": form, "key": key, "auth": request.headers.get("Authorization")}
-        )
-        return {k: str(v) for k, v in form.items()}, key
-
-    async def create_intent(self, request: web.Request) -> web.Response:
-        form, key = await self._record(request)
-        if key in self.replies:
-            status, body = self.replies[key]
-            return web.json_response(body, status=status, headers={"Idempotent-Replayed": "true"})
-        intent = {
-            "id": f"pi_{uuid.uuid4().hex[:24]}",
-            "object": "payment_intent",
-            "amount": int(form["amount"]),
-            "currency": form["currency"],
-            "payment_method": form["payment_method"],
-            "metadata": {k[9:-1]: v for k, v in form.items() if k.startswith("metadata[")},
-            "status": "succeeded",
-            "last_payment_error": None,
-        }
-        status, body = 200, intent
-        if form["payment_method"] == SLOW:  # the intent succeeds, but the answer comes too late
-            self.intents[intent["id"]] = intent
-            await asyncio.sleep(1)
-        if form["payment_method"] in DECLINES:
-            code, decline_code, message = DECLINES[form["payment_method"]]
-            error = {"type": "card_error", "code": code, "decline_code": decline_code, "message": message}
-            intent |= {"status": "requires_payment_method", "last_payment_error": error}
-            status, body = 402, {"error": error | {"payment_intent": intent}}
-        self.intents[intent["id"]] = intent
-        self.replies[key] = (status, body)
-        return web.json_response(body, status=status)
-
-    async def search(self, request: web.Request) -> web.Response:
-        self.requests.append({"path": request.path, "query": request.query.get("query", ""), "key": ""})
-        wanted = request.query.get("query", "").split(":'", 1)[-1].rstrip("'")
-        found = [i for i in self.intents.values() if i["metadata"].get("idempotency_key") == wanted]
-        return web.json_response(
-            {"object": "search_result", "data": found, "has_more": False, "url": "/v1/payment_intents/search"}
-        )
-
-    async def create_refund(self, request: web.Request) -> web.Response:
-        form, _ = await self._record(request)
-        if self.refunds_answer is not None:
-            await self.refunds_answer.wait()
-        refund = {
-            "id": f"re_{uuid.uuid4().hex[:24]}",
-            "object": "refund",
-            "amount": int(form["amount"]),
-            "payment_intent": form["payment_intent"],
-            "status": "succeeded",
-        }
-        return web.json_response(refund)
 
 
 @pytest.fixture
 async def stripe_server() -> AsyncIterator[tuple[FakeStripe, str]]:
-    fake = FakeStripe()
-    runner = web.AppRunner(fake.app())
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield fake, f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with local_stripe() as stripe:
+        yield stripe.fake, stripe.base
 
 
 async def test_charge_sends_amount_currency_and_our_idempotency_key(

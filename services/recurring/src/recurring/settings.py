@@ -36,12 +36,6 @@ class RecurringSettings(CommonSettings):
     worker_lease: timedelta = timedelta(minutes=2)
     worker_idle_poll: timedelta = timedelta(seconds=1)
     worker_jitter: timedelta = timedelta(0)
-    # Charges in flight per pod, and per gateway per second across all pods (0: no limit).
-    max_in_flight: int = 32
-    gateway_rate_limit: int = 0
-    # Charges are paced this much under the limit. gateway-adapter keeps the gateway's own limit
-    # with headroom for jitter; pacing at the limit here keeps its slots from going unused.
-    gateway_rate_headroom_percent: int = 0
     # An unreachable gateway's item waits this long before its next try.
     defer_delay: timedelta = timedelta(seconds=30)
     unreachable_halt_threshold: int = 5

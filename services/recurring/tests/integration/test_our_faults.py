@@ -100,7 +100,7 @@ async def test_a_gateway_adapter_killed_mid_run_sends_no_healthy_card_to_dunning
         # The run tries a deferred item again after gateway-adapter's janitor has looked into the
         # charges the dead pod left behind, as it does with the default delays.
         settings = deps.recurring_settings(
-            max_in_flight=10, worker_lease=timedelta(seconds=5), defer_delay=timedelta(seconds=3)
+            worker_lease=timedelta(seconds=5), defer_delay=timedelta(seconds=3)
         )
         async with recurring_service(settings) as recurring:
             stub = recurring.operator
@@ -157,7 +157,7 @@ async def test_database_blips_on_both_sides_mid_run_send_no_healthy_card_to_dunn
         ) as (deps, _),
         EventCollector(env.infra.amqp_url, env.exchange, ["invoice.*", "subscription.*"]) as events,
     ):
-        settings = deps.recurring_settings(max_in_flight=10, worker_lease=timedelta(seconds=5))
+        settings = deps.recurring_settings(worker_lease=timedelta(seconds=5))
         async with recurring_service(settings) as recurring:
             stub = recurring.operator
             run = await start_run_of_healthy_cards(stub)

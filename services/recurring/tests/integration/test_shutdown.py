@@ -27,14 +27,15 @@ SUBSCRIPTIONS = 40
 async def test_a_pod_terminated_mid_run_hands_its_items_back_and_another_bills_each_once(
     env: InfraEnv,
 ) -> None:
-    async with dependencies(env, GATEWAY_SANDBOX_LATENCY="0.4s") as deps:
+    async with dependencies(
+        env, GATEWAY_SANDBOX_LATENCY="0.4s", GATEWAY_RATE_LIMITS="sandbox-card=5"
+    ) as deps:
         # A lease far longer than the test: an item left claimed would wait for it, and fail the test.
-        # The drain (2 s, the charge timeout) is shorter than a batch (20 charges, 2 at a time, 0.4 s
-        # each): the pod is cut off with a batch in hand.
+        # The drain (2 s, the charge timeout) is shorter than a batch (20 charges paced at 5 a second):
+        # the pod is cut off with a batch in hand.
         settings = deps.recurring_settings(
             worker_lease=timedelta(minutes=10),
             worker_batch_size=20,
-            max_in_flight=2,
             charge_timeout=timedelta(seconds=2),
             grpc_shutdown_grace=timedelta(seconds=1),
         )

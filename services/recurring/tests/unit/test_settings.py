@@ -7,12 +7,6 @@ from recurring.entrypoints.main import build
 from recurring.settings import ExhaustedDefault, RecurringSettings
 
 
-@pytest.mark.parametrize("percent", [-1, 100])
-def test_a_headroom_outside_0_to_99_stops_the_service_naming_the_variable(percent: int) -> None:
-    with pytest.raises(SettingsError, match="RECURRING_GATEWAY_RATE_HEADROOM_PERCENT must be from 0 to 99"):
-        build(RecurringSettings(gateway_rate_headroom_percent=percent))
-
-
 @pytest.mark.parametrize(
     ("variable", "value"),
     [

@@ -20,10 +20,10 @@ from recurring.app.settling import apply, books_for_invoices, books_for_items
 from recurring.domain import ledger
 from recurring.domain.events import SubscriptionActivated
 from recurring.domain.invoicing import AddOnUse, Invoice, PeriodUsage, Transaction, UsageCharge
-from recurring.domain.payments import ChargeResult, DeclineKind, FailureType, NoAnswer, PaymentStatus
+from recurring.domain.payments import ChargeResult, DeclineKind, FailureType, NoAnswer, Outcome, PaymentStatus
 from recurring.domain.runs import ItemStatus, WorkItem
 from recurring.domain.schedule import Frequency, Period
-from recurring.domain.settlement import BILLING, Answer, Rules, bill, settle, settle_refund
+from recurring.domain.settlement import BILLING, Answer, Change, Charge, Rules, bill, settle, settle_refund
 from recurring.domain.status import BILLABLE, InvoiceStatus, SubscriptionStatus
 from recurring.domain.subscription import MethodType, PaymentMethod, Subscription
 from services.recurring.tests.fakes import FakeUnitOfWork, Proration, Tables
@@ -390,3 +390,49 @@ def test_an_add_on_in_another_currency_than_the_subscription_is_not_billed() -> 
     euro = AddOnUse("sso", "SSO", Money(900, "EUR"), USAGE_PERIOD, USAGE_PERIOD)
     asyncio.run(bill_and_settle(books, items, {0: PeriodUsage(add_ons=(euro,))}, ["paid"], at_once=True))
     assert books.invoices["inv_0"].total == usd(3000)
+
+
+def billed_charge(books: Tables, items: list[WorkItem], usage: dict[int, PeriodUsage]) -> Charge:
+    uow = FakeUnitOfWork(books)
+    change = bill(items, usage, asyncio.run(books_for_items(uow, items)), RULES, NOW, ids())
+    asyncio.run(apply(uow, change, NOW))
+    (charge,) = change.charges
+    return charge
+
+
+def settled(books: Tables, charge: Charge, result: ChargeResult | NoAnswer) -> Change:
+    uow = FakeUnitOfWork(books)
+    found = asyncio.run(books_for_invoices(uow, [charge.attempt.invoice_id]))
+    change = settle([Answer(charge.attempt, result, charge.item, True)], found, RULES, BILLING, NOW)
+    asyncio.run(apply(uow, change, NOW))
+    return change
+
+
+def test_back_pressure_lets_the_item_wait_its_retry_after_and_is_neither_a_failure_nor_an_outage() -> None:
+    spec = SubSpec(0, S.ACTIVE, 3000, False, True, False, (), (), "none", "none", False)
+    books, items, usage = books_of([spec], [0, 0, 0])
+    charge = billed_charge(books, items, usage)
+    wait = timedelta(seconds=7)
+
+    change = settled(books, charge, NoAnswer("UNAVAILABLE", "rate limit taken", ours=False, retry_after=wait))
+
+    assert [(item.item_id, delay) for item, delay, _ in change.deferred] == [(0, wait)]
+    assert change.failures == [] and change.outcomes == []  # outages are counted on outcomes
+    assert (books.items[0].status, books.items[0].failures) == (ItemStatus.DEFERRED, 0)
+    assert books.invoices["inv_0"].status is InvoiceStatus.OPEN
+    assert [t.answered for t in books.attempts["inv_0"]] == [False]  # the same key goes again
+
+
+def test_an_item_waits_under_the_gateway_its_answer_names_not_the_one_it_was_queued_with() -> None:
+    spec = SubSpec(0, S.ACTIVE, 3000, False, True, False, (), (), "none", "none", False)
+    books, items, usage = books_of([spec], [0, 0, 0])
+    unrouted = [dataclasses.replace(item, gateway="") for item in items]
+    books.claim(unrouted)
+    charge = billed_charge(books, unrouted, usage)
+
+    unreachable = ChargeResult("", PaymentStatus.FAILED, "stripe", FailureType.GATEWAY_UNREACHABLE)
+    change = settled(books, charge, unreachable)
+
+    assert [(item.gateway, outcome) for item, outcome in change.outcomes] == [("stripe", Outcome.DEFERRED)]
+    assert books.items[0].item.gateway == "stripe"
+    assert books.items[0].status is ItemStatus.DEFERRED

@@ -49,12 +49,12 @@ def _with_database(url: str, database: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))
 
 
-async def _ensure_database(admin_url: str) -> None:
+async def _ensure_database(admin_url: str, database: str = TEST_DATABASE) -> None:
     conn = await asyncpg.connect(admin_url)
     try:
-        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", TEST_DATABASE):
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database):
             with contextlib.suppress(asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
-                await conn.execute(f"CREATE DATABASE {TEST_DATABASE}")
+                await conn.execute(f"CREATE DATABASE {database}")
     finally:
         await conn.close()
 

@@ -81,17 +81,51 @@ class Turn:
 
 class _Turns:
     """Turns under one gateway's rate limit for the charges of one call, booked as they come
-    within the lane's horizon, each charge waiting no longer than the lane allows."""
+    within the lane's horizon, each charge waiting no longer than the lane allows.
 
-    def __init__(self, pacer: Pacer, gateway: str, wanted: int, horizon_s: float, within_s: float) -> None:
+    With a `queue` (the batch lane), calls book one after another: a call holds it from its first
+    booking until it has all its turns. Interleaved, concurrent batches would all finish together
+    and leave the gateway idle while their callers settle them and bring the next ones; one after
+    another, each caller gets its answers while the next batch is being charged."""
+
+    def __init__(
+        self,
+        pacer: Pacer,
+        gateway: str,
+        wanted: int,
+        horizon_s: float,
+        within_s: float,
+        queue: asyncio.Lock | None = None,
+    ) -> None:
         self._pacer = pacer
         self._gateway = gateway
         self._wanted = wanted
         self._horizon_s = horizon_s
+        self._within_s = within_s
         self._deadline = asyncio.get_running_loop().time() + within_s
         self._ready: deque[Turn] = deque()
         self._lock = asyncio.Lock()
+        self._queue = queue
+        self._queued = False
         self.retry_after = timedelta(0)
+
+    async def _enter_queue(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Wait for the calls ahead to have their turns; False when that takes past the deadline."""
+        if self._queue is None or self._queued:
+            return True
+        try:
+            await asyncio.wait_for(self._queue.acquire(), max(0.0, self._deadline - loop.time()))
+        except TimeoutError:
+            self.retry_after = timedelta(seconds=self._within_s)
+            return False
+        self._queued = True
+        return True
+
+    def leave_queue(self) -> None:
+        """Let the next call book (all turns booked, or this call is over)."""
+        if self._queue is not None and self._queued:
+            self._queued = False
+            self._queue.release()
 
     async def take(self, *, again: bool = False) -> Turn | None:
         """This charge's turn, or None when none comes in time (see `retry_after`).
@@ -102,6 +136,10 @@ class _Turns:
         async with self._lock:
             self._wanted += again
             while not self._ready:
+                # A turn missed (woken too late) is booked again at once, not behind other calls.
+                if not again and not await self._enter_queue(loop):
+                    self._wanted -= 1
+                    return None
                 asked = loop.time()
                 booking = await self._pacer.book(self._gateway, self._wanted, self._horizon_s)
                 # Redis read its clock between asking and answering: going at a time counted from
@@ -112,6 +150,8 @@ class _Turns:
                 )
                 self._wanted -= booking.booked
                 if booking.booked:
+                    if self._wanted <= 0:
+                        self.leave_queue()
                     break
                 # Nothing free within the horizon: wait until the next free turn comes within it.
                 within_reach = asked + booking.first_s - self._horizon_s
@@ -188,6 +228,7 @@ class Payments:
         self._recordings: GroupCommit[Recording, Payment | None] = GroupCommit(self._record_group)
         # Charges whose gateway calls are running in this process: their leases are renewed.
         self._live: set[str] = set()
+        self._batch_queues: dict[str, asyncio.Lock] = {}
 
     async def charge(self, request: ChargeRequest, lane: Lane = Lane.INTERACTIVE) -> tuple[Payment, bool]:
         """The payment for this key, and whether it is the stored result of an earlier call."""
@@ -257,14 +298,20 @@ class Payments:
         if not fresh:
             return earlier
         turns = {
-            gateway: _Turns(self._pacer, gateway, count, *self._lane_wait(lane))
+            gateway: _Turns(
+                self._pacer, gateway, count, *self._lane_wait(lane), self._lane_queue(lane, gateway)
+            )
             for gateway, count in Counter(item.payment.gateway for item in fresh).items()
         }
         self._live.update(item.payment.payment_id for item in fresh)
         try:
-            outcomes = await asyncio.gather(
-                *(self._charge_at_turn(item, turns[item.payment.gateway]) for item in fresh)
-            )
+            try:
+                outcomes = await asyncio.gather(
+                    *(self._charge_at_turn(item, turns[item.payment.gateway]) for item in fresh)
+                )
+            finally:
+                for gateway_turns in turns.values():
+                    gateway_turns.leave_queue()
             recordings = [
                 Recording(item.payment, outcome) for item, (outcome, _) in zip(fresh, outcomes, strict=True)
             ]
@@ -301,6 +348,12 @@ class Payments:
             late = True
         self._pacer.waited(item.payment.gateway, loop.time() - started)
         return await self._call_gateway(item.payment, item.credentials_ref), None
+
+    def _lane_queue(self, lane: Lane, gateway: str) -> asyncio.Lock | None:
+        """Batch calls of this pod book a gateway's turns one call after another (see `_Turns`)."""
+        if lane is Lane.INTERACTIVE:
+            return None
+        return self._batch_queues.setdefault(gateway, asyncio.Lock())
 
     def _lane_wait(self, lane: Lane) -> tuple[float, float]:
         """How far ahead the lane books turns, and how long a charge of it waits for one."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -9,12 +10,13 @@ import grpc
 from prometheus_client import Counter
 
 from billing.common.v1 import common_pb2
+from billing.events.v1 import payment_pb2
 from billing.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from billing.quota.v1 import quota_pb2, quota_pb2_grpc
-from billing_common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from billing_common.errors import BillingError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from billing_common.money import Money
 from billing_common.protos import to_datetime
-from recurring.app.ports import ChargeNotAnswered, PlanInfo
+from recurring.app.ports import PlanInfo, UsagePeriod
 from recurring.domain.invoicing import AddOnUse, PeriodUsage, UsageCharge
 from recurring.domain.payments import (
     CallFailure,
@@ -76,15 +78,22 @@ _UNAVAILABLE = (
 )
 
 
-def _translate(error: grpc.aio.AioRpcError, what: str) -> Exception:
-    code = error.code()
+# google.rpc.Code numbers, as a batch answer gives them per item.
+STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def _translate(error: grpc.aio.AioRpcError, what: str) -> BillingError:
+    return _error_of(error.code(), error.details() or "", what)
+
+
+def _error_of(code: grpc.StatusCode, details: str, what: str) -> BillingError:
     if code == grpc.StatusCode.NOT_FOUND:
-        return NotFound(f"{what}: {error.details()}")
+        return NotFound(f"{what}: {details}")
     if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return InvalidArgument.of(what, error.details() or "refused")
+        return InvalidArgument.of(what, details or "refused")
     if code in _UNAVAILABLE:
-        return Unavailable(f"{what}: {error.details()}")
-    return FailedPrecondition(f"{what}: {error.details()}")
+        return Unavailable(f"{what}: {details}")
+    return FailedPrecondition(f"{what}: {details}")
 
 
 class QuotaClient:
@@ -124,19 +133,36 @@ class QuotaClient:
             raise _translate(error, "tier") from None
         return next((m.plan_code for m in reply.mappings if m.tier == TIERS.get(tier)), None)
 
-    async def usage(self, tenant: str, start: datetime, end: datetime) -> PeriodUsage:
-        """Billable usage of [start, end) and the add-ons held in it; none when quota has no plan to
-        price it with."""
-        request = quota_pb2.GetUsageSummaryRequest(tenant_id=tenant)
-        request.period_start.FromDatetime(start)
-        request.period_end.FromDatetime(end)
+    async def usages(self, periods: Sequence[UsagePeriod]) -> list[PeriodUsage | BillingError]:
+        """Billable usage of each tenant's [start, end) and the add-ons held in it, in one call; none
+        when quota has no plan to price it with, or the error quota gave for that tenant. Raises
+        Unavailable when quota did not answer."""
+        request = quota_pb2.GetUsageSummariesRequest()
+        for period in periods:
+            asked = request.requests.add(tenant_id=period.tenant)
+            asked.period_start.FromDatetime(period.start)
+            asked.period_end.FromDatetime(period.end)
         try:
-            reply = await self._stub.GetUsageSummary(request, timeout=self._timeout)
+            reply = await self._stub.GetUsageSummaries(request, timeout=self._timeout)
         except grpc.aio.AioRpcError as error:
-            if error.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
+            failure = _translate(error, "usage")
+            if isinstance(failure, Unavailable):
+                raise failure from None
+            if len(periods) == 1:
+                return [failure]
+            # One tenant's broken record fails the whole call: each alone gets its own answer.
+            return [answer for period in periods for answer in await self.usages([period])]
+        return [self._usage_of(result, period) for result, period in zip(reply.results, periods, strict=True)]
+
+    def _usage_of(
+        self, result: quota_pb2.UsageSummaryResult, period: UsagePeriod
+    ) -> PeriodUsage | BillingError:
+        if not result.HasField("summary"):
+            code = STATUS_CODES.get(result.code, grpc.StatusCode.UNKNOWN)
+            if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
                 return PeriodUsage()
-            raise _translate(error, "usage") from None
-        return self._period_usage(reply, start, end)
+            return _error_of(code, result.error, "usage")
+        return self._period_usage(result.summary, period.start, period.end)
 
     def _period_usage(
         self, summary: quota_pb2.GetUsageSummaryResponse, start: datetime, end: datetime
@@ -170,44 +196,106 @@ class QuotaClient:
         return instant.astimezone(self._zone).date()
 
 
+# Refusals of one charge in a batch, as the gRPC status Charge would have answered with.
+REFUSAL_CODES = {
+    gateway_pb2.CHARGE_REFUSAL_INVALID_ARGUMENT: "INVALID_ARGUMENT",
+    gateway_pb2.CHARGE_REFUSAL_KEY_REUSED: "FAILED_PRECONDITION",
+    gateway_pb2.CHARGE_REFUSAL_IN_PROGRESS: "UNAVAILABLE",
+    gateway_pb2.CHARGE_REFUSAL_BACK_PRESSURE: "UNAVAILABLE",
+}
+# ChargeBatch takes at most this many charges per call (its contract).
+BATCH_LIMIT = 1000
+
+
+def _charge_pb(request: ChargeRequest, lane: gateway_pb2.Lane.ValueType) -> gateway_pb2.ChargeRequest:
+    return gateway_pb2.ChargeRequest(
+        merchant_id=request.merchant_id,
+        payment_method=common_pb2.PaymentMethod(
+            type=METHOD_TYPES[request.method_type], gateway_token=request.token
+        ),
+        amount=common_pb2.Money(amount_minor=request.amount.amount_minor, currency=request.amount.currency),
+        idempotency_key=request.idempotency_key,
+        caller_reference=request.invoice_id,
+        metadata={"invoice_id": request.invoice_id},
+        lane=lane,
+    )
+
+
+def _unanswered(code: str, details: str, retry_after: timedelta | None = None) -> ChargeResult | NoAnswer:
+    """A call or a charge that came back without a payment: a refusal of the request, or no word."""
+    failure = call_failure(code)
+    if failure is CallFailure.REFUSED:
+        CHARGES.labels("", "refused").inc()
+        return refusal(code, details)
+    CHARGES.labels("", "no_answer").inc()
+    return NoAnswer(code, details, ours=failure is CallFailure.BROKEN, retry_after=retry_after)
+
+
+def charge_result(
+    payment: gateway_pb2.Payment | payment_pb2.PaymentFacts, decline_code: str = ""
+) -> ChargeResult:
+    """A payment as a charge's answer or a payment.* event tells it."""
+    return ChargeResult(
+        payment_id=payment.payment_id,
+        status=PAYMENT_STATUSES.get(payment.status, PaymentStatus.UNKNOWN),
+        gateway=payment.gateway,
+        failure_type=FAILURE_TYPES.get(payment.failure_type, FailureType.NONE),
+        decline_kind=DECLINE_KINDS.get(payment.decline_kind, DeclineKind.NONE),
+        decline_code=decline_code or payment.normalized_code or payment.gateway_code,
+        retryable=payment.retryable,
+    )
+
+
+def _result(payment: gateway_pb2.Payment) -> ChargeResult:
+    result = charge_result(payment)
+    CHARGES.labels(result.gateway, result.status.value).inc()
+    return result
+
+
 class GatewayClient:
+    """gateway-adapter routes, paces and answers; this client only says which lane a charge is in."""
+
     def __init__(self, channel: grpc.aio.Channel, timeout: timedelta) -> None:
         self._stub = gateway_pb2_grpc.GatewayServiceStub(channel)
         self._timeout = timeout.total_seconds()
 
-    async def charge(self, request: ChargeRequest) -> ChargeResult:
-        message = gateway_pb2.ChargeRequest(
-            merchant_id=request.merchant_id,
-            payment_method=common_pb2.PaymentMethod(
-                type=METHOD_TYPES[request.method_type], gateway_token=request.token
-            ),
-            amount=common_pb2.Money(
-                amount_minor=request.amount.amount_minor, currency=request.amount.currency
-            ),
-            idempotency_key=request.idempotency_key,
-            caller_reference=request.invoice_id,
-            metadata={"invoice_id": request.invoice_id},
+    async def charge(self, request: ChargeRequest) -> ChargeResult | NoAnswer:
+        """One charge someone waits for (a retry), in the interactive lane."""
+        try:
+            reply = await self._stub.Charge(
+                _charge_pb(request, gateway_pb2.LANE_INTERACTIVE), timeout=self._timeout
+            )
+        except grpc.aio.AioRpcError as error:
+            return _unanswered(error.code().name, error.details() or "")
+        return _result(reply.payment)
+
+    async def charge_batch(self, requests: Sequence[ChargeRequest]) -> list[ChargeResult | NoAnswer]:
+        """A run's charges in the batch lane, one ChargeBatch call per BATCH_LIMIT; one answer each,
+        in order."""
+        answers: list[ChargeResult | NoAnswer] = []
+        for start in range(0, len(requests), BATCH_LIMIT):
+            answers += await self._charge_batch(requests[start : start + BATCH_LIMIT])
+        return answers
+
+    async def _charge_batch(self, requests: Sequence[ChargeRequest]) -> list[ChargeResult | NoAnswer]:
+        message = gateway_pb2.ChargeBatchRequest(
+            charges=[_charge_pb(request, gateway_pb2.LANE_BATCH) for request in requests]
         )
         try:
-            reply = await self._stub.Charge(message, timeout=self._timeout)
+            reply = await self._stub.ChargeBatch(message, timeout=self._timeout)
         except grpc.aio.AioRpcError as error:
             code = error.code().name
-            failure = call_failure(code)
-            if failure is CallFailure.REFUSED:
-                CHARGES.labels("", "refused").inc()
-                return refusal(code, error.details() or "")
-            CHARGES.labels("", "no_answer").inc()
-            answer = NoAnswer(code, error.details() or "", ours=failure is CallFailure.BROKEN)
-            raise ChargeNotAnswered(answer) from None
-        payment = reply.payment
-        result = ChargeResult(
-            payment_id=payment.payment_id,
-            status=PAYMENT_STATUSES.get(payment.status, PaymentStatus.UNKNOWN),
-            gateway=payment.gateway,
-            failure_type=FAILURE_TYPES.get(payment.failure_type, FailureType.NONE),
-            decline_kind=DECLINE_KINDS.get(payment.decline_kind, DeclineKind.NONE),
-            decline_code=payment.normalized_code or payment.gateway_code,
-            retryable=payment.retryable,
-        )
-        CHARGES.labels(result.gateway, result.status.value).inc()
-        return result
+            if len(requests) > 1 and call_failure(code) is CallFailure.REFUSED:
+                # The edge refuses a whole batch for one malformed charge: each alone gets its own word.
+                return [answer for request in requests for answer in await self._charge_batch([request])]
+            return [_unanswered(code, error.details() or "") for _ in requests]
+        answers: list[ChargeResult | NoAnswer] = []
+        for answer in reply.results:
+            if answer.HasField("payment"):
+                answers.append(_result(answer.payment))
+                continue
+            retry_after = answer.retry_after.ToTimedelta() if answer.HasField("retry_after") else None
+            answers.append(
+                _unanswered(REFUSAL_CODES.get(answer.refusal, "UNKNOWN"), answer.message, retry_after)
+            )
+        return answers

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Protocol
 
 import asyncpg
 
+from billing_common.errors import BillingError
 from billing_common.idempotency import IdempotencyKey
 from billing_common.locks import Lease
 from billing_common.money import Money
@@ -232,31 +234,37 @@ class Store(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class UsagePeriod:
+    """A tenant's usage to bill: [start, end)."""
+
+    tenant: str
+    start: datetime
+    end: datetime
+
+
 class Quota(Protocol):
     async def get_plan(self, code: str, version: int = 0) -> PlanInfo: ...
-    async def usage(self, tenant: str, start: datetime, end: datetime) -> PeriodUsage: ...
+    async def usages(self, periods: Sequence[UsagePeriod]) -> list[PeriodUsage | BillingError]:
+        """One answer per period, in order: its billable usage and add-ons, or why quota gave none
+        (raises when the call as a whole failed)."""
+        ...
+
     async def plan_for_tier(self, tier: str) -> str | None: ...
 
 
-class ChargeNotAnswered(Exception):
-    """The call to the payment service came back without a word about the payment."""
-
-    def __init__(self, answer: NoAnswer) -> None:
-        super().__init__(answer.reason)
-        self.answer = answer
-
-
 class Gateway(Protocol):
-    async def charge(self, request: ChargeRequest) -> ChargeResult:
-        """A refusal of the request comes back as a failed result (`domain.payments.refusal`);
-        raises ChargeNotAnswered when there was no answer about the payment."""
+    """gateway-adapter: it routes each charge to a gateway and paces it under that gateway's limit.
+    A refusal of the request comes back as a failed result (`domain.payments.refusal`); NoAnswer
+    when there was no word about the payment (or back-pressure: send the same key again later)."""
+
+    async def charge(self, request: ChargeRequest) -> ChargeResult | NoAnswer:
+        """One charge someone waits for, in the interactive lane."""
         ...
 
-
-class Pacer(Protocol):
-    """Charges per second per gateway, shared by every pod."""
-
-    async def wait_turn(self, gateway: str) -> None: ...
+    async def charge_batch(self, requests: Sequence[ChargeRequest]) -> list[ChargeResult | NoAnswer]:
+        """A run's charges, in the batch lane; one answer per request, in order."""
+        ...
 
 
 class OutageCounter(Protocol):

@@ -19,7 +19,7 @@ from billing_common import telemetry
 from billing_common.clock import Clock
 from billing_common.errors import Unavailable
 from recurring.app.charging import Charging
-from recurring.app.ports import OutageCounter, Quota, Store
+from recurring.app.ports import OutageCounter, Quota, Store, UsagePeriod
 from recurring.app.runs import Runs
 from recurring.app.settling import apply, books_for_invoices, books_for_items, new_id
 from recurring.domain import events as ev
@@ -197,38 +197,16 @@ class Worker:
         except Exception:
             log.exception("recording failed items failed", extra={"items": len(failures)})
 
-    async def _send(self, charge: Charge) -> tuple[ChargeResult | NoAnswer, telemetry.TraceContext]:
-        """Send one charge in a span of its own (under the trace that wrote the attempt, when an
-        earlier worker did); its answer and the trace to record it in."""
-        txn = charge.attempt
-        attributes = {
-            "run.id": charge.item.run_id,
-            "invoice.id": txn.invoice_id,
-            "charge.attempt": txn.attempt,
-            "charge.idempotency_key": txn.idempotency_key,
-        }
-        earlier = txn.trace_context or None
-        links = [telemetry.capture()] if earlier else []
-        with telemetry.span("recurring.charge", parent=earlier, links=links, attributes=attributes) as span:
-            result = await self._charging.send(txn, charge.subscription)
-            answered = isinstance(result, ChargeResult)
-            outcome = outcome_of(result).value if isinstance(result, ChargeResult) else "no_answer"
-            facts: dict[str, str | int] = {
-                "invoice_id": txn.invoice_id,
-                "attempt": txn.attempt,
-                "outcome": outcome,
-                "gateway": result.gateway if isinstance(result, ChargeResult) else "",
-                "decline_code": result.decline_code if isinstance(result, ChargeResult) else result.code,
-            }
-            span.set_attributes(
-                {f"charge.{key}": value for key, value in facts.items() if key != "invoice_id"}
-            )
-            log.log(
-                logging.DEBUG if outcome == Outcome.PAID.value else logging.INFO,
-                "charge answered" if answered else "charge got no answer",
-                extra=facts,
-            )
-            return result, telemetry.capture()
+    async def _send_all(
+        self, charges: list[Charge]
+    ) -> list[tuple[Charge, ChargeResult | NoAnswer, telemetry.TraceContext]]:
+        """Send the batch's charges in one call; each answer with the trace to record it in: a span
+        per charge (under the trace that wrote the attempt, when an earlier worker did)."""
+        results = await self._charging.send_all([(c.attempt, c.subscription) for c in charges])
+        answered = []
+        for charge, result in zip(charges, results, strict=True):
+            answered.append((charge, result, _trace_answer(charge, result)))
+        return answered
 
     async def _bill(self, items: list[WorkItem]) -> list[Charge]:
         """Invoice the items' occurrences and write their attempts in one transaction; the charges
@@ -261,8 +239,8 @@ class Worker:
         self, items: list[WorkItem], subs: dict[str, Subscription], invoiced: dict[str, Invoice]
     ) -> tuple[dict[int, PeriodUsage], dict[WorkItem, str], dict[WorkItem, str]]:
         """Usage and add-ons of the period that ends on each due date (billed in arrears), for plan
-        subscriptions; the items whose usage quota could not give (it did not answer), and those whose
-        usage failed."""
+        subscriptions, in one call for the batch; the items whose usage quota could not give (it did
+        not answer), and those whose usage failed."""
         usage = {item.item_id: PeriodUsage() for item in items}
         metered = [
             (item, sub)
@@ -271,17 +249,21 @@ class Worker:
             and item.occurrence_key not in invoiced
             and _usage_billed(sub, item)
         ]
-        answers = await asyncio.gather(
-            *(
-                self._quota.usage(
-                    sub.account_id, self._midnight(sub.current_period_start), self._midnight(item.due_date)
-                )
-                for item, sub in metered
-            ),
-            return_exceptions=True,
-        )
         unavailable: dict[WorkItem, str] = {}
         failed: dict[WorkItem, str] = {}
+        if not metered:
+            return usage, unavailable, failed
+        periods = [
+            UsagePeriod(
+                sub.account_id, self._midnight(sub.current_period_start), self._midnight(item.due_date)
+            )
+            for item, sub in metered
+        ]
+        answers: Sequence[PeriodUsage | Exception]
+        try:
+            answers = await self._quota.usages(periods)
+        except Exception as error:
+            answers = [error] * len(metered)
         for (item, _), answer in zip(metered, answers, strict=True):
             if isinstance(answer, Unavailable):
                 unavailable[item] = answer.message
@@ -290,8 +272,6 @@ class Worker:
                 log.error("usage failed", exc_info=answer, extra={"item": item.item_id})
                 failed[item] = _reason("usage", answer)
                 del usage[item.item_id]
-            elif isinstance(answer, BaseException):
-                raise answer
             else:
                 usage[item.item_id] = answer
         return usage, unavailable, failed
@@ -300,37 +280,34 @@ class Worker:
         return datetime.combine(day, time(0), self._config.zone).astimezone(UTC)
 
     async def _charge_all(self, charges: list[Charge]) -> Counter[str]:
-        """Send every charge at once (the pacer and the in-flight bound hold them back) and record the
-        answers in group commits: whatever arrived while the previous group was being written.
-        Returns how many charges ended in each outcome."""
-        sending = {asyncio.ensure_future(self._send(c)): c for c in charges}
+        """Send the batch's charges in one call (gateway-adapter paces them) and record the answers
+        in one transaction. Returns how many charges ended in each outcome."""
         outcomes: Counter[str] = Counter()
-        while sending:
-            done, _ = await asyncio.wait(sending, return_when=asyncio.FIRST_COMPLETED)
-            answered: list[tuple[Charge, ChargeResult | NoAnswer]] = []
-            traces: dict[int, telemetry.TraceContext] = {}
-            broken: list[tuple[WorkItem, str]] = []
-            for task in done:
-                charge = sending.pop(task)
-                error = task.exception()
-                if error is None:
-                    result, traces[charge.item.item_id] = task.result()
-                    answered.append((charge, result))
-                else:
-                    log.error("charge failed", exc_info=error, extra={"item": charge.item.item_id})
-                    broken.append((charge.item, _reason("charging", error)))
-                    outcomes["errors"] += 1
-            await self._fail(broken)
-            try:
-                recorded = await self._conclude(sorted(answered, key=lambda a: a[0].item.item_id), traces)
-                outcomes.update(outcome.value for _, outcome in recorded)
-                unanswered = sum(1 for _, result in answered if isinstance(result, NoAnswer))
-                if unanswered:
-                    outcomes["no_answer"] += unanswered
-            except Exception:
-                # The items stay claimed; their lease runs out and the next claim sends the same keys.
-                log.exception("recording charge results failed", extra={"items": len(answered)})
-                outcomes["errors"] += len(answered)
+        if not charges:
+            return outcomes
+        try:
+            sent = await self._send_all(charges)
+        except Exception as error:
+            log.exception("charging failed", extra={"items": len(charges)})
+            await self._fail([(charge.item, _reason("charging", error)) for charge in charges])
+            outcomes["errors"] += len(charges)
+            return outcomes
+        answered = sorted(((charge, result) for charge, result, _ in sent), key=lambda a: a[0].item.item_id)
+        traces = {charge.item.item_id: trace for charge, _, trace in sent}
+        try:
+            recorded = await self._conclude(answered, traces)
+        except Exception:
+            # The items stay claimed; their lease runs out and the next claim sends the same keys.
+            log.exception("recording charge results failed", extra={"items": len(answered)})
+            outcomes["errors"] += len(answered)
+            return outcomes
+        outcomes.update(outcome.value for _, outcome in recorded)
+        unanswered = [result for _, result in answered if isinstance(result, NoAnswer)]
+        waiting = sum(1 for result in unanswered if result.retry_after is not None)
+        if waiting:
+            outcomes["back_pressure"] += waiting
+        if len(unanswered) > waiting:
+            outcomes["no_answer"] += len(unanswered) - waiting
         return outcomes
 
     async def _conclude(
@@ -352,9 +329,12 @@ class Worker:
         return change.outcomes
 
     async def _count_outages(self, outcomes: list[tuple[WorkItem, Outcome]]) -> None:
-        """Consecutive unreachable results per run and gateway; a run of answers resets the count once."""
+        """Consecutive unreachable results per run and the gateway each answer names; a run of answers
+        resets the count once."""
         reset: set[tuple[str, str]] = set()
         for item, outcome in outcomes:
+            if not item.gateway:  # refused before routing: no gateway's health in it
+                continue
             key = (item.run_id, item.gateway)
             if outcome is not Outcome.DEFERRED:
                 if key not in reset:
@@ -372,6 +352,36 @@ class Worker:
                 deferred = await tx.runs.deferred_items(run_id, gateway)
                 await tx.outbox.add([ev.RunHalted(run, gateway, deferred)])
                 log.warning("gateway halted in run", extra={"run": run_id, "gateway": gateway})
+
+
+def _trace_answer(charge: Charge, result: ChargeResult | NoAnswer) -> telemetry.TraceContext:
+    """A span of the charge's answer, and its trace: what the answer announces is written under it."""
+    txn = charge.attempt
+    earlier = txn.trace_context or None
+    links = [telemetry.capture()] if earlier else []
+    attributes = {
+        "run.id": charge.item.run_id,
+        "invoice.id": txn.invoice_id,
+        "charge.attempt": txn.attempt,
+        "charge.idempotency_key": txn.idempotency_key,
+    }
+    with telemetry.span("recurring.charge", parent=earlier, links=links, attributes=attributes) as span:
+        answered = isinstance(result, ChargeResult)
+        outcome = outcome_of(result).value if isinstance(result, ChargeResult) else "no_answer"
+        facts: dict[str, str | int] = {
+            "invoice_id": txn.invoice_id,
+            "attempt": txn.attempt,
+            "outcome": outcome,
+            "gateway": result.gateway if isinstance(result, ChargeResult) else "",
+            "decline_code": result.decline_code if isinstance(result, ChargeResult) else result.code,
+        }
+        span.set_attributes({f"charge.{key}": value for key, value in facts.items() if key != "invoice_id"})
+        log.log(
+            logging.DEBUG if outcome == Outcome.PAID.value else logging.INFO,
+            "charge answered" if answered else "charge got no answer",
+            extra=facts,
+        )
+        return telemetry.capture()
 
 
 def _usage_billed(sub: Subscription, item: WorkItem) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from datetime import timedelta
 
 from billing_common.money import Money
 
@@ -158,6 +159,10 @@ class NoAnswer:
     detail: str
     # Our side broke on it: counts as a failure of ours towards parking the item.
     ours: bool
+    # Back-pressure (the gateway's rate limit is taken, or the key's call is still in progress):
+    # nothing was done, and the same key is welcome again after this long. Neither the customer's
+    # failure nor ours, nor a sign of an outage.
+    retry_after: timedelta | None = None
 
     @property
     def reason(self) -> str:
@@ -176,15 +181,6 @@ def refusal(code: str, detail: str) -> ChargeResult:
         retryable=False,
         reason=f"refused by the payment service ({code}): {detail}"[:REASON_LENGTH],
     )
-
-
-# The gateway that serves each payment method type (gateway-adapter routes the same way); the
-# run paces, counts outages and halts per gateway.
-GATEWAY_BY_METHOD = {"card": "sandbox-card", "ach": "sandbox-ach", "stripe": "stripe"}
-
-
-def gateway_for(method_type: str) -> str:
-    return GATEWAY_BY_METHOD[method_type]
 
 
 def attempt_key(invoice_id: str, attempt: int) -> str:

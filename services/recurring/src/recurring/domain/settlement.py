@@ -372,18 +372,24 @@ def settle(answers: Sequence[Answer], books: Books, rules: Rules, cause: Cause, 
     """Apply each answer once: the attempt as answered, the invoice paid or failed, the
     subscription's payment state, the ledger, and what becomes of the run item waiting on it.
 
-    No answer means nothing is known: the item sends the same key again later (counted as a failure
-    of ours when our side broke), and nothing else changes."""
+    No answer means nothing is known: the item sends the same key again later (after the retry-after
+    of back-pressure; counted as a failure of ours when our side broke), and nothing else changes.
+    An answer names the gateway that routing chose: the item is kept under it from then on."""
     change = Change()
     working = _Working(books, change, now)
     for answer in answers:
         item, result = answer.item, answer.result
         if isinstance(result, NoAnswer):
-            if item is not None and answer.holds and result.ours:
+            if item is not None and answer.holds and result.retry_after is not None:
+                change.deferred.append((item, result.retry_after, result.reason))
+            elif item is not None and answer.holds and result.ours:
                 change.failures.append(failure_of(item, result.reason, rules))
             elif item is not None and answer.holds:
                 change.deferred.append((item, rules.defer_delay, result.reason))
             continue
+        if item is not None and result.gateway:
+            # The item waits, halts and resumes with the gateway that routing chose for it.
+            item = dataclasses.replace(item, gateway=result.gateway)
         outcome = _record(working, answer, result, cause) or outcome_of(result)
         if item is None:
             continue

@@ -12,11 +12,11 @@ from billing.common.v1 import common_pb2
 from billing.events.v1 import dunning_pb2, payment_pb2, tier_pb2
 from billing_common.events import Handlers
 from billing_common.money import Money
-from recurring.adapters.clients import DECLINE_KINDS, FAILURE_TYPES, PAYMENT_STATUSES
+from recurring.adapters.clients import charge_result
 from recurring.app.invoices import Invoices
 from recurring.app.ports import Store
 from recurring.app.subscriptions import Subscriptions
-from recurring.domain.payments import ChargeResult, DeclineKind, FailureType, PaymentStatus, PaymentUpdate
+from recurring.domain.payments import PaymentUpdate
 from recurring.domain.subscription import Cause
 
 TIERS = {common_pb2.TIER_LITE: "lite", common_pb2.TIER_PLUS: "plus", common_pb2.TIER_PRO: "pro"}
@@ -27,15 +27,7 @@ def payment_update(facts: payment_pb2.PaymentFacts, *, decline_code: str = "") -
     return PaymentUpdate(
         payment_id=facts.payment_id,
         idempotency_key=facts.idempotency_key,
-        result=ChargeResult(
-            payment_id=facts.payment_id,
-            status=PAYMENT_STATUSES.get(facts.status, PaymentStatus.UNKNOWN),
-            gateway=facts.gateway,
-            failure_type=FAILURE_TYPES.get(facts.failure_type, FailureType.NONE),
-            decline_kind=DECLINE_KINDS.get(facts.decline_kind, DeclineKind.NONE),
-            decline_code=decline_code or facts.normalized_code or facts.gateway_code,
-            retryable=facts.retryable,
-        ),
+        result=charge_result(facts, decline_code),
     )
 
 

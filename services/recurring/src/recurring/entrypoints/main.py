@@ -11,7 +11,6 @@ from prometheus_client import Gauge
 
 from billing.recurring.v1 import recurring_pb2_grpc
 from billing_common.grpc_client import open_channel
-from billing_common.pacing import RedisPacer, check_headroom
 from billing_common.paging import PageTokens
 from billing_common.service import Background, Lifespan, Registration, Resources, ServiceParts, run_service
 from billing_common.settings import SettingsError
@@ -43,7 +42,6 @@ RUNS_STALLED = Gauge(
 
 def build(settings: RecurringSettings) -> Lifespan:
     zone = settings.billing_time_zone
-    check_headroom(settings.gateway_rate_headroom_percent, "RECURRING_GATEWAY_RATE_HEADROOM_PERCENT")
     if settings.item_max_failures < 1:
         raise SettingsError("RECURRING_ITEM_MAX_FAILURES must be at least 1")
     schedule = Schedule(
@@ -66,18 +64,7 @@ def build(settings: RecurringSettings) -> Lifespan:
         store = PostgresStore(r.pool, r.outbox, EventMessages(zone))
         quota = QuotaClient(quota_channel, settings.charge_timeout, zone)
         outages = RedisOutageCounter(r.redis, settings.namespace)
-        charging = Charging(
-            GatewayClient(gateway_channel, settings.charge_timeout),
-            # One limit for every gateway: how fast a billing run sends, leaving room for other callers.
-            RedisPacer(
-                r.redis,
-                settings.namespace,
-                {},
-                settings.gateway_rate_headroom_percent,
-                default=settings.gateway_rate_limit,
-            ),
-            settings.max_in_flight,
-        )
+        charging = Charging(GatewayClient(gateway_channel, settings.charge_timeout))
         subscriptions = Subscriptions(store, quota, clock, zone)
         runs = Runs(store, r.locks, outages, clock, schedule)
         invoices = Invoices(

@@ -10,7 +10,6 @@ from prometheus_client import Counter
 
 from billing_common import telemetry
 from recurring.adapters.metrics import run_finished
-from recurring.domain.payments import GATEWAY_BY_METHOD
 from recurring.domain.runs import (
     AfterFailure,
     ItemResult,
@@ -207,9 +206,8 @@ class PostgresRuns:
             """INSERT INTO work_items (run_id, subscription_id, due_date, occurrence_key, gateway, status,
                    trace_context)
                SELECT $1, s.subscription_id, s.next_billing_date,
-                      s.subscription_id || ':' || s.next_billing_date::text, g.gateway, 'pending', $7
+                      s.subscription_id || ':' || s.next_billing_date::text, '', 'pending', $5
                FROM subscriptions s
-               JOIN unnest($5::text[], $6::text[]) AS g(method_type, gateway) ON g.method_type = s.method_type
                WHERE s.frequency = ANY($3::text[]) AND s.next_billing_date <= $2
                  AND s.status = ANY($4::text[])
                ORDER BY s.subscription_id
@@ -218,8 +216,6 @@ class PostgresRuns:
             billing_date,
             [f.value for f in frequencies],
             [s.value for s in SCHEDULED],
-            list(GATEWAY_BY_METHOD),
-            list(GATEWAY_BY_METHOD.values()),
             telemetry.capture(),
         )
         return int(status.split()[-1])
@@ -310,17 +306,23 @@ class PostgresWorkItems:
     async def finish(self, results: Sequence[ItemResult]) -> None:
         await self._conn.executemany(
             """UPDATE work_items SET status = $3, detail = $4, invoice_id = coalesce($5, invoice_id),
-                   claim_token = NULL, lease_until = NULL
+                   gateway = $6, claim_token = NULL, lease_until = NULL
                WHERE id = $1 AND claim_token = $2""",
-            [(r.item.item_id, r.item.claim_token, r.status.value, r.detail, r.invoice_id) for r in results],
+            [
+                (r.item.item_id, r.item.claim_token, r.status.value, r.detail, r.invoice_id, r.item.gateway)
+                for r in results
+            ],
         )
 
     async def defer(self, deferrals: Sequence[tuple[WorkItem, timedelta, str]]) -> None:
         await self._conn.executemany(
             """UPDATE work_items SET status = 'deferred', detail = $3, not_before = now() + $4::interval,
-                   claim_token = NULL, lease_until = NULL
+                   gateway = $5, claim_token = NULL, lease_until = NULL
                WHERE id = $1 AND claim_token = $2""",
-            [(item.item_id, item.claim_token, detail, delay) for item, delay, detail in deferrals],
+            [
+                (item.item_id, item.claim_token, detail, delay, item.gateway)
+                for item, delay, detail in deferrals
+            ],
         )
 
     async def record_failures(self, failures: Sequence[tuple[WorkItem, AfterFailure, str]]) -> list[WorkItem]:
