@@ -3,10 +3,10 @@ add-ons, proration, then account credit."""
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from enum import StrEnum
 
 from billing_common.money import Money
 from recurring.domain.payments import DeclineKind, FailureType, PaymentStatus
@@ -14,7 +14,7 @@ from recurring.domain.schedule import Period
 from recurring.domain.status import InvoiceStatus
 
 
-class LineKind(enum.Enum):
+class LineKind(StrEnum):
     BASE = "base"
     USAGE = "usage"
     ADD_ON = "add_on"
@@ -60,7 +60,7 @@ class PeriodUsage:
     add_ons: tuple[AddOnUse, ...] = ()
 
 
-class Decision(enum.Enum):
+class Decision(StrEnum):
     CHARGE = "charge"
     # Fully paid by account credit: nothing to charge.
     PAID_BY_CREDIT = "paid_by_credit"

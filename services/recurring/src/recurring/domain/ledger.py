@@ -7,15 +7,15 @@ the customer, a negative balance), `revenue`, `cash:<gateway>`, `bad_debt`, `cre
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 
 from billing_common.money import Money
 
 
-class PostingKind(enum.Enum):
+class PostingKind(StrEnum):
     INVOICE = "invoice"
     PAYMENT = "payment"
     REFUND = "refund"

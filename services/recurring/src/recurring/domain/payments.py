@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from datetime import timedelta
+from enum import StrEnum
 
 from billing_common.money import Money
 
 
-class PaymentStatus(enum.Enum):
+class PaymentStatus(StrEnum):
     PENDING = "pending"  # recorded before the gateway answered, or ACH not yet settled
     SUCCEEDED = "succeeded"
     DECLINED = "declined"
@@ -20,7 +20,7 @@ class PaymentStatus(enum.Enum):
     REFUNDED = "refunded"
 
 
-class FailureType(enum.Enum):
+class FailureType(StrEnum):
     NONE = "none"
     CARDHOLDER = "cardholder"
     MERCHANT = "merchant"
@@ -28,7 +28,7 @@ class FailureType(enum.Enum):
     UNKNOWN_OUTCOME = "unknown_outcome"
 
 
-class DeclineKind(enum.Enum):
+class DeclineKind(StrEnum):
     NONE = "none"
     SOFT = "soft"
     HARD = "hard"
@@ -66,7 +66,7 @@ class PaymentUpdate:
     result: ChargeResult
 
 
-class Outcome(enum.Enum):
+class Outcome(StrEnum):
     PAID = "paid"
     # Accepted, final word later (ACH pending, or a timeout whose outcome the gateway resolves).
     AWAITING = "awaiting"
@@ -106,7 +106,7 @@ def past_due_after(failure: FailureType) -> bool:
     return failure is not FailureType.MERCHANT
 
 
-class CallFailure(enum.Enum):
+class CallFailure(StrEnum):
     """How a charge call failed without a payment in its answer."""
 
     # The payment service answered that it will not charge this request as sent (a card number as

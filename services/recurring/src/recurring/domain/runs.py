@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta
+from enum import StrEnum
 from zoneinfo import ZoneInfo
 
 from recurring.domain.schedule import Frequency
 
 
-class RunKind(enum.Enum):
+class RunKind(StrEnum):
     DAILY = "daily"
     MONTHLY = "monthly"
 
@@ -26,14 +26,14 @@ def kind_of(frequency: Frequency) -> RunKind:
     return RunKind.MONTHLY if frequency is Frequency.MONTHLY else RunKind.DAILY
 
 
-class RunState(enum.Enum):
+class RunState(StrEnum):
     RUNNING = "running"
     COMPLETED = "completed"
     HALTED = "halted"
     DRY_RUN = "dry_run"
 
 
-class ItemStatus(enum.Enum):
+class ItemStatus(StrEnum):
     PENDING = "pending"
     CLAIMED = "claimed"
     CHARGED = "charged"

@@ -9,12 +9,12 @@ first billing date; a one-time subscription is due once, on its date.
 from __future__ import annotations
 
 import calendar
-import enum
 from dataclasses import dataclass
 from datetime import date, timedelta
+from enum import StrEnum
 
 
-class Frequency(enum.Enum):
+class Frequency(StrEnum):
     MONTHLY = "monthly"
     WEEKLY = "weekly"
     BIWEEKLY = "biweekly"

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import enum
+from enum import StrEnum
 
 from billing_common.errors import FailedPrecondition
 
 
-class SubscriptionStatus(enum.Enum):
+class SubscriptionStatus(StrEnum):
     TRIALING = "trialing"
     ACTIVE = "active"
     PAST_DUE = "past_due"
@@ -17,7 +17,7 @@ class SubscriptionStatus(enum.Enum):
     COMPLETED = "completed"
 
 
-class Action(enum.Enum):
+class Action(StrEnum):
     ACTIVATE = "activate"  # trial over and paid, or first payment
     PAYMENT_FAILED = "payment_failed"
     PAYMENT_RECOVERED = "payment_recovered"
@@ -71,7 +71,7 @@ def can(status: SubscriptionStatus, action: Action) -> bool:
     return (status, action) in SUBSCRIPTION_TRANSITIONS
 
 
-class InvoiceStatus(enum.Enum):
+class InvoiceStatus(StrEnum):
     DRAFT = "draft"
     OPEN = "open"
     PAID = "paid"

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import enum
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from billing_common.errors import Violations
@@ -33,7 +33,7 @@ class SubscriptionFilter:
     frequency: Frequency | None = None
 
 
-class MethodType(enum.Enum):
+class MethodType(StrEnum):
     CARD = "card"
     ACH = "ach"
     STRIPE = "stripe"
@@ -176,7 +176,7 @@ def to_json(value: Any) -> Any:
         return {"amount_minor": value.amount_minor, "currency": value.currency}
     if isinstance(value, PaymentMethod):
         return {"type": value.type.value, "token": value.token}
-    if isinstance(value, enum.Enum):
+    if isinstance(value, StrEnum):
         return value.value
     if isinstance(value, date | datetime):
         return value.isoformat()
