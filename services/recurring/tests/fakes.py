@@ -15,19 +15,13 @@ from billing_common.errors import BillingError, KeyInFlight, KeyReused
 from billing_common.idempotency import IdempotencyKey
 from billing_common.locks import Lease
 from billing_common.money import Money
+from billing_common.payments import DeclineKind, FailureType
 from recurring.app.ports import UsagePeriod
 from recurring.domain import ledger
 from recurring.domain.events import Event
 from recurring.domain.invoicing import Invoice, InvoiceFilter, PeriodUsage, Transaction
 from recurring.domain.ledger import LedgerLine
-from recurring.domain.payments import (
-    ChargeRequest,
-    ChargeResult,
-    DeclineKind,
-    FailureType,
-    NoAnswer,
-    PaymentStatus,
-)
+from recurring.domain.payments import ChargeRequest, ChargeResult, NoAnswer, PaymentStatus
 from recurring.domain.proration import ProrationLine
 from recurring.domain.runs import (
     AfterFailure,

@@ -9,12 +9,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from billing_common.payments import DeclineKind, FailureType
 from recurring.domain.payments import (
     CALL_FAILURES,
     CallFailure,
     ChargeResult,
-    DeclineKind,
-    FailureType,
     NoAnswer,
     Outcome,
     PaymentStatus,

@@ -16,61 +16,31 @@ from billing.quota.v1 import quota_pb2, quota_pb2_grpc
 from billing_common.errors import BillingError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from billing_common.money import Money
 from billing_common.protos import to_datetime
+from recurring.adapters.codec import (
+    FREQUENCIES,
+    METHOD_TYPES,
+    TIERS,
+    decline_kind,
+    failure_type,
+    payment_status,
+)
 from recurring.app.ports import PlanInfo, UsagePeriod
 from recurring.domain.invoicing import AddOnUse, PeriodUsage, UsageCharge
 from recurring.domain.payments import (
     CallFailure,
     ChargeRequest,
     ChargeResult,
-    DeclineKind,
-    FailureType,
     NoAnswer,
-    PaymentStatus,
     call_failure,
     refusal,
 )
-from recurring.domain.schedule import Frequency, Period
+from recurring.domain.schedule import Period
+from recurring.domain.subscription import MethodType
 
 CHARGES = Counter(
     "recurring_charges_total", "Charges sent to gateway-adapter, by gateway and status", ["gateway", "status"]
 )
 
-FREQUENCIES = {
-    common_pb2.BILLING_FREQUENCY_MONTHLY: Frequency.MONTHLY,
-    common_pb2.BILLING_FREQUENCY_WEEKLY: Frequency.WEEKLY,
-    common_pb2.BILLING_FREQUENCY_BIWEEKLY: Frequency.BIWEEKLY,
-    common_pb2.BILLING_FREQUENCY_FOUR_WEEKLY: Frequency.FOUR_WEEKLY,
-    common_pb2.BILLING_FREQUENCY_ONE_TIME: Frequency.ONE_TIME,
-}
-TIERS = {"lite": common_pb2.TIER_LITE, "plus": common_pb2.TIER_PLUS, "pro": common_pb2.TIER_PRO}
-METHOD_TYPES = {
-    "card": common_pb2.PAYMENT_METHOD_TYPE_CARD,
-    "ach": common_pb2.PAYMENT_METHOD_TYPE_ACH,
-    "stripe": common_pb2.PAYMENT_METHOD_TYPE_STRIPE,
-}
-PAYMENT_STATUSES = {
-    common_pb2.PAYMENT_STATUS_SUCCEEDED: PaymentStatus.SUCCEEDED,
-    common_pb2.PAYMENT_STATUS_DECLINED: PaymentStatus.DECLINED,
-    common_pb2.PAYMENT_STATUS_PENDING: PaymentStatus.PENDING,
-    common_pb2.PAYMENT_STATUS_UNKNOWN: PaymentStatus.UNKNOWN,
-    common_pb2.PAYMENT_STATUS_FAILED: PaymentStatus.FAILED,
-    common_pb2.PAYMENT_STATUS_SETTLED: PaymentStatus.SETTLED,
-    common_pb2.PAYMENT_STATUS_RETURNED: PaymentStatus.RETURNED,
-    common_pb2.PAYMENT_STATUS_REFUNDED: PaymentStatus.REFUNDED,
-    common_pb2.PAYMENT_STATUS_PARTIALLY_REFUNDED: PaymentStatus.REFUNDED,
-}
-FAILURE_TYPES = {
-    common_pb2.FAILURE_TYPE_NONE: FailureType.NONE,
-    common_pb2.FAILURE_TYPE_CARDHOLDER: FailureType.CARDHOLDER,
-    common_pb2.FAILURE_TYPE_MERCHANT: FailureType.MERCHANT,
-    common_pb2.FAILURE_TYPE_GATEWAY_UNREACHABLE: FailureType.GATEWAY_UNREACHABLE,
-    common_pb2.FAILURE_TYPE_UNKNOWN_OUTCOME: FailureType.UNKNOWN_OUTCOME,
-}
-DECLINE_KINDS = {
-    common_pb2.DECLINE_KIND_NONE: DeclineKind.NONE,
-    common_pb2.DECLINE_KIND_SOFT: DeclineKind.SOFT,
-    common_pb2.DECLINE_KIND_HARD: DeclineKind.HARD,
-}
 _UNAVAILABLE = (
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -113,14 +83,15 @@ class QuotaClient:
         plan = reply.plan
         if plan.retired:
             raise FailedPrecondition(f"plan {code} is retired")
-        if plan.frequency not in FREQUENCIES:
+        frequency = FREQUENCIES.get(plan.frequency, None)
+        if frequency is None:
             raise FailedPrecondition(f"plan {code} has no billing frequency")
         return PlanInfo(
             plan.code,
             plan.version,
             plan.name,
             Money(plan.price.amount_minor, plan.price.currency),
-            FREQUENCIES[plan.frequency],
+            frequency,
             plan.trial_days,
         )
 
@@ -211,7 +182,7 @@ def _charge_pb(request: ChargeRequest, lane: gateway_pb2.Lane.ValueType) -> gate
     return gateway_pb2.ChargeRequest(
         merchant_id=request.merchant_id,
         payment_method=common_pb2.PaymentMethod(
-            type=METHOD_TYPES[request.method_type], gateway_token=request.token
+            type=METHOD_TYPES.pb(MethodType(request.method_type)), gateway_token=request.token
         ),
         amount=common_pb2.Money(amount_minor=request.amount.amount_minor, currency=request.amount.currency),
         idempotency_key=request.idempotency_key,
@@ -237,10 +208,10 @@ def charge_result(
     """A payment as a charge's answer or a payment.* event tells it."""
     return ChargeResult(
         payment_id=payment.payment_id,
-        status=PAYMENT_STATUSES.get(payment.status, PaymentStatus.UNKNOWN),
+        status=payment_status(payment.status),
         gateway=payment.gateway,
-        failure_type=FAILURE_TYPES.get(payment.failure_type, FailureType.NONE),
-        decline_kind=DECLINE_KINDS.get(payment.decline_kind, DeclineKind.NONE),
+        failure_type=failure_type(payment.failure_type),
+        decline_kind=decline_kind(payment.decline_kind),
         decline_code=decline_code or payment.normalized_code or payment.gateway_code,
         retryable=payment.retryable,
     )

@@ -8,51 +8,22 @@ from zoneinfo import ZoneInfo
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from billing.common.v1 import common_pb2
 from billing.events.v1 import invoice_pb2, run_pb2, subscription_pb2
+from billing_common.payments import FailureType
 from billing_common.protos import date_pb, money_pb
+from recurring.adapters.codec import (
+    DECLINE_KINDS,
+    FAILURE_TYPES,
+    FREQUENCIES,
+    METHOD_TYPES,
+    RUN_KINDS_EVENT,
+    SUBSCRIPTION_STATES,
+)
 from recurring.domain import events as ev
 from recurring.domain.invoicing import Invoice
-from recurring.domain.payments import DeclineKind, FailureType
-from recurring.domain.runs import RunCounts, RunKind
-from recurring.domain.schedule import Frequency
-from recurring.domain.status import SubscriptionStatus
-from recurring.domain.subscription import MethodType, Subscription
+from recurring.domain.runs import RunCounts
+from recurring.domain.subscription import Subscription
 
-STATES = {
-    SubscriptionStatus.TRIALING: subscription_pb2.SUBSCRIPTION_STATE_TRIALING,
-    SubscriptionStatus.ACTIVE: subscription_pb2.SUBSCRIPTION_STATE_ACTIVE,
-    SubscriptionStatus.PAST_DUE: subscription_pb2.SUBSCRIPTION_STATE_PAST_DUE,
-    SubscriptionStatus.PAUSED: subscription_pb2.SUBSCRIPTION_STATE_PAUSED,
-    SubscriptionStatus.SUSPENDED: subscription_pb2.SUBSCRIPTION_STATE_SUSPENDED,
-    SubscriptionStatus.CANCELLED: subscription_pb2.SUBSCRIPTION_STATE_CANCELLED,
-    SubscriptionStatus.COMPLETED: subscription_pb2.SUBSCRIPTION_STATE_COMPLETED,
-}
-FREQUENCIES = {
-    Frequency.MONTHLY: common_pb2.BILLING_FREQUENCY_MONTHLY,
-    Frequency.WEEKLY: common_pb2.BILLING_FREQUENCY_WEEKLY,
-    Frequency.BIWEEKLY: common_pb2.BILLING_FREQUENCY_BIWEEKLY,
-    Frequency.FOUR_WEEKLY: common_pb2.BILLING_FREQUENCY_FOUR_WEEKLY,
-    Frequency.ONE_TIME: common_pb2.BILLING_FREQUENCY_ONE_TIME,
-}
-METHOD_TYPES = {
-    MethodType.CARD: common_pb2.PAYMENT_METHOD_TYPE_CARD,
-    MethodType.ACH: common_pb2.PAYMENT_METHOD_TYPE_ACH,
-    MethodType.STRIPE: common_pb2.PAYMENT_METHOD_TYPE_STRIPE,
-}
-FAILURE_TYPES = {
-    FailureType.NONE: common_pb2.FAILURE_TYPE_NONE,
-    FailureType.CARDHOLDER: common_pb2.FAILURE_TYPE_CARDHOLDER,
-    FailureType.MERCHANT: common_pb2.FAILURE_TYPE_MERCHANT,
-    FailureType.GATEWAY_UNREACHABLE: common_pb2.FAILURE_TYPE_GATEWAY_UNREACHABLE,
-    FailureType.UNKNOWN_OUTCOME: common_pb2.FAILURE_TYPE_UNKNOWN_OUTCOME,
-}
-DECLINE_KINDS = {
-    DeclineKind.NONE: common_pb2.DECLINE_KIND_NONE,
-    DeclineKind.SOFT: common_pb2.DECLINE_KIND_SOFT,
-    DeclineKind.HARD: common_pb2.DECLINE_KIND_HARD,
-}
-RUN_KINDS = {RunKind.DAILY: run_pb2.RUN_KIND_DAILY, RunKind.MONTHLY: run_pb2.RUN_KIND_MONTHLY}
 SUBSCRIPTION_EVENTS: dict[type[ev.SubscriptionEvent], type[Message]] = {
     ev.SubscriptionCreated: subscription_pb2.SubscriptionCreated,
     ev.SubscriptionActivated: subscription_pb2.SubscriptionActivated,
@@ -82,10 +53,10 @@ class EventMessages:
             subscription_id=sub.subscription_id,
             account_id=sub.account_id,
             merchant_id=sub.merchant_id,
-            status=STATES[sub.status],
+            status=SUBSCRIPTION_STATES.pb(sub.status),
             plan_code=sub.plan_code,
             plan_version=sub.plan_version,
-            frequency=FREQUENCIES[sub.frequency],
+            frequency=FREQUENCIES.pb(sub.frequency),
             amount=money_pb(sub.amount),
             version=sub.version,
         )
@@ -128,7 +99,7 @@ class EventMessages:
                 )
             case ev.SubscriptionPaymentMethodUpdated():
                 return subscription_pb2.SubscriptionPaymentMethodUpdated(
-                    subscription=snapshot, method_type=METHOD_TYPES[event.subscription.payment_method.type]
+                    subscription=snapshot, method_type=METHOD_TYPES.pb(event.subscription.payment_method.type)
                 )
         return SUBSCRIPTION_EVENTS[type(event)](subscription=snapshot)
 
@@ -145,8 +116,8 @@ class EventMessages:
                 return invoice_pb2.InvoicePaymentFailed(
                     invoice=facts,
                     payment_id=txn.payment_id,
-                    failure_type=FAILURE_TYPES[txn.failure_type],
-                    decline_kind=DECLINE_KINDS[txn.decline_kind],
+                    failure_type=FAILURE_TYPES.pb(txn.failure_type),
+                    decline_kind=DECLINE_KINDS.pb(txn.decline_kind),
                     retryable=txn.retryable or txn.failure_type is FailureType.GATEWAY_UNREACHABLE,
                     decline_code=txn.decline_code,
                     attempt=txn.attempt,
@@ -161,7 +132,7 @@ class EventMessages:
 
     def _run_message(self, event: ev.RunEvent) -> Message:
         run = event.run
-        kind = RUN_KINDS[run.kind]
+        kind = RUN_KINDS_EVENT.pb(run.kind)
         match event:
             case ev.RunStarted():
                 return run_pb2.RunStarted(

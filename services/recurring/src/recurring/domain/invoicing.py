@@ -9,7 +9,8 @@ from datetime import date, datetime
 from enum import StrEnum
 
 from billing_common.money import Money
-from recurring.domain.payments import DeclineKind, FailureType, PaymentStatus
+from billing_common.payments import DeclineKind, FailureType
+from recurring.domain.payments import PaymentStatus
 from recurring.domain.schedule import Period
 from recurring.domain.status import InvoiceStatus
 

@@ -7,6 +7,7 @@ from datetime import timedelta
 from enum import StrEnum
 
 from billing_common.money import Money
+from billing_common.payments import DeclineKind, FailureType
 
 
 class PaymentStatus(StrEnum):
@@ -18,20 +19,6 @@ class PaymentStatus(StrEnum):
     SETTLED = "settled"
     RETURNED = "returned"
     REFUNDED = "refunded"
-
-
-class FailureType(StrEnum):
-    NONE = "none"
-    CARDHOLDER = "cardholder"
-    MERCHANT = "merchant"
-    GATEWAY_UNREACHABLE = "gateway_unreachable"
-    UNKNOWN_OUTCOME = "unknown_outcome"
-
-
-class DeclineKind(StrEnum):
-    NONE = "none"
-    SOFT = "soft"
-    HARD = "hard"
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 
 from billing_common.errors import FailedPrecondition, NotFound
 from billing_common.money import Money
+from billing_common.payments import FailureType
 from recurring.domain import events as ev
 from recurring.domain import ledger
 from recurring.domain.addons import add_on_lines
@@ -25,7 +26,6 @@ from recurring.domain.invoicing import Decision, Invoice, PeriodUsage, Transacti
 from recurring.domain.payments import (
     REASON_LENGTH,
     ChargeResult,
-    FailureType,
     NoAnswer,
     Outcome,
     PaymentStatus,

@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import asyncpg
 
-from billing.common.v1 import common_pb2
 from billing.events.v1 import dunning_pb2, payment_pb2, tier_pb2
 from billing_common.events import Handlers
 from billing_common.money import Money
 from recurring.adapters.clients import charge_result
+from recurring.adapters.codec import TIER_NAMES
 from recurring.app.invoices import Invoices
 from recurring.app.ports import Store
 from recurring.app.subscriptions import Subscriptions
 from recurring.domain.payments import PaymentUpdate
 from recurring.domain.subscription import Cause
 
-TIERS = {common_pb2.TIER_LITE: "lite", common_pb2.TIER_PLUS: "plus", common_pb2.TIER_PRO: "pro"}
 ACTIONS = {dunning_pb2.EXHAUSTED_ACTION_SUSPEND: "suspend", dunning_pb2.EXHAUSTED_ACTION_CANCEL: "cancel"}
 
 
@@ -33,7 +32,7 @@ def payment_update(facts: payment_pb2.PaymentFacts, *, decline_code: str = "") -
 
 def handlers(store: Store, subscriptions: Subscriptions, invoices: Invoices) -> Handlers:
     async def on_tier_changed(conn: asyncpg.Connection, event: tier_pb2.TierChanged) -> None:
-        tier = TIERS.get(event.new_tier)
+        tier = TIER_NAMES.get(event.new_tier)
         account = event.billed_account_id or event.account_id
         # Only the billed account's own tier picks its plan: a database or end user below it moves
         # that tier through the roll-up, and a downgrade of one of them alone must not move the plan.

@@ -12,66 +12,23 @@ from billing.recurring.v1 import recurring_pb2 as pb
 from billing_common.errors import InvalidArgument
 from billing_common.money import CurrencyError, Money
 from billing_common.protos import money_pb
-from recurring.adapters.clients import DECLINE_KINDS, FAILURE_TYPES, FREQUENCIES, PAYMENT_STATUSES
-from recurring.domain.invoicing import Invoice, LineKind, Transaction
+from recurring.adapters.codec import (
+    DECLINE_KINDS,
+    FAILURE_TYPES,
+    FREQUENCIES,
+    INVOICE_STATUSES,
+    LINE_KINDS,
+    METHOD_TYPES,
+    PAYMENT_STATUSES,
+    RUN_ITEM_STATUSES,
+    RUN_KINDS,
+    RUN_STATES,
+    SUBSCRIPTION_STATUSES,
+)
+from recurring.domain.invoicing import Invoice, Transaction
 from recurring.domain.ledger import LedgerLine
-from recurring.domain.runs import ItemStatus, Run, RunItem, RunKind, RunState, progress_per_mille
-from recurring.domain.status import InvoiceStatus, SubscriptionStatus
-from recurring.domain.subscription import HistoryEntry, MethodType, PaymentMethod, Subscription
-
-FREQUENCIES_PB = {v: k for k, v in FREQUENCIES.items()}
-STATUSES = {
-    pb.SUBSCRIPTION_STATUS_TRIALING: SubscriptionStatus.TRIALING,
-    pb.SUBSCRIPTION_STATUS_ACTIVE: SubscriptionStatus.ACTIVE,
-    pb.SUBSCRIPTION_STATUS_PAST_DUE: SubscriptionStatus.PAST_DUE,
-    pb.SUBSCRIPTION_STATUS_PAUSED: SubscriptionStatus.PAUSED,
-    pb.SUBSCRIPTION_STATUS_SUSPENDED: SubscriptionStatus.SUSPENDED,
-    pb.SUBSCRIPTION_STATUS_CANCELLED: SubscriptionStatus.CANCELLED,
-    pb.SUBSCRIPTION_STATUS_COMPLETED: SubscriptionStatus.COMPLETED,
-}
-STATUSES_PB = {v: k for k, v in STATUSES.items()}
-INVOICE_STATUSES = {
-    pb.INVOICE_STATUS_DRAFT: InvoiceStatus.DRAFT,
-    pb.INVOICE_STATUS_OPEN: InvoiceStatus.OPEN,
-    pb.INVOICE_STATUS_PAID: InvoiceStatus.PAID,
-    pb.INVOICE_STATUS_PAYMENT_FAILED: InvoiceStatus.PAYMENT_FAILED,
-    pb.INVOICE_STATUS_UNCOLLECTIBLE: InvoiceStatus.UNCOLLECTIBLE,
-    pb.INVOICE_STATUS_VOID: InvoiceStatus.VOID,
-}
-INVOICE_STATUSES_PB = {v: k for k, v in INVOICE_STATUSES.items()}
-LINE_KINDS_PB = {
-    LineKind.BASE: pb.INVOICE_LINE_KIND_BASE,
-    LineKind.USAGE: pb.INVOICE_LINE_KIND_USAGE,
-    LineKind.ADD_ON: pb.INVOICE_LINE_KIND_ADD_ON,
-    LineKind.PRORATION: pb.INVOICE_LINE_KIND_PRORATION,
-    LineKind.CREDIT: pb.INVOICE_LINE_KIND_CREDIT,
-}
-RUN_KINDS = {pb.RUN_KIND_DAILY: RunKind.DAILY, pb.RUN_KIND_MONTHLY: RunKind.MONTHLY}
-RUN_KINDS_PB = {v: k for k, v in RUN_KINDS.items()}
-RUN_STATES_PB = {
-    RunState.RUNNING: pb.RUN_STATE_RUNNING,
-    RunState.COMPLETED: pb.RUN_STATE_COMPLETED,
-    RunState.HALTED: pb.RUN_STATE_HALTED,
-    RunState.DRY_RUN: pb.RUN_STATE_DRY_RUN,
-}
-RUN_ITEM_STATUSES_PB = {
-    ItemStatus.PENDING: pb.RUN_ITEM_STATUS_PENDING,
-    ItemStatus.CLAIMED: pb.RUN_ITEM_STATUS_CLAIMED,
-    ItemStatus.CHARGED: pb.RUN_ITEM_STATUS_CHARGED,
-    ItemStatus.FAILED: pb.RUN_ITEM_STATUS_FAILED,
-    ItemStatus.SKIPPED: pb.RUN_ITEM_STATUS_SKIPPED,
-    ItemStatus.DEFERRED: pb.RUN_ITEM_STATUS_DEFERRED,
-    ItemStatus.PARKED: pb.RUN_ITEM_STATUS_PARKED,
-}
-METHODS = {
-    common_pb2.PAYMENT_METHOD_TYPE_CARD: MethodType.CARD,
-    common_pb2.PAYMENT_METHOD_TYPE_ACH: MethodType.ACH,
-    common_pb2.PAYMENT_METHOD_TYPE_STRIPE: MethodType.STRIPE,
-}
-METHODS_PB = {v: k for k, v in METHODS.items()}
-PAYMENT_STATUSES_PB = {v: k for k, v in PAYMENT_STATUSES.items()}
-FAILURE_TYPES_PB = {v: k for k, v in FAILURE_TYPES.items()}
-DECLINE_KINDS_PB = {v: k for k, v in DECLINE_KINDS.items()}
+from recurring.domain.runs import Run, RunItem, progress_per_mille
+from recurring.domain.subscription import HistoryEntry, PaymentMethod, Subscription
 
 
 def to_date(message: common_pb2.Date, field: str) -> date:
@@ -93,11 +50,12 @@ def to_money(message: common_pb2.Money, field: str) -> Money:
 
 
 def payment_method(message: common_pb2.PaymentMethod, field: str) -> PaymentMethod:
-    if message.type not in METHODS:
+    method_type = METHOD_TYPES.get(message.type, None)
+    if method_type is None:
         raise InvalidArgument.of(f"{field}.type", "must be CARD, ACH or STRIPE")
     if not message.gateway_token:
         raise InvalidArgument.of(f"{field}.gateway_token", "required")
-    return PaymentMethod(METHODS[message.type], message.gateway_token)
+    return PaymentMethod(method_type, message.gateway_token)
 
 
 def date_pb(day: date | None) -> common_pb2.Date | None:
@@ -109,15 +67,15 @@ def subscription_pb(sub: Subscription) -> pb.Subscription:
         subscription_id=sub.subscription_id,
         account_id=sub.account_id,
         merchant_id=sub.merchant_id,
-        status=STATUSES_PB[sub.status],
+        status=SUBSCRIPTION_STATUSES.pb(sub.status),
         plan_code=sub.plan_code,
         plan_version=sub.plan_version,
         amount=money_pb(sub.amount),
-        frequency=FREQUENCIES_PB[sub.frequency],
+        frequency=FREQUENCIES.pb(sub.frequency),
         start_date=date_pb(sub.start_date),
         billing_anchor_day=sub.anchor_day,
         payment_method=common_pb2.PaymentMethod(
-            type=METHODS_PB[sub.payment_method.type], gateway_token=sub.payment_method.token
+            type=METHOD_TYPES.pb(sub.payment_method.type), gateway_token=sub.payment_method.token
         ),
         trial_days=sub.trial_days,
         trial_end=date_pb(sub.trial_end),
@@ -157,9 +115,9 @@ def transaction_pb(txn: Transaction) -> pb.Transaction:
         attempt=txn.attempt,
         idempotency_key=txn.idempotency_key,
         payment_id=txn.payment_id,
-        status=PAYMENT_STATUSES_PB[txn.status],
-        failure_type=FAILURE_TYPES_PB[txn.failure_type],
-        decline_kind=DECLINE_KINDS_PB[txn.decline_kind],
+        status=PAYMENT_STATUSES.pb(txn.status),
+        failure_type=FAILURE_TYPES.pb(txn.failure_type),
+        decline_kind=DECLINE_KINDS.pb(txn.decline_kind),
         decline_code=txn.decline_code,
         amount=money_pb(txn.amount),
     )
@@ -173,13 +131,13 @@ def invoice_pb(invoice: Invoice, transactions: list[Transaction]) -> pb.Invoice:
         subscription_id=invoice.subscription_id,
         account_id=invoice.account_id,
         merchant_id=invoice.merchant_id,
-        status=INVOICE_STATUSES_PB[invoice.status],
+        status=INVOICE_STATUSES.pb(invoice.status),
         billing_date=date_pb(invoice.billing_date),
         period_start=date_pb(invoice.period_start),
         period_end=date_pb(invoice.period_end),
         lines=[
             pb.InvoiceLine(
-                kind=LINE_KINDS_PB[line.kind],
+                kind=LINE_KINDS.pb(line.kind),
                 description=line.description,
                 quantity=line.quantity,
                 unit_price=common_pb2.Decimal(value=line.unit_price) if line.unit_price else None,
@@ -203,8 +161,8 @@ def run_pb(run: Run) -> pb.Run:
     message = pb.Run(
         run_id=run.run_id,
         billing_date=date_pb(run.billing_date),
-        kind=RUN_KINDS_PB[run.kind],
-        state=RUN_STATES_PB[run.state],
+        kind=RUN_KINDS.pb(run.kind),
+        state=RUN_STATES.pb(run.state),
         counts=pb.RunCounts(
             due=c.due,
             charged=c.charged,
@@ -243,7 +201,7 @@ def run_item_pb(item: RunItem) -> pb.RunItem:
         subscription_id=item.subscription_id,
         due_date=date_pb(item.due_date),
         gateway=item.gateway,
-        status=RUN_ITEM_STATUSES_PB[item.status],
+        status=RUN_ITEM_STATUSES.pb(item.status),
         reason=item.reason,
         invoice_id=item.invoice_id or "",
     )

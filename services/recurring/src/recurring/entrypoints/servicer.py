@@ -17,7 +17,7 @@ from billing_common.idempotency import IdempotencyKey
 from billing_common.paging import PageTokens
 from billing_common.protos import money_pb, to_datetime
 from billing_common.suite_clock import ClockControl, ClockRefused
-from recurring.adapters.clients import FREQUENCIES
+from recurring.adapters.codec import FREQUENCIES, INVOICE_STATUSES, RUN_KINDS, SUBSCRIPTION_STATUSES
 from recurring.app.invoices import Invoices
 from recurring.app.runs import Runs
 from recurring.app.subscriptions import Subscriptions
@@ -86,7 +86,7 @@ class RecurringServicer(recurring_pb2_grpc.RecurringServiceServicer):
         self, request: pb.CreateSubscriptionRequest, context: Context
     ) -> pb.CreateSubscriptionResponse:
         pricing = request.WhichOneof("pricing")
-        frequency = FREQUENCIES.get(request.frequency)
+        frequency = FREQUENCIES.get(request.frequency, None)
         if request.frequency and frequency is None:
             raise InvalidArgument.of("frequency", "is not a known frequency")
         command = CreateCommand(
@@ -121,7 +121,9 @@ class RecurringServicer(recurring_pb2_grpc.RecurringServiceServicer):
         self, request: pb.ListSubscriptionsRequest, context: Context
     ) -> pb.ListSubscriptionsResponse:
         where = SubscriptionFilter(
-            request.account_id, m.STATUSES.get(request.status), FREQUENCIES.get(request.frequency)
+            request.account_id,
+            SUBSCRIPTION_STATUSES.get(request.status, None),
+            FREQUENCIES.get(request.frequency, None),
         )
         page = await self._subscriptions.page(where, self._pages.read(request, start=""))
         return pb.ListSubscriptionsResponse(
@@ -188,7 +190,7 @@ class RecurringServicer(recurring_pb2_grpc.RecurringServiceServicer):
     async def RunBilling(self, request: pb.RunBillingRequest, context: Context) -> pb.RunBillingResponse:
         run = await self._runs.run_billing(
             m.optional_date(request, "billing_date", "billing_date"),
-            m.RUN_KINDS.get(request.kind),
+            RUN_KINDS.get(request.kind, None),
             request.dry_run,
         )
         return pb.RunBillingResponse(run=m.run_pb(run))
@@ -222,7 +224,7 @@ class RecurringServicer(recurring_pb2_grpc.RecurringServiceServicer):
         self, request: pb.ListInvoicesRequest, context: Context
     ) -> pb.ListInvoicesResponse:
         where = InvoiceFilter(
-            request.subscription_id, request.account_id, m.INVOICE_STATUSES.get(request.status)
+            request.subscription_id, request.account_id, INVOICE_STATUSES.get(request.status, None)
         )
         page = await self._invoices.page(where, self._pages.read(request, start=0))
         return pb.ListInvoicesResponse(

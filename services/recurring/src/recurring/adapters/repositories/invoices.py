@@ -9,8 +9,9 @@ import asyncpg
 
 from billing_common import telemetry
 from billing_common.money import Money
+from billing_common.payments import DeclineKind, FailureType
 from recurring.domain.invoicing import Invoice, InvoiceFilter, InvoiceLine, LineKind, Transaction
-from recurring.domain.payments import DeclineKind, FailureType, PaymentStatus
+from recurring.domain.payments import PaymentStatus
 from recurring.domain.status import InvoiceStatus
 
 

@@ -1,0 +1,29 @@
+"""The contracts' enums as recurring reads and writes them."""
+
+from __future__ import annotations
+
+import pytest
+
+from billing.common.v1 import common_pb2
+from billing_common.payments import DeclineKind, FailureType
+from recurring.adapters import codec
+from recurring.domain.payments import PaymentStatus
+
+
+@pytest.mark.parametrize("status", list(PaymentStatus))
+def test_every_payment_status_reads_back_as_itself(status: PaymentStatus) -> None:
+    assert codec.payment_status(codec.PAYMENT_STATUSES.pb(status)) is status
+
+
+def test_a_partially_refunded_payment_reads_as_refunded_and_an_unknown_status_as_unknown() -> None:
+    assert codec.payment_status(common_pb2.PAYMENT_STATUS_PARTIALLY_REFUNDED) is PaymentStatus.REFUNDED
+    assert codec.payment_status(common_pb2.PAYMENT_STATUS_UNSPECIFIED) is PaymentStatus.UNKNOWN
+    assert codec.PAYMENT_STATUSES.pb(PaymentStatus.REFUNDED) == common_pb2.PAYMENT_STATUS_REFUNDED
+
+
+def test_a_payment_that_does_not_say_why_it_failed_is_stored_as_not_failed() -> None:
+    assert codec.failure_type(common_pb2.FAILURE_TYPE_UNSPECIFIED) is FailureType.NONE
+    assert codec.decline_kind(common_pb2.DECLINE_KIND_UNSPECIFIED) is DeclineKind.NONE
+    assert codec.failure_type(common_pb2.FAILURE_TYPE_CARDHOLDER) is FailureType.CARDHOLDER
+    assert codec.decline_kind(common_pb2.DECLINE_KIND_HARD) is DeclineKind.HARD
+    assert codec.FAILURE_TYPES.pb(FailureType.NONE) == common_pb2.FAILURE_TYPE_NONE
