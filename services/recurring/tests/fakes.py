@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -601,6 +602,24 @@ class FakeOutages:
 
     async def reachable(self, run_id: str, gateway: str) -> None:
         self.unreachable_in_a_row[(run_id, gateway)] = 0
+
+
+class RecordedMetrics:
+    """The figures the use cases report, kept for the tests to read."""
+
+    def __init__(self) -> None:
+        self.charges: Counter[tuple[str, str]] = Counter()
+        self.parked: Counter[str] = Counter()
+        self.stalled: dict[RunKind, int] = {}
+
+    def charge_answered(self, gateway: str, status: str) -> None:
+        self.charges[(gateway, status)] += 1
+
+    def item_parked(self, gateway: str) -> None:
+        self.parked[gateway] += 1
+
+    def runs_stalled(self, kind: RunKind, count: int) -> None:
+        self.stalled[kind] = count
 
 
 class FakeQuota:

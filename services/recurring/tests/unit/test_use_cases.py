@@ -40,6 +40,7 @@ from services.recurring.tests.fakes import (
     FakeOutages,
     FakeQuota,
     FakeStore,
+    RecordedMetrics,
 )
 
 UTC_ZONE = ZoneInfo("UTC")
@@ -77,7 +78,8 @@ class Billing:
             UTC_ZONE, {RunKind.MONTHLY: time(3)}, 3, timedelta(minutes=5), timedelta(minutes=30)
         )
         self.subscriptions = Subscriptions(self.store, self.quota, self.clock, UTC_ZONE)
-        self.runs = Runs(self.store, FakeLocks(), self.outages, self.clock, schedule)
+        self.metrics = RecordedMetrics()
+        self.runs = Runs(self.store, FakeLocks(), self.outages, self.clock, schedule, self.metrics)
         policy = ExhaustionPolicy(default_cancel=False, cancel_merchants=frozenset())
         self.invoices = Invoices(self.store, charging, self.clock, policy, RULES)
         config = WorkerConfig(
@@ -90,7 +92,9 @@ class Billing:
             rules=RULES,
             zone=UTC_ZONE,
         )
-        self.worker = Worker(self.store, self.runs, charging, self.quota, self.outages, self.clock, config)
+        self.worker = Worker(
+            self.store, self.runs, charging, self.quota, self.outages, self.clock, config, self.metrics
+        )
         self._keys = 0
 
     def key(self, scope: str) -> IdempotencyKey:

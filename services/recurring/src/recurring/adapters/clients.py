@@ -7,7 +7,6 @@ from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import grpc
-from prometheus_client import Counter
 
 from billing.common.v1 import common_pb2
 from billing.events.v1 import payment_pb2
@@ -24,7 +23,7 @@ from recurring.adapters.codec import (
     failure_type,
     payment_status,
 )
-from recurring.app.ports import PlanInfo, UsagePeriod
+from recurring.app.ports import PlanInfo, RecurringMetrics, UsagePeriod
 from recurring.domain.invoicing import AddOnUse, PeriodUsage, UsageCharge
 from recurring.domain.payments import (
     CallFailure,
@@ -36,10 +35,6 @@ from recurring.domain.payments import (
 )
 from recurring.domain.schedule import Period
 from recurring.domain.subscription import MethodType
-
-CHARGES = Counter(
-    "recurring_charges_total", "Charges sent to gateway-adapter, by gateway and status", ["gateway", "status"]
-)
 
 _UNAVAILABLE = (
     grpc.StatusCode.UNAVAILABLE,
@@ -192,16 +187,6 @@ def _charge_pb(request: ChargeRequest, lane: gateway_pb2.Lane.ValueType) -> gate
     )
 
 
-def _unanswered(code: str, details: str, retry_after: timedelta | None = None) -> ChargeResult | NoAnswer:
-    """A call or a charge that came back without a payment: a refusal of the request, or no word."""
-    failure = call_failure(code)
-    if failure is CallFailure.REFUSED:
-        CHARGES.labels("", "refused").inc()
-        return refusal(code, details)
-    CHARGES.labels("", "no_answer").inc()
-    return NoAnswer(code, details, ours=failure is CallFailure.BROKEN, retry_after=retry_after)
-
-
 def charge_result(
     payment: gateway_pb2.Payment | payment_pb2.PaymentFacts, decline_code: str = ""
 ) -> ChargeResult:
@@ -217,18 +202,13 @@ def charge_result(
     )
 
 
-def _result(payment: gateway_pb2.Payment) -> ChargeResult:
-    result = charge_result(payment)
-    CHARGES.labels(result.gateway, result.status.value).inc()
-    return result
-
-
 class GatewayClient:
     """gateway-adapter routes, paces and answers; this client only says which lane a charge is in."""
 
-    def __init__(self, channel: grpc.aio.Channel, timeout: timedelta) -> None:
+    def __init__(self, channel: grpc.aio.Channel, timeout: timedelta, metrics: RecurringMetrics) -> None:
         self._stub = gateway_pb2_grpc.GatewayServiceStub(channel)
         self._timeout = timeout.total_seconds()
+        self._metrics = metrics
 
     async def charge(self, request: ChargeRequest) -> ChargeResult | NoAnswer:
         """One charge someone waits for (a retry), in the interactive lane."""
@@ -237,8 +217,8 @@ class GatewayClient:
                 _charge_pb(request, gateway_pb2.LANE_INTERACTIVE), timeout=self._timeout
             )
         except grpc.aio.AioRpcError as error:
-            return _unanswered(error.code().name, error.details() or "")
-        return _result(reply.payment)
+            return self._unanswered(error.code().name, error.details() or "")
+        return self._result(reply.payment)
 
     async def charge_batch(self, requests: Sequence[ChargeRequest]) -> list[ChargeResult | NoAnswer]:
         """A run's charges in the batch lane, one ChargeBatch call per BATCH_LIMIT; one answer each,
@@ -259,14 +239,30 @@ class GatewayClient:
             if len(requests) > 1 and call_failure(code) is CallFailure.REFUSED:
                 # The edge refuses a whole batch for one malformed charge: each alone gets its own word.
                 return [answer for request in requests for answer in await self._charge_batch([request])]
-            return [_unanswered(code, error.details() or "") for _ in requests]
+            return [self._unanswered(code, error.details() or "") for _ in requests]
         answers: list[ChargeResult | NoAnswer] = []
         for answer in reply.results:
             if answer.HasField("payment"):
-                answers.append(_result(answer.payment))
+                answers.append(self._result(answer.payment))
                 continue
             retry_after = answer.retry_after.ToTimedelta() if answer.HasField("retry_after") else None
             answers.append(
-                _unanswered(REFUSAL_CODES.get(answer.refusal, "UNKNOWN"), answer.message, retry_after)
+                self._unanswered(REFUSAL_CODES.get(answer.refusal, "UNKNOWN"), answer.message, retry_after)
             )
         return answers
+
+    def _result(self, payment: gateway_pb2.Payment) -> ChargeResult:
+        result = charge_result(payment)
+        self._metrics.charge_answered(result.gateway, result.status.value)
+        return result
+
+    def _unanswered(
+        self, code: str, details: str, retry_after: timedelta | None = None
+    ) -> ChargeResult | NoAnswer:
+        """A call or a charge that came back without a payment: a refusal of the request, or no word."""
+        failure = call_failure(code)
+        if failure is CallFailure.REFUSED:
+            self._metrics.charge_answered("", "refused")
+            return refusal(code, details)
+        self._metrics.charge_answered("", "no_answer")
+        return NoAnswer(code, details, ours=failure is CallFailure.BROKEN, retry_after=retry_after)

@@ -11,7 +11,7 @@ from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import asyncpg
-from prometheus_client import Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from billing_common.suite_clock import DueWork
 from recurring.domain.runs import RunKind, latest_scheduled_date
@@ -43,6 +43,17 @@ RUN_HALTED_GATEWAYS = Gauge(
 RUN_AGE = Gauge(
     "recurring_run_age_seconds", "Time since each unfinished run started", ["kind", "billing_date"]
 )
+CHARGES = Counter(
+    "recurring_charges_total", "Charges sent to gateway-adapter, by gateway and status", ["gateway", "status"]
+)
+ITEMS_PARKED = Counter(
+    "recurring_items_parked_total", "Work items parked after failing for a reason of ours", ["gateway"]
+)
+RUNS_STALLED = Gauge(
+    "recurring_runs_stalled",
+    "Running runs whose open items have not moved for RECURRING_RUN_STALLED_AFTER",
+    ["kind"],
+)
 RUN_SECONDS = Histogram(
     "recurring_run_duration_seconds",
     "From a run's start to its completion",
@@ -61,6 +72,19 @@ STATUSES = ("pending", "claimed", "deferred", "charged", "failed", "skipped")
 
 def run_finished(kind: str, seconds: float) -> None:
     RUN_SECONDS.labels(kind).observe(max(seconds, 0.0))
+
+
+class PrometheusRecurringMetrics:
+    """The `RecurringMetrics` charging and the runs report to."""
+
+    def charge_answered(self, gateway: str, status: str) -> None:
+        CHARGES.labels(gateway, status).inc()
+
+    def item_parked(self, gateway: str) -> None:
+        ITEMS_PARKED.labels(gateway).inc()
+
+    def runs_stalled(self, kind: RunKind, count: int) -> None:
+        RUNS_STALLED.labels(kind.value).set(count)
 
 
 class RunMetrics:

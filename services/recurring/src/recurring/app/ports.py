@@ -272,3 +272,16 @@ class OutageCounter(Protocol):
 
     async def unreachable(self, run_id: str, gateway: str) -> int: ...
     async def reachable(self, run_id: str, gateway: str) -> None: ...
+
+
+class RecurringMetrics(Protocol):
+    """What charging and the runs report; an adapter keeps the figures for the dashboards."""
+
+    def charge_answered(self, gateway: str, status: str) -> None:
+        """A charge's answer: the payment's status, or "refused" / "no_answer" (no gateway)."""
+        ...
+
+    def item_parked(self, gateway: str) -> None: ...
+    def runs_stalled(self, kind: RunKind, count: int) -> None:
+        """How many running runs of the kind are stalled now (0 once they move again)."""
+        ...

@@ -15,7 +15,7 @@ from billing_common.clock import Clock
 from billing_common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from billing_common.locks import Locks
 from billing_common.paging import Page, PageRequest
-from recurring.app.ports import OutageCounter, Store
+from recurring.app.ports import OutageCounter, RecurringMetrics, Store
 from recurring.domain import events as ev
 from recurring.domain.runs import (
     KIND_FREQUENCIES,
@@ -50,13 +50,20 @@ def lock_name(kind: RunKind, billing_date: date) -> str:
 
 class Runs:
     def __init__(
-        self, store: Store, locks: Locks, outages: OutageCounter, clock: Clock, schedule: Schedule
+        self,
+        store: Store,
+        locks: Locks,
+        outages: OutageCounter,
+        clock: Clock,
+        schedule: Schedule,
+        metrics: RecurringMetrics,
     ) -> None:
         self._store = store
         self._locks = locks
         self._outages = outages
         self._clock = clock
         self._schedule = schedule
+        self._metrics = metrics
 
     async def start(self, billing_date: date, kind: RunKind, wait: timedelta) -> Run | None:
         """Create the date's run (or add newly due items to it); None if another pod holds the lock."""
@@ -214,6 +221,8 @@ class Runs:
                     await uow.outbox.add([ev.RunStalled(dataclasses.replace(run, progress=progress))])
             if progress.stalled:
                 stalled.append(dataclasses.replace(run, progress=progress))
+        for kind in RunKind:
+            self._metrics.runs_stalled(kind, sum(1 for run in stalled if run.kind is kind))
         return stalled
 
     async def catch_up(self) -> int:

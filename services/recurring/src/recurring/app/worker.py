@@ -19,7 +19,7 @@ from billing_common import telemetry
 from billing_common.clock import Clock
 from billing_common.errors import Unavailable
 from recurring.app.charging import Charging
-from recurring.app.ports import OutageCounter, Quota, Store, UsagePeriod
+from recurring.app.ports import OutageCounter, Quota, RecurringMetrics, Store, UsagePeriod
 from recurring.app.runs import Runs
 from recurring.app.settling import apply, books_for_invoices, books_for_items, new_id
 from recurring.domain import events as ev
@@ -66,6 +66,7 @@ class Worker:
         outages: OutageCounter,
         clock: Clock,
         config: WorkerConfig,
+        metrics: RecurringMetrics,
     ) -> None:
         self._store = store
         self._runs = runs
@@ -74,6 +75,7 @@ class Worker:
         self._outages = outages
         self._clock = clock
         self._config = config
+        self._metrics = metrics
         # Every claim token of this worker starts with it: what the worker still holds when it
         # stops is handed back by it.
         self._pod = uuid.uuid4().hex
@@ -181,7 +183,7 @@ class Worker:
         if not failures:
             return items
         async with self._store.transaction() as tx:
-            _log_parked(await apply(tx, Change(failures=failures), self._clock.now()), failures)
+            self._parked(await apply(tx, Change(failures=failures), self._clock.now()), failures)
         parked = {item.item_id for item, _, _ in failures}
         return [item for item in items if item.item_id not in parked]
 
@@ -193,9 +195,26 @@ class Worker:
         counted = [failure_of(item, reason, self._config.rules) for item, reason in failures]
         try:
             async with self._store.transaction() as tx:
-                _log_parked(await apply(tx, Change(failures=counted), self._clock.now()), counted)
+                self._parked(await apply(tx, Change(failures=counted), self._clock.now()), counted)
         except Exception:
             log.exception("recording failed items failed", extra={"items": len(failures)})
+
+    def _parked(
+        self, parked: Sequence[WorkItem], failures: Sequence[tuple[WorkItem, AfterFailure, str]]
+    ) -> None:
+        """Say which items were parked and why: operators resume them (ResumeRun) once the cause is fixed."""
+        reasons = {item.item_id: reason for item, _, reason in failures}
+        for item in parked:
+            self._metrics.item_parked(item.gateway)
+            log.warning(
+                "work item parked",
+                extra={
+                    "item": item.item_id,
+                    "run": item.run_id,
+                    "occurrence": item.occurrence_key,
+                    "reason": reasons[item.item_id],
+                },
+            )
 
     async def _send_all(
         self, charges: list[Charge]
@@ -324,7 +343,7 @@ class Worker:
             books = await books_for_invoices(tx, recorded) if recorded else Books({}, {}, {})
             answers = [Answer(c.attempt, r, c.item, c.item.item_id in held) for c, r in answered]
             change = settle(answers, books, self._config.rules, BILLING, now)
-            _log_parked(await apply(tx, change, now, traces), change.failures)
+            self._parked(await apply(tx, change, now, traces), change.failures)
         await self._count_outages(change.outcomes)
         return change.outcomes
 
@@ -396,17 +415,3 @@ def _usage_billed(sub: Subscription, item: WorkItem) -> bool:
 
 def _reason(step: str, error: BaseException) -> str:
     return f"{step}: {type(error).__name__}: {error}"[:REASON_LENGTH]
-
-
-def _log_parked(parked: Sequence[WorkItem], failures: Sequence[tuple[WorkItem, AfterFailure, str]]) -> None:
-    reasons = {item.item_id: reason for item, _, reason in failures}
-    for item in parked:
-        log.warning(
-            "work item parked",
-            extra={
-                "item": item.item_id,
-                "run": item.run_id,
-                "occurrence": item.occurrence_key,
-                "reason": reasons[item.item_id],
-            },
-        )

@@ -7,7 +7,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import grpc
-from prometheus_client import Gauge
 
 from billing.recurring.v1 import recurring_pb2_grpc
 from billing_common.grpc_client import open_channel
@@ -18,7 +17,7 @@ from billing_common.suite_clock import pause
 from recurring.adapters.clients import GatewayClient, QuotaClient
 from recurring.adapters.coordination import RedisOutageCounter
 from recurring.adapters.events import EventMessages
-from recurring.adapters.metrics import RunMetrics, run_work
+from recurring.adapters.metrics import PrometheusRecurringMetrics, RunMetrics, run_work
 from recurring.adapters.store import PostgresStore
 from recurring.app.charging import Charging
 from recurring.app.invoices import Invoices
@@ -33,11 +32,6 @@ from recurring.settings import ExhaustedDefault, RecurringSettings
 
 MIGRATIONS = Path(__file__).resolve().parents[3] / "migrations"
 SERVICE_NAME = "billing.recurring.v1.RecurringService"
-RUNS_STALLED = Gauge(
-    "recurring_runs_stalled",
-    "Running runs whose open items have not moved for RECURRING_RUN_STALLED_AFTER",
-    ["kind"],
-)
 
 
 def build(settings: RecurringSettings) -> Lifespan:
@@ -64,9 +58,10 @@ def build(settings: RecurringSettings) -> Lifespan:
         store = PostgresStore(r.pool, r.outbox, EventMessages(zone))
         quota = QuotaClient(quota_channel, settings.charge_timeout, zone)
         outages = RedisOutageCounter(r.redis, settings.namespace)
-        charging = Charging(GatewayClient(gateway_channel, settings.charge_timeout))
+        metrics = PrometheusRecurringMetrics()
+        charging = Charging(GatewayClient(gateway_channel, settings.charge_timeout, metrics))
         subscriptions = Subscriptions(store, quota, clock, zone)
-        runs = Runs(store, r.locks, outages, clock, schedule)
+        runs = Runs(store, r.locks, outages, clock, schedule, metrics)
         invoices = Invoices(
             store,
             charging,
@@ -94,14 +89,13 @@ def build(settings: RecurringSettings) -> Lifespan:
                 rules=rules,
                 zone=zone,
             ),
+            metrics,
         )
         servicer = RecurringServicer(subscriptions, runs, invoices, clock, r.clock_control, pages)
 
         async def scheduler() -> None:
             while True:
-                stalled = await runs.watch_progress()
-                for kind in RunKind:
-                    RUNS_STALLED.labels(kind.value).set(sum(1 for run in stalled if run.kind is kind))
+                await runs.watch_progress()
                 await runs.catch_up()
                 await pause(clock, settings.scheduler_interval.total_seconds())
 

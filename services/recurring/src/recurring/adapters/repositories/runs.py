@@ -6,7 +6,6 @@ from collections.abc import Mapping, Sequence
 from datetime import date, datetime, timedelta
 
 import asyncpg
-from prometheus_client import Counter
 
 from billing_common import telemetry
 from recurring.adapters.metrics import run_finished
@@ -24,10 +23,6 @@ from recurring.domain.runs import (
 )
 from recurring.domain.schedule import Frequency
 from recurring.domain.status import SCHEDULED, SubscriptionStatus
-
-ITEMS_PARKED = Counter(
-    "recurring_items_parked_total", "Work items parked after failing for a reason of ours", ["gateway"]
-)
 
 
 def _run(row: asyncpg.Record, counts: RunCounts) -> Run:
@@ -341,10 +336,7 @@ class PostgresWorkItems:
             [after.retry_in for _, after, _ in failures],
         )
         parked_ids = {int(r["id"]) for r in rows if r["status"] == ItemStatus.PARKED.value}
-        parked = [item for item, _, _ in failures if item.item_id in parked_ids]
-        for item in parked:
-            ITEMS_PARKED.labels(item.gateway).inc()
-        return parked
+        return [item for item, _, _ in failures if item.item_id in parked_ids]
 
     async def page(self, run_id: str, after: int, limit: int) -> list[RunItem]:
         rows = await self._conn.fetch(
