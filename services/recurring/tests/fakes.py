@@ -575,6 +575,8 @@ class FakeGateway:
         self.calls.append(request)
         if request.token == "silent":
             return NoAnswer("UNAVAILABLE", "connection refused", ours=False)
+        if request.token == "broken":
+            return NoAnswer("INTERNAL", "stream reset", ours=True)
         if request.idempotency_key not in self._answers:
             self._answers[request.idempotency_key] = _answer(request, self.ROUTES[request.method_type])
         return self._answers[request.idempotency_key]

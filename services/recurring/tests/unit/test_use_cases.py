@@ -412,6 +412,32 @@ def test_a_gateway_unreachable_in_a_row_halts_its_part_of_the_run_and_resume_sen
     assert len(billing.gateway.calls) == 4
 
 
+def test_an_item_failing_on_our_side_is_parked_at_the_limit_and_counted_once() -> None:
+    billing = Billing()
+    run(billing.subscribe("broken"))
+    started = run(billing.runs.start(TODAY, RunKind.MONTHLY, wait=timedelta(0)))
+    assert started is not None
+    for _ in range(RULES.max_failures + 2):
+        run(billing.worker.work_once())
+        billing.clock.advance(timedelta(hours=1))
+    (item,) = billing.tables.items.values()
+    assert item.status is ItemStatus.PARKED
+    assert len(billing.gateway.calls) == RULES.max_failures
+    assert sum(billing.metrics.parked.values()) == 1
+
+
+def test_watching_the_runs_reports_how_many_of_each_kind_are_stalled() -> None:
+    billing = Billing()
+    run(billing.subscribe("silent"))
+    started = run(billing.runs.start(TODAY, RunKind.MONTHLY, wait=timedelta(0)))
+    assert started is not None
+    run(billing.runs.watch_progress())
+    assert billing.metrics.stalled == {RunKind.DAILY: 0, RunKind.MONTHLY: 0}
+    billing.clock.advance(timedelta(hours=1))
+    run(billing.runs.watch_progress())
+    assert billing.metrics.stalled == {RunKind.DAILY: 0, RunKind.MONTHLY: 1}
+
+
 def test_usage_of_the_period_is_invoiced_in_arrears_with_one_quota_call_per_batch() -> None:
     billing = Billing()
     subs = [run(billing.subscribe()) for _ in range(2)]
