@@ -168,7 +168,8 @@ class ChaosSuite:
     async def set_clock(self, instant: datetime) -> None:
         request = rpb.SetClockRequest()
         request.now.FromDatetime(instant)
-        await self.stub("recurring").SetClock(request, timeout=30)
+        # Right after a restart this channel may still be between reconnect attempts: wait for it.
+        await self.stub("recurring").SetClock(request, timeout=30, wait_for_ready=True)
         self.test_time = instant
 
     def schema(self, service: str) -> str:

@@ -35,6 +35,9 @@ _SERVICE_CONFIG = json.dumps(
 )
 
 
+_INITIAL_RECONNECT_BACKOFF_MS = 500
+MAX_RECONNECT_BACKOFF_MS = 2_000
+
 STAMPED = frozenset({"authorization", CORRELATION_HEADER, "traceparent", "tracestate"})
 # A bearer token, or where to get the current one (a token file that is replaced when renewed).
 Token = str | Callable[[], str]
@@ -200,6 +203,10 @@ def open_channel(
         # Connections are the channel's own: a new channel never inherits another channel's refused
         # connection (and its reconnect back-off) to an address that a new server now listens on.
         ("grpc.use_local_subchannel_pool", 1),
+        # A restarted pod is reached within seconds: gRPC's default reconnect back-off grows to two
+        # minutes, and calls made meanwhile fail at once (or, waiting for ready, wait out the back-off).
+        ("grpc.initial_reconnect_backoff_ms", _INITIAL_RECONNECT_BACKOFF_MS),
+        ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
     ]
     if root_certificates is not None:
         credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)

@@ -1,6 +1,7 @@
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -17,7 +18,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
 from billing_common import auth, context, db
-from billing_common.grpc_client import open_channel
+from billing_common.grpc_client import MAX_RECONNECT_BACKOFF_MS, open_channel
 from billing_common.grpc_server import CORRELATION_HEADER
 from billing_common.service import Background, Resources, ServiceHost, ServiceParts
 from billing_common.settings import CommonSettings
@@ -336,6 +337,33 @@ async def test_a_new_channel_reaches_a_server_restarted_on_a_port_an_older_chann
                 assert await echo_stub(newer)(b"after") == b"after"
         finally:
             await second.stop(None)
+
+
+async def test_a_channel_keeps_trying_a_peer_that_is_down_every_few_seconds_not_minutes() -> None:
+    """A pod being replaced refuses connections for a while; once it is back, callers holding a
+    channel to it must reach it within seconds, not after gRPC's default back-off (up to 2 minutes)."""
+    attempts: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def refuse(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        attempts.append(loop.time())  # every connection attempt is closed at once, as a dead peer
+        writer.close()
+
+    peer = await asyncio.start_server(refuse, "127.0.0.1", 0)
+    port = peer.sockets[0].getsockname()[1]
+    try:
+        async with open_channel(f"127.0.0.1:{port}") as channel:
+            began = loop.time()
+            with pytest.raises(grpc.aio.AioRpcError) as waited:
+                await echo_stub(channel)(b"hello", wait_for_ready=True, timeout=20)
+            assert waited.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            ended = loop.time()
+    finally:
+        peer.close()
+    instants = [began, *attempts, ended]
+    longest_wait = max(later - earlier for earlier, later in itertools.pairwise(instants))
+    # Unbounded, the waits grow 1 s, 1.6 s, 2.6 s, 4.1 s, 6.6 s... (20% jitter) within these 20 s.
+    assert longest_wait < 2 * MAX_RECONNECT_BACKOFF_MS / 1000, attempts
 
 
 async def test_the_lifespan_opens_before_serving_and_closes_after_the_drain_and_the_background_work(
