@@ -11,7 +11,7 @@ from billing_common.settings import CommonSettings
 
 @dataclass(frozen=True)
 class QuotaSettings(CommonSettings):
-    # Safety net of the in-process entitlement cache (changes also invalidate it at once).
+    # Safety net of the in-process entitlement cache, in wall time (changes also invalidate it at once).
     entitlement_cache_ttl: timedelta = timedelta(seconds=5)
     # How long after a period ends late usage events (by occurred_at) are still accepted into it.
     late_usage_grace: timedelta = timedelta(hours=1)

@@ -6,9 +6,10 @@ import pytest
 from billing.common.v1 import common_pb2
 from billing.events.v1 import subscription_pb2 as sub
 from billing.quota.v1 import quota_pb2 as pb
+from billing_common.clock import ControllableClock
 from billing_common.testing.plugin import InfraEnv, eventually
 
-from .conftest import Quota, create_plan, entitlement, publish, snapshot, spec, subscribe
+from .conftest import Quota, create_plan, entitlement, publish, quota_service, snapshot, spec, subscribe
 
 
 async def check(quota: Quota, tenant: str, key: str = "api.calls", amount: int = 1) -> pb.CheckQuotaResponse:
@@ -99,3 +100,23 @@ async def test_an_expired_grant_is_refused_at_creation(quota: Quota) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await quota.operator.CreateGrant(grant)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_check_after_the_test_clock_leaps_a_day_is_served_from_the_cache(env: InfraEnv) -> None:
+    """The cache's lifetime is wall time: on the suite's test clock a simulated day passes in about
+    a second, and a lifetime on that clock expired every resolution at each step (every check
+    went back to the database). What is cached still follows the service's clock."""
+    clock = ControllableClock(datetime.now(UTC))
+    async with quota_service(env, clock=clock, entitlement_cache_ttl=timedelta(minutes=10)) as quota:
+        await create_plan(quota, "pro", spec(entitlement("api.calls", 100)))
+        await subscribe(quota, "acme", "pro")
+        assert (await check(quota, "acme")).limit == 100
+        # A change no invalidation announces: only a reload from the database would see it.
+        pool = await env.pool(quota.settings.schema)
+        await pool.execute(
+            """INSERT INTO overrides (tenant_id, key, "limit") VALUES ('acme', 'api.calls', 5)"""
+        )
+
+        clock.advance(timedelta(days=1))
+        after_a_day = await check(quota, "acme")
+        assert after_a_day.allowed and after_a_day.limit == 100

@@ -7,11 +7,11 @@ from datetime import datetime
 
 import asyncpg
 
-from billing_common.db import transaction
+from billing_common.db import connection, transaction
 from billing_common.idempotency import IdempotencyKey, claim, complete
 from quota.adapters.catalog_store import _add_on
-from quota.app.ports import TenantPeriod
-from quota.domain.catalog import ActiveAddOn, AddOn, Behaviour
+from quota.app.ports import Standing, TenantPeriod
+from quota.domain.catalog import ActiveAddOn, Behaviour
 from quota.domain.resolution import Grant, Override, SubscriptionView
 
 
@@ -29,6 +29,12 @@ def _view(row: asyncpg.Record) -> SubscriptionView:
     )
 
 
+def _override(row: asyncpg.Record) -> Override:
+    return Override(
+        row["tenant_id"], row["key"], row["limit"], Behaviour(row["behaviour"]) if row["behaviour"] else None
+    )
+
+
 def _grant(row: asyncpg.Record) -> Grant:
     return Grant(
         row["grant_id"], row["tenant_id"], row["key"], row["quantity"], row["expires_at"], row["created_at"]
@@ -39,9 +45,29 @@ class PostgresTenants:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def subscriptions(self, tenant_id: str) -> list[SubscriptionView]:
-        rows = await self._pool.fetch("SELECT * FROM subscriptions WHERE tenant_id = $1", tenant_id)
-        return [_view(r) for r in rows]
+    async def standings(self, tenant_ids: Sequence[str]) -> dict[str, Standing]:
+        standings = {tenant_id: Standing([], [], [], []) for tenant_id in tenant_ids}
+        ids = list(standings)
+        async with connection(self._pool) as conn:
+            for row in await conn.fetch("SELECT * FROM subscriptions WHERE tenant_id = ANY($1::text[])", ids):
+                standings[row["tenant_id"]].subscriptions.append(_view(row))
+            for row in await conn.fetch(
+                """SELECT t.tenant_id, a.* FROM tenant_add_ons t JOIN add_ons a ON a.code = t.add_on_code
+                   WHERE t.tenant_id = ANY($1::text[]) AND t.removed_at IS NULL ORDER BY a.code""",
+                ids,
+            ):
+                standings[row["tenant_id"]].add_ons.append(_add_on(row))
+            for row in await conn.fetch(
+                "SELECT * FROM overrides WHERE tenant_id = ANY($1::text[]) ORDER BY key", ids
+            ):
+                standings[row["tenant_id"]].overrides.append(_override(row))
+            for row in await conn.fetch(
+                """SELECT * FROM grants
+                   WHERE tenant_id = ANY($1::text[]) AND expires_at > now() - interval '1 day'""",
+                ids,
+            ):
+                standings[row["tenant_id"]].grants.append(_grant(row))
+        return standings
 
     async def save_snapshot(
         self, conn: asyncpg.Connection, view: SubscriptionView
@@ -72,14 +98,6 @@ class PostgresTenants:
             applied.version,
         )
         return applied
-
-    async def add_ons_of(self, tenant_id: str) -> list[AddOn]:
-        rows = await self._pool.fetch(
-            """SELECT a.* FROM tenant_add_ons t JOIN add_ons a ON a.code = t.add_on_code
-               WHERE t.tenant_id = $1 AND t.removed_at IS NULL ORDER BY a.code""",
-            tenant_id,
-        )
-        return [_add_on(r) for r in rows]
 
     async def attach_add_on(self, tenant_id: str, code: str, attached: bool, at: datetime) -> None:
         if attached:
@@ -119,15 +137,6 @@ class PostgresTenants:
             held[row["ord"] - 1].append(ActiveAddOn(_add_on(row), row["active_from"], row["active_until"]))
         return held
 
-    async def overrides(self, tenant_id: str) -> list[Override]:
-        rows = await self._pool.fetch("SELECT * FROM overrides WHERE tenant_id = $1 ORDER BY key", tenant_id)
-        return [
-            Override(
-                r["tenant_id"], r["key"], r["limit"], Behaviour(r["behaviour"]) if r["behaviour"] else None
-            )
-            for r in rows
-        ]
-
     async def set_override(self, override: Override | None, tenant_id: str, key: str) -> None:
         if override is None:
             await self._pool.execute(
@@ -143,12 +152,6 @@ class PostgresTenants:
             override.limit,
             override.behaviour.value if override.behaviour else None,
         )
-
-    async def grants(self, tenant_id: str) -> list[Grant]:
-        rows = await self._pool.fetch(
-            "SELECT * FROM grants WHERE tenant_id = $1 AND expires_at > now() - interval '1 day'", tenant_id
-        )
-        return [_grant(r) for r in rows]
 
     async def create_grant(self, grant: Grant, idem: IdempotencyKey) -> Grant:
         async with transaction(self._pool) as conn:

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -27,7 +29,7 @@ from billing_common.errors import FailedPrecondition, InvalidArgument, NotFound,
 from billing_common.faults import is_dependency_failure
 from billing_common.idempotency import IdempotencyKey
 from quota.app.ports import CatalogStore, Invalidations, TenantStore
-from quota.domain.catalog import KEY_PATTERN, Behaviour
+from quota.domain.catalog import KEY_PATTERN, Behaviour, Plan
 from quota.domain.resolution import Grant, Override, Resolution, SubscriptionView, pick_subscription, resolve
 
 log = logging.getLogger(__name__)
@@ -36,10 +38,14 @@ STALE_RETRY = timedelta(seconds=1)
 
 
 class EntitlementCache:
-    def __init__(self, clock: Clock, ttl: timedelta) -> None:
-        self._clock = clock
-        self._ttl = ttl
-        self._entries: dict[str, tuple[Resolution, datetime, datetime]] = {}  # + refresh at, expiry
+    """Resolutions by tenant. How long one is kept is wall time (a monotonic clock): the suite's
+    test clock leaps a day in a second, and a lifetime on it would expire every entry at each step.
+    What a resolution says (its windows, a grant's end) follows the service's clock."""
+
+    def __init__(self, ttl: timedelta, wall: Callable[[], float] = time.monotonic) -> None:
+        self._ttl = ttl.total_seconds()
+        self._wall = wall
+        self._entries: dict[str, tuple[Resolution, float, float]] = {}  # + refresh at, expiry (wall)
         self.generation = 0  # bumped on every invalidation, so a resolution built meanwhile is not kept
 
     def get(self, tenant_id: str, now: datetime) -> tuple[Resolution | None, bool]:
@@ -47,35 +53,31 @@ class EntitlementCache:
         entry = self._entries.get(tenant_id)
         if entry is None:
             return None, True
-        if now >= entry[2]:
+        resolution, refresh, expires = entry
+        ticks = self._wall()
+        if ticks >= expires or not _still_valid(resolution, now):
             return None, True  # kept as the last known resolution, for when the database is down
-        return entry[0], now >= entry[1]
+        return resolution, ticks >= refresh
 
     def last_known(self, tenant_id: str, now: datetime) -> Resolution | None:
         """The last resolution loaded, expired or not, unless a grant in it has ended since."""
         entry = self._entries.get(tenant_id)
         if entry is None:
             return None
-        valid_until = entry[0].valid_until
-        return entry[0] if valid_until is None or now < valid_until else None
+        return entry[0] if _still_valid(entry[0], now) else None
 
     def keep_serving(self, resolution: Resolution, generation: int) -> None:
         """Serve `resolution` again (the database is down), and try a reload after `STALE_RETRY`."""
         if generation != self.generation:
             return
-        now = self._clock.now()
-        expires = now + max(self._ttl, 2 * STALE_RETRY)
-        if resolution.valid_until is not None:
-            expires = min(expires, resolution.valid_until)
-        self._entries[resolution.tenant_id] = (resolution, now + STALE_RETRY, expires)
+        ticks, retry = self._wall(), STALE_RETRY.total_seconds()
+        self._entries[resolution.tenant_id] = (resolution, ticks + retry, ticks + max(self._ttl, 2 * retry))
 
     def put(self, resolution: Resolution, generation: int) -> None:
         if generation != self.generation:
             return
-        now = self._clock.now()
-        refresh, expires = now + self._ttl * (1 - REFRESH_AHEAD), now + self._ttl
-        if resolution.valid_until is not None:
-            expires = min(expires, resolution.valid_until)
+        ticks = self._wall()
+        refresh, expires = ticks + self._ttl * (1 - REFRESH_AHEAD), ticks + self._ttl
         self._entries[resolution.tenant_id] = (resolution, refresh, expires)
 
     def invalidate(self, tenant_id: str | None) -> None:
@@ -87,6 +89,10 @@ class EntitlementCache:
 
     def clear(self) -> None:
         self.invalidate(None)
+
+
+def _still_valid(resolution: Resolution, now: datetime) -> bool:
+    return resolution.valid_until is None or now < resolution.valid_until
 
 
 def _check_tenant_and_key(violations: Violations, tenant_id: str, key: str) -> None:
@@ -117,62 +123,107 @@ class Entitlements:
         self._cache = cache
         self._invalidations = invalidations
         self._loading: dict[str, tuple[int, asyncio.Future[Resolution]]] = {}
+        self._batches: set[asyncio.Future[None]] = set()  # loads under way, kept from the collector
 
     async def resolution(self, tenant_id: str) -> Resolution:
-        return self.known(tenant_id, self._clock.now()) or await self._load(tenant_id)
+        return self.known(tenant_id, self._clock.now()) or await self._load([tenant_id])[tenant_id]
+
+    async def resolutions(self, tenant_ids: Iterable[str]) -> dict[str, Resolution]:
+        """Each tenant's resolution: the cached ones at once, the others loaded together."""
+        now = self._clock.now()
+        found: dict[str, Resolution] = {}
+        missing: list[str] = []
+        for tenant_id in dict.fromkeys(tenant_ids):
+            known = self.known(tenant_id, now)
+            if known is None:
+                missing.append(tenant_id)
+            else:
+                found[tenant_id] = known
+        for tenant_id, loading in self._load(missing).items():
+            found[tenant_id] = await loading
+        return found
 
     def known(self, tenant_id: str, now: datetime) -> Resolution | None:
         """The cached resolution, without waiting; a due reload starts in the background."""
         cached, due = self._cache.get(tenant_id, now)
         if cached is not None and due and tenant_id not in self._loading:
-            self._load(tenant_id).add_done_callback(_log_failure)
+            self._load([tenant_id])[tenant_id].add_done_callback(_log_failure)
         return cached
 
-    def _load(self, tenant_id: str) -> asyncio.Future[Resolution]:
-        """One load per tenant at a time; a load begun before an invalidation is not joined."""
+    def _load(self, tenant_ids: Sequence[str]) -> dict[str, asyncio.Future[Resolution]]:
+        """One load per tenant at a time, the tenants not being loaded yet in one batch; a load
+        begun before an invalidation is not joined."""
         generation = self._cache.generation
-        loading = self._loading.get(tenant_id)
-        if loading is not None and loading[0] == generation:
-            return loading[1]
+        futures: dict[str, asyncio.Future[Resolution]] = {}
+        batch: dict[str, asyncio.Future[Resolution]] = {}
+        loop = asyncio.get_running_loop()
+        for tenant_id in tenant_ids:
+            loading = self._loading.get(tenant_id)
+            if loading is not None and loading[0] == generation:
+                futures[tenant_id] = loading[1]
+            else:
+                futures[tenant_id] = batch[tenant_id] = loop.create_future()
+        if not batch:
+            return futures
 
-        async def load() -> Resolution:
+        async def load() -> None:
             try:
-                resolution = await self._resolve(tenant_id)
+                resolved = await self._resolve(list(batch))
             except Exception as error:
-                last = self._cache.last_known(tenant_id, self._clock.now())
-                if last is None or not is_dependency_failure(error):
-                    raise
-                log.debug("entitlements served from memory", extra={"tenant_id": tenant_id})
-                self._cache.keep_serving(last, generation)
-                return last
-            self._cache.put(resolution, generation)
-            return resolution
+                for tenant_id, future in batch.items():
+                    last = self._cache.last_known(tenant_id, self._clock.now())
+                    if last is None or not is_dependency_failure(error):
+                        future.set_exception(error)
+                        continue
+                    log.debug("entitlements served from memory", extra={"tenant_id": tenant_id})
+                    self._cache.keep_serving(last, generation)
+                    future.set_result(last)
+                return
+            for tenant_id, future in batch.items():
+                self._cache.put(resolved[tenant_id], generation)
+                future.set_result(resolved[tenant_id])
 
-        future = asyncio.ensure_future(load())
-        self._loading[tenant_id] = (generation, future)
+        task = asyncio.ensure_future(load())
+        self._batches.add(task)
+        task.add_done_callback(self._batches.discard)
+        for tenant_id, future in batch.items():
+            self._loading[tenant_id] = (generation, future)
+            future.add_done_callback(self._done_loading(tenant_id))
+        return futures
 
-        def done(_: asyncio.Future[Resolution]) -> None:
+    def _done_loading(self, tenant_id: str) -> Callable[[asyncio.Future[Resolution]], None]:
+        def done(future: asyncio.Future[Resolution]) -> None:
             if self._loading.get(tenant_id, (0, None))[1] is future:
                 del self._loading[tenant_id]
 
-        future.add_done_callback(done)
-        return future
+        return done
 
-    async def _resolve(self, tenant_id: str) -> Resolution:
-        subscription = pick_subscription(await self._tenants.subscriptions(tenant_id))
-        plan = None
-        if subscription is not None and subscription.plan_code:
-            plan = await self._catalog.get_plan(subscription.plan_code, subscription.plan_version)
-        return resolve(
-            tenant_id,
-            subscription,
-            plan,
-            await self._tenants.add_ons_of(tenant_id),
-            await self._tenants.overrides(tenant_id),
-            await self._tenants.grants(tenant_id),
-            await self._catalog.free_plan(),
-            self._clock.now(),
-        )
+    async def _resolve(self, tenant_ids: Sequence[str]) -> dict[str, Resolution]:
+        standings = await self._tenants.standings(tenant_ids)
+        free_plan = await self._catalog.free_plan()
+        plans: dict[tuple[str, int], Plan | None] = {}
+        now = self._clock.now()
+        resolved: dict[str, Resolution] = {}
+        for tenant_id in tenant_ids:
+            standing = standings[tenant_id]
+            subscription = pick_subscription(standing.subscriptions)
+            plan = None
+            if subscription is not None and subscription.plan_code:
+                ref = (subscription.plan_code, subscription.plan_version)
+                if ref not in plans:
+                    plans[ref] = await self._catalog.get_plan(*ref)
+                plan = plans[ref]
+            resolved[tenant_id] = resolve(
+                tenant_id,
+                subscription,
+                plan,
+                standing.add_ons,
+                standing.overrides,
+                standing.grants,
+                free_plan,
+                now,
+            )
+        return resolved
 
     async def _changed(self, tenant_id: str) -> None:
         self._cache.invalidate(tenant_id)

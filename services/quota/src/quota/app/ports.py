@@ -29,16 +29,26 @@ class CatalogStore(Protocol):
     async def tier_plans(self) -> dict[str, str]: ...
 
 
+@dataclass(frozen=True)
+class Standing:
+    """What a tenant's entitlements are resolved from, besides the catalog."""
+
+    subscriptions: list[SubscriptionView]
+    add_ons: list[AddOn]  # held now
+    overrides: list[Override]
+    grants: list[Grant]
+
+
 class TenantStore(Protocol):
-    async def subscriptions(self, tenant_id: str) -> list[SubscriptionView]: ...
+    async def standings(self, tenant_ids: Sequence[str]) -> dict[str, Standing]:
+        """Each tenant's standing (an unknown tenant's is empty); a few queries for them all,
+        however many they are."""
+        ...
+
     async def save_snapshot(
         self, conn: asyncpg.Connection, view: SubscriptionView
     ) -> SubscriptionView | None:
         """Apply a snapshot in the caller's transaction; None when an equal or newer one is applied."""
-        ...
-
-    async def add_ons_of(self, tenant_id: str) -> list[AddOn]:
-        """The add-ons the tenant holds now."""
         ...
 
     async def attach_add_on(self, tenant_id: str, code: str, attached: bool, at: datetime) -> None:
@@ -51,9 +61,7 @@ class TenantStore(Protocol):
         window, in the order they began; one query for them all."""
         ...
 
-    async def overrides(self, tenant_id: str) -> list[Override]: ...
     async def set_override(self, override: Override | None, tenant_id: str, key: str) -> None: ...
-    async def grants(self, tenant_id: str) -> list[Grant]: ...
     async def create_grant(self, grant: Grant, idem: IdempotencyKey) -> Grant: ...
 
 

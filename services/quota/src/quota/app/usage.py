@@ -289,15 +289,16 @@ class Usage:
         now = self._clock.now()
         results: list[RecordResult | None] = [None] * len(events)
         planned: list[_Planned] = []
-        resolutions: dict[str, Resolution] = {}
+        # The tenants' entitlements first, the uncached ones loaded together.
+        resolutions = await self._entitlements.resolutions(
+            event.tenant_id for event in events if not _invalid(event, now)
+        )
         windows: dict[tuple[str, Period, datetime], Window | None] = {}  # events of one instant share one
         for index, event in enumerate(events):
             problem = _invalid(event, now)
             if problem:
                 results[index] = RecordResult(event.idempotency_key, UsageOutcome.INVALID, None, *problem)
                 continue
-            if event.tenant_id not in resolutions:
-                resolutions[event.tenant_id] = await self._entitlements.resolution(event.tenant_id)
             resolution = resolutions[event.tenant_id]
             found = _entitled(resolution, event.key)
             if isinstance(found, str):

@@ -62,7 +62,7 @@ def build(settings: QuotaSettings) -> Lifespan:
                 tracking.append(Background(tracked.track))
             catalog_store = PostgresCatalog(r.pool, r.outbox)
             invalidations = RedisInvalidations(redis, settings.namespace)
-            cache = EntitlementCache(r.clock, settings.entitlement_cache_ttl)
+            cache = EntitlementCache(settings.entitlement_cache_ttl)
             tenants = PostgresTenants(r.pool)
             entitlements = Entitlements(tenants, catalog_store, r.clock, cache, invalidations)
             counters = RedisCounters(redis, settings.namespace, reads, USAGE_METRICS)
