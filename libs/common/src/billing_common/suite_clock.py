@@ -11,7 +11,8 @@ from the later of the two. A move is announced on the Redis channel of the same 
 every pod at once; the pods also read the key every report interval, so an announcement missed
 during a reconnect is applied a moment later.
 
-Catching up: each pod keeps, under `<key>:pod:<service>:<pod>` with a short expiry, a report of
+Catching up: each pod keeps, under `<key>:pod:<service>:<pod>` with a short expiry (listed in the
+set `<key>:pods`, so that finding the reports never scans Redis's keys), a report of
 the instant it runs on and the work it still has due at that instant (unrelayed outbox rows,
 events waiting in its queues or being handled, and the service's own due work, e.g. open run items
 or due dunning attempts), with a mark of its progress (the last event it wrote, the events it has
@@ -202,6 +203,7 @@ class ClockAgent:
         self._service = service
         self._pod = f"{os.environ.get('HOSTNAME') or socket.gethostname()}-{uuid.uuid4().hex[:8]}"
         self._report_key = f"{key}:pod:{service}:{self._pod}"
+        self._pods_key = f"{key}:pods"
         self._due_work: list[DueWork] = []
         self._kept: datetime | None = None
 
@@ -240,6 +242,7 @@ class ClockAgent:
             # A pod that stops says so at once, rather than count as behind until its report expires.
             with contextlib.suppress(Exception):
                 await self._redis.delete(self._report_key)
+                await self._redis.srem(self._pods_key, self._report_key)
 
     async def _follow(self) -> None:
         announced = _decode(await self._redis.get(self._key))
@@ -276,7 +279,13 @@ class ClockAgent:
             asked,
             (int(progress["written"]), int(progress["handled"])),
         ).to_json()
-        await self._redis.set(self._report_key, report, px=int(REPORT_LIFETIME.total_seconds() * 1000))
+        lifetime = int(REPORT_LIFETIME.total_seconds() * 1000)
+        # The list of reports lives as long as the latest one: a suite whose pods all stopped leaves none.
+        async with self._redis.pipeline(transaction=True) as listed:
+            listed.set(self._report_key, report, px=lifetime)
+            listed.sadd(self._pods_key, self._report_key)
+            listed.pexpire(self._pods_key, lifetime)
+            await listed.execute()
         if asked:
             await self._redis.publish(f"{self._key}:reports", report)
 
@@ -407,9 +416,13 @@ class ClockControl:
                         answers[report.pod] = report
 
     async def reports(self) -> list[PodReport]:
-        """The pods' latest reports, asked or not: who is live, and where each stood."""
-        keys = [key async for key in self._redis.scan_iter(match=f"{self._key}:pod:*", count=500)]
+        """The pods' latest reports, asked or not: who is live, and where each stood. A pod whose
+        report expired is gone, and leaves the list."""
+        keys = sorted(await self._redis.smembers(f"{self._key}:pods"))
         values = await self._redis.mget(keys) if keys else []
+        gone = [key for key, value in zip(keys, values, strict=True) if value is None]
+        if gone:
+            await self._redis.srem(f"{self._key}:pods", *gone)
         return [PodReport.from_json(value) for value in values if value is not None]
 
 

@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from billing_common import db
 from billing_common.suite_clock import ClockAgent, ClockControl, SharedClock
 from billing_common.testing.plugin import InfraEnv
+from billing_common.testing.servers import RedisServer
 
 EVE = datetime(2031, 1, 1, 12, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -124,3 +125,29 @@ async def test_a_pod_with_work_due_holds_the_advance_and_is_named_when_time_runs
     assert len(stopped.still_running) == 1
     assert stopped.still_running[0].startswith("dunning (")
     assert stopped.still_running[0].endswith("): due dunning attempts 2")
+
+
+async def test_the_pods_reports_are_found_without_scanning_redis(
+    private_redis: tuple[InfraEnv, RedisServer],
+) -> None:
+    """A SCAN walks every key of a Redis the suite shares (locks, counters, idempotency keys): each
+    round of every advance paid for it. The reports are listed in a set of their own, and a
+    pod that stopped leaves it."""
+    env, server = private_redis
+    redis = Redis.from_url(server.url)
+    control = ClockControl(SharedClock(), redis, f"{env.run_id}:test-clock")
+    try:
+        await control.set(EVE)
+        await redis.config_resetstat()
+        async with pod(env, "recurring", _nothing_due), pod(env, "dunning", _nothing_due):
+            moved = await control.advance(DAY, DAY, timedelta(seconds=30))
+            assert moved.caught_up
+            assert {r.service for r in await control.reports()} == {"recurring", "dunning"}
+        assert await control.reports() == []
+        assert "cmdstat_scan" not in await redis.info("commandstats")
+    finally:
+        await redis.aclose()
+
+
+async def _nothing_due(_pool: asyncpg.Pool, _now: datetime) -> Mapping[str, int]:
+    return {}
