@@ -14,7 +14,15 @@ from prometheus_client import Counter, Histogram
 from billing_common import context, telemetry
 from billing_common.grpc_server import CORRELATION_HEADER
 
-# Transient failures of another service are retried by the channel itself, a few times.
+# Calls that must never be sent twice by the channel: UNAVAILABLE may come after the server applied
+# the call (a connection closed at its maximum age while the call ran), and the test clock's moves
+# are not idempotent (a re-sent AdvanceClock moved the suite days further than asked).
+NOT_RETRIED = (
+    ("billing.recurring.v1.RecurringService", "AdvanceClock"),
+    ("billing.recurring.v1.RecurringService", "SetClock"),
+)
+# Transient failures of another service are retried by the channel itself, a few times; a more
+# specific name wins over the default, so the calls above have no retry policy.
 _SERVICE_CONFIG = json.dumps(
     {
         # Spread calls over every pod behind a (headless) Service, not the first one found.
@@ -29,7 +37,8 @@ _SERVICE_CONFIG = json.dumps(
                     "backoffMultiplier": 2,
                     "retryableStatusCodes": ["UNAVAILABLE"],
                 },
-            }
+            },
+            {"name": [{"service": service, "method": method} for service, method in NOT_RETRIED]},
         ],
     }
 )
