@@ -7,7 +7,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from importlib import resources
@@ -115,9 +115,47 @@ async def create_pool(
     return pool
 
 
+# What runs once a transaction commits, by the connection the transaction runs on.
+_AFTER_COMMIT: dict[int, list[Callable[[], None]]] = {}
+
+
+def after_commit(conn: asyncpg.Connection, callback: Callable[[], None]) -> None:
+    """Run `callback` once the transaction `conn` is in (opened by `transaction` or `committing`)
+    has committed, never if it rolls back: what it sets going (a relay woken to publish the rows
+    just written, a log of what was decided) finds the change stored. On a connection outside such
+    a transaction it runs at once."""
+    hooks = _AFTER_COMMIT.get(id(conn))
+    if hooks is None:
+        callback()
+    else:
+        hooks.append(callback)
+
+
+@contextlib.asynccontextmanager
+async def committing(conn: asyncpg.Connection) -> AsyncIterator[asyncpg.Connection]:
+    """A transaction on a connection the caller holds, whose `after_commit` callbacks run once it
+    has committed; inside another one, a savepoint whose callbacks wait for the outer commit."""
+    if id(conn) in _AFTER_COMMIT:
+        async with conn.transaction():
+            yield conn
+        return
+    hooks = _AFTER_COMMIT[id(conn)] = []
+    try:
+        async with conn.transaction():
+            yield conn
+    finally:
+        del _AFTER_COMMIT[id(conn)]
+    for hook in hooks:
+        try:
+            hook()
+        except Exception:  # the change is stored: its caller must not take it for failed
+            log.exception("a callback after a commit failed")
+
+
 @contextlib.asynccontextmanager
 async def transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
-    """A pooled connection inside a transaction, typed as the connection the helpers here take.
+    """A pooled connection inside a transaction (`committing`), typed as the connection the
+    helpers here take.
 
     A dependency failure during the commit itself is raised as `CommitOutcomeUnknown`.
     """
@@ -125,14 +163,14 @@ async def transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
     proxy = await acquired.__aenter__()
     committed = False
     try:
-        committing = False
+        commit_began = False
         try:
-            async with proxy.transaction():
-                yield cast(asyncpg.Connection, proxy)
-                committing = True
+            async with committing(cast(asyncpg.Connection, proxy)) as conn:
+                yield conn
+                commit_began = True
             committed = True
         except Exception as error:
-            if committing and is_dependency_failure(error):
+            if commit_began and is_dependency_failure(error):
                 raise CommitOutcomeUnknown(
                     "the database failed during a commit: the change may or may not be stored; "
                     "retry with the same idempotency key"

@@ -92,8 +92,6 @@ def service_env(
         f"{prefix}_AUTH_TOKEN_FILE": str(token_file),
         f"{prefix}_PAGE_TOKEN_KEYS": DEV_PAGE_TOKEN_KEY,
         f"{prefix}_TEST_CLOCK": TEST_CLOCK,
-        # An event passes through every service's outbox on its way: each hop waits at most this.
-        f"{prefix}_OUTBOX_POLL_INTERVAL": "0.05s",
         **{name: value for name, value in TEST_CLOCK_SETTINGS.items() if name.startswith(f"{prefix}_")},
     }
     for other, _, _, port, _ in SERVICES:

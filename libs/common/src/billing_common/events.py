@@ -39,7 +39,7 @@ from google.protobuf.message import DecodeError, Message
 from opentelemetry.trace import SpanKind
 from prometheus_client import Counter, Gauge
 
-from billing_common import context, telemetry
+from billing_common import context, db, telemetry
 from billing_common.clock import Clock
 from billing_common.faults import is_dependency_failure
 
@@ -145,7 +145,8 @@ class Outbox:
                    VALUES ($1, $2, $3, $4, $5)""",
                 rows,
             )
-            self.written.set()
+            # Once committed: a relay woken before then finds nothing and waits for its next poll.
+            db.after_commit(conn, self.written.set)
         return [str(row[0]) for row in rows]
 
 
@@ -518,7 +519,7 @@ class EventConsumer:
         with their partition: such an event is neither handled nor taken for a duplicate (one
         with no time cannot be placed before or after it, and is handled).
         """
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._pool.acquire() as held, db.committing(cast(asyncpg.Connection, held)) as conn:
             outcome = await conn.fetchrow(
                 """WITH forgotten AS (
                        SELECT coalesce(max(forgotten_before), '-infinity') AS before
@@ -542,7 +543,7 @@ class EventConsumer:
                 return FORGOTTEN
             if not outcome["first"]:
                 return "duplicate"
-            await self._handlers.handle(cast(asyncpg.Connection, conn), event_type, event)
+            await self._handlers.handle(conn, event_type, event)
         return "handled"
 
     async def _retry_or_park(

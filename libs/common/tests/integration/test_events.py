@@ -60,14 +60,14 @@ class Harness:
             **options,
         )
 
-    def relay(self) -> OutboxRelay:
+    def relay(self, poll_interval: timedelta = timedelta(milliseconds=50)) -> OutboxRelay:
         return OutboxRelay(
             self.producer,
             self.env.infra.amqp_url,
             self.env.exchange,
             "gateway-adapter",
             wake=self.outbox.written,
-            poll_interval=timedelta(milliseconds=50),
+            poll_interval=poll_interval,
         )
 
     def start(self, coro_factory) -> None:
@@ -116,6 +116,31 @@ async def test_event_committed_with_state_change_reaches_its_consumer(harness: H
     # The row is marked once the broker confirms, which a quorum queue may do after the consumer
     # already has the message.
     assert await eventually(lambda: harness.producer.fetchval("SELECT published_at IS NOT NULL FROM outbox"))
+
+
+async def test_an_event_is_relayed_once_its_transaction_commits_without_waiting_for_the_relays_poll(
+    harness: Harness,
+) -> None:
+    """The relay is woken after the COMMIT: woken when the row was written, it found nothing yet
+    (the transaction went on with more work) and slept its whole poll."""
+    consumer = harness.consumer()
+    harness.start(consumer.run)
+    await asyncio.wait_for(consumer.ready.wait(), 10)
+    harness.start(harness.relay(poll_interval=timedelta(minutes=10)).run)
+    await harness.commit_payment("pay_0")
+    assert await eventually(harness.settled) == ["pay_0"]  # the relay is up, and waits for its poll
+
+    async with db.transaction(harness.producer) as conn:
+        await conn.execute("INSERT INTO payments VALUES ('pay_1')")
+        await harness.outbox.add(
+            conn, payment_pb2.PaymentSucceeded(payment=payment_pb2.PaymentFacts(payment_id="pay_1"))
+        )
+        await asyncio.sleep(0.5)  # the rest of the transaction's work
+
+    async def settled_since() -> bool:
+        return "pay_1" in await harness.settled()
+
+    assert await eventually(settled_since, timeout=5)
 
 
 async def test_event_committed_while_the_broker_is_down_is_delivered_after_it_returns(

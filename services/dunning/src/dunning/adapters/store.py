@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -111,7 +111,6 @@ class PostgresSession:
         self._conn = conn
         self._outbox = outbox
         self._metrics = metrics
-        self.after_commit: list[Callable[[], None]] = []
 
     async def _with_attempts(self, rows: Sequence[asyncpg.Record]) -> list[Case]:
         if not rows:
@@ -274,7 +273,7 @@ class PostgresSession:
             )
         if change.transitions:
             transitions, trace_context = change.transitions, telemetry.capture()
-            self.after_commit.append(lambda: _log_transitions(case.case_id, transitions, trace_context))
+            db.after_commit(self._conn, lambda: _log_transitions(case.case_id, transitions, trace_context))
             await self._conn.executemany(
                 """INSERT INTO case_history (case_id, from_state, to_state, cause, detail, at)
                    VALUES ($1, $2, $3, $4, $5, $6)""",
@@ -304,7 +303,7 @@ class PostgresSession:
         ended = [t for t in change.transitions if t.to_state in TERMINAL_STATES]
         if ended:
             state, open_for = ended[-1].to_state, ended[-1].at - case.opened_at
-            self.after_commit.append(lambda: self._metrics.case_ended(state, open_for))
+            db.after_commit(self._conn, lambda: self._metrics.case_ended(state, open_for))
 
 
 class PostgresCases:
@@ -316,13 +315,10 @@ class PostgresCases:
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[PostgresSession]:
         async with db.transaction(self._pool) as conn:
-            session = PostgresSession(conn, self._outbox, self._metrics)
-            yield session
-        for hook in session.after_commit:
-            hook()
+            yield PostgresSession(conn, self._outbox, self._metrics)
 
     def joined(self, conn: asyncpg.Connection) -> PostgresSession:
-        return _JoinedSession(conn, self._outbox, self._metrics)
+        return PostgresSession(conn, self._outbox, self._metrics)
 
     async def history(self, case_id: str) -> list[Transition]:
         rows = await self._pool.fetch(
@@ -400,16 +396,6 @@ class PostgresCases:
             )
             for r in rows
         )
-
-
-class _JoinedSession(PostgresSession):
-    """A session inside a transaction owned by the caller (the event inbox): metrics at once."""
-
-    async def _write_parts(self, change: Change, attempts_before: Sequence[Attempt]) -> None:
-        await super()._write_parts(change, attempts_before)
-        for hook in self.after_commit:
-            hook()
-        self.after_commit.clear()
 
 
 def _log_transitions(case_id: str, transitions: Sequence[Transition], trace_context: dict[str, str]) -> None:
