@@ -62,6 +62,20 @@ async def test_a_due_subscription_is_invoiced_charged_and_renewed(deps: Deps) ->
         ]
 
 
+async def test_an_idle_worker_starts_items_as_they_are_queued_not_at_its_next_poll(deps: Deps) -> None:
+    """A run's items wake the pod's worker: on the suite's test clock each simulated day queues
+    work, and a worker that slept its idle poll first made every day wait for it."""
+    async with recurring_service(
+        deps.recurring_settings(worker_idle_poll=timedelta(minutes=10))
+    ) as recurring:
+        await recurring.operator.CreateSubscription(custom("acme", 2500, WEEKLY, DAY))
+        await asyncio.sleep(1)  # the worker found nothing to claim, and idles
+
+        run = await run_until_settled(recurring.operator, DAY, timeout=10)
+
+        assert (run.counts.due, run.counts.charged) == (1, 1)
+
+
 async def test_the_same_date_twice_and_two_racing_runners_charge_each_occurrence_once(deps: Deps) -> None:
     settings = deps.recurring_settings(worker_batch_size=5)
     async with recurring_service(settings) as first, recurring_service(settings) as second:

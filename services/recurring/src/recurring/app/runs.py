@@ -3,6 +3,7 @@ order, with their due occurrences written as work items that workers in every po
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import uuid
@@ -64,6 +65,9 @@ class Runs:
         self._clock = clock
         self._schedule = schedule
         self._metrics = metrics
+        # Set once items are queued (committed): this pod's idle worker claims them without waiting
+        # out its poll.
+        self.work_queued = asyncio.Event()
 
     async def start(self, billing_date: date, kind: RunKind, wait: timedelta) -> Run | None:
         """Create the date's run (or add newly due items to it); None if another pod holds the lock."""
@@ -96,6 +100,8 @@ class Runs:
                             await uow.runs.set_states([run.run_id], RunState.RUNNING, None)
                             await uow.runs.save_progress({run.run_id: Progress()})
                         message = "run extended" if due else ""
+                if due:
+                    self.work_queued.set()
                 span.set_attributes({"run.id": run.run_id, "run.items_queued": due})
                 if message:
                     log.info(

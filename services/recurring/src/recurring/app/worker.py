@@ -4,7 +4,6 @@ invoice (base + usage + proration - credit) -> charge -> transaction, ledger, ev
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import uuid
@@ -100,14 +99,15 @@ class Worker:
         await self._stopped.wait()
 
     async def _work_forever(self) -> None:
+        queued = self._runs.work_queued
         while not self._stopping.is_set():
+            queued.clear()  # what is queued from here on wakes the pause below
             worked = await self.work_once()
             pause = self._config.jitter.total_seconds() * random.random()
             if not worked:
                 pause += self._config.idle_poll.total_seconds()
             if pause:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), pause)
+                await _first_of(pause, self._stopping, queued)
 
     async def _release(self) -> None:
         try:
@@ -415,3 +415,13 @@ def _usage_billed(sub: Subscription, item: WorkItem) -> bool:
 
 def _reason(step: str, error: BaseException) -> str:
     return f"{step}: {type(error).__name__}: {error}"[:REASON_LENGTH]
+
+
+async def _first_of(seconds: float, *events: asyncio.Event) -> None:
+    """Wait `seconds`, or until one of `events` is set."""
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
