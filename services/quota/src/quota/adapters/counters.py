@@ -13,7 +13,7 @@ On a Redis Cluster the same scripts run on the tenant's node and reads ask the p
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -159,14 +159,17 @@ class RedisCounters:
                     future.set_result(values[offset : offset + len(item)])
                 offset += len(item)
 
-    async def seed(self, counter: CounterRef, value: int) -> None:
-        """Set a missing counter to the ledger's total; a counter that reappeared meanwhile wins."""
-        expire_at: datetime | None = None
-        if counter.period_end is not None:
-            expire_at = counter.period_end + COUNTER_KEEP_AFTER_END
-        key = self.counter_key(counter)
-        await self._redis.set(key, value, nx=True, exat=expire_at)
-        self._tracked.forget([key])
+    async def seed(self, values: Mapping[CounterRef, int]) -> None:
+        keys = []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for counter, value in values.items():
+                expire_at: datetime | None = None
+                if counter.period_end is not None:
+                    expire_at = counter.period_end + COUNTER_KEEP_AFTER_END
+                keys.append(self.counter_key(counter))
+                pipe.set(keys[-1], value, nx=True, exat=expire_at)
+            await pipe.execute()
+        self._tracked.forget(keys)
 
     async def apply(self, ops: Sequence[CounterOp]) -> list[CounterResult]:
         if not ops:

@@ -115,15 +115,21 @@ class PostgresUsageLedger:
             event.period_end.FromDatetime(alert.period_end)
         await self._outbox.add(conn, event)
 
-    async def window_total(self, counter: CounterRef) -> int:
-        total = await self._pool.fetchval(
-            """SELECT coalesce(sum(delta), 0) FROM usage_records
-               WHERE tenant_id = $1 AND key = $2 AND period_start = $3""",
-            counter.tenant_id,
-            counter.key,
-            counter.period_start,
+    async def window_totals(self, counters: Sequence[CounterRef]) -> list[int]:
+        rows = await self._pool.fetch(
+            """SELECT c.i, (SELECT coalesce(sum(r.delta), 0) FROM usage_records r
+                            WHERE r.tenant_id = c.tenant_id AND r.key = c.key
+                              AND r.period_start = c.period_start) AS total
+               FROM unnest($1::text[], $2::text[], $3::timestamptz[]) WITH ORDINALITY
+                   AS c(tenant_id, key, period_start, i)""",
+            [counter.tenant_id for counter in counters],
+            [counter.key for counter in counters],
+            [counter.period_start for counter in counters],
         )
-        return int(total)
+        totals = [0] * len(counters)
+        for row in rows:
+            totals[row["i"] - 1] = int(row["total"])
+        return totals
 
     async def totals(self, periods: Sequence[TenantPeriod]) -> list[dict[str, int]]:
         rows = await self._pool.fetch(

@@ -274,14 +274,15 @@ class Usage:
             return []
         values = await self._counters.read(counters)
         if None in values:
-            for counter, value in zip(counters, values, strict=True):
-                if value is None:
-                    await self._rebuild(counter)
+            await self._rebuild([c for c, value in zip(counters, values, strict=True) if value is None])
             values = await self._counters.read(counters)
         return [v or 0 for v in values]
 
-    async def _rebuild(self, counter: CounterRef) -> None:
-        await self._counters.seed(counter, await self._ledger.window_total(counter))
+    async def _rebuild(self, counters: Sequence[CounterRef]) -> None:
+        """Seed missing counters from the ledger, together: a new day finds every tenant's daily
+        counters missing at once."""
+        totals = await self._ledger.window_totals(counters)
+        await self._counters.seed(dict(zip(counters, totals, strict=True)))
 
     # ------------------------------------------------------------ records
 
@@ -383,8 +384,7 @@ class Usage:
             missing = [i for i, r in enumerate(results) if r.status is CounterStatus.MISSING]
             if not missing:
                 return results
-            for counter in {planned[i].op.counter for i in missing}:
-                await self._rebuild(counter)
+            await self._rebuild(list({planned[i].op.counter: None for i in missing}))
             retried = await self._counters.apply([planned[i].op for i in missing])
             for i, result in zip(missing, retried, strict=True):
                 results[i] = result
