@@ -48,9 +48,7 @@ async def play(stubs: Stubs, customers: int, days: int, start: date) -> Summary:
     mark = monotonic()
     company = await seed(stubs, customers, start, now)
     summary.timings.seeding = monotonic() - mark
-    remaining = (end - now) // timedelta(days=1)
-    if remaining > 0:
-        await bill(stubs, company, remaining, summary)
+    await bill(stubs, company, eve, end, summary)
     mark = monotonic()
     await read_back(stubs, company, eve, summary)
     summary.timings.read_back = monotonic() - mark

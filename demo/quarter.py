@@ -123,28 +123,35 @@ async def grow(stubs: Stubs, customers: list[Customer], day: int, days: int, now
     await stubs.scan(f"demo-scan-{now.date()}")
 
 
-async def bill(stubs: Stubs, customers: list[Customer], days: int, summary: Summary) -> None:
+async def bill(
+    stubs: Stubs, customers: list[Customer], eve: datetime, end: datetime, summary: Summary
+) -> None:
+    """Bill day by day from where the suite clock stands until it reaches `end`; which day of the
+    quarter it is, and when the demo stops, are read from the clock (an advance that moved it
+    further than asked, or a demo run again after it stopped half-way, bills no extra day)."""
     rng = random.Random(7)  # the same quarter every time
     timings = summary.timings
+    days = (end - eve) // DAY
     started = time.monotonic()
-    for day in range(days):
-        now = await clock_now(stubs)
+    now = first = await clock_now(stubs)
+    while now < end:
         mark = time.monotonic()
         summary.quota_denials += await record_day(stubs, customers, now, rng)
         timings.usage += time.monotonic() - mark
         mark = time.monotonic()
-        await grow(stubs, customers, day, days, now)
+        await grow(stubs, customers, (now - eve) // DAY, days, now)
         timings.scans += time.monotonic() - mark
         mark = time.monotonic()
         reply = await stubs.recurring.AdvanceClock(
             rpb.AdvanceClockRequest(by=Duration(seconds=86_400)), timeout=DAY_TIMEOUT_S
         )
         timings.advances.append(time.monotonic() - mark)
-        summary.days += 1
-        if summary.days % 15 == 0:
+        now = reply.now.ToDatetime(tzinfo=UTC)
+        before, summary.days = summary.days, (now - first) // DAY
+        if summary.days // 15 > before // 15:
             recent = " ".join(f"{s:.1f}" for s in timings.advances[-15:])
             print(
-                f"  {reply.now.ToDatetime(tzinfo=UTC):%Y-%m-%d}: {summary.days} days billed "
+                f"  {now:%Y-%m-%d}: {summary.days} days billed "
                 f"({time.monotonic() - started:.0f} s); seconds per day: {recent}",
                 flush=True,
             )
