@@ -61,7 +61,7 @@ class Dunning:
             self.store,
             GrpcRecurring(channel, timedelta(seconds=5)),
             resources.locks,
-            OutcomeStatistics(self.store, self.clock, timedelta(0), timedelta(days=180)),
+            OutcomeStatistics(self.clock, timedelta(0), timedelta(days=180)),
             self.clock,
             WorkerConfig(**{"case_lock_ttl": timedelta(seconds=10), **config}),
             PrometheusCaseMetrics(),

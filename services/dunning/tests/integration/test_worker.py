@@ -12,8 +12,9 @@ from prometheus_client import REGISTRY
 
 from billing.dunning.v1 import dunning_pb2 as pb
 from billing.events.v1 import invoice_pb2 as invoice_events
+from billing_common.testing.plugin import InfraEnv
 
-from .conftest import START, Dunning, fixed_policy, invoice, payment_failed, publish
+from .conftest import START, Dunning, dunning_service, fixed_policy, invoice, payment_failed, publish
 
 
 def recurring_calls() -> float:
@@ -138,3 +139,18 @@ async def test_a_reminder_goes_out_before_the_attempt(dunning: Dunning) -> None:
     [reminder] = await dunning.events.wait_for("dunning.reminder_due")
     assert reminder.attempt == 1
     assert reminder.attempt_at.ToDatetime().replace(tzinfo=START.tzinfo) == START + timedelta(days=2)
+
+
+async def test_more_answers_at_once_than_the_connection_pool_holds_are_all_recorded(env: InfraEnv) -> None:
+    """Each answer is recorded in a transaction that plans the case's next step; the outcome
+    statistics were read on a second connection, so a batch of answers held the whole pool and
+    waited for one more, forever (a simulated day of `make run` stopped dunning that way)."""
+    async with dunning_service(env, db_pool_max=3) as dunning:
+        await open_cases(dunning, 12)
+        dunning.clock.advance(timedelta(days=1, minutes=1))
+        worker = dunning.worker(batch_size=12, unavailable_backoff=timedelta(minutes=5))
+
+        assert await asyncio.wait_for(worker.run_once(), 30) == 12
+
+        dunning.clock.advance(timedelta(minutes=5))
+        assert await asyncio.wait_for(worker.run_once(), 30) == 12  # all recorded, and due again

@@ -174,6 +174,29 @@ class PostgresSession:
     async def check_fence(self, lease: Lease) -> None:
         await db.check_fence(self._conn, lease)
 
+    async def outcome_counts(self, since: datetime) -> OutcomeCounts:
+        rows = await self._conn.fetch(
+            """SELECT decline_code, attempt_ordinal, days_since_first_failure, weekday, hour,
+                      count(*) AS attempts, count(*) FILTER (WHERE succeeded) AS successes
+               FROM attempt_outcomes WHERE attempted_at >= $1
+               GROUP BY decline_code, attempt_ordinal, days_since_first_failure, weekday, hour""",
+            since,
+        )
+        return OutcomeCounts.of(
+            (
+                AttemptContext(
+                    r["decline_code"],
+                    r["attempt_ordinal"],
+                    r["days_since_first_failure"],
+                    r["weekday"],
+                    r["hour"],
+                ),
+                r["attempts"],
+                r["successes"],
+            )
+            for r in rows
+        )
+
     async def trace_contexts(self, case_ids: Sequence[str]) -> dict[str, dict[str, str]]:
         rows = await self._conn.fetch(
             """SELECT c.case_id, coalesce(a.trace_context, c.trace_context) AS trace_context
@@ -372,29 +395,6 @@ class PostgresCases:
             policy.exhausted_action.value,
             policy.reminder_lead,
             now,
-        )
-
-    async def outcome_counts(self, since: datetime) -> OutcomeCounts:
-        rows = await self._pool.fetch(
-            """SELECT decline_code, attempt_ordinal, days_since_first_failure, weekday, hour,
-                      count(*) AS attempts, count(*) FILTER (WHERE succeeded) AS successes
-               FROM attempt_outcomes WHERE attempted_at >= $1
-               GROUP BY decline_code, attempt_ordinal, days_since_first_failure, weekday, hour""",
-            since,
-        )
-        return OutcomeCounts.of(
-            (
-                AttemptContext(
-                    r["decline_code"],
-                    r["attempt_ordinal"],
-                    r["days_since_first_failure"],
-                    r["weekday"],
-                    r["hour"],
-                ),
-                r["attempts"],
-                r["successes"],
-            )
-            for r in rows
         )
 
 

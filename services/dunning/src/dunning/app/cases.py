@@ -40,7 +40,7 @@ class CaseView:
 
 async def planning_for(session: CaseSession, statistics: OutcomeStatistics, merchant_id: str) -> Planning:
     policy = await session.policy(merchant_id) or DEFAULT_POLICY
-    return Planning(policy, await statistics.counts())
+    return Planning(policy, await statistics.counts(session))
 
 
 def _log_refused(exc: IllegalTransition, case: Case, what: str) -> None:

@@ -5,25 +5,25 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from billing_common.clock import Clock
-from dunning.app.ports import CaseStore
+from dunning.app.ports import CaseSession
 from dunning.domain.estimator import OutcomeCounts
 
 
 class OutcomeStatistics:
     """Counts are aggregated in the database and kept for `refresh`: scheduling one attempt must
-    not re-read the whole history, and a minute-old view of it estimates just as well."""
+    not re-read the whole history, and a minute-old view of it estimates just as well. They are
+    read in the session of whoever finds them due (see `CaseSession.outcome_counts`)."""
 
-    def __init__(self, store: CaseStore, clock: Clock, refresh: timedelta, window: timedelta) -> None:
-        self._store = store
+    def __init__(self, clock: Clock, refresh: timedelta, window: timedelta) -> None:
         self._clock = clock
         self._refresh = refresh
         self._window = window
         self._counts = OutcomeCounts()
         self._loaded_at: datetime | None = None
 
-    async def counts(self) -> OutcomeCounts:
+    async def counts(self, session: CaseSession) -> OutcomeCounts:
         now = self._clock.now()
         if self._loaded_at is None or not (timedelta(0) <= now - self._loaded_at < self._refresh):
-            self._counts = await self._store.outcome_counts(now - self._window)
+            self._counts = await session.outcome_counts(now - self._window)
             self._loaded_at = now
         return self._counts

@@ -45,9 +45,7 @@ def build(settings: DunningSettings) -> Lifespan:
         async with AsyncExitStack() as opened:
             metrics = PrometheusCaseMetrics()
             store = PostgresCases(r.pool, r.outbox, metrics)
-            statistics = OutcomeStatistics(
-                store, r.clock, settings.statistics_refresh, settings.statistics_window
-            )
+            statistics = OutcomeStatistics(r.clock, settings.statistics_refresh, settings.statistics_window)
             cases = CaseService(store, statistics, r.clock)
             servicer = DunningServicer(cases, Policies(store, r.clock), pages)
             gauges = MetricsRefresher(r.pool, r.clock, settings.metrics_refresh)
