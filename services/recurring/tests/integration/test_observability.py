@@ -132,3 +132,35 @@ async def test_the_backlog_and_the_runs_items_are_reported_from_the_database(
     assert REGISTRY.get_sample_value("recurring_run_due_items", labels) == 3
     assert REGISTRY.get_sample_value("recurring_run_items", {**labels, "status": "charged"}) == 0
     assert REGISTRY.get_sample_value("recurring_run_halted_gateways", labels) == 0
+
+
+async def test_a_run_the_watcher_completes_says_so_in_the_runs_own_trace(
+    deps: Deps, json_lines: JsonLines
+) -> None:
+    # No worker in this pod: the test settles the run's item the way a worker's pod would before
+    # dying ahead of completing the run, and the scheduler's watcher completes it instead.
+    with traced_in_process():
+        async with recurring_service(deps.recurring_settings(worker_concurrent_batches=0)) as recurring:
+            await recurring.operator.CreateSubscription(custom("acct", 1500, WEEKLY, DAY))
+            started = await recurring.operator.RunBilling(
+                pb.RunBillingRequest(
+                    billing_date=common.Date(year=DAY.year, month=DAY.month, day=DAY.day),
+                    kind=pb.RUN_KIND_DAILY,
+                )
+            )
+            run_id = started.run.run_id
+            await deps.recurring_rows("UPDATE work_items SET status = 'skipped' WHERE run_id = $1", run_id)
+
+            def completion() -> list[dict[str, object]]:
+                return [
+                    line
+                    for line in json_lines.lines
+                    if line["message"] == "run completed" and line.get("run_id") == run_id
+                ]
+
+            [completed] = await eventually(completion, timeout=30)
+    [begun] = [
+        line for line in json_lines.lines if line["message"] == "run started" and line.get("run_id") == run_id
+    ]
+    assert begun.get("trace_id")
+    assert completed.get("trace_id") == begun["trace_id"]

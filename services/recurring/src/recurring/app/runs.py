@@ -194,15 +194,16 @@ class Runs:
             run = (await uow.runs.load([run_id], lock=True)).get(run_id)
             if run is None or run.state is not RunState.RUNNING or await uow.runs.open_items(run_id):
                 return
-            now = self._clock.now()
-            if run.halted_gateways:
-                await uow.runs.set_states([run_id], RunState.HALTED, None)
-                log.warning("run halted", extra={"run_id": run_id, "gateways": list(run.halted_gateways)})
-                return
-            await uow.runs.set_states([run_id], RunState.COMPLETED, now)
-            counts = (await uow.runs.counts([run_id]))[run_id]
-            await uow.outbox.add([ev.RunCompleted(dataclasses.replace(run, counts=counts))])
-        log.info("run completed", extra={"run_id": run_id, **dataclasses.asdict(counts)})
+            with telemetry.within(run.trace_context):
+                if run.halted_gateways:
+                    await uow.runs.set_states([run_id], RunState.HALTED, None)
+                    log.warning("run halted", extra={"run_id": run_id, "gateways": list(run.halted_gateways)})
+                    return
+                await uow.runs.set_states([run_id], RunState.COMPLETED, self._clock.now())
+                counts = (await uow.runs.counts([run_id]))[run_id]
+                await uow.outbox.add([ev.RunCompleted(dataclasses.replace(run, counts=counts))])
+        with telemetry.within(run.trace_context):
+            log.info("run completed", extra={"run_id": run_id, **dataclasses.asdict(counts)})
 
     async def watch_progress(self) -> list[Run]:
         """Look at every running run: one with nothing left completes (its last worker may have
@@ -224,7 +225,8 @@ class Runs:
                 if progress != run.progress:
                     await uow.runs.save_progress({run.run_id: progress})
                 if newly:
-                    await uow.outbox.add([ev.RunStalled(dataclasses.replace(run, progress=progress))])
+                    with telemetry.within(run.trace_context):
+                        await uow.outbox.add([ev.RunStalled(dataclasses.replace(run, progress=progress))])
             if progress.stalled:
                 stalled.append(dataclasses.replace(run, progress=progress))
         for kind in RunKind:

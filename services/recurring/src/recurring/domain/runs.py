@@ -152,6 +152,9 @@ class Run:
     halted_gateways: tuple[str, ...] = ()
     counts: RunCounts = field(default_factory=RunCounts)
     progress: Progress = field(default_factory=Progress)
+    # The trace of the scheduler tick or RunBilling call that started it: whoever completes the run
+    # (its last batch, or the watcher when that batch's pod died) says so in that trace.
+    trace_context: Mapping[str, str] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)

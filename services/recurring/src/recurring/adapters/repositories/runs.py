@@ -37,6 +37,7 @@ def _run(row: asyncpg.Record, counts: RunCounts) -> Run:
         halted_gateways=tuple(row["halted_gateways"]),
         counts=counts,
         progress=Progress(row["open_seen"], row["progress_at"], row["stalled_at"]),
+        trace_context=dict(row["trace_context"] or {}),
     )
 
 
