@@ -120,3 +120,29 @@ async def test_a_check_after_the_test_clock_leaps_a_day_is_served_from_the_cache
         clock.advance(timedelta(days=1))
         after_a_day = await check(quota, "acme")
         assert after_a_day.allowed and after_a_day.limit == 100
+
+
+async def test_a_grant_counts_while_the_service_clock_is_inside_it_even_when_wall_time_is_past_it(
+    env: InfraEnv,
+) -> None:
+    """Grants were read by the database's own now(): on a suite clock set a month back, a grant
+    valid on that clock but ended in wall time was dropped before the rules could see it."""
+    then = datetime.now(UTC) - timedelta(days=30)
+    async with quota_service(env, clock=ControllableClock(then)) as quota:
+        await create_plan(quota, "pro", spec(entitlement("api.calls", 100)))
+        await publish(
+            env,
+            sub.SubscriptionCreated(
+                subscription=snapshot(
+                    "acme", "pro", start=then - timedelta(days=3), end=then + timedelta(days=27)
+                )
+            ),
+        )
+        grant = pb.CreateGrantRequest(tenant_id="acme", key="api.calls", quantity=25, idempotency_key="g")
+        grant.expires_at.FromDatetime(then + timedelta(days=2))
+        await quota.operator.CreateGrant(grant)
+
+        async def limit() -> int:
+            return (await check(quota, "acme")).limit
+
+        assert await eventually(limit) == 125

@@ -45,7 +45,7 @@ class PostgresTenants:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def standings(self, tenant_ids: Sequence[str]) -> dict[str, Standing]:
+    async def standings(self, tenant_ids: Sequence[str], at: datetime) -> dict[str, Standing]:
         standings = {tenant_id: Standing([], [], [], []) for tenant_id in tenant_ids}
         ids = list(standings)
         async with connection(self._pool) as conn:
@@ -62,9 +62,9 @@ class PostgresTenants:
             ):
                 standings[row["tenant_id"]].overrides.append(_override(row))
             for row in await conn.fetch(
-                """SELECT * FROM grants
-                   WHERE tenant_id = ANY($1::text[]) AND expires_at > now() - interval '1 day'""",
+                "SELECT * FROM grants WHERE tenant_id = ANY($1::text[]) AND expires_at > $2",
                 ids,
+                at,
             ):
                 standings[row["tenant_id"]].grants.append(_grant(row))
         return standings

@@ -199,10 +199,10 @@ class Entitlements:
         return done
 
     async def _resolve(self, tenant_ids: Sequence[str]) -> dict[str, Resolution]:
-        standings = await self._tenants.standings(tenant_ids)
+        now = self._clock.now()
+        standings = await self._tenants.standings(tenant_ids, now)
         free_plan = await self._catalog.free_plan()
         plans: dict[tuple[str, int], Plan | None] = {}
-        now = self._clock.now()
         resolved: dict[str, Resolution] = {}
         for tenant_id in tenant_ids:
             standing = standings[tenant_id]

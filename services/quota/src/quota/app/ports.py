@@ -40,9 +40,9 @@ class Standing:
 
 
 class TenantStore(Protocol):
-    async def standings(self, tenant_ids: Sequence[str]) -> dict[str, Standing]:
-        """Each tenant's standing (an unknown tenant's is empty); a few queries for them all,
-        however many they are."""
+    async def standings(self, tenant_ids: Sequence[str], at: datetime) -> dict[str, Standing]:
+        """Each tenant's standing at `at` (the service's clock; an unknown tenant's is empty); a
+        few queries for them all, however many they are."""
         ...
 
     async def save_snapshot(
