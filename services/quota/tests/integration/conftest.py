@@ -21,7 +21,7 @@ from billing_common.clock import Clock
 from billing_common.events import event_type_of
 from billing_common.grpc_client import open_channel
 from billing_common.testing.plugin import InfraEnv, running_service
-from billing_common.testing.private_servers import private_postgres  # noqa: F401 - a fixture
+from billing_common.testing.private_servers import private_postgres, private_redis  # noqa: F401 - fixtures
 from quota.entrypoints.main import MIGRATIONS, build
 from quota.settings import QuotaSettings
 

@@ -11,15 +11,24 @@ from redis.asyncio import Redis
 
 from billing.quota.v1 import quota_pb2 as pb
 from billing_common.testing.plugin import InfraEnv, eventually
+from billing_common.testing.servers import RedisServer
 
 from .conftest import Quota, create_plan, entitlement, quota_service, spec, subscribe, usage
 
 
+@contextlib.asynccontextmanager
+async def own_client(env: InfraEnv) -> AsyncIterator[Redis]:
+    client = Redis.from_url(env.infra.redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
 @pytest.fixture
 async def redis(env: InfraEnv) -> AsyncIterator[Redis]:
-    client = Redis.from_url(env.infra.redis_url)
-    yield client
-    await client.aclose()
+    async with own_client(env) as client:
+        yield client
 
 
 async def used(quota: Quota, tenant: str = "acme", key: str = "calls") -> int:
@@ -84,16 +93,20 @@ async def test_a_pod_sees_its_own_record_at_once_and_another_pods_as_redis_annou
         await eventually(lambda: used_is(a, 12), timeout=2)
 
 
-async def test_repeated_checks_of_an_unchanged_counter_do_not_ask_redis(quota: Quota, redis: Redis) -> None:
-    await create_plan(quota, "pro", spec(entitlement("calls", 100)))
-    await subscribe(quota, "acme", "pro")
-    await tracking_up(redis, quota)
-    await record(quota, 3, "k1")
-    assert await used(quota) == 3
-    before = await mget_calls(redis)
-    answers = await asyncio.gather(*(used(quota) for _ in range(200)))
-    assert set(answers) == {3}
-    assert await mget_calls(redis) - before < 10  # 200 checks, and not one MGET each
+async def test_repeated_checks_of_an_unchanged_counter_do_not_ask_redis(
+    private_redis: tuple[InfraEnv, RedisServer],
+) -> None:
+    env, _ = private_redis  # Redis's command counts are this test's alone
+    async with quota_service(env) as quota, own_client(env) as redis:
+        await create_plan(quota, "pro", spec(entitlement("calls", 100)))
+        await subscribe(quota, "acme", "pro")
+        await tracking_up(redis, quota)
+        await record(quota, 3, "k1")
+        assert await used(quota) == 3
+        before = await mget_calls(redis)
+        answers = await asyncio.gather(*(used(quota) for _ in range(200)))
+        assert set(answers) == {3}
+        assert await mget_calls(redis) - before < 10  # 200 checks, and not one MGET each
 
 
 async def test_a_pod_that_loses_its_listener_forgets_what_it_held(env: InfraEnv, redis: Redis) -> None:
@@ -128,8 +141,11 @@ async def test_a_flushed_redis_is_announced_and_the_counts_stay_right(env: Infra
         await redis.aclose()
 
 
-async def test_with_no_counter_cache_every_check_asks_redis(env: InfraEnv, redis: Redis) -> None:
-    async with quota_service(env, counter_cache_entries=0) as quota:
+async def test_with_no_counter_cache_every_check_asks_redis(
+    private_redis: tuple[InfraEnv, RedisServer],
+) -> None:
+    env, _ = private_redis  # Redis's command counts are this test's alone
+    async with quota_service(env, counter_cache_entries=0) as quota, own_client(env) as redis:
         await create_plan(quota, "pro", spec(entitlement("calls", 100)))
         await subscribe(quota, "acme", "pro")
         await record(quota, 3, "k1")
