@@ -22,8 +22,8 @@ import pytest
 import referencing
 import yaml
 
-from billing_common.devrun import CONSOLE, SERVICES
 from billing_common.settings import CommonSettings, load_settings
+from billing_devtools.services import CONSOLE, SERVICES
 from deploy.k8s.checks.kustomize import Object, pod_template, render
 from deploy.k8s.checks.netpol import Endpoint, allowed, selects
 
