@@ -562,6 +562,57 @@ def test_the_secrets_template_has_every_key_the_manifests_read() -> None:
                         assert ref["key"] in template.get(ref["name"], set()), f"{name}: {ref}"
 
 
+def test_every_service_of_services_toml_is_one_folder_of_the_base_and_nothing_else_is() -> None:
+    """A service is its folder services/<name>/ plus its entry in services.toml; its manifests are
+    deploy/k8s/base/<name>/: a kustomization listed by the base, its ConfigMap from config.env, its image."""
+    listed = {service: prefix for service, prefix, *_ in [*SERVICES, CONSOLE]}
+    base = yaml.safe_load((DEPLOY / "base" / "kustomization.yaml").read_text())
+    folders = {
+        entry
+        for entry in base["resources"]
+        if (DEPLOY / "base" / entry / "kustomization.yaml").is_file() and entry != "monitoring"
+    }
+    assert folders == set(listed), "deploy/k8s/base and services.toml list different services"
+    for service, prefix in listed.items():
+        folder = DEPLOY / "base" / service
+        kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
+        assert kustomization["configMapGenerator"] == [{"name": f"{service}-config", "envs": ["config.env"]}]
+        assert kustomization["images"] == [{"name": f"billing-{service}", "newTag": "latest"}]
+        settings = (folder / "config.env").read_text().splitlines()
+        names = {line.split("=", 1)[0] for line in settings if line.strip() and not line.startswith("#")}
+        foreign = {n for n in names if not n.startswith(f"{prefix}_")} - LIBRARY_VARIABLES
+        assert names and not foreign, f"{service}: config.env sets {sorted(foreign)}"
+
+
+@pytest.mark.parametrize("name", KUSTOMIZATIONS)
+def test_every_container_runs_the_image_built_for_its_own_service(name: str) -> None:
+    """deploy/docker/Dockerfile builds one image per service (SERVICE=<name>): billing-<name>."""
+    for workload in workloads(name):
+        for container in containers(workload):
+            service, *_ = service_of(container)
+            image = re.split(r"[@]", container["image"])[0]
+            repository = re.sub(r":[^/:]+$", "", image).rsplit("/", 1)[-1]
+            assert repository == f"billing-{service}", f"{workload['metadata']['name']}: {container['image']}"
+
+
+def test_dev_runs_every_image_at_the_moving_dev_tag() -> None:
+    for workload in workloads("dev"):
+        for container in containers(workload):
+            image = container["image"]
+            assert image.endswith(":dev"), f"{workload['metadata']['name']}: {image}"
+
+
+def test_the_dockerfile_builds_any_listed_service_and_names_none() -> None:
+    """A new service needs no edit of the Dockerfile: SERVICE picks it, the workspace globs its pyproject."""
+    dockerfile = (DEPLOY.parent / "docker" / "Dockerfile").read_text()
+    instructions = "\n".join(line for line in dockerfile.splitlines() if not line.startswith("#"))
+    assert "ARG SERVICE" in instructions
+    assert "services/*/pyproject.toml" in instructions
+    for service, _, package, *_ in [*SERVICES, CONSOLE]:
+        assert f"services/{service}" not in instructions, service
+        assert f"{package}.entrypoints" not in instructions, service
+
+
 def test_prod_pins_images_by_digest_and_wires_no_admin_dsn() -> None:
     for workload in workloads("prod"):
         for container in containers(workload):

@@ -4,6 +4,7 @@ suite's tests read it from here."""
 
 from __future__ import annotations
 
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -24,3 +25,18 @@ STUBS: dict[str, str] = {entry["name"]: entry["stub"] for entry in _LISTED["grpc
 CONSOLE: Listed = _entry(_LISTED["web"])
 # Every package the suite runs, the console's last.
 PACKAGES: list[str] = [package for _, _, package, _, _ in [*SERVICES, CONSOLE]]
+
+
+def package_of(name: str) -> str:
+    """The package of the service `name` (deploy/docker/Dockerfile's SERVICE build argument)."""
+    for service, _, package, _, _ in [*SERVICES, CONSOLE]:
+        if service == name:
+            return package
+    listed = ", ".join(service for service, *_ in [*SERVICES, CONSOLE])
+    raise SystemExit(f"{name!r} is not a service of services.toml: one of {listed}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        raise SystemExit("usage: python -m billing_devtools.services <service name>")
+    print(package_of(sys.argv[1]))

@@ -5,7 +5,7 @@ import pytest
 
 from billing_devtools import contracts
 from billing_devtools.contracts import TemplateError, configuration, expand, to_toml
-from billing_devtools.services import PACKAGES, SERVICE_LIST
+from billing_devtools.services import PACKAGES, SERVICE_LIST, package_of
 
 TEMPLATE = """
 [tool.billing_devtools.importlinter]
@@ -83,3 +83,9 @@ def test_the_repository_s_contracts_cover_every_package_of_services_toml() -> No
     runtime = next(c for c in config["contracts"] if "billing_devtools" in c.get("forbidden_modules", []))
     assert set(runtime["source_modules"]) == {*PACKAGES, "billing_common"}
     assert {"pytest", "hypothesis"} <= set(runtime["forbidden_modules"])
+
+
+def test_the_dockerfile_s_service_argument_is_a_listed_name() -> None:
+    assert package_of("gateway-adapter") == "gateway_adapter"
+    with pytest.raises(SystemExit, match=r"'invoicing' is not a service of services\.toml: one of gateway"):
+        package_of("invoicing")
