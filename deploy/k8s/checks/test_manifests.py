@@ -128,16 +128,21 @@ def service_of(container: Object) -> tuple[str, str, type[CommonSettings]]:
     package = command[2].removesuffix(".entrypoints.main")
     for service, prefix, known_package, *_ in [*SERVICES, CONSOLE]:
         if known_package == package:
-            module = importlib.import_module(f"{package}.settings")
-            (settings_class,) = (
-                value
-                for value in vars(module).values()
-                if isinstance(value, type)
-                and issubclass(value, CommonSettings)
-                and value.__module__ == module.__name__
-            )
-            return service, prefix, settings_class
+            return service, prefix, settings_of(package)
     raise AssertionError(f"{command}: not one of the suite's services")
+
+
+def settings_of(package: str) -> type[CommonSettings]:
+    """The settings class a service's package declares in `<package>.settings`."""
+    module = importlib.import_module(f"{package}.settings")
+    (settings_class,) = (
+        value
+        for value in vars(module).values()
+        if isinstance(value, type)
+        and issubclass(value, CommonSettings)
+        and value.__module__ == module.__name__
+    )
+    return settings_class
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,13 +309,7 @@ def _is_grpc(port: Object) -> bool:
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)
 def test_every_grpc_service_is_headless(name: str) -> None:
     grpc_services = [s for s in of_kind(name, "Service") if any(_is_grpc(p) for p in s["spec"]["ports"])]
-    assert {s["metadata"]["name"] for s in grpc_services} == {
-        "tier",
-        "recurring",
-        "dunning",
-        "quota",
-        "gateway-adapter",
-    }
+    assert {s["metadata"]["name"] for s in grpc_services} == {service for service, *_ in SERVICES}
     for service in grpc_services:
         assert service["spec"].get("clusterIP") == "None", service["metadata"]["name"]
 
@@ -328,11 +327,15 @@ def test_clients_reach_other_services_through_dns_targets_of_headless_services(n
             for variable, value in environment(name, workload, container).items():
                 if variable.endswith("_ADDR") and value is not None:
                     addresses[variable] = value
+    # The console's addresses: one per service it has a client for (a `<service>_addr` setting).
+    console_calls = [f.name for f in dataclasses.fields(settings_of(CONSOLE[2])) if f.name.endswith("_addr")]
+    listed = {service.replace("-", "_") for service, *_ in SERVICES}
+    assert console_calls and {call.removesuffix("_addr") for call in console_calls} <= listed
     assert set(addresses) == {
         "RECURRING_QUOTA_ADDR",
         "RECURRING_GATEWAY_ADAPTER_ADDR",
         "DUNNING_RECURRING_ADDR",
-        *(f"CONSOLE_{service.upper().replace('-', '_')}_ADDR" for service, *_ in SERVICES),
+        *(f"CONSOLE_{call.upper()}" for call in console_calls),
     }
     for variable, value in addresses.items():
         match = re.fullmatch(r"dns:///([a-z0-9-]+):(\d+)", value)
