@@ -15,9 +15,13 @@ BUILD := .build
 VALIDATE_SET := $(BUILD)/buf_validate.binpb
 PROTOS_IMAGE := $(BUILD)/protos.binpb
 PROTOC := $(RUN) python -m grpc_tools.protoc -I protos --descriptor_set_in=$(VALIDATE_SET)
-# The one list of services (services.toml): their packages, for the checks that name every one.
+# The one list of services (services.toml): their folders and packages, for the checks that name every one.
+SERVICE_NAMES := $(shell sed -n 's/^name = "\(.*\)"/\1/p' services.toml)
 SERVICE_PACKAGES := $(shell sed -n 's/^package = "\(.*\)"/\1/p' services.toml)
-UNIT_TESTS := libs/common/tests/unit $(wildcard services/*/tests/unit) tests/unit
+empty :=
+space := $(empty) $(empty)
+SOURCE_FOLDERS := $(subst $(space),:,libs/common/src libs/devtools/src $(addsuffix /src,$(addprefix services/,$(SERVICE_NAMES))) .)
+UNIT_TESTS := libs/common/tests/unit libs/devtools/tests/unit $(wildcard services/*/tests/unit) tests/unit
 INTEGRATION_TESTS := libs/common/tests/integration $(wildcard services/*/tests/integration) tests/integration tests/chaos
 PYTEST_FLAGS ?=
 
@@ -68,11 +72,12 @@ ruff: install
 	$(RUN) ruff format --check .
 
 mypy: protos
-	$(RUN) mypy -p billing_common $(addprefix -p ,$(SERVICE_PACKAGES)) -p bench -p demo
-	$(RUN) mypy deploy/k8s/checks
+	MYPYPATH=$(SOURCE_FOLDERS) $(RUN) mypy -p billing_common -p billing_devtools $(addprefix -p ,$(SERVICE_PACKAGES)) -p bench -p demo
+	MYPYPATH=$(SOURCE_FOLDERS) $(RUN) mypy deploy/k8s/checks
 
+# The contracts of pyproject.toml, written once with `{service}` and expanded over services.toml.
 contracts: protos
-	$(RUN) lint-imports
+	$(RUN) python -m billing_devtools.contracts
 
 # Every kustomization rendered (deploy/k8s/checks/kustomize.py), validated against the Kubernetes
 # 1.29-1.37 schemas and checked against the suite's rules; offline, from what `make install` installs.
@@ -96,7 +101,7 @@ chaos: protos
 # DEMO=0 skips the demo company and its simulated quarter (`demo/`).
 DEMO ?= 1
 run: protos
-	BILLING_DEMO=$(DEMO) $(RUN) python -m billing_common.devrun
+	BILLING_DEMO=$(DEMO) $(RUN) python -m billing_devtools.devrun
 
 bench: protos
 	$(RUN) python bench/run_all.py

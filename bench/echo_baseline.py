@@ -18,7 +18,7 @@ from bench.harness import Figures, bench_env, closed_loop, serve_bare, server_pr
 from billing_common.grpc_client import open_channel
 from billing_common.service import run_event_loop
 from billing_common.settings import CommonSettings
-from billing_common.testing import echo
+from billing_devtools.testing import echo
 
 CONCURRENCY = (1, 16, 64)
 SECONDS = 4.0

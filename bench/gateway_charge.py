@@ -20,7 +20,7 @@ from billing.common.v1 import common_pb2
 from billing.gateway.v1 import gateway_pb2 as pb
 from billing.gateway.v1 import gateway_pb2_grpc
 from billing_common.grpc_client import open_channel
-from billing_common.testing.processes import free_port
+from billing_devtools.testing.processes import free_port
 from gateway_adapter.entrypoints.main import MIGRATIONS, build
 from gateway_adapter.settings import GatewaySettings
 

@@ -22,8 +22,8 @@ from typing import Any
 from billing_common.logging import configure_logging
 from billing_common.service import ServiceHost, run_event_loop
 from billing_common.settings import CommonSettings
-from billing_common.testing.infra import TEST_DATABASE, resolve_infra
-from billing_common.testing.plugin import InfraEnv, _ensure_database, _with_database
+from billing_devtools.testing.infra import TEST_DATABASE, resolve_infra
+from billing_devtools.testing.plugin import InfraEnv, _ensure_database, _with_database
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from billing.quota.v1 import quota_pb2 as pb
 from billing.quota.v1 import quota_pb2_grpc
 from billing_common.grpc_client import open_channel
 from billing_common.service import run_event_loop
-from billing_common.testing.plugin import eventually
+from billing_devtools.testing.plugin import eventually
 from quota.entrypoints.main import MIGRATIONS, build
 from quota.settings import QuotaSettings
 

@@ -39,8 +39,8 @@ from billing_common import db
 from billing_common.grpc_client import open_channel
 from billing_common.service import run_event_loop
 from billing_common.settings import CommonSettings
-from billing_common.testing.plugin import InfraEnv
-from billing_common.testing.processes import RunningProcess, free_port, start_process
+from billing_devtools.testing.plugin import InfraEnv
+from billing_devtools.testing.processes import RunningProcess, free_port, start_process
 from recurring.settings import RecurringSettings
 
 SCALE = float(os.environ.get("BENCH_RECURRING_SCALE", "1"))

@@ -23,7 +23,7 @@ from billing.tier.v1 import tier_pb2 as pb
 from billing.tier.v1 import tier_pb2_grpc
 from billing_common.grpc_client import open_channel
 from billing_common.service import run_event_loop
-from billing_common.testing.plugin import InfraEnv
+from billing_devtools.testing.plugin import InfraEnv
 from tier.entrypoints.main import MIGRATIONS, build
 from tier.settings import TierSettings
 

@@ -35,8 +35,8 @@ from billing_common.grpc_client import _StampingChannel, open_channel
 from billing_common.logging import configure_logging
 from billing_common.service import ServiceHost, run_event_loop
 from billing_common.settings import CommonSettings
-from billing_common.testing import echo
-from billing_common.testing.otlp import OtlpReceiver
+from billing_devtools.testing import echo
+from billing_devtools.testing.otlp import OtlpReceiver
 
 CONCURRENCY = 16
 SECONDS = 1.0

@@ -22,7 +22,7 @@ from billing_common.clock import SystemClock
 from billing_common.events import Outbox
 from billing_common.partitions import Step, TimePartitioned
 from billing_common.service import run_event_loop
-from billing_common.testing.plugin import InfraEnv
+from billing_devtools.testing.plugin import InfraEnv
 from quota.adapters.usage_ledger import PostgresUsageLedger, columns
 from quota.app.ports import UsageRecord
 from quota.entrypoints.main import MIGRATIONS

@@ -24,10 +24,10 @@ from billing.recurring.v1 import recurring_pb2 as rpb
 from billing_common import db
 from billing_common.grpc_client import open_channel
 from billing_common.settings import CommonSettings
-from billing_common.testing.infra import Infra
-from billing_common.testing.plugin import InfraEnv
-from billing_common.testing.processes import RunningProcess, free_port, start_process
-from billing_common.testing.servers import (
+from billing_devtools.testing.infra import Infra
+from billing_devtools.testing.plugin import InfraEnv
+from billing_devtools.testing.processes import RunningProcess, free_port, start_process
+from billing_devtools.testing.servers import (
     PostgresCluster,
     RabbitMQNode,
     RedisServer,

@@ -13,8 +13,8 @@ from billing.common.v1 import common_pb2 as common
 from billing.quota.v1 import quota_pb2 as qpb
 from billing.recurring.v1 import recurring_pb2 as rpb
 from billing.tier.v1 import tier_pb2 as tpb
-from billing_common.testing.processes import free_port
-from billing_common.testing.servers import outage
+from billing_devtools.testing.processes import free_port
+from billing_devtools.testing.servers import outage
 from tests.chaos.checks import Findings, bounded
 from tests.chaos.harness import START_ORDER, ChaosSuite
 from tests.chaos.workload import PLAN, Customer, UsageLoad

@@ -21,8 +21,8 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescri
 from hypothesis import strategies as st
 
 from billing_common.settings import CommonSettings
-from billing_common.testing.plugin import InfraEnv
-from billing_common.testing.processes import RunningProcess, free_port, settings_env, wait_until_serving
+from billing_devtools.testing.plugin import InfraEnv
+from billing_devtools.testing.processes import RunningProcess, free_port, settings_env, wait_until_serving
 from tests.integration.suite import CALLS, SERVICES
 
 SERVICE_NAMES = {

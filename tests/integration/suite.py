@@ -10,12 +10,12 @@ from typing import Any
 
 import grpc
 
-from billing_common import devrun
-from billing_common.devrun import TEST_CLOCK_SETTINGS
 from billing_common.grpc_client import open_channel
 from billing_common.settings import CommonSettings
-from billing_common.testing.plugin import InfraEnv
-from billing_common.testing.processes import RunningProcess, free_port, start_process
+from billing_devtools import services
+from billing_devtools.devrun import TEST_CLOCK_SETTINGS
+from billing_devtools.testing.plugin import InfraEnv
+from billing_devtools.testing.processes import RunningProcess, free_port, start_process
 
 
 def _stub_class(path: str) -> Any:
@@ -25,7 +25,8 @@ def _stub_class(path: str) -> Any:
 
 # package, env prefix, stub class of each service of services.toml
 SERVICES: dict[str, tuple[str, str, Any]] = {
-    name: (package, prefix, _stub_class(devrun.STUBS[name])) for name, prefix, package, *_ in devrun.SERVICES
+    name: (package, prefix, _stub_class(services.STUBS[name]))
+    for name, prefix, package, *_ in services.SERVICES
 }
 # Who each service calls, as the settings field naming the address (`<CALLER>_<CALLEE>_ADDR`).
 CALLS = {"recurring": ["quota", "gateway-adapter"], "dunning": ["recurring"]}

@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, Phase, given, settings
 from redis.asyncio import Redis
 
-from billing_common.testing.plugin import InfraEnv
+from billing_devtools.testing.plugin import InfraEnv
 from tests.integration.boundary import (
     PAN_DIGITS,
     PANS,

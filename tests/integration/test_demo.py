@@ -10,8 +10,8 @@ import asyncpg
 import pytest
 
 from billing_common import db
-from billing_common.testing.plugin import InfraEnv
-from billing_common.testing.processes import free_port
+from billing_devtools.testing.plugin import InfraEnv
+from billing_devtools.testing.processes import free_port
 from demo.__main__ import QUARTER_START, play
 from demo.stripe_local import serve
 from demo.stubs import Stubs

@@ -20,8 +20,8 @@ from billing.dunning.v1 import dunning_pb2 as dpb
 from billing.recurring.v1 import recurring_pb2 as rpb
 from billing_common import db
 from billing_common.settings import CommonSettings
-from billing_common.testing.plugin import EventCollector, InfraEnv, eventually
-from billing_common.testing.processes import start_process
+from billing_devtools.testing.plugin import EventCollector, InfraEnv, eventually
+from billing_devtools.testing.processes import start_process
 from tests.integration.suite import Suite, running_suite
 
 DAY = date(2031, 5, 5)

@@ -7,7 +7,7 @@ import pytest
 from billing.common.v1 import common_pb2 as common
 from billing.quota.v1 import quota_pb2 as q
 from billing.recurring.v1 import recurring_pb2 as r
-from billing_common.testing.plugin import InfraEnv, eventually
+from billing_devtools.testing.plugin import InfraEnv, eventually
 from tests.integration.suite import running_suite
 
 PRO = q.PlanSpec(

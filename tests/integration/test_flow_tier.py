@@ -9,7 +9,7 @@ from billing.common.v1 import common_pb2 as common
 from billing.quota.v1 import quota_pb2 as q
 from billing.recurring.v1 import recurring_pb2 as r
 from billing.tier.v1 import tier_pb2 as t
-from billing_common.testing.plugin import EventCollector, InfraEnv, eventually
+from billing_devtools.testing.plugin import EventCollector, InfraEnv, eventually
 from tests.integration.suite import running_suite
 
 

@@ -16,9 +16,9 @@ from cryptography.hazmat.primitives import serialization
 
 from billing_common.auth import AccessPolicy
 from billing_common.settings import CommonSettings
-from billing_common.testing.plugin import InfraEnv, session_signing_key
-from billing_common.testing.processes import RunningProcess, start_process
 from billing_common.tokens import SigningKey
+from billing_devtools.testing.plugin import InfraEnv, session_signing_key
+from billing_devtools.testing.processes import RunningProcess, start_process
 from dunning.entrypoints.servicer import ACCESS as DUNNING
 from gateway_adapter.entrypoints.servicer import ACCESS as GATEWAY
 from quota.entrypoints.servicer import ACCESS as QUOTA

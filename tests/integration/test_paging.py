@@ -18,9 +18,9 @@ from billing.recurring.v1 import recurring_pb2
 from billing.tier.v1 import tier_pb2
 from billing_common.paging import MAX_TOKEN_CHARS, NOT_ISSUED, PageTokens
 from billing_common.settings import CommonSettings
-from billing_common.testing.plugin import PAGE_TOKEN_KEY, InfraEnv
-from billing_common.testing.processes import start_process
-from billing_common.testing.rpc import field_violations
+from billing_devtools.testing.plugin import PAGE_TOKEN_KEY, InfraEnv
+from billing_devtools.testing.processes import start_process
+from billing_devtools.testing.rpc import field_violations
 
 from .suite import SERVICES, Suite
 

@@ -7,8 +7,8 @@ import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from billing_common.settings import CommonSettings
-from billing_common.testing.plugin import InfraEnv
-from billing_common.testing.processes import start_process
+from billing_devtools.testing.plugin import InfraEnv
+from billing_devtools.testing.processes import start_process
 
 SERVICES = [
     ("gateway_adapter", "GATEWAY", "gateway-adapter", "billing.gateway.v1.GatewayService", "GetPayment"),

@@ -21,8 +21,8 @@ from billing.recurring.v1 import recurring_pb2 as rpb
 from billing.recurring.v1 import recurring_pb2_grpc
 from billing_common.grpc_client import open_channel
 from billing_common.settings import CommonSettings
-from billing_common.testing.plugin import InfraEnv
-from billing_common.testing.processes import RunningProcess, start_process
+from billing_devtools.testing.plugin import InfraEnv
+from billing_devtools.testing.processes import RunningProcess, start_process
 from tests.integration.suite import Suite, on_test_clock, running_suite
 
 START = datetime(2031, 5, 4, 12, tzinfo=UTC)

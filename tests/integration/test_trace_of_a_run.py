@@ -12,8 +12,8 @@ import asyncio
 import pytest
 
 from billing.dunning.v1 import dunning_pb2 as dpb
-from billing_common.testing.otlp import OtlpReceiver, ReceivedSpan, tree
-from billing_common.testing.plugin import InfraEnv, eventually
+from billing_devtools.testing.otlp import OtlpReceiver, ReceivedSpan, tree
+from billing_devtools.testing.plugin import InfraEnv, eventually
 from tests.integration.suite import running_suite
 from tests.integration.test_dunning_flows import FAST_DUNNING, case_in_state, failed_invoice, retry_now
 

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY
 
-from billing_common.devrun import SERVICES
+from billing_devtools.services import SERVICES
 
 MONITORING = Path(__file__).resolve().parents[2] / "deploy" / "k8s" / "base" / "monitoring"
 PACKAGES = ("billing_common", *(package for _, _, package, *_ in SERVICES))

@@ -22,8 +22,8 @@ import pytest
 import referencing
 import yaml
 
-from billing_common.devrun import CONSOLE, SERVICES
 from billing_common.settings import CommonSettings, load_settings
+from billing_devtools.services import CONSOLE, SERVICES
 from deploy.k8s.checks.kustomize import Object, pod_template, render
 from deploy.k8s.checks.netpol import Endpoint, allowed, selects
 
@@ -128,16 +128,21 @@ def service_of(container: Object) -> tuple[str, str, type[CommonSettings]]:
     package = command[2].removesuffix(".entrypoints.main")
     for service, prefix, known_package, *_ in [*SERVICES, CONSOLE]:
         if known_package == package:
-            module = importlib.import_module(f"{package}.settings")
-            (settings_class,) = (
-                value
-                for value in vars(module).values()
-                if isinstance(value, type)
-                and issubclass(value, CommonSettings)
-                and value.__module__ == module.__name__
-            )
-            return service, prefix, settings_class
+            return service, prefix, settings_of(package)
     raise AssertionError(f"{command}: not one of the suite's services")
+
+
+def settings_of(package: str) -> type[CommonSettings]:
+    """The settings class a service's package declares in `<package>.settings`."""
+    module = importlib.import_module(f"{package}.settings")
+    (settings_class,) = (
+        value
+        for value in vars(module).values()
+        if isinstance(value, type)
+        and issubclass(value, CommonSettings)
+        and value.__module__ == module.__name__
+    )
+    return settings_class
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,13 +309,7 @@ def _is_grpc(port: Object) -> bool:
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)
 def test_every_grpc_service_is_headless(name: str) -> None:
     grpc_services = [s for s in of_kind(name, "Service") if any(_is_grpc(p) for p in s["spec"]["ports"])]
-    assert {s["metadata"]["name"] for s in grpc_services} == {
-        "tier",
-        "recurring",
-        "dunning",
-        "quota",
-        "gateway-adapter",
-    }
+    assert {s["metadata"]["name"] for s in grpc_services} == {service for service, *_ in SERVICES}
     for service in grpc_services:
         assert service["spec"].get("clusterIP") == "None", service["metadata"]["name"]
 
@@ -328,11 +327,15 @@ def test_clients_reach_other_services_through_dns_targets_of_headless_services(n
             for variable, value in environment(name, workload, container).items():
                 if variable.endswith("_ADDR") and value is not None:
                     addresses[variable] = value
+    # The console's addresses: one per service it has a client for (a `<service>_addr` setting).
+    console_calls = [f.name for f in dataclasses.fields(settings_of(CONSOLE[2])) if f.name.endswith("_addr")]
+    listed = {service.replace("-", "_") for service, *_ in SERVICES}
+    assert console_calls and {call.removesuffix("_addr") for call in console_calls} <= listed
     assert set(addresses) == {
         "RECURRING_QUOTA_ADDR",
         "RECURRING_GATEWAY_ADAPTER_ADDR",
         "DUNNING_RECURRING_ADDR",
-        *(f"CONSOLE_{service.upper().replace('-', '_')}_ADDR" for service, *_ in SERVICES),
+        *(f"CONSOLE_{call.upper()}" for call in console_calls),
     }
     for variable, value in addresses.items():
         match = re.fullmatch(r"dns:///([a-z0-9-]+):(\d+)", value)
@@ -560,6 +563,57 @@ def test_the_secrets_template_has_every_key_the_manifests_read() -> None:
                     ref = variable.get("valueFrom", {}).get("secretKeyRef")
                     if ref:
                         assert ref["key"] in template.get(ref["name"], set()), f"{name}: {ref}"
+
+
+def test_every_service_of_services_toml_is_one_folder_of_the_base_and_nothing_else_is() -> None:
+    """A service is its folder services/<name>/ plus its entry in services.toml; its manifests are
+    deploy/k8s/base/<name>/: a kustomization listed by the base, its ConfigMap from config.env, its image."""
+    listed = {service: prefix for service, prefix, *_ in [*SERVICES, CONSOLE]}
+    base = yaml.safe_load((DEPLOY / "base" / "kustomization.yaml").read_text())
+    folders = {
+        entry
+        for entry in base["resources"]
+        if (DEPLOY / "base" / entry / "kustomization.yaml").is_file() and entry != "monitoring"
+    }
+    assert folders == set(listed), "deploy/k8s/base and services.toml list different services"
+    for service, prefix in listed.items():
+        folder = DEPLOY / "base" / service
+        kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
+        assert kustomization["configMapGenerator"] == [{"name": f"{service}-config", "envs": ["config.env"]}]
+        assert kustomization["images"] == [{"name": f"billing-{service}", "newTag": "latest"}]
+        settings = (folder / "config.env").read_text().splitlines()
+        names = {line.split("=", 1)[0] for line in settings if line.strip() and not line.startswith("#")}
+        foreign = {n for n in names if not n.startswith(f"{prefix}_")} - LIBRARY_VARIABLES
+        assert names and not foreign, f"{service}: config.env sets {sorted(foreign)}"
+
+
+@pytest.mark.parametrize("name", KUSTOMIZATIONS)
+def test_every_container_runs_the_image_built_for_its_own_service(name: str) -> None:
+    """deploy/docker/Dockerfile builds one image per service (SERVICE=<name>): billing-<name>."""
+    for workload in workloads(name):
+        for container in containers(workload):
+            service, *_ = service_of(container)
+            image = re.split(r"[@]", container["image"])[0]
+            repository = re.sub(r":[^/:]+$", "", image).rsplit("/", 1)[-1]
+            assert repository == f"billing-{service}", f"{workload['metadata']['name']}: {container['image']}"
+
+
+def test_dev_runs_every_image_at_the_moving_dev_tag() -> None:
+    for workload in workloads("dev"):
+        for container in containers(workload):
+            image = container["image"]
+            assert image.endswith(":dev"), f"{workload['metadata']['name']}: {image}"
+
+
+def test_the_dockerfile_builds_any_listed_service_and_names_none() -> None:
+    """A new service needs no edit of the Dockerfile: SERVICE picks it, the workspace globs its pyproject."""
+    dockerfile = (DEPLOY.parent / "docker" / "Dockerfile").read_text()
+    instructions = "\n".join(line for line in dockerfile.splitlines() if not line.startswith("#"))
+    assert "ARG SERVICE" in instructions
+    assert "services/*/pyproject.toml" in instructions
+    for service, _, package, *_ in [*SERVICES, CONSOLE]:
+        assert f"services/{service}" not in instructions, service
+        assert f"{package}.entrypoints" not in instructions, service
 
 
 def test_prod_pins_images_by_digest_and_wires_no_admin_dsn() -> None:

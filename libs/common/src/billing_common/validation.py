@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeAlias
 
-from buf.validate import validate_pb2
 from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 from google.protobuf.message import Message
@@ -37,6 +36,7 @@ from billing_common.clock import Clock
 from billing_common.errors import FieldViolation, InvalidArgument
 from billing_common.money import MINOR_DIGITS
 from billing_common.pan import contains_card_number
+from buf.validate import validate_pb2
 
 DEFAULT_MAX_CHARS = 256
 FUTURE_SKEW = timedelta(minutes=5)

@@ -1,8 +1,8 @@
 import asyncpg
 
 from billing_common import db
-from billing_common.testing.plugin import InfraEnv
-from billing_common.testing.private_servers import (  # noqa: F401 - fixtures
+from billing_devtools.testing.plugin import InfraEnv
+from billing_devtools.testing.private_servers import (  # noqa: F401 - fixtures
     private_postgres,
     private_rabbitmq,
     private_redis,

@@ -12,8 +12,8 @@ from redis.asyncio import Redis
 
 from billing_common import db
 from billing_common.suite_clock import ClockAgent, ClockControl, SharedClock
-from billing_common.testing.plugin import InfraEnv
-from billing_common.testing.servers import RedisServer
+from billing_devtools.testing.plugin import InfraEnv
+from billing_devtools.testing.servers import RedisServer
 
 EVE = datetime(2031, 1, 1, 12, tzinfo=UTC)
 DAY = timedelta(days=1)

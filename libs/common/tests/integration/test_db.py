@@ -6,7 +6,7 @@ import asyncpg
 import pytest
 
 from billing_common import db
-from billing_common.testing.plugin import InfraEnv
+from billing_devtools.testing.plugin import InfraEnv
 
 MIGRATIONS = [
     db.Migration(

@@ -15,9 +15,9 @@ from billing_common import db, events, partitions
 from billing_common.clock import ControllableClock
 from billing_common.events import EventConsumer, Handlers, Outbox, OutboxRelay, event_type_of
 from billing_common.partitions import event_tables
-from billing_common.testing.faultproxy import FaultProxy
-from billing_common.testing.plugin import InfraEnv, eventually
-from billing_common.testing.servers import RabbitMQNode, outage
+from billing_devtools.testing.faultproxy import FaultProxy
+from billing_devtools.testing.plugin import InfraEnv, eventually
+from billing_devtools.testing.servers import RabbitMQNode, outage
 
 CONSUMER_TABLES = db.Migration("0001.sql", "CREATE TABLE settled (payment_id TEXT NOT NULL);")
 PRODUCER_TABLES = db.Migration("0001.sql", "CREATE TABLE payments (payment_id TEXT PRIMARY KEY);")

@@ -14,10 +14,10 @@ from billing_common import db
 from billing_common.grpc_server import DEPENDENCY_UNAVAILABLE
 from billing_common.service import Registration, Resources, ServiceParts
 from billing_common.settings import CommonSettings
-from billing_common.testing.echo import SERVICE, echo_stub
-from billing_common.testing.faultproxy import FaultProxy
-from billing_common.testing.plugin import InfraEnv, eventually, running_service
-from billing_common.testing.servers import PostgresCluster, outage
+from billing_devtools.testing.echo import SERVICE, echo_stub
+from billing_devtools.testing.faultproxy import FaultProxy
+from billing_devtools.testing.plugin import InfraEnv, eventually, running_service
+from billing_devtools.testing.servers import PostgresCluster, outage
 
 NO_MIGRATIONS = Path(__file__).parent / "no-migrations"
 

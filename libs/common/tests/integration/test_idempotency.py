@@ -7,7 +7,7 @@ from billing.recurring.v1 import recurring_pb2 as pb
 from billing_common import db, idempotency
 from billing_common.errors import KeyInFlight, KeyReused
 from billing_common.idempotency import IdempotencyKey
-from billing_common.testing.plugin import InfraEnv
+from billing_devtools.testing.plugin import InfraEnv
 
 from .conftest import service_schema
 

@@ -7,8 +7,8 @@ from redis.asyncio import Redis
 
 from billing_common import db
 from billing_common.locks import RedisLocks
-from billing_common.testing.plugin import InfraEnv
-from billing_common.testing.servers import RedisServer
+from billing_devtools.testing.plugin import InfraEnv
+from billing_devtools.testing.servers import RedisServer
 
 from .conftest import service_schema
 

@@ -7,7 +7,7 @@ from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from billing_common.pacing import RedisPacer
-from billing_common.testing.plugin import InfraEnv
+from billing_devtools.testing.plugin import InfraEnv
 
 
 @pytest.fixture

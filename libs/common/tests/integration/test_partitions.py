@@ -13,7 +13,7 @@ from billing_common import db, partitions
 from billing_common.clock import ControllableClock
 from billing_common.events import Outbox
 from billing_common.partitions import Step, TimePartitioned, event_tables
-from billing_common.testing.plugin import InfraEnv
+from billing_devtools.testing.plugin import InfraEnv
 
 TABLES = event_tables(outbox_retention=timedelta(days=3), inbox_retention=timedelta(days=5))
 START = datetime(2027, 1, 30, 12, tzinfo=UTC)

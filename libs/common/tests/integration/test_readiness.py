@@ -18,8 +18,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from billing_common.grpc_client import open_channel
 from billing_common.service import Dependency, Lifespan, Resources, ServiceParts
 from billing_common.settings import CommonSettings
-from billing_common.testing.echo import echo_registration, echo_stub
-from billing_common.testing.plugin import InfraEnv, eventually, running_service
+from billing_devtools.testing.echo import echo_registration, echo_stub
+from billing_devtools.testing.plugin import InfraEnv, eventually, running_service
 
 from .test_service_host import NO_MIGRATIONS
 

@@ -7,7 +7,7 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from billing_common.testing.servers import (
+from billing_devtools.testing.servers import (
     POSTGRES_CONFIG_ROOT,
     outage,
     postgres_cluster,

@@ -22,10 +22,10 @@ from billing_common.grpc_client import MAX_RECONNECT_BACKOFF_MS, open_channel
 from billing_common.grpc_server import CORRELATION_HEADER
 from billing_common.service import Background, Resources, ServiceHost, ServiceParts
 from billing_common.settings import CommonSettings
-from billing_common.testing.echo import SERVICE, echo_lifespan, echo_registration, echo_stub
-from billing_common.testing.plugin import InfraEnv, eventually, running_service, session_signing_key
-from billing_common.testing.processes import settings_env
 from billing_common.tokens import SigningKey, issue, write_jwks
+from billing_devtools.testing.echo import SERVICE, echo_lifespan, echo_registration, echo_stub
+from billing_devtools.testing.plugin import InfraEnv, eventually, running_service, session_signing_key
+from billing_devtools.testing.processes import settings_env
 
 NO_MIGRATIONS = Path(__file__).parent / "no-migrations"
 
@@ -220,7 +220,7 @@ async def test_sigterm_while_waiting_for_the_database_stops_the_process_promptly
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "billing_common.testing.echo",
+        "billing_devtools.testing.echo",
         env={**os.environ, **settings_env("ECHO", settings)},
         stdout=asyncio.subprocess.PIPE,
     )
@@ -255,7 +255,7 @@ async def test_migrate_only_provisions_and_migrates_then_exits(env: InfraEnv) ->
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "billing_common.testing.echo",
+        "billing_devtools.testing.echo",
         "--migrate-only",
         env={**os.environ, **settings_env("ECHO", settings)},
     )

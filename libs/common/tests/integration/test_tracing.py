@@ -21,9 +21,9 @@ from billing_common.events import Handlers
 from billing_common.grpc_client import open_channel
 from billing_common.service import Background, Resources, ServiceParts
 from billing_common.settings import CommonSettings
-from billing_common.testing.echo import echo_registration, echo_stub
-from billing_common.testing.plugin import InfraEnv, eventually, running_service
-from billing_common.testing.tracing import traced_in_process
+from billing_devtools.testing.echo import echo_registration, echo_stub
+from billing_devtools.testing.plugin import InfraEnv, eventually, running_service
+from billing_devtools.testing.tracing import traced_in_process
 
 NO_MIGRATIONS = Path(__file__).parent / "no-migrations"
 UNSAMPLED_TRACE = "5b8efff798038103d269b633813fc60c"

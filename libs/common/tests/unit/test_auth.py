@@ -14,7 +14,6 @@ from cryptography.hazmat.primitives import serialization
 
 from billing.quota.v1 import quota_pb2
 from billing_common import auth as auth_module
-from billing_common import devrun
 from billing_common.auth import (
     AccessPolicy,
     AccessRules,
@@ -28,6 +27,8 @@ from billing_common.auth import (
 from billing_common.errors import PermissionDenied, Unauthenticated
 from billing_common.settings import CommonSettings, SettingsError, load_settings
 from billing_common.tokens import SigningKey, issue
+from billing_devtools import devrun
+from billing_devtools.services import SERVICES
 
 NOW = 1_900_000_000.0
 KEY = SigningKey.generate()
@@ -389,7 +390,7 @@ def test_make_run_gives_each_pod_public_keys_and_its_own_token_and_no_signing_ke
     assert devrun.dev_signing_key().kid == key.kid  # made once, kept
     private_pem = (tmp_path / "signing-key.pem").read_text()
     assert "PRIVATE KEY" in private_pem
-    for name, prefix, _, grpc_port, metrics_port in devrun.SERVICES:
+    for name, prefix, _, grpc_port, metrics_port in SERVICES:
         environment = devrun.service_env(name, prefix, grpc_port, metrics_port, key)
         pod = load_settings(CommonSettings, prefix, environment)
         values = [str(getattr(pod, field.name)) for field in dataclasses.fields(pod)]

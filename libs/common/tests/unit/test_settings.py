@@ -6,7 +6,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from billing_common.settings import CommonSettings, SettingsError, load_settings
-from billing_common.testing.processes import settings_env
+from billing_devtools.testing.processes import settings_env
 
 
 @dataclass(frozen=True)

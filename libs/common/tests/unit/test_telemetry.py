@@ -10,7 +10,7 @@ from opentelemetry.sdk.trace.sampling import Decision
 from opentelemetry.trace import SpanKind
 
 from billing_common import telemetry
-from billing_common.testing.tracing import traced_in_process
+from billing_devtools.testing.tracing import traced_in_process
 
 SAMPLED = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 UNSAMPLED = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"

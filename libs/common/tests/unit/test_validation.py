@@ -8,7 +8,6 @@ from typing import Any
 
 import protovalidate
 import pytest
-from buf.validate import validate_pb2
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from hypothesis import HealthCheck, given, settings
@@ -22,6 +21,7 @@ from billing.recurring.v1 import recurring_pb2, recurring_pb2_grpc  # noqa: F401
 from billing.tier.v1 import tier_pb2, tier_pb2_grpc  # noqa: F401
 from billing_common.clock import ControllableClock, SystemClock
 from billing_common.validation import DEFAULT_MAX_CHARS, RequestValidator, UnsupportedRule, request_types
+from buf.validate import validate_pb2
 
 SERVICES = [
     "billing.gateway.v1.GatewayService",

@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from billing_common.testing.infra import Infra
-from billing_common.testing.plugin import InfraEnv
-from billing_common.testing.processes import free_port
+from billing_devtools.testing.infra import Infra
+from billing_devtools.testing.plugin import InfraEnv
+from billing_devtools.testing.processes import free_port
 from console.domain.people import hash_password
 from tests.integration.suite import Suite, running_suite
 

@@ -12,7 +12,7 @@ from billing.dunning.v1 import dunning_pb2 as d
 from billing.quota.v1 import quota_pb2 as q
 from billing.recurring.v1 import recurring_pb2 as r
 from billing.tier.v1 import tier_pb2 as t
-from billing_common.testing.plugin import eventually
+from billing_devtools.testing.plugin import eventually
 from tests.integration.suite import Suite
 
 ACCOUNT = "acme"

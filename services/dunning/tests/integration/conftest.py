@@ -23,8 +23,8 @@ from billing_common.clock import ControllableClock
 from billing_common.events import event_type_of
 from billing_common.grpc_client import open_channel
 from billing_common.service import ServiceHost
-from billing_common.testing.plugin import EventCollector, InfraEnv, eventually, running_service
-from billing_common.testing.private_servers import private_redis  # noqa: F401 - a fixture
+from billing_devtools.testing.plugin import EventCollector, InfraEnv, eventually, running_service
+from billing_devtools.testing.private_servers import private_redis  # noqa: F401 - a fixture
 from dunning.adapters.metrics import PrometheusCaseMetrics
 from dunning.adapters.recurring_client import GrpcRecurring
 from dunning.adapters.store import PostgresCases

@@ -11,7 +11,7 @@ from billing.dunning.v1 import dunning_pb2 as pb
 from billing.dunning.v1 import dunning_pb2_grpc
 from billing_common.grpc_client import open_channel
 from billing_common.paging import NOT_ISSUED
-from billing_common.testing.rpc import every_page, field_violations
+from billing_devtools.testing.rpc import every_page, field_violations
 
 from .conftest import START, Dunning, fixed_policy, payment_failed, publish
 

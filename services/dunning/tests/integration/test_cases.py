@@ -5,7 +5,7 @@ from datetime import timedelta
 from billing.common.v1 import common_pb2
 from billing.dunning.v1 import dunning_pb2 as pb
 from billing.events.v1 import invoice_pb2 as invoice_events
-from billing_common.testing.plugin import eventually
+from billing_devtools.testing.plugin import eventually
 
 from .conftest import START, Dunning, invoice, payment_failed, payment_method_updated, publish
 

@@ -4,8 +4,8 @@ import asyncio
 from datetime import timedelta
 
 from billing.dunning.v1 import dunning_pb2 as pb
-from billing_common.testing.plugin import InfraEnv
-from billing_common.testing.servers import RedisServer
+from billing_devtools.testing.plugin import InfraEnv
+from billing_devtools.testing.servers import RedisServer
 
 from .conftest import dunning_service
 from .test_worker import open_cases, recurring_calls

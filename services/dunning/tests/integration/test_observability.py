@@ -13,7 +13,7 @@ from prometheus_client import REGISTRY
 
 from billing.dunning.v1 import dunning_pb2 as pb
 from billing_common.events import event_type_of
-from billing_common.testing.tracing import JsonLines, json_lines_of, traced_in_process
+from billing_devtools.testing.tracing import JsonLines, json_lines_of, traced_in_process
 from dunning.adapters.metrics import MetricsRefresher
 
 from .conftest import Dunning, fixed_policy, payment_failed

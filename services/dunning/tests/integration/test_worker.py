@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 
 from billing.dunning.v1 import dunning_pb2 as pb
 from billing.events.v1 import invoice_pb2 as invoice_events
-from billing_common.testing.plugin import InfraEnv
+from billing_devtools.testing.plugin import InfraEnv
 
 from .conftest import START, Dunning, dunning_service, fixed_policy, invoice, payment_failed, publish
 

@@ -14,9 +14,9 @@ from billing.common.v1 import common_pb2
 from billing.gateway.v1 import gateway_pb2 as pb
 from billing.gateway.v1 import gateway_pb2_grpc
 from billing_common.grpc_client import open_channel
-from billing_common.testing.plugin import InfraEnv, running_service
-from billing_common.testing.private_servers import private_postgres  # noqa: F401 - a fixture
-from billing_common.testing.processes import RunningProcess, free_port, service_process
+from billing_devtools.testing.plugin import InfraEnv, running_service
+from billing_devtools.testing.private_servers import private_postgres  # noqa: F401 - a fixture
+from billing_devtools.testing.processes import RunningProcess, free_port, service_process
 from gateway_adapter.entrypoints.main import MIGRATIONS, build
 from gateway_adapter.settings import GatewaySettings
 

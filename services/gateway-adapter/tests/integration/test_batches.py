@@ -13,7 +13,7 @@ from grpc_status import rpc_status
 from billing.common.v1 import common_pb2 as c
 from billing.gateway.v1 import gateway_pb2 as pb
 from billing.gateway.v1 import gateway_pb2_grpc
-from billing_common.testing.plugin import EventCollector, InfraEnv
+from billing_devtools.testing.plugin import EventCollector, InfraEnv
 from gateway_adapter.domain.routing import Routes
 
 from .conftest import Gateway, busiest_second, gateway_service

@@ -13,7 +13,7 @@ from grpc_status import rpc_status
 from billing.common.v1 import common_pb2 as c
 from billing.gateway.v1 import gateway_pb2 as pb
 from billing_common.pan import contains_card_number
-from billing_common.testing.plugin import EventCollector, InfraEnv
+from billing_devtools.testing.plugin import EventCollector, InfraEnv
 
 from .conftest import Gateway, gateway_service
 

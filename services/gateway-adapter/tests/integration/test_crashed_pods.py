@@ -13,8 +13,8 @@ from billing.common.v1 import common_pb2 as c
 from billing.gateway.v1 import gateway_pb2 as pb
 from billing.gateway.v1 import gateway_pb2_grpc
 from billing_common.grpc_client import open_channel
-from billing_common.testing.plugin import EventCollector, InfraEnv, eventually
-from billing_common.testing.processes import free_port, start_process
+from billing_devtools.testing.plugin import EventCollector, InfraEnv, eventually
+from billing_devtools.testing.processes import free_port, start_process
 from gateway_adapter.settings import GatewaySettings
 
 from .conftest import Gateway, gateway_service

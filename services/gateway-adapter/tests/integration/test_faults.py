@@ -5,8 +5,8 @@ import pytest
 
 from billing.common.v1 import common_pb2
 from billing.gateway.v1 import gateway_pb2 as pb
-from billing_common.testing.plugin import InfraEnv
-from billing_common.testing.servers import PostgresCluster, outage
+from billing_devtools.testing.plugin import InfraEnv
+from billing_devtools.testing.servers import PostgresCluster, outage
 
 from .conftest import gateway_service
 

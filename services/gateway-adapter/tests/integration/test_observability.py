@@ -10,8 +10,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from billing.common.v1 import common_pb2 as c
-from billing_common.testing.plugin import EventCollector, InfraEnv, eventually
-from billing_common.testing.tracing import traced_in_process
+from billing_devtools.testing.plugin import EventCollector, InfraEnv, eventually
+from billing_devtools.testing.tracing import traced_in_process
 
 from .conftest import gateway_service
 

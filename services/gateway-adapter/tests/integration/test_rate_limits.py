@@ -8,7 +8,7 @@ import pytest
 
 from billing.common.v1 import common_pb2 as c
 from billing.gateway.v1 import gateway_pb2 as pb
-from billing_common.testing.plugin import InfraEnv
+from billing_devtools.testing.plugin import InfraEnv
 
 from .conftest import Gateway, busiest_second, gateway_process
 

@@ -11,7 +11,7 @@ import pytest
 
 from billing.common.v1 import common_pb2 as c
 from billing.gateway.v1 import gateway_pb2 as pb
-from billing_common.testing.plugin import EventCollector, InfraEnv, eventually
+from billing_devtools.testing.plugin import EventCollector, InfraEnv, eventually
 from gateway_adapter.domain.signatures import sign
 
 from .conftest import SANDBOX_SECRET, Gateway, gateway_service

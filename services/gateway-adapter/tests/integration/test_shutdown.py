@@ -7,7 +7,7 @@ import signal
 from datetime import timedelta
 
 from billing.common.v1 import common_pb2
-from billing_common.testing.plugin import InfraEnv, eventually
+from billing_devtools.testing.plugin import InfraEnv, eventually
 
 from .conftest import Gateway, gateway_process
 

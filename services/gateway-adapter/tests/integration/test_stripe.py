@@ -12,8 +12,8 @@ import pytest
 
 from billing.common.v1 import common_pb2 as c
 from billing.gateway.v1 import gateway_pb2 as pb
-from billing_common.testing.plugin import EventCollector, InfraEnv, eventually
-from billing_common.testing.stripe import SLOW, FakeStripe, local_stripe
+from billing_devtools.testing.plugin import EventCollector, InfraEnv, eventually
+from billing_devtools.testing.stripe import SLOW, FakeStripe, local_stripe
 from gateway_adapter.domain.signatures import sign
 
 from .conftest import gateway_service

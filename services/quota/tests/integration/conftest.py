@@ -20,8 +20,8 @@ from billing.quota.v1 import quota_pb2_grpc
 from billing_common.clock import Clock
 from billing_common.events import event_type_of
 from billing_common.grpc_client import open_channel
-from billing_common.testing.plugin import InfraEnv, running_service
-from billing_common.testing.private_servers import private_postgres, private_redis  # noqa: F401 - fixtures
+from billing_devtools.testing.plugin import InfraEnv, running_service
+from billing_devtools.testing.private_servers import private_postgres, private_redis  # noqa: F401 - fixtures
 from quota.entrypoints.main import MIGRATIONS, build
 from quota.settings import QuotaSettings
 
@@ -143,7 +143,7 @@ async def publish(env: InfraEnv, event: Any) -> None:
 
 async def subscribe(quota: Quota, tenant: str, plan_code: str) -> None:
     """The tenant has an active subscription to the plan, as seen through recurring's event."""
-    from billing_common.testing.plugin import eventually
+    from billing_devtools.testing.plugin import eventually
 
     await publish(quota.env, sub.SubscriptionCreated(subscription=snapshot(tenant, plan_code)))
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from billing.common.v1 import common_pb2
 from billing.quota.v1 import quota_pb2 as pb
 from billing_common.clock import ControllableClock
-from billing_common.testing.plugin import InfraEnv
+from billing_devtools.testing.plugin import InfraEnv
 
 from .conftest import Quota, create_plan, entitlement, quota_service, spec, subscribe
 from .test_usage import summary_request

@@ -6,8 +6,8 @@ import grpc
 import pytest
 
 from billing.quota.v1 import quota_pb2 as pb
-from billing_common.testing.plugin import InfraEnv
-from billing_common.testing.rpc import field_violations
+from billing_devtools.testing.plugin import InfraEnv
+from billing_devtools.testing.rpc import field_violations
 
 from .conftest import quota_service
 

@@ -7,8 +7,8 @@ from hypothesis import strategies as st
 
 from billing.common.v1 import common_pb2
 from billing.quota.v1 import quota_pb2 as pb
-from billing_common.testing.plugin import EventCollector, InfraEnv
-from billing_common.testing.rpc import every_page
+from billing_devtools.testing.plugin import EventCollector, InfraEnv
+from billing_devtools.testing.rpc import every_page
 
 from .conftest import Quota, create_plan, entitlement, spec
 

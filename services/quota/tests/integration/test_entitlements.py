@@ -7,7 +7,7 @@ from billing.common.v1 import common_pb2
 from billing.events.v1 import subscription_pb2 as sub
 from billing.quota.v1 import quota_pb2 as pb
 from billing_common.clock import ControllableClock
-from billing_common.testing.plugin import InfraEnv, eventually
+from billing_devtools.testing.plugin import InfraEnv, eventually
 
 from .conftest import Quota, create_plan, entitlement, publish, quota_service, snapshot, spec, subscribe
 

@@ -13,9 +13,9 @@ import pytest
 
 from billing.quota.v1 import quota_pb2 as pb
 from billing.quota.v1 import quota_pb2_grpc
-from billing_common.testing.faultproxy import FaultProxy
-from billing_common.testing.plugin import InfraEnv, eventually
-from billing_common.testing.servers import PostgresCluster, outage
+from billing_devtools.testing.faultproxy import FaultProxy
+from billing_devtools.testing.plugin import InfraEnv, eventually
+from billing_devtools.testing.servers import PostgresCluster, outage
 from quota.settings import QuotaSettings
 
 from .conftest import STOREFRONT, Quota, create_plan, entitlement, quota_service, spec, subscribe, usage

@@ -8,7 +8,7 @@ from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from billing.quota.v1 import quota_pb2 as pb
-from billing_common.testing.plugin import InfraEnv, eventually
+from billing_devtools.testing.plugin import InfraEnv, eventually
 from quota.adapters import drift
 from quota.adapters.counters import RedisCounters
 from quota.adapters.drift import CounterAudit

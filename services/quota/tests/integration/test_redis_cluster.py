@@ -18,7 +18,7 @@ from redis.crc import key_slot
 from billing.quota.v1 import quota_pb2 as pb
 from billing.quota.v1 import quota_pb2_grpc
 from billing_common.grpc_client import open_channel
-from billing_common.testing.plugin import InfraEnv, eventually
+from billing_devtools.testing.plugin import InfraEnv, eventually
 
 from .conftest import STOREFRONT, Quota, create_plan, entitlement, quota_service, spec, subscribe, usage
 from .redis_cluster import redis_cluster

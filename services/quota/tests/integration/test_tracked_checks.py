@@ -10,8 +10,8 @@ import pytest
 from redis.asyncio import Redis
 
 from billing.quota.v1 import quota_pb2 as pb
-from billing_common.testing.plugin import InfraEnv, eventually
-from billing_common.testing.servers import RedisServer
+from billing_devtools.testing.plugin import InfraEnv, eventually
+from billing_devtools.testing.servers import RedisServer
 
 from .conftest import Quota, create_plan, entitlement, quota_service, spec, subscribe, usage
 

@@ -9,8 +9,8 @@ from grpc_status import rpc_status
 from billing.common.v1 import common_pb2
 from billing.quota.v1 import quota_pb2 as pb
 from billing_common.clock import ControllableClock
-from billing_common.testing.plugin import EventCollector, InfraEnv
-from billing_common.testing.rpc import field_violations
+from billing_devtools.testing.plugin import EventCollector, InfraEnv
+from billing_devtools.testing.rpc import field_violations
 
 from .conftest import Quota, create_plan, entitlement, forget_counters, quota_service, spec, subscribe, usage
 

@@ -10,7 +10,7 @@ import asyncpg
 
 from billing.quota.v1 import quota_pb2 as pb
 from billing_common.clock import ControllableClock
-from billing_common.testing.plugin import InfraEnv
+from billing_devtools.testing.plugin import InfraEnv
 
 from .conftest import Quota, create_plan, entitlement, forget_counters, quota_service, spec, subscribe, usage
 

@@ -18,9 +18,9 @@ from billing_common import db
 from billing_common.grpc_client import open_channel
 from billing_common.service import ServiceHost
 from billing_common.settings import CommonSettings
-from billing_common.testing.plugin import InfraEnv, eventually, issue_token, running_service
-from billing_common.testing.private_servers import private_redis  # noqa: F401 - a fixture
-from billing_common.testing.processes import RunningProcess, free_port, service_process
+from billing_devtools.testing.plugin import InfraEnv, eventually, issue_token, running_service
+from billing_devtools.testing.private_servers import private_redis  # noqa: F401 - a fixture
+from billing_devtools.testing.processes import RunningProcess, free_port, service_process
 from recurring.entrypoints.main import MIGRATIONS, build
 from recurring.settings import RecurringSettings
 

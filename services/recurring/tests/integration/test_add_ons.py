@@ -16,7 +16,7 @@ from billing.quota.v1 import quota_pb2 as q
 from billing.quota.v1 import quota_pb2_grpc
 from billing.recurring.v1 import recurring_pb2 as pb
 from billing_common.grpc_client import open_channel
-from billing_common.testing.plugin import InfraEnv, eventually
+from billing_devtools.testing.plugin import InfraEnv, eventually
 
 from .conftest import dependencies, recurring_service, run_until_settled
 from .test_poisoned_items import completed_run, on_plan

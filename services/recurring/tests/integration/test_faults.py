@@ -4,8 +4,8 @@ import asyncio
 from datetime import date, timedelta
 
 from billing.recurring.v1 import recurring_pb2 as pb
-from billing_common.testing.plugin import InfraEnv
-from billing_common.testing.servers import RedisServer
+from billing_devtools.testing.plugin import InfraEnv
+from billing_devtools.testing.servers import RedisServer
 from recurring.settings import RecurringSettings
 
 from .conftest import pb_date, recurring_service

@@ -12,9 +12,9 @@ from billing.common.v1 import common_pb2 as common
 from billing.recurring.v1 import recurring_pb2 as pb
 from billing.recurring.v1 import recurring_pb2_grpc
 from billing_common.grpc_client import open_channel
-from billing_common.testing.plugin import EventCollector, InfraEnv, eventually
-from billing_common.testing.processes import service_process
-from billing_common.testing.stripe import local_stripe
+from billing_devtools.testing.plugin import EventCollector, InfraEnv, eventually
+from billing_devtools.testing.processes import service_process
+from billing_devtools.testing.stripe import local_stripe
 
 from .conftest import custom, dependencies, run_until_settled
 

@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 
 from billing_common import db
-from billing_common.testing.plugin import InfraEnv
+from billing_devtools.testing.plugin import InfraEnv
 from recurring.entrypoints.main import MIGRATIONS
 
 INSERT = """INSERT INTO ledger_entries (ledger_transaction_id, customer, account, amount_minor, currency,

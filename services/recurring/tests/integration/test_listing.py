@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from billing.common.v1 import common_pb2 as common
 from billing.recurring.v1 import recurring_pb2 as pb
-from billing_common.testing.rpc import every_page, field_violations
+from billing_devtools.testing.rpc import every_page, field_violations
 
 from .conftest import Deps, Recurring, custom, pb_date, recurring_service, run_until_settled
 

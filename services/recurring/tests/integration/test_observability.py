@@ -15,9 +15,9 @@ from prometheus_client import REGISTRY
 
 from billing.common.v1 import common_pb2 as common
 from billing.recurring.v1 import recurring_pb2 as pb
-from billing_common.testing.otlp import OtlpReceiver
-from billing_common.testing.plugin import InfraEnv, eventually
-from billing_common.testing.tracing import JsonLines, json_lines_of, traced_in_process
+from billing_devtools.testing.otlp import OtlpReceiver
+from billing_devtools.testing.plugin import InfraEnv, eventually
+from billing_devtools.testing.tracing import JsonLines, json_lines_of, traced_in_process
 from recurring.adapters.metrics import RunMetrics
 
 from .conftest import Deps, custom, dependencies, recurring_service

@@ -18,8 +18,8 @@ from prometheus_client import REGISTRY
 from billing.common.v1 import common_pb2 as common
 from billing.recurring.v1 import recurring_pb2 as pb
 from billing_common.settings import CommonSettings
-from billing_common.testing.plugin import EventCollector, InfraEnv, eventually
-from billing_common.testing.processes import RunningProcess, free_port, service_process, start_process
+from billing_devtools.testing.plugin import EventCollector, InfraEnv, eventually
+from billing_devtools.testing.processes import RunningProcess, free_port, service_process, start_process
 
 from .conftest import Deps, custom, pb_date, recurring_service
 from .test_poisoned_items import completed_run, run_of

@@ -15,7 +15,7 @@ from billing.quota.v1 import quota_pb2_grpc
 from billing.recurring.v1 import recurring_pb2 as pb
 from billing_common.events import event_type_of
 from billing_common.grpc_client import open_channel
-from billing_common.testing.plugin import EventCollector, InfraEnv, eventually
+from billing_devtools.testing.plugin import EventCollector, InfraEnv, eventually
 
 from .conftest import ACH, Deps, custom, pb_date, recurring_service, run_until_settled
 from .test_test_clock import at

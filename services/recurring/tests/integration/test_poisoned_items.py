@@ -15,8 +15,8 @@ from billing.quota.v1 import quota_pb2_grpc
 from billing.recurring.v1 import recurring_pb2 as pb
 from billing_common import db
 from billing_common.grpc_client import open_channel
-from billing_common.testing.plugin import EventCollector, InfraEnv, eventually
-from billing_common.testing.rpc import every_page
+from billing_devtools.testing.plugin import EventCollector, InfraEnv, eventually
+from billing_devtools.testing.rpc import every_page
 
 from .conftest import Deps, custom, pb_date, recurring_service, run_until_settled
 from .test_test_clock import at

@@ -9,7 +9,7 @@ from billing.common.v1 import common_pb2 as common
 from billing.gateway.v1 import gateway_pb2 as g
 from billing.gateway.v1 import gateway_pb2_grpc
 from billing_common.grpc_client import open_channel
-from billing_common.testing.plugin import EventCollector, InfraEnv, eventually, issue_token
+from billing_devtools.testing.plugin import EventCollector, InfraEnv, eventually, issue_token
 
 from .conftest import Deps, custom, recurring_service, run_until_settled
 from .test_payments import invoice_of, publish

@@ -14,8 +14,8 @@ from billing.common.v1 import common_pb2 as common
 from billing.recurring.v1 import recurring_pb2 as pb
 from billing.recurring.v1 import recurring_pb2_grpc
 from billing_common.grpc_client import open_channel
-from billing_common.testing.plugin import EventCollector, InfraEnv, eventually
-from billing_common.testing.processes import start_process
+from billing_devtools.testing.plugin import EventCollector, InfraEnv, eventually
+from billing_devtools.testing.processes import start_process
 from recurring.adapters.metrics import RunMetrics
 
 from .conftest import ACH, Deps, custom, dependencies, pb_date, recurring_service, run_until_settled

@@ -13,8 +13,8 @@ from billing.common.v1 import common_pb2 as common
 from billing.recurring.v1 import recurring_pb2 as pb
 from billing.recurring.v1 import recurring_pb2_grpc
 from billing_common.grpc_client import open_channel
-from billing_common.testing.plugin import InfraEnv, eventually, issue_token
-from billing_common.testing.processes import start_process
+from billing_devtools.testing.plugin import InfraEnv, eventually, issue_token
+from billing_devtools.testing.processes import start_process
 
 from .conftest import custom, dependencies, pb_date, recurring_service
 from .test_poisoned_items import completed_run

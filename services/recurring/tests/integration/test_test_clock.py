@@ -11,7 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from billing.common.v1 import common_pb2 as common
 from billing.recurring.v1 import recurring_pb2 as pb
-from billing_common.testing.plugin import eventually
+from billing_devtools.testing.plugin import eventually
 
 from .conftest import Deps, custom, pb_date, recurring_service
 

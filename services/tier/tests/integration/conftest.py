@@ -14,8 +14,8 @@ from billing.tier.v1 import tier_pb2 as pb
 from billing.tier.v1 import tier_pb2_grpc
 from billing_common.clock import Clock
 from billing_common.grpc_client import open_channel
-from billing_common.testing.plugin import InfraEnv, eventually, running_service
-from billing_common.testing.private_servers import private_redis  # noqa: F401 - a fixture
+from billing_devtools.testing.plugin import InfraEnv, eventually, running_service
+from billing_devtools.testing.private_servers import private_redis  # noqa: F401 - a fixture
 from tier.entrypoints.main import MIGRATIONS, build
 from tier.settings import TierSettings
 

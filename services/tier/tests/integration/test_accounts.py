@@ -6,7 +6,7 @@ import grpc
 import pytest
 
 from billing.tier.v1 import tier_pb2 as pb
-from billing_common.testing.rpc import field_violations
+from billing_devtools.testing.rpc import field_violations
 
 from .conftest import Tier, build_estate, database, distributor, end_user, run_scan, signal
 

@@ -6,8 +6,8 @@ import logging
 import pytest
 
 from billing.tier.v1 import tier_pb2 as pb
-from billing_common.testing.plugin import InfraEnv
-from billing_common.testing.servers import RedisServer
+from billing_devtools.testing.plugin import InfraEnv
+from billing_devtools.testing.servers import RedisServer
 
 from .conftest import build_estate, run_scan, tier_service
 

@@ -14,7 +14,7 @@ from workos import AsyncWorkOSClient
 
 from billing.common.v1 import common_pb2
 from billing.tier.v1 import tier_pb2 as pb
-from billing_common.testing.plugin import InfraEnv
+from billing_devtools.testing.plugin import InfraEnv
 from tier.adapters.api_registry import ApiClientRegistryProvider
 from tier.adapters.metrics import PROVIDER_ERRORS
 from tier.adapters.workos_sso import WorkOsSsoProvider

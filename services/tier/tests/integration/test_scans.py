@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from billing.common.v1 import common_pb2
 from billing.tier.v1 import tier_pb2 as pb
 from billing_common.clock import ControllableClock
-from billing_common.testing.plugin import EventCollector, InfraEnv
-from billing_common.testing.rpc import every_page
+from billing_devtools.testing.plugin import EventCollector, InfraEnv
+from billing_devtools.testing.rpc import every_page
 from tier.domain.scans import Cron
 
 from .conftest import Tier, build_estate, run_scan, signal, tier_of, tier_service
@@ -214,7 +214,7 @@ async def test_the_schedule_queues_one_scan_per_fire_time_across_pods(env: Infra
             scans = (await second.caller.ListScans(pb.ListScansRequest())).scans
             return [s for s in scans if s.state == pb.SCAN_STATE_COMPLETED]
 
-        from billing_common.testing.plugin import eventually
+        from billing_devtools.testing.plugin import eventually
 
         done = await eventually(scheduled, timeout=15)
         await asyncio.sleep(0.5)

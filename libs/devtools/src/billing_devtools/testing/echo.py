@@ -56,7 +56,7 @@ def echo_stub(channel: grpc.aio.Channel) -> Any:
 
 
 def main() -> None:
-    """`python -m billing_common.testing.echo`: the echo service as a real process (ECHO_* settings)."""
+    """`python -m billing_devtools.testing.echo`: the echo service as a real process (ECHO_* settings)."""
     from pathlib import Path
 
     from billing_common.service import run_service

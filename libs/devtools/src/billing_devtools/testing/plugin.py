@@ -24,8 +24,8 @@ from billing_common.clock import Clock
 from billing_common.events import event_class
 from billing_common.service import Lifespan, ServiceHost
 from billing_common.settings import CommonSettings
-from billing_common.testing.infra import TEST_DATABASE, Infra, resolve_infra
-from billing_common.testing.otlp import OtlpReceiver, otlp_receiver
+from billing_devtools.testing.infra import TEST_DATABASE, Infra, resolve_infra
+from billing_devtools.testing.otlp import OtlpReceiver, otlp_receiver
 
 S = TypeVar("S", bound=CommonSettings)
 

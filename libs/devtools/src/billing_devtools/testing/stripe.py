@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from billing_common.testing.processes import free_port
+from billing_devtools.testing.processes import free_port
 
 SLOW = "pm_card_slow_answer"
 # Stripe's test PaymentMethods and the errors Stripe answers for them.

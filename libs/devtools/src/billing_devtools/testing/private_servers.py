@@ -1,6 +1,6 @@
 """Fixtures for fault tests: one server of the test's own (which it may stop or flush), the others shared.
 
-Import the fixture into a test module (`from billing_common.testing.private_servers import
+Import the fixture into a test module (`from billing_devtools.testing.private_servers import
 private_redis`); it yields an `InfraEnv` on the mixed servers and the private server itself.
 """
 
@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from billing_common.testing.infra import Infra
-from billing_common.testing.plugin import InfraEnv
-from billing_common.testing.servers import (
+from billing_devtools.testing.infra import Infra
+from billing_devtools.testing.plugin import InfraEnv
+from billing_devtools.testing.servers import (
     PostgresCluster,
     RabbitMQNode,
     RedisServer,

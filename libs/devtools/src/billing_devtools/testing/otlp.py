@@ -1,7 +1,7 @@
 """An OTLP/gRPC trace receiver (the protocol Jaeger's collector accepts on port 4317), in-process.
 
 Tests start services as processes with `OTEL_EXPORTER_OTLP_ENDPOINT` pointing here and assert on
-the spans they export. `python -m billing_common.testing.otlp [port]` runs it on its own and
+the spans they export. `python -m billing_devtools.testing.otlp [port]` runs it on its own and
 prints each trace as it arrives, e.g. next to `make run`.
 """
 

@@ -49,7 +49,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from billing_common.testing.processes import free_port
+from billing_devtools.testing.processes import free_port
 
 POSTGRES_CONFIG_ROOT = Path("/etc/postgresql")
 # Debian/Ubuntu install the real RabbitMQ scripts here; their /usr/sbin wrappers switch to the

@@ -18,12 +18,11 @@ import signal
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
-from typing import Any
 
 from billing_common import db, tokens
-from billing_common.testing.processes import wait_until_serving
+from billing_devtools.services import CONSOLE, SERVICES
+from billing_devtools.testing.processes import wait_until_serving
 
 DEV_KEYS = Path(os.environ.get("BILLING_DEV_KEYS", ".dev-keys")).resolve()
 DEV_PAGE_TOKEN_KEY = os.environ.get("BILLING_DEV_PAGE_TOKEN_KEY", "development-only-page-token-key-012345")
@@ -48,21 +47,6 @@ TEST_CLOCK_SETTINGS = {
 # The demo's Stripe customers pay through a local server that speaks Stripe's wire format.
 DEMO_STRIPE_PORT = int(os.environ.get("BILLING_DEV_STRIPE_PORT", "12111"))
 DEMO_STRIPE_KEY = "sk_test_demo_local_0123456789abcdef"
-# The suite's one list of services, at the repository's top: a service is its folder plus its entry.
-SERVICE_LIST = Path(__file__).resolve().parents[4] / "services.toml"
-Listed = tuple[str, str, str, int, int]  # (service name, env prefix, package, port, metrics port)
-
-
-def _entry(entry: dict[str, Any]) -> Listed:
-    return (entry["name"], entry["prefix"], entry["package"], entry["port"], entry["metrics_port"])
-
-
-_LISTED = tomllib.loads(SERVICE_LIST.read_text(encoding="utf-8"))
-# The gRPC services, and the stub class of each (`module:Class`) for tests that call them.
-SERVICES: list[Listed] = [_entry(entry) for entry in _LISTED["grpc"]]
-STUBS: dict[str, str] = {entry["name"]: entry["stub"] for entry in _LISTED["grpc"]}
-# The web console: its port is HTTP; no database of its own.
-CONSOLE: Listed = _entry(_LISTED["web"])
 
 
 def dev_signing_key() -> tokens.SigningKey:
