@@ -41,6 +41,39 @@ def _grant(row: asyncpg.Record) -> Grant:
     )
 
 
+class PostgresTenantSession:
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def save_snapshot(self, view: SubscriptionView) -> SubscriptionView | None:
+        row = await self._conn.fetchrow(
+            "SELECT * FROM subscriptions WHERE subscription_id = $1 FOR UPDATE", view.subscription_id
+        )
+        applied = view if row is None else _view(row).advanced_by(view)
+        if applied is None:
+            return None
+        await self._conn.execute(
+            """INSERT INTO subscriptions (subscription_id, tenant_id, status, plan_code, plan_version,
+                   period_start, period_end, previous_period_start, snapshot_version)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+               ON CONFLICT (subscription_id) DO UPDATE SET tenant_id = EXCLUDED.tenant_id,
+                   status = EXCLUDED.status, plan_code = EXCLUDED.plan_code,
+                   plan_version = EXCLUDED.plan_version, period_start = EXCLUDED.period_start,
+                   period_end = EXCLUDED.period_end, previous_period_start = EXCLUDED.previous_period_start,
+                   snapshot_version = EXCLUDED.snapshot_version""",
+            applied.subscription_id,
+            applied.tenant_id,
+            applied.status,
+            applied.plan_code,
+            applied.plan_version,
+            applied.period_start,
+            applied.period_end,
+            applied.previous_period_start,
+            applied.version,
+        )
+        return applied
+
+
 class PostgresTenants:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -69,35 +102,8 @@ class PostgresTenants:
                 standings[row["tenant_id"]].grants.append(_grant(row))
         return standings
 
-    async def save_snapshot(
-        self, conn: asyncpg.Connection, view: SubscriptionView
-    ) -> SubscriptionView | None:
-        row = await conn.fetchrow(
-            "SELECT * FROM subscriptions WHERE subscription_id = $1 FOR UPDATE", view.subscription_id
-        )
-        applied = view if row is None else _view(row).advanced_by(view)
-        if applied is None:
-            return None
-        await conn.execute(
-            """INSERT INTO subscriptions (subscription_id, tenant_id, status, plan_code, plan_version,
-                   period_start, period_end, previous_period_start, snapshot_version)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-               ON CONFLICT (subscription_id) DO UPDATE SET tenant_id = EXCLUDED.tenant_id,
-                   status = EXCLUDED.status, plan_code = EXCLUDED.plan_code,
-                   plan_version = EXCLUDED.plan_version, period_start = EXCLUDED.period_start,
-                   period_end = EXCLUDED.period_end, previous_period_start = EXCLUDED.previous_period_start,
-                   snapshot_version = EXCLUDED.snapshot_version""",
-            applied.subscription_id,
-            applied.tenant_id,
-            applied.status,
-            applied.plan_code,
-            applied.plan_version,
-            applied.period_start,
-            applied.period_end,
-            applied.previous_period_start,
-            applied.version,
-        )
-        return applied
+    def within(self, conn: asyncpg.Connection) -> PostgresTenantSession:
+        return PostgresTenantSession(conn)
 
     async def attach_add_on(self, tenant_id: str, code: str, attached: bool, at: datetime) -> None:
         if attached:

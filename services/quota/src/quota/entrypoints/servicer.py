@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import grpc
-
 from billing.quota.v1 import quota_pb2 as pb
 from billing.quota.v1 import quota_pb2_grpc
 from billing_common.auth import OPERATOR, READERS
@@ -17,7 +13,7 @@ from billing_common.errors import (
     InvalidArgument,
     ResourceExhausted,
 )
-from billing_common.grpc_server import status_code_for
+from billing_common.grpc_server import Context, status_code_for
 from billing_common.idempotency import IdempotencyKey
 from billing_common.paging import PageTokens
 from billing_common.protos import ProtoEnum, optional_datetime
@@ -26,7 +22,6 @@ from quota.app.entitlements import Entitlements, GrantRequest
 from quota.app.usage import RecordResult, Summary, Usage, UsageEventIn, UsageOutcome
 from quota.entrypoints import mappers as m
 
-Context = grpc.aio.ServicerContext[Any, Any]
 # Who may call what: roles or callers named in tokens. Defaults; a deployment changes them with
 # QUOTA_AUTH_ACCESS, e.g. `CheckQuota,CheckQuotaBatch,RecordUsage,RecordUsageBatch+=storefront` for a
 # product service that meters its usage here.

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
-
-import grpc
 
 from billing.recurring.v1 import recurring_pb2 as pb
 from billing.recurring.v1 import recurring_pb2_grpc
@@ -13,6 +10,7 @@ from billing_common import context
 from billing_common.auth import CONSOLE, OPERATOR, READERS
 from billing_common.clock import Clock
 from billing_common.errors import FailedPrecondition, InvalidArgument
+from billing_common.grpc_server import Context
 from billing_common.idempotency import IdempotencyKey
 from billing_common.paging import PageTokens
 from billing_common.protos import money_pb, to_datetime
@@ -26,7 +24,6 @@ from recurring.domain.invoicing import InvoiceFilter
 from recurring.domain.subscription import Cause, SubscriptionFilter
 from recurring.entrypoints import mappers as m
 
-Context = grpc.aio.ServicerContext[Any, Any]
 # AdvanceClock's longest wait for the suite to catch up, when the call sets no shorter deadline.
 CATCH_UP_LIMIT = timedelta(minutes=10)
 ACTIONS = {OPERATOR, CONSOLE}
