@@ -12,8 +12,10 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from billing.common.v1 import common_pb2
+from billing.events.v1 import subscription_pb2
 from billing_common.errors import InvalidArgument
 from billing_common.money import CurrencyError, Money
+from billing_common.subscriptions import Frequency, SubscriptionStatus
 
 if TYPE_CHECKING:
     from google.protobuf.internal.enum_type_wrapper import _EnumTypeWrapper
@@ -103,3 +105,7 @@ class ProtoEnum(Generic[E, V]):
 
     def get(self, number: int, default: D) -> E | D:
         return self._members.get(number, default)
+
+
+FREQUENCIES = ProtoEnum(Frequency, common_pb2.BillingFrequency, "BILLING_FREQUENCY_")
+SUBSCRIPTION_STATES = ProtoEnum(SubscriptionStatus, subscription_pb2.SubscriptionState, "SUBSCRIPTION_STATE_")

@@ -7,8 +7,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from billing.common.v1 import common_pb2
+from billing.events.v1 import subscription_pb2
 from billing_common.payments import DeclineKind, FailureType
-from billing_common.protos import ProtoEnum, stamp
+from billing_common.protos import FREQUENCIES, SUBSCRIPTION_STATES, ProtoEnum, stamp
+from billing_common.subscriptions import Frequency, SubscriptionStatus
 
 OFFSETS = st.sampled_from(
     [None, UTC, timezone(timedelta(hours=-7)), timezone(timedelta(hours=5, minutes=30))]
@@ -61,3 +63,13 @@ def test_a_contract_value_without_a_member_is_refused_or_takes_the_default() -> 
     with pytest.raises(ValueError, match="no Known for contract value"):
         tiers.ours(common_pb2.TIER_LITE)
     assert tiers.get(common_pb2.TIER_UNSPECIFIED, Known.PRO) is Known.PRO
+
+
+def test_the_subscription_words_recurring_and_quota_share_round_trip_through_the_contracts_by_name() -> None:
+    for frequency in Frequency:
+        assert FREQUENCIES.ours(FREQUENCIES.pb(frequency)) is frequency
+    assert FREQUENCIES.pb(Frequency.FOUR_WEEKLY) == common_pb2.BILLING_FREQUENCY_FOUR_WEEKLY
+    for status in SubscriptionStatus:
+        assert SUBSCRIPTION_STATES.ours(SUBSCRIPTION_STATES.pb(status)) is status
+    assert SUBSCRIPTION_STATES.pb(SubscriptionStatus.PAST_DUE) == subscription_pb2.SUBSCRIPTION_STATE_PAST_DUE
+    assert FREQUENCIES.get(common_pb2.BILLING_FREQUENCY_UNSPECIFIED, None) is None

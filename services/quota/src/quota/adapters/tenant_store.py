@@ -12,14 +12,14 @@ from billing_common.idempotency import IdempotencyKey, claim, complete
 from quota.adapters.catalog_store import _add_on
 from quota.app.ports import Standing, TenantPeriod
 from quota.domain.catalog import ActiveAddOn, Behaviour
-from quota.domain.resolution import Grant, Override, SubscriptionView
+from quota.domain.resolution import Grant, Override, SubscriptionView, status_named
 
 
 def _view(row: asyncpg.Record) -> SubscriptionView:
     return SubscriptionView(
         subscription_id=row["subscription_id"],
         tenant_id=row["tenant_id"],
-        status=row["status"],
+        status=status_named(row["status"]),
         plan_code=row["plan_code"],
         plan_version=row["plan_version"],
         period_start=row["period_start"],
@@ -63,7 +63,7 @@ class PostgresTenantSession:
                    snapshot_version = EXCLUDED.snapshot_version""",
             applied.subscription_id,
             applied.tenant_id,
-            applied.status,
+            applied.status_name,
             applied.plan_code,
             applied.plan_version,
             applied.period_start,

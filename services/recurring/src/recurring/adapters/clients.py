@@ -14,15 +14,8 @@ from billing.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from billing.quota.v1 import quota_pb2, quota_pb2_grpc
 from billing_common.errors import BillingError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from billing_common.money import Money
-from billing_common.protos import to_datetime
-from recurring.adapters.codec import (
-    FREQUENCIES,
-    METHOD_TYPES,
-    TIERS,
-    decline_kind,
-    failure_type,
-    payment_status,
-)
+from billing_common.protos import FREQUENCIES, to_datetime
+from recurring.adapters.codec import METHOD_TYPES, TIERS, decline_kind, failure_type, payment_status
 from recurring.app.ports import PlanInfo, RecurringMetrics, UsagePeriod
 from recurring.domain.invoicing import AddOnUse, PeriodUsage, UsageCharge
 from recurring.domain.payments import (

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from billing_common.errors import FailedPrecondition, NotFound
 from billing_common.money import Money
 from billing_common.payments import FailureType
+from billing_common.subscriptions import Frequency, SubscriptionStatus
 from recurring.domain import events as ev
 from recurring.domain import ledger
 from recurring.domain.addons import add_on_lines
@@ -35,15 +36,8 @@ from recurring.domain.payments import (
     past_due_after,
 )
 from recurring.domain.runs import AfterFailure, ItemResult, ItemStatus, WorkItem, after_failure
-from recurring.domain.schedule import Frequency, period_starting
-from recurring.domain.status import (
-    BILLABLE,
-    Action,
-    InvoiceStatus,
-    SubscriptionStatus,
-    can,
-    invoice_transition,
-)
+from recurring.domain.schedule import period_starting
+from recurring.domain.status import BILLABLE, Action, InvoiceStatus, can, invoice_transition
 from recurring.domain.subscription import (
     Cause,
     HistoryEntry,

@@ -11,11 +11,10 @@ from billing.common.v1 import common_pb2
 from billing.recurring.v1 import recurring_pb2 as pb
 from billing_common.errors import InvalidArgument
 from billing_common.money import CurrencyError, Money
-from billing_common.protos import money_pb
+from billing_common.protos import FREQUENCIES, money_pb
 from recurring.adapters.codec import (
     DECLINE_KINDS,
     FAILURE_TYPES,
-    FREQUENCIES,
     INVOICE_STATUSES,
     LINE_KINDS,
     METHOD_TYPES,

@@ -13,9 +13,9 @@ from billing_common.errors import FailedPrecondition, InvalidArgument
 from billing_common.grpc_server import Context
 from billing_common.idempotency import IdempotencyKey
 from billing_common.paging import PageTokens
-from billing_common.protos import money_pb, to_datetime
+from billing_common.protos import FREQUENCIES, money_pb, to_datetime
 from billing_common.suite_clock import ClockControl, ClockRefused
-from recurring.adapters.codec import FREQUENCIES, INVOICE_STATUSES, RUN_KINDS, SUBSCRIPTION_STATUSES
+from recurring.adapters.codec import INVOICE_STATUSES, RUN_KINDS, SUBSCRIPTION_STATUSES
 from recurring.app.invoices import Invoices
 from recurring.app.runs import Runs
 from recurring.app.subscriptions import Subscriptions
