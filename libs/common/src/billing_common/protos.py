@@ -55,8 +55,11 @@ def money_pb(money: Money) -> common_pb2.Money:
     return common_pb2.Money(amount_minor=money.amount_minor, currency=money.currency)
 
 
-def money_of(message: common_pb2.Money, field: str) -> Money:
-    """A request's amount; an unknown currency is INVALID_ARGUMENT naming `<field>.currency`."""
+def money_of(message: common_pb2.Money, field: str = "") -> Money:
+    """A message's amount. In a request (`field` named), an unknown currency is INVALID_ARGUMENT naming
+    `<field>.currency`; in an event or another service's answer, the producer's fault (CurrencyError)."""
+    if not field:
+        return Money(message.amount_minor, message.currency)
     try:
         return Money(message.amount_minor, message.currency)
     except CurrencyError as error:

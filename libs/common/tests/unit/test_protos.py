@@ -8,8 +8,10 @@ from hypothesis import strategies as st
 
 from billing.common.v1 import common_pb2
 from billing.events.v1 import subscription_pb2
+from billing_common.errors import InvalidArgument
+from billing_common.money import CurrencyError, Money
 from billing_common.payments import DeclineKind, FailureType
-from billing_common.protos import FREQUENCIES, SUBSCRIPTION_STATES, ProtoEnum, stamp
+from billing_common.protos import FREQUENCIES, SUBSCRIPTION_STATES, ProtoEnum, money_of, money_pb, stamp
 from billing_common.subscriptions import Frequency, SubscriptionStatus
 
 OFFSETS = st.sampled_from(
@@ -73,3 +75,14 @@ def test_the_subscription_words_recurring_and_quota_share_round_trip_through_the
         assert SUBSCRIPTION_STATES.ours(SUBSCRIPTION_STATES.pb(status)) is status
     assert SUBSCRIPTION_STATES.pb(SubscriptionStatus.PAST_DUE) == subscription_pb2.SUBSCRIPTION_STATE_PAST_DUE
     assert FREQUENCIES.get(common_pb2.BILLING_FREQUENCY_UNSPECIFIED, None) is None
+
+
+def test_money_of_a_request_names_the_field_and_of_another_services_message_blames_the_producer() -> None:
+    assert money_of(common_pb2.Money(amount_minor=1250, currency="EUR")) == Money(1250, "EUR")
+    assert money_of(common_pb2.Money(amount_minor=5, currency="JPY"), "amount") == Money(5, "JPY")
+    bad = common_pb2.Money(amount_minor=100, currency="XXQ")
+    with pytest.raises(InvalidArgument, match=r"amount\.currency"):
+        money_of(bad, "amount")
+    with pytest.raises(CurrencyError):
+        money_of(bad)
+    assert money_pb(Money(1250, "EUR")) == common_pb2.Money(amount_minor=1250, currency="EUR")

@@ -91,7 +91,7 @@ def plan_pb(plan: Plan) -> pb.Plan:
         code=plan.code,
         version=plan.version,
         name=spec.name,
-        price=common_pb2.Money(amount_minor=spec.price.amount_minor, currency=spec.price.currency),
+        price=money_pb(spec.price),
         frequency=FREQUENCIES.pb(spec.frequency),
         trial_days=spec.trial_days,
         entitlements=[entitlement_pb(e) for e in spec.entitlements],
@@ -107,7 +107,7 @@ def add_on_pb(add_on: AddOn) -> pb.AddOn:
     return pb.AddOn(
         code=add_on.code,
         name=add_on.name,
-        price=common_pb2.Money(amount_minor=add_on.price.amount_minor, currency=add_on.price.currency),
+        price=money_pb(add_on.price),
         entitlements=[entitlement_pb(e) for e in add_on.entitlements],
     )
 

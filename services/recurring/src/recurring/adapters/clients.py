@@ -13,8 +13,7 @@ from billing.events.v1 import payment_pb2
 from billing.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from billing.quota.v1 import quota_pb2, quota_pb2_grpc
 from billing_common.errors import BillingError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from billing_common.money import Money
-from billing_common.protos import FREQUENCIES, to_datetime
+from billing_common.protos import FREQUENCIES, money_of, money_pb, to_datetime
 from recurring.adapters.codec import METHOD_TYPES, TIERS, decline_kind, failure_type, payment_status
 from recurring.app.ports import PlanInfo, RecurringMetrics, UsagePeriod
 from recurring.domain.invoicing import AddOnUse, PeriodUsage, UsageCharge
@@ -78,7 +77,7 @@ class QuotaClient:
             plan.code,
             plan.version,
             plan.name,
-            Money(plan.price.amount_minor, plan.price.currency),
+            money_of(plan.price),
             frequency,
             plan.trial_days,
         )
@@ -134,7 +133,7 @@ class QuotaClient:
                 t.key,
                 t.billable_quantity,
                 t.unit_price.value,
-                Money(t.amount.amount_minor, t.amount.currency),
+                money_of(t.amount),
             )
             for t in summary.totals
             if t.amount.amount_minor
@@ -143,7 +142,7 @@ class QuotaClient:
             AddOnUse(
                 a.code,
                 a.name,
-                Money(a.price.amount_minor, a.price.currency),
+                money_of(a.price),
                 period,
                 Period(self._day(to_datetime(a.active_from)), self._day(to_datetime(a.active_until))),
             )
@@ -172,7 +171,7 @@ def _charge_pb(request: ChargeRequest, lane: gateway_pb2.Lane.ValueType) -> gate
         payment_method=common_pb2.PaymentMethod(
             type=METHOD_TYPES.pb(MethodType(request.method_type)), gateway_token=request.token
         ),
-        amount=common_pb2.Money(amount_minor=request.amount.amount_minor, currency=request.amount.currency),
+        amount=money_pb(request.amount),
         idempotency_key=request.idempotency_key,
         caller_reference=request.invoice_id,
         metadata={"invoice_id": request.invoice_id},

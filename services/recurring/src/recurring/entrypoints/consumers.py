@@ -10,7 +10,7 @@ import asyncpg
 
 from billing.events.v1 import dunning_pb2, payment_pb2, tier_pb2
 from billing_common.events import Handlers
-from billing_common.money import Money
+from billing_common.protos import money_of
 from recurring.adapters.clients import charge_result
 from recurring.adapters.codec import TIER_NAMES
 from recurring.app.invoices import Invoices
@@ -63,7 +63,7 @@ def handlers(store: Store, subscriptions: Subscriptions, invoices: Invoices) -> 
             store.within(conn),
             payment_update(event.payment),
             event.refund_id,
-            Money(event.refunded_total.amount_minor, event.refunded_total.currency),
+            money_of(event.refunded_total),
         )
 
     return (
