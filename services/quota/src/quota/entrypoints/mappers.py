@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from billing.common.v1 import common_pb2
 from billing.events.v1 import subscription_pb2 as sub_events
 from billing.quota.v1 import quota_pb2 as pb
 from billing_common.protos import (
@@ -32,8 +31,6 @@ from quota.domain.resolution import Grant, Resolution, SubscriptionView
 
 PERIODS = ProtoEnum(Period, pb.Period, "PERIOD_")
 BEHAVIOURS = ProtoEnum(Behaviour, pb.OverQuotaBehaviour, "OVER_QUOTA_BEHAVIOUR_")
-TIERS = {common_pb2.TIER_LITE: "lite", common_pb2.TIER_PLUS: "plus", common_pb2.TIER_PRO: "pro"}
-TIERS_PB = {v: k for k, v in TIERS.items()}
 
 
 def entitlement_draft(e: pb.Entitlement) -> EntitlementDraft:

@@ -16,7 +16,8 @@ from billing_common.errors import (
 from billing_common.grpc_server import Context, status_code_for
 from billing_common.idempotency import IdempotencyKey
 from billing_common.paging import PageTokens
-from billing_common.protos import ProtoEnum, optional_datetime
+from billing_common.protos import PLAN_TIERS, ProtoEnum, optional_datetime
+from billing_common.subscriptions import PlanTier
 from quota.app.catalog import Catalog
 from quota.app.entitlements import Entitlements, GrantRequest
 from quota.app.usage import RecordResult, Summary, Usage, UsageEventIn, UsageOutcome
@@ -118,9 +119,10 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
     ) -> pb.SetTierPlanMappingResponse:
         mapping: dict[str, str] = {}
         for index, item in enumerate(request.mappings):
-            if item.tier not in m.TIERS:
+            tier = PLAN_TIERS.get(item.tier, None)
+            if tier is None:
                 raise InvalidArgument.of(f"mappings[{index}].tier", "must be LITE, PLUS or PRO")
-            mapping[m.TIERS[item.tier]] = item.plan_code
+            mapping[tier] = item.plan_code
         stored = await self._catalog.set_tier_plans(mapping)
         return pb.SetTierPlanMappingResponse(mappings=_tier_plans(stored))
 
@@ -270,4 +272,7 @@ def _usage_result(result: RecordResult) -> pb.UsageResult:
 
 
 def _tier_plans(mapping: dict[str, str]) -> list[pb.TierPlan]:
-    return [pb.TierPlan(tier=m.TIERS_PB[tier], plan_code=code) for tier, code in sorted(mapping.items())]
+    return [
+        pb.TierPlan(tier=PLAN_TIERS.pb(PlanTier(tier)), plan_code=code)
+        for tier, code in sorted(mapping.items())
+    ]

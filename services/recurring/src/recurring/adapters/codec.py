@@ -32,10 +32,6 @@ RUN_KINDS = ProtoEnum(RunKind, recurring_pb2.RunKind, "RUN_KIND_")
 RUN_KINDS_EVENT = ProtoEnum(RunKind, run_pb2.RunKind, "RUN_KIND_")
 RUN_STATES = ProtoEnum(RunState, recurring_pb2.RunState, "RUN_STATE_")
 RUN_ITEM_STATUSES = ProtoEnum(ItemStatus, recurring_pb2.RunItemStatus, "RUN_ITEM_STATUS_")
-# Tiers stay a hand-written table: recurring has no tier enum, it keeps the tier as the settings' plain
-# string ("lite", "plus", "pro") to find the plan mapped to it.
-TIERS = {"lite": common_pb2.TIER_LITE, "plus": common_pb2.TIER_PLUS, "pro": common_pb2.TIER_PRO}
-TIER_NAMES = {number: name for name, number in TIERS.items()}
 
 
 def payment_status(number: int) -> PaymentStatus:
