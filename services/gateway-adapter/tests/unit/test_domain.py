@@ -252,11 +252,13 @@ def test_a_charge_announces_its_outcome_and_nothing_while_it_is_unknown(
         (Status.SETTLED, Status.RETURNED, PaymentEvent.RETURNED),
         (Status.UNKNOWN, Status.SUCCEEDED, PaymentEvent.RECONCILED),
         (Status.PROCESSING, Status.DECLINED, PaymentEvent.RECONCILED),
+        (Status.UNKNOWN, Status.PENDING, PaymentEvent.RECONCILED),
+        (Status.PROCESSING, Status.FAILED, PaymentEvent.RECONCILED),
         (Status.PENDING, Status.SUCCEEDED, PaymentEvent.SUCCEEDED),
         (Status.PENDING, Status.DECLINED, PaymentEvent.FAILED),
     ],
 )
-def test_a_gateways_news_announces_settlements_returns_and_outcomes_nobody_knew_as_reconciled(
+def test_the_gateways_later_word_announces_settlements_returns_and_outcomes_nobody_knew_as_reconciled(
     previous: Status, target: Status, event: PaymentEvent
 ) -> None:
     assert news_event(previous, target) is event

@@ -45,10 +45,10 @@ from gateway_adapter.domain.payments import (
     ChargeRequest,
     Lane,
     Payment,
-    PaymentEvent,
     RefundRequest,
     Status,
     charge_event,
+    news_event,
     next_check_at,
     refund_amount,
     status_for,
@@ -573,7 +573,7 @@ class Payments:
             status = status_for(classification, pending=reply.pending)
         self._metrics.unknown_checked(status.lower())
         outcome = PaymentUpdate(
-            status, classification, reply, PaymentEvent.RECONCILED, previous_status=payment.status
+            status, classification, reply, news_event(payment.status, status), previous_status=payment.status
         )
         await self._store.record([Recording(payment, outcome)], self._clock.now())
 

@@ -96,8 +96,9 @@ def charge_event(status: Status) -> PaymentEvent | None:
 
 
 def news_event(previous: Status, target: Status) -> PaymentEvent:
-    """What a gateway's later news (a webhook) moving a payment from `previous` to `target` announces:
-    a settlement or return as such, an outcome nobody knew yet as a reconciliation, else the outcome."""
+    """What the gateway's later word (a webhook, or the janitor's look-up) moving a payment from
+    `previous` to `target` announces: a settlement or return as such, an outcome nobody knew yet as a
+    reconciliation, else the outcome."""
     if target is Status.SETTLED:
         return PaymentEvent.SETTLED
     if target is Status.RETURNED:
