@@ -17,6 +17,7 @@ from billing_common.idempotency import IdempotencyKey
 from billing_common.locks import Lease
 from billing_common.money import Money
 from billing_common.payments import DeclineKind, FailureType
+from billing_common.subscriptions import Frequency
 from recurring.app.ports import UsagePeriod
 from recurring.domain import ledger
 from recurring.domain.events import Event
@@ -36,7 +37,6 @@ from recurring.domain.runs import (
     RunState,
     WorkItem,
 )
-from recurring.domain.schedule import Frequency
 from recurring.domain.settlement import Proration as OpenProration
 from recurring.domain.status import BILLABLE, SCHEDULED, TERMINAL, InvoiceStatus
 from recurring.domain.subscription import HistoryEntry, PlanInfo, Subscription, SubscriptionFilter

@@ -12,8 +12,10 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from billing.common.v1 import common_pb2
+from billing.events.v1 import subscription_pb2
 from billing_common.errors import InvalidArgument
 from billing_common.money import CurrencyError, Money
+from billing_common.subscriptions import Frequency, PlanTier, SubscriptionStatus
 
 if TYPE_CHECKING:
     from google.protobuf.internal.enum_type_wrapper import _EnumTypeWrapper
@@ -53,8 +55,11 @@ def money_pb(money: Money) -> common_pb2.Money:
     return common_pb2.Money(amount_minor=money.amount_minor, currency=money.currency)
 
 
-def money_of(message: common_pb2.Money, field: str) -> Money:
-    """A request's amount; an unknown currency is INVALID_ARGUMENT naming `<field>.currency`."""
+def money_of(message: common_pb2.Money, field: str = "") -> Money:
+    """A message's amount. In a request (`field` named), an unknown currency is INVALID_ARGUMENT naming
+    `<field>.currency`; in an event or another service's answer, the producer's fault (CurrencyError)."""
+    if not field:
+        return Money(message.amount_minor, message.currency)
     try:
         return Money(message.amount_minor, message.currency)
     except CurrencyError as error:
@@ -103,3 +108,8 @@ class ProtoEnum(Generic[E, V]):
 
     def get(self, number: int, default: D) -> E | D:
         return self._members.get(number, default)
+
+
+FREQUENCIES = ProtoEnum(Frequency, common_pb2.BillingFrequency, "BILLING_FREQUENCY_")
+SUBSCRIPTION_STATES = ProtoEnum(SubscriptionStatus, subscription_pb2.SubscriptionState, "SUBSCRIPTION_STATE_")
+PLAN_TIERS = ProtoEnum(PlanTier, common_pb2.Tier, "TIER_")

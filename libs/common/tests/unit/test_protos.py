@@ -7,8 +7,20 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from billing.common.v1 import common_pb2
+from billing.events.v1 import subscription_pb2
+from billing_common.errors import InvalidArgument
+from billing_common.money import CurrencyError, Money
 from billing_common.payments import DeclineKind, FailureType
-from billing_common.protos import ProtoEnum, stamp
+from billing_common.protos import (
+    FREQUENCIES,
+    PLAN_TIERS,
+    SUBSCRIPTION_STATES,
+    ProtoEnum,
+    money_of,
+    money_pb,
+    stamp,
+)
+from billing_common.subscriptions import Frequency, PlanTier, SubscriptionStatus
 
 OFFSETS = st.sampled_from(
     [None, UTC, timezone(timedelta(hours=-7)), timezone(timedelta(hours=5, minutes=30))]
@@ -61,3 +73,28 @@ def test_a_contract_value_without_a_member_is_refused_or_takes_the_default() -> 
     with pytest.raises(ValueError, match="no Known for contract value"):
         tiers.ours(common_pb2.TIER_LITE)
     assert tiers.get(common_pb2.TIER_UNSPECIFIED, Known.PRO) is Known.PRO
+
+
+def test_the_subscription_words_recurring_and_quota_share_round_trip_through_the_contracts_by_name() -> None:
+    for frequency in Frequency:
+        assert FREQUENCIES.ours(FREQUENCIES.pb(frequency)) is frequency
+    assert FREQUENCIES.pb(Frequency.FOUR_WEEKLY) == common_pb2.BILLING_FREQUENCY_FOUR_WEEKLY
+    for status in SubscriptionStatus:
+        assert SUBSCRIPTION_STATES.ours(SUBSCRIPTION_STATES.pb(status)) is status
+    assert SUBSCRIPTION_STATES.pb(SubscriptionStatus.PAST_DUE) == subscription_pb2.SUBSCRIPTION_STATE_PAST_DUE
+    assert FREQUENCIES.get(common_pb2.BILLING_FREQUENCY_UNSPECIFIED, None) is None
+    for tier in PlanTier:
+        assert PLAN_TIERS.ours(PLAN_TIERS.pb(tier)) is tier
+    assert PLAN_TIERS.pb(PlanTier.PLUS) == common_pb2.TIER_PLUS
+    assert PLAN_TIERS.get(common_pb2.TIER_UNSPECIFIED, None) is None
+
+
+def test_money_of_a_request_names_the_field_and_of_another_services_message_blames_the_producer() -> None:
+    assert money_of(common_pb2.Money(amount_minor=1250, currency="EUR")) == Money(1250, "EUR")
+    assert money_of(common_pb2.Money(amount_minor=5, currency="JPY"), "amount") == Money(5, "JPY")
+    bad = common_pb2.Money(amount_minor=100, currency="XXQ")
+    with pytest.raises(InvalidArgument, match=r"amount\.currency"):
+        money_of(bad, "amount")
+    with pytest.raises(CurrencyError):
+        money_of(bad)
+    assert money_pb(Money(1250, "EUR")) == common_pb2.Money(amount_minor=1250, currency="EUR")

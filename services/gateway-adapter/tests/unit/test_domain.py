@@ -26,9 +26,12 @@ from gateway_adapter.domain.payments import (
     ChargeRequest,
     MethodType,
     Payment,
+    PaymentEvent,
     RefundRequest,
     Status,
     after_refund,
+    charge_event,
+    news_event,
     next_check_at,
     refund_amount,
     validate_charge,
@@ -224,3 +227,38 @@ class TestRefunds:
             refund_amount(paid(status=Status.PENDING), RefundRequest("p-1", None, "r"))
         with pytest.raises(FailedPrecondition, match="USD"):
             refund_amount(paid(), RefundRequest("p-1", Money(10, "EUR"), "r"))
+
+
+@pytest.mark.parametrize(
+    ("status", "event"),
+    [
+        (Status.SUCCEEDED, PaymentEvent.SUCCEEDED),
+        (Status.PENDING, PaymentEvent.PENDING),
+        (Status.DECLINED, PaymentEvent.FAILED),
+        (Status.FAILED, PaymentEvent.FAILED),
+        (Status.UNKNOWN, None),
+    ],
+)
+def test_a_charge_announces_its_outcome_and_nothing_while_it_is_unknown(
+    status: Status, event: PaymentEvent | None
+) -> None:
+    assert charge_event(status) is event
+
+
+@pytest.mark.parametrize(
+    ("previous", "target", "event"),
+    [
+        (Status.PENDING, Status.SETTLED, PaymentEvent.SETTLED),
+        (Status.SETTLED, Status.RETURNED, PaymentEvent.RETURNED),
+        (Status.UNKNOWN, Status.SUCCEEDED, PaymentEvent.RECONCILED),
+        (Status.PROCESSING, Status.DECLINED, PaymentEvent.RECONCILED),
+        (Status.UNKNOWN, Status.PENDING, PaymentEvent.RECONCILED),
+        (Status.PROCESSING, Status.FAILED, PaymentEvent.RECONCILED),
+        (Status.PENDING, Status.SUCCEEDED, PaymentEvent.SUCCEEDED),
+        (Status.PENDING, Status.DECLINED, PaymentEvent.FAILED),
+    ],
+)
+def test_the_gateways_later_word_announces_settlements_returns_and_outcomes_nobody_knew_as_reconciled(
+    previous: Status, target: Status, event: PaymentEvent
+) -> None:
+    assert news_event(previous, target) is event

@@ -16,7 +16,7 @@ class QuotaSettings(CommonSettings):
     # How long after a period ends late usage events (by occurred_at) are still accepted into it.
     late_usage_grace: timedelta = timedelta(hours=1)
     # Counter values kept in the process while Redis tracks them for changes (0: every check asks
-    # Redis). About 170 bytes each.
+    # Redis); the README gives the memory each takes.
     counter_cache_entries: int = 100_000
     # REDIS_URL names one node of a Redis Cluster: counters go through redis-py's cluster client,
     # and checks read the primaries (no counter cache; see adapters/cluster.py).

@@ -1,8 +1,18 @@
 from datetime import UTC, datetime, timedelta
 
+from billing.events.v1 import subscription_pb2 as sub_events
 from billing_common.money import Money
+from billing_common.subscriptions import Frequency, SubscriptionStatus
 from quota.domain.catalog import AddOn, Behaviour, Entitlement, Period, Plan, PlanSpec
-from quota.domain.resolution import Grant, Override, SubscriptionView, pick_subscription, resolve
+from quota.domain.resolution import (
+    Grant,
+    Override,
+    SubscriptionView,
+    pick_subscription,
+    resolve,
+    status_named,
+)
+from quota.entrypoints.mappers import subscription_view
 
 NOW = datetime(2026, 3, 10, tzinfo=UTC)
 
@@ -11,7 +21,7 @@ def plan(code: str, limit: int | None = 1000, *, free: bool = False) -> Plan:
     spec = PlanSpec(
         code.title(),
         Money(0 if free else 4900, "USD"),
-        "monthly",
+        Frequency.MONTHLY,
         0,
         (
             Entitlement("api.calls", limit, Period.BILLING, Behaviour.DENY),
@@ -25,7 +35,15 @@ def plan(code: str, limit: int | None = 1000, *, free: bool = False) -> Plan:
 
 def subscription(status: str = "active", version: int = 1) -> SubscriptionView:
     return SubscriptionView(
-        "sub-1", "acme", status, "pro", 2, NOW - timedelta(days=9), NOW + timedelta(days=21), None, version
+        "sub-1",
+        "acme",
+        SubscriptionStatus(status),
+        "pro",
+        2,
+        NOW - timedelta(days=9),
+        NOW + timedelta(days=21),
+        None,
+        version,
     )
 
 
@@ -117,3 +135,22 @@ def test_the_entitled_subscription_governs_the_tenant() -> None:
     old = subscription("cancelled", version=9)
     new = SubscriptionView("sub-2", "acme", "active", "pro", 2, NOW, NOW + timedelta(days=30), None, 1)
     assert pick_subscription([old, new]) == new
+
+
+def test_a_state_the_contract_names_after_this_version_is_kept_as_unknown_and_never_entitled() -> None:
+    newer_state = max(sub_events.SubscriptionState.values()) + 1
+    view = subscription_view(
+        sub_events.SubscriptionSnapshot(subscription_id="sub-1", account_id="acme", status=newer_state)
+    )
+    assert view.status is None
+    assert not view.entitled
+    assert view.status_name == "unknown"
+    assert status_named(view.status_name) is None
+    known = subscription_view(
+        sub_events.SubscriptionSnapshot(
+            subscription_id="sub-1", account_id="acme", status=sub_events.SUBSCRIPTION_STATE_PAST_DUE
+        )
+    )
+    assert known.status is SubscriptionStatus.PAST_DUE
+    assert known.entitled
+    assert status_named(known.status_name) is SubscriptionStatus.PAST_DUE

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from billing_common.money import Money
 from recurring.domain import ledger
-from recurring.domain.invoicing import Decision, LineKind, UsageCharge, build_invoice
+from recurring.domain.invoicing import InvoiceDecision, LineKind, UsageCharge, build_invoice
 from recurring.domain.proration import net_change, prorate
 from recurring.domain.schedule import Period
 
@@ -73,7 +73,7 @@ def test_invoice_with_usage_proration_and_credit() -> None:
     assert draft.total == usd(6100)
     assert draft.credit_applied == usd(1500)
     assert draft.amount_due == usd(4600)
-    assert draft.decision is Decision.CHARGE
+    assert draft.decision is InvoiceDecision.CHARGE
     assert [line.kind for line in draft.lines] == [
         LineKind.BASE,
         LineKind.USAGE,
@@ -85,10 +85,10 @@ def test_invoice_with_usage_proration_and_credit() -> None:
 
 
 def test_below_minimum_and_fully_credited() -> None:
-    assert build_invoice(usd(499), "x", [], [], usd(0), usd(500)).decision is Decision.BELOW_MINIMUM
-    assert build_invoice(usd(500), "x", [], [], usd(0), usd(500)).decision is Decision.CHARGE
+    assert build_invoice(usd(499), "x", [], [], usd(0), usd(500)).decision is InvoiceDecision.BELOW_MINIMUM
+    assert build_invoice(usd(500), "x", [], [], usd(0), usd(500)).decision is InvoiceDecision.CHARGE
     covered = build_invoice(usd(900), "x", [], [], usd(5000), usd(500))
-    assert covered.decision is Decision.PAID_BY_CREDIT
+    assert covered.decision is InvoiceDecision.PAID_BY_CREDIT
     assert covered.credit_applied == usd(900) and covered.amount_due == usd(0)
 
 

@@ -9,8 +9,8 @@ from datetime import date, timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
+from billing_common.subscriptions import Frequency
 from recurring.domain.schedule import (
-    Frequency,
     first_due_date,
     is_monthly_due,
     monthly_due_date,

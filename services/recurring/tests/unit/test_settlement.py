@@ -17,15 +17,16 @@ from hypothesis import strategies as st
 
 from billing_common.money import Money
 from billing_common.payments import DeclineKind, FailureType
+from billing_common.subscriptions import Frequency, SubscriptionStatus
 from recurring.app.settling import apply, books_for_invoices, books_for_items
 from recurring.domain import ledger
 from recurring.domain.events import SubscriptionActivated
 from recurring.domain.invoicing import AddOnUse, Invoice, PeriodUsage, Transaction, UsageCharge
 from recurring.domain.payments import ChargeResult, NoAnswer, Outcome, PaymentStatus
 from recurring.domain.runs import ItemStatus, WorkItem
-from recurring.domain.schedule import Frequency, Period
+from recurring.domain.schedule import Period
 from recurring.domain.settlement import BILLING, Answer, Change, Charge, Rules, bill, settle, settle_refund
-from recurring.domain.status import BILLABLE, InvoiceStatus, SubscriptionStatus
+from recurring.domain.status import BILLABLE, InvoiceStatus
 from recurring.domain.subscription import MethodType, PaymentMethod, Subscription
 from services.recurring.tests.fakes import FakeUnitOfWork, Proration, Tables
 

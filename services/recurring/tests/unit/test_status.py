@@ -7,12 +7,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from billing_common.errors import FailedPrecondition
+from billing_common.subscriptions import SubscriptionStatus
 from recurring.domain.status import (
     INVOICE_TRANSITIONS,
     TERMINAL,
     Action,
     InvoiceStatus,
-    SubscriptionStatus,
     can,
     invoice_transition,
     transition,

@@ -340,7 +340,7 @@ class PostgresCases:
         async with db.transaction(self._pool) as conn:
             yield PostgresSession(conn, self._outbox, self._metrics)
 
-    def joined(self, conn: asyncpg.Connection) -> PostgresSession:
+    def within(self, conn: asyncpg.Connection) -> PostgresSession:
         return PostgresSession(conn, self._outbox, self._metrics)
 
     async def history(self, case_id: str) -> list[Transition]:

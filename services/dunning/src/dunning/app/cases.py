@@ -67,7 +67,7 @@ class CaseService:
 
     async def on_payment_failed(self, conn: asyncpg.Connection, failed: PaymentFailure) -> None:
         """Open one case per invoice; the failures of our own retries find it already open."""
-        session = self._store.joined(conn)
+        session = self._store.within(conn)
         invoice_id = failed.invoice.invoice_id
         if await session.get_by_invoice(invoice_id) is not None:
             return
@@ -94,7 +94,7 @@ class CaseService:
         what: str,
         decision: Callable[[Case, datetime], Change],
     ) -> None:
-        session = self._store.joined(conn)
+        session = self._store.within(conn)
         case = await session.get_by_invoice(invoice_id, for_update=True)
         if case is None:
             return
@@ -106,7 +106,7 @@ class CaseService:
         await session.apply(change)
 
     async def on_payment_method_updated(self, conn: asyncpg.Connection, subscription_id: str) -> None:
-        session = self._store.joined(conn)
+        session = self._store.within(conn)
         for case in await session.open_cases_of_subscription(subscription_id):
             planning = await planning_for(session, self._statistics, case.invoice.merchant_id)
             change = decide.payment_method_updated(case, self._clock.now(), planning)

@@ -63,7 +63,7 @@ class CaseFilter:
 
 class CaseStore(Protocol):
     def transaction(self) -> AbstractAsyncContextManager[CaseSession]: ...
-    def joined(self, conn: asyncpg.Connection) -> CaseSession:
+    def within(self, conn: asyncpg.Connection) -> CaseSession:
         """A session on a connection whose transaction the caller owns (an event's inbox)."""
         ...
 

@@ -52,7 +52,7 @@ class WorkerConfig:
 
 
 @dataclass(frozen=True)
-class Claim:
+class ClaimedAttempt:
     case_id: str
     invoice_id: str
     attempt: int
@@ -101,10 +101,10 @@ class AttemptWorker:
         await asyncio.gather(*(self._attempt_guarded(claim) for claim in claims))
         return len(claims)
 
-    async def claim(self) -> list[Claim]:
+    async def claim(self) -> list[ClaimedAttempt]:
         now = self._clock.now()
         lease_until = now + self._config.lease
-        claims: list[Claim] = []
+        claims: list[ClaimedAttempt] = []
         async with self._store.transaction() as session:
             due = await session.claim_due(now, self._config.batch_size)
             contexts = await session.trace_contexts([case.case_id for case in due]) if due else {}
@@ -123,10 +123,12 @@ class AttemptWorker:
                 with telemetry.within(stored):  # the attempt's start is part of the trace that caused it
                     await session.apply(change)
                 if current is not None:
-                    claims.append(Claim(case.case_id, case.invoice.invoice_id, current.number, stored))
+                    claims.append(
+                        ClaimedAttempt(case.case_id, case.invoice.invoice_id, current.number, stored)
+                    )
         return claims
 
-    async def _attempt_guarded(self, claim: Claim) -> None:
+    async def _attempt_guarded(self, claim: ClaimedAttempt) -> None:
         async with self._slots:
             try:
                 with _case_span("dunning.attempt", claim.case_id, claim.trace_context) as span:
@@ -141,7 +143,7 @@ class AttemptWorker:
                 # The lease runs out and the same attempt (same key) is made again.
                 log.exception("attempt failed; it will be taken over", extra={"case_id": claim.case_id})
 
-    async def attempt(self, claim: Claim) -> None:
+    async def attempt(self, claim: ClaimedAttempt) -> None:
         async with self._locks.try_hold(claim.lock_name, self._config.case_lock_ttl) as lease:
             if lease is None:
                 log.info("another worker holds the case", extra={"case_id": claim.case_id})

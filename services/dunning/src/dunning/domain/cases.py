@@ -21,8 +21,8 @@ from dunning.domain.model import (
     Case,
     CaseState,
     Failure,
+    FailureRoute,
     InvoiceRef,
-    Route,
     Transition,
 )
 from dunning.domain.schedule import PlannedAttempt, Planning, estimate_at, plan_next_attempt, window_end
@@ -124,9 +124,9 @@ def open_case(
     d = _Decision(case, now, new=True)
     d.emit(ev.CaseOpened(case_id, invoice, failure))
     route = failure.route
-    if route is Route.RETRY:
+    if route is FailureRoute.RETRY:
         _schedule_next(d, planning, TransitionCause.PAYMENT_FAILED)
-    elif route is Route.AWAIT_PAYMENT_METHOD:
+    elif route is FailureRoute.AWAIT_PAYMENT_METHOD:
         _await_payment_method(d, planning, TransitionCause.PAYMENT_FAILED)
     else:
         _hold(d, TransitionCause.PAYMENT_FAILED, _hold_reason(failure))
@@ -205,9 +205,9 @@ def record_outcome(
         d.update(failure=failure)
         d.emit(ev.AttemptFailed(*_facts(case), attempt=number, failure=failure))
         route = failure.route
-        if route is Route.RETRY:
+        if route is FailureRoute.RETRY:
             _schedule_next(d, planning, TransitionCause.ATTEMPT_FAILED)
-        elif route is Route.AWAIT_PAYMENT_METHOD:
+        elif route is FailureRoute.AWAIT_PAYMENT_METHOD:
             _await_payment_method(d, planning, TransitionCause.ATTEMPT_HARD_DECLINE)
         else:
             d.update(due_at=None)
@@ -280,7 +280,7 @@ def resume(case: Case, now: datetime, planning: Planning) -> Change:
     current = case.current_attempt
     if current is not None and current.in_flight:
         _reschedule(d, current, planning, TransitionCause.OPERATOR_RESUME, "resumed")
-    elif case.failure.route is Route.AWAIT_PAYMENT_METHOD:
+    elif case.failure.route is FailureRoute.AWAIT_PAYMENT_METHOD:
         _await_payment_method(d, planning, TransitionCause.OPERATOR_RESUME)
     else:
         _schedule_next(d, planning, TransitionCause.OPERATOR_RESUME)

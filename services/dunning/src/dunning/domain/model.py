@@ -24,7 +24,7 @@ class CaseState(StrEnum):
 TERMINAL_STATES = frozenset({CaseState.RECOVERED, CaseState.EXHAUSTED, CaseState.CLOSED})
 
 
-class Route(StrEnum):
+class FailureRoute(StrEnum):
     """What a failure means for the case."""
 
     RETRY = "retry"
@@ -40,18 +40,18 @@ class Failure:
     retryable: bool = True
 
     @property
-    def route(self) -> Route:
+    def route(self) -> FailureRoute:
         """Soft declines and unreachable gateways are retried; hard declines wait for a new method;
         merchant errors and unknown outcomes (a charge may have happened) wait for an operator."""
         if self.type in (FailureType.MERCHANT, FailureType.UNKNOWN_OUTCOME):
-            return Route.HOLD
+            return FailureRoute.HOLD
         if self.type is FailureType.GATEWAY_UNREACHABLE:
-            return Route.RETRY
+            return FailureRoute.RETRY
         if self.kind is DeclineKind.HARD:
-            return Route.AWAIT_PAYMENT_METHOD
+            return FailureRoute.AWAIT_PAYMENT_METHOD
         if self.kind is DeclineKind.SOFT:
-            return Route.RETRY
-        return Route.RETRY if self.retryable else Route.AWAIT_PAYMENT_METHOD
+            return FailureRoute.RETRY
+        return FailureRoute.RETRY if self.retryable else FailureRoute.AWAIT_PAYMENT_METHOD
 
     @property
     def statistics_code(self) -> str:

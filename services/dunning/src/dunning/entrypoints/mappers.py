@@ -8,8 +8,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from billing.dunning.v1 import dunning_pb2 as pb
 from billing.events.v1 import invoice_pb2 as invoice_events
-from billing_common.money import Money
-from billing_common.protos import ProtoEnum, money_pb, stamp
+from billing_common.protos import ProtoEnum, money_of, money_pb, stamp
 from dunning.adapters.codec import failure_of, failure_type_pb
 from dunning.app.cases import CaseView, PaymentFailure
 from dunning.domain.model import Attempt, AttemptOutcome, Case, CaseState, InvoiceRef, Transition
@@ -117,7 +116,7 @@ def invoice_ref(facts: invoice_events.InvoiceFacts) -> InvoiceRef:
         facts.subscription_id,
         facts.account_id,
         facts.merchant_id,
-        Money(facts.amount_due.amount_minor, facts.amount_due.currency),
+        money_of(facts.amount_due),
     )
 
 

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import grpc
-
 from billing.dunning.v1 import dunning_pb2 as pb
 from billing.dunning.v1 import dunning_pb2_grpc
 from billing_common import context as call
 from billing_common.auth import CONSOLE, OPERATOR, READERS
 from billing_common.errors import InvalidArgument
+from billing_common.grpc_server import Context
 from billing_common.paging import PageTokens
 from dunning.app.cases import CaseService
 from dunning.app.policies import Policies
 from dunning.app.ports import CaseFilter
 from dunning.entrypoints import mappers as m
 
-Context = grpc.aio.ServicerContext[Any, Any]
 ACTIONS = {OPERATOR, CONSOLE}
 # Who may call what: roles or callers named in tokens. Defaults; a deployment changes them with
 # DUNNING_AUTH_ACCESS.

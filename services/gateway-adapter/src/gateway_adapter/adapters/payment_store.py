@@ -22,7 +22,6 @@ from gateway_adapter.adapters.codec import facts, payment_status_pb
 from gateway_adapter.app.ports import (
     Claim,
     GatewayReply,
-    PaymentEvent,
     PaymentUpdate,
     Recording,
     RefundClaim,
@@ -33,6 +32,7 @@ from gateway_adapter.domain.payments import (
     ChargeRequest,
     MethodType,
     Payment,
+    PaymentEvent,
     RefundRequest,
     Status,
     after_refund,

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from billing_common.clock import Clock
-from gateway_adapter.app.ports import GatewayReply, PaymentEvent, PaymentMetrics, PaymentStore, PaymentUpdate
+from gateway_adapter.app.ports import GatewayReply, PaymentMetrics, PaymentStore, PaymentUpdate
 from gateway_adapter.domain.classification import APPROVED, classify
-from gateway_adapter.domain.payments import UNRESOLVED, Payment, Status, can_move
+from gateway_adapter.domain.payments import Payment, Status, can_move, news_event
 
 log = logging.getLogger(__name__)
 
@@ -54,20 +54,12 @@ def decide(notice: Notice, payment: Payment) -> PaymentUpdate | None:
         classification = APPROVED
     else:
         classification, _ = classify(notice.gateway, notice.code)
-    if notice.kind is NoticeKind.SETTLED:
-        event = PaymentEvent.SETTLED
-    elif notice.kind is NoticeKind.RETURNED:
-        event = PaymentEvent.RETURNED
-    elif payment.status in UNRESOLVED:
-        event = PaymentEvent.RECONCILED
-    else:
-        event = PaymentEvent.SUCCEEDED if notice.kind is NoticeKind.SUCCEEDED else PaymentEvent.FAILED
     reply = GatewayReply(notice.code or target.lower(), notice.message, notice.gateway_reference)
     return PaymentUpdate(
         target,
         classification,
         reply,
-        event,
+        news_event(payment.status, target),
         previous_status=payment.status,
         return_code=notice.code if notice.kind is NoticeKind.RETURNED else "",
     )

@@ -25,7 +25,6 @@ from gateway_adapter.app.ports import (
     GatewayTimeout,
     GatewayUnreachable,
     Pacer,
-    PaymentEvent,
     PaymentMetrics,
     PaymentStore,
     PaymentUpdate,
@@ -48,6 +47,8 @@ from gateway_adapter.domain.payments import (
     Payment,
     RefundRequest,
     Status,
+    charge_event,
+    news_event,
     next_check_at,
     refund_amount,
     status_for,
@@ -60,12 +61,6 @@ log = logging.getLogger(__name__)
 # A look-up this soon after the charge continues its trace; a later one starts its own, linked to it.
 RECONCILE_IN_TRACE_WITHIN = timedelta(hours=1)
 
-EVENT_FOR_STATUS = {
-    Status.SUCCEEDED: PaymentEvent.SUCCEEDED,
-    Status.PENDING: PaymentEvent.PENDING,
-    Status.DECLINED: PaymentEvent.FAILED,
-    Status.FAILED: PaymentEvent.FAILED,
-}
 REPLAY_POLL = 0.02
 STILL_IN_PROGRESS = "a charge with this key is still in progress; retry with the same key"
 KEY_BEING_RELEASED = "idempotency key is being released; retry"
@@ -453,7 +448,7 @@ class Payments:
             status,
             classification,
             reply,
-            EVENT_FOR_STATUS.get(status),
+            charge_event(status),
             next_check_at=next_check_at(self._policy.unknown_check_schedule, 0, now)
             if status is Status.UNKNOWN
             else None,
@@ -578,7 +573,7 @@ class Payments:
             status = status_for(classification, pending=reply.pending)
         self._metrics.unknown_checked(status.lower())
         outcome = PaymentUpdate(
-            status, classification, reply, PaymentEvent.RECONCILED, previous_status=payment.status
+            status, classification, reply, news_event(payment.status, status), previous_status=payment.status
         )
         await self._store.record([Recording(payment, outcome)], self._clock.now())
 

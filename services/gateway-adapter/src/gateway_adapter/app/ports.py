@@ -5,13 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
 from typing import Protocol
 
 from billing_common.money import Money
 from billing_common.pacing import Booking
 from gateway_adapter.domain.classification import Classification
-from gateway_adapter.domain.payments import ChargeRequest, Payment, RefundRequest, Status
+from gateway_adapter.domain.payments import ChargeRequest, Payment, PaymentEvent, RefundRequest, Status
 
 
 class GatewayUnreachable(Exception):
@@ -84,16 +83,6 @@ class Pacer(Protocol):
     async def wait_turn(self, gateway: str) -> None:
         """Wait for the next free turn, however far ahead."""
         ...
-
-
-class PaymentEvent(StrEnum):
-    SUCCEEDED = "payment.succeeded"
-    FAILED = "payment.failed"
-    PENDING = "payment.pending"
-    SETTLED = "payment.settled"
-    RETURNED = "payment.returned"
-    REFUNDED = "payment.refunded"
-    RECONCILED = "payment.reconciled"
 
 
 @dataclass(frozen=True)

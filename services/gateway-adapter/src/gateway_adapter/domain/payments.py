@@ -69,6 +69,45 @@ def can_move(current: Status, target: Status) -> bool:
     return target in TRANSITIONS[current]
 
 
+class PaymentEvent(StrEnum):
+    """What a payment's change tells the rest of the platform; adapters turn these into payment.* events."""
+
+    SUCCEEDED = "payment.succeeded"
+    FAILED = "payment.failed"
+    PENDING = "payment.pending"
+    SETTLED = "payment.settled"
+    RETURNED = "payment.returned"
+    REFUNDED = "payment.refunded"
+    RECONCILED = "payment.reconciled"
+
+
+# A charge's answer announces its outcome; an unknown one announces nothing until it is found out.
+_CHARGE_EVENTS: Mapping[Status, PaymentEvent] = {
+    Status.SUCCEEDED: PaymentEvent.SUCCEEDED,
+    Status.PENDING: PaymentEvent.PENDING,
+    Status.DECLINED: PaymentEvent.FAILED,
+    Status.FAILED: PaymentEvent.FAILED,
+}
+
+
+def charge_event(status: Status) -> PaymentEvent | None:
+    """What a charge answered by the gateway (or not) announces; None while its outcome is unknown."""
+    return _CHARGE_EVENTS.get(status)
+
+
+def news_event(previous: Status, target: Status) -> PaymentEvent:
+    """What the gateway's later word (a webhook, or the janitor's look-up) moving a payment from
+    `previous` to `target` announces: a settlement or return as such, an outcome nobody knew yet as a
+    reconciliation, else the outcome."""
+    if target is Status.SETTLED:
+        return PaymentEvent.SETTLED
+    if target is Status.RETURNED:
+        return PaymentEvent.RETURNED
+    if previous in UNRESOLVED:
+        return PaymentEvent.RECONCILED
+    return PaymentEvent.SUCCEEDED if target is Status.SUCCEEDED else PaymentEvent.FAILED
+
+
 @dataclass(frozen=True)
 class ChargeRequest:
     merchant_id: str

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
-from typing import Any
 
-import grpc
 from google.rpc import error_details_pb2
 
 from billing.gateway.v1 import gateway_pb2 as pb
 from billing.gateway.v1 import gateway_pb2_grpc
 from billing_common.auth import OPERATOR, READERS
 from billing_common.errors import BillingError, FailedPrecondition, InvalidArgument, Unavailable
+from billing_common.grpc_server import Context
 from billing_common.protos import ProtoEnum, money_of, money_pb
 from gateway_adapter.adapters.codec import (
     METHOD_TYPES,
@@ -25,7 +24,6 @@ from gateway_adapter.app.payments import BackPressure, ChargeAnswer, Payments
 from gateway_adapter.app.ports import StoredRefund
 from gateway_adapter.domain.payments import ChargeRequest, Lane, Payment, RefundRequest
 
-Context = grpc.aio.ServicerContext[Any, Any]
 # Who may call what: roles or callers named in tokens. Defaults; a deployment changes them with
 # GATEWAY_AUTH_ACCESS. Only recurring charges: a payment made around it would miss the ledger.
 ACCESS: dict[str, set[str] | frozenset[str]] = {

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Source:
+class WebhookSource:
     name: str
     header: str
     secrets: Sequence[str]
@@ -33,8 +33,8 @@ def webhook_app(
     notices: Notices, clock: Clock, stripe_secrets: Sequence[str], sandbox_secrets: Sequence[str]
 ) -> web.Application:
     sources = [
-        Source("stripe", STRIPE_HEADER, stripe_secrets, parse_stripe_event),
-        Source(
+        WebhookSource("stripe", STRIPE_HEADER, stripe_secrets, parse_stripe_event),
+        WebhookSource(
             "sandbox", SANDBOX_HEADER, sandbox_secrets, lambda body: parse_sandbox_notice(body, "sandbox-ach")
         ),
     ]
@@ -45,7 +45,7 @@ def webhook_app(
 
 
 def _handler(
-    source: Source, notices: Notices, clock: Clock
+    source: WebhookSource, notices: Notices, clock: Clock
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handle(request: web.Request) -> web.StreamResponse:
         body = await request.read()

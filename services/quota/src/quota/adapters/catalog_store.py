@@ -13,6 +13,7 @@ from billing_common.errors import AlreadyExists, FailedPrecondition, NotFound
 from billing_common.events import Outbox
 from billing_common.idempotency import IdempotencyKey, claim, complete
 from billing_common.money import Money
+from billing_common.subscriptions import Frequency
 from quota.adapters.codec import entitlements_from_json, entitlements_to_json, plan_event_message
 from quota.domain.catalog import AddOn, Plan, PlanSpec, plan_created, plan_retired, plan_updated
 
@@ -24,7 +25,7 @@ def _plan(row: asyncpg.Record) -> Plan:
     spec = PlanSpec(
         name=row["name"],
         price=Money(row["price_minor"], row["currency"]),
-        frequency=row["frequency"],
+        frequency=Frequency(row["frequency"]),
         trial_days=row["trial_days"],
         entitlements=entitlements_from_json(row["entitlements"]),
         threshold_percents=tuple(row["threshold_percents"]),

@@ -12,14 +12,14 @@ from billing_common.idempotency import IdempotencyKey, claim, complete
 from quota.adapters.catalog_store import _add_on
 from quota.app.ports import Standing, TenantPeriod
 from quota.domain.catalog import ActiveAddOn, Behaviour
-from quota.domain.resolution import Grant, Override, SubscriptionView
+from quota.domain.resolution import Grant, Override, SubscriptionView, status_named
 
 
 def _view(row: asyncpg.Record) -> SubscriptionView:
     return SubscriptionView(
         subscription_id=row["subscription_id"],
         tenant_id=row["tenant_id"],
-        status=row["status"],
+        status=status_named(row["status"]),
         plan_code=row["plan_code"],
         plan_version=row["plan_version"],
         period_start=row["period_start"],
@@ -39,6 +39,39 @@ def _grant(row: asyncpg.Record) -> Grant:
     return Grant(
         row["grant_id"], row["tenant_id"], row["key"], row["quantity"], row["expires_at"], row["created_at"]
     )
+
+
+class PostgresTenantSession:
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def save_snapshot(self, view: SubscriptionView) -> SubscriptionView | None:
+        row = await self._conn.fetchrow(
+            "SELECT * FROM subscriptions WHERE subscription_id = $1 FOR UPDATE", view.subscription_id
+        )
+        applied = view if row is None else _view(row).advanced_by(view)
+        if applied is None:
+            return None
+        await self._conn.execute(
+            """INSERT INTO subscriptions (subscription_id, tenant_id, status, plan_code, plan_version,
+                   period_start, period_end, previous_period_start, snapshot_version)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+               ON CONFLICT (subscription_id) DO UPDATE SET tenant_id = EXCLUDED.tenant_id,
+                   status = EXCLUDED.status, plan_code = EXCLUDED.plan_code,
+                   plan_version = EXCLUDED.plan_version, period_start = EXCLUDED.period_start,
+                   period_end = EXCLUDED.period_end, previous_period_start = EXCLUDED.previous_period_start,
+                   snapshot_version = EXCLUDED.snapshot_version""",
+            applied.subscription_id,
+            applied.tenant_id,
+            applied.status_name,
+            applied.plan_code,
+            applied.plan_version,
+            applied.period_start,
+            applied.period_end,
+            applied.previous_period_start,
+            applied.version,
+        )
+        return applied
 
 
 class PostgresTenants:
@@ -69,35 +102,8 @@ class PostgresTenants:
                 standings[row["tenant_id"]].grants.append(_grant(row))
         return standings
 
-    async def save_snapshot(
-        self, conn: asyncpg.Connection, view: SubscriptionView
-    ) -> SubscriptionView | None:
-        row = await conn.fetchrow(
-            "SELECT * FROM subscriptions WHERE subscription_id = $1 FOR UPDATE", view.subscription_id
-        )
-        applied = view if row is None else _view(row).advanced_by(view)
-        if applied is None:
-            return None
-        await conn.execute(
-            """INSERT INTO subscriptions (subscription_id, tenant_id, status, plan_code, plan_version,
-                   period_start, period_end, previous_period_start, snapshot_version)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-               ON CONFLICT (subscription_id) DO UPDATE SET tenant_id = EXCLUDED.tenant_id,
-                   status = EXCLUDED.status, plan_code = EXCLUDED.plan_code,
-                   plan_version = EXCLUDED.plan_version, period_start = EXCLUDED.period_start,
-                   period_end = EXCLUDED.period_end, previous_period_start = EXCLUDED.previous_period_start,
-                   snapshot_version = EXCLUDED.snapshot_version""",
-            applied.subscription_id,
-            applied.tenant_id,
-            applied.status,
-            applied.plan_code,
-            applied.plan_version,
-            applied.period_start,
-            applied.period_end,
-            applied.previous_period_start,
-            applied.version,
-        )
-        return applied
+    def within(self, conn: asyncpg.Connection) -> PostgresTenantSession:
+        return PostgresTenantSession(conn)
 
     async def attach_add_on(self, tenant_id: str, code: str, attached: bool, at: datetime) -> None:
         if attached:

@@ -231,7 +231,7 @@ class Entitlements:
 
     async def apply_snapshot(self, conn: asyncpg.Connection, view: SubscriptionView) -> None:
         """Project one subscription snapshot (in the event's inbox transaction)."""
-        applied = await self._tenants.save_snapshot(conn, view)
+        applied = await self._tenants.within(conn).save_snapshot(view)
         if applied is not None:
             await self._changed(view.tenant_id)
 

@@ -39,16 +39,22 @@ class Standing:
     grants: list[Grant]
 
 
+class TenantSession(Protocol):
+    """The tenant projection on a connection whose transaction the caller owns (an event's inbox)."""
+
+    async def save_snapshot(self, view: SubscriptionView) -> SubscriptionView | None:
+        """Apply a snapshot; None when an equal or newer one is applied."""
+        ...
+
+
 class TenantStore(Protocol):
+    def within(self, conn: asyncpg.Connection) -> TenantSession:
+        """The transaction an event handler already runs in (the inbox's)."""
+        ...
+
     async def standings(self, tenant_ids: Sequence[str], at: datetime) -> dict[str, Standing]:
         """Each tenant's standing at `at` (the service's clock; an unknown tenant's is empty); a
         few queries for them all, however many they are."""
-        ...
-
-    async def save_snapshot(
-        self, conn: asyncpg.Connection, view: SubscriptionView
-    ) -> SubscriptionView | None:
-        """Apply a snapshot in the caller's transaction; None when an equal or newer one is applied."""
         ...
 
     async def attach_add_on(self, tenant_id: str, code: str, attached: bool, at: datetime) -> None:

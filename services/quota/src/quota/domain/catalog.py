@@ -11,12 +11,13 @@ from enum import StrEnum
 
 from billing_common.errors import FailedPrecondition, Violations
 from billing_common.money import MINOR_DIGITS, Money, parse_decimal
+from billing_common.subscriptions import Frequency
 
 CODE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 KEY_PATTERN = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
 MAX_TRIAL_DAYS = 730
 MAX_THRESHOLD_PERCENT = 1000
-FREQUENCIES = ("monthly", "weekly", "biweekly", "four_weekly", "one_time")
+FREQUENCIES = tuple(frequency.value for frequency in Frequency)
 
 
 class Period(StrEnum):
@@ -54,7 +55,7 @@ class Entitlement:
 class PlanSpec:
     name: str
     price: Money
-    frequency: str
+    frequency: Frequency
     trial_days: int
     entitlements: tuple[Entitlement, ...]
     threshold_percents: tuple[int, ...] = ()
@@ -114,7 +115,7 @@ class PlanDraft:
     name: str
     price_minor: int
     currency: str
-    frequency: str | None
+    frequency: Frequency | None
     trial_days: int
     entitlements: Sequence[EntitlementDraft]
     threshold_percents: Sequence[int] = ()
@@ -202,7 +203,7 @@ def validate_plan(code: str, draft: PlanDraft) -> PlanSpec:
     check_code(violations, "code", code)
     violations.check(0 < len(draft.name.strip()) <= 200, "spec.name", "must be 1-200 characters")
     price = _price(violations, "spec.price", draft.price_minor, draft.currency)
-    violations.check(draft.frequency in FREQUENCIES, "spec.frequency", f"must be one of {FREQUENCIES}")
+    violations.check(draft.frequency is not None, "spec.frequency", f"must be one of {FREQUENCIES}")
     violations.check(
         0 <= draft.trial_days <= MAX_TRIAL_DAYS, "spec.trial_days", f"must be 0-{MAX_TRIAL_DAYS}"
     )

@@ -13,11 +13,22 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
+from billing_common.subscriptions import SubscriptionStatus
 from quota.domain.catalog import AddOn, Behaviour, Entitlement, Plan
 from quota.domain.periods import BillingPeriod
 
 # Past-due tenants keep their entitlements while dunning recovers the payment.
-ENTITLED_STATUSES = frozenset({"trialing", "active", "past_due"})
+ENTITLED_STATUSES = frozenset(
+    {SubscriptionStatus.TRIALING, SubscriptionStatus.ACTIVE, SubscriptionStatus.PAST_DUE}
+)
+
+# How a state the contract names after this version of it is stored and answered (never entitled).
+UNNAMED_STATUS = "unknown"
+
+
+def status_named(text: str) -> SubscriptionStatus | None:
+    """A stored or answered status back: None for `UNNAMED_STATUS`."""
+    return None if text == UNNAMED_STATUS else SubscriptionStatus(text)
 
 
 @dataclass(frozen=True)
@@ -26,13 +37,17 @@ class SubscriptionView:
 
     subscription_id: str
     tenant_id: str
-    status: str
+    status: SubscriptionStatus | None  # None: a state this version of the contract does not name
     plan_code: str
     plan_version: int
     period_start: datetime | None
     period_end: datetime | None
     previous_period_start: datetime | None
     version: int
+
+    @property
+    def status_name(self) -> str:
+        return UNNAMED_STATUS if self.status is None else self.status.value
 
     @property
     def entitled(self) -> bool:

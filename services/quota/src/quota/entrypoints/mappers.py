@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from billing.common.v1 import common_pb2
 from billing.events.v1 import subscription_pb2 as sub_events
 from billing.quota.v1 import quota_pb2 as pb
-from billing_common.protos import ProtoEnum, money_pb, optional_datetime, stamp
+from billing_common.protos import (
+    FREQUENCIES,
+    SUBSCRIPTION_STATES,
+    ProtoEnum,
+    money_pb,
+    optional_datetime,
+    stamp,
+)
 from quota.app.usage import CheckResult
 from quota.domain.catalog import (
     ActiveAddOn,
@@ -25,25 +31,6 @@ from quota.domain.resolution import Grant, Resolution, SubscriptionView
 
 PERIODS = ProtoEnum(Period, pb.Period, "PERIOD_")
 BEHAVIOURS = ProtoEnum(Behaviour, pb.OverQuotaBehaviour, "OVER_QUOTA_BEHAVIOUR_")
-FREQUENCIES = {
-    common_pb2.BILLING_FREQUENCY_MONTHLY: "monthly",
-    common_pb2.BILLING_FREQUENCY_WEEKLY: "weekly",
-    common_pb2.BILLING_FREQUENCY_BIWEEKLY: "biweekly",
-    common_pb2.BILLING_FREQUENCY_FOUR_WEEKLY: "four_weekly",
-    common_pb2.BILLING_FREQUENCY_ONE_TIME: "one_time",
-}
-FREQUENCIES_PB = {v: k for k, v in FREQUENCIES.items()}
-TIERS = {common_pb2.TIER_LITE: "lite", common_pb2.TIER_PLUS: "plus", common_pb2.TIER_PRO: "pro"}
-TIERS_PB = {v: k for k, v in TIERS.items()}
-STATUSES = {
-    sub_events.SUBSCRIPTION_STATE_TRIALING: "trialing",
-    sub_events.SUBSCRIPTION_STATE_ACTIVE: "active",
-    sub_events.SUBSCRIPTION_STATE_PAST_DUE: "past_due",
-    sub_events.SUBSCRIPTION_STATE_PAUSED: "paused",
-    sub_events.SUBSCRIPTION_STATE_SUSPENDED: "suspended",
-    sub_events.SUBSCRIPTION_STATE_CANCELLED: "cancelled",
-    sub_events.SUBSCRIPTION_STATE_COMPLETED: "completed",
-}
 
 
 def entitlement_draft(e: pb.Entitlement) -> EntitlementDraft:
@@ -63,7 +50,7 @@ def plan_draft(spec: pb.PlanSpec) -> PlanDraft:
         name=spec.name,
         price_minor=spec.price.amount_minor,
         currency=spec.price.currency,
-        frequency=FREQUENCIES.get(spec.frequency),
+        frequency=FREQUENCIES.get(spec.frequency, None),
         trial_days=spec.trial_days,
         entitlements=[entitlement_draft(e) for e in spec.entitlements],
         threshold_percents=list(spec.threshold_percents),
@@ -101,8 +88,8 @@ def plan_pb(plan: Plan) -> pb.Plan:
         code=plan.code,
         version=plan.version,
         name=spec.name,
-        price=common_pb2.Money(amount_minor=spec.price.amount_minor, currency=spec.price.currency),
-        frequency=FREQUENCIES_PB[spec.frequency],
+        price=money_pb(spec.price),
+        frequency=FREQUENCIES.pb(spec.frequency),
         trial_days=spec.trial_days,
         entitlements=[entitlement_pb(e) for e in spec.entitlements],
         threshold_percents=list(spec.threshold_percents),
@@ -117,7 +104,7 @@ def add_on_pb(add_on: AddOn) -> pb.AddOn:
     return pb.AddOn(
         code=add_on.code,
         name=add_on.name,
-        price=common_pb2.Money(amount_minor=add_on.price.amount_minor, currency=add_on.price.currency),
+        price=money_pb(add_on.price),
         entitlements=[entitlement_pb(e) for e in add_on.entitlements],
     )
 
@@ -143,7 +130,7 @@ def entitlements_pb(resolution: Resolution, now: datetime) -> pb.GetEntitlements
     message = pb.GetEntitlementsResponse(
         tenant_id=resolution.tenant_id,
         subscription_id=subscription.subscription_id if subscription else "",
-        subscription_status=subscription.status if subscription else "",
+        subscription_status=subscription.status_name if subscription else "",
         plan_code=resolution.plan.code if resolution.plan else "",
         plan_version=resolution.plan.version if resolution.plan else 0,
         denied=resolution.denied,
@@ -197,7 +184,7 @@ def subscription_view(snapshot: sub_events.SubscriptionSnapshot) -> Subscription
     return SubscriptionView(
         subscription_id=snapshot.subscription_id,
         tenant_id=snapshot.account_id,
-        status=STATUSES.get(snapshot.status, "unknown"),
+        status=SUBSCRIPTION_STATES.get(snapshot.status, None),
         plan_code=snapshot.plan_code,
         plan_version=snapshot.plan_version,
         period_start=optional_datetime(snapshot, "current_period_start"),

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import grpc
-
 from billing.quota.v1 import quota_pb2 as pb
 from billing.quota.v1 import quota_pb2_grpc
 from billing_common.auth import OPERATOR, READERS
@@ -17,16 +13,16 @@ from billing_common.errors import (
     InvalidArgument,
     ResourceExhausted,
 )
-from billing_common.grpc_server import status_code_for
+from billing_common.grpc_server import Context, status_code_for
 from billing_common.idempotency import IdempotencyKey
 from billing_common.paging import PageTokens
-from billing_common.protos import ProtoEnum, optional_datetime
+from billing_common.protos import PLAN_TIERS, ProtoEnum, optional_datetime
+from billing_common.subscriptions import PlanTier
 from quota.app.catalog import Catalog
 from quota.app.entitlements import Entitlements, GrantRequest
 from quota.app.usage import RecordResult, Summary, Usage, UsageEventIn, UsageOutcome
 from quota.entrypoints import mappers as m
 
-Context = grpc.aio.ServicerContext[Any, Any]
 # Who may call what: roles or callers named in tokens. Defaults; a deployment changes them with
 # QUOTA_AUTH_ACCESS, e.g. `CheckQuota,CheckQuotaBatch,RecordUsage,RecordUsageBatch+=storefront` for a
 # product service that meters its usage here.
@@ -123,9 +119,10 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
     ) -> pb.SetTierPlanMappingResponse:
         mapping: dict[str, str] = {}
         for index, item in enumerate(request.mappings):
-            if item.tier not in m.TIERS:
+            tier = PLAN_TIERS.get(item.tier, None)
+            if tier is None:
                 raise InvalidArgument.of(f"mappings[{index}].tier", "must be LITE, PLUS or PRO")
-            mapping[m.TIERS[item.tier]] = item.plan_code
+            mapping[tier] = item.plan_code
         stored = await self._catalog.set_tier_plans(mapping)
         return pb.SetTierPlanMappingResponse(mappings=_tier_plans(stored))
 
@@ -275,4 +272,7 @@ def _usage_result(result: RecordResult) -> pb.UsageResult:
 
 
 def _tier_plans(mapping: dict[str, str]) -> list[pb.TierPlan]:
-    return [pb.TierPlan(tier=m.TIERS_PB[tier], plan_code=code) for tier, code in sorted(mapping.items())]
+    return [
+        pb.TierPlan(tier=PLAN_TIERS.pb(PlanTier(tier)), plan_code=code)
+        for tier, code in sorted(mapping.items())
+    ]

@@ -13,16 +13,8 @@ from billing.events.v1 import payment_pb2
 from billing.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from billing.quota.v1 import quota_pb2, quota_pb2_grpc
 from billing_common.errors import BillingError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from billing_common.money import Money
-from billing_common.protos import to_datetime
-from recurring.adapters.codec import (
-    FREQUENCIES,
-    METHOD_TYPES,
-    TIERS,
-    decline_kind,
-    failure_type,
-    payment_status,
-)
+from billing_common.protos import FREQUENCIES, PLAN_TIERS, money_of, money_pb, to_datetime
+from recurring.adapters.codec import METHOD_TYPES, decline_kind, failure_type, payment_status
 from recurring.app.ports import PlanInfo, RecurringMetrics, UsagePeriod
 from recurring.domain.invoicing import AddOnUse, PeriodUsage, UsageCharge
 from recurring.domain.payments import (
@@ -85,7 +77,7 @@ class QuotaClient:
             plan.code,
             plan.version,
             plan.name,
-            Money(plan.price.amount_minor, plan.price.currency),
+            money_of(plan.price),
             frequency,
             plan.trial_days,
         )
@@ -97,7 +89,7 @@ class QuotaClient:
             )
         except grpc.aio.AioRpcError as error:
             raise _translate(error, "tier") from None
-        return next((m.plan_code for m in reply.mappings if m.tier == TIERS.get(tier)), None)
+        return next((m.plan_code for m in reply.mappings if PLAN_TIERS.get(m.tier, None) == tier), None)
 
     async def usages(self, periods: Sequence[UsagePeriod]) -> list[PeriodUsage | BillingError]:
         """Billable usage of each tenant's [start, end) and the add-ons held in it, in one call; none
@@ -141,7 +133,7 @@ class QuotaClient:
                 t.key,
                 t.billable_quantity,
                 t.unit_price.value,
-                Money(t.amount.amount_minor, t.amount.currency),
+                money_of(t.amount),
             )
             for t in summary.totals
             if t.amount.amount_minor
@@ -150,7 +142,7 @@ class QuotaClient:
             AddOnUse(
                 a.code,
                 a.name,
-                Money(a.price.amount_minor, a.price.currency),
+                money_of(a.price),
                 period,
                 Period(self._day(to_datetime(a.active_from)), self._day(to_datetime(a.active_until))),
             )
@@ -179,7 +171,7 @@ def _charge_pb(request: ChargeRequest, lane: gateway_pb2.Lane.ValueType) -> gate
         payment_method=common_pb2.PaymentMethod(
             type=METHOD_TYPES.pb(MethodType(request.method_type)), gateway_token=request.token
         ),
-        amount=common_pb2.Money(amount_minor=request.amount.amount_minor, currency=request.amount.currency),
+        amount=money_pb(request.amount),
         idempotency_key=request.idempotency_key,
         caller_reference=request.invoice_id,
         metadata={"invoice_id": request.invoice_id},

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 from billing.common.v1 import common_pb2
-from billing.events.v1 import run_pb2, subscription_pb2
+from billing.events.v1 import run_pb2
 from billing.recurring.v1 import recurring_pb2
 from billing_common.payments import DeclineKind, FailureType
 from billing_common.protos import ProtoEnum
+from billing_common.subscriptions import SubscriptionStatus
 from recurring.domain.invoicing import LineKind
 from recurring.domain.payments import PaymentStatus
 from recurring.domain.runs import ItemStatus, RunKind, RunState
-from recurring.domain.schedule import Frequency
-from recurring.domain.status import InvoiceStatus, SubscriptionStatus
+from recurring.domain.status import InvoiceStatus
 from recurring.domain.subscription import MethodType
 
-FREQUENCIES = ProtoEnum(Frequency, common_pb2.BillingFrequency, "BILLING_FREQUENCY_")
 METHOD_TYPES = ProtoEnum(MethodType, common_pb2.PaymentMethodType, "PAYMENT_METHOD_TYPE_")
 PAYMENT_STATUSES = ProtoEnum(PaymentStatus, common_pb2.PaymentStatus, "PAYMENT_STATUS_")
 # A payment that does not state why it failed did not fail, for recurring: it stores "none".
@@ -24,7 +23,6 @@ FAILURE_TYPES = ProtoEnum(
 DECLINE_KINDS = ProtoEnum(
     DeclineKind, common_pb2.DeclineKind, "DECLINE_KIND_", {DeclineKind.UNSPECIFIED: "NONE"}
 )
-SUBSCRIPTION_STATES = ProtoEnum(SubscriptionStatus, subscription_pb2.SubscriptionState, "SUBSCRIPTION_STATE_")
 SUBSCRIPTION_STATUSES = ProtoEnum(
     SubscriptionStatus, recurring_pb2.SubscriptionStatus, "SUBSCRIPTION_STATUS_"
 )
@@ -34,10 +32,6 @@ RUN_KINDS = ProtoEnum(RunKind, recurring_pb2.RunKind, "RUN_KIND_")
 RUN_KINDS_EVENT = ProtoEnum(RunKind, run_pb2.RunKind, "RUN_KIND_")
 RUN_STATES = ProtoEnum(RunState, recurring_pb2.RunState, "RUN_STATE_")
 RUN_ITEM_STATUSES = ProtoEnum(ItemStatus, recurring_pb2.RunItemStatus, "RUN_ITEM_STATUS_")
-# Tiers stay a hand-written table: recurring has no tier enum, it keeps the tier as the settings' plain
-# string ("lite", "plus", "pro") to find the plan mapped to it.
-TIERS = {"lite": common_pb2.TIER_LITE, "plus": common_pb2.TIER_PLUS, "pro": common_pb2.TIER_PRO}
-TIER_NAMES = {number: name for name, number in TIERS.items()}
 
 
 def payment_status(number: int) -> PaymentStatus:

@@ -15,6 +15,7 @@ from billing_common.errors import BillingError
 from billing_common.idempotency import IdempotencyKey
 from billing_common.locks import Lease
 from billing_common.money import Money
+from billing_common.subscriptions import Frequency
 from recurring.domain.events import Event
 from recurring.domain.invoicing import Invoice, InvoiceFilter, PeriodUsage, Transaction
 from recurring.domain.ledger import LedgerLine, Posting
@@ -31,7 +32,6 @@ from recurring.domain.runs import (
     RunState,
     WorkItem,
 )
-from recurring.domain.schedule import Frequency
 from recurring.domain.settlement import Proration
 from recurring.domain.status import InvoiceStatus
 from recurring.domain.subscription import HistoryEntry, Subscription, SubscriptionFilter

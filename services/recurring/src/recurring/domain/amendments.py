@@ -9,10 +9,10 @@ from datetime import date, datetime
 
 from billing_common.errors import FailedPrecondition, InvalidArgument, Violations
 from billing_common.money import Money
+from billing_common.subscriptions import Frequency, SubscriptionStatus
 from recurring.domain import events as ev
 from recurring.domain.proration import ProrationLine, prorate
-from recurring.domain.schedule import Frequency
-from recurring.domain.status import TERMINAL, Action, SubscriptionStatus, can
+from recurring.domain.status import TERMINAL, Action, can
 from recurring.domain.subscription import (
     NewSubscription,
     PaymentMethod,

@@ -61,7 +61,7 @@ class PeriodUsage:
     add_ons: tuple[AddOnUse, ...] = ()
 
 
-class Decision(StrEnum):
+class InvoiceDecision(StrEnum):
     CHARGE = "charge"
     # Fully paid by account credit: nothing to charge.
     PAID_BY_CREDIT = "paid_by_credit"
@@ -75,7 +75,7 @@ class InvoiceDraft:
     total: Money  # before credit
     credit_applied: Money
     amount_due: Money
-    decision: Decision
+    decision: InvoiceDecision
 
 
 def build_invoice(
@@ -107,11 +107,11 @@ def build_invoice(
         lines.append(InvoiceLine(LineKind.CREDIT, "Account credit applied", -credit))
     due = total - credit
     if due.amount_minor <= 0:
-        decision = Decision.PAID_BY_CREDIT
+        decision = InvoiceDecision.PAID_BY_CREDIT
     elif due.amount_minor < minimum.amount_minor:
-        decision = Decision.BELOW_MINIMUM
+        decision = InvoiceDecision.BELOW_MINIMUM
     else:
-        decision = Decision.CHARGE
+        decision = InvoiceDecision.CHARGE
     return InvoiceDraft(tuple(lines), total, credit, Money(max(due.amount_minor, 0), currency), decision)
 
 

@@ -8,7 +8,7 @@ from datetime import date, datetime, time, timedelta
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
-from recurring.domain.schedule import Frequency
+from billing_common.subscriptions import Frequency
 
 
 class RunKind(StrEnum):

@@ -11,16 +11,8 @@ from __future__ import annotations
 import calendar
 from dataclasses import dataclass
 from datetime import date, timedelta
-from enum import StrEnum
 
-
-class Frequency(StrEnum):
-    MONTHLY = "monthly"
-    WEEKLY = "weekly"
-    BIWEEKLY = "biweekly"
-    FOUR_WEEKLY = "four_weekly"
-    ONE_TIME = "one_time"
-
+from billing_common.subscriptions import Frequency
 
 FIXED_STEP_DAYS = {Frequency.WEEKLY: 7, Frequency.BIWEEKLY: 14, Frequency.FOUR_WEEKLY: 28}
 

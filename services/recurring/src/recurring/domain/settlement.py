@@ -19,10 +19,11 @@ from datetime import datetime, timedelta
 from billing_common.errors import FailedPrecondition, NotFound
 from billing_common.money import Money
 from billing_common.payments import FailureType
+from billing_common.subscriptions import Frequency, SubscriptionStatus
 from recurring.domain import events as ev
 from recurring.domain import ledger
 from recurring.domain.addons import add_on_lines
-from recurring.domain.invoicing import Decision, Invoice, PeriodUsage, Transaction, build_invoice
+from recurring.domain.invoicing import Invoice, InvoiceDecision, PeriodUsage, Transaction, build_invoice
 from recurring.domain.payments import (
     REASON_LENGTH,
     ChargeResult,
@@ -35,15 +36,8 @@ from recurring.domain.payments import (
     past_due_after,
 )
 from recurring.domain.runs import AfterFailure, ItemResult, ItemStatus, WorkItem, after_failure
-from recurring.domain.schedule import Frequency, period_starting
-from recurring.domain.status import (
-    BILLABLE,
-    Action,
-    InvoiceStatus,
-    SubscriptionStatus,
-    can,
-    invoice_transition,
-)
+from recurring.domain.schedule import period_starting
+from recurring.domain.status import BILLABLE, Action, InvoiceStatus, can, invoice_transition
 from recurring.domain.subscription import (
     Cause,
     HistoryEntry,
@@ -286,7 +280,7 @@ def _open_invoice(
         Money(rules.minimum_charge_minor, currency),
         add_on_lines([a for a in usage.add_ons if a.price.currency == currency]),
     )
-    if draft.decision is Decision.BELOW_MINIMUM:
+    if draft.decision is InvoiceDecision.BELOW_MINIMUM:
         return None
     period = period_starting(sub.frequency, item.due_date, sub.anchor_day)
     invoice = Invoice(
@@ -320,7 +314,7 @@ def _open_invoice(
     working.save(sub, renewed, BILLING)
     working.announce(ev.SubscriptionRenewed(renewed), item)
     working.announce(ev.InvoiceCreated(invoice), item)
-    if draft.decision is Decision.PAID_BY_CREDIT:
+    if draft.decision is InvoiceDecision.PAID_BY_CREDIT:
         _mark_paid(working, invoice, None, BILLING, item)
         return working.invoices[invoice.invoice_id]
     return invoice

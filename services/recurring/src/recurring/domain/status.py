@@ -5,16 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 from billing_common.errors import FailedPrecondition
-
-
-class SubscriptionStatus(StrEnum):
-    TRIALING = "trialing"
-    ACTIVE = "active"
-    PAST_DUE = "past_due"
-    PAUSED = "paused"
-    SUSPENDED = "suspended"
-    CANCELLED = "cancelled"
-    COMPLETED = "completed"
+from billing_common.subscriptions import SubscriptionStatus
 
 
 class Action(StrEnum):

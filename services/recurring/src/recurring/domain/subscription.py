@@ -10,8 +10,9 @@ from typing import Any
 
 from billing_common.errors import Violations
 from billing_common.money import Money
-from recurring.domain.schedule import Frequency, Period, first_due_date, next_due_date, period_starting
-from recurring.domain.status import Action, SubscriptionStatus, transition
+from billing_common.subscriptions import Frequency, SubscriptionStatus
+from recurring.domain.schedule import Period, first_due_date, next_due_date, period_starting
+from recurring.domain.status import Action, transition
 
 
 @dataclass(frozen=True)

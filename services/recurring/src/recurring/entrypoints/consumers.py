@@ -10,9 +10,8 @@ import asyncpg
 
 from billing.events.v1 import dunning_pb2, payment_pb2, tier_pb2
 from billing_common.events import Handlers
-from billing_common.money import Money
+from billing_common.protos import PLAN_TIERS, money_of
 from recurring.adapters.clients import charge_result
-from recurring.adapters.codec import TIER_NAMES
 from recurring.app.invoices import Invoices
 from recurring.app.ports import Store
 from recurring.app.subscriptions import Subscriptions
@@ -32,7 +31,7 @@ def payment_update(facts: payment_pb2.PaymentFacts, *, decline_code: str = "") -
 
 def handlers(store: Store, subscriptions: Subscriptions, invoices: Invoices) -> Handlers:
     async def on_tier_changed(conn: asyncpg.Connection, event: tier_pb2.TierChanged) -> None:
-        tier = TIER_NAMES.get(event.new_tier)
+        tier = PLAN_TIERS.get(event.new_tier, None)
         account = event.billed_account_id or event.account_id
         # Only the billed account's own tier picks its plan: a database or end user below it moves
         # that tier through the roll-up, and a downgrade of one of them alone must not move the plan.
@@ -63,7 +62,7 @@ def handlers(store: Store, subscriptions: Subscriptions, invoices: Invoices) -> 
             store.within(conn),
             payment_update(event.payment),
             event.refund_id,
-            Money(event.refunded_total.amount_minor, event.refunded_total.currency),
+            money_of(event.refunded_total),
         )
 
     return (

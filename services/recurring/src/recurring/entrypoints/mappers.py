@@ -10,12 +10,10 @@ from google.protobuf.message import Message
 from billing.common.v1 import common_pb2
 from billing.recurring.v1 import recurring_pb2 as pb
 from billing_common.errors import InvalidArgument
-from billing_common.money import CurrencyError, Money
-from billing_common.protos import money_pb
+from billing_common.protos import FREQUENCIES, money_pb
 from recurring.adapters.codec import (
     DECLINE_KINDS,
     FAILURE_TYPES,
-    FREQUENCIES,
     INVOICE_STATUSES,
     LINE_KINDS,
     METHOD_TYPES,
@@ -40,13 +38,6 @@ def to_date(message: common_pb2.Date, field: str) -> date:
 
 def optional_date(parent: Message, name: str, field: str) -> date | None:
     return to_date(getattr(parent, name), field) if parent.HasField(name) else None
-
-
-def to_money(message: common_pb2.Money, field: str) -> Money:
-    try:
-        return Money(message.amount_minor, message.currency)
-    except CurrencyError:
-        raise InvalidArgument.of(f"{field}.currency", "is not an ISO 4217 currency") from None
 
 
 def payment_method(message: common_pb2.PaymentMethod, field: str) -> PaymentMethod:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
-
-import grpc
 
 from billing.recurring.v1 import recurring_pb2 as pb
 from billing.recurring.v1 import recurring_pb2_grpc
@@ -13,11 +10,12 @@ from billing_common import context
 from billing_common.auth import CONSOLE, OPERATOR, READERS
 from billing_common.clock import Clock
 from billing_common.errors import FailedPrecondition, InvalidArgument
+from billing_common.grpc_server import Context
 from billing_common.idempotency import IdempotencyKey
 from billing_common.paging import PageTokens
-from billing_common.protos import money_pb, to_datetime
+from billing_common.protos import FREQUENCIES, money_of, money_pb, to_datetime
 from billing_common.suite_clock import ClockControl, ClockRefused
-from recurring.adapters.codec import FREQUENCIES, INVOICE_STATUSES, RUN_KINDS, SUBSCRIPTION_STATUSES
+from recurring.adapters.codec import INVOICE_STATUSES, RUN_KINDS, SUBSCRIPTION_STATUSES
 from recurring.app.invoices import Invoices
 from recurring.app.runs import Runs
 from recurring.app.subscriptions import Subscriptions
@@ -26,7 +24,6 @@ from recurring.domain.invoicing import InvoiceFilter
 from recurring.domain.subscription import Cause, SubscriptionFilter
 from recurring.entrypoints import mappers as m
 
-Context = grpc.aio.ServicerContext[Any, Any]
 # AdvanceClock's longest wait for the suite to catch up, when the call sets no shorter deadline.
 CATCH_UP_LIMIT = timedelta(minutes=10)
 ACTIONS = {OPERATOR, CONSOLE}
@@ -93,7 +90,7 @@ class RecurringServicer(recurring_pb2_grpc.RecurringServiceServicer):
             account_id=request.account_id,
             merchant_id=request.merchant_id,
             plan_code=request.plan_code if pricing == "plan_code" else "",
-            custom_amount=m.to_money(request.custom_amount, "custom_amount")
+            custom_amount=money_of(request.custom_amount, "custom_amount")
             if pricing == "custom_amount"
             else None,
             frequency=frequency,
@@ -138,7 +135,7 @@ class RecurringServicer(recurring_pb2_grpc.RecurringServiceServicer):
         given = request.subscription
         changes = Changes(
             mask=mask,
-            amount=m.to_money(given.amount, "subscription.amount") if "amount" in mask else None,
+            amount=money_of(given.amount, "subscription.amount") if "amount" in mask else None,
             payment_method=(
                 m.payment_method(given.payment_method, "subscription.payment_method")
                 if "payment_method" in mask
@@ -268,7 +265,7 @@ class RecurringServicer(recurring_pb2_grpc.RecurringServiceServicer):
     async def AddAccountCredit(
         self, request: pb.AddAccountCreditRequest, context: Context
     ) -> pb.AddAccountCreditResponse:
-        amount = m.to_money(request.amount, "amount") if request.HasField("amount") else None
+        amount = money_of(request.amount, "amount") if request.HasField("amount") else None
         available = await self._invoices.add_credit(
             request.account_id, amount, request.reason, IdempotencyKey.of("AddAccountCredit", request)
         )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -22,7 +21,7 @@ from tier.app.accounts import Accounts
 from tier.app.history import History
 from tier.app.ports import SignalProvider
 from tier.app.scans import Scans
-from tier.domain.rules import DEFAULT_RULE_SET, Evaluator, RuleSet, parse_rule_set
+from tier.domain.rules import DEFAULT_RULE_SET, Evaluator, RuleSet
 from tier.domain.scans import ScanKind
 from tier.entrypoints.background import ScanScheduler, run_refresher, run_worker
 from tier.entrypoints.servicer import ACCESS, TierServicer
@@ -33,9 +32,7 @@ SERVICE_NAME = "billing.tier.v1.TierService"
 
 
 def rule_set_of(settings: TierSettings) -> RuleSet:
-    if not settings.rules_file:
-        return DEFAULT_RULE_SET
-    return parse_rule_set(json.loads(Path(settings.rules_file).read_text()))
+    return DEFAULT_RULE_SET if settings.rules_file is None else settings.rules_file.rule_set
 
 
 def schedules_of(settings: TierSettings) -> dict[ScanKind, str]:
@@ -48,7 +45,7 @@ def schedules_of(settings: TierSettings) -> dict[ScanKind, str]:
 
 
 def build(settings: TierSettings) -> Lifespan:
-    rule_set = rule_set_of(settings)  # a bad rule set stops the pod at start
+    rule_set = rule_set_of(settings)
     schedules = schedules_of(settings)
     pages = PageTokens.from_settings(settings)
 

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
-
-import grpc
 
 from billing.tier.v1 import tier_pb2 as pb
 from billing.tier.v1 import tier_pb2_grpc
 from billing_common import context
 from billing_common.auth import OPERATOR, READERS
 from billing_common.errors import InvalidArgument, NotFound
+from billing_common.grpc_server import Context
 from billing_common.paging import PageTokens
 from billing_common.protos import optional_datetime
 from tier.app.accounts import Accounts, ImportCounts, Record
@@ -20,7 +18,6 @@ from tier.app.ports import UpsertCounts
 from tier.app.scans import Scans
 from tier.entrypoints import mappers as m
 
-Context = grpc.aio.ServicerContext[Any, Any]
 # Who may call what: roles or callers named in tokens. Defaults; a deployment changes them with
 # TIER_AUTH_ACCESS, e.g. `ReportSignals+=sso-gateway` for a service that reports capabilities.
 ACCESS: dict[str, set[str] | frozenset[str]] = {

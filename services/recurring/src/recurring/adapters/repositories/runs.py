@@ -8,6 +8,7 @@ from datetime import date, datetime, timedelta
 import asyncpg
 
 from billing_common import telemetry
+from billing_common.subscriptions import Frequency, SubscriptionStatus
 from recurring.adapters.metrics import run_finished
 from recurring.domain.runs import (
     AfterFailure,
@@ -21,8 +22,7 @@ from recurring.domain.runs import (
     RunState,
     WorkItem,
 )
-from recurring.domain.schedule import Frequency
-from recurring.domain.status import SCHEDULED, SubscriptionStatus
+from recurring.domain.status import SCHEDULED
 
 
 def _run(row: asyncpg.Record, counts: RunCounts) -> Run:

@@ -8,10 +8,10 @@ from typing import Any
 import asyncpg
 
 from billing_common.money import Money
+from billing_common.subscriptions import Frequency, SubscriptionStatus
 from recurring.domain.proration import ProrationLine
-from recurring.domain.schedule import Frequency
 from recurring.domain.settlement import Proration
-from recurring.domain.status import TERMINAL, SubscriptionStatus
+from recurring.domain.status import TERMINAL
 from recurring.domain.subscription import (
     HistoryEntry,
     MethodType,
