@@ -70,6 +70,7 @@ ruff: install
 mypy: protos
 	$(RUN) mypy -p billing_common $(addprefix -p ,$(SERVICE_PACKAGES)) -p bench -p demo
 	$(RUN) mypy deploy/k8s/checks
+	$(RUN) mypy services/recurring/tests
 
 contracts: protos
 	$(RUN) lint-imports
