@@ -23,7 +23,7 @@ from recurring.adapters.codec import (
     failure_type,
     payment_status,
 )
-from recurring.app.ports import PlanInfo, RecurringMetrics, UsagePeriod
+from recurring.app.ports import PlanInfo, RecurringMetrics
 from recurring.domain.invoicing import AddOnUse, PeriodUsage, UsageCharge
 from recurring.domain.payments import (
     CallFailure,
@@ -35,6 +35,7 @@ from recurring.domain.payments import (
 )
 from recurring.domain.schedule import Period
 from recurring.domain.subscription import MethodType
+from recurring.domain.usage import UsagePeriod
 
 _UNAVAILABLE = (
     grpc.StatusCode.UNAVAILABLE,

@@ -17,6 +17,7 @@ from recurring.app.ports import Quota, Store, UnitOfWork
 from recurring.domain import amendments
 from recurring.domain import events as ev
 from recurring.domain.amendments import Amendment, Changes, CreateCommand
+from recurring.domain.schedule import local_day
 from recurring.domain.status import Action
 from recurring.domain.subscription import (
     IGNORED_IN_DIFFS,
@@ -38,7 +39,7 @@ class Subscriptions:
         self._zone = zone
 
     def today(self) -> date:
-        return self._clock.now().astimezone(self._zone).date()
+        return local_day(self._clock.now(), self._zone)
 
     async def create(self, cmd: CreateCommand, idem: IdempotencyKey, cause: Cause) -> Subscription:
         amendments.check_create(cmd, idem.key)

@@ -10,18 +10,18 @@ import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import timedelta
 from time import perf_counter
 from zoneinfo import ZoneInfo
 
 from billing_common import telemetry
 from billing_common.clock import Clock
-from billing_common.errors import Unavailable
 from recurring.app.charging import Charging
-from recurring.app.ports import OutageCounter, Quota, RecurringMetrics, Store, UsagePeriod
+from recurring.app.ports import OutageCounter, Quota, RecurringMetrics, Store
 from recurring.app.runs import Runs
 from recurring.app.settling import apply, books_for_invoices, books_for_items, new_id
 from recurring.domain import events as ev
+from recurring.domain import usage
 from recurring.domain.invoicing import Invoice, PeriodUsage
 from recurring.domain.payments import REASON_LENGTH, ChargeResult, NoAnswer, Outcome, outcome_of
 from recurring.domain.runs import AfterFailure, WorkItem
@@ -37,8 +37,8 @@ from recurring.domain.settlement import (
     settle,
     worn_out,
 )
-from recurring.domain.status import BILLABLE
 from recurring.domain.subscription import Subscription
+from recurring.domain.usage import Usages
 
 log = logging.getLogger(__name__)
 
@@ -230,73 +230,41 @@ class Worker:
     async def _bill(self, items: list[WorkItem]) -> list[Charge]:
         """Invoice the items' occurrences and write their attempts in one transaction; the charges
         to send. Items whose usage quota could not give wait (or count a failure of ours)."""
-        async with self._store.transaction() as tx:
-            subs = await tx.subscriptions.load(sorted({item.subscription_id for item in items}))
-            invoiced = await tx.invoices.for_occurrences([item.occurrence_key for item in items])
-        usage, unavailable, failed = await self._usages(items, subs, invoiced)
-        if unavailable:
-            delay = self._config.rules.defer_delay
-            async with self._store.transaction() as tx:
-                waiting = [
-                    (item, delay, f"usage unavailable: {reason}") for item, reason in unavailable.items()
-                ]
-                await apply(tx, Change(deferred=waiting), self._clock.now())
-        await self._fail(list(failed.items()))
-        billable = [item for item in items if item.item_id in usage]
+        async with self._store.transaction() as uow:
+            subs = await uow.subscriptions.load(sorted({item.subscription_id for item in items}))
+            invoiced = await uow.invoices.for_occurrences([item.occurrence_key for item in items])
+        usages = await self._usages(items, subs, invoiced)
+        if usages.waiting:
+            async with self._store.transaction() as uow:
+                await apply(uow, Change(deferred=usages.waiting), self._clock.now())
+        for item, error in usages.failed:
+            log.error("usage failed", exc_info=error, extra={"item": item.item_id})
+        await self._fail([(item, _reason("usage", error)) for item, error in usages.failed])
+        billable = [item for item in items if item.item_id in usages.found]
         if not billable:
             return []
         now = self._clock.now()
-        async with self._store.transaction() as tx:
-            held = await tx.items.held(billable)
+        async with self._store.transaction() as uow:
+            held = await uow.items.held(billable)
             billable = [item for item in billable if item.item_id in held]
-            books = await books_for_items(tx, billable)
-            change = bill(billable, usage, books, self._config.rules, now, new_id)
-            await apply(tx, change, now)
+            books = await books_for_items(uow, billable)
+            change = bill(billable, usages.found, books, self._config.rules, now, new_id)
+            await apply(uow, change, now)
         return change.charges
 
     async def _usages(
         self, items: list[WorkItem], subs: dict[str, Subscription], invoiced: dict[str, Invoice]
-    ) -> tuple[dict[int, PeriodUsage], dict[WorkItem, str], dict[WorkItem, str]]:
+    ) -> Usages:
         """Usage and add-ons of the period that ends on each due date (billed in arrears), for plan
-        subscriptions, in one call for the batch; the items whose usage quota could not give (it did
-        not answer), and those whose usage failed."""
-        usage = {item.item_id: PeriodUsage() for item in items}
-        metered = [
-            (item, sub)
-            for item in items
-            if (sub := subs.get(item.subscription_id)) is not None
-            and item.occurrence_key not in invoiced
-            and _usage_billed(sub, item)
-        ]
-        unavailable: dict[WorkItem, str] = {}
-        failed: dict[WorkItem, str] = {}
-        if not metered:
-            return usage, unavailable, failed
-        periods = [
-            UsagePeriod(
-                sub.account_id, self._midnight(sub.current_period_start), self._midnight(item.due_date)
-            )
-            for item, sub in metered
-        ]
-        answers: Sequence[PeriodUsage | Exception]
-        try:
-            answers = await self._quota.usages(periods)
-        except Exception as error:
-            answers = [error] * len(metered)
-        for (item, _), answer in zip(metered, answers, strict=True):
-            if isinstance(answer, Unavailable):
-                unavailable[item] = answer.message
-                del usage[item.item_id]
-            elif isinstance(answer, Exception):
-                log.error("usage failed", exc_info=answer, extra={"item": item.item_id})
-                failed[item] = _reason("usage", answer)
-                del usage[item.item_id]
-            else:
-                usage[item.item_id] = answer
-        return usage, unavailable, failed
-
-    def _midnight(self, day: date) -> datetime:
-        return datetime.combine(day, time(0), self._config.zone).astimezone(UTC)
+        subscriptions, in one call for the batch."""
+        asked = usage.periods_to_ask(items, subs, invoiced, self._config.zone)
+        answers: Sequence[PeriodUsage | Exception] = []
+        if asked:
+            try:
+                answers = await self._quota.usages([period for _, period in asked])
+            except Exception as error:
+                answers = [error] * len(asked)
+        return usage.sort_answers(items, [item for item, _ in asked], answers, self._config.rules.defer_delay)
 
     async def _charge_all(self, charges: list[Charge]) -> Counter[str]:
         """Send the batch's charges in one call (gateway-adapter paces them) and record the answers
@@ -401,16 +369,6 @@ def _trace_answer(charge: Charge, result: ChargeResult | NoAnswer) -> telemetry.
             extra=facts,
         )
         return telemetry.capture()
-
-
-def _usage_billed(sub: Subscription, item: WorkItem) -> bool:
-    """A plan subscription's occurrence that will be invoiced, with a period behind it to bill usage of."""
-    return (
-        bool(sub.plan_code)
-        and sub.status in BILLABLE
-        and sub.next_billing_date == item.due_date
-        and sub.current_period_start < item.due_date
-    )
 
 
 def _reason(step: str, error: BaseException) -> str:

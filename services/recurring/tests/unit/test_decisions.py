@@ -1,0 +1,125 @@
+"""The rules the use cases apply, decided by pure functions: usage periods, gateway outages, charge
+requests, runs, new subscriptions, retries, credit and how charge answers read."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from billing_common.errors import Unavailable
+from billing_common.money import Money
+from recurring.domain.invoicing import PeriodUsage, UsageCharge
+from recurring.domain.runs import WorkItem
+from recurring.domain.schedule import Frequency, local_day, midnight
+from recurring.domain.settlement import Rules
+from recurring.domain.status import SubscriptionStatus
+from recurring.domain.subscription import MethodType, PaymentMethod, Subscription
+from recurring.domain.usage import UsagePeriod, periods_to_ask, sort_answers
+
+BERLIN = ZoneInfo("Europe/Berlin")
+NOW = datetime(2026, 3, 1, 3, 6, tzinfo=UTC)
+DUE = date(2026, 3, 1)
+USD = "USD"
+RULES = Rules(minimum_charge_minor=50, max_failures=3, defer_delay=timedelta(minutes=1))
+
+
+def usd(minor: int) -> Money:
+    return Money(minor, USD)
+
+
+def subscription(**fields: object) -> Subscription:
+    sub = Subscription(
+        subscription_id="sub_1",
+        account_id="acct_1",
+        merchant_id="merch_1",
+        status=SubscriptionStatus.ACTIVE,
+        plan_code="pro",
+        plan_version=1,
+        amount=usd(3000),
+        frequency=Frequency.MONTHLY,
+        start_date=date(2026, 1, 1),
+        anchor_day=1,
+        payment_method=PaymentMethod(MethodType.CARD, "tok_visa"),
+        trial_days=0,
+        trial_end=None,
+        current_period_start=date(2026, 2, 1),
+        current_period_end=DUE,
+        next_billing_date=DUE,
+        tier_mapped=False,
+        cancel_at_period_end=False,
+        version=1,
+        created_at=NOW - timedelta(days=60),
+        updated_at=NOW - timedelta(days=60),
+    )
+    return dataclasses.replace(sub, **fields)  # type: ignore[arg-type]
+
+
+def item(item_id: int = 1, sid: str = "sub_1", *, run_id: str = "run_1", gateway: str = "") -> WorkItem:
+    return WorkItem(item_id, run_id, sid, DUE, f"{sid}:{DUE}", gateway, "token")
+
+
+# ------------------------------------------------------------------ days in the billing time zone
+
+
+def test_the_local_day_is_the_day_in_the_billing_time_zone_not_in_utc() -> None:
+    assert local_day(datetime(2026, 2, 28, 23, 30, tzinfo=UTC), BERLIN) == date(2026, 3, 1)
+    assert local_day(datetime(2026, 2, 28, 22, 30, tzinfo=UTC), BERLIN) == date(2026, 2, 28)
+
+
+def test_midnight_is_when_the_day_begins_in_the_billing_time_zone() -> None:
+    assert midnight(date(2026, 3, 1), BERLIN) == datetime(2026, 2, 28, 23, tzinfo=UTC)
+    assert midnight(date(2026, 7, 1), BERLIN) == datetime(2026, 6, 30, 22, tzinfo=UTC)
+
+
+# ------------------------------------------------------------------ usage billed in arrears
+
+
+def test_usage_is_asked_for_the_current_period_up_to_the_due_date_from_midnight_to_midnight() -> None:
+    asked = periods_to_ask([item()], {"sub_1": subscription()}, set(), BERLIN)
+
+    assert asked == [
+        (
+            item(),
+            UsagePeriod(
+                "acct_1", datetime(2026, 1, 31, 23, tzinfo=UTC), datetime(2026, 2, 28, 23, tzinfo=UTC)
+            ),
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        {"plan_code": ""},  # a custom amount bills no usage
+        {"status": SubscriptionStatus.PAUSED},
+        {"next_billing_date": date(2026, 4, 1)},  # no longer due on this date
+        {"current_period_start": DUE},  # no period behind the due date (the first invoice)
+    ],
+)
+def test_no_usage_is_asked_for_an_occurrence_that_bills_none(changed: dict[str, object]) -> None:
+    assert periods_to_ask([item()], {"sub_1": subscription(**changed)}, set(), BERLIN) == []
+
+
+def test_no_usage_is_asked_for_an_occurrence_invoiced_already_or_a_missing_subscription() -> None:
+    assert periods_to_ask([item()], {"sub_1": subscription()}, {f"sub_1:{DUE}"}, BERLIN) == []
+    assert periods_to_ask([item()], {}, set(), BERLIN) == []
+
+
+def test_quota_unavailable_lets_the_item_wait_and_another_error_counts_as_ours() -> None:
+    found = PeriodUsage((UsageCharge("api_calls", 10, "0.01", usd(10)),))
+    broken = RuntimeError("bad summary")
+    items = [item(1), item(2, "sub_2"), item(3, "sub_3"), item(4, "sub_4")]
+
+    usages = sort_answers(items, items[:3], [found, Unavailable("quota is down"), broken], RULES.defer_delay)
+
+    assert usages.found == {1: found, 4: PeriodUsage()}
+    assert usages.waiting == [(items[1], RULES.defer_delay, "usage unavailable: quota is down")]
+    assert usages.failed == [(items[2], broken)]
+
+
+def test_every_asked_item_needs_its_answer() -> None:
+    with pytest.raises(ValueError):
+        sort_answers([item()], [item()], [], RULES.defer_delay)
