@@ -12,6 +12,8 @@ import pytest
 from billing_common.errors import Unavailable
 from billing_common.money import Money
 from recurring.domain.invoicing import PeriodUsage, UsageCharge
+from recurring.domain.outages import OutageStep, halts, outage_steps
+from recurring.domain.payments import Outcome
 from recurring.domain.runs import WorkItem
 from recurring.domain.schedule import Frequency, local_day, midnight
 from recurring.domain.settlement import Rules
@@ -23,7 +25,7 @@ BERLIN = ZoneInfo("Europe/Berlin")
 NOW = datetime(2026, 3, 1, 3, 6, tzinfo=UTC)
 DUE = date(2026, 3, 1)
 USD = "USD"
-RULES = Rules(minimum_charge_minor=50, max_failures=3, defer_delay=timedelta(minutes=1))
+RULES = Rules(minimum_charge_minor=50, max_failures=3, defer_delay=timedelta(minutes=1), halt_threshold=5)
 
 
 def usd(minor: int) -> Money:
@@ -123,3 +125,47 @@ def test_quota_unavailable_lets_the_item_wait_and_another_error_counts_as_ours()
 def test_every_asked_item_needs_its_answer() -> None:
     with pytest.raises(ValueError):
         sort_answers([item()], [item()], [], RULES.defer_delay)
+
+
+# ------------------------------------------------------------------ gateway outages in a run
+
+
+def test_an_unreachable_answer_counts_one_more_and_a_run_of_answers_resets_the_count_once() -> None:
+    card, ach = item(1, gateway="sandbox-card"), item(2, gateway="sandbox-ach")
+    outcomes = [
+        (card, Outcome.PAID),
+        (card, Outcome.FAILED),  # same run of answers: no second reset
+        (card, Outcome.DEFERRED),
+        (ach, Outcome.AWAITING),
+        (card, Outcome.PAID),  # after an unreachable one: reset again
+        (card, Outcome.DEFERRED),
+    ]
+
+    assert outage_steps(outcomes) == [
+        OutageStep("run_1", "sandbox-card", reachable=True),
+        OutageStep("run_1", "sandbox-card", reachable=False),
+        OutageStep("run_1", "sandbox-ach", reachable=True),
+        OutageStep("run_1", "sandbox-card", reachable=True),
+        OutageStep("run_1", "sandbox-card", reachable=False),
+    ]
+
+
+def test_outages_are_counted_per_run_and_an_answer_without_a_gateway_counts_for_none() -> None:
+    outcomes = [
+        (item(1, gateway="stripe"), Outcome.PAID),
+        (item(2, run_id="run_2", gateway="stripe"), Outcome.PAID),
+        (item(3), Outcome.FAILED),  # refused before routing
+        (item(4, run_id="run_2", gateway="stripe"), Outcome.DEFERRED),
+    ]
+
+    assert outage_steps(outcomes) == [
+        OutageStep("run_1", "stripe", reachable=True),
+        OutageStep("run_2", "stripe", reachable=True),
+        OutageStep("run_2", "stripe", reachable=False),
+    ]
+
+
+def test_a_gateway_halts_at_the_threshold_of_unreachable_answers_in_a_row() -> None:
+    assert not halts(4, RULES)
+    assert halts(5, RULES)
+    assert halts(6, RULES)

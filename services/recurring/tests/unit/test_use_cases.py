@@ -50,7 +50,7 @@ USD = "USD"
 BASIC = PlanInfo("basic", 1, "Basic", Money(3000, USD), Frequency.MONTHLY, 0)
 PRO = PlanInfo("pro", 2, "Pro", Money(6000, USD), Frequency.MONTHLY, 0)
 CHEAP = PlanInfo("cheap", 1, "Cheap", Money(1000, USD), Frequency.MONTHLY, 0)
-RULES = Rules(minimum_charge_minor=50, max_failures=3, defer_delay=timedelta(minutes=1))
+RULES = Rules(minimum_charge_minor=50, max_failures=3, defer_delay=timedelta(minutes=1), halt_threshold=5)
 OPERATOR = Cause("operator")
 T = TypeVar("T")
 
@@ -88,8 +88,7 @@ class Billing:
             lease=timedelta(minutes=5),
             idle_poll=timedelta(seconds=1),
             jitter=timedelta(0),
-            halt_threshold=halt_threshold,
-            rules=RULES,
+            rules=dataclasses.replace(RULES, halt_threshold=halt_threshold),
             zone=UTC_ZONE,
         )
         self.worker = Worker(

@@ -23,6 +23,7 @@ from recurring.app.settling import apply, books_for_invoices, books_for_items, n
 from recurring.domain import events as ev
 from recurring.domain import usage
 from recurring.domain.invoicing import Invoice, PeriodUsage
+from recurring.domain.outages import halts, outage_steps
 from recurring.domain.payments import REASON_LENGTH, ChargeResult, NoAnswer, Outcome, outcome_of
 from recurring.domain.runs import AfterFailure, WorkItem
 from recurring.domain.settlement import (
@@ -50,7 +51,6 @@ class WorkerConfig:
     lease: timedelta
     idle_poll: timedelta
     jitter: timedelta
-    halt_threshold: int
     rules: Rules
     zone: ZoneInfo
 
@@ -316,21 +316,13 @@ class Worker:
         return change.outcomes
 
     async def _count_outages(self, outcomes: list[tuple[WorkItem, Outcome]]) -> None:
-        """Consecutive unreachable results per run and the gateway each answer names; a run of answers
-        resets the count once."""
-        reset: set[tuple[str, str]] = set()
-        for item, outcome in outcomes:
-            if not item.gateway:  # refused before routing: no gateway's health in it
-                continue
-            key = (item.run_id, item.gateway)
-            if outcome is not Outcome.DEFERRED:
-                if key not in reset:
-                    await self._outages.reachable(*key)
-                    reset.add(key)
-                continue
-            reset.discard(key)
-            if await self._outages.unreachable(*key) >= self._config.halt_threshold:
-                await self._halt(*key)
+        """Count unreachable answers in a row per run and the gateway each answer names; halt the
+        gateway's part of the run at the threshold."""
+        for step in outage_steps(outcomes):
+            if step.reachable:
+                await self._outages.reachable(step.run_id, step.gateway)
+            elif halts(await self._outages.unreachable(step.run_id, step.gateway), self._config.rules):
+                await self._halt(step.run_id, step.gateway)
 
     async def _halt(self, run_id: str, gateway: str) -> None:
         async with self._store.transaction() as tx:

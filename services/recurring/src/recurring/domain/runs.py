@@ -49,8 +49,6 @@ class ItemStatus(StrEnum):
 FINISHED = frozenset({ItemStatus.CHARGED, ItemStatus.FAILED, ItemStatus.SKIPPED, ItemStatus.PARKED})
 # The delay after a failure doubles per failure, up to this many doublings.
 MAX_BACKOFF_DOUBLINGS = 6
-# A gateway's part of a run halts after this many unreachable results in a row.
-UNREACHABLE_HALT_THRESHOLD = 5
 
 
 def latest_scheduled_date(now: datetime, at: time, zone: ZoneInfo) -> date:

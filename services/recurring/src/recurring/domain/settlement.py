@@ -81,6 +81,8 @@ class Rules:
     minimum_charge_minor: int
     max_failures: int
     defer_delay: timedelta
+    # A gateway's part of a run halts after this many unreachable answers in a row.
+    halt_threshold: int
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,12 @@ def build(settings: RecurringSettings) -> Lifespan:
         stalled_after=settings.run_stalled_after,
     )
     pages = PageTokens.from_settings(settings)
-    rules = Rules(settings.minimum_charge_minor, settings.item_max_failures, settings.defer_delay)
+    rules = Rules(
+        settings.minimum_charge_minor,
+        settings.item_max_failures,
+        settings.defer_delay,
+        settings.unreachable_halt_threshold,
+    )
 
     def parts(
         r: Resources, quota_channel: grpc.aio.Channel, gateway_channel: grpc.aio.Channel
@@ -85,7 +90,6 @@ def build(settings: RecurringSettings) -> Lifespan:
                 lease=settings.worker_lease,
                 idle_poll=settings.worker_idle_poll,
                 jitter=settings.worker_jitter,
-                halt_threshold=settings.unreachable_halt_threshold,
                 rules=rules,
                 zone=zone,
             ),
