@@ -11,12 +11,12 @@ import pytest
 
 from billing_common.errors import Unavailable
 from billing_common.money import Money
-from recurring.domain.invoicing import PeriodUsage, UsageCharge
+from recurring.domain.invoicing import PeriodUsage, Transaction, UsageCharge
 from recurring.domain.outages import OutageStep, halts, outage_steps
-from recurring.domain.payments import Outcome
+from recurring.domain.payments import ChargeRequest, Outcome
 from recurring.domain.runs import WorkItem
 from recurring.domain.schedule import Frequency, local_day, midnight
-from recurring.domain.settlement import Rules
+from recurring.domain.settlement import Rules, charge_request
 from recurring.domain.status import SubscriptionStatus
 from recurring.domain.subscription import MethodType, PaymentMethod, Subscription
 from recurring.domain.usage import UsagePeriod, periods_to_ask, sort_answers
@@ -169,3 +169,32 @@ def test_a_gateway_halts_at_the_threshold_of_unreachable_answers_in_a_row() -> N
     assert not halts(4, RULES)
     assert halts(5, RULES)
     assert halts(6, RULES)
+
+
+# ------------------------------------------------------------------ charging
+
+
+def attempt(number: int = 1, **fields: object) -> Transaction:
+    found = Transaction(
+        transaction_id=f"txn_{number}",
+        invoice_id="inv_1",
+        attempt=number,
+        idempotency_key=f"inv_1:{number}",
+        retry_key=None,
+        amount=usd(2500),
+        created_at=NOW,
+    )
+    return dataclasses.replace(found, **fields)  # type: ignore[arg-type]
+
+
+def test_a_charge_asks_for_the_attempts_amount_under_its_key_with_the_subscriptions_method() -> None:
+    sub = subscription(merchant_id="m-stripe", payment_method=PaymentMethod(MethodType.ACH, "tok_ach"))
+
+    assert charge_request(attempt(2), sub) == ChargeRequest(
+        merchant_id="m-stripe",
+        method_type="ach",
+        token="tok_ach",
+        amount=usd(2500),
+        idempotency_key="inv_1:2",
+        invoice_id="inv_1",
+    )

@@ -19,7 +19,6 @@ from billing_common.clock import ControllableClock
 from billing_common.errors import FailedPrecondition, InvalidArgument, KeyReused
 from billing_common.idempotency import IdempotencyKey
 from billing_common.money import Money
-from recurring.app.charging import Charging
 from recurring.app.invoices import Invoices
 from recurring.app.runs import Runs, Schedule
 from recurring.app.subscriptions import Subscriptions
@@ -73,7 +72,6 @@ class Billing:
         self.quota = FakeQuota([BASIC, PRO, CHEAP])
         self.gateway = FakeGateway()
         self.outages = FakeOutages()
-        charging = Charging(self.gateway)
         schedule = Schedule(
             UTC_ZONE, {RunKind.MONTHLY: time(3)}, 3, timedelta(minutes=5), timedelta(minutes=30)
         )
@@ -81,7 +79,7 @@ class Billing:
         self.metrics = RecordedMetrics()
         self.runs = Runs(self.store, FakeLocks(), self.outages, self.clock, schedule, self.metrics)
         policy = ExhaustionPolicy(default_cancel=False, cancel_merchants=frozenset())
-        self.invoices = Invoices(self.store, charging, self.clock, policy, RULES)
+        self.invoices = Invoices(self.store, self.gateway, self.clock, policy, RULES)
         config = WorkerConfig(
             batch_size=50,
             concurrent_batches=1,
@@ -92,7 +90,7 @@ class Billing:
             zone=UTC_ZONE,
         )
         self.worker = Worker(
-            self.store, self.runs, charging, self.quota, self.outages, self.clock, config, self.metrics
+            self.store, self.runs, self.gateway, self.quota, self.outages, self.clock, config, self.metrics
         )
         self._keys = 0
 

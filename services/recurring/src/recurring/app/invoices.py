@@ -11,8 +11,7 @@ from billing_common.errors import FailedPrecondition, InvalidArgument, NotFound,
 from billing_common.idempotency import IdempotencyKey
 from billing_common.money import Money
 from billing_common.paging import Page, PageRequest
-from recurring.app.charging import Charging
-from recurring.app.ports import Store, UnitOfWork
+from recurring.app.ports import Gateway, Store, UnitOfWork
 from recurring.app.settling import apply, books_for_invoices, new_id
 from recurring.app.subscriptions import existing_subscription
 from recurring.domain import ledger
@@ -24,6 +23,7 @@ from recurring.domain.settlement import (
     Change,
     ExhaustionPolicy,
     Rules,
+    charge_request,
     retry_attempt,
     settle,
     settle_refund,
@@ -39,10 +39,10 @@ log = logging.getLogger(__name__)
 
 class Invoices:
     def __init__(
-        self, store: Store, charging: Charging, clock: Clock, policy: ExhaustionPolicy, rules: Rules
+        self, store: Store, gateway: Gateway, clock: Clock, policy: ExhaustionPolicy, rules: Rules
     ) -> None:
         self._store = store
-        self._charging = charging
+        self._gateway = gateway
         self._clock = clock
         self._policy = policy
         self._rules = rules
@@ -80,7 +80,7 @@ class Invoices:
                 txn = retry_attempt(invoice, attempts, key, self._clock.now(), new_id)
                 await apply(uow, Change(attempts=[txn]), self._clock.now())
             sub = await existing_subscription(uow, invoice.subscription_id)
-        result = await self._charging.send(txn, sub)
+        result = await self._gateway.charge(charge_request(txn, sub))
         answered = not isinstance(result, NoAnswer)
         log.info(
             "retry charge answered" if answered else "retry charge got no answer",

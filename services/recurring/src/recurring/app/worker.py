@@ -16,8 +16,7 @@ from zoneinfo import ZoneInfo
 
 from billing_common import telemetry
 from billing_common.clock import Clock
-from recurring.app.charging import Charging
-from recurring.app.ports import OutageCounter, Quota, RecurringMetrics, Store
+from recurring.app.ports import Gateway, OutageCounter, Quota, RecurringMetrics, Store
 from recurring.app.runs import Runs
 from recurring.app.settling import apply, books_for_invoices, books_for_items, new_id
 from recurring.domain import events as ev
@@ -34,6 +33,7 @@ from recurring.domain.settlement import (
     Charge,
     Rules,
     bill,
+    charge_request,
     failure_of,
     settle,
     worn_out,
@@ -60,7 +60,7 @@ class Worker:
         self,
         store: Store,
         runs: Runs,
-        charging: Charging,
+        gateway: Gateway,
         quota: Quota,
         outages: OutageCounter,
         clock: Clock,
@@ -69,7 +69,7 @@ class Worker:
     ) -> None:
         self._store = store
         self._runs = runs
-        self._charging = charging
+        self._gateway = gateway
         self._quota = quota
         self._outages = outages
         self._clock = clock
@@ -221,7 +221,9 @@ class Worker:
     ) -> list[tuple[Charge, ChargeResult | NoAnswer, telemetry.TraceContext]]:
         """Send the batch's charges in one call; each answer with the trace to record it in: a span
         per charge (under the trace that wrote the attempt, when an earlier worker did)."""
-        results = await self._charging.send_all([(c.attempt, c.subscription) for c in charges])
+        results = await self._gateway.charge_batch(
+            [charge_request(c.attempt, c.subscription) for c in charges]
+        )
         answered = []
         for charge, result in zip(charges, results, strict=True):
             answered.append((charge, result, _trace_answer(charge, result)))

@@ -25,6 +25,7 @@ from recurring.domain.addons import add_on_lines
 from recurring.domain.invoicing import Decision, Invoice, PeriodUsage, Transaction, build_invoice
 from recurring.domain.payments import (
     REASON_LENGTH,
+    ChargeRequest,
     ChargeResult,
     NoAnswer,
     Outcome,
@@ -326,6 +327,25 @@ def _open_invoice(
         _mark_paid(working, invoice, None, BILLING, item)
         return working.invoices[invoice.invoice_id]
     return invoice
+
+
+def charge_request(attempt: Transaction, sub: Subscription) -> ChargeRequest:
+    """What gateway-adapter is asked to charge: the attempt's amount under its key, with the merchant
+    and payment method it routes and paces by.
+
+    Exactly once: the attempt is written (unanswered, with its key) before it is sent. Whoever finds
+    it still unanswered sends the same key again, and gateway-adapter answers a repeated key with the
+    stored result, so a crash or a race never charges twice. Only an answered GATEWAY_UNREACHABLE
+    attempt (nothing happened) is followed by a new attempt and key."""
+    method = sub.payment_method
+    return ChargeRequest(
+        merchant_id=sub.merchant_id,
+        method_type=method.type.value,
+        token=method.token,
+        amount=attempt.amount,
+        idempotency_key=attempt.idempotency_key,
+        invoice_id=attempt.invoice_id,
+    )
 
 
 def next_attempt(

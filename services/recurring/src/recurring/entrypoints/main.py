@@ -19,7 +19,6 @@ from recurring.adapters.coordination import RedisOutageCounter
 from recurring.adapters.events import EventMessages
 from recurring.adapters.metrics import PrometheusRecurringMetrics, RunMetrics, run_work
 from recurring.adapters.store import PostgresStore
-from recurring.app.charging import Charging
 from recurring.app.invoices import Invoices
 from recurring.app.runs import Runs, Schedule
 from recurring.app.subscriptions import Subscriptions
@@ -64,12 +63,12 @@ def build(settings: RecurringSettings) -> Lifespan:
         quota = QuotaClient(quota_channel, settings.charge_timeout, zone)
         outages = RedisOutageCounter(r.redis, settings.namespace)
         metrics = PrometheusRecurringMetrics()
-        charging = Charging(GatewayClient(gateway_channel, settings.charge_timeout, metrics))
+        gateway = GatewayClient(gateway_channel, settings.charge_timeout, metrics)
         subscriptions = Subscriptions(store, quota, clock, zone)
         runs = Runs(store, r.locks, outages, clock, schedule, metrics)
         invoices = Invoices(
             store,
-            charging,
+            gateway,
             clock,
             ExhaustionPolicy(
                 settings.exhausted_default_action is ExhaustedDefault.CANCEL,
@@ -80,7 +79,7 @@ def build(settings: RecurringSettings) -> Lifespan:
         worker = Worker(
             store,
             runs,
-            charging,
+            gateway,
             quota,
             outages,
             clock,
