@@ -14,7 +14,7 @@ from billing_common.money import Money
 from recurring.domain.invoicing import PeriodUsage, Transaction, UsageCharge
 from recurring.domain.outages import OutageStep, halts, outage_steps
 from recurring.domain.payments import ChargeRequest, Outcome
-from recurring.domain.runs import WorkItem
+from recurring.domain.runs import Run, RunCounts, RunKind, RunState, WorkItem, dry_run_of, new_run, reopens
 from recurring.domain.schedule import Frequency, local_day, midnight
 from recurring.domain.settlement import Rules, charge_request
 from recurring.domain.status import SubscriptionStatus
@@ -198,3 +198,36 @@ def test_a_charge_asks_for_the_attempts_amount_under_its_key_with_the_subscripti
         idempotency_key="inv_1:2",
         invoice_id="inv_1",
     )
+
+
+# ------------------------------------------------------------------ runs
+
+
+def test_a_new_run_is_a_real_run_running_from_now() -> None:
+    assert new_run("run_1", DUE, RunKind.MONTHLY, NOW) == Run(
+        "run_1", DUE, RunKind.MONTHLY, RunState.RUNNING, False, NOW
+    )
+
+
+def test_a_dry_run_is_finished_when_counted_with_what_it_would_bill_pending() -> None:
+    dry = dry_run_of("dry_1", DUE, RunKind.DAILY, billable=7, skipped=2, now=NOW)
+
+    assert (dry.state, dry.dry_run, dry.finished_at) == (RunState.DRY_RUN, True, NOW)
+    assert dry.counts == RunCounts(due=9, skipped=2, pending=7)
+
+
+@pytest.mark.parametrize(
+    ("state", "queued", "expected"),
+    [
+        (RunState.COMPLETED, 3, True),
+        (RunState.COMPLETED, 0, False),
+        (RunState.RUNNING, 3, False),
+        (RunState.HALTED, 3, False),
+    ],
+)
+def test_only_a_completed_run_given_newly_due_items_runs_again(
+    state: RunState, queued: int, expected: bool
+) -> None:
+    run = dataclasses.replace(new_run("run_1", DUE, RunKind.MONTHLY, NOW), state=state)
+
+    assert reopens(run, queued) is expected

@@ -22,13 +22,15 @@ from recurring.domain.runs import (
     KIND_FREQUENCIES,
     Progress,
     Run,
-    RunCounts,
     RunItem,
     RunKind,
     RunState,
     blocks_next_date,
     dates_to_run,
+    dry_run_of,
     latest_scheduled_date,
+    new_run,
+    reopens,
     watch,
 )
 
@@ -82,21 +84,14 @@ class Runs:
                     await uow.check_fence(lease)
                     run = await uow.runs.find(billing_date, kind)
                     if run is None:
-                        run = Run(
-                            f"run_{uuid.uuid4().hex}",
-                            billing_date,
-                            kind,
-                            RunState.RUNNING,
-                            False,
-                            self._clock.now(),
-                        )
+                        run = new_run(f"run_{uuid.uuid4().hex}", billing_date, kind, self._clock.now())
                         await uow.runs.add([run])
                         due = await uow.runs.enqueue_due(run.run_id, billing_date, KIND_FREQUENCIES[kind])
                         await uow.outbox.add([ev.RunStarted(run, due)])
                         message = "run started"
                     else:
                         due = await uow.runs.enqueue_due(run.run_id, billing_date, KIND_FREQUENCIES[kind])
-                        if due and run.state is RunState.COMPLETED:
+                        if reopens(run, due):
                             await uow.runs.set_states([run.run_id], RunState.RUNNING, None)
                             await uow.runs.save_progress({run.run_id: Progress()})
                         message = "run extended" if due else ""
@@ -132,16 +127,7 @@ class Runs:
         now = self._clock.now()
         async with self._store.transaction() as uow:
             billable, skipped = await uow.runs.count_due(billing_date, KIND_FREQUENCIES[kind])
-            run = Run(
-                f"dry_{uuid.uuid4().hex}",
-                billing_date,
-                kind,
-                RunState.DRY_RUN,
-                True,
-                now,
-                finished_at=now,
-                counts=RunCounts(due=billable + skipped, skipped=skipped, pending=billable),
-            )
+            run = dry_run_of(f"dry_{uuid.uuid4().hex}", billing_date, kind, billable, skipped, now)
             await uow.runs.add([run])
         return run
 

@@ -152,6 +152,26 @@ class Run:
     progress: Progress = field(default_factory=Progress)
 
 
+def new_run(run_id: str, billing_date: date, kind: RunKind, now: datetime) -> Run:
+    """The real run of a date and kind, running from now."""
+    return Run(run_id, billing_date, kind, RunState.RUNNING, False, now)
+
+
+def dry_run_of(
+    run_id: str, billing_date: date, kind: RunKind, billable: int, skipped: int, now: datetime
+) -> Run:
+    """What a run of the date would do, finished as soon as it is counted: every due subscription,
+    the ones it would bill pending and the others skipped."""
+    counts = RunCounts(due=billable + skipped, skipped=skipped, pending=billable)
+    return Run(run_id, billing_date, kind, RunState.DRY_RUN, True, now, finished_at=now, counts=counts)
+
+
+def reopens(run: Run, queued: int) -> bool:
+    """A completed run that newly due items were added to runs again (a halted or running one goes
+    on as it is)."""
+    return queued > 0 and run.state is RunState.COMPLETED
+
+
 @dataclass(frozen=True)
 class RunItem:
     """A run's work item as people review it: what became of it, on which gateway, and why."""
