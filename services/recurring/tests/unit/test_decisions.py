@@ -9,8 +9,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from billing_common.errors import Unavailable
+from billing_common.errors import InvalidArgument, Unavailable
 from billing_common.money import Money
+from recurring.domain import amendments
+from recurring.domain.events import SubscriptionCreated
 from recurring.domain.invoicing import PeriodUsage, Transaction, UsageCharge
 from recurring.domain.outages import OutageStep, halts, outage_steps
 from recurring.domain.payments import ChargeRequest, Outcome
@@ -18,7 +20,14 @@ from recurring.domain.runs import Run, RunCounts, RunKind, RunState, WorkItem, d
 from recurring.domain.schedule import Frequency, local_day, midnight
 from recurring.domain.settlement import Rules, charge_request
 from recurring.domain.status import SubscriptionStatus
-from recurring.domain.subscription import MethodType, PaymentMethod, Subscription
+from recurring.domain.subscription import (
+    Cause,
+    MethodType,
+    PaymentMethod,
+    PlanInfo,
+    Subscription,
+    created_entry,
+)
 from recurring.domain.usage import UsagePeriod, periods_to_ask, sort_answers
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -231,3 +240,62 @@ def test_only_a_completed_run_given_newly_due_items_runs_again(
     run = dataclasses.replace(new_run("run_1", DUE, RunKind.MONTHLY, NOW), state=state)
 
     assert reopens(run, queued) is expected
+
+
+# ------------------------------------------------------------------ new subscriptions
+
+CARD = PaymentMethod(MethodType.CARD, "tok_visa")
+TRIAL_PLAN = PlanInfo("pro", 3, "Pro", usd(6000), Frequency.MONTHLY, trial_days=14)
+
+
+def command(plan_code: str = "pro", **fields: object) -> amendments.CreateCommand:
+    cmd = amendments.CreateCommand("acct_1", "merch_1", plan_code, None, None, None, 0, CARD, False)
+    return dataclasses.replace(cmd, **fields)  # type: ignore[arg-type]
+
+
+def test_a_plan_subscription_snapshots_the_plan_and_starts_with_its_trial() -> None:
+    created = amendments.create(command(), TRIAL_PLAN, "sub_1", DUE, NOW)
+    sub = created.subscription
+
+    assert (sub.subscription_id, sub.amount, sub.plan_version) == ("sub_1", usd(6000), 3)
+    assert (sub.status, sub.trial_end, sub.next_billing_date) == (
+        SubscriptionStatus.TRIALING,
+        date(2026, 3, 15),
+        date(2026, 4, 1),
+    )
+    assert created.events == [SubscriptionCreated(sub)]
+
+
+def test_a_custom_subscription_is_priced_by_its_amount_from_its_start_date() -> None:
+    cmd = command("", custom_amount=usd(1200), frequency=Frequency.WEEKLY, start_date=date(2026, 3, 4))
+
+    sub = amendments.create(cmd, None, "sub_1", DUE, NOW).subscription
+
+    assert (sub.amount, sub.frequency, sub.status) == (usd(1200), Frequency.WEEKLY, SubscriptionStatus.ACTIVE)
+    assert (sub.start_date, sub.next_billing_date, sub.plan_version) == (
+        date(2026, 3, 4),
+        date(2026, 3, 4),
+        0,
+    )
+
+
+def test_a_plan_subscription_may_not_name_another_frequency_than_its_plan() -> None:
+    with pytest.raises(InvalidArgument):
+        amendments.create(command(frequency=Frequency.WEEKLY), TRIAL_PLAN, "sub_1", DUE, NOW)
+
+
+def test_a_new_subscriptions_history_records_every_field_from_nothing() -> None:
+    sub = subscription()
+
+    entry = created_entry(sub, Cause("operator", "evt_1", "ignored"), NOW)
+
+    assert (entry.subscription_id, entry.actor, entry.cause_event_id, entry.reason) == (
+        "sub_1",
+        "operator",
+        "evt_1",
+        "created",
+    )
+    assert entry.changes["amount"] == {"previous": None, "new": {"amount_minor": 3000, "currency": USD}}
+    assert entry.changes["status"] == {"previous": None, "new": "active"}
+    assert {"version", "created_at", "updated_at"}.isdisjoint(entry.changes)
+    assert len(entry.changes) == len(dataclasses.fields(Subscription)) - 3
