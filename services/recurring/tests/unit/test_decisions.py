@@ -15,7 +15,15 @@ from recurring.domain import amendments
 from recurring.domain.events import SubscriptionCreated
 from recurring.domain.invoicing import PeriodUsage, Transaction, UsageCharge
 from recurring.domain.outages import OutageStep, halts, outage_steps
-from recurring.domain.payments import ChargeRequest, Outcome
+from recurring.domain.payments import (
+    ChargeRequest,
+    ChargeResult,
+    NoAnswer,
+    Outcome,
+    PaymentStatus,
+    described,
+    tally,
+)
 from recurring.domain.runs import Run, RunCounts, RunKind, RunState, WorkItem, dry_run_of, new_run, reopens
 from recurring.domain.schedule import Frequency, local_day, midnight
 from recurring.domain.settlement import Rules, charge_request
@@ -299,3 +307,31 @@ def test_a_new_subscriptions_history_records_every_field_from_nothing() -> None:
     assert entry.changes["status"] == {"previous": None, "new": "active"}
     assert {"version", "created_at", "updated_at"}.isdisjoint(entry.changes)
     assert len(entry.changes) == len(dataclasses.fields(Subscription)) - 3
+
+
+# ------------------------------------------------------------------ how charge answers read
+
+DECLINED = ChargeResult("pay_1", PaymentStatus.DECLINED, "stripe", decline_code="insufficient_funds")
+SILENT = NoAnswer("UNAVAILABLE", "connection refused", ours=False)
+WAIT = NoAnswer("RESOURCE_EXHAUSTED", "rate limit taken", ours=False, retry_after=timedelta(seconds=1))
+
+
+def test_an_answer_reads_as_its_outcome_gateway_and_decline_code() -> None:
+    assert described(DECLINED) == {
+        "outcome": "failed",
+        "gateway": "stripe",
+        "decline_code": "insufficient_funds",
+    }
+    paid = ChargeResult("pay_2", PaymentStatus.SUCCEEDED, "sandbox-card")
+    assert described(paid) == {"outcome": "paid", "gateway": "sandbox-card", "decline_code": ""}
+
+
+def test_a_charge_without_an_answer_reads_as_no_answer_with_the_calls_status_code() -> None:
+    assert described(SILENT) == {"outcome": "no_answer", "gateway": "", "decline_code": "UNAVAILABLE"}
+
+
+def test_a_batch_tallies_recorded_outcomes_back_pressure_and_no_answers() -> None:
+    counts = tally([Outcome.PAID, Outcome.PAID, Outcome.FAILED], [DECLINED, SILENT, WAIT, WAIT])
+
+    assert counts == {"paid": 2, "failed": 1, "no_answer": 1, "back_pressure": 2}
+    assert tally([], [DECLINED]) == {}

@@ -17,7 +17,7 @@ from recurring.app.subscriptions import existing_subscription
 from recurring.domain import ledger
 from recurring.domain.invoicing import Invoice, InvoiceFilter, Transaction
 from recurring.domain.ledger import LedgerLine
-from recurring.domain.payments import NoAnswer, PaymentUpdate, outcome_of
+from recurring.domain.payments import NoAnswer, PaymentUpdate, described
 from recurring.domain.settlement import (
     Answer,
     Change,
@@ -81,15 +81,9 @@ class Invoices:
                 await apply(uow, Change(attempts=[txn]), self._clock.now())
             sub = await existing_subscription(uow, invoice.subscription_id)
         result = await self._gateway.charge(charge_request(txn, sub))
-        answered = not isinstance(result, NoAnswer)
         log.info(
-            "retry charge answered" if answered else "retry charge got no answer",
-            extra={
-                "invoice_id": invoice_id,
-                "attempt": txn.attempt,
-                "outcome": outcome_of(result).value if not isinstance(result, NoAnswer) else "no_answer",
-                "decline_code": result.decline_code if not isinstance(result, NoAnswer) else result.code,
-            },
+            "retry charge got no answer" if isinstance(result, NoAnswer) else "retry charge answered",
+            extra={"invoice_id": invoice_id, "attempt": txn.attempt, **described(result)},
         )
         if isinstance(result, NoAnswer):
             raise Unavailable("the payment service did not answer; retry with the same key")

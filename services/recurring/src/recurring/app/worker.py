@@ -23,7 +23,7 @@ from recurring.domain import events as ev
 from recurring.domain import usage
 from recurring.domain.invoicing import Invoice, PeriodUsage
 from recurring.domain.outages import halts, outage_steps
-from recurring.domain.payments import REASON_LENGTH, ChargeResult, NoAnswer, Outcome, outcome_of
+from recurring.domain.payments import REASON_LENGTH, ChargeResult, NoAnswer, Outcome, described, tally
 from recurring.domain.runs import AfterFailure, WorkItem
 from recurring.domain.settlement import (
     BILLING,
@@ -271,16 +271,14 @@ class Worker:
     async def _charge_all(self, charges: list[Charge]) -> Counter[str]:
         """Send the batch's charges in one call (gateway-adapter paces them) and record the answers
         in one transaction. Returns how many charges ended in each outcome."""
-        outcomes: Counter[str] = Counter()
         if not charges:
-            return outcomes
+            return Counter()
         try:
             sent = await self._send_all(charges)
         except Exception as error:
             log.exception("charging failed", extra={"items": len(charges)})
             await self._fail([(charge.item, _reason("charging", error)) for charge in charges])
-            outcomes["errors"] += len(charges)
-            return outcomes
+            return Counter(errors=len(charges))
         answered = sorted(((charge, result) for charge, result, _ in sent), key=lambda a: a[0].item.item_id)
         traces = {charge.item.item_id: trace for charge, _, trace in sent}
         try:
@@ -288,16 +286,8 @@ class Worker:
         except Exception:
             # The items stay claimed; their lease runs out and the next claim sends the same keys.
             log.exception("recording charge results failed", extra={"items": len(answered)})
-            outcomes["errors"] += len(answered)
-            return outcomes
-        outcomes.update(outcome.value for _, outcome in recorded)
-        unanswered = [result for _, result in answered if isinstance(result, NoAnswer)]
-        waiting = sum(1 for result in unanswered if result.retry_after is not None)
-        if waiting:
-            outcomes["back_pressure"] += waiting
-        if len(unanswered) > waiting:
-            outcomes["no_answer"] += len(unanswered) - waiting
-        return outcomes
+            return Counter(errors=len(answered))
+        return tally([outcome for _, outcome in recorded], [result for _, result in answered])
 
     async def _conclude(
         self,
@@ -347,19 +337,15 @@ def _trace_answer(charge: Charge, result: ChargeResult | NoAnswer) -> telemetry.
         "charge.idempotency_key": txn.idempotency_key,
     }
     with telemetry.span("recurring.charge", parent=earlier, links=links, attributes=attributes) as span:
-        answered = isinstance(result, ChargeResult)
-        outcome = outcome_of(result).value if isinstance(result, ChargeResult) else "no_answer"
         facts: dict[str, str | int] = {
             "invoice_id": txn.invoice_id,
             "attempt": txn.attempt,
-            "outcome": outcome,
-            "gateway": result.gateway if isinstance(result, ChargeResult) else "",
-            "decline_code": result.decline_code if isinstance(result, ChargeResult) else result.code,
+            **described(result),
         }
         span.set_attributes({f"charge.{key}": value for key, value in facts.items() if key != "invoice_id"})
         log.log(
-            logging.DEBUG if outcome == Outcome.PAID.value else logging.INFO,
-            "charge answered" if answered else "charge got no answer",
+            logging.DEBUG if facts["outcome"] == Outcome.PAID.value else logging.INFO,
+            "charge got no answer" if isinstance(result, NoAnswer) else "charge answered",
             extra=facts,
         )
         return telemetry.capture()
