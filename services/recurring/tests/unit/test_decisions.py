@@ -9,11 +9,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from billing_common.errors import InvalidArgument, Unavailable
+from billing_common.errors import FailedPrecondition, InvalidArgument, Unavailable
 from billing_common.money import Money
-from recurring.domain import amendments
+from recurring.domain import amendments, ledger
 from recurring.domain.events import SubscriptionCreated
-from recurring.domain.invoicing import PeriodUsage, Transaction, UsageCharge
+from recurring.domain.invoicing import Invoice, PeriodUsage, Transaction, UsageCharge
 from recurring.domain.outages import OutageStep, halts, outage_steps
 from recurring.domain.payments import (
     ChargeRequest,
@@ -26,8 +26,8 @@ from recurring.domain.payments import (
 )
 from recurring.domain.runs import Run, RunCounts, RunKind, RunState, WorkItem, dry_run_of, new_run, reopens
 from recurring.domain.schedule import Frequency, local_day, midnight
-from recurring.domain.settlement import Rules, charge_request
-from recurring.domain.status import SubscriptionStatus
+from recurring.domain.settlement import Rules, charge_request, check_retry, earlier_retry, retry
+from recurring.domain.status import InvoiceStatus, SubscriptionStatus
 from recurring.domain.subscription import (
     Cause,
     MethodType,
@@ -335,3 +335,95 @@ def test_a_batch_tallies_recorded_outcomes_back_pressure_and_no_answers() -> Non
 
     assert counts == {"paid": 2, "failed": 1, "no_answer": 1, "back_pressure": 2}
     assert tally([], [DECLINED]) == {}
+
+
+def fields_of(error: pytest.ExceptionInfo[InvalidArgument]) -> list[str]:
+    return [violation.field for violation in error.value.violations]
+
+
+# ------------------------------------------------------------------ dunning's retries
+
+
+def invoice(status: InvoiceStatus = InvoiceStatus.PAYMENT_FAILED) -> Invoice:
+    return Invoice(
+        invoice_id="inv_1",
+        subscription_id="sub_1",
+        account_id="acct_1",
+        merchant_id="merch_1",
+        occurrence_key=f"sub_1:{DUE}",
+        status=status,
+        billing_date=DUE,
+        period_start=DUE,
+        period_end=date(2026, 4, 1),
+        total=usd(2500),
+        credit_applied=usd(0),
+        amount_due=usd(2500),
+        created_at=NOW,
+    )
+
+
+def test_a_retry_names_its_invoice_and_key() -> None:
+    check_retry("inv_1", "case_1:2")
+    with pytest.raises(InvalidArgument) as missing:
+        check_retry("", "")
+    assert fields_of(missing) == ["invoice_id", "idempotency_key"]
+
+
+def test_a_retry_key_answers_with_its_earlier_attempt_and_is_refused_for_another_invoice() -> None:
+    earlier = attempt(2, retry_key="case_1:2")
+
+    assert earlier_retry(earlier, "inv_1", "case_1:2") is earlier
+    assert earlier_retry(None, "inv_1", "case_1:2") is None
+    with pytest.raises(FailedPrecondition, match="case_1:2"):
+        earlier_retry(earlier, "inv_2", "case_1:2")
+
+
+def test_a_retry_charges_the_failed_invoice_again_as_its_next_attempt_under_the_key() -> None:
+    declined = attempt(1, status=PaymentStatus.DECLINED, payment_id="pay_1")
+
+    new = retry(invoice(), [declined], "case_1:2", NOW, lambda prefix: f"{prefix}_9")
+
+    assert (new.transaction_id, new.attempt, new.idempotency_key, new.retry_key) == (
+        "txn_9",
+        2,
+        "inv_1:2",
+        "case_1:2",
+    )
+    assert (new.amount, new.answered) == (usd(2500), False)
+
+
+@pytest.mark.parametrize(
+    ("status", "last"),
+    [
+        (InvoiceStatus.PAID, None),
+        (InvoiceStatus.VOID, None),
+        (InvoiceStatus.PAYMENT_FAILED, attempt(1)),  # still unanswered
+        (InvoiceStatus.PAYMENT_FAILED, attempt(1, status=PaymentStatus.PENDING, payment_id="pay_1")),
+    ],
+)
+def test_a_retry_is_refused_while_the_invoice_cannot_be_charged(
+    status: InvoiceStatus, last: Transaction | None
+) -> None:
+    with pytest.raises(FailedPrecondition):
+        retry(invoice(status), [last] if last else [], "case_1:2", NOW, lambda prefix: prefix)
+
+
+# ------------------------------------------------------------------ account credit
+
+
+def test_credit_is_granted_in_a_positive_amount_to_a_named_account_under_a_key() -> None:
+    assert ledger.check_credit("acct_1", usd(500), "key_1") == usd(500)
+    for amount in (None, usd(0), usd(-5)):
+        with pytest.raises(InvalidArgument) as refused:
+            ledger.check_credit("acct_1", amount, "key_1")
+        assert fields_of(refused) == ["amount"]
+    with pytest.raises(InvalidArgument) as missing:
+        ledger.check_credit("", usd(500), "")
+    assert fields_of(missing) == ["account_id", "idempotency_key"]
+
+
+def test_a_balance_is_read_for_a_named_account_in_a_currency() -> None:
+    ledger.check_account("acct_1", USD)
+    with pytest.raises(InvalidArgument) as missing:
+        ledger.check_account("", "")
+    assert fields_of(missing) == ["account_id", "currency"]

@@ -7,7 +7,7 @@ import dataclasses
 import logging
 
 from billing_common.clock import Clock
-from billing_common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable, Violations
+from billing_common.errors import InvalidArgument, NotFound, Unavailable
 from billing_common.idempotency import IdempotencyKey
 from billing_common.money import Money
 from billing_common.paging import Page, PageRequest
@@ -24,7 +24,9 @@ from recurring.domain.settlement import (
     ExhaustionPolicy,
     Rules,
     charge_request,
-    retry_attempt,
+    check_retry,
+    earlier_retry,
+    retry,
     settle,
     settle_refund,
     settle_return,
@@ -64,20 +66,15 @@ class Invoices:
 
     async def retry_payment(self, invoice_id: str, key: str) -> tuple[Invoice, Transaction, bool]:
         """Charge an open invoice once per key (dunning's "<case id>:<attempt>")."""
-        violations = Violations()
-        violations.check(bool(invoice_id), "invoice_id", "required")
-        violations.check(bool(key), "idempotency_key", "required")
-        violations.raise_if_any()
+        check_retry(invoice_id, key)
         async with self._store.transaction() as uow:
-            txn = (await uow.invoices.by_retry_keys([key])).get(key)
-            if txn is not None and txn.invoice_id != invoice_id:
-                raise FailedPrecondition(f"idempotency key {key!r} was used for another invoice")
+            txn = earlier_retry((await uow.invoices.by_retry_keys([key])).get(key), invoice_id, key)
             invoice = await _invoice(uow, invoice_id, lock=True)
             if txn is not None and txn.answered:
                 return invoice, txn, True
             if txn is None:
                 attempts = (await uow.invoices.attempts_of([invoice_id])).get(invoice_id, [])
-                txn = retry_attempt(invoice, attempts, key, self._clock.now(), new_id)
+                txn = retry(invoice, attempts, key, self._clock.now(), new_id)
                 await apply(uow, Change(attempts=[txn]), self._clock.now())
             sub = await existing_subscription(uow, invoice.subscription_id)
         result = await self._gateway.charge(charge_request(txn, sub))
@@ -156,25 +153,17 @@ class Invoices:
     async def add_credit(
         self, account_id: str, amount: Money | None, reason: str, idem: IdempotencyKey
     ) -> Money:
-        violations = Violations()
-        violations.check(bool(account_id), "account_id", "required")
-        violations.check(amount is not None and amount.amount_minor > 0, "amount", "must be positive")
-        violations.check(bool(idem.key), "idempotency_key", "required")
-        violations.raise_if_any()
-        assert amount is not None
+        credit = ledger.check_credit(account_id, amount, idem.key)
         async with self._store.transaction() as uow:
             if await uow.keys.claim(idem) is None:
-                granted = ledger.granted_credit(account_id, idem.key, reason, amount)
+                granted = ledger.granted_credit(account_id, idem.key, reason, credit)
                 await uow.ledger.post([granted], self._clock.now())
                 await uow.keys.complete(idem, account_id)
-            _, available = await uow.ledger.balances(account_id, amount.currency)
+            _, available = await uow.ledger.balances(account_id, credit.currency)
         return available
 
     async def balance(self, account_id: str, currency: str) -> tuple[Money, Money]:
-        violations = Violations()
-        violations.check(bool(account_id), "account_id", "required")
-        violations.check(bool(currency), "currency", "required")
-        violations.raise_if_any()
+        ledger.check_account(account_id, currency)
         async with self._store.transaction() as uow:
             return await uow.ledger.balances(account_id, currency)
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from billing_common.errors import FailedPrecondition, NotFound
+from billing_common.errors import FailedPrecondition, NotFound, Violations
 from billing_common.money import Money
 from billing_common.payments import FailureType
 from recurring.domain import events as ev
@@ -368,7 +368,22 @@ def next_attempt(
     )
 
 
-def retry_attempt(
+def check_retry(invoice_id: str, retry_key: str) -> None:
+    """A retry names its invoice and its key (dunning's "<case id>:<attempt>")."""
+    violations = Violations()
+    violations.check(bool(invoice_id), "invoice_id", "required")
+    violations.check(bool(retry_key), "idempotency_key", "required")
+    violations.raise_if_any()
+
+
+def earlier_retry(found: Transaction | None, invoice_id: str, retry_key: str) -> Transaction | None:
+    """The attempt a retry key made before, if any; a key made for another invoice is refused."""
+    if found is not None and found.invoice_id != invoice_id:
+        raise FailedPrecondition(f"idempotency key {retry_key!r} was used for another invoice")
+    return found
+
+
+def retry(
     invoice: Invoice, attempts: Sequence[Transaction], retry_key: str, now: datetime, new_id: NewId
 ) -> Transaction:
     """Dunning's new charge of the invoice under its key; refused while the invoice cannot be charged."""
