@@ -26,7 +26,15 @@ from recurring.domain.payments import (
 )
 from recurring.domain.runs import Run, RunCounts, RunKind, RunState, WorkItem, dry_run_of, new_run, reopens
 from recurring.domain.schedule import Frequency, local_day, midnight
-from recurring.domain.settlement import Rules, charge_request, check_retry, earlier_retry, retry
+from recurring.domain.settlement import (
+    ExhaustedAction,
+    ExhaustionPolicy,
+    Rules,
+    charge_request,
+    check_retry,
+    earlier_retry,
+    retry,
+)
 from recurring.domain.status import InvoiceStatus, SubscriptionStatus
 from recurring.domain.subscription import (
     Cause,
@@ -427,3 +435,25 @@ def test_a_balance_is_read_for_a_named_account_in_a_currency() -> None:
     with pytest.raises(InvalidArgument) as missing:
         ledger.check_account("", "")
     assert fields_of(missing) == ["account_id", "currency"]
+
+
+# ------------------------------------------------------------------ dunning exhausted
+
+
+@pytest.mark.parametrize(
+    ("default", "merchant", "action", "cancels"),
+    [
+        (ExhaustedAction.SUSPEND, "merch_1", None, False),
+        (ExhaustedAction.CANCEL, "merch_1", None, True),
+        (ExhaustedAction.SUSPEND, "merch_cancels", None, True),
+        # The event's action wins over the policy, either way.
+        (ExhaustedAction.CANCEL, "merch_cancels", ExhaustedAction.SUSPEND, False),
+        (ExhaustedAction.SUSPEND, "merch_1", ExhaustedAction.CANCEL, True),
+    ],
+)
+def test_dunning_exhausted_cancels_as_the_event_says_else_as_the_merchants_policy(
+    default: ExhaustedAction, merchant: str, action: ExhaustedAction | None, cancels: bool
+) -> None:
+    policy = ExhaustionPolicy(default, frozenset({"merch_cancels"}))
+
+    assert policy.cancels(merchant, action) is cancels

@@ -30,7 +30,7 @@ from recurring.domain.invoicing import AddOnUse, LineKind, PeriodUsage, UsageCha
 from recurring.domain.payments import ChargeResult, PaymentStatus, PaymentUpdate
 from recurring.domain.runs import ItemStatus, RunKind, RunState
 from recurring.domain.schedule import Frequency, Period
-from recurring.domain.settlement import ExhaustionPolicy, Rules
+from recurring.domain.settlement import ExhaustedAction, ExhaustionPolicy, Rules
 from recurring.domain.status import InvoiceStatus, SubscriptionStatus
 from recurring.domain.subscription import Cause, MethodType, PaymentMethod, PlanInfo, Subscription
 from services.recurring.tests.fakes import (
@@ -78,7 +78,7 @@ class Billing:
         self.subscriptions = Subscriptions(self.store, self.quota, self.clock, UTC_ZONE)
         self.metrics = RecordedMetrics()
         self.runs = Runs(self.store, FakeLocks(), self.outages, self.clock, schedule, self.metrics)
-        policy = ExhaustionPolicy(default_cancel=False, cancel_merchants=frozenset())
+        policy = ExhaustionPolicy(ExhaustedAction.SUSPEND, cancel_merchants=frozenset())
         self.invoices = Invoices(self.store, self.gateway, self.clock, policy, RULES)
         config = WorkerConfig(
             batch_size=50,
@@ -559,7 +559,7 @@ def test_dunning_exhausted_writes_the_invoice_off_and_suspends_by_default() -> N
 
     async def exhausted() -> None:
         async with billing.store.transaction() as uow:
-            await billing.invoices.on_dunning_exhausted(uow, invoice_id, "", "evt_1")
+            await billing.invoices.on_dunning_exhausted(uow, invoice_id, None, "evt_1")
 
     run(exhausted())
     assert billing.tables.invoices[invoice_id].status is InvoiceStatus.UNCOLLECTIBLE

@@ -21,6 +21,7 @@ from recurring.domain.payments import NoAnswer, PaymentUpdate, described
 from recurring.domain.settlement import (
     Answer,
     Change,
+    ExhaustedAction,
     ExhaustionPolicy,
     Rules,
     charge_request,
@@ -137,7 +138,7 @@ class Invoices:
         await apply(uow, settle_refund(txn, refund_id, refunded_total, books), self._clock.now())
 
     async def on_dunning_exhausted(
-        self, uow: UnitOfWork, invoice_id: str, action: str, event_id: str
+        self, uow: UnitOfWork, invoice_id: str, action: ExhaustedAction | None, event_id: str
     ) -> None:
         """Write the invoice off and suspend or cancel the subscription, as the merchant's policy says."""
         invoice = (await uow.invoices.load([invoice_id], lock=True)).get(invoice_id)

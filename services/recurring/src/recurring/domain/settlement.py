@@ -15,6 +15,7 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import StrEnum
 
 from billing_common.errors import FailedPrecondition, NotFound, Violations
 from billing_common.money import Money
@@ -520,24 +521,32 @@ def void(invoice: Invoice, attempts: Sequence[Transaction], reason: str, now: da
     return change
 
 
+class ExhaustedAction(StrEnum):
+    """What becomes of the subscription when dunning runs out of attempts."""
+
+    SUSPEND = "suspend"
+    CANCEL = "cancel"
+
+
 @dataclass(frozen=True)
 class ExhaustionPolicy:
-    """What dunning.exhausted does to the subscription when the event names no action."""
+    """What dunning.exhausted does to the subscription when the event names no action: the default,
+    except for the merchants listed, which cancel."""
 
-    default_cancel: bool
+    default: ExhaustedAction
     cancel_merchants: frozenset[str]
 
-    def cancels(self, merchant_id: str, action: str) -> bool:
-        if action:
-            return action == "cancel"
-        return self.default_cancel or merchant_id in self.cancel_merchants
+    def cancels(self, merchant_id: str, action: ExhaustedAction | None) -> bool:
+        if action is not None:
+            return action is ExhaustedAction.CANCEL
+        return self.default is ExhaustedAction.CANCEL or merchant_id in self.cancel_merchants
 
 
 def write_off(
     invoice: Invoice,
     sub: Subscription | None,
     policy: ExhaustionPolicy,
-    action: str,
+    action: ExhaustedAction | None,
     cause: Cause,
     now: datetime,
 ) -> Change:

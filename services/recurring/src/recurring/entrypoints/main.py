@@ -27,7 +27,7 @@ from recurring.domain.runs import RunKind
 from recurring.domain.settlement import ExhaustionPolicy, Rules
 from recurring.entrypoints.consumers import handlers
 from recurring.entrypoints.servicer import ACCESS, RecurringServicer
-from recurring.settings import ExhaustedDefault, RecurringSettings
+from recurring.settings import RecurringSettings
 
 MIGRATIONS = Path(__file__).resolve().parents[3] / "migrations"
 SERVICE_NAME = "billing.recurring.v1.RecurringService"
@@ -70,10 +70,7 @@ def build(settings: RecurringSettings) -> Lifespan:
             store,
             gateway,
             clock,
-            ExhaustionPolicy(
-                settings.exhausted_default_action is ExhaustedDefault.CANCEL,
-                settings.exhausted_cancel_merchants,
-            ),
+            ExhaustionPolicy(settings.exhausted_default_action, settings.exhausted_cancel_merchants),
             rules,
         )
         worker = Worker(
