@@ -69,28 +69,28 @@ class Invoices:
         """Charge an open invoice once per key (dunning's "<case id>:<attempt>")."""
         check_retry(invoice_id, key)
         async with self._store.transaction() as uow:
-            txn = earlier_retry((await uow.invoices.by_retry_keys([key])).get(key), invoice_id, key)
+            attempt = earlier_retry((await uow.invoices.by_retry_keys([key])).get(key), invoice_id, key)
             invoice = await _invoice(uow, invoice_id, lock=True)
-            if txn is not None and txn.answered:
-                return invoice, txn, True
-            if txn is None:
+            if attempt is not None and attempt.answered:
+                return invoice, attempt, True
+            if attempt is None:
                 attempts = (await uow.invoices.attempts_of([invoice_id])).get(invoice_id, [])
-                txn = retry(invoice, attempts, key, self._clock.now(), new_id)
-                await apply(uow, Change(attempts=[txn]), self._clock.now())
+                attempt = retry(invoice, attempts, key, self._clock.now(), new_id)
+                await apply(uow, Change(attempts=[attempt]), self._clock.now())
             sub = await existing_subscription(uow, invoice.subscription_id)
-        result = await self._gateway.charge(charge_request(txn, sub))
+        result = await self._gateway.charge(charge_request(attempt, sub))
         log.info(
             "retry charge got no answer" if isinstance(result, NoAnswer) else "retry charge answered",
-            extra={"invoice_id": invoice_id, "attempt": txn.attempt, **described(result)},
+            extra={"invoice_id": invoice_id, "attempt": attempt.attempt, **described(result)},
         )
         if isinstance(result, NoAnswer):
             raise Unavailable("the payment service did not answer; retry with the same key")
         async with self._store.transaction() as uow:
-            await self._settle(uow, [Answer(txn, result)], Cause("dunning"))
+            await self._settle(uow, [Answer(attempt, result)], Cause("dunning"))
         async with self._store.transaction() as uow:
             invoice = await _invoice(uow, invoice_id)
             attempts = (await uow.invoices.attempts_of([invoice_id]))[invoice_id]
-        return invoice, next(t for t in attempts if t.transaction_id == txn.transaction_id), False
+        return invoice, next(t for t in attempts if t.transaction_id == attempt.transaction_id), False
 
     async def void(self, invoice_id: str, reason: str, idem: IdempotencyKey) -> Invoice:
         async with self._store.transaction() as uow:
@@ -112,30 +112,30 @@ class Invoices:
 
     async def on_payment_outcome(self, uow: UnitOfWork, update: PaymentUpdate) -> None:
         """payment.settled / payment.reconciled: the final word on a pending or unknown charge."""
-        txn = await uow.invoices.find_for_payment(update.payment_id, update.idempotency_key)
-        if txn is None:
+        attempt = await uow.invoices.find_for_payment(update.payment_id, update.idempotency_key)
+        if attempt is None:
             return
-        await self._settle(uow, [Answer(txn, update.result, final_word=True)], Cause("gateway-adapter"))
+        await self._settle(uow, [Answer(attempt, update.result, final_word=True)], Cause("gateway-adapter"))
 
     async def on_payment_returned(self, uow: UnitOfWork, update: PaymentUpdate, event_id: str) -> None:
         """An ACH debit came back: the money leaves again and the invoice goes to dunning."""
-        txn = await uow.invoices.find_for_payment(update.payment_id, update.idempotency_key)
-        if txn is None:
+        attempt = await uow.invoices.find_for_payment(update.payment_id, update.idempotency_key)
+        if attempt is None:
             return
         now = self._clock.now()
-        books = await books_for_invoices(uow, [txn.invoice_id])
+        books = await books_for_invoices(uow, [attempt.invoice_id])
         cause = Cause("gateway-adapter", event_id, "returned")
-        await apply(uow, settle_return(txn, update.result, books, cause, now), now)
+        await apply(uow, settle_return(attempt, update.result, books, cause, now), now)
 
     async def on_payment_refunded(
         self, uow: UnitOfWork, update: PaymentUpdate, refund_id: str, refunded_total: Money
     ) -> None:
         """payment.refunded (full or partial): the ledger and the invoice show what went back."""
-        txn = await uow.invoices.find_for_payment(update.payment_id, update.idempotency_key)
-        if txn is None:
+        attempt = await uow.invoices.find_for_payment(update.payment_id, update.idempotency_key)
+        if attempt is None:
             return
-        books = await books_for_invoices(uow, [txn.invoice_id])
-        await apply(uow, settle_refund(txn, refund_id, refunded_total, books), self._clock.now())
+        books = await books_for_invoices(uow, [attempt.invoice_id])
+        await apply(uow, settle_refund(attempt, refund_id, refunded_total, books), self._clock.now())
 
     async def on_dunning_exhausted(
         self, uow: UnitOfWork, invoice_id: str, action: ExhaustedAction | None, event_id: str

@@ -111,8 +111,8 @@ class Worker:
 
     async def _release(self) -> None:
         try:
-            async with self._store.transaction() as tx:
-                released = await tx.items.release(self._pod)
+            async with self._store.transaction() as uow:
+                released = await uow.items.release(self._pod)
         except Exception:
             log.exception("handing back claimed work items failed; their lease runs out")
             return
@@ -121,9 +121,9 @@ class Worker:
 
     async def work_once(self) -> int:
         """Claim one batch (FOR UPDATE SKIP LOCKED, with a lease) and work it; how many items."""
-        async with self._store.transaction() as tx:
+        async with self._store.transaction() as uow:
             token = f"{self._pod}.{uuid.uuid4().hex}"
-            items = await tx.items.claim(self._config.batch_size, self._config.lease, token)
+            items = await uow.items.claim(self._config.batch_size, self._config.lease, token)
         if not items:
             return 0
         run_ids = sorted({item.run_id for item in items})
@@ -182,8 +182,8 @@ class Worker:
         failures = worn_out(items, self._config.rules)
         if not failures:
             return items
-        async with self._store.transaction() as tx:
-            self._parked(await apply(tx, Change(failures=failures), self._clock.now()), failures)
+        async with self._store.transaction() as uow:
+            self._parked(await apply(uow, Change(failures=failures), self._clock.now()), failures)
         parked = {item.item_id for item, _, _ in failures}
         return [item for item in items if item.item_id not in parked]
 
@@ -194,8 +194,8 @@ class Worker:
             return
         counted = [failure_of(item, reason, self._config.rules) for item, reason in failures]
         try:
-            async with self._store.transaction() as tx:
-                self._parked(await apply(tx, Change(failures=counted), self._clock.now()), counted)
+            async with self._store.transaction() as uow:
+                self._parked(await apply(uow, Change(failures=counted), self._clock.now()), counted)
         except Exception:
             log.exception("recording failed items failed", extra={"items": len(failures)})
 
@@ -297,13 +297,13 @@ class Worker:
         """Settle the answers in one transaction; an item whose lease was taken over keeps its new
         owner. What a charge's answer announces is written under the charge's trace."""
         now = self._clock.now()
-        async with self._store.transaction() as tx:
-            held = await tx.items.held([c.item for c, _ in answered])
+        async with self._store.transaction() as uow:
+            held = await uow.items.held([c.item for c, _ in answered])
             recorded = [c.attempt.invoice_id for c, r in answered if isinstance(r, ChargeResult)]
-            books = await books_for_invoices(tx, recorded) if recorded else Books({}, {}, {})
+            books = await books_for_invoices(uow, recorded) if recorded else Books({}, {}, {})
             answers = [Answer(c.attempt, r, c.item, c.item.item_id in held) for c, r in answered]
             change = settle(answers, books, self._config.rules, BILLING, now)
-            self._parked(await apply(tx, change, now, traces), change.failures)
+            self._parked(await apply(uow, change, now, traces), change.failures)
         await self._count_outages(change.outcomes)
         return change.outcomes
 
@@ -317,29 +317,29 @@ class Worker:
                 await self._halt(step.run_id, step.gateway)
 
     async def _halt(self, run_id: str, gateway: str) -> None:
-        async with self._store.transaction() as tx:
-            if await tx.runs.halt(run_id, gateway):
-                run = (await tx.runs.load([run_id]))[run_id]
-                deferred = await tx.runs.deferred_items(run_id, gateway)
-                await tx.outbox.add([ev.RunHalted(run, gateway, deferred)])
+        async with self._store.transaction() as uow:
+            if await uow.runs.halt(run_id, gateway):
+                run = (await uow.runs.load([run_id]))[run_id]
+                deferred = await uow.runs.deferred_items(run_id, gateway)
+                await uow.outbox.add([ev.RunHalted(run, gateway, deferred)])
                 log.warning("gateway halted in run", extra={"run": run_id, "gateway": gateway})
 
 
 def _trace_answer(charge: Charge, result: ChargeResult | NoAnswer) -> telemetry.TraceContext:
     """A span of the charge's answer, and its trace: what the answer announces is written under it."""
-    txn = charge.attempt
-    earlier = txn.trace_context or None
+    attempt = charge.attempt
+    earlier = attempt.trace_context or None
     links = [telemetry.capture()] if earlier else []
     attributes = {
         "run.id": charge.item.run_id,
-        "invoice.id": txn.invoice_id,
-        "charge.attempt": txn.attempt,
-        "charge.idempotency_key": txn.idempotency_key,
+        "invoice.id": attempt.invoice_id,
+        "charge.attempt": attempt.attempt,
+        "charge.idempotency_key": attempt.idempotency_key,
     }
     with telemetry.span("recurring.charge", parent=earlier, links=links, attributes=attributes) as span:
         facts: dict[str, str | int] = {
-            "invoice_id": txn.invoice_id,
-            "attempt": txn.attempt,
+            "invoice_id": attempt.invoice_id,
+            "attempt": attempt.attempt,
             **described(result),
         }
         span.set_attributes({f"charge.{key}": value for key, value in facts.items() if key != "invoice_id"})
