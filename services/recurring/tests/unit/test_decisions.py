@@ -24,7 +24,17 @@ from recurring.domain.payments import (
     described,
     tally,
 )
-from recurring.domain.runs import Run, RunCounts, RunKind, RunState, WorkItem, dry_run_of, new_run, reopens
+from recurring.domain.runs import (
+    Run,
+    RunCounts,
+    RunKind,
+    RunState,
+    WorkItem,
+    check_run,
+    dry_run_of,
+    new_run,
+    reopens,
+)
 from recurring.domain.schedule import Frequency, local_day, midnight
 from recurring.domain.settlement import (
     ExhaustedAction,
@@ -226,6 +236,16 @@ def test_a_charge_asks_for_the_attempts_amount_under_its_key_with_the_subscripti
 
 
 # ------------------------------------------------------------------ runs
+
+
+def test_a_run_is_asked_for_by_date_and_kind() -> None:
+    assert check_run(DUE, RunKind.DAILY) == (DUE, RunKind.DAILY)
+    with pytest.raises(InvalidArgument) as no_date:
+        check_run(None, RunKind.DAILY)
+    assert fields_of(no_date) == ["billing_date"]
+    with pytest.raises(InvalidArgument) as no_kind:
+        check_run(DUE, None)
+    assert fields_of(no_kind) == ["kind"]
 
 
 def test_a_new_run_is_a_real_run_running_from_now() -> None:

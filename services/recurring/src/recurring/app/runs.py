@@ -26,6 +26,7 @@ from recurring.domain.runs import (
     RunKind,
     RunState,
     blocks_next_date,
+    check_run,
     dates_to_run,
     dry_run_of,
     latest_scheduled_date,
@@ -111,11 +112,8 @@ class Runs:
                 await self.finish_if_done(run.run_id)
                 return await self.get(run.run_id)
 
-    async def run_billing(self, billing_date: date | None, kind: RunKind | None, dry_run: bool) -> Run:
-        if billing_date is None:
-            raise InvalidArgument.of("billing_date", "required")
-        if kind is None:
-            raise InvalidArgument.of("kind", "must be DAILY or MONTHLY")
+    async def run_billing(self, asked_date: date | None, asked_kind: RunKind | None, dry_run: bool) -> Run:
+        billing_date, kind = check_run(asked_date, asked_kind)
         if dry_run:
             return await self._dry_run(billing_date, kind)
         run = await self.start(billing_date, kind, wait=timedelta(seconds=30))

@@ -8,6 +8,7 @@ from datetime import date, datetime, time, timedelta
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
+from billing_common.errors import InvalidArgument
 from recurring.domain.schedule import Frequency
 
 
@@ -150,6 +151,15 @@ class Run:
     halted_gateways: tuple[str, ...] = ()
     counts: RunCounts = field(default_factory=RunCounts)
     progress: Progress = field(default_factory=Progress)
+
+
+def check_run(billing_date: date | None, kind: RunKind | None) -> tuple[date, RunKind]:
+    """A run (or dry run) is asked for by date and kind."""
+    if billing_date is None:
+        raise InvalidArgument.of("billing_date", "required")
+    if kind is None:
+        raise InvalidArgument.of("kind", "must be DAILY or MONTHLY")
+    return billing_date, kind
 
 
 def new_run(run_id: str, billing_date: date, kind: RunKind, now: datetime) -> Run:
