@@ -3,7 +3,6 @@ account credit and the ledger's views."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 from billing_common.clock import Clock
@@ -34,7 +33,6 @@ from recurring.domain.settlement import (
     void,
     write_off,
 )
-from recurring.domain.status import InvoiceStatus
 from recurring.domain.subscription import Cause
 
 log = logging.getLogger(__name__)
@@ -102,7 +100,7 @@ class Invoices:
             await apply(uow, void(invoice, attempts, reason, now), now)
             if idem.key:
                 await uow.keys.complete(idem, invoice_id)
-            return dataclasses.replace(invoice, status=InvoiceStatus.VOID)
+            return await _invoice(uow, invoice_id)
 
     async def _settle(self, uow: UnitOfWork, answers: list[Answer], cause: Cause) -> None:
         """Settle charge answers through the one calculator and applicator."""
