@@ -23,7 +23,7 @@ from recurring.domain import events as ev
 from recurring.domain import usage
 from recurring.domain.invoicing import Invoice, PeriodUsage
 from recurring.domain.outages import halts, outage_steps
-from recurring.domain.payments import REASON_LENGTH, ChargeResult, NoAnswer, Outcome, described, tally
+from recurring.domain.payments import ChargeResult, NoAnswer, Outcome, described, tally
 from recurring.domain.runs import AfterFailure, WorkItem
 from recurring.domain.settlement import (
     BILLING,
@@ -224,10 +224,10 @@ class Worker:
         results = await self._gateway.charge_batch(
             [charge_request(c.attempt, c.subscription) for c in charges]
         )
-        answered = []
-        for charge, result in zip(charges, results, strict=True):
-            answered.append((charge, result, _trace_answer(charge, result)))
-        return answered
+        return [
+            (charge, result, _trace_answer(charge, result))
+            for charge, result in zip(charges, results, strict=True)
+        ]
 
     async def _bill(self, items: list[WorkItem]) -> list[Charge]:
         """Invoice the items' occurrences and write their attempts in one transaction; the charges
@@ -352,7 +352,8 @@ def _trace_answer(charge: Charge, result: ChargeResult | NoAnswer) -> telemetry.
 
 
 def _reason(step: str, error: BaseException) -> str:
-    return f"{step}: {type(error).__name__}: {error}"[:REASON_LENGTH]
+    """Why a step failed, as the item records it (cut to its length by `failure_of`)."""
+    return f"{step}: {type(error).__name__}: {error}"
 
 
 async def _first_of(seconds: float, *events: asyncio.Event) -> None:
