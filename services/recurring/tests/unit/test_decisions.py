@@ -30,6 +30,8 @@ from recurring.domain.runs import (
     RunKind,
     RunState,
     WorkItem,
+    check_resume,
+    check_resumed,
     check_run,
     dry_run_of,
     new_run,
@@ -246,6 +248,19 @@ def test_a_run_is_asked_for_by_date_and_kind() -> None:
     with pytest.raises(InvalidArgument) as no_kind:
         check_run(DUE, None)
     assert fields_of(no_kind) == ["kind"]
+
+
+def test_a_resume_names_a_gateway_and_must_resume_its_halt_or_parked_items() -> None:
+    with pytest.raises(InvalidArgument) as no_gateway:
+        check_resume("")
+    assert fields_of(no_gateway) == ["gateway"]
+    check_resume("stripe")
+    check_resumed("run_1", "stripe", resumed=True, requeued=0)
+    check_resumed("run_1", "stripe", resumed=False, requeued=2)
+    with pytest.raises(
+        FailedPrecondition, match="gateway stripe is neither halted nor has parked items in run run_1"
+    ):
+        check_resumed("run_1", "stripe", resumed=False, requeued=0)
 
 
 def test_a_new_run_is_a_real_run_running_from_now() -> None:

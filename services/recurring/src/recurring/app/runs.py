@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 from billing_common import telemetry
 from billing_common.clock import Clock
-from billing_common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from billing_common.errors import NotFound, Unavailable
 from billing_common.locks import Locks
 from billing_common.paging import Page, PageRequest
 from recurring.app.ports import OutageCounter, RecurringMetrics, Store
@@ -26,6 +26,8 @@ from recurring.domain.runs import (
     RunKind,
     RunState,
     blocks_next_date,
+    check_resume,
+    check_resumed,
     check_run,
     dates_to_run,
     dry_run_of,
@@ -153,17 +155,12 @@ class Runs:
 
     async def resume(self, run_id: str, gateway: str) -> Run:
         """Resume the gateway's halted part and send its parked items back to work."""
-        if not gateway:
-            raise InvalidArgument.of("gateway", "required")
+        check_resume(gateway)
         async with self._store.transaction() as uow:
             if run_id not in await uow.runs.load([run_id], lock=True):
                 raise NotFound(f"run {run_id} does not exist")
             resumed = await uow.runs.resume(run_id, gateway)
-            requeued = await uow.items.requeue_parked(run_id, gateway)
-            if not resumed and not requeued:
-                raise FailedPrecondition(
-                    f"gateway {gateway} is neither halted nor has parked items in run {run_id}"
-                )
+            check_resumed(run_id, gateway, resumed, await uow.items.requeue_parked(run_id, gateway))
             await uow.runs.set_states([run_id], RunState.RUNNING, None)
             await uow.runs.save_progress({run_id: Progress()})
         await self._outages.reachable(run_id, gateway)

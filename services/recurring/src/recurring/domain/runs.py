@@ -8,7 +8,7 @@ from datetime import date, datetime, time, timedelta
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
-from billing_common.errors import InvalidArgument
+from billing_common.errors import FailedPrecondition, InvalidArgument
 from recurring.domain.schedule import Frequency
 
 
@@ -160,6 +160,18 @@ def check_run(billing_date: date | None, kind: RunKind | None) -> tuple[date, Ru
     if kind is None:
         raise InvalidArgument.of("kind", "must be DAILY or MONTHLY")
     return billing_date, kind
+
+
+def check_resume(gateway: str) -> None:
+    """A resume names the gateway whose part of the run goes on."""
+    if not gateway:
+        raise InvalidArgument.of("gateway", "required")
+
+
+def check_resumed(run_id: str, gateway: str, resumed: bool, requeued: int) -> None:
+    """A resume that neither lifted the gateway's halt nor sent parked items back is refused."""
+    if not resumed and not requeued:
+        raise FailedPrecondition(f"gateway {gateway} is neither halted nor has parked items in run {run_id}")
 
 
 def new_run(run_id: str, billing_date: date, kind: RunKind, now: datetime) -> Run:
