@@ -74,6 +74,7 @@ ruff: install
 mypy: protos
 	MYPYPATH=$(SOURCE_FOLDERS) $(RUN) mypy -p billing_common -p billing_devtools $(addprefix -p ,$(SERVICE_PACKAGES)) -p bench -p demo
 	MYPYPATH=$(SOURCE_FOLDERS) $(RUN) mypy deploy/k8s/checks
+	MYPYPATH=$(SOURCE_FOLDERS) $(RUN) mypy services/recurring/tests
 
 # The contracts of pyproject.toml, written once with `{service}` and expanded over services.toml.
 contracts: protos

@@ -18,7 +18,6 @@ from billing_common.locks import Lease
 from billing_common.money import Money
 from billing_common.payments import DeclineKind, FailureType
 from billing_common.subscriptions import Frequency
-from recurring.app.ports import UsagePeriod
 from recurring.domain import ledger
 from recurring.domain.events import Event
 from recurring.domain.invoicing import Invoice, InvoiceFilter, PeriodUsage, Transaction
@@ -40,6 +39,7 @@ from recurring.domain.runs import (
 from recurring.domain.settlement import Proration as OpenProration
 from recurring.domain.status import BILLABLE, SCHEDULED, TERMINAL, InvoiceStatus
 from recurring.domain.subscription import HistoryEntry, PlanInfo, Subscription, SubscriptionFilter
+from recurring.domain.usage import UsagePeriod
 
 OPEN_ITEMS = (ItemStatus.PENDING, ItemStatus.CLAIMED, ItemStatus.DEFERRED)
 

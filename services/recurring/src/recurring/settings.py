@@ -4,17 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import time, timedelta
-from enum import StrEnum
 from zoneinfo import ZoneInfo
 
 from billing_common.settings import CommonSettings
-
-
-class ExhaustedDefault(StrEnum):
-    """What dunning.exhausted does when the event names no action."""
-
-    SUSPEND = "suspend"
-    CANCEL = "cancel"
+from recurring.domain.settlement import ExhaustedAction
 
 
 @dataclass(frozen=True)
@@ -49,5 +42,5 @@ class RecurringSettings(CommonSettings):
     minimum_charge_minor: int = 500
     charge_timeout: timedelta = timedelta(seconds=30)
     # dunning.exhausted without an action: "suspend" or "cancel"; merchants listed here cancel.
-    exhausted_default_action: ExhaustedDefault = ExhaustedDefault.SUSPEND
+    exhausted_default_action: ExhaustedAction = ExhaustedAction.SUSPEND
     exhausted_cancel_merchants: frozenset[str] = frozenset()

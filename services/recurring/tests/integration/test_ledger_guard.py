@@ -26,13 +26,13 @@ async def ledger(env: InfraEnv) -> AsyncIterator[asyncpg.Connection]:
     schema = f"recurring_{env.run_id}"
     env.schemas.append(schema)
     await db.provision(env.infra.postgres_admin_url, schema, schema)
-    pool = await env.pool(schema)
+    dsn = db.dsn_with_user(env.infra.postgres_admin_url, schema)
+    conn = await asyncpg.connect(dsn, server_settings={"search_path": schema})
     try:
-        async with pool.acquire() as conn:
-            await db.migrate(conn, schema, [*db.common_migrations(), *db.migrations_in(MIGRATIONS)])
-            yield conn
+        await db.migrate(conn, schema, [*db.common_migrations(), *db.migrations_in(MIGRATIONS)])
+        yield conn
     finally:
-        await pool.close()
+        await conn.close()
 
 
 async def test_a_balanced_ledger_transaction_commits(ledger: asyncpg.Connection) -> None:

@@ -50,7 +50,7 @@ def child_of(span: ReadableSpan, parent: ReadableSpan) -> bool:
 async def test_a_scheduled_run_is_one_trace_from_the_run_through_batches_and_charges_to_gateway_adapter(
     env: InfraEnv, otlp: OtlpReceiver, json_lines: JsonLines
 ) -> None:
-    async with dependencies(env, **otlp.env()) as deps:
+    async with dependencies(env, quota_on_test_clock=False, **otlp.env()) as deps:
         settings = deps.recurring_settings(test_clock=True)
         with traced_in_process() as spans:
             async with recurring_service(settings) as recurring:

@@ -67,7 +67,8 @@ async def start_run_of_healthy_cards(stub: Any) -> pb.Run:
     for n in range(SUBSCRIPTIONS):
         await stub.CreateSubscription(custom(f"card-{n}", 1000 + n, common.BILLING_FREQUENCY_WEEKLY, DAY))
     reply = await stub.RunBilling(pb.RunBillingRequest(billing_date=pb_date(DAY), kind=pb.RUN_KIND_DAILY))
-    return reply.run
+    run: pb.Run = reply.run
+    return run
 
 
 async def all_paid(deps: Deps) -> bool:

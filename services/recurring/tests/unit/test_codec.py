@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 
 from billing.common.v1 import common_pb2
+from billing.events.v1 import dunning_pb2
 from billing_common.payments import DeclineKind, FailureType
 from recurring.adapters import codec
 from recurring.domain.payments import PaymentStatus
+from recurring.domain.settlement import ExhaustedAction
 
 
 @pytest.mark.parametrize("status", list(PaymentStatus))
@@ -27,3 +29,9 @@ def test_a_payment_that_does_not_say_why_it_failed_is_stored_as_not_failed() -> 
     assert codec.failure_type(common_pb2.FAILURE_TYPE_CARDHOLDER) is FailureType.CARDHOLDER
     assert codec.decline_kind(common_pb2.DECLINE_KIND_HARD) is DeclineKind.HARD
     assert codec.FAILURE_TYPES.pb(FailureType.NONE) == common_pb2.FAILURE_TYPE_NONE
+
+
+def test_dunning_exhausted_without_an_action_names_none_and_leaves_it_to_the_policy() -> None:
+    assert codec.EXHAUSTED_ACTIONS.get(dunning_pb2.EXHAUSTED_ACTION_UNSPECIFIED, None) is None
+    assert codec.EXHAUSTED_ACTIONS.get(dunning_pb2.EXHAUSTED_ACTION_CANCEL, None) is ExhaustedAction.CANCEL
+    assert codec.EXHAUSTED_ACTIONS.get(dunning_pb2.EXHAUSTED_ACTION_SUSPEND, None) is ExhaustedAction.SUSPEND

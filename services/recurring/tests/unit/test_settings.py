@@ -3,8 +3,9 @@ from datetime import time
 import pytest
 
 from billing_common.settings import SettingsError, load_settings
+from recurring.domain.settlement import ExhaustedAction
 from recurring.entrypoints.main import build
-from recurring.settings import ExhaustedDefault, RecurringSettings
+from recurring.settings import RecurringSettings
 
 
 @pytest.mark.parametrize(
@@ -33,7 +34,7 @@ def test_typed_settings_reach_the_service() -> None:
             "RECURRING_PAGE_TOKEN_KEYS": "k" * 32,
         },
     )
-    assert settings.exhausted_default_action is ExhaustedDefault.CANCEL
+    assert settings.exhausted_default_action is ExhaustedAction.CANCEL
     assert settings.daily_run_at == time(4, 30)
     build(settings)
 

@@ -33,7 +33,7 @@ from services.recurring.tests.fakes import FakeUnitOfWork, Proration, Tables
 NOW = datetime(2026, 3, 2, 3, 6, tzinfo=UTC)
 DUE = date(2026, 3, 1)
 USD = "USD"
-RULES = Rules(minimum_charge_minor=50, max_failures=3, defer_delay=timedelta(minutes=1))
+RULES = Rules(minimum_charge_minor=50, max_failures=3, defer_delay=timedelta(minutes=1), halt_threshold=5)
 S = SubscriptionStatus
 # The period whose usage and add-ons the invoice due on DUE bills (February 2026: 28 days).
 USAGE_PERIOD = Period(date(2026, 2, 1), DUE)

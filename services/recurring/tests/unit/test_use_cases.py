@@ -20,7 +20,6 @@ from billing_common.errors import FailedPrecondition, InvalidArgument, KeyReused
 from billing_common.idempotency import IdempotencyKey
 from billing_common.money import Money
 from billing_common.subscriptions import Frequency, SubscriptionStatus
-from recurring.app.charging import Charging
 from recurring.app.invoices import Invoices
 from recurring.app.runs import Runs, Schedule
 from recurring.app.subscriptions import Subscriptions
@@ -32,7 +31,7 @@ from recurring.domain.invoicing import AddOnUse, LineKind, PeriodUsage, UsageCha
 from recurring.domain.payments import ChargeResult, PaymentStatus, PaymentUpdate
 from recurring.domain.runs import ItemStatus, RunKind, RunState
 from recurring.domain.schedule import Period
-from recurring.domain.settlement import ExhaustionPolicy, Rules
+from recurring.domain.settlement import ExhaustedAction, ExhaustionPolicy, Rules
 from recurring.domain.status import InvoiceStatus
 from recurring.domain.subscription import Cause, MethodType, PaymentMethod, PlanInfo, Subscription
 from services.recurring.tests.fakes import (
@@ -51,7 +50,7 @@ USD = "USD"
 BASIC = PlanInfo("basic", 1, "Basic", Money(3000, USD), Frequency.MONTHLY, 0)
 PRO = PlanInfo("pro", 2, "Pro", Money(6000, USD), Frequency.MONTHLY, 0)
 CHEAP = PlanInfo("cheap", 1, "Cheap", Money(1000, USD), Frequency.MONTHLY, 0)
-RULES = Rules(minimum_charge_minor=50, max_failures=3, defer_delay=timedelta(minutes=1))
+RULES = Rules(minimum_charge_minor=50, max_failures=3, defer_delay=timedelta(minutes=1), halt_threshold=5)
 OPERATOR = Cause("operator")
 T = TypeVar("T")
 
@@ -74,27 +73,25 @@ class Billing:
         self.quota = FakeQuota([BASIC, PRO, CHEAP])
         self.gateway = FakeGateway()
         self.outages = FakeOutages()
-        charging = Charging(self.gateway)
         schedule = Schedule(
             UTC_ZONE, {RunKind.MONTHLY: time(3)}, 3, timedelta(minutes=5), timedelta(minutes=30)
         )
         self.subscriptions = Subscriptions(self.store, self.quota, self.clock, UTC_ZONE)
         self.metrics = RecordedMetrics()
         self.runs = Runs(self.store, FakeLocks(), self.outages, self.clock, schedule, self.metrics)
-        policy = ExhaustionPolicy(default_cancel=False, cancel_merchants=frozenset())
-        self.invoices = Invoices(self.store, charging, self.clock, policy, RULES)
+        policy = ExhaustionPolicy(ExhaustedAction.SUSPEND, cancel_merchants=frozenset())
+        self.invoices = Invoices(self.store, self.gateway, self.clock, policy, RULES)
         config = WorkerConfig(
             batch_size=50,
             concurrent_batches=1,
             lease=timedelta(minutes=5),
             idle_poll=timedelta(seconds=1),
             jitter=timedelta(0),
-            halt_threshold=halt_threshold,
-            rules=RULES,
+            rules=dataclasses.replace(RULES, halt_threshold=halt_threshold),
             zone=UTC_ZONE,
         )
         self.worker = Worker(
-            self.store, self.runs, charging, self.quota, self.outages, self.clock, config, self.metrics
+            self.store, self.runs, self.gateway, self.quota, self.outages, self.clock, config, self.metrics
         )
         self._keys = 0
 
@@ -563,7 +560,7 @@ def test_dunning_exhausted_writes_the_invoice_off_and_suspends_by_default() -> N
 
     async def exhausted() -> None:
         async with billing.store.transaction() as uow:
-            await billing.invoices.on_dunning_exhausted(uow, invoice_id, "", "evt_1")
+            await billing.invoices.on_dunning_exhausted(uow, invoice_id, None, "evt_1")
 
     run(exhausted())
     assert billing.tables.invoices[invoice_id].status is InvoiceStatus.UNCOLLECTIBLE

@@ -15,7 +15,7 @@ from billing.quota.v1 import quota_pb2, quota_pb2_grpc
 from billing_common.errors import BillingError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from billing_common.protos import FREQUENCIES, PLAN_TIERS, money_of, money_pb, to_datetime
 from recurring.adapters.codec import METHOD_TYPES, decline_kind, failure_type, payment_status
-from recurring.app.ports import PlanInfo, RecurringMetrics, UsagePeriod
+from recurring.app.ports import PlanInfo, RecurringMetrics
 from recurring.domain.invoicing import AddOnUse, PeriodUsage, UsageCharge
 from recurring.domain.payments import (
     CallFailure,
@@ -27,6 +27,7 @@ from recurring.domain.payments import (
 )
 from recurring.domain.schedule import Period
 from recurring.domain.subscription import MethodType
+from recurring.domain.usage import UsagePeriod
 
 _UNAVAILABLE = (
     grpc.StatusCode.UNAVAILABLE,

@@ -3,35 +3,36 @@ account credit and the ledger's views."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 from billing_common.clock import Clock
-from billing_common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable, Violations
+from billing_common.errors import InvalidArgument, NotFound, Unavailable
 from billing_common.idempotency import IdempotencyKey
 from billing_common.money import Money
 from billing_common.paging import Page, PageRequest
-from recurring.app.charging import Charging
-from recurring.app.ports import Store, UnitOfWork
+from recurring.app.ports import Gateway, Store, UnitOfWork
 from recurring.app.settling import apply, books_for_invoices, new_id
 from recurring.app.subscriptions import existing_subscription
 from recurring.domain import ledger
 from recurring.domain.invoicing import Invoice, InvoiceFilter, Transaction
 from recurring.domain.ledger import LedgerLine
-from recurring.domain.payments import NoAnswer, PaymentUpdate, outcome_of
+from recurring.domain.payments import NoAnswer, PaymentUpdate, described
 from recurring.domain.settlement import (
     Answer,
     Change,
+    ExhaustedAction,
     ExhaustionPolicy,
     Rules,
-    retry_attempt,
+    charge_request,
+    check_retry,
+    earlier_retry,
+    retry,
     settle,
     settle_refund,
     settle_return,
     void,
     write_off,
 )
-from recurring.domain.status import InvoiceStatus
 from recurring.domain.subscription import Cause
 
 log = logging.getLogger(__name__)
@@ -39,10 +40,10 @@ log = logging.getLogger(__name__)
 
 class Invoices:
     def __init__(
-        self, store: Store, charging: Charging, clock: Clock, policy: ExhaustionPolicy, rules: Rules
+        self, store: Store, gateway: Gateway, clock: Clock, policy: ExhaustionPolicy, rules: Rules
     ) -> None:
         self._store = store
-        self._charging = charging
+        self._gateway = gateway
         self._clock = clock
         self._policy = policy
         self._rules = rules
@@ -64,41 +65,30 @@ class Invoices:
 
     async def retry_payment(self, invoice_id: str, key: str) -> tuple[Invoice, Transaction, bool]:
         """Charge an open invoice once per key (dunning's "<case id>:<attempt>")."""
-        violations = Violations()
-        violations.check(bool(invoice_id), "invoice_id", "required")
-        violations.check(bool(key), "idempotency_key", "required")
-        violations.raise_if_any()
+        check_retry(invoice_id, key)
         async with self._store.transaction() as uow:
-            txn = (await uow.invoices.by_retry_keys([key])).get(key)
-            if txn is not None and txn.invoice_id != invoice_id:
-                raise FailedPrecondition(f"idempotency key {key!r} was used for another invoice")
+            attempt = earlier_retry((await uow.invoices.by_retry_keys([key])).get(key), invoice_id, key)
             invoice = await _invoice(uow, invoice_id, lock=True)
-            if txn is not None and txn.answered:
-                return invoice, txn, True
-            if txn is None:
+            if attempt is not None and attempt.answered:
+                return invoice, attempt, True
+            if attempt is None:
                 attempts = (await uow.invoices.attempts_of([invoice_id])).get(invoice_id, [])
-                txn = retry_attempt(invoice, attempts, key, self._clock.now(), new_id)
-                await apply(uow, Change(attempts=[txn]), self._clock.now())
+                attempt = retry(invoice, attempts, key, self._clock.now(), new_id)
+                await apply(uow, Change(attempts=[attempt]), self._clock.now())
             sub = await existing_subscription(uow, invoice.subscription_id)
-        result = await self._charging.send(txn, sub)
-        answered = not isinstance(result, NoAnswer)
+        result = await self._gateway.charge(charge_request(attempt, sub))
         log.info(
-            "retry charge answered" if answered else "retry charge got no answer",
-            extra={
-                "invoice_id": invoice_id,
-                "attempt": txn.attempt,
-                "outcome": outcome_of(result).value if not isinstance(result, NoAnswer) else "no_answer",
-                "decline_code": result.decline_code if not isinstance(result, NoAnswer) else result.code,
-            },
+            "retry charge got no answer" if isinstance(result, NoAnswer) else "retry charge answered",
+            extra={"invoice_id": invoice_id, "attempt": attempt.attempt, **described(result)},
         )
         if isinstance(result, NoAnswer):
             raise Unavailable("the payment service did not answer; retry with the same key")
         async with self._store.transaction() as uow:
-            await self._settle(uow, [Answer(txn, result)], Cause("dunning"))
+            await self._settle(uow, [Answer(attempt, result)], Cause("dunning"))
         async with self._store.transaction() as uow:
             invoice = await _invoice(uow, invoice_id)
             attempts = (await uow.invoices.attempts_of([invoice_id]))[invoice_id]
-        return invoice, next(t for t in attempts if t.transaction_id == txn.transaction_id), False
+        return invoice, next(t for t in attempts if t.transaction_id == attempt.transaction_id), False
 
     async def void(self, invoice_id: str, reason: str, idem: IdempotencyKey) -> Invoice:
         async with self._store.transaction() as uow:
@@ -110,7 +100,7 @@ class Invoices:
             await apply(uow, void(invoice, attempts, reason, now), now)
             if idem.key:
                 await uow.keys.complete(idem, invoice_id)
-            return dataclasses.replace(invoice, status=InvoiceStatus.VOID)
+            return await _invoice(uow, invoice_id)
 
     async def _settle(self, uow: UnitOfWork, answers: list[Answer], cause: Cause) -> None:
         """Settle charge answers through the one calculator and applicator."""
@@ -120,33 +110,33 @@ class Invoices:
 
     async def on_payment_outcome(self, uow: UnitOfWork, update: PaymentUpdate) -> None:
         """payment.settled / payment.reconciled: the final word on a pending or unknown charge."""
-        txn = await uow.invoices.find_for_payment(update.payment_id, update.idempotency_key)
-        if txn is None:
+        attempt = await uow.invoices.find_for_payment(update.payment_id, update.idempotency_key)
+        if attempt is None:
             return
-        await self._settle(uow, [Answer(txn, update.result, final_word=True)], Cause("gateway-adapter"))
+        await self._settle(uow, [Answer(attempt, update.result, final_word=True)], Cause("gateway-adapter"))
 
     async def on_payment_returned(self, uow: UnitOfWork, update: PaymentUpdate, event_id: str) -> None:
         """An ACH debit came back: the money leaves again and the invoice goes to dunning."""
-        txn = await uow.invoices.find_for_payment(update.payment_id, update.idempotency_key)
-        if txn is None:
+        attempt = await uow.invoices.find_for_payment(update.payment_id, update.idempotency_key)
+        if attempt is None:
             return
         now = self._clock.now()
-        books = await books_for_invoices(uow, [txn.invoice_id])
+        books = await books_for_invoices(uow, [attempt.invoice_id])
         cause = Cause("gateway-adapter", event_id, "returned")
-        await apply(uow, settle_return(txn, update.result, books, cause, now), now)
+        await apply(uow, settle_return(attempt, update.result, books, cause, now), now)
 
     async def on_payment_refunded(
         self, uow: UnitOfWork, update: PaymentUpdate, refund_id: str, refunded_total: Money
     ) -> None:
         """payment.refunded (full or partial): the ledger and the invoice show what went back."""
-        txn = await uow.invoices.find_for_payment(update.payment_id, update.idempotency_key)
-        if txn is None:
+        attempt = await uow.invoices.find_for_payment(update.payment_id, update.idempotency_key)
+        if attempt is None:
             return
-        books = await books_for_invoices(uow, [txn.invoice_id])
-        await apply(uow, settle_refund(txn, refund_id, refunded_total, books), self._clock.now())
+        books = await books_for_invoices(uow, [attempt.invoice_id])
+        await apply(uow, settle_refund(attempt, refund_id, refunded_total, books), self._clock.now())
 
     async def on_dunning_exhausted(
-        self, uow: UnitOfWork, invoice_id: str, action: str, event_id: str
+        self, uow: UnitOfWork, invoice_id: str, action: ExhaustedAction | None, event_id: str
     ) -> None:
         """Write the invoice off and suspend or cancel the subscription, as the merchant's policy says."""
         invoice = (await uow.invoices.load([invoice_id], lock=True)).get(invoice_id)
@@ -162,25 +152,17 @@ class Invoices:
     async def add_credit(
         self, account_id: str, amount: Money | None, reason: str, idem: IdempotencyKey
     ) -> Money:
-        violations = Violations()
-        violations.check(bool(account_id), "account_id", "required")
-        violations.check(amount is not None and amount.amount_minor > 0, "amount", "must be positive")
-        violations.check(bool(idem.key), "idempotency_key", "required")
-        violations.raise_if_any()
-        assert amount is not None
+        credit = ledger.check_credit(account_id, amount, idem.key)
         async with self._store.transaction() as uow:
             if await uow.keys.claim(idem) is None:
-                granted = ledger.granted_credit(account_id, idem.key, reason, amount)
+                granted = ledger.granted_credit(account_id, idem.key, reason, credit)
                 await uow.ledger.post([granted], self._clock.now())
                 await uow.keys.complete(idem, account_id)
-            _, available = await uow.ledger.balances(account_id, amount.currency)
+            _, available = await uow.ledger.balances(account_id, credit.currency)
         return available
 
     async def balance(self, account_id: str, currency: str) -> tuple[Money, Money]:
-        violations = Violations()
-        violations.check(bool(account_id), "account_id", "required")
-        violations.check(bool(currency), "currency", "required")
-        violations.raise_if_any()
+        ledger.check_account(account_id, currency)
         async with self._store.transaction() as uow:
             return await uow.ledger.balances(account_id, currency)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Protocol
 
@@ -36,6 +35,7 @@ from recurring.domain.settlement import Proration
 from recurring.domain.status import InvoiceStatus
 from recurring.domain.subscription import HistoryEntry, Subscription, SubscriptionFilter
 from recurring.domain.subscription import PlanInfo as PlanInfo
+from recurring.domain.usage import UsagePeriod
 
 
 class SubscriptionRepository(Protocol):
@@ -163,8 +163,8 @@ class InvoiceRepository(Protocol):
         """Open or failed invoices per subscription; those with none are left out."""
         ...
 
-    async def add_attempts(self, txns: Sequence[Transaction]) -> None: ...
-    async def save_attempts(self, txns: Sequence[Transaction]) -> None: ...
+    async def add_attempts(self, attempts: Sequence[Transaction]) -> None: ...
+    async def save_attempts(self, attempts: Sequence[Transaction]) -> None: ...
     async def attempts_of(self, invoice_ids: Sequence[str]) -> dict[str, list[Transaction]]:
         """Every attempt of each invoice, in attempt order."""
         ...
@@ -232,15 +232,6 @@ class Store(Protocol):
     def within(self, conn: asyncpg.Connection) -> UnitOfWork:
         """The transaction an event handler already runs in (the inbox's)."""
         ...
-
-
-@dataclass(frozen=True)
-class UsagePeriod:
-    """A tenant's usage to bill: [start, end)."""
-
-    tenant: str
-    start: datetime
-    end: datetime
 
 
 class Quota(Protocol):

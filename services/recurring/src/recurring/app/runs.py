@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 from billing_common import telemetry
 from billing_common.clock import Clock
-from billing_common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from billing_common.errors import NotFound, Unavailable
 from billing_common.locks import Locks
 from billing_common.paging import Page, PageRequest
 from recurring.app.ports import OutageCounter, RecurringMetrics, Store
@@ -22,13 +22,18 @@ from recurring.domain.runs import (
     KIND_FREQUENCIES,
     Progress,
     Run,
-    RunCounts,
     RunItem,
     RunKind,
     RunState,
     blocks_next_date,
+    check_resume,
+    check_resumed,
+    check_run,
     dates_to_run,
+    dry_run_of,
     latest_scheduled_date,
+    new_run,
+    reopens,
     watch,
 )
 
@@ -82,21 +87,14 @@ class Runs:
                     await uow.check_fence(lease)
                     run = await uow.runs.find(billing_date, kind)
                     if run is None:
-                        run = Run(
-                            f"run_{uuid.uuid4().hex}",
-                            billing_date,
-                            kind,
-                            RunState.RUNNING,
-                            False,
-                            self._clock.now(),
-                        )
+                        run = new_run(f"run_{uuid.uuid4().hex}", billing_date, kind, self._clock.now())
                         await uow.runs.add([run])
                         due = await uow.runs.enqueue_due(run.run_id, billing_date, KIND_FREQUENCIES[kind])
                         await uow.outbox.add([ev.RunStarted(run, due)])
                         message = "run started"
                     else:
                         due = await uow.runs.enqueue_due(run.run_id, billing_date, KIND_FREQUENCIES[kind])
-                        if due and run.state is RunState.COMPLETED:
+                        if reopens(run, due):
                             await uow.runs.set_states([run.run_id], RunState.RUNNING, None)
                             await uow.runs.save_progress({run.run_id: Progress()})
                         message = "run extended" if due else ""
@@ -116,11 +114,8 @@ class Runs:
                 await self.finish_if_done(run.run_id)
                 return await self.get(run.run_id)
 
-    async def run_billing(self, billing_date: date | None, kind: RunKind | None, dry_run: bool) -> Run:
-        if billing_date is None:
-            raise InvalidArgument.of("billing_date", "required")
-        if kind is None:
-            raise InvalidArgument.of("kind", "must be DAILY or MONTHLY")
+    async def run_billing(self, asked_date: date | None, asked_kind: RunKind | None, dry_run: bool) -> Run:
+        billing_date, kind = check_run(asked_date, asked_kind)
         if dry_run:
             return await self._dry_run(billing_date, kind)
         run = await self.start(billing_date, kind, wait=timedelta(seconds=30))
@@ -132,16 +127,7 @@ class Runs:
         now = self._clock.now()
         async with self._store.transaction() as uow:
             billable, skipped = await uow.runs.count_due(billing_date, KIND_FREQUENCIES[kind])
-            run = Run(
-                f"dry_{uuid.uuid4().hex}",
-                billing_date,
-                kind,
-                RunState.DRY_RUN,
-                True,
-                now,
-                finished_at=now,
-                counts=RunCounts(due=billable + skipped, skipped=skipped, pending=billable),
-            )
+            run = dry_run_of(f"dry_{uuid.uuid4().hex}", billing_date, kind, billable, skipped, now)
             await uow.runs.add([run])
         return run
 
@@ -169,17 +155,12 @@ class Runs:
 
     async def resume(self, run_id: str, gateway: str) -> Run:
         """Resume the gateway's halted part and send its parked items back to work."""
-        if not gateway:
-            raise InvalidArgument.of("gateway", "required")
+        check_resume(gateway)
         async with self._store.transaction() as uow:
             if run_id not in await uow.runs.load([run_id], lock=True):
                 raise NotFound(f"run {run_id} does not exist")
             resumed = await uow.runs.resume(run_id, gateway)
-            requeued = await uow.items.requeue_parked(run_id, gateway)
-            if not resumed and not requeued:
-                raise FailedPrecondition(
-                    f"gateway {gateway} is neither halted nor has parked items in run {run_id}"
-                )
+            check_resumed(run_id, gateway, resumed, await uow.items.requeue_parked(run_id, gateway))
             await uow.runs.set_states([run_id], RunState.RUNNING, None)
             await uow.runs.save_progress({run_id: Progress()})
         await self._outages.reachable(run_id, gateway)

@@ -3,7 +3,6 @@ The domain (`domain.amendments`) checks and decides; these use cases load, write
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from collections.abc import Callable
 from datetime import date, datetime
@@ -15,18 +14,16 @@ from billing_common.idempotency import IdempotencyKey
 from billing_common.paging import Page, PageRequest
 from recurring.app.ports import Quota, Store, UnitOfWork
 from recurring.domain import amendments
-from recurring.domain import events as ev
 from recurring.domain.amendments import Amendment, Changes, CreateCommand
+from recurring.domain.schedule import local_day
 from recurring.domain.status import Action
 from recurring.domain.subscription import (
-    IGNORED_IN_DIFFS,
     Cause,
     HistoryEntry,
     Subscription,
     SubscriptionFilter,
+    created_entry,
     history_entry,
-    open_subscription,
-    to_json,
 )
 
 
@@ -38,27 +35,21 @@ class Subscriptions:
         self._zone = zone
 
     def today(self) -> date:
-        return self._clock.now().astimezone(self._zone).date()
+        return local_day(self._clock.now(), self._zone)
 
     async def create(self, cmd: CreateCommand, idem: IdempotencyKey, cause: Cause) -> Subscription:
         amendments.check_create(cmd, idem.key)
         plan = await self._quota.get_plan(cmd.plan_code) if cmd.plan_code else None
-        new = amendments.new_subscription(cmd, plan, self.today())
         now = self._clock.now()
+        created = amendments.create(cmd, plan, f"sub_{uuid.uuid4().hex}", self.today(), now)
+        sub = created.subscription
         async with self._store.transaction() as uow:
             earlier = await uow.keys.claim(idem)
             if earlier is not None:
                 return await existing_subscription(uow, earlier)
-            sub = open_subscription(new, f"sub_{uuid.uuid4().hex}", now)
             await uow.subscriptions.add([sub])
-            created = {
-                field.name: {"previous": None, "new": to_json(getattr(sub, field.name))}
-                for field in dataclasses.fields(sub)
-                if field.name not in IGNORED_IN_DIFFS
-            }
-            entry = HistoryEntry(sub.subscription_id, created, cause.actor, cause.event_id, "created", now)
-            await uow.subscriptions.add_history([entry])
-            await uow.outbox.add([ev.SubscriptionCreated(sub)])
+            await uow.subscriptions.add_history([created_entry(sub, cause, now)])
+            await uow.outbox.add(created.events)
             await uow.keys.complete(idem, sub.subscription_id)
         return sub
 

@@ -10,20 +10,20 @@ import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import timedelta
 from time import perf_counter
 from zoneinfo import ZoneInfo
 
 from billing_common import telemetry
 from billing_common.clock import Clock
-from billing_common.errors import Unavailable
-from recurring.app.charging import Charging
-from recurring.app.ports import OutageCounter, Quota, RecurringMetrics, Store, UsagePeriod
+from recurring.app.ports import Gateway, OutageCounter, Quota, RecurringMetrics, Store
 from recurring.app.runs import Runs
 from recurring.app.settling import apply, books_for_invoices, books_for_items, new_id
 from recurring.domain import events as ev
+from recurring.domain import usage
 from recurring.domain.invoicing import Invoice, PeriodUsage
-from recurring.domain.payments import REASON_LENGTH, ChargeResult, NoAnswer, Outcome, outcome_of
+from recurring.domain.outages import halts, outage_steps
+from recurring.domain.payments import ChargeResult, NoAnswer, Outcome, described, tally
 from recurring.domain.runs import AfterFailure, WorkItem
 from recurring.domain.settlement import (
     BILLING,
@@ -33,12 +33,13 @@ from recurring.domain.settlement import (
     Charge,
     Rules,
     bill,
+    charge_request,
     failure_of,
     settle,
     worn_out,
 )
-from recurring.domain.status import BILLABLE
 from recurring.domain.subscription import Subscription
+from recurring.domain.usage import Usages
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,6 @@ class WorkerConfig:
     lease: timedelta
     idle_poll: timedelta
     jitter: timedelta
-    halt_threshold: int
     rules: Rules
     zone: ZoneInfo
 
@@ -60,7 +60,7 @@ class Worker:
         self,
         store: Store,
         runs: Runs,
-        charging: Charging,
+        gateway: Gateway,
         quota: Quota,
         outages: OutageCounter,
         clock: Clock,
@@ -69,7 +69,7 @@ class Worker:
     ) -> None:
         self._store = store
         self._runs = runs
-        self._charging = charging
+        self._gateway = gateway
         self._quota = quota
         self._outages = outages
         self._clock = clock
@@ -111,8 +111,8 @@ class Worker:
 
     async def _release(self) -> None:
         try:
-            async with self._store.transaction() as tx:
-                released = await tx.items.release(self._pod)
+            async with self._store.transaction() as uow:
+                released = await uow.items.release(self._pod)
         except Exception:
             log.exception("handing back claimed work items failed; their lease runs out")
             return
@@ -121,9 +121,9 @@ class Worker:
 
     async def work_once(self) -> int:
         """Claim one batch (FOR UPDATE SKIP LOCKED, with a lease) and work it; how many items."""
-        async with self._store.transaction() as tx:
+        async with self._store.transaction() as uow:
             token = f"{self._pod}.{uuid.uuid4().hex}"
-            items = await tx.items.claim(self._config.batch_size, self._config.lease, token)
+            items = await uow.items.claim(self._config.batch_size, self._config.lease, token)
         if not items:
             return 0
         run_ids = sorted({item.run_id for item in items})
@@ -182,8 +182,8 @@ class Worker:
         failures = worn_out(items, self._config.rules)
         if not failures:
             return items
-        async with self._store.transaction() as tx:
-            self._parked(await apply(tx, Change(failures=failures), self._clock.now()), failures)
+        async with self._store.transaction() as uow:
+            self._parked(await apply(uow, Change(failures=failures), self._clock.now()), failures)
         parked = {item.item_id for item, _, _ in failures}
         return [item for item in items if item.item_id not in parked]
 
@@ -194,8 +194,8 @@ class Worker:
             return
         counted = [failure_of(item, reason, self._config.rules) for item, reason in failures]
         try:
-            async with self._store.transaction() as tx:
-                self._parked(await apply(tx, Change(failures=counted), self._clock.now()), counted)
+            async with self._store.transaction() as uow:
+                self._parked(await apply(uow, Change(failures=counted), self._clock.now()), counted)
         except Exception:
             log.exception("recording failed items failed", extra={"items": len(failures)})
 
@@ -221,96 +221,64 @@ class Worker:
     ) -> list[tuple[Charge, ChargeResult | NoAnswer, telemetry.TraceContext]]:
         """Send the batch's charges in one call; each answer with the trace to record it in: a span
         per charge (under the trace that wrote the attempt, when an earlier worker did)."""
-        results = await self._charging.send_all([(c.attempt, c.subscription) for c in charges])
-        answered = []
-        for charge, result in zip(charges, results, strict=True):
-            answered.append((charge, result, _trace_answer(charge, result)))
-        return answered
+        results = await self._gateway.charge_batch(
+            [charge_request(c.attempt, c.subscription) for c in charges]
+        )
+        return [
+            (charge, result, _trace_answer(charge, result))
+            for charge, result in zip(charges, results, strict=True)
+        ]
 
     async def _bill(self, items: list[WorkItem]) -> list[Charge]:
         """Invoice the items' occurrences and write their attempts in one transaction; the charges
         to send. Items whose usage quota could not give wait (or count a failure of ours)."""
-        async with self._store.transaction() as tx:
-            subs = await tx.subscriptions.load(sorted({item.subscription_id for item in items}))
-            invoiced = await tx.invoices.for_occurrences([item.occurrence_key for item in items])
-        usage, unavailable, failed = await self._usages(items, subs, invoiced)
-        if unavailable:
-            delay = self._config.rules.defer_delay
-            async with self._store.transaction() as tx:
-                waiting = [
-                    (item, delay, f"usage unavailable: {reason}") for item, reason in unavailable.items()
-                ]
-                await apply(tx, Change(deferred=waiting), self._clock.now())
-        await self._fail(list(failed.items()))
-        billable = [item for item in items if item.item_id in usage]
+        async with self._store.transaction() as uow:
+            subs = await uow.subscriptions.load(sorted({item.subscription_id for item in items}))
+            invoiced = await uow.invoices.for_occurrences([item.occurrence_key for item in items])
+        usages = await self._usages(items, subs, invoiced)
+        if usages.waiting:
+            async with self._store.transaction() as uow:
+                await apply(uow, Change(deferred=usages.waiting), self._clock.now())
+        for item, error in usages.failed:
+            log.error("usage failed", exc_info=error, extra={"item": item.item_id})
+        await self._fail([(item, _reason("usage", error)) for item, error in usages.failed])
+        billable = [item for item in items if item.item_id in usages.found]
         if not billable:
             return []
         now = self._clock.now()
-        async with self._store.transaction() as tx:
-            held = await tx.items.held(billable)
+        async with self._store.transaction() as uow:
+            held = await uow.items.held(billable)
             billable = [item for item in billable if item.item_id in held]
-            books = await books_for_items(tx, billable)
-            change = bill(billable, usage, books, self._config.rules, now, new_id)
-            await apply(tx, change, now)
+            books = await books_for_items(uow, billable)
+            change = bill(billable, usages.found, books, self._config.rules, now, new_id)
+            await apply(uow, change, now)
         return change.charges
 
     async def _usages(
         self, items: list[WorkItem], subs: dict[str, Subscription], invoiced: dict[str, Invoice]
-    ) -> tuple[dict[int, PeriodUsage], dict[WorkItem, str], dict[WorkItem, str]]:
+    ) -> Usages:
         """Usage and add-ons of the period that ends on each due date (billed in arrears), for plan
-        subscriptions, in one call for the batch; the items whose usage quota could not give (it did
-        not answer), and those whose usage failed."""
-        usage = {item.item_id: PeriodUsage() for item in items}
-        metered = [
-            (item, sub)
-            for item in items
-            if (sub := subs.get(item.subscription_id)) is not None
-            and item.occurrence_key not in invoiced
-            and _usage_billed(sub, item)
-        ]
-        unavailable: dict[WorkItem, str] = {}
-        failed: dict[WorkItem, str] = {}
-        if not metered:
-            return usage, unavailable, failed
-        periods = [
-            UsagePeriod(
-                sub.account_id, self._midnight(sub.current_period_start), self._midnight(item.due_date)
-            )
-            for item, sub in metered
-        ]
-        answers: Sequence[PeriodUsage | Exception]
-        try:
-            answers = await self._quota.usages(periods)
-        except Exception as error:
-            answers = [error] * len(metered)
-        for (item, _), answer in zip(metered, answers, strict=True):
-            if isinstance(answer, Unavailable):
-                unavailable[item] = answer.message
-                del usage[item.item_id]
-            elif isinstance(answer, Exception):
-                log.error("usage failed", exc_info=answer, extra={"item": item.item_id})
-                failed[item] = _reason("usage", answer)
-                del usage[item.item_id]
-            else:
-                usage[item.item_id] = answer
-        return usage, unavailable, failed
-
-    def _midnight(self, day: date) -> datetime:
-        return datetime.combine(day, time(0), self._config.zone).astimezone(UTC)
+        subscriptions, in one call for the batch."""
+        asked = usage.periods_to_ask(items, subs, invoiced, self._config.zone)
+        answers: Sequence[PeriodUsage | Exception] = []
+        if asked:
+            try:
+                answers = await self._quota.usages([period for _, period in asked])
+            except Exception as error:
+                answers = [error] * len(asked)
+        return usage.sort_answers(items, [item for item, _ in asked], answers, self._config.rules.defer_delay)
 
     async def _charge_all(self, charges: list[Charge]) -> Counter[str]:
         """Send the batch's charges in one call (gateway-adapter paces them) and record the answers
         in one transaction. Returns how many charges ended in each outcome."""
-        outcomes: Counter[str] = Counter()
         if not charges:
-            return outcomes
+            return Counter()
         try:
             sent = await self._send_all(charges)
         except Exception as error:
             log.exception("charging failed", extra={"items": len(charges)})
             await self._fail([(charge.item, _reason("charging", error)) for charge in charges])
-            outcomes["errors"] += len(charges)
-            return outcomes
+            return Counter(errors=len(charges))
         answered = sorted(((charge, result) for charge, result, _ in sent), key=lambda a: a[0].item.item_id)
         traces = {charge.item.item_id: trace for charge, _, trace in sent}
         try:
@@ -318,16 +286,8 @@ class Worker:
         except Exception:
             # The items stay claimed; their lease runs out and the next claim sends the same keys.
             log.exception("recording charge results failed", extra={"items": len(answered)})
-            outcomes["errors"] += len(answered)
-            return outcomes
-        outcomes.update(outcome.value for _, outcome in recorded)
-        unanswered = [result for _, result in answered if isinstance(result, NoAnswer)]
-        waiting = sum(1 for result in unanswered if result.retry_after is not None)
-        if waiting:
-            outcomes["back_pressure"] += waiting
-        if len(unanswered) > waiting:
-            outcomes["no_answer"] += len(unanswered) - waiting
-        return outcomes
+            return Counter(errors=len(answered))
+        return tally([outcome for _, outcome in recorded], [result for _, result in answered])
 
     async def _conclude(
         self,
@@ -337,84 +297,63 @@ class Worker:
         """Settle the answers in one transaction; an item whose lease was taken over keeps its new
         owner. What a charge's answer announces is written under the charge's trace."""
         now = self._clock.now()
-        async with self._store.transaction() as tx:
-            held = await tx.items.held([c.item for c, _ in answered])
+        async with self._store.transaction() as uow:
+            held = await uow.items.held([c.item for c, _ in answered])
             recorded = [c.attempt.invoice_id for c, r in answered if isinstance(r, ChargeResult)]
-            books = await books_for_invoices(tx, recorded) if recorded else Books({}, {}, {})
+            books = await books_for_invoices(uow, recorded) if recorded else Books({}, {}, {})
             answers = [Answer(c.attempt, r, c.item, c.item.item_id in held) for c, r in answered]
             change = settle(answers, books, self._config.rules, BILLING, now)
-            self._parked(await apply(tx, change, now, traces), change.failures)
+            self._parked(await apply(uow, change, now, traces), change.failures)
         await self._count_outages(change.outcomes)
         return change.outcomes
 
     async def _count_outages(self, outcomes: list[tuple[WorkItem, Outcome]]) -> None:
-        """Consecutive unreachable results per run and the gateway each answer names; a run of answers
-        resets the count once."""
-        reset: set[tuple[str, str]] = set()
-        for item, outcome in outcomes:
-            if not item.gateway:  # refused before routing: no gateway's health in it
-                continue
-            key = (item.run_id, item.gateway)
-            if outcome is not Outcome.DEFERRED:
-                if key not in reset:
-                    await self._outages.reachable(*key)
-                    reset.add(key)
-                continue
-            reset.discard(key)
-            if await self._outages.unreachable(*key) >= self._config.halt_threshold:
-                await self._halt(*key)
+        """Count unreachable answers in a row per run and the gateway each answer names; halt the
+        gateway's part of the run at the threshold."""
+        for step in outage_steps(outcomes):
+            if step.reachable:
+                await self._outages.reachable(step.run_id, step.gateway)
+            elif halts(await self._outages.unreachable(step.run_id, step.gateway), self._config.rules):
+                await self._halt(step.run_id, step.gateway)
 
     async def _halt(self, run_id: str, gateway: str) -> None:
-        async with self._store.transaction() as tx:
-            if await tx.runs.halt(run_id, gateway):
-                run = (await tx.runs.load([run_id]))[run_id]
-                deferred = await tx.runs.deferred_items(run_id, gateway)
-                await tx.outbox.add([ev.RunHalted(run, gateway, deferred)])
+        async with self._store.transaction() as uow:
+            if await uow.runs.halt(run_id, gateway):
+                run = (await uow.runs.load([run_id]))[run_id]
+                deferred = await uow.runs.deferred_items(run_id, gateway)
+                await uow.outbox.add([ev.RunHalted(run, gateway, deferred)])
                 log.warning("gateway halted in run", extra={"run": run_id, "gateway": gateway})
 
 
 def _trace_answer(charge: Charge, result: ChargeResult | NoAnswer) -> telemetry.TraceContext:
     """A span of the charge's answer, and its trace: what the answer announces is written under it."""
-    txn = charge.attempt
-    earlier = txn.trace_context or None
+    attempt = charge.attempt
+    earlier = attempt.trace_context or None
     links = [telemetry.capture()] if earlier else []
     attributes = {
         "run.id": charge.item.run_id,
-        "invoice.id": txn.invoice_id,
-        "charge.attempt": txn.attempt,
-        "charge.idempotency_key": txn.idempotency_key,
+        "invoice.id": attempt.invoice_id,
+        "charge.attempt": attempt.attempt,
+        "charge.idempotency_key": attempt.idempotency_key,
     }
     with telemetry.span("recurring.charge", parent=earlier, links=links, attributes=attributes) as span:
-        answered = isinstance(result, ChargeResult)
-        outcome = outcome_of(result).value if isinstance(result, ChargeResult) else "no_answer"
         facts: dict[str, str | int] = {
-            "invoice_id": txn.invoice_id,
-            "attempt": txn.attempt,
-            "outcome": outcome,
-            "gateway": result.gateway if isinstance(result, ChargeResult) else "",
-            "decline_code": result.decline_code if isinstance(result, ChargeResult) else result.code,
+            "invoice_id": attempt.invoice_id,
+            "attempt": attempt.attempt,
+            **described(result),
         }
         span.set_attributes({f"charge.{key}": value for key, value in facts.items() if key != "invoice_id"})
         log.log(
-            logging.DEBUG if outcome == Outcome.PAID.value else logging.INFO,
-            "charge answered" if answered else "charge got no answer",
+            logging.DEBUG if facts["outcome"] == Outcome.PAID.value else logging.INFO,
+            "charge got no answer" if isinstance(result, NoAnswer) else "charge answered",
             extra=facts,
         )
         return telemetry.capture()
 
 
-def _usage_billed(sub: Subscription, item: WorkItem) -> bool:
-    """A plan subscription's occurrence that will be invoiced, with a period behind it to bill usage of."""
-    return (
-        bool(sub.plan_code)
-        and sub.status in BILLABLE
-        and sub.next_billing_date == item.due_date
-        and sub.current_period_start < item.due_date
-    )
-
-
 def _reason(step: str, error: BaseException) -> str:
-    return f"{step}: {type(error).__name__}: {error}"[:REASON_LENGTH]
+    """Why a step failed, as the item records it (cut to its length by `failure_of`)."""
+    return f"{step}: {type(error).__name__}: {error}"
 
 
 async def _first_of(seconds: float, *events: asyncio.Event) -> None:

@@ -19,6 +19,7 @@ from recurring.domain.subscription import (
     PlanInfo,
     Subscription,
     cancelled,
+    open_subscription,
     reanchor,
     validate_new,
 )
@@ -80,7 +81,15 @@ def check_create(cmd: CreateCommand, idempotency_key: str) -> None:
     violations.raise_if_any()
 
 
-def new_subscription(cmd: CreateCommand, plan: PlanInfo | None, today: date) -> NewSubscription:
+def create(
+    cmd: CreateCommand, plan: PlanInfo | None, subscription_id: str, today: date, now: datetime
+) -> Amendment:
+    """A checked command's subscription, opened (its trial first, if any), and its announcement."""
+    sub = open_subscription(_new_subscription(cmd, plan, today), subscription_id, now)
+    return Amendment(sub, events=[ev.SubscriptionCreated(sub)])
+
+
+def _new_subscription(cmd: CreateCommand, plan: PlanInfo | None, today: date) -> NewSubscription:
     """A checked command priced by its plan (snapshotted now) or by its custom amount."""
     assert cmd.payment_method is not None
     if plan is not None:

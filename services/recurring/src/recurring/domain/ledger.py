@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
+from billing_common.errors import Violations
 from billing_common.money import Money
 
 
@@ -136,3 +137,23 @@ def granted_credit(customer: str, key: str, reason: str, amount: Money) -> Posti
 
 def write_off_posting(customer: str, invoice_id: str, amount: Money) -> Posting:
     return _pair(PostingKind.WRITE_OFF, customer, invoice_id, "bad_debt", receivable(customer), amount)
+
+
+def check_credit(customer: str, amount: Money | None, key: str) -> Money:
+    """Credit is granted to a named customer, in a positive amount, once per idempotency key; the
+    amount to grant."""
+    violations = Violations()
+    violations.check(bool(customer), "account_id", "required")
+    violations.check(amount is not None and amount.amount_minor > 0, "amount", "must be positive")
+    violations.check(bool(key), "idempotency_key", "required")
+    violations.raise_if_any()
+    assert amount is not None
+    return amount
+
+
+def check_account(customer: str, currency: str) -> None:
+    """A customer's balance is read in one currency."""
+    violations = Violations()
+    violations.check(bool(customer), "account_id", "required")
+    violations.check(bool(currency), "currency", "required")
+    violations.raise_if_any()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
@@ -173,3 +175,25 @@ def refusal(code: str, detail: str) -> ChargeResult:
 def attempt_key(invoice_id: str, attempt: int) -> str:
     """The charge's idempotency key: one per invoice and attempt, so a replay never charges twice."""
     return f"{invoice_id}:{attempt}"
+
+
+def described(result: ChargeResult | NoAnswer) -> dict[str, str]:
+    """How a charge's answer reads in logs and traces: its outcome ("no_answer" without one), the
+    gateway that routing chose, and the decline code (the call's status code without an answer)."""
+    if isinstance(result, NoAnswer):
+        return {"outcome": "no_answer", "gateway": "", "decline_code": result.code}
+    return {
+        "outcome": outcome_of(result).value,
+        "gateway": result.gateway,
+        "decline_code": result.decline_code,
+    }
+
+
+def tally(outcomes: Iterable[Outcome], results: Iterable[ChargeResult | NoAnswer]) -> Counter[str]:
+    """How many of a batch's charges ended each way: the outcomes recorded, and the charges without
+    an answer as back-pressure (told when to come again) or as no answer."""
+    counts = Counter(outcome.value for outcome in outcomes)
+    for result in results:
+        if isinstance(result, NoAnswer):
+            counts["back_pressure" if result.retry_after is not None else "no_answer"] += 1
+    return counts

@@ -8,6 +8,7 @@ from datetime import date, datetime, time, timedelta
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
+from billing_common.errors import FailedPrecondition, InvalidArgument
 from billing_common.subscriptions import Frequency
 
 
@@ -49,8 +50,6 @@ class ItemStatus(StrEnum):
 FINISHED = frozenset({ItemStatus.CHARGED, ItemStatus.FAILED, ItemStatus.SKIPPED, ItemStatus.PARKED})
 # The delay after a failure doubles per failure, up to this many doublings.
 MAX_BACKOFF_DOUBLINGS = 6
-# A gateway's part of a run halts after this many unreachable results in a row.
-UNREACHABLE_HALT_THRESHOLD = 5
 
 
 def latest_scheduled_date(now: datetime, at: time, zone: ZoneInfo) -> date:
@@ -155,6 +154,47 @@ class Run:
     # The trace of the scheduler tick or RunBilling call that started it: whoever completes the run
     # (its last batch, or the watcher when that batch's pod died) says so in that trace.
     trace_context: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+
+def check_run(billing_date: date | None, kind: RunKind | None) -> tuple[date, RunKind]:
+    """A run (or dry run) is asked for by date and kind."""
+    if billing_date is None:
+        raise InvalidArgument.of("billing_date", "required")
+    if kind is None:
+        raise InvalidArgument.of("kind", "must be DAILY or MONTHLY")
+    return billing_date, kind
+
+
+def check_resume(gateway: str) -> None:
+    """A resume names the gateway whose part of the run goes on."""
+    if not gateway:
+        raise InvalidArgument.of("gateway", "required")
+
+
+def check_resumed(run_id: str, gateway: str, resumed: bool, requeued: int) -> None:
+    """A resume that neither lifted the gateway's halt nor sent parked items back is refused."""
+    if not resumed and not requeued:
+        raise FailedPrecondition(f"gateway {gateway} is neither halted nor has parked items in run {run_id}")
+
+
+def new_run(run_id: str, billing_date: date, kind: RunKind, now: datetime) -> Run:
+    """The real run of a date and kind, running from now."""
+    return Run(run_id, billing_date, kind, RunState.RUNNING, False, now)
+
+
+def dry_run_of(
+    run_id: str, billing_date: date, kind: RunKind, billable: int, skipped: int, now: datetime
+) -> Run:
+    """What a run of the date would do, finished as soon as it is counted: every due subscription,
+    the ones it would bill pending and the others skipped."""
+    counts = RunCounts(due=billable + skipped, skipped=skipped, pending=billable)
+    return Run(run_id, billing_date, kind, RunState.DRY_RUN, True, now, finished_at=now, counts=counts)
+
+
+def reopens(run: Run, queued: int) -> bool:
+    """A completed run that newly due items were added to runs again (a halted or running one goes
+    on as it is)."""
+    return queued > 0 and run.state is RunState.COMPLETED
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import calendar
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 from billing_common.subscriptions import Frequency
 
@@ -66,6 +67,16 @@ class Period:
 def period_starting(frequency: Frequency, due: date, anchor_day: int) -> Period:
     following = next_due_date(frequency, due, anchor_day)
     return Period(due, following if following is not None else due + timedelta(days=1))
+
+
+def local_day(now: datetime, zone: ZoneInfo) -> date:
+    """The day `now` falls on in the billing time zone."""
+    return now.astimezone(zone).date()
+
+
+def midnight(day: date, zone: ZoneInfo) -> datetime:
+    """The instant `day` begins in the billing time zone, in UTC."""
+    return datetime.combine(day, time(0), zone).astimezone(UTC)
 
 
 def _month_after(year: int, month: int) -> tuple[int, int]:

@@ -15,8 +15,9 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import StrEnum
 
-from billing_common.errors import FailedPrecondition, NotFound
+from billing_common.errors import FailedPrecondition, NotFound, Violations
 from billing_common.money import Money
 from billing_common.payments import FailureType
 from billing_common.subscriptions import Frequency, SubscriptionStatus
@@ -26,6 +27,7 @@ from recurring.domain.addons import add_on_lines
 from recurring.domain.invoicing import Invoice, InvoiceDecision, PeriodUsage, Transaction, build_invoice
 from recurring.domain.payments import (
     REASON_LENGTH,
+    ChargeRequest,
     ChargeResult,
     NoAnswer,
     Outcome,
@@ -75,6 +77,8 @@ class Rules:
     minimum_charge_minor: int
     max_failures: int
     defer_delay: timedelta
+    # A gateway's part of a run halts after this many unreachable answers in a row.
+    halt_threshold: int
 
 
 @dataclass(frozen=True)
@@ -152,18 +156,18 @@ class _Working:
         _, paid_at = self.change.statuses.get(invoice.invoice_id, (invoice.status, None))
         self.change.statuses[invoice.invoice_id] = (invoice.status, paid_at or invoice.paid_at)
 
-    def put_attempt(self, txn: Transaction, *, new: bool = False) -> None:
-        found = self.attempts.setdefault(txn.invoice_id, [])
+    def put_attempt(self, attempt: Transaction, *, new: bool = False) -> None:
+        found = self.attempts.setdefault(attempt.invoice_id, [])
         for index, earlier in enumerate(found):
-            if earlier.transaction_id == txn.transaction_id:
-                found[index] = txn
+            if earlier.transaction_id == attempt.transaction_id:
+                found[index] = attempt
                 break
         else:
-            found.append(txn)
+            found.append(attempt)
         if new:
-            self.change.attempts.append(txn)
+            self.change.attempts.append(attempt)
         else:
-            self.change.answered[txn.transaction_id] = txn
+            self.change.answered[attempt.transaction_id] = attempt
 
     def attempt(self, invoice_id: str, transaction_id: str) -> Transaction:
         return next(t for t in self.attempts.get(invoice_id, ()) if t.transaction_id == transaction_id)
@@ -234,9 +238,9 @@ def _bill_one(working: _Working, item: WorkItem, usage: PeriodUsage, rules: Rule
         detail = "awaiting the final outcome"
         change.finished.append(ItemResult(item, ItemStatus.CHARGED, detail, invoice.invoice_id))
         return
-    txn = next_attempt(invoice, attempts, working.now, new_id)
-    working.put_attempt(txn, new=True)
-    change.charges.append(Charge(item, txn, working.subscriptions[sub.subscription_id]))
+    attempt = next_attempt(invoice, attempts, working.now, new_id)
+    working.put_attempt(attempt, new=True)
+    change.charges.append(Charge(item, attempt, working.subscriptions[sub.subscription_id]))
 
 
 def _not_billed(working: _Working, sub: Subscription, item: WorkItem) -> str:
@@ -320,6 +324,25 @@ def _open_invoice(
     return invoice
 
 
+def charge_request(attempt: Transaction, sub: Subscription) -> ChargeRequest:
+    """What gateway-adapter is asked to charge: the attempt's amount under its key, with the merchant
+    and payment method it routes and paces by.
+
+    Exactly once: the attempt is written (unanswered, with its key) before it is sent. Whoever finds
+    it still unanswered sends the same key again, and gateway-adapter answers a repeated key with the
+    stored result, so a crash or a race never charges twice. Only an answered GATEWAY_UNREACHABLE
+    attempt (nothing happened) is followed by a new attempt and key."""
+    method = sub.payment_method
+    return ChargeRequest(
+        merchant_id=sub.merchant_id,
+        method_type=method.type.value,
+        token=method.token,
+        amount=attempt.amount,
+        idempotency_key=attempt.idempotency_key,
+        invoice_id=attempt.invoice_id,
+    )
+
+
 def next_attempt(
     invoice: Invoice,
     attempts: Sequence[Transaction],
@@ -340,7 +363,22 @@ def next_attempt(
     )
 
 
-def retry_attempt(
+def check_retry(invoice_id: str, retry_key: str) -> None:
+    """A retry names its invoice and its key (dunning's "<case id>:<attempt>")."""
+    violations = Violations()
+    violations.check(bool(invoice_id), "invoice_id", "required")
+    violations.check(bool(retry_key), "idempotency_key", "required")
+    violations.raise_if_any()
+
+
+def earlier_retry(found: Transaction | None, invoice_id: str, retry_key: str) -> Transaction | None:
+    """The attempt a retry key made before, if any; a key made for another invoice is refused."""
+    if found is not None and found.invoice_id != invoice_id:
+        raise FailedPrecondition(f"idempotency key {retry_key!r} was used for another invoice")
+    return found
+
+
+def retry(
     invoice: Invoice, attempts: Sequence[Transaction], retry_key: str, now: datetime, new_id: NewId
 ) -> Transaction:
     """Dunning's new charge of the invoice under its key; refused while the invoice cannot be charged."""
@@ -402,16 +440,16 @@ def settle(answers: Sequence[Answer], books: Books, rules: Rules, cause: Cause, 
 def _record(working: _Working, answer: Answer, result: ChargeResult, cause: Cause) -> Outcome | None:
     """Apply a charge result once; None when it changes nothing (another worker recorded this
     attempt, or a final word that does not apply)."""
-    txn = answer.attempt
-    current = working.attempt(txn.invoice_id, txn.transaction_id)
+    attempt = answer.attempt
+    current = working.attempt(attempt.invoice_id, attempt.transaction_id)
     if answer.final_word:
         if not final_word_applies(current.answered, awaiting_result(current), result):
             return None
     elif current.answered:
         return None
-    invoice = working.invoices.get(txn.invoice_id)
+    invoice = working.invoices.get(attempt.invoice_id)
     if invoice is None:
-        raise NotFound(f"invoice {txn.invoice_id} does not exist")
+        raise NotFound(f"invoice {attempt.invoice_id} does not exist")
     answered = answered_attempt(current, result)
     working.put_attempt(answered)
     outcome = outcome_of(result)
@@ -477,24 +515,32 @@ def void(invoice: Invoice, attempts: Sequence[Transaction], reason: str, now: da
     return change
 
 
+class ExhaustedAction(StrEnum):
+    """What becomes of the subscription when dunning runs out of attempts."""
+
+    SUSPEND = "suspend"
+    CANCEL = "cancel"
+
+
 @dataclass(frozen=True)
 class ExhaustionPolicy:
-    """What dunning.exhausted does to the subscription when the event names no action."""
+    """What dunning.exhausted does to the subscription when the event names no action: the default,
+    except for the merchants listed, which cancel."""
 
-    default_cancel: bool
+    default: ExhaustedAction
     cancel_merchants: frozenset[str]
 
-    def cancels(self, merchant_id: str, action: str) -> bool:
-        if action:
-            return action == "cancel"
-        return self.default_cancel or merchant_id in self.cancel_merchants
+    def cancels(self, merchant_id: str, action: ExhaustedAction | None) -> bool:
+        if action is not None:
+            return action is ExhaustedAction.CANCEL
+        return self.default is ExhaustedAction.CANCEL or merchant_id in self.cancel_merchants
 
 
 def write_off(
     invoice: Invoice,
     sub: Subscription | None,
     policy: ExhaustionPolicy,
-    action: str,
+    action: ExhaustedAction | None,
     cause: Cause,
     now: datetime,
 ) -> Change:
@@ -544,22 +590,22 @@ def settle_refund(attempt: Transaction, refund_id: str, refunded_total: Money, b
 
 
 def _mark_paid(
-    working: _Working, invoice: Invoice, txn: Transaction | None, cause: Cause, item: WorkItem | None
+    working: _Working, invoice: Invoice, attempt: Transaction | None, cause: Cause, item: WorkItem | None
 ) -> None:
-    """`txn` is the payment; None when account credit paid the whole invoice."""
+    """`attempt` is the payment; None when account credit paid the whole invoice."""
     if invoice.status is InvoiceStatus.PAID:
         return
     invoice_transition(invoice.status, InvoiceStatus.PAID)
     paid = dataclasses.replace(invoice, status=InvoiceStatus.PAID, paid_at=working.now)
     working.put_invoice(paid)
     working.unpaid_changes(invoice.subscription_id, -1)
-    if txn is not None and txn.amount.amount_minor:
+    if attempt is not None and attempt.amount.amount_minor:
         working.change.postings.append(
             ledger.payment_posting(
-                invoice.account_id, txn.transaction_id, txn.gateway or "unknown", txn.amount
+                invoice.account_id, attempt.transaction_id, attempt.gateway or "unknown", attempt.amount
             )
         )
-    working.announce(ev.InvoicePaid(paid, txn), item)
+    working.announce(ev.InvoicePaid(paid, attempt), item)
     _after_paid(working, invoice.subscription_id, cause, item)
 
 
@@ -577,7 +623,7 @@ def _after_paid(working: _Working, subscription_id: str, cause: Cause, item: Wor
 
 
 def _mark_failed(
-    working: _Working, invoice: Invoice, txn: Transaction, cause: Cause, item: WorkItem | None
+    working: _Working, invoice: Invoice, attempt: Transaction, cause: Cause, item: WorkItem | None
 ) -> None:
     """The invoice waits for dunning: it hears invoice.payment_failed and retries (or, for a
     merchant failure, holds the invoice for an operator)."""
@@ -588,11 +634,11 @@ def _mark_failed(
         working.put_invoice(failed)
         if invoice.status is InvoiceStatus.PAID:
             working.unpaid_changes(invoice.subscription_id, 1)
-    working.announce(ev.InvoicePaymentFailed(failed, txn), item)
+    working.announce(ev.InvoicePaymentFailed(failed, attempt), item)
     sub = working.subscriptions.get(invoice.subscription_id)
     if (
         sub is not None
-        and past_due_after(txn.failure_type)
+        and past_due_after(attempt.failure_type)
         and sub.status is not SubscriptionStatus.PAST_DUE
         and can(sub.status, Action.PAYMENT_FAILED)
     ):
@@ -612,15 +658,15 @@ def _move(
     working.announce(event(updated), item)
 
 
-def awaiting_result(txn: Transaction) -> bool:
+def awaiting_result(attempt: Transaction) -> bool:
     """Answered, but the final word comes later (ACH pending, or an unknown outcome)."""
-    return txn.answered and txn.status in (PaymentStatus.PENDING, PaymentStatus.UNKNOWN)
+    return attempt.answered and attempt.status in (PaymentStatus.PENDING, PaymentStatus.UNKNOWN)
 
 
-def answered_attempt(txn: Transaction, result: ChargeResult) -> Transaction:
+def answered_attempt(attempt: Transaction, result: ChargeResult) -> Transaction:
     """The attempt as the gateway answered it."""
     return dataclasses.replace(
-        txn,
+        attempt,
         status=result.status,
         payment_id=result.payment_id,
         gateway=result.gateway,

@@ -222,6 +222,16 @@ def cancelled(sub: Subscription, now: datetime) -> Subscription:
     return sub.apply(Action.CANCEL, now).changed(now, next_billing_date=None, cancel_at_period_end=False)
 
 
+def created_entry(sub: Subscription, cause: Cause, now: datetime) -> HistoryEntry:
+    """A new subscription's first history entry: every field, from nothing."""
+    changes = {
+        field.name: {"previous": None, "new": to_json(getattr(sub, field.name))}
+        for field in dataclasses.fields(Subscription)
+        if field.name not in IGNORED_IN_DIFFS
+    }
+    return HistoryEntry(sub.subscription_id, changes, cause.actor, cause.event_id, "created", now)
+
+
 def history_entry(
     before: Subscription, after: Subscription, cause: Cause, now: datetime
 ) -> HistoryEntry | None:

@@ -12,13 +12,12 @@ from billing.events.v1 import dunning_pb2, payment_pb2, tier_pb2
 from billing_common.events import Handlers
 from billing_common.protos import PLAN_TIERS, money_of
 from recurring.adapters.clients import charge_result
+from recurring.adapters.codec import EXHAUSTED_ACTIONS
 from recurring.app.invoices import Invoices
 from recurring.app.ports import Store
 from recurring.app.subscriptions import Subscriptions
 from recurring.domain.payments import PaymentUpdate
 from recurring.domain.subscription import Cause
-
-ACTIONS = {dunning_pb2.EXHAUSTED_ACTION_SUSPEND: "suspend", dunning_pb2.EXHAUSTED_ACTION_CANCEL: "cancel"}
 
 
 def payment_update(facts: payment_pb2.PaymentFacts, *, decline_code: str = "") -> PaymentUpdate:
@@ -44,7 +43,7 @@ def handlers(store: Store, subscriptions: Subscriptions, invoices: Invoices) -> 
         await invoices.on_dunning_exhausted(
             store.within(conn),
             event.dunning_case.invoice_id,
-            ACTIONS.get(event.action, ""),
+            EXHAUSTED_ACTIONS.get(event.action, None),
             event.header.event_id,
         )
 

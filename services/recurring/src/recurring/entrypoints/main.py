@@ -19,7 +19,6 @@ from recurring.adapters.coordination import RedisOutageCounter
 from recurring.adapters.events import EventMessages
 from recurring.adapters.metrics import PrometheusRecurringMetrics, RunMetrics, run_work
 from recurring.adapters.store import PostgresStore
-from recurring.app.charging import Charging
 from recurring.app.invoices import Invoices
 from recurring.app.runs import Runs, Schedule
 from recurring.app.subscriptions import Subscriptions
@@ -28,7 +27,7 @@ from recurring.domain.runs import RunKind
 from recurring.domain.settlement import ExhaustionPolicy, Rules
 from recurring.entrypoints.consumers import handlers
 from recurring.entrypoints.servicer import ACCESS, RecurringServicer
-from recurring.settings import ExhaustedDefault, RecurringSettings
+from recurring.settings import RecurringSettings
 
 MIGRATIONS = Path(__file__).resolve().parents[3] / "migrations"
 SERVICE_NAME = "billing.recurring.v1.RecurringService"
@@ -49,7 +48,12 @@ def build(settings: RecurringSettings) -> Lifespan:
         stalled_after=settings.run_stalled_after,
     )
     pages = PageTokens.from_settings(settings)
-    rules = Rules(settings.minimum_charge_minor, settings.item_max_failures, settings.defer_delay)
+    rules = Rules(
+        settings.minimum_charge_minor,
+        settings.item_max_failures,
+        settings.defer_delay,
+        settings.unreachable_halt_threshold,
+    )
 
     def parts(
         r: Resources, quota_channel: grpc.aio.Channel, gateway_channel: grpc.aio.Channel
@@ -59,23 +63,20 @@ def build(settings: RecurringSettings) -> Lifespan:
         quota = QuotaClient(quota_channel, settings.charge_timeout, zone)
         outages = RedisOutageCounter(r.redis, settings.namespace)
         metrics = PrometheusRecurringMetrics()
-        charging = Charging(GatewayClient(gateway_channel, settings.charge_timeout, metrics))
+        gateway = GatewayClient(gateway_channel, settings.charge_timeout, metrics)
         subscriptions = Subscriptions(store, quota, clock, zone)
         runs = Runs(store, r.locks, outages, clock, schedule, metrics)
         invoices = Invoices(
             store,
-            charging,
+            gateway,
             clock,
-            ExhaustionPolicy(
-                settings.exhausted_default_action is ExhaustedDefault.CANCEL,
-                settings.exhausted_cancel_merchants,
-            ),
+            ExhaustionPolicy(settings.exhausted_default_action, settings.exhausted_cancel_merchants),
             rules,
         )
         worker = Worker(
             store,
             runs,
-            charging,
+            gateway,
             quota,
             outages,
             clock,
@@ -85,7 +86,6 @@ def build(settings: RecurringSettings) -> Lifespan:
                 lease=settings.worker_lease,
                 idle_poll=settings.worker_idle_poll,
                 jitter=settings.worker_jitter,
-                halt_threshold=settings.unreachable_halt_threshold,
                 rules=rules,
                 zone=zone,
             ),
