@@ -35,6 +35,7 @@ from recurring.domain.runs import (
     check_resumed,
     check_run,
     dry_run_of,
+    ending,
     new_run,
     reopens,
 )
@@ -292,6 +293,16 @@ def test_only_a_completed_run_given_newly_due_items_runs_again(
     run = dataclasses.replace(new_run("run_1", DUE, RunKind.MONTHLY, NOW), state=state)
 
     assert reopens(run, queued) is expected
+
+
+def test_a_run_with_nothing_open_completes_now_unless_a_gateway_is_halted() -> None:
+    running = new_run("run_1", DUE, RunKind.DAILY, NOW)
+    later = NOW + timedelta(hours=2)
+
+    done = ending(running, later)
+    assert (done.state, done.finished_at) == (RunState.COMPLETED, later)
+    halted = ending(dataclasses.replace(running, halted_gateways=("stripe",)), later)
+    assert (halted.state, halted.finished_at) == (RunState.HALTED, None)
 
 
 # ------------------------------------------------------------------ new subscriptions

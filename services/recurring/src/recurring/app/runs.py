@@ -31,6 +31,7 @@ from recurring.domain.runs import (
     check_run,
     dates_to_run,
     dry_run_of,
+    ending,
     latest_scheduled_date,
     new_run,
     reopens,
@@ -175,14 +176,14 @@ class Runs:
             run = (await uow.runs.load([run_id], lock=True)).get(run_id)
             if run is None or run.state is not RunState.RUNNING or await uow.runs.open_items(run_id):
                 return
+            ended = ending(run, self._clock.now())
             with telemetry.within(run.trace_context):
-                if run.halted_gateways:
-                    await uow.runs.set_states([run_id], RunState.HALTED, None)
+                await uow.runs.set_states([run_id], ended.state, ended.finished_at)
+                if ended.state is RunState.HALTED:
                     log.warning("run halted", extra={"run_id": run_id, "gateways": list(run.halted_gateways)})
                     return
-                await uow.runs.set_states([run_id], RunState.COMPLETED, self._clock.now())
                 counts = (await uow.runs.counts([run_id]))[run_id]
-                await uow.outbox.add([ev.RunCompleted(dataclasses.replace(run, counts=counts))])
+                await uow.outbox.add([ev.RunCompleted(dataclasses.replace(ended, counts=counts))])
         with telemetry.within(run.trace_context):
             log.info("run completed", extra={"run_id": run_id, **dataclasses.asdict(counts)})
 

@@ -191,6 +191,14 @@ def dry_run_of(
     return Run(run_id, billing_date, kind, RunState.DRY_RUN, True, now, finished_at=now, counts=counts)
 
 
+def ending(run: Run, now: datetime) -> Run:
+    """How a running run with no open item left ends: HALTED while one of its gateways is halted
+    (its deferred items wait for a resume), else COMPLETED now."""
+    if run.halted_gateways:
+        return replace(run, state=RunState.HALTED)
+    return replace(run, state=RunState.COMPLETED, finished_at=now)
+
+
 def reopens(run: Run, queued: int) -> bool:
     """A completed run that newly due items were added to runs again (a halted or running one goes
     on as it is)."""
