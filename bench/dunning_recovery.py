@@ -39,7 +39,7 @@ import aio_pika
 import asyncpg
 import grpc
 
-from bench.harness import bench_env, serve_bare
+from bench.harness import bench_env, cpu_seconds, serve_bare
 from billing.common.v1 import common_pb2 as common
 from billing.events.v1 import invoice_pb2 as invoice_events
 from billing.recurring.v1 import recurring_pb2 as rpb
@@ -273,6 +273,7 @@ async def drain(env: InfraEnv, recurring_addr: str) -> None:
                 processes += pods
                 due_now = "due_at = now() - interval '1 minute'"
                 load = os.getloadavg()[0]
+                cpu_before = sum(cpu_seconds(pod.process.pid) for pod in pods)
                 started = time.perf_counter()
                 await admin.execute(f"UPDATE {schema}.cases SET {due_now} WHERE state = 'retry_scheduled'")
 
@@ -284,11 +285,12 @@ async def drain(env: InfraEnv, recurring_addr: str) -> None:
 
                 await _wait(drained, 900)
                 elapsed = time.perf_counter() - started
+                cpu_ms = (sum(cpu_seconds(pod.process.pid) for pod in pods) - cpu_before) * 1000 / DRAIN
                 rates[workers] = DRAIN / elapsed
                 print(
                     f"drain {DRAIN} due attempts with {workers} worker process(es): {elapsed:6.1f} s "
-                    f"({rates[workers]:6.0f} attempts/s; recurring answers in "
-                    f"{RECURRING_LATENCY.total_seconds() * 1000:.0f} ms; load average {load:.2f})"
+                    f"({rates[workers]:6.0f} attempts/s; dunning CPU {cpu_ms:.2f} ms per attempt; recurring "
+                    f"answers in {RECURRING_LATENCY.total_seconds() * 1000:.0f} ms; load average {load:.2f})"
                 )
                 for pod in pods:
                     await pod.terminate()
