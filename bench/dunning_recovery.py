@@ -1,6 +1,7 @@
 """Dunning: recovered share of the adaptive policy against a fixed one under the same attempt
 budget (a simulation over the pure domain), and the time to drain due attempts with one and with
-two worker processes (real PostgreSQL, Redis, RabbitMQ and a real recurring + sandbox gateway).
+two worker processes (real PostgreSQL, Redis and RabbitMQ; recurring is a stand-in that declines
+every retry after 50 ms, so that the figure is dunning's own pace, not the payment path's).
 
 The simulated population (written down here, not learned from anywhere):
 - decline-code mix: insufficient_funds 50%, do_not_honor 25%, generic_decline 15%,
@@ -13,39 +14,49 @@ The simulated population (written down here, not learned from anywhere):
 - budget for both policies: 4 attempts within 14 days; fixed = days 1, 3, 5, 7; adaptive =
   gaps of 1 to 4 days, learning from the outcomes of the cohorts before (1,000 cases each).
 
-Sizes: DUNNING_BENCH_POPULATION (default 10,000 cases), DUNNING_BENCH_DRAIN (default 1,000 due
-attempts, so that `make bench` stays within minutes on 2 cores; the issue's figure is
-DUNNING_BENCH_DRAIN=10000, whose setup alone bills 10,000 subscriptions through recurring).
+The drain's cases are opened by invoice.payment_failed events published as recurring's relay
+would (an insufficient-funds soft decline each); every case's next attempt is then made due at
+once, with one worker pod and then with two, and the drain ends when no attempt is due or running.
+
+Sizes: DUNNING_BENCH_POPULATION (default 10,000 cases), DUNNING_BENCH_DRAIN (default 10,000 due
+attempts).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import multiprocessing as mp
 import os
 import random
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import aio_pika
 import asyncpg
 import grpc
 
-from bench.harness import bench_env
+from bench.harness import bench_env, cpu_seconds, serve_bare
 from billing.common.v1 import common_pb2 as common
+from billing.events.v1 import invoice_pb2 as invoice_events
 from billing.recurring.v1 import recurring_pb2 as rpb
-from billing.recurring.v1 import recurring_pb2_grpc
 from billing_common import db
-from billing_common.grpc_client import open_channel
+from billing_common.events import event_type_of
 from billing_common.service import run_event_loop
 from billing_common.settings import CommonSettings
 from billing_devtools.testing.plugin import InfraEnv
-from billing_devtools.testing.processes import RunningProcess, free_port, start_process
+from billing_devtools.testing.processes import RunningProcess, start_process
 from dunning.domain.estimator import AttemptContext, Observation, OutcomeCounts
 from dunning.domain.policy import AdaptiveSchedule, FixedSchedule, RetryPolicy
 from dunning.domain.schedule import Planning, plan_next_attempt
 
 POPULATION = int(os.environ.get("DUNNING_BENCH_POPULATION", "10000"))
-DRAIN = int(os.environ.get("DUNNING_BENCH_DRAIN", "1000"))
+DRAIN = int(os.environ.get("DUNNING_BENCH_DRAIN", "10000"))
+RECURRING_LATENCY = timedelta(milliseconds=50)
+RECURRING_SERVICE = rpb.DESCRIPTOR.services_by_name["RecurringService"].full_name
 COHORT = 1000
 MIX = [
     ("insufficient_funds", 0.50),
@@ -137,16 +148,86 @@ def compare_policies() -> None:
 # ---------------------------------------------------------------- draining due attempts
 
 
-async def _recurring_answers(address: str, token: str) -> bool:
-    async with open_channel(address, token) as channel:
-        stub = recurring_pb2_grpc.RecurringServiceStub(channel)
-        try:
-            await stub.RetryInvoicePayment(
-                rpb.RetryInvoicePaymentRequest(invoice_id="probe", idempotency_key="probe:1"), timeout=10
+async def _declined_retry(
+    request: rpb.RetryInvoicePaymentRequest, context: grpc.aio.ServicerContext[Any, Any]
+) -> rpb.RetryInvoicePaymentResponse:
+    """recurring as dunning sees it on a retry: an answer after `RECURRING_LATENCY`, declined."""
+    await asyncio.sleep(RECURRING_LATENCY.total_seconds())
+    return rpb.RetryInvoicePaymentResponse(
+        invoice=rpb.Invoice(invoice_id=request.invoice_id, status=rpb.INVOICE_STATUS_OPEN),
+        transaction=rpb.Transaction(
+            status=common.PAYMENT_STATUS_DECLINED,
+            failure_type=common.FAILURE_TYPE_CARDHOLDER,
+            decline_kind=common.DECLINE_KIND_SOFT,
+            decline_code="insufficient_funds",
+        ),
+    )
+
+
+def _stand_in_recurring(ports: Any, stop: Any) -> None:
+    async def main() -> None:
+        server = grpc.aio.server()
+        retry = grpc.unary_unary_rpc_method_handler(
+            _declined_retry,
+            request_deserializer=rpb.RetryInvoicePaymentRequest.FromString,
+            response_serializer=rpb.RetryInvoicePaymentResponse.SerializeToString,
+        )
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(RECURRING_SERVICE, {"RetryInvoicePayment": retry}),)
+        )
+        await serve_bare(server, ports, stop)
+
+    run_event_loop(main())
+
+
+@contextlib.contextmanager
+def stand_in_recurring() -> Iterator[str]:
+    """The stand-in in its own process; its address."""
+    ctx = mp.get_context("spawn")
+    ports, stop = ctx.Queue(), ctx.Event()
+    process = ctx.Process(target=_stand_in_recurring, args=(ports, stop), daemon=True)
+    process.start()
+    try:
+        yield f"127.0.0.1:{ports.get(timeout=60)}"
+    finally:
+        stop.set()
+        process.join(timeout=10)
+
+
+async def _publish_failures(env: InfraEnv, count: int) -> None:
+    """invoice.payment_failed for `count` invoices, as recurring's outbox relay publishes them."""
+    connection = await aio_pika.connect(env.infra.amqp_url)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.declare_exchange(env.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+        for n in range(count):
+            event = invoice_events.InvoicePaymentFailed(
+                invoice=invoice_events.InvoiceFacts(
+                    invoice_id=f"inv-bench-{n}",
+                    subscription_id=f"sub-bench-{n}",
+                    account_id=f"acct-{n}",
+                    merchant_id="bench",
+                    amount_due=common.Money(amount_minor=2500, currency="USD"),
+                ),
+                payment_id=f"pay-bench-{n}",
+                failure_type=common.FAILURE_TYPE_CARDHOLDER,
+                decline_kind=common.DECLINE_KIND_SOFT,
+                retryable=True,
+                decline_code="insufficient_funds",
+                attempt=1,
             )
-        except grpc.aio.AioRpcError as exc:
-            return exc.code() != grpc.StatusCode.UNIMPLEMENTED
-    return True
+            event.header.event_id = str(uuid.uuid4())
+            event.header.producer = "recurring"
+            event_type = event_type_of(event)
+            await exchange.publish(
+                aio_pika.Message(
+                    body=event.SerializeToString(),
+                    type=event_type,
+                    message_id=event.header.event_id,
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                ),
+                routing_key=event_type,
+            )
 
 
 async def _wait(check: Callable[[], object], timeout: float) -> None:
@@ -157,67 +238,19 @@ async def _wait(check: Callable[[], object], timeout: float) -> None:
         await asyncio.sleep(0.5)
 
 
-async def drain(env: InfraEnv) -> None:
-    day = datetime(2031, 5, 5, tzinfo=UTC).date()
-    gateway_env = {"GATEWAY_WEBHOOK_PORT": str(free_port())}
+async def drain(env: InfraEnv, recurring_addr: str) -> None:
     processes: list[RunningProcess] = []
     try:
-        quota = await start_process(
-            "quota", "QUOTA", env.settings(CommonSettings, "quota", log_level="ERROR")
-        )
-        gateway = await start_process(
-            "gateway_adapter",
-            "GATEWAY",
-            env.settings(CommonSettings, "gateway-adapter", log_level="ERROR"),
-            gateway_env,
-        )
-        processes += [quota, gateway]
-        recurring = await start_process(
-            "recurring",
-            "RECURRING",
-            env.settings(CommonSettings, "recurring", log_level="ERROR"),
-            {"RECURRING_QUOTA_ADDR": quota.address, "RECURRING_GATEWAY_ADAPTER_ADDR": gateway.address},
-        )
-        processes.append(recurring)
-        if not await _recurring_answers(recurring.address, env.token("dunning")):
-            print("drain: not measured (recurring does not implement RetryInvoicePayment)")
-            return
         dunning_settings = env.settings(CommonSettings, "dunning", log_level="ERROR")
         dunning_env = {
-            "DUNNING_RECURRING_ADDR": recurring.address,
+            "DUNNING_RECURRING_ADDR": recurring_addr,
             "DUNNING_WORKER_ENABLED": "false",
             "DUNNING_WORKER_POLL_INTERVAL": "0.1s",
         }
         receiver = await start_process("dunning", "DUNNING", dunning_settings, dunning_env)
         processes.append(receiver)
-        async with open_channel(recurring.address, env.token("operator")) as channel:
-            stub = recurring_pb2_grpc.RecurringServiceStub(channel)
-            slots = asyncio.Semaphore(32)
-
-            async def subscribe(n: int) -> None:
-                async with slots:
-                    await stub.CreateSubscription(
-                        rpb.CreateSubscriptionRequest(
-                            account_id=f"acct-{n}",
-                            merchant_id="bench",
-                            custom_amount=common.Money(amount_minor=2500, currency="USD"),
-                            frequency=common.BILLING_FREQUENCY_WEEKLY,
-                            start_date=common.Date(year=day.year, month=day.month, day=day.day),
-                            payment_method=common.PaymentMethod(
-                                type=common.PAYMENT_METHOD_TYPE_CARD, gateway_token="tok_insufficient_funds"
-                            ),
-                            idempotency_key=f"bench-{n}",
-                        )
-                    )
-
-            setup_started = time.perf_counter()
-            await asyncio.gather(*(subscribe(n) for n in range(DRAIN)))
-            await stub.RunBilling(
-                rpb.RunBillingRequest(
-                    billing_date=common.Date(year=day.year, month=day.month, day=day.day),
-                    kind=rpb.RUN_KIND_DAILY,
-                )
-            )
+        setup_started = time.perf_counter()
+        await _publish_failures(env, DRAIN)
         admin = await asyncpg.connect(env.infra.postgres_admin_url)
         schema = db.quote_ident(f"dunning_{env.run_id}")
         try:
@@ -228,6 +261,7 @@ async def drain(env: InfraEnv) -> None:
             await _wait(all_cases_open, 900)
             setup_seconds = time.perf_counter() - setup_started
             print(f"drain setup: {DRAIN} failed invoices and their cases in {setup_seconds:.0f} s")
+            rates: dict[int, float] = {}
             await receiver.terminate()
             processes.remove(receiver)
             for workers in (1, 2):
@@ -238,6 +272,8 @@ async def drain(env: InfraEnv) -> None:
                 ]
                 processes += pods
                 due_now = "due_at = now() - interval '1 minute'"
+                load = os.getloadavg()[0]
+                cpu_before = sum(cpu_seconds(pod.process.pid) for pod in pods)
                 started = time.perf_counter()
                 await admin.execute(f"UPDATE {schema}.cases SET {due_now} WHERE state = 'retry_scheduled'")
 
@@ -249,13 +285,17 @@ async def drain(env: InfraEnv) -> None:
 
                 await _wait(drained, 900)
                 elapsed = time.perf_counter() - started
+                cpu_ms = (sum(cpu_seconds(pod.process.pid) for pod in pods) - cpu_before) * 1000 / DRAIN
+                rates[workers] = DRAIN / elapsed
                 print(
                     f"drain {DRAIN} due attempts with {workers} worker process(es): {elapsed:6.1f} s "
-                    f"({DRAIN / elapsed:6.0f} attempts/s)"
+                    f"({rates[workers]:6.0f} attempts/s; dunning CPU {cpu_ms:.2f} ms per attempt; recurring "
+                    f"answers in {RECURRING_LATENCY.total_seconds() * 1000:.0f} ms; load average {load:.2f})"
                 )
                 for pod in pods:
                     await pod.terminate()
                     processes.remove(pod)
+            print(f"drain: 2 workers / 1 worker = {rates[2] / rates[1]:.2f}")
         finally:
             await admin.close()
     finally:
@@ -265,8 +305,9 @@ async def drain(env: InfraEnv) -> None:
 
 async def main() -> None:
     compare_policies()
-    async with bench_env() as env:
-        await drain(env)
+    with stand_in_recurring() as recurring_addr:
+        async with bench_env() as env:
+            await drain(env, recurring_addr)
 
 
 if __name__ == "__main__":

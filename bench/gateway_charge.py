@@ -1,5 +1,8 @@
 """gateway-adapter: Charge and ChargeBatch against the sandbox gateway with no latency, as ratios
-to the echo baseline measured in the same round, with the gateway-adapter pod's CPU per charge.
+to the echo baseline measured in the same round, with the gateway-adapter pod's CPU per charge;
+then paced: ChargeBatch under a 200/s limit on a gateway answering in 50 ms, the charges per second
+achieved as a fraction of the limit and the busiest rolling second on the gateway's clock (its own
+ledger of the charges that reached it), which must never be above the limit.
 
 Every charge is a new idempotency key: its key is claimed, the sandbox is called (it writes its own
 ledger row, in the same process) and the outcome is recorded with its payment.succeeded event,
@@ -10,15 +13,20 @@ the spread shows how steady the figures are on a shared machine.
 
 from __future__ import annotations
 
+import os
 import statistics
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any
+
+import asyncpg
 
 from bench.echo_baseline import echo_caller
 from bench.harness import Figures, bench_env, closed_loop, cpu_seconds, server_process
 from billing.common.v1 import common_pb2
 from billing.gateway.v1 import gateway_pb2 as pb
 from billing.gateway.v1 import gateway_pb2_grpc
+from billing_common import db
 from billing_common.grpc_client import open_channel
 from billing_devtools.testing.processes import free_port
 from gateway_adapter.entrypoints.main import MIGRATIONS, build
@@ -29,6 +37,9 @@ BATCH = 100
 BATCH_CONCURRENCY = 4
 SECONDS = 4.0
 ROUNDS = 3
+PACED_LIMIT = 200
+PACED_LATENCY = timedelta(milliseconds=50)
+PACED_SECONDS = float(os.environ.get("BENCH_GATEWAY_PACED_SECONDS", "15"))
 
 
 def gateway_factory(settings: GatewaySettings) -> Any:
@@ -60,7 +71,75 @@ def _spread(values: list[float]) -> str:
     return f"median {statistics.median(values):.2f} (min {min(values):.2f}, max {max(values):.2f})"
 
 
-async def main() -> None:
+async def _busiest_second(env: Any, key_prefix: str) -> int:
+    """The most charges with keys starting `key_prefix` that reached the sandbox within any one
+    second (any alignment), on its clock."""
+    conn = await asyncpg.connect(env.infra.postgres_admin_url)
+    try:
+        schema = db.quote_ident(f"gateway_adapter_{env.run_id}")
+        busiest = await conn.fetchval(
+            f"""SELECT coalesce(max(n), 0) FROM (
+                    SELECT count(*) OVER (
+                        ORDER BY created_at
+                        RANGE BETWEEN CURRENT ROW AND INTERVAL '999999 microseconds' FOLLOWING
+                    ) AS n
+                    FROM {schema}.sandbox_charges WHERE starts_with(idempotency_key, $1)
+                ) windows""",
+            key_prefix,
+        )
+        return int(busiest)
+    finally:
+        await conn.close()
+
+
+async def paced() -> None:
+    """ChargeBatch calls back to back under the limit: achieved/limit and the busiest second."""
+    ratios: list[float] = []
+    busiest: list[int] = []
+    async with bench_env() as env:
+        settings = env.settings(
+            GatewaySettings,
+            "gateway-adapter",
+            webhook_port=free_port(),
+            rate_limits={"sandbox-card": PACED_LIMIT},
+            sandbox_latency=PACED_LATENCY,
+        )
+        with server_process("bench.gateway_charge:gateway_factory", settings, str(MIGRATIONS)) as served:
+            async with open_channel(f"127.0.0.1:{served.port}", env.token("recurring")) as channel:
+                stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+                for round_number in range(ROUNDS):
+                    prefix = f"bench-paced-{round_number}-"
+
+                    async def charge_batch(n: int, prefix: str = prefix) -> None:
+                        keys = (f"{prefix}{n}-{i}" for i in range(BATCH))
+                        reply = await stub.ChargeBatch(
+                            pb.ChargeBatchRequest(charges=[charge_request(key) for key in keys])
+                        )
+                        assert all(
+                            r.payment.status == common_pb2.PAYMENT_STATUS_SUCCEEDED for r in reply.results
+                        )
+
+                    load = os.getloadavg()[0]
+                    figures = await closed_loop(
+                        f"gateway ChargeBatch x{BATCH} paced r{round_number}",
+                        charge_batch,
+                        BATCH_CONCURRENCY,
+                        PACED_SECONDS,
+                    )
+                    ratios.append(figures.rps * BATCH / PACED_LIMIT)
+                    busiest.append(await _busiest_second(env, prefix))
+                    print(
+                        f"{figures.line()}  {figures.rps * BATCH:6.1f} charges/s = {ratios[-1]:.3f} of the "
+                        f"{PACED_LIMIT}/s limit ({PACED_LATENCY.total_seconds() * 1000:.0f} ms gateway); "
+                        f"busiest 1 s at the gateway {busiest[-1]}/{PACED_LIMIT}; load average {load:.2f}"
+                    )
+    print(
+        f"paced ChargeBatch fraction of the {PACED_LIMIT}/s limit {_spread(ratios)}; "
+        f"busiest second max {max(busiest)}/{PACED_LIMIT}"
+    )
+
+
+async def unpaced() -> None:
     charge_ratios: list[float] = []
     charge_cpu: list[float] = []
     batch_ratios: list[float] = []
@@ -122,3 +201,8 @@ async def main() -> None:
         f"ChargeBatch x{BATCH} charges/s ratio to echo {_spread(batch_ratios)}; "
         f"CPU per charge ms {_spread(batch_cpu)}"
     )
+
+
+async def main() -> None:
+    await unpaced()
+    await paced()

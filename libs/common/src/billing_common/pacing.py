@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,12 +35,9 @@ return {slot - now, booked}
 # A horizon no booking reaches: the turn is taken however far ahead it is.
 _ANY_HORIZON_US = 2**52
 
-# How late a woken turn may still take its slot (a busy loop wakes it late). Turns that arrive up
-# to L late put slots from a window of 1 + L seconds into one second: with slots spaced for a
-# fraction h under the limit, no second holds more than the limit while L < h / (1 - h) (52 ms at
-# 5%). Four fifths of that are allowed; without headroom there is no such bound, and 20 ms is.
+# Share of the lateness a spacing absorbs (see `Spacing`) that a woken turn may use.
 LATE_SHARE = 0.8
-MIN_LATE_S = 0.02
+DEFAULT_HEADROOM_PERCENT = 2
 
 PACER_WAIT = Histogram(
     "billing_pacer_wait_seconds",
@@ -47,6 +45,38 @@ PACER_WAIT = Histogram(
     ["gateway"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+
+
+@dataclass(frozen=True)
+class Spacing:
+    """How far apart one name's slots are (whole microseconds, as booked), and how late a woken turn
+    may still take its slot.
+
+    Turns that go up to L after their slots put the slots of a window of 1 + L seconds into one
+    second; slots `interval_us` apart hold at most `limit` of them while L <= limit x interval - 1
+    second (the lateness the real spacing absorbs: about h / (1 - h) of a second for slots spaced for
+    a fraction h under the limit). A turn may use `LATE_SHARE` of it; a turn later than that books
+    again.
+    """
+
+    interval_us: int
+    late_s: float
+
+    @classmethod
+    def of(cls, per_second: int, headroom_percent: int) -> Spacing:
+        """Slots for `per_second` less `headroom_percent`; never closer than that (rounded up)."""
+        paced = per_second * (100 - headroom_percent)
+        interval_us = -(-100_000_000 // paced)
+        absorbed_s = per_second * interval_us / 1_000_000 - 1
+        return cls(interval_us, LATE_SHARE * absorbed_s)
+
+    @property
+    def interval_s(self) -> float:
+        return self.interval_us / 1_000_000
+
+    def on_time(self, late_s: float) -> bool:
+        """Whether a turn that goes `late_s` after its slot still keeps every second within the limit."""
+        return late_s <= self.late_s
 
 
 @dataclass(frozen=True)
@@ -62,19 +92,10 @@ class Booking:
 
 
 def check_headroom(percent: int, variable: str) -> None:
-    """Refuse, at start, a headroom that would leave no slots (100%) or add some (negative)."""
-    if not 0 <= percent < 100:
-        raise SettingsError(f"{variable} must be from 0 to 99")
-
-
-def _late_tolerance_s(headroom_percent: int) -> float:
-    headroom = headroom_percent / 100
-    return max(MIN_LATE_S, LATE_SHARE * headroom / (1 - headroom))
-
-
-def _interval_us(per_second: int, headroom_percent: int) -> int:
-    paced = per_second * (100 - headroom_percent)
-    return 100_000_000 // paced if paced > 0 else 0
+    """Refuse, at start, a headroom that leaves no slots (100%), adds some (negative) or absorbs no
+    lateness at all (0: any turn woken late could put one call too many into a second)."""
+    if not 0 < percent < 100:
+        raise SettingsError(f"{variable} must be from 1 to 99")
 
 
 class RedisPacer:
@@ -83,7 +104,8 @@ class RedisPacer:
 
     Slots are spaced for `headroom_percent` less than the limit: calls reach the gateway with some
     jitter (a late wake-up, network, its own queue), and the gateway counts them on its clock, where
-    no second may hold more than the limit.
+    no second may hold more than the limit. Turns are timed on `clock` (monotonic seconds; precise,
+    where an event loop's clock may move in whole milliseconds).
     """
 
     def __init__(
@@ -91,16 +113,23 @@ class RedisPacer:
         redis: Redis,
         namespace: str,
         limits: Mapping[str, int],
-        headroom_percent: int = 0,
+        headroom_percent: int = DEFAULT_HEADROOM_PERCENT,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._namespace = namespace
-        self._intervals_us = {name: _interval_us(limit, headroom_percent) for name, limit in limits.items()}
-        self._late_s = _late_tolerance_s(headroom_percent)
+        self._spacings = {
+            name: Spacing.of(limit, headroom_percent) for name, limit in limits.items() if limit > 0
+        }
+        self._clock = clock
         self._book = redis.register_script(_BOOK)
         self._waits: dict[str, Any] = {}
 
     def limited(self, name: str) -> bool:
-        return bool(self._intervals_us.get(name, 0))
+        return name in self._spacings
+
+    def now(self) -> float:
+        """The time turns are due and taken at (seconds on the pacer's monotonic clock)."""
+        return self._clock()
 
     async def book(self, name: str, count: int, horizon_s: float | None = None) -> Booking:
         """Book up to `count` turns that start within `horizon_s` (None: however far ahead).
@@ -108,19 +137,21 @@ class RedisPacer:
         Times are from the moment of asking (Redis reads its clock in between, so going at them is
         never early); `first_s` is the next free turn's when none was booked.
         """
-        interval_us = self._intervals_us.get(name, 0)
-        if not interval_us:
+        spacing = self._spacings.get(name)
+        if spacing is None:
             return Booking(count, 0.0, 0.0)
         horizon_us = _ANY_HORIZON_US if horizon_s is None else int(horizon_s * 1_000_000)
         first_us, booked = await self._book(
-            keys=[f"{self._namespace}:rate:{name}"], args=[interval_us, count, horizon_us]
+            keys=[f"{self._namespace}:rate:{name}"], args=[spacing.interval_us, count, horizon_us]
         )
-        return Booking(int(booked), int(first_us) / 1_000_000, interval_us / 1_000_000)
+        return Booking(int(booked), int(first_us) / 1_000_000, spacing.interval_s)
 
-    def on_time(self, due: float) -> bool:
-        """Whether a turn due at loop time `due` may still go: late turns sent together would reach
-        the gateway as a burst, so a turn woken too late (a busy event loop) books again."""
-        return asyncio.get_running_loop().time() - due <= self._late_s
+    def on_time(self, name: str, due: float) -> bool:
+        """Whether a turn of `name` due at `due` (on `now()`'s clock) may still go: late turns sent
+        together would reach the gateway as a burst, so a turn woken too late (a busy event loop)
+        books again."""
+        spacing = self._spacings.get(name)
+        return spacing is None or spacing.on_time(self.now() - due)
 
     def waited(self, name: str, seconds: float) -> None:
         waits = self._waits.get(name)
@@ -132,13 +163,14 @@ class RedisPacer:
         """Wait for a booked slot, however far ahead; woken too late, book again."""
         if not self.limited(name):
             return
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        started = self.now()
         while True:
-            asked = loop.time()
+            asked = self.now()
             booking = await self.book(name, 1)
+            # Counted from the answer, going is never early; lateness counted from the asking
+            # includes a slow answer.
             if booking.first_s > 0:
                 await asyncio.sleep(booking.first_s)
-            if self.on_time(asked + booking.first_s):
+            if self.on_time(name, asked + booking.first_s):
                 break
-        self.waited(name, loop.time() - started)
+        self.waited(name, self.now() - started)

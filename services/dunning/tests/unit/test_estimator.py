@@ -1,5 +1,6 @@
 """The estimator: the prior alone on day one, the data as it accumulates."""
 
+import dataclasses
 from datetime import UTC, datetime
 
 import pytest
@@ -51,6 +52,17 @@ def test_the_estimate_moves_from_the_prior_to_the_data_as_outcomes_accumulate() 
 def test_data_about_one_hour_changes_the_choice_between_hours() -> None:
     counts = OutcomeCounts.of_observations(observations(NIGHT, 400, 100) + observations(MORNING, 50, 450))
     assert estimate(NIGHT, counts).probability > estimate(MORNING, counts).probability
+
+
+def test_an_estimate_is_made_once_per_context_and_prior_for_the_same_counts() -> None:
+    counts = OutcomeCounts.of_observations(observations(NIGHT, 40, 10))
+    first = estimate(NIGHT, counts)
+
+    assert estimate(NIGHT, counts) is first
+    assert estimate(MORNING, counts) != first
+    assert estimate(NIGHT, counts, dataclasses.replace(DEFAULT_PRIOR, base_strength=1.0)) != first
+    again = estimate(NIGHT, OutcomeCounts.of_observations(observations(NIGHT, 40, 10)))
+    assert again == first and again is not first
 
 
 def test_other_decline_codes_do_not_leak_into_an_estimate() -> None:

@@ -17,7 +17,7 @@ class GatewaySettings(CommonSettings):
     # Each gateway's own limit, `<gateway>=<calls per second>` for all pods together (unlisted or 0:
     # none); calls are paced this much under it, for the jitter between the pacer and the gateway.
     rate_limits: dict[str, int] = field(default_factory=dict)
-    rate_headroom_percent: int = 5
+    rate_headroom_percent: int = 2
     breaker_fail_max: int = 5
     breaker_reset_timeout: timedelta = timedelta(seconds=30)
     idempotency_retention: timedelta = timedelta(days=30)

@@ -15,7 +15,7 @@ def test_rate_limits_are_read_per_gateway() -> None:
     )
 
     assert settings.rate_limits == {"sandbox-card": 200, "stripe": 25, "sandbox-ach": 0}
-    assert settings.rate_headroom_percent == 5
+    assert settings.rate_headroom_percent == 2
     build(settings)
 
 
@@ -36,9 +36,10 @@ def test_bad_rate_limits_stop_the_service_naming_the_variable(entry: str) -> Non
         build(load_settings(GatewaySettings, "GATEWAY", {"GATEWAY_RATE_LIMITS": entry}))
 
 
-def test_a_bad_headroom_stops_the_service_naming_the_variable() -> None:
+@pytest.mark.parametrize("percent", [0, 100, -1])
+def test_a_bad_headroom_stops_the_service_naming_the_variable(percent: int) -> None:
     with pytest.raises(SettingsError, match="GATEWAY_RATE_HEADROOM_PERCENT"):
-        build(GatewaySettings(rate_headroom_percent=100))
+        build(GatewaySettings(rate_headroom_percent=percent))
 
 
 def test_a_stripe_credentials_ref_without_its_key_stops_the_service() -> None:

@@ -82,10 +82,18 @@ class Tally:
 
 @dataclass(frozen=True)
 class OutcomeCounts:
-    """Past outcomes per decline code, and per decline code and feature value."""
+    """Past outcomes per decline code, and per decline code and feature value.
+
+    Counts are never changed once made, so the estimates made from them are kept with them: a
+    schedule scores dozens of candidate hours per attempt, and the attempts between two reloads of
+    the counts ask about the same few contexts again and again.
+    """
 
     by_code: Mapping[str, Tally] = field(default_factory=dict)
     by_feature: Mapping[tuple[str, str, str], Tally] = field(default_factory=dict)
+    _estimates: dict[tuple[AttemptContext, Prior], Estimate] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @property
     def total(self) -> int:
@@ -109,9 +117,10 @@ class OutcomeCounts:
         return cls.of((o.context, 1, int(o.succeeded)) for o in observations)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Prior:
-    """What is believed before any outcome is seen, and how many outcomes that belief is worth."""
+    """What is believed before any outcome is seen, and how many outcomes that belief is worth.
+    Equal and hashed by identity (its tables are mappings), as the key of remembered estimates."""
 
     base_rates: Mapping[str, float]
     default_base_rate: float
@@ -184,6 +193,16 @@ def _clip(p: float) -> float:
 
 
 def estimate(context: AttemptContext, counts: OutcomeCounts, prior: Prior = DEFAULT_PRIOR) -> Estimate:
+    """Beta-smoothed base rate of the decline code times a smoothed lift per feature (see `_score`),
+    made once per context and prior for a given set of counts."""
+    key = (context, prior)
+    found = counts._estimates.get(key)
+    if found is None:
+        found = counts._estimates[key] = _score(context, counts, prior)
+    return found
+
+
+def _score(context: AttemptContext, counts: OutcomeCounts, prior: Prior) -> Estimate:
     """Beta-smoothed base rate of the decline code times a smoothed lift per feature.
 
     A feature's observed lift is its success rate over the code's overall rate; it is shrunk

@@ -68,7 +68,7 @@ KEY_BEING_RELEASED = "idempotency key is being released; retry"
 
 @dataclass(frozen=True)
 class Turn:
-    """When a charge may go (loop time), and when it was due, to tell a turn woken too late."""
+    """When a charge may go, and when it was due, to tell a turn woken too late (pacer's clock)."""
 
     go_at: float
     due: float
@@ -78,10 +78,11 @@ class _Turns:
     """Turns under one gateway's rate limit for the charges of one call, booked as they come
     within the lane's horizon, each charge waiting no longer than the lane allows.
 
-    With a `queue` (the batch lane), calls book one after another: a call holds it from its first
-    booking until it has all its turns. Interleaved, concurrent batches would all finish together
-    and leave the gateway idle while their callers settle them and bring the next ones; one after
-    another, each caller gets its answers while the next batch is being charged."""
+    With a `queue` (the batch lane), calls book one after another: a call holds its place from its
+    first booking until all its charges are sent (or given up), so that a turn it misses (woken too
+    late) is booked again before the next call's. Interleaved, concurrent batches would all finish
+    together and leave the gateway idle while their callers settle them and bring the next ones; one
+    after another, each caller gets its answers while the next batch is being charged."""
 
     def __init__(
         self,
@@ -95,21 +96,22 @@ class _Turns:
         self._pacer = pacer
         self._gateway = gateway
         self._wanted = wanted
+        self._unsent = wanted
         self._horizon_s = horizon_s
         self._within_s = within_s
-        self._deadline = asyncio.get_running_loop().time() + within_s
+        self._deadline = pacer.now() + within_s
         self._ready: deque[Turn] = deque()
         self._lock = asyncio.Lock()
         self._queue = queue
         self._queued = False
         self.retry_after = timedelta(0)
 
-    async def _enter_queue(self, loop: asyncio.AbstractEventLoop) -> bool:
-        """Wait for the calls ahead to have their turns; False when that takes past the deadline."""
+    async def _enter_queue(self) -> bool:
+        """Wait for the calls ahead to have sent their charges; False when that takes past the deadline."""
         if self._queue is None or self._queued:
             return True
         try:
-            await asyncio.wait_for(self._queue.acquire(), max(0.0, self._deadline - loop.time()))
+            await asyncio.wait_for(self._queue.acquire(), max(0.0, self._deadline - self._pacer.now()))
         except TimeoutError:
             self.retry_after = timedelta(seconds=self._within_s)
             return False
@@ -117,45 +119,57 @@ class _Turns:
         return True
 
     def leave_queue(self) -> None:
-        """Let the next call book (all turns booked, or this call is over)."""
+        """Let the next call book (all charges sent, or this call is over)."""
         if self._queue is not None and self._queued:
             self._queued = False
             self._queue.release()
 
+    def _done_with(self) -> None:
+        """One charge sent or given up; the last one gives the place in the queue to the next call."""
+        self._unsent -= 1
+        if self._unsent <= 0:
+            self.leave_queue()
+
+    def sent(self) -> None:
+        """A charge went at its turn."""
+        self._done_with()
+
     async def take(self, *, again: bool = False) -> Turn | None:
         """This charge's turn, or None when none comes in time (see `retry_after`).
         `again`: the turn taken before was missed (woken too late), book another."""
-        loop = asyncio.get_running_loop()
-        if not self._pacer.limited(self._gateway):
-            return Turn(loop.time(), loop.time())
+        pacer = self._pacer
+        if not pacer.limited(self._gateway):
+            return Turn(pacer.now(), pacer.now())
         async with self._lock:
             self._wanted += again
             while not self._ready:
                 # A turn missed (woken too late) is booked again at once, not behind other calls.
-                if not again and not await self._enter_queue(loop):
-                    self._wanted -= 1
+                if not again and not await self._enter_queue():
+                    self._give_up()
                     return None
-                asked = loop.time()
-                booking = await self._pacer.book(self._gateway, self._wanted, self._horizon_s)
+                asked = pacer.now()
+                booking = await pacer.book(self._gateway, self._wanted, self._horizon_s)
                 # Redis read its clock between asking and answering: going at a time counted from
                 # the answer is never early; lateness counted from the asking includes a slow answer.
-                answered = loop.time()
+                answered = pacer.now()
                 self._ready.extend(
                     Turn(answered + booking.start(n), asked + booking.start(n)) for n in range(booking.booked)
                 )
                 self._wanted -= booking.booked
                 if booking.booked:
-                    if self._wanted <= 0:
-                        self.leave_queue()
                     break
                 # Nothing free within the horizon: wait until the next free turn comes within it.
                 within_reach = asked + booking.first_s - self._horizon_s
                 if within_reach > self._deadline:
                     self.retry_after = timedelta(seconds=max(within_reach - asked, booking.interval_s))
-                    self._wanted -= 1
+                    self._give_up()
                     return None
-                await asyncio.sleep(max(within_reach - loop.time(), booking.interval_s))
+                await asyncio.sleep(max(within_reach - pacer.now(), booking.interval_s))
             return self._ready.popleft()
+
+    def _give_up(self) -> None:
+        self._wanted -= 1
+        self._done_with()
 
 
 class BackPressure(Unavailable):
@@ -329,19 +343,20 @@ class Payments:
 
     async def _charge_at_turn(self, item: _Fresh, turns: _Turns) -> tuple[PaymentUpdate, timedelta | None]:
         """The charge's outcome, made at its turn; with no turn in time, nothing sent and when to retry."""
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        started = self._pacer.now()
         late = False
         while True:
             turn = await turns.take(again=late)
             if turn is None:
                 return PaymentUpdate(Status.FAILED, NO_TURN, None, None), turns.retry_after
-            if turn.go_at > loop.time():
-                await asyncio.sleep(turn.go_at - loop.time())
-            if self._pacer.on_time(turn.due):
+            delay = turn.go_at - self._pacer.now()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if self._pacer.on_time(item.payment.gateway, turn.due):
                 break
             late = True
-        self._pacer.waited(item.payment.gateway, loop.time() - started)
+        turns.sent()
+        self._pacer.waited(item.payment.gateway, self._pacer.now() - started)
         return await self._call_gateway(item.payment, item.credentials_ref), None
 
     def _lane_queue(self, lane: Lane, gateway: str) -> asyncio.Lock | None:

@@ -74,8 +74,12 @@ class Pacer(Protocol):
         """Up to `count` turns starting within `horizon_s`; `first_s` is the next free one if none."""
         ...
 
-    def on_time(self, due: float) -> bool:
-        """Whether a turn due at loop time `due` may still go, or must be booked again."""
+    def now(self) -> float:
+        """The clock turns are due on (monotonic seconds)."""
+        ...
+
+    def on_time(self, gateway: str, due: float) -> bool:
+        """Whether a turn due at `due` (on `now()`'s clock) may still go, or must be booked again."""
         ...
 
     def waited(self, gateway: str, seconds: float) -> None: ...
