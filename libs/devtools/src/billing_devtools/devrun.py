@@ -160,7 +160,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, stop)
     try:
         asyncio.run(_all_serving())
-        print("all five services are SERVING", flush=True)
+        print(f"all {len(SERVICES)} services are SERVING", flush=True)
         if DEMO:
             demo = [sys.executable, "-m", "demo", "--private-key", str(DEV_KEYS / "signing-key.pem")]
             subprocess.run(demo, check=False)  # noqa: S603
@@ -183,7 +183,7 @@ def _sign_ins(passwords: dict[str, str]) -> str:
 
 
 async def _all_serving() -> None:
-    """A first start migrates five schemas at once; on a busy machine that has taken minutes."""
+    """A first start migrates every schema at once; on a busy machine that has taken minutes."""
     await asyncio.gather(*(wait_until_serving(f"127.0.0.1:{port}", 600) for _, _, _, port, _ in SERVICES))
 
 
