@@ -30,12 +30,10 @@ import multiprocessing as mp
 import os
 import random
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import aio_pika
 import asyncpg
 import grpc
 
@@ -44,7 +42,6 @@ from billing.common.v1 import common_pb2 as common
 from billing.events.v1 import invoice_pb2 as invoice_events
 from billing.recurring.v1 import recurring_pb2 as rpb
 from billing_common import db
-from billing_common.events import event_type_of
 from billing_common.service import run_event_loop
 from billing_common.settings import CommonSettings
 from billing_devtools.testing.plugin import InfraEnv
@@ -196,12 +193,9 @@ def stand_in_recurring() -> Iterator[str]:
 
 async def _publish_failures(env: InfraEnv, count: int) -> None:
     """invoice.payment_failed for `count` invoices, as recurring's outbox relay publishes them."""
-    connection = await aio_pika.connect(env.infra.amqp_url)
-    async with connection:
-        channel = await connection.channel(publisher_confirms=True)
-        exchange = await channel.declare_exchange(env.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
-        for n in range(count):
-            event = invoice_events.InvoicePaymentFailed(
+    await env.publish_many(
+        [
+            invoice_events.InvoicePaymentFailed(
                 invoice=invoice_events.InvoiceFacts(
                     invoice_id=f"inv-bench-{n}",
                     subscription_id=f"sub-bench-{n}",
@@ -216,18 +210,9 @@ async def _publish_failures(env: InfraEnv, count: int) -> None:
                 decline_code="insufficient_funds",
                 attempt=1,
             )
-            event.header.event_id = str(uuid.uuid4())
-            event.header.producer = "recurring"
-            event_type = event_type_of(event)
-            await exchange.publish(
-                aio_pika.Message(
-                    body=event.SerializeToString(),
-                    type=event_type,
-                    message_id=event.header.event_id,
-                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                ),
-                routing_key=event_type,
-            )
+            for n in range(count)
+        ]
+    )
 
 
 async def _wait(check: Callable[[], object], timeout: float) -> None:

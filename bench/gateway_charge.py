@@ -19,14 +19,11 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
-import asyncpg
-
 from bench.echo_baseline import echo_caller
-from bench.harness import Figures, bench_env, closed_loop, cpu_seconds, server_process
+from bench.harness import Figures, bench_env, busiest_second, closed_loop, cpu_seconds, server_process
 from billing.common.v1 import common_pb2
 from billing.gateway.v1 import gateway_pb2 as pb
 from billing.gateway.v1 import gateway_pb2_grpc
-from billing_common import db
 from billing_common.grpc_client import open_channel
 from billing_devtools.testing.processes import free_port
 from gateway_adapter.entrypoints.main import MIGRATIONS, build
@@ -71,27 +68,6 @@ def _spread(values: list[float]) -> str:
     return f"median {statistics.median(values):.2f} (min {min(values):.2f}, max {max(values):.2f})"
 
 
-async def _busiest_second(env: Any, key_prefix: str) -> int:
-    """The most charges with keys starting `key_prefix` that reached the sandbox within any one
-    second (any alignment), on its clock."""
-    conn = await asyncpg.connect(env.infra.postgres_admin_url)
-    try:
-        schema = db.quote_ident(f"gateway_adapter_{env.run_id}")
-        busiest = await conn.fetchval(
-            f"""SELECT coalesce(max(n), 0) FROM (
-                    SELECT count(*) OVER (
-                        ORDER BY created_at
-                        RANGE BETWEEN CURRENT ROW AND INTERVAL '999999 microseconds' FOLLOWING
-                    ) AS n
-                    FROM {schema}.sandbox_charges WHERE starts_with(idempotency_key, $1)
-                ) windows""",
-            key_prefix,
-        )
-        return int(busiest)
-    finally:
-        await conn.close()
-
-
 async def paced() -> None:
     """ChargeBatch calls back to back under the limit: achieved/limit and the busiest second."""
     ratios: list[float] = []
@@ -127,7 +103,7 @@ async def paced() -> None:
                         PACED_SECONDS,
                     )
                     ratios.append(figures.rps * BATCH / PACED_LIMIT)
-                    busiest.append(await _busiest_second(env, prefix))
+                    busiest.append(await busiest_second(env, prefix))
                     print(
                         f"{figures.line()}  {figures.rps * BATCH:6.1f} charges/s = {ratios[-1]:.3f} of the "
                         f"{PACED_LIMIT}/s limit ({PACED_LATENCY.total_seconds() * 1000:.0f} ms gateway); "

@@ -19,6 +19,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
+
+from billing_common import db
 from billing_common.logging import configure_logging
 from billing_common.service import ServiceHost, run_event_loop
 from billing_common.settings import CommonSettings
@@ -200,3 +203,24 @@ def server_process(setup_ref: str, settings: CommonSettings, migrations: str) ->
         process.join(timeout=30)
         if process.is_alive():
             process.kill()
+
+
+async def busiest_second(env: InfraEnv, key_prefix: str = "") -> int:
+    """The most charges (with keys starting `key_prefix`) that reached the sandbox gateway within
+    any one second, at any alignment, on its clock."""
+    conn = await asyncpg.connect(env.infra.postgres_admin_url)
+    try:
+        schema = db.quote_ident(f"gateway_adapter_{env.run_id}")
+        busiest = await conn.fetchval(
+            f"""SELECT coalesce(max(n), 0) FROM (
+                    SELECT count(*) OVER (
+                        ORDER BY created_at
+                        RANGE BETWEEN CURRENT ROW AND INTERVAL '999999 microseconds' FOLLOWING
+                    ) AS n
+                    FROM {schema}.sandbox_charges WHERE starts_with(idempotency_key, $1)
+                ) windows""",
+            key_prefix,
+        )
+        return int(busiest)
+    finally:
+        await conn.close()

@@ -31,7 +31,7 @@ from datetime import date, timedelta
 import asyncpg
 
 from bench.echo_baseline import echo_caller
-from bench.harness import bench_env, closed_loop, cpu_seconds
+from bench.harness import bench_env, busiest_second, closed_loop, cpu_seconds
 from billing.common.v1 import common_pb2
 from billing.recurring.v1 import recurring_pb2 as pb
 from billing.recurring.v1 import recurring_pb2_grpc
@@ -77,25 +77,6 @@ async def _seed(env: InfraEnv, count: int) -> None:
             DAY.day,
             count,
         )
-    finally:
-        await conn.close()
-
-
-async def _busiest_second(env: InfraEnv) -> int:
-    """The most charges that arrived at the sandbox gateway within any one second (any alignment)."""
-    conn = await asyncpg.connect(env.infra.postgres_admin_url)
-    try:
-        schema = db.quote_ident(f"gateway_adapter_{env.run_id}")
-        busiest = await conn.fetchval(
-            f"""SELECT coalesce(max(n), 0) FROM (
-                    SELECT count(*) OVER (
-                        ORDER BY created_at
-                        RANGE BETWEEN CURRENT ROW AND INTERVAL '999999 microseconds' FOLLOWING
-                    ) AS n
-                    FROM {schema}.sandbox_charges
-                ) windows"""
-        )
-        return int(busiest)
     finally:
         await conn.close()
 
@@ -232,7 +213,7 @@ async def main() -> None:
         )
         async with bench_env(DATABASE) as env, _services(env, RATE_LIMIT, "0.05s") as (gateway, pods):
             measured = await _run(env, gateway, pods, PACED)
-            busiest.append(await _busiest_second(env))
+            busiest.append(await busiest_second(env))
         paced.append(measured.rate / RATE_LIMIT)
         print(
             f"r{round_number} recurring run, {RATE_LIMIT}/s limit, 50 ms  n={PACED:<7} pods={PODS}x{BATCHES} "

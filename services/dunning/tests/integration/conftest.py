@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import aio_pika
 import pytest
 
 from billing.common.v1 import common_pb2
@@ -20,7 +18,6 @@ from billing.dunning.v1 import dunning_pb2_grpc
 from billing.events.v1 import invoice_pb2 as invoice_events
 from billing.events.v1 import subscription_pb2 as sub_events
 from billing_common.clock import ControllableClock
-from billing_common.events import event_type_of
 from billing_common.grpc_client import open_channel
 from billing_common.service import ServiceHost
 from billing_devtools.testing.plugin import EventCollector, InfraEnv, eventually, running_service
@@ -104,27 +101,6 @@ async def dunning_service(env: InfraEnv, **overrides: Any) -> AsyncIterator[Dunn
 async def dunning(env: InfraEnv) -> AsyncIterator[Dunning]:
     async with dunning_service(env) as running:
         yield running
-
-
-async def publish(env: InfraEnv, event: Any, event_id: str = "") -> str:
-    """Publish an event as recurring's outbox relay would."""
-    event.header.event_id = event_id or str(uuid.uuid4())
-    event.header.producer = "recurring"
-    event_type = event_type_of(event)
-    connection = await aio_pika.connect(env.infra.amqp_url)
-    async with connection:
-        channel = await connection.channel()
-        exchange = await channel.declare_exchange(env.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
-        await exchange.publish(
-            aio_pika.Message(
-                body=event.SerializeToString(),
-                type=event_type,
-                message_id=event.header.event_id,
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            ),
-            routing_key=event_type,
-        )
-    return str(event.header.event_id)
 
 
 def invoice(

@@ -13,7 +13,7 @@ from billing_common.grpc_client import open_channel
 from billing_common.paging import NOT_ISSUED
 from billing_devtools.testing.rpc import every_page, field_violations
 
-from .conftest import START, Dunning, fixed_policy, payment_failed, publish
+from .conftest import START, Dunning, fixed_policy, payment_failed
 
 
 async def rpc_error(call: object) -> grpc.aio.AioRpcError:
@@ -24,7 +24,7 @@ async def rpc_error(call: object) -> grpc.aio.AioRpcError:
 
 async def test_pause_resume_and_retry_now(dunning: Dunning) -> None:
     await dunning.operator.SetPolicy(pb.SetPolicyRequest(policy=fixed_policy("merchant-1", 1, 3, 5, 7)))
-    await publish(dunning.env, payment_failed("inv-1"))
+    await dunning.env.publish(payment_failed("inv-1"))
     case = await dunning.case_in_state("inv-1", pb.CASE_STATE_RETRY_SCHEDULED)
     assert case.attempts[0].scheduled_at.ToDatetime().replace(tzinfo=START.tzinfo) == START + timedelta(
         days=1
@@ -65,7 +65,7 @@ async def test_pause_resume_and_retry_now(dunning: Dunning) -> None:
 
 
 async def test_reset_only_applies_to_a_case_stuck_in_an_attempt(dunning: Dunning) -> None:
-    await publish(dunning.env, payment_failed("inv-1"))
+    await dunning.env.publish(payment_failed("inv-1"))
     case = await dunning.case_in_state("inv-1", pb.CASE_STATE_RETRY_SCHEDULED)
     error = await rpc_error(dunning.operator.ResetCase(pb.ResetCaseRequest(case_id=case.case_id)))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -89,8 +89,8 @@ async def test_unknown_and_malformed_cases(dunning: Dunning) -> None:
 
 async def test_list_cases_filters_and_pages(dunning: Dunning) -> None:
     for n in range(5):
-        await publish(dunning.env, payment_failed(f"inv-a{n}", merchant="m-a", account="acct-a"))
-    await publish(dunning.env, payment_failed("inv-b", "merchant", merchant="m-b", account="acct-b"))
+        await dunning.env.publish(payment_failed(f"inv-a{n}", merchant="m-a", account="acct-a"))
+    await dunning.env.publish(payment_failed("inv-b", "merchant", merchant="m-b", account="acct-b"))
     await dunning.case_in_state("inv-b", pb.CASE_STATE_HELD)
     await dunning.case_in_state("inv-a4", pb.CASE_STATE_RETRY_SCHEDULED)
 
@@ -123,7 +123,7 @@ STATE_OF_KIND = {"soft": pb.CASE_STATE_RETRY_SCHEDULED, "merchant": pb.CASE_STAT
 @pytest.fixture
 async def many_cases(dunning: Dunning) -> Dunning:
     for invoice_id, (merchant, account, kind) in CASES.items():
-        await publish(dunning.env, payment_failed(invoice_id, kind, merchant=merchant, account=account))
+        await dunning.env.publish(payment_failed(invoice_id, kind, merchant=merchant, account=account))
     for invoice_id, (_, _, kind) in CASES.items():
         await dunning.case_in_state(invoice_id, STATE_OF_KIND[kind])
     return dunning

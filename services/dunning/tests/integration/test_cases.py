@@ -7,11 +7,11 @@ from billing.dunning.v1 import dunning_pb2 as pb
 from billing.events.v1 import invoice_pb2 as invoice_events
 from billing_devtools.testing.plugin import eventually
 
-from .conftest import START, Dunning, invoice, payment_failed, payment_method_updated, publish
+from .conftest import START, Dunning, invoice, payment_failed, payment_method_updated
 
 
 async def test_a_soft_decline_opens_a_case_with_a_scheduled_retry(dunning: Dunning) -> None:
-    await publish(dunning.env, payment_failed("inv-1"))
+    await dunning.env.publish(payment_failed("inv-1"))
     case = await dunning.case_in_state("inv-1", pb.CASE_STATE_RETRY_SCHEDULED)
     assert case.merchant_id == "merchant-1" and case.account_id == "acct-1"
     assert case.subscription_id == "sub-inv-1"
@@ -42,10 +42,10 @@ async def test_a_soft_decline_opens_a_case_with_a_scheduled_retry(dunning: Dunni
 
 async def test_a_duplicated_or_repeated_failure_opens_one_case(dunning: Dunning) -> None:
     event = payment_failed("inv-dup")
-    event_id = await publish(dunning.env, event)
-    await publish(dunning.env, event, event_id)  # the same event delivered again
-    await publish(dunning.env, payment_failed("inv-dup"))  # another event about the same invoice
-    await publish(dunning.env, payment_failed("inv-marker"))
+    event_id = await dunning.env.publish(event)
+    await dunning.env.publish(event, event_id)  # the same event delivered again
+    await dunning.env.publish(payment_failed("inv-dup"))  # another event about the same invoice
+    await dunning.env.publish(payment_failed("inv-marker"))
     await dunning.case_in_state("inv-marker", pb.CASE_STATE_RETRY_SCHEDULED)  # handled in order
     listed = await dunning.operator.ListCases(pb.ListCasesRequest(account_id="acct-1"))
     assert sorted(c.invoice_id for c in listed.cases) == ["inv-dup", "inv-marker"]
@@ -57,13 +57,13 @@ async def test_a_duplicated_or_repeated_failure_opens_one_case(dunning: Dunning)
 async def test_a_hard_decline_waits_and_a_new_payment_method_schedules_an_attempt_now(
     dunning: Dunning,
 ) -> None:
-    await publish(dunning.env, payment_failed("inv-hard", "hard"))
+    await dunning.env.publish(payment_failed("inv-hard", "hard"))
     case = await dunning.case_in_state("inv-hard", pb.CASE_STATE_AWAITING_PAYMENT_METHOD)
     assert list(case.attempts) == []
     assert not case.HasField("next_attempt_at")
 
     dunning.clock.advance(timedelta(days=2))
-    await publish(dunning.env, payment_method_updated("sub-inv-hard"))
+    await dunning.env.publish(payment_method_updated("sub-inv-hard"))
     case = await dunning.case_in_state("inv-hard", pb.CASE_STATE_RETRY_SCHEDULED)
     [attempt] = case.attempts
     assert attempt.scheduled_at.ToDatetime().replace(tzinfo=START.tzinfo) == dunning.clock.now()
@@ -72,7 +72,7 @@ async def test_a_hard_decline_waits_and_a_new_payment_method_schedules_an_attemp
 
 
 async def test_a_merchant_failure_is_held_and_operators_are_told(dunning: Dunning) -> None:
-    await publish(dunning.env, payment_failed("inv-merchant", "merchant"))
+    await dunning.env.publish(payment_failed("inv-merchant", "merchant"))
     case = await dunning.case_in_state("inv-merchant", pb.CASE_STATE_HELD)
     assert list(case.attempts) == []
     [held] = await dunning.events.wait_for("dunning.held")
@@ -81,17 +81,17 @@ async def test_a_merchant_failure_is_held_and_operators_are_told(dunning: Dunnin
 
 
 async def test_an_unreachable_gateway_is_retried(dunning: Dunning) -> None:
-    await publish(dunning.env, payment_failed("inv-597", "unreachable"))
+    await dunning.env.publish(payment_failed("inv-597", "unreachable"))
     case = await dunning.case_in_state("inv-597", pb.CASE_STATE_RETRY_SCHEDULED)
     assert case.failure_type == common_pb2.FAILURE_TYPE_GATEWAY_UNREACHABLE
 
 
 async def test_invoice_paid_elsewhere_or_voided_closes_the_case(dunning: Dunning) -> None:
-    await publish(dunning.env, payment_failed("inv-paid"))
-    await publish(dunning.env, payment_failed("inv-void", "hard"))
+    await dunning.env.publish(payment_failed("inv-paid"))
+    await dunning.env.publish(payment_failed("inv-void", "hard"))
     await dunning.case_in_state("inv-void", pb.CASE_STATE_AWAITING_PAYMENT_METHOD)
-    await publish(dunning.env, invoice_events.InvoicePaid(invoice=invoice("inv-paid"), payment_id="p-9"))
-    await publish(dunning.env, invoice_events.InvoiceVoided(invoice=invoice("inv-void"), reason="duplicate"))
+    await dunning.env.publish(invoice_events.InvoicePaid(invoice=invoice("inv-paid"), payment_id="p-9"))
+    await dunning.env.publish(invoice_events.InvoiceVoided(invoice=invoice("inv-void"), reason="duplicate"))
     paid = await dunning.case_in_state("inv-paid", pb.CASE_STATE_CLOSED)
     assert paid.history[-1].cause == "invoice_paid_elsewhere"
     assert paid.attempts[0].outcome == pb.ATTEMPT_OUTCOME_CANCELLED
@@ -100,16 +100,16 @@ async def test_invoice_paid_elsewhere_or_voided_closes_the_case(dunning: Dunning
     assert voided.history[-1].cause == "invoice_voided: duplicate"
 
     # A late event about a finished case is refused by the transition table and changes nothing.
-    await publish(dunning.env, invoice_events.InvoiceVoided(invoice=invoice("inv-paid"), reason="late"))
-    await publish(dunning.env, payment_failed("inv-marker"))
+    await dunning.env.publish(invoice_events.InvoiceVoided(invoice=invoice("inv-paid"), reason="late"))
+    await dunning.env.publish(payment_failed("inv-marker"))
     await dunning.case_in_state("inv-marker", pb.CASE_STATE_RETRY_SCHEDULED)
     again = await dunning.case("inv-paid")
     assert again.state == pb.CASE_STATE_CLOSED and again.version == paid.version
 
 
 async def test_an_invoice_event_without_a_case_is_ignored(dunning: Dunning) -> None:
-    await publish(dunning.env, invoice_events.InvoicePaid(invoice=invoice("inv-never-failed")))
-    await publish(dunning.env, payment_failed("inv-marker"))
+    await dunning.env.publish(invoice_events.InvoicePaid(invoice=invoice("inv-never-failed")))
+    await dunning.env.publish(payment_failed("inv-marker"))
     await dunning.case_in_state("inv-marker", pb.CASE_STATE_RETRY_SCHEDULED)
 
     async def one_case() -> bool:

@@ -14,7 +14,7 @@ from billing.dunning.v1 import dunning_pb2 as pb
 from billing.events.v1 import invoice_pb2 as invoice_events
 from billing_devtools.testing.plugin import InfraEnv
 
-from .conftest import START, Dunning, dunning_service, fixed_policy, invoice, payment_failed, publish
+from .conftest import START, Dunning, dunning_service, fixed_policy, invoice, payment_failed
 
 
 def recurring_calls() -> float:
@@ -27,7 +27,7 @@ def recurring_calls() -> float:
 async def open_cases(dunning: Dunning, count: int, prefix: str = "inv") -> None:
     await dunning.operator.SetPolicy(pb.SetPolicyRequest(policy=fixed_policy("merchant-1", 1, 3, 5)))
     for n in range(count):
-        await publish(dunning.env, payment_failed(f"{prefix}-{n}"))
+        await dunning.env.publish(payment_failed(f"{prefix}-{n}"))
     await dunning.case_in_state(f"{prefix}-{count - 1}", pb.CASE_STATE_RETRY_SCHEDULED)
     for n in range(count):
         await dunning.case_in_state(f"{prefix}-{n}", pb.CASE_STATE_RETRY_SCHEDULED)
@@ -82,7 +82,7 @@ async def test_a_case_paid_after_the_claim_is_not_charged(dunning: Dunning) -> N
     dunning.clock.advance(timedelta(days=1))
     worker = dunning.worker()
     [claim] = await worker.claim()
-    await publish(dunning.env, invoice_events.InvoicePaid(invoice=invoice("inv-0"), payment_id="p-1"))
+    await dunning.env.publish(invoice_events.InvoicePaid(invoice=invoice("inv-0"), payment_id="p-1"))
     recovered = await dunning.case_in_state("inv-0", pb.CASE_STATE_RECOVERED)
     assert recovered.history[-1].cause == "invoice_paid"
     calls = recurring_calls()
@@ -110,7 +110,7 @@ async def test_reset_returns_a_stuck_attempt_with_its_key(dunning: Dunning) -> N
 
 
 async def test_a_case_waiting_for_a_method_is_exhausted_at_the_end_of_its_window(dunning: Dunning) -> None:
-    await publish(dunning.env, payment_failed("inv-hard", "hard"))
+    await dunning.env.publish(payment_failed("inv-hard", "hard"))
     await dunning.case_in_state("inv-hard", pb.CASE_STATE_AWAITING_PAYMENT_METHOD)
     worker = dunning.worker()
     dunning.clock.advance(timedelta(days=13))
@@ -129,7 +129,7 @@ async def test_a_reminder_goes_out_before_the_attempt(dunning: Dunning) -> None:
     await dunning.operator.SetPolicy(
         pb.SetPolicyRequest(policy=fixed_policy("merchant-1", 2, 4, reminder_hours=24))
     )
-    await publish(dunning.env, payment_failed("inv-r"))
+    await dunning.env.publish(payment_failed("inv-r"))
     await dunning.case_in_state("inv-r", pb.CASE_STATE_RETRY_SCHEDULED)
     worker = dunning.worker()
     assert await worker.send_reminders() == 0

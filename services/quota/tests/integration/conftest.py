@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import aio_pika
 import pytest
 from redis.asyncio import Redis
 
@@ -18,7 +16,6 @@ from billing.events.v1 import subscription_pb2 as sub
 from billing.quota.v1 import quota_pb2 as pb
 from billing.quota.v1 import quota_pb2_grpc
 from billing_common.clock import Clock
-from billing_common.events import event_type_of
 from billing_common.grpc_client import open_channel
 from billing_devtools.testing.plugin import InfraEnv, running_service
 from billing_devtools.testing.private_servers import private_postgres, private_redis  # noqa: F401 - fixtures
@@ -121,31 +118,11 @@ def snapshot(
     return message
 
 
-async def publish(env: InfraEnv, event: Any) -> None:
-    """Publish an event as recurring's relay would."""
-    event.header.event_id = str(uuid.uuid4())
-    event.header.producer = "recurring"
-    event_type = event_type_of(event)
-    connection = await aio_pika.connect(env.infra.amqp_url)
-    async with connection:
-        channel = await connection.channel()
-        exchange = await channel.declare_exchange(env.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
-        await exchange.publish(
-            aio_pika.Message(
-                body=event.SerializeToString(),
-                type=event_type,
-                headers={"event_id": event.header.event_id},
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            ),
-            routing_key=event_type,
-        )
-
-
 async def subscribe(quota: Quota, tenant: str, plan_code: str) -> None:
     """The tenant has an active subscription to the plan, as seen through recurring's event."""
     from billing_devtools.testing.plugin import eventually
 
-    await publish(quota.env, sub.SubscriptionCreated(subscription=snapshot(tenant, plan_code)))
+    await quota.env.publish(sub.SubscriptionCreated(subscription=snapshot(tenant, plan_code)))
 
     async def entitled() -> bool:
         reply = await quota.caller.GetEntitlements(pb.GetEntitlementsRequest(tenant_id=tenant))

@@ -9,7 +9,7 @@ from billing.quota.v1 import quota_pb2 as pb
 from billing_common.clock import ControllableClock
 from billing_devtools.testing.plugin import InfraEnv, eventually
 
-from .conftest import Quota, create_plan, entitlement, publish, quota_service, snapshot, spec, subscribe
+from .conftest import Quota, create_plan, entitlement, quota_service, snapshot, spec, subscribe
 
 
 async def check(quota: Quota, tenant: str, key: str = "api.calls", amount: int = 1) -> pb.CheckQuotaResponse:
@@ -23,8 +23,7 @@ async def test_subscription_events_change_what_a_tenant_may_do(quota: Quota, env
     allowed = await check(quota, "acme")
     assert allowed.allowed and allowed.limit == 100
 
-    await publish(
-        env,
+    await env.publish(
         sub.SubscriptionSuspended(subscription=snapshot("acme", "pro", sub.SUBSCRIPTION_STATE_SUSPENDED, 3)),
     )
 
@@ -34,7 +33,7 @@ async def test_subscription_events_change_what_a_tenant_may_do(quota: Quota, env
 
     await eventually(denied)
     # A late, older snapshot (version 2, active) is ignored.
-    await publish(env, sub.SubscriptionActivated(subscription=snapshot("acme", "pro", version=2)))
+    await env.publish(sub.SubscriptionActivated(subscription=snapshot("acme", "pro", version=2)))
     await subscribe(quota, "marker", "pro")  # events are handled in order: the older one is done too
     entitlements = await quota.caller.GetEntitlements(pb.GetEntitlementsRequest(tenant_id="acme"))
     assert entitlements.denied and entitlements.subscription_status == "suspended"
@@ -47,7 +46,7 @@ async def test_subscription_events_change_what_a_tenant_may_do(quota: Quota, env
         return reply.allowed and reply.limit == 5
 
     await eventually(on_free_plan)
-    await publish(env, sub.SubscriptionResumed(subscription=snapshot("acme", "pro", version=4)))
+    await env.publish(sub.SubscriptionResumed(subscription=snapshot("acme", "pro", version=4)))
 
     async def back_on_pro() -> bool:
         return (await check(quota, "acme")).limit == 100
@@ -130,8 +129,7 @@ async def test_a_grant_counts_while_the_service_clock_is_inside_it_even_when_wal
     then = datetime.now(UTC) - timedelta(days=30)
     async with quota_service(env, clock=ControllableClock(then)) as quota:
         await create_plan(quota, "pro", spec(entitlement("api.calls", 100)))
-        await publish(
-            env,
+        await env.publish(
             sub.SubscriptionCreated(
                 subscription=snapshot(
                     "acme", "pro", start=then - timedelta(days=3), end=then + timedelta(days=27)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, date, datetime
 
-import aio_pika
 from google.protobuf.field_mask_pb2 import FieldMask
 
 from billing.common.v1 import common_pb2 as common
@@ -13,7 +11,6 @@ from billing.events.v1 import dunning_pb2, tier_pb2
 from billing.quota.v1 import quota_pb2 as q
 from billing.quota.v1 import quota_pb2_grpc
 from billing.recurring.v1 import recurring_pb2 as pb
-from billing_common.events import event_type_of
 from billing_common.grpc_client import open_channel
 from billing_devtools.testing.plugin import EventCollector, InfraEnv, eventually
 
@@ -23,23 +20,6 @@ from .test_test_clock import at
 DAY = date(2031, 5, 5)
 WEEKLY = common.BILLING_FREQUENCY_WEEKLY
 MONTHLY = common.BILLING_FREQUENCY_MONTHLY
-
-
-async def publish(env: InfraEnv, event: object, producer: str) -> None:
-    """Publish an event as another service's relay would."""
-    message: object = event
-    header = message.header  # type: ignore[attr-defined]
-    header.event_id = str(uuid.uuid4())
-    header.producer = producer
-    connection = await aio_pika.connect(env.infra.amqp_url)
-    async with connection:
-        channel = await connection.channel()
-        exchange = await channel.declare_exchange(env.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
-        event_type = event_type_of(event)  # type: ignore[arg-type]
-        await exchange.publish(
-            aio_pika.Message(body=event.SerializeToString(), type=event_type),  # type: ignore[attr-defined]
-            routing_key=event_type,
-        )
 
 
 async def invoice_of(stub: object, subscription_id: str) -> pb.Invoice:
@@ -108,8 +88,7 @@ async def test_dunning_exhausted_writes_the_invoice_off_and_suspends(env: InfraE
         )
         assert owed.balance.amount_minor == 4500
 
-        await publish(
-            env,
+        await env.publish(
             dunning_pb2.DunningExhausted(
                 dunning_case=dunning_pb2.CaseFacts(
                     case_id="case-9",
@@ -245,8 +224,7 @@ async def test_credit_and_plan_changes_prorate_onto_the_next_invoice(env: InfraE
                 )
             )
             assert changed.subscription.amount.amount_minor == 6000
-            await publish(
-                env,
+            await env.publish(
                 tier_pb2.TierChanged(
                     account_id="tiered", billed_account_id="tiered", new_tier=common.TIER_PRO
                 ),

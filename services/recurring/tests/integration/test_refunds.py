@@ -12,7 +12,7 @@ from billing_common.grpc_client import open_channel
 from billing_devtools.testing.plugin import EventCollector, InfraEnv, eventually, issue_token
 
 from .conftest import Deps, custom, recurring_service, run_until_settled
-from .test_payments import invoice_of, publish
+from .test_payments import invoice_of
 
 DAY = date(2031, 7, 7)
 
@@ -50,7 +50,7 @@ async def test_a_partial_then_a_full_refund_change_the_invoice_and_the_ledger_on
 
         # The first refund's event heard again (a redelivery, or a duplicate relay) changes nothing.
         (first, _) = await events.wait_for("payment.refunded", count=2)
-        await publish(env, first, "gateway-adapter")
+        await env.publish(first, "gateway-adapter")
 
         async def handled_again() -> bool:
             rows = await deps.recurring_rows(

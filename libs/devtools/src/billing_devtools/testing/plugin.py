@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import functools
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterator
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -21,7 +22,7 @@ from redis.asyncio import Redis
 
 from billing_common import db, tokens
 from billing_common.clock import Clock
-from billing_common.events import event_class
+from billing_common.events import event_class, event_type_of
 from billing_common.service import Lifespan, ServiceHost
 from billing_common.settings import CommonSettings
 from billing_devtools.testing.infra import TEST_DATABASE, Infra, resolve_infra
@@ -123,6 +124,37 @@ class InfraEnv:
         return await db.create_pool(
             db.dsn_with_user(self.infra.postgres_admin_url, schema), schema, application="test"
         )
+
+    async def publish(self, event: Message, producer: str = "recurring", event_id: str = "") -> str:
+        """Publish an event on this test's exchange as `producer`'s outbox relay would; its id."""
+        _stamp(event, producer, event_id or str(uuid.uuid4()))
+        await self._send([event])
+        return str(event.header.event_id)  # type: ignore[attr-defined]
+
+    async def publish_many(self, events: Sequence[Message], producer: str = "recurring") -> None:
+        """Publish events in order on one connection, each with an id of its own."""
+        for event in events:
+            _stamp(event, producer, str(uuid.uuid4()))
+        await self._send(events)
+
+    async def _send(self, events: Sequence[Message]) -> None:
+        connection = await aio_pika.connect(self.infra.amqp_url)
+        async with connection:
+            channel = await connection.channel()
+            exchange = await channel.declare_exchange(
+                self.exchange, aio_pika.ExchangeType.TOPIC, durable=True
+            )
+            for event in events:
+                event_type = event_type_of(event)
+                await exchange.publish(
+                    aio_pika.Message(
+                        body=event.SerializeToString(),
+                        type=event_type,
+                        message_id=event.header.event_id,  # type: ignore[attr-defined]
+                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    ),
+                    routing_key=event_type,
+                )
 
     async def cleanup(self) -> None:
         conn = await asyncpg.connect(self.infra.postgres_admin_url)
@@ -251,3 +283,9 @@ async def eventually(check: Callable[[], Any], *, timeout: float = 10.0, interva
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {timeout}s (last: {result!r})")
         await asyncio.sleep(interval)
+
+
+def _stamp(event: Message, producer: str, event_id: str) -> None:
+    header = event.header  # type: ignore[attr-defined]
+    header.event_id = event_id
+    header.producer = producer
