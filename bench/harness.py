@@ -224,3 +224,16 @@ async def busiest_second(env: InfraEnv, key_prefix: str = "") -> int:
         return int(busiest)
     finally:
         await conn.close()
+
+
+async def gateway_window(env: InfraEnv) -> float:
+    """Seconds from the first charge that reached the sandbox gateway to the last, on its clock."""
+    conn = await asyncpg.connect(env.infra.postgres_admin_url)
+    try:
+        schema = db.quote_ident(f"gateway_adapter_{env.run_id}")
+        window = await conn.fetchval(
+            f"SELECT extract(epoch FROM max(created_at) - min(created_at)) FROM {schema}.sandbox_charges"
+        )
+        return float(window or 0)
+    finally:
+        await conn.close()

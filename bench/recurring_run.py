@@ -31,7 +31,7 @@ from datetime import date, timedelta
 import asyncpg
 
 from bench.echo_baseline import echo_caller
-from bench.harness import bench_env, busiest_second, closed_loop, cpu_seconds
+from bench.harness import bench_env, busiest_second, closed_loop, cpu_seconds, gateway_window
 from billing.common.v1 import common_pb2
 from billing.recurring.v1 import recurring_pb2 as pb
 from billing.recurring.v1 import recurring_pb2_grpc
@@ -194,6 +194,7 @@ async def main() -> None:
     commits: list[float] = []
     paced: list[float] = []
     busiest: list[int] = []
+    at_gateway: list[float] = []
     for round_number in range(ROUNDS):
         async with bench_env(DATABASE) as env, echo_caller(env) as echo_call:
             echo = await closed_loop("echo (service host)", echo_call, ECHO_CONCURRENCY, ECHO_SECONDS)
@@ -214,11 +215,14 @@ async def main() -> None:
         async with bench_env(DATABASE) as env, _services(env, RATE_LIMIT, "0.05s") as (gateway, pods):
             measured = await _run(env, gateway, pods, PACED)
             busiest.append(await busiest_second(env))
+            window = await gateway_window(env)
         paced.append(measured.rate / RATE_LIMIT)
+        at_gateway.append(measured.run.counts.charged / window / RATE_LIMIT)
         print(
             f"r{round_number} recurring run, {RATE_LIMIT}/s limit, 50 ms  n={PACED:<7} pods={PODS}x{BATCHES} "
             f"{measured.rate:8.1f} charges/s = {paced[-1]:.3f} of the limit; busiest 1 s at the gateway "
-            f"{busiest[-1]}/{RATE_LIMIT}  ({measured.run.counts.charged} charged in {measured.seconds:.1f} s)"
+            f"{busiest[-1]}/{RATE_LIMIT}  ({measured.run.counts.charged} charged in {measured.seconds:.1f} s;"
+            f" first to last charge at the gateway {window:.1f} s = {at_gateway[-1]:.3f} of the limit)"
         )
     print(f"recurring run charges/s ratio to echo {_spread(ratios)}")
     print(f"gateway-adapter CPU ms per charge {_spread(gateway_cpu, 2)}")
@@ -227,6 +231,7 @@ async def main() -> None:
     print(
         f"paced run fraction of the {RATE_LIMIT}/s limit {_spread(paced)}; busiest second max {max(busiest)}"
     )
+    print(f"paced, first to last charge at the gateway: fraction of the limit {_spread(at_gateway)}")
 
 
 if __name__ == "__main__":
