@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import Histogram
+from prometheus_client import Counter, Histogram
 from redis.asyncio import Redis
 
 from billing_common.settings import SettingsError
@@ -44,6 +44,12 @@ PACER_WAIT = Histogram(
     "Time a call waited for its slot under a gateway's rate limit",
     ["gateway"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
+PACER_LATE_TURNS = Counter(
+    "billing_pacer_late_turns_total",
+    "Turns woken too late to go (a busy event loop): each is booked again and its slot goes unused",
+    ["gateway"],
 )
 
 
@@ -151,7 +157,10 @@ class RedisPacer:
         together would reach the gateway as a burst, so a turn woken too late (a busy event loop)
         books again."""
         spacing = self._spacings.get(name)
-        return spacing is None or spacing.on_time(self.now() - due)
+        if spacing is None or spacing.on_time(self.now() - due):
+            return True
+        PACER_LATE_TURNS.labels(name).inc()
+        return False
 
     def waited(self, name: str, seconds: float) -> None:
         waits = self._waits.get(name)

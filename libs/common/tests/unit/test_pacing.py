@@ -8,6 +8,7 @@ from itertools import count
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from billing_common.pacing import RedisPacer, Spacing, check_headroom
@@ -99,7 +100,11 @@ def test_a_turn_is_on_time_on_the_injected_clock_within_four_fifths_of_what_its_
     now = [100.0]
     pacer = RedisPacer(Redis(), "ns", {"gw": 200, "off": 0}, headroom_percent=2, clock=lambda: now[0])
 
+    late_turns = REGISTRY.get_sample_value("billing_pacer_late_turns_total", {"gateway": "gw"}) or 0
+
     assert pacer.now() == 100.0
     assert pacer.on_time("gw", 99.984)  # 16 ms late
     assert not pacer.on_time("gw", 99.983)
+    # The slot a late turn gives up is counted, so a rate below the limit can be told apart.
+    assert REGISTRY.get_sample_value("billing_pacer_late_turns_total", {"gateway": "gw"}) == late_turns + 1
     assert pacer.on_time("off", 0.0) and not pacer.limited("off")
