@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 
 from billing.common.v1 import common_pb2 as common
 from billing.recurring.v1 import recurring_pb2 as pb
-from billing_devtools.testing.otlp import OtlpReceiver
+from billing_devtools.testing.otlp import OtlpReceiver, ReceivedSpan
 from billing_devtools.testing.plugin import InfraEnv, eventually
 from billing_devtools.testing.tracing import JsonLines, json_lines_of, traced_in_process
 from recurring.adapters.metrics import RunMetrics
@@ -51,7 +51,9 @@ async def test_a_scheduled_run_is_one_trace_from_the_run_through_batches_and_cha
     env: InfraEnv, otlp: OtlpReceiver, json_lines: JsonLines
 ) -> None:
     async with dependencies(env, quota_on_test_clock=False, **otlp.env()) as deps:
-        settings = deps.recurring_settings(test_clock=True)
+        # One item per batch: the run's items are split over batches, as two batch loops (or pods)
+        # claiming at once split them, and each batch continues the run's trace.
+        settings = deps.recurring_settings(test_clock=True, worker_batch_size=1)
         with traced_in_process() as spans:
             async with recurring_service(settings) as recurring:
                 stub = recurring.operator
@@ -81,34 +83,48 @@ async def test_a_scheduled_run_is_one_trace_from_the_run_through_batches_and_cha
 
                 [published] = await eventually(failure_published, timeout=60)
 
-                def messages_of_run() -> set[object]:
-                    trace_id = hex_trace(run)
-                    return {line["message"] for line in json_lines.lines if line.get("trace_id") == trace_id}
+                def lines_of_run() -> list[dict[str, object]]:
+                    return [line for line in json_lines.lines if line.get("trace_id") == hex_trace(run)]
 
-                # The failure is published while the batch is still settling; the run completes after it.
-                await eventually(lambda: {"batch worked", "run completed"} <= messages_of_run(), timeout=60)
+                def worked_and_completed() -> bool:
+                    of_run = lines_of_run()
+                    worked = sum(
+                        int(str(line["items"])) for line in of_run if line["message"] == "batch worked"
+                    )
+                    return worked == 2 and any(line["message"] == "run completed" for line in of_run)
+
+                # The failure is published while its batch is still settling; the run completes after it.
+                await eventually(worked_and_completed, timeout=60)
+                of_run = lines_of_run()
         trace = [s for s in spans.get_finished_spans() if s.context.trace_id == run.context.trace_id]
-        gateway = await eventually(lambda: [s for s in otlp.trace(hex_trace(run)) if s.kind == "server"])
+
+        def served() -> list[ReceivedSpan]:
+            spans_served = [s for s in otlp.trace(hex_trace(run)) if s.kind == "server"]
+            return (
+                spans_served if len([s for s in spans_served if s.name.endswith("/ChargeBatch")]) == 2 else []
+            )
+
+        gateway = await eventually(served)
 
     assert run.parent is None  # the scheduler's run starts its own trace, always kept
-    [batch] = [s for s in trace if s.name == "recurring.batch"]
-    assert child_of(batch, run)
+    batches = [s for s in trace if s.name == "recurring.batch"]
+    assert len(batches) == 2 and all(child_of(batch, run) for batch in batches)
     charges = [s for s in trace if s.name == "recurring.charge"]
-    assert len(charges) == 2 and all(child_of(c, batch) for c in charges)
-    # The batch's charges go to gateway-adapter in one call, which it serves in the same trace.
-    [call] = [s for s in trace if s.kind is SpanKind.CLIENT and s.name.endswith("GatewayService/ChargeBatch")]
-    assert child_of(call, batch)
-    assert [s.parent_id for s in gateway if s.name.endswith("/ChargeBatch")] == [
-        format(call.context.span_id, "016x")
-    ]
+    assert len(charges) == 2 and all(any(child_of(c, batch) for batch in batches) for c in charges)
+    # Each batch's charges go to gateway-adapter in one call, which it serves in the same trace.
+    calls = [s for s in trace if s.kind is SpanKind.CLIENT and s.name.endswith("GatewayService/ChargeBatch")]
+    assert sorted(batch.context.span_id for batch in batches) == sorted(
+        call.parent.span_id for call in calls if call.parent is not None
+    )
+    assert sorted(s.parent_id for s in gateway if s.name.endswith("/ChargeBatch")) == sorted(
+        format(call.context.span_id, "016x") for call in calls
+    )
     [declined] = [c for c in charges if (c.attributes or {}).get("charge.outcome") == "failed"]
     assert child_of(published, declined)  # the failure is announced under the charge that failed
 
-    by_message = {
-        line["message"]: line for line in json_lines.lines if line.get("trace_id") == hex_trace(run)
+    assert {"run started", "batch worked", "charge answered", "run completed"} <= {
+        line["message"] for line in of_run
     }
-    assert {"run started", "batch worked", "charge answered", "run completed"} <= set(by_message)
-    assert by_message["batch worked"]["items"] == 2
 
 
 async def test_the_backlog_and_the_runs_items_are_reported_from_the_database(
