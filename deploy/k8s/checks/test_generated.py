@@ -3,12 +3,14 @@ service's deploy folder, and a new service needs nothing more than its entry and
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
-from billing_devtools.manifests import ROOT, out_of_date, write
+from billing_devtools.manifests import ROOT, DeclarationError, out_of_date, write
 from deploy.k8s.checks.kustomize import Object, pod_template, render
 
 
@@ -113,6 +115,17 @@ def test_a_sixth_service_gets_every_object_from_its_entry_and_its_folder_alone(s
         assert {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "invoicing"}}} in callers
     prod = render(scratch / "deploy/k8s/overlays/prod")
     assert _named(prod, "HorizontalPodAutoscaler", "invoicing")["spec"]["maxReplicas"] == 4
-    secrets = (scratch / "deploy/k8s/secrets/secrets.example.yaml").read_text()
-    for name in ("invoicing-secrets", "invoicing-migration", "invoicing-token"):
-        assert f"name: {name}\n" in secrets
+    template = yaml.safe_load_all((scratch / "deploy/k8s/secrets/secrets.example.yaml").read_text())
+    keys = {
+        doc["metadata"]["name"]: set(doc["stringData"]) for doc in template if doc and doc["kind"] == "Secret"
+    }
+    assert keys["invoicing-secrets"] == {"database-url", "redis-url", "amqp-url", "page-token-keys"}
+    assert keys["invoicing-migration"] == {"database-url", "database-admin-url"}
+    assert keys["invoicing-token"] == {"token"}
+
+
+def test_a_service_without_its_deploy_declaration_is_refused_by_name(scratch: Path) -> None:
+    with (scratch / "services.toml").open("a") as services_toml:
+        services_toml.write(SIXTH_ENTRY)
+    with pytest.raises(DeclarationError, match=re.escape("services/invoicing/deploy/deploy.toml is missing")):
+        write(scratch)

@@ -332,10 +332,9 @@ def test_clients_reach_other_services_through_dns_targets_of_headless_services(n
     console_calls = [f.name for f in dataclasses.fields(settings_of(CONSOLE[2])) if f.name.endswith("_addr")]
     listed = {service.replace("-", "_") for service, *_ in SERVICES}
     assert console_calls and {call.removesuffix("_addr") for call in console_calls} <= listed
+    prefixes = {service: prefix for service, prefix, *_ in SERVICES}
     assert set(addresses) == {
-        "RECURRING_QUOTA_ADDR",
-        "RECURRING_GATEWAY_ADAPTER_ADDR",
-        "DUNNING_RECURRING_ADDR",
+        *(f"{prefixes[caller]}_{callee.upper().replace('-', '_')}_ADDR" for caller, callee in GRPC_CALLS),
         *(f"CONSOLE_{call.upper()}" for call in console_calls),
     }
     for variable, value in addresses.items():
