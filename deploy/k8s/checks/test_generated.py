@@ -129,3 +129,23 @@ def test_a_service_without_its_deploy_declaration_is_refused_by_name(scratch: Pa
         services_toml.write(SIXTH_ENTRY)
     with pytest.raises(DeclarationError, match=re.escape("services/invoicing/deploy/deploy.toml is missing")):
         write(scratch)
+
+
+def test_rendering_again_keeps_the_digests_prod_pins(scratch: Path) -> None:
+    prod = scratch / "deploy/k8s/overlays/prod/kustomization.yaml"
+    digest = "sha256:" + "ab" * 32
+    pinned = "registry.internal/billing-quota"
+    prod.write_text(
+        prod.read_text().replace(
+            "newName: registry.example.com/billing/billing-quota\n    digest: sha256:" + "0" * 64,
+            f"newName: {pinned}\n    digest: {digest}",
+        )
+    )
+    write(scratch)
+    (quota,) = (
+        container
+        for obj in render(scratch / "deploy/k8s/overlays/prod")
+        if obj["kind"] == "Deployment" and obj["metadata"]["name"] == "quota"
+        for container in pod_template(obj)["spec"]["containers"]
+    )
+    assert quota["image"] == f"{pinned}@{digest}"
