@@ -131,6 +131,13 @@ def test_a_service_without_its_deploy_declaration_is_refused_by_name(scratch: Pa
         write(scratch)
 
 
+def test_a_mistyped_deploy_declaration_is_refused_naming_the_key(scratch: Path) -> None:
+    declaration = scratch / "services/tier/deploy/deploy.toml"
+    declaration.write_text(declaration.read_text().replace("https_egress =", "https_egres ="))
+    with pytest.raises(DeclarationError, match=re.escape("unknown keys ['https_egres']")):
+        write(scratch)
+
+
 def test_rendering_again_keeps_the_digests_prod_pins(scratch: Path) -> None:
     prod = scratch / "deploy/k8s/overlays/prod/kustomization.yaml"
     digest = "sha256:" + "ab" * 32
