@@ -18,7 +18,6 @@ GENERATED = (
 ZERO_DIGEST = "sha256:" + "0" * 64
 # Prod pins each image by digest; a service's image not pinned yet gets this registry and zeros.
 PLACEHOLDER_REGISTRY = "registry.example.com/billing"
-# Every gRPC service's pods in the base (an HPA's range; a ScaledObject of its own states its own).
 # Anywhere outside the private ranges and the cloud metadata address: the public APIs a service calls.
 PUBLIC_INTERNET = [
     {
