@@ -25,13 +25,14 @@ UNIT_TESTS := libs/common/tests/unit libs/devtools/tests/unit $(wildcard service
 INTEGRATION_TESTS := libs/common/tests/integration $(wildcard services/*/tests/integration) tests/integration tests/chaos
 PYTEST_FLAGS ?=
 
-.PHONY: help bootstrap install protos buf-lint lint ruff mypy contracts manifests test unit integration chaos run bench clean
+.PHONY: help bootstrap install protos buf-lint lint ruff mypy contracts manifests manifests-write test unit integration chaos run bench clean
 
 help:
 	@echo "make test    set up what is missing, generate, lint, then unit and integration tests (the CI command)"
 	@echo "make run     start every service of services.toml, seed the demo company and bill a quarter (DEMO=0: no demo)"
 	@echo "make protos  regenerate Python code from protos/"
 	@echo "make lint    buf lint, ruff, mypy, the import-linter contracts and the Kubernetes manifests"
+	@echo "make manifests-write  render deploy/k8s from services.toml and services/<name>/deploy/"
 	@echo "make bench   run the benchmarks in bench/ and print their figures"
 	@echo "make chaos   the chaos suite at full size (make test runs it reduced)"
 
@@ -82,8 +83,14 @@ contracts: protos
 
 # Every kustomization rendered (deploy/k8s/checks/kustomize.py), validated against the Kubernetes
 # 1.29-1.37 schemas and checked against the suite's rules; offline, from what `make install` installs.
+# It also fails naming every per-service manifest that differs from what `manifests-write` renders.
 manifests: protos
 	$(RUN) pytest -q -p no:cacheprovider deploy/k8s/checks
+
+# Render the manifests of deploy/k8s that follow from services.toml and services/<name>/deploy/
+# (billing_devtools.manifests); commit what it writes.
+manifests-write: install
+	$(RUN) python -m billing_devtools.manifests --write
 
 lint: buf-lint ruff mypy contracts manifests
 

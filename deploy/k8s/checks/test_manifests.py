@@ -23,6 +23,7 @@ import referencing
 import yaml
 
 from billing_common.settings import CommonSettings, load_settings
+from billing_devtools.manifests import load as load_suite
 from billing_devtools.services import CONSOLE, SERVICES
 from deploy.k8s.checks.kustomize import Object, pod_template, render
 from deploy.k8s.checks.netpol import Endpoint, allowed, selects
@@ -43,8 +44,8 @@ CUSTOM_KINDS = {
     ("monitoring.coreos.com/v1", "PodMonitor"),
     ("grafana.integreatly.org/v1beta1", "GrafanaDashboard"),
 }
-# Who calls whom by gRPC (every other pair is refused).
-GRPC_CALLS = {("recurring", "quota"), ("recurring", "gateway-adapter"), ("dunning", "recurring")}
+# Who calls whom by gRPC, as services.toml declares it (every other pair is refused).
+GRPC_CALLS = {(service.name, callee) for service in load_suite().services for callee in service.calls}
 # NetworkPolicy peers that are not rendered here: namespaces of the cluster and of the engines,
 # labelled as deploy/k8s/README.md says, and the console to come.
 EXTERNAL_NAMESPACE_SELECTORS = [
@@ -331,10 +332,9 @@ def test_clients_reach_other_services_through_dns_targets_of_headless_services(n
     console_calls = [f.name for f in dataclasses.fields(settings_of(CONSOLE[2])) if f.name.endswith("_addr")]
     listed = {service.replace("-", "_") for service, *_ in SERVICES}
     assert console_calls and {call.removesuffix("_addr") for call in console_calls} <= listed
+    prefixes = {service: prefix for service, prefix, *_ in SERVICES}
     assert set(addresses) == {
-        "RECURRING_QUOTA_ADDR",
-        "RECURRING_GATEWAY_ADAPTER_ADDR",
-        "DUNNING_RECURRING_ADDR",
+        *(f"{prefixes[caller]}_{callee.upper().replace('-', '_')}_ADDR" for caller, callee in GRPC_CALLS),
         *(f"CONSOLE_{call.upper()}" for call in console_calls),
     }
     for variable, value in addresses.items():

@@ -17,7 +17,12 @@ def _entry(entry: dict[str, Any]) -> Listed:
     return (entry["name"], entry["prefix"], entry["package"], entry["port"], entry["metrics_port"])
 
 
-_LISTED = tomllib.loads(SERVICE_LIST.read_text(encoding="utf-8"))
+def read_list(path: Path = SERVICE_LIST) -> dict[str, Any]:
+    """The list as written: `grpc` (a table per gRPC service) and `web` (the console)."""
+    return tomllib.loads(path.read_text(encoding="utf-8"))
+
+
+_LISTED = read_list()
 # The gRPC services, and the stub class of each (`module:Class`) for tests that call them.
 SERVICES: list[Listed] = [_entry(entry) for entry in _LISTED["grpc"]]
 STUBS: dict[str, str] = {entry["name"]: entry["stub"] for entry in _LISTED["grpc"]}
