@@ -484,6 +484,13 @@ def test_a_balance_is_read_for_a_named_account_in_a_currency() -> None:
     assert fields_of(missing) == ["account_id", "currency"]
 
 
+def test_ledger_entries_are_listed_for_a_named_account_only() -> None:
+    ledger.check_entries_of("acct_1")
+    with pytest.raises(InvalidArgument) as missing:
+        ledger.check_entries_of("")
+    assert fields_of(missing) == ["account_id"]
+
+
 # ------------------------------------------------------------------ dunning exhausted
 
 
