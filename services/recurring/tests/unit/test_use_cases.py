@@ -328,8 +328,8 @@ def test_a_tier_change_moves_only_the_accounts_tier_mapped_subscriptions() -> No
     billing.quota.tiers["gold"] = "pro"
 
     async def tier_changed() -> int:
-        async with billing.store.transaction() as uow:
-            return await billing.subscriptions.on_tier_changed(uow, "acct_1", "gold", Cause("tier.changed"))
+        async with billing.store.inbox() as conn:
+            return await billing.subscriptions.on_tier_changed(conn, "acct_1", "gold", Cause("tier.changed"))
 
     assert run(tier_changed()) == 1
     assert billing.tables.subscriptions[mapped.subscription_id].plan_code == "pro"
@@ -544,9 +544,9 @@ def test_a_partial_refund_reaches_the_invoice_and_the_cash_account() -> None:
     result = ChargeResult(payment.payment_id, PaymentStatus.SUCCEEDED, "sandbox-card")
 
     async def refunded(total: int) -> None:
-        async with billing.store.transaction() as uow:
+        async with billing.store.inbox() as conn:
             update = PaymentUpdate(payment.payment_id, payment.idempotency_key, result)
-            await billing.invoices.on_payment_refunded(uow, update, "re_1", usd(total))
+            await billing.invoices.on_payment_refunded(conn, update, "re_1", usd(total))
 
     run(refunded(1200))
     run(refunded(1200))  # heard twice
@@ -559,8 +559,8 @@ def test_dunning_exhausted_writes_the_invoice_off_and_suspends_by_default() -> N
     sub, invoice_id = failed_invoice(billing)
 
     async def exhausted() -> None:
-        async with billing.store.transaction() as uow:
-            await billing.invoices.on_dunning_exhausted(uow, invoice_id, None, "evt_1")
+        async with billing.store.inbox() as conn:
+            await billing.invoices.on_dunning_exhausted(conn, invoice_id, None, "evt_1")
 
     run(exhausted())
     assert billing.tables.invoices[invoice_id].status is InvoiceStatus.UNCOLLECTIBLE

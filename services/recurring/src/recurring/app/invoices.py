@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import logging
 
+import asyncpg
+
 from billing_common.clock import Clock
-from billing_common.errors import InvalidArgument, NotFound, Unavailable
+from billing_common.errors import NotFound, Unavailable
 from billing_common.idempotency import IdempotencyKey
 from billing_common.money import Money
-from billing_common.paging import Page, PageRequest
 from recurring.app.ports import Gateway, Store, UnitOfWork
 from recurring.app.settling import apply, books_for_invoices, new_id
 from recurring.app.subscriptions import existing_subscription
 from recurring.domain import ledger
-from recurring.domain.invoicing import Invoice, InvoiceFilter, Transaction
-from recurring.domain.ledger import LedgerLine
+from recurring.domain.invoicing import Invoice, Transaction
 from recurring.domain.payments import NoAnswer, PaymentUpdate, described
 from recurring.domain.settlement import (
     Answer,
@@ -47,21 +47,6 @@ class Invoices:
         self._clock = clock
         self._policy = policy
         self._rules = rules
-
-    async def get(self, invoice_id: str) -> tuple[Invoice, list[Transaction]]:
-        async with self._store.transaction() as uow:
-            invoice = await _invoice(uow, invoice_id)
-            return invoice, (await uow.invoices.attempts_of([invoice_id])).get(invoice_id, [])
-
-    async def page(
-        self, where: InvoiceFilter, page: PageRequest[int]
-    ) -> Page[tuple[Invoice, list[Transaction]], int]:
-        async with self._store.transaction() as uow:
-            cut = page.cut(await uow.invoices.page(where, page.after, page.limit), lambda row: row[0])
-            attempts = await uow.invoices.attempts_of([invoice.invoice_id for _, invoice in cut.items])
-        return Page(
-            [(invoice, attempts.get(invoice.invoice_id, [])) for _, invoice in cut.items], cut.next_after
-        )
 
     async def retry_payment(self, invoice_id: str, key: str) -> tuple[Invoice, Transaction, bool]:
         """Charge an open invoice once per key (dunning's "<case id>:<attempt>")."""
@@ -108,15 +93,21 @@ class Invoices:
         books = await books_for_invoices(uow, [answer.attempt.invoice_id for answer in answers])
         await apply(uow, settle(answers, books, self._rules, cause, now), now)
 
-    async def on_payment_outcome(self, uow: UnitOfWork, update: PaymentUpdate) -> None:
+    # ------------------------------------------------------------ events, in the inbox's transaction
+
+    async def on_payment_outcome(self, conn: asyncpg.Connection, update: PaymentUpdate) -> None:
         """payment.settled / payment.reconciled: the final word on a pending or unknown charge."""
+        uow = self._store.within(conn)
         attempt = await uow.invoices.find_for_payment(update.payment_id, update.idempotency_key)
         if attempt is None:
             return
         await self._settle(uow, [Answer(attempt, update.result, final_word=True)], Cause("gateway-adapter"))
 
-    async def on_payment_returned(self, uow: UnitOfWork, update: PaymentUpdate, event_id: str) -> None:
+    async def on_payment_returned(
+        self, conn: asyncpg.Connection, update: PaymentUpdate, event_id: str
+    ) -> None:
         """An ACH debit came back: the money leaves again and the invoice goes to dunning."""
+        uow = self._store.within(conn)
         attempt = await uow.invoices.find_for_payment(update.payment_id, update.idempotency_key)
         if attempt is None:
             return
@@ -126,9 +117,10 @@ class Invoices:
         await apply(uow, settle_return(attempt, update.result, books, cause, now), now)
 
     async def on_payment_refunded(
-        self, uow: UnitOfWork, update: PaymentUpdate, refund_id: str, refunded_total: Money
+        self, conn: asyncpg.Connection, update: PaymentUpdate, refund_id: str, refunded_total: Money
     ) -> None:
         """payment.refunded (full or partial): the ledger and the invoice show what went back."""
+        uow = self._store.within(conn)
         attempt = await uow.invoices.find_for_payment(update.payment_id, update.idempotency_key)
         if attempt is None:
             return
@@ -136,9 +128,10 @@ class Invoices:
         await apply(uow, settle_refund(attempt, refund_id, refunded_total, books), self._clock.now())
 
     async def on_dunning_exhausted(
-        self, uow: UnitOfWork, invoice_id: str, action: ExhaustedAction | None, event_id: str
+        self, conn: asyncpg.Connection, invoice_id: str, action: ExhaustedAction | None, event_id: str
     ) -> None:
         """Write the invoice off and suspend or cancel the subscription, as the merchant's policy says."""
+        uow = self._store.within(conn)
         invoice = (await uow.invoices.load([invoice_id], lock=True)).get(invoice_id)
         if invoice is None:
             return
@@ -160,22 +153,6 @@ class Invoices:
                 await uow.keys.complete(idem, account_id)
             _, available = await uow.ledger.balances(account_id, credit.currency)
         return available
-
-    async def balance(self, account_id: str, currency: str) -> tuple[Money, Money]:
-        ledger.check_account(account_id, currency)
-        async with self._store.transaction() as uow:
-            return await uow.ledger.balances(account_id, currency)
-
-    async def ledger_entries(self, account_id: str, page: PageRequest[int]) -> Page[LedgerLine, int]:
-        if not account_id:
-            raise InvalidArgument.of("account_id", "required")
-        async with self._store.transaction() as uow:
-            lines = await uow.ledger.lines(account_id, page.after, page.limit)
-        return page.cut(lines, lambda line: line.entry_id)
-
-    async def unbalanced_ledger_transactions(self) -> list[str]:
-        async with self._store.transaction() as uow:
-            return await uow.ledger.unbalanced()
 
 
 async def _invoice(uow: UnitOfWork, invoice_id: str, *, lock: bool = False) -> Invoice:

@@ -15,14 +15,12 @@ from billing_common import telemetry
 from billing_common.clock import Clock
 from billing_common.errors import NotFound, Unavailable
 from billing_common.locks import Locks
-from billing_common.paging import Page, PageRequest
 from recurring.app.ports import OutageCounter, RecurringMetrics, Store
 from recurring.domain import events as ev
 from recurring.domain.runs import (
     KIND_FREQUENCIES,
     Progress,
     Run,
-    RunItem,
     RunKind,
     RunState,
     blocks_next_date,
@@ -138,21 +136,6 @@ class Runs:
         if run is None:
             raise NotFound(f"run {run_id} does not exist")
         return run
-
-    async def page(self, page: PageRequest[int]) -> Page[Run, int]:
-        """Newest first; the cursor is the sequence number of the last run listed (0: the newest)."""
-        async with self._store.transaction() as uow:
-            rows = await uow.runs.page(page.after, page.limit)
-        cut = page.cut(rows, lambda row: row[0])
-        return Page([run for _, run in cut.items], cut.next_after)
-
-    async def items(self, run_id: str, page: PageRequest[int]) -> Page[RunItem, int]:
-        """A run's items in the order they were queued; the cursor is the last item's id."""
-        async with self._store.transaction() as uow:
-            if not await uow.runs.load([run_id]):
-                raise NotFound(f"run {run_id} does not exist")
-            rows = await uow.items.page(run_id, page.after, page.limit)
-        return page.cut(rows, lambda item: item.item_id)
 
     async def resume(self, run_id: str, gateway: str) -> Run:
         """Resume the gateway's halted part and send its parked items back to work."""

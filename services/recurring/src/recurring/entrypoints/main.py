@@ -19,13 +19,14 @@ from recurring.adapters.coordination import RedisOutageCounter
 from recurring.adapters.events import EventMessages
 from recurring.adapters.metrics import PrometheusRecurringMetrics, RunMetrics, run_work
 from recurring.adapters.store import PostgresStore
+from recurring.adapters.views import Views
 from recurring.app.invoices import Invoices
 from recurring.app.runs import Runs, Schedule
 from recurring.app.subscriptions import Subscriptions
 from recurring.app.worker import Worker, WorkerConfig
 from recurring.domain.runs import RunKind
 from recurring.domain.settlement import ExhaustionPolicy, Rules
-from recurring.entrypoints.consumers import handlers
+from recurring.entrypoints.consumers import event_handlers
 from recurring.entrypoints.servicer import ACCESS, RecurringServicer
 from recurring.settings import RecurringSettings
 
@@ -91,7 +92,9 @@ def build(settings: RecurringSettings) -> Lifespan:
             ),
             metrics,
         )
-        servicer = RecurringServicer(subscriptions, runs, invoices, clock, r.clock_control, pages)
+        servicer = RecurringServicer(
+            subscriptions, runs, invoices, Views(store), clock, r.clock_control, pages
+        )
 
         async def scheduler() -> None:
             while True:
@@ -105,7 +108,7 @@ def build(settings: RecurringSettings) -> Lifespan:
                     recurring_pb2_grpc.add_RecurringServiceServicer_to_server, servicer, SERVICE_NAME, ACCESS
                 )
             ],
-            event_handlers=handlers(store, subscriptions, invoices),
+            event_handlers=event_handlers(subscriptions, invoices),
             background=[
                 Background(scheduler),
                 Background(worker.run_forever, drain=worker.drain),
