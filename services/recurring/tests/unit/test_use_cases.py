@@ -83,10 +83,7 @@ class Billing:
         self.invoices = Invoices(self.store, self.gateway, self.clock, policy, RULES)
         config = WorkerConfig(
             batch_size=50,
-            concurrent_batches=1,
             lease=timedelta(minutes=5),
-            idle_poll=timedelta(seconds=1),
-            jitter=timedelta(0),
             rules=dataclasses.replace(RULES, halt_threshold=halt_threshold),
             zone=UTC_ZONE,
         )

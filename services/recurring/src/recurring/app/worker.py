@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -47,10 +46,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class WorkerConfig:
     batch_size: int
-    concurrent_batches: int
     lease: timedelta
-    idle_poll: timedelta
-    jitter: timedelta
     rules: Rules
     zone: ZoneInfo
 
@@ -78,46 +74,11 @@ class Worker:
         # Every claim token of this worker starts with it: what the worker still holds when it
         # stops is handed back by it.
         self._pod = uuid.uuid4().hex
-        self._stopping = asyncio.Event()
-        self._stopped = asyncio.Event()
-        self._stopped.set()
 
-    async def run_forever(self) -> None:
-        """A few batch loops at once, so one batch is invoiced while another one's charges are out.
-        However they end (drained, or cancelled with batches in hand), what this worker still holds
-        goes back to work at once instead of waiting for its lease."""
-        self._stopped.clear()
-        try:
-            await asyncio.gather(*(self._work_forever() for _ in range(self._config.concurrent_batches)))
-        finally:
-            self._stopped.set()
-            await self._release()
-
-    async def drain(self) -> None:
-        """SIGTERM: claim nothing more and finish the batches in hand (the host bounds the wait)."""
-        self._stopping.set()
-        await self._stopped.wait()
-
-    async def _work_forever(self) -> None:
-        queued = self._runs.work_queued
-        while not self._stopping.is_set():
-            queued.clear()  # what is queued from here on wakes the pause below
-            worked = await self.work_once()
-            pause = self._config.jitter.total_seconds() * random.random()
-            if not worked:
-                pause += self._config.idle_poll.total_seconds()
-            if pause:
-                await _first_of(pause, self._stopping, queued)
-
-    async def _release(self) -> None:
-        try:
-            async with self._store.transaction() as uow:
-                released = await uow.items.release(self._pod)
-        except Exception:
-            log.exception("handing back claimed work items failed; their lease runs out")
-            return
-        if released:
-            log.info("claimed work items handed back", extra={"items": released})
+    async def release(self) -> int:
+        """Hand back the items this worker still holds (it stops); how many."""
+        async with self._store.transaction() as uow:
+            return await uow.items.release(self._pod)
 
     async def work_once(self) -> int:
         """Claim one batch (FOR UPDATE SKIP LOCKED, with a lease) and work it; how many items."""
@@ -172,7 +133,7 @@ class Worker:
             charges = await self._bill([item])
         except Exception as error:
             log.exception("work item failed", extra={"item": item.item_id, "run": item.run_id})
-            await self._fail([(item, _reason("preparing", error))])
+            await self._fail("preparing", [(item, error)])
             return Counter()
         return await self._charge_all(charges)
 
@@ -182,22 +143,25 @@ class Worker:
         failures = worn_out(items, self._config.rules)
         if not failures:
             return items
-        async with self._store.transaction() as uow:
-            self._parked(await apply(uow, Change(failures=failures), self._clock.now()), failures)
+        await self._record_failures(failures)
         parked = {item.item_id for item, _, _ in failures}
         return [item for item in items if item.item_id not in parked]
 
-    async def _fail(self, failures: Sequence[tuple[WorkItem, str]]) -> None:
+    async def _fail(self, step: str, failures: Sequence[tuple[WorkItem, BaseException]]) -> None:
         """Count a failure of ours per item: at the limit the item is parked, else tried again later.
         If even this cannot be written, the claim's lease runs out and the next claim counts it."""
         if not failures:
             return
-        counted = [failure_of(item, reason, self._config.rules) for item, reason in failures]
+        rules = self._config.rules
+        counted = [failure_of(item, f"{step}: {type(e).__name__}: {e}", rules) for item, e in failures]
         try:
-            async with self._store.transaction() as uow:
-                self._parked(await apply(uow, Change(failures=counted), self._clock.now()), counted)
+            await self._record_failures(counted)
         except Exception:
             log.exception("recording failed items failed", extra={"items": len(failures)})
+
+    async def _record_failures(self, failures: list[tuple[WorkItem, AfterFailure, str]]) -> None:
+        async with self._store.transaction() as uow:
+            self._parked(await apply(uow, Change(failures=failures), self._clock.now()), failures)
 
     def _parked(
         self, parked: Sequence[WorkItem], failures: Sequence[tuple[WorkItem, AfterFailure, str]]
@@ -241,7 +205,7 @@ class Worker:
                 await apply(uow, Change(deferred=usages.waiting), self._clock.now())
         for item, error in usages.failed:
             log.error("usage failed", exc_info=error, extra={"item": item.item_id})
-        await self._fail([(item, _reason("usage", error)) for item, error in usages.failed])
+        await self._fail("usage", usages.failed)
         billable = [item for item in items if item.item_id in usages.found]
         if not billable:
             return []
@@ -277,7 +241,7 @@ class Worker:
             sent = await self._send_all(charges)
         except Exception as error:
             log.exception("charging failed", extra={"items": len(charges)})
-            await self._fail([(charge.item, _reason("charging", error)) for charge in charges])
+            await self._fail("charging", [(charge.item, error) for charge in charges])
             return Counter(errors=len(charges))
         answered = sorted(((charge, result) for charge, result, _ in sent), key=lambda a: a[0].item.item_id)
         traces = {charge.item.item_id: trace for charge, _, trace in sent}
@@ -349,18 +313,3 @@ def _trace_answer(charge: Charge, result: ChargeResult | NoAnswer) -> telemetry.
             extra=facts,
         )
         return telemetry.capture()
-
-
-def _reason(step: str, error: BaseException) -> str:
-    """Why a step failed, as the item records it (cut to its length by `failure_of`)."""
-    return f"{step}: {type(error).__name__}: {error}"
-
-
-async def _first_of(seconds: float, *events: asyncio.Event) -> None:
-    """Wait `seconds`, or until one of `events` is set."""
-    waits = [asyncio.ensure_future(event.wait()) for event in events]
-    try:
-        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for wait in waits:
-            wait.cancel()

@@ -26,6 +26,7 @@ from recurring.app.subscriptions import Subscriptions
 from recurring.app.worker import Worker, WorkerConfig
 from recurring.domain.runs import RunKind
 from recurring.domain.settlement import ExhaustionPolicy, Rules
+from recurring.entrypoints.batches import BatchLoops, LoopConfig
 from recurring.entrypoints.consumers import event_handlers
 from recurring.entrypoints.servicer import ACCESS, RecurringServicer
 from recurring.settings import RecurringSettings
@@ -81,16 +82,13 @@ def build(settings: RecurringSettings) -> Lifespan:
             quota,
             outages,
             clock,
-            WorkerConfig(
-                batch_size=settings.worker_batch_size,
-                concurrent_batches=settings.worker_concurrent_batches,
-                lease=settings.worker_lease,
-                idle_poll=settings.worker_idle_poll,
-                jitter=settings.worker_jitter,
-                rules=rules,
-                zone=zone,
-            ),
+            WorkerConfig(settings.worker_batch_size, settings.worker_lease, rules, zone),
             metrics,
+        )
+        loops = BatchLoops(
+            worker,
+            runs.work_queued,
+            LoopConfig(settings.worker_concurrent_batches, settings.worker_idle_poll, settings.worker_jitter),
         )
         servicer = RecurringServicer(
             subscriptions, runs, invoices, Views(store), clock, r.clock_control, pages
@@ -111,7 +109,7 @@ def build(settings: RecurringSettings) -> Lifespan:
             event_handlers=event_handlers(subscriptions, invoices),
             background=[
                 Background(scheduler),
-                Background(worker.run_forever, drain=worker.drain),
+                Background(loops.run_forever, drain=loops.drain),
                 Background(RunMetrics(r.pool).run_forever),
             ],
             # A charge in flight when SIGTERM comes gets its whole timeout to answer.
