@@ -10,7 +10,6 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from time import perf_counter
 from zoneinfo import ZoneInfo
 
 from billing_common import telemetry
@@ -51,6 +50,15 @@ class WorkerConfig:
     zone: ZoneInfo
 
 
+@dataclass
+class Worked:
+    """What became of a batch: how many charges ended each way, and why the batch failed as a whole
+    when it did (its items then went one by one)."""
+
+    outcomes: Counter[str]
+    failure: Exception | None = None
+
+
 class Worker:
     def __init__(
         self,
@@ -80,52 +88,29 @@ class Worker:
         async with self._store.transaction() as uow:
             return await uow.items.release(self._pod)
 
-    async def work_once(self) -> int:
-        """Claim one batch (FOR UPDATE SKIP LOCKED, with a lease) and work it; how many items."""
+    async def claim(self) -> list[WorkItem]:
+        """One batch of due items (FOR UPDATE SKIP LOCKED, with a lease), under a new claim token."""
         async with self._store.transaction() as uow:
             token = f"{self._pod}.{uuid.uuid4().hex}"
-            items = await uow.items.claim(self._config.batch_size, self._config.lease, token)
-        if not items:
-            return 0
-        run_ids = sorted({item.run_id for item in items})
-        # The batch continues the trace of the run that queued its items (linked to any other's).
-        contexts = list(
-            {str(item.trace_context.get("traceparent")): item.trace_context for item in items}.values()
-        )
-        contexts.sort(key=lambda stored: not stored)
-        started = perf_counter()
-        outcomes: Counter[str] = Counter()
-        with telemetry.span(
-            "recurring.batch",
-            parent=contexts[0],
-            links=contexts[1:],
-            attributes={"batch.items": len(items), "run.ids": run_ids},
-        ) as span:
-            working = await self._park_worn_out(items)
-            if working:
-                try:
-                    charges = await self._bill(working)
-                except Exception as error:
-                    log.exception("batch failed; its items go one by one", extra={"items": len(working)})
-                    telemetry.failed(span, error)
-                    for alone in await asyncio.gather(*(self._bill_alone(item) for item in working)):
-                        outcomes.update(alone)
-                else:
-                    outcomes = await self._charge_all(charges)
-            for run_id in run_ids:
-                await self._runs.finish_if_done(run_id)
-            span.set_attributes({f"batch.{outcome}": count for outcome, count in outcomes.items()})
-            log.info(
-                "batch worked",
-                extra={
-                    "run_ids": run_ids,
-                    "items": len(items),
-                    "charges": sum(outcomes.values()),
-                    **outcomes,
-                    "seconds": round(perf_counter() - started, 3),
-                },
-            )
-        return len(items)
+            return await uow.items.claim(self._config.batch_size, self._config.lease, token)
+
+    async def work(self, items: list[WorkItem]) -> Worked:
+        """Bill and charge a claimed batch; a batch that fails as a whole goes item by item."""
+        worked = Worked(Counter())
+        working = await self._park_worn_out(items)
+        if working:
+            try:
+                charges = await self._bill(working)
+            except Exception as error:
+                log.exception("batch failed; its items go one by one", extra={"items": len(working)})
+                worked.failure = error
+                for alone in await asyncio.gather(*(self._bill_alone(item) for item in working)):
+                    worked.outcomes.update(alone)
+            else:
+                worked.outcomes = await self._charge_all(charges)
+        for run_id in sorted({item.run_id for item in items}):
+            await self._runs.finish_if_done(run_id)
+        return worked
 
     async def _bill_alone(self, item: WorkItem) -> Counter[str]:
         """One item on its own: the path a batch falls back to when it fails as a whole."""

@@ -1,5 +1,5 @@
 """The worker's batch loops: the background work the service host supervises and drains on SIGTERM.
-Each loop claims and works one batch at a time through the `Worker` use case."""
+Each loop claims and works one batch at a time through the `Worker` use case, under the batch's span."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import logging
 import random
 from dataclasses import dataclass
 from datetime import timedelta
+from time import perf_counter
 
+from billing_common import telemetry
 from recurring.app.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -50,12 +52,45 @@ class BatchLoops:
     async def _work_forever(self) -> None:
         while not self._stopping.is_set():
             self._work_queued.clear()  # what is queued from here on wakes the pause below
-            worked = await self._worker.work_once()
+            worked = await self.work_once()
             pause = self._config.jitter.total_seconds() * random.random()
             if not worked:
                 pause += self._config.idle_poll.total_seconds()
             if pause:
                 await _first_of(pause, self._stopping, self._work_queued)
+
+    async def work_once(self) -> int:
+        """Claim one batch and work it; how many items. The batch continues the trace of the run
+        that queued its items (linked to any other's)."""
+        items = await self._worker.claim()
+        if not items:
+            return 0
+        run_ids = sorted({item.run_id for item in items})
+        contexts = list(
+            {str(item.trace_context.get("traceparent")): item.trace_context for item in items}.values()
+        )
+        contexts.sort(key=lambda stored: not stored)
+        started = perf_counter()
+        attributes = {"batch.items": len(items), "run.ids": run_ids}
+        with telemetry.span(
+            "recurring.batch", parent=contexts[0], links=contexts[1:], attributes=attributes
+        ) as span:
+            worked = await self._worker.work(items)
+            if worked.failure is not None:
+                telemetry.failed(span, worked.failure)
+            outcomes = worked.outcomes
+            span.set_attributes({f"batch.{outcome}": count for outcome, count in outcomes.items()})
+            log.info(
+                "batch worked",
+                extra={
+                    "run_ids": run_ids,
+                    "items": len(items),
+                    "charges": sum(outcomes.values()),
+                    **outcomes,
+                    "seconds": round(perf_counter() - started, 3),
+                },
+            )
+        return len(items)
 
     async def _release(self) -> None:
         try:
