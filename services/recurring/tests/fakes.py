@@ -36,6 +36,7 @@ from recurring.domain.runs import (
     RunState,
     WorkItem,
 )
+from recurring.domain.settlement import Charge
 from recurring.domain.settlement import Proration as OpenProration
 from recurring.domain.status import BILLABLE, SCHEDULED, TERMINAL, InvoiceStatus
 from recurring.domain.subscription import HistoryEntry, PlanInfo, Subscription
@@ -564,6 +565,13 @@ class RecordedMetrics:
 
     def runs_stalled(self, kind: RunKind, count: int) -> None:
         self.stalled[kind] = count
+
+
+class NoTraces:
+    """Charges traced nowhere: what their answers announce is written under the current trace."""
+
+    def answered(self, charge: Charge, result: ChargeResult | NoAnswer) -> dict[str, str]:
+        return {}
 
 
 class FakeQuota:

@@ -40,6 +40,7 @@ from services.recurring.tests.fakes import (
     FakeOutages,
     FakeQuota,
     FakeStore,
+    NoTraces,
     RecordedMetrics,
 )
 
@@ -88,7 +89,15 @@ class Billing:
             zone=UTC_ZONE,
         )
         self.worker = Worker(
-            self.store, self.runs, self.gateway, self.quota, self.outages, self.clock, config, self.metrics
+            self.store,
+            self.runs,
+            self.gateway,
+            self.quota,
+            self.outages,
+            self.clock,
+            config,
+            self.metrics,
+            NoTraces(),
         )
         self._keys = 0
 

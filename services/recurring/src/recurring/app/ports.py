@@ -30,7 +30,7 @@ from recurring.domain.runs import (
     RunState,
     WorkItem,
 )
-from recurring.domain.settlement import Proration
+from recurring.domain.settlement import Charge, Proration
 from recurring.domain.status import InvoiceStatus
 from recurring.domain.subscription import HistoryEntry, Subscription
 from recurring.domain.subscription import PlanInfo as PlanInfo
@@ -221,12 +221,16 @@ class OutageCounter(Protocol):
     async def reachable(self, run_id: str, gateway: str) -> None: ...
 
 
+class ChargeTraces(Protocol):
+    def answered(self, charge: Charge, result: ChargeResult | NoAnswer) -> Mapping[str, str]:
+        """Trace the charge's answer; the trace what the answer announces is written under."""
+
+
 class RecurringMetrics(Protocol):
     """What charging and the runs report; an adapter keeps the figures for the dashboards."""
 
     def charge_answered(self, gateway: str, status: str) -> None:
         """A charge's answer: the payment's status, or "refused" / "no_answer" (no gateway)."""
-        ...
 
     def item_parked(self, gateway: str) -> None: ...
     def runs_stalled(self, kind: RunKind, count: int) -> None:

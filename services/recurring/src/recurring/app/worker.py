@@ -12,16 +12,15 @@ from dataclasses import dataclass
 from datetime import timedelta
 from zoneinfo import ZoneInfo
 
-from billing_common import telemetry
 from billing_common.clock import Clock
-from recurring.app.ports import Gateway, OutageCounter, Quota, RecurringMetrics, Store
+from recurring.app.ports import ChargeTraces, Gateway, OutageCounter, Quota, RecurringMetrics, Store
 from recurring.app.runs import Runs
 from recurring.app.settling import apply, books_for_invoices, books_for_items, new_id
 from recurring.domain import events as ev
 from recurring.domain import usage
 from recurring.domain.invoicing import Invoice, PeriodUsage
 from recurring.domain.outages import halts, outage_steps
-from recurring.domain.payments import ChargeResult, NoAnswer, Outcome, described, tally
+from recurring.domain.payments import ChargeResult, NoAnswer, Outcome, tally
 from recurring.domain.runs import AfterFailure, WorkItem
 from recurring.domain.settlement import (
     BILLING,
@@ -70,6 +69,7 @@ class Worker:
         clock: Clock,
         config: WorkerConfig,
         metrics: RecurringMetrics,
+        traces: ChargeTraces,
     ) -> None:
         self._store = store
         self._runs = runs
@@ -79,6 +79,7 @@ class Worker:
         self._clock = clock
         self._config = config
         self._metrics = metrics
+        self._traces = traces
         # Every claim token of this worker starts with it: what the worker still holds when it
         # stops is handed back by it.
         self._pod = uuid.uuid4().hex
@@ -165,19 +166,6 @@ class Worker:
                 },
             )
 
-    async def _send_all(
-        self, charges: list[Charge]
-    ) -> list[tuple[Charge, ChargeResult | NoAnswer, telemetry.TraceContext]]:
-        """Send the batch's charges in one call; each answer with the trace to record it in: a span
-        per charge (under the trace that wrote the attempt, when an earlier worker did)."""
-        results = await self._gateway.charge_batch(
-            [charge_request(c.attempt, c.subscription) for c in charges]
-        )
-        return [
-            (charge, result, _trace_answer(charge, result))
-            for charge, result in zip(charges, results, strict=True)
-        ]
-
     async def _bill(self, items: list[WorkItem]) -> list[Charge]:
         """Invoice the items' occurrences and write their attempts in one transaction; the charges
         to send. Items whose usage quota could not give wait (or count a failure of ours)."""
@@ -223,13 +211,15 @@ class Worker:
         if not charges:
             return Counter()
         try:
-            sent = await self._send_all(charges)
+            results = await self._gateway.charge_batch(
+                [charge_request(c.attempt, c.subscription) for c in charges]
+            )
         except Exception as error:
             log.exception("charging failed", extra={"items": len(charges)})
             await self._fail("charging", [(charge.item, error) for charge in charges])
             return Counter(errors=len(charges))
-        answered = sorted(((charge, result) for charge, result, _ in sent), key=lambda a: a[0].item.item_id)
-        traces = {charge.item.item_id: trace for charge, _, trace in sent}
+        answered = sorted(zip(charges, results, strict=True), key=lambda a: a[0].item.item_id)
+        traces = {charge.item.item_id: self._traces.answered(charge, result) for charge, result in answered}
         try:
             recorded = await self._conclude(answered, traces)
         except Exception:
@@ -241,7 +231,7 @@ class Worker:
     async def _conclude(
         self,
         answered: list[tuple[Charge, ChargeResult | NoAnswer]],
-        traces: Mapping[int, telemetry.TraceContext],
+        traces: Mapping[int, Mapping[str, str]],
     ) -> list[tuple[WorkItem, Outcome]]:
         """Settle the answers in one transaction; an item whose lease was taken over keeps its new
         owner. What a charge's answer announces is written under the charge's trace."""
@@ -272,29 +262,3 @@ class Worker:
                 deferred = await uow.runs.deferred_items(run_id, gateway)
                 await uow.outbox.add([ev.RunHalted(run, gateway, deferred)])
                 log.warning("gateway halted in run", extra={"run": run_id, "gateway": gateway})
-
-
-def _trace_answer(charge: Charge, result: ChargeResult | NoAnswer) -> telemetry.TraceContext:
-    """A span of the charge's answer, and its trace: what the answer announces is written under it."""
-    attempt = charge.attempt
-    earlier = attempt.trace_context or None
-    links = [telemetry.capture()] if earlier else []
-    attributes = {
-        "run.id": charge.item.run_id,
-        "invoice.id": attempt.invoice_id,
-        "charge.attempt": attempt.attempt,
-        "charge.idempotency_key": attempt.idempotency_key,
-    }
-    with telemetry.span("recurring.charge", parent=earlier, links=links, attributes=attributes) as span:
-        facts: dict[str, str | int] = {
-            "invoice_id": attempt.invoice_id,
-            "attempt": attempt.attempt,
-            **described(result),
-        }
-        span.set_attributes({f"charge.{key}": value for key, value in facts.items() if key != "invoice_id"})
-        log.log(
-            logging.DEBUG if facts["outcome"] == Outcome.PAID.value else logging.INFO,
-            "charge got no answer" if isinstance(result, NoAnswer) else "charge answered",
-            extra=facts,
-        )
-        return telemetry.capture()

@@ -19,6 +19,7 @@ from recurring.adapters.coordination import RedisOutageCounter
 from recurring.adapters.events import EventMessages
 from recurring.adapters.metrics import PrometheusRecurringMetrics, RunMetrics, run_work
 from recurring.adapters.store import PostgresStore
+from recurring.adapters.tracing import ChargeSpans
 from recurring.adapters.views import Views
 from recurring.app.invoices import Invoices
 from recurring.app.runs import Runs, Schedule
@@ -84,6 +85,7 @@ def build(settings: RecurringSettings) -> Lifespan:
             clock,
             WorkerConfig(settings.worker_batch_size, settings.worker_lease, rules, zone),
             metrics,
+            ChargeSpans(),
         )
         loops = BatchLoops(
             worker,
