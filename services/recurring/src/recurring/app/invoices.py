@@ -15,7 +15,7 @@ from recurring.app.ports import Gateway, Store, UnitOfWork
 from recurring.app.settling import apply, books_for_invoices, new_id
 from recurring.app.subscriptions import existing_subscription
 from recurring.domain import ledger
-from recurring.domain.invoicing import Invoice, Transaction
+from recurring.domain.invoicing import Invoice
 from recurring.domain.payments import NoAnswer, PaymentUpdate, described
 from recurring.domain.settlement import (
     Answer,
@@ -48,14 +48,15 @@ class Invoices:
         self._policy = policy
         self._rules = rules
 
-    async def retry_payment(self, invoice_id: str, key: str) -> tuple[Invoice, Transaction, bool]:
-        """Charge an open invoice once per key (dunning's "<case id>:<attempt>")."""
+    async def retry_payment(self, invoice_id: str, key: str) -> tuple[str, bool]:
+        """Charge an open invoice once per key (dunning's "<case id>:<attempt>"); the id of the
+        attempt, and whether it was answered before (the key was sent again)."""
         check_retry(invoice_id, key)
         async with self._store.transaction() as uow:
             attempt = earlier_retry((await uow.invoices.by_retry_keys([key])).get(key), invoice_id, key)
             invoice = await _invoice(uow, invoice_id, lock=True)
             if attempt is not None and attempt.answered:
-                return invoice, attempt, True
+                return attempt.transaction_id, True
             if attempt is None:
                 attempts = (await uow.invoices.attempts_of([invoice_id])).get(invoice_id, [])
                 attempt = retry(invoice, attempts, key, self._clock.now(), new_id)
@@ -70,22 +71,19 @@ class Invoices:
             raise Unavailable("the payment service did not answer; retry with the same key")
         async with self._store.transaction() as uow:
             await self._settle(uow, [Answer(attempt, result)], Cause("dunning"))
-        async with self._store.transaction() as uow:
-            invoice = await _invoice(uow, invoice_id)
-            attempts = (await uow.invoices.attempts_of([invoice_id]))[invoice_id]
-        return invoice, next(t for t in attempts if t.transaction_id == attempt.transaction_id), False
+        return attempt.transaction_id, False
 
-    async def void(self, invoice_id: str, reason: str, idem: IdempotencyKey) -> Invoice:
+    async def void(self, invoice_id: str, reason: str, idem: IdempotencyKey) -> None:
+        """Void an unpaid invoice; a key seen before changes nothing."""
         async with self._store.transaction() as uow:
             if idem.key and await uow.keys.claim(idem) is not None:
-                return await _invoice(uow, invoice_id)
+                return
             invoice = await _invoice(uow, invoice_id, lock=True)
             now = self._clock.now()
             attempts = (await uow.invoices.attempts_of([invoice_id])).get(invoice_id, [])
             await apply(uow, void(invoice, attempts, reason, now), now)
             if idem.key:
                 await uow.keys.complete(idem, invoice_id)
-            return await _invoice(uow, invoice_id)
 
     async def _settle(self, uow: UnitOfWork, answers: list[Answer], cause: Cause) -> None:
         """Settle charge answers through the one calculator and applicator."""

@@ -233,19 +233,18 @@ class RecurringServicer(recurring_pb2_grpc.RecurringServiceServicer):
         )
 
     async def VoidInvoice(self, request: pb.VoidInvoiceRequest, context: Context) -> pb.VoidInvoiceResponse:
-        invoice = await self._invoices.void(
+        await self._invoices.void(
             request.invoice_id, request.reason, IdempotencyKey.of("VoidInvoice", request)
         )
-        _, transactions = await self._views.invoice(invoice.invoice_id)
+        invoice, transactions = await self._views.invoice(request.invoice_id)
         return pb.VoidInvoiceResponse(invoice=m.invoice_pb(invoice, transactions))
 
     async def RetryInvoicePayment(
         self, request: pb.RetryInvoicePaymentRequest, context: Context
     ) -> pb.RetryInvoicePaymentResponse:
-        invoice, txn, replayed = await self._invoices.retry_payment(
-            request.invoice_id, request.idempotency_key
-        )
-        _, transactions = await self._views.invoice(invoice.invoice_id)
+        txn_id, replayed = await self._invoices.retry_payment(request.invoice_id, request.idempotency_key)
+        invoice, transactions = await self._views.invoice(request.invoice_id)
+        (txn,) = [t for t in transactions if t.transaction_id == txn_id]
         return pb.RetryInvoicePaymentResponse(
             invoice=m.invoice_pb(invoice, transactions), transaction=m.transaction_pb(txn), replayed=replayed
         )
