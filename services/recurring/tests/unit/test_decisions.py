@@ -36,6 +36,7 @@ from recurring.domain.runs import (
     check_run,
     dry_run_of,
     ending,
+    lock_name,
     new_run,
     reopens,
 )
@@ -240,6 +241,11 @@ def test_a_charge_asks_for_the_attempts_amount_under_its_key_with_the_subscripti
 
 
 # ------------------------------------------------------------------ runs
+
+
+def test_one_lock_per_date_and_kind_guards_the_creation_of_a_run() -> None:
+    assert lock_name(RunKind.DAILY, date(2026, 11, 21)) == "daily:lock:2026-11-21"
+    assert lock_name(RunKind.MONTHLY, date(2026, 11, 21)) != lock_name(RunKind.DAILY, date(2026, 11, 21))
 
 
 def test_a_run_is_asked_for_by_date_and_kind() -> None:

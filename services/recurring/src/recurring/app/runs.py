@@ -15,7 +15,7 @@ from billing_common import telemetry
 from billing_common.clock import Clock
 from billing_common.errors import NotFound, Unavailable
 from billing_common.locks import Locks
-from recurring.app.ports import OutageCounter, RecurringMetrics, Store
+from recurring.app.ports import OutageCounter, RecurringMetrics, Store, UnitOfWork
 from recurring.domain import events as ev
 from recurring.domain.runs import (
     KIND_FREQUENCIES,
@@ -31,6 +31,7 @@ from recurring.domain.runs import (
     dry_run_of,
     ending,
     latest_scheduled_date,
+    lock_name,
     new_run,
     reopens,
     watch,
@@ -46,11 +47,6 @@ class Schedule:
     max_catch_up_days: int
     lock_ttl: timedelta
     stalled_after: timedelta
-
-
-def lock_name(kind: RunKind, billing_date: date) -> str:
-    """Under the service's namespace this is `recurring:<kind>:lock:<date>`."""
-    return f"{kind.value}:lock:{billing_date.isoformat()}"
 
 
 class Runs:
@@ -94,8 +90,7 @@ class Runs:
                     else:
                         due = await uow.runs.enqueue_due(run.run_id, billing_date, KIND_FREQUENCIES[kind])
                         if reopens(run, due):
-                            await uow.runs.set_states([run.run_id], RunState.RUNNING, None)
-                            await uow.runs.save_progress({run.run_id: Progress()})
+                            await _reopen(uow, run.run_id)
                         message = "run extended" if due else ""
                 if due:
                     self.work_queued.set()
@@ -116,19 +111,16 @@ class Runs:
     async def run_billing(self, asked_date: date | None, asked_kind: RunKind | None, dry_run: bool) -> Run:
         billing_date, kind = check_run(asked_date, asked_kind)
         if dry_run:
-            return await self._dry_run(billing_date, kind)
-        run = await self.start(billing_date, kind, wait=timedelta(seconds=30))
-        if run is None:
+            async with self._store.transaction() as uow:
+                billable, skipped = await uow.runs.count_due(billing_date, KIND_FREQUENCIES[kind])
+                now = self._clock.now()
+                run = dry_run_of(f"dry_{uuid.uuid4().hex}", billing_date, kind, billable, skipped, now)
+                await uow.runs.add([run])
+            return run
+        started = await self.start(billing_date, kind, wait=timedelta(seconds=30))
+        if started is None:
             raise Unavailable(f"another pod is creating the {kind.value} run of {billing_date}; try again")
-        return run
-
-    async def _dry_run(self, billing_date: date, kind: RunKind) -> Run:
-        now = self._clock.now()
-        async with self._store.transaction() as uow:
-            billable, skipped = await uow.runs.count_due(billing_date, KIND_FREQUENCIES[kind])
-            run = dry_run_of(f"dry_{uuid.uuid4().hex}", billing_date, kind, billable, skipped, now)
-            await uow.runs.add([run])
-        return run
+        return started
 
     async def get(self, run_id: str) -> Run:
         async with self._store.transaction() as uow:
@@ -145,8 +137,7 @@ class Runs:
                 raise NotFound(f"run {run_id} does not exist")
             resumed = await uow.runs.resume(run_id, gateway)
             check_resumed(run_id, gateway, resumed, await uow.items.requeue_parked(run_id, gateway))
-            await uow.runs.set_states([run_id], RunState.RUNNING, None)
-            await uow.runs.save_progress({run_id: Progress()})
+            await _reopen(uow, run_id)
         await self._outages.reachable(run_id, gateway)
         await self.finish_if_done(run_id)
         return await self.get(run_id)
@@ -190,8 +181,8 @@ class Runs:
                 if progress != run.progress:
                     await uow.runs.save_progress({run.run_id: progress})
                 if newly:
-                    with telemetry.within(run.trace_context):
-                        await uow.outbox.add([ev.RunStalled(dataclasses.replace(run, progress=progress))])
+                    stalled_run = dataclasses.replace(run, progress=progress)
+                    await uow.outbox.add([ev.RunStalled(stalled_run)], [run.trace_context])
             if progress.stalled:
                 stalled.append(dataclasses.replace(run, progress=progress))
         for kind in RunKind:
@@ -221,3 +212,9 @@ class Runs:
                     break
                 created += 1
         return created
+
+
+async def _reopen(uow: UnitOfWork, run_id: str) -> None:
+    """A run with work again runs, its progress watched afresh."""
+    await uow.runs.set_states([run_id], RunState.RUNNING, None)
+    await uow.runs.save_progress({run_id: Progress()})
