@@ -311,6 +311,15 @@ def test_a_run_with_nothing_open_completes_now_unless_a_gateway_is_halted() -> N
     assert (halted.state, halted.finished_at) == (RunState.HALTED, None)
 
 
+# ------------------------------------------------------------------ tier changes
+
+
+def test_only_the_billed_accounts_own_tier_moves_its_plans() -> None:
+    assert amendments.tier_moving_plans("acct_1", "") == "acct_1"
+    assert amendments.tier_moving_plans("acct_1", "acct_1") == "acct_1"
+    assert amendments.tier_moving_plans("db_7", "acct_1") is None
+
+
 # ------------------------------------------------------------------ new subscriptions
 
 CARD = PaymentMethod(MethodType.CARD, "tok_visa")

@@ -16,6 +16,7 @@ from recurring.adapters.clients import charge_result
 from recurring.adapters.codec import EXHAUSTED_ACTIONS
 from recurring.app.invoices import Invoices
 from recurring.app.subscriptions import Subscriptions
+from recurring.domain.amendments import tier_moving_plans
 from recurring.domain.payments import PaymentUpdate
 from recurring.domain.subscription import Cause
 
@@ -31,10 +32,8 @@ def payment_update(facts: payment_pb2.PaymentFacts, *, decline_code: str = "") -
 def event_handlers(subscriptions: Subscriptions, invoices: Invoices) -> Handlers:
     async def on_tier_changed(conn: asyncpg.Connection, event: tier_pb2.TierChanged) -> None:
         tier = PLAN_TIERS.get(event.new_tier, None)
-        account = event.billed_account_id or event.account_id
-        # Only the billed account's own tier picks its plan: a database or end user below it moves
-        # that tier through the roll-up, and a downgrade of one of them alone must not move the plan.
-        if tier is None or account != event.account_id:
+        account = tier_moving_plans(event.account_id, event.billed_account_id)
+        if tier is None or account is None:
             return
         cause = Cause("tier.changed", event.header.event_id, f"tier {tier} by rule {event.rule_id}")
         await subscriptions.on_tier_changed(conn, account, tier, cause)
