@@ -10,7 +10,9 @@ from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import cast
+
+import asyncpg
 
 from billing_common.errors import BillingError, KeyInFlight, KeyReused
 from billing_common.idempotency import IdempotencyKey
@@ -20,8 +22,7 @@ from billing_common.payments import DeclineKind, FailureType
 from billing_common.subscriptions import Frequency
 from recurring.domain import ledger
 from recurring.domain.events import Event
-from recurring.domain.invoicing import Invoice, InvoiceFilter, PeriodUsage, Transaction
-from recurring.domain.ledger import LedgerLine
+from recurring.domain.invoicing import Invoice, PeriodUsage, Transaction
 from recurring.domain.payments import ChargeRequest, ChargeResult, NoAnswer, PaymentStatus
 from recurring.domain.proration import ProrationLine
 from recurring.domain.runs import (
@@ -31,14 +32,14 @@ from recurring.domain.runs import (
     Progress,
     Run,
     RunCounts,
-    RunItem,
     RunKind,
     RunState,
     WorkItem,
 )
+from recurring.domain.settlement import Charge
 from recurring.domain.settlement import Proration as OpenProration
 from recurring.domain.status import BILLABLE, SCHEDULED, TERMINAL, InvoiceStatus
-from recurring.domain.subscription import HistoryEntry, PlanInfo, Subscription, SubscriptionFilter
+from recurring.domain.subscription import HistoryEntry, PlanInfo, Subscription
 from recurring.domain.usage import UsagePeriod
 
 OPEN_ITEMS = (ItemStatus.PENDING, ItemStatus.CLAIMED, ItemStatus.DEFERRED)
@@ -117,17 +118,6 @@ class FakeSubscriptions:
         for sub in subs:
             self._t.subscriptions[sub.subscription_id] = sub
 
-    async def page(self, where: SubscriptionFilter, after: str, limit: int) -> list[Subscription]:
-        found = [
-            sub
-            for sid, sub in sorted(self._t.subscriptions.items())
-            if sid > after
-            and where.account_id in ("", sub.account_id)
-            and where.status in (None, sub.status)
-            and where.frequency in (None, sub.frequency)
-        ]
-        return found[:limit]
-
     async def tier_mapped(self, account_id: str) -> list[str]:
         return sorted(
             sid
@@ -137,13 +127,6 @@ class FakeSubscriptions:
 
     async def add_history(self, entries: Sequence[HistoryEntry]) -> None:
         self._t.history += entries
-
-    async def histories(self, subscription_ids: Sequence[str]) -> dict[str, list[HistoryEntry]]:
-        found: dict[str, list[HistoryEntry]] = {}
-        for entry in self._t.history:
-            if entry.subscription_id in subscription_ids:
-                found.setdefault(entry.subscription_id, []).append(entry)
-        return found
 
     async def add_prorations(self, lines: Mapping[str, Sequence[ProrationLine]]) -> None:
         for sid, found in lines.items():
@@ -200,10 +183,6 @@ class FakeRuns:
 
     async def load(self, run_ids: Sequence[str], *, lock: bool = False) -> dict[str, Run]:
         return {rid: self._counted(self._t.runs[rid]) for rid in run_ids if rid in self._t.runs}
-
-    async def page(self, after: int, limit: int) -> list[tuple[int, Run]]:
-        numbered = list(enumerate(self._t.runs.values(), start=1))[::-1]
-        return [(seq, self._counted(run)) for seq, run in numbered if after == 0 or seq < after][:limit]
 
     async def latest(self, kind: RunKind, not_after: date) -> Run | None:
         found = [
@@ -308,24 +287,6 @@ class FakeWorkItems:
             claimed.append(item)
         return claimed
 
-    async def page(self, run_id: str, after: int, limit: int) -> list[RunItem]:
-        states = sorted(
-            (s for s in self._t.items.values() if s.item.run_id == run_id and s.item.item_id > after),
-            key=lambda s: s.item.item_id,
-        )
-        return [
-            RunItem(
-                s.item.item_id,
-                s.item.subscription_id,
-                s.item.due_date,
-                s.item.gateway,
-                s.status,
-                s.detail,
-                s.invoice_id,
-            )
-            for s in states[:limit]
-        ]
-
     async def held(self, items: Sequence[WorkItem]) -> set[int]:
         return {item.item_id for item in items if self._t.held(item) is not None}
 
@@ -390,17 +351,6 @@ class FakeInvoices:
         keys = set(occurrence_keys)
         return {i.occurrence_key: i for i in self._t.invoices.values() if i.occurrence_key in keys}
 
-    async def page(self, where: InvoiceFilter, after: int, limit: int) -> list[tuple[int, Invoice]]:
-        numbered = enumerate(self._t.invoices.values(), start=1)
-        return [
-            (seq, i)
-            for seq, i in numbered
-            if seq > after
-            and where.subscription_id in ("", i.subscription_id)
-            and where.account_id in ("", i.account_id)
-            and where.status in (None, i.status)
-        ][:limit]
-
     async def set_statuses(
         self, invoice_ids: Sequence[str], status: InvoiceStatus, paid_at: datetime | None = None
     ) -> None:
@@ -463,20 +413,6 @@ class FakeLedger:
         owed = self._t.balance(ledger.receivable(customer), currency)
         credit = self._t.balance(ledger.customer_credit(customer), currency)
         return Money(owed + credit, currency), Money(-credit, currency)
-
-    async def lines(self, customer: str, after: int, limit: int) -> list[LedgerLine]:
-        numbered = [
-            (n, p, e)
-            for n, (p, e) in enumerate(((p, e) for p in self._t.postings for e in p.entries), start=1)
-        ]
-        return [
-            LedgerLine(n, f"ltx_{p.reference}", e.account, e.amount, p.kind.value, p.reference, datetime.min)
-            for n, p, e in numbered
-            if p.customer == customer and n > after
-        ][:limit]
-
-    async def unbalanced(self) -> list[str]:
-        return [p.reference for p in self._t.postings if not ledger.is_balanced(p.entries)]
 
 
 class FakeOutbox:
@@ -545,8 +481,15 @@ class FakeStore:
             raise
         self.commits += 1
 
-    def within(self, conn: Any) -> FakeUnitOfWork:
+    def within(self, conn: asyncpg.Connection) -> FakeUnitOfWork:
         return FakeUnitOfWork(self.tables)
+
+    @contextlib.asynccontextmanager
+    async def inbox(self) -> AsyncIterator[asyncpg.Connection]:
+        """An event's inbox transaction: what a handler's use case writes `within` its connection
+        commits, or rolls back, with it."""
+        async with self.transaction():
+            yield cast(asyncpg.Connection, object())
 
 
 # ------------------------------------------------------------------ the services recurring calls
@@ -622,6 +565,13 @@ class RecordedMetrics:
 
     def runs_stalled(self, kind: RunKind, count: int) -> None:
         self.stalled[kind] = count
+
+
+class NoTraces:
+    """Charges traced nowhere: what their answers announce is written under the current trace."""
+
+    def answered(self, charge: Charge, result: ChargeResult | NoAnswer) -> dict[str, str]:
+        return {}
 
 
 class FakeQuota:

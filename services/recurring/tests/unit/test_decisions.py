@@ -36,6 +36,7 @@ from recurring.domain.runs import (
     check_run,
     dry_run_of,
     ending,
+    lock_name,
     new_run,
     reopens,
 )
@@ -242,6 +243,11 @@ def test_a_charge_asks_for_the_attempts_amount_under_its_key_with_the_subscripti
 # ------------------------------------------------------------------ runs
 
 
+def test_one_lock_per_date_and_kind_guards_the_creation_of_a_run() -> None:
+    assert lock_name(RunKind.DAILY, date(2026, 11, 21)) == "daily:lock:2026-11-21"
+    assert lock_name(RunKind.MONTHLY, date(2026, 11, 21)) != lock_name(RunKind.DAILY, date(2026, 11, 21))
+
+
 def test_a_run_is_asked_for_by_date_and_kind() -> None:
     assert check_run(DUE, RunKind.DAILY) == (DUE, RunKind.DAILY)
     with pytest.raises(InvalidArgument) as no_date:
@@ -303,6 +309,15 @@ def test_a_run_with_nothing_open_completes_now_unless_a_gateway_is_halted() -> N
     assert (done.state, done.finished_at) == (RunState.COMPLETED, later)
     halted = ending(dataclasses.replace(running, halted_gateways=("stripe",)), later)
     assert (halted.state, halted.finished_at) == (RunState.HALTED, None)
+
+
+# ------------------------------------------------------------------ tier changes
+
+
+def test_only_the_billed_accounts_own_tier_moves_its_plans() -> None:
+    assert amendments.tier_moving_plans("acct_1", "") == "acct_1"
+    assert amendments.tier_moving_plans("acct_1", "acct_1") == "acct_1"
+    assert amendments.tier_moving_plans("db_7", "acct_1") is None
 
 
 # ------------------------------------------------------------------ new subscriptions
@@ -482,6 +497,13 @@ def test_a_balance_is_read_for_a_named_account_in_a_currency() -> None:
     with pytest.raises(InvalidArgument) as missing:
         ledger.check_account("", "")
     assert fields_of(missing) == ["account_id", "currency"]
+
+
+def test_ledger_entries_are_listed_for_a_named_account_only() -> None:
+    ledger.check_entries_of("acct_1")
+    with pytest.raises(InvalidArgument) as missing:
+        ledger.check_entries_of("")
+    assert fields_of(missing) == ["account_id"]
 
 
 # ------------------------------------------------------------------ dunning exhausted

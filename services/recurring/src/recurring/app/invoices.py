@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import logging
 
+import asyncpg
+
 from billing_common.clock import Clock
-from billing_common.errors import InvalidArgument, NotFound, Unavailable
+from billing_common.errors import NotFound, Unavailable
 from billing_common.idempotency import IdempotencyKey
 from billing_common.money import Money
-from billing_common.paging import Page, PageRequest
 from recurring.app.ports import Gateway, Store, UnitOfWork
 from recurring.app.settling import apply, books_for_invoices, new_id
 from recurring.app.subscriptions import existing_subscription
 from recurring.domain import ledger
-from recurring.domain.invoicing import Invoice, InvoiceFilter, Transaction
-from recurring.domain.ledger import LedgerLine
+from recurring.domain.invoicing import Invoice
 from recurring.domain.payments import NoAnswer, PaymentUpdate, described
 from recurring.domain.settlement import (
     Answer,
@@ -48,29 +48,15 @@ class Invoices:
         self._policy = policy
         self._rules = rules
 
-    async def get(self, invoice_id: str) -> tuple[Invoice, list[Transaction]]:
-        async with self._store.transaction() as uow:
-            invoice = await _invoice(uow, invoice_id)
-            return invoice, (await uow.invoices.attempts_of([invoice_id])).get(invoice_id, [])
-
-    async def page(
-        self, where: InvoiceFilter, page: PageRequest[int]
-    ) -> Page[tuple[Invoice, list[Transaction]], int]:
-        async with self._store.transaction() as uow:
-            cut = page.cut(await uow.invoices.page(where, page.after, page.limit), lambda row: row[0])
-            attempts = await uow.invoices.attempts_of([invoice.invoice_id for _, invoice in cut.items])
-        return Page(
-            [(invoice, attempts.get(invoice.invoice_id, [])) for _, invoice in cut.items], cut.next_after
-        )
-
-    async def retry_payment(self, invoice_id: str, key: str) -> tuple[Invoice, Transaction, bool]:
-        """Charge an open invoice once per key (dunning's "<case id>:<attempt>")."""
+    async def retry_payment(self, invoice_id: str, key: str) -> tuple[str, bool]:
+        """Charge an open invoice once per key (dunning's "<case id>:<attempt>"); the id of the
+        attempt, and whether it was answered before (the key was sent again)."""
         check_retry(invoice_id, key)
         async with self._store.transaction() as uow:
             attempt = earlier_retry((await uow.invoices.by_retry_keys([key])).get(key), invoice_id, key)
             invoice = await _invoice(uow, invoice_id, lock=True)
             if attempt is not None and attempt.answered:
-                return invoice, attempt, True
+                return attempt.transaction_id, True
             if attempt is None:
                 attempts = (await uow.invoices.attempts_of([invoice_id])).get(invoice_id, [])
                 attempt = retry(invoice, attempts, key, self._clock.now(), new_id)
@@ -85,22 +71,19 @@ class Invoices:
             raise Unavailable("the payment service did not answer; retry with the same key")
         async with self._store.transaction() as uow:
             await self._settle(uow, [Answer(attempt, result)], Cause("dunning"))
-        async with self._store.transaction() as uow:
-            invoice = await _invoice(uow, invoice_id)
-            attempts = (await uow.invoices.attempts_of([invoice_id]))[invoice_id]
-        return invoice, next(t for t in attempts if t.transaction_id == attempt.transaction_id), False
+        return attempt.transaction_id, False
 
-    async def void(self, invoice_id: str, reason: str, idem: IdempotencyKey) -> Invoice:
+    async def void(self, invoice_id: str, reason: str, idem: IdempotencyKey) -> None:
+        """Void an unpaid invoice; a key seen before changes nothing."""
         async with self._store.transaction() as uow:
             if idem.key and await uow.keys.claim(idem) is not None:
-                return await _invoice(uow, invoice_id)
+                return
             invoice = await _invoice(uow, invoice_id, lock=True)
             now = self._clock.now()
             attempts = (await uow.invoices.attempts_of([invoice_id])).get(invoice_id, [])
             await apply(uow, void(invoice, attempts, reason, now), now)
             if idem.key:
                 await uow.keys.complete(idem, invoice_id)
-            return await _invoice(uow, invoice_id)
 
     async def _settle(self, uow: UnitOfWork, answers: list[Answer], cause: Cause) -> None:
         """Settle charge answers through the one calculator and applicator."""
@@ -108,15 +91,21 @@ class Invoices:
         books = await books_for_invoices(uow, [answer.attempt.invoice_id for answer in answers])
         await apply(uow, settle(answers, books, self._rules, cause, now), now)
 
-    async def on_payment_outcome(self, uow: UnitOfWork, update: PaymentUpdate) -> None:
+    # ------------------------------------------------------------ events, in the inbox's transaction
+
+    async def on_payment_outcome(self, conn: asyncpg.Connection, update: PaymentUpdate) -> None:
         """payment.settled / payment.reconciled: the final word on a pending or unknown charge."""
+        uow = self._store.within(conn)
         attempt = await uow.invoices.find_for_payment(update.payment_id, update.idempotency_key)
         if attempt is None:
             return
         await self._settle(uow, [Answer(attempt, update.result, final_word=True)], Cause("gateway-adapter"))
 
-    async def on_payment_returned(self, uow: UnitOfWork, update: PaymentUpdate, event_id: str) -> None:
+    async def on_payment_returned(
+        self, conn: asyncpg.Connection, update: PaymentUpdate, event_id: str
+    ) -> None:
         """An ACH debit came back: the money leaves again and the invoice goes to dunning."""
+        uow = self._store.within(conn)
         attempt = await uow.invoices.find_for_payment(update.payment_id, update.idempotency_key)
         if attempt is None:
             return
@@ -126,9 +115,10 @@ class Invoices:
         await apply(uow, settle_return(attempt, update.result, books, cause, now), now)
 
     async def on_payment_refunded(
-        self, uow: UnitOfWork, update: PaymentUpdate, refund_id: str, refunded_total: Money
+        self, conn: asyncpg.Connection, update: PaymentUpdate, refund_id: str, refunded_total: Money
     ) -> None:
         """payment.refunded (full or partial): the ledger and the invoice show what went back."""
+        uow = self._store.within(conn)
         attempt = await uow.invoices.find_for_payment(update.payment_id, update.idempotency_key)
         if attempt is None:
             return
@@ -136,9 +126,10 @@ class Invoices:
         await apply(uow, settle_refund(attempt, refund_id, refunded_total, books), self._clock.now())
 
     async def on_dunning_exhausted(
-        self, uow: UnitOfWork, invoice_id: str, action: ExhaustedAction | None, event_id: str
+        self, conn: asyncpg.Connection, invoice_id: str, action: ExhaustedAction | None, event_id: str
     ) -> None:
         """Write the invoice off and suspend or cancel the subscription, as the merchant's policy says."""
+        uow = self._store.within(conn)
         invoice = (await uow.invoices.load([invoice_id], lock=True)).get(invoice_id)
         if invoice is None:
             return
@@ -160,22 +151,6 @@ class Invoices:
                 await uow.keys.complete(idem, account_id)
             _, available = await uow.ledger.balances(account_id, credit.currency)
         return available
-
-    async def balance(self, account_id: str, currency: str) -> tuple[Money, Money]:
-        ledger.check_account(account_id, currency)
-        async with self._store.transaction() as uow:
-            return await uow.ledger.balances(account_id, currency)
-
-    async def ledger_entries(self, account_id: str, page: PageRequest[int]) -> Page[LedgerLine, int]:
-        if not account_id:
-            raise InvalidArgument.of("account_id", "required")
-        async with self._store.transaction() as uow:
-            lines = await uow.ledger.lines(account_id, page.after, page.limit)
-        return page.cut(lines, lambda line: line.entry_id)
-
-    async def unbalanced_ledger_transactions(self) -> list[str]:
-        async with self._store.transaction() as uow:
-            return await uow.ledger.unbalanced()
 
 
 async def _invoice(uow: UnitOfWork, invoice_id: str, *, lock: bool = False) -> Invoice:

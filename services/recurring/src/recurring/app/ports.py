@@ -16,8 +16,8 @@ from billing_common.locks import Lease
 from billing_common.money import Money
 from billing_common.subscriptions import Frequency
 from recurring.domain.events import Event
-from recurring.domain.invoicing import Invoice, InvoiceFilter, PeriodUsage, Transaction
-from recurring.domain.ledger import LedgerLine, Posting
+from recurring.domain.invoicing import Invoice, PeriodUsage, Transaction
+from recurring.domain.ledger import Posting
 from recurring.domain.payments import ChargeRequest, ChargeResult, NoAnswer
 from recurring.domain.proration import ProrationLine
 from recurring.domain.runs import (
@@ -26,14 +26,13 @@ from recurring.domain.runs import (
     Progress,
     Run,
     RunCounts,
-    RunItem,
     RunKind,
     RunState,
     WorkItem,
 )
-from recurring.domain.settlement import Proration
+from recurring.domain.settlement import Charge, Proration
 from recurring.domain.status import InvoiceStatus
-from recurring.domain.subscription import HistoryEntry, Subscription, SubscriptionFilter
+from recurring.domain.subscription import HistoryEntry, Subscription
 from recurring.domain.subscription import PlanInfo as PlanInfo
 from recurring.domain.usage import UsagePeriod
 
@@ -44,19 +43,14 @@ class SubscriptionRepository(Protocol):
     async def add(self, subs: Sequence[Subscription]) -> None: ...
     async def load(self, subscription_ids: Sequence[str], *, lock: bool = False) -> dict[str, Subscription]:
         """By id; missing ones are left out."""
-        ...
 
     async def save(self, subs: Sequence[Subscription]) -> None: ...
-    async def page(self, where: SubscriptionFilter, after: str, limit: int) -> list[Subscription]: ...
     async def tier_mapped(self, account_id: str) -> list[str]:
         """Ids of the account's live subscriptions whose plan follows its tier."""
-        ...
 
     async def add_history(self, entries: Sequence[HistoryEntry]) -> None: ...
-    async def histories(self, subscription_ids: Sequence[str]) -> dict[str, list[HistoryEntry]]: ...
     async def add_prorations(self, lines: Mapping[str, Sequence[ProrationLine]]) -> None:
         """Lines for the next invoice, by subscription id."""
-        ...
 
     async def open_prorations(self, subscription_ids: Sequence[str]) -> dict[str, list[Proration]]: ...
     async def attach_prorations(self, ids_by_invoice: Mapping[str, Sequence[int]]) -> None: ...
@@ -65,78 +59,59 @@ class SubscriptionRepository(Protocol):
 class RunRepository(Protocol):
     async def add(self, runs: Sequence[Run]) -> None:
         """A real run of a date and kind that exists already is left as it is."""
-        ...
 
     async def find(self, billing_date: date, kind: RunKind) -> Run | None:
         """The real run of the date and kind."""
-        ...
 
     async def load(self, run_ids: Sequence[str], *, lock: bool = False) -> dict[str, Run]: ...
-    async def page(self, after: int, limit: int) -> list[tuple[int, Run]]: ...
     async def latest(self, kind: RunKind, not_after: date) -> Run | None:
         """The real run of the kind with the latest billing date on or before `not_after`."""
-        ...
 
     async def running(self) -> list[Run]:
         """Real runs still RUNNING, oldest date first, with what the scheduler last saw of them."""
-        ...
 
     async def set_states(
         self, run_ids: Sequence[str], state: RunState, finished_at: datetime | None
     ) -> None: ...
     async def save_progress(self, progress: Mapping[str, Progress]) -> None:
         """By run id."""
-        ...
 
     async def halt(self, run_id: str, gateway: str) -> bool:
         """Add the gateway to the run's halted ones; False if it was halted already."""
-        ...
 
     async def resume(self, run_id: str, gateway: str) -> bool: ...
     async def counts(self, run_ids: Sequence[str]) -> dict[str, RunCounts]: ...
     async def open_items(self, run_id: str) -> int:
         """Items still to work: pending, claimed, or deferred on a gateway that is not halted."""
-        ...
 
     async def deferred_items(self, run_id: str, gateway: str) -> int: ...
     async def enqueue_due(self, run_id: str, billing_date: date, frequencies: Sequence[Frequency]) -> int:
         """Work items for every scheduled subscription due on or before the date; never one twice."""
-        ...
 
     async def count_due(self, billing_date: date, frequencies: Sequence[Frequency]) -> tuple[int, int]:
         """(billable, would be skipped) subscriptions due on or before the date."""
-        ...
 
 
 class WorkItemRepository(Protocol):
     """A run's due occurrences, claimed by workers under a lease and token."""
 
     async def claim(self, limit: int, lease: timedelta, claim_token: str) -> list[WorkItem]: ...
-    async def page(self, run_id: str, after: int, limit: int) -> list[RunItem]:
-        """The run's items in the order they were queued, after the item id `after`."""
-        ...
-
     async def held(self, items: Sequence[WorkItem]) -> set[int]:
         """Lock the items; the ids of those this claim still owns."""
-        ...
 
     async def finish(self, results: Sequence[ItemResult]) -> None: ...
     async def defer(self, deferrals: Sequence[tuple[WorkItem, timedelta, str]]) -> None:
         """Let each item wait its delay, with its detail, unless its claim was lost."""
-        ...
 
     async def record_failures(self, failures: Sequence[tuple[WorkItem, AfterFailure, str]]) -> list[WorkItem]:
         """Count a failure of ours per item: park it or let it wait; returns the items parked now
         (an item whose claim was lost is left alone)."""
-        ...
 
     async def release(self, claimant: str) -> int:
         """Hand back the items still claimed under tokens starting with `claimant`; how many."""
-        ...
 
     async def requeue_parked(self, run_id: str, gateway: str) -> int:
         """Send the run's parked items of the gateway back to work, with their failures forgotten."""
-        ...
 
 
 class InvoiceRepository(Protocol):
@@ -145,63 +120,48 @@ class InvoiceRepository(Protocol):
     async def add(self, invoices: Sequence[Invoice]) -> None: ...
     async def load(self, invoice_ids: Sequence[str], *, lock: bool = False) -> dict[str, Invoice]:
         """With lines, by id; missing ones are left out."""
-        ...
 
     async def for_occurrences(self, occurrence_keys: Sequence[str]) -> dict[str, Invoice]:
         """By occurrence key, without lines."""
-        ...
 
-    async def page(self, where: InvoiceFilter, after: int, limit: int) -> list[tuple[int, Invoice]]: ...
     async def set_statuses(
         self, invoice_ids: Sequence[str], status: InvoiceStatus, paid_at: datetime | None = None
     ) -> None: ...
     async def set_refunds(self, refunded: Mapping[str, int]) -> None:
         """The refunded total of each invoice, by id."""
-        ...
 
     async def unpaid_counts(self, subscription_ids: Sequence[str]) -> dict[str, int]:
         """Open or failed invoices per subscription; those with none are left out."""
-        ...
 
     async def add_attempts(self, attempts: Sequence[Transaction]) -> None: ...
     async def save_attempts(self, attempts: Sequence[Transaction]) -> None: ...
     async def attempts_of(self, invoice_ids: Sequence[str]) -> dict[str, list[Transaction]]:
         """Every attempt of each invoice, in attempt order."""
-        ...
 
     async def by_retry_keys(self, retry_keys: Sequence[str]) -> dict[str, Transaction]: ...
     async def find_for_payment(self, payment_id: str, idempotency_key: str) -> Transaction | None:
         """The attempt a payment event is about: by its key first, else by the gateway's id."""
-        ...
 
 
 class Ledger(Protocol):
     async def post(self, postings: Sequence[Posting], at: datetime) -> None:
         """Each posting is one ledger transaction."""
-        ...
 
     async def credits(self, customers: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Money]:
         """Credit available to each (customer, currency)."""
-        ...
 
     async def balances(self, customer: str, currency: str) -> tuple[Money, Money]:
         """(balance: receivable plus credit accounts, credit available) of a customer."""
-        ...
-
-    async def lines(self, customer: str, after: int, limit: int) -> list[LedgerLine]: ...
-    async def unbalanced(self) -> list[str]: ...
 
 
 class Outbox(Protocol):
     async def add(self, events: Sequence[Event], traces: Sequence[Mapping[str, str]] = ()) -> None:
         """`traces`: the stored trace each event is written under ({} or none: the current one)."""
-        ...
 
 
 class IdempotencyKeys(Protocol):
     async def claim(self, idem: IdempotencyKey) -> str | None:
         """None when the key is new; else the earlier call's answer (see billing_common.idempotency)."""
-        ...
 
     async def complete(self, idem: IdempotencyKey, answer: str) -> None: ...
 
@@ -231,7 +191,6 @@ class Store(Protocol):
     def transaction(self) -> AbstractAsyncContextManager[UnitOfWork]: ...
     def within(self, conn: asyncpg.Connection) -> UnitOfWork:
         """The transaction an event handler already runs in (the inbox's)."""
-        ...
 
 
 class Quota(Protocol):
@@ -239,7 +198,6 @@ class Quota(Protocol):
     async def usages(self, periods: Sequence[UsagePeriod]) -> list[PeriodUsage | BillingError]:
         """One answer per period, in order: its billable usage and add-ons, or why quota gave none
         (raises when the call as a whole failed)."""
-        ...
 
     async def plan_for_tier(self, tier: str) -> str | None: ...
 
@@ -251,11 +209,9 @@ class Gateway(Protocol):
 
     async def charge(self, request: ChargeRequest) -> ChargeResult | NoAnswer:
         """One charge someone waits for, in the interactive lane."""
-        ...
 
     async def charge_batch(self, requests: Sequence[ChargeRequest]) -> list[ChargeResult | NoAnswer]:
         """A run's charges, in the batch lane; one answer per request, in order."""
-        ...
 
 
 class OutageCounter(Protocol):
@@ -265,14 +221,17 @@ class OutageCounter(Protocol):
     async def reachable(self, run_id: str, gateway: str) -> None: ...
 
 
+class ChargeTraces(Protocol):
+    def answered(self, charge: Charge, result: ChargeResult | NoAnswer) -> Mapping[str, str]:
+        """Trace the charge's answer; the trace what the answer announces is written under."""
+
+
 class RecurringMetrics(Protocol):
     """What charging and the runs report; an adapter keeps the figures for the dashboards."""
 
     def charge_answered(self, gateway: str, status: str) -> None:
         """A charge's answer: the payment's status, or "refused" / "no_answer" (no gateway)."""
-        ...
 
     def item_parked(self, gateway: str) -> None: ...
     def runs_stalled(self, kind: RunKind, count: int) -> None:
         """How many running runs of the kind are stalled now (0 once they move again)."""
-        ...

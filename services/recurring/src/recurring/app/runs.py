@@ -15,14 +15,12 @@ from billing_common import telemetry
 from billing_common.clock import Clock
 from billing_common.errors import NotFound, Unavailable
 from billing_common.locks import Locks
-from billing_common.paging import Page, PageRequest
-from recurring.app.ports import OutageCounter, RecurringMetrics, Store
+from recurring.app.ports import OutageCounter, RecurringMetrics, Store, UnitOfWork
 from recurring.domain import events as ev
 from recurring.domain.runs import (
     KIND_FREQUENCIES,
     Progress,
     Run,
-    RunItem,
     RunKind,
     RunState,
     blocks_next_date,
@@ -33,6 +31,7 @@ from recurring.domain.runs import (
     dry_run_of,
     ending,
     latest_scheduled_date,
+    lock_name,
     new_run,
     reopens,
     watch,
@@ -48,11 +47,6 @@ class Schedule:
     max_catch_up_days: int
     lock_ttl: timedelta
     stalled_after: timedelta
-
-
-def lock_name(kind: RunKind, billing_date: date) -> str:
-    """Under the service's namespace this is `recurring:<kind>:lock:<date>`."""
-    return f"{kind.value}:lock:{billing_date.isoformat()}"
 
 
 class Runs:
@@ -96,8 +90,7 @@ class Runs:
                     else:
                         due = await uow.runs.enqueue_due(run.run_id, billing_date, KIND_FREQUENCIES[kind])
                         if reopens(run, due):
-                            await uow.runs.set_states([run.run_id], RunState.RUNNING, None)
-                            await uow.runs.save_progress({run.run_id: Progress()})
+                            await _reopen(uow, run.run_id)
                         message = "run extended" if due else ""
                 if due:
                     self.work_queued.set()
@@ -118,19 +111,16 @@ class Runs:
     async def run_billing(self, asked_date: date | None, asked_kind: RunKind | None, dry_run: bool) -> Run:
         billing_date, kind = check_run(asked_date, asked_kind)
         if dry_run:
-            return await self._dry_run(billing_date, kind)
-        run = await self.start(billing_date, kind, wait=timedelta(seconds=30))
-        if run is None:
+            async with self._store.transaction() as uow:
+                billable, skipped = await uow.runs.count_due(billing_date, KIND_FREQUENCIES[kind])
+                now = self._clock.now()
+                run = dry_run_of(f"dry_{uuid.uuid4().hex}", billing_date, kind, billable, skipped, now)
+                await uow.runs.add([run])
+            return run
+        started = await self.start(billing_date, kind, wait=timedelta(seconds=30))
+        if started is None:
             raise Unavailable(f"another pod is creating the {kind.value} run of {billing_date}; try again")
-        return run
-
-    async def _dry_run(self, billing_date: date, kind: RunKind) -> Run:
-        now = self._clock.now()
-        async with self._store.transaction() as uow:
-            billable, skipped = await uow.runs.count_due(billing_date, KIND_FREQUENCIES[kind])
-            run = dry_run_of(f"dry_{uuid.uuid4().hex}", billing_date, kind, billable, skipped, now)
-            await uow.runs.add([run])
-        return run
+        return started
 
     async def get(self, run_id: str) -> Run:
         async with self._store.transaction() as uow:
@@ -138,21 +128,6 @@ class Runs:
         if run is None:
             raise NotFound(f"run {run_id} does not exist")
         return run
-
-    async def page(self, page: PageRequest[int]) -> Page[Run, int]:
-        """Newest first; the cursor is the sequence number of the last run listed (0: the newest)."""
-        async with self._store.transaction() as uow:
-            rows = await uow.runs.page(page.after, page.limit)
-        cut = page.cut(rows, lambda row: row[0])
-        return Page([run for _, run in cut.items], cut.next_after)
-
-    async def items(self, run_id: str, page: PageRequest[int]) -> Page[RunItem, int]:
-        """A run's items in the order they were queued; the cursor is the last item's id."""
-        async with self._store.transaction() as uow:
-            if not await uow.runs.load([run_id]):
-                raise NotFound(f"run {run_id} does not exist")
-            rows = await uow.items.page(run_id, page.after, page.limit)
-        return page.cut(rows, lambda item: item.item_id)
 
     async def resume(self, run_id: str, gateway: str) -> Run:
         """Resume the gateway's halted part and send its parked items back to work."""
@@ -162,8 +137,7 @@ class Runs:
                 raise NotFound(f"run {run_id} does not exist")
             resumed = await uow.runs.resume(run_id, gateway)
             check_resumed(run_id, gateway, resumed, await uow.items.requeue_parked(run_id, gateway))
-            await uow.runs.set_states([run_id], RunState.RUNNING, None)
-            await uow.runs.save_progress({run_id: Progress()})
+            await _reopen(uow, run_id)
         await self._outages.reachable(run_id, gateway)
         await self.finish_if_done(run_id)
         return await self.get(run_id)
@@ -207,8 +181,8 @@ class Runs:
                 if progress != run.progress:
                     await uow.runs.save_progress({run.run_id: progress})
                 if newly:
-                    with telemetry.within(run.trace_context):
-                        await uow.outbox.add([ev.RunStalled(dataclasses.replace(run, progress=progress))])
+                    stalled_run = dataclasses.replace(run, progress=progress)
+                    await uow.outbox.add([ev.RunStalled(stalled_run)], [run.trace_context])
             if progress.stalled:
                 stalled.append(dataclasses.replace(run, progress=progress))
         for kind in RunKind:
@@ -238,3 +212,9 @@ class Runs:
                     break
                 created += 1
         return created
+
+
+async def _reopen(uow: UnitOfWork, run_id: str) -> None:
+    """A run with work again runs, its progress watched afresh."""
+    await uow.runs.set_states([run_id], RunState.RUNNING, None)
+    await uow.runs.save_progress({run_id: Progress()})

@@ -8,10 +8,11 @@ from collections.abc import Callable
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
+import asyncpg
+
 from billing_common.clock import Clock
 from billing_common.errors import NotFound
 from billing_common.idempotency import IdempotencyKey
-from billing_common.paging import Page, PageRequest
 from recurring.app.ports import Quota, Store, UnitOfWork
 from recurring.domain import amendments
 from recurring.domain.amendments import Amendment, Changes, CreateCommand
@@ -19,9 +20,7 @@ from recurring.domain.schedule import local_day
 from recurring.domain.status import Action
 from recurring.domain.subscription import (
     Cause,
-    HistoryEntry,
     Subscription,
-    SubscriptionFilter,
     created_entry,
     history_entry,
 )
@@ -52,20 +51,6 @@ class Subscriptions:
             await uow.outbox.add(created.events)
             await uow.keys.complete(idem, sub.subscription_id)
         return sub
-
-    async def get(self, subscription_id: str) -> Subscription:
-        async with self._store.transaction() as uow:
-            return await existing_subscription(uow, subscription_id)
-
-    async def page(self, where: SubscriptionFilter, page: PageRequest[str]) -> Page[Subscription, str]:
-        async with self._store.transaction() as uow:
-            subs = await uow.subscriptions.page(where, page.after, page.limit)
-        return page.cut(subs, lambda sub: sub.subscription_id)
-
-    async def history(self, subscription_id: str) -> list[HistoryEntry]:
-        async with self._store.transaction() as uow:
-            await existing_subscription(uow, subscription_id)
-            return (await uow.subscriptions.histories([subscription_id])).get(subscription_id, [])
 
     async def update(
         self, subscription_id: str, changes: Changes, idem: IdempotencyKey, cause: Cause
@@ -103,8 +88,12 @@ class Subscriptions:
             lambda sub: amendments.cancel(sub, at_period_end, self._clock.now()),
         )
 
-    async def on_tier_changed(self, uow: UnitOfWork, account_id: str, tier: str, cause: Cause) -> int:
-        """Move the account's tier-mapped subscriptions to the tier's plan; returns how many moved."""
+    async def on_tier_changed(
+        self, conn: asyncpg.Connection, account_id: str, tier: str, cause: Cause
+    ) -> int:
+        """tier.changed, in the inbox's transaction: move the account's tier-mapped subscriptions to the
+        tier's plan; returns how many moved."""
+        uow = self._store.within(conn)
         ids = await uow.subscriptions.tier_mapped(account_id)
         if not ids:
             return 0

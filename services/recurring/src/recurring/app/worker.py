@@ -5,25 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from time import perf_counter
 from zoneinfo import ZoneInfo
 
-from billing_common import telemetry
 from billing_common.clock import Clock
-from recurring.app.ports import Gateway, OutageCounter, Quota, RecurringMetrics, Store
+from recurring.app.ports import ChargeTraces, Gateway, OutageCounter, Quota, RecurringMetrics, Store
 from recurring.app.runs import Runs
 from recurring.app.settling import apply, books_for_invoices, books_for_items, new_id
 from recurring.domain import events as ev
 from recurring.domain import usage
 from recurring.domain.invoicing import Invoice, PeriodUsage
 from recurring.domain.outages import halts, outage_steps
-from recurring.domain.payments import ChargeResult, NoAnswer, Outcome, described, tally
+from recurring.domain.payments import ChargeResult, NoAnswer, Outcome, tally
 from recurring.domain.runs import AfterFailure, WorkItem
 from recurring.domain.settlement import (
     BILLING,
@@ -47,12 +44,18 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class WorkerConfig:
     batch_size: int
-    concurrent_batches: int
     lease: timedelta
-    idle_poll: timedelta
-    jitter: timedelta
     rules: Rules
     zone: ZoneInfo
+
+
+@dataclass
+class Worked:
+    """What became of a batch: how many charges ended each way, and why the batch failed as a whole
+    when it did (its items then went one by one)."""
+
+    outcomes: Counter[str]
+    failure: Exception | None = None
 
 
 class Worker:
@@ -66,6 +69,7 @@ class Worker:
         clock: Clock,
         config: WorkerConfig,
         metrics: RecurringMetrics,
+        traces: ChargeTraces,
     ) -> None:
         self._store = store
         self._runs = runs
@@ -75,96 +79,39 @@ class Worker:
         self._clock = clock
         self._config = config
         self._metrics = metrics
+        self._traces = traces
         # Every claim token of this worker starts with it: what the worker still holds when it
         # stops is handed back by it.
         self._pod = uuid.uuid4().hex
-        self._stopping = asyncio.Event()
-        self._stopped = asyncio.Event()
-        self._stopped.set()
 
-    async def run_forever(self) -> None:
-        """A few batch loops at once, so one batch is invoiced while another one's charges are out.
-        However they end (drained, or cancelled with batches in hand), what this worker still holds
-        goes back to work at once instead of waiting for its lease."""
-        self._stopped.clear()
-        try:
-            await asyncio.gather(*(self._work_forever() for _ in range(self._config.concurrent_batches)))
-        finally:
-            self._stopped.set()
-            await self._release()
+    async def release(self) -> int:
+        """Hand back the items this worker still holds (it stops); how many."""
+        async with self._store.transaction() as uow:
+            return await uow.items.release(self._pod)
 
-    async def drain(self) -> None:
-        """SIGTERM: claim nothing more and finish the batches in hand (the host bounds the wait)."""
-        self._stopping.set()
-        await self._stopped.wait()
-
-    async def _work_forever(self) -> None:
-        queued = self._runs.work_queued
-        while not self._stopping.is_set():
-            queued.clear()  # what is queued from here on wakes the pause below
-            worked = await self.work_once()
-            pause = self._config.jitter.total_seconds() * random.random()
-            if not worked:
-                pause += self._config.idle_poll.total_seconds()
-            if pause:
-                await _first_of(pause, self._stopping, queued)
-
-    async def _release(self) -> None:
-        try:
-            async with self._store.transaction() as uow:
-                released = await uow.items.release(self._pod)
-        except Exception:
-            log.exception("handing back claimed work items failed; their lease runs out")
-            return
-        if released:
-            log.info("claimed work items handed back", extra={"items": released})
-
-    async def work_once(self) -> int:
-        """Claim one batch (FOR UPDATE SKIP LOCKED, with a lease) and work it; how many items."""
+    async def claim(self) -> list[WorkItem]:
+        """One batch of due items (FOR UPDATE SKIP LOCKED, with a lease), under a new claim token."""
         async with self._store.transaction() as uow:
             token = f"{self._pod}.{uuid.uuid4().hex}"
-            items = await uow.items.claim(self._config.batch_size, self._config.lease, token)
-        if not items:
-            return 0
-        run_ids = sorted({item.run_id for item in items})
-        # The batch continues the trace of the run that queued its items (linked to any other's).
-        contexts = list(
-            {str(item.trace_context.get("traceparent")): item.trace_context for item in items}.values()
-        )
-        contexts.sort(key=lambda stored: not stored)
-        started = perf_counter()
-        outcomes: Counter[str] = Counter()
-        with telemetry.span(
-            "recurring.batch",
-            parent=contexts[0],
-            links=contexts[1:],
-            attributes={"batch.items": len(items), "run.ids": run_ids},
-        ) as span:
-            working = await self._park_worn_out(items)
-            if working:
-                try:
-                    charges = await self._bill(working)
-                except Exception as error:
-                    log.exception("batch failed; its items go one by one", extra={"items": len(working)})
-                    telemetry.failed(span, error)
-                    for alone in await asyncio.gather(*(self._bill_alone(item) for item in working)):
-                        outcomes.update(alone)
-                else:
-                    outcomes = await self._charge_all(charges)
-            for run_id in run_ids:
-                await self._runs.finish_if_done(run_id)
-            span.set_attributes({f"batch.{outcome}": count for outcome, count in outcomes.items()})
-            log.info(
-                "batch worked",
-                extra={
-                    "run_ids": run_ids,
-                    "items": len(items),
-                    "charges": sum(outcomes.values()),
-                    **outcomes,
-                    "seconds": round(perf_counter() - started, 3),
-                },
-            )
-        return len(items)
+            return await uow.items.claim(self._config.batch_size, self._config.lease, token)
+
+    async def work(self, items: list[WorkItem]) -> Worked:
+        """Bill and charge a claimed batch; a batch that fails as a whole goes item by item."""
+        worked = Worked(Counter())
+        working = await self._park_worn_out(items)
+        if working:
+            try:
+                charges = await self._bill(working)
+            except Exception as error:
+                log.exception("batch failed; its items go one by one", extra={"items": len(working)})
+                worked.failure = error
+                for alone in await asyncio.gather(*(self._bill_alone(item) for item in working)):
+                    worked.outcomes.update(alone)
+            else:
+                worked.outcomes = await self._charge_all(charges)
+        for run_id in sorted({item.run_id for item in items}):
+            await self._runs.finish_if_done(run_id)
+        return worked
 
     async def _bill_alone(self, item: WorkItem) -> Counter[str]:
         """One item on its own: the path a batch falls back to when it fails as a whole."""
@@ -172,7 +119,7 @@ class Worker:
             charges = await self._bill([item])
         except Exception as error:
             log.exception("work item failed", extra={"item": item.item_id, "run": item.run_id})
-            await self._fail([(item, _reason("preparing", error))])
+            await self._fail("preparing", [(item, error)])
             return Counter()
         return await self._charge_all(charges)
 
@@ -182,22 +129,25 @@ class Worker:
         failures = worn_out(items, self._config.rules)
         if not failures:
             return items
-        async with self._store.transaction() as uow:
-            self._parked(await apply(uow, Change(failures=failures), self._clock.now()), failures)
+        await self._record_failures(failures)
         parked = {item.item_id for item, _, _ in failures}
         return [item for item in items if item.item_id not in parked]
 
-    async def _fail(self, failures: Sequence[tuple[WorkItem, str]]) -> None:
+    async def _fail(self, step: str, failures: Sequence[tuple[WorkItem, BaseException]]) -> None:
         """Count a failure of ours per item: at the limit the item is parked, else tried again later.
         If even this cannot be written, the claim's lease runs out and the next claim counts it."""
         if not failures:
             return
-        counted = [failure_of(item, reason, self._config.rules) for item, reason in failures]
+        rules = self._config.rules
+        counted = [failure_of(item, f"{step}: {type(e).__name__}: {e}", rules) for item, e in failures]
         try:
-            async with self._store.transaction() as uow:
-                self._parked(await apply(uow, Change(failures=counted), self._clock.now()), counted)
+            await self._record_failures(counted)
         except Exception:
             log.exception("recording failed items failed", extra={"items": len(failures)})
+
+    async def _record_failures(self, failures: list[tuple[WorkItem, AfterFailure, str]]) -> None:
+        async with self._store.transaction() as uow:
+            self._parked(await apply(uow, Change(failures=failures), self._clock.now()), failures)
 
     def _parked(
         self, parked: Sequence[WorkItem], failures: Sequence[tuple[WorkItem, AfterFailure, str]]
@@ -216,19 +166,6 @@ class Worker:
                 },
             )
 
-    async def _send_all(
-        self, charges: list[Charge]
-    ) -> list[tuple[Charge, ChargeResult | NoAnswer, telemetry.TraceContext]]:
-        """Send the batch's charges in one call; each answer with the trace to record it in: a span
-        per charge (under the trace that wrote the attempt, when an earlier worker did)."""
-        results = await self._gateway.charge_batch(
-            [charge_request(c.attempt, c.subscription) for c in charges]
-        )
-        return [
-            (charge, result, _trace_answer(charge, result))
-            for charge, result in zip(charges, results, strict=True)
-        ]
-
     async def _bill(self, items: list[WorkItem]) -> list[Charge]:
         """Invoice the items' occurrences and write their attempts in one transaction; the charges
         to send. Items whose usage quota could not give wait (or count a failure of ours)."""
@@ -241,7 +178,7 @@ class Worker:
                 await apply(uow, Change(deferred=usages.waiting), self._clock.now())
         for item, error in usages.failed:
             log.error("usage failed", exc_info=error, extra={"item": item.item_id})
-        await self._fail([(item, _reason("usage", error)) for item, error in usages.failed])
+        await self._fail("usage", usages.failed)
         billable = [item for item in items if item.item_id in usages.found]
         if not billable:
             return []
@@ -274,13 +211,15 @@ class Worker:
         if not charges:
             return Counter()
         try:
-            sent = await self._send_all(charges)
+            results = await self._gateway.charge_batch(
+                [charge_request(c.attempt, c.subscription) for c in charges]
+            )
         except Exception as error:
             log.exception("charging failed", extra={"items": len(charges)})
-            await self._fail([(charge.item, _reason("charging", error)) for charge in charges])
+            await self._fail("charging", [(charge.item, error) for charge in charges])
             return Counter(errors=len(charges))
-        answered = sorted(((charge, result) for charge, result, _ in sent), key=lambda a: a[0].item.item_id)
-        traces = {charge.item.item_id: trace for charge, _, trace in sent}
+        answered = sorted(zip(charges, results, strict=True), key=lambda a: a[0].item.item_id)
+        traces = {charge.item.item_id: self._traces.answered(charge, result) for charge, result in answered}
         try:
             recorded = await self._conclude(answered, traces)
         except Exception:
@@ -292,7 +231,7 @@ class Worker:
     async def _conclude(
         self,
         answered: list[tuple[Charge, ChargeResult | NoAnswer]],
-        traces: Mapping[int, telemetry.TraceContext],
+        traces: Mapping[int, Mapping[str, str]],
     ) -> list[tuple[WorkItem, Outcome]]:
         """Settle the answers in one transaction; an item whose lease was taken over keeps its new
         owner. What a charge's answer announces is written under the charge's trace."""
@@ -323,44 +262,3 @@ class Worker:
                 deferred = await uow.runs.deferred_items(run_id, gateway)
                 await uow.outbox.add([ev.RunHalted(run, gateway, deferred)])
                 log.warning("gateway halted in run", extra={"run": run_id, "gateway": gateway})
-
-
-def _trace_answer(charge: Charge, result: ChargeResult | NoAnswer) -> telemetry.TraceContext:
-    """A span of the charge's answer, and its trace: what the answer announces is written under it."""
-    attempt = charge.attempt
-    earlier = attempt.trace_context or None
-    links = [telemetry.capture()] if earlier else []
-    attributes = {
-        "run.id": charge.item.run_id,
-        "invoice.id": attempt.invoice_id,
-        "charge.attempt": attempt.attempt,
-        "charge.idempotency_key": attempt.idempotency_key,
-    }
-    with telemetry.span("recurring.charge", parent=earlier, links=links, attributes=attributes) as span:
-        facts: dict[str, str | int] = {
-            "invoice_id": attempt.invoice_id,
-            "attempt": attempt.attempt,
-            **described(result),
-        }
-        span.set_attributes({f"charge.{key}": value for key, value in facts.items() if key != "invoice_id"})
-        log.log(
-            logging.DEBUG if facts["outcome"] == Outcome.PAID.value else logging.INFO,
-            "charge got no answer" if isinstance(result, NoAnswer) else "charge answered",
-            extra=facts,
-        )
-        return telemetry.capture()
-
-
-def _reason(step: str, error: BaseException) -> str:
-    """Why a step failed, as the item records it (cut to its length by `failure_of`)."""
-    return f"{step}: {type(error).__name__}: {error}"
-
-
-async def _first_of(seconds: float, *events: asyncio.Event) -> None:
-    """Wait `seconds`, or until one of `events` is set."""
-    waits = [asyncio.ensure_future(event.wait()) for event in events]
-    try:
-        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for wait in waits:
-            wait.cancel()

@@ -178,6 +178,15 @@ def move_to_plan(sub: Subscription, plan: PlanInfo, why: str, today: date, now: 
     return Amendment(updated, prorations, [moved])
 
 
+def tier_moving_plans(account_id: str, billed_account_id: str) -> str | None:
+    """The account whose tier-mapped plans a tier change moves, if any: only the billed account's own
+    tier picks its plan. A database or end user below it moves that tier through the roll-up, and a
+    downgrade of one of them alone must not move the plan."""
+    if billed_account_id and billed_account_id != account_id:
+        return None
+    return account_id
+
+
 def follows_tier(sub: Subscription, plan: PlanInfo) -> bool:
     """A tier-mapped subscription moves to its tier's plan when the plan bills it the same way."""
     return (

@@ -157,3 +157,10 @@ def check_account(customer: str, currency: str) -> None:
     violations.check(bool(customer), "account_id", "required")
     violations.check(bool(currency), "currency", "required")
     violations.raise_if_any()
+
+
+def check_entries_of(customer: str) -> None:
+    """Ledger entries are listed for one named customer, never for the whole ledger."""
+    violations = Violations()
+    violations.check(bool(customer), "account_id", "required")
+    violations.raise_if_any()

@@ -177,6 +177,12 @@ def check_resumed(run_id: str, gateway: str, resumed: bool, requeued: int) -> No
         raise FailedPrecondition(f"gateway {gateway} is neither halted nor has parked items in run {run_id}")
 
 
+def lock_name(kind: RunKind, billing_date: date) -> str:
+    """The lock one pod holds while it creates the run of a date and kind; under the service's
+    namespace it reads `recurring:<kind>:lock:<date>`."""
+    return f"{kind.value}:lock:{billing_date.isoformat()}"
+
+
 def new_run(run_id: str, billing_date: date, kind: RunKind, now: datetime) -> Run:
     """The real run of a date and kind, running from now."""
     return Run(run_id, billing_date, kind, RunState.RUNNING, False, now)

@@ -1,7 +1,8 @@
 """Consumers: tier.changed (plan moves), dunning.exhausted (write-off), payment.* (async outcomes,
 returns and refunds).
 
-Each handler runs inside the inbox transaction and writes on its connection.
+Each handler runs inside the inbox transaction of its event and hands its connection to the use
+case, which writes on it (as every service's handlers do).
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from billing_common.protos import PLAN_TIERS, money_of
 from recurring.adapters.clients import charge_result
 from recurring.adapters.codec import EXHAUSTED_ACTIONS
 from recurring.app.invoices import Invoices
-from recurring.app.ports import Store
 from recurring.app.subscriptions import Subscriptions
+from recurring.domain.amendments import tier_moving_plans
 from recurring.domain.payments import PaymentUpdate
 from recurring.domain.subscription import Cause
 
@@ -28,20 +29,18 @@ def payment_update(facts: payment_pb2.PaymentFacts, *, decline_code: str = "") -
     )
 
 
-def handlers(store: Store, subscriptions: Subscriptions, invoices: Invoices) -> Handlers:
+def event_handlers(subscriptions: Subscriptions, invoices: Invoices) -> Handlers:
     async def on_tier_changed(conn: asyncpg.Connection, event: tier_pb2.TierChanged) -> None:
         tier = PLAN_TIERS.get(event.new_tier, None)
-        account = event.billed_account_id or event.account_id
-        # Only the billed account's own tier picks its plan: a database or end user below it moves
-        # that tier through the roll-up, and a downgrade of one of them alone must not move the plan.
-        if tier is None or account != event.account_id:
+        account = tier_moving_plans(event.account_id, event.billed_account_id)
+        if tier is None or account is None:
             return
         cause = Cause("tier.changed", event.header.event_id, f"tier {tier} by rule {event.rule_id}")
-        await subscriptions.on_tier_changed(store.within(conn), account, tier, cause)
+        await subscriptions.on_tier_changed(conn, account, tier, cause)
 
     async def on_dunning_exhausted(conn: asyncpg.Connection, event: dunning_pb2.DunningExhausted) -> None:
         await invoices.on_dunning_exhausted(
-            store.within(conn),
+            conn,
             event.dunning_case.invoice_id,
             EXHAUSTED_ACTIONS.get(event.action, None),
             event.header.event_id,
@@ -50,15 +49,15 @@ def handlers(store: Store, subscriptions: Subscriptions, invoices: Invoices) -> 
     async def on_payment_outcome(
         conn: asyncpg.Connection, event: payment_pb2.PaymentSettled | payment_pb2.PaymentReconciled
     ) -> None:
-        await invoices.on_payment_outcome(store.within(conn), payment_update(event.payment))
+        await invoices.on_payment_outcome(conn, payment_update(event.payment))
 
     async def on_payment_returned(conn: asyncpg.Connection, event: payment_pb2.PaymentReturned) -> None:
         update = payment_update(event.payment, decline_code=event.return_code)
-        await invoices.on_payment_returned(store.within(conn), update, event.header.event_id)
+        await invoices.on_payment_returned(conn, update, event.header.event_id)
 
     async def on_payment_refunded(conn: asyncpg.Connection, event: payment_pb2.PaymentRefunded) -> None:
         await invoices.on_payment_refunded(
-            store.within(conn),
+            conn,
             payment_update(event.payment),
             event.refund_id,
             money_of(event.refunded_total),

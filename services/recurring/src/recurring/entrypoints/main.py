@@ -19,13 +19,16 @@ from recurring.adapters.coordination import RedisOutageCounter
 from recurring.adapters.events import EventMessages
 from recurring.adapters.metrics import PrometheusRecurringMetrics, RunMetrics, run_work
 from recurring.adapters.store import PostgresStore
+from recurring.adapters.tracing import ChargeSpans
+from recurring.adapters.views import Views
 from recurring.app.invoices import Invoices
 from recurring.app.runs import Runs, Schedule
 from recurring.app.subscriptions import Subscriptions
 from recurring.app.worker import Worker, WorkerConfig
 from recurring.domain.runs import RunKind
 from recurring.domain.settlement import ExhaustionPolicy, Rules
-from recurring.entrypoints.consumers import handlers
+from recurring.entrypoints.batches import BatchLoops, LoopConfig
+from recurring.entrypoints.consumers import event_handlers
 from recurring.entrypoints.servicer import ACCESS, RecurringServicer
 from recurring.settings import RecurringSettings
 
@@ -80,18 +83,18 @@ def build(settings: RecurringSettings) -> Lifespan:
             quota,
             outages,
             clock,
-            WorkerConfig(
-                batch_size=settings.worker_batch_size,
-                concurrent_batches=settings.worker_concurrent_batches,
-                lease=settings.worker_lease,
-                idle_poll=settings.worker_idle_poll,
-                jitter=settings.worker_jitter,
-                rules=rules,
-                zone=zone,
-            ),
+            WorkerConfig(settings.worker_batch_size, settings.worker_lease, rules, zone),
             metrics,
+            ChargeSpans(),
         )
-        servicer = RecurringServicer(subscriptions, runs, invoices, clock, r.clock_control, pages)
+        loops = BatchLoops(
+            worker,
+            runs.work_queued,
+            LoopConfig(settings.worker_concurrent_batches, settings.worker_idle_poll, settings.worker_jitter),
+        )
+        servicer = RecurringServicer(
+            subscriptions, runs, invoices, Views(store), clock, r.clock_control, pages
+        )
 
         async def scheduler() -> None:
             while True:
@@ -105,10 +108,10 @@ def build(settings: RecurringSettings) -> Lifespan:
                     recurring_pb2_grpc.add_RecurringServiceServicer_to_server, servicer, SERVICE_NAME, ACCESS
                 )
             ],
-            event_handlers=handlers(store, subscriptions, invoices),
+            event_handlers=event_handlers(subscriptions, invoices),
             background=[
                 Background(scheduler),
-                Background(worker.run_forever, drain=worker.drain),
+                Background(loops.run_forever, drain=loops.drain),
                 Background(RunMetrics(r.pool).run_forever),
             ],
             # A charge in flight when SIGTERM comes gets its whole timeout to answer.

@@ -16,6 +16,7 @@ from billing_common.paging import PageTokens
 from billing_common.protos import FREQUENCIES, money_of, money_pb, to_datetime
 from billing_common.suite_clock import ClockControl, ClockRefused
 from recurring.adapters.codec import INVOICE_STATUSES, RUN_KINDS, SUBSCRIPTION_STATUSES
+from recurring.adapters.views import Views
 from recurring.app.invoices import Invoices
 from recurring.app.runs import Runs
 from recurring.app.subscriptions import Subscriptions
@@ -66,6 +67,7 @@ class RecurringServicer(recurring_pb2_grpc.RecurringServiceServicer):
         subscriptions: Subscriptions,
         runs: Runs,
         invoices: Invoices,
+        views: Views,
         clock: Clock,
         clock_control: ClockControl | None,
         pages: PageTokens,
@@ -73,6 +75,7 @@ class RecurringServicer(recurring_pb2_grpc.RecurringServiceServicer):
         self._subscriptions = subscriptions
         self._runs = runs
         self._invoices = invoices
+        self._views = views
         self._clock = clock
         self._clock_control = clock_control
         self._pages = pages
@@ -111,7 +114,7 @@ class RecurringServicer(recurring_pb2_grpc.RecurringServiceServicer):
     async def GetSubscription(
         self, request: pb.GetSubscriptionRequest, context: Context
     ) -> pb.GetSubscriptionResponse:
-        sub = await self._subscriptions.get(request.subscription_id)
+        sub = await self._views.subscription(request.subscription_id)
         return pb.GetSubscriptionResponse(subscription=m.subscription_pb(sub))
 
     async def ListSubscriptions(
@@ -122,7 +125,7 @@ class RecurringServicer(recurring_pb2_grpc.RecurringServiceServicer):
             SUBSCRIPTION_STATUSES.get(request.status, None),
             FREQUENCIES.get(request.frequency, None),
         )
-        page = await self._subscriptions.page(where, self._pages.read(request, start=""))
+        page = await self._views.subscriptions(where, self._pages.read(request, start=""))
         return pb.ListSubscriptionsResponse(
             subscriptions=[m.subscription_pb(s) for s in page.items],
             next_page_token=self._pages.next_token(request, page),
@@ -179,7 +182,7 @@ class RecurringServicer(recurring_pb2_grpc.RecurringServiceServicer):
     async def GetSubscriptionHistory(
         self, request: pb.GetSubscriptionHistoryRequest, context: Context
     ) -> pb.GetSubscriptionHistoryResponse:
-        entries = await self._subscriptions.history(request.subscription_id)
+        entries = await self._views.history(request.subscription_id)
         return pb.GetSubscriptionHistoryResponse(entries=[m.history_pb(e) for e in entries])
 
     # ------------------------------------------------------------ runs
@@ -196,7 +199,7 @@ class RecurringServicer(recurring_pb2_grpc.RecurringServiceServicer):
         return pb.GetRunResponse(run=m.run_pb(await self._runs.get(request.run_id)))
 
     async def ListRuns(self, request: pb.ListRunsRequest, context: Context) -> pb.ListRunsResponse:
-        page = await self._runs.page(self._pages.read(request, start=0))
+        page = await self._views.runs(self._pages.read(request, start=0))
         return pb.ListRunsResponse(
             runs=[m.run_pb(r) for r in page.items], next_page_token=self._pages.next_token(request, page)
         )
@@ -204,7 +207,7 @@ class RecurringServicer(recurring_pb2_grpc.RecurringServiceServicer):
     async def ListRunItems(
         self, request: pb.ListRunItemsRequest, context: Context
     ) -> pb.ListRunItemsResponse:
-        page = await self._runs.items(request.run_id, self._pages.read(request, start=0))
+        page = await self._views.run_items(request.run_id, self._pages.read(request, start=0))
         items = [m.run_item_pb(item) for item in page.items]
         return pb.ListRunItemsResponse(items=items, next_page_token=self._pages.next_token(request, page))
 
@@ -214,7 +217,7 @@ class RecurringServicer(recurring_pb2_grpc.RecurringServiceServicer):
     # ------------------------------------------------------------ invoices and the ledger
 
     async def GetInvoice(self, request: pb.GetInvoiceRequest, context: Context) -> pb.GetInvoiceResponse:
-        invoice, transactions = await self._invoices.get(request.invoice_id)
+        invoice, transactions = await self._views.invoice(request.invoice_id)
         return pb.GetInvoiceResponse(invoice=m.invoice_pb(invoice, transactions))
 
     async def ListInvoices(
@@ -223,26 +226,25 @@ class RecurringServicer(recurring_pb2_grpc.RecurringServiceServicer):
         where = InvoiceFilter(
             request.subscription_id, request.account_id, INVOICE_STATUSES.get(request.status, None)
         )
-        page = await self._invoices.page(where, self._pages.read(request, start=0))
+        page = await self._views.invoices(where, self._pages.read(request, start=0))
         return pb.ListInvoicesResponse(
             invoices=[m.invoice_pb(i, t) for i, t in page.items],
             next_page_token=self._pages.next_token(request, page),
         )
 
     async def VoidInvoice(self, request: pb.VoidInvoiceRequest, context: Context) -> pb.VoidInvoiceResponse:
-        invoice = await self._invoices.void(
+        await self._invoices.void(
             request.invoice_id, request.reason, IdempotencyKey.of("VoidInvoice", request)
         )
-        _, transactions = await self._invoices.get(invoice.invoice_id)
+        invoice, transactions = await self._views.invoice(request.invoice_id)
         return pb.VoidInvoiceResponse(invoice=m.invoice_pb(invoice, transactions))
 
     async def RetryInvoicePayment(
         self, request: pb.RetryInvoicePaymentRequest, context: Context
     ) -> pb.RetryInvoicePaymentResponse:
-        invoice, txn, replayed = await self._invoices.retry_payment(
-            request.invoice_id, request.idempotency_key
-        )
-        _, transactions = await self._invoices.get(invoice.invoice_id)
+        txn_id, replayed = await self._invoices.retry_payment(request.invoice_id, request.idempotency_key)
+        invoice, transactions = await self._views.invoice(request.invoice_id)
+        (txn,) = [t for t in transactions if t.transaction_id == txn_id]
         return pb.RetryInvoicePaymentResponse(
             invoice=m.invoice_pb(invoice, transactions), transaction=m.transaction_pb(txn), replayed=replayed
         )
@@ -250,13 +252,13 @@ class RecurringServicer(recurring_pb2_grpc.RecurringServiceServicer):
     async def GetAccountBalance(
         self, request: pb.GetAccountBalanceRequest, context: Context
     ) -> pb.GetAccountBalanceResponse:
-        balance, credit = await self._invoices.balance(request.account_id, request.currency)
+        balance, credit = await self._views.balance(request.account_id, request.currency)
         return pb.GetAccountBalanceResponse(balance=money_pb(balance), credit_available=money_pb(credit))
 
     async def ListLedgerEntries(
         self, request: pb.ListLedgerEntriesRequest, context: Context
     ) -> pb.ListLedgerEntriesResponse:
-        page = await self._invoices.ledger_entries(request.account_id, self._pages.read(request, start=0))
+        page = await self._views.ledger_entries(request.account_id, self._pages.read(request, start=0))
         return pb.ListLedgerEntriesResponse(
             entries=[m.ledger_entry_pb(e) for e in page.items],
             next_page_token=self._pages.next_token(request, page),

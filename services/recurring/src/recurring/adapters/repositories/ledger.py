@@ -82,10 +82,3 @@ class PostgresLedger:
             )
             for r in rows
         ]
-
-    async def unbalanced(self) -> list[str]:
-        rows = await self._conn.fetch(
-            """SELECT ledger_transaction_id FROM ledger_entries
-               GROUP BY ledger_transaction_id HAVING sum(amount_minor) <> 0 OR count(DISTINCT currency) > 1"""
-        )
-        return [r["ledger_transaction_id"] for r in rows]
