@@ -15,7 +15,8 @@ from billing.common.v1 import common_pb2
 from billing.events.v1 import subscription_pb2
 from billing_common.errors import InvalidArgument
 from billing_common.money import CurrencyError, Money
-from billing_common.subscriptions import Frequency, PlanTier, SubscriptionStatus
+from billing_common.subscriptions import Frequency, SubscriptionStatus
+from billing_common.tiers import Tier
 
 if TYPE_CHECKING:
     from google.protobuf.internal.enum_type_wrapper import _EnumTypeWrapper
@@ -112,4 +113,4 @@ class ProtoEnum(Generic[E, V]):
 
 FREQUENCIES = ProtoEnum(Frequency, common_pb2.BillingFrequency, "BILLING_FREQUENCY_")
 SUBSCRIPTION_STATES = ProtoEnum(SubscriptionStatus, subscription_pb2.SubscriptionState, "SUBSCRIPTION_STATE_")
-PLAN_TIERS = ProtoEnum(PlanTier, common_pb2.Tier, "TIER_")
+TIERS = ProtoEnum(Tier, common_pb2.Tier, "TIER_")

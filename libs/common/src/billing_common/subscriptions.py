@@ -1,5 +1,5 @@
-"""A subscription's billing frequency, status and plan tier: recurring owns subscriptions, quota projects
-them and maps tiers to plans, and both read them in these words (the contracts' enums are matched by
+"""A subscription's billing frequency and status: recurring owns subscriptions, quota projects them, and
+both read them in these words (the contracts' enums are matched by
 name in billing_common.protos)."""
 
 from __future__ import annotations
@@ -23,11 +23,3 @@ class SubscriptionStatus(StrEnum):
     SUSPENDED = "suspended"
     CANCELLED = "cancelled"
     COMPLETED = "completed"
-
-
-class PlanTier(StrEnum):
-    """A billing tier as the key of quota's tier-to-plan mapping, which tier-mapped subscriptions follow."""
-
-    LITE = "lite"
-    PLUS = "plus"
-    PRO = "pro"

@@ -13,14 +13,15 @@ from billing_common.money import CurrencyError, Money
 from billing_common.payments import DeclineKind, FailureType
 from billing_common.protos import (
     FREQUENCIES,
-    PLAN_TIERS,
     SUBSCRIPTION_STATES,
+    TIERS,
     ProtoEnum,
     money_of,
     money_pb,
     stamp,
 )
-from billing_common.subscriptions import Frequency, PlanTier, SubscriptionStatus
+from billing_common.subscriptions import Frequency, SubscriptionStatus
+from billing_common.tiers import Tier
 
 OFFSETS = st.sampled_from(
     [None, UTC, timezone(timedelta(hours=-7)), timezone(timedelta(hours=5, minutes=30))]
@@ -83,10 +84,10 @@ def test_the_subscription_words_recurring_and_quota_share_round_trip_through_the
         assert SUBSCRIPTION_STATES.ours(SUBSCRIPTION_STATES.pb(status)) is status
     assert SUBSCRIPTION_STATES.pb(SubscriptionStatus.PAST_DUE) == subscription_pb2.SUBSCRIPTION_STATE_PAST_DUE
     assert FREQUENCIES.get(common_pb2.BILLING_FREQUENCY_UNSPECIFIED, None) is None
-    for tier in PlanTier:
-        assert PLAN_TIERS.ours(PLAN_TIERS.pb(tier)) is tier
-    assert PLAN_TIERS.pb(PlanTier.PLUS) == common_pb2.TIER_PLUS
-    assert PLAN_TIERS.get(common_pb2.TIER_UNSPECIFIED, None) is None
+    for tier in Tier:
+        assert TIERS.ours(TIERS.pb(tier)) is tier
+    assert TIERS.pb(Tier.PLUS) == common_pb2.TIER_PLUS
+    assert TIERS.get(common_pb2.TIER_UNSPECIFIED, None) is None
 
 
 def test_money_of_a_request_names_the_field_and_of_another_services_message_blames_the_producer() -> None:

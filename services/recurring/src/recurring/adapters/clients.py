@@ -13,7 +13,7 @@ from billing.events.v1 import payment_pb2
 from billing.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from billing.quota.v1 import quota_pb2, quota_pb2_grpc
 from billing_common.errors import BillingError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from billing_common.protos import FREQUENCIES, PLAN_TIERS, money_of, money_pb, to_datetime
+from billing_common.protos import FREQUENCIES, TIERS, money_of, money_pb, to_datetime
 from recurring.adapters.codec import METHOD_TYPES, decline_kind, failure_type, payment_status
 from recurring.app.ports import PlanInfo, RecurringMetrics
 from recurring.domain.invoicing import AddOnUse, PeriodUsage, UsageCharge
@@ -90,7 +90,7 @@ class QuotaClient:
             )
         except grpc.aio.AioRpcError as error:
             raise _translate(error, "tier") from None
-        return next((m.plan_code for m in reply.mappings if PLAN_TIERS.get(m.tier, None) == tier), None)
+        return next((m.plan_code for m in reply.mappings if TIERS.get(m.tier, None) == tier), None)
 
     async def usages(self, periods: Sequence[UsagePeriod]) -> list[PeriodUsage | BillingError]:
         """Billable usage of each tenant's [start, end) and the add-ons held in it, in one call; none

@@ -10,7 +10,7 @@ import asyncpg
 
 from billing.events.v1 import dunning_pb2, payment_pb2, tier_pb2
 from billing_common.events import Handlers
-from billing_common.protos import PLAN_TIERS, money_of
+from billing_common.protos import TIERS, money_of
 from recurring.adapters.clients import charge_result
 from recurring.adapters.codec import EXHAUSTED_ACTIONS
 from recurring.app.invoices import Invoices
@@ -30,7 +30,7 @@ def payment_update(facts: payment_pb2.PaymentFacts, *, decline_code: str = "") -
 
 def handlers(store: Store, subscriptions: Subscriptions, invoices: Invoices) -> Handlers:
     async def on_tier_changed(conn: asyncpg.Connection, event: tier_pb2.TierChanged) -> None:
-        tier = PLAN_TIERS.get(event.new_tier, None)
+        tier = TIERS.get(event.new_tier, None)
         account = event.billed_account_id or event.account_id
         # Only the billed account's own tier picks its plan: a database or end user below it moves
         # that tier through the roll-up, and a downgrade of one of them alone must not move the plan.
