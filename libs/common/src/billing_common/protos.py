@@ -13,11 +13,12 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from billing.common.v1 import common_pb2
-from billing.events.v1 import subscription_pb2
+from billing.events.v1 import dunning_pb2, subscription_pb2
 from billing.gateway.v1 import gateway_pb2
 from billing_common.errors import InvalidArgument
 from billing_common.money import CurrencyError, Money
-from billing_common.subscriptions import Frequency, SubscriptionStatus
+from billing_common.payments import DeclineKind, FailureType
+from billing_common.subscriptions import ExhaustedAction, Frequency, SubscriptionStatus
 from billing_common.tiers import Tier
 
 if TYPE_CHECKING:
@@ -116,6 +117,9 @@ class ProtoEnum(Generic[E, V]):
 FREQUENCIES = ProtoEnum(Frequency, common_pb2.BillingFrequency, "BILLING_FREQUENCY_")
 SUBSCRIPTION_STATES = ProtoEnum(SubscriptionStatus, subscription_pb2.SubscriptionState, "SUBSCRIPTION_STATE_")
 TIERS = ProtoEnum(Tier, common_pb2.Tier, "TIER_")
+FAILURE_TYPES = ProtoEnum(FailureType, common_pb2.FailureType, "FAILURE_TYPE_")
+DECLINE_KINDS = ProtoEnum(DeclineKind, common_pb2.DeclineKind, "DECLINE_KIND_")
+EXHAUSTED_ACTIONS = ProtoEnum(ExhaustedAction, dunning_pb2.ExhaustedAction, "EXHAUSTED_ACTION_")
 
 # google.rpc.Code numbers, as a batch answer gives a status per item (quota's usage summaries).
 STATUS_CODES: Mapping[int, grpc.StatusCode] = {code.value[0]: code for code in grpc.StatusCode}

@@ -1,5 +1,6 @@
-"""A subscription's billing frequency and status: recurring owns subscriptions, quota projects them, and
-both read them in these words (the contracts' enums are matched by
+"""A subscription's billing frequency and status, and what becomes of it when dunning runs out of
+attempts: recurring owns subscriptions, quota projects them, dunning names the action, and they read
+them in these words (the contracts' enums are matched by
 name in billing_common.protos)."""
 
 from __future__ import annotations
@@ -23,3 +24,10 @@ class SubscriptionStatus(StrEnum):
     SUSPENDED = "suspended"
     CANCELLED = "cancelled"
     COMPLETED = "completed"
+
+
+class ExhaustedAction(StrEnum):
+    """What becomes of the subscription when dunning runs out of attempts (a merchant's policy)."""
+
+    SUSPEND = "suspend"
+    CANCEL = "cancel"

@@ -7,14 +7,9 @@ from google.protobuf.message import Message
 from billing.common.v1 import common_pb2
 from billing.events.v1 import dunning_pb2 as events
 from billing_common.payments import DeclineKind, FailureType
-from billing_common.protos import ProtoEnum, money_pb, stamp
+from billing_common.protos import DECLINE_KINDS, EXHAUSTED_ACTIONS, FAILURE_TYPES, money_pb, stamp
 from dunning.domain import events as ev
 from dunning.domain.model import Failure
-from dunning.domain.policy import ExhaustedAction
-
-FAILURE_TYPES = ProtoEnum(FailureType, common_pb2.FailureType, "FAILURE_TYPE_")
-DECLINE_KINDS = ProtoEnum(DeclineKind, common_pb2.DeclineKind, "DECLINE_KIND_")
-EXHAUSTED_ACTIONS_EVENT = ProtoEnum(ExhaustedAction, events.ExhaustedAction, "EXHAUSTED_ACTION_")
 
 
 def failure_of(failure_type: int, decline_kind: int, decline_code: str, retryable: bool) -> Failure:
@@ -65,7 +60,7 @@ def event_message(event: ev.CaseEvent) -> Message:
             return events.DunningRecovered(dunning_case=facts, attempts=event.attempts)
         case ev.Exhausted():
             return events.DunningExhausted(
-                dunning_case=facts, action=EXHAUSTED_ACTIONS_EVENT.pb(event.action), attempts=event.attempts
+                dunning_case=facts, action=EXHAUSTED_ACTIONS.pb(event.action), attempts=event.attempts
             )
         case ev.Held():
             return events.DunningHeld(dunning_case=facts, reason=event.reason)
