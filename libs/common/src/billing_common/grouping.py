@@ -1,4 +1,5 @@
-"""Group commit: concurrent callers' writes go to the database together, one transaction per group.
+"""Group commit: concurrent callers' writes go to the database together, one transaction per group
+(and likewise concurrent reads go in one call, such as quota's MGET of counters).
 
 While one group is being written, the next callers queue up; when it is done, everything queued
 is written as the next group. Under load a transaction carries many callers' rows (fewer commits,

@@ -8,14 +8,18 @@ from datetime import UTC, date, datetime
 from enum import Enum
 from typing import TYPE_CHECKING, Generic, TypeVar
 
+import grpc
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from billing.common.v1 import common_pb2
-from billing.events.v1 import subscription_pb2
+from billing.events.v1 import dunning_pb2, subscription_pb2
+from billing.gateway.v1 import gateway_pb2
 from billing_common.errors import InvalidArgument
 from billing_common.money import CurrencyError, Money
-from billing_common.subscriptions import Frequency, PlanTier, SubscriptionStatus
+from billing_common.payments import DeclineKind, FailureType
+from billing_common.subscriptions import ExhaustedAction, Frequency, SubscriptionStatus
+from billing_common.tiers import Tier
 
 if TYPE_CHECKING:
     from google.protobuf.internal.enum_type_wrapper import _EnumTypeWrapper
@@ -112,4 +116,18 @@ class ProtoEnum(Generic[E, V]):
 
 FREQUENCIES = ProtoEnum(Frequency, common_pb2.BillingFrequency, "BILLING_FREQUENCY_")
 SUBSCRIPTION_STATES = ProtoEnum(SubscriptionStatus, subscription_pb2.SubscriptionState, "SUBSCRIPTION_STATE_")
-PLAN_TIERS = ProtoEnum(PlanTier, common_pb2.Tier, "TIER_")
+TIERS = ProtoEnum(Tier, common_pb2.Tier, "TIER_")
+FAILURE_TYPES = ProtoEnum(FailureType, common_pb2.FailureType, "FAILURE_TYPE_")
+DECLINE_KINDS = ProtoEnum(DeclineKind, common_pb2.DeclineKind, "DECLINE_KIND_")
+EXHAUSTED_ACTIONS = ProtoEnum(ExhaustedAction, dunning_pb2.ExhaustedAction, "EXHAUSTED_ACTION_")
+
+# google.rpc.Code numbers, as a batch answer gives a status per item (quota's usage summaries).
+STATUS_CODES: Mapping[int, grpc.StatusCode] = {code.value[0]: code for code in grpc.StatusCode}
+# The status Charge answers with for each refusal ChargeBatch gives per charge, as the contract's
+# ChargeRefusal says (gateway-adapter's tests hold its encoding of refusals to it).
+CHARGE_REFUSAL_CODES: Mapping[int, grpc.StatusCode] = {
+    gateway_pb2.CHARGE_REFUSAL_INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    gateway_pb2.CHARGE_REFUSAL_KEY_REUSED: grpc.StatusCode.FAILED_PRECONDITION,
+    gateway_pb2.CHARGE_REFUSAL_IN_PROGRESS: grpc.StatusCode.UNAVAILABLE,
+    gateway_pb2.CHARGE_REFUSAL_BACK_PRESSURE: grpc.StatusCode.UNAVAILABLE,
+}

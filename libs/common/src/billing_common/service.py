@@ -117,6 +117,33 @@ class Background:
     # finishes or hands back what it has in hand (a worker's batch) before it is cancelled.
     drain: Callable[[], Awaitable[None]] | None = None
 
+    @classmethod
+    def every(
+        cls,
+        interval: timedelta,
+        step: Callable[[], Awaitable[object]],
+        what: str,
+        *,
+        wait_first: bool = False,
+    ) -> Background:
+        """`step` done again each `interval` (the first time after one interval with `wait_first`): a
+        round a dependency failure stops is logged as `what` failing, and the next round comes as usual;
+        any other error is a crash for the supervisor."""
+
+        async def rounds() -> None:
+            if wait_first:
+                await asyncio.sleep(interval.total_seconds())
+            while True:
+                try:
+                    await step()
+                except Exception as error:
+                    if not is_dependency_failure(error):
+                        raise
+                    log.warning("%s failed", what, exc_info=True)
+                await asyncio.sleep(interval.total_seconds())
+
+        return cls(rounds)
+
 
 @dataclass
 class ServiceParts:

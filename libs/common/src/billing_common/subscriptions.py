@@ -1,5 +1,6 @@
-"""A subscription's billing frequency, status and plan tier: recurring owns subscriptions, quota projects
-them and maps tiers to plans, and both read them in these words (the contracts' enums are matched by
+"""A subscription's billing frequency and status, and what becomes of it when dunning runs out of
+attempts: recurring owns subscriptions, quota projects them, dunning names the action, and they read
+them in these words (the contracts' enums are matched by
 name in billing_common.protos)."""
 
 from __future__ import annotations
@@ -25,9 +26,8 @@ class SubscriptionStatus(StrEnum):
     COMPLETED = "completed"
 
 
-class PlanTier(StrEnum):
-    """A billing tier as the key of quota's tier-to-plan mapping, which tier-mapped subscriptions follow."""
+class ExhaustedAction(StrEnum):
+    """What becomes of the subscription when dunning runs out of attempts (a merchant's policy)."""
 
-    LITE = "lite"
-    PLUS = "plus"
-    PRO = "pro"
+    SUSPEND = "suspend"
+    CANCEL = "cancel"

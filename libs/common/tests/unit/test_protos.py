@@ -7,20 +7,24 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from billing.common.v1 import common_pb2
-from billing.events.v1 import subscription_pb2
+from billing.events.v1 import dunning_pb2, subscription_pb2
 from billing_common.errors import InvalidArgument
 from billing_common.money import CurrencyError, Money
 from billing_common.payments import DeclineKind, FailureType
 from billing_common.protos import (
+    DECLINE_KINDS,
+    EXHAUSTED_ACTIONS,
+    FAILURE_TYPES,
     FREQUENCIES,
-    PLAN_TIERS,
     SUBSCRIPTION_STATES,
+    TIERS,
     ProtoEnum,
     money_of,
     money_pb,
     stamp,
 )
-from billing_common.subscriptions import Frequency, PlanTier, SubscriptionStatus
+from billing_common.subscriptions import ExhaustedAction, Frequency, SubscriptionStatus
+from billing_common.tiers import Tier
 
 OFFSETS = st.sampled_from(
     [None, UTC, timezone(timedelta(hours=-7)), timezone(timedelta(hours=5, minutes=30))]
@@ -44,11 +48,9 @@ def test_stamp_of_no_instant_changes_nothing() -> None:
 
 
 def test_every_failure_word_we_share_round_trips_through_the_contract_by_name() -> None:
-    failure_types = ProtoEnum(FailureType, common_pb2.FailureType, "FAILURE_TYPE_")
-    decline_kinds = ProtoEnum(DeclineKind, common_pb2.DeclineKind, "DECLINE_KIND_")
-    assert failure_types.pb(FailureType.GATEWAY_UNREACHABLE) == common_pb2.FAILURE_TYPE_GATEWAY_UNREACHABLE
-    assert [failure_types.ours(failure_types.pb(t)) for t in FailureType] == list(FailureType)
-    assert [decline_kinds.ours(decline_kinds.pb(k)) for k in DeclineKind] == list(DeclineKind)
+    assert FAILURE_TYPES.pb(FailureType.GATEWAY_UNREACHABLE) == common_pb2.FAILURE_TYPE_GATEWAY_UNREACHABLE
+    assert [FAILURE_TYPES.ours(FAILURE_TYPES.pb(t)) for t in FailureType] == list(FailureType)
+    assert [DECLINE_KINDS.ours(DECLINE_KINDS.pb(k)) for k in DeclineKind] == list(DeclineKind)
 
 
 class Colour(StrEnum):
@@ -83,10 +85,13 @@ def test_the_subscription_words_recurring_and_quota_share_round_trip_through_the
         assert SUBSCRIPTION_STATES.ours(SUBSCRIPTION_STATES.pb(status)) is status
     assert SUBSCRIPTION_STATES.pb(SubscriptionStatus.PAST_DUE) == subscription_pb2.SUBSCRIPTION_STATE_PAST_DUE
     assert FREQUENCIES.get(common_pb2.BILLING_FREQUENCY_UNSPECIFIED, None) is None
-    for tier in PlanTier:
-        assert PLAN_TIERS.ours(PLAN_TIERS.pb(tier)) is tier
-    assert PLAN_TIERS.pb(PlanTier.PLUS) == common_pb2.TIER_PLUS
-    assert PLAN_TIERS.get(common_pb2.TIER_UNSPECIFIED, None) is None
+    for tier in Tier:
+        assert TIERS.ours(TIERS.pb(tier)) is tier
+    assert TIERS.pb(Tier.PLUS) == common_pb2.TIER_PLUS
+    assert TIERS.get(common_pb2.TIER_UNSPECIFIED, None) is None
+    for action in ExhaustedAction:
+        assert EXHAUSTED_ACTIONS.ours(EXHAUSTED_ACTIONS.pb(action)) is action
+    assert EXHAUSTED_ACTIONS.get(dunning_pb2.EXHAUSTED_ACTION_UNSPECIFIED, None) is None
 
 
 def test_money_of_a_request_names_the_field_and_of_another_services_message_blames_the_producer() -> None:

@@ -89,6 +89,6 @@ async def test_the_due_backlog_and_its_age_are_reported(dunning: Dunning) -> Non
     due = case.next_attempt_at.ToDatetime().replace(tzinfo=dunning.clock.now().tzinfo)
     dunning.clock.set(due + timedelta(minutes=40))
     assert dunning.host.resources is not None
-    await MetricsRefresher(dunning.host.resources.pool, dunning.clock, timedelta(seconds=1)).refresh()
+    await MetricsRefresher(dunning.host.resources.pool, dunning.clock).refresh()
     assert REGISTRY.get_sample_value("dunning_due_attempts_backlog") == 1
     assert REGISTRY.get_sample_value("dunning_due_attempts_backlog_age_seconds") == 40 * 60

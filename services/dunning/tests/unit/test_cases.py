@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from billing_common.money import Money
 from billing_common.payments import DeclineKind, FailureType
+from billing_common.subscriptions import ExhaustedAction
 from dunning.domain import cases as decide
 from dunning.domain import events as ev
 from dunning.domain.cases import AttemptResult, Change, ResultKind
@@ -20,7 +21,7 @@ from dunning.domain.model import (
     Failure,
     InvoiceRef,
 )
-from dunning.domain.policy import ExhaustedAction, FixedSchedule, RetryPolicy
+from dunning.domain.policy import FixedSchedule, RetryPolicy
 from dunning.domain.schedule import Planning
 from dunning.domain.transitions import IllegalTransition, is_allowed
 

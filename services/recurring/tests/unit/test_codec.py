@@ -28,7 +28,7 @@ def test_a_payment_that_does_not_say_why_it_failed_is_stored_as_not_failed() -> 
     assert codec.decline_kind(common_pb2.DECLINE_KIND_UNSPECIFIED) is DeclineKind.NONE
     assert codec.failure_type(common_pb2.FAILURE_TYPE_CARDHOLDER) is FailureType.CARDHOLDER
     assert codec.decline_kind(common_pb2.DECLINE_KIND_HARD) is DeclineKind.HARD
-    assert codec.FAILURE_TYPES.pb(FailureType.NONE) == common_pb2.FAILURE_TYPE_NONE
+    assert codec.FAILURE_TYPES_OR_NONE.pb(FailureType.NONE) == common_pb2.FAILURE_TYPE_NONE
 
 
 def test_dunning_exhausted_without_an_action_names_none_and_leaves_it_to_the_policy() -> None:

@@ -3,6 +3,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from billing_common.tiers import Tier
 from tier.domain.accounts import (
     AccountKind,
     BilledBy,
@@ -12,7 +13,6 @@ from tier.domain.accounts import (
     InventoryMode,
     Signal,
     SignalKind,
-    Tier,
     normalize_signal_value,
 )
 from tier.domain.estate import Estate, ScanPlan, TierRecord

@@ -1,6 +1,7 @@
 from datetime import UTC, datetime
 
-from tier.domain.accounts import AccountKind, Tier
+from billing_common.tiers import Tier
+from tier.domain.accounts import AccountKind
 from tier.domain.estate import PlannedChange, TierRecord
 from tier.domain.events import TierChanged, announced
 from tier.domain.rules import TierDecision

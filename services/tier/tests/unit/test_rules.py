@@ -4,7 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tier.domain.accounts import BilledBy, InventoryMode, Tier
+from billing_common.tiers import Tier
+from tier.domain.accounts import BilledBy, InventoryMode
 from tier.domain.rules import (
     DEFAULT_RULE_SET,
     DEFAULT_RULE_SET_DOCUMENT,

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from billing.common.v1 import common_pb2
 from billing.events.v1 import dunning_pb2 as events
 from billing_common.payments import DeclineKind, FailureType
-from billing_common.protos import ProtoEnum, money_pb
+from billing_common.protos import DECLINE_KINDS, EXHAUSTED_ACTIONS, FAILURE_TYPES, money_pb, stamp
 from dunning.domain import events as ev
 from dunning.domain.model import Failure
-from dunning.domain.policy import ExhaustedAction
-
-FAILURE_TYPES = ProtoEnum(FailureType, common_pb2.FailureType, "FAILURE_TYPE_")
-DECLINE_KINDS = ProtoEnum(DeclineKind, common_pb2.DeclineKind, "DECLINE_KIND_")
-EXHAUSTED_ACTIONS_EVENT = ProtoEnum(ExhaustedAction, events.ExhaustedAction, "EXHAUSTED_ACTION_")
 
 
 def failure_of(failure_type: int, decline_kind: int, decline_code: str, retryable: bool) -> Failure:
@@ -31,12 +23,6 @@ def failure_of(failure_type: int, decline_kind: int, decline_code: str, retryabl
 
 def failure_type_pb(failure: Failure) -> common_pb2.FailureType.ValueType:
     return FAILURE_TYPES.pb(failure.type)
-
-
-def _timestamp(instant: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(instant)
-    return stamp
 
 
 def event_message(event: ev.CaseEvent) -> Message:
@@ -55,13 +41,14 @@ def event_message(event: ev.CaseEvent) -> Message:
                 dunning_case=facts, failure_type=failure_type_pb(failure), decline_code=failure.decline_code
             )
         case ev.RetryScheduled():
-            return events.DunningRetryScheduled(
+            scheduled = events.DunningRetryScheduled(
                 dunning_case=facts,
                 attempt=event.attempt,
-                scheduled_at=_timestamp(event.scheduled_at),
                 estimated_success_bp=event.estimated_success_bp,
                 sample_size=event.sample_size,
             )
+            stamp(scheduled.scheduled_at, event.scheduled_at)
+            return scheduled
         case ev.AttemptFailed(failure=failure):
             return events.DunningAttemptFailed(
                 dunning_case=facts,
@@ -73,12 +60,12 @@ def event_message(event: ev.CaseEvent) -> Message:
             return events.DunningRecovered(dunning_case=facts, attempts=event.attempts)
         case ev.Exhausted():
             return events.DunningExhausted(
-                dunning_case=facts, action=EXHAUSTED_ACTIONS_EVENT.pb(event.action), attempts=event.attempts
+                dunning_case=facts, action=EXHAUSTED_ACTIONS.pb(event.action), attempts=event.attempts
             )
         case ev.Held():
             return events.DunningHeld(dunning_case=facts, reason=event.reason)
         case ev.ReminderDue():
-            return events.DunningReminderDue(
-                dunning_case=facts, attempt=event.attempt, attempt_at=_timestamp(event.attempt_at)
-            )
+            reminder = events.DunningReminderDue(dunning_case=facts, attempt=event.attempt)
+            stamp(reminder.attempt_at, event.attempt_at)
+            return reminder
     raise TypeError(f"no event message for {type(event).__name__}")

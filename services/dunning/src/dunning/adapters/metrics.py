@@ -3,8 +3,6 @@ gauges read from the database, so every pod agrees."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from datetime import timedelta
 
 import asyncpg
@@ -13,8 +11,6 @@ from prometheus_client import Counter, Gauge, Histogram
 from billing_common.clock import Clock
 from dunning.domain.cases import ResultKind
 from dunning.domain.model import TERMINAL_STATES, CaseState
-
-log = logging.getLogger(__name__)
 
 CASES = Gauge("dunning_cases", "Unfinished dunning cases by state", ["state"])
 DUE_BACKLOG = Gauge(
@@ -50,10 +46,9 @@ class PrometheusCaseMetrics:
 
 
 class MetricsRefresher:
-    def __init__(self, pool: asyncpg.Pool, clock: Clock, interval: timedelta) -> None:
+    def __init__(self, pool: asyncpg.Pool, clock: Clock) -> None:
         self._pool = pool
         self._clock = clock
-        self._interval = interval
 
     async def refresh(self) -> None:
         now = self._clock.now()
@@ -82,11 +77,3 @@ class MetricsRefresher:
         BACKLOG_AGE.set((now - backlog["oldest"]).total_seconds() if backlog["oldest"] else 0)
         if ended and ended["total"]:
             RECOVERY_RATE.set(ended["recovered"] / ended["total"])
-
-    async def run_forever(self) -> None:
-        while True:
-            try:
-                await self.refresh()
-            except (OSError, asyncpg.PostgresError):
-                log.warning("metrics refresh failed", exc_info=True)
-            await asyncio.sleep(self._interval.total_seconds())

@@ -21,6 +21,7 @@ from billing_common.events import Outbox
 from billing_common.locks import Lease
 from billing_common.money import Money
 from billing_common.payments import DeclineKind, FailureType
+from billing_common.subscriptions import ExhaustedAction
 from billing_common.suite_clock import DueWork
 from dunning.adapters.codec import event_message
 from dunning.app.ports import CaseFilter, CaseMetrics
@@ -36,7 +37,7 @@ from dunning.domain.model import (
     InvoiceRef,
     Transition,
 )
-from dunning.domain.policy import AdaptiveSchedule, ExhaustedAction, FixedSchedule, RetryPolicy
+from dunning.domain.policy import AdaptiveSchedule, FixedSchedule, RetryPolicy
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from billing_common.subscriptions import ExhaustedAction
 from dunning.domain.model import Failure, InvoiceRef
-from dunning.domain.policy import ExhaustedAction
 
 
 @dataclass(frozen=True)

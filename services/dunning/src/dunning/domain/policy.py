@@ -4,20 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
-from enum import StrEnum
 
 from billing_common.errors import Violations
+from billing_common.subscriptions import ExhaustedAction
 
 MAX_ATTEMPTS_LIMIT = 25
 MIN_WINDOW = timedelta(hours=1)
 MAX_WINDOW_LIMIT = timedelta(days=90)
 MIN_GAP_LIMIT = timedelta(minutes=1)
 MAX_MERCHANT_ID = 200
-
-
-class ExhaustedAction(StrEnum):
-    SUSPEND = "suspend"
-    CANCEL = "cancel"
 
 
 @dataclass(frozen=True)

@@ -48,8 +48,8 @@ def build(settings: DunningSettings) -> Lifespan:
             statistics = OutcomeStatistics(r.clock, settings.statistics_refresh, settings.statistics_window)
             cases = CaseService(store, statistics, r.clock)
             servicer = DunningServicer(cases, Policies(store, r.clock), pages)
-            gauges = MetricsRefresher(r.pool, r.clock, settings.metrics_refresh)
-            background = [Background(gauges.run_forever)]
+            gauges = MetricsRefresher(r.pool, r.clock)
+            background = [Background.every(settings.metrics_refresh, gauges.refresh, "metrics refresh")]
             if settings.worker_enabled:
                 channel = await opened.enter_async_context(
                     open_channel(settings.recurring_addr, r.outgoing_token)

@@ -9,10 +9,11 @@ from google.protobuf.duration_pb2 import Duration
 from billing.dunning.v1 import dunning_pb2 as pb
 from billing.events.v1 import invoice_pb2 as invoice_events
 from billing_common.protos import ProtoEnum, money_of, money_pb, stamp
+from billing_common.subscriptions import ExhaustedAction
 from dunning.adapters.codec import failure_of, failure_type_pb
 from dunning.app.cases import CaseView, PaymentFailure
 from dunning.domain.model import Attempt, AttemptOutcome, Case, CaseState, InvoiceRef, Transition
-from dunning.domain.policy import AdaptiveSchedule, ExhaustedAction, FixedSchedule, RetryPolicy
+from dunning.domain.policy import AdaptiveSchedule, FixedSchedule, RetryPolicy
 
 STATES = ProtoEnum(CaseState, pb.CaseState, "CASE_STATE_")
 OUTCOMES = ProtoEnum(AttemptOutcome, pb.AttemptOutcome, "ATTEMPT_OUTCOME_")

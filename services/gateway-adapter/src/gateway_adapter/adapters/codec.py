@@ -5,14 +5,12 @@ from __future__ import annotations
 from billing.common.v1 import common_pb2
 from billing.events.v1 import payment_pb2 as events
 from billing_common.payments import DeclineKind, FailureType
-from billing_common.protos import ProtoEnum, money_pb
+from billing_common.protos import DECLINE_KINDS, FAILURE_TYPES, ProtoEnum, money_pb
 from gateway_adapter.domain.payments import MethodType, Payment, Status
 
 # A call still in flight has no known outcome yet.
 STATUSES = ProtoEnum(Status, common_pb2.PaymentStatus, "PAYMENT_STATUS_", {Status.PROCESSING: "UNKNOWN"})
 METHOD_TYPES = ProtoEnum(MethodType, common_pb2.PaymentMethodType, "PAYMENT_METHOD_TYPE_")
-FAILURE_TYPES = ProtoEnum(FailureType, common_pb2.FailureType, "FAILURE_TYPE_")
-DECLINE_KINDS = ProtoEnum(DeclineKind, common_pb2.DeclineKind, "DECLINE_KIND_")
 
 
 def payment_status_pb(status: Status) -> common_pb2.PaymentStatus.ValueType:

@@ -12,7 +12,6 @@ On a Redis Cluster the same scripts run on the tenant's node and reads ask the p
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -20,6 +19,7 @@ from typing import Protocol
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 
+from billing_common.grouping import GroupCommit
 from quota.app.ports import CounterOp, CounterRef, CounterResult, CounterStatus, UsageMetrics
 
 ID_TTL_SECONDS = 86_400
@@ -104,8 +104,7 @@ class RedisCounters:
         self._record = redis.register_script(_RECORD)
         self._undo = redis.register_script(_UNDO)
         self._keys: dict[CounterRef, str] = {}  # built once: checks look them up all the time
-        self._reads: list[tuple[list[str], asyncio.Future[list[bytes | None]]]] = []
-        self._reader: asyncio.Task[None] | None = None
+        self._reads = GroupCommit(tracked.fetch)
 
     def counter_key(self, counter: CounterRef) -> str:
         key = self._keys.get(counter)
@@ -132,32 +131,11 @@ class RedisCounters:
         if None not in values:
             return values
         missing = [key for key, value in zip(keys, values, strict=True) if value is None]
-        future: asyncio.Future[list[bytes | None]] = asyncio.get_running_loop().create_future()
-        self._reads.append((missing, future))
-        if self._reader is None or self._reader.done():
-            self._reader = asyncio.create_task(self._read_pending())
-        fetched = dict(zip(missing, await future, strict=True))
+        fetched = dict(zip(missing, await self._reads.submit(missing), strict=True))
         return [
             value if value is not None else _int_or_none(fetched[key])
             for key, value in zip(keys, values, strict=True)
         ]
-
-    async def _read_pending(self) -> None:
-        while self._reads:
-            batch, self._reads = self._reads, []
-            keys = [key for item, _ in batch for key in item]
-            try:
-                values = await self._tracked.fetch(keys)
-            except Exception as exc:  # every waiting check sees the failure
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            offset = 0
-            for item, future in batch:
-                if not future.done():
-                    future.set_result(values[offset : offset + len(item)])
-                offset += len(item)
 
     async def seed(self, values: Mapping[CounterRef, int]) -> None:
         keys = []

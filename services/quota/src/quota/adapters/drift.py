@@ -91,11 +91,3 @@ class CounterAudit:
             if difference:
                 found[counter] = difference
         return found
-
-    async def run_forever(self) -> None:
-        while True:
-            await asyncio.sleep(AUDIT_INTERVAL.total_seconds())
-            try:
-                await self.audit()
-            except (OSError, asyncpg.PostgresError, ConnectionError):
-                log.warning("counter audit failed", exc_info=True)

@@ -8,7 +8,7 @@ from billing_common.clock import Clock
 from billing_common.errors import InvalidArgument, NotFound, Violations
 from billing_common.idempotency import IdempotencyKey
 from billing_common.paging import Page, PageRequest
-from billing_common.subscriptions import PlanTier
+from billing_common.tiers import Tier
 from quota.app.entitlements import EntitlementCache
 from quota.app.ports import CatalogStore, Invalidations
 from quota.domain.catalog import (
@@ -21,7 +21,7 @@ from quota.domain.catalog import (
     validate_plan,
 )
 
-TIERS = tuple(tier.value for tier in PlanTier)
+TIERS = tuple(tier.value for tier in Tier)
 
 
 def require_idempotency_key(key: str, field_name: str = "idempotency_key") -> None:

@@ -24,7 +24,7 @@ from billing_common.settings import SettingsError
 from quota.adapters.catalog_store import PostgresCatalog
 from quota.adapters.cluster import ClusterReads
 from quota.adapters.counters import CounterReads, RedisCounters
-from quota.adapters.drift import CounterAudit
+from quota.adapters.drift import AUDIT_INTERVAL, CounterAudit
 from quota.adapters.invalidation import RedisInvalidations
 from quota.adapters.metrics import USAGE_METRICS
 from quota.adapters.tenant_store import PostgresTenants
@@ -94,7 +94,12 @@ def build(settings: QuotaSettings) -> Lifespan:
                     Background(listen_for_invalidations),
                     *tracking,
                     Background(usage.settle_forever),
-                    Background(CounterAudit(r.pool, redis, counters, USAGE_METRICS).run_forever),
+                    Background.every(
+                        AUDIT_INTERVAL,
+                        CounterAudit(r.pool, redis, counters, USAGE_METRICS).audit,
+                        "counter audit",
+                        wait_first=True,
+                    ),
                 ],
                 # CheckQuota answers from Redis and the entitlements it holds, also while PostgreSQL is
                 # down (read-only mode): a pod leaves the endpoints only when it cannot reach Redis.

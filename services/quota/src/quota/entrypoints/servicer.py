@@ -16,8 +16,8 @@ from billing_common.errors import (
 from billing_common.grpc_server import Context, status_code_for
 from billing_common.idempotency import IdempotencyKey
 from billing_common.paging import PageTokens
-from billing_common.protos import PLAN_TIERS, ProtoEnum, optional_datetime
-from billing_common.subscriptions import PlanTier
+from billing_common.protos import TIERS, ProtoEnum, optional_datetime
+from billing_common.tiers import Tier
 from quota.app.catalog import Catalog
 from quota.app.entitlements import Entitlements, GrantRequest
 from quota.app.usage import RecordResult, Summary, Usage, UsageEventIn, UsageOutcome
@@ -119,7 +119,7 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
     ) -> pb.SetTierPlanMappingResponse:
         mapping: dict[str, str] = {}
         for index, item in enumerate(request.mappings):
-            tier = PLAN_TIERS.get(item.tier, None)
+            tier = TIERS.get(item.tier, None)
             if tier is None:
                 raise InvalidArgument.of(f"mappings[{index}].tier", "must be LITE, PLUS or PRO")
             mapping[tier] = item.plan_code
@@ -272,7 +272,4 @@ def _usage_result(result: RecordResult) -> pb.UsageResult:
 
 
 def _tier_plans(mapping: dict[str, str]) -> list[pb.TierPlan]:
-    return [
-        pb.TierPlan(tier=PLAN_TIERS.pb(PlanTier(tier)), plan_code=code)
-        for tier, code in sorted(mapping.items())
-    ]
+    return [pb.TierPlan(tier=TIERS.pb(Tier(tier)), plan_code=code) for tier, code in sorted(mapping.items())]

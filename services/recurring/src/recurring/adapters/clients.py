@@ -13,7 +13,15 @@ from billing.events.v1 import payment_pb2
 from billing.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from billing.quota.v1 import quota_pb2, quota_pb2_grpc
 from billing_common.errors import BillingError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from billing_common.protos import FREQUENCIES, PLAN_TIERS, money_of, money_pb, to_datetime
+from billing_common.protos import (
+    CHARGE_REFUSAL_CODES,
+    FREQUENCIES,
+    STATUS_CODES,
+    TIERS,
+    money_of,
+    money_pb,
+    to_datetime,
+)
 from recurring.adapters.codec import METHOD_TYPES, decline_kind, failure_type, payment_status
 from recurring.app.ports import PlanInfo, RecurringMetrics
 from recurring.domain.invoicing import AddOnUse, PeriodUsage, UsageCharge
@@ -34,10 +42,6 @@ _UNAVAILABLE = (
     grpc.StatusCode.DEADLINE_EXCEEDED,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
 )
-
-
-# google.rpc.Code numbers, as a batch answer gives them per item.
-STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
 def _translate(error: grpc.aio.AioRpcError, what: str) -> BillingError:
@@ -90,7 +94,7 @@ class QuotaClient:
             )
         except grpc.aio.AioRpcError as error:
             raise _translate(error, "tier") from None
-        return next((m.plan_code for m in reply.mappings if PLAN_TIERS.get(m.tier, None) == tier), None)
+        return next((m.plan_code for m in reply.mappings if TIERS.get(m.tier, None) == tier), None)
 
     async def usages(self, periods: Sequence[UsagePeriod]) -> list[PeriodUsage | BillingError]:
         """Billable usage of each tenant's [start, end) and the add-ons held in it, in one call; none
@@ -155,13 +159,6 @@ class QuotaClient:
         return instant.astimezone(self._zone).date()
 
 
-# Refusals of one charge in a batch, as the gRPC status Charge would have answered with.
-REFUSAL_CODES = {
-    gateway_pb2.CHARGE_REFUSAL_INVALID_ARGUMENT: "INVALID_ARGUMENT",
-    gateway_pb2.CHARGE_REFUSAL_KEY_REUSED: "FAILED_PRECONDITION",
-    gateway_pb2.CHARGE_REFUSAL_IN_PROGRESS: "UNAVAILABLE",
-    gateway_pb2.CHARGE_REFUSAL_BACK_PRESSURE: "UNAVAILABLE",
-}
 # ChargeBatch takes at most this many charges per call (its contract).
 BATCH_LIMIT = 1000
 
@@ -240,7 +237,11 @@ class GatewayClient:
                 continue
             retry_after = answer.retry_after.ToTimedelta() if answer.HasField("retry_after") else None
             answers.append(
-                self._unanswered(REFUSAL_CODES.get(answer.refusal, "UNKNOWN"), answer.message, retry_after)
+                self._unanswered(
+                    CHARGE_REFUSAL_CODES.get(answer.refusal, grpc.StatusCode.UNKNOWN).name,
+                    answer.message,
+                    retry_after,
+                )
             )
         return answers
 

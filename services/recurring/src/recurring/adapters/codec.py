@@ -18,10 +18,10 @@ from recurring.domain.subscription import MethodType
 METHOD_TYPES = ProtoEnum(MethodType, common_pb2.PaymentMethodType, "PAYMENT_METHOD_TYPE_")
 PAYMENT_STATUSES = ProtoEnum(PaymentStatus, common_pb2.PaymentStatus, "PAYMENT_STATUS_")
 # A payment that does not state why it failed did not fail, for recurring: it stores "none".
-FAILURE_TYPES = ProtoEnum(
+FAILURE_TYPES_OR_NONE = ProtoEnum(
     FailureType, common_pb2.FailureType, "FAILURE_TYPE_", {FailureType.UNSPECIFIED: "NONE"}
 )
-DECLINE_KINDS = ProtoEnum(
+DECLINE_KINDS_OR_NONE = ProtoEnum(
     DeclineKind, common_pb2.DeclineKind, "DECLINE_KIND_", {DeclineKind.UNSPECIFIED: "NONE"}
 )
 SUBSCRIPTION_STATUSES = ProtoEnum(
@@ -46,8 +46,8 @@ def payment_status(number: int) -> PaymentStatus:
 
 
 def failure_type(number: int) -> FailureType:
-    return FAILURE_TYPES.get(number, FailureType.NONE)
+    return FAILURE_TYPES_OR_NONE.get(number, FailureType.NONE)
 
 
 def decline_kind(number: int) -> DeclineKind:
-    return DECLINE_KINDS.get(number, DeclineKind.NONE)
+    return DECLINE_KINDS_OR_NONE.get(number, DeclineKind.NONE)

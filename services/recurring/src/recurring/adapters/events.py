@@ -11,7 +11,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from billing.events.v1 import invoice_pb2, run_pb2, subscription_pb2
 from billing_common.payments import FailureType
 from billing_common.protos import FREQUENCIES, SUBSCRIPTION_STATES, date_pb, money_pb
-from recurring.adapters.codec import DECLINE_KINDS, FAILURE_TYPES, METHOD_TYPES, RUN_KINDS_EVENT
+from recurring.adapters.codec import (
+    DECLINE_KINDS_OR_NONE,
+    FAILURE_TYPES_OR_NONE,
+    METHOD_TYPES,
+    RUN_KINDS_EVENT,
+)
 from recurring.domain import events as ev
 from recurring.domain.invoicing import Invoice
 from recurring.domain.runs import RunCounts
@@ -109,8 +114,8 @@ class EventMessages:
                 return invoice_pb2.InvoicePaymentFailed(
                     invoice=facts,
                     payment_id=txn.payment_id,
-                    failure_type=FAILURE_TYPES.pb(txn.failure_type),
-                    decline_kind=DECLINE_KINDS.pb(txn.decline_kind),
+                    failure_type=FAILURE_TYPES_OR_NONE.pb(txn.failure_type),
+                    decline_kind=DECLINE_KINDS_OR_NONE.pb(txn.decline_kind),
                     retryable=txn.retryable or txn.failure_type is FailureType.GATEWAY_UNREACHABLE,
                     decline_code=txn.decline_code,
                     attempt=txn.attempt,

@@ -3,9 +3,7 @@ the same figures (aggregate them with `max`, not `sum`); KEDA scales the workers
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import logging
 from collections.abc import Mapping
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -15,8 +13,6 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from billing_common.suite_clock import DueWork
 from recurring.domain.runs import RunKind, latest_scheduled_date
-
-log = logging.getLogger(__name__)
 
 REFRESH = timedelta(seconds=15)
 
@@ -131,14 +127,6 @@ class RunMetrics:
             _remove(RUN_HALTED_GATEWAYS, *labels)
             _remove(RUN_AGE, *labels)
         self._runs, self._items = runs_now, items_now
-
-    async def run_forever(self) -> None:
-        while True:
-            try:
-                await self.refresh()
-            except (OSError, asyncpg.PostgresError):
-                log.warning("run metrics refresh failed", exc_info=True)
-            await asyncio.sleep(REFRESH.total_seconds())
 
 
 def run_work(pool: asyncpg.Pool, times: Mapping[RunKind, time], zone: ZoneInfo) -> DueWork:

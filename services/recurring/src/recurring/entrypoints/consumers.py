@@ -11,7 +11,7 @@ import asyncpg
 
 from billing.events.v1 import dunning_pb2, payment_pb2, tier_pb2
 from billing_common.events import Handlers
-from billing_common.protos import PLAN_TIERS, money_of
+from billing_common.protos import TIERS, money_of
 from recurring.adapters.clients import charge_result
 from recurring.adapters.codec import EXHAUSTED_ACTIONS
 from recurring.app.invoices import Invoices
@@ -31,7 +31,7 @@ def payment_update(facts: payment_pb2.PaymentFacts, *, decline_code: str = "") -
 
 def event_handlers(subscriptions: Subscriptions, invoices: Invoices) -> Handlers:
     async def on_tier_changed(conn: asyncpg.Connection, event: tier_pb2.TierChanged) -> None:
-        tier = PLAN_TIERS.get(event.new_tier, None)
+        tier = TIERS.get(event.new_tier, None)
         account = tier_moving_plans(event.account_id, event.billed_account_id)
         if tier is None or account is None:
             return

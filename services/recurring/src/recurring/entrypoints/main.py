@@ -17,7 +17,7 @@ from billing_common.suite_clock import pause
 from recurring.adapters.clients import GatewayClient, QuotaClient
 from recurring.adapters.coordination import RedisOutageCounter
 from recurring.adapters.events import EventMessages
-from recurring.adapters.metrics import PrometheusRecurringMetrics, RunMetrics, run_work
+from recurring.adapters.metrics import REFRESH, PrometheusRecurringMetrics, RunMetrics, run_work
 from recurring.adapters.store import PostgresStore
 from recurring.adapters.tracing import ChargeSpans
 from recurring.adapters.views import Views
@@ -112,7 +112,7 @@ def build(settings: RecurringSettings) -> Lifespan:
             background=[
                 Background(scheduler),
                 Background(loops.run_forever, drain=loops.drain),
-                Background(RunMetrics(r.pool).run_forever),
+                Background.every(REFRESH, RunMetrics(r.pool).refresh, "run metrics refresh"),
             ],
             # A charge in flight when SIGTERM comes gets its whole timeout to answer.
             drain_at_least=settings.charge_timeout,

@@ -12,8 +12,8 @@ from billing.recurring.v1 import recurring_pb2 as pb
 from billing_common.errors import InvalidArgument
 from billing_common.protos import FREQUENCIES, money_pb
 from recurring.adapters.codec import (
-    DECLINE_KINDS,
-    FAILURE_TYPES,
+    DECLINE_KINDS_OR_NONE,
+    FAILURE_TYPES_OR_NONE,
     INVOICE_STATUSES,
     LINE_KINDS,
     METHOD_TYPES,
@@ -107,8 +107,8 @@ def transaction_pb(txn: Transaction) -> pb.Transaction:
         idempotency_key=txn.idempotency_key,
         payment_id=txn.payment_id,
         status=PAYMENT_STATUSES.pb(txn.status),
-        failure_type=FAILURE_TYPES.pb(txn.failure_type),
-        decline_kind=DECLINE_KINDS.pb(txn.decline_kind),
+        failure_type=FAILURE_TYPES_OR_NONE.pb(txn.failure_type),
+        decline_kind=DECLINE_KINDS_OR_NONE.pb(txn.decline_kind),
         decline_code=txn.decline_code,
         amount=money_pb(txn.amount),
     )

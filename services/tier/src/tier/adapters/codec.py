@@ -1,12 +1,13 @@
 """Tier values in the contracts' words, matched by name (shared by the tier.changed events and the
-gRPC answers)."""
+gRPC answers), and as the tier columns store them: a tier's rank (so reordering tiers needs a
+migration of those columns)."""
 
 from __future__ import annotations
 
-from billing.common.v1 import common_pb2
 from billing.events.v1 import tier_pb2 as events
 from billing_common.protos import ProtoEnum
-from tier.domain.accounts import AccountKind, Tier
+from billing_common.tiers import Tier
+from tier.domain.accounts import AccountKind
 
-TIERS = ProtoEnum(Tier, common_pb2.Tier, "TIER_")
+STORED_TIERS = {tier.rank: tier for tier in Tier}
 EVENT_ACCOUNT_KINDS = ProtoEnum(AccountKind, events.AccountKind, "ACCOUNT_KIND_")

@@ -11,6 +11,7 @@ import asyncpg
 
 from billing_common.db import connection, transaction
 from tier.adapters import revisions
+from tier.adapters.codec import STORED_TIERS
 from tier.app.ports import EstateDelta, UpsertCounts
 from tier.domain.accounts import (
     AccountKind,
@@ -20,7 +21,6 @@ from tier.domain.accounts import (
     InventoryMode,
     Signal,
     SignalKind,
-    Tier,
 )
 from tier.domain.estate import TierRecord
 from tier.domain.rules import TierDecision
@@ -186,7 +186,7 @@ class PostgresEstate:
                 decision = decisions.get(key)
                 if decision is None:
                     evidence = tuple((name, value) for name, value in json.loads(r[5]))
-                    decision = decisions[key] = TierDecision(Tier(r[2]), r[3], r[4], evidence)
+                    decision = decisions[key] = TierDecision(STORED_TIERS[r[2]], r[3], r[4], evidence)
                 tiers.append((r[0], TierRecord(AccountKind(r[1]), decision, r[6], r[7])))
             delta.tiers = tiers
         return delta

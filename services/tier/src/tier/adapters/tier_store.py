@@ -14,8 +14,9 @@ from billing.events.v1 import tier_pb2 as events
 from billing_common.db import check_fence, connection, transaction
 from billing_common.events import Outbox
 from billing_common.locks import Lease
+from billing_common.protos import TIERS
 from tier.adapters import revisions
-from tier.adapters.codec import EVENT_ACCOUNT_KINDS, TIERS
+from tier.adapters.codec import EVENT_ACCOUNT_KINDS, STORED_TIERS
 from tier.app.ports import AppliedChange, HistoryEntry
 from tier.domain.estate import PlannedChange
 from tier.domain.events import TierChanged, announced
@@ -47,8 +48,8 @@ def _entry(row: asyncpg.Record) -> HistoryEntry:
         change_id=row["change_id"],
         account_id=row["account_id"],
         kind=row["kind"],
-        previous_tier=row["previous_tier"],
-        new_tier=row["new_tier"],
+        previous_tier=None if row["previous_tier"] is None else STORED_TIERS[row["previous_tier"]],
+        new_tier=STORED_TIERS[row["new_tier"]],
         rule_id=row["rule_id"],
         rule_set_version=row["rule_set_version"],
         evidence_before=tuple((n, v) for n, v in row["evidence_before"]),
@@ -114,8 +115,8 @@ class PostgresTiers:
                         change_id,
                         c.account_id,
                         c.kind.value,
-                        None if c.previous is None else int(c.previous.decision.tier),
-                        int(c.decision.tier),
+                        None if c.previous is None else c.previous.decision.tier.rank,
+                        c.decision.tier.rank,
                         c.decision.rule_id,
                         c.decision.rule_set_version,
                         _json(c.previous.decision.evidence if c.previous else ()),

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import TypeVar
 
 from billing_common.errors import NotFound, Violations
+from billing_common.tiers import Tier
 from tier.app.ports import EstateDelta, EstateStore, TierMetrics, UpsertCounts
 from tier.domain.accounts import (
     AccountKind,
@@ -18,7 +19,6 @@ from tier.domain.accounts import (
     EndUser,
     Signal,
     SignalKind,
-    Tier,
     normalize_signal_value,
 )
 from tier.domain.estate import Estate, TierRecord

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Protocol
 
 from billing_common.locks import Lease
+from billing_common.tiers import Tier
 from tier.domain.accounts import Database, Distributor, EndUser, Signal, SignalKind
 from tier.domain.estate import PlannedChange, TierRecord
 from tier.domain.scans import Scan, ScanKind, ScanState
@@ -65,8 +66,8 @@ class HistoryEntry:
     change_id: int
     account_id: str
     kind: str
-    previous_tier: int | None
-    new_tier: int
+    previous_tier: Tier | None
+    new_tier: Tier
     rule_id: str
     rule_set_version: str
     evidence_before: tuple[tuple[str, str], ...]

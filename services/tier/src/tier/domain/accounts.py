@@ -4,15 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from enum import IntEnum, StrEnum
-
-
-class Tier(IntEnum):
-    """Billing tiers, ordered: a higher value is a higher tier."""
-
-    LITE = 1
-    PLUS = 2
-    PRO = 3
+from enum import StrEnum
 
 
 class AccountKind(StrEnum):

@@ -214,7 +214,7 @@ class ScanPlan:
                     changes.append(
                         PlannedChange(database_id, AccountKind.DATABASE, previous, decision, billed_account)
                     )
-                counts[decision.tier - 1] += 1
+                counts[decision.tier.rank - 1] += 1
             decision = roll_up_counts(counts[0], counts[1], counts[2], version)
             end_user_tiers[end_user_id] = decision
             previous = tiers.get(end_user_id)

@@ -6,7 +6,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from tier.domain.accounts import AccountKind, Tier
+from billing_common.tiers import Tier
+from tier.domain.accounts import AccountKind
 from tier.domain.estate import PlannedChange
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from functools import lru_cache
 
-from tier.domain.accounts import Tier
+from billing_common.tiers import Tier
 from tier.domain.rules import TierDecision
 
 ROLLUP_RULE = "rollup-highest"
@@ -19,7 +19,7 @@ ROLLUP_RULE = "rollup-highest"
 def roll_up(children: Iterable[Tier], rule_set_version: str) -> TierDecision:
     counts = [0, 0, 0]
     for tier in children:
-        counts[tier - 1] += 1
+        counts[tier.rank - 1] += 1
     return roll_up_counts(counts[0], counts[1], counts[2], rule_set_version)
 
 

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NamedTuple
 
-from tier.domain.accounts import BilledBy, InventoryMode, Tier
+from billing_common.tiers import Tier
+from tier.domain.accounts import BilledBy, InventoryMode
 
 
 class Facts(NamedTuple):

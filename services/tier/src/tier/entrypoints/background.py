@@ -1,4 +1,4 @@
-"""The background loops of a pod: the scan scheduler (trigger), the scan worker, the model refresher."""
+"""The background loops of a pod: the scan scheduler (trigger) and the scan worker."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from datetime import datetime, timedelta
 
 from billing_common.clock import Clock
 from billing_common.suite_clock import pause
-from tier.app.accounts import Accounts
 from tier.app.scans import Scans
 from tier.domain.scans import ScanKind, latest_fires, next_fires
 
@@ -57,10 +56,3 @@ async def run_worker(scans: Scans, poll_interval: timedelta) -> None:
             continue
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(scans.queued.wait(), poll_interval.total_seconds())
-
-
-async def run_refresher(accounts: Accounts, interval: timedelta) -> None:
-    """Merge other pods' writes into this pod's model, so its reads stay current."""
-    while True:
-        await asyncio.sleep(interval.total_seconds())
-        await accounts.refresh()

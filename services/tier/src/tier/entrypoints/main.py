@@ -23,7 +23,7 @@ from tier.app.ports import SignalProvider
 from tier.app.scans import Scans
 from tier.domain.rules import DEFAULT_RULE_SET, Evaluator, RuleSet
 from tier.domain.scans import ScanKind
-from tier.entrypoints.background import ScanScheduler, run_refresher, run_worker
+from tier.entrypoints.background import ScanScheduler, run_worker
 from tier.entrypoints.servicer import ACCESS, TierServicer
 from tier.settings import TierSettings
 
@@ -90,16 +90,20 @@ def build(settings: TierSettings) -> Lifespan:
             async def worker() -> None:
                 await run_worker(scans, settings.worker_poll_interval)
 
-            async def refresher() -> None:
-                await run_refresher(accounts, settings.model_refresh_interval)
-
             yield ServiceParts(
                 [
                     Registration(
                         tier_pb2_grpc.add_TierServiceServicer_to_server, servicer, SERVICE_NAME, ACCESS
                     )
                 ],
-                background=[Background(scheduler.run), Background(worker), Background(refresher)],
+                background=[
+                    Background(scheduler.run),
+                    Background(worker),
+                    # Other pods' writes merged into this pod's model, so its reads stay current.
+                    Background.every(
+                        settings.model_refresh_interval, accounts.refresh, "model refresh", wait_first=True
+                    ),
+                ],
                 due_work=[scheduler.due, unfinished_scans(r.pool)],
             )
 

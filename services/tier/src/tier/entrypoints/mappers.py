@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from billing.common.v1 import common_pb2
 from billing.tier.v1 import tier_pb2 as pb
-from billing_common.protos import ProtoEnum, optional_datetime, stamp
-from tier.adapters.codec import TIERS
+from billing_common.protos import TIERS, ProtoEnum, optional_datetime, stamp
+from billing_common.tiers import Tier
 from tier.app.accounts import HierarchyNode, SignalReport
 from tier.app.ports import HistoryEntry
-from tier.domain.accounts import AccountKind, Database, Distributor, EndUser, InventoryMode, SignalKind, Tier
+from tier.domain.accounts import AccountKind, Database, Distributor, EndUser, InventoryMode, SignalKind
 from tier.domain.estate import TierRecord
 from tier.domain.scans import Scan, ScanKind, ScanState
 
@@ -19,9 +19,9 @@ SCAN_KINDS = ProtoEnum(ScanKind, pb.ScanKind, "SCAN_KIND_")
 SCAN_STATES = ProtoEnum(ScanState, pb.ScanState, "SCAN_STATE_")
 
 
-def tier_pb(tier: Tier | int | None) -> common_pb2.Tier.ValueType:
+def tier_pb(tier: Tier | None) -> common_pb2.Tier.ValueType:
     """An account without a tier yet is UNSPECIFIED."""
-    return common_pb2.TIER_UNSPECIFIED if tier is None else TIERS.pb(Tier(tier))
+    return common_pb2.TIER_UNSPECIFIED if tier is None else TIERS.pb(tier)
 
 
 def distributor(message: pb.Distributor) -> Distributor:
