@@ -56,6 +56,8 @@ REPORT_LIFETIME = timedelta(seconds=10)
 ROUND_PAUSES = (timedelta(milliseconds=25), timedelta(milliseconds=160))
 # A round whose answers have not all come in by then is asked again.
 ROUND_PATIENCE = timedelta(seconds=2)
+# How long setting the clock waits for every pod to say it stands at the new instant.
+STANDING_PATIENCE = timedelta(seconds=10)
 # The test clock stays before this instant: dates near 9999 overflow.
 CLOCK_END = datetime(3000, 1, 1, tzinfo=UTC)
 
@@ -306,20 +308,26 @@ class ClockControl:
         self._clock = clock
         self._redis = redis
         self._key = key
-        self._move = redis.register_script(_MOVE_FORWARD)
+        self._move_forward = redis.register_script(_MOVE_FORWARD)
 
     async def current(self) -> datetime:
         announced = _decode(await self._redis.get(self._key))
         return max(filter(None, (announced, self._clock.instant)), default=self._clock.now())
 
     async def set(self, instant: datetime) -> datetime:
-        """Stand the whole suite at `instant`, at once (nothing in between is stepped through)."""
+        """Stand the whole suite at `instant`, at once (nothing in between is stepped through); answers
+        once every live pod stands there, so a caller may ask any pod the time right after."""
+        stored = await self._move_to(instant)
+        await self._wait_standing(stored)
+        return stored
+
+    async def _move_to(self, instant: datetime) -> datetime:
         instant = instant.astimezone(UTC)
         if instant >= CLOCK_END:
             raise ClockRefused("would move the test clock past 3000-01-01")
         if instant < await self.current():
             raise ClockRefused("a clock never moves backwards")
-        stored = _decode(await self._move(keys=[self._key], args=[_encode(instant)]))
+        stored = _decode(await self._move_forward(keys=[self._key], args=[_encode(instant)]))
         assert stored is not None
         self._clock.move_to(stored)
         return stored
@@ -346,7 +354,7 @@ class ClockControl:
         now = start
         while now < target:
             began = loop.time()
-            now = await self.set(min(now + step, target))
+            now = await self._move_to(min(now + step, target))
             still_running = await self.wait_caught_up(now, deadline)
             log.info(
                 "test clock step",
@@ -359,6 +367,32 @@ class ClockControl:
             if still_running:
                 return CatchUp(now, False, still_running)
         return CatchUp(now, True, [])
+
+    async def _wait_standing(self, instant: datetime) -> None:
+        """Until a round of answers finds every live pod at `instant` (an answer is written after the
+        pod has followed the clock); a pod that does not answer within STANDING_PATIENCE follows
+        the clock at its next report and is logged."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STANDING_PATIENCE.total_seconds()
+        pubsub = self._redis.pubsub()
+        await pubsub.subscribe(f"{self._key}:reports")
+        try:
+            while await self.reports():
+                until = min(deadline, loop.time() + ROUND_PATIENCE.total_seconds())
+                answers = await self._ask_round(pubsub, until)
+                if answers is not None and all(
+                    a.instant is not None and a.instant >= instant for a in answers.values()
+                ):
+                    return
+                if loop.time() >= deadline:
+                    log.warning(
+                        "test clock set; not every pod has answered yet",
+                        extra={"instant": instant.isoformat()},
+                    )
+                    return
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def wait_caught_up(self, instant: datetime, deadline: float) -> list[str]:
         """Empty once two rounds of answers, one asked after the other, show every live pod at

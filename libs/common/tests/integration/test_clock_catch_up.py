@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from billing_common import db
 from billing_common.suite_clock import ClockAgent, ClockControl, SharedClock
-from billing_devtools.testing.plugin import InfraEnv
+from billing_devtools.testing.plugin import InfraEnv, eventually
 from billing_devtools.testing.servers import RedisServer
 
 EVE = datetime(2031, 1, 1, 12, tzinfo=UTC)
@@ -31,12 +31,15 @@ async def _schema(env: InfraEnv, name: str) -> asyncpg.Pool:
 
 @contextlib.asynccontextmanager
 async def pod(
-    env: InfraEnv, service: str, due: Callable[[asyncpg.Pool, datetime], Awaitable[Mapping[str, int]]]
+    env: InfraEnv,
+    service: str,
+    due: Callable[[asyncpg.Pool, datetime], Awaitable[Mapping[str, int]]],
+    clock: SharedClock | None = None,
 ) -> AsyncIterator[asyncpg.Pool]:
     """One pod of `service` on the test's clock, reporting what `due` says it has due."""
     pool = await _schema(env, service.replace("-", "_"))
     redis = Redis.from_url(env.infra.redis_url)
-    agent = ClockAgent(SharedClock(), pool, redis, f"{env.run_id}:test-clock", service)
+    agent = ClockAgent(clock or SharedClock(), pool, redis, f"{env.run_id}:test-clock", service)
     agent.watch([lambda now: due(pool, now)])
     await agent.resume()
     task = asyncio.create_task(agent.run())
@@ -61,6 +64,28 @@ async def control(env: InfraEnv) -> AsyncIterator[ClockControl]:
 
 async def _wrote_events(pool: asyncpg.Pool) -> int:
     return int(await pool.fetchval("SELECT count(*) FROM outbox"))
+
+
+async def test_setting_the_clock_answers_once_a_pod_busy_counting_its_work_stands_at_the_new_instant(
+    env: InfraEnv, control: ClockControl
+) -> None:
+    """The move is announced while the pod is counting its due work; a caller asking that pod the
+    time right after SetClock answers must still get the new instant."""
+    counting = asyncio.Event()
+
+    async def slow_to_count(pool: asyncpg.Pool, now: datetime) -> Mapping[str, int]:
+        counting.set()
+        await asyncio.sleep(0.5)
+        return {}
+
+    clock = SharedClock()
+    async with pod(env, "recurring", slow_to_count, clock):
+        assert clock.now() == EVE
+        await eventually(control.reports)  # the pod has reported once: the suite knows it
+        counting.clear()
+        await counting.wait()
+        await control.set(EVE + DAY)
+        assert clock.now() == EVE + DAY
 
 
 async def test_a_pod_that_keeps_handing_work_on_is_not_caught_up_until_it_has_finished(
