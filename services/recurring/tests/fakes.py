@@ -412,7 +412,7 @@ class FakeLedger:
     async def balances(self, customer: str, currency: str) -> tuple[Money, Money]:
         owed = self._t.balance(ledger.receivable(customer), currency)
         credit = self._t.balance(ledger.customer_credit(customer), currency)
-        return Money(owed + credit, currency), Money(-credit, currency)
+        return Money(owed + credit, currency), Money(max(0, -credit), currency)
 
 
 class FakeOutbox:

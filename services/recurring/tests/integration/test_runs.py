@@ -98,29 +98,50 @@ async def test_the_same_date_twice_and_two_racing_runners_charge_each_occurrence
         assert [r.run_id for r in runs if r.billing_date == pb_date(DAY)] == [run.run_id]
 
 
-async def test_below_the_minimum_is_skipped_and_recorded(deps: Deps) -> None:
+async def test_an_amount_under_the_minimum_is_invoiced_carried_and_charged_with_the_next_invoice(
+    deps: Deps,
+) -> None:
     async with recurring_service(deps.recurring_settings()) as recurring:
-        small = (await recurring.operator.CreateSubscription(custom("small", 499, WEEKLY, DAY))).subscription
-        await recurring.operator.CreateSubscription(custom("enough", 500, WEEKLY, DAY))
+        stub = recurring.operator
+        small = (await stub.CreateSubscription(custom("small", 499, WEEKLY, DAY))).subscription
+        await stub.CreateSubscription(custom("enough", 500, WEEKLY, DAY))
 
-        run = await run_until_settled(recurring.operator, DAY)
+        run = await run_until_settled(stub, DAY)
 
         assert (run.counts.due, run.counts.charged, run.counts.skipped) == (2, 1, 1)
         assert [c["amount_minor"] for c in await deps.sandbox_charges()] == [500]
         sub = (
-            await recurring.operator.GetSubscription(
-                pb.GetSubscriptionRequest(subscription_id=small.subscription_id)
-            )
+            await stub.GetSubscription(pb.GetSubscriptionRequest(subscription_id=small.subscription_id))
         ).subscription
-        assert sub.next_billing_date == pb_date(date(2031, 5, 12))  # the occurrence passed, uncharged
+        assert sub.next_billing_date == pb_date(date(2031, 5, 12))  # the period is billed
         skipped = await deps.recurring_rows("SELECT detail FROM work_items WHERE status = 'skipped'")
-        assert [r["detail"] for r in skipped] == ["below the minimum amount"]
-        assert (
-            await deps.recurring_rows(
-                "SELECT * FROM invoices WHERE subscription_id = $1", small.subscription_id
-            )
-            == []
+        assert [r["detail"] for r in skipped] == ["below the minimum amount: carried to the next invoice"]
+        balance = await stub.GetAccountBalance(
+            pb.GetAccountBalanceRequest(account_id="small", currency="USD")
         )
+        assert balance.balance.amount_minor == 499  # owed, not charged yet
+
+        await run_until_settled(stub, date(2031, 5, 12))
+
+        assert sorted(c["amount_minor"] for c in await deps.sandbox_charges()) == [500, 500, 998]
+        invoices = (
+            await stub.ListInvoices(pb.ListInvoicesRequest(subscription_id=small.subscription_id))
+        ).invoices
+        first, second = sorted(invoices, key=lambda i: (i.billing_date.month, i.billing_date.day))
+        assert (first.status, first.total.amount_minor) == (pb.INVOICE_STATUS_PAID, 499)
+        assert (second.status, second.total.amount_minor, second.amount_due.amount_minor) == (
+            pb.INVOICE_STATUS_PAID,
+            499,
+            998,
+        )
+        assert [(line.kind, line.amount.amount_minor) for line in second.lines][-1] == (
+            pb.INVOICE_LINE_KIND_CARRIED_BALANCE,
+            499,
+        )
+        balance = await stub.GetAccountBalance(
+            pb.GetAccountBalanceRequest(account_id="small", currency="USD")
+        )
+        assert balance.balance.amount_minor == 0
 
 
 async def test_paused_and_cancelled_subscriptions_are_skipped(deps: Deps) -> None:

@@ -92,6 +92,28 @@ def test_below_minimum_and_fully_credited() -> None:
     assert covered.credit_applied == usd(900) and covered.amount_due == usd(0)
 
 
+def test_a_balance_carried_from_an_invoice_under_the_minimum_is_due_on_the_next() -> None:
+    carried = build_invoice(usd(1000), "x", [], [], usd(-32), usd(500))
+    assert carried.decision is InvoiceDecision.CHARGE
+    assert (carried.total, carried.credit_applied, carried.amount_due) == (usd(1000), usd(-32), usd(1032))
+    assert carried.lines[-1].kind is LineKind.CARRIED_BALANCE and carried.lines[-1].amount == usd(32)
+    assert sum(line.amount.amount_minor for line in carried.lines) == carried.amount_due.amount_minor
+    # A credit invoice leaves the carried balance to net against it in the account's balance.
+    credit_note = build_invoice(usd(100), "x", [], [("downgrade", usd(-400))], usd(-32), usd(500))
+    assert credit_note.credit_applied == usd(0) and credit_note.amount_due == usd(0)
+
+
+def test_carrying_moves_the_amount_due_from_the_receivable_to_the_accounts_balance() -> None:
+    opened = ledger.invoice_posting("acme", "inv_1", usd(32), usd(0))
+    carried = ledger.carry_posting("acme", "inv_1", usd(32))
+    applied = ledger.invoice_posting("acme", "inv_2", usd(1000), usd(-32))
+    balances: dict[str, int] = {}
+    for posting in (opened, carried, applied):
+        for entry in posting.entries:
+            balances[entry.account] = balances.get(entry.account, 0) + entry.amount.amount_minor
+    assert balances == {"receivable:acme": 1032, "revenue": -1032, "credit:acme": 0}
+
+
 amounts = st.integers(1, 10**9).map(usd)
 
 

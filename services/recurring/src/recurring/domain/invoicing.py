@@ -21,6 +21,8 @@ class LineKind(StrEnum):
     ADD_ON = "add_on"
     PRORATION = "proration"
     CREDIT = "credit"
+    # An earlier invoice's amount due under the minimum, carried in the account's balance to this one.
+    CARRIED_BALANCE = "carried_balance"
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,8 @@ class InvoiceDecision(StrEnum):
     CHARGE = "charge"
     # Fully paid by account credit: nothing to charge.
     PAID_BY_CREDIT = "paid_by_credit"
-    # Under the minimum amount: not invoiced now; usage and proration wait for the next invoice.
+    # Under the minimum amount: invoiced and settled by carrying the amount due in the account's
+    # balance, which the next invoice adds (nothing is charged now, nothing is given away).
     BELOW_MINIMUM = "below_minimum"
 
 
@@ -89,7 +92,9 @@ def build_invoice(
 ) -> InvoiceDraft:
     """Lines sum to the total; credit covers at most the total; the rest is due.
 
-    A positive amount due below `minimum` is not worth a charge (decision BELOW_MINIMUM).
+    A negative `credit_available` is a balance an earlier invoice carried (it was under the minimum):
+    it is added to what is due, unless this invoice is itself a credit, which nets against it in the
+    account's balance. A positive amount due below `minimum` is not worth a charge (BELOW_MINIMUM).
     """
     currency = base.currency
     lines = [InvoiceLine(LineKind.BASE, base_description, base)]
@@ -101,10 +106,15 @@ def build_invoice(
     lines += [InvoiceLine(LineKind.ADD_ON, text, amount) for text, amount in add_ons if amount.amount_minor]
     lines += [InvoiceLine(LineKind.PRORATION, text, amount) for text, amount in proration]
     total = Money(sum(line.amount.amount_minor for line in lines), currency)
-    usable_credit = max(0, min(credit_available.amount_minor, total.amount_minor))
-    credit = Money(usable_credit, currency)
-    if usable_credit:
+    if credit_available.amount_minor >= 0:
+        applied = max(0, min(credit_available.amount_minor, total.amount_minor))
+    else:
+        applied = credit_available.amount_minor if total.amount_minor >= 0 else 0
+    credit = Money(applied, currency)
+    if applied > 0:
         lines.append(InvoiceLine(LineKind.CREDIT, "Account credit applied", -credit))
+    elif applied < 0:
+        lines.append(InvoiceLine(LineKind.CARRIED_BALANCE, "Balance carried from earlier invoices", -credit))
     due = total - credit
     if due.amount_minor <= 0:
         decision = InvoiceDecision.PAID_BY_CREDIT

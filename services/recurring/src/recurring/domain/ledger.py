@@ -1,8 +1,9 @@
 """The double-entry billing ledger: every business fact is a balanced set of entries.
 
 Sign convention: debits positive, credits negative; the entries of one posting sum to zero.
-Accounts: `receivable:<account>` (what the customer owes), `credit:<account>` (credit we owe
-the customer, a negative balance), `revenue`, `cash:<gateway>`, `bad_debt`, `credits_granted`.
+Accounts: `receivable:<account>` (what the customer owes), `credit:<account>` (the account's
+balance: credit we owe the customer is negative, an amount carried to the next invoice positive),
+`revenue`, `cash:<gateway>`, `bad_debt`, `credits_granted`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class PostingKind(StrEnum):
     WRITE_OFF = "write_off"
     RETURN = "return"
     VOID = "void"
+    CARRY = "carry"
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,8 @@ def _pair(kind: PostingKind, customer: str, ref: str, debit: str, credit: str, a
 
 
 def invoice_posting(customer: str, invoice_id: str, total: Money, credit_applied: Money) -> Posting:
-    """The customer owes the total; applied credit moves from their credit to the receivable.
+    """The customer owes the total; applied credit moves from their credit to the receivable (a
+    carried balance, applied as negative credit, moves back to the receivable the same way).
 
     A negative total (a downgrade's proration credit larger than the rest) becomes account credit.
     """
@@ -94,6 +97,14 @@ def invoice_posting(customer: str, invoice_id: str, total: Money, credit_applied
     if total.is_negative():
         entries += [Entry(receivable(customer), -total), Entry(customer_credit(customer), total)]
     return Posting(PostingKind.INVOICE, customer, invoice_id, tuple(entries))
+
+
+def carry_posting(customer: str, invoice_id: str, amount_due: Money) -> Posting:
+    """An amount due under the minimum charge leaves the invoice for the account's balance (a debit
+    in the credit account, which the next invoice applies back)."""
+    return _pair(
+        PostingKind.CARRY, customer, invoice_id, customer_credit(customer), receivable(customer), amount_due
+    )
 
 
 def void_posting(customer: str, invoice_id: str, amount_due: Money, credit_applied: Money) -> Posting | None:

@@ -218,10 +218,10 @@ def _bill_one(working: _Working, item: WorkItem, usage: PeriodUsage, rules: Rule
         if reason:
             change.finished.append(ItemResult(item, ItemStatus.SKIPPED, reason))
             return
-        invoice = _open_invoice(working, sub, item, usage, rules, new_id)
-        if invoice is None:
-            working.save(sub, skip_occurrence(sub, item.due_date, working.now), BILLING)
-            change.finished.append(ItemResult(item, ItemStatus.SKIPPED, "below the minimum amount"))
+        invoice, decision = _open_invoice(working, sub, item, usage, rules, new_id)
+        if decision is InvoiceDecision.BELOW_MINIMUM:
+            detail = "below the minimum amount: carried to the next invoice"
+            change.finished.append(ItemResult(item, ItemStatus.SKIPPED, detail, invoice.invoice_id))
             return
     if invoice.status is InvoiceStatus.PAID:
         change.finished.append(ItemResult(item, ItemStatus.CHARGED, "paid", invoice.invoice_id))
@@ -268,9 +268,9 @@ def _open_invoice(
     usage: PeriodUsage,
     rules: Rules,
     new_id: NewId,
-) -> Invoice | None:
-    """The occurrence's invoice, opened (and paid, when credit covers it) with its ledger posting and
-    the subscription renewed; None when the amount due is under the minimum (nothing is written)."""
+) -> tuple[Invoice, InvoiceDecision]:
+    """The occurrence's invoice, opened with its ledger posting and the subscription renewed; settled
+    at once when credit covers it, or when what is due is under the minimum (carried to the next)."""
     now = working.now
     currency = sub.amount.currency
     credit_key = (sub.account_id, currency)
@@ -284,8 +284,6 @@ def _open_invoice(
         Money(rules.minimum_charge_minor, currency),
         add_on_lines([a for a in usage.add_ons if a.price.currency == currency]),
     )
-    if draft.decision is InvoiceDecision.BELOW_MINIMUM:
-        return None
     period = period_starting(sub.frequency, item.due_date, sub.anchor_day)
     invoice = Invoice(
         invoice_id=new_id("inv"),
@@ -311,17 +309,22 @@ def _open_invoice(
         working.change.postings.append(
             ledger.invoice_posting(sub.account_id, invoice.invoice_id, draft.total, draft.credit_applied)
         )
-    # Credit applied is spent; a negative total (a large downgrade credit) becomes credit.
+    # Credit applied is spent; a negative total (a large downgrade credit) becomes credit; an amount
+    # due under the minimum is carried in the balance, as negative credit.
     left = working.credits.get(credit_key, Money(0, currency)) - draft.credit_applied
     working.credits[credit_key] = left + Money(max(0, -draft.total.amount_minor), currency)
     renewed = renew(sub, item.due_date, now)
     working.save(sub, renewed, BILLING)
     working.announce(ev.SubscriptionRenewed(renewed), item)
     working.announce(ev.InvoiceCreated(invoice), item)
-    if draft.decision is InvoiceDecision.PAID_BY_CREDIT:
+    if draft.decision is InvoiceDecision.BELOW_MINIMUM:
+        working.change.postings.append(
+            ledger.carry_posting(sub.account_id, invoice.invoice_id, draft.amount_due)
+        )
+        working.credits[credit_key] = working.credits[credit_key] - draft.amount_due
+    if draft.decision in (InvoiceDecision.PAID_BY_CREDIT, InvoiceDecision.BELOW_MINIMUM):
         _mark_paid(working, invoice, None, BILLING, item)
-        return working.invoices[invoice.invoice_id]
-    return invoice
+    return working.invoices[invoice.invoice_id], draft.decision
 
 
 def charge_request(attempt: Transaction, sub: Subscription) -> ChargeRequest:
@@ -592,7 +595,8 @@ def settle_refund(attempt: Transaction, refund_id: str, refunded_total: Money, b
 def _mark_paid(
     working: _Working, invoice: Invoice, attempt: Transaction | None, cause: Cause, item: WorkItem | None
 ) -> None:
-    """`attempt` is the payment; None when account credit paid the whole invoice."""
+    """`attempt` is the payment; None when account credit paid the whole invoice, or its amount due
+    (under the minimum) was carried to the next one."""
     if invoice.status is InvoiceStatus.PAID:
         return
     invoice_transition(invoice.status, InvoiceStatus.PAID)

@@ -60,7 +60,8 @@ class PostgresLedger:
             currency,
         )
         assert row is not None
-        return Money(int(row["balance"]), currency), Money(-int(row["credit"]), currency)
+        # A positive credit account is a balance carried to the next invoice: no credit available.
+        return Money(int(row["balance"]), currency), Money(max(0, -int(row["credit"])), currency)
 
     async def lines(self, customer: str, after: int, limit: int) -> list[LedgerLine]:
         rows = await self._conn.fetch(
