@@ -7,7 +7,7 @@ from datetime import time, timedelta
 from zoneinfo import ZoneInfo
 
 from billing_common.settings import CommonSettings
-from recurring.domain.settlement import ExhaustedAction
+from billing_common.subscriptions import ExhaustedAction
 
 
 @dataclass(frozen=True)

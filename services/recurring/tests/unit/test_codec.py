@@ -7,9 +7,10 @@ import pytest
 from billing.common.v1 import common_pb2
 from billing.events.v1 import dunning_pb2
 from billing_common.payments import DeclineKind, FailureType
+from billing_common.protos import EXHAUSTED_ACTIONS
+from billing_common.subscriptions import ExhaustedAction
 from recurring.adapters import codec
 from recurring.domain.payments import PaymentStatus
-from recurring.domain.settlement import ExhaustedAction
 
 
 @pytest.mark.parametrize("status", list(PaymentStatus))
@@ -32,6 +33,6 @@ def test_a_payment_that_does_not_say_why_it_failed_is_stored_as_not_failed() -> 
 
 
 def test_dunning_exhausted_without_an_action_names_none_and_leaves_it_to_the_policy() -> None:
-    assert codec.EXHAUSTED_ACTIONS.get(dunning_pb2.EXHAUSTED_ACTION_UNSPECIFIED, None) is None
-    assert codec.EXHAUSTED_ACTIONS.get(dunning_pb2.EXHAUSTED_ACTION_CANCEL, None) is ExhaustedAction.CANCEL
-    assert codec.EXHAUSTED_ACTIONS.get(dunning_pb2.EXHAUSTED_ACTION_SUSPEND, None) is ExhaustedAction.SUSPEND
+    assert EXHAUSTED_ACTIONS.get(dunning_pb2.EXHAUSTED_ACTION_UNSPECIFIED, None) is None
+    assert EXHAUSTED_ACTIONS.get(dunning_pb2.EXHAUSTED_ACTION_CANCEL, None) is ExhaustedAction.CANCEL
+    assert EXHAUSTED_ACTIONS.get(dunning_pb2.EXHAUSTED_ACTION_SUSPEND, None) is ExhaustedAction.SUSPEND

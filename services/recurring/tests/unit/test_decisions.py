@@ -11,7 +11,7 @@ import pytest
 
 from billing_common.errors import FailedPrecondition, InvalidArgument, Unavailable
 from billing_common.money import Money
-from billing_common.subscriptions import Frequency, SubscriptionStatus
+from billing_common.subscriptions import ExhaustedAction, Frequency, SubscriptionStatus
 from recurring.domain import amendments, ledger
 from recurring.domain.events import SubscriptionCreated
 from recurring.domain.invoicing import Invoice, PeriodUsage, Transaction, UsageCharge
@@ -42,7 +42,6 @@ from recurring.domain.runs import (
 )
 from recurring.domain.schedule import local_day, midnight
 from recurring.domain.settlement import (
-    ExhaustedAction,
     ExhaustionPolicy,
     Rules,
     charge_request,

@@ -3,7 +3,7 @@ from datetime import time
 import pytest
 
 from billing_common.settings import SettingsError, load_settings
-from recurring.domain.settlement import ExhaustedAction
+from billing_common.subscriptions import ExhaustedAction
 from recurring.entrypoints.main import build
 from recurring.settings import RecurringSettings
 

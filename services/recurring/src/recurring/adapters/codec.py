@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from billing.common.v1 import common_pb2
-from billing.events.v1 import dunning_pb2, run_pb2
+from billing.events.v1 import run_pb2
 from billing.recurring.v1 import recurring_pb2
 from billing_common.payments import DeclineKind, FailureType
 from billing_common.protos import ProtoEnum
@@ -11,7 +11,6 @@ from billing_common.subscriptions import SubscriptionStatus
 from recurring.domain.invoicing import LineKind
 from recurring.domain.payments import PaymentStatus
 from recurring.domain.runs import ItemStatus, RunKind, RunState
-from recurring.domain.settlement import ExhaustedAction
 from recurring.domain.status import InvoiceStatus
 from recurring.domain.subscription import MethodType
 
@@ -33,8 +32,6 @@ RUN_KINDS = ProtoEnum(RunKind, recurring_pb2.RunKind, "RUN_KIND_")
 RUN_KINDS_EVENT = ProtoEnum(RunKind, run_pb2.RunKind, "RUN_KIND_")
 RUN_STATES = ProtoEnum(RunState, recurring_pb2.RunState, "RUN_STATE_")
 RUN_ITEM_STATUSES = ProtoEnum(ItemStatus, recurring_pb2.RunItemStatus, "RUN_ITEM_STATUS_")
-# dunning.exhausted's action; unspecified reads as none (the merchant's policy decides).
-EXHAUSTED_ACTIONS = ProtoEnum(ExhaustedAction, dunning_pb2.ExhaustedAction, "EXHAUSTED_ACTION_")
 
 
 def payment_status(number: int) -> PaymentStatus:

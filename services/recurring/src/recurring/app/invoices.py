@@ -11,6 +11,7 @@ from billing_common.clock import Clock
 from billing_common.errors import NotFound, Unavailable
 from billing_common.idempotency import IdempotencyKey
 from billing_common.money import Money
+from billing_common.subscriptions import ExhaustedAction
 from recurring.app.ports import Gateway, Store, UnitOfWork
 from recurring.app.settling import apply, books_for_invoices, new_id
 from recurring.app.subscriptions import existing_subscription
@@ -20,7 +21,6 @@ from recurring.domain.payments import NoAnswer, PaymentUpdate, described
 from recurring.domain.settlement import (
     Answer,
     Change,
-    ExhaustedAction,
     ExhaustionPolicy,
     Rules,
     charge_request,

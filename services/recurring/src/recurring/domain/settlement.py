@@ -15,12 +15,11 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from enum import StrEnum
 
 from billing_common.errors import FailedPrecondition, NotFound, Violations
 from billing_common.money import Money
 from billing_common.payments import FailureType
-from billing_common.subscriptions import Frequency, SubscriptionStatus
+from billing_common.subscriptions import ExhaustedAction, Frequency, SubscriptionStatus
 from recurring.domain import events as ev
 from recurring.domain import ledger
 from recurring.domain.addons import add_on_lines
@@ -516,13 +515,6 @@ def void(invoice: Invoice, attempts: Sequence[Transaction], reason: str, now: da
         change.postings.append(posting)
     working.announce(ev.InvoiceVoided(voided, reason), None)
     return change
-
-
-class ExhaustedAction(StrEnum):
-    """What becomes of the subscription when dunning runs out of attempts."""
-
-    SUSPEND = "suspend"
-    CANCEL = "cancel"
 
 
 @dataclass(frozen=True)

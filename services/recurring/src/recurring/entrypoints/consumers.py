@@ -11,9 +11,8 @@ import asyncpg
 
 from billing.events.v1 import dunning_pb2, payment_pb2, tier_pb2
 from billing_common.events import Handlers
-from billing_common.protos import TIERS, money_of
+from billing_common.protos import EXHAUSTED_ACTIONS, TIERS, money_of
 from recurring.adapters.clients import charge_result
-from recurring.adapters.codec import EXHAUSTED_ACTIONS
 from recurring.app.invoices import Invoices
 from recurring.app.subscriptions import Subscriptions
 from recurring.domain.amendments import tier_moving_plans
