@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -22,6 +22,10 @@ class CaseSession(Protocol):
 
     async def get(self, case_id: str, *, for_update: bool = False) -> Case | None: ...
     async def get_by_invoice(self, invoice_id: str, *, for_update: bool = False) -> Case | None: ...
+    async def get_many(self, case_ids: Sequence[str], *, for_update: bool = False) -> dict[str, Case]:
+        """The cases found, by id (a batch's cases read in one round trip)."""
+        ...
+
     async def open_cases_of_subscription(self, subscription_id: str) -> list[Case]:
         """Unfinished cases of a subscription, locked for update."""
         ...
@@ -41,6 +45,13 @@ class CaseSession(Protocol):
 
     async def apply(self, change: Change) -> Case:
         """Store a change if the case still has the version it was read at (else Conflict)."""
+        ...
+
+    async def apply_all(
+        self, changes: Sequence[Change], traces: Sequence[Mapping[str, str]] | None = None
+    ) -> list[Case]:
+        """Store changes set-wise, all or none, as `apply` stores one; each change's rows and log
+        lines join its trace in `traces` (by default the current one)."""
         ...
 
     async def check_fence(self, lease: Lease) -> None: ...
