@@ -381,6 +381,18 @@ class FencingTokens:
         )
         return int(token)
 
+    async def next_many(self, resources: Sequence[str]) -> dict[str, int]:
+        # Rows are locked in name order, so two callers that share resources never deadlock.
+        rows = await self._pool.fetch(
+            """INSERT INTO fencing_tokens (resource, token, issued)
+                   SELECT resource, 0, 1 FROM unnest($1::text[]) AS resource ORDER BY resource
+               ON CONFLICT (resource) DO UPDATE
+                   SET issued = greatest(fencing_tokens.issued, fencing_tokens.token) + 1
+               RETURNING resource, issued""",
+            sorted(set(resources)),
+        )
+        return {row["resource"]: int(row["issued"]) for row in rows}
+
 
 async def check_fence(conn: asyncpg.Connection, lease: Lease) -> None:
     """Record the lease's fencing token for its lock, or refuse if a newer holder has already written.

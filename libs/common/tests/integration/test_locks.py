@@ -49,6 +49,21 @@ async def test_a_held_lock_is_extended_beyond_its_ttl_and_released_after(locks: 
     assert await locks.try_acquire("monthly:lock:2026-11-30", timedelta(seconds=1)) is not None
 
 
+async def test_many_locks_are_taken_at_once_where_free_kept_together_and_released_together(
+    locks: RedisLocks,
+) -> None:
+    elsewhere = await locks.try_acquire("case:a", timedelta(seconds=5))
+    assert elsewhere is not None
+    async with locks.try_hold_many(["case:a", "case:b", "case:c"], timedelta(milliseconds=300)) as leases:
+        assert sorted(leases) == ["case:b", "case:c"]  # "case:a" has another holder
+        await asyncio.sleep(0.8)
+        assert not any(lease.lost.is_set() for lease in leases.values())
+        assert await locks.try_acquire("case:b", timedelta(seconds=1)) is None
+        first_tokens = {name: lease.fencing_token for name, lease in leases.items()}
+    async with locks.try_hold_many(["case:b", "case:c"], timedelta(seconds=1)) as again:
+        assert all(again[name].fencing_token > token for name, token in first_tokens.items())
+
+
 async def test_fencing_token_refuses_a_stale_holders_write(env: InfraEnv, locks: RedisLocks) -> None:
     schema = f"recurring_{env.run_id}"
     conn = await asyncpg.connect(db.dsn_with_user(env.infra.postgres_admin_url, schema))

@@ -87,6 +87,16 @@ class CaseStore(Protocol):
     async def put_policy(self, policy: RetryPolicy, now: datetime) -> None: ...
 
 
+class CaseLocks(Protocol):
+    """The per-case locks a batch of attempts holds (the service's Redis locks)."""
+
+    def try_hold_many(
+        self, names: Sequence[str], ttl: timedelta
+    ) -> AbstractAsyncContextManager[dict[str, Lease]]:
+        """Hold those of `names` that no one else holds, for the block: their leases by name."""
+        ...
+
+
 class Recurring(Protocol):
     async def retry_invoice_payment(self, invoice_id: str, idempotency_key: str) -> AttemptResult: ...
 

@@ -14,7 +14,6 @@ records every answer: the domain decides each case, the store writes them set-wi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -25,10 +24,10 @@ from typing import Any
 from billing_common import telemetry
 from billing_common.clock import Clock
 from billing_common.db import StaleFencingToken
-from billing_common.locks import Lease, Locks
+from billing_common.locks import Lease
 from billing_common.suite_clock import pause
 from dunning.app.cases import planning_for
-from dunning.app.ports import CaseMetrics, CaseSession, CaseStore, Recurring
+from dunning.app.ports import CaseLocks, CaseMetrics, CaseSession, CaseStore, Recurring
 from dunning.app.statistics import OutcomeStatistics
 from dunning.domain import cases as decide
 from dunning.domain.cases import AttemptResult, Change, ResultKind
@@ -78,7 +77,7 @@ class AttemptWorker:
         self,
         store: CaseStore,
         recurring: Recurring,
-        locks: Locks,
+        locks: CaseLocks,
         statistics: OutcomeStatistics,
         clock: Clock,
         config: WorkerConfig,
@@ -148,8 +147,12 @@ class AttemptWorker:
         """Make the claimed attempts under their case locks and record every answer in one
         transaction; an attempt whose lock, fence or write failed is taken over when its lease ends."""
         try:
-            async with contextlib.AsyncExitStack() as held:
-                leases = await self._hold(held, claims)
+            names = [claim.lock_name for claim in claims]
+            async with self._locks.try_hold_many(names, self._config.case_lock_ttl) as held:
+                leases = {claim: held[claim.lock_name] for claim in claims if claim.lock_name in held}
+                for claim in claims:
+                    if claim not in leases:
+                        log.info("another worker holds the case", extra={"case_id": claim.case_id})
                 if not leases:
                     return
                 async with self._store.transaction() as session:
@@ -171,28 +174,6 @@ class AttemptWorker:
                 await self._record(answers, leases)
         except Exception:
             log.exception("attempts failed; they will be taken over", extra={"cases": len(claims)})
-
-    async def _hold(
-        self, held: contextlib.AsyncExitStack, claims: Sequence[ClaimedAttempt]
-    ) -> dict[ClaimedAttempt, Lease]:
-        """Each claim's case lock, held until `held` closes; claims another worker holds are left."""
-
-        async def hold(claim: ClaimedAttempt) -> Lease | None:
-            lease = await held.enter_async_context(
-                self._locks.try_hold(claim.lock_name, self._config.case_lock_ttl)
-            )
-            if lease is None:
-                log.info("another worker holds the case", extra={"case_id": claim.case_id})
-            return lease
-
-        found = await asyncio.gather(*(hold(claim) for claim in claims), return_exceptions=True)
-        leases: dict[ClaimedAttempt, Lease] = {}
-        for claim, lease in zip(claims, found, strict=True):
-            if isinstance(lease, BaseException):
-                log.error("case lock not taken", exc_info=lease, extra={"case_id": claim.case_id})
-            elif lease is not None:
-                leases[claim] = lease
-        return leases
 
     async def _call(self, claim: ClaimedAttempt) -> _Answer:
         async with self._slots:
