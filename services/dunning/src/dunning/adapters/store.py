@@ -180,8 +180,8 @@ class PostgresSession:
         )
         return _policy(rows[0]) if rows else None
 
-    async def check_fence(self, lease: Lease) -> None:
-        await db.check_fence(self._conn, lease)
+    async def stale_fences(self, leases: Sequence[Lease]) -> list[Lease]:
+        return await db.stale_fences(self._conn, leases)
 
     async def outcome_counts(self, since: datetime) -> OutcomeCounts:
         rows = await self._conn.fetch(

@@ -54,7 +54,11 @@ class CaseSession(Protocol):
         lines join its trace in `traces` (by default the current one)."""
         ...
 
-    async def check_fence(self, lease: Lease) -> None: ...
+    async def stale_fences(self, leases: Sequence[Lease]) -> list[Lease]:
+        """Record the fencing token of each lease still current; those a newer holder has already
+        written under are returned (their items must not be written)."""
+        ...
+
     async def outcome_counts(self, since: datetime) -> OutcomeCounts:
         """Past attempts' outcomes, read in this session: a handler holding the inbox's connection
         never waits for a second one (many at once would hold the whole pool and wait forever)."""

@@ -23,7 +23,6 @@ from typing import Any
 
 from billing_common import telemetry
 from billing_common.clock import Clock
-from billing_common.db import StaleFencingToken
 from billing_common.locks import Lease
 from billing_common.suite_clock import pause
 from dunning.app.cases import planning_for
@@ -264,18 +263,14 @@ class _Plannings:
 async def _fenced(session: CaseSession, leases: Mapping[ClaimedAttempt, Lease]) -> list[ClaimedAttempt]:
     """The claims whose lease is still the newest holder's, fenced in this transaction; a worker
     that lost its lock (a long pause) leaves the case to the newer holder."""
-    fenced: list[ClaimedAttempt] = []
-    for claim, lease in sorted(leases.items(), key=lambda item: item[1].name):
-        try:
-            await session.check_fence(lease)
-        except StaleFencingToken:
+    stale = {lease.name for lease in await session.stale_fences(list(leases.values()))}
+    for claim in leases:
+        if claim.lock_name in stale:
             log.warning(
                 "case lock lost during the attempt; the newer holder records it",
                 extra={"case_id": claim.case_id},
             )
-            continue
-        fenced.append(claim)
-    return fenced
+    return [claim for claim in leases if claim.lock_name not in stale]
 
 
 def _still_due(case: Case | None, claim: ClaimedAttempt) -> bool:
