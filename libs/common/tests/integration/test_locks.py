@@ -1,4 +1,5 @@
 import asyncio
+from dataclasses import replace
 from datetime import timedelta
 
 import asyncpg
@@ -49,6 +50,21 @@ async def test_a_held_lock_is_extended_beyond_its_ttl_and_released_after(locks: 
     assert await locks.try_acquire("monthly:lock:2026-11-30", timedelta(seconds=1)) is not None
 
 
+async def test_many_locks_are_taken_at_once_where_free_kept_together_and_released_together(
+    locks: RedisLocks,
+) -> None:
+    elsewhere = await locks.try_acquire("case:a", timedelta(seconds=5))
+    assert elsewhere is not None
+    async with locks.try_hold_many(["case:a", "case:b", "case:c"], timedelta(milliseconds=300)) as leases:
+        assert sorted(leases) == ["case:b", "case:c"]  # "case:a" has another holder
+        await asyncio.sleep(0.8)
+        assert not any(lease.lost.is_set() for lease in leases.values())
+        assert await locks.try_acquire("case:b", timedelta(seconds=1)) is None
+        first_tokens = {name: lease.fencing_token for name, lease in leases.items()}
+    async with locks.try_hold_many(["case:b", "case:c"], timedelta(seconds=1)) as again:
+        assert all(again[name].fencing_token > token for name, token in first_tokens.items())
+
+
 async def test_fencing_token_refuses_a_stale_holders_write(env: InfraEnv, locks: RedisLocks) -> None:
     schema = f"recurring_{env.run_id}"
     conn = await asyncpg.connect(db.dsn_with_user(env.infra.postgres_admin_url, schema))
@@ -69,6 +85,29 @@ async def test_fencing_token_refuses_a_stale_holders_write(env: InfraEnv, locks:
                 await db.check_fence(conn, stale)
         assert await conn.fetchval("SELECT owner FROM runs") == "B"
         assert not await locks.extend(stale, timedelta(seconds=5))
+    finally:
+        await conn.close()
+
+
+async def test_fences_checked_for_a_batch_refuse_only_the_stale_holders(
+    env: InfraEnv, locks: RedisLocks
+) -> None:
+    schema = f"recurring_{env.run_id}"
+    conn = await asyncpg.connect(db.dsn_with_user(env.infra.postgres_admin_url, schema))
+    try:
+        stale = await locks.try_acquire("case:x", timedelta(milliseconds=100))
+        assert stale is not None
+        await asyncio.sleep(0.2)
+        fresh = await locks.try_acquire("case:x", timedelta(seconds=5))
+        other = await locks.try_acquire("case:y", timedelta(seconds=5))
+        assert fresh is not None and other is not None
+        async with conn.transaction():
+            await db.check_fence(conn, fresh)
+
+        async with conn.transaction():
+            assert await db.stale_fences(conn, [other, stale]) == [stale]
+        with pytest.raises(db.StaleFencingToken):  # the batch recorded the holder it accepted
+            await db.check_fence(conn, replace(other, fencing_token=other.fencing_token - 1))
     finally:
         await conn.close()
 

@@ -25,6 +25,7 @@ from billing_devtools.testing.private_servers import private_redis  # noqa: F401
 from dunning.adapters.metrics import PrometheusCaseMetrics
 from dunning.adapters.recurring_client import GrpcRecurring
 from dunning.adapters.store import PostgresCases
+from dunning.app.ports import Recurring
 from dunning.app.statistics import OutcomeStatistics
 from dunning.app.worker import AttemptWorker, WorkerConfig
 from dunning.entrypoints.main import MIGRATIONS, build
@@ -49,16 +50,21 @@ class Dunning:
         assert self.host.resources is not None
         return PostgresCases(self.host.resources.pool, self.host.resources.outbox, PrometheusCaseMetrics())
 
-    def worker(self, **config: Any) -> AttemptWorker:
-        """An attempt worker like the one each pod runs, on this service's connections."""
+    def worker(
+        self, recurring: Recurring | None = None, statistics_refresh: timedelta = timedelta(0), **config: Any
+    ) -> AttemptWorker:
+        """An attempt worker like the one each pod runs, on this service's connections; it asks
+        `recurring` (by default the address that answers nothing)."""
         resources = self.host.resources
         assert resources is not None
-        channel = open_channel(self.settings.recurring_addr, self.settings.auth_token)
+        if recurring is None:
+            channel = open_channel(self.settings.recurring_addr, self.settings.auth_token)
+            recurring = GrpcRecurring(channel, timedelta(seconds=5))
         return AttemptWorker(
             self.store,
-            GrpcRecurring(channel, timedelta(seconds=5)),
+            recurring,
             resources.locks,
-            OutcomeStatistics(self.clock, timedelta(0), timedelta(days=180)),
+            OutcomeStatistics(self.clock, statistics_refresh, timedelta(days=180)),
             self.clock,
             WorkerConfig(**{"case_lock_ttl": timedelta(seconds=10), **config}),
             PrometheusCaseMetrics(),

@@ -7,10 +7,11 @@ with its history rows, its dunning.* events and, for a finished attempt, its tra
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -134,6 +135,14 @@ class PostgresSession:
     async def get(self, case_id: str, *, for_update: bool = False) -> Case | None:
         return await self._one("case_id", case_id, for_update)
 
+    async def get_many(self, case_ids: Sequence[str], *, for_update: bool = False) -> dict[str, Case]:
+        # Locked in one order, so two batches that share cases wait for each other, never deadlock.
+        lock = " ORDER BY case_id FOR UPDATE" if for_update else ""
+        rows = await self._conn.fetch(
+            f"SELECT {CASE_COLUMNS} FROM cases WHERE case_id = ANY($1::uuid[]){lock}", list(case_ids)
+        )
+        return {case.case_id: case for case in await self._with_attempts(rows)}
+
     async def get_by_invoice(self, invoice_id: str, *, for_update: bool = False) -> Case | None:
         return await self._one("invoice_id", invoice_id, for_update)
 
@@ -172,8 +181,8 @@ class PostgresSession:
         )
         return _policy(rows[0]) if rows else None
 
-    async def check_fence(self, lease: Lease) -> None:
-        await db.check_fence(self._conn, lease)
+    async def stale_fences(self, leases: Sequence[Lease]) -> list[Lease]:
+        return await db.stale_fences(self._conn, leases)
 
     async def outcome_counts(self, since: datetime) -> OutcomeCounts:
         rows = await self._conn.fetch(
@@ -238,38 +247,80 @@ class PostgresSession:
         )
         if not inserted:
             return False
-        await self._write_parts(change, ())
+        await self._write_parts([(change, (), telemetry.capture())])
         return True
 
     async def apply(self, change: Change) -> Case:
-        case = change.case
-        before = change.before or case
-        status = await self._conn.execute(
-            """UPDATE cases SET state = $3, failure_type = $4, decline_kind = $5, decline_code = $6,
-                   retryable = $7, due_at = $8, reminder_at = $9, ended_at = $10, version = version + 1
-               WHERE case_id = $1 AND version = $2""",
-            case.case_id,
-            before.version,
-            case.state.value,
-            case.failure.type.value,
-            case.failure.kind.value,
-            case.failure.decline_code,
-            case.failure.retryable,
-            case.due_at,
-            case.reminder_at,
-            case.ended_at,
-        )
-        if status != "UPDATE 1":
-            raise Conflict(f"case {case.case_id} changed meanwhile (version {before.version} is stale)")
-        await self._write_parts(change, before.attempts)
-        return replace(case, version=before.version + 1)
+        [case] = await self.apply_all([change])
+        return case
 
-    async def _write_parts(self, change: Change, attempts_before: Sequence[Attempt]) -> None:
-        case = change.case
-        changed = [a for a in case.attempts if a not in attempts_before]
-        if changed:
-            # An attempt keeps the trace that first scheduled it; a later reschedule does not move it.
-            trace_context = telemetry.capture()
+    async def apply_all(
+        self, changes: Sequence[Change], traces: Sequence[Mapping[str, str]] | None = None
+    ) -> list[Case]:
+        if not changes:
+            return []
+        traces = traces if traces is not None else [telemetry.capture()] * len(changes)
+        befores = [change.before or change.case for change in changes]
+        updated = await self._conn.fetch(
+            """UPDATE cases SET state = c.state, failure_type = c.failure_type,
+                   decline_kind = c.decline_kind, decline_code = c.decline_code, retryable = c.retryable,
+                   due_at = c.due_at, reminder_at = c.reminder_at, ended_at = c.ended_at,
+                   version = cases.version + 1
+               FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[],
+                           $7::bool[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[])
+                    AS c(case_id, version, state, failure_type, decline_kind, decline_code, retryable,
+                         due_at, reminder_at, ended_at)
+               WHERE cases.case_id = c.case_id AND cases.version = c.version
+               RETURNING cases.case_id""",
+            [change.case.case_id for change in changes],
+            [before.version for before in befores],
+            [change.case.state.value for change in changes],
+            [change.case.failure.type.value for change in changes],
+            [change.case.failure.kind.value for change in changes],
+            [change.case.failure.decline_code for change in changes],
+            [change.case.failure.retryable for change in changes],
+            [change.case.due_at for change in changes],
+            [change.case.reminder_at for change in changes],
+            [change.case.ended_at for change in changes],
+        )
+        if len(updated) != len(changes):
+            written = {str(row["case_id"]) for row in updated}
+            stale = next(b for c, b in zip(changes, befores, strict=True) if c.case.case_id not in written)
+            raise Conflict(f"case {stale.case_id} changed meanwhile (version {stale.version} is stale)")
+        await self._write_parts(
+            [
+                (change, before.attempts, trace)
+                for change, before, trace in zip(changes, befores, traces, strict=True)
+            ]
+        )
+        return [
+            replace(change.case, version=before.version + 1)
+            for change, before in zip(changes, befores, strict=True)
+        ]
+
+    async def _write_parts(
+        self, parts: Sequence[tuple[Change, Sequence[Attempt], Mapping[str, str]]]
+    ) -> None:
+        """Attempts, history, events and training rows of many changes: one statement per table.
+        Each change's rows carry its own trace (an attempt keeps the trace that first scheduled it)."""
+        attempt_rows = [
+            (
+                change.case.case_id,
+                a.number,
+                a.scheduled_at,
+                a.estimated_success_bp,
+                a.sample_size,
+                a.reason,
+                a.outcome.value,
+                a.decline_code,
+                a.attempted_at,
+                trace,
+            )
+            for change, attempts_before, trace in parts
+            for a in change.case.attempts
+            if a not in attempts_before
+        ]
+        if attempt_rows:
             await self._conn.executemany(
                 """INSERT INTO attempts (case_id, number, scheduled_at, estimated_success_bp, sample_size,
                        reason, outcome, decline_code, attempted_at, trace_context)
@@ -279,55 +330,62 @@ class PostgresSession:
                        sample_size = EXCLUDED.sample_size, reason = EXCLUDED.reason,
                        outcome = EXCLUDED.outcome, decline_code = EXCLUDED.decline_code,
                        attempted_at = EXCLUDED.attempted_at""",
-                [
-                    (
-                        case.case_id,
-                        a.number,
-                        a.scheduled_at,
-                        a.estimated_success_bp,
-                        a.sample_size,
-                        a.reason,
-                        a.outcome.value,
-                        a.decline_code,
-                        a.attempted_at,
-                        trace_context,
-                    )
-                    for a in changed
-                ],
+                attempt_rows,
             )
-        if change.transitions:
-            transitions, trace_context = change.transitions, telemetry.capture()
-            db.after_commit(self._conn, lambda: _log_transitions(case.case_id, transitions, trace_context))
+        history_rows = [
+            (change.case.case_id, t.from_state.value, t.to_state.value, t.cause, t.detail, t.at)
+            for change, _, _ in parts
+            for t in change.transitions
+        ]
+        if history_rows:
+            logged = [(change.case.case_id, change.transitions, trace) for change, _, trace in parts]
+            db.after_commit(self._conn, lambda: _log_transitions(logged))
             await self._conn.executemany(
                 """INSERT INTO case_history (case_id, from_state, to_state, cause, detail, at)
                    VALUES ($1, $2, $3, $4, $5, $6)""",
-                [
-                    (case.case_id, t.from_state.value, t.to_state.value, t.cause, t.detail, t.at)
-                    for t in change.transitions
-                ],
+                history_rows,
             )
-        for event in change.events:
-            await self._outbox.add(self._conn, event_message(event))
-        if change.outcome is not None:
-            context = change.outcome.observation.context
-            await self._conn.execute(
-                """INSERT INTO attempt_outcomes (case_id, attempt, decline_code, attempt_ordinal,
-                       days_since_first_failure, weekday, hour, succeeded, attempted_at)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING""",
-                case.case_id,
+        # Events carry the trace they were decided in: changes of one trace go in one statement.
+        for trace, grouped in itertools.groupby(
+            ((trace, change) for change, _, trace in parts if change.events), key=lambda pair: pair[0]
+        ):
+            with telemetry.within(trace):
+                await self._outbox.add_many(
+                    self._conn, [event_message(event) for _, change in grouped for event in change.events]
+                )
+        outcome_rows = [
+            (
+                change.case.case_id,
                 change.outcome.attempt,
-                context.decline_code,
-                context.attempt_number,
-                context.days_since_first_failure,
-                context.weekday,
-                context.hour,
+                change.outcome.observation.context.decline_code,
+                change.outcome.observation.context.attempt_number,
+                change.outcome.observation.context.days_since_first_failure,
+                change.outcome.observation.context.weekday,
+                change.outcome.observation.context.hour,
                 change.outcome.observation.succeeded,
                 change.outcome.attempted_at,
             )
-        ended = [t for t in change.transitions if t.to_state in TERMINAL_STATES]
+            for change, _, _ in parts
+            if change.outcome is not None
+        ]
+        if outcome_rows:
+            await self._conn.executemany(
+                """INSERT INTO attempt_outcomes (case_id, attempt, decline_code, attempt_ordinal,
+                       days_since_first_failure, weekday, hour, succeeded, attempted_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING""",
+                outcome_rows,
+            )
+        ended = [
+            (last.to_state, last.at - change.case.opened_at)
+            for change, _, _ in parts
+            for last in [t for t in change.transitions if t.to_state in TERMINAL_STATES][-1:]
+        ]
         if ended:
-            state, open_for = ended[-1].to_state, ended[-1].at - case.opened_at
-            db.after_commit(self._conn, lambda: self._metrics.case_ended(state, open_for))
+            db.after_commit(self._conn, lambda: self._report_ended(ended))
+
+    def _report_ended(self, ended: Sequence[tuple[CaseState, timedelta]]) -> None:
+        for state, open_for in ended:
+            self._metrics.case_ended(state, open_for)
 
 
 class PostgresCases:
@@ -399,20 +457,21 @@ class PostgresCases:
         )
 
 
-def _log_transitions(case_id: str, transitions: Sequence[Transition], trace_context: dict[str, str]) -> None:
-    """Log each transition once it is committed, with the trace it was decided in."""
-    with telemetry.within(trace_context):
-        for t in transitions:
-            log.info(
-                "case transition",
-                extra={
-                    "case_id": case_id,
-                    "from_state": t.from_state.value,
-                    "to_state": t.to_state.value,
-                    "cause": t.cause,
-                    "detail": t.detail,
-                },
-            )
+def _log_transitions(logged: Sequence[tuple[str, Sequence[Transition], Mapping[str, str]]]) -> None:
+    """Log each transition once it is committed, with the trace its change was decided in."""
+    for case_id, transitions, trace_context in logged:
+        with telemetry.within(trace_context):
+            for t in transitions:
+                log.info(
+                    "case transition",
+                    extra={
+                        "case_id": case_id,
+                        "from_state": t.from_state.value,
+                        "to_state": t.to_state.value,
+                        "cause": t.cause,
+                        "detail": t.detail,
+                    },
+                )
 
 
 def due_cases(pool: asyncpg.Pool) -> DueWork:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -22,6 +22,10 @@ class CaseSession(Protocol):
 
     async def get(self, case_id: str, *, for_update: bool = False) -> Case | None: ...
     async def get_by_invoice(self, invoice_id: str, *, for_update: bool = False) -> Case | None: ...
+    async def get_many(self, case_ids: Sequence[str], *, for_update: bool = False) -> dict[str, Case]:
+        """The cases found, by id (a batch's cases read in one round trip)."""
+        ...
+
     async def open_cases_of_subscription(self, subscription_id: str) -> list[Case]:
         """Unfinished cases of a subscription, locked for update."""
         ...
@@ -43,7 +47,18 @@ class CaseSession(Protocol):
         """Store a change if the case still has the version it was read at (else Conflict)."""
         ...
 
-    async def check_fence(self, lease: Lease) -> None: ...
+    async def apply_all(
+        self, changes: Sequence[Change], traces: Sequence[Mapping[str, str]] | None = None
+    ) -> list[Case]:
+        """Store changes set-wise, all or none, as `apply` stores one; each change's rows and log
+        lines join its trace in `traces` (by default the current one)."""
+        ...
+
+    async def stale_fences(self, leases: Sequence[Lease]) -> list[Lease]:
+        """Record the fencing token of each lease still current; those a newer holder has already
+        written under are returned (their items must not be written)."""
+        ...
+
     async def outcome_counts(self, since: datetime) -> OutcomeCounts:
         """Past attempts' outcomes, read in this session: a handler holding the inbox's connection
         never waits for a second one (many at once would hold the whole pool and wait forever)."""
@@ -74,6 +89,16 @@ class CaseStore(Protocol):
 
     async def get_policy(self, merchant_id: str) -> RetryPolicy | None: ...
     async def put_policy(self, policy: RetryPolicy, now: datetime) -> None: ...
+
+
+class CaseLocks(Protocol):
+    """The per-case locks a batch of attempts holds (the service's Redis locks)."""
+
+    def try_hold_many(
+        self, names: Sequence[str], ttl: timedelta
+    ) -> AbstractAsyncContextManager[dict[str, Lease]]:
+        """Hold those of `names` that no one else holds, for the block: their leases by name."""
+        ...
 
 
 class Recurring(Protocol):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 DIMENSIONS = ("attempt", "days", "weekday", "hour")
+DAY = timedelta(days=1)
 MIN_PROBABILITY = 0.001
 MAX_PROBABILITY = 0.99
 
@@ -36,6 +37,14 @@ def _days_bucket(days: int) -> str:
     return "15+"
 
 
+def _context_key(
+    decline_code: str, attempt_number: int, first_failed_at: datetime, when: datetime
+) -> tuple[str, int, int, int, int]:
+    utc = when.astimezone(UTC)
+    days = max(0, (when - first_failed_at) // DAY)
+    return decline_code, attempt_number, days, utc.weekday(), utc.hour
+
+
 @dataclass(frozen=True)
 class AttemptContext:
     """What is known about an attempt before it is made."""
@@ -50,9 +59,7 @@ class AttemptContext:
     def at(
         cls, decline_code: str, attempt_number: int, first_failed_at: datetime, when: datetime
     ) -> AttemptContext:
-        utc = when.astimezone(UTC)
-        days = max(0, (when - first_failed_at) // timedelta(days=1))
-        return cls(decline_code, attempt_number, days, utc.weekday(), utc.hour)
+        return cls(*_context_key(decline_code, attempt_number, first_failed_at, when))
 
     def features(self) -> tuple[tuple[str, str], ...]:
         return (
@@ -91,7 +98,8 @@ class OutcomeCounts:
 
     by_code: Mapping[str, Tally] = field(default_factory=dict)
     by_feature: Mapping[tuple[str, str, str], Tally] = field(default_factory=dict)
-    _estimates: dict[tuple[AttemptContext, Prior], Estimate] = field(
+    # By the context's fields (a plain tuple hashes faster than the context) and the prior.
+    _estimates: dict[tuple[str, int, int, int, int, Prior], Estimate] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
 
@@ -195,10 +203,34 @@ def _clip(p: float) -> float:
 def estimate(context: AttemptContext, counts: OutcomeCounts, prior: Prior = DEFAULT_PRIOR) -> Estimate:
     """Beta-smoothed base rate of the decline code times a smoothed lift per feature (see `_score`),
     made once per context and prior for a given set of counts."""
-    key = (context, prior)
+    fields = (
+        context.decline_code,
+        context.attempt_number,
+        context.days_since_first_failure,
+        context.weekday,
+        context.hour,
+    )
+    return _remembered(fields, counts, prior)
+
+
+def estimate_at(
+    decline_code: str,
+    attempt_number: int,
+    first_failed_at: datetime,
+    when: datetime,
+    counts: OutcomeCounts,
+    prior: Prior = DEFAULT_PRIOR,
+) -> Estimate:
+    """`estimate` of the attempt at `when`, without building its context when it is remembered:
+    a schedule asks this for dozens of candidate hours per attempt."""
+    return _remembered(_context_key(decline_code, attempt_number, first_failed_at, when), counts, prior)
+
+
+def _remembered(fields: tuple[str, int, int, int, int], counts: OutcomeCounts, prior: Prior) -> Estimate:
+    key = (*fields, prior)
     found = counts._estimates.get(key)
     if found is None:
-        found = counts._estimates[key] = _score(context, counts, prior)
+        found = counts._estimates[key] = _score(AttemptContext(*fields), counts, prior)
     return found
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from dunning.domain.estimator import DEFAULT_PRIOR, AttemptContext, Estimate, OutcomeCounts, Prior, estimate
+from dunning.domain import estimator
+from dunning.domain.estimator import DEFAULT_PRIOR, Estimate, OutcomeCounts, Prior
 from dunning.domain.policy import FixedSchedule, RetryPolicy
 
 HOUR = timedelta(hours=1)
@@ -34,8 +35,9 @@ def window_end(policy: RetryPolicy, first_failed_at: datetime) -> datetime:
 def estimate_at(
     planning: Planning, decline_code: str, attempt_ordinal: int, first_failed_at: datetime, when: datetime
 ) -> Estimate:
-    context = AttemptContext.at(decline_code, attempt_ordinal, first_failed_at, when)
-    return estimate(context, planning.counts, planning.prior)
+    return estimator.estimate_at(
+        decline_code, attempt_ordinal, first_failed_at, when, planning.counts, planning.prior
+    )
 
 
 def plan_next_attempt(
