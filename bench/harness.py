@@ -242,14 +242,15 @@ async def gateway_stalls(env: InfraEnv, longer_than_s: float) -> Stalls:
     conn = await asyncpg.connect(env.infra.postgres_admin_url)
     try:
         schema = db.quote_ident(f"gateway_adapter_{env.run_id}")
-        count, seconds = await conn.fetchrow(
+        row = await conn.fetchrow(
             f"""SELECT count(*), coalesce(sum(gap), 0) FROM (
                     SELECT extract(epoch FROM created_at - lag(created_at) OVER (ORDER BY created_at)) AS gap
                     FROM {schema}.sandbox_charges
                 ) gaps WHERE gap > $1""",
             longer_than_s,
         )
-        return Stalls(int(count), float(seconds))
+        assert row is not None  # an aggregate always has its row
+        return Stalls(int(row[0]), float(row[1]))
     finally:
         await conn.close()
 
