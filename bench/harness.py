@@ -15,11 +15,13 @@ import os
 import statistics
 import sys
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+from prometheus_client.parser import text_string_to_metric_families
 
 from billing_common import db
 from billing_common.logging import configure_logging
@@ -224,6 +226,44 @@ async def busiest_second(env: InfraEnv, key_prefix: str = "") -> int:
         return int(busiest)
     finally:
         await conn.close()
+
+
+@dataclass(frozen=True)
+class Stalls:
+    """Pauses between consecutive charges at the gateway longer than some length."""
+
+    count: int
+    seconds: float  # all of them together
+
+
+async def gateway_stalls(env: InfraEnv, longer_than_s: float) -> Stalls:
+    """The pauses between consecutive charges at the sandbox gateway (its clock) longer than
+    `longer_than_s`: where a paced run's turns went unused."""
+    conn = await asyncpg.connect(env.infra.postgres_admin_url)
+    try:
+        schema = db.quote_ident(f"gateway_adapter_{env.run_id}")
+        row = await conn.fetchrow(
+            f"""SELECT count(*), coalesce(sum(gap), 0) FROM (
+                    SELECT extract(epoch FROM created_at - lag(created_at) OVER (ORDER BY created_at)) AS gap
+                    FROM {schema}.sandbox_charges
+                ) gaps WHERE gap > $1""",
+            longer_than_s,
+        )
+        assert row is not None  # an aggregate always has its row
+        return Stalls(int(row[0]), float(row[1]))
+    finally:
+        await conn.close()
+
+
+async def scraped(port: int, metric: str, **labels: str) -> float:
+    """A sample's value (0 when absent) from a process's Prometheus endpoint on `port`."""
+    url = f"http://127.0.0.1:{port}/metrics"
+    text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read().decode())
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == metric and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
 
 
 async def gateway_window(env: InfraEnv) -> float:

@@ -12,7 +12,7 @@
 recurring and gateway-adapter run as real processes (`BENCH_RECURRING_PODS` recurring pods share
 the work). Sizes: 100,000 subscriptions unpaced and 10,000 paced (50 s at the limit) by default;
 `BENCH_RECURRING_SCALE=0.1` shrinks both for a quick run (`BENCH_RECURRING_UNPACED` and
-`BENCH_RECURRING_PACED` set each size); `BENCH_RECURRING_ROUNDS` (3) rounds give
+`BENCH_RECURRING_PACED` set each size, 0 skips that case); `BENCH_RECURRING_ROUNDS` (3) rounds give
 the spread; `BENCH_RECURRING_CONCURRENT_BATCHES` (4) batches of `BENCH_RECURRING_BATCH_SIZE` (100)
 per pod at once. Rates are end to end: from RunBilling until GetRun says the run is over.
 """
@@ -31,7 +31,15 @@ from datetime import date, timedelta
 import asyncpg
 
 from bench.echo_baseline import echo_caller
-from bench.harness import bench_env, busiest_second, closed_loop, cpu_seconds, gateway_window
+from bench.harness import (
+    bench_env,
+    busiest_second,
+    closed_loop,
+    cpu_seconds,
+    gateway_stalls,
+    gateway_window,
+    scraped,
+)
 from billing.common.v1 import common_pb2
 from billing.recurring.v1 import recurring_pb2 as pb
 from billing.recurring.v1 import recurring_pb2_grpc
@@ -56,6 +64,10 @@ ECHO_SECONDS = 4.0
 # Its own database, so that the commits counted are this bench's alone.
 DATABASE = "billing_bench_runs"
 RATE_LIMIT = 200
+GATEWAY = "sandbox-card"
+LATE_TURNS = "billing_pacer_late_turns_total"
+# Paced turns come about 5 ms apart: a pause of 4 turns at the gateway is a stall, not jitter.
+STALL_S = 0.02
 DAY = date(2031, 5, 5)
 
 
@@ -83,16 +95,22 @@ async def _seed(env: InfraEnv, count: int) -> None:
 
 @contextlib.asynccontextmanager
 async def _services(
-    env: InfraEnv, rate_limit: int, latency: str
+    env: InfraEnv, rate_limit: int, latency: str, gateway_metrics_port: int = 0
 ) -> AsyncIterator[tuple[RunningProcess, list[RunningProcess]]]:
     gateway = await start_process(
         "gateway_adapter",
         "GATEWAY",
-        env.settings(CommonSettings, "gateway-adapter", db_pool_max=20, log_level="ERROR"),
+        env.settings(
+            CommonSettings,
+            "gateway-adapter",
+            db_pool_max=20,
+            log_level="ERROR",
+            metrics_port=gateway_metrics_port,
+        ),
         {
             "GATEWAY_WEBHOOK_PORT": str(free_port()),
             "GATEWAY_SANDBOX_LATENCY": latency,
-            "GATEWAY_RATE_LIMITS": f"sandbox-card={rate_limit}",  # 0: no limit
+            "GATEWAY_RATE_LIMITS": f"{GATEWAY}={rate_limit}",  # 0: no limit
         },
     )
     pods: list[RunningProcess] = []
@@ -195,43 +213,64 @@ async def main() -> None:
     paced: list[float] = []
     busiest: list[int] = []
     at_gateway: list[float] = []
+    late: list[float] = []
+    stalled: list[float] = []
     for round_number in range(ROUNDS):
-        async with bench_env(DATABASE) as env, echo_caller(env) as echo_call:
-            echo = await closed_loop("echo (service host)", echo_call, ECHO_CONCURRENCY, ECHO_SECONDS)
-        async with bench_env(DATABASE) as env, _services(env, 0, "0s") as (gateway, pods):
-            measured = await _run(env, gateway, pods, UNPACED)
-        ratios.append(measured.rate / echo.rps)
-        gateway_cpu.append(measured.per_charge(measured.cpu_s["gateway-adapter"]) * 1000)
-        recurring_cpu.append(measured.per_charge(measured.cpu_s["recurring"]) * 1000)
-        commits.append(measured.per_charge(measured.commits))
-        print(
-            f"r{round_number} recurring run, no latency  n={UNPACED:<7} pods={PODS}x{BATCHES} "
-            f"{measured.rate:8.0f} charges/s = {ratios[-1]:.3f} of echo ({echo.rps:.0f} calls/s at "
-            f"{ECHO_CONCURRENCY}); CPU ms/charge gateway-adapter {gateway_cpu[-1]:.2f}, "
-            f"recurring {recurring_cpu[-1]:.2f}; commits/charge {commits[-1]:.2f}"
-            f"  ({measured.run.counts.charged} charged in {measured.seconds:.1f} s, "
-            f"state {pb.RunState.Name(measured.run.state)})"
-        )
-        async with bench_env(DATABASE) as env, _services(env, RATE_LIMIT, "0.05s") as (gateway, pods):
+        if UNPACED:
+            async with bench_env(DATABASE) as env, echo_caller(env) as echo_call:
+                echo = await closed_loop("echo (service host)", echo_call, ECHO_CONCURRENCY, ECHO_SECONDS)
+            async with bench_env(DATABASE) as env, _services(env, 0, "0s") as (gateway, pods):
+                measured = await _run(env, gateway, pods, UNPACED)
+            ratios.append(measured.rate / echo.rps)
+            gateway_cpu.append(measured.per_charge(measured.cpu_s["gateway-adapter"]) * 1000)
+            recurring_cpu.append(measured.per_charge(measured.cpu_s["recurring"]) * 1000)
+            commits.append(measured.per_charge(measured.commits))
+            print(
+                f"r{round_number} recurring run, no latency  n={UNPACED:<7} pods={PODS}x{BATCHES} "
+                f"{measured.rate:8.0f} charges/s = {ratios[-1]:.3f} of echo ({echo.rps:.0f} calls/s at "
+                f"{ECHO_CONCURRENCY}); CPU ms/charge gateway-adapter {gateway_cpu[-1]:.2f}, "
+                f"recurring {recurring_cpu[-1]:.2f}; commits/charge {commits[-1]:.2f}"
+                f"  ({measured.run.counts.charged} charged in {measured.seconds:.1f} s, "
+                f"state {pb.RunState.Name(measured.run.state)})"
+            )
+        if not PACED:
+            continue
+        metrics_port = free_port()
+        async with (
+            bench_env(DATABASE) as env,
+            _services(env, RATE_LIMIT, "0.05s", metrics_port) as (gateway, pods),
+        ):
             measured = await _run(env, gateway, pods, PACED)
             busiest.append(await busiest_second(env))
             window = await gateway_window(env)
+            stalls = await gateway_stalls(env, STALL_S)
+            late_turns = await scraped(metrics_port, LATE_TURNS, gateway=GATEWAY)
+        charged = measured.run.counts.charged
         paced.append(measured.rate / RATE_LIMIT)
-        at_gateway.append(measured.run.counts.charged / window / RATE_LIMIT)
+        at_gateway.append(charged / window / RATE_LIMIT)
+        late.append(late_turns * 1000 / max(1, charged))
+        stalled.append(stalls.seconds)
         print(
             f"r{round_number} recurring run, {RATE_LIMIT}/s limit, 50 ms  n={PACED:<7} pods={PODS}x{BATCHES} "
             f"{measured.rate:8.1f} charges/s = {paced[-1]:.3f} of the limit; busiest 1 s at the gateway "
-            f"{busiest[-1]}/{RATE_LIMIT}  ({measured.run.counts.charged} charged in {measured.seconds:.1f} s;"
-            f" first to last charge at the gateway {window:.1f} s = {at_gateway[-1]:.3f} of the limit)"
+            f"{busiest[-1]}/{RATE_LIMIT}  ({charged} charged in {measured.seconds:.1f} s;"
+            f" first to last charge at the gateway {window:.1f} s = {at_gateway[-1]:.3f} of the limit);"
+            f" late turns {late[-1]:.1f} per 1,000 charges; {stalls.count} pauses over"
+            f" {STALL_S * 1000:.0f} ms at the gateway, {stalls.seconds:.2f} s in all"
         )
-    print(f"recurring run charges/s ratio to echo {_spread(ratios)}")
-    print(f"gateway-adapter CPU ms per charge {_spread(gateway_cpu, 2)}")
-    print(f"recurring CPU ms per charge (all pods) {_spread(recurring_cpu, 2)}")
-    print(f"PostgreSQL commits per charge {_spread(commits, 2)}")
-    print(
-        f"paced run fraction of the {RATE_LIMIT}/s limit {_spread(paced)}; busiest second max {max(busiest)}"
-    )
-    print(f"paced, first to last charge at the gateway: fraction of the limit {_spread(at_gateway)}")
+    if ratios:
+        print(f"recurring run charges/s ratio to echo {_spread(ratios)}")
+        print(f"gateway-adapter CPU ms per charge {_spread(gateway_cpu, 2)}")
+        print(f"recurring CPU ms per charge (all pods) {_spread(recurring_cpu, 2)}")
+        print(f"PostgreSQL commits per charge {_spread(commits, 2)}")
+    if paced:
+        print(
+            f"paced run fraction of the {RATE_LIMIT}/s limit {_spread(paced)};"
+            f" busiest second max {max(busiest)}"
+        )
+        print(f"paced, first to last charge at the gateway: fraction of the limit {_spread(at_gateway)}")
+        print(f"paced, late turns per 1,000 charges {_spread(late, 1)}")
+        print(f"paced, seconds in pauses over {STALL_S * 1000:.0f} ms at the gateway {_spread(stalled, 2)}")
 
 
 if __name__ == "__main__":

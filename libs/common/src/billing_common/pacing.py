@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -16,8 +17,8 @@ from billing_common.settings import SettingsError
 # A booking takes up to ARGV[2] of the next free slots, `interval` apart, on Redis's clock, but only
 # slots that start within ARGV[3] microseconds: slots never come closer than the interval, and a
 # caller that books with a short horizon never pushes the next free slot further than that ahead.
-# Answers the microseconds until the first slot (booked or, if none was, the next free one) and how
-# many were booked.
+# Answers the microseconds until the first slot (booked or, if none was, the next free one), how
+# many were booked, and Redis's clock when it booked (microseconds).
 _BOOK = """
 local now_t = redis.call('TIME')
 local now = tonumber(now_t[1]) * 1000000 + tonumber(now_t[2])
@@ -26,11 +27,11 @@ local wanted = tonumber(ARGV[2])
 local horizon = tonumber(ARGV[3])
 local slot = tonumber(redis.call('GET', KEYS[1]) or '0')
 if slot < now then slot = now end
-if slot > now + horizon then return {slot - now, 0} end
+if slot > now + horizon then return {slot - now, 0, now} end
 local booked = math.min(wanted, math.floor((now + horizon - slot) / interval) + 1)
 local after = slot + booked * interval
 redis.call('SET', KEYS[1], after, 'PX', math.ceil((after - now) / 1000) + 1000)
-return {slot - now, booked}
+return {slot - now, booked, now}
 """
 # A horizon no booking reaches: the turn is taken however far ahead it is.
 _ANY_HORIZON_US = 2**52
@@ -38,6 +39,8 @@ _ANY_HORIZON_US = 2**52
 # Share of the lateness a spacing absorbs (see `Spacing`) that a woken turn may use.
 LATE_SHARE = 0.8
 DEFAULT_HEADROOM_PERCENT = 2
+# How fast Redis's clock and ours may part between bookings: NTP slews each at most 500 ppm.
+MAX_DRIFT = 0.001
 
 PACER_WAIT = Histogram(
     "billing_pacer_wait_seconds",
@@ -87,14 +90,57 @@ class Spacing:
 
 @dataclass(frozen=True)
 class Booking:
-    """Turns booked at once: the n-th may go `first_s + n * interval_s` seconds after the booking."""
+    """Turns booked at once, on the pacer's clock: the n-th goes at `go_at(n)`, never before its
+    slot, and is late by how long after `due(n)` it goes, never after its slot. With none booked,
+    `due(0)` is when the next free slot is at the earliest."""
 
     booked: int
-    first_s: float
+    first_go: float
+    first_due: float
     interval_s: float
 
-    def start(self, index: int) -> float:
-        return self.first_s + index * self.interval_s
+    def go_at(self, index: int) -> float:
+        return self.first_go + index * self.interval_s
+
+    def due(self, index: int) -> float:
+        return self.first_due + index * self.interval_s
+
+
+class RemoteClock:
+    """Where Redis's clock (the one slots are booked on) stands against ours.
+
+    Redis reads its clock after we ask and before its answer arrives, so each booking puts the
+    offset (Redis's time minus ours) between `remote - answered` and `remote - asked`. Taken from
+    one booking alone, an answer that waited in a busy event loop would make every turn it booked
+    go that much after its slot and count that wait as lateness. The bounds of all bookings are
+    intersected instead, each widened by how far the clocks may have drifted apart since; a booking
+    that falls outside them (Redis's clock was stepped) starts them again. Over the wait for one
+    slot the clocks are taken to keep pace, as the slots' spacing on Redis's clock already does.
+    """
+
+    def __init__(self, drift: float = MAX_DRIFT) -> None:
+        self._drift = drift
+        self._low = -math.inf
+        self._high = math.inf
+        self._at: float | None = None  # our time the bounds hold at
+
+    def observe(self, asked: float, answered: float, remote: float) -> None:
+        """Redis read `remote` on its clock while we waited from `asked` to `answered` (ours)."""
+        at = answered if self._at is None else max(answered, self._at)
+        read_within = self._drift * (at - asked)
+        low, high = remote - answered - read_within, remote - asked + read_within
+        if self._at is not None:
+            aged = self._drift * (at - self._at)
+            narrowed = max(low, self._low - aged), min(high, self._high + aged)
+            if narrowed[0] <= narrowed[1]:
+                low, high = narrowed
+        self._low, self._high, self._at = low, high, at
+
+    def local_span(self, remote: float) -> tuple[float, float]:
+        """The earliest and the latest time on our clock at which Redis's clock reads `remote`."""
+        if self._at is None:
+            raise RuntimeError("no booking observed yet")
+        return remote - self._high, remote - self._low
 
 
 def check_headroom(percent: int, variable: str) -> None:
@@ -127,6 +173,7 @@ class RedisPacer:
             name: Spacing.of(limit, headroom_percent) for name, limit in limits.items() if limit > 0
         }
         self._clock = clock
+        self._remote = RemoteClock()
         self._book = redis.register_script(_BOOK)
         self._waits: dict[str, Any] = {}
 
@@ -138,19 +185,20 @@ class RedisPacer:
         return self._clock()
 
     async def book(self, name: str, count: int, horizon_s: float | None = None) -> Booking:
-        """Book up to `count` turns that start within `horizon_s` (None: however far ahead).
-
-        Times are from the moment of asking (Redis reads its clock in between, so going at them is
-        never early); `first_s` is the next free turn's when none was booked.
-        """
+        """Book up to `count` turns that start within `horizon_s` (None: however far ahead);
+        `due(0)` is the next free turn's when none was booked."""
         spacing = self._spacings.get(name)
         if spacing is None:
-            return Booking(count, 0.0, 0.0)
+            now = self.now()
+            return Booking(count, now, now, 0.0)
         horizon_us = _ANY_HORIZON_US if horizon_s is None else int(horizon_s * 1_000_000)
-        first_us, booked = await self._book(
+        asked = self.now()
+        first_us, booked, remote_us = await self._book(
             keys=[f"{self._namespace}:rate:{name}"], args=[spacing.interval_us, count, horizon_us]
         )
-        return Booking(int(booked), int(first_us) / 1_000_000, spacing.interval_s)
+        self._remote.observe(asked, self.now(), int(remote_us) / 1_000_000)
+        earliest, latest = self._remote.local_span((int(remote_us) + int(first_us)) / 1_000_000)
+        return Booking(int(booked), latest, earliest, spacing.interval_s)
 
     def on_time(self, name: str, due: float) -> bool:
         """Whether a turn of `name` due at `due` (on `now()`'s clock) may still go: late turns sent
@@ -174,12 +222,10 @@ class RedisPacer:
             return
         started = self.now()
         while True:
-            asked = self.now()
             booking = await self.book(name, 1)
-            # Counted from the answer, going is never early; lateness counted from the asking
-            # includes a slow answer.
-            if booking.first_s > 0:
-                await asyncio.sleep(booking.first_s)
-            if self.on_time(name, asked + booking.first_s):
+            delay = booking.go_at(0) - self.now()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if self.on_time(name, booking.due(0)):
                 break
         self.waited(name, self.now() - started)

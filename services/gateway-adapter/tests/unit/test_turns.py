@@ -22,7 +22,7 @@ class BookingPacer:
 
     async def book(self, gateway: str, count: int, horizon_s: float | None = None) -> Booking:
         self.booked.append(count)
-        return Booking(count, 0.0, 0.001)
+        return Booking(count, 0.0, 0.0, 0.001)
 
     def on_time(self, gateway: str, due: float) -> bool:
         return True

@@ -147,21 +147,15 @@ class _Turns:
                 if not again and not await self._enter_queue():
                     self._give_up()
                     return None
-                asked = pacer.now()
                 booking = await pacer.book(self._gateway, self._wanted, self._horizon_s)
-                # Redis read its clock between asking and answering: going at a time counted from
-                # the answer is never early; lateness counted from the asking includes a slow answer.
-                answered = pacer.now()
-                self._ready.extend(
-                    Turn(answered + booking.start(n), asked + booking.start(n)) for n in range(booking.booked)
-                )
+                self._ready.extend(Turn(booking.go_at(n), booking.due(n)) for n in range(booking.booked))
                 self._wanted -= booking.booked
                 if booking.booked:
                     break
                 # Nothing free within the horizon: wait until the next free turn comes within it.
-                within_reach = asked + booking.first_s - self._horizon_s
+                within_reach = booking.due(0) - self._horizon_s
                 if within_reach > self._deadline:
-                    self.retry_after = timedelta(seconds=max(within_reach - asked, booking.interval_s))
+                    self.retry_after = timedelta(seconds=max(within_reach - pacer.now(), booking.interval_s))
                     self._give_up()
                     return None
                 await asyncio.sleep(max(within_reach - pacer.now(), booking.interval_s))

@@ -71,7 +71,8 @@ class Pacer(Protocol):
     def limited(self, gateway: str) -> bool: ...
 
     async def book(self, gateway: str, count: int, horizon_s: float | None = None) -> Booking:
-        """Up to `count` turns starting within `horizon_s`; `first_s` is the next free one if none."""
+        """Up to `count` turns starting within `horizon_s`, on `now()`'s clock; with none booked,
+        `due(0)` is the next free one."""
         ...
 
     def now(self) -> float:
