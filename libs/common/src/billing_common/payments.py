@@ -6,6 +6,14 @@ from __future__ import annotations
 from enum import StrEnum
 
 
+class MethodType(StrEnum):
+    """How a customer pays; gateway-adapter routes each merchant's methods to a gateway."""
+
+    CARD = "card"
+    ACH = "ach"
+    STRIPE = "stripe"
+
+
 class FailureType(StrEnum):
     UNSPECIFIED = "unspecified"  # the message did not say
     NONE = "none"  # the payment did not fail

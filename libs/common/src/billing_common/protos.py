@@ -17,7 +17,7 @@ from billing.events.v1 import dunning_pb2, subscription_pb2
 from billing.gateway.v1 import gateway_pb2
 from billing_common.errors import InvalidArgument
 from billing_common.money import CurrencyError, Money
-from billing_common.payments import DeclineKind, FailureType
+from billing_common.payments import DeclineKind, FailureType, MethodType
 from billing_common.subscriptions import ExhaustedAction, Frequency, SubscriptionStatus
 from billing_common.tiers import Tier
 
@@ -119,6 +119,7 @@ SUBSCRIPTION_STATES = ProtoEnum(SubscriptionStatus, subscription_pb2.Subscriptio
 TIERS = ProtoEnum(Tier, common_pb2.Tier, "TIER_")
 FAILURE_TYPES = ProtoEnum(FailureType, common_pb2.FailureType, "FAILURE_TYPE_")
 DECLINE_KINDS = ProtoEnum(DeclineKind, common_pb2.DeclineKind, "DECLINE_KIND_")
+METHOD_TYPES = ProtoEnum(MethodType, common_pb2.PaymentMethodType, "PAYMENT_METHOD_TYPE_")
 EXHAUSTED_ACTIONS = ProtoEnum(ExhaustedAction, dunning_pb2.ExhaustedAction, "EXHAUSTED_ACTION_")
 
 # google.rpc.Code numbers, as a batch answer gives a status per item (quota's usage summaries).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 from billing_common.errors import FailedPrecondition, InvalidArgument
 from billing_common.money import Money
 from billing_common.pan import contains_card_number
+from billing_common.payments import MethodType
 from billing_common.settings import SettingsError, load_settings, setting_text
 from gateway_adapter.domain.classification import (
     SANDBOX,
@@ -24,7 +26,6 @@ from gateway_adapter.domain.classification import (
 from gateway_adapter.domain.payments import (
     TRANSITIONS,
     ChargeRequest,
-    MethodType,
     Payment,
     PaymentEvent,
     RefundRequest,
@@ -166,6 +167,14 @@ class TestCharges:
 
     def test_long_digit_runs_that_fail_luhn_are_not_card_numbers(self) -> None:
         assert not contains_card_number("order 1234567890123456")
+
+    def test_a_key_claimed_before_the_method_enum_was_shared_still_matches_its_replay(self) -> None:
+        # Fingerprints stored by earlier releases hash the method as CARD; a replay must still match.
+        request = ChargeRequest("m-1", MethodType.CARD, "tok_success", usd(1000), "key-1")
+        stored = hashlib.sha256(
+            "\x1f".join(("m-1", "CARD", "tok_success", "1000", "USD")).encode()
+        ).hexdigest()
+        assert request.fingerprint() == stored
 
     @pytest.mark.parametrize(
         ("change", "named"),

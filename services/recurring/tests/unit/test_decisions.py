@@ -11,6 +11,7 @@ import pytest
 
 from billing_common.errors import FailedPrecondition, InvalidArgument, Unavailable
 from billing_common.money import Money
+from billing_common.payments import MethodType
 from billing_common.subscriptions import ExhaustedAction, Frequency, SubscriptionStatus
 from recurring.domain import amendments, ledger
 from recurring.domain.events import SubscriptionCreated
@@ -50,14 +51,7 @@ from recurring.domain.settlement import (
     retry,
 )
 from recurring.domain.status import InvoiceStatus
-from recurring.domain.subscription import (
-    Cause,
-    MethodType,
-    PaymentMethod,
-    PlanInfo,
-    Subscription,
-    created_entry,
-)
+from recurring.domain.subscription import Cause, PaymentMethod, PlanInfo, Subscription, created_entry
 from recurring.domain.usage import UsagePeriod, periods_to_ask, sort_answers
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -231,7 +225,7 @@ def test_a_charge_asks_for_the_attempts_amount_under_its_key_with_the_subscripti
 
     assert charge_request(attempt(2), sub) == ChargeRequest(
         merchant_id="m-stripe",
-        method_type="ach",
+        method_type=MethodType.ACH,
         token="tok_ach",
         amount=usd(2500),
         idempotency_key="inv_1:2",

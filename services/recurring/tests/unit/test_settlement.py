@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from billing_common.money import Money
-from billing_common.payments import DeclineKind, FailureType
+from billing_common.payments import DeclineKind, FailureType, MethodType
 from billing_common.subscriptions import Frequency, SubscriptionStatus
 from recurring.app.settling import apply, books_for_invoices, books_for_items
 from recurring.domain import ledger
@@ -27,7 +27,7 @@ from recurring.domain.runs import ItemStatus, WorkItem
 from recurring.domain.schedule import Period
 from recurring.domain.settlement import BILLING, Answer, Change, Charge, Rules, bill, settle, settle_refund
 from recurring.domain.status import BILLABLE, InvoiceStatus
-from recurring.domain.subscription import MethodType, PaymentMethod, Subscription
+from recurring.domain.subscription import PaymentMethod, Subscription
 from services.recurring.tests.fakes import FakeUnitOfWork, Proration, Tables
 
 NOW = datetime(2026, 3, 2, 3, 6, tzinfo=UTC)

@@ -19,6 +19,7 @@ from billing_common.clock import ControllableClock
 from billing_common.errors import FailedPrecondition, InvalidArgument, KeyReused
 from billing_common.idempotency import IdempotencyKey
 from billing_common.money import Money
+from billing_common.payments import MethodType
 from billing_common.subscriptions import ExhaustedAction, Frequency, SubscriptionStatus
 from recurring.app.invoices import Invoices
 from recurring.app.runs import Runs, Schedule
@@ -33,7 +34,7 @@ from recurring.domain.runs import ItemStatus, RunKind, RunState
 from recurring.domain.schedule import Period
 from recurring.domain.settlement import ExhaustionPolicy, Rules
 from recurring.domain.status import InvoiceStatus
-from recurring.domain.subscription import Cause, MethodType, PaymentMethod, PlanInfo, Subscription
+from recurring.domain.subscription import Cause, PaymentMethod, PlanInfo, Subscription
 from services.recurring.tests.fakes import (
     FakeGateway,
     FakeLocks,

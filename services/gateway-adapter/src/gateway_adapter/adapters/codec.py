@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from billing.common.v1 import common_pb2
 from billing.events.v1 import payment_pb2 as events
-from billing_common.payments import DeclineKind, FailureType
-from billing_common.protos import DECLINE_KINDS, FAILURE_TYPES, ProtoEnum, money_pb
-from gateway_adapter.domain.payments import MethodType, Payment, Status
+from billing_common.payments import DeclineKind, FailureType, MethodType
+from billing_common.protos import DECLINE_KINDS, FAILURE_TYPES, METHOD_TYPES, ProtoEnum, money_pb
+from gateway_adapter.domain.payments import Payment, Status
 
 # A call still in flight has no known outcome yet.
 STATUSES = ProtoEnum(Status, common_pb2.PaymentStatus, "PAYMENT_STATUS_", {Status.PROCESSING: "UNKNOWN"})
-METHOD_TYPES = ProtoEnum(MethodType, common_pb2.PaymentMethodType, "PAYMENT_METHOD_TYPE_")
 
 
 def payment_status_pb(status: Status) -> common_pb2.PaymentStatus.ValueType:

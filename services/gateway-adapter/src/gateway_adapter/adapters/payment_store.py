@@ -15,7 +15,7 @@ from billing_common.db import connection, transaction
 from billing_common.errors import KeyReused, NotFound
 from billing_common.events import Outbox
 from billing_common.money import Money
-from billing_common.payments import DeclineKind, FailureType
+from billing_common.payments import DeclineKind, FailureType, MethodType
 from billing_common.protos import money_pb
 from billing_common.suite_clock import DueWork
 from gateway_adapter.adapters.codec import facts, payment_status_pb
@@ -30,7 +30,6 @@ from gateway_adapter.app.ports import (
 from gateway_adapter.domain.classification import Classification
 from gateway_adapter.domain.payments import (
     ChargeRequest,
-    MethodType,
     Payment,
     PaymentEvent,
     RefundRequest,
@@ -42,7 +41,7 @@ from gateway_adapter.domain.payments import (
 def payment_from(row: asyncpg.Record) -> Payment:
     request = ChargeRequest(
         merchant_id=row["merchant_id"],
-        method_type=MethodType(row["method_type"]),
+        method_type=MethodType[row["method_type"]],  # stored by name (CARD)
         token=row["gateway_token"],
         amount=Money(row["amount_minor"], row["currency"]),
         idempotency_key=row["idempotency_key"] or "",
@@ -125,7 +124,7 @@ class PostgresPayments:
                 keys,
                 fingerprints,
                 [claim.request.merchant_id for claim in claims],
-                [claim.request.method_type.value for claim in claims],
+                [claim.request.method_type.name for claim in claims],
                 [claim.request.token for claim in claims],
                 [claim.request.amount.amount_minor for claim in claims],
                 [claim.request.amount.currency for claim in claims],

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from gateway_adapter.domain.payments import MethodType
+from billing_common.payments import MethodType
 
 ANY_MERCHANT = "*"
 DEFAULT_GATEWAYS: Mapping[MethodType, str] = {
@@ -45,8 +45,8 @@ class Routes:
                 who, target = entry.split("=", 1)
                 merchant, method_name = who.rsplit(":", 1)
                 gateway, _, credentials = target.partition("@")
-                method = MethodType(method_name.strip().upper())
-            except ValueError as error:
+                method = MethodType[method_name.strip().upper()]
+            except (ValueError, KeyError) as error:
                 raise RouteError(
                     f"route {entry!r} is not <merchant>:<METHOD>=<gateway>[@<credentials>]"
                 ) from error
@@ -55,7 +55,7 @@ class Routes:
 
     def setting_text(self) -> str:
         return ",".join(
-            f"{merchant}:{method.value}={route.gateway}@{route.credentials_ref}"
+            f"{merchant}:{method.name}={route.gateway}@{route.credentials_ref}"
             for merchant, method, route in self.entries
         )
 

@@ -12,14 +12,8 @@ from billing.gateway.v1 import gateway_pb2_grpc
 from billing_common.auth import OPERATOR, READERS
 from billing_common.errors import BillingError, FailedPrecondition, InvalidArgument, Unavailable
 from billing_common.grpc_server import Context
-from billing_common.protos import ProtoEnum, money_of, money_pb
-from gateway_adapter.adapters.codec import (
-    METHOD_TYPES,
-    decline_kind_pb,
-    failure_type_pb,
-    method_type_pb,
-    payment_status_pb,
-)
+from billing_common.protos import METHOD_TYPES, ProtoEnum, money_of, money_pb
+from gateway_adapter.adapters.codec import decline_kind_pb, failure_type_pb, method_type_pb, payment_status_pb
 from gateway_adapter.app.payments import BackPressure, ChargeAnswer, Payments
 from gateway_adapter.app.ports import StoredRefund
 from gateway_adapter.domain.payments import ChargeRequest, Lane, Payment, RefundRequest

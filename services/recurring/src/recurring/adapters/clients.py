@@ -16,13 +16,14 @@ from billing_common.errors import BillingError, FailedPrecondition, InvalidArgum
 from billing_common.protos import (
     CHARGE_REFUSAL_CODES,
     FREQUENCIES,
+    METHOD_TYPES,
     STATUS_CODES,
     TIERS,
     money_of,
     money_pb,
     to_datetime,
 )
-from recurring.adapters.codec import METHOD_TYPES, decline_kind, failure_type, payment_status
+from recurring.adapters.codec import decline_kind, failure_type, payment_status
 from recurring.app.ports import PlanInfo, RecurringMetrics
 from recurring.domain.invoicing import AddOnUse, PeriodUsage, UsageCharge
 from recurring.domain.payments import (
@@ -34,7 +35,6 @@ from recurring.domain.payments import (
     refusal,
 )
 from recurring.domain.schedule import Period
-from recurring.domain.subscription import MethodType
 from recurring.domain.usage import UsagePeriod
 
 _UNAVAILABLE = (
@@ -167,7 +167,7 @@ def _charge_pb(request: ChargeRequest, lane: gateway_pb2.Lane.ValueType) -> gate
     return gateway_pb2.ChargeRequest(
         merchant_id=request.merchant_id,
         payment_method=common_pb2.PaymentMethod(
-            type=METHOD_TYPES.pb(MethodType(request.method_type)), gateway_token=request.token
+            type=METHOD_TYPES.pb(request.method_type), gateway_token=request.token
         ),
         amount=money_pb(request.amount),
         idempotency_key=request.idempotency_key,

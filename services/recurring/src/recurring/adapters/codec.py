@@ -12,9 +12,7 @@ from recurring.domain.invoicing import LineKind
 from recurring.domain.payments import PaymentStatus
 from recurring.domain.runs import ItemStatus, RunKind, RunState
 from recurring.domain.status import InvoiceStatus
-from recurring.domain.subscription import MethodType
 
-METHOD_TYPES = ProtoEnum(MethodType, common_pb2.PaymentMethodType, "PAYMENT_METHOD_TYPE_")
 PAYMENT_STATUSES = ProtoEnum(PaymentStatus, common_pb2.PaymentStatus, "PAYMENT_STATUS_")
 # A payment that does not state why it failed did not fail, for recurring: it stores "none".
 FAILURE_TYPES_OR_NONE = ProtoEnum(

@@ -10,13 +10,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from billing.events.v1 import invoice_pb2, run_pb2, subscription_pb2
 from billing_common.payments import FailureType
-from billing_common.protos import FREQUENCIES, SUBSCRIPTION_STATES, date_pb, money_pb
-from recurring.adapters.codec import (
-    DECLINE_KINDS_OR_NONE,
-    FAILURE_TYPES_OR_NONE,
-    METHOD_TYPES,
-    RUN_KINDS_EVENT,
-)
+from billing_common.protos import FREQUENCIES, METHOD_TYPES, SUBSCRIPTION_STATES, date_pb, money_pb
+from recurring.adapters.codec import DECLINE_KINDS_OR_NONE, FAILURE_TYPES_OR_NONE, RUN_KINDS_EVENT
 from recurring.domain import events as ev
 from recurring.domain.invoicing import Invoice
 from recurring.domain.runs import RunCounts

@@ -9,7 +9,7 @@ from datetime import timedelta
 from enum import StrEnum
 
 from billing_common.money import Money
-from billing_common.payments import DeclineKind, FailureType
+from billing_common.payments import DeclineKind, FailureType, MethodType
 
 
 class PaymentStatus(StrEnum):
@@ -26,7 +26,7 @@ class PaymentStatus(StrEnum):
 @dataclass(frozen=True)
 class ChargeRequest:
     merchant_id: str
-    method_type: str
+    method_type: MethodType
     token: str
     amount: Money
     idempotency_key: str

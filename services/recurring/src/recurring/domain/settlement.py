@@ -337,7 +337,7 @@ def charge_request(attempt: Transaction, sub: Subscription) -> ChargeRequest:
     method = sub.payment_method
     return ChargeRequest(
         merchant_id=sub.merchant_id,
-        method_type=method.type.value,
+        method_type=method.type,
         token=method.token,
         amount=attempt.amount,
         idempotency_key=attempt.idempotency_key,

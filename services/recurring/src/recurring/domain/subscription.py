@@ -10,6 +10,7 @@ from typing import Any
 
 from billing_common.errors import Violations
 from billing_common.money import Money
+from billing_common.payments import MethodType
 from billing_common.subscriptions import Frequency, SubscriptionStatus
 from recurring.domain.schedule import Period, first_due_date, next_due_date, period_starting
 from recurring.domain.status import Action, transition
@@ -32,12 +33,6 @@ class SubscriptionFilter:
     account_id: str = ""
     status: SubscriptionStatus | None = None
     frequency: Frequency | None = None
-
-
-class MethodType(StrEnum):
-    CARD = "card"
-    ACH = "ach"
-    STRIPE = "stripe"
 
 
 @dataclass(frozen=True)

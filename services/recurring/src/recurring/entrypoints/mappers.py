@@ -10,13 +10,12 @@ from google.protobuf.message import Message
 from billing.common.v1 import common_pb2
 from billing.recurring.v1 import recurring_pb2 as pb
 from billing_common.errors import InvalidArgument
-from billing_common.protos import FREQUENCIES, money_pb
+from billing_common.protos import FREQUENCIES, METHOD_TYPES, money_pb
 from recurring.adapters.codec import (
     DECLINE_KINDS_OR_NONE,
     FAILURE_TYPES_OR_NONE,
     INVOICE_STATUSES,
     LINE_KINDS,
-    METHOD_TYPES,
     PAYMENT_STATUSES,
     RUN_ITEM_STATUSES,
     RUN_KINDS,

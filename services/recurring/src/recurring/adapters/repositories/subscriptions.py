@@ -8,17 +8,12 @@ from typing import Any
 import asyncpg
 
 from billing_common.money import Money
+from billing_common.payments import MethodType
 from billing_common.subscriptions import Frequency, SubscriptionStatus
 from recurring.domain.proration import ProrationLine
 from recurring.domain.settlement import Proration
 from recurring.domain.status import TERMINAL
-from recurring.domain.subscription import (
-    HistoryEntry,
-    MethodType,
-    PaymentMethod,
-    Subscription,
-    SubscriptionFilter,
-)
+from recurring.domain.subscription import HistoryEntry, PaymentMethod, Subscription, SubscriptionFilter
 
 _COLUMNS = (
     "subscription_id, account_id, merchant_id, status, plan_code, plan_version, amount_minor, currency, "
