@@ -126,9 +126,15 @@ async def unpaced() -> None:
             async with open_channel(f"127.0.0.1:{served.port}", env.token("recurring")) as channel:
                 stub = gateway_pb2_grpc.GatewayServiceStub(channel)
 
-                async def charge(n: int) -> None:
-                    reply = await stub.Charge(charge_request(f"bench-{n}"))
-                    assert reply.payment.status == common_pb2.PAYMENT_STATUS_SUCCEEDED
+                def single_of(round_number: int) -> Callable[[int], Awaitable[None]]:
+                    # A key of its own per round: the loop's call numbers start again at 0 each round,
+                    # and a key charged before is a replay, not a charge.
+                    async def charge(n: int) -> None:
+                        reply = await stub.Charge(charge_request(f"bench-{round_number}-{n}"))
+                        assert reply.payment.status == common_pb2.PAYMENT_STATUS_SUCCEEDED
+                        assert not reply.replayed
+
+                    return charge
 
                 def batch_of(round_number: int) -> Callable[[int], Awaitable[None]]:
                     async def charge_batch(n: int) -> None:
@@ -142,11 +148,14 @@ async def unpaced() -> None:
 
                     return charge_batch
 
-                await charge(-1)
+                await single_of(-1)(0)
                 for round_number in range(ROUNDS):
                     echo = await closed_loop("echo (service host)", echo_call, CONCURRENCY, SECONDS)
                     single, cpu = await _measured(
-                        f"gateway Charge (sandbox, 0 ms) r{round_number}", charge, CONCURRENCY, served.pid
+                        f"gateway Charge (sandbox, 0 ms) r{round_number}",
+                        single_of(round_number),
+                        CONCURRENCY,
+                        served.pid,
                     )
                     batched, batch_cpu_ms = await _measured(
                         f"gateway ChargeBatch x{BATCH} r{round_number}",
@@ -167,7 +176,7 @@ async def unpaced() -> None:
                     )
 
                 async def replay(n: int) -> None:
-                    reply = await stub.Charge(charge_request(f"bench-{n % 100}"))
+                    reply = await stub.Charge(charge_request(f"bench-0-{n % 100}"))
                     assert reply.replayed
 
                 replays = await closed_loop("gateway Charge replay (stored)", replay, CONCURRENCY, SECONDS)

@@ -262,6 +262,8 @@ class Payments:
             wanted.append(index)
         # Two rounds: a key whose earlier call turns out never to have reached the gateway runs again.
         for _ in range(2):
+            if not wanted:
+                break
             waiting = await self._charge_claimed(requests, wanted, lane, answers)
             wanted = await self._wait_for_earlier_calls(requests, waiting, answers)
         for index in wanted:
