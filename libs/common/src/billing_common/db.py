@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from importlib import resources
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -67,6 +67,37 @@ def dsn_with_user(dsn: str, user: str, password: str | None = None) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
+class PooledConnection(asyncpg.Connection):
+    """A pooled connection that knows whether its last holder ended cleanly, through `transaction`
+    or `connection`, which keep nothing in the session (see `connection`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._ended_cleanly = False
+
+    def ended_cleanly(self) -> None:
+        self._ended_cleanly = True
+
+    def take_ended_cleanly(self) -> bool:
+        ended, self._ended_cleanly = self._ended_cleanly, False
+        return ended
+
+
+def _ended_cleanly(proxy: object) -> None:
+    mark = getattr(proxy, "ended_cleanly", None)  # None: a pool made elsewhere
+    if mark is not None:
+        mark()
+
+
+async def _reset_session(conn: asyncpg.Connection) -> None:
+    """Reset a returned connection's session unless its holder ended cleanly: one round trip (and
+    one more commit on the server) less for every pooled call. After a failure, or from a holder
+    that took the pool's connection itself, the full reset runs."""
+    if isinstance(conn, PooledConnection) and conn.take_ended_cleanly():
+        return
+    await conn.execute(conn.get_reset_query())
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     for kind in ("json", "jsonb"):
         await conn.set_type_codec(kind, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
@@ -109,6 +140,8 @@ async def create_pool(
         min_size=min_size,
         max_size=max_size,
         init=_init_connection,
+        connection_class=PooledConnection,
+        reset=_reset_session,
         server_settings={"search_path": schema, "application_name": application},
     )
     _POOL_METRICS.pools[application] = pool
@@ -169,6 +202,7 @@ async def transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
                 yield conn
                 commit_began = True
             committed = True
+            _ended_cleanly(proxy)
         except Exception as error:
             if commit_began and is_dependency_failure(error):
                 raise CommitOutcomeUnknown(
@@ -180,8 +214,9 @@ async def transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
         try:
             await acquired.__aexit__(None, None, None)
         except Exception as error:
-            # The pool resets a returned connection; once the commit is through, that reset
-            # failing says nothing about the write, which is stored.
+            # Returning a connection may still take a round trip (a reset after a failure, a close
+            # after the pool's query limit); once the commit is through, that failing says nothing
+            # about the write, which is stored.
             if not (committed and is_dependency_failure(error)):
                 raise
             log.warning("a connection died after its commit", extra={"error": repr(error)})
@@ -189,8 +224,16 @@ async def transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
 
 @contextlib.asynccontextmanager
 async def connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection for statements outside a transaction.
+
+    Pooled connections keep no session state, as a transaction-mode pooler (PgBouncer) would not
+    keep it either: what a holder needs it sets inside a transaction (SET LOCAL, transaction-level
+    advisory locks). So a connection whose holder ended cleanly here or in `transaction` goes back
+    to the pool without a session reset.
+    """
     async with pool.acquire() as proxy:
         yield cast(asyncpg.Connection, proxy)
+        _ended_cleanly(proxy)
 
 
 async def provision(

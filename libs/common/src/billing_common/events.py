@@ -200,7 +200,7 @@ class OutboxRelay:
                     await asyncio.wait_for(self._wake.wait(), self._poll)
 
     async def relay_once(self, exchange: AbstractExchange) -> int:
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with db.transaction(self._pool) as conn:
             rows = await conn.fetch(
                 """SELECT id, event_id, event_type, payload, headers, created_at FROM outbox
                    WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED""",

@@ -111,15 +111,32 @@ async def test_a_commit_whose_answer_is_lost_is_told_apart_from_a_write_that_fai
         assert [r["id"] for r in await pool.fetch("SELECT id FROM entries")] == ["stored"]
 
 
-async def test_a_connection_that_dies_after_its_commit_leaves_the_write_reported_stored(
+async def test_a_committed_transaction_returns_its_connection_with_no_round_trip_left_to_fail(
     env: InfraEnv,
 ) -> None:
-    """The pool resets a returned connection; that reset failing must not turn a stored write
-    into an error (a caller would take back what it counted, and the ledger would hold more)."""
+    """Once the commit is through, returning the connection asks nothing more of the server (no
+    session reset): nothing left can fail and turn a stored write into an error, after which a
+    caller would take back what it counted while the ledger holds it."""
     async with ledger_behind_a_proxy(env) as (proxy, pool):
         proxy.cut_before(b"pg_advisory_unlock_all")
         async with db.transaction(pool) as conn:
             await conn.execute("INSERT INTO entries VALUES ('stored')")
 
-        assert proxy.cuts == 1
-        assert [r["id"] for r in await pool.fetch("SELECT id FROM entries")] == ["stored"]
+        async with db.transaction(pool) as conn:
+            stored = [r["id"] for r in await conn.fetch("SELECT id FROM entries")]
+
+        assert stored == ["stored"]
+        assert proxy.cuts == 0
+
+
+async def test_a_connection_returned_after_a_failure_has_its_session_reset(env: InfraEnv) -> None:
+    async with ledger_behind_a_proxy(env) as (_, pool):
+        with pytest.raises(ZeroDivisionError):
+            async with db.connection(pool) as conn:
+                backend = await conn.fetchval("SELECT pg_backend_pid()")
+                await conn.execute("SET statement_timeout = '1234ms'")
+                1 / 0  # noqa: B018 - the holder fails after changing its session
+
+        async with db.connection(pool) as conn:
+            assert await conn.fetchval("SELECT pg_backend_pid()") == backend
+            assert await conn.fetchval("SHOW statement_timeout") == "0"
