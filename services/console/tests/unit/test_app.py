@@ -169,3 +169,44 @@ async def test_an_unknown_action_changes_nothing() -> None:
     with pytest.raises(Exception, match="action"):
         await actions.case(ALICE, "c1", "delete")
     assert services.calls == []
+
+
+class MeteredServices(FakeServices):
+    """An account with a monthly and a daily entitlement, and usage counted in each period."""
+
+    MONTH = (datetime(2031, 3, 5, tzinfo=UTC), datetime(2031, 4, 5, tzinfo=UTC))
+    DAY = (datetime(2031, 3, 31, tzinfo=UTC), datetime(2031, 4, 1, tzinfo=UTC))
+
+    async def call(
+        self, service: str, method: str, request: Mapping[str, Any], acting_for: str = ""
+    ) -> dict[str, Any]:
+        answer = await super().call(service, method, request, acting_for)
+        if method == "GetEntitlements":
+            return {
+                "entitlements": [
+                    {
+                        "entitlement": {"key": "api.calls", "unlimited": True},
+                        "period_start": self.MONTH[0],
+                        "period_end": self.MONTH[1],
+                    },
+                    {
+                        "entitlement": {"key": "exports.daily", "limit": 5},
+                        "period_start": self.DAY[0],
+                        "period_end": self.DAY[1],
+                    },
+                ]
+            }
+        if method == "GetUsageSummary":
+            month = (request["period_start"], request["period_end"]) == self.MONTH
+            return {"totals": [{"key": "exports.daily", "quantity": 65 if month else 2}]}
+        return answer
+
+
+async def test_an_account_page_reads_usage_once_for_each_entitlement_period() -> None:
+    services = MeteredServices()
+    reads = CachedReads(services, ReadCache(60, FakeClock().monotonic))
+    page = await Pages(reads, NoDeadLetters(), FakeClock(), ["sandbox-card"]).account("acme")
+    summaries = [request for _, method, request, _ in services.calls if method == "GetUsageSummary"]
+    assert [(r["period_start"], r["period_end"]) for r in summaries] == [services.MONTH, services.DAY]
+    exports = next(row for row in page["usage"] if row.key == "exports.daily")
+    assert (exports.used, exports.percent) == (2, 40.0)

@@ -225,32 +225,63 @@ def test_a_runs_summary_reads_progress_counts_and_halted_gateways() -> None:
     assert billing.run_durations([summary]) == [("2031-05-05 daily", 12.0)]
 
 
+MONTH = (T0, T0 + timedelta(days=31))
+DAY = (T0, T0 + timedelta(days=1))
+
+
 def test_usage_is_shown_against_each_entitlement() -> None:
     entitlements = [
         {
             "entitlement": {"key": "api.calls", "limit": 1000},
             "sources": [{"kind": "plan", "reference": "pro@1"}],
+            "period_start": MONTH[0],
+            "period_end": MONTH[1],
         },
         {"entitlement": {"key": "seats", "unlimited": True}, "sources": []},
     ]
     rows = billing.usage_against_entitlements(
-        entitlements, [{"key": "api.calls", "quantity": 250}, {"key": "x", "quantity": 3}]
+        entitlements, {MONTH: [{"key": "api.calls", "quantity": 250}, {"key": "x", "quantity": 3}]}
     )
-    assert [(r.key, r.used, r.limit, r.percent) for r in rows] == [
-        ("api.calls", 250, 1000, 25.0),
-        ("seats", None, None, None),
-        ("x", 3, None, None),
+    assert [(r.key, r.used, r.limit, r.percent, r.period) for r in rows] == [
+        ("api.calls", 250, 1000, 25.0, MONTH),
+        ("seats", None, None, None, None),
+        ("x", 3, None, None, MONTH),
     ]
     assert rows[0].sources == "plan pro@1"
 
 
-def test_usage_is_read_for_the_first_entitlement_period_there_is() -> None:
-    later = T0 + timedelta(days=30)
-    assert billing.usage_period([{"period_start": None}, {"period_start": T0, "period_end": later}]) == (
-        T0,
-        later,
+def test_a_daily_limit_is_measured_against_todays_usage_not_the_billing_periods() -> None:
+    entitlements = [
+        {
+            "entitlement": {"key": "api.calls", "unlimited": True},
+            "period_start": MONTH[0],
+            "period_end": MONTH[1],
+        },
+        {"entitlement": {"key": "exports.daily", "limit": 5}, "period_start": DAY[0], "period_end": DAY[1]},
+    ]
+    assert billing.usage_periods(entitlements) == [MONTH, DAY]
+    rows = billing.usage_against_entitlements(
+        entitlements,
+        {
+            MONTH: [{"key": "api.calls", "quantity": 19975}, {"key": "exports.daily", "quantity": 65}],
+            DAY: [{"key": "exports.daily", "quantity": 2}],
+        },
     )
-    assert billing.usage_period([{"period_start": T0, "period_end": T0}]) is None
+    assert [(r.key, r.used, r.percent, r.period) for r in rows] == [
+        ("api.calls", 19975, None, MONTH),
+        ("exports.daily", 2, 40.0, DAY),
+    ]
+
+
+def test_usage_periods_are_each_entitlements_own_and_skip_empty_ones() -> None:
+    assert billing.usage_periods(
+        [
+            {"period_start": None},
+            {"period_start": T0, "period_end": T0},
+            {"period_start": MONTH[0], "period_end": MONTH[1]},
+            {"period_start": MONTH[0], "period_end": MONTH[1]},
+        ]
+    ) == [MONTH]
 
 
 # ------------------------------------------------------------------------------ cache tags

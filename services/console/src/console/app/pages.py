@@ -126,15 +126,17 @@ class Pages:
                 for currency in currencies
             )
         )
-        period = billing.usage_period((entitlements or {}).get("entitlements", ()))
-        usage = (
-            await self._reads.maybe(
-                "quota",
-                "GetUsageSummary",
-                {"tenant_id": account_id, "period_start": period[0], "period_end": period[1]},
+        resolved = (entitlements or {}).get("entitlements", ())
+        periods = billing.usage_periods(resolved)
+        summaries = await asyncio.gather(
+            *(
+                self._reads.maybe(
+                    "quota",
+                    "GetUsageSummary",
+                    {"tenant_id": account_id, "period_start": start, "period_end": end},
+                )
+                for start, end in periods
             )
-            if period
-            else None
         )
         steps = tiers.timeline((tier_history or {}).get("changes", ()))
         current = (tier or {}).get("account_tier")
@@ -151,7 +153,8 @@ class Pages:
             "ledger": (ledger or {}).get("entries", []),
             "entitlements": entitlements,
             "usage": billing.usage_against_entitlements(
-                (entitlements or {}).get("entitlements", ()), (usage or {}).get("totals", ())
+                resolved,
+                {p: (s or {}).get("totals", ()) for p, s in zip(periods, summaries, strict=True)},
             ),
             "cases": (cases or {}).get("cases", []),
         }
