@@ -210,3 +210,29 @@ async def test_an_account_page_reads_usage_once_for_each_entitlement_period() ->
     assert [(r["period_start"], r["period_end"]) for r in summaries] == [services.MONTH, services.DAY]
     exports = next(row for row in page["usage"] if row.key == "exports.daily")
     assert (exports.used, exports.percent) == (2, 40.0)
+
+
+class PagedServices(FakeServices):
+    """Invoices over two pages: the services give at most one page per call, oldest first."""
+
+    async def call(
+        self, service: str, method: str, request: Mapping[str, Any], acting_for: str = ""
+    ) -> dict[str, Any]:
+        if method == "ListTierChanges":
+            return {}
+        answer = await super().call(service, method, request, acting_for)
+        if method != "ListInvoices":
+            return answer
+        day = "2031-03-31" if request.get("page_token") else "2031-01-01"
+        invoice = {"total": {"amount_minor": 2900, "currency": "USD"}, "billing_date": day, "status": "PAID"}
+        return {"invoices": [invoice], "next_page_token": "" if request.get("page_token") else "p2"}
+
+
+async def test_the_overviews_revenue_covers_every_page_of_invoices_not_only_the_first() -> None:
+    services = PagedServices()
+    reads = CachedReads(services, ReadCache(60, FakeClock().monotonic))
+    overview = await Pages(reads, NoDeadLetters(), FakeClock(), ["sandbox-card"]).overview()
+    assert [str(day) for day, _ in overview["charts"]["revenue"]["USD"]] == ["2031-01-01", "2031-03-31"]
+    invoice_reads = [request for _, method, request, _ in services.calls if method == "ListInvoices"]
+    assert [r.get("page_token", "") for r in invoice_reads] == ["", "p2"]
+    assert all(r["page_size"] == 500 for r in invoice_reads)  # the services' largest page

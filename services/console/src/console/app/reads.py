@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from billing_common.errors import NotFound
+from billing_common.paging import MAX_PAGE_SIZE
 from console.app.cache import ReadCache
 from console.app.ports import Record, Services
 from console.domain.invalidation import event_tags, ids_in, read_tags
@@ -38,6 +39,22 @@ class CachedReads:
             _key("maybe", service, method, request), read_tags(method, request), load
         )
         return result
+
+    async def read_all(
+        self, service: str, method: str, request: Mapping[str, Any], field: str, most_pages: int
+    ) -> list[Record]:
+        """A listing's `field` items page after page (each page cached like any read), stopping at
+        its end or after `most_pages` pages of the services' largest size."""
+        items: list[Record] = []
+        token = ""
+        for _ in range(most_pages):
+            paged = {**request, "page_size": MAX_PAGE_SIZE, **({"page_token": token} if token else {})}
+            answer = await self.read(service, method, paged)
+            items += answer.get(field, ())
+            token = answer.get("next_page_token", "")
+            if not token:
+                break
+        return items
 
     def stale(self, event_type: str, payload: object) -> int:
         """Forget what an event (or an action's answer) may have changed."""
