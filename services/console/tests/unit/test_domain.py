@@ -181,6 +181,26 @@ def test_a_case_timeline_puts_attempts_with_their_estimate_between_transitions()
     assert entries[2].detail.endswith("by operator:alice")
 
 
+def test_an_attempt_sits_between_the_transitions_that_started_and_ended_it_at_one_instant() -> None:
+    def moved(from_state: str, to_state: str) -> dict[str, object]:
+        return {"from_state": from_state, "to_state": to_state, "cause": "", "at": T0}
+
+    case = {
+        "history": [
+            moved("OPEN", "RETRY_SCHEDULED"),
+            moved("RETRY_SCHEDULED", "ATTEMPTING"),
+            moved("ATTEMPTING", "EXHAUSTED"),
+        ],
+        "attempts": [{"number": 1, "scheduled_at": T0, "attempted_at": T0, "outcome": "FAILED"}],
+    }
+    assert [e.title for e in dunning.timeline(case)] == [
+        "open → retry_scheduled",
+        "retry_scheduled → attempting",
+        "Attempt 1: failed",
+        "attempting → exhausted",
+    ]
+
+
 def test_recovery_rate_counts_only_cases_that_ended_and_by_day_opened() -> None:
     cases = [
         {"state": "RECOVERED", "opened_at": T0},
@@ -223,6 +243,15 @@ def test_a_runs_summary_reads_progress_counts_and_halted_gateways() -> None:
     assert (summary.progress_percent, summary.failed, summary.parked) == (62.5, 1, 1)
     assert summary.halted_gateways == ("sandbox-card",)
     assert billing.run_durations([summary]) == [("2031-05-05 daily", 12.0)]
+
+
+def test_a_run_that_took_no_time_on_the_suite_clock_is_charted_at_zero_and_an_unfinished_one_not() -> None:
+    def run(run_id: str, duration: timedelta | None) -> billing.RunSummary:
+        return billing.run_summary(
+            {"run_id": run_id, "billing_date": date(2031, 3, 31), "kind": "DAILY", "duration": duration}
+        )
+
+    assert billing.run_durations([run("r1", timedelta(0)), run("r2", None)]) == [("2031-03-31 daily", 0.0)]
 
 
 MONTH = (T0, T0 + timedelta(days=31))
