@@ -300,6 +300,8 @@ def test_a_daily_limit_is_measured_against_todays_usage_not_the_billing_periods(
         ("api.calls", 19975, None, MONTH),
         ("exports.daily", 2, 40.0, DAY),
     ]
+    nothing_today = billing.usage_against_entitlements(entitlements, {MONTH: [], DAY: []})
+    assert [(r.used, r.percent) for r in nothing_today] == [(0, None), (0, 0.0)]
 
 
 def test_usage_periods_are_each_entitlements_own_and_skip_empty_ones() -> None:

@@ -111,7 +111,7 @@ Period = tuple[datetime, datetime]
 @dataclass(frozen=True)
 class UsageRow:
     key: str
-    used: int | None  # None: the service reports no usage for this key in the period
+    used: int | None  # None: no usage read (the entitlement has no period)
     limit: int | None  # None: unlimited
     sources: str  # where the limit comes from: plan, add-on, override, grant
     period: Period | None  # None: no period of its own (usage beyond the entitlements)
@@ -160,7 +160,8 @@ def usage_against_entitlements(
             f"{s.get('kind', '')} {s.get('reference', '')}".strip() for s in resolved.get("sources", ())
         )
         limit = None if entitlement.get("unlimited") else entitlement.get("limit", 0)
-        quantity = used.get(period, {}).get(key) if period is not None else None
+        # Read for its period and not in the totals: nothing used yet.
+        quantity = used[period].get(key, 0) if period in used else None
         rows.append(UsageRow(key, quantity, limit, sources, period))
         entitled.add(key)
     longest = max(used, key=lambda p: p[1] - p[0], default=None)
