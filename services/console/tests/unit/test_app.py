@@ -19,6 +19,7 @@ from console.domain.people import Person, Role
 
 ALICE = Person("alice", Role.OPERATOR)
 BOB = Person("bob", Role.FINANCE)
+PAGE_SIZE = 500
 
 
 class FakeClock:
@@ -65,7 +66,7 @@ class NoDeadLetters:
 
 def console(ttl_s: float = 60) -> tuple[FakeServices, FakeClock, CachedReads, Pages, Actions]:
     services, clock = FakeServices(), FakeClock()
-    reads = CachedReads(services, ReadCache(ttl_s, clock.monotonic))
+    reads = CachedReads(services, ReadCache(ttl_s, clock.monotonic), PAGE_SIZE)
     return (
         services,
         clock,
@@ -204,7 +205,7 @@ class MeteredServices(FakeServices):
 
 async def test_an_account_page_reads_usage_once_for_each_entitlement_period() -> None:
     services = MeteredServices()
-    reads = CachedReads(services, ReadCache(60, FakeClock().monotonic))
+    reads = CachedReads(services, ReadCache(60, FakeClock().monotonic), PAGE_SIZE)
     page = await Pages(reads, NoDeadLetters(), FakeClock(), ["sandbox-card"]).account("acme")
     summaries = [request for _, method, request, _ in services.calls if method == "GetUsageSummary"]
     assert [(r["period_start"], r["period_end"]) for r in summaries] == [services.MONTH, services.DAY]
@@ -230,9 +231,9 @@ class PagedServices(FakeServices):
 
 async def test_the_overviews_revenue_covers_every_page_of_invoices_not_only_the_first() -> None:
     services = PagedServices()
-    reads = CachedReads(services, ReadCache(60, FakeClock().monotonic))
+    reads = CachedReads(services, ReadCache(60, FakeClock().monotonic), PAGE_SIZE)
     overview = await Pages(reads, NoDeadLetters(), FakeClock(), ["sandbox-card"]).overview()
     assert [str(day) for day, _ in overview["charts"]["revenue"]["USD"]] == ["2031-01-01", "2031-03-31"]
     invoice_reads = [request for _, method, request, _ in services.calls if method == "ListInvoices"]
     assert [r.get("page_token", "") for r in invoice_reads] == ["", "p2"]
-    assert all(r["page_size"] == 500 for r in invoice_reads)  # the services' largest page
+    assert all(r["page_size"] == PAGE_SIZE for r in invoice_reads)

@@ -10,7 +10,6 @@ from typing import Any
 
 from billing_common.clock import Clock
 from billing_common.money import MINOR_DIGITS
-from billing_common.paging import MAX_PAGE_SIZE
 from console.app.ports import DeadLetters, Record
 from console.app.reads import CachedReads
 from console.domain import billing, dunning, history, tiers
@@ -179,7 +178,9 @@ class Pages:
     async def run(self, run_id: str) -> dict[str, Any]:
         answer, items = await asyncio.gather(
             self._reads.read("recurring", "GetRun", {"run_id": run_id}),
-            self._reads.read("recurring", "ListRunItems", {"run_id": run_id, "page_size": MAX_PAGE_SIZE}),
+            self._reads.read(
+                "recurring", "ListRunItems", {"run_id": run_id, "page_size": self._reads.page_size}
+            ),
         )
         return {
             "run": billing.run_summary(answer["run"]),

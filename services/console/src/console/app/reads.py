@@ -7,16 +7,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from billing_common.errors import NotFound
-from billing_common.paging import MAX_PAGE_SIZE
 from console.app.cache import ReadCache
 from console.app.ports import Record, Services
 from console.domain.invalidation import event_tags, ids_in, read_tags
 
 
 class CachedReads:
-    def __init__(self, services: Services, cache: ReadCache) -> None:
+    def __init__(self, services: Services, cache: ReadCache, page_size: int) -> None:
         self._services = services
         self._cache = cache
+        # The most records a List of the services answers at once.
+        self.page_size = page_size
 
     async def read(self, service: str, method: str, request: Mapping[str, Any]) -> Record:
         result: Record = await self._cache.get(
@@ -44,11 +45,11 @@ class CachedReads:
         self, service: str, method: str, request: Mapping[str, Any], field: str, most_pages: int
     ) -> list[Record]:
         """A listing's `field` items page after page (each page cached like any read), stopping at
-        its end or after `most_pages` pages of the services' largest size."""
+        its end or after `most_pages` pages of `page_size` records."""
         items: list[Record] = []
         token = ""
         for _ in range(most_pages):
-            paged = {**request, "page_size": MAX_PAGE_SIZE, **({"page_token": token} if token else {})}
+            paged = {**request, "page_size": self.page_size, **({"page_token": token} if token else {})}
             answer = await self.read(service, method, paged)
             items += answer.get(field, ())
             token = answer.get("next_page_token", "")
