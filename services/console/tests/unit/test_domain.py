@@ -254,6 +254,12 @@ def test_a_run_that_took_no_time_on_the_suite_clock_is_charted_at_zero_and_an_un
     assert billing.run_durations([run("r1", timedelta(0)), run("r2", None)]) == [("2031-03-31 daily", 0.0)]
 
 
+def test_a_runs_working_time_is_its_duration_when_recurring_reports_one() -> None:
+    run = {"run_id": "r1", "duration": timedelta(0), "working_time": timedelta(seconds=1.5)}
+    assert billing.run_summary(run).duration == timedelta(seconds=1.5)
+    assert billing.run_summary({"run_id": "r2", "duration": timedelta(0)}).duration == timedelta(0)
+
+
 MONTH = (T0, T0 + timedelta(days=31))
 DAY = (T0, T0 + timedelta(days=1))
 

@@ -72,8 +72,16 @@ def run_summary(run: Mapping[str, Any]) -> RunSummary:
         failed=counts.get("failed", 0),
         parked=counts.get("parked", 0),
         halted_gateways=tuple(run.get("halted_gateways", ())),
-        duration=run.get("duration"),
+        duration=_took(run),
     )
+
+
+def _took(run: Mapping[str, Any]) -> timedelta | None:
+    """How long the run's work took: its working time when recurring reports one (the suite's test
+    clock stands still while a day's work runs, so the clock's duration is zero there), else the
+    duration on the service's clock."""
+    working_time: timedelta | None = run.get("working_time")
+    return working_time if working_time is not None else run.get("duration")
 
 
 def runs_of_day(runs: Iterable[RunSummary], day: date) -> list[RunSummary]:
@@ -95,8 +103,7 @@ def run_durations(runs: Iterable[RunSummary]) -> list[tuple[str, float]]:
     """Finished runs, oldest first: label and seconds."""
     done = [r for r in runs if r.duration is not None and r.billing_date is not None]
     done.sort(key=lambda r: (r.billing_date or date.min, r.kind))
-    # A run that took no time is a duration too: on the suite's test clock, which stands still while
-    # a day's work runs, every run takes none.
+    # A run that took no time is a duration too (an old run under the test clock has nothing else).
     return [
         (f"{r.billing_date} {r.kind.lower()}", r.duration.total_seconds())
         for r in done
