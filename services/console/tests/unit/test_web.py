@@ -119,11 +119,19 @@ def test_a_case_timeline_reads_title_then_detail_and_says_when_an_estimate_had_n
     assert "(estimated success 34.6%, the policy's starting estimate: no past attempts yet)" in html
 
 
-def test_a_successful_payment_attempt_shows_no_failure_or_decline() -> None:
+def test_an_invoice_shows_a_unit_price_in_its_currency_and_no_decline_for_a_successful_attempt() -> None:
     invoice = {
         "invoice_id": "i1",
         "paid_at": None,
-        "lines": [],
+        "lines": [
+            {
+                "kind": "USAGE",
+                "description": "Usage: api.calls",
+                "quantity": 5601,
+                "unit_price": {"value": "0.002"},
+                "amount": {"amount_minor": 1120, "currency": "USD"},
+            }
+        ],
         "transactions": [
             {
                 "attempt": 2,
@@ -136,4 +144,5 @@ def test_a_successful_payment_attempt_shows_no_failure_or_decline() -> None:
         ],
     }
     html = page("invoice.html", invoice=invoice, payments=[], case=None)
+    assert '<td class="num">0.002 USD</td><td class="num">11.20 USD</td>' in html
     assert "<td>succeeded</td><td>—</td> <td>—</td>" in html
