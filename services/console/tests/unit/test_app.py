@@ -19,6 +19,7 @@ from console.domain.people import Person, Role
 
 ALICE = Person("alice", Role.OPERATOR)
 BOB = Person("bob", Role.FINANCE)
+PAGE_SIZE = 500
 
 
 class FakeClock:
@@ -65,7 +66,7 @@ class NoDeadLetters:
 
 def console(ttl_s: float = 60) -> tuple[FakeServices, FakeClock, CachedReads, Pages, Actions]:
     services, clock = FakeServices(), FakeClock()
-    reads = CachedReads(services, ReadCache(ttl_s, clock.monotonic))
+    reads = CachedReads(services, ReadCache(ttl_s, clock.monotonic), PAGE_SIZE)
     return (
         services,
         clock,
@@ -169,3 +170,70 @@ async def test_an_unknown_action_changes_nothing() -> None:
     with pytest.raises(Exception, match="action"):
         await actions.case(ALICE, "c1", "delete")
     assert services.calls == []
+
+
+class MeteredServices(FakeServices):
+    """An account with a monthly and a daily entitlement, and usage counted in each period."""
+
+    MONTH = (datetime(2031, 3, 5, tzinfo=UTC), datetime(2031, 4, 5, tzinfo=UTC))
+    DAY = (datetime(2031, 3, 31, tzinfo=UTC), datetime(2031, 4, 1, tzinfo=UTC))
+
+    async def call(
+        self, service: str, method: str, request: Mapping[str, Any], acting_for: str = ""
+    ) -> dict[str, Any]:
+        answer = await super().call(service, method, request, acting_for)
+        if method == "GetEntitlements":
+            return {
+                "entitlements": [
+                    {
+                        "entitlement": {"key": "api.calls", "unlimited": True},
+                        "period_start": self.MONTH[0],
+                        "period_end": self.MONTH[1],
+                    },
+                    {
+                        "entitlement": {"key": "exports.daily", "limit": 5},
+                        "period_start": self.DAY[0],
+                        "period_end": self.DAY[1],
+                    },
+                ]
+            }
+        if method == "GetUsageSummary":
+            month = (request["period_start"], request["period_end"]) == self.MONTH
+            return {"totals": [{"key": "exports.daily", "quantity": 65 if month else 2}]}
+        return answer
+
+
+async def test_an_account_page_reads_usage_once_for_each_entitlement_period() -> None:
+    services = MeteredServices()
+    reads = CachedReads(services, ReadCache(60, FakeClock().monotonic), PAGE_SIZE)
+    page = await Pages(reads, NoDeadLetters(), FakeClock(), ["sandbox-card"]).account("acme")
+    summaries = [request for _, method, request, _ in services.calls if method == "GetUsageSummary"]
+    assert [(r["period_start"], r["period_end"]) for r in summaries] == [services.MONTH, services.DAY]
+    exports = next(row for row in page["usage"] if row.key == "exports.daily")
+    assert (exports.used, exports.percent) == (2, 40.0)
+
+
+class PagedServices(FakeServices):
+    """Invoices over two pages: the services give at most one page per call, oldest first."""
+
+    async def call(
+        self, service: str, method: str, request: Mapping[str, Any], acting_for: str = ""
+    ) -> dict[str, Any]:
+        if method == "ListTierChanges":
+            return {}
+        answer = await super().call(service, method, request, acting_for)
+        if method != "ListInvoices":
+            return answer
+        day = "2031-03-31" if request.get("page_token") else "2031-01-01"
+        invoice = {"total": {"amount_minor": 2900, "currency": "USD"}, "billing_date": day, "status": "PAID"}
+        return {"invoices": [invoice], "next_page_token": "" if request.get("page_token") else "p2"}
+
+
+async def test_the_overviews_revenue_covers_every_page_of_invoices_not_only_the_first() -> None:
+    services = PagedServices()
+    reads = CachedReads(services, ReadCache(60, FakeClock().monotonic), PAGE_SIZE)
+    overview = await Pages(reads, NoDeadLetters(), FakeClock(), ["sandbox-card"]).overview()
+    assert [str(day) for day, _ in overview["charts"]["revenue"]["USD"]] == ["2031-01-01", "2031-03-31"]
+    invoice_reads = [request for _, method, request, _ in services.calls if method == "ListInvoices"]
+    assert [r.get("page_token", "") for r in invoice_reads] == ["", "p2"]
+    assert all(r["page_size"] == PAGE_SIZE for r in invoice_reads)

@@ -181,6 +181,26 @@ def test_a_case_timeline_puts_attempts_with_their_estimate_between_transitions()
     assert entries[2].detail.endswith("by operator:alice")
 
 
+def test_an_attempt_sits_between_the_transitions_that_started_and_ended_it_at_one_instant() -> None:
+    def moved(from_state: str, to_state: str) -> dict[str, object]:
+        return {"from_state": from_state, "to_state": to_state, "cause": "", "at": T0}
+
+    case = {
+        "history": [
+            moved("OPEN", "RETRY_SCHEDULED"),
+            moved("RETRY_SCHEDULED", "ATTEMPTING"),
+            moved("ATTEMPTING", "EXHAUSTED"),
+        ],
+        "attempts": [{"number": 1, "scheduled_at": T0, "attempted_at": T0, "outcome": "FAILED"}],
+    }
+    assert [e.title for e in dunning.timeline(case)] == [
+        "open → retry_scheduled",
+        "retry_scheduled → attempting",
+        "Attempt 1: failed",
+        "attempting → exhausted",
+    ]
+
+
 def test_recovery_rate_counts_only_cases_that_ended_and_by_day_opened() -> None:
     cases = [
         {"state": "RECOVERED", "opened_at": T0},
@@ -225,32 +245,80 @@ def test_a_runs_summary_reads_progress_counts_and_halted_gateways() -> None:
     assert billing.run_durations([summary]) == [("2031-05-05 daily", 12.0)]
 
 
+def test_a_run_that_took_no_time_on_the_suite_clock_is_charted_at_zero_and_an_unfinished_one_not() -> None:
+    def run(run_id: str, duration: timedelta | None) -> billing.RunSummary:
+        return billing.run_summary(
+            {"run_id": run_id, "billing_date": date(2031, 3, 31), "kind": "DAILY", "duration": duration}
+        )
+
+    assert billing.run_durations([run("r1", timedelta(0)), run("r2", None)]) == [("2031-03-31 daily", 0.0)]
+
+
+def test_a_runs_working_time_is_its_duration_when_recurring_reports_one() -> None:
+    run = {"run_id": "r1", "duration": timedelta(0), "working_time": timedelta(seconds=1.5)}
+    assert billing.run_summary(run).duration == timedelta(seconds=1.5)
+    assert billing.run_summary({"run_id": "r2", "duration": timedelta(0)}).duration == timedelta(0)
+
+
+MONTH = (T0, T0 + timedelta(days=31))
+DAY = (T0, T0 + timedelta(days=1))
+
+
 def test_usage_is_shown_against_each_entitlement() -> None:
     entitlements = [
         {
             "entitlement": {"key": "api.calls", "limit": 1000},
             "sources": [{"kind": "plan", "reference": "pro@1"}],
+            "period_start": MONTH[0],
+            "period_end": MONTH[1],
         },
         {"entitlement": {"key": "seats", "unlimited": True}, "sources": []},
     ]
     rows = billing.usage_against_entitlements(
-        entitlements, [{"key": "api.calls", "quantity": 250}, {"key": "x", "quantity": 3}]
+        entitlements, {MONTH: [{"key": "api.calls", "quantity": 250}, {"key": "x", "quantity": 3}]}
     )
-    assert [(r.key, r.used, r.limit, r.percent) for r in rows] == [
-        ("api.calls", 250, 1000, 25.0),
-        ("seats", None, None, None),
-        ("x", 3, None, None),
+    assert [(r.key, r.used, r.limit, r.percent, r.period) for r in rows] == [
+        ("api.calls", 250, 1000, 25.0, MONTH),
+        ("seats", None, None, None, None),
+        ("x", 3, None, None, MONTH),
     ]
     assert rows[0].sources == "plan pro@1"
 
 
-def test_usage_is_read_for_the_first_entitlement_period_there_is() -> None:
-    later = T0 + timedelta(days=30)
-    assert billing.usage_period([{"period_start": None}, {"period_start": T0, "period_end": later}]) == (
-        T0,
-        later,
+def test_a_daily_limit_is_measured_against_todays_usage_not_the_billing_periods() -> None:
+    entitlements = [
+        {
+            "entitlement": {"key": "api.calls", "unlimited": True},
+            "period_start": MONTH[0],
+            "period_end": MONTH[1],
+        },
+        {"entitlement": {"key": "exports.daily", "limit": 5}, "period_start": DAY[0], "period_end": DAY[1]},
+    ]
+    assert billing.usage_periods(entitlements) == [MONTH, DAY]
+    rows = billing.usage_against_entitlements(
+        entitlements,
+        {
+            MONTH: [{"key": "api.calls", "quantity": 19975}, {"key": "exports.daily", "quantity": 65}],
+            DAY: [{"key": "exports.daily", "quantity": 2}],
+        },
     )
-    assert billing.usage_period([{"period_start": T0, "period_end": T0}]) is None
+    assert [(r.key, r.used, r.percent, r.period) for r in rows] == [
+        ("api.calls", 19975, None, MONTH),
+        ("exports.daily", 2, 40.0, DAY),
+    ]
+    nothing_today = billing.usage_against_entitlements(entitlements, {MONTH: [], DAY: []})
+    assert [(r.used, r.percent) for r in nothing_today] == [(0, None), (0, 0.0)]
+
+
+def test_usage_periods_are_each_entitlements_own_and_skip_empty_ones() -> None:
+    assert billing.usage_periods(
+        [
+            {"period_start": None},
+            {"period_start": T0, "period_end": T0},
+            {"period_start": MONTH[0], "period_end": MONTH[1]},
+            {"period_start": MONTH[0], "period_end": MONTH[1]},
+        ]
+    ) == [MONTH]
 
 
 # ------------------------------------------------------------------------------ cache tags

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
+from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client import REGISTRY
 
 from billing.common.v1 import common_pb2 as common
@@ -60,6 +61,24 @@ async def test_a_due_subscription_is_invoiced_charged_and_renewed(deps: Deps) ->
         assert [(c["amount_minor"], c["idempotency_key"]) for c in charges] == [
             (2500, f"{invoice.invoice_id}:1")
         ]
+
+
+async def test_a_run_on_a_standing_test_clock_takes_no_clock_time_but_reports_its_working_time(
+    deps: Deps,
+) -> None:
+    async with recurring_service(deps.recurring_settings(test_clock=True)) as recurring:
+        stub = recurring.operator
+        now = Timestamp()
+        now.FromDatetime(datetime(2031, 5, 5, 12, tzinfo=UTC))
+        await stub.SetClock(pb.SetClockRequest(now=now))
+        await stub.CreateSubscription(custom("acme", 2500, WEEKLY, DAY))
+
+        run = await run_until_settled(stub, DAY)
+
+        assert run.state == pb.RUN_STATE_COMPLETED
+        assert run.duration.ToTimedelta() == timedelta(0)
+        assert run.HasField("working_time")
+        assert timedelta(0) < run.working_time.ToTimedelta() < timedelta(seconds=60)
 
 
 async def test_an_idle_worker_starts_items_as_they_are_queued_not_at_its_next_poll(deps: Deps) -> None:

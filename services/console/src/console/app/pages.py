@@ -14,8 +14,9 @@ from console.app.ports import DeadLetters, Record
 from console.app.reads import CachedReads
 from console.domain import billing, dunning, history, tiers
 
-# The most any list asks for at once; overview figures and charts cover the latest this many.
-PAGE = 1000
+# Lists are read page after page, up to this many pages of the services' largest size: the
+# overview's figures and charts, and each list a page shows, cover at most the first 10,000 records.
+MOST_PAGES = 20
 RECENT_RUNS = 30
 BREAKER_MERCHANTS = 10
 
@@ -40,18 +41,17 @@ class Pages:
     # ------------------------------------------------------------------------- overview
 
     async def overview(self) -> dict[str, Any]:
-        runs_answer, cases_answer, invoices_answer, changes_answer, depths = await asyncio.gather(
+        runs_answer, cases, invoices, changes, depths = await asyncio.gather(
             self._reads.read("recurring", "ListRuns", {"page_size": RECENT_RUNS}),
-            self._reads.read("dunning", "ListCases", {"page_size": PAGE}),
-            self._reads.read("recurring", "ListInvoices", {"page_size": PAGE}),
-            self._reads.read("tier", "ListTierChanges", {"page_size": PAGE}),
+            self._all("dunning", "ListCases", {}, "cases"),
+            self._all("recurring", "ListInvoices", {}, "invoices"),
+            self._all("tier", "ListTierChanges", {}, "changes"),
             self._dead_letters.depths(),
         )
         runs = [billing.run_summary(r) for r in runs_answer.get("runs", ())]
         today = self._clock.now().date()
         latest_day = max((r.billing_date for r in runs if r.billing_date), default=today)
-        cases = cases_answer.get("cases", [])
-        revenue = billing.revenue_by_day(invoices_answer.get("invoices", ()))
+        revenue = billing.revenue_by_day(invoices)
         return {
             "today": today,
             "runs_day": today if billing.runs_of_day(runs, today) else latest_day,
@@ -68,15 +68,16 @@ class Pages:
                 "digits": {currency: MINOR_DIGITS.get(currency, 2) for currency in revenue},
                 "recovery": dunning.recovery_by_day(cases),
                 "durations": billing.run_durations(runs),
-                "tiers": tiers.distribution(changes_answer.get("changes", ())),
+                "tiers": tiers.distribution(changes),
             },
         }
 
+    async def _all(self, service: str, method: str, request: dict[str, Any], field: str) -> list[Record]:
+        return await self._reads.read_all(service, method, request, field, MOST_PAGES)
+
     async def _breakers(self) -> list[Breaker]:
-        subscriptions = await self._reads.read("recurring", "ListSubscriptions", {"page_size": PAGE})
-        merchants = sorted(
-            {s["merchant_id"] for s in subscriptions.get("subscriptions", ()) if s["merchant_id"]}
-        )
+        subscriptions = await self._all("recurring", "ListSubscriptions", {}, "subscriptions")
+        merchants = sorted({s["merchant_id"] for s in subscriptions if s["merchant_id"]})
         pairs = [(m, g) for m in merchants[:BREAKER_MERCHANTS] for g in self._gateways]
         states = await asyncio.gather(
             *(
@@ -92,32 +93,28 @@ class Pages:
     # ------------------------------------------------------------------------- accounts
 
     async def accounts(self) -> list[str]:
-        subscriptions = await self._reads.read("recurring", "ListSubscriptions", {"page_size": PAGE})
-        return sorted({s["account_id"] for s in subscriptions.get("subscriptions", ())})
+        subscriptions = await self._all("recurring", "ListSubscriptions", {}, "subscriptions")
+        return sorted({s["account_id"] for s in subscriptions})
 
     async def account(self, account_id: str) -> dict[str, Any]:
         by_account = {"account_id": account_id}
         (
-            tier,
-            tier_history,
-            hierarchy,
-            subscriptions,
-            invoices,
-            ledger,
-            entitlements,
-            cases,
+            (tier, tier_history, hierarchy, entitlements),
+            (subscribed, billed, ledger, cases),
         ) = await asyncio.gather(
-            self._reads.maybe("tier", "GetAccountTier", by_account),
-            self._reads.maybe("tier", "GetTierHistory", by_account),
-            self._reads.maybe("tier", "GetHierarchy", by_account),
-            self._reads.read("recurring", "ListSubscriptions", {**by_account, "page_size": 100}),
-            self._reads.read("recurring", "ListInvoices", {**by_account, "page_size": 100}),
-            self._reads.read("recurring", "ListLedgerEntries", {**by_account, "page_size": 100}),
-            self._reads.maybe("quota", "GetEntitlements", {"tenant_id": account_id}),
-            self._reads.read("dunning", "ListCases", {**by_account, "page_size": 100}),
+            asyncio.gather(
+                self._reads.maybe("tier", "GetAccountTier", by_account),
+                self._reads.maybe("tier", "GetTierHistory", by_account),
+                self._reads.maybe("tier", "GetHierarchy", by_account),
+                self._reads.maybe("quota", "GetEntitlements", {"tenant_id": account_id}),
+            ),
+            asyncio.gather(
+                self._all("recurring", "ListSubscriptions", by_account, "subscriptions"),
+                self._all("recurring", "ListInvoices", by_account, "invoices"),
+                self._all("recurring", "ListLedgerEntries", by_account, "entries"),
+                self._all("dunning", "ListCases", by_account, "cases"),
+            ),
         )
-        subscribed = (subscriptions or {}).get("subscriptions", [])
-        billed = (invoices or {}).get("invoices", [])
         # A balance is per currency: one for each currency the account is billed in.
         currencies = sorted({s["amount"]["currency"] for s in subscribed if s.get("amount")})
         balances = await asyncio.gather(
@@ -126,15 +123,17 @@ class Pages:
                 for currency in currencies
             )
         )
-        period = billing.usage_period((entitlements or {}).get("entitlements", ()))
-        usage = (
-            await self._reads.maybe(
-                "quota",
-                "GetUsageSummary",
-                {"tenant_id": account_id, "period_start": period[0], "period_end": period[1]},
+        resolved = (entitlements or {}).get("entitlements", ())
+        periods = billing.usage_periods(resolved)
+        summaries = await asyncio.gather(
+            *(
+                self._reads.maybe(
+                    "quota",
+                    "GetUsageSummary",
+                    {"tenant_id": account_id, "period_start": start, "period_end": end},
+                )
+                for start, end in periods
             )
-            if period
-            else None
         )
         steps = tiers.timeline((tier_history or {}).get("changes", ()))
         current = (tier or {}).get("account_tier")
@@ -148,12 +147,13 @@ class Pages:
             "subscriptions": subscribed,
             "invoices": billed,
             "balances": balances,
-            "ledger": (ledger or {}).get("entries", []),
+            "ledger": ledger,
             "entitlements": entitlements,
             "usage": billing.usage_against_entitlements(
-                (entitlements or {}).get("entitlements", ()), (usage or {}).get("totals", ())
+                resolved,
+                {p: (s or {}).get("totals", ()) for p, s in zip(periods, summaries, strict=True)},
             ),
-            "cases": (cases or {}).get("cases", []),
+            "cases": cases,
         }
 
     async def subscription(self, subscription_id: str) -> dict[str, Any]:
@@ -161,12 +161,12 @@ class Pages:
         found, changes, invoices = await asyncio.gather(
             self._reads.read("recurring", "GetSubscription", by_id),
             self._reads.read("recurring", "GetSubscriptionHistory", by_id),
-            self._reads.read("recurring", "ListInvoices", {**by_id, "page_size": 100}),
+            self._all("recurring", "ListInvoices", by_id, "invoices"),
         )
         return {
             "subscription": found["subscription"],
             "history": history.history_diffs(changes.get("entries", ())),
-            "invoices": ((invoices or {}).get("invoices", [])),
+            "invoices": invoices,
         }
 
     # ------------------------------------------------------------------------- runs
@@ -178,7 +178,9 @@ class Pages:
     async def run(self, run_id: str) -> dict[str, Any]:
         answer, items = await asyncio.gather(
             self._reads.read("recurring", "GetRun", {"run_id": run_id}),
-            self._reads.read("recurring", "ListRunItems", {"run_id": run_id, "page_size": PAGE}),
+            self._reads.read(
+                "recurring", "ListRunItems", {"run_id": run_id, "page_size": self._reads.page_size}
+            ),
         )
         return {
             "run": billing.run_summary(answer["run"]),
@@ -210,12 +212,9 @@ class Pages:
     # ------------------------------------------------------------------------- dunning
 
     async def cases(self, state: str = "") -> dict[str, Any]:
-        request: dict[str, Any] = {"page_size": PAGE}
-        if state:
-            request["state"] = f"CASE_STATE_{state}"
-        answer = await self._reads.read("dunning", "ListCases", request)
+        request: dict[str, Any] = {"state": f"CASE_STATE_{state}"} if state else {}
         return {
-            "cases": answer.get("cases", []),
+            "cases": await self._all("dunning", "ListCases", request, "cases"),
             "states": dunning.ALL_STATES,
         }
 
@@ -231,11 +230,10 @@ class Pages:
     # ------------------------------------------------------------------------- tier changes
 
     async def tier_changes(self, where: tiers.ReviewFilter) -> dict[str, Any]:
-        request: dict[str, Any] = {"page_size": PAGE}
+        request: dict[str, Any] = {}
         if where.since is not None:
             request["since"] = datetime.combine(where.since, time.min, self._clock.now().tzinfo)
-        answer = await self._reads.read("tier", "ListTierChanges", request)
-        changes = answer.get("changes", [])
+        changes = await self._all("tier", "ListTierChanges", request, "changes")
         return {
             "changes": tiers.for_review(changes, where),
             "rules": sorted({c.get("rule_id", "") for c in changes if c.get("rule_id")}),

@@ -72,8 +72,16 @@ def run_summary(run: Mapping[str, Any]) -> RunSummary:
         failed=counts.get("failed", 0),
         parked=counts.get("parked", 0),
         halted_gateways=tuple(run.get("halted_gateways", ())),
-        duration=run.get("duration"),
+        duration=_took(run),
     )
+
+
+def _took(run: Mapping[str, Any]) -> timedelta | None:
+    """How long the run's work took: its working time when recurring reports one (the suite's test
+    clock stands still while a day's work runs, so the clock's duration is zero there), else the
+    duration on the service's clock."""
+    working_time: timedelta | None = run.get("working_time")
+    return working_time if working_time is not None else run.get("duration")
 
 
 def runs_of_day(runs: Iterable[RunSummary], day: date) -> list[RunSummary]:
@@ -95,15 +103,25 @@ def run_durations(runs: Iterable[RunSummary]) -> list[tuple[str, float]]:
     """Finished runs, oldest first: label and seconds."""
     done = [r for r in runs if r.duration is not None and r.billing_date is not None]
     done.sort(key=lambda r: (r.billing_date or date.min, r.kind))
-    return [(f"{r.billing_date} {r.kind.lower()}", r.duration.total_seconds()) for r in done if r.duration]
+    # A run that took no time is a duration too (an old run under the test clock has nothing else).
+    return [
+        (f"{r.billing_date} {r.kind.lower()}", r.duration.total_seconds())
+        for r in done
+        if r.duration is not None
+    ]
+
+
+# The span a usage figure counts over: [start, end).
+Period = tuple[datetime, datetime]
 
 
 @dataclass(frozen=True)
 class UsageRow:
     key: str
-    used: int | None  # None: the service reports no usage for this key in the period
+    used: int | None  # None: no usage read (the entitlement has no period)
     limit: int | None  # None: unlimited
     sources: str  # where the limit comes from: plan, add-on, override, grant
+    period: Period | None  # None: no period of its own (usage beyond the entitlements)
 
     @property
     def percent(self) -> float | None:
@@ -112,27 +130,50 @@ class UsageRow:
         return 100.0 if self.limit == 0 else round(100 * self.used / self.limit, 1)
 
 
-def usage_period(entitlements: Iterable[Mapping[str, Any]]) -> tuple[datetime, datetime] | None:
-    """The current period of the account's metered entitlements (the billing period), if any has one."""
-    for resolved in entitlements:
-        start, end = resolved.get("period_start"), resolved.get("period_end")
-        if start is not None and end is not None and end > start:
-            return start, end
+def _period(resolved: Mapping[str, Any]) -> Period | None:
+    start, end = resolved.get("period_start"), resolved.get("period_end")
+    if start is not None and end is not None and end > start:
+        return start, end
     return None
 
 
+def usage_periods(entitlements: Iterable[Mapping[str, Any]]) -> list[Period]:
+    """The periods the account's entitlements count usage over, each once: an entitlement counts
+    over its own period (the billing period, a calendar day, ...), so each needs its own figures."""
+    periods: list[Period] = []
+    for resolved in entitlements:
+        period = _period(resolved)
+        if period is not None and period not in periods:
+            periods.append(period)
+    return periods
+
+
 def usage_against_entitlements(
-    entitlements: Iterable[Mapping[str, Any]], totals: Iterable[Mapping[str, Any]]
+    entitlements: Iterable[Mapping[str, Any]],
+    totals_by_period: Mapping[Period, Iterable[Mapping[str, Any]]],
 ) -> list[UsageRow]:
-    used = {t["key"]: t.get("quantity", 0) for t in totals}
-    rows = []
+    """Each entitlement against the usage of its key in its own period; then the keys used in the
+    longest period that no entitlement names."""
+    used = {
+        period: {t["key"]: t.get("quantity", 0) for t in totals}
+        for period, totals in totals_by_period.items()
+    }
+    rows, entitled = [], set()
     for resolved in entitlements:
         entitlement = resolved.get("entitlement") or {}
         key = entitlement.get("key", "")
+        period = _period(resolved)
         sources = ", ".join(
             f"{s.get('kind', '')} {s.get('reference', '')}".strip() for s in resolved.get("sources", ())
         )
         limit = None if entitlement.get("unlimited") else entitlement.get("limit", 0)
-        rows.append(UsageRow(key, used.pop(key, None), limit, sources))
-    rows += [UsageRow(key, quantity, None, "no entitlement") for key, quantity in sorted(used.items())]
+        # Read for its period and not in the totals: nothing used yet.
+        quantity = used[period].get(key, 0) if period in used else None
+        rows.append(UsageRow(key, quantity, limit, sources, period))
+        entitled.add(key)
+    longest = max(used, key=lambda p: p[1] - p[0], default=None)
+    unentitled = (
+        sorted((k, q) for k, q in used.get(longest, {}).items() if k not in entitled) if longest else []
+    )
+    rows += [UsageRow(key, quantity, None, "no entitlement", longest) for key, quantity in unentitled]
     return rows

@@ -10,6 +10,8 @@ from typing import Any
 
 # Cases still being worked on, in the order of the case's life.
 BACKLOG_STATES = ("OPEN", "RETRY_SCHEDULED", "ATTEMPTING", "AWAITING_PAYMENT_METHOD", "HELD")
+# The state a case is in while an attempt runs.
+STARTED = "ATTEMPTING"
 ALL_STATES = (*BACKLOG_STATES, "RECOVERED", "EXHAUSTED", "CLOSED")
 # What an operator may do in each state (the service has the last word).
 ACTIONS_BY_STATE = {
@@ -58,7 +60,15 @@ def timeline(case: Mapping[str, Any]) -> list[TimelineEntry]:
         for t in case.get("history", ())
     ]
     entries += [_attempt_entry(a) for a in case.get("attempts", ())]
-    return sorted(entries, key=lambda e: (e.at, e.kind != "transition"))
+    return sorted(entries, key=lambda e: (e.at, _order_within_an_instant(e)))
+
+
+def _order_within_an_instant(entry: TimelineEntry) -> int:
+    """At one instant (the suite's test clock stands still while a day's work runs) an attempt
+    comes after the transition that started it and before the one its outcome caused."""
+    if entry.kind == "attempt":
+        return 1
+    return 2 if entry.title.startswith(f"{STARTED.lower()} →") else 0
 
 
 def backlog(cases: Iterable[Mapping[str, Any]]) -> dict[str, int]:

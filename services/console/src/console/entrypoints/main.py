@@ -19,6 +19,7 @@ from billing_common.auth import WatchedFile
 from billing_common.clock import SystemClock
 from billing_common.grpc_client import open_channel
 from billing_common.logging import configure_logging
+from billing_common.paging import MAX_PAGE_SIZE
 from billing_common.settings import load_settings
 from console.adapters.events import CacheInvalidation, DeadLetterDepths
 from console.adapters.people import AccountsFile
@@ -57,7 +58,9 @@ async def serve(settings: ConsoleSettings) -> None:
     amqp = await aio_pika.connect_robust(settings.amqp_url)
     clock = SystemClock()
     services = GrpcServices(channels, settings.rpc_timeout.total_seconds())
-    reads = CachedReads(services, ReadCache(settings.cache_ttl.total_seconds(), time.monotonic))
+    reads = CachedReads(
+        services, ReadCache(settings.cache_ttl.total_seconds(), time.monotonic), MAX_PAGE_SIZE
+    )
     await CacheInvalidation(amqp, settings.amqp_exchange, reads).start()
 
     async def ready() -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -67,13 +67,23 @@ def _when(value: Any) -> str:
     return value.strftime("%Y-%m-%d %H:%M UTC") if hasattr(value, "hour") else str(value)
 
 
+def _period(start: datetime, end: datetime) -> str:
+    """A usage period as people say it: one day by its date, days as dates (`to` the next period's
+    start, as invoices and subscriptions show their periods), anything else to the minute."""
+    if start.time() == end.time() == time.min:
+        return str(start.date()) if end - start == timedelta(days=1) else f"{start.date()} to {end.date()}"
+    return f"{_when(start)} to {_when(end)}"
+
+
 def _templates() -> Environment:
     env = Environment(
         loader=FileSystemLoader(HERE / "templates"),
         autoescape=select_autoescape(["html"]),
         enable_async=False,
     )
-    env.filters.update(money=_money, label=_label, when=_when, url=lambda v: quote(str(v), safe=""))
+    env.filters.update(
+        money=_money, label=_label, when=_when, period=_period, url=lambda v: quote(str(v), safe="")
+    )
     env.filters["json"] = _script_json
     return env
 

@@ -151,6 +151,9 @@ class Run:
     halted_gateways: tuple[str, ...] = ()
     counts: RunCounts = field(default_factory=RunCounts)
     progress: Progress = field(default_factory=Progress)
+    # How long its work really took (the database's clock; the test clock may stand still meanwhile),
+    # once completed.
+    working_time: timedelta | None = None
     # The trace of the scheduler tick or RunBilling call that started it: whoever completes the run
     # (its last batch, or the watcher when that batch's pod died) says so in that trace.
     trace_context: Mapping[str, str] = field(default_factory=dict, compare=False)

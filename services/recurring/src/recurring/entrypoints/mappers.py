@@ -170,6 +170,8 @@ def run_pb(run: Run) -> pb.Run:
     if run.finished_at is not None:
         message.finished_at.FromDatetime(run.finished_at)
         message.duration.FromTimedelta(run.finished_at - run.started_at)
+    if run.working_time is not None:
+        message.working_time.FromTimedelta(run.working_time)
     return message
 
 

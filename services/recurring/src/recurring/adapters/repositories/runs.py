@@ -37,6 +37,11 @@ def _run(row: asyncpg.Record, counts: RunCounts) -> Run:
         halted_gateways=tuple(row["halted_gateways"]),
         counts=counts,
         progress=Progress(row["open_seen"], row["progress_at"], row["stalled_at"]),
+        working_time=(
+            row["worked_until"] - row["worked_from"]
+            if row["worked_from"] is not None and row["worked_until"] is not None
+            else None
+        ),
         trace_context=dict(row["trace_context"] or {}),
     )
 
@@ -49,8 +54,10 @@ class PostgresRuns:
         trace_context = telemetry.capture()
         await self._conn.executemany(
             """INSERT INTO runs (run_id, billing_date, kind, state, dry_run, dry_due, dry_skipped, started_at,
-                   finished_at, trace_context)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING""",
+                   finished_at, trace_context, worked_until)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
+                       CASE WHEN $9::timestamptz IS NULL THEN NULL ELSE clock_timestamp() END)
+               ON CONFLICT DO NOTHING""",
             [
                 (
                     run.run_id,
@@ -125,15 +132,23 @@ class PostgresRuns:
 
     async def set_states(self, run_ids: Sequence[str], state: RunState, finished_at: datetime | None) -> None:
         rows = await self._conn.fetch(
-            """UPDATE runs SET state = $2, finished_at = $3 WHERE run_id = ANY($1::text[])
-               RETURNING kind, started_at""",
+            """UPDATE runs SET state = $2, finished_at = $3,
+                   worked_until = CASE WHEN $3::timestamptz IS NULL THEN NULL ELSE clock_timestamp() END
+               WHERE run_id = ANY($1::text[])
+               RETURNING kind, started_at, worked_from, worked_until""",
             list(run_ids),
             state.value,
             finished_at,
         )
         if state is RunState.COMPLETED and finished_at is not None:
             for row in rows:
-                run_finished(row["kind"], (finished_at - row["started_at"]).total_seconds())
+                # The time the work took, which the test clock does not hold still when it has one.
+                took = (
+                    row["worked_until"] - row["worked_from"]
+                    if row["worked_from"] is not None
+                    else finished_at - row["started_at"]
+                )
+                run_finished(row["kind"], took.total_seconds())
 
     async def save_progress(self, progress: Mapping[str, Progress]) -> None:
         await self._conn.executemany(
