@@ -202,17 +202,15 @@ class OutboxRelay:
     async def relay_once(self, exchange: AbstractExchange) -> int:
         async with db.transaction(self._pool) as conn:
             rows = await conn.fetch(
-                """SELECT id, event_id, event_type, payload, headers, created_at FROM outbox
-                   WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED""",
+                """SELECT id, event_id, event_type, payload, headers,
+                          extract(epoch FROM now() - created_at) AS waited
+                   FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED""",
                 self._batch,
             )
+            # The oldest unpublished event's wait, on the database's clock (rows come oldest first).
+            OUTBOX_LAG.labels(self._producer).set(float(rows[0]["waited"]) if rows else 0.0)
             if not rows:
-                OUTBOX_LAG.labels(self._producer).set(0)
                 return 0
-            lag = await conn.fetchval(
-                "SELECT extract(epoch FROM now() - $1::timestamptz)", rows[0]["created_at"]
-            )
-            OUTBOX_LAG.labels(self._producer).set(float(lag))
             await asyncio.gather(*(self._publish(exchange, row) for row in rows))
             await conn.execute(
                 "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])", [r["id"] for r in rows]

@@ -143,6 +143,24 @@ async def test_an_event_is_relayed_once_its_transaction_commits_without_waiting_
     assert await eventually(settled_since, timeout=5)
 
 
+async def test_the_relay_reports_how_long_the_oldest_unpublished_event_has_waited(harness: Harness) -> None:
+    async with db.transaction(harness.producer) as conn:
+        await harness.outbox.add(
+            conn, payment_pb2.PaymentSucceeded(payment=payment_pb2.PaymentFacts(payment_id="pay_late"))
+        )
+        await conn.execute("UPDATE outbox SET created_at = now() - interval '90 seconds'")
+    waited = {"producer": "gateway-adapter"}
+    async with await aio_pika.connect(harness.env.infra.amqp_url) as connection:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await events.declare_exchange(channel, harness.env.exchange)
+        relay = harness.relay()
+
+        assert await relay.relay_once(exchange) == 1
+        assert 90 <= REGISTRY.get_sample_value("billing_outbox_lag_seconds", waited) < 120
+        assert await relay.relay_once(exchange) == 0
+        assert REGISTRY.get_sample_value("billing_outbox_lag_seconds", waited) == 0
+
+
 async def test_event_committed_while_the_broker_is_down_is_delivered_after_it_returns(
     private_rabbitmq: tuple[InfraEnv, RabbitMQNode],
 ) -> None:
