@@ -146,18 +146,18 @@ def test_no_usage_is_asked_for_an_occurrence_invoiced_already_or_a_missing_subsc
 def test_quota_unavailable_lets_the_item_wait_and_another_error_counts_as_ours() -> None:
     found = PeriodUsage((UsageCharge("api_calls", 10, "0.01", usd(10)),))
     broken = RuntimeError("bad summary")
-    items = [item(1), item(2, "sub_2"), item(3, "sub_3"), item(4, "sub_4")]
+    asked = [item(1), item(2, "sub_2"), item(3, "sub_3")]
 
-    usages = sort_answers(items, items[:3], [found, Unavailable("quota is down"), broken], RULES.defer_delay)
+    usages = sort_answers(asked, [found, Unavailable("quota is down"), broken], RULES.defer_delay)
 
-    assert usages.found == {1: found, 4: PeriodUsage()}
-    assert usages.waiting == [(items[1], RULES.defer_delay, "usage unavailable: quota is down")]
-    assert usages.failed == [(items[2], broken)]
+    assert usages.found == {1: found}
+    assert usages.waiting == {2: (RULES.defer_delay, "usage unavailable: quota is down")}
+    assert usages.failed == {3: broken}
 
 
 def test_every_asked_item_needs_its_answer() -> None:
     with pytest.raises(ValueError):
-        sort_answers([item()], [item()], [], RULES.defer_delay)
+        sort_answers([item()], [], RULES.defer_delay)
 
 
 # ------------------------------------------------------------------ gateway outages in a run

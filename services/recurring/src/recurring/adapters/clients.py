@@ -24,7 +24,7 @@ from billing_common.protos import (
     to_datetime,
 )
 from recurring.adapters.codec import decline_kind, failure_type, payment_status
-from recurring.app.ports import PlanInfo, RecurringMetrics
+from recurring.app.ports import RecurringMetrics
 from recurring.domain.invoicing import AddOnUse, PeriodUsage, UsageCharge
 from recurring.domain.payments import (
     CallFailure,
@@ -35,6 +35,7 @@ from recurring.domain.payments import (
     refusal,
 )
 from recurring.domain.schedule import Period
+from recurring.domain.subscription import PlanInfo
 from recurring.domain.usage import UsagePeriod
 
 _UNAVAILABLE = (

@@ -152,19 +152,10 @@ class Worker:
     def _parked(
         self, parked: Sequence[WorkItem], failures: Sequence[tuple[WorkItem, AfterFailure, str]]
     ) -> None:
-        """Say which items were parked and why: operators resume them (ResumeRun) once the cause is fixed."""
+        """Report the items parked, with why: operators resume them (ResumeRun) once the cause is fixed."""
         reasons = {item.item_id: reason for item, _, reason in failures}
         for item in parked:
-            self._metrics.item_parked(item.gateway)
-            log.warning(
-                "work item parked",
-                extra={
-                    "item": item.item_id,
-                    "run": item.run_id,
-                    "occurrence": item.occurrence_key,
-                    "reason": reasons[item.item_id],
-                },
-            )
+            self._metrics.item_parked(item, reasons[item.item_id])
 
     async def _bill(self, items: list[WorkItem]) -> list[Charge]:
         """Invoice the items' occurrences and write their attempts in one transaction; the charges
@@ -173,22 +164,14 @@ class Worker:
             subs = await uow.subscriptions.load(sorted({item.subscription_id for item in items}))
             invoiced = await uow.invoices.for_occurrences([item.occurrence_key for item in items])
         usages = await self._usages(items, subs, invoiced)
-        if usages.waiting:
-            async with self._store.transaction() as uow:
-                await apply(uow, Change(deferred=usages.waiting), self._clock.now())
-        for item, error in usages.failed:
-            log.error("usage failed", exc_info=error, extra={"item": item.item_id})
-        await self._fail("usage", usages.failed)
-        billable = [item for item in items if item.item_id in usages.found]
-        if not billable:
-            return []
         now = self._clock.now()
         async with self._store.transaction() as uow:
-            held = await uow.items.held(billable)
-            billable = [item for item in billable if item.item_id in held]
-            books = await books_for_items(uow, billable)
-            change = bill(billable, usages.found, books, self._config.rules, now, new_id)
-            await apply(uow, change, now)
+            held = await uow.items.held(items)
+            billable = [item for item in items if item.item_id in held]
+            change = bill(
+                billable, usages, await books_for_items(uow, billable), self._config.rules, now, new_id
+            )
+            self._parked(await apply(uow, change, now), change.failures)
         return change.charges
 
     async def _usages(
@@ -202,8 +185,9 @@ class Worker:
             try:
                 answers = await self._quota.usages([period for _, period in asked])
             except Exception as error:
+                log.warning("quota gave no usage for the batch", exc_info=error, extra={"items": len(asked)})
                 answers = [error] * len(asked)
-        return usage.sort_answers(items, [item for item, _ in asked], answers, self._config.rules.defer_delay)
+        return usage.sort_answers([item for item, _ in asked], answers, self._config.rules.defer_delay)
 
     async def _charge_all(self, charges: list[Charge]) -> Counter[str]:
         """Send the batch's charges in one call (gateway-adapter paces them) and record the answers

@@ -48,6 +48,7 @@ from recurring.domain.subscription import (
     renew,
     skip_occurrence,
 )
+from recurring.domain.usage import Usages
 
 BILLING = Cause("billing")
 # An open proration of a subscription: its id, description and amount (negative: a credit).
@@ -192,19 +193,26 @@ class _Working:
 
 def bill(
     items: Sequence[WorkItem],
-    usage: Mapping[int, PeriodUsage],
+    usages: Usages,
     books: Books,
     rules: Rules,
     now: datetime,
     new_id: NewId,
 ) -> Change:
     """Invoice each held occurrence once (base + usage + add-ons + proration - credit) and write the
-    attempt to send; skip the ones not to bill, moving their subscription past them. `usage` is what
-    quota reports of the period behind each item's due date, by item id (none: nothing to add)."""
+    attempt to send; skip the ones not to bill, moving their subscription past them. `usages` is what
+    quota reports of the period behind each item's due date: an item whose usage quota could not give
+    now waits, one whose usage failed counts a failure of ours."""
     change = Change()
     working = _Working(books, change, now)
     for item in items:
-        _bill_one(working, item, usage.get(item.item_id, NO_USAGE), rules, new_id)
+        if item.item_id in usages.waiting:
+            change.deferred.append((item, *usages.waiting[item.item_id]))
+        elif item.item_id in usages.failed:
+            error = usages.failed[item.item_id]
+            change.failures.append(failure_of(item, f"usage: {type(error).__name__}: {error}", rules))
+        else:
+            _bill_one(working, item, usages.found.get(item.item_id, NO_USAGE), rules, new_id)
     return change
 
 
