@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from billing_common.errors import FailedPrecondition, InvalidArgument, Unavailable
+from billing_common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from billing_common.money import Money
 from billing_common.payments import MethodType
 from billing_common.subscriptions import ExhaustedAction, Frequency, SubscriptionStatus
@@ -43,12 +43,16 @@ from recurring.domain.runs import (
 )
 from recurring.domain.schedule import local_day, midnight
 from recurring.domain.settlement import (
+    Books,
+    Change,
     ExhaustionPolicy,
+    Retrying,
     Rules,
     charge_request,
     check_retry,
-    earlier_retry,
     retry,
+    void,
+    write_off,
 )
 from recurring.domain.status import InvoiceStatus
 from recurring.domain.subscription import Cause, PaymentMethod, PlanInfo, Subscription, created_entry
@@ -425,6 +429,10 @@ def invoice(status: InvoiceStatus = InvoiceStatus.PAYMENT_FAILED) -> Invoice:
     )
 
 
+def new_ids(prefix: str) -> str:
+    return f"{prefix}_new"
+
+
 def test_a_retry_names_its_invoice_and_key() -> None:
     check_retry("inv_1", "case_1:2")
     with pytest.raises(InvalidArgument) as missing:
@@ -432,20 +440,23 @@ def test_a_retry_names_its_invoice_and_key() -> None:
     assert fields_of(missing) == ["invoice_id", "idempotency_key"]
 
 
-def test_a_retry_key_answers_with_its_earlier_attempt_and_is_refused_for_another_invoice() -> None:
-    earlier = attempt(2, retry_key="case_1:2")
+def test_a_retry_key_resends_or_replays_its_earlier_attempt_and_is_refused_for_another_invoice() -> None:
+    unanswered = attempt(2, retry_key="case_1:2")
+    declined = attempt(2, retry_key="case_1:2", status=PaymentStatus.DECLINED, payment_id="pay_1")
 
-    assert earlier_retry(earlier, "inv_1", "case_1:2") is earlier
-    assert earlier_retry(None, "inv_1", "case_1:2") is None
+    assert retry(unanswered, invoice(), [], "case_1:2", NOW, new_ids) == Retrying(unanswered)
+    assert retry(declined, invoice(), [], "case_1:2", NOW, new_ids) == Retrying(declined, replayed=True)
+    other = dataclasses.replace(invoice(), invoice_id="inv_2")
     with pytest.raises(FailedPrecondition, match="case_1:2"):
-        earlier_retry(earlier, "inv_2", "case_1:2")
+        retry(unanswered, other, [], "case_1:2", NOW, new_ids)
 
 
 def test_a_retry_charges_the_failed_invoice_again_as_its_next_attempt_under_the_key() -> None:
     declined = attempt(1, status=PaymentStatus.DECLINED, payment_id="pay_1")
 
-    new = retry(invoice(), [declined], "case_1:2", NOW, lambda prefix: f"{prefix}_9")
+    retrying = retry(None, invoice(), [declined], "case_1:2", NOW, lambda prefix: f"{prefix}_9")
 
+    new = retrying.attempt
     assert (new.transaction_id, new.attempt, new.idempotency_key, new.retry_key) == (
         "txn_9",
         2,
@@ -453,6 +464,7 @@ def test_a_retry_charges_the_failed_invoice_again_as_its_next_attempt_under_the_
         "case_1:2",
     )
     assert (new.amount, new.answered) == (usd(2500), False)
+    assert (retrying.replayed, retrying.change.attempts) == (False, [new])
 
 
 @pytest.mark.parametrize(
@@ -468,7 +480,7 @@ def test_a_retry_is_refused_while_the_invoice_cannot_be_charged(
     status: InvoiceStatus, last: Transaction | None
 ) -> None:
     with pytest.raises(FailedPrecondition):
-        retry(invoice(status), [last] if last else [], "case_1:2", NOW, lambda prefix: prefix)
+        retry(None, invoice(status), [last] if last else [], "case_1:2", NOW, new_ids)
 
 
 # ------------------------------------------------------------------ account credit
@@ -519,3 +531,14 @@ def test_dunning_exhausted_cancels_as_the_event_says_else_as_the_merchants_polic
     policy = ExhaustionPolicy(default, frozenset({"merch_cancels"}))
 
     assert policy.cancels(merchant, action) is cancels
+
+
+def test_dunning_exhausted_for_an_invoice_recurring_does_not_hold_changes_nothing() -> None:
+    policy = ExhaustionPolicy(ExhaustedAction.SUSPEND, frozenset())
+
+    assert write_off("inv_9", Books({}, {}, {}), policy, None, Cause("dunning"), NOW) == Change()
+
+
+def test_voiding_an_invoice_that_does_not_exist_is_not_found() -> None:
+    with pytest.raises(NotFound, match="inv_9"):
+        void("inv_9", Books({}, {}, {}), "goodwill", NOW)

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import asyncpg
 
 from billing_common.clock import Clock
-from billing_common.errors import NotFound
+from billing_common.errors import existing
 from billing_common.idempotency import IdempotencyKey
 from recurring.app.ports import Quota, Store, UnitOfWork
 from recurring.domain import amendments
@@ -45,7 +45,7 @@ class Subscriptions:
         async with self._store.transaction() as uow:
             earlier = await uow.keys.claim(idem)
             if earlier is not None:
-                return await existing_subscription(uow, earlier)
+                return existing(await uow.subscriptions.load([earlier]), earlier, "subscription")
             await uow.subscriptions.add([sub])
             await uow.subscriptions.add_history([created_entry(sub, cause, now)])
             await uow.outbox.add(created.events)
@@ -65,18 +65,13 @@ class Subscriptions:
         )
 
     async def pause(self, subscription_id: str, idem: IdempotencyKey, cause: Cause) -> Subscription:
-        return await self._change_status(subscription_id, Action.PAUSE, idem, cause)
+        return await self._change(subscription_id, idem, cause, self._status_change(Action.PAUSE))
 
     async def resume(self, subscription_id: str, idem: IdempotencyKey, cause: Cause) -> Subscription:
-        return await self._change_status(subscription_id, Action.RESUME, idem, cause)
+        return await self._change(subscription_id, idem, cause, self._status_change(Action.RESUME))
 
-    async def _change_status(
-        self, subscription_id: str, action: Action, idem: IdempotencyKey, cause: Cause
-    ) -> Subscription:
-        def decide(sub: Subscription) -> Amendment:
-            return amendments.change_status(sub, action, self._clock.now())
-
-        return await self._change(subscription_id, idem, cause, decide)
+    def _status_change(self, action: Action) -> Callable[[Subscription], Amendment]:
+        return lambda sub: amendments.change_status(sub, action, self._clock.now())
 
     async def cancel(
         self, subscription_id: str, at_period_end: bool, idem: IdempotencyKey, cause: Cause
@@ -121,10 +116,10 @@ class Subscriptions:
             if idem.key:
                 earlier = await uow.keys.claim(idem)
                 if earlier is not None:
-                    return await existing_subscription(uow, earlier)
-            sub = (await uow.subscriptions.load([subscription_id], lock=True)).get(subscription_id)
-            if sub is None:
-                raise NotFound(f"subscription {subscription_id} does not exist")
+                    return existing(await uow.subscriptions.load([earlier]), earlier, "subscription")
+            sub = existing(
+                await uow.subscriptions.load([subscription_id], lock=True), subscription_id, "subscription"
+            )
             amendments.check_changeable(sub)
             amendment = decide(sub)
             await write(uow, sub, amendment, cause, self._clock.now())
@@ -146,10 +141,3 @@ async def write(
         await uow.subscriptions.add_prorations({before.subscription_id: amendment.prorations})
     if amendment.events:
         await uow.outbox.add(amendment.events)
-
-
-async def existing_subscription(uow: UnitOfWork, subscription_id: str) -> Subscription:
-    sub = (await uow.subscriptions.load([subscription_id])).get(subscription_id)
-    if sub is None:
-        raise NotFound(f"subscription {subscription_id} does not exist")
-    return sub
