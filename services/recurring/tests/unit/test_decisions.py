@@ -14,7 +14,7 @@ from billing_common.money import Money
 from billing_common.payments import MethodType
 from billing_common.subscriptions import ExhaustedAction, Frequency, SubscriptionStatus
 from recurring.domain import amendments, ledger
-from recurring.domain.events import SubscriptionCreated
+from recurring.domain.events import RunCompleted, SubscriptionCreated
 from recurring.domain.invoicing import Invoice, PeriodUsage, Transaction, UsageCharge
 from recurring.domain.outages import OutageStep, halts, outage_steps
 from recurring.domain.payments import (
@@ -298,14 +298,24 @@ def test_only_a_completed_run_given_newly_due_items_runs_again(
     assert reopens(run, queued) is expected
 
 
-def test_a_run_with_nothing_open_completes_now_unless_a_gateway_is_halted() -> None:
+def test_a_run_with_nothing_open_completes_now_with_its_counts_unless_a_gateway_is_halted() -> None:
     running = new_run("run_1", DUE, RunKind.DAILY, NOW)
+    counts = RunCounts(due=3, charged=2, parked=1)
     later = NOW + timedelta(hours=2)
 
-    done = ending(running, later)
-    assert (done.state, done.finished_at) == (RunState.COMPLETED, later)
-    halted = ending(dataclasses.replace(running, halted_gateways=("stripe",)), later)
-    assert (halted.state, halted.finished_at) == (RunState.HALTED, None)
+    assert ending(running, 0, counts, later) == (
+        completed := dataclasses.replace(running, state=RunState.COMPLETED, finished_at=later, counts=counts),
+        [RunCompleted(completed)],
+    )
+    halted = dataclasses.replace(running, halted_gateways=("stripe",))
+    assert ending(halted, 0, counts, later) == (dataclasses.replace(halted, state=RunState.HALTED), [])
+
+
+@pytest.mark.parametrize(("state", "open_items"), [(RunState.RUNNING, 1), (RunState.COMPLETED, 0)])
+def test_a_run_with_open_items_or_not_running_does_not_end(state: RunState, open_items: int) -> None:
+    run = dataclasses.replace(new_run("run_1", DUE, RunKind.DAILY, NOW), state=state)
+
+    assert ending(run, open_items, RunCounts(), NOW) is None
 
 
 # ------------------------------------------------------------------ tier changes
