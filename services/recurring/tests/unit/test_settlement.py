@@ -420,6 +420,21 @@ def test_an_item_whose_usage_quota_could_not_give_waits_or_counts_a_failure_and_
     assert [charge.item for charge in change.charges] == [items[2]]
 
 
+def test_an_item_whose_tries_ran_out_without_an_outcome_is_parked_with_its_last_word_not_billed() -> None:
+    spec = SubSpec(0, S.ACTIVE, 3000, False, True, False, (), (), "none", "none", False)
+    books, items, usage = books_of([spec, dataclasses.replace(spec, account=1)], [0])
+    worn = dataclasses.replace(items[0], failures=RULES.max_failures, detail="charging: TimeoutError")
+    tried = dataclasses.replace(items[1], failures=RULES.max_failures - 1)
+
+    found = asyncio.run(books_for_items(FakeUnitOfWork(books), [worn, tried]))
+    change = bill([worn, tried], Usages(found=usage), found, RULES, NOW, ids())
+
+    assert [(item, after.park, reason) for item, after, reason in change.failures] == [
+        (worn, True, "3 tries ended without an outcome; last: charging: TimeoutError")
+    ]
+    assert [charge.item for charge in change.charges] == [tried]
+
+
 def billed_charge(books: Tables, items: list[WorkItem], usage: dict[int, PeriodUsage]) -> Charge:
     uow = FakeUnitOfWork(books)
     change = bill(items, Usages(found=usage), asyncio.run(books_for_items(uow, items)), RULES, NOW, ids())

@@ -33,7 +33,6 @@ from recurring.domain.settlement import (
     charge_request,
     failure_of,
     settle,
-    worn_out,
 )
 from recurring.domain.subscription import Subscription
 from recurring.domain.usage import Usages
@@ -98,17 +97,15 @@ class Worker:
     async def work(self, items: list[WorkItem]) -> Worked:
         """Bill and charge a claimed batch; a batch that fails as a whole goes item by item."""
         worked = Worked(Counter())
-        working = await self._park_worn_out(items)
-        if working:
-            try:
-                charges = await self._bill(working)
-            except Exception as error:
-                log.exception("batch failed; its items go one by one", extra={"items": len(working)})
-                worked.failure = error
-                for alone in await asyncio.gather(*(self._bill_alone(item) for item in working)):
-                    worked.outcomes.update(alone)
-            else:
-                worked.outcomes = await self._charge_all(charges)
+        try:
+            charges = await self._bill(items)
+        except Exception as error:
+            log.exception("batch failed; its items go one by one", extra={"items": len(items)})
+            worked.failure = error
+            for alone in await asyncio.gather(*(self._bill_alone(item) for item in items)):
+                worked.outcomes.update(alone)
+        else:
+            worked.outcomes = await self._charge_all(charges)
         for run_id in sorted({item.run_id for item in items}):
             await self._runs.finish_if_done(run_id)
         return worked
@@ -123,16 +120,6 @@ class Worker:
             return Counter()
         return await self._charge_all(charges)
 
-    async def _park_worn_out(self, items: list[WorkItem]) -> list[WorkItem]:
-        """Park the items whose tries ran out without an outcome (a worker that stopped holding one
-        counts at the claim); the others are worked."""
-        failures = worn_out(items, self._config.rules)
-        if not failures:
-            return items
-        await self._record_failures(failures)
-        parked = {item.item_id for item, _, _ in failures}
-        return [item for item in items if item.item_id not in parked]
-
     async def _fail(self, step: str, failures: Sequence[tuple[WorkItem, BaseException]]) -> None:
         """Count a failure of ours per item: at the limit the item is parked, else tried again later.
         If even this cannot be written, the claim's lease runs out and the next claim counts it."""
@@ -141,13 +128,10 @@ class Worker:
         rules = self._config.rules
         counted = [failure_of(item, f"{step}: {type(e).__name__}: {e}", rules) for item, e in failures]
         try:
-            await self._record_failures(counted)
+            async with self._store.transaction() as uow:
+                self._parked(await apply(uow, Change(failures=counted), self._clock.now()), counted)
         except Exception:
             log.exception("recording failed items failed", extra={"items": len(failures)})
-
-    async def _record_failures(self, failures: list[tuple[WorkItem, AfterFailure, str]]) -> None:
-        async with self._store.transaction() as uow:
-            self._parked(await apply(uow, Change(failures=failures), self._clock.now()), failures)
 
     def _parked(
         self, parked: Sequence[WorkItem], failures: Sequence[tuple[WorkItem, AfterFailure, str]]
@@ -168,9 +152,8 @@ class Worker:
         async with self._store.transaction() as uow:
             held = await uow.items.held(items)
             billable = [item for item in items if item.item_id in held]
-            change = bill(
-                billable, usages, await books_for_items(uow, billable), self._config.rules, now, new_id
-            )
+            books = await books_for_items(uow, billable)
+            change = bill(billable, usages, books, self._config.rules, now, new_id)
             self._parked(await apply(uow, change, now), change.failures)
         return change.charges
 

@@ -200,13 +200,16 @@ def bill(
     new_id: NewId,
 ) -> Change:
     """Invoice each held occurrence once (base + usage + add-ons + proration - credit) and write the
-    attempt to send; skip the ones not to bill, moving their subscription past them. `usages` is what
-    quota reports of the period behind each item's due date: an item whose usage quota could not give
-    now waits, one whose usage failed counts a failure of ours."""
+    attempt to send; skip the ones not to bill, moving their subscription past them. An item whose
+    tries ran out is parked instead. `usages` is what quota reports of the period behind each item's
+    due date: an item whose usage quota could not give now waits, one whose usage failed counts a
+    failure of ours."""
     change = Change()
     working = _Working(books, change, now)
     for item in items:
-        if item.item_id in usages.waiting:
+        if (parked := worn_out(item, rules)) is not None:
+            change.failures.append(parked)
+        elif item.item_id in usages.waiting:
             change.deferred.append((item, *usages.waiting[item.item_id]))
         elif item.item_id in usages.failed:
             error = usages.failed[item.item_id]
@@ -704,14 +707,12 @@ def failure_of(item: WorkItem, reason: str, rules: Rules) -> tuple[WorkItem, Aft
     )
 
 
-def worn_out(items: Sequence[WorkItem], rules: Rules) -> list[tuple[WorkItem, AfterFailure, str]]:
-    """The claimed items whose tries ran out without an outcome (a worker that stopped holding one
-    counts at the claim): parked, not worked."""
-    parked = []
-    for item in items:
-        after = after_failure(item.failures, rules.max_failures, rules.defer_delay)
-        if item.failures and after.park:
-            last = item.detail or "its worker stopped holding it"
-            reason = f"{item.failures} tries ended without an outcome; last: {last}"
-            parked.append((item, after, reason[:REASON_LENGTH]))
-    return parked
+def worn_out(item: WorkItem, rules: Rules) -> tuple[WorkItem, AfterFailure, str] | None:
+    """A claimed item whose tries ran out without an outcome (a worker that stopped holding one
+    counts at the claim) is parked, not worked: how, and why."""
+    after = after_failure(item.failures, rules.max_failures, rules.defer_delay)
+    if not (item.failures and after.park):
+        return None
+    last = item.detail or "its worker stopped holding it"
+    reason = f"{item.failures} tries ended without an outcome; last: {last}"
+    return item, after, reason[:REASON_LENGTH]
