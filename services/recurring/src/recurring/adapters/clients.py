@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -32,11 +33,14 @@ from recurring.domain.payments import (
     ChargeResult,
     NoAnswer,
     call_failure,
+    described,
     refusal,
 )
 from recurring.domain.schedule import Period
 from recurring.domain.subscription import PlanInfo
 from recurring.domain.usage import UsagePeriod
+
+log = logging.getLogger(__name__)
 
 _UNAVAILABLE = (
     grpc.StatusCode.UNAVAILABLE,
@@ -202,14 +206,20 @@ class GatewayClient:
         self._metrics = metrics
 
     async def charge(self, request: ChargeRequest) -> ChargeResult | NoAnswer:
-        """One charge someone waits for (a retry), in the interactive lane."""
+        """One charge someone waits for (a retry), in the interactive lane; its answer is logged."""
+        result: ChargeResult | NoAnswer
         try:
             reply = await self._stub.Charge(
                 _charge_pb(request, gateway_pb2.LANE_INTERACTIVE), timeout=self._timeout
             )
+            result = self._result(reply.payment)
         except grpc.aio.AioRpcError as error:
-            return self._unanswered(error.code().name, error.details() or "")
-        return self._result(reply.payment)
+            result = self._unanswered(error.code().name, error.details() or "")
+        log.info(
+            "retry charge got no answer" if isinstance(result, NoAnswer) else "retry charge answered",
+            extra={"invoice_id": request.invoice_id, "key": request.idempotency_key, **described(result)},
+        )
+        return result
 
     async def charge_batch(self, requests: Sequence[ChargeRequest]) -> list[ChargeResult | NoAnswer]:
         """A run's charges in the batch lane, one ChargeBatch call per BATCH_LIMIT; one answer each,

@@ -3,7 +3,6 @@ account credit and the ledger's views."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from datetime import datetime
 
@@ -18,7 +17,7 @@ from recurring.app.ports import Gateway, Store, UnitOfWork
 from recurring.app.settling import apply, books_for_invoices, new_id
 from recurring.domain import ledger
 from recurring.domain.invoicing import Transaction
-from recurring.domain.payments import ChargeResult, NoAnswer, PaymentUpdate, described
+from recurring.domain.payments import ChargeResult, NoAnswer, PaymentUpdate
 from recurring.domain.settlement import (
     Answer,
     Books,
@@ -35,8 +34,6 @@ from recurring.domain.settlement import (
     write_off,
 )
 from recurring.domain.subscription import Cause
-
-log = logging.getLogger(__name__)
 
 # What a charge attempt's news changes, decided from the books of its invoice as they are now.
 Decide = Callable[[Transaction, Books, datetime], Change]
@@ -68,10 +65,6 @@ class Invoices:
             sub = existing(books.subscriptions, invoice.subscription_id, "subscription")
         attempt = retrying.attempt
         result = await self._gateway.charge(charge_request(attempt, sub))
-        log.info(
-            "retry charge got no answer" if isinstance(result, NoAnswer) else "retry charge answered",
-            extra={"invoice_id": invoice_id, "attempt": attempt.attempt, **described(result)},
-        )
         if isinstance(result, NoAnswer):
             raise Unavailable("the payment service did not answer; retry with the same key")
         async with self._store.transaction() as uow:
