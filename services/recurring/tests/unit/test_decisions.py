@@ -26,6 +26,7 @@ from recurring.domain.payments import (
     described,
     tally,
 )
+from recurring.domain.proration import ProrationLine
 from recurring.domain.runs import (
     Run,
     RunCounts,
@@ -316,6 +317,21 @@ def test_a_run_with_open_items_or_not_running_does_not_end(state: RunState, open
     run = dataclasses.replace(new_run("run_1", DUE, RunKind.DAILY, NOW), state=state)
 
     assert ending(run, open_items, RunCounts(), NOW) is None
+
+
+def test_an_amendment_writes_only_the_fields_that_changed_with_its_prorations_and_events() -> None:
+    sub = subscription()
+    assert amendments.written(sub, amendments.Amendment(sub), Cause("rpc"), NOW) == Change()
+
+    raised = dataclasses.replace(sub, amount=usd(4000))
+    line = ProrationLine("Remaining time at the new price", usd(500))
+    amendment = amendments.Amendment(raised, [line], [SubscriptionCreated(raised)])
+    change = amendments.written(sub, amendment, Cause("rpc", reason="upgrade"), NOW)
+
+    assert change.subscriptions == {"sub_1": raised}
+    assert [(entry.reason, list(entry.changes)) for entry in change.history] == [("upgrade", ["amount"])]
+    assert change.new_prorations == {"sub_1": [line]}
+    assert [announced.event for announced in change.events] == [SubscriptionCreated(raised)]
 
 
 # ------------------------------------------------------------------ tier changes

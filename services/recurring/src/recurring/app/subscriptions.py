@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from datetime import date, datetime
+from datetime import date
 from zoneinfo import ZoneInfo
 
 import asyncpg
@@ -13,7 +13,8 @@ import asyncpg
 from billing_common.clock import Clock
 from billing_common.errors import existing
 from billing_common.idempotency import IdempotencyKey
-from recurring.app.ports import Quota, Store, UnitOfWork
+from recurring.app.ports import Quota, Store
+from recurring.app.settling import apply
 from recurring.domain import amendments
 from recurring.domain.amendments import Amendment, Changes, CreateCommand
 from recurring.domain.schedule import local_day
@@ -22,7 +23,6 @@ from recurring.domain.subscription import (
     Cause,
     Subscription,
     created_entry,
-    history_entry,
 )
 
 
@@ -98,9 +98,10 @@ class Subscriptions:
         plan = await self._quota.get_plan(plan_code)
         subs = await uow.subscriptions.load(ids, lock=True)
         moving = [sub for sub in subs.values() if amendments.follows_tier(sub, plan)]
+        now = self._clock.now()
         for sub in moving:
-            moved = amendments.move_to_plan(sub, plan, "tier.changed", self.today(), self._clock.now())
-            await write(uow, sub, moved, cause, self._clock.now())
+            moved = amendments.move_to_plan(sub, plan, "tier.changed", self.today(), now)
+            await apply(uow, amendments.written(sub, moved, cause, now), now)
         return len(moving)
 
     async def _change(
@@ -122,22 +123,8 @@ class Subscriptions:
             )
             amendments.check_changeable(sub)
             amendment = decide(sub)
-            await write(uow, sub, amendment, cause, self._clock.now())
+            now = self._clock.now()
+            await apply(uow, amendments.written(sub, amendment, cause, now), now)
             if idem.key:
                 await uow.keys.complete(idem, subscription_id)
             return amendment.subscription
-
-
-async def write(
-    uow: UnitOfWork, before: Subscription, amendment: Amendment, cause: Cause, now: datetime
-) -> None:
-    """Store the amendment: the subscription with only the fields that changed in its history, its
-    prorations and its events."""
-    entry = history_entry(before, amendment.subscription, cause, now)
-    if entry is not None:
-        await uow.subscriptions.save([amendment.subscription])
-        await uow.subscriptions.add_history([entry])
-    if amendment.prorations:
-        await uow.subscriptions.add_prorations({before.subscription_id: amendment.prorations})
-    if amendment.events:
-        await uow.outbox.add(amendment.events)

@@ -36,6 +36,7 @@ from recurring.domain.payments import (
     outcome_of,
     past_due_after,
 )
+from recurring.domain.proration import ProrationLine
 from recurring.domain.runs import AfterFailure, ItemResult, ItemStatus, WorkItem, after_failure
 from recurring.domain.schedule import period_starting
 from recurring.domain.status import BILLABLE, Action, InvoiceStatus, can, invoice_transition
@@ -117,6 +118,8 @@ class Change:
 
     invoices: dict[str, Invoice] = field(default_factory=dict)  # new, in their final state
     prorations: dict[str, list[int]] = field(default_factory=dict)  # attached, by invoice id
+    # Lines a subscription's change leaves for its next invoice, by subscription id.
+    new_prorations: dict[str, list[ProrationLine]] = field(default_factory=dict)
     attempts: list[Transaction] = field(default_factory=list)  # new, written before they are sent
     answered: dict[str, Transaction] = field(default_factory=dict)  # by transaction id
     statuses: dict[str, tuple[InvoiceStatus, datetime | None]] = field(default_factory=dict)
