@@ -103,8 +103,8 @@ class QuotaClient:
 
     async def usages(self, periods: Sequence[UsagePeriod]) -> list[PeriodUsage | BillingError]:
         """Billable usage of each tenant's [start, end) and the add-ons held in it, in one call; none
-        when quota has no plan to price it with, or the error quota gave for that tenant. Raises
-        Unavailable when quota did not answer."""
+        when quota has no plan to price it with, or the error quota gave for that tenant (Unavailable
+        for each when quota did not answer)."""
         request = quota_pb2.GetUsageSummariesRequest()
         for period in periods:
             asked = request.requests.add(tenant_id=period.tenant)
@@ -114,10 +114,8 @@ class QuotaClient:
             reply = await self._stub.GetUsageSummaries(request, timeout=self._timeout)
         except grpc.aio.AioRpcError as error:
             failure = _translate(error, "usage")
-            if isinstance(failure, Unavailable):
-                raise failure from None
-            if len(periods) == 1:
-                return [failure]
+            if isinstance(failure, Unavailable) or len(periods) == 1:
+                return [failure] * len(periods)
             # One tenant's broken record fails the whole call: each alone gets its own answer.
             return [answer for period in periods for answer in await self.usages([period])]
         return [self._usage_of(result, period) for result, period in zip(reply.results, periods, strict=True)]

@@ -196,7 +196,7 @@ class Quota(Protocol):
     async def get_plan(self, code: str, version: int = 0) -> PlanInfo: ...
     async def usages(self, periods: Sequence[UsagePeriod]) -> list[PeriodUsage | BillingError]:
         """One answer per period, in order: its billable usage and add-ons, or why quota gave none
-        (raises when the call as a whole failed)."""
+        (Unavailable for each when quota did not answer)."""
 
     async def plan_for_tier(self, tier: str) -> str | None: ...
 

@@ -18,7 +18,7 @@ from recurring.app.runs import Runs
 from recurring.app.settling import apply, books_for_invoices, books_for_items, new_id
 from recurring.domain import events as ev
 from recurring.domain import usage
-from recurring.domain.invoicing import Invoice, PeriodUsage
+from recurring.domain.invoicing import Invoice
 from recurring.domain.outages import halts, outage_steps
 from recurring.domain.payments import ChargeResult, NoAnswer, Outcome, tally
 from recurring.domain.runs import AfterFailure, WorkItem
@@ -163,13 +163,7 @@ class Worker:
         """Usage and add-ons of the period that ends on each due date (billed in arrears), for plan
         subscriptions, in one call for the batch."""
         asked = usage.periods_to_ask(items, subs, invoiced, self._config.zone)
-        answers: Sequence[PeriodUsage | Exception] = []
-        if asked:
-            try:
-                answers = await self._quota.usages([period for _, period in asked])
-            except Exception as error:
-                log.warning("quota gave no usage for the batch", exc_info=error, extra={"items": len(asked)})
-                answers = [error] * len(asked)
+        answers = await self._quota.usages([period for _, period in asked]) if asked else []
         return usage.sort_answers([item for item, _ in asked], answers, self._config.rules.defer_delay)
 
     async def _charge_all(self, charges: list[Charge]) -> Counter[str]:
