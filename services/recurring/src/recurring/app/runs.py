@@ -80,30 +80,22 @@ class Runs:
             with telemetry.span("recurring.run", attributes=attributes, keep=True) as span:
                 async with self._store.transaction() as uow:
                     await uow.check_fence(lease)
-                    run = await uow.runs.find(billing_date, kind)
-                    if run is None:
-                        run = new_run(f"run_{uuid.uuid4().hex}", billing_date, kind, self._clock.now())
+                    found = await uow.runs.find(billing_date, kind)
+                    run = found or new_run(f"run_{uuid.uuid4().hex}", billing_date, kind, self._clock.now())
+                    if found is None:
                         await uow.runs.add([run])
-                        due = await uow.runs.enqueue_due(run.run_id, billing_date, KIND_FREQUENCIES[kind])
+                    due = await uow.runs.enqueue_due(run.run_id, billing_date, KIND_FREQUENCIES[kind])
+                    if found is None:
                         await uow.outbox.add([ev.RunStarted(run, due)])
-                        message = "run started"
-                    else:
-                        due = await uow.runs.enqueue_due(run.run_id, billing_date, KIND_FREQUENCIES[kind])
-                        if reopens(run, due):
-                            await _reopen(uow, run.run_id)
-                        message = "run extended" if due else ""
+                    elif reopens(run, due):
+                        await _reopen(uow, run.run_id)
                 if due:
                     self.work_queued.set()
                 span.set_attributes({"run.id": run.run_id, "run.items_queued": due})
-                if message:
+                facts = {"run_id": run.run_id, "billing_date": billing_date.isoformat(), "kind": kind.value}
+                if found is None or due:
                     log.info(
-                        message,
-                        extra={
-                            "run_id": run.run_id,
-                            "billing_date": billing_date.isoformat(),
-                            "kind": kind.value,
-                            "queued": due,
-                        },
+                        "run started" if found is None else "run extended", extra={**facts, "queued": due}
                     )
                 await self.finish_if_done(run.run_id)
                 return await self.get(run.run_id)
