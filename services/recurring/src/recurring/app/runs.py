@@ -184,8 +184,8 @@ class Runs:
             while True:
                 async with self._store.transaction() as uow:
                     last = await uow.runs.latest(kind, latest)
-                if last is not None and last.state is RunState.RUNNING:
-                    await self.finish_if_done(last.run_id)
+                if last is not None and blocks_next_date(last.state, last.progress):
+                    await self.finish_if_done(last.run_id)  # its last worker may have failed to say so
                     last = await self.get(last.run_id)
                     if blocks_next_date(last.state, last.progress):
                         break
