@@ -1,5 +1,5 @@
-"""Invoices after they are opened: dunning's retries, async payment outcomes, voiding, write-offs,
-account credit and the ledger's views."""
+"""Invoices after they are opened: dunning's retries, async payment outcomes and refunds, voiding,
+write-offs and account credit; each decided by domain.settlement and written by the one applicator."""
 
 from __future__ import annotations
 
