@@ -84,11 +84,12 @@ class Invoices:
     async def add_credit(
         self, account_id: str, amount: Money | None, reason: str, idem: IdempotencyKey
     ) -> Money:
+        """Grant account credit once per key; the credit available after it."""
         credit = ledger.check_credit(account_id, amount, idem.key)
         async with self._store.transaction() as uow:
             if await uow.keys.claim(idem) is None:
                 granted = ledger.granted_credit(account_id, idem.key, reason, credit)
-                await uow.ledger.post([granted], self._clock.now())
+                await apply(uow, Change(postings=[granted]), self._clock.now())
                 await uow.keys.complete(idem, account_id)
             _, available = await uow.ledger.balances(account_id, credit.currency)
         return available
