@@ -560,8 +560,8 @@ class RecordedMetrics:
     def charge_answered(self, gateway: str, status: str) -> None:
         self.charges[(gateway, status)] += 1
 
-    def item_parked(self, gateway: str) -> None:
-        self.parked[gateway] += 1
+    def item_parked(self, item: WorkItem, reason: str) -> None:
+        self.parked[item.gateway] += 1
 
     def runs_stalled(self, kind: RunKind, count: int) -> None:
         self.stalled[kind] = count

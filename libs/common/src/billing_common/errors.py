@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,18 @@ class Violations:
 
 class NotFound(BillingError):
     pass
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def existing(loaded: Mapping[K, V], key: K, what: str) -> V:
+    """The one thing asked for from a load by keys (which leaves missing ones out), else NotFound
+    naming it: `existing(await subscriptions.load([sid]), sid, "subscription")`."""
+    if key not in loaded:
+        raise NotFound(f"{what} {key} does not exist")
+    return loaded[key]
 
 
 class AlreadyExists(BillingError):

@@ -9,12 +9,12 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from billing_common.errors import FailedPrecondition, InvalidArgument, Unavailable
+from billing_common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from billing_common.money import Money
 from billing_common.payments import MethodType
 from billing_common.subscriptions import ExhaustedAction, Frequency, SubscriptionStatus
 from recurring.domain import amendments, ledger
-from recurring.domain.events import SubscriptionCreated
+from recurring.domain.events import RunCompleted, SubscriptionCreated
 from recurring.domain.invoicing import Invoice, PeriodUsage, Transaction, UsageCharge
 from recurring.domain.outages import OutageStep, halts, outage_steps
 from recurring.domain.payments import (
@@ -26,6 +26,7 @@ from recurring.domain.payments import (
     described,
     tally,
 )
+from recurring.domain.proration import ProrationLine
 from recurring.domain.runs import (
     Run,
     RunCounts,
@@ -43,12 +44,16 @@ from recurring.domain.runs import (
 )
 from recurring.domain.schedule import local_day, midnight
 from recurring.domain.settlement import (
+    Books,
+    Change,
     ExhaustionPolicy,
+    Retrying,
     Rules,
     charge_request,
     check_retry,
-    earlier_retry,
     retry,
+    void,
+    write_off,
 )
 from recurring.domain.status import InvoiceStatus
 from recurring.domain.subscription import Cause, PaymentMethod, PlanInfo, Subscription, created_entry
@@ -146,18 +151,18 @@ def test_no_usage_is_asked_for_an_occurrence_invoiced_already_or_a_missing_subsc
 def test_quota_unavailable_lets_the_item_wait_and_another_error_counts_as_ours() -> None:
     found = PeriodUsage((UsageCharge("api_calls", 10, "0.01", usd(10)),))
     broken = RuntimeError("bad summary")
-    items = [item(1), item(2, "sub_2"), item(3, "sub_3"), item(4, "sub_4")]
+    asked = [item(1), item(2, "sub_2"), item(3, "sub_3")]
 
-    usages = sort_answers(items, items[:3], [found, Unavailable("quota is down"), broken], RULES.defer_delay)
+    usages = sort_answers(asked, [found, Unavailable("quota is down"), broken], RULES.defer_delay)
 
-    assert usages.found == {1: found, 4: PeriodUsage()}
-    assert usages.waiting == [(items[1], RULES.defer_delay, "usage unavailable: quota is down")]
-    assert usages.failed == [(items[2], broken)]
+    assert usages.found == {1: found}
+    assert usages.waiting == {2: (RULES.defer_delay, "usage unavailable: quota is down")}
+    assert usages.failed == {3: broken}
 
 
 def test_every_asked_item_needs_its_answer() -> None:
     with pytest.raises(ValueError):
-        sort_answers([item()], [item()], [], RULES.defer_delay)
+        sort_answers([item()], [], RULES.defer_delay)
 
 
 # ------------------------------------------------------------------ gateway outages in a run
@@ -294,14 +299,39 @@ def test_only_a_completed_run_given_newly_due_items_runs_again(
     assert reopens(run, queued) is expected
 
 
-def test_a_run_with_nothing_open_completes_now_unless_a_gateway_is_halted() -> None:
+def test_a_run_with_nothing_open_completes_now_with_its_counts_unless_a_gateway_is_halted() -> None:
     running = new_run("run_1", DUE, RunKind.DAILY, NOW)
+    counts = RunCounts(due=3, charged=2, parked=1)
     later = NOW + timedelta(hours=2)
 
-    done = ending(running, later)
-    assert (done.state, done.finished_at) == (RunState.COMPLETED, later)
-    halted = ending(dataclasses.replace(running, halted_gateways=("stripe",)), later)
-    assert (halted.state, halted.finished_at) == (RunState.HALTED, None)
+    assert ending(running, 0, counts, later) == (
+        completed := dataclasses.replace(running, state=RunState.COMPLETED, finished_at=later, counts=counts),
+        [RunCompleted(completed)],
+    )
+    halted = dataclasses.replace(running, halted_gateways=("stripe",))
+    assert ending(halted, 0, counts, later) == (dataclasses.replace(halted, state=RunState.HALTED), [])
+
+
+@pytest.mark.parametrize(("state", "open_items"), [(RunState.RUNNING, 1), (RunState.COMPLETED, 0)])
+def test_a_run_with_open_items_or_not_running_does_not_end(state: RunState, open_items: int) -> None:
+    run = dataclasses.replace(new_run("run_1", DUE, RunKind.DAILY, NOW), state=state)
+
+    assert ending(run, open_items, RunCounts(), NOW) is None
+
+
+def test_an_amendment_writes_only_the_fields_that_changed_with_its_prorations_and_events() -> None:
+    sub = subscription()
+    assert amendments.written(sub, amendments.Amendment(sub), Cause("rpc"), NOW) == Change()
+
+    raised = dataclasses.replace(sub, amount=usd(4000))
+    line = ProrationLine("Remaining time at the new price", usd(500))
+    amendment = amendments.Amendment(raised, [line], [SubscriptionCreated(raised)])
+    change = amendments.written(sub, amendment, Cause("rpc", reason="upgrade"), NOW)
+
+    assert change.subscriptions == {"sub_1": raised}
+    assert [(entry.reason, list(entry.changes)) for entry in change.history] == [("upgrade", ["amount"])]
+    assert change.new_prorations == {"sub_1": [line]}
+    assert [announced.event for announced in change.events] == [SubscriptionCreated(raised)]
 
 
 # ------------------------------------------------------------------ tier changes
@@ -425,6 +455,10 @@ def invoice(status: InvoiceStatus = InvoiceStatus.PAYMENT_FAILED) -> Invoice:
     )
 
 
+def new_ids(prefix: str) -> str:
+    return f"{prefix}_new"
+
+
 def test_a_retry_names_its_invoice_and_key() -> None:
     check_retry("inv_1", "case_1:2")
     with pytest.raises(InvalidArgument) as missing:
@@ -432,20 +466,23 @@ def test_a_retry_names_its_invoice_and_key() -> None:
     assert fields_of(missing) == ["invoice_id", "idempotency_key"]
 
 
-def test_a_retry_key_answers_with_its_earlier_attempt_and_is_refused_for_another_invoice() -> None:
-    earlier = attempt(2, retry_key="case_1:2")
+def test_a_retry_key_resends_or_replays_its_earlier_attempt_and_is_refused_for_another_invoice() -> None:
+    unanswered = attempt(2, retry_key="case_1:2")
+    declined = attempt(2, retry_key="case_1:2", status=PaymentStatus.DECLINED, payment_id="pay_1")
 
-    assert earlier_retry(earlier, "inv_1", "case_1:2") is earlier
-    assert earlier_retry(None, "inv_1", "case_1:2") is None
+    assert retry(unanswered, invoice(), [], "case_1:2", NOW, new_ids) == Retrying(unanswered)
+    assert retry(declined, invoice(), [], "case_1:2", NOW, new_ids) == Retrying(declined, replayed=True)
+    other = dataclasses.replace(invoice(), invoice_id="inv_2")
     with pytest.raises(FailedPrecondition, match="case_1:2"):
-        earlier_retry(earlier, "inv_2", "case_1:2")
+        retry(unanswered, other, [], "case_1:2", NOW, new_ids)
 
 
 def test_a_retry_charges_the_failed_invoice_again_as_its_next_attempt_under_the_key() -> None:
     declined = attempt(1, status=PaymentStatus.DECLINED, payment_id="pay_1")
 
-    new = retry(invoice(), [declined], "case_1:2", NOW, lambda prefix: f"{prefix}_9")
+    retrying = retry(None, invoice(), [declined], "case_1:2", NOW, lambda prefix: f"{prefix}_9")
 
+    new = retrying.attempt
     assert (new.transaction_id, new.attempt, new.idempotency_key, new.retry_key) == (
         "txn_9",
         2,
@@ -453,6 +490,7 @@ def test_a_retry_charges_the_failed_invoice_again_as_its_next_attempt_under_the_
         "case_1:2",
     )
     assert (new.amount, new.answered) == (usd(2500), False)
+    assert (retrying.replayed, retrying.change.attempts) == (False, [new])
 
 
 @pytest.mark.parametrize(
@@ -468,7 +506,7 @@ def test_a_retry_is_refused_while_the_invoice_cannot_be_charged(
     status: InvoiceStatus, last: Transaction | None
 ) -> None:
     with pytest.raises(FailedPrecondition):
-        retry(invoice(status), [last] if last else [], "case_1:2", NOW, lambda prefix: prefix)
+        retry(None, invoice(status), [last] if last else [], "case_1:2", NOW, new_ids)
 
 
 # ------------------------------------------------------------------ account credit
@@ -519,3 +557,14 @@ def test_dunning_exhausted_cancels_as_the_event_says_else_as_the_merchants_polic
     policy = ExhaustionPolicy(default, frozenset({"merch_cancels"}))
 
     assert policy.cancels(merchant, action) is cancels
+
+
+def test_dunning_exhausted_for_an_invoice_recurring_does_not_hold_changes_nothing() -> None:
+    policy = ExhaustionPolicy(ExhaustedAction.SUSPEND, frozenset())
+
+    assert write_off("inv_9", Books({}, {}, {}), policy, None, Cause("dunning"), NOW) == Change()
+
+
+def test_voiding_an_invoice_that_does_not_exist_is_not_found() -> None:
+    with pytest.raises(NotFound, match="inv_9"):
+        void("inv_9", Books({}, {}, {}), "goodwill", NOW)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -10,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from billing_common.payments import DeclineKind, FailureType
+from recurring.domain.events import RunStalled
 from recurring.domain.payments import (
     CALL_FAILURES,
     CallFailure,
@@ -26,9 +28,12 @@ from recurring.domain.payments import (
 from recurring.domain.runs import (
     MAX_BACKOFF_DOUBLINGS,
     Progress,
+    RunKind,
     RunState,
     after_failure,
     blocks_next_date,
+    looked_at,
+    new_run,
     watch,
 )
 
@@ -194,6 +199,19 @@ def test_a_run_that_stands_still_is_reported_at_most_once(gaps: list[int]) -> No
         progress, stalled = watch(progress, 3, now, timedelta(minutes=30))
         reports += stalled
     assert reports == (1 if now - T0 >= timedelta(minutes=30) else 0)
+
+
+def test_a_running_run_is_announced_stalled_once_and_a_finished_one_is_not_watched() -> None:
+    run = dataclasses.replace(new_run("run_1", T0.date(), RunKind.DAILY, T0), progress=Progress(7, T0))
+    late = T0 + timedelta(minutes=30)
+
+    looked = looked_at(run, 7, late, timedelta(minutes=30))
+    assert looked is not None
+    stalled, events = looked
+    assert (stalled.progress, events) == (Progress(7, T0, late), [RunStalled(stalled)])
+    assert looked_at(stalled, 7, late + timedelta(hours=1), timedelta(minutes=30)) == (stalled, [])
+    finished = dataclasses.replace(run, state=RunState.COMPLETED)
+    assert looked_at(finished, 7, late, timedelta(minutes=30)) is None
 
 
 def test_the_next_date_waits_for_a_running_run_but_never_for_a_stalled_one() -> None:

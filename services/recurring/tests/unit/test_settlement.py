@@ -28,6 +28,7 @@ from recurring.domain.schedule import Period
 from recurring.domain.settlement import BILLING, Answer, Change, Charge, Rules, bill, settle, settle_refund
 from recurring.domain.status import BILLABLE, InvoiceStatus
 from recurring.domain.subscription import PaymentMethod, Subscription
+from recurring.domain.usage import Usages
 from services.recurring.tests.fakes import FakeUnitOfWork, Proration, Tables
 
 NOW = datetime(2026, 3, 2, 3, 6, tzinfo=UTC)
@@ -260,7 +261,7 @@ async def bill_and_settle(
     for part in lists:
         held = await uow.items.held(part)
         part = [item for item in part if item.item_id in held]
-        change = bill(part, usage, await books_for_items(uow, part), RULES, NOW, new_id)
+        change = bill(part, Usages(found=usage), await books_for_items(uow, part), RULES, NOW, new_id)
         await apply(uow, change, NOW)
         charges += change.charges
     answers = [
@@ -396,9 +397,47 @@ def test_an_add_on_in_another_currency_than_the_subscription_is_not_billed() -> 
     assert books.invoices["inv_0"].total == usd(3000)
 
 
+def test_an_item_whose_usage_quota_could_not_give_waits_or_counts_a_failure_and_is_not_invoiced() -> None:
+    spec = SubSpec(0, S.ACTIVE, 3000, False, True, False, (), (), "none", "none", False)
+    books, items, _ = books_of(
+        [spec, dataclasses.replace(spec, account=1), dataclasses.replace(spec, account=2)], [0]
+    )
+    usages = Usages(
+        found={2: PeriodUsage()},
+        waiting={0: (RULES.defer_delay, "usage unavailable: quota is down")},
+        failed={1: RuntimeError("bad summary")},
+    )
+
+    change = bill(
+        items, usages, asyncio.run(books_for_items(FakeUnitOfWork(books), items)), RULES, NOW, ids()
+    )
+
+    assert change.deferred == [(items[0], RULES.defer_delay, "usage unavailable: quota is down")]
+    assert [(item, after.failures, reason) for item, after, reason in change.failures] == [
+        (items[1], 1, "usage: RuntimeError: bad summary")
+    ]
+    assert [invoice.subscription_id for invoice in change.invoices.values()] == [items[2].subscription_id]
+    assert [charge.item for charge in change.charges] == [items[2]]
+
+
+def test_an_item_whose_tries_ran_out_without_an_outcome_is_parked_with_its_last_word_not_billed() -> None:
+    spec = SubSpec(0, S.ACTIVE, 3000, False, True, False, (), (), "none", "none", False)
+    books, items, usage = books_of([spec, dataclasses.replace(spec, account=1)], [0])
+    worn = dataclasses.replace(items[0], failures=RULES.max_failures, detail="charging: TimeoutError")
+    tried = dataclasses.replace(items[1], failures=RULES.max_failures - 1)
+
+    found = asyncio.run(books_for_items(FakeUnitOfWork(books), [worn, tried]))
+    change = bill([worn, tried], Usages(found=usage), found, RULES, NOW, ids())
+
+    assert [(item, after.park, reason) for item, after, reason in change.failures] == [
+        (worn, True, "3 tries ended without an outcome; last: charging: TimeoutError")
+    ]
+    assert [charge.item for charge in change.charges] == [tried]
+
+
 def billed_charge(books: Tables, items: list[WorkItem], usage: dict[int, PeriodUsage]) -> Charge:
     uow = FakeUnitOfWork(books)
-    change = bill(items, usage, asyncio.run(books_for_items(uow, items)), RULES, NOW, ids())
+    change = bill(items, Usages(found=usage), asyncio.run(books_for_items(uow, items)), RULES, NOW, ids())
     asyncio.run(apply(uow, change, NOW))
     (charge,) = change.charges
     return charge

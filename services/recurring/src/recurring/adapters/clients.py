@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -24,7 +25,7 @@ from billing_common.protos import (
     to_datetime,
 )
 from recurring.adapters.codec import decline_kind, failure_type, payment_status
-from recurring.app.ports import PlanInfo, RecurringMetrics
+from recurring.app.ports import RecurringMetrics
 from recurring.domain.invoicing import AddOnUse, PeriodUsage, UsageCharge
 from recurring.domain.payments import (
     CallFailure,
@@ -32,10 +33,14 @@ from recurring.domain.payments import (
     ChargeResult,
     NoAnswer,
     call_failure,
+    described,
     refusal,
 )
 from recurring.domain.schedule import Period
+from recurring.domain.subscription import PlanInfo
 from recurring.domain.usage import UsagePeriod
+
+log = logging.getLogger(__name__)
 
 _UNAVAILABLE = (
     grpc.StatusCode.UNAVAILABLE,
@@ -98,8 +103,8 @@ class QuotaClient:
 
     async def usages(self, periods: Sequence[UsagePeriod]) -> list[PeriodUsage | BillingError]:
         """Billable usage of each tenant's [start, end) and the add-ons held in it, in one call; none
-        when quota has no plan to price it with, or the error quota gave for that tenant. Raises
-        Unavailable when quota did not answer."""
+        when quota has no plan to price it with, or the error quota gave for that tenant (Unavailable
+        for each when quota did not answer)."""
         request = quota_pb2.GetUsageSummariesRequest()
         for period in periods:
             asked = request.requests.add(tenant_id=period.tenant)
@@ -109,10 +114,8 @@ class QuotaClient:
             reply = await self._stub.GetUsageSummaries(request, timeout=self._timeout)
         except grpc.aio.AioRpcError as error:
             failure = _translate(error, "usage")
-            if isinstance(failure, Unavailable):
-                raise failure from None
-            if len(periods) == 1:
-                return [failure]
+            if isinstance(failure, Unavailable) or len(periods) == 1:
+                return [failure] * len(periods)
             # One tenant's broken record fails the whole call: each alone gets its own answer.
             return [answer for period in periods for answer in await self.usages([period])]
         return [self._usage_of(result, period) for result, period in zip(reply.results, periods, strict=True)]
@@ -201,14 +204,20 @@ class GatewayClient:
         self._metrics = metrics
 
     async def charge(self, request: ChargeRequest) -> ChargeResult | NoAnswer:
-        """One charge someone waits for (a retry), in the interactive lane."""
+        """One charge someone waits for (a retry), in the interactive lane; its answer is logged."""
+        result: ChargeResult | NoAnswer
         try:
             reply = await self._stub.Charge(
                 _charge_pb(request, gateway_pb2.LANE_INTERACTIVE), timeout=self._timeout
             )
+            result = self._result(reply.payment)
         except grpc.aio.AioRpcError as error:
-            return self._unanswered(error.code().name, error.details() or "")
-        return self._result(reply.payment)
+            result = self._unanswered(error.code().name, error.details() or "")
+        log.info(
+            "retry charge got no answer" if isinstance(result, NoAnswer) else "retry charge answered",
+            extra={"invoice_id": request.invoice_id, "key": request.idempotency_key, **described(result)},
+        )
+        return result
 
     async def charge_batch(self, requests: Sequence[ChargeRequest]) -> list[ChargeResult | NoAnswer]:
         """A run's charges in the batch lane, one ChargeBatch call per BATCH_LIMIT; one answer each,

@@ -4,6 +4,7 @@ the same figures (aggregate them with `max`, not `sum`); KEDA scales the workers
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Mapping
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -12,7 +13,9 @@ import asyncpg
 from prometheus_client import Counter, Gauge, Histogram
 
 from billing_common.suite_clock import DueWork
-from recurring.domain.runs import RunKind, latest_scheduled_date
+from recurring.domain.runs import RunKind, WorkItem, latest_scheduled_date
+
+log = logging.getLogger(__name__)
 
 REFRESH = timedelta(seconds=15)
 
@@ -71,13 +74,23 @@ def run_finished(kind: str, seconds: float) -> None:
 
 
 class PrometheusRecurringMetrics:
-    """The `RecurringMetrics` charging and the runs report to."""
+    """The `RecurringMetrics` charging and the runs report to; a parked item is also a log line, with
+    the reason an operator needs before resuming it."""
 
     def charge_answered(self, gateway: str, status: str) -> None:
         CHARGES.labels(gateway, status).inc()
 
-    def item_parked(self, gateway: str) -> None:
-        ITEMS_PARKED.labels(gateway).inc()
+    def item_parked(self, item: WorkItem, reason: str) -> None:
+        ITEMS_PARKED.labels(item.gateway).inc()
+        log.warning(
+            "work item parked",
+            extra={
+                "item": item.item_id,
+                "run": item.run_id,
+                "occurrence": item.occurrence_key,
+                "reason": reason,
+            },
+        )
 
     def runs_stalled(self, kind: RunKind, count: int) -> None:
         RUNS_STALLED.labels(kind.value).set(count)

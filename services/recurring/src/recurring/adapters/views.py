@@ -3,7 +3,7 @@ decides anything on a read, so these go from the repositories straight to domain
 
 from __future__ import annotations
 
-from billing_common.errors import NotFound
+from billing_common.errors import existing
 from billing_common.money import Money
 from billing_common.paging import Page, PageRequest
 from recurring.adapters.store import PostgresStore
@@ -20,10 +20,7 @@ class Views:
 
     async def subscription(self, subscription_id: str) -> Subscription:
         async with self._store.transaction() as uow:
-            found = await uow.subscriptions.load([subscription_id])
-        if subscription_id not in found:
-            raise NotFound(f"subscription {subscription_id} does not exist")
-        return found[subscription_id]
+            return existing(await uow.subscriptions.load([subscription_id]), subscription_id, "subscription")
 
     async def subscriptions(
         self, where: SubscriptionFilter, page: PageRequest[str]
@@ -34,8 +31,7 @@ class Views:
 
     async def history(self, subscription_id: str) -> list[HistoryEntry]:
         async with self._store.transaction() as uow:
-            if not await uow.subscriptions.load([subscription_id]):
-                raise NotFound(f"subscription {subscription_id} does not exist")
+            existing(await uow.subscriptions.load([subscription_id]), subscription_id, "subscription")
             return (await uow.subscriptions.histories([subscription_id])).get(subscription_id, [])
 
     async def runs(self, page: PageRequest[int]) -> Page[Run, int]:
@@ -47,18 +43,15 @@ class Views:
     async def run_items(self, run_id: str, page: PageRequest[int]) -> Page[RunItem, int]:
         """A run's items in the order they were queued; the cursor is the last item's id."""
         async with self._store.transaction() as uow:
-            if not await uow.runs.load([run_id]):
-                raise NotFound(f"run {run_id} does not exist")
+            existing(await uow.runs.load([run_id]), run_id, "run")
             return page.cut(await uow.items.page(run_id, page.after, page.limit), lambda item: item.item_id)
 
     async def invoice(self, invoice_id: str) -> tuple[Invoice, list[Transaction]]:
         """The invoice with its charge attempts."""
         async with self._store.transaction() as uow:
-            found = await uow.invoices.load([invoice_id])
-            if invoice_id not in found:
-                raise NotFound(f"invoice {invoice_id} does not exist")
+            invoice = existing(await uow.invoices.load([invoice_id]), invoice_id, "invoice")
             attempts = await uow.invoices.attempts_of([invoice_id])
-        return found[invoice_id], attempts.get(invoice_id, [])
+        return invoice, attempts.get(invoice_id, [])
 
     async def invoices(
         self, where: InvoiceFilter, page: PageRequest[int]

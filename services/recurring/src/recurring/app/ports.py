@@ -32,8 +32,7 @@ from recurring.domain.runs import (
 )
 from recurring.domain.settlement import Charge, Proration
 from recurring.domain.status import InvoiceStatus
-from recurring.domain.subscription import HistoryEntry, Subscription
-from recurring.domain.subscription import PlanInfo as PlanInfo
+from recurring.domain.subscription import HistoryEntry, PlanInfo, Subscription
 from recurring.domain.usage import UsagePeriod
 
 
@@ -197,7 +196,7 @@ class Quota(Protocol):
     async def get_plan(self, code: str, version: int = 0) -> PlanInfo: ...
     async def usages(self, periods: Sequence[UsagePeriod]) -> list[PeriodUsage | BillingError]:
         """One answer per period, in order: its billable usage and add-ons, or why quota gave none
-        (raises when the call as a whole failed)."""
+        (Unavailable for each when quota did not answer)."""
 
     async def plan_for_tier(self, tier: str) -> str | None: ...
 
@@ -227,11 +226,14 @@ class ChargeTraces(Protocol):
 
 
 class RecurringMetrics(Protocol):
-    """What charging and the runs report; an adapter keeps the figures for the dashboards."""
+    """What charging and the runs report; an adapter keeps the figures for the dashboards (and logs
+    what an operator acts on)."""
 
     def charge_answered(self, gateway: str, status: str) -> None:
         """A charge's answer: the payment's status, or "refused" / "no_answer" (no gateway)."""
 
-    def item_parked(self, gateway: str) -> None: ...
+    def item_parked(self, item: WorkItem, reason: str) -> None:
+        """An item set aside for a reason of ours; operators resume it (ResumeRun) once it is fixed."""
+
     def runs_stalled(self, kind: RunKind, count: int) -> None:
         """How many running runs of the kind are stalled now (0 once they move again)."""

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 from billing_common import telemetry
 from billing_common.clock import Clock
-from billing_common.errors import NotFound, Unavailable
+from billing_common.errors import Unavailable, existing
 from billing_common.locks import Locks
 from recurring.app.ports import OutageCounter, RecurringMetrics, Store, UnitOfWork
 from recurring.domain import events as ev
@@ -32,9 +32,9 @@ from recurring.domain.runs import (
     ending,
     latest_scheduled_date,
     lock_name,
+    looked_at,
     new_run,
     reopens,
-    watch,
 )
 
 log = logging.getLogger(__name__)
@@ -80,30 +80,22 @@ class Runs:
             with telemetry.span("recurring.run", attributes=attributes, keep=True) as span:
                 async with self._store.transaction() as uow:
                     await uow.check_fence(lease)
-                    run = await uow.runs.find(billing_date, kind)
-                    if run is None:
-                        run = new_run(f"run_{uuid.uuid4().hex}", billing_date, kind, self._clock.now())
+                    found = await uow.runs.find(billing_date, kind)
+                    run = found or new_run(f"run_{uuid.uuid4().hex}", billing_date, kind, self._clock.now())
+                    if found is None:
                         await uow.runs.add([run])
-                        due = await uow.runs.enqueue_due(run.run_id, billing_date, KIND_FREQUENCIES[kind])
+                    due = await uow.runs.enqueue_due(run.run_id, billing_date, KIND_FREQUENCIES[kind])
+                    if found is None:
                         await uow.outbox.add([ev.RunStarted(run, due)])
-                        message = "run started"
-                    else:
-                        due = await uow.runs.enqueue_due(run.run_id, billing_date, KIND_FREQUENCIES[kind])
-                        if reopens(run, due):
-                            await _reopen(uow, run.run_id)
-                        message = "run extended" if due else ""
+                    elif reopens(run, due):
+                        await _reopen(uow, run.run_id)
                 if due:
                     self.work_queued.set()
                 span.set_attributes({"run.id": run.run_id, "run.items_queued": due})
-                if message:
+                facts = {"run_id": run.run_id, "billing_date": billing_date.isoformat(), "kind": kind.value}
+                if found is None or due:
                     log.info(
-                        message,
-                        extra={
-                            "run_id": run.run_id,
-                            "billing_date": billing_date.isoformat(),
-                            "kind": kind.value,
-                            "queued": due,
-                        },
+                        "run started" if found is None else "run extended", extra={**facts, "queued": due}
                     )
                 await self.finish_if_done(run.run_id)
                 return await self.get(run.run_id)
@@ -124,17 +116,13 @@ class Runs:
 
     async def get(self, run_id: str) -> Run:
         async with self._store.transaction() as uow:
-            run = (await uow.runs.load([run_id])).get(run_id)
-        if run is None:
-            raise NotFound(f"run {run_id} does not exist")
-        return run
+            return existing(await uow.runs.load([run_id]), run_id, "run")
 
     async def resume(self, run_id: str, gateway: str) -> Run:
         """Resume the gateway's halted part and send its parked items back to work."""
         check_resume(gateway)
         async with self._store.transaction() as uow:
-            if run_id not in await uow.runs.load([run_id], lock=True):
-                raise NotFound(f"run {run_id} does not exist")
+            existing(await uow.runs.load([run_id], lock=True), run_id, "run")
             resumed = await uow.runs.resume(run_id, gateway)
             check_resumed(run_id, gateway, resumed, await uow.items.requeue_parked(run_id, gateway))
             await _reopen(uow, run_id)
@@ -148,18 +136,17 @@ class Runs:
             if await uow.runs.open_items(run_id):
                 return  # the common case, known without waiting for the run's lock
             run = (await uow.runs.load([run_id], lock=True)).get(run_id)
-            if run is None or run.state is not RunState.RUNNING or await uow.runs.open_items(run_id):
+            if run is None:
                 return
-            ended = ending(run, self._clock.now())
-            with telemetry.within(run.trace_context):
-                await uow.runs.set_states([run_id], ended.state, ended.finished_at)
-                if ended.state is RunState.HALTED:
-                    log.warning("run halted", extra={"run_id": run_id, "gateways": list(run.halted_gateways)})
-                    return
-                counts = (await uow.runs.counts([run_id]))[run_id]
-                await uow.outbox.add([ev.RunCompleted(dataclasses.replace(ended, counts=counts))])
+            counts = (await uow.runs.counts([run_id]))[run_id]
+            ended = ending(run, await uow.runs.open_items(run_id), counts, self._clock.now())
+            if ended is None:
+                return
+            run, events = ended
+            await uow.runs.set_states([run_id], run.state, run.finished_at)
+            await uow.outbox.add(events, [run.trace_context for _ in events])
         with telemetry.within(run.trace_context):
-            log.info("run completed", extra={"run_id": run_id, **dataclasses.asdict(counts)})
+            log.info(f"run {run.state.value}", extra={"run_id": run_id, **dataclasses.asdict(counts)})
 
     async def watch_progress(self) -> list[Run]:
         """Look at every running run: one with nothing left completes (its last worker may have
@@ -172,19 +159,18 @@ class Runs:
             await self.finish_if_done(candidate.run_id)
             async with self._store.transaction() as uow:
                 run = (await uow.runs.load([candidate.run_id], lock=True)).get(candidate.run_id)
-                if run is None or run.state is not RunState.RUNNING:
+                if run is None:
                     continue
-                now = self._clock.now()
-                progress, newly = watch(
-                    run.progress, await uow.runs.open_items(run.run_id), now, self._schedule.stalled_after
-                )
-                if progress != run.progress:
-                    await uow.runs.save_progress({run.run_id: progress})
-                if newly:
-                    stalled_run = dataclasses.replace(run, progress=progress)
-                    await uow.outbox.add([ev.RunStalled(stalled_run)], [run.trace_context])
-            if progress.stalled:
-                stalled.append(dataclasses.replace(run, progress=progress))
+                open_items = await uow.runs.open_items(run.run_id)
+                looked = looked_at(run, open_items, self._clock.now(), self._schedule.stalled_after)
+                if looked is None:
+                    continue
+                watched, events = looked
+                if watched.progress != run.progress:
+                    await uow.runs.save_progress({run.run_id: watched.progress})
+                await uow.outbox.add(events, [run.trace_context for _ in events])
+            if watched.progress.stalled:
+                stalled.append(watched)
         for kind in RunKind:
             self._metrics.runs_stalled(kind, sum(1 for run in stalled if run.kind is kind))
         return stalled
@@ -198,8 +184,8 @@ class Runs:
             while True:
                 async with self._store.transaction() as uow:
                     last = await uow.runs.latest(kind, latest)
-                if last is not None and last.state is RunState.RUNNING:
-                    await self.finish_if_done(last.run_id)
+                if last is not None and blocks_next_date(last.state, last.progress):
+                    await self.finish_if_done(last.run_id)  # its last worker may have failed to say so
                     last = await self.get(last.run_id)
                     if blocks_next_date(last.state, last.progress):
                         break

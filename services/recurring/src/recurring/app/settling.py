@@ -51,6 +51,8 @@ async def apply(
         await uow.invoices.add(list(change.invoices.values()))
     if any(change.prorations.values()):
         await uow.subscriptions.attach_prorations(change.prorations)
+    if change.new_prorations:
+        await uow.subscriptions.add_prorations(change.new_prorations)
     if change.attempts:
         await uow.invoices.add_attempts(change.attempts)
     if change.answered:

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from datetime import date, datetime
+from datetime import date
 from zoneinfo import ZoneInfo
 
 import asyncpg
 
 from billing_common.clock import Clock
-from billing_common.errors import NotFound
+from billing_common.errors import existing
 from billing_common.idempotency import IdempotencyKey
-from recurring.app.ports import Quota, Store, UnitOfWork
+from recurring.app.ports import Quota, Store
+from recurring.app.settling import apply
 from recurring.domain import amendments
 from recurring.domain.amendments import Amendment, Changes, CreateCommand
 from recurring.domain.schedule import local_day
@@ -22,7 +23,6 @@ from recurring.domain.subscription import (
     Cause,
     Subscription,
     created_entry,
-    history_entry,
 )
 
 
@@ -45,7 +45,7 @@ class Subscriptions:
         async with self._store.transaction() as uow:
             earlier = await uow.keys.claim(idem)
             if earlier is not None:
-                return await existing_subscription(uow, earlier)
+                return existing(await uow.subscriptions.load([earlier]), earlier, "subscription")
             await uow.subscriptions.add([sub])
             await uow.subscriptions.add_history([created_entry(sub, cause, now)])
             await uow.outbox.add(created.events)
@@ -65,18 +65,13 @@ class Subscriptions:
         )
 
     async def pause(self, subscription_id: str, idem: IdempotencyKey, cause: Cause) -> Subscription:
-        return await self._change_status(subscription_id, Action.PAUSE, idem, cause)
+        return await self._change(subscription_id, idem, cause, self._status_change(Action.PAUSE))
 
     async def resume(self, subscription_id: str, idem: IdempotencyKey, cause: Cause) -> Subscription:
-        return await self._change_status(subscription_id, Action.RESUME, idem, cause)
+        return await self._change(subscription_id, idem, cause, self._status_change(Action.RESUME))
 
-    async def _change_status(
-        self, subscription_id: str, action: Action, idem: IdempotencyKey, cause: Cause
-    ) -> Subscription:
-        def decide(sub: Subscription) -> Amendment:
-            return amendments.change_status(sub, action, self._clock.now())
-
-        return await self._change(subscription_id, idem, cause, decide)
+    def _status_change(self, action: Action) -> Callable[[Subscription], Amendment]:
+        return lambda sub: amendments.change_status(sub, action, self._clock.now())
 
     async def cancel(
         self, subscription_id: str, at_period_end: bool, idem: IdempotencyKey, cause: Cause
@@ -103,9 +98,10 @@ class Subscriptions:
         plan = await self._quota.get_plan(plan_code)
         subs = await uow.subscriptions.load(ids, lock=True)
         moving = [sub for sub in subs.values() if amendments.follows_tier(sub, plan)]
+        now = self._clock.now()
         for sub in moving:
-            moved = amendments.move_to_plan(sub, plan, "tier.changed", self.today(), self._clock.now())
-            await write(uow, sub, moved, cause, self._clock.now())
+            moved = amendments.move_to_plan(sub, plan, "tier.changed", self.today(), now)
+            await apply(uow, amendments.written(sub, moved, cause, now), now)
         return len(moving)
 
     async def _change(
@@ -121,35 +117,14 @@ class Subscriptions:
             if idem.key:
                 earlier = await uow.keys.claim(idem)
                 if earlier is not None:
-                    return await existing_subscription(uow, earlier)
-            sub = (await uow.subscriptions.load([subscription_id], lock=True)).get(subscription_id)
-            if sub is None:
-                raise NotFound(f"subscription {subscription_id} does not exist")
+                    return existing(await uow.subscriptions.load([earlier]), earlier, "subscription")
+            sub = existing(
+                await uow.subscriptions.load([subscription_id], lock=True), subscription_id, "subscription"
+            )
             amendments.check_changeable(sub)
             amendment = decide(sub)
-            await write(uow, sub, amendment, cause, self._clock.now())
+            now = self._clock.now()
+            await apply(uow, amendments.written(sub, amendment, cause, now), now)
             if idem.key:
                 await uow.keys.complete(idem, subscription_id)
             return amendment.subscription
-
-
-async def write(
-    uow: UnitOfWork, before: Subscription, amendment: Amendment, cause: Cause, now: datetime
-) -> None:
-    """Store the amendment: the subscription with only the fields that changed in its history, its
-    prorations and its events."""
-    entry = history_entry(before, amendment.subscription, cause, now)
-    if entry is not None:
-        await uow.subscriptions.save([amendment.subscription])
-        await uow.subscriptions.add_history([entry])
-    if amendment.prorations:
-        await uow.subscriptions.add_prorations({before.subscription_id: amendment.prorations})
-    if amendment.events:
-        await uow.outbox.add(amendment.events)
-
-
-async def existing_subscription(uow: UnitOfWork, subscription_id: str) -> Subscription:
-    sub = (await uow.subscriptions.load([subscription_id])).get(subscription_id)
-    if sub is None:
-        raise NotFound(f"subscription {subscription_id} does not exist")
-    return sub

@@ -18,7 +18,7 @@ from recurring.app.runs import Runs
 from recurring.app.settling import apply, books_for_invoices, books_for_items, new_id
 from recurring.domain import events as ev
 from recurring.domain import usage
-from recurring.domain.invoicing import Invoice, PeriodUsage
+from recurring.domain.invoicing import Invoice
 from recurring.domain.outages import halts, outage_steps
 from recurring.domain.payments import ChargeResult, NoAnswer, Outcome, tally
 from recurring.domain.runs import AfterFailure, WorkItem
@@ -33,7 +33,6 @@ from recurring.domain.settlement import (
     charge_request,
     failure_of,
     settle,
-    worn_out,
 )
 from recurring.domain.subscription import Subscription
 from recurring.domain.usage import Usages
@@ -98,17 +97,15 @@ class Worker:
     async def work(self, items: list[WorkItem]) -> Worked:
         """Bill and charge a claimed batch; a batch that fails as a whole goes item by item."""
         worked = Worked(Counter())
-        working = await self._park_worn_out(items)
-        if working:
-            try:
-                charges = await self._bill(working)
-            except Exception as error:
-                log.exception("batch failed; its items go one by one", extra={"items": len(working)})
-                worked.failure = error
-                for alone in await asyncio.gather(*(self._bill_alone(item) for item in working)):
-                    worked.outcomes.update(alone)
-            else:
-                worked.outcomes = await self._charge_all(charges)
+        try:
+            charges = await self._bill(items)
+        except Exception as error:
+            log.exception("batch failed; its items go one by one", extra={"items": len(items)})
+            worked.failure = error
+            for alone in await asyncio.gather(*(self._bill_alone(item) for item in items)):
+                worked.outcomes.update(alone)
+        else:
+            worked.outcomes = await self._charge_all(charges)
         for run_id in sorted({item.run_id for item in items}):
             await self._runs.finish_if_done(run_id)
         return worked
@@ -123,16 +120,6 @@ class Worker:
             return Counter()
         return await self._charge_all(charges)
 
-    async def _park_worn_out(self, items: list[WorkItem]) -> list[WorkItem]:
-        """Park the items whose tries ran out without an outcome (a worker that stopped holding one
-        counts at the claim); the others are worked."""
-        failures = worn_out(items, self._config.rules)
-        if not failures:
-            return items
-        await self._record_failures(failures)
-        parked = {item.item_id for item, _, _ in failures}
-        return [item for item in items if item.item_id not in parked]
-
     async def _fail(self, step: str, failures: Sequence[tuple[WorkItem, BaseException]]) -> None:
         """Count a failure of ours per item: at the limit the item is parked, else tried again later.
         If even this cannot be written, the claim's lease runs out and the next claim counts it."""
@@ -141,30 +128,18 @@ class Worker:
         rules = self._config.rules
         counted = [failure_of(item, f"{step}: {type(e).__name__}: {e}", rules) for item, e in failures]
         try:
-            await self._record_failures(counted)
+            async with self._store.transaction() as uow:
+                self._parked(await apply(uow, Change(failures=counted), self._clock.now()), counted)
         except Exception:
             log.exception("recording failed items failed", extra={"items": len(failures)})
-
-    async def _record_failures(self, failures: list[tuple[WorkItem, AfterFailure, str]]) -> None:
-        async with self._store.transaction() as uow:
-            self._parked(await apply(uow, Change(failures=failures), self._clock.now()), failures)
 
     def _parked(
         self, parked: Sequence[WorkItem], failures: Sequence[tuple[WorkItem, AfterFailure, str]]
     ) -> None:
-        """Say which items were parked and why: operators resume them (ResumeRun) once the cause is fixed."""
+        """Report the items parked, with why: operators resume them (ResumeRun) once the cause is fixed."""
         reasons = {item.item_id: reason for item, _, reason in failures}
         for item in parked:
-            self._metrics.item_parked(item.gateway)
-            log.warning(
-                "work item parked",
-                extra={
-                    "item": item.item_id,
-                    "run": item.run_id,
-                    "occurrence": item.occurrence_key,
-                    "reason": reasons[item.item_id],
-                },
-            )
+            self._metrics.item_parked(item, reasons[item.item_id])
 
     async def _bill(self, items: list[WorkItem]) -> list[Charge]:
         """Invoice the items' occurrences and write their attempts in one transaction; the charges
@@ -173,22 +148,13 @@ class Worker:
             subs = await uow.subscriptions.load(sorted({item.subscription_id for item in items}))
             invoiced = await uow.invoices.for_occurrences([item.occurrence_key for item in items])
         usages = await self._usages(items, subs, invoiced)
-        if usages.waiting:
-            async with self._store.transaction() as uow:
-                await apply(uow, Change(deferred=usages.waiting), self._clock.now())
-        for item, error in usages.failed:
-            log.error("usage failed", exc_info=error, extra={"item": item.item_id})
-        await self._fail("usage", usages.failed)
-        billable = [item for item in items if item.item_id in usages.found]
-        if not billable:
-            return []
         now = self._clock.now()
         async with self._store.transaction() as uow:
-            held = await uow.items.held(billable)
-            billable = [item for item in billable if item.item_id in held]
+            held = await uow.items.held(items)
+            billable = [item for item in items if item.item_id in held]
             books = await books_for_items(uow, billable)
-            change = bill(billable, usages.found, books, self._config.rules, now, new_id)
-            await apply(uow, change, now)
+            change = bill(billable, usages, books, self._config.rules, now, new_id)
+            self._parked(await apply(uow, change, now), change.failures)
         return change.charges
 
     async def _usages(
@@ -197,13 +163,8 @@ class Worker:
         """Usage and add-ons of the period that ends on each due date (billed in arrears), for plan
         subscriptions, in one call for the batch."""
         asked = usage.periods_to_ask(items, subs, invoiced, self._config.zone)
-        answers: Sequence[PeriodUsage | Exception] = []
-        if asked:
-            try:
-                answers = await self._quota.usages([period for _, period in asked])
-            except Exception as error:
-                answers = [error] * len(asked)
-        return usage.sort_answers(items, [item for item, _ in asked], answers, self._config.rules.defer_delay)
+        answers = await self._quota.usages([period for _, period in asked]) if asked else []
+        return usage.sort_answers([item for item, _ in asked], answers, self._config.rules.defer_delay)
 
     async def _charge_all(self, charges: list[Charge]) -> Counter[str]:
         """Send the batch's charges in one call (gateway-adapter paces them) and record the answers

@@ -1,5 +1,6 @@
 """What a customer's or an operator's request does to a subscription: checked here, decided here,
-written by the use case (the subscription with its history, prorations for the next invoice, events)."""
+written by the one applicator (the subscription with its history, prorations for the next invoice,
+events)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,16 @@ from billing_common.money import Money
 from billing_common.subscriptions import Frequency, SubscriptionStatus
 from recurring.domain import events as ev
 from recurring.domain.proration import ProrationLine, prorate
+from recurring.domain.settlement import Announced, Change
 from recurring.domain.status import TERMINAL, Action, can
 from recurring.domain.subscription import (
+    Cause,
     NewSubscription,
     PaymentMethod,
     PlanInfo,
     Subscription,
     cancelled,
+    history_entry,
     open_subscription,
     reanchor,
     validate_new,
@@ -62,6 +66,19 @@ class Amendment:
     subscription: Subscription
     prorations: list[ProrationLine] = field(default_factory=list)
     events: list[ev.Event] = field(default_factory=list)
+
+
+def written(before: Subscription, amendment: Amendment, cause: Cause, now: datetime) -> Change:
+    """What an amendment writes: the subscription with only the fields that changed in its history,
+    its prorations and its events."""
+    change = Change(events=[Announced(event) for event in amendment.events])
+    entry = history_entry(before, amendment.subscription, cause, now)
+    if entry is not None:
+        change.subscriptions[before.subscription_id] = amendment.subscription
+        change.history.append(entry)
+    if amendment.prorations:
+        change.new_prorations[before.subscription_id] = amendment.prorations
+    return change
 
 
 def check_create(cmd: CreateCommand, idempotency_key: str) -> None:

@@ -4,10 +4,13 @@ the contract's messages (protos/billing/events/v1)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from recurring.domain.invoicing import Invoice, Transaction
-from recurring.domain.runs import Run
 from recurring.domain.subscription import Subscription
+
+if TYPE_CHECKING:  # runs decides run events, so it imports this module
+    from recurring.domain.runs import Run
 
 # ------------------------------------------------------------------ subscriptions
 

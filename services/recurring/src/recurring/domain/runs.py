@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 
 from billing_common.errors import FailedPrecondition, InvalidArgument
 from billing_common.subscriptions import Frequency
+from recurring.domain import events as ev
 
 
 class RunKind(StrEnum):
@@ -118,6 +119,18 @@ def watch(seen: Progress, open_items: int, now: datetime, stalled_after: timedel
     return seen, False
 
 
+def looked_at(
+    run: Run, open_items: int, now: datetime, stalled_after: timedelta
+) -> tuple[Run, list[ev.RunEvent]] | None:
+    """A running run with its progress after the scheduler's look (`watch`), announced stalled the
+    first time nothing moved for `stalled_after`. None: the run is not running."""
+    if run.state is not RunState.RUNNING:
+        return None
+    progress, newly = watch(run.progress, open_items, now, stalled_after)
+    watched = replace(run, progress=progress)
+    return watched, [ev.RunStalled(watched)] if newly else []
+
+
 def blocks_next_date(state: RunState, progress: Progress) -> bool:
     """Catch-up creates a kind's dates in order, each after the previous run is done (so an
     occurrence renewed by one run is queued by the next), but never waits on a stalled run."""
@@ -200,12 +213,18 @@ def dry_run_of(
     return Run(run_id, billing_date, kind, RunState.DRY_RUN, True, now, finished_at=now, counts=counts)
 
 
-def ending(run: Run, now: datetime) -> Run:
-    """How a running run with no open item left ends: HALTED while one of its gateways is halted
-    (its deferred items wait for a resume), else COMPLETED now."""
+def ending(
+    run: Run, open_items: int, counts: RunCounts, now: datetime
+) -> tuple[Run, list[ev.RunEvent]] | None:
+    """How a running run with no open item left ends: HALTED while one of its gateways is halted (its
+    deferred items wait for a resume), else COMPLETED now with its counts, announced. None while it
+    has open items or is not running."""
+    if open_items or run.state is not RunState.RUNNING:
+        return None
     if run.halted_gateways:
-        return replace(run, state=RunState.HALTED)
-    return replace(run, state=RunState.COMPLETED, finished_at=now)
+        return replace(run, state=RunState.HALTED), []
+    completed = replace(run, state=RunState.COMPLETED, finished_at=now, counts=counts)
+    return completed, [ev.RunCompleted(completed)]
 
 
 def reopens(run: Run, queued: int) -> bool:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from billing_common.errors import FailedPrecondition, NotFound, Violations
+from billing_common.errors import FailedPrecondition, Violations, existing
 from billing_common.money import Money
 from billing_common.payments import FailureType
 from billing_common.subscriptions import ExhaustedAction, Frequency, SubscriptionStatus
@@ -36,6 +36,7 @@ from recurring.domain.payments import (
     outcome_of,
     past_due_after,
 )
+from recurring.domain.proration import ProrationLine
 from recurring.domain.runs import AfterFailure, ItemResult, ItemStatus, WorkItem, after_failure
 from recurring.domain.schedule import period_starting
 from recurring.domain.status import BILLABLE, Action, InvoiceStatus, can, invoice_transition
@@ -48,6 +49,7 @@ from recurring.domain.subscription import (
     renew,
     skip_occurrence,
 )
+from recurring.domain.usage import Usages
 
 BILLING = Cause("billing")
 # An open proration of a subscription: its id, description and amount (negative: a credit).
@@ -116,6 +118,8 @@ class Change:
 
     invoices: dict[str, Invoice] = field(default_factory=dict)  # new, in their final state
     prorations: dict[str, list[int]] = field(default_factory=dict)  # attached, by invoice id
+    # Lines a subscription's change leaves for its next invoice, by subscription id.
+    new_prorations: dict[str, list[ProrationLine]] = field(default_factory=dict)
     attempts: list[Transaction] = field(default_factory=list)  # new, written before they are sent
     answered: dict[str, Transaction] = field(default_factory=dict)  # by transaction id
     statuses: dict[str, tuple[InvoiceStatus, datetime | None]] = field(default_factory=dict)
@@ -192,19 +196,29 @@ class _Working:
 
 def bill(
     items: Sequence[WorkItem],
-    usage: Mapping[int, PeriodUsage],
+    usages: Usages,
     books: Books,
     rules: Rules,
     now: datetime,
     new_id: NewId,
 ) -> Change:
     """Invoice each held occurrence once (base + usage + add-ons + proration - credit) and write the
-    attempt to send; skip the ones not to bill, moving their subscription past them. `usage` is what
-    quota reports of the period behind each item's due date, by item id (none: nothing to add)."""
+    attempt to send; skip the ones not to bill, moving their subscription past them. An item whose
+    tries ran out is parked instead. `usages` is what quota reports of the period behind each item's
+    due date: an item whose usage quota could not give now waits, one whose usage failed counts a
+    failure of ours."""
     change = Change()
     working = _Working(books, change, now)
     for item in items:
-        _bill_one(working, item, usage.get(item.item_id, NO_USAGE), rules, new_id)
+        if (parked := worn_out(item, rules)) is not None:
+            change.failures.append(parked)
+        elif item.item_id in usages.waiting:
+            change.deferred.append((item, *usages.waiting[item.item_id]))
+        elif item.item_id in usages.failed:
+            error = usages.failed[item.item_id]
+            change.failures.append(failure_of(item, f"usage: {type(error).__name__}: {error}", rules))
+        else:
+            _bill_one(working, item, usages.found.get(item.item_id, NO_USAGE), rules, new_id)
     return change
 
 
@@ -373,21 +387,36 @@ def check_retry(invoice_id: str, retry_key: str) -> None:
     violations.raise_if_any()
 
 
-def earlier_retry(found: Transaction | None, invoice_id: str, retry_key: str) -> Transaction | None:
-    """The attempt a retry key made before, if any; a key made for another invoice is refused."""
-    if found is not None and found.invoice_id != invoice_id:
-        raise FailedPrecondition(f"idempotency key {retry_key!r} was used for another invoice")
-    return found
+@dataclass(frozen=True)
+class Retrying:
+    """What a retry sends: the attempt, and whether it was answered before (`replayed`: nothing is
+    charged again); `change` writes a new attempt before it is sent."""
+
+    attempt: Transaction
+    replayed: bool = False
+    change: Change = field(default_factory=Change)
 
 
 def retry(
-    invoice: Invoice, attempts: Sequence[Transaction], retry_key: str, now: datetime, new_id: NewId
-) -> Transaction:
-    """Dunning's new charge of the invoice under its key; refused while the invoice cannot be charged."""
+    earlier: Transaction | None,
+    invoice: Invoice,
+    attempts: Sequence[Transaction],
+    retry_key: str,
+    now: datetime,
+    new_id: NewId,
+) -> Retrying:
+    """Dunning's charge of the invoice under its key. The attempt the key made before is sent again
+    (answered: replayed), a key made for another invoice is refused; a new attempt is refused while
+    the invoice cannot be charged."""
+    if earlier is not None:
+        if earlier.invoice_id != invoice.invoice_id:
+            raise FailedPrecondition(f"idempotency key {retry_key!r} was used for another invoice")
+        return Retrying(earlier, replayed=earlier.answered)
     refusal = retry_refusal(invoice, attempts)
     if refusal:
         raise FailedPrecondition(refusal)
-    return next_attempt(invoice, attempts, now, new_id, retry_key=retry_key)
+    attempt = next_attempt(invoice, attempts, now, new_id, retry_key=retry_key)
+    return Retrying(attempt, change=Change(attempts=[attempt]))
 
 
 def retry_refusal(invoice: Invoice, attempts: Sequence[Transaction]) -> str:
@@ -449,9 +478,7 @@ def _record(working: _Working, answer: Answer, result: ChargeResult, cause: Caus
             return None
     elif current.answered:
         return None
-    invoice = working.invoices.get(attempt.invoice_id)
-    if invoice is None:
-        raise NotFound(f"invoice {attempt.invoice_id} does not exist")
+    invoice = existing(working.invoices, attempt.invoice_id, "invoice")
     answered = answered_attempt(current, result)
     working.put_attempt(answered)
     outcome = outcome_of(result)
@@ -475,9 +502,7 @@ def settle_return(
     if attempt.status is PaymentStatus.RETURNED:
         return change
     working = _Working(books, change, now)
-    invoice = working.invoices.get(attempt.invoice_id)
-    if invoice is None:
-        raise NotFound(f"invoice {attempt.invoice_id} does not exist")
+    invoice = existing(working.invoices, attempt.invoice_id, "invoice")
     returned = dataclasses.replace(
         attempt,
         status=PaymentStatus.RETURNED,
@@ -498,14 +523,16 @@ def settle_return(
     return change
 
 
-def void(invoice: Invoice, attempts: Sequence[Transaction], reason: str, now: datetime) -> Change:
+def void(invoice_id: str, books: Books, reason: str, now: datetime) -> Change:
     """Void an unpaid invoice whose charges have all come to an end: revenue, receivable and applied
     credit go back."""
+    invoice = existing(books.invoices, invoice_id, "invoice")
+    attempts = books.attempts.get(invoice_id, [])
     invoice_transition(invoice.status, InvoiceStatus.VOID)
     if attempts and (not attempts[-1].answered or awaiting_result(attempts[-1])):
         raise FailedPrecondition("a charge of this invoice is still waiting for its outcome")
     change = Change()
-    working = _Working(Books({}, {invoice.invoice_id: invoice}, {}), change, now)
+    working = _Working(books, change, now)
     voided = dataclasses.replace(invoice, status=InvoiceStatus.VOID)
     working.put_invoice(voided)
     posting = ledger.void_posting(
@@ -532,19 +559,22 @@ class ExhaustionPolicy:
 
 
 def write_off(
-    invoice: Invoice,
-    sub: Subscription | None,
+    invoice_id: str,
+    books: Books,
     policy: ExhaustionPolicy,
     action: ExhaustedAction | None,
     cause: Cause,
     now: datetime,
 ) -> Change:
     """Dunning ran out of attempts: the unpaid invoice is written off, and the subscription is
-    cancelled or suspended (the event's `action`, else the merchant's policy)."""
+    cancelled or suspended (the event's `action`, else the merchant's policy). An invoice that is not
+    recurring's changes nothing."""
     change = Change()
-    cancel = sub is not None and policy.cancels(sub.merchant_id, action)
-    subscriptions = {sub.subscription_id: sub} if sub is not None else {}
-    working = _Working(Books(subscriptions, {invoice.invoice_id: invoice}, {}), change, now)
+    invoice = books.invoices.get(invoice_id)
+    if invoice is None:
+        return change
+    sub = books.subscriptions.get(invoice.subscription_id)
+    working = _Working(books, change, now)
     if invoice.status in (InvoiceStatus.OPEN, InvoiceStatus.PAYMENT_FAILED):
         invoice_transition(invoice.status, InvoiceStatus.UNCOLLECTIBLE)
         written_off = dataclasses.replace(invoice, status=InvoiceStatus.UNCOLLECTIBLE)
@@ -556,7 +586,7 @@ def write_off(
         working.announce(ev.InvoiceUncollectible(written_off), None)
     if sub is None:
         return change
-    if cancel:
+    if policy.cancels(sub.merchant_id, action):
         if can(sub.status, Action.CANCEL):
             ended = cancelled(sub, now)
             working.save(sub, ended, cause)
@@ -571,9 +601,7 @@ def settle_refund(attempt: Transaction, refund_id: str, refunded_total: Money, b
     invoice records the total refunded. `refunded_total` is the payment's total so far, so a refund
     heard twice, or after a later one, changes nothing."""
     change = Change()
-    invoice = books.invoices.get(attempt.invoice_id)
-    if invoice is None:
-        raise NotFound(f"invoice {attempt.invoice_id} does not exist")
+    invoice = existing(books.invoices, attempt.invoice_id, "invoice")
     more = refunded_total.amount_minor - invoice.refunded_minor
     if more <= 0 or refunded_total.currency != invoice.total.currency:
         return change
@@ -682,14 +710,12 @@ def failure_of(item: WorkItem, reason: str, rules: Rules) -> tuple[WorkItem, Aft
     )
 
 
-def worn_out(items: Sequence[WorkItem], rules: Rules) -> list[tuple[WorkItem, AfterFailure, str]]:
-    """The claimed items whose tries ran out without an outcome (a worker that stopped holding one
-    counts at the claim): parked, not worked."""
-    parked = []
-    for item in items:
-        after = after_failure(item.failures, rules.max_failures, rules.defer_delay)
-        if item.failures and after.park:
-            last = item.detail or "its worker stopped holding it"
-            reason = f"{item.failures} tries ended without an outcome; last: {last}"
-            parked.append((item, after, reason[:REASON_LENGTH]))
-    return parked
+def worn_out(item: WorkItem, rules: Rules) -> tuple[WorkItem, AfterFailure, str] | None:
+    """A claimed item whose tries ran out without an outcome (a worker that stopped holding one
+    counts at the claim) is parked, not worked: how, and why."""
+    after = after_failure(item.failures, rules.max_failures, rules.defer_delay)
+    if not (item.failures and after.park):
+        return None
+    last = item.detail or "its worker stopped holding it"
+    reason = f"{item.failures} tries ended without an outcome; last: {last}"
+    return item, after, reason[:REASON_LENGTH]

@@ -27,12 +27,13 @@ class UsagePeriod:
 
 @dataclass(frozen=True)
 class Usages:
-    """What quota's answers mean for a batch: the usage to bill by item id (none asked: nothing to
-    add), the items that wait because quota could not give it now, and those whose usage failed."""
+    """What quota's answers mean for a batch, by item id: the usage to bill (none: nothing to add),
+    how long an item waits and why when quota could not give it now, and the error of an item whose
+    usage failed."""
 
     found: dict[int, PeriodUsage] = field(default_factory=dict)
-    waiting: list[tuple[WorkItem, timedelta, str]] = field(default_factory=list)
-    failed: list[tuple[WorkItem, Exception]] = field(default_factory=list)
+    waiting: dict[int, tuple[timedelta, str]] = field(default_factory=dict)
+    failed: dict[int, Exception] = field(default_factory=dict)
 
 
 def usage_billed(sub: Subscription, item: WorkItem) -> bool:
@@ -69,21 +70,16 @@ def periods_to_ask(
 
 
 def sort_answers(
-    items: Sequence[WorkItem],
-    asked: Sequence[WorkItem],
-    answers: Sequence[PeriodUsage | Exception],
-    defer_delay: timedelta,
+    asked: Sequence[WorkItem], answers: Sequence[PeriodUsage | Exception], defer_delay: timedelta
 ) -> Usages:
     """quota's answers (one per asked item, in order) sorted: usage to bill; quota unavailable, the
     item waits `defer_delay` (nobody's failure); any other error, a failure of ours."""
-    usages = Usages(found={item.item_id: PeriodUsage() for item in items})
+    usages = Usages()
     for item, answer in zip(asked, answers, strict=True):
-        if isinstance(answer, Exception):
-            del usages.found[item.item_id]
-            if isinstance(answer, Unavailable):
-                usages.waiting.append((item, defer_delay, f"usage unavailable: {answer.message}"))
-            else:
-                usages.failed.append((item, answer))
+        if isinstance(answer, Unavailable):
+            usages.waiting[item.item_id] = (defer_delay, f"usage unavailable: {answer.message}")
+        elif isinstance(answer, Exception):
+            usages.failed[item.item_id] = answer
         else:
             usages.found[item.item_id] = answer
     return usages
