@@ -1,4 +1,9 @@
-"""The demo company: a plan catalog, a distributor's hierarchy and a few hundred subscriptions.
+"""The demo company: a plan catalog, a hierarchy of end users and a distributor, and a few hundred
+subscriptions.
+
+The plan-based customers are end users that pay for themselves (standalone), so their own tier
+picks their plan: when one becomes Pro its subscription moves to the Pro plan. The distributor
+resells to end users of its own, billed through it: their tiers roll up to the distributor's.
 
 Everything goes through the services' gRPC APIs as the operator, with idempotency keys (or
 upserts), so seeding twice changes nothing. The payment tokens are the sandbox gateway's own:
@@ -29,6 +34,8 @@ CURRENCY = "USD"
 SUBSCRIPTION_HEARD_TIMEOUT_S = 60.0
 MERCHANT = "demo-merchant"
 DISTRIBUTOR = "demo-distributor"
+# The end users the distributor resells to; they pay through it, so they have no subscription.
+RESOLD_END_USERS = [f"{DISTRIBUTOR}-customer-{n}" for n in range(1, 4)]
 # Metered (billed beyond what is included) and limited (refused beyond the limit) keys.
 API_CALLS = "api.calls"
 EXPORTS = "exports.daily"
@@ -97,7 +104,7 @@ class Customer:
     token: str
     method: common.PaymentMethodType.ValueType
     start: date
-    # Plan-based customers belong to the distributor's hierarchy and follow their tier.
+    # Plan-based customers are end users billed themselves, in the tier hierarchy; they follow their tier.
     tier_mapped: bool
     custom_amount: int
 
@@ -178,13 +185,12 @@ async def seed(stubs: Stubs, count: int, first_day: date, now: datetime) -> list
             distributors=[tpb.Distributor(distributor_id=DISTRIBUTOR, name="Demo Distribution", active=True)]
         )
     )
+    owners = [(c.account_id, "") for c in mapped] + [(e, DISTRIBUTOR) for e in RESOLD_END_USERS]
     await stubs.tier.UpsertEndUsers(
         tpb.UpsertEndUsersRequest(
             end_users=[
-                tpb.EndUser(
-                    end_user_id=c.account_id, distributor_id=DISTRIBUTOR, name=c.account_id, active=True
-                )
-                for c in mapped
+                tpb.EndUser(end_user_id=end_user, distributor_id=distributor, name=end_user, active=True)
+                for end_user, distributor in owners
             ]
         )
     )
@@ -192,20 +198,20 @@ async def seed(stubs: Stubs, count: int, first_day: date, now: datetime) -> list
         tpb.UpsertDatabasesRequest(
             databases=[
                 tpb.Database(
-                    database_id=f"{c.account_id}-db",
-                    end_user_id=c.account_id,
-                    company_name=c.account_id,
+                    database_id=f"{end_user}-db",
+                    end_user_id=end_user,
+                    company_name=end_user,
                     sso_access=True,
                     rest_api_access=True,
                     active=True,
                 )
-                for c in mapped
+                for end_user, _ in owners
             ]
         )
     )
     await stubs.tier.ReportSignals(
         tpb.ReportSignalsRequest(
-            signals=[s for c in mapped for s in signals(c.account_id, now, sso=False, api_clients=0)]
+            signals=[s for end_user, _ in owners for s in signals(end_user, now, sso=False, api_clients=0)]
         )
     )
     await stubs.scan("demo-first-scan")

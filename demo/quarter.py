@@ -22,7 +22,7 @@ from billing.dunning.v1 import dunning_pb2 as dpb
 from billing.quota.v1 import quota_pb2 as qpb
 from billing.recurring.v1 import recurring_pb2 as rpb
 from billing.tier.v1 import tier_pb2 as tpb
-from demo.company import API_CALLS, EXPORTS, MERCHANT, Customer, signals
+from demo.company import API_CALLS, EXPORTS, MERCHANT, RESOLD_END_USERS, Customer, signals
 from demo.stubs import Stubs, pages
 
 DAY = timedelta(days=1)
@@ -63,6 +63,8 @@ class Summary:
     failures: Counter[str] = field(default_factory=Counter)
     cases: Counter[str] = field(default_factory=Counter)
     tier_changes: Counter[str] = field(default_factory=Counter)
+    # The plans the tier-mapped subscriptions ended on (all started on lite).
+    tier_plans: Counter[str] = field(default_factory=Counter)
     quota_denials: int = 0
     ledger_transactions: int = 0
     ledger_unbalanced: int = 0
@@ -80,6 +82,7 @@ class Summary:
             f"failures by type: {counts(self.failures)}",
             f"dunning: {counts(self.cases)}",
             f"tier changes: {counts(self.tier_changes)}",
+            f"tier-mapped subscriptions on plan: {counts(self.tier_plans)}",
             f"quota denials: {self.quota_denials}",
             f"ledger: {self.ledger_transactions} transactions, "
             + ("balanced" if not self.ledger_unbalanced else f"{self.ledger_unbalanced} UNBALANCED"),
@@ -110,13 +113,15 @@ async def record_day(stubs: Stubs, customers: list[Customer], now: datetime, rng
 
 
 async def grow(stubs: Stubs, customers: list[Customer], day: int, days: int, now: datetime) -> None:
-    """A third of the way in some customers turn on API clients, half way others SSO: a scan
-    finds it, tier moves them up, and recurring moves their subscriptions with proration."""
+    """A third of the way in some customers turn on API clients, half way others SSO (and so does
+    one of the distributor's end users): a scan finds it, tier moves them up, and recurring moves
+    the subscriptions of those that pay for themselves to their tier's plan with proration."""
     mapped = [c for c in customers if c.tier_mapped]
     if day == days // 3:
         changed = [s for c in mapped[1::6] for s in signals(c.account_id, now, sso=False, api_clients=2)]
     elif day == days // 2:
-        changed = [s for c in mapped[2::6] for s in signals(c.account_id, now, sso=True, api_clients=0)]
+        accounts = [c.account_id for c in mapped[2::6]] + RESOLD_END_USERS[:1]
+        changed = [s for account in accounts for s in signals(account, now, sso=True, api_clients=0)]
     else:
         return
     await stubs.tier.ReportSignals(tpb.ReportSignalsRequest(signals=changed))
@@ -187,6 +192,12 @@ async def read_back(stubs: Stubs, customers: list[Customer], since: datetime, su
         # Databases move by the rule that fired, end users and the distributor by roll-up.
         if change.previous_tier != common.TIER_UNSPECIFIED:
             summary.tier_changes[change.rule_id] += 1
+    for c in customers:
+        if not c.tier_mapped:
+            continue
+        subscribed = rpb.ListSubscriptionsRequest(account_id=c.account_id)
+        for subscription in (await stubs.recurring.ListSubscriptions(subscribed)).subscriptions:
+            summary.tier_plans[subscription.plan_code] += 1
     for account in sorted(ours):
         entries = await pages(
             stubs.recurring.ListLedgerEntries,

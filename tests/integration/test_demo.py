@@ -72,6 +72,22 @@ async def test_two_weeks_of_the_demo_are_billed_and_summarised_as_the_services_r
                 assert {"sso-pro", "api-plus", "rollup-highest"} <= set(summary.tier_changes)
                 assert summary.quota_denials > 0
 
+                # The plan-based customers pay for themselves: those the demo moved up (a sixth by
+                # API clients, a sixth by SSO) end on their tier's plan, with the unused rest of a
+                # paid period prorated onto their next invoice.
+                mapped = CUSTOMERS // 2
+                assert summary.tier_plans == Counter(
+                    {"lite": mapped - 2 * (mapped // 6), "plus": mapped // 6, "pro": mapped // 6}
+                )
+                plans = await rows(env, "recurring", "SELECT plan_code FROM subscriptions WHERE tier_mapped")
+                assert summary.tier_plans == Counter(r["plan_code"] for r in plans)
+                prorated = await rows(
+                    env,
+                    "recurring",
+                    "SELECT description FROM pending_prorations WHERE description LIKE '%lite -> p%'",
+                )
+                assert prorated
+
                 again = await play(stubs, CUSTOMERS, DAYS, QUARTER_START)
                 assert again.days == 0  # the clock is past the demo's days: nothing is billed twice
                 assert again.invoices == summary.invoices

@@ -10,6 +10,8 @@ role never reads another's schema), so a restarted pod, or a Redis that lost the
 from the later of the two. A move is announced on the Redis channel of the same name, which wakes
 every pod at once; the pods also read the key every report interval, so an announcement missed
 during a reconnect is applied a moment later.
+A part of the suite that only shows the time (the console) follows the key with a `ClockReader`:
+it keeps and reports nothing, so an advance never waits for it.
 
 Catching up: each pod keeps, under `<key>:pod:<service>:<pod>` with a short expiry (listed in the
 set `<key>:pods`, so that finding the reports never scans Redis's keys), a report of
@@ -40,6 +42,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
 
 from billing_common.clock import Clock, SystemClock
 
@@ -290,6 +293,42 @@ class ClockAgent:
             await listed.execute()
         if asked:
             await self._redis.publish(f"{self._key}:reports", report)
+
+
+class ClockReader:
+    """Keeps a clock on the suite's announced instant, for a part of the suite that only shows the
+    time and has no schema of its own (the console): it keeps no instant, reports no work, and so
+    is never waited for by an advance. Before the clock is first set, it reads wall time."""
+
+    def __init__(self, clock: SharedClock, redis: Redis, key: str) -> None:
+        self._clock = clock
+        self._redis = redis
+        self._key = key
+
+    async def follow(self) -> None:
+        announced = _decode(await self._redis.get(self._key))
+        if announced is not None:
+            self._clock.move_to(announced)
+
+    async def run(self) -> None:
+        """Follow each announcement at once, and read the key every report interval (an
+        announcement missed while Redis was away is applied a moment later)."""
+        while True:
+            pubsub = self._redis.pubsub()
+            try:
+                await pubsub.subscribe(self._key)
+                while True:
+                    await self.follow()
+                    with contextlib.suppress(TimeoutError):
+                        await pubsub.get_message(
+                            ignore_subscribe_messages=True, timeout=REPORT_INTERVAL.total_seconds()
+                        )
+            except RedisError:
+                log.warning("test clock: Redis unreachable, following again shortly", exc_info=True)
+                await asyncio.sleep(REPORT_INTERVAL.total_seconds())
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
 @dataclass(frozen=True)

@@ -116,6 +116,7 @@ def console_env(key: tokens.SigningKey) -> tuple[dict[str, str], dict[str, str]]
         f"{prefix}_AUTH_TOKEN_FILE": str(token_file),
         f"{prefix}_USERS_FILE": str(users_file),
         f"{prefix}_COOKIE_SECURE": "false",
+        f"{prefix}_TEST_CLOCK": TEST_CLOCK,
         **{
             f"{prefix}_{other.upper().replace('-', '_')}_ADDR": f"127.0.0.1:{port}"
             for other, _, _, port, _ in SERVICES

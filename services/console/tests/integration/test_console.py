@@ -54,6 +54,13 @@ async def test_an_account_page_seen_twice_makes_no_second_round_of_service_reads
     assert after_first > first or first > 0  # the first visit of all did read
 
 
+async def test_an_unknown_account_is_not_found_like_an_unknown_run(running_console: RunningConsole) -> None:
+    async with signed_in(running_console, "bob") as client:
+        assert (await client.get("/runs/no-such-run")).status_code == 404
+        assert (await client.get("/accounts/no-such-account")).status_code == 404
+        assert (await client.get("/accounts/acme")).status_code == 200
+
+
 async def test_a_form_without_the_sessions_csrf_token_is_refused_and_changes_nothing(
     running_console: RunningConsole,
 ) -> None:

@@ -34,7 +34,10 @@ class FakeClock:
 
 
 class FakeServices:
-    """Answers every read with an empty message (or NOT_FOUND for tier reads) and counts calls."""
+    """Answers every read with an empty message (or NOT_FOUND for tier reads) and counts calls;
+    recurring has billed the accounts in BILLED (one ledger transaction each), and no other."""
+
+    BILLED = ("acme", "globex")
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, dict[str, Any], str]] = []
@@ -48,6 +51,8 @@ class FakeServices:
             await self.gate.wait()
         if service == "tier":
             raise NotFound("no such account")
+        if method == "ListLedgerEntries" and request.get("account_id") in self.BILLED:
+            return {"entries": [{"ledger_transaction_id": "t1", "account": "receivable"}]}
         if method == "GetCase" or method.endswith("Case") or method == "RetryNow":
             return {
                 "dunning_case": {
@@ -89,6 +94,14 @@ async def test_an_account_page_seen_twice_within_the_cache_lifetime_reads_the_se
     clock.seconds = 60
     await pages.account("acme")
     assert len(services.calls) == 2 * first_round
+
+
+async def test_an_account_no_service_knows_is_not_found_and_one_billed_without_a_tier_is_shown() -> None:
+    _, _, _, pages, _ = console()
+    with pytest.raises(NotFound):
+        await pages.account("nobody")
+    shown = await pages.account("acme")
+    assert shown["tier"] is None and len(shown["ledger"]) == 1
 
 
 async def test_an_event_about_the_account_refetches_only_that_accounts_reads() -> None:

@@ -83,6 +83,7 @@ class Web:
 
     name: str
     package: str
+    prefix: str
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ def load(root: Path = SERVICE_LIST.parent) -> Suite:
             raise DeclarationError(
                 f"{service.name}: calls {sorted(unknown)}, not gRPC services of services.toml"
             )
-    return Suite(services, Web(listed["web"]["name"], listed["web"]["package"]))
+    return Suite(services, Web(listed["web"]["name"], listed["web"]["package"], listed["web"]["prefix"]))
 
 
 def _service(entry: dict[str, Any], folder: Path) -> Service:

@@ -291,6 +291,14 @@ def dev_kustomization(suite: Suite) -> str:
             }
             for service in suite.services
         ]
+        # The console's "today" is the suite's instant too.
+        + [
+            {
+                "name": f"{suite.web.name}-config",
+                "behavior": "merge",
+                "literals": [f"{suite.web.prefix}_TEST_CLOCK=true"],
+            }
+        ]
     )
     admin_dsn = "\n".join(
         f"- target:\n    kind: Job\n    name: {service.name}-migrate\n  patch: |-\n"
@@ -349,6 +357,10 @@ def prod_kustomization(suite: Suite, pinned: dict[str, dict[str, str]]) -> str:
             f"    # {pool}{' ' + service.prod_pool_note if service.prod_pool_note else ''}\n"
             f"    - {service.prefix}_DB_POOL_MAX={service.prod_db_pool_max}"
         )
+    settings.append(
+        f"- name: {suite.web.name}-config\n  behavior: merge\n  literals:\n"
+        f"    - {suite.web.prefix}_TEST_CLOCK=false"
+    )
     sizing = []
     for service in suite.services:
         if service.prod_resources is None:

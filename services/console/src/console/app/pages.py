@@ -9,6 +9,7 @@ from datetime import datetime, time
 from typing import Any
 
 from billing_common.clock import Clock
+from billing_common.errors import NotFound
 from billing_common.money import MINOR_DIGITS
 from console.app.ports import DeadLetters, Record
 from console.app.reads import CachedReads
@@ -115,6 +116,9 @@ class Pages:
                 self._all("dunning", "ListCases", by_account, "cases"),
             ),
         )
+        # Tier knows every account of the hierarchy; recurring and dunning, every account they billed.
+        if tier is None and hierarchy is None and not (subscribed or billed or ledger or cases):
+            raise NotFound("no service knows this account")
         # A balance is per currency: one for each currency the account is billed in.
         currencies = sorted({s["amount"]["currency"] for s in subscribed if s.get("amount")})
         balances = await asyncio.gather(

@@ -1,8 +1,10 @@
 """Start the console: channels to the five services, Redis sessions, the event listener that keeps
-the cache fresh, and the web server. `python -m console.entrypoints.main`."""
+the cache fresh, the suite's test clock when it is on, and the web server.
+`python -m console.entrypoints.main`."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import signal
@@ -16,11 +18,12 @@ import uvloop
 from redis.asyncio import Redis
 
 from billing_common.auth import WatchedFile
-from billing_common.clock import SystemClock
+from billing_common.clock import Clock, SystemClock
 from billing_common.grpc_client import open_channel
 from billing_common.logging import configure_logging
 from billing_common.paging import MAX_PAGE_SIZE
 from billing_common.settings import load_settings
+from billing_common.suite_clock import ClockReader, SharedClock
 from console.adapters.events import CacheInvalidation, DeadLetterDepths
 from console.adapters.people import AccountsFile
 from console.adapters.services import GrpcServices
@@ -44,6 +47,19 @@ def outgoing_token(settings: ConsoleSettings) -> str | Callable[[], str]:
     return settings.auth_token.strip()
 
 
+async def suite_clock(
+    settings: ConsoleSettings, redis: Redis, wall: Clock
+) -> tuple[Clock, ClockReader | None]:
+    """The clock the pages call "now": the suite's instant when the test clock is on, else wall time."""
+    if not settings.test_clock:
+        return wall, None
+    log.warning("TEST CLOCK: the console's pages read the suite's test clock, not wall time")
+    clock = SharedClock(wall)
+    reader = ClockReader(clock, redis, settings.test_clock_key)
+    await reader.follow()
+    return clock, reader
+
+
 async def serve(settings: ConsoleSettings) -> None:
     token = outgoing_token(settings)
     addresses = {
@@ -56,7 +72,10 @@ async def serve(settings: ConsoleSettings) -> None:
     channels = {name: open_channel(address, token) for name, address in addresses.items()}
     redis = Redis.from_url(settings.redis_url)
     amqp = await aio_pika.connect_robust(settings.amqp_url)
-    clock = SystemClock()
+    # Sessions expire on wall time: advancing the suite's clock signs nobody out.
+    wall = SystemClock()
+    clock, reader = await suite_clock(settings, redis, wall)
+    following = asyncio.create_task(reader.run()) if reader is not None else None
     services = GrpcServices(channels, settings.rpc_timeout.total_seconds())
     reads = CachedReads(
         services, ReadCache(settings.cache_ttl.total_seconds(), time.monotonic), MAX_PAGE_SIZE
@@ -75,7 +94,7 @@ async def serve(settings: ConsoleSettings) -> None:
         signin=SignIn(
             AccountsFile(settings.users_file),
             RedisSessions(redis, settings.namespace),
-            clock,
+            wall,
             SessionRules(settings.session_idle, settings.session_longest),
         ),
         ready=ready,
@@ -99,6 +118,10 @@ async def serve(settings: ConsoleSettings) -> None:
     try:
         await server.serve()
     finally:
+        if following is not None:
+            following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await following
         with contextlib.suppress(Exception):
             await amqp.close()
         await redis.aclose()
