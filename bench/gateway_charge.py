@@ -20,7 +20,15 @@ from datetime import timedelta
 from typing import Any
 
 from bench.echo_baseline import echo_caller
-from bench.harness import Figures, bench_env, busiest_second, closed_loop, cpu_seconds, server_process
+from bench.harness import (
+    Figures,
+    bench_env,
+    busiest_second,
+    closed_loop,
+    cpu_seconds,
+    outbox_drained,
+    server_process,
+)
 from billing.common.v1 import common_pb2
 from billing.gateway.v1 import gateway_pb2 as pb
 from billing.gateway.v1 import gateway_pb2_grpc
@@ -56,9 +64,16 @@ def charge_request(key: str) -> pb.ChargeRequest:
 
 
 async def _measured(
-    name: str, call: Callable[[int], Awaitable[Any]], concurrency: int, pid: int, per_call: int = 1
+    name: str,
+    call: Callable[[int], Awaitable[Any]],
+    concurrency: int,
+    pid: int,
+    drained: Callable[[], Awaitable[None]],
+    per_call: int = 1,
 ) -> tuple[Figures, float]:
-    """The figures of a closed loop, and the pod's CPU milliseconds per charge during it."""
+    """The figures of a closed loop, started once the events of the last one are published, and
+    the pod's CPU milliseconds per charge during it."""
+    await drained()
     before = cpu_seconds(pid)
     figures = await closed_loop(name, call, concurrency, SECONDS)
     return figures, (cpu_seconds(pid) - before) * 1000 / (figures.calls * per_call)
@@ -126,6 +141,9 @@ async def unpaced() -> None:
             async with open_channel(f"127.0.0.1:{served.port}", env.token("recurring")) as channel:
                 stub = gateway_pb2_grpc.GatewayServiceStub(channel)
 
+                async def drained() -> None:
+                    await outbox_drained(env, settings.schema)
+
                 def single_of(round_number: int) -> Callable[[int], Awaitable[None]]:
                     # A key of its own per round: the loop's call numbers start again at 0 each round,
                     # and a key charged before is a replay, not a charge.
@@ -150,18 +168,21 @@ async def unpaced() -> None:
 
                 await single_of(-1)(0)
                 for round_number in range(ROUNDS):
+                    await drained()
                     echo = await closed_loop("echo (service host)", echo_call, CONCURRENCY, SECONDS)
                     single, cpu = await _measured(
                         f"gateway Charge (sandbox, 0 ms) r{round_number}",
                         single_of(round_number),
                         CONCURRENCY,
                         served.pid,
+                        drained,
                     )
                     batched, batch_cpu_ms = await _measured(
                         f"gateway ChargeBatch x{BATCH} r{round_number}",
                         batch_of(round_number),
                         BATCH_CONCURRENCY,
                         served.pid,
+                        drained,
                         BATCH,
                     )
                     charge_ratios.append(single.rps / echo.rps)
@@ -179,6 +200,7 @@ async def unpaced() -> None:
                     reply = await stub.Charge(charge_request(f"bench-0-{n % 100}"))
                     assert reply.replayed
 
+                await drained()
                 replays = await closed_loop("gateway Charge replay (stored)", replay, CONCURRENCY, SECONDS)
                 print(replays.line(echo))
     print(f"Charge ratio to echo {_spread(charge_ratios)}; pod CPU per charge ms {_spread(charge_cpu)}")

@@ -228,6 +228,21 @@ async def busiest_second(env: InfraEnv, key_prefix: str = "") -> int:
         await conn.close()
 
 
+async def outbox_drained(env: InfraEnv, schema: str, timeout_s: float = 120.0) -> None:
+    """Wait until the relay of the service owning `schema` has published every event written so far,
+    so that a measurement does not start while the last one's events still take the machine."""
+    conn = await asyncpg.connect(env.infra.postgres_admin_url)
+    try:
+        deadline = time.monotonic() + timeout_s
+        unpublished = f"SELECT count(*) FROM {db.quote_ident(schema)}.outbox WHERE published_at IS NULL"
+        while await conn.fetchval(unpublished):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the outbox of {schema} was not drained in {timeout_s:.0f} s")
+            await asyncio.sleep(0.2)
+    finally:
+        await conn.close()
+
+
 @dataclass(frozen=True)
 class Stalls:
     """Pauses between consecutive charges at the gateway longer than some length."""
