@@ -75,3 +75,24 @@ async def test_written_entries_can_be_neither_changed_nor_removed(ledger: asyncp
     with pytest.raises(asyncpg.RestrictViolationError, match="append-only"):
         await ledger.execute("DELETE FROM ledger_entries")
     assert await ledger.fetchval("SELECT sum(abs(amount_minor)) FROM ledger_entries") == 3998
+
+
+async def test_the_balance_check_reads_only_the_written_transactions_however_large_the_ledger(
+    ledger: asyncpg.Connection,
+) -> None:
+    """Checking a posting must not read the whole ledger: that made every posting of a large run
+    slower than the last."""
+    earlier = [f"ltx_{n // 2}" for n in range(40_000)]
+    await ledger.execute(INSERT, earlier, [(-1) ** n * 1999 for n in range(40_000)], ["USD"] * 40_000, AT)
+    await ledger.execute("ANALYZE ledger_entries")
+
+    rows_read = """SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables
+                   WHERE schemaname = current_schema() AND relname = 'ledger_entries'"""
+    async with ledger.transaction():  # the session's counts move only by what happens in between
+        before = await ledger.fetchval(rows_read)
+        # A batch's postings: 200 transactions of two entries each.
+        posted = [f"ltx_new_{n // 2}" for n in range(400)]
+        await ledger.execute(INSERT, posted, [(-1) ** n * 2500 for n in range(400)], ["USD"] * 400, AT)
+        read = await ledger.fetchval(rows_read) - before
+
+    assert read <= 400  # the batch's own entries, not the 40,000 before them
