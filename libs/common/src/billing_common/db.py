@@ -142,15 +142,7 @@ async def create_pool(
         init=_init_connection,
         connection_class=PooledConnection,
         reset=_reset_session,
-        server_settings={
-            "search_path": schema,
-            "application_name": application,
-            # Every statement is planned for its own values. A generic plan, kept for the life of
-            # the connection, is costed on the statistics of when it was made: one made while a
-            # table was nearly empty scans it whole at every call as it grows, until an ANALYZE
-            # that a server without autovacuum never runs.
-            "plan_cache_mode": "force_custom_plan",
-        },
+        server_settings={"search_path": schema, "application_name": application},
     )
     _POOL_METRICS.pools[application] = pool
     return pool
@@ -256,10 +248,9 @@ async def provision(
     """Create the service's schema, owned by `role` and closed to everyone else.
 
     With a `runtime_role` as well, that second login role is what the service runs as: it gets
-    rows, not DDL (granted by `migrate`), and finds its schema and its plan cache mode (see
-    `create_pool`) without a startup parameter, which a transaction-mode pooler (PgBouncer) does
-    not pass on. A schema the runtime role owned until now is handed to `role`. Idempotent and
-    safe when many pods start at once (advisory lock).
+    rows, not DDL (granted by `migrate`), and finds its schema without a startup parameter, which
+    a transaction-mode pooler (PgBouncer) does not pass on. A schema the runtime role owned until
+    now is handed to `role`. Idempotent and safe when many pods start at once (advisory lock).
     """
     conn = await asyncpg.connect(admin_dsn)
     try:
@@ -280,9 +271,6 @@ async def provision(
                     )
                 await conn.execute(
                     f"ALTER ROLE {quote_ident(runtime_role)} SET search_path TO {quote_ident(schema)}"
-                )
-                await conn.execute(
-                    f"ALTER ROLE {quote_ident(runtime_role)} SET plan_cache_mode TO force_custom_plan"
                 )
             await conn.execute(f"REVOKE ALL ON SCHEMA {quote_ident(schema)} FROM PUBLIC")
             await conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
