@@ -180,7 +180,7 @@ class PostgresPayments:
     async def _apply(
         self, conn: asyncpg.Connection, recordings: Sequence[Recording], now: datetime
     ) -> list[Payment | None]:
-        """Every outcome in one statement and its events in one more."""
+        """Every outcome in one statement and its events in one more, in the caller's transaction."""
         columns: list[list[Any]] = [[] for _ in range(11)]
         for recording in recordings:
             classification = recording.outcome.classification
@@ -200,6 +200,9 @@ class PostgresPayments:
             )
             for column, value in zip(columns, values, strict=True):
                 column.append(value)
+        # Planned for these payments at every call: a plan the connection kept from when the table
+        # was nearly empty (and without statistics) would scan it whole at every recording.
+        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
         rows = await conn.fetch(
             """
             UPDATE payments p SET status = o.status, normalized_code = o.normalized_code,
