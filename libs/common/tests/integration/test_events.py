@@ -17,6 +17,7 @@ from billing_common.events import EventConsumer, Handlers, Outbox, OutboxRelay, 
 from billing_common.partitions import event_tables
 from billing_devtools.testing.faultproxy import FaultProxy
 from billing_devtools.testing.plugin import InfraEnv, eventually
+from billing_devtools.testing.scans import rows_scanned
 from billing_devtools.testing.servers import RabbitMQNode, outage
 
 CONSUMER_TABLES = db.Migration("0001.sql", "CREATE TABLE settled (payment_id TEXT NOT NULL);")
@@ -43,7 +44,8 @@ class Harness:
         self.env = env
         self.producer = producer
         self.consumer_pool = consumer_pool
-        self.outbox = Outbox("gateway-adapter", ControllableClock(datetime(2026, 11, 21, 3, 1, tzinfo=UTC)))
+        self.clock = ControllableClock(datetime(2026, 11, 21, 3, 1, tzinfo=UTC))
+        self.outbox = Outbox("gateway-adapter", self.clock)
         self.queue = f"recurring.{env.run_id}.events"
         env.queues += [self.queue, f"{self.queue}.retry", f"{self.queue}.dlq"]
         self.tasks: list[asyncio.Task[None]] = []
@@ -159,6 +161,42 @@ async def test_the_relay_reports_how_long_the_oldest_unpublished_event_has_waite
         assert 90 <= REGISTRY.get_sample_value("billing_outbox_lag_seconds", waited) < 120
         assert await relay.relay_once(exchange) == 0
         assert REGISTRY.get_sample_value("billing_outbox_lag_seconds", waited) == 0
+
+
+async def test_marking_events_published_finds_them_by_index_however_large_the_outbox_has_grown(
+    harness: Harness,
+) -> None:
+    """Without statistics (a server without autovacuum never gathers them), PostgreSQL costs
+    `id = ANY(<150 ids>)` on the outbox's non-unique id at most of the table, and scanned all of
+    it to mark a batch published: about 120 rows read per charge in the gateway bench."""
+    schema = f"producer_{harness.env.run_id}"
+    async with harness.producer.acquire() as conn:  # the day's own partition, as in a service
+        await partitions.maintain(
+            conn, schema, event_tables(timedelta(days=7), timedelta(days=30)), harness.clock.now()
+        )
+    await harness.producer.execute(
+        """INSERT INTO outbox (event_id, event_type, payload, created_at, published_at)
+           SELECT gen_random_uuid(), 'payment.succeeded', '', $1, $1 FROM generate_series(1, 20000)""",
+        harness.clock.now(),
+    )
+    for _ in range(150):
+        await harness.commit_payment(f"pay_{uuid.uuid4()}")
+    pool = await db.create_pool(
+        db.dsn_with_user(harness.env.infra.postgres_admin_url, schema), schema, application="test", max_size=1
+    )
+    try:
+        relay = OutboxRelay(pool, harness.env.infra.amqp_url, harness.env.exchange, "gateway-adapter")
+        async with await aio_pika.connect(harness.env.infra.amqp_url) as connection:
+            channel = await connection.channel(publisher_confirms=True)
+            exchange = await events.declare_exchange(channel, harness.env.exchange)
+            before = await rows_scanned(pool, "outbox%")
+
+            assert await relay.relay_once(exchange) == 150
+
+            assert await rows_scanned(pool, "outbox%") == before
+            assert await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL") == 0
+    finally:
+        await pool.close()
 
 
 async def test_event_committed_while_the_broker_is_down_is_delivered_after_it_returns(

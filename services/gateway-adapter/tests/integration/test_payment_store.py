@@ -5,14 +5,13 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import asyncpg
-
 from billing_common import db
 from billing_common.clock import SystemClock
 from billing_common.events import Outbox
 from billing_common.money import Money
 from billing_common.payments import MethodType
 from billing_devtools.testing.plugin import InfraEnv
+from billing_devtools.testing.scans import rows_scanned
 from gateway_adapter.adapters.payment_store import PostgresPayments
 from gateway_adapter.app.ports import Claim, GatewayReply, PaymentUpdate, Recording
 from gateway_adapter.domain.payments import ChargeRequest, PaymentEvent, Status
@@ -42,18 +41,6 @@ async def _charge(store: PostgresPayments, count: int) -> None:
     assert [payment.status if payment else None for payment in recorded] == [Status.SUCCEEDED] * count
 
 
-async def _rows_scanned(pool: asyncpg.Pool) -> int:
-    """Rows of `payments` read by sequential scans so far, the pool's last statements included."""
-    async with db.connection(pool) as conn:
-        await conn.execute("SELECT pg_stat_force_next_flush()")  # the pending counts of this backend
-        await conn.execute("SELECT pg_stat_clear_snapshot()")
-        scanned: int = await conn.fetchval(
-            """SELECT seq_tup_read FROM pg_stat_user_tables
-               WHERE schemaname = current_schema() AND relname = 'payments'"""
-        )
-        return scanned
-
-
 async def test_recording_outcomes_reads_payments_by_key_however_much_the_table_has_grown(
     env: InfraEnv,
 ) -> None:
@@ -79,10 +66,10 @@ async def test_recording_outcomes_reads_payments_by_key_however_much_the_table_h
                        'USD', 'sandbox-card', 'SUCCEEDED', now(), now()
                    FROM generate_series(1, 20000) AS n"""
             )
-            before = await _rows_scanned(pool)
+            before = await rows_scanned(pool, "payments")
 
             await _charge(store, 3)
 
-            assert await _rows_scanned(pool) == before
+            assert await rows_scanned(pool, "payments") == before
         finally:
             await pool.close()
