@@ -222,6 +222,15 @@ async def transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
             log.warning("a connection died after its commit", extra={"error": repr(error)})
 
 
+async def plan_each_call(conn: asyncpg.Connection) -> None:
+    """Have the rest of this transaction's statements planned for their own values and the tables
+    as they are now, not run on a plan the connection kept. PostgreSQL may keep one plan for a
+    prepared statement, costed when it was made: one made while a table was nearly empty (and
+    without statistics, which a server without autovacuum never gathers) can read the whole table
+    at every call once it has grown. For keyed statements on tables that grow fast."""
+    await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+
+
 @contextlib.asynccontextmanager
 async def connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
     """A pooled connection for statements outside a transaction.

@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 
 from billing.events.v1 import payment_pb2 as events
-from billing_common import telemetry
+from billing_common import db, telemetry
 from billing_common.db import connection, transaction
 from billing_common.errors import KeyReused, NotFound
 from billing_common.events import Outbox
@@ -200,9 +200,7 @@ class PostgresPayments:
             )
             for column, value in zip(columns, values, strict=True):
                 column.append(value)
-        # Planned for these payments at every call: a plan the connection kept from when the table
-        # was nearly empty (and without statistics) would scan it whole at every recording.
-        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        await db.plan_each_call(conn)
         rows = await conn.fetch(
             """
             UPDATE payments p SET status = o.status, normalized_code = o.normalized_code,
