@@ -106,10 +106,12 @@ test: install protos lint unit integration
 chaos: protos
 	BILLING_CHAOS_SIZE=full $(RUN) pytest $(PYTEST_FLAGS) tests/chaos
 
-# DEMO=0 skips the demo company and its simulated quarter (`demo/`).
+# DEMO=0 skips the demo company and its simulated quarter (`demo/`); RESET=1 starts over, dropping
+# the services' schemas, Redis keys, queues and test clock left by earlier runs.
 DEMO ?= 1
+RESET ?= 0
 run: protos
-	BILLING_DEMO=$(DEMO) $(RUN) python -m billing_devtools.devrun
+	BILLING_DEMO=$(DEMO) BILLING_RESET=$(RESET) $(RUN) python -m billing_devtools.devrun
 
 bench: protos
 	$(RUN) python bench/run_all.py

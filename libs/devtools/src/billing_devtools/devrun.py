@@ -6,7 +6,8 @@ The development key pair is made once in a git-ignored folder; an operator token
 Every service reads the suite's test clock (`<PREFIX>_TEST_CLOCK`), with short polls so that a
 simulated day passes in about a second. Once all are SERVING, the demo (`python -m demo`, a
 development tool outside the services) seeds a company and bills a quarter, unless
-BILLING_DEMO=0 (`make run DEMO=0`).
+BILLING_DEMO=0 (`make run DEMO=0`). BILLING_RESET=1 (`make run RESET=1`) starts over: what earlier
+runs left behind is dropped first.
 """
 
 from __future__ import annotations
@@ -20,7 +21,12 @@ import sys
 import time
 from pathlib import Path
 
+import aio_pika
+import asyncpg
+import redis.asyncio as redis
+
 from billing_common import db, tokens
+from billing_common.settings import CommonSettings
 from billing_devtools.services import CONSOLE, SERVICES
 from billing_devtools.testing.processes import wait_until_serving
 
@@ -29,6 +35,7 @@ DEV_PAGE_TOKEN_KEY = os.environ.get("BILLING_DEV_PAGE_TOKEN_KEY", "development-o
 ADMIN_URL = os.environ.get("BILLING_DEV_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 TEST_CLOCK = os.environ.get("BILLING_DEV_TEST_CLOCK", "true")
 DEMO = os.environ.get("BILLING_DEMO", "1") not in ("0", "false", "no", "off")
+RESET = os.environ.get("BILLING_RESET", "0") not in ("", "0", "false", "no", "off")
 # On the test clock: polls short enough that a simulated day passes in about a second, ACH
 # clearing in simulated days, and the secret that signs the sandbox's ACH notices to our webhook.
 TEST_CLOCK_SETTINGS = {
@@ -125,8 +132,41 @@ def console_env(key: tokens.SigningKey) -> tuple[dict[str, str], dict[str, str]]
     return env, passwords
 
 
+async def start_over(admin_url: str, redis_url: str, amqp_url: str, names: list[str], clock_key: str) -> None:
+    """Drop what earlier runs of the services `names` left: each one's schema (tables, migrations),
+    its Redis keys (counters, locks, sessions, cached views), its event queues, and the suite's
+    test clock. The next start migrates empty schemas; the demo seeds its company again."""
+    conn = await asyncpg.connect(admin_url)
+    try:
+        for name in names:
+            await conn.execute(f"DROP SCHEMA IF EXISTS {db.quote_ident(name.replace('-', '_'))} CASCADE")
+    finally:
+        await conn.close()
+    client = redis.Redis.from_url(redis_url)
+    try:
+        for name in names:
+            stale = [key async for key in client.scan_iter(match=f"{name}:*", count=1000)]
+            if stale:
+                await client.delete(*stale)
+        await client.delete(clock_key)
+    finally:
+        await client.aclose()
+    async with await aio_pika.connect(amqp_url) as connection:
+        channel = await connection.channel()
+        for name in names:
+            for queue in (f"{name}.events", f"{name}.events.retry", f"{name}.events.dlq"):
+                await channel.queue_delete(queue)
+
+
 def main() -> None:
     key = dev_signing_key()
+    if RESET:
+        defaults = CommonSettings()
+        names = [name for name, *_ in [*SERVICES, CONSOLE]]
+        asyncio.run(
+            start_over(ADMIN_URL, defaults.redis_url, defaults.amqp_url, names, defaults.test_clock_key)
+        )
+        print("started over: the services' schemas, Redis keys, queues and test clock are dropped")
     processes: list[subprocess.Popen[bytes]] = []
     demo_env: dict[str, str] = {}
     if DEMO:
