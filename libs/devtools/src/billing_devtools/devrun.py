@@ -21,13 +21,10 @@ import sys
 import time
 from pathlib import Path
 
-import aio_pika
-import asyncpg
-import redis.asyncio as redis
-
 from billing_common import db, tokens
 from billing_common.settings import CommonSettings
 from billing_devtools.services import CONSOLE, SERVICES
+from billing_devtools.testing.infra import drop_leftovers
 from billing_devtools.testing.processes import wait_until_serving
 
 DEV_KEYS = Path(os.environ.get("BILLING_DEV_KEYS", ".dev-keys")).resolve()
@@ -136,26 +133,14 @@ async def start_over(admin_url: str, redis_url: str, amqp_url: str, names: list[
     """Drop what earlier runs of the services `names` left: each one's schema (tables, migrations),
     its Redis keys (counters, locks, sessions, cached views), its event queues, and the suite's
     test clock. The next start migrates empty schemas; the demo seeds its company again."""
-    conn = await asyncpg.connect(admin_url)
-    try:
-        for name in names:
-            await conn.execute(f"DROP SCHEMA IF EXISTS {db.quote_ident(name.replace('-', '_'))} CASCADE")
-    finally:
-        await conn.close()
-    client = redis.Redis.from_url(redis_url)
-    try:
-        for name in names:
-            stale = [key async for key in client.scan_iter(match=f"{name}:*", count=1000)]
-            if stale:
-                await client.delete(*stale)
-        await client.delete(clock_key)
-    finally:
-        await client.aclose()
-    async with await aio_pika.connect(amqp_url) as connection:
-        channel = await connection.channel()
-        for name in names:
-            for queue in (f"{name}.events", f"{name}.events.retry", f"{name}.events.dlq"):
-                await channel.queue_delete(queue)
+    await drop_leftovers(
+        admin_url,
+        redis_url,
+        amqp_url,
+        schemas=[name.replace("-", "_") for name in names],
+        key_patterns=[*(f"{name}:*" for name in names), clock_key],
+        queues=[f"{name}.events{suffix}" for name in names for suffix in ("", ".retry", ".dlq")],
+    )
 
 
 def main() -> None:

@@ -6,9 +6,15 @@ import contextlib
 import os
 import shutil
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+import aio_pika
+import asyncpg
+from redis.asyncio import Redis
+
+from billing_common.db import quote_ident
 
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
@@ -59,3 +65,41 @@ def resolve_infra() -> Iterator[Infra]:
             mq = stack.enter_context(RabbitMqContainer("rabbitmq:3.13-alpine"))
             amqp = f"amqp://guest:guest@{mq.get_container_host_ip()}:{mq.get_exposed_port(5672)}/"
         yield Infra(postgres, redis, amqp)
+
+
+async def drop_leftovers(
+    postgres_admin_url: str,
+    redis_url: str,
+    amqp_url: str,
+    *,
+    schemas: Sequence[str],
+    key_patterns: Sequence[str],
+    queues: Sequence[str],
+) -> None:
+    """Drop what a test or an earlier `make run` left: the schemas (sessions still open as their
+    roles are ended first), the Redis keys matching `key_patterns`, and the queues. Nothing there
+    is no error."""
+    conn = await asyncpg.connect(postgres_admin_url)
+    try:
+        await conn.execute("SET lock_timeout = '20s'")
+        # A process may still hold a session (even one inside a transaction).
+        await conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = ANY($1::text[])",
+            list(schemas),
+        )
+        for schema in schemas:
+            await conn.execute(f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE")
+    finally:
+        await conn.close()
+    redis = Redis.from_url(redis_url)
+    try:
+        for pattern in key_patterns:
+            keys = [key async for key in redis.scan_iter(match=pattern, count=1000)]
+            if keys:
+                await redis.delete(*keys)
+    finally:
+        await redis.aclose()
+    async with await aio_pika.connect(amqp_url) as connection:
+        channel = await connection.channel()
+        for queue in queues:
+            await channel.queue_delete(queue)

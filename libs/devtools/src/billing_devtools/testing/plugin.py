@@ -18,14 +18,13 @@ import aio_pika
 import asyncpg
 import pytest
 from google.protobuf.message import Message
-from redis.asyncio import Redis
 
 from billing_common import db, tokens
 from billing_common.clock import Clock
 from billing_common.events import event_class, event_type_of
 from billing_common.service import Lifespan, ServiceHost
 from billing_common.settings import CommonSettings
-from billing_devtools.testing.infra import TEST_DATABASE, Infra, resolve_infra
+from billing_devtools.testing.infra import TEST_DATABASE, Infra, drop_leftovers, resolve_infra
 from billing_devtools.testing.otlp import OtlpReceiver, otlp_receiver
 
 S = TypeVar("S", bound=CommonSettings)
@@ -157,33 +156,24 @@ class InfraEnv:
                 )
 
     async def cleanup(self) -> None:
+        await drop_leftovers(
+            self.infra.postgres_admin_url,
+            self.infra.redis_url,
+            self.infra.amqp_url,
+            schemas=self.schemas,
+            key_patterns=[f"{self.run_id}:*"],
+            queues=self.queues,
+        )
         conn = await asyncpg.connect(self.infra.postgres_admin_url)
         try:
-            await conn.execute("SET lock_timeout = '20s'")
-            # A process of the test may still hold a session (even one inside a transaction).
-            await conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = ANY($1::text[])",
-                self.schemas,
-            )
-            for schema in self.schemas:
-                await conn.execute(f"DROP SCHEMA IF EXISTS {db.quote_ident(schema)} CASCADE")
-                if await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", schema):
-                    await conn.execute(f"DROP OWNED BY {db.quote_ident(schema)} CASCADE")
-                    await conn.execute(f"DROP ROLE {db.quote_ident(schema)}")
+            for role in self.schemas:
+                if await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role):
+                    await conn.execute(f"DROP OWNED BY {db.quote_ident(role)} CASCADE")
+                    await conn.execute(f"DROP ROLE {db.quote_ident(role)}")
         finally:
             await conn.close()
-        redis = Redis.from_url(self.infra.redis_url)
-        try:
-            keys = [key async for key in redis.scan_iter(match=f"{self.run_id}:*", count=1000)]
-            if keys:
-                await redis.delete(*keys)
-        finally:
-            await redis.aclose()
-        connection = await aio_pika.connect(self.infra.amqp_url)
-        async with connection:
+        async with await aio_pika.connect(self.infra.amqp_url) as connection:
             channel = await connection.channel()
-            for queue in self.queues:
-                await channel.queue_delete(queue)
             await channel.exchange_delete(self.exchange)
 
 
